@@ -1,0 +1,138 @@
+"""The runtime backend interface (DESIGN.md section 3).
+
+A backend turns a ``KernelSpec`` into a running instance whose kernel runner listens on
+``instance.runner_socket``, and tears it down again. Everything the agent needs to rebuild its view
+after a restart is written by the backend as labels (container labels for docker, a
+``labels.json`` next to the sandbox for process) and read back by ``list()``.
+
+Idempotency and errors:
+
+* ``create`` with a kernel id that already exists returns the existing instance.
+* ``destroy`` of an unknown or already-gone kernel returns ``None`` without error; otherwise it
+  stops the instance, removes it and its scratch space, and returns the exit code it had.
+* ``inspect`` of an unknown kernel raises ``KernelNotFound``.
+* Failures to create raise ``KernelCreationFailed`` with a reason a user can read ("image
+  python:9 is not present and cannot be pulled", "cgroup memory limit could not be set", ...).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bai.common.errors import BaiError
+
+
+class KernelCreationFailed(BaiError):
+    code = "kernel-creation-failed"
+    status = 500
+    title = "The kernel could not be created."
+
+
+class InstanceState(str, enum.Enum):
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+
+
+@dataclass
+class KernelSpec:
+    kernel_id: str
+    session_id: str
+    session_name: str
+    session_type: str  # INTERACTIVE | BATCH
+    image: str
+    slots: dict[str, Decimal]
+    image_labels: dict[str, Any] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=dict)
+    startup_command: str | None = None
+    bootstrap_script: str | None = None
+    network: bool = False
+    cluster_role: str = "main"
+    cluster_idx: int = 0
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> KernelSpec:
+        known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
+        known["slots"] = {k: Decimal(str(v)) for k, v in (obj.get("slots") or {}).items()}
+        return cls(**known)
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        out = asdict(self)
+        out["slots"] = {k: str(v) for k, v in self.slots.items()}
+        return out
+
+
+@dataclass
+class Instance:
+    kernel_id: str
+    session_id: str
+    state: InstanceState
+    #: host path of the kernel's work directory (mounted at /home/work in containers)
+    workdir: Path
+    #: host path of the runner's unix socket
+    runner_socket: Path
+    container_id: str = ""
+    exit_code: int | None = None
+    #: why it exited, when known: "oom-killed", "self-terminated", "killed"
+    exit_reason: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+#: Called by a backend when it notices that an instance exited by itself.
+ExitCallback = Callable[[Instance], Awaitable[None]]
+
+
+class RuntimeBackend(abc.ABC):
+    name: str = "base"
+
+    @abc.abstractmethod
+    async def start(self, on_exit: ExitCallback) -> None:
+        """Connect to the runtime; begin watching instances and call ``on_exit`` for each exit."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop watching. Running instances are left running (agent restarts keep kernels)."""
+
+    @abc.abstractmethod
+    def isolation(self) -> dict[str, Any]:
+        """What this backend can enforce here, e.g. {"cgroup": "v1", "memory": true, ...}."""
+
+    @abc.abstractmethod
+    async def ensure_image(self, spec: KernelSpec) -> bool:
+        """Make the image present. Returns True when it had to be pulled (for `kernel_pulling`)."""
+
+    @abc.abstractmethod
+    async def create(self, spec: KernelSpec) -> Instance:
+        """Create and start the instance, with the runner listening. Idempotent on kernel_id."""
+
+    @abc.abstractmethod
+    async def destroy(self, kernel_id: str) -> Instance | None:
+        """Stop and remove the instance and its scratch space. Idempotent."""
+
+    @abc.abstractmethod
+    async def inspect(self, kernel_id: str) -> Instance:
+        """Current state; raises KernelNotFound."""
+
+    @abc.abstractmethod
+    async def list(self) -> list[Instance]:
+        """All instances this backend made on this node, from the labels it wrote."""
+
+    @abc.abstractmethod
+    async def stats(self, kernel_id: str) -> dict[str, Any]:
+        """Resource usage: {"cpu_used": msec, "mem_max_bytes": n, "mem_cur_bytes": n, ...}."""
+
+    @abc.abstractmethod
+    async def logs(self, kernel_id: str) -> str:
+        """What the kernel's main process printed outside executions."""
+
+    async def watch(self) -> AsyncIterator[Instance]:  # pragma: no cover - optional
+        if False:
+            yield

@@ -1,0 +1,37 @@
+"""Composition root of the manager: settings -> ManagerRoot (services) -> aiohttp app (routes).
+
+Each module under ``bai.manager.api`` exposes ``setup(app)`` that adds its routes; handlers reach
+the services through ``app[ROOT]``. Keep this file short: wiring only.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bai.manager.settings import ManagerSettings
+
+ROOT: web.AppKey = web.AppKey("root", object)
+
+
+def create_app(settings: ManagerSettings) -> web.Application:
+    from bai.manager.api import admin, events, gql, internal, middleware, root, session, stream
+    from bai.manager.services.root import ManagerRoot
+
+    manager = ManagerRoot(settings)
+    app = web.Application(
+        middlewares=[middleware.error_middleware, middleware.auth_middleware],
+        client_max_size=1024**3,
+    )
+    app[ROOT] = manager
+    for module in (root, session, stream, events, gql, admin, internal):
+        module.setup(app)
+
+    async def on_startup(_: web.Application) -> None:
+        await manager.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await manager.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

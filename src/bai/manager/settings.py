@@ -1,0 +1,58 @@
+"""Manager settings: one model, from a TOML file plus ``BAI_MANAGER_*`` environment variables."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ManagerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BAI_MANAGER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address the public API listens on")
+    port: int = Field(8091, description="port of the public API")
+    db_url: str = Field(
+        "sqlite+aiosqlite:///bai.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db",
+    )
+    redis_url: str | None = Field(
+        None, description="redis://host:port/0 for the cluster event bus; none = in-process bus"
+    )
+    cluster_token: str = Field("", description="shared secret agents and managers present")
+    manager_id: str = Field("manager-0", description="name of this replica (logs, consumer name)")
+    state_dir: str = Field(".", description="folder for uploads staging and the pid file")
+    clock_skew_seconds: int = Field(900, description="allowed Date header distance")
+    # scheduling
+    schedule_interval: float = Field(2.0, description="seconds between timer-driven passes")
+    heartbeat_timeout: float = Field(15.0, description="seconds without heartbeat before LOST")
+    # deadlines for transitional phases (seconds)
+    deadline_scheduled: float = Field(60.0, description="SCHEDULED must end within this")
+    deadline_preparing: float = Field(120.0, description="PREPARING must end within this")
+    deadline_pulling: float = Field(600.0, description="PULLING must end within this")
+    deadline_prepared: float = Field(60.0, description="PREPARED must end within this")
+    deadline_creating: float = Field(120.0, description="CREATING must end within this")
+    deadline_terminating: float = Field(60.0, description="TERMINATING must end within this")
+    deadline_restarting: float = Field(120.0, description="RESTARTING must end within this")
+    idle_check_interval: float = Field(10.0, description="seconds between idle checks")
+    default_idle_timeout: int = Field(1800, description="idle timeout of the default policy")
+    log_level: str = Field("INFO", description="logging level")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> ManagerSettings:
+        """TOML file values, overridden by environment variables, overridden by ``overrides``."""
+        file_values: dict[str, Any] = {}
+        if path:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+            file_values = data.get("manager", data)
+        env = cls()  # environment only
+        merged = {**file_values}
+        for name in cls.model_fields:
+            if name in env.model_fields_set:
+                merged[name] = getattr(env, name)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(merged)
