@@ -1,0 +1,310 @@
+"""`backend.ai server start|stop|status`: the embedded platform on one machine.
+
+``start`` runs a manager (SQLite) and a local agent as background daemons on loopback. On the
+first start it writes their configuration into the state folder, initialises the database
+(default domain, group, resource policy, an admin and a user keypair, the default image and the
+alias ``python``) and writes the client configuration, so the next ``backend.ai run`` works.
+The state folder keeps the database, logs and pid files: sessions and keypairs survive a stop and
+a start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+DEFAULT_PORT = 8091
+DEFAULT_AGENT_PORT = 6011
+
+
+def _state_dir(value: str | None) -> Path:
+    if value:
+        return Path(value).expanduser().resolve()
+    env = os.environ.get("BAI_STATE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "bai"
+
+
+def client_config_path() -> Path:
+    env = os.environ.get("BAI_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "bai" / "client.toml"
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # a zombie or a recycled pid of another program does not count
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"bai" in cmdline else None
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(str(v))
+
+
+def _write_toml(path: Path, section: str, values: dict[str, object]) -> None:
+    lines = [f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _spawn(args: list[str], log: Path, pid_file: Path) -> int:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _alive_agents(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            (n,) = con.execute("SELECT count(*) FROM agents WHERE status = 'ALIVE'").fetchone()
+        finally:
+            con.close()
+        return int(n)
+    except sqlite3.Error:
+        return 0
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _fail(msg: str, log: Path | None = None) -> None:
+    click.echo(f"Error: {msg}", err=True)
+    if log is not None:
+        tail = _tail(log)
+        if tail:
+            click.echo(f"--- last lines of {log} ---\n{tail}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def server() -> None:
+    """Run the embedded platform (a manager and a local agent on SQLite) on this machine."""
+
+
+@server.command()
+@click.option("--state-dir", help="Folder for the database, logs and pid files "
+              "[default: $BAI_STATE_DIR or ~/.local/share/bai].")
+@click.option("--port", type=int, default=None, help=f"Manager API port [default: {DEFAULT_PORT}].")
+@click.option("--agent-port", type=int, default=None,
+              help=f"Local agent port [default: {DEFAULT_AGENT_PORT}].")
+@click.option("--runtime", type=click.Choice(["process", "docker", "dummy"]), default=None,
+              help="How the local agent runs kernels [default: process; docker needs a "
+              "reachable Docker engine (DOCKER_HOST) and images from scripts/build-images.sh].")
+@click.option("--slots", "slots", multiple=True, metavar="SLOT=AMOUNT",
+              help="Override what the agent offers, e.g. --slots cpu=2 --slots mem=4g "
+              "--slots cuda.shares=4 (a mock accelerator). Repeatable.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the daemons to become ready.")
+def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
+    """Start the manager and the local agent in the background.
+
+    \b
+    Example:
+      backend.ai server start
+      backend.ai run --rm -c 'print("hello world")' python
+    """
+    from bai.common.resources import parse_request
+
+    state = _state_dir(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    manager_pid, agent_pid = state / "manager.pid", state / "agent.pid"
+    manager_log, agent_log = state / "manager.log", state / "agent.log"
+    meta_path = state / "server.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+    changed = {"port": port, "agent_port": agent_port, "runtime": runtime}
+    if slots:
+        try:
+            parsed = parse_request(dict(s.split("=", 1) for s in slots if "=" in s))
+        except Exception as e:  # InvalidResourceSpec
+            _fail(str(e))
+        if len(parsed) != len(slots):
+            _fail("--slots takes SLOT=AMOUNT, e.g. --slots cpu=2")
+        changed["slots"] = parsed.to_json()
+    running = _pid_alive(manager_pid) and _pid_alive(agent_pid)
+    if running and any(v is not None and meta.get(k) != v for k, v in changed.items()):
+        _fail(f"bai is already running from {state} with other settings; "
+              "run `backend.ai server stop` first")
+
+    meta.setdefault("cluster_token", secrets.token_urlsafe(24))
+    for k, v in changed.items():
+        if v is not None:
+            meta[k] = v
+    meta.setdefault("port", DEFAULT_PORT)
+    meta.setdefault("agent_port", DEFAULT_AGENT_PORT)
+    meta.setdefault("runtime", "process")
+    meta.setdefault("slots", {})
+    meta_path.write_text(json.dumps(meta, indent=2))
+    os.chmod(meta_path, 0o600)
+
+    endpoint = f"http://127.0.0.1:{meta['port']}"
+    manager_toml, agent_toml = state / "manager.toml", state / "agent.toml"
+    _write_toml(manager_toml, "manager", {
+        "host": "127.0.0.1",
+        "port": meta["port"],
+        "db_url": f"sqlite+aiosqlite:///{state / 'bai.db'}",
+        "cluster_token": meta["cluster_token"],
+        "state_dir": str(state),
+    })
+    agent_values: dict[str, object] = {
+        "agent_id": "local",
+        "host": "127.0.0.1",
+        "port": meta["agent_port"],
+        "manager_endpoints": endpoint,
+        "cluster_token": meta["cluster_token"],
+        "runtime": meta["runtime"],
+        "scratch_root": str(state / "kernels"),
+    }
+    agent_values.update({f"slot_{k.replace('.', '_')}": v for k, v in meta["slots"].items()})
+    _write_toml(agent_toml, "agent", agent_values)
+    os.chmod(manager_toml, 0o600)
+    os.chmod(agent_toml, 0o600)
+
+    py = sys.executable
+    keys_path = state / "keys.json"
+    if not _pid_alive(manager_pid):
+        if _port_open("127.0.0.1", meta["port"]):
+            _fail(f"port {meta['port']} is in use by another program; choose one with --port")
+        init = subprocess.run(
+            [py, "-m", "bai.manager", "init", "--config", str(manager_toml),
+             "--keys-out", str(keys_path)],
+            capture_output=True, text=True,
+        )
+        if init.returncode != 0:
+            _fail("initialising the manager failed:\n" + (init.stderr or init.stdout).strip())
+        os.chmod(keys_path, 0o600)
+        _spawn([py, "-m", "bai.manager", "serve", "--config", str(manager_toml)],
+               manager_log, manager_pid)
+    if not _pid_alive(agent_pid):
+        if _port_open("127.0.0.1", meta["agent_port"]):
+            _fail(f"port {meta['agent_port']} is in use by another program; "
+                  "choose one with --agent-port")
+        _spawn([py, "-m", "bai.agent", "serve", "--config", str(agent_toml)], agent_log, agent_pid)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(manager_pid):
+            _fail("the manager exited during start-up", manager_log)
+        if not _pid_alive(agent_pid):
+            _fail("the agent exited during start-up", agent_log)
+        if _port_open("127.0.0.1", meta["port"]) and _alive_agents(state / "bai.db") > 0:
+            break
+        time.sleep(0.05)
+    else:
+        _fail(f"bai did not become ready within {timeout:.0f} s", manager_log)
+
+    keys = json.loads(keys_path.read_text())
+    cfg = client_config_path()
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    body = []
+    for profile, who in (("default", "admin"), ("user", "user")):
+        body.append(f"[{profile}]")
+        body.append(f"endpoint = {json.dumps(endpoint)}")
+        body.append(f"access_key = {json.dumps(keys[who]['access_key'])}")
+        body.append(f"secret_key = {json.dumps(keys[who]['secret_key'])}")
+        body.append("")
+    cfg.write_text("\n".join(body))
+    os.chmod(cfg, 0o600)
+    click.echo(f"bai is running: manager {endpoint}, agent 127.0.0.1:{meta['agent_port']} "
+               f"({meta['runtime']} runtime)")
+    click.echo(f"state: {state}; client configuration: {cfg} "
+               f"(profile 'default' = admin, 'user' = a user keypair)")
+
+
+def _stop_pid(pid_file: Path, name: str, timeout: float) -> None:
+    pid = _pid_alive(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid_file):
+        time.sleep(0.05)
+    if _pid_alive(pid_file):
+        click.echo(f"{name} did not stop within {timeout:.0f} s; killing it", err=True)
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+@server.command()
+@click.option("--state-dir", help="The folder given to `server start`.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for each daemon before killing it.")
+def stop(state_dir, timeout) -> None:
+    """Stop the local agent and the manager. Sessions stay in the database.
+
+    Kernels keep running while the agent is down and are picked up again by the next start.
+    """
+    state = _state_dir(state_dir)
+    if not (_pid_alive(state / "manager.pid") or _pid_alive(state / "agent.pid")):
+        click.echo("bai is not running")
+        return
+    _stop_pid(state / "agent.pid", "agent", timeout)
+    _stop_pid(state / "manager.pid", "manager", timeout)
+    click.echo("bai stopped")
+
+
+@server.command()
+@click.option("--state-dir", help="The folder given to `server start`.")
+def status(state_dir) -> None:
+    """Show whether the embedded manager and agent are running."""
+    state = _state_dir(state_dir)
+    meta_path = state / "server.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    m, a = _pid_alive(state / "manager.pid"), _pid_alive(state / "agent.pid")
+    click.echo(f"manager: {'running (pid %d)' % m if m else 'stopped'}"
+               + (f", http://127.0.0.1:{meta['port']}" if meta else ""))
+    click.echo(f"agent:   {'running (pid %d)' % a if a else 'stopped'}"
+               + (f", runtime {meta.get('runtime')}" if meta else ""))
+    click.echo(f"state:   {state}")
+    if not (m and a):
+        sys.exit(3)
