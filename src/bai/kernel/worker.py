@@ -1,0 +1,170 @@
+"""The persistent interpreter of a kernel (query mode). STDLIB ONLY, Python >= 3.8.
+
+Run by the runner as ``python3 worker.py <control-fd>``: file descriptors 1 and 2 are pipes the
+runner streams, 0 is /dev/null, and the control socket carries JSON lines:
+
+    runner -> worker: {"op": "run", "code": str} | {"op": "input", "text": str} | {"op": "eof"}
+    worker -> runner: {"op": "ready"} | {"op": "input", "password": bool} | {"op": "done", "exit_code": int}
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import json
+import linecache
+import os
+import socket
+import sys
+import traceback
+import types
+
+
+class _Control:
+    def __init__(self, fd: int):
+        self.sock = socket.socket(fileno=fd)
+        self.sock.set_inheritable(False)
+        self.rfile = self.sock.makefile("rb")
+
+    def send(self, obj: dict) -> None:
+        self.sock.sendall(json.dumps(obj).encode("utf-8") + b"\n")
+
+    def receive(self) -> dict | None:
+        line = self.rfile.readline()
+        if not line:
+            return None
+        return json.loads(line.decode("utf-8"))
+
+
+class _InputBridge:
+    """``input()``, ``getpass()`` and ``sys.stdin`` ask the runner, which asks the user."""
+
+    def __init__(self, control: _Control):
+        self.control = control
+
+    def ask(self, prompt: str, password: bool) -> str:
+        if prompt:
+            sys.stdout.write(str(prompt))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.control.send({"op": "input", "password": password})
+        while True:
+            msg = self.control.receive()
+            if msg is None:
+                raise EOFError("the runner went away")
+            if msg.get("op") == "input":
+                text = str(msg.get("text", ""))
+                return text[:-1] if text.endswith("\n") else text
+            if msg.get("op") == "eof":
+                raise EOFError("no input")
+
+    def input(self, prompt: object = "") -> str:
+        return self.ask(str(prompt), False)
+
+    def getpass(self, prompt: str = "Password: ", stream: object = None) -> str:
+        return self.ask(prompt, True)
+
+
+class _Stdin(io.TextIOBase):
+    def __init__(self, bridge: _InputBridge):
+        self.bridge = bridge
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int = -1) -> str:  # type: ignore[override]
+        try:
+            return self.bridge.ask("", False) + "\n"
+        except EOFError:
+            return ""
+
+    def read(self, size: int = -1) -> str:
+        return self.readline()
+
+
+def _print_traceback() -> None:
+    etype, value, tb = sys.exc_info()
+    # skip this module's own frame so the user sees only their code
+    traceback.print_exception(etype, value, tb.tb_next if tb is not None else None)
+
+
+def run_code(code: str, ns: dict, filename: str) -> int:
+    """Run one snippet in ``ns``; return its exit code (0 ok, 1 exception, n for SystemExit)."""
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    try:
+        tree = ast.parse(code, filename, "exec")
+    except SyntaxError:
+        etype, value = sys.exc_info()[:2]
+        sys.stderr.write("".join(traceback.format_exception_only(etype, value)))
+        return 1
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body.pop()
+    try:
+        exec(compile(tree, filename, "exec"), ns)
+        if last is not None:
+            value = eval(compile(ast.Expression(last.value), filename, "eval"), ns)
+            if value is not None:
+                print(repr(value))
+                ns["_"] = value
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        sys.stderr.write(str(exc.code) + "\n")
+        return 1
+    except BaseException:
+        _print_traceback()
+        return 1
+    return 0
+
+
+def main() -> None:
+    control = _Control(int(sys.argv[1]))
+    # behave like `python -c`: the work dir (cwd) first on sys.path, not this folder
+    sys.path[0] = ""
+    sys.argv = [""]
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            pass
+    try:  # be the OOM killer's first choice, so a big allocation never takes the runner
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    bridge = _InputBridge(control)
+    builtins.input = bridge.input  # type: ignore[assignment]
+    import getpass
+
+    getpass.getpass = bridge.getpass  # type: ignore[assignment]
+    sys.stdin = _Stdin(bridge)
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    control.send({"op": "ready", "pid": os.getpid()})
+    counter = 0
+    while True:
+        try:
+            msg = control.receive()
+        except KeyboardInterrupt:
+            continue
+        if msg is None:
+            return
+        if msg.get("op") != "run":
+            continue
+        counter += 1
+        code = run_code(str(msg.get("code", "")), module.__dict__, "<code-%d>" % counter)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        control.send({"op": "done", "exit_code": code})
+
+
+if __name__ == "__main__":
+    main()
