@@ -1,0 +1,167 @@
+"""Keypair authentication: who is calling, from the HMAC-signed request headers.
+
+``authenticate`` checks a request's ``Authorization`` / ``Date`` / ``X-BackendAI-Version`` headers
+against the keypair table (client-protocol section 2.1) and returns the ``Caller``; every refusal
+is an ``AuthFailed`` (401) whose title says exactly what was wrong, so that a person with a wrong
+secret, a stale clock or a deactivated keypair knows which one it is.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bai.common import auth as hmac_auth
+from bai.common.errors import AuthFailed
+from bai.manager.context import Caller
+from bai.manager.store import tables as t
+
+
+@dataclass(frozen=True)
+class KeypairRecord:
+    """A keypair joined with its user: everything authentication needs in one row."""
+
+    access_key: str
+    secret_key: str
+    is_active: bool
+    is_admin: bool
+    resource_policy: str
+    user_id: uuid.UUID
+    user_email: str
+    user_active: bool
+    domain_name: str
+    role: str
+
+    def caller(self) -> Caller:
+        return Caller(
+            access_key=self.access_key,
+            user_id=self.user_id,
+            user_email=self.user_email,
+            domain_name=self.domain_name,
+            is_admin=self.is_admin,
+            role=self.role,
+            resource_policy=self.resource_policy,
+        )
+
+
+async def load_keypair(conn: AsyncConnection, access_key: str) -> KeypairRecord | None:
+    """The keypair with its user, or None when the access key is unknown."""
+    q = (
+        sa.select(
+            t.keypairs.c.access_key,
+            t.keypairs.c.secret_key,
+            t.keypairs.c.is_active,
+            t.keypairs.c.is_admin,
+            t.keypairs.c.resource_policy,
+            t.users.c.id.label("user_id"),
+            t.users.c.email,
+            t.users.c.is_active.label("user_active"),
+            t.users.c.domain_name,
+            t.users.c.role,
+        )
+        .select_from(t.keypairs.join(t.users, t.users.c.id == t.keypairs.c.user_id))
+        .where(t.keypairs.c.access_key == access_key)
+    )
+    row = (await conn.execute(q)).first()
+    if row is None:
+        return None
+    return KeypairRecord(
+        access_key=row.access_key,
+        secret_key=row.secret_key,
+        is_active=bool(row.is_active),
+        is_admin=bool(row.is_admin),
+        resource_policy=row.resource_policy,
+        user_id=row.user_id,
+        user_email=row.email,
+        user_active=bool(row.user_active),
+        domain_name=row.domain_name,
+        role=row.role,
+    )
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """The parts of an HTTP request that the signature covers (no web framework types)."""
+
+    method: str
+    path_qs: str  # raw path and query, exactly as sent
+    host: str  # the Host header as sent
+    content_type: str  # mime type without parameters; application/octet-stream when absent
+    authorization: str | None
+    date: str | None
+    version: str | None
+
+
+def check_headers(req: SignedRequest) -> hmac_auth.AuthHeader:
+    """Parse the Authorization header or refuse (before any database work)."""
+    if not req.authorization:
+        raise AuthFailed(
+            "Send 'Authorization: BackendAI signMethod=HMAC-SHA256, credential=AK:SIGNATURE'.",
+            title="Authorization header missing.",
+        )
+    header = hmac_auth.parse_authorization(req.authorization)
+    if header is None:
+        raise AuthFailed(
+            "Expected 'BackendAI signMethod=HMAC-SHA256, credential=<access key>:<hex signature>'.",
+            title="Malformed Authorization header.",
+        )
+    if header.hash_type != "sha256":
+        raise AuthFailed(
+            f"signMethod HMAC-{header.hash_type.upper()} is not supported; use HMAC-SHA256.",
+            title="Unsupported signature method.",
+        )
+    return header
+
+
+def check_date(date: str | None, now: datetime, skew_seconds: float) -> None:
+    if not date:
+        raise AuthFailed("The request carries no Date header.", title="Date header missing.")
+    when = hmac_auth.parse_date(date)
+    if when is None:
+        raise AuthFailed(f"Date header {date!r} is not an ISO-8601 time.", title="Malformed Date header.")
+    if abs(now - when) > timedelta(seconds=skew_seconds):
+        raise AuthFailed(
+            f"Date {date} is more than {int(skew_seconds)} s away from the server time "
+            f"{now.isoformat()}; check the client's clock.",
+            title="Request date outside the allowed window.",
+        )
+
+
+def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: SignedRequest) -> Caller:
+    """Check a loaded keypair against the signed request; return the caller or refuse."""
+    if record is None:
+        raise AuthFailed(f"No keypair has the access key {header.access_key}.", title="Unknown access key.")
+    ok = hmac_auth.verify(
+        record.secret_key,
+        header.signature,
+        req.method,
+        req.path_qs,
+        req.date or "",
+        req.host,
+        req.content_type,
+        req.version or "",
+    )
+    if not ok:
+        raise AuthFailed(
+            "The signature does not match: check the secret key and the endpoint URL.",
+            title="Credential/signature mismatch.",
+        )
+    if not record.is_active:
+        raise AuthFailed(f"The keypair {record.access_key} is deactivated.", title="Inactive keypair.")
+    if not record.user_active:
+        raise AuthFailed(f"The user {record.user_email} is deactivated.", title="Inactive user.")
+    return record.caller()
+
+
+async def authenticate(
+    conn: AsyncConnection, req: SignedRequest, *, skew_seconds: float, now: datetime | None = None
+) -> Caller:
+    """Authenticate one signed request (client-protocol section 2.1)."""
+    header = check_headers(req)
+    check_date(req.date, now or datetime.now(timezone.utc), skew_seconds)
+    record = await load_keypair(conn, header.access_key)
+    return verify(record, header, req)
