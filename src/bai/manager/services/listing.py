@@ -197,10 +197,11 @@ def idle_checks(row: Any, now: datetime) -> dict[str, Any]:
     """The network-timeout checker's report: seconds left before an idle session is ended.
 
     ``remaining`` is null while the timer does not run (the session is not RUNNING) and -1 once it
-    has expired; an idle timeout of 0 disables the checker (empty report).
+    has expired. An idle timeout of 0 disables the checker, and batch sessions are exempt (they
+    end with their command): both get an empty report.
     """
     timeout = row["idle_timeout"] or 0
-    if timeout <= 0:
+    if timeout <= 0 or row["type"] != "INTERACTIVE":
         return {}
     remaining: float | None = None
     if row["status"] == SessionStatus.RUNNING.value and row["last_activity_at"] is not None:

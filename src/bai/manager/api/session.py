@@ -1,0 +1,131 @@
+"""``/session`` routes: create, destroy, info, history, logs, restart, rename (thin)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bai.common.errors import InvalidAPIParameters
+from bai.manager.app import ROOT
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _owner(request: web.Request) -> str | None:
+    return request.query.get("owner_access_key") or request.query.get("ownerAccessKey") or None
+
+
+async def create(request: web.Request) -> web.Response:
+    try:
+        params = await request.json()
+    except ValueError:
+        raise InvalidAPIParameters("the body must be JSON") from None
+    answer = await request.app[ROOT].sessions.create(request["caller"], params)
+    return web.json_response(answer, status=201 if answer.get("created") else 200)
+
+
+async def destroy(request: web.Request) -> web.Response:
+    answer = await request.app[ROOT].sessions.destroy(
+        request["caller"], request.match_info["name"], _owner(request),
+        forced=_flag(request, "forced"), recursive=_flag(request, "recursive"),
+    )
+    return web.json_response(answer)
+
+
+def session_info(row: dict, deps: list[dict]) -> dict:
+    """What ``GET /session/{x}`` answers (camelCase, like the upstream get_info)."""
+    def iso(v):
+        return v.isoformat() if v is not None else None
+
+    return {
+        "sessionId": str(row["id"]),
+        "sessionName": row["name"],
+        "mainKernelId": str(row["main_kernel_id"]) if row.get("main_kernel_id") else None,
+        "type": row["type"],
+        "tag": row.get("tag"),
+        "domainName": row["domain_name"],
+        "groupId": str(row["group_id"]),
+        "userId": str(row["user_id"]),
+        "accessKey": row["access_key"],
+        "image": row["image"],
+        "lang": row["image"],
+        "registry": row["registry"],
+        "architecture": row["architecture"],
+        "status": row["status"],
+        "statusInfo": row.get("status_info"),
+        "statusData": row.get("status_data") or {},
+        "statusChanged": iso(row.get("status_changed")),
+        "creationTime": iso(row.get("created_at")),
+        "scheduledAt": iso(row.get("scheduled_at")),
+        "startsAt": iso(row.get("starts_at")),
+        "terminationTime": iso(row.get("terminated_at")),
+        "result": row.get("result"),
+        "startupCommand": row.get("startup_command"),
+        "resourceOpts": row.get("resource_opts") or {},
+        "requestedSlots": row.get("requested_slots") or {},
+        "occupyingSlots": row.get("occupying_slots") or {},
+        "occupiedSlots": row.get("occupying_slots") or {},
+        "scalingGroup": row.get("scaling_group"),
+        "agentIds": row.get("agent_ids") or [],
+        "servicePorts": row.get("service_ports") or [],
+        "environ": row.get("environ") or {},
+        "dependencies": deps,
+        "idleTimeout": row.get("idle_timeout"),
+        "lastActivityAt": iso(row.get("last_activity_at")),
+        "numQueriesExecuted": 0,
+    }
+
+
+async def info(request: web.Request) -> web.Response:
+    root = request.app[ROOT]
+    row = await root.sessions.resolve(request["caller"], request.match_info["name"], _owner(request))
+    deps = await root.sessions.dependencies_of(row["id"])
+    return web.json_response(session_info(row, deps))
+
+
+async def status_history(request: web.Request) -> web.Response:
+    result = await request.app[ROOT].sessions.status_history(
+        request["caller"], request.match_info["name"], _owner(request))
+    return web.json_response({"result": result})
+
+
+async def history(request: web.Request) -> web.Response:
+    items = await request.app[ROOT].sessions.history(
+        request["caller"], request.match_info["name"], _owner(request))
+    return web.json_response({"result": items})
+
+
+async def logs(request: web.Request) -> web.Response:
+    root = request.app[ROOT]
+    row = await root.sessions.resolve(request["caller"], request.match_info["name"], _owner(request))
+    address, kernel_id = await root.agents.kernel_target(row)
+    text = await root.agents.rpc.logs(address, kernel_id)
+    return web.json_response({"result": {"logs": text}})
+
+
+async def restart(request: web.Request) -> web.Response:
+    await request.app[ROOT].sessions.restart(
+        request["caller"], request.match_info["name"], _owner(request))
+    return web.Response(status=204)
+
+
+async def rename(request: web.Request) -> web.Response:
+    new_name = request.query.get("name")
+    if not new_name:
+        raise InvalidAPIParameters("missing ?name= for the new session name")
+    await request.app[ROOT].sessions.rename(request["caller"], request.match_info["name"], new_name)
+    return web.Response(status=204)
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/session", create)
+    r.add_post("/session/_/create", create)
+    r.add_get("/session/{name}", info)
+    r.add_delete("/session/{name}", destroy)
+    r.add_patch("/session/{name}", restart)
+    r.add_get("/session/{name}/status-history", status_history)
+    r.add_get("/session/{name}/history", history)
+    r.add_get("/session/{name}/logs", logs)
+    r.add_post("/session/{name}/rename", rename)

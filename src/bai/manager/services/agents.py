@@ -1,0 +1,155 @@
+"""AgentRegistry: agents' heartbeats and kernel events, liveness, and the RPC client.
+
+* ``heartbeat(payload)`` registers an agent on first contact, revives a LOST one, and keeps its
+  capacity (``available_slots``), address and isolation up to date. New capacity kicks the
+  scheduler.
+* ``check_liveness()`` marks agents LOST after ``settings.heartbeat_timeout`` without a
+  heartbeat; their sessions are handled by ``Lifecycle.agent_lost`` (interactive -> ERROR
+  ``agent-lost``, batch -> PENDING again), which releases their slots once.
+* ``handle_events(events)`` applies kernel events in order (idempotent).
+* ``kernel_target(session_row)`` gives the (agent address, kernel id) of a RUNNING session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from bai.common.errors import InvalidAPIParameters, SessionNotRunning
+from bai.common.events import KernelEvent
+from bai.common.resources import ResourceSlot
+from bai.common.status import AgentStatus, SessionStatus
+from bai.manager.services.rpc import AgentClient
+from bai.manager.store.tables import agents, kernels, utcnow
+
+if TYPE_CHECKING:
+    from bai.manager.services.root import ManagerRoot
+
+log = logging.getLogger(__name__)
+
+
+class AgentRegistry:
+    def __init__(self, root: ManagerRoot) -> None:
+        self.root = root
+        self.rpc = AgentClient(root.settings.cluster_token)
+
+    async def close(self) -> None:
+        await self.rpc.close()
+
+    async def heartbeat(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        agent_id = str(payload.get("agent_id") or "").strip()
+        address = str(payload.get("address") or "").strip()
+        if not agent_id or not address:
+            raise InvalidAPIParameters("a heartbeat needs agent_id and address")
+        try:
+            capacity = ResourceSlot.from_json(payload.get("available_slots") or {})
+        except Exception:
+            raise InvalidAPIParameters("available_slots must map slot names to numbers") from None
+        now = utcnow()
+        values = {
+            "address": address,
+            "runtime": str(payload.get("runtime") or "process"),
+            "scaling_group": str(payload.get("scaling_group") or "default"),
+            "architecture": str(payload.get("architecture") or "x86_64"),
+            "available_slots": capacity.to_json(),
+            "isolation": dict(payload.get("isolation") or {}),
+            "version": str(payload.get("version") or ""),
+            "last_heartbeat": now,
+        }
+        changed = False
+        async with self.root.store.begin() as conn:
+            row = (
+                await conn.execute(sa.select(agents).where(agents.c.id == agent_id).with_for_update())
+            ).mappings().first()
+            if row is None:
+                await conn.execute(
+                    sa.insert(agents).values(
+                        id=agent_id, status=AgentStatus.ALIVE.value, status_changed=now,
+                        first_contact=now, occupied_slots={}, **values,
+                    )
+                )
+                changed = True
+                log.info("agent %s registered at %s with %s", agent_id, address, capacity.to_json())
+            else:
+                if row["status"] != AgentStatus.ALIVE.value:
+                    values.update(status=AgentStatus.ALIVE.value, status_changed=now)
+                    changed = True
+                    log.info("agent %s is back (was %s)", agent_id, row["status"])
+                if (row["available_slots"] != values["available_slots"]
+                        or row["address"] != address):
+                    changed = True
+                await conn.execute(sa.update(agents).where(agents.c.id == agent_id).values(**values))
+        if changed:
+            self.root.scheduler.kick()
+        return {"ok": True}
+
+    async def handle_events(self, events: list[KernelEvent]) -> None:
+        for ev in events:
+            try:
+                await self.root.sessions.lifecycle.apply_kernel_event(ev)
+            except Exception:
+                log.exception("handling %s for kernel %s failed", ev.name, ev.kernel_id)
+
+    async def check_liveness(self) -> list[str]:
+        """Mark agents LOST whose last heartbeat is too old; end or requeue their sessions."""
+        deadline = utcnow() - timedelta(seconds=self.root.settings.heartbeat_timeout)
+        async with self.root.store.begin() as conn:
+            lost = list(
+                (
+                    await conn.execute(
+                        sa.update(agents)
+                        .where(agents.c.status == AgentStatus.ALIVE.value,
+                               agents.c.last_heartbeat < deadline)
+                        .values(status=AgentStatus.LOST.value, status_changed=utcnow())
+                        .returning(agents.c.id)
+                    )
+                ).scalars()
+            )
+        # Sessions of agents lost earlier whose handling was interrupted are picked up too.
+        async with self.root.store.connect() as conn:
+            stale = list(
+                (
+                    await conn.execute(
+                        sa.select(kernels.c.agent_id.distinct())
+                        .join(agents, agents.c.id == kernels.c.agent_id)
+                        .where(agents.c.status != AgentStatus.ALIVE.value,
+                               kernels.c.status.in_([str(s) for s in _LIVE]))
+                    )
+                ).scalars()
+            )
+        for agent_id in sorted(set(lost) | set(stale)):
+            if agent_id in lost:
+                log.warning("agent %s lost: no heartbeat for %ss", agent_id,
+                            self.root.settings.heartbeat_timeout)
+            await self.root.sessions.lifecycle.agent_lost(agent_id)
+        return lost
+
+    async def kernel_target(self, session_row: Mapping[str, Any]) -> tuple[str, str]:
+        """(agent address, kernel id) of a RUNNING session's main kernel."""
+        if session_row.get("status") != SessionStatus.RUNNING:
+            raise SessionNotRunning(
+                f"session {session_row.get('name')} is {session_row.get('status')}, not RUNNING"
+            )
+        async with self.root.store.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(kernels.c.id, kernels.c.agent_address, agents.c.address)
+                    .select_from(kernels.outerjoin(agents, agents.c.id == kernels.c.agent_id))
+                    .where(kernels.c.id == session_row["main_kernel_id"])
+                )
+            ).first()
+        if row is None or not (row.address or row.agent_address):
+            raise SessionNotRunning(f"session {session_row.get('name')} has no running kernel")
+        return row.address or row.agent_address, str(row.id)
+
+
+_LIVE = (
+    SessionStatus.SCHEDULED, SessionStatus.PREPARING, SessionStatus.PULLING,
+    SessionStatus.PREPARED, SessionStatus.CREATING, SessionStatus.RUNNING,
+    SessionStatus.RESTARTING, SessionStatus.RESIZING, SessionStatus.SUSPENDED,
+    SessionStatus.TERMINATING,
+)

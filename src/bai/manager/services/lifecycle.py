@@ -1,0 +1,536 @@
+"""Session lifecycle orchestration: starting kernels, terminating sessions, agent events.
+
+Everything here decides *what* transition to make and calls ``transitions.transit``; the agent
+RPCs happen outside transactions. Decisions re-read the session and retry when a concurrent
+writer won the compare-and-set (``MAX_RACE_RETRIES``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bai.common.errors import AgentError, BaiError, SessionNotRunning
+from bai.common.events import KernelEvent, SessionEvent
+from bai.common.resources import ResourceSlot
+from bai.common.status import FINAL, SessionStatus, SessionResult, SessionType
+from bai.manager.services.transitions import (
+    Outbox,
+    load_session,
+    replace_kernel,
+    transit,
+)
+from bai.manager.store.tables import agents, images, kernels, sessions, utcnow
+
+if TYPE_CHECKING:
+    from bai.manager.services.root import ManagerRoot
+
+log = logging.getLogger(__name__)
+S = SessionStatus
+MAX_RACE_RETRIES = 8
+#: A failed create RPC (agent unreachable) requeues the session this many times before ERROR.
+MAX_START_ATTEMPTS = 3
+
+#: The healthy path a kernel's progress events walk along.
+PROGRESS = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING, S.RUNNING)
+EVENT_TARGET = {
+    "kernel_preparing": S.PREPARING,
+    "kernel_pulling": S.PULLING,
+    "kernel_prepared": S.PREPARED,
+    "kernel_creating": S.CREATING,
+    "kernel_started": S.RUNNING,
+}
+STEP_REASON = {
+    S.PREPARING: "preparing",
+    S.PULLING: "pulling-image",
+    S.PREPARED: "prepared",
+    S.CREATING: "creating",
+    S.RUNNING: "started",
+}
+
+
+def next_step(current: SessionStatus, target: SessionStatus) -> SessionStatus | None:
+    """The next status on the way from ``current`` to ``target`` along ``PROGRESS``."""
+    if current not in PROGRESS or target not in PROGRESS:
+        return None
+    if PROGRESS.index(current) >= PROGRESS.index(target):
+        return None
+    if current is S.PREPARING:
+        return S.PULLING if target is S.PULLING else S.PREPARED
+    if current is S.PULLING:
+        return S.PREPARED
+    return PROGRESS[PROGRESS.index(current) + 1]
+
+
+def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``stats`` object of a destroy answer: always carries ``status`` (client-protocol §6.4)."""
+    out = dict(stats or {})
+    out["status"] = status
+    return out
+
+
+class Lifecycle:
+    def __init__(self, root: ManagerRoot) -> None:
+        self.root = root
+        self._bg: set[asyncio.Task] = set()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def tx(self) -> AsyncIterator[tuple[AsyncConnection, Outbox]]:
+        """A write transaction whose outbox is flushed once it has committed."""
+        outbox = Outbox()
+        async with self.root.store.begin() as conn:
+            yield conn, outbox
+        await self.flush(outbox)
+
+    async def flush(self, outbox: Outbox) -> None:
+        for ev in outbox.events:
+            try:
+                await self.root.bus.publish(ev)
+            except Exception:  # the database already has the truth; clients may miss one event
+                log.exception("publishing %s failed", ev.name)
+        if outbox.kick_scheduler:
+            self.root.scheduler.kick()
+
+    def spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def close(self) -> None:
+        for task in list(self._bg):
+            task.cancel()
+        for task in list(self._bg):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _kernel(self, conn: AsyncConnection, kernel_id) -> dict | None:
+        if kernel_id is None:
+            return None
+        row = (await conn.execute(sa.select(kernels).where(kernels.c.id == kernel_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def _agent_address(self, conn: AsyncConnection, agent_id: str | None) -> str | None:
+        if not agent_id:
+            return None
+        return (
+            await conn.execute(sa.select(agents.c.address).where(agents.c.id == agent_id))
+        ).scalar()
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def start_kernel(self, session_id: uuid.UUID) -> None:
+        """SCHEDULED -> PREPARING, then ask the agent to create the kernel."""
+        async with self.tx() as (conn, outbox):
+            row = await load_session(conn, session_id)
+            if row is None or row["status"] != S.SCHEDULED:
+                return
+            kernel = await self._kernel(conn, row["main_kernel_id"])
+            image = (
+                await conn.execute(sa.select(images).where(images.c.name == row["image"]))
+            ).mappings().first()
+            address = await self._agent_address(conn, kernel and kernel["agent_id"]) or (
+                kernel and kernel["agent_address"]
+            )
+            new = await transit(
+                conn, session_id, S.SCHEDULED, S.PREPARING, reason="preparing",
+                cause="scheduler", outbox=outbox, row=row,
+            )
+            if new is None or kernel is None:
+                return
+        spec = self.kernel_spec(new, kernel, dict(image) if image else {})
+        try:
+            await self.root.agents.rpc.create_kernel(address, spec)
+        except BaiError as e:
+            await self._start_failed(session_id, kernel["id"], e)
+
+    def kernel_spec(self, row: Mapping[str, Any], kernel: Mapping[str, Any], image: Mapping) -> dict:
+        environ = {str(k): str(v) for k, v in (row.get("environ") or {}).items()}
+        environ.update(
+            BACKENDAI_SESSION_ID=str(row["id"]),
+            BACKENDAI_SESSION_NAME=row["name"],
+            BACKENDAI_KERNEL_ID=str(kernel["id"]),
+            BACKENDAI_KERNEL_IMAGE=row["image"],
+            BACKENDAI_ACCESS_KEY=row["access_key"],
+            BACKENDAI_CLUSTER_SIZE="1",
+            BACKENDAI_CLUSTER_ROLE="main",
+            BACKENDAI_CLUSTER_IDX="0",
+        )
+        return {
+            "kernel_id": str(kernel["id"]),
+            "session_id": str(row["id"]),
+            "session_name": row["name"],
+            "session_type": row["type"],
+            "image": row["image"],
+            "image_labels": dict(image.get("labels") or {}),
+            "slots": ResourceSlot.from_json(row["requested_slots"]).to_json(),
+            "environ": environ,
+            "startup_command": row.get("startup_command"),
+            "bootstrap_script": row.get("bootstrap_script"),
+            "network": False,
+            "cluster_role": kernel.get("cluster_role") or "main",
+            "cluster_idx": kernel.get("cluster_idx") or 0,
+        }
+
+    async def _start_failed(self, session_id: uuid.UUID, kernel_id, err: BaiError) -> None:
+        unreachable = isinstance(err, AgentError) and "unreachable" in str(err)
+        data = {"error": {"src": "agent", "name": type(err).__name__, "repr": str(err)}}
+        for _ in range(MAX_RACE_RETRIES):
+            async with self.tx() as (conn, outbox):
+                row = await load_session(conn, session_id)
+                if row is None or row["main_kernel_id"] != kernel_id:
+                    return
+                status = S(row["status"])
+                if status not in (S.PREPARING, S.PULLING, S.PREPARED, S.CREATING):
+                    return
+                if unreachable and row["attempt"] + 1 < MAX_START_ATTEMPTS:
+                    new = await transit(
+                        conn, session_id, status, S.PENDING, reason="agent-unreachable",
+                        cause="manager", outbox=outbox, row=row, status_data=data,
+                        values={"agent_ids": []},
+                    )
+                    if new is not None:
+                        await replace_kernel(conn, new, "agent-unreachable")
+                        return
+                else:
+                    new = await transit(
+                        conn, session_id, status, S.ERROR, reason="failed-to-start",
+                        cause="manager", outbox=outbox, row=row, status_data=data,
+                    )
+                    if new is not None:
+                        return
+
+    # -- terminating --------------------------------------------------------------------------
+
+    async def terminate(
+        self, session_id: uuid.UUID, *, reason: str, cause: str, forced: bool = False
+    ) -> dict[str, Any]:
+        """End a session whatever its status; returns the destroy answer's ``stats``.
+
+        PENDING -> CANCELLED. ERROR -> TERMINATED. Anything else -> TERMINATING, the agent
+        destroys the kernel, -> TERMINATED with the slots released. An unreachable agent leaves
+        the session TERMINATING (the deadline ends it) unless ``forced``.
+        """
+        for _ in range(MAX_RACE_RETRIES):
+            async with self.tx() as (conn, outbox):
+                row = await load_session(conn, session_id)
+                if row is None:
+                    raise SessionNotRunning("no such session")
+                status = S(row["status"])
+                if status in FINAL:
+                    return stats_reply(status.value.lower())
+                if status is S.PENDING:
+                    if await transit(conn, session_id, S.PENDING, S.CANCELLED, reason=reason,
+                                     cause=cause, outbox=outbox, row=row):
+                        return stats_reply("cancelled")
+                    continue
+                kernel = await self._kernel(conn, row["main_kernel_id"])
+                address = await self._agent_address(conn, kernel and kernel["agent_id"])
+                if status is S.TERMINATING and not forced:
+                    pass  # someone else is terminating it: help by asking the agent again
+                elif status is S.ERROR:
+                    pass  # kernel may linger on the agent: destroy it first, then TERMINATED
+                elif status is not S.TERMINATING:
+                    if not await transit(conn, session_id, status, S.TERMINATING, reason=reason,
+                                         cause=cause, outbox=outbox, row=row):
+                        continue
+            return await self._destroy_on_agent(
+                session_id, kernel, address, reason=reason, cause=cause, forced=forced
+            )
+        raise SessionNotRunning("the session changed too often while terminating it; try again")
+
+    async def _destroy_on_agent(
+        self, session_id, kernel, address, *, reason: str, cause: str, forced: bool
+    ) -> dict[str, Any]:
+        reply: dict[str, Any] = {}
+        reached = True
+        if kernel is not None and address:
+            try:
+                reply = await self.root.agents.rpc.destroy_kernel(address, str(kernel["id"]), reason)
+            except BaiError as e:
+                log.warning("destroying kernel %s on %s failed: %s", kernel["id"], address, e)
+                reached = False
+        if not reached and not forced:
+            return stats_reply("terminating")
+        return await self.finish_termination(
+            session_id, kernel["id"] if kernel else None,
+            reason=reason if reached else "force-terminated", cause=cause,
+            exit_code=reply.get("exit_code"), stats=reply.get("stats"),
+        )
+
+    async def finish_termination(
+        self, session_id, kernel_id, *, reason: str, cause: str,
+        exit_code: int | None = None, stats: Mapping | None = None,
+    ) -> dict[str, Any]:
+        """TERMINATING/ERROR -> TERMINATED once the kernel is gone (idempotent)."""
+        for _ in range(MAX_RACE_RETRIES):
+            async with self.tx() as (conn, outbox):
+                row = await load_session(conn, session_id)
+                if row is None:
+                    return stats_reply("terminated")
+                status = S(row["status"])
+                if status in FINAL:
+                    return stats_reply(status.value.lower(), stats)
+                if kernel_id is not None and row["main_kernel_id"] != kernel_id:
+                    return stats_reply(status.value.lower())
+                if status not in (S.TERMINATING, S.ERROR):
+                    # forced while still starting: pass through TERMINATING so the table holds
+                    if not await transit(conn, session_id, status, S.TERMINATING, reason=reason,
+                                         cause=cause, outbox=outbox, row=row):
+                        continue
+                    row = await load_session(conn, session_id)
+                    status = S.TERMINATING
+                info = row.get("status_info") if status is S.TERMINATING else reason
+                if stats and kernel_id is not None:
+                    await conn.execute(
+                        sa.update(kernels).where(kernels.c.id == kernel_id).values(last_stat=dict(stats))
+                    )
+                new = await transit(
+                    conn, session_id, status, S.TERMINATED, reason=reason, cause=cause,
+                    outbox=outbox, row=row, info=info or reason, exit_code=exit_code,
+                )
+                if new is not None:
+                    return stats_reply("terminated", stats)
+        return stats_reply("terminating")
+
+    # -- agent events -------------------------------------------------------------------------
+
+    async def apply_kernel_event(self, ev: KernelEvent) -> None:
+        """Turn one agent observation into transitions (idempotent: repeats are skipped)."""
+        try:
+            kid = uuid.UUID(str(ev.kernel_id))
+        except ValueError:
+            return
+        for _ in range(MAX_RACE_RETRIES):
+            done = await self._apply_once(ev, kid)
+            if done:
+                return
+        log.warning("gave up applying %s for kernel %s after repeated races", ev.name, kid)
+
+    async def _apply_once(self, ev: KernelEvent, kid: uuid.UUID) -> bool:
+        cause = f"agent:{ev.agent_id}"
+        async with self.tx() as (conn, outbox):
+            kernel = await self._kernel(conn, kid)
+            if kernel is None:
+                return True
+            row = await load_session(conn, kernel["session_id"])
+            if row is None:
+                return True
+            status = S(row["status"])
+            is_main = row["main_kernel_id"] == kid
+            if ev.name == "kernel_terminated" and ev.exit_code is not None:
+                await conn.execute(
+                    sa.update(kernels).where(kernels.c.id == kid).values(exit_code=ev.exit_code)
+                )
+            if not is_main or status in FINAL:
+                if ev.name == "kernel_started":
+                    self._destroy_orphan(kernel, ev, "not-found-in-manager")
+                return True
+
+            target = EVENT_TARGET.get(ev.name)
+            if target is not None:
+                return await self._progress(conn, outbox, row, kernel, ev, target, cause)
+            if ev.name == "kernel_creation_failed":
+                if status in PROGRESS and status is not S.RUNNING:
+                    data = {"error": {"src": "agent", "agent_id": ev.agent_id,
+                                      "repr": str(ev.data.get("error") or ev.reason)}}
+                    return await transit(
+                        conn, row["id"], status, S.ERROR, reason=ev.reason or "failed-to-create",
+                        cause=cause, outbox=outbox, row=row, status_data=data,
+                    ) is not None
+                return True
+            if ev.name == "kernel_terminated":
+                return await self._terminated(conn, outbox, row, kernel, ev, cause)
+            return True
+
+    async def _progress(self, conn, outbox, row, kernel, ev, target, cause) -> bool:
+        status = S(row["status"])
+        if status is S.RESTARTING and target is S.RUNNING:
+            step = S.RUNNING
+        elif status in (S.TERMINATING, S.ERROR) and target is S.RUNNING:
+            self._destroy_orphan(kernel, ev, row.get("status_info") or "user-requested")
+            return True
+        else:
+            step = next_step(status, target)
+        while step is not None:
+            values: dict[str, Any] = {}
+            reason = STEP_REASON.get(step, "")
+            if step is S.PULLING and ev.reason:
+                reason = "pulling-image"
+            if step is S.RUNNING:
+                ports = ev.data.get("service_ports")
+                if ports is not None:
+                    values["service_ports"] = ports
+                if ev.data.get("container_id"):
+                    await conn.execute(
+                        sa.update(kernels).where(kernels.c.id == kernel["id"])
+                        .values(container_id=str(ev.data["container_id"]))
+                    )
+            new = await transit(conn, row["id"], status, step, reason=reason, cause=cause,
+                                outbox=outbox, row=row, values=values or None)
+            if new is None:
+                return False
+            row, status = new, step
+            step = next_step(status, target)
+        return True
+
+    async def _terminated(self, conn, outbox, row, kernel, ev, cause) -> bool:
+        status = S(row["status"])
+        reason = ev.reason or "self-terminated"
+        exit_code = ev.exit_code
+        oom = "oom" in reason
+        is_batch = row["type"] == SessionType.BATCH
+        if status is S.TERMINATING:
+            info = "oom-killed" if oom else (row.get("status_info") or reason)
+            return await transit(conn, row["id"], status, S.TERMINATED, reason=reason, cause=cause,
+                                 outbox=outbox, row=row, info=info, exit_code=exit_code) is not None
+        if status is S.ERROR or status is S.PENDING:
+            return True
+        if status in (S.RUNNING, S.RESIZING, S.SUSPENDED) and is_batch:
+            ok = exit_code == 0 and not oom
+            result = SessionResult.SUCCESS if ok else SessionResult.FAILURE
+            await conn.execute(
+                sa.update(sessions).where(sessions.c.id == row["id"]).values(result=result.value)
+            )
+            code = int(exit_code) if exit_code is not None else -1
+            outbox.events.append(SessionEvent(
+                "session_success" if ok else "session_failure", str(row["id"]), row["name"],
+                row["access_key"], reason="task-done" if ok else ("oom-killed" if oom else "task-failed"),
+                exit_code=code,
+            ))
+        if oom or status not in (S.RUNNING, S.RESIZING, S.SUSPENDED):
+            # died while starting, restarting, or out of memory: an error the user must see
+            info = "oom-killed" if oom else reason
+            data = {"kernel": {"exit_code": exit_code, "reason": reason}}
+            return await transit(conn, row["id"], status, S.ERROR, reason=info, cause=cause,
+                                 outbox=outbox, row=row, status_data=data, exit_code=exit_code) is not None
+        done_reason = "task-finished" if is_batch else reason
+        new = await transit(conn, row["id"], status, S.TERMINATING, reason=done_reason, cause=cause,
+                            outbox=outbox, row=row, exit_code=exit_code)
+        if new is None:
+            return False
+        return await transit(conn, row["id"], S.TERMINATING, S.TERMINATED, reason=done_reason,
+                             cause=cause, outbox=outbox, row=new, exit_code=exit_code) is not None
+
+    async def destroy_kernel_quietly(self, session_id, reason: str) -> None:
+        """Ask the agent to drop the session's kernel, without any status change."""
+        async with self.root.store.connect() as conn:
+            row = await load_session(conn, session_id)
+            kernel = await self._kernel(conn, row and row["main_kernel_id"])
+            address = await self._agent_address(conn, kernel and kernel["agent_id"])
+        if kernel is not None and address:
+            with contextlib.suppress(BaiError):
+                await self.root.agents.rpc.destroy_kernel(address, str(kernel["id"]), reason)
+
+    def _destroy_orphan(self, kernel: Mapping, ev: KernelEvent, reason: str) -> None:
+        """A kernel started that nobody wants any more (destroyed or replaced meanwhile)."""
+        async def _go():
+            async with self.root.store.connect() as conn:
+                address = await self._agent_address(conn, ev.agent_id) or kernel.get("agent_address")
+            if address:
+                with contextlib.suppress(BaiError):
+                    await self.root.agents.rpc.destroy_kernel(address, str(kernel["id"]), reason)
+
+        self.spawn(_go(), f"destroy-orphan-{kernel['id']}")
+
+    # -- agent lost ---------------------------------------------------------------------------
+
+    async def agent_lost(self, agent_id: str) -> int:
+        """Sessions on a lost agent: interactive -> ERROR (agent-lost), batch -> PENDING again."""
+        async with self.root.store.connect() as conn:
+            ids = (
+                await conn.execute(
+                    sa.select(sessions.c.id)
+                    .join(kernels, kernels.c.id == sessions.c.main_kernel_id)
+                    .where(
+                        kernels.c.agent_id == agent_id,
+                        sessions.c.status.not_in([str(s) for s in (*FINAL, S.PENDING, S.ERROR)]),
+                    )
+                )
+            ).scalars().all()
+        for sid in ids:
+            for _ in range(MAX_RACE_RETRIES):
+                if await self._lose_one(sid, agent_id):
+                    break
+        return len(ids)
+
+    async def _lose_one(self, sid, agent_id: str) -> bool:
+        cause = f"agent:{agent_id}"
+        async with self.tx() as (conn, outbox):
+            row = await load_session(conn, sid)
+            if row is None:
+                return True
+            status = S(row["status"])
+            if status in FINAL or status in (S.PENDING, S.ERROR):
+                return True
+            if status is S.TERMINATING:
+                return await transit(conn, sid, status, S.TERMINATED, reason="agent-lost",
+                                     cause=cause, outbox=outbox, row=row,
+                                     info=row.get("status_info") or "agent-lost") is not None
+            requeue = row["type"] == SessionType.BATCH and S.PENDING in _targets(status)
+            if requeue:
+                new = await transit(conn, sid, status, S.PENDING, reason="agent-lost", cause=cause,
+                                    outbox=outbox, row=row, values={"agent_ids": [], "result": "UNDEFINED"})
+                if new is None:
+                    return False
+                await replace_kernel(conn, new, "agent-lost")
+                return True
+            return await transit(conn, sid, status, S.ERROR, reason="agent-lost", cause=cause,
+                                 outbox=outbox, row=row,
+                                 status_data={"error": {"src": "agent", "agent_id": agent_id,
+                                                        "repr": "agent stopped sending heartbeats"}}
+                                 ) is not None
+
+    # -- restart ------------------------------------------------------------------------------
+
+    async def restart(self, session_id: uuid.UUID, cause: str) -> None:
+        """RUNNING -> RESTARTING; the kernel is replaced by a fresh one; -> RUNNING on start."""
+        async with self.tx() as (conn, outbox):
+            row = await load_session(conn, session_id)
+            if row is None or row["status"] != S.RUNNING:
+                raise SessionNotRunning(
+                    f"session {row['name'] if row else session_id} is "
+                    f"{row['status'] if row else 'gone'}; only a RUNNING session can restart"
+                )
+            old = await self._kernel(conn, row["main_kernel_id"])
+            address = await self._agent_address(conn, old and old["agent_id"])
+            new = await transit(conn, session_id, S.RUNNING, S.RESTARTING, reason="restarting",
+                                cause=cause, outbox=outbox, row=row)
+            if new is None:
+                raise SessionNotRunning("the session changed while restarting it; try again")
+            new_kid = await replace_kernel(conn, new, "restarting")
+            image = (await conn.execute(sa.select(images).where(images.c.name == row["image"]))).mappings().first()
+            kernel = await self._kernel(conn, new_kid)
+        if old is not None and address:
+            with contextlib.suppress(BaiError):
+                await self.root.agents.rpc.destroy_kernel(address, str(old["id"]), "restarting")
+        try:
+            await self.root.agents.rpc.create_kernel(address, self.kernel_spec(new, kernel, dict(image or {})))
+        except BaiError as e:
+            async with self.tx() as (conn, outbox):
+                await transit(conn, session_id, S.RESTARTING, S.ERROR, reason="restart-failed",
+                              cause="manager", outbox=outbox,
+                              status_data={"error": {"src": "agent", "repr": str(e)}})
+
+
+def _targets(status: SessionStatus):
+    from bai.common.status import TRANSITIONS
+
+    return TRANSITIONS[status]
+
+
+async def kernel_ids_on_agent(conn: AsyncConnection, agent_id: str) -> list[uuid.UUID]:
+    return list(
+        (await conn.execute(sa.select(kernels.c.id).where(kernels.c.agent_id == agent_id))).scalars()
+    )
+
+
+__all__ = ["Lifecycle", "next_step", "stats_reply", "utcnow"]

@@ -1,0 +1,59 @@
+"""ManagerRoot: the manager's services, built once from settings (see ``bai.manager.app``).
+
+``start()`` migrates the database to head, bootstraps nothing (``bai-manager init`` does that),
+and starts the background loops: the scheduler, the deadline checker, the idle checker and the
+agent-liveness checker. ``stop()`` ends them and closes the store, the bus and the RPC client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bai.manager.eventbus import EventBus, make_bus
+from bai.manager.services.agents import AgentRegistry
+from bai.manager.services.sessions import SessionService
+from bai.manager.settings import ManagerSettings
+from bai.manager.store.engine import Store
+
+log = logging.getLogger(__name__)
+
+
+class ManagerRoot:
+    def __init__(self, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.store = Store(settings.db_url)
+        self.bus: EventBus = make_bus(settings)
+        self.agents = AgentRegistry(self)
+        self.sessions = SessionService(self)
+        from bai.manager.services.scheduling import SchedulerLoop
+        from bai.manager.services.watchdogs import Watchdogs
+
+        self.scheduler = SchedulerLoop(self)
+        self.watchdogs = Watchdogs(self)
+        self._tasks: list[asyncio.Task] = []
+        self._started = False
+
+    async def start(self) -> None:
+        await self.store.migrate()
+        await self.bus.start()
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self.watchdogs.run(), name="watchdogs"),
+        ]
+        self._started = True
+        self.scheduler.kick()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self.sessions.close()
+        await self.agents.close()
+        await self.bus.close()
+        await self.store.close()
+        self._started = False

@@ -1,0 +1,412 @@
+"""SessionService: the use cases behind ``/session`` (create, destroy, look up, history ...).
+
+Creating validates everything before writing anything (image, slots, fit, policy, name), then
+writes the session PENDING with its kernel and ``None -> PENDING`` history in one transaction,
+publishes ``session_enqueued`` and kicks the scheduler. Unless ``enqueueOnly``, it waits for
+RUNNING, ERROR, CANCELLED or TERMINATED (or answers ``TIMEOUT`` after ``maxWaitSeconds > 0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bai.common.errors import (
+    Forbidden,
+    InvalidAPIParameters,
+    InvalidResourceSpec,
+    QuotaExceeded,
+    SessionAlreadyExists,
+    SessionNotFound,
+)
+from bai.common.ids import parse_uuid
+from bai.common.resources import ResourceSlot
+from bai.common.status import FINAL, TERMINAL, SessionStatus
+from bai.manager.context import Caller
+from bai.manager.scheduler.decision import fmt_amount
+from bai.manager.services.images import DEFAULT_REQUEST, resolve_image
+from bai.manager.services.lifecycle import Lifecycle
+from bai.manager.services.session_params import check_name, parse_create
+from bai.manager.services.transitions import record_enqueued
+from bai.manager.store.tables import (
+    agents,
+    domains,
+    group_members,
+    groups,
+    kernels,
+    keypair_resource_policies,
+    keypairs,
+    scaling_groups,
+    session_dependencies,
+    session_history,
+    sessions,
+    users,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from bai.manager.services.root import ManagerRoot
+
+S = SessionStatus
+#: Statuses the create call stops waiting at.
+SETTLED = frozenset({S.RUNNING, S.ERROR, S.CANCELLED, S.TERMINATED})
+#: How long destroy waits for an agent that answered "terminating" to finish.
+DESTROY_WAIT_SECONDS = 15.0
+_FINAL_NAMES = [str(s) for s in FINAL]
+
+
+class SessionService:
+    def __init__(self, root: ManagerRoot) -> None:
+        self.root = root
+        self.lifecycle = Lifecycle(root)
+
+    async def close(self) -> None:
+        await self.lifecycle.close()
+
+    # -- create -------------------------------------------------------------------------------
+
+    async def create(self, caller: Caller, params: dict) -> dict:
+        now = utcnow()
+        req = parse_create(params, now)
+        if req.mounts:
+            raise InvalidAPIParameters("virtual folder mounts are not supported by this server")
+        async with self.root.bus.subscribe() as sub:
+            async with self.lifecycle.tx() as (conn, outbox):
+                owner = await self._owner(conn, caller, req.owner_access_key)
+                existing = await self._live_by_name(conn, req.name, owner["access_key"])
+                image = await resolve_image(conn, req.image)
+                if existing is not None:
+                    if req.reuse and existing["image"] == image["name"]:
+                        return self._answer(existing, created=False)
+                    raise SessionAlreadyExists(
+                        f"a session named {req.name!r} already exists "
+                        f"({existing['status']}, image {existing['image']})",
+                        data={"existingSessionId": str(existing["id"])},
+                    )
+                if req.domain and req.domain != owner["domain_name"]:
+                    raise InvalidAPIParameters(
+                        f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
+                        f"not {req.domain!r}")
+                group_id = await self._group(conn, owner, req.group, caller)
+                sgroup = await self._scaling_group(conn, req.scaling_group)
+                requested = self._requested_slots(req.resources, image)
+                await self._check_fit(conn, requested, sgroup, owner, group_id)
+                dep_ids = [await self._dependency(conn, d, owner["access_key"])
+                           for d in req.dependencies]
+                sid, kid = uuid.uuid4(), uuid.uuid4()
+                row = {
+                    "id": sid, "name": req.name, "tag": req.tag, "type": req.type.value,
+                    "image": image["name"], "registry": image["registry"],
+                    "architecture": image["architecture"], "domain_name": owner["domain_name"],
+                    "group_id": group_id, "user_id": owner["user_id"],
+                    "access_key": owner["access_key"], "status": str(S.PENDING),
+                    "status_info": "enqueued", "status_data": {}, "status_changed": now,
+                    "created_at": now, "starts_at": req.starts_at,
+                    "startup_command": req.startup_command,
+                    "bootstrap_script": req.bootstrap_script,
+                    "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
+                    "occupying_slots": {}, "scaling_group": sgroup,
+                    "service_ports": list(image.get("service_ports") or []), "mounts": [],
+                    "environ": req.environ, "agent_ids": [], "main_kernel_id": kid,
+                    "callback_url": req.callback_url, "idle_timeout": owner["idle_timeout"],
+                    "last_activity_at": now, "abusing_reports": [], "attempt": 0,
+                }
+                await conn.execute(sa.insert(sessions).values(**row))
+                await conn.execute(sa.insert(kernels).values(
+                    id=kid, session_id=sid, image=image["name"], status=str(S.PENDING),
+                    status_info="enqueued", status_changed=now, created_at=now,
+                    requested_slots=requested.to_json(), occupied_slots=requested.to_json(),
+                ))
+                for dep in dict.fromkeys(dep_ids):
+                    await conn.execute(
+                        sa.insert(session_dependencies).values(session_id=sid, depends_on=dep))
+                await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, now)
+            if req.enqueue_only:
+                return self._answer(row, created=True)
+            return await self._wait(sub, sid, req.max_wait)
+
+    async def _wait(self, sub, sid: uuid.UUID, max_wait: float) -> dict:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait if max_wait > 0 else None
+        sid_text = str(sid)
+        while True:
+            async with self.root.store.connect() as conn:
+                row = await self._row(conn, sid)
+            if row is None:
+                raise SessionNotFound("the session disappeared while starting")
+            if S(row["status"]) in SETTLED:
+                return self._answer(row, created=True)
+            timeout = 1.0
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return {**self._answer(row, created=True), "status": "TIMEOUT"}
+                timeout = min(timeout, left)
+            end = loop.time() + timeout
+            while (left := end - loop.time()) > 0:
+                ev = await sub.get(left)
+                if ev is None or ev.session_id == sid_text:
+                    break
+
+    @staticmethod
+    def _answer(row: dict, *, created: bool) -> dict:
+        return {
+            "sessionId": str(row["id"]),
+            "sessionName": row["name"],
+            "status": str(row["status"]),
+            "servicePorts": list(row.get("service_ports") or []),
+            "created": created,
+        }
+
+    async def _owner(self, conn: AsyncConnection, caller: Caller, owner_ak: str | None) -> dict:
+        ak = owner_ak or caller.access_key
+        if ak != caller.access_key and not caller.is_admin:
+            raise Forbidden("only an admin may act for another keypair (owner_access_key)")
+        row = (await conn.execute(
+            sa.select(keypairs.c.access_key, keypairs.c.resource_policy, users.c.id.label("user_id"),
+                      users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
+                      keypairs.c.is_active)
+            .join(users, users.c.id == keypairs.c.user_id)
+            .join(keypair_resource_policies,
+                  keypair_resource_policies.c.name == keypairs.c.resource_policy)
+            .where(keypairs.c.access_key == ak)
+        )).mappings().first()
+        if row is None or not row["is_active"]:
+            raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
+        return dict(row)
+
+    async def _group(self, conn: AsyncConnection, owner: dict, name: str, caller: Caller):
+        g = (await conn.execute(
+            sa.select(groups.c.id, groups.c.is_active)
+            .where(groups.c.name == name, groups.c.domain_name == owner["domain_name"])
+        )).first()
+        if g is None or not g.is_active:
+            raise InvalidAPIParameters(
+                f"unknown group {name!r} in domain {owner['domain_name']!r}")
+        if not caller.is_admin:
+            member = (await conn.execute(
+                sa.select(group_members.c.user_id)
+                .where(group_members.c.group_id == g.id, group_members.c.user_id == owner["user_id"])
+            )).first()
+            if member is None:
+                raise Forbidden(f"user {owner['email']} is not a member of group {name!r}")
+        return g.id
+
+    async def _scaling_group(self, conn: AsyncConnection, name: str | None) -> str:
+        name = name or "default"
+        row = (await conn.execute(
+            sa.select(scaling_groups.c.name, scaling_groups.c.is_active)
+            .where(scaling_groups.c.name == name)
+        )).first()
+        if row is None or not row.is_active:
+            raise InvalidAPIParameters(f"unknown resource group (scaling group) {name!r}")
+        return name
+
+    @staticmethod
+    def _requested_slots(resources: ResourceSlot, image: dict) -> ResourceSlot:
+        mins = ResourceSlot.from_json(image.get("min_slots") or {})
+        req = ResourceSlot({k: v for k, v in resources.items() if v != 0})
+        for slot, default in DEFAULT_REQUEST.items():
+            if req.get(slot, Decimal(0)) <= 0:
+                req[slot] = max(Decimal(default), mins.get(slot, Decimal(0)))
+        for slot, floor in mins.items():
+            if 0 < req.get(slot, Decimal(0)) < floor:
+                raise InvalidResourceSpec(
+                    f"{slot} {fmt_amount(slot, req[slot])} is below the minimum "
+                    f"{fmt_amount(slot, floor)} of image {image['name']}",
+                    data={"slot": slot, "requested": str(req[slot]), "minimum": str(floor)},
+                )
+        return req
+
+    async def _check_fit(self, conn: AsyncConnection, req: ResourceSlot, sgroup: str,
+                         owner: dict, group_id) -> None:
+        """Refuse a request that can never run: larger than every agent, or than a policy."""
+        caps = [ResourceSlot.from_json(r.available_slots) for r in (await conn.execute(
+            sa.select(agents.c.available_slots)
+            .where(agents.c.scaling_group == sgroup, agents.c.status == "ALIVE")
+        )).all()]
+        if caps and not any(req.fits_in(c) for c in caps):
+            for slot, want in sorted(req.items()):
+                largest = max((c.get(slot, Decimal(0)) for c in caps), default=Decimal(0))
+                if want > largest:
+                    raise QuotaExceeded(
+                        f"{slot} requested {fmt_amount(slot, want)}, but the largest agent in "
+                        f"resource group {sgroup} has {fmt_amount(slot, largest)}",
+                        data={"slot": slot, "requested": str(want), "largest": str(largest)},
+                    )
+            raise QuotaExceeded(
+                f"no single agent in resource group {sgroup} has all of "
+                f"{', '.join(f'{k} {fmt_amount(k, v)}' for k, v in sorted(req.items()))}",
+                data={"requested": req.to_json()},
+            )
+        policy = (await conn.execute(
+            sa.select(keypair_resource_policies)
+            .where(keypair_resource_policies.c.name == owner["resource_policy"])
+        )).mappings().first()
+        limits = [(f"keypair resource policy {owner['resource_policy']}",
+                   policy["total_resource_slots"] if policy else {})]
+        g = (await conn.execute(sa.select(groups.c.name, groups.c.total_resource_slots)
+                                .where(groups.c.id == group_id))).first()
+        if g is not None:
+            limits.append((f"group {g.name}", g.total_resource_slots))
+        d = (await conn.execute(sa.select(domains.c.total_resource_slots)
+                                .where(domains.c.name == owner["domain_name"]))).scalar()
+        limits.append((f"domain {owner['domain_name']}", d))
+        for what, raw in limits:
+            limit = ResourceSlot.from_json(raw or {})
+            for slot, cap in limit.items():
+                want = req.get(slot, Decimal(0))
+                if want > cap:
+                    raise QuotaExceeded(
+                        f"{slot} requested {fmt_amount(slot, want)}, but {what} allows at most "
+                        f"{fmt_amount(slot, cap)}",
+                        data={"slot": slot, "requested": str(want), "limit": str(cap)},
+                    )
+
+    async def _dependency(self, conn: AsyncConnection, ref: str, access_key: str) -> uuid.UUID:
+        uid = parse_uuid(ref)
+        q = sa.select(sessions.c.id).where(sessions.c.access_key == access_key)
+        q = q.where(sessions.c.id == uid) if uid else q.where(sessions.c.name == ref)
+        found = (await conn.execute(q.order_by(sessions.c.created_at.desc()).limit(1))).scalar()
+        if found is None:
+            raise InvalidAPIParameters(f"unknown dependency {ref!r}", data={"dependency": ref})
+        return found
+
+    async def _live_by_name(self, conn: AsyncConnection, name: str, access_key: str) -> dict | None:
+        row = (await conn.execute(
+            sa.select(sessions).where(
+                sessions.c.name == name, sessions.c.access_key == access_key,
+                sessions.c.status.not_in([str(s) for s in TERMINAL]),
+            ).order_by(sessions.c.created_at.desc()).limit(1)
+        )).mappings().first()
+        return dict(row) if row else None
+
+    async def _row(self, conn: AsyncConnection, sid: uuid.UUID) -> dict | None:
+        row = (await conn.execute(sa.select(sessions).where(sessions.c.id == sid))).mappings().first()
+        return dict(row) if row else None
+
+    # -- look-ups -----------------------------------------------------------------------------
+
+    async def resolve(self, caller: Caller, name_or_id: str, owner_access_key: str | None = None) -> dict:
+        """The session row by UUID or name; only the caller's own unless admin (+owner key)."""
+        if owner_access_key and owner_access_key != caller.access_key and not caller.is_admin:
+            raise Forbidden("only an admin may name another keypair (owner_access_key)")
+        ak = owner_access_key or caller.access_key
+        async with self.root.store.connect() as conn:
+            uid = parse_uuid(name_or_id)
+            if uid is not None:
+                row = await self._row(conn, uid)
+                if row is not None and caller.can_touch(row["access_key"]) and (
+                    not owner_access_key or row["access_key"] == owner_access_key
+                ):
+                    return row
+            rows = (await conn.execute(
+                sa.select(sessions)
+                .where(sessions.c.name == name_or_id, sessions.c.access_key == ak)
+                .order_by(sessions.c.created_at.desc())
+            )).mappings().all()
+        if not rows:
+            raise SessionNotFound(f"no such session: {name_or_id}", data={"session": name_or_id})
+        for r in rows:
+            if r["status"] not in _FINAL_NAMES:
+                return dict(r)
+        return dict(rows[0])
+
+    async def history(self, caller: Caller, name_or_id: str,
+                      owner_access_key: str | None = None) -> list[dict]:
+        row = await self.resolve(caller, name_or_id, owner_access_key)
+        h = session_history.c
+        async with self.root.store.connect() as conn:
+            items = (await conn.execute(
+                sa.select(h.from_status, h.to_status, h.reason, h.cause, h.at)
+                .where(h.session_id == row["id"]).order_by(h.id)
+            )).all()
+        return [{"from": r.from_status, "to": r.to_status, "reason": r.reason, "cause": r.cause,
+                 "at": r.at.isoformat()} for r in items]
+
+    async def status_history(self, caller: Caller, name_or_id: str,
+                             owner_access_key: str | None = None) -> dict[str, str]:
+        """``{STATUS: iso}`` of the last time the session entered each status."""
+        out: dict[str, str] = {}
+        for item in await self.history(caller, name_or_id, owner_access_key):
+            out[item["to"]] = item["at"]
+        return out
+
+    async def touch(self, session_id) -> None:
+        sid = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+        async with self.root.store.begin() as conn:
+            await conn.execute(
+                sa.update(sessions).where(sessions.c.id == sid).values(last_activity_at=utcnow()))
+
+    # -- changes ------------------------------------------------------------------------------
+
+    async def destroy(self, caller: Caller, name_or_id: str, owner_access_key: str | None = None,
+                      forced: bool = False, recursive: bool = False) -> dict:
+        row = await self.resolve(caller, name_or_id, owner_access_key)
+        reason = "force-terminated" if forced else "user-requested"
+        cause = f"user:{caller.access_key}"
+        if recursive:
+            for dep in await self._dependents(row["id"]):
+                await self.lifecycle.terminate(dep, reason=reason, cause=cause, forced=forced)
+        stats = await self.lifecycle.terminate(row["id"], reason=reason, cause=cause, forced=forced)
+        if stats.get("status") == "terminating":
+            stats = await self._await_final(row["id"], stats)
+        return {"stats": stats}
+
+    async def _await_final(self, sid: uuid.UUID, stats: dict) -> dict:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DESTROY_WAIT_SECONDS
+        async with self.root.bus.subscribe() as sub:
+            while loop.time() < end:
+                async with self.root.store.connect() as conn:
+                    row = await self._row(conn, sid)
+                if row is None or S(row["status"]) in FINAL:
+                    return {**stats, "status": "terminated"}
+                await sub.get(min(1.0, end - loop.time()))
+        return stats
+
+    async def _dependents(self, sid: uuid.UUID) -> list[uuid.UUID]:
+        async with self.root.store.connect() as conn:
+            return list((await conn.execute(
+                sa.select(session_dependencies.c.session_id)
+                .join(sessions, sessions.c.id == session_dependencies.c.session_id)
+                .where(session_dependencies.c.depends_on == sid,
+                       sessions.c.status.not_in(_FINAL_NAMES))
+            )).scalars())
+
+    async def restart(self, caller: Caller, name_or_id: str,
+                      owner_access_key: str | None = None) -> None:
+        row = await self.resolve(caller, name_or_id, owner_access_key)
+        await self.lifecycle.restart(row["id"], f"user:{caller.access_key}")
+
+    async def rename(self, caller: Caller, name_or_id: str, new_name: str) -> dict:
+        check_name(new_name)
+        row = await self.resolve(caller, name_or_id)
+        if row["status"] in _FINAL_NAMES:
+            raise InvalidAPIParameters(f"session {row['name']} has ended; it cannot be renamed")
+        async with self.root.store.begin() as conn:
+            clash = await self._live_by_name(conn, new_name, row["access_key"])
+            if clash is not None and clash["id"] != row["id"]:
+                raise SessionAlreadyExists(
+                    f"a session named {new_name!r} already exists",
+                    data={"existingSessionId": str(clash["id"])})
+            await conn.execute(
+                sa.update(sessions).where(sessions.c.id == row["id"]).values(name=new_name))
+        return {**row, "name": new_name}
+
+    async def dependencies_of(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The sessions this one depends on (id, name, status, result)."""
+        d = session_dependencies.c
+        async with self.root.store.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(sessions.c.id, sessions.c.name, sessions.c.status, sessions.c.result)
+                .join(sessions, sessions.c.id == d.depends_on)
+                .where(d.session_id == session_id)
+            )).all()
+        return [{"id": str(r.id), "name": r.name, "status": r.status, "result": r.result}
+                for r in rows]

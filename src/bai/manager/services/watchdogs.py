@@ -1,0 +1,129 @@
+"""Watchdogs: no session hangs, idle sessions end, lost agents are noticed.
+
+* Deadlines (``settings.deadline_<phase>``): a session in SCHEDULED, PREPARING, PULLING,
+  PREPARED, CREATING or RESTARTING past its deadline goes to ERROR with ``<phase>-timeout``;
+  TERMINATING past its deadline is forced to TERMINATED (``terminating-timeout``) -- it always
+  ends.
+* Idle timeout: an interactive RUNNING session with no activity (``last_activity_at``, reset by
+  ``SessionService.touch``) for its ``idle_timeout`` seconds (from the keypair's resource
+  policy; 0 = never) is terminated with reason ``idle-timeout``.
+* Agent liveness: ``AgentRegistry.check_liveness`` every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from bai.common.errors import BaiError
+from bai.common.status import SessionStatus, SessionType
+from bai.manager.services.transitions import load_session, transit
+from bai.manager.store.tables import sessions, utcnow
+
+if TYPE_CHECKING:
+    from bai.manager.services.root import ManagerRoot
+
+log = logging.getLogger(__name__)
+S = SessionStatus
+
+DEADLINE_PHASES = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING, S.RESTARTING,
+                   S.TERMINATING)
+
+
+class Watchdogs:
+    def __init__(self, root: ManagerRoot) -> None:
+        self.root = root
+
+    def deadline_for(self, status: SessionStatus) -> float:
+        return float(getattr(self.root.settings, f"deadline_{status.value.lower()}"))
+
+    async def run(self) -> None:
+        tick = 0
+        idle_every = max(1, int(self.root.settings.idle_check_interval))
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            for name, check in (
+                ("liveness", self.root.agents.check_liveness),
+                ("deadlines", self.check_deadlines),
+            ):
+                try:
+                    await check()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s check failed", name)
+            if tick % idle_every == 0:
+                try:
+                    await self.check_idle()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("idle check failed")
+
+    async def check_deadlines(self) -> int:
+        """End every session that stayed too long in a transitional phase."""
+        now = utcnow()
+        cond = sa.or_(*[
+            sa.and_(sessions.c.status == str(st),
+                    sessions.c.status_changed < now - timedelta(seconds=self.deadline_for(st)))
+            for st in DEADLINE_PHASES
+        ])
+        async with self.root.store.connect() as conn:
+            overdue = (await conn.execute(
+                sa.select(sessions.c.id, sessions.c.status).where(cond)
+            )).all()
+        lifecycle = self.root.sessions.lifecycle
+        for sid, status in overdue:
+            phase = S(status)
+            reason = f"{phase.value.lower()}-timeout"
+            if phase is S.TERMINATING:
+                await lifecycle.finish_termination(sid, None, reason=reason, cause="deadline")
+                continue
+            async with lifecycle.tx() as (conn, outbox):
+                row = await load_session(conn, sid)
+                if row is None or row["status"] != status:
+                    continue
+                new = await transit(
+                    conn, sid, phase, S.ERROR, reason=reason, cause="deadline", outbox=outbox,
+                    row=row, status_data={"error": {
+                        "src": "manager",
+                        "repr": f"{phase} did not end within {self.deadline_for(phase):g}s"}},
+                )
+            if new is not None:
+                # The kernel may still come up on its agent: make sure it does not linger.
+                lifecycle.spawn(self._cleanup(sid), f"cleanup-{sid}")
+        return len(overdue)
+
+    async def _cleanup(self, sid) -> None:
+        await self.root.sessions.lifecycle.destroy_kernel_quietly(sid, "deadline-exceeded")
+
+    async def check_idle(self) -> int:
+        now = utcnow()
+        async with self.root.store.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(sessions.c.id, sessions.c.idle_timeout, sessions.c.last_activity_at)
+                .where(sessions.c.status == str(S.RUNNING),
+                       sessions.c.type == SessionType.INTERACTIVE.value,
+                       sessions.c.idle_timeout > 0)
+            )).all()
+        idle = [r.id for r in rows
+                if r.last_activity_at + timedelta(seconds=r.idle_timeout) <= now]
+        for sid in idle:
+            log.info("session %s idle: terminating", sid)
+            self.root.sessions.lifecycle.spawn(
+                self._terminate_idle(sid), f"idle-{sid}"
+            )
+        return len(idle)
+
+    async def _terminate_idle(self, sid) -> None:
+        try:
+            await self.root.sessions.lifecycle.terminate(
+                sid, reason="idle-timeout", cause="idle-checker"
+            )
+        except BaiError as e:
+            log.warning("idle termination of %s failed: %s", sid, e)
