@@ -1,0 +1,614 @@
+"""The ``docker`` runtime backend: one OCI container per kernel, through the Docker Engine API.
+
+Works against Docker (``dockerd``) and Podman's Docker-compatible API socket; it only uses
+endpoints both implement (containers create/start/kill/stop/delete/inspect/list/logs/stats,
+images inspect/create, events, info, version).
+
+What a kernel container looks like:
+
+* name ``bai-kernel-<kernel_id>`` (the engine refuses a second one, which makes ``create``
+  idempotent even when two requests race), labels ``ai.bai.*`` (kernel, session, agent, work dir,
+  slots, ...) from which ``list()`` rebuilds everything after an agent restart;
+* limits: ``cpu`` -> ``NanoCpus``, ``mem`` -> ``Memory`` = ``MemorySwap`` (no swap), ``PidsLimit``;
+  ``NetworkMode=none`` unless the spec asks for network;
+* the kernel's work dir ``<scratch_root>/<kernel_id>`` bind-mounted at ``/home/work``; the runner
+  (``bai/kernel``, stdlib only) bind-mounted read-only at ``/opt/bai/bai/kernel`` and started as
+  ``python3 -m bai.kernel --workdir /home/work`` with ``PYTHONPATH=/opt/bai`` -- nothing of bai is
+  baked into images. The runner's socket ``/home/work/.bai/runner.sock`` is therefore reachable
+  from the host at ``<workdir>/.bai/runner.sock``.
+
+Exits are noticed from the engine's ``die`` events (with a periodic re-scan as a safety net, which
+also covers engines whose event stream breaks) and reported through ``on_exit`` once per
+container; a container the engine OOM-killed reports ``exit_reason="oom-killed"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+import bai.kernel
+from bai.agent.backends.base import (
+    ExitCallback,
+    Instance,
+    InstanceState,
+    KernelCreationFailed,
+    KernelSpec,
+    RuntimeBackend,
+)
+from bai.common.errors import KernelNotFound
+
+log = logging.getLogger(__name__)
+
+LABEL = "ai.bai."
+L_BACKEND = LABEL + "backend"
+L_AGENT = LABEL + "agent_id"
+L_KERNEL = LABEL + "kernel_id"
+L_SESSION = LABEL + "session_id"
+L_WORKDIR = LABEL + "workdir"
+
+#: where the runner package and the work dir appear inside the container
+KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
+WORK_TARGET = "/home/work"
+
+_HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+class DockerBackend(RuntimeBackend):
+    """Kernels as containers of one Docker (or Podman) engine.
+
+    ``docker_host``: engine URL (``unix:///...``; default ``$DOCKER_HOST``, then the local socket).
+    ``scratch_root``: host folder under which each kernel's work dir is made; the engine must see
+    the same paths (it runs on this host). ``agent_id`` scopes ``list()`` and the exit watcher to
+    the containers this agent made, so several agents may share one engine.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        scratch_root: Path | str,
+        agent_id: str = "",
+        docker_host: str | None = None,
+        pids_limit: int = 1024,
+        pull_timeout: float = 30.0,
+        ready_timeout: float = 60.0,
+        network_mode: str | None = None,
+        rescan_interval: float = 5.0,
+        kernel_package: Path | None = None,
+    ) -> None:
+        self.scratch_root = Path(scratch_root).absolute()
+        self.agent_id = agent_id
+        self.docker_host = docker_host or os.environ.get("DOCKER_HOST") or None
+        self.pids_limit = pids_limit
+        self.pull_timeout = pull_timeout
+        self.ready_timeout = ready_timeout
+        #: NetworkMode for kernels that ask for network (None: "bridge" if the engine has it)
+        self.network_mode = network_mode
+        self.rescan_interval = rescan_interval
+        self.kernel_package = (kernel_package or Path(bai.kernel.__file__).parent).absolute()
+        self._docker: aiodocker.Docker | None = None
+        self._on_exit: ExitCallback | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._engine: dict[str, Any] = {}
+        #: kernels whose exit was reported (or that we are destroying): report each exit once
+        self._reported: set[str] = set()
+        self._destroying: set[str] = set()
+        self._create_locks: dict[str, asyncio.Lock] = {}
+
+    # -- connection and watching ---------------------------------------------------------------
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise RuntimeError("DockerBackend.start() was not called")
+        return self._docker
+
+    async def connect(self) -> None:
+        """Open the engine connection and read what it is (no watching)."""
+        if self._docker is not None:
+            return
+        try:
+            self._docker = aiodocker.Docker(url=self.docker_host)
+            version = await self._docker.version()
+            info = await self._docker.system.info()
+        except (DockerError, OSError, ValueError, aiodocker.exceptions.DockerError) as e:
+            if self._docker is not None:
+                await self._docker.close()
+                self._docker = None
+            raise KernelCreationFailed(
+                f"no container engine answers at {self.docker_host or 'the default socket'}: {e}"
+            ) from e
+        components = [c.get("Name", "") for c in version.get("Components") or []]
+        self._engine = {
+            "engine": "podman" if any("podman" in c.lower() for c in components) else "docker",
+            "engine_version": version.get("Version", ""),
+            "api_version": version.get("ApiVersion", ""),
+            "cgroup": "v" + str(info.get("CgroupVersion") or "1"),
+            "memory": bool(info.get("MemoryLimit", True)),
+            "swap": bool(info.get("SwapLimit", True)),
+            "cpu": bool(info.get("CpuCfsQuota", True)),
+            "pids": bool(info.get("PidsLimit", True)),
+        }
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+
+    async def start(self, on_exit: ExitCallback) -> None:
+        await self.connect()
+        self._on_exit = on_exit
+        # Exits that happened while nobody watched (agent down) are reported first.
+        await self._rescan()
+        self._tasks = [
+            asyncio.create_task(self._watch_events(), name="docker-events"),
+            asyncio.create_task(self._rescan_loop(), name="docker-rescan"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    def isolation(self) -> dict[str, Any]:
+        return {
+            "runtime": "docker",
+            "namespaces": True,
+            "network": "none unless requested",
+            "pids_limit": self.pids_limit,
+            **self._engine,
+        }
+
+    async def _watch_events(self) -> None:
+        filters = {"type": ["container"], "event": ["die"], "label": [self._scope_label()]}
+        while True:
+            try:
+                async with self.docker._query(
+                    "events",
+                    params={"filters": json.dumps(filters)},
+                    timeout=aiohttp_no_timeout(),
+                ) as response:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                        kid = attrs.get(L_KERNEL)
+                        if kid and attrs.get(L_BACKEND) == "docker":
+                            await self._maybe_report(kid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the stream broke: the rescan loop covers the gap
+                log.warning("docker event stream ended (%s); reconnecting", e)
+            await asyncio.sleep(1.0)
+            await self._rescan()
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rescan_interval)
+            await self._rescan()
+
+    async def _rescan(self) -> None:
+        try:
+            for inst in await self.list():
+                if inst.state is InstanceState.EXITED:
+                    await self._maybe_report(inst.kernel_id, inst)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("docker rescan failed: %s", e)
+
+    async def _maybe_report(self, kernel_id: str, inst: Instance | None = None) -> None:
+        if kernel_id in self._reported or kernel_id in self._destroying or self._on_exit is None:
+            return
+        if inst is None:
+            try:
+                inst = await self.inspect(kernel_id)
+            except KernelNotFound:
+                return
+        if inst.state is not InstanceState.EXITED or kernel_id in self._reported:
+            return
+        self._reported.add(kernel_id)
+        try:
+            await self._on_exit(inst)
+        except Exception:
+            log.exception("on_exit callback failed for kernel %s", kernel_id)
+
+    # -- images --------------------------------------------------------------------------------
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+            return True
+        except DockerError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def ensure_image(self, spec: KernelSpec) -> bool:
+        if await self.image_present(spec.image):
+            return False
+        try:
+            await asyncio.wait_for(self._pull(spec.image), timeout=self.pull_timeout)
+        except asyncio.TimeoutError:
+            reason = f"the pull did not finish within {self.pull_timeout:g} s"
+        except (DockerError, OSError) as e:
+            reason = _docker_message(e)
+        else:
+            if await self.image_present(spec.image):
+                return True
+            reason = "the engine reported no error but the image is still absent"
+        raise KernelCreationFailed(
+            f"image {spec.image} is not present on this agent and cannot be pulled: {reason}"
+        )
+
+    async def _pull(self, image: str) -> None:
+        # The progress stream may carry an error object instead of a failed status.
+        async for item in self.docker.images.pull(image, stream=True):
+            if isinstance(item, dict) and item.get("error"):
+                raise DockerError(500, str(item["error"]))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def workdir_of(self, kernel_id: str) -> Path:
+        if not kernel_id or "/" in kernel_id or kernel_id in (".", ".."):
+            raise KernelNotFound(f"invalid kernel id {kernel_id!r}")
+        return self.scratch_root / kernel_id
+
+    def container_name(self, kernel_id: str) -> str:
+        return f"bai-kernel-{kernel_id}"
+
+    async def create(self, spec: KernelSpec) -> Instance:
+        lock = self._create_locks.setdefault(spec.kernel_id, asyncio.Lock())
+        async with lock:
+            try:
+                existing = await self.inspect(spec.kernel_id)
+            except KernelNotFound:
+                existing = None
+            if existing is not None:
+                return existing
+            try:
+                return await self._create(spec)
+            finally:
+                self._create_locks.pop(spec.kernel_id, None)
+
+    async def _create(self, spec: KernelSpec) -> Instance:
+        workdir = self.workdir_of(spec.kernel_id)
+        state_dir = workdir / bai.kernel.STATE_DIR
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "runner.json").write_text(
+            json.dumps(
+                {"bootstrap_script": spec.bootstrap_script, "startup_command": spec.startup_command}
+            )
+        )
+        config = await self._container_config(spec, workdir)
+        self._reported.discard(spec.kernel_id)
+        try:
+            container = await self.docker.containers.create(
+                config, name=self.container_name(spec.kernel_id)
+            )
+        except DockerError as e:
+            if e.status == 409:  # someone else created it meanwhile
+                return await self.inspect(spec.kernel_id)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise KernelCreationFailed(
+                f"the container could not be created: {_docker_message(e)}"
+            ) from e
+        try:
+            await container.start()
+            await self._wait_ready(spec.kernel_id, container, workdir)
+        except BaseException as e:
+            self._destroying.add(spec.kernel_id)
+            try:
+                with contextlib.suppress(DockerError):
+                    await container.delete(force=True, v=True)
+                shutil.rmtree(workdir, ignore_errors=True)
+            finally:
+                self._destroying.discard(spec.kernel_id)
+            if isinstance(e, DockerError):
+                raise KernelCreationFailed(
+                    f"the container could not be started: {_docker_message(e)}"
+                ) from e
+            raise
+        return await self.inspect(spec.kernel_id)
+
+    async def _container_config(self, spec: KernelSpec, workdir: Path) -> dict[str, Any]:
+        labels = {
+            L_BACKEND: "docker",
+            L_AGENT: self.agent_id,
+            L_KERNEL: spec.kernel_id,
+            L_SESSION: spec.session_id,
+            LABEL + "session_name": spec.session_name,
+            LABEL + "session_type": spec.session_type,
+            LABEL + "cluster_role": spec.cluster_role,
+            LABEL + "cluster_idx": str(spec.cluster_idx),
+            LABEL + "image": spec.image,
+            LABEL + "slots": json.dumps({k: str(v) for k, v in spec.slots.items()}),
+            L_WORKDIR: str(workdir),
+        }
+        env = {
+            **spec.environ,
+            "PYTHONPATH": "/opt/bai",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "HOME": WORK_TARGET,
+            "LANG": spec.environ.get("LANG", "C.UTF-8"),
+            "BACKENDAI_KERNEL_ID": spec.kernel_id,
+            "BACKENDAI_SESSION_ID": spec.session_id,
+            "BACKENDAI_SESSION_NAME": spec.session_name,
+            "BACKENDAI_CLUSTER_ROLE": spec.cluster_role,
+            "BACKENDAI_CLUSTER_IDX": str(spec.cluster_idx),
+        }
+        host_config: dict[str, Any] = {
+            "Binds": [
+                f"{workdir}:{WORK_TARGET}:rw",
+                f"{self.kernel_package}:{KERNEL_PKG_TARGET}:ro",
+            ],
+            "NetworkMode": await self._network_mode() if spec.network else "none",
+            "PidsLimit": self.pids_limit,
+            "SecurityOpt": ["no-new-privileges"],
+            "AutoRemove": False,
+        }
+        cpu = spec.slots.get("cpu")
+        if cpu is not None and cpu > 0:
+            host_config["NanoCpus"] = int(Decimal(cpu) * 1_000_000_000)
+        mem = spec.slots.get("mem")
+        if mem is not None and mem > 0:
+            mem_bytes = int(mem)
+            if mem_bytes < 6 * 1024 * 1024:
+                raise KernelCreationFailed(
+                    f"mem={mem_bytes} bytes is below the 6 MiB a container needs at least"
+                )
+            host_config["Memory"] = mem_bytes
+            host_config["MemorySwap"] = mem_bytes  # equal: no swap on top
+        return {
+            "Image": spec.image,
+            "Cmd": ["python3", "-m", "bai.kernel", "--workdir", WORK_TARGET],
+            "Entrypoint": [],
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "WorkingDir": WORK_TARGET,
+            "Hostname": _hostname(spec),
+            "Labels": labels,
+            "StopSignal": "SIGTERM",
+            "HostConfig": host_config,
+        }
+
+    async def _network_mode(self) -> str:
+        if self.network_mode:
+            return self.network_mode
+        try:
+            await self.docker.networks.get("bridge")
+            return "bridge"
+        except DockerError:
+            # an engine started with --bridge=none has no bridge network: share the host's
+            return "host"
+
+    async def _wait_ready(self, kernel_id: str, container: Any, workdir: Path) -> None:
+        """Until the runner answers ``ping`` with ready; fail early when the container exits."""
+        sock = workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        delay = 0.02
+        while True:
+            if sock.exists() and await _runner_ready(sock):
+                return
+            info = await container.show()
+            state = info.get("State") or {}
+            if not state.get("Running") and state.get("Status") in ("exited", "dead"):
+                output = await self._container_logs(container, tail=20)
+                why = "out of memory" if state.get("OOMKilled") else f"exit code {state.get('ExitCode')}"
+                raise KernelCreationFailed(
+                    f"the kernel runner exited before it was ready ({why})"
+                    + (f": {output.strip()}" if output.strip() else "")
+                )
+            if loop.time() > deadline:
+                raise KernelCreationFailed(
+                    f"the kernel runner did not become ready within {self.ready_timeout:g} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    async def destroy(self, kernel_id: str) -> Instance | None:
+        self._destroying.add(kernel_id)
+        try:
+            try:
+                container = await self._find(kernel_id)
+            except KernelNotFound:
+                container = None
+            inst: Instance | None = None
+            if container is not None:
+                was_running = bool((container._container.get("State") or {}).get("Running"))
+                if was_running:
+                    with contextlib.suppress(DockerError):
+                        # SIGTERM, then SIGKILL after 2 s; the runner exits on SIGTERM
+                        await container.stop(t=2)
+                with contextlib.suppress(KernelNotFound):
+                    inst = await self.inspect(kernel_id)
+                    if was_running and inst.exit_reason != "oom-killed":
+                        inst.exit_reason = "killed"
+                try:
+                    await container.delete(force=True, v=True)
+                except DockerError as e:
+                    if e.status != 404:
+                        raise
+            workdir = Path(
+                inst.workdir if inst is not None else self.workdir_of(kernel_id)
+            )
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            self._reported.add(kernel_id)
+            return inst
+        finally:
+            self._destroying.discard(kernel_id)
+
+    # -- observation ---------------------------------------------------------------------------
+
+    async def _find(self, kernel_id: str) -> Any:
+        """The container (inspected) of a kernel of this agent; raises KernelNotFound."""
+        try:
+            container = await self.docker.containers.get(self.container_name(kernel_id))
+        except DockerError as e:
+            if e.status == 404:
+                raise KernelNotFound(f"kernel {kernel_id} has no container") from e
+            raise
+        labels = (container._container.get("Config") or {}).get("Labels") or {}
+        if labels.get(L_BACKEND) != "docker" or labels.get(L_AGENT, "") != self.agent_id:
+            raise KernelNotFound(f"kernel {kernel_id} belongs to another agent")
+        return container
+
+    async def inspect(self, kernel_id: str) -> Instance:
+        container = await self._find(kernel_id)
+        return self._instance(container._container)
+
+    def _instance(self, info: dict[str, Any]) -> Instance:
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        state = info.get("State") or {}
+        status = state.get("Status", "")
+        workdir = Path(labels.get(L_WORKDIR) or self.workdir_of(labels[L_KERNEL]))
+        if status in ("exited", "dead", "removing") or (
+            status not in ("created", "") and not state.get("Running")
+        ):
+            st = InstanceState.EXITED
+        elif state.get("Running"):
+            st = InstanceState.RUNNING
+        else:
+            st = InstanceState.CREATING
+        exit_code: int | None = None
+        reason = ""
+        if st is InstanceState.EXITED:
+            exit_code = state.get("ExitCode")
+            reason = "oom-killed" if state.get("OOMKilled") else _exit_json_reason(workdir)
+        return Instance(
+            kernel_id=labels[L_KERNEL],
+            session_id=labels.get(L_SESSION, ""),
+            state=st,
+            workdir=workdir,
+            runner_socket=workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME,
+            container_id=info.get("Id", ""),
+            exit_code=exit_code,
+            exit_reason=reason,
+            labels={k: v for k, v in labels.items() if k.startswith(LABEL)},
+        )
+
+    def _scope_label(self) -> str:
+        return f"{L_AGENT}={self.agent_id}"
+
+    async def list(self) -> list[Instance]:
+        filters = {"label": [f"{L_BACKEND}=docker", self._scope_label()]}
+        summaries = await self.docker.containers.list(all=True, filters=json.dumps(filters))
+        out = []
+        for summary in summaries:
+            labels = summary._container.get("Labels") or {}
+            # filter again: not every engine applies every label filter
+            if labels.get(L_BACKEND) != "docker" or labels.get(L_AGENT, "") != self.agent_id:
+                continue
+            try:
+                out.append(await self.inspect(labels[L_KERNEL]))
+            except (KernelNotFound, KeyError):
+                continue  # removed meanwhile
+        return out
+
+    async def stats(self, kernel_id: str) -> dict[str, Any]:
+        container = await self._find(kernel_id)
+        try:
+            raw = await self.docker._query_json(
+                f"containers/{container.id}/stats",
+                params={"stream": "false", "one-shot": "true"},
+            )
+        except DockerError as e:
+            raise KernelNotFound(f"no stats for kernel {kernel_id}: {_docker_message(e)}") from e
+        if isinstance(raw, list):  # some engines answer a one-element stream
+            raw = raw[0] if raw else {}
+        mem = raw.get("memory_stats") or {}
+        cpu = (raw.get("cpu_stats") or {}).get("cpu_usage") or {}
+        out: dict[str, Any] = {
+            "cpu_used": int(cpu.get("total_usage", 0)) // 1_000_000,  # ns -> msec
+            "mem_cur_bytes": int(mem.get("usage", 0)),
+            "mem_max_bytes": int(mem.get("max_usage", mem.get("usage", 0))),
+            "pids": int((raw.get("pids_stats") or {}).get("current", 0)),
+        }
+        limit = (container._container.get("HostConfig") or {}).get("Memory")
+        if limit:
+            out["mem_limit_bytes"] = int(limit)
+        return out
+
+    async def logs(self, kernel_id: str) -> str:
+        container = await self._find(kernel_id)
+        parts = []
+        runner_log = self.workdir_of(kernel_id) / bai.kernel.STATE_DIR / "kernel.log"
+        out = await self._container_logs(container)
+        if out:
+            parts.append(out)
+        with contextlib.suppress(OSError):
+            parts.append(runner_log.read_text(errors="replace"))
+        return "".join(parts)
+
+    async def _container_logs(self, container: Any, tail: int | None = None) -> str:
+        params: dict[str, Any] = {"stdout": True, "stderr": True}
+        if tail is not None:
+            params["tail"] = tail
+        try:
+            lines = await container.log(**params)
+        except DockerError:
+            return ""
+        return "".join(lines)
+
+
+def aiohttp_no_timeout() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_read=None)
+
+
+async def _runner_ready(sock: Path) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(sock)), 2)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(b'{"op": "ping"}\n')
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 2)
+        return bool(json.loads(line or b"{}").get("ready"))
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _exit_json_reason(workdir: Path) -> str:
+    try:
+        data = json.loads((workdir / bai.kernel.STATE_DIR / "exit.json").read_text())
+        return str(data.get("reason") or "self-terminated")
+    except (OSError, ValueError, AttributeError):
+        return "self-terminated"
+
+
+def _hostname(spec: KernelSpec) -> str:
+    name = _HOSTNAME_BAD.sub("-", spec.session_name.lower()).strip("-")[:63].strip("-")
+    return name or spec.kernel_id[:12]
+
+
+def _docker_message(e: BaseException) -> str:
+    if isinstance(e, DockerError):
+        msg = e.message
+        if isinstance(msg, dict):
+            msg = msg.get("message", str(msg))
+        return str(msg).strip()
+    return str(e) or type(e).__name__
