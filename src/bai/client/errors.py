@@ -1,0 +1,36 @@
+"""Errors the client raises on its own (the server's errors come from ``bai.common.errors``)."""
+
+from __future__ import annotations
+
+from bai.common.errors import BaiError
+
+
+class ManagerUnreachable(BaiError):
+    """No configured endpoint accepted a connection."""
+
+    code = "manager-unreachable"
+    status = 503
+    title = "Cannot reach the manager."
+
+    def __init__(self, endpoints: list[str] | tuple[str, ...], detail: str = ""):
+        where = ", ".join(endpoints)
+        super().__init__(
+            f"cannot reach the manager at {where}: is it running? (backend.ai server start)",
+            data={"endpoints": list(endpoints), "detail": detail},
+        )
+
+
+class ProtocolError(BaiError):
+    """The server answered something the client cannot understand."""
+
+    code = "protocol-error"
+    status = 502
+    title = "Unexpected answer from the manager."
+
+
+class UsageError(BaiError):
+    """A bad command-line value found before any request is sent (CLI exit code 2)."""
+
+    code = "usage-error"
+    status = 400
+    title = "Invalid usage."

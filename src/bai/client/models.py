@@ -1,0 +1,154 @@
+"""Typed records the SDK hands back."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    """The answer of ``POST /session``."""
+
+    session_id: str
+    name: str
+    status: str
+    created: bool = True
+    service_ports: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], name: str) -> CreatedSession:
+        ports = tuple(
+            str(p.get("name", p)) if isinstance(p, dict) else str(p)
+            for p in body.get("servicePorts") or []
+        )
+        return cls(
+            session_id=str(body.get("sessionId", "")),
+            name=str(body.get("sessionName") or name),
+            status=str(body.get("status", "RUNNING")),
+            created=bool(body.get("created", True)),
+            service_ports=ports,
+        )
+
+
+@dataclass
+class CreateSpec:
+    """What ``run`` and ``start`` ask for; ``to_body`` is the official client's JSON, key for key.
+
+    ``run`` leaves ``dependencies`` as None and ``preopen_ports`` as ``[]``; ``start`` sends
+    ``[]`` and None for them, as the official client does.
+    """
+
+    image: str
+    name: str
+    type: str = "interactive"
+    tag: str | None = None
+    environ: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, str] = field(default_factory=dict)
+    resource_opts: dict[str, str] = field(default_factory=dict)
+    mounts: list[str] = field(default_factory=list)
+    mount_map: dict[str, str] = field(default_factory=dict)
+    scaling_group: str | None = None
+    preopen_ports: list[str] | None = field(default_factory=list)
+    dependencies: list[str] | None = None
+    callback_url: str | None = None
+    architecture: str = field(default_factory=platform.machine)
+    cluster_size: int = 1
+    cluster_mode: str = "single-node"
+    starts_at: str | None = None
+    bootstrap_script: str | None = None
+    owner_access_key: str | None = None
+    domain: str = "default"
+    group: str = "default"
+    enqueue_only: bool = False
+    max_wait: int = 0
+    reuse: bool = True
+    startup_command: str | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "name": self.name,
+            "config": {
+                "mounts": list(self.mounts),
+                "environ": dict(self.environ),
+                "resources": dict(self.resources),
+                "resource_opts": dict(self.resource_opts),
+                "scalingGroup": self.scaling_group,
+                "mount_map": dict(self.mount_map),
+                "preopen_ports": self.preopen_ports,
+            },
+            "dependencies": self.dependencies,
+            "callback_url": self.callback_url,
+            "architecture": self.architecture,
+            "clusterSize": self.cluster_size,
+            "clusterMode": self.cluster_mode,
+            "starts_at": self.starts_at,
+            "bootstrap_script": self.bootstrap_script,
+            "owner_access_key": self.owner_access_key,
+            "domain": self.domain,
+            "group": self.group,
+            "type": self.type,
+            "enqueueOnly": self.enqueue_only,
+            "maxWaitSeconds": self.max_wait,
+            "reuseIfExists": self.reuse,
+            "startupCommand": self.startup_command,
+            "image": self.image,
+        }
+
+
+@dataclass(frozen=True)
+class ExecFrame:
+    """One server message of the execute stream."""
+
+    status: str
+    console: list[tuple[str, Any]]
+    exit_code: int | None
+    options: dict[str, Any]
+    files: list[dict[str, Any]]
+
+    @classmethod
+    def from_json(cls, msg: dict[str, Any]) -> ExecFrame:
+        console = []
+        for item in msg.get("console") or []:
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                console.append((str(item[0]), item[1]))
+        code = msg.get("exitCode")
+        return cls(
+            status=str(msg.get("status", "")),
+            console=console,
+            exit_code=code if isinstance(code, int) else None,
+            options=msg.get("options") or {},
+            files=msg.get("files") or [],
+        )
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One status transition of a session."""
+
+    at: str
+    from_status: str | None
+    to_status: str
+    reason: str
+    cause: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HistoryEntry:
+        return cls(
+            at=str(d.get("at") or d.get("time") or d.get("timestamp") or ""),
+            from_status=d.get("from_status", d.get("from")),
+            to_status=str(d.get("to_status", d.get("to", d.get("status", "")))),
+            reason=str(d.get("reason") or ""),
+            cause=str(d.get("cause") or ""),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "from": self.from_status,
+            "to": self.to_status,
+            "reason": self.reason,
+            "cause": self.cause,
+        }
