@@ -88,6 +88,11 @@ class AgentRegistry:
         return {"ok": True}
 
     async def handle_events(self, events: list[KernelEvent]) -> None:
+        """Apply agent events in order; on the cluster bus, queue them for one replica."""
+        dispatch = getattr(self.root.bus, "dispatch", None)
+        if dispatch is not None:
+            await dispatch(events)
+            return
         for ev in events:
             try:
                 await self.root.sessions.lifecycle.apply_kernel_event(ev)
@@ -114,7 +119,7 @@ class AgentRegistry:
             stale = list(
                 (
                     await conn.execute(
-                        sa.select(kernels.c.agent_id.distinct())
+                        sa.select(kernels.c.agent_id).distinct()
                         .join(agents, agents.c.id == kernels.c.agent_id)
                         .where(agents.c.status != AgentStatus.ALIVE.value,
                                kernels.c.status.in_([str(s) for s in _LIVE]))

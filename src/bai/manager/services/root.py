@@ -37,6 +37,9 @@ class ManagerRoot:
 
     async def start(self) -> None:
         await self.store.migrate()
+        if hasattr(self.bus, "set_kernel_handler"):
+            # Cluster bus: agent events are queued once and applied by exactly one replica.
+            self.bus.set_kernel_handler(self.sessions.lifecycle.apply_kernel_event)
         await self.bus.start()
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),

@@ -1,0 +1,330 @@
+"""ManagerRoot end to end in-process: real SQLite store, real scheduler loop, watchdogs and state
+machine; the agent is a fake (that is the point: it reports kernel events on demand)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from bai.common.errors import (
+    InvalidAPIParameters,
+    InvalidResourceSpec,
+    QuotaExceeded,
+    SessionAlreadyExists,
+    SessionNotFound,
+    UnknownImage,
+)
+from bai.common.events import KernelEvent
+from bai.common.resources import ResourceSlot
+from bai.common.status import TRANSITIONS, SessionStatus
+from bai.manager.context import Caller
+from bai.manager.services.bootstrap import bootstrap
+from bai.manager.services.root import ManagerRoot
+from bai.manager.settings import ManagerSettings
+from bai.manager.store.tables import agents, keypair_resource_policies, session_history, sessions
+
+GIB = 2**30
+
+
+class FakeAgent:
+    """Stands in for ``AgentClient``: reports the kernel events a healthy agent would.
+
+    ``auto_start=False`` leaves created kernels silent (for deadline tests); ``exit_codes`` maps
+    a session name to the exit code its batch kernel reports right after starting.
+    """
+
+    def __init__(self, root: ManagerRoot, agent_id: str = "agent-1") -> None:
+        self.root = root
+        self.agent_id = agent_id
+        self.kernels: dict[str, dict] = {}
+        self.auto_start = True
+        self.exit_codes: dict[str, int] = {}
+        self.unreachable = False
+
+    def _ev(self, name, spec, **kw):
+        return KernelEvent(name, self.agent_id, spec["kernel_id"], spec["session_id"], **kw)
+
+    async def create_kernel(self, address, spec):
+        from bai.common.errors import AgentError
+
+        if self.unreachable:
+            raise AgentError(f"agent at {address} is unreachable: refused")
+        self.kernels[spec["kernel_id"]] = spec
+        if self.auto_start:
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(self._start(spec)))
+        return {"kernel_id": spec["kernel_id"]}
+
+    async def _start(self, spec):
+        evs = [self._ev(n, spec) for n in
+               ("kernel_preparing", "kernel_prepared", "kernel_creating", "kernel_started")]
+        code = self.exit_codes.get(spec["session_name"])
+        if spec["session_type"] == "BATCH" and code is not None:
+            evs.append(self._ev("kernel_terminated", spec, reason="self-terminated", exit_code=code))
+        await self.root.agents.handle_events(evs)
+
+    async def destroy_kernel(self, address, kernel_id, reason):
+        spec = self.kernels.pop(kernel_id, None)
+        if spec is not None:
+            await self.root.agents.handle_events(
+                [self._ev("kernel_terminated", spec, reason=reason, exit_code=0)])
+        return {"kernel_id": kernel_id, "exit_code": 0, "stats": None}
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture
+async def manager(tmp_path):
+    settings = ManagerSettings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path}/bai.db", schedule_interval=0.2,
+        cluster_token="t", idle_check_interval=1.0,
+    )
+    root = ManagerRoot(settings)
+    await root.start()
+    keys = await bootstrap(root.store)
+    fake = FakeAgent(root)
+    root.agents.rpc = fake
+    await root.agents.heartbeat({
+        "agent_id": "agent-1", "address": "http://127.0.0.1:1",
+        "available_slots": {"cpu": "2", "mem": str(4 * GIB)},
+    })
+    root.fake = fake
+    root.keys = keys
+    try:
+        yield root
+    finally:
+        await root.stop()
+
+
+async def caller(root, who="user") -> Caller:
+    from bai.manager.store.tables import keypairs, users
+
+    ak = root.keys[who]["access_key"]
+    async with root.store.connect() as conn:
+        r = (await conn.execute(
+            sa.select(users, keypairs.c.is_admin, keypairs.c.resource_policy)
+            .join(keypairs, keypairs.c.user_id == users.c.id)
+            .where(keypairs.c.access_key == ak))).mappings().one()
+    return Caller(ak, r["id"], r["email"], r["domain_name"], r["is_admin"], r["role"],
+                  r["resource_policy"])
+
+
+def body(name, **kw):
+    resources = kw.pop("resources", {})
+    return {"name": name, "image": kw.pop("image", "python"), "config": {"resources": resources},
+            **kw}
+
+
+async def wait_status(root, sid, statuses, timeout=10.0):
+    end = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with root.store.connect() as conn:
+            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == sid))).mappings().one()
+        if row["status"] in statuses:
+            return dict(row)
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError(f"session stuck in {row['status']} ({row['status_info']})")
+        await asyncio.sleep(0.05)
+
+
+async def occupied(root, agent_id="agent-1") -> ResourceSlot:
+    async with root.store.connect() as conn:
+        return ResourceSlot.from_json((await conn.execute(
+            sa.select(agents.c.occupied_slots).where(agents.c.id == agent_id))).scalar())
+
+
+async def history(root, sid):
+    async with root.store.connect() as conn:
+        return [(r.from_status, r.to_status, r.reason) for r in (await conn.execute(
+            sa.select(session_history).where(session_history.c.session_id == sid)
+            .order_by(session_history.c.id))).all()]
+
+
+def assert_legal(hist):
+    for src, dst, _ in hist:
+        if src is not None:
+            assert SessionStatus(dst) in TRANSITIONS[SessionStatus(src)], (src, dst)
+
+
+async def test_create_runs_and_destroy_releases(manager):
+    me = await caller(manager)
+    ans = await manager.sessions.create(me, body("first", resources={"cpu": "1", "mem": "512m"}))
+    assert ans["status"] == "RUNNING" and ans["created"] is True
+    sid = uuid.UUID(ans["sessionId"])
+    assert await occupied(manager) == ResourceSlot({"cpu": Decimal(1), "mem": Decimal(512 * 2**20)})
+    row = await manager.sessions.resolve(me, "first")
+    assert row["occupying_slots"] == {"cpu": "1", "mem": str(512 * 2**20)}
+    assert row["scheduled_at"] is not None and row["agent_ids"] == ["agent-1"]
+
+    out = await manager.sessions.destroy(me, "first")
+    assert out["stats"]["status"] == "terminated"
+    row = await wait_status(manager, sid, {"TERMINATED"})
+    assert row["terminated_at"] is not None and row["occupying_slots"] == {}
+    assert await occupied(manager) == ResourceSlot()
+    hist = await history(manager, sid)
+    assert [h[1] for h in hist] == ["PENDING", "SCHEDULED", "PREPARING", "PREPARED", "CREATING",
+                                    "RUNNING", "TERMINATING", "TERMINATED"]
+    assert_legal(hist)
+    assert hist[-2][2] == "user-requested"
+
+
+async def test_defaults_and_reuse(manager):
+    me = await caller(manager)
+    a = await manager.sessions.create(me, body("reuse-me"))
+    row = await manager.sessions.resolve(me, a["sessionId"])
+    assert row["requested_slots"] == {"cpu": "1", "mem": str(256 * 2**20)}
+    again = await manager.sessions.create(me, body("reuse-me"))
+    assert again["sessionId"] == a["sessionId"] and again["created"] is False
+    with pytest.raises(SessionAlreadyExists) as e:
+        await manager.sessions.create(me, body("reuse-me", reuseIfExists=False))
+    assert e.value.data["existingSessionId"] == a["sessionId"]
+
+
+async def test_bad_input_leaves_nothing(manager):
+    me = await caller(manager)
+    with pytest.raises(UnknownImage) as e:
+        await manager.sessions.create(me, body("bad-image", image="python:3.6-ubuntu18.04"))
+    assert "python:3.11" in str(e.value) or "available images" in str(e.value)
+    with pytest.raises(InvalidResourceSpec):
+        await manager.sessions.create(me, body("bad-cpu", resources={"cpu": "abc"}))
+    with pytest.raises(InvalidResourceSpec):
+        await manager.sessions.create(me, body("bad-mem", resources={"mem": "1z"}))
+    with pytest.raises(QuotaExceeded) as e:
+        await manager.sessions.create(me, body("too-big", resources={"cpu": "4"}))
+    assert "cpu requested 4" in str(e.value) and "has 2" in str(e.value)
+    with pytest.raises(InvalidAPIParameters):
+        await manager.sessions.create(me, body("x"))  # name too short
+    with pytest.raises(SessionNotFound):
+        await manager.sessions.resolve(me, "no-such-session")
+    async with manager.store.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(sessions))).scalar() == 0
+
+
+async def test_pending_reason_timeout_and_cancel(manager):
+    me = await caller(manager)
+    await manager.sessions.create(me, body("big-one", resources={"cpu": "2"}))
+    ans = await manager.sessions.create(me, body("waiter", resources={"cpu": "2"}, enqueueOnly=True))
+    assert ans["status"] == "PENDING"
+    sid = uuid.UUID(ans["sessionId"])
+    await manager.scheduler.run_pass()
+    row = await manager.sessions.resolve(me, "waiter")
+    assert row["status"] == "PENDING"
+    assert row["status_info"].startswith("insufficient-resources: cpu requested 2, free 0")
+    assert "position 1 in queue" in row["status_info"]
+    assert row["status_data"]["scheduler"]["reason"] == "insufficient-resources"
+
+    t = await manager.sessions.create(me, body("timeout", resources={"cpu": "2"}, maxWaitSeconds=1))
+    assert t["status"] == "TIMEOUT"
+
+    out = await manager.sessions.destroy(me, "waiter")
+    assert out["stats"]["status"] == "cancelled"
+    row = await wait_status(manager, sid, {"CANCELLED"})
+    assert row["terminated_at"] is not None
+    # the big one still holds exactly its slots
+    assert (await occupied(manager))["cpu"] == 2
+
+
+async def test_small_sessions_do_not_overtake_a_waiting_large_one(manager):
+    me = await caller(manager)
+    await manager.sessions.create(me, body("holder", resources={"cpu": "1"}))
+    big = await manager.sessions.create(me, body("large", resources={"cpu": "2"}, enqueueOnly=True))
+    small = await manager.sessions.create(me, body("small", resources={"cpu": "1"}, enqueueOnly=True))
+    await manager.scheduler.run_pass()
+    assert (await manager.sessions.resolve(me, "small"))["status"] == "PENDING"
+    await manager.sessions.destroy(me, "holder")
+    await wait_status(manager, uuid.UUID(big["sessionId"]), {"RUNNING"})
+    row = await manager.sessions.resolve(me, "small")
+    assert row["status"] == "PENDING"
+
+
+async def test_agent_lost_errors_interactive_and_requeues_batch(manager):
+    me = await caller(manager)
+    inter = await manager.sessions.create(me, body("inter", resources={"cpu": "1"}))
+    batch = await manager.sessions.create(
+        me, body("batchy", resources={"cpu": "1"}, type="batch", startupCommand="true"))
+    assert inter["status"] == batch["status"] == "RUNNING"
+    manager.settings.heartbeat_timeout = 0.0
+    await asyncio.sleep(0.01)
+    await manager.agents.check_liveness()
+    manager.settings.heartbeat_timeout = 3600
+    row = await wait_status(manager, uuid.UUID(inter["sessionId"]), {"ERROR"})
+    assert row["status_info"] == "agent-lost" and row["occupying_slots"] == {}
+    row = await wait_status(manager, uuid.UUID(batch["sessionId"]), {"PENDING"})
+    assert await occupied(manager) == ResourceSlot()
+    # The agent comes back: the batch session runs again there.
+    await manager.agents.heartbeat({"agent_id": "agent-1", "address": "http://127.0.0.1:1",
+                                    "available_slots": {"cpu": "2", "mem": str(4 * GIB)}})
+    await wait_status(manager, uuid.UUID(batch["sessionId"]), {"RUNNING"})
+    assert_legal(await history(manager, uuid.UUID(batch["sessionId"])))
+
+
+async def test_batch_result_and_dependency_cancel(manager):
+    me = await caller(manager)
+    manager.fake.exit_codes = {"job-ok": 0, "job-bad": 3}
+    ok = await manager.sessions.create(me, body("job-ok", type="batch", startupCommand="true"))
+    ok_row = await wait_status(manager, uuid.UUID(ok["sessionId"]), {"TERMINATED"})
+    assert ok_row["result"] == "SUCCESS"
+    bad = await manager.sessions.create(me, body("job-bad", type="batch", startupCommand="false",
+                                                 enqueueOnly=True))
+    dep = await manager.sessions.create(me, body("dependent", type="batch", startupCommand="true",
+                                                 dependencies=["job-bad"], enqueueOnly=True))
+    bad_row = await wait_status(manager, uuid.UUID(bad["sessionId"]), {"TERMINATED"})
+    assert bad_row["result"] == "FAILURE"
+    row = await wait_status(manager, uuid.UUID(dep["sessionId"]), {"CANCELLED"})
+    assert "job-bad" in row["status_info"] and row["status_info"].startswith("dependency-failed")
+    assert await occupied(manager) == ResourceSlot()
+
+
+async def test_starts_at_keeps_pending(manager):
+    me = await caller(manager)
+    ans = await manager.sessions.create(me, body("later", starts_at="1h", enqueueOnly=True))
+    await manager.scheduler.run_pass()
+    row = await manager.sessions.resolve(me, ans["sessionId"])
+    assert row["status"] == "PENDING" and row["status_info"].startswith("starts-at:")
+
+
+async def test_deadline_and_idle_timeout(manager):
+    me = await caller(manager)
+    manager.fake.auto_start = False
+    manager.settings.deadline_preparing = 0.5
+    ans = await manager.sessions.create(me, body("stuck", enqueueOnly=True))
+    await wait_status(manager, uuid.UUID(ans["sessionId"]), {"PREPARING"})
+    row = await wait_status(manager, uuid.UUID(ans["sessionId"]), {"ERROR"}, timeout=10)
+    assert row["status_info"] == "preparing-timeout" and row["occupying_slots"] == {}
+    assert await occupied(manager) == ResourceSlot()
+    await manager.sessions.destroy(me, "stuck")
+
+    manager.fake.auto_start = True
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(keypair_resource_policies).values(idle_timeout=1))
+    idle = await manager.sessions.create(me, body("idler"))
+    row = await wait_status(manager, uuid.UUID(idle["sessionId"]), {"TERMINATED"}, timeout=15)
+    assert row["status_info"] == "idle-timeout"
+
+
+async def test_create_failure_requeues_then_errors(manager):
+    me = await caller(manager)
+    manager.fake.unreachable = True
+    ans = await manager.sessions.create(me, body("unlucky"))
+    assert ans["status"] == "ERROR"
+    row = await manager.sessions.resolve(me, "unlucky")
+    assert row["status_info"] == "failed-to-start" and row["attempt"] >= 1
+    assert await occupied(manager) == ResourceSlot()
+    assert_legal(await history(manager, row["id"]))
+
+
+async def test_concurrent_destroys_release_once(manager):
+    me = await caller(manager)
+    await manager.sessions.create(me, body("racer", resources={"cpu": "2"}))
+    results = await asyncio.gather(*[manager.sessions.destroy(me, "racer") for _ in range(5)],
+                                   return_exceptions=True)
+    assert all(isinstance(r, dict) for r in results), results
+    assert await occupied(manager) == ResourceSlot()
+    row = await manager.sessions.resolve(me, "racer")
+    assert row["status"] == "TERMINATED"
+    assert [h[1] for h in await history(manager, row["id"])].count("TERMINATED") == 1
