@@ -1,0 +1,223 @@
+"""Admin REST API (issue 8); every route refuses a non-admin keypair with a 403 problem.
+
+| method & path | body | answer |
+| --- | --- | --- |
+| GET /admin/images | | {"images": [{name, registry, runtimes, architecture, labels, min_slots, service_ports, aliases}]} |
+| POST /admin/images | {name, registry?, runtimes?, architecture?, labels?, min_slots?, service_ports?} | 201 {"image"} |
+| DELETE /admin/images/{name} | | {"image"} (its aliases go too) |
+| GET /admin/aliases | | {"aliases": [{alias, target}]} |
+| POST /admin/aliases | {alias, target} | 201 {"alias"} (replaces an existing alias) |
+| DELETE /admin/aliases/{alias} | | {"alias"} |
+| GET /admin/users | | {"users": [...]} |
+| POST /admin/users | {email, username?, domain?, group?, role?} | 201 {"user"} |
+| PATCH /admin/users/{email} | {is_active} | {"user"} |
+| GET /admin/keypairs[?user=email] | | {"keypairs": [...]} (never the secret keys) |
+| POST /admin/keypairs | {user, is_admin?, resource_policy?} | 201 {"keypair"} with secret_key, shown once |
+| PATCH /admin/keypairs/{ak} | {is_active?, is_admin?, resource_policy?} | {"keypair"} |
+| DELETE /admin/keypairs/{ak} | | {"keypair"} (refused while it has sessions that did not end) |
+| GET /admin/resource-policies | | {"resource_policies": [...]} |
+| POST /admin/resource-policies | {name, max_concurrent_sessions?, total_resource_slots?, idle_timeout?} | 201 {"resource_policy"} |
+| PATCH /admin/resource-policies/{name} | same fields | {"resource_policy"} |
+| GET /admin/agents | | {"agents": [...]} with status, address, available/occupied/free slots, schedulable |
+| PATCH /admin/agents/{id} | {schedulable} | {"agent"} |
+
+Changes that can let queued sessions start (a policy, a keypair's policy, an agent back in
+service) kick the scheduler so they apply to the next pass at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from bai.common.errors import Forbidden, InvalidAPIParameters
+from bai.manager.api.middleware import require_admin
+from bai.manager.services import admin as svc
+
+
+def _root(request: web.Request) -> Any:
+    from bai.manager.app import ROOT
+
+    return request.app[ROOT]
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    text = await request.text() if request.can_read_body else ""
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise InvalidAPIParameters("The request body must be JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidAPIParameters("The request body must be a JSON object.")
+    return body
+
+
+def _kick(root: Any) -> None:
+    scheduler = getattr(root, "scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "kick"):
+        scheduler.kick()
+
+
+async def _read(request: web.Request, fn, *args) -> Any:
+    async with _root(request).store.connect() as conn:
+        return await fn(conn, *args)
+
+
+async def _write(request: web.Request, fn, *args, kick: bool = False) -> Any:
+    root = _root(request)
+    async with root.store.begin() as conn:
+        result = await fn(conn, *args)
+    if kick:
+        _kick(root)
+    return result
+
+
+def _not_self(request: web.Request, access_key: str, what: str) -> None:
+    if request["caller"].access_key == access_key:
+        raise Forbidden(f"Refusing to {what} the keypair this request is signed with.",
+                        title="That would lock you out.")
+
+
+async def images_list(request: web.Request) -> web.Response:
+    return web.json_response({"images": await _read(request, svc.list_images)})
+
+
+async def images_register(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response({"image": await _write(request, svc.register_image, body)}, status=201)
+
+
+async def images_forget(request: web.Request) -> web.Response:
+    return web.json_response({"image": await _write(request, svc.forget_image, request.match_info["name"])})
+
+
+async def aliases_list(request: web.Request) -> web.Response:
+    return web.json_response({"aliases": await _read(request, svc.list_aliases)})
+
+
+async def aliases_set(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response({"alias": await _write(request, svc.set_alias, body)}, status=201)
+
+
+async def aliases_remove(request: web.Request) -> web.Response:
+    return web.json_response({"alias": await _write(request, svc.remove_alias, request.match_info["alias"])})
+
+
+async def users_list(request: web.Request) -> web.Response:
+    return web.json_response({"users": await _read(request, svc.list_users)})
+
+
+async def users_create(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response({"user": await _write(request, svc.create_user, body)}, status=201)
+
+
+async def users_update(request: web.Request) -> web.Response:
+    body = await _body(request)
+    active = svc.parse_bool(body, "is_active")
+    if active is None:
+        raise InvalidAPIParameters("give is_active: true or false")
+    email = request.match_info["email"]
+    if not active and request["caller"].user_email == email:
+        raise Forbidden("Refusing to deactivate the user this request is signed by.",
+                        title="That would lock you out.")
+    return web.json_response({"user": await _write(request, svc.set_user_active, email, active)})
+
+
+async def keypairs_list(request: web.Request) -> web.Response:
+    user = request.query.get("user") or None
+    return web.json_response({"keypairs": await _read(request, svc.list_keypairs, user)})
+
+
+async def keypairs_create(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return web.json_response({"keypair": await _write(request, svc.create_keypair, body)}, status=201)
+
+
+async def keypairs_update(request: web.Request) -> web.Response:
+    body = await _body(request)
+    ak = request.match_info["access_key"]
+    if body.get("is_active") is False or body.get("is_admin") is False:
+        _not_self(request, ak, "deactivate or demote")
+    kp = await _write(request, svc.update_keypair, ak, body, kick="resource_policy" in body)
+    return web.json_response({"keypair": kp})
+
+
+async def keypairs_delete(request: web.Request) -> web.Response:
+    ak = request.match_info["access_key"]
+    _not_self(request, ak, "delete")
+    return web.json_response({"keypair": await _write(request, svc.delete_keypair, ak)})
+
+
+async def policies_list(request: web.Request) -> web.Response:
+    return web.json_response({"resource_policies": await _read(request, svc.list_policies)})
+
+
+async def policies_create(request: web.Request) -> web.Response:
+    body = await _body(request)
+    default_idle = _root(request).settings.default_idle_timeout
+    policy = await _write(request, svc.create_policy, body, default_idle)
+    return web.json_response({"resource_policy": policy}, status=201)
+
+
+async def policies_update(request: web.Request) -> web.Response:
+    body = await _body(request)
+    policy = await _write(request, svc.update_policy, request.match_info["name"], body, kick=True)
+    return web.json_response({"resource_policy": policy})
+
+
+async def agents_list(request: web.Request) -> web.Response:
+    return web.json_response({"agents": await _read(request, svc.list_agents)})
+
+
+async def agents_update(request: web.Request) -> web.Response:
+    body = await _body(request)
+    schedulable = svc.parse_bool(body, "schedulable")
+    if schedulable is None:
+        raise InvalidAPIParameters("give schedulable: true or false")
+    agent = await _write(request, svc.set_agent_schedulable, request.match_info["agent_id"],
+                         schedulable, kick=schedulable)
+    return web.json_response({"agent": agent})
+
+
+def _admin_only(handler):
+    """Refuse non-admin keypairs before the handler reads its body or parameters."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        require_admin(request)
+        return await handler(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+ROUTES = [
+    ("GET", "/admin/images", images_list),
+    ("POST", "/admin/images", images_register),
+    ("DELETE", "/admin/images/{name:.+}", images_forget),
+    ("GET", "/admin/aliases", aliases_list),
+    ("POST", "/admin/aliases", aliases_set),
+    ("DELETE", "/admin/aliases/{alias:.+}", aliases_remove),
+    ("GET", "/admin/users", users_list),
+    ("POST", "/admin/users", users_create),
+    ("PATCH", "/admin/users/{email}", users_update),
+    ("GET", "/admin/keypairs", keypairs_list),
+    ("POST", "/admin/keypairs", keypairs_create),
+    ("PATCH", "/admin/keypairs/{access_key}", keypairs_update),
+    ("DELETE", "/admin/keypairs/{access_key}", keypairs_delete),
+    ("GET", "/admin/resource-policies", policies_list),
+    ("POST", "/admin/resource-policies", policies_create),
+    ("PATCH", "/admin/resource-policies/{name}", policies_update),
+    ("GET", "/admin/agents", agents_list),
+    ("PATCH", "/admin/agents/{agent_id}", agents_update),
+]
+
+
+def setup(app: web.Application) -> None:
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, _admin_only(handler))

@@ -1,0 +1,231 @@
+"""Execution and files of a running session: the execute WebSocket, upload, ls and download.
+
+* ``GET /stream/session/{x}/execute`` (WebSocket, client-protocol 6.3): proxied frame by frame
+  to the agent's ``/v1/kernels/{kid}/execute``. Client frames go up unchanged (the first is the
+  JSON ``{"code","mode","options"}``, a plain text frame is stdin input); agent frames come down
+  as JSON objects that always have ``status`` and a ``console`` list (never null: the official
+  client fails on null).
+* ``POST /session/{x}/upload``: multipart, one part named ``src`` per file, the filename a
+  percent-encoded relative path (aiohttp's client encodes ``data/in.txt`` as ``data%2Fin.txt``);
+  absolute paths and ``..`` are refused with a 400 problem before anything reaches the agent.
+* ``GET /session/{x}/files`` with a JSON body ``{"path"}`` (the official client sends a GET
+  with a body) answers ``{"files": "<JSON string of a list>", "errors": "", "abspath"}``.
+* ``GET /session/{x}/download`` with a JSON body ``{"files": [...]}`` answers a multipart
+  response whose parts are tar archives, one per requested path.
+
+Every call counts as activity for the idle timeout (``sessions.touch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+
+from bai.common.errors import BaiError, InvalidAPIParameters, ServiceUnavailable
+from bai.manager.api.middleware import caller_of
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def safe_relpath(raw: str | None) -> str:
+    """A percent-decoded upload filename as a clean relative path, or a 400 problem."""
+    if not raw:
+        raise InvalidAPIParameters("Every uploaded part needs a filename (a relative path).")
+    name = unquote(raw).replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise InvalidAPIParameters(
+            f"Upload path {name!r} is absolute; only paths relative to the work directory are allowed.",
+            title="Upload path refused.",
+        )
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidAPIParameters(
+            f"Upload path {name!r} leaves the work directory ('..' is not allowed).",
+            title="Upload path refused.",
+        )
+    if not parts:
+        raise InvalidAPIParameters(f"Upload path {name!r} names no file.", title="Upload path refused.")
+    return "/".join(parts)
+
+
+async def _touch(root: Any, session_id: Any) -> None:
+    try:
+        result = root.sessions.touch(session_id)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:  # activity bookkeeping must never break the user's call
+        log.warning("touch of session %s failed: %s", session_id, exc)
+
+
+async def _target(request: web.Request) -> tuple[Any, dict[str, Any], str, str]:
+    from bai.manager.app import ROOT
+
+    root = request.app[ROOT]
+    caller = caller_of(request)
+    sess = await root.sessions.resolve(
+        caller, request.match_info["session"], owner_access_key=request.query.get("owner_access_key")
+    )
+    address, kernel_id = await root.agents.kernel_target(sess)
+    return root, sess, address, kernel_id
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise InvalidAPIParameters("The request body must be JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidAPIParameters("The request body must be a JSON object.")
+    return body
+
+
+def client_frame(raw: str) -> str:
+    """An agent frame as the official client needs it: a JSON object with status and console."""
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        frame = {"status": "continued", "console": [["stdout", raw]]}
+    if not isinstance(frame, dict):
+        frame = {"status": "continued", "console": [["stdout", str(frame)]]}
+    frame.setdefault("status", "continued")
+    if not isinstance(frame.get("console"), list):
+        frame["console"] = []
+    frame.setdefault("exitCode", None)
+    frame.setdefault("options", None)
+    frame.setdefault("files", None)
+    return json.dumps(frame)
+
+
+def _error_frame(text: str) -> str:
+    return json.dumps({
+        "status": "finished",
+        "console": [["stderr", text.rstrip("\n") + "\n"]],
+        "exitCode": 1,
+        "options": None,
+        "files": None,
+    })
+
+
+async def _pump_up(ws: web.WebSocketResponse, upstream: Any, root: Any, sid: Any) -> None:
+    """Client -> agent: the first JSON frame, then stdin lines."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await upstream.send_str(msg.data)
+            await _touch(root, sid)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await upstream.send_bytes(msg.data)
+        else:
+            break
+
+
+async def _pump_down(ws: web.WebSocketResponse, upstream: Any, root: Any, sid: Any) -> None:
+    """Agent -> client, each frame normalised; activity noted when an execution step ends."""
+    async for msg in upstream:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            frame = client_frame(msg.data)
+            await ws.send_str(frame)
+            if '"finished"' in frame or '"waiting-input"' in frame:
+                await _touch(root, sid)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+        else:
+            break
+
+
+async def execute(request: web.Request) -> web.WebSocketResponse:
+    root, sess, address, kernel_id = await _target(request)  # refusals happen before the upgrade
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
+    await ws.prepare(request)
+    sid = sess["id"]
+    await _touch(root, sid)
+    try:
+        async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
+            up = asyncio.create_task(_pump_up(ws, upstream, root, sid))
+            down = asyncio.create_task(_pump_down(ws, upstream, root, sid))
+            done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in (*done, *pending):
+                try:
+                    await task
+                except (asyncio.CancelledError, ConnectionResetError):
+                    pass
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
+        log.warning("execute stream of session %s: agent %s failed: %s", sid, address, exc)
+        if not ws.closed:
+            await ws.send_str(_error_frame(f"bai: the session's agent cannot run the code: {exc}"))
+    finally:
+        await _touch(root, sid)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def upload(request: web.Request) -> web.Response:
+    root, sess, address, kernel_id = await _target(request)
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidAPIParameters("Upload files as multipart/form-data parts named 'src'.")
+    reader = await request.multipart()
+    files: list[tuple[str, bytes]] = []
+    while (part := await reader.next()) is not None:
+        if getattr(part, "name", None) != "src":
+            continue
+        files.append((safe_relpath(part.filename), await part.read()))
+    if not files:
+        raise InvalidAPIParameters("No files: send one multipart part named 'src' per file.")
+    reply = await root.agents.rpc.upload(address, kernel_id, files)
+    await _touch(root, sess["id"])
+    names = (reply or {}).get("files") or [name for name, _ in files]
+    return web.json_response({"files": names})
+
+
+async def list_files(request: web.Request) -> web.Response:
+    root, sess, address, kernel_id = await _target(request)
+    body = await _json_body(request)
+    path = body.get("path") or request.query.get("path") or "."
+    files = await root.agents.rpc.list_files(address, kernel_id, str(path))
+    await _touch(root, sess["id"])
+    return web.json_response({"files": json.dumps(files), "errors": "", "abspath": path})
+
+
+async def download(request: web.Request) -> web.Response:
+    root, sess, address, kernel_id = await _target(request)
+    body = await _json_body(request)
+    paths = body.get("files") or request.query.getall("file", [])
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths or not all(isinstance(p, str) and p for p in paths):
+        raise InvalidAPIParameters('Name the files to download: {"files": ["path", ...]}.')
+    fetch = getattr(root.agents.rpc, "download", None)
+    if fetch is None:
+        raise ServiceUnavailable("This manager's agent client cannot download files yet.")
+    with aiohttp.MultipartWriter("mixed") as mpw:
+        for path in paths:
+            archive = await fetch(address, kernel_id, path)
+            part = mpw.append(archive, {"Content-Type": "application/x-tar"})
+            part.set_content_disposition("attachment", filename=path.rstrip("/").rsplit("/", 1)[-1] + ".tar")
+    await _touch(root, sess["id"])
+    return web.Response(body=mpw)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/stream/session/{session}/execute", execute)
+    app.router.add_post("/session/{session}/upload", upload)
+    app.router.add_get("/session/{session}/files", list_files)
+    app.router.add_get("/session/{session}/download", download)
