@@ -13,6 +13,15 @@ Idempotency and errors:
 * ``inspect`` of an unknown kernel raises ``KernelNotFound``.
 * Failures to create raise ``KernelCreationFailed`` with a reason a user can read ("image
   python:9 is not present and cannot be pulled", "cgroup memory limit could not be set", ...).
+
+Talking to the runner: the agent calls ``open_channel(instance)`` for each execution. The default
+connects to ``instance.runner_socket`` (JSON lines, see ``bai.kernel``), which suits every backend
+whose runner listens on ``<workdir>/.bai/runner.sock``; the dummy backend overrides it.
+
+Recovery: ``Instance.labels`` should carry ``bai.spec`` (``json.dumps(spec.to_json())``) so that a
+restarted agent can restore the kernel's slots and names; without it the agent still adopts the
+kernel, with empty slots. Exited instances that ``list()`` returns are reported as
+``kernel_terminated`` (``exit_reason``/``exit_code``) and then destroyed by the agent.
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bai.common.errors import BaiError
+
+if TYPE_CHECKING:
+    from bai.agent.runner_channel import RunnerChannel
 
 
 class KernelCreationFailed(BaiError):
@@ -132,6 +144,14 @@ class RuntimeBackend(abc.ABC):
     @abc.abstractmethod
     async def logs(self, kernel_id: str) -> str:
         """What the kernel's main process printed outside executions."""
+
+    async def open_channel(self, instance: Instance) -> RunnerChannel:
+        """A conversation with the instance's runner (default: its unix socket).
+
+        Raises ``RunnerUnavailable`` when the runner cannot be reached."""
+        from bai.agent.runner_channel import connect_runner
+
+        return await connect_runner(instance.runner_socket)
 
     async def watch(self) -> AsyncIterator[Instance]:  # pragma: no cover - optional
         if False:

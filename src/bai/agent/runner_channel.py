@@ -1,0 +1,129 @@
+"""The agent's side of the runner protocol (``bai.kernel``): JSON lines over a unix socket.
+
+``RunnerChannel`` is what the execute relay talks to; backends hand one out through
+``RuntimeBackend.open_channel``. The dummy backend implements it in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: frames can carry a lot of output at once
+MAX_LINE = 64 * 1024 * 1024
+#: AF_UNIX paths longer than this do not fit into sockaddr_un
+_MAX_UNIX_PATH = 100
+
+
+class RunnerUnavailable(Exception):
+    """The runner's socket cannot be reached (the kernel is gone or not started yet)."""
+
+
+class RunnerChannel:
+    """One conversation with a kernel runner."""
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message, or None when the runner closed the connection."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> RunnerChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SocketRunnerChannel(RunnerChannel):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(msg).encode("utf-8") + b"\n")
+        await self.writer.drain()
+
+    async def receive(self) -> dict[str, Any] | None:
+        while True:
+            try:
+                line = await self.reader.readline()
+            except (ConnectionError, ValueError, asyncio.LimitOverrunError):
+                return None
+            if not line:
+                return None
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def connect_runner(path: Path) -> SocketRunnerChannel:
+    """Connect to a runner socket; long paths go through ``/proc/self/fd`` of the folder."""
+    path = Path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    dir_fd = -1
+    try:
+        target = str(path)
+        if len(target) > _MAX_UNIX_PATH:
+            dir_fd = os.open(path.parent, os.O_PATH)
+            target = f"/proc/self/fd/{dir_fd}/{path.name}"
+        await asyncio.get_running_loop().sock_connect(sock, target)
+    except OSError as e:
+        sock.close()
+        raise RunnerUnavailable(f"runner socket {path}: {e.strerror or e}") from None
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+    return SocketRunnerChannel(reader, writer)
+
+
+async def ping_runner(path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The runner's pong (``{"status": "pong", "ready": bool}``), or None if it does not answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            chan = await connect_runner(path)
+            try:
+                await chan.send({"op": "ping"})
+                return await chan.receive()
+            finally:
+                await chan.close()
+    except (RunnerUnavailable, TimeoutError, OSError):
+        return None
+
+
+async def wait_runner_ready(
+    path: Path, timeout: float, alive: Callable[[], bool] = lambda: True
+) -> None:
+    """Wait until the runner answers ``ready``. Raises TimeoutError, or RunnerUnavailable
+    as soon as ``alive()`` says the kernel's process is gone."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        pong = await ping_runner(path)
+        if pong and pong.get("ready"):
+            return
+        if not alive():
+            raise RunnerUnavailable("the kernel runner exited during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel runner did not answer within {timeout:g}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)

@@ -1,0 +1,122 @@
+"""Agent settings: one model, from a TOML file (section ``[agent]``) plus ``BAI_AGENT_*`` env vars.
+
+Precedence: explicit overrides > environment > TOML file > defaults. Example::
+
+    [agent]
+    agent_id = "node-1"
+    port = 6011
+    manager_endpoints = "http://10.0.0.1:8091,http://10.0.0.2:8091"
+    cluster_token = "..."
+    runtime = "process"
+    slot_cpu = "2"          # offer 2 cores whatever the host has
+    slot_cuda_device = "2"  # a mock accelerator: 2 whole "GPUs" for scheduling tests
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: settings field -> resource slot it overrides
+SLOT_FIELDS = {
+    "slot_cpu": "cpu",
+    "slot_mem": "mem",
+    "slot_cuda_device": "cuda.device",
+    "slot_cuda_shares": "cuda.shares",
+}
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BAI_AGENT_", extra="ignore")
+
+    agent_id: str = Field(
+        default_factory=lambda: f"agent-{socket.gethostname()}",
+        description="unique name of this agent in the cluster",
+    )
+    host: str = Field("127.0.0.1", description="address the agent API listens on")
+    port: int = Field(6011, description="port of the agent API (0 = any free port)")
+    public_address: str | None = Field(
+        None, description="URL managers use to reach this agent; default http://<host>:<port>"
+    )
+    manager_endpoints: str = Field(
+        "", description="comma-separated manager URLs for heartbeats and events"
+    )
+    cluster_token: str = Field("", description="shared secret of the cluster (required)")
+    runtime: Literal["process", "dummy", "docker"] = Field(
+        "process", description="runtime backend that runs kernels"
+    )
+    scratch_root: str = Field(
+        "/var/tmp/bai-scratch", description="folder holding each kernel's scratch/work dir"
+    )
+    scaling_group: str = Field("default", description="resource group this agent belongs to")
+    heartbeat_interval: float = Field(3.0, description="seconds between heartbeats")
+    # resource slot overrides (decimal strings; mem accepts sizes such as 4g)
+    slot_cpu: str | None = Field(None, description="cores to offer (default: host cores)")
+    slot_mem: str | None = Field(None, description="memory to offer (default: host memory)")
+    slot_cuda_device: str | None = Field(None, description="mock accelerator: whole devices")
+    slot_cuda_shares: str | None = Field(None, description="mock accelerator: fractional shares")
+    # process runtime
+    process_interpreter: str = Field(
+        "/usr/bin/python3",
+        description="python for kernels whose image has no bai.process.interpreter label",
+    )
+    process_cgroups: bool = Field(True, description="use cgroups for limits when possible")
+    process_namespaces: bool = Field(True, description="own PID and mount namespaces if possible")
+    process_run_as: str = Field("", description="user kernels run as (empty: the agent's user)")
+    cgroup_parent: str = Field("bai", description="cgroup folder under which kernels are made")
+    pids_limit: int = Field(4096, description="most processes/threads one kernel may have")
+    kernel_ready_timeout: float = Field(30.0, description="seconds for a runner to answer")
+    monitor_interval: float = Field(0.5, description="seconds between kernel liveness checks")
+    # docker runtime
+    docker_host: str | None = Field(None, description="Docker/Podman API URL (default: local)")
+    # dummy runtime (benchmarks and scheduler tests)
+    dummy_create_delay: float = Field(0.0, description="seconds a dummy create takes")
+    dummy_destroy_delay: float = Field(0.0, description="seconds a dummy destroy takes")
+    dummy_fail_rate: float = Field(0.0, description="probability that a dummy create fails")
+    dummy_fail_images: str = Field(
+        "", description="comma-separated images whose dummy creation always fails"
+    )
+    dummy_lifetime: float = Field(
+        0.0, description="dummy kernels end by themselves after this many seconds (0: never)"
+    )
+    log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("manager_endpoints", "dummy_fail_images", mode="before")
+    @classmethod
+    def _join_list(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return value
+
+    @property
+    def managers(self) -> list[str]:
+        return [e.strip().rstrip("/") for e in self.manager_endpoints.split(",") if e.strip()]
+
+    @property
+    def address(self) -> str:
+        return self.public_address or f"http://{self.host}:{self.port}"
+
+    def slot_overrides(self) -> dict[str, str]:
+        return {slot: str(getattr(self, f)) for f, slot in SLOT_FIELDS.items()
+                if getattr(self, f) not in (None, "")}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> AgentSettings:
+        """TOML file values, overridden by environment variables, overridden by ``overrides``."""
+        file_values: dict[str, Any] = {}
+        if path:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+            file_values = data.get("agent", data)
+        env = cls()  # environment only
+        merged = {**file_values}
+        for name in cls.model_fields:
+            if name in env.model_fields_set:
+                merged[name] = getattr(env, name)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(merged)
