@@ -47,6 +47,7 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
+from bai.agent.runner_channel import ping_runner
 from bai.common.errors import KernelNotFound
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ L_AGENT = LABEL + "agent_id"
 L_KERNEL = LABEL + "kernel_id"
 L_SESSION = LABEL + "session_id"
 L_WORKDIR = LABEL + "workdir"
+#: the whole KernelSpec, for a restarted agent (see base.py "Recovery")
+L_SPEC = "bai.spec"
 
 #: where the runner package and the work dir appear inside the container
 KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
@@ -107,6 +110,17 @@ class DockerBackend(RuntimeBackend):
         self._reported: set[str] = set()
         self._destroying: set[str] = set()
         self._create_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DockerBackend:
+        """From ``bai.agent.settings.AgentSettings``."""
+        return cls(
+            scratch_root=settings.scratch_root,
+            agent_id=settings.agent_id,
+            docker_host=settings.docker_host,
+            pids_limit=settings.pids_limit,
+            ready_timeout=settings.kernel_ready_timeout,
+        )
 
     # -- connection and watching ---------------------------------------------------------------
 
@@ -175,7 +189,7 @@ class DockerBackend(RuntimeBackend):
         }
 
     async def _watch_events(self) -> None:
-        filters = {"type": ["container"], "event": ["die"], "label": [self._scope_label()]}
+        filters = {"type": ["container"], "event": ["die"], "label": self._label_filters()}
         while True:
             try:
                 async with self.docker._query(
@@ -189,7 +203,7 @@ class DockerBackend(RuntimeBackend):
                         event = json.loads(line)
                         attrs = (event.get("Actor") or {}).get("Attributes") or {}
                         kid = attrs.get(L_KERNEL)
-                        if kid and attrs.get(L_BACKEND) == "docker":
+                        if kid and self._ours(attrs):
                             await self._maybe_report(kid)
             except asyncio.CancelledError:
                 raise
@@ -340,6 +354,7 @@ class DockerBackend(RuntimeBackend):
             LABEL + "image": spec.image,
             LABEL + "slots": json.dumps({k: str(v) for k, v in spec.slots.items()}),
             L_WORKDIR: str(workdir),
+            L_SPEC: json.dumps(spec.to_json()),
         }
         env = {
             **spec.environ,
@@ -405,8 +420,10 @@ class DockerBackend(RuntimeBackend):
         deadline = loop.time() + self.ready_timeout
         delay = 0.02
         while True:
-            if sock.exists() and await _runner_ready(sock):
-                return
+            if sock.exists():
+                pong = await ping_runner(sock)
+                if pong and pong.get("ready"):
+                    return
             info = await container.show()
             state = info.get("State") or {}
             if not state.get("Running") and state.get("Status") in ("exited", "dead"):
@@ -465,8 +482,7 @@ class DockerBackend(RuntimeBackend):
             if e.status == 404:
                 raise KernelNotFound(f"kernel {kernel_id} has no container") from e
             raise
-        labels = (container._container.get("Config") or {}).get("Labels") or {}
-        if labels.get(L_BACKEND) != "docker" or labels.get(L_AGENT, "") != self.agent_id:
+        if not self._ours((container._container.get("Config") or {}).get("Labels") or {}):
             raise KernelNotFound(f"kernel {kernel_id} belongs to another agent")
         return container
 
@@ -501,21 +517,27 @@ class DockerBackend(RuntimeBackend):
             container_id=info.get("Id", ""),
             exit_code=exit_code,
             exit_reason=reason,
-            labels={k: v for k, v in labels.items() if k.startswith(LABEL)},
+            labels={k: v for k, v in labels.items() if k.startswith(LABEL) or k == L_SPEC},
         )
 
-    def _scope_label(self) -> str:
-        return f"{L_AGENT}={self.agent_id}"
+    def _label_filters(self) -> list[str]:
+        filters = [f"{L_BACKEND}=docker"]
+        if self.agent_id:
+            filters.append(f"{L_AGENT}={self.agent_id}")
+        return filters
+
+    def _ours(self, labels: dict[str, str]) -> bool:
+        return labels.get(L_BACKEND) == "docker" and labels.get(L_AGENT, "") == self.agent_id
 
     async def list(self) -> list[Instance]:
-        filters = {"label": [f"{L_BACKEND}=docker", self._scope_label()]}
+        filters = {"label": self._label_filters()}
         summaries = await self.docker.containers.list(all=True, filters=json.dumps(filters))
         out = []
         for summary in summaries:
-            labels = summary._container.get("Labels") or {}
             # filter again: not every engine applies every label filter
-            if labels.get(L_BACKEND) != "docker" or labels.get(L_AGENT, "") != self.agent_id:
+            if not self._ours(summary._container.get("Labels") or {}):
                 continue
+            labels = summary._container["Labels"]
             try:
                 out.append(await self.inspect(labels[L_KERNEL]))
             except (KernelNotFound, KeyError):
@@ -572,24 +594,6 @@ def aiohttp_no_timeout() -> Any:
     import aiohttp
 
     return aiohttp.ClientTimeout(total=None, sock_read=None)
-
-
-async def _runner_ready(sock: Path) -> bool:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(sock)), 2)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    try:
-        writer.write(b'{"op": "ping"}\n')
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 2)
-        return bool(json.loads(line or b"{}").get("ready"))
-    except (OSError, asyncio.TimeoutError, ValueError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 def _exit_json_reason(workdir: Path) -> str:

@@ -1,0 +1,222 @@
+"""The docker runtime backend against a real engine (``BAI_TEST_DOCKER_HOST``).
+
+CI starts one with ``scripts/docker-engine.sh start`` and builds the image with
+``scripts/build-images.sh``; without them these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import aiodocker
+import pytest
+
+from bai.agent.backends.base import Instance, InstanceState, KernelCreationFailed, KernelSpec
+from bai.agent.backends.docker import DockerBackend
+from bai.agent.runner_channel import connect_runner
+from bai.common.errors import KernelNotFound
+from bai.testing.docker import docker_host_or_skip, test_image
+
+pytestmark = pytest.mark.docker
+
+MiB = 2**20
+
+
+@pytest.fixture
+async def engine() -> str:
+    return await docker_host_or_skip()
+
+
+@pytest.fixture
+async def backend(engine: str, tmp_path: Path):
+    exits: list[Instance] = []
+    b = DockerBackend(
+        scratch_root=tmp_path / "scratch",
+        agent_id=f"test-{uuid.uuid4().hex[:10]}",
+        docker_host=engine,
+        rescan_interval=0.5,
+        pull_timeout=10,
+    )
+
+    async def on_exit(inst: Instance) -> None:
+        exits.append(inst)
+
+    await b.start(on_exit)
+    b.exits = exits  # type: ignore[attr-defined]
+    yield b
+    for inst in await b.list():
+        await b.destroy(inst.kernel_id)
+    await b.stop()
+
+
+def make_spec(**kw) -> KernelSpec:
+    base = dict(
+        kernel_id=str(uuid.uuid4()),
+        session_id=str(uuid.uuid4()),
+        session_name="dk-" + uuid.uuid4().hex[:6],
+        session_type="INTERACTIVE",
+        image=test_image(),
+        slots={"cpu": Decimal(1), "mem": Decimal(256 * MiB)},
+    )
+    base.update(kw)
+    return KernelSpec(**base)
+
+
+async def run(inst: Instance, code: str) -> tuple[str, str, int | None]:
+    """Execute query-mode code through the runner socket: (stdout, stderr, exit code)."""
+    out, err = [], []
+    chan = await connect_runner(inst.runner_socket)
+    try:
+        await chan.send({"op": "execute", "mode": "query", "code": code, "options": {}})
+        while True:
+            frame = await asyncio.wait_for(chan.receive(), 60)
+            assert frame is not None, "runner closed the connection mid-execution"
+            for kind, text in frame.get("console") or []:
+                (out if kind == "stdout" else err).append(text)
+            if frame["status"] == "finished":
+                return "".join(out), "".join(err), frame.get("exitCode")
+    finally:
+        await chan.close()
+
+
+async def engine_containers(engine: str, kernel_id: str) -> list:
+    async with aiodocker.Docker(url=engine) as d:
+        filters = json.dumps({"label": [f"ai.bai.kernel_id={kernel_id}"]})
+        return await d.containers.list(all=True, filters=filters)
+
+
+async def wait_for(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_hello_world_runs_in_its_own_container(backend: DockerBackend, engine: str):
+    spec = make_spec()
+    assert await backend.ensure_image(spec) is False
+    inst = await backend.create(spec)
+    assert inst.state is InstanceState.RUNNING and inst.container_id
+    out, err, code = await run(
+        inst,
+        "import socket; print('hello world'); print(socket.gethostname()); "
+        "print(open('/proc/1/cmdline').read().replace('\\0', ' '))",
+    )
+    assert code == 0, err
+    hello, hostname, pid1 = out.splitlines()[:3]
+    assert hello == "hello world"
+    assert hostname == spec.session_name and hostname != socket.gethostname()
+    assert "bai.kernel" in pid1  # PID 1 is the runner, not the host's init
+
+    gone = await backend.destroy(spec.kernel_id)
+    assert gone is not None and gone.kernel_id == spec.kernel_id
+    assert await engine_containers(engine, spec.kernel_id) == []
+    assert not inst.workdir.exists()
+    assert await backend.destroy(spec.kernel_id) is None  # idempotent
+    with pytest.raises(KernelNotFound):
+        await backend.inspect(spec.kernel_id)
+
+
+async def test_limits_memory_cpu_pids_and_no_network(backend: DockerBackend):
+    inst = await backend.create(make_spec())
+    out, err, code = await run(
+        inst,
+        "import os\n"
+        "def rd(p):\n"
+        "    try: return open(p).read().split()\n"
+        "    except OSError: return None\n"
+        "mem = rd('/sys/fs/cgroup/memory/memory.limit_in_bytes') or rd('/sys/fs/cgroup/memory.max')\n"
+        "q = rd('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
+        "cpu = (q + rd('/sys/fs/cgroup/cpu/cpu.cfs_period_us')) if q else rd('/sys/fs/cgroup/cpu.max')\n"
+        "pids = rd('/sys/fs/cgroup/pids/pids.max') or rd('/sys/fs/cgroup/pids.max')\n"
+        "nics = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]\n"
+        "print(mem[0], int(cpu[0]) / int(cpu[1]), pids[0], ','.join(nics))\n",
+    )
+    assert code == 0, err
+    mem, cores, pids, nics = out.split()
+    assert int(mem) == 256 * MiB
+    assert float(cores) == 1.0
+    assert int(pids) == backend.pids_limit
+    assert nics == "lo"
+    stats = await backend.stats(inst.kernel_id)
+    assert stats["mem_limit_bytes"] == 256 * MiB and stats["mem_cur_bytes"] > 0
+
+
+async def test_allocating_beyond_memory_is_reported_as_oom_killed(backend: DockerBackend):
+    inst = await backend.create(make_spec(slots={"cpu": Decimal(1), "mem": Decimal(128 * MiB)}))
+    out, err, code = await run(inst, "x = bytearray(400 * 2**20); print('survived')")
+    assert "survived" not in out and code != 0
+    await wait_for(lambda: any(e.kernel_id == inst.kernel_id for e in backend.exits))
+    (seen,) = [e for e in backend.exits if e.kernel_id == inst.kernel_id]
+    assert seen.exit_reason == "oom-killed" and seen.state is InstanceState.EXITED
+    assert (await backend.inspect(inst.kernel_id)).exit_reason == "oom-killed"
+
+
+async def test_create_is_idempotent_and_workdir_is_home_work(backend: DockerBackend):
+    spec = make_spec()
+    a, b = await asyncio.gather(backend.create(spec), backend.create(spec))
+    assert a.container_id == b.container_id
+    (a.workdir / "data.txt").write_text("uploaded\n")
+    out, err, code = await run(a, "import os; print(os.getcwd()); print(open('data.txt').read())")
+    assert code == 0, err
+    assert out.split() == ["/home/work", "uploaded"]
+    assert [i.kernel_id for i in await backend.list()] == [spec.kernel_id]
+
+
+async def test_a_fresh_backend_finds_running_kernels_by_labels(backend: DockerBackend, engine: str):
+    spec = make_spec()
+    inst = await backend.create(spec)
+    await run(inst, "x = 42")
+    other = DockerBackend(scratch_root=backend.scratch_root, agent_id=backend.agent_id, docker_host=engine)
+    stranger = DockerBackend(scratch_root=backend.scratch_root, agent_id="someone-else", docker_host=engine)
+    await other.connect()
+    await stranger.connect()
+    try:
+        (found,) = await other.list()
+        assert found.kernel_id == spec.kernel_id and found.session_id == spec.session_id
+        assert found.state is InstanceState.RUNNING and found.runner_socket == inst.runner_socket
+        assert json.loads(found.labels["bai.spec"])["slots"] == {"cpu": "1", "mem": str(256 * MiB)}
+        out, _, _ = await run(found, "print(x)")
+        assert out.strip() == "42"
+        assert spec.kernel_id not in [i.kernel_id for i in await stranger.list()]
+        assert await stranger.destroy(spec.kernel_id) is None
+        assert (await backend.inspect(spec.kernel_id)).state is InstanceState.RUNNING
+    finally:
+        await other.stop()
+        await stranger.stop()
+
+
+async def test_self_exit_is_reported_once(backend: DockerBackend):
+    inst = await backend.create(make_spec())
+    chan = await connect_runner(inst.runner_socket)
+    await chan.send({"op": "shutdown"})
+    await chan.close()
+    await wait_for(lambda: any(e.kernel_id == inst.kernel_id for e in backend.exits))
+    await asyncio.sleep(1.2)  # a rescan happened meanwhile: still reported once
+    seen = [e for e in backend.exits if e.kernel_id == inst.kernel_id]
+    assert len(seen) == 1 and seen[0].exit_code == 0
+    assert seen[0].exit_reason != "oom-killed"
+
+
+async def test_destroyed_kernels_are_not_reported_as_exits(backend: DockerBackend):
+    inst = await backend.create(make_spec())
+    gone = await backend.destroy(inst.kernel_id)
+    assert gone is not None and gone.exit_reason == "killed"
+    await asyncio.sleep(1.2)
+    assert all(e.kernel_id != inst.kernel_id for e in backend.exits)
+
+
+async def test_absent_image_fails_quickly_with_a_reason(backend: DockerBackend):
+    spec = make_spec(image=f"bai-test/absent-{uuid.uuid4().hex[:8]}:1.0")
+    with pytest.raises(KernelCreationFailed) as e:
+        await backend.ensure_image(spec)
+    assert f"image {spec.image} is not present on this agent and cannot be pulled" in str(e.value)
+    with pytest.raises(KernelCreationFailed):
+        await backend.create(spec)
+    assert not (backend.scratch_root / spec.kernel_id).exists()
