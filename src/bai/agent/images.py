@@ -4,7 +4,7 @@ Usage (root; needs ``debootstrap`` and a ``docker`` CLI talking to the engine in
 
     python -m bai.agent.images build            # build + import every recipe, print the names
     python -m bai.agent.images build --force    # ignore the cached root filesystem
-    python -m bai.agent.images build --register http://127.0.0.1:8091   # and tell a manager
+    python -m bai.agent.images build --register # and register them (+ aliases) with the manager
     python -m bai.agent.images list             # recipes and whether the engine has them
 
 ``scripts/build-images.sh`` runs the same with the project's venv.
@@ -19,10 +19,11 @@ with ``--change`` instructions for the labels (minimum resources as Backend.AI's
 ``ai.backend.resource.min.<slot>``), ``PATH``, ``LANG`` and ``CMD``. The kernel runner is NOT in the
 image: the docker backend bind-mounts it at start.
 
-Registering: the manager registers ``default_images()`` (same canonical name and the alias
-``python``) at bootstrap, so an embedded platform needs nothing more. ``--register URL`` posts the
-image to a running manager's admin API when it has one (``POST /admin/images``, cluster token from
-``BAI_CLUSTER_SECRET``).
+Registering: the manager registers ``default_images()`` at bootstrap -- on a Debian 12 host that is
+the same canonical name ``python:3.11-debian12`` with the alias ``python`` -- so an embedded platform
+needs nothing more. ``--register`` registers each image (runtime ``docker``, labels, minimum slots)
+and its aliases through the admin API (``POST /admin/images``, ``POST /admin/aliases``) of the
+manager in the client configuration, signed with its admin keypair.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,37 +272,47 @@ def _bytes(value: str) -> int:
     return int(parse_size(value))
 
 
-def register(manager: str, record: dict[str, Any], *, log=print) -> bool:
-    """POST the record to a manager's admin API; False when the manager has no such API."""
-    secret = os.environ.get("BAI_CLUSTER_SECRET", "")
-    req = urllib.request.Request(
-        manager.rstrip("/") + "/admin/images",
-        data=json.dumps(record).encode(),
-        headers={"Content-Type": "application/json", "X-BAI-Cluster-Token": secret},
-        method="POST",
-    )
+def register(record: dict[str, Any], *, log=print) -> None:
+    """Register the image and its aliases with the manager of the client configuration
+    (``~/.config/backend.ai``, as ``backend.ai server start`` writes it; needs an admin keypair).
+    An image of that name that is already registered (the manager's bootstrap registers the host's
+    ``python:3.11-debian12`` for every runtime) is kept as it is."""
+    import asyncio
+
+    from bai.client.admin import AdminAPI
+    from bai.client.config import ClientConfig
+    from bai.client.connection import Connection
+    from bai.common.errors import BaiError
+
+    async def go() -> None:
+        async with Connection(ClientConfig.load()) as conn:
+            api = AdminAPI(conn)
+            known = {i["name"]: i for i in await api.images()}
+            name = record["name"]
+            if name in known:
+                runtimes = known[name].get("runtimes")
+                log(f"{name} is already registered (runtimes: {runtimes})")
+            else:
+                await api.register_image({k: v for k, v in record.items() if k != "aliases"})
+                log(f"registered {name} with {conn.endpoint}")
+            for alias in record["aliases"]:
+                await api.set_alias(alias, name)
+                log(f"alias {alias} -> {name}")
+
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            log(f"registered {record['name']} (aliases: {', '.join(record['aliases'])}) "
-                f"with {manager}: HTTP {resp.status}")
-            return True
-    except urllib.error.HTTPError as e:
-        if e.code in (404, 405):
-            log(f"{manager} has no image admin API; `bai-manager init` registers the defaults")
-            return False
-        raise BuildError(f"registering {record['name']} failed: HTTP {e.code} {e.read()[:300]!r}") from e
-    except OSError as e:
-        raise BuildError(f"cannot reach manager {manager}: {e}") from e
+        asyncio.run(go())
+    except (BaiError, OSError) as e:
+        raise BuildError(f"registering {record['name']} failed: {e}") from e
 
 
-def build_all(*, force: bool = False, verify: bool = True, register_at: str | None = None,
+def build_all(*, force: bool = False, verify: bool = True, register_images: bool = False,
               log=print) -> list[str]:
     names = []
     for recipe in RECIPES:
         tar_path, meta = build_rootfs(recipe, force=force, log=log)
         names.append(import_image(recipe, tar_path, meta, force=force, verify=verify, log=log))
-        if register_at:
-            register(register_at, registration(recipe, meta), log=log)
+        if register_images:
+            register(registration(recipe, meta), log=log)
     return names
 
 
@@ -313,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build (or reuse) and import the default images")
     b.add_argument("--force", action="store_true", help="rebuild the root filesystem and re-import")
     b.add_argument("--no-verify", action="store_true", help="do not run the image to check its name")
-    b.add_argument("--register", metavar="MANAGER_URL", help="register with this manager")
+    b.add_argument("--register", action="store_true",
+                   help="register the images and aliases with the manager of the client config")
     sub.add_parser("list", help="recipes, cached tarballs and images in the engine")
     args = parser.parse_args(argv)
 
@@ -323,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "build":
             for name in build_all(force=args.force, verify=not args.no_verify,
-                                  register_at=args.register, log=log):
+                                  register_images=args.register, log=log):
                 print(name)
         else:
             for recipe in RECIPES:
