@@ -327,6 +327,9 @@ def decide(inp: SchedulingInput) -> Decision:
         # Cheap rejection: the most free any agent has, per slot (recomputed after placements).
         max_free = _max_free(group_agents, free)
         reserved: str | None = None  # agent held for the oldest blocked session
+        # Sessions with the same request get the same verdict until something is placed:
+        # this keeps a pass over thousands of waiting sessions linear and cheap.
+        verdicts: dict[tuple, tuple[str, str, dict]] = {}
         position = 0
         for p in order:
             position += 1
@@ -342,6 +345,12 @@ def decide(inp: SchedulingInput) -> Decision:
                 est = p.starts_at if code == "starts-at" else None
                 out.waits[p.id] = Wait(p.id, code, msg, position, details or {}, est)
                 continue
+            req_key = tuple(sorted(p.requested.items()))
+            cached = verdicts.get(req_key)
+            if cached is not None:
+                code, msg, details = cached
+                out.waits[p.id] = Wait(p.id, code, msg, position, details)
+                continue
             candidates = [a for a in group_agents if a.id != reserved]
             agent = None
             if _fits(p.requested, max_free):
@@ -350,6 +359,7 @@ def decide(inp: SchedulingInput) -> Decision:
                 out.assignments.append(Assignment(p.id, agent.id, agent.address))
                 free[agent.id] = free[agent.id] - p.requested
                 max_free = _max_free(group_agents, free)
+                verdicts.clear()
                 n, slots = kp_extra.get(p.access_key, (0, ResourceSlot()))
                 kp_extra[p.access_key] = (n + 1, slots + p.requested)
                 extra_group[p.group_id] = extra_group.get(p.group_id, ResourceSlot()) + p.requested
@@ -370,12 +380,13 @@ def decide(inp: SchedulingInput) -> Decision:
                                            {**details, "reserved_agent": holder.id})
                     continue
             elif reserved is not None and _fits(p.requested, free[reserved]):
-                out.waits[p.id] = Wait(
-                    p.id, "waiting-for-earlier-session",
-                    f"{reserved} is held for an earlier session that needs it", position,
-                    {"reserved_agent": reserved})
+                verdicts[req_key] = ("waiting-for-earlier-session",
+                                     f"{reserved} is held for an earlier session that needs it",
+                                     {"reserved_agent": reserved})
+                out.waits[p.id] = Wait(p.id, *verdicts[req_key][:2], position, verdicts[req_key][2])
                 continue
             msg, details = _shortfall_msg(p.requested, group_agents, free)
+            verdicts[req_key] = ("insufficient-resources", msg, details)
             out.waits[p.id] = Wait(p.id, "insufficient-resources", msg, position, details)
     return out
 
