@@ -63,7 +63,7 @@ async def test_images_and_aliases(env):
     await call(a, "DELETE", "/admin/aliases/py")
     gone = await call(a, "DELETE", "/admin/aliases/py", status=404)
     assert "py3" in gone["msg"]
-    await call(a, "DELETE", "/admin/images/cr.example/ml/torch:2.1-debian12")
+    await call(a, "DELETE", "/admin/images/cr.example%2Fml%2Ftorch:2.1-debian12")  # as our SDK quotes it
     assert len((await call(a, "GET", "/admin/images"))["images"]) == 1
 
 

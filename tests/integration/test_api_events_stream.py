@@ -1,0 +1,275 @@
+"""SSE events, the execute WebSocket proxy, upload and ls through the whole manager app.
+
+The manager is real (``create_app``: store, scheduler, state machine, routes). The agent is a
+small aiohttp app speaking the agent HTTP API: kernel creation reports its events on demand (that
+is the point of the fake), while execute/upload/files are served over real HTTP and WebSocket so
+the proxy code runs for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import unquote
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from api_support import Signed
+
+from bai.common.events import KernelEvent
+from bai.manager.app import ROOT, create_app
+from bai.manager.services.bootstrap import bootstrap
+from bai.manager.services.rpc import AgentClient
+from bai.manager.settings import ManagerSettings
+
+
+class FakeAgent(AgentClient):
+    """Real HTTP to the fake agent server; kernel lifecycle reported straight to the manager."""
+
+    def __init__(self, root, token: str) -> None:
+        super().__init__(token)
+        self.root = root
+        self.auto_start = True
+        self.specs: dict[str, dict] = {}
+
+    def _ev(self, name, spec, **kw):
+        return KernelEvent(name, "agent-1", spec["kernel_id"], spec["session_id"], **kw)
+
+    async def create_kernel(self, address, spec):
+        self.specs[spec["kernel_id"]] = spec
+        if self.auto_start:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.start(spec)))
+        return {"kernel_id": spec["kernel_id"]}
+
+    async def start(self, spec):
+        await self.root.agents.handle_events([self._ev(n, spec) for n in (
+            "kernel_preparing", "kernel_prepared", "kernel_creating", "kernel_started")])
+
+    async def destroy_kernel(self, address, kernel_id, reason):
+        spec = self.specs.pop(kernel_id, None)
+        if spec is not None:
+            await self.root.agents.handle_events([self._ev("kernel_terminated", spec, reason=reason, exit_code=0)])
+        return {"kernel_id": kernel_id, "exit_code": 0, "stats": None}
+
+
+def agent_app(received: dict) -> web.Application:
+    async def execute(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        first = json.loads((await ws.receive()).data)
+        received["first"] = first
+        await ws.send_str(json.dumps({"status": "continued", "console": None}))
+        await ws.send_str(json.dumps({"status": "waiting-input", "console": [["stdout", "name? "]],
+                                      "options": {"is_password": False}}))
+        line = (await ws.receive()).data
+        await ws.send_str(json.dumps({"status": "finished", "console": [["stdout", f"hi {line}\n"]],
+                                      "exitCode": 0}))
+        await ws.close()
+        return ws
+
+    async def upload(request):
+        reader = await request.multipart()
+        names = []
+        while (part := await reader.next()) is not None:
+            name = unquote(part.filename)  # aiohttp's client percent-encodes it again on the way
+            names.append(name)
+            received.setdefault("files", {})[name] = await part.read()
+        return web.json_response({"files": names})
+
+    async def files(request):
+        received["ls"] = request.query["path"]
+        return web.json_response({"files": [{"filename": "main.py", "size": 3, "mtime": 1.0, "mode": "-rw-r--r--"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/kernels/{kid}/execute", execute)
+    app.router.add_post("/v1/kernels/{kid}/upload", upload)
+    app.router.add_get("/v1/kernels/{kid}/files", files)
+    return app
+
+
+@pytest.fixture
+async def env(tmp_path):
+    received: dict = {}
+    agent_server = TestServer(agent_app(received), host="127.0.0.1", port=0)
+    await agent_server.start_server()
+    settings = ManagerSettings(db_url=f"sqlite+aiosqlite:///{tmp_path}/bai.db", cluster_token="t",
+                               schedule_interval=0.2)
+    app = create_app(settings)
+    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    root = app[ROOT]
+    keys = await bootstrap(root.store)
+    await root.agents.rpc.close()
+    root.agents.rpc = FakeAgent(root, "t")
+    await root.agents.heartbeat({"agent_id": "agent-1", "address": str(agent_server.make_url("")).rstrip("/"),
+                                 "available_slots": {"cpu": "4", "mem": str(8 * 2**30)}})
+    user = Signed(client, (keys["user"]["access_key"], keys["user"]["secret_key"]))
+    admin = Signed(client, (keys["admin"]["access_key"], keys["admin"]["secret_key"]))
+    yield root, client, user, admin, received
+    await root.agents.rpc.close()
+    await client.close()
+    await agent_server.close()
+
+
+async def create(c: Signed, name: str, **kw) -> dict:
+    resp = await c.request("POST", "/session", {"name": name, "image": "python", "config": {"resources": {}},
+                                                "type": "interactive", **kw})
+    body = await resp.json()
+    assert resp.status in (200, 201), body
+    return body
+
+
+async def read_sse(resp, stop_after: str | None = "server_close", limit: int = 50) -> list[tuple[str, dict]]:
+    """Parse SSE messages until ``stop_after`` (or the end of the stream)."""
+    out, fields = [], {}
+    while len(out) < limit:
+        line = await asyncio.wait_for(resp.content.readline(), 10)
+        if not line:
+            break
+        line = line.decode().rstrip("\r\n")
+        if line.startswith(":"):
+            continue
+        if line == "":
+            if "event" in fields:
+                out.append((fields["event"], json.loads(fields["data"])))
+                if fields.get("retry") is not None:
+                    out[-1][1]["__retry"] = fields["retry"]
+                if fields["event"] == stop_after:
+                    break
+            fields = {}
+            continue
+        key, _, value = line.partition(":")
+        fields[key] = value.lstrip(" ")
+    return out
+
+
+async def sse(c: Signed, query: str):
+    path = f"/events/session?{query}"
+    return await c.client.get(path, headers=c.headers("GET", path, "application/octet-stream"))
+
+
+async def test_events_replay_a_finished_session_then_close(env):
+    root, client, user, _, _ = env
+    made = await create(user, "ev-done")
+    assert made["status"] == "RUNNING"
+    resp = await user.request("DELETE", "/session/ev-done")
+    assert resp.status == 200, await resp.text()
+    for _ in range(100):
+        async with root.store.connect() as conn:
+            from bai.manager.store.tables import sessions
+            import sqlalchemy as sa
+            status = (await conn.execute(sa.select(sessions.c.status).where(sessions.c.name == "ev-done"))).scalar()
+        if status == "TERMINATED":
+            break
+        await asyncio.sleep(0.05)
+    resp = await sse(user, "sessionName=ev-done&scope=*")
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    events = await read_sse(resp)
+    names = [n for n, _ in events]
+    assert names[0] == "session_enqueued" and events[0][1]["__retry"] == "5"
+    for expected in ("session_scheduled", "kernel_started", "session_started", "session_terminating",
+                     "kernel_terminated", "session_terminated"):
+        assert expected in names
+    assert names.index("session_started") < names.index("session_terminated")
+    assert names[-1] == "server_close" and events[-1][1] == {}
+    assert all(d.get("sessionName") == "ev-done" for n, d in events[:-1])
+    assert await resp.content.read() == b""  # the stream ended
+
+
+async def test_events_follow_live_and_end_with_the_session(env):
+    root, client, user, _, _ = env
+    root.agents.rpc.auto_start = False
+    made = await create(user, "ev-live", enqueueOnly=True)
+    for _ in range(100):  # wait until the kernel was asked for
+        if root.agents.rpc.specs:
+            break
+        await asyncio.sleep(0.05)
+    resp = await sse(user, f"sessionId={made['sessionId']}&scope=session")
+    spec = next(iter(root.agents.rpc.specs.values()))
+    await root.agents.rpc.start(spec)
+    await asyncio.sleep(0.2)
+    assert (await user.request("DELETE", "/session/ev-live")).status == 200
+    events = await read_sse(resp)
+    names = [n for n, _ in events]
+    assert all(n.startswith("session_") or n == "server_close" for n in names), names
+    assert names.count("session_started") == 1 and names.count("session_scheduled") == 1
+    assert names[-2:] == ["session_terminated", "server_close"]
+
+
+async def test_events_of_someone_elses_session_are_refused(env):
+    _, _, user, admin, _ = env
+    await create(admin, "admins-own")
+    resp = await sse(user, "sessionName=admins-own&scope=*")
+    assert resp.status == 404
+    assert (await resp.json())["title"]
+    resp = await sse(user, "sessionName=admins-own&owner_access_key=" + admin.access_key)
+    assert resp.status == 403
+
+
+async def test_execute_proxy_relays_frames_and_input(env):
+    _, client, user, _, received = env
+    made = await create(user, "exec-1")
+    path = f"/stream/session/{made['sessionId']}/execute"
+    ws = await client.ws_connect(path, headers=user.headers("GET", path, "application/octet-stream"))
+    await ws.send_str(json.dumps({"code": "input()", "mode": "query", "options": {}}))
+    frames = []
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+        frame = json.loads(msg.data)
+        frames.append(frame)
+        if frame["status"] == "waiting-input":
+            await ws.send_str("world")
+        if frame["status"] == "finished":
+            break
+    await ws.close()
+    assert received["first"] == {"code": "input()", "mode": "query", "options": {}}
+    assert frames[0]["console"] == []  # null from the agent, a list for the client
+    assert frames[-1] == {"status": "finished", "console": [["stdout", "hi world\n"]], "exitCode": 0,
+                          "options": None, "files": None}
+
+
+async def test_execute_on_a_session_that_is_not_running(env):
+    root, client, user, _, _ = env
+    root.agents.rpc.auto_start = False
+    made = await create(user, "exec-pending", enqueueOnly=True)
+    path = f"/stream/session/{made['sessionId']}/execute"
+    resp = await client.get(path, headers=user.headers("GET", path, "application/octet-stream"))
+    assert resp.status == 409
+    assert "not RUNNING" in (await resp.json())["msg"]
+
+
+async def test_upload_unquotes_paths_and_refuses_escapes(env):
+    _, client, user, _, received = env
+    await create(user, "up-1")
+    path = "/session/up-1/upload"
+
+    async def upload(*names):
+        form = aiohttp.FormData()
+        for n in names:
+            form.add_field("src", b"data", filename=n, content_type="application/octet-stream")
+        return await client.post(path, data=form, headers={
+            k: v for k, v in user.headers("POST", path, "multipart/form-data").items() if k != "Content-Type"})
+
+    resp = await upload("main.py", "data/input.txt")
+    assert resp.status == 200, await resp.text()
+    assert set(received["files"]) == {"main.py", "data/input.txt"}
+    for bad in ("../evil.py", "/etc/passwd", "a/../../b"):
+        resp = await upload(bad)
+        body = await resp.json()
+        assert resp.status == 400 and body["title"] == "Upload path refused.", body
+
+
+async def test_ls_takes_a_json_body_on_get(env):
+    _, client, user, _, received = env
+    await create(user, "ls-1")
+    path = "/session/ls-1/files"
+    resp = await client.get(path, data=json.dumps({"path": "/home/work"}),
+                            headers=user.headers("GET", path, "application/json"))
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert received["ls"] == "/home/work"
+    assert json.loads(body["files"])[0]["filename"] == "main.py" and body["errors"] == ""
