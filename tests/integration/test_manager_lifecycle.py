@@ -4,6 +4,7 @@ machine; the agent is a fake (that is the point: it reports kernel events on dem
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from decimal import Decimal
 
@@ -78,13 +79,27 @@ class FakeAgent:
         pass
 
 
-@pytest.fixture
-async def manager(tmp_path):
+PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def manager(request, tmp_path):
+    schema = None
+    if request.param == "postgres":
+        if not PG_DSN:
+            pytest.skip("BAI_TEST_PG_DSN not set")
+        schema = f"m_{uuid.uuid4().hex[:10]}"
+        await _pg_exec(f"CREATE SCHEMA {schema}")
     settings = ManagerSettings(
-        db_url=f"sqlite+aiosqlite:///{tmp_path}/bai.db", schedule_interval=0.2,
-        cluster_token="t", idle_check_interval=1.0,
+        db_url=PG_DSN if schema else f"sqlite+aiosqlite:///{tmp_path}/bai.db",
+        schedule_interval=0.2, cluster_token="t", idle_check_interval=1.0,
     )
     root = ManagerRoot(settings)
+    if schema:
+        from bai.manager.store.engine import Store
+
+        await root.store.close()
+        root.store = Store(PG_DSN, connect_args={"server_settings": {"search_path": schema}})
     await root.start()
     keys = await bootstrap(root.store)
     fake = FakeAgent(root)
@@ -99,6 +114,17 @@ async def manager(tmp_path):
         yield root
     finally:
         await root.stop()
+        if schema:
+            await _pg_exec(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def _pg_exec(sql: str) -> None:
+    from bai.manager.store.engine import Store
+
+    admin = Store(PG_DSN)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(sql))
+    await admin.close()
 
 
 async def caller(root, who="user") -> Caller:

@@ -29,15 +29,18 @@ def _sqlite_path(url: sa.URL) -> str | None:
 class Store:
     """The database behind the manager: the single source of truth."""
 
-    def __init__(self, db_url: str, *, echo: bool = False) -> None:
+    def __init__(self, db_url: str, *, echo: bool = False, connect_args: dict | None = None) -> None:
         self.url = sa.make_url(db_url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict = {"echo": echo}
+        if connect_args:
+            kwargs["connect_args"] = dict(connect_args)
         if self.is_sqlite:
             path = _sqlite_path(self.url)
             if path:
                 Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                      **kwargs.get("connect_args", {})}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)

@@ -1,0 +1,172 @@
+"""The store on real databases: SQLite always, PostgreSQL when ``BAI_TEST_PG_DSN`` is set
+(``postgresql+asyncpg://user@host:port/db``; each test gets a fresh schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from bai.common.errors import InvalidTransition
+from bai.common.resources import ResourceSlot
+from bai.common.status import SessionStatus
+from bai.manager.services.bootstrap import bootstrap
+from bai.manager.services.transitions import Outbox, PlacementRefused, transit
+from bai.manager.store import tables as t
+from bai.manager.store.engine import Store
+
+S = SessionStatus
+PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = Store(f"sqlite+aiosqlite:///{tmp_path}/store.db")
+        yield s
+        await s.close()
+        return
+    if not PG_DSN:
+        pytest.skip("BAI_TEST_PG_DSN not set")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = Store(PG_DSN)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    await admin.close()
+    # Every connection of this store works inside the test's own schema.
+    s = Store(PG_DSN, connect_args={"server_settings": {"search_path": schema}})
+    yield s
+    await s.close()
+    admin = Store(PG_DSN)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    await admin.close()
+
+
+async def test_migrations_match_tables_and_are_idempotent(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    await store.migrate()
+    await store.migrate()
+    assert await store.current_revision() == "0001"
+    async with store.connect() as conn:
+        diff = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), t.metadata))
+    # Only type-rendering noise is tolerated; no missing or extra tables, columns or indexes.
+    structural = [d for d in diff if not (isinstance(d, list) and d and d[0][0] == "modify_type")]
+    assert structural == []
+
+
+async def test_sqlite_runs_in_wal_mode(tmp_path):
+    s = Store(f"sqlite+aiosqlite:///{tmp_path}/wal.db")
+    await s.migrate()
+    async with s.connect() as conn:
+        assert (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar() == "wal"
+        assert (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar() > 0
+    await s.close()
+
+
+async def test_bootstrap_is_idempotent_and_keeps_keys(store):
+    await store.migrate()
+    first = await bootstrap(store)
+    second = await bootstrap(store)
+    assert first == second
+    assert first["admin"]["access_key"] != first["user"]["access_key"]
+    async with store.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(t.keypairs))).scalar() == 2
+        aliases = dict((await conn.execute(sa.select(t.image_aliases))).all())
+    assert "python" in aliases and aliases["python"].startswith("python:3.")
+
+
+async def _seed_session(store, *, cpu="2", agent_cpu="2"):
+    keys = await bootstrap(store)
+    sid, kid = uuid.uuid4(), uuid.uuid4()
+    async with store.begin() as conn:
+        uid = (await conn.execute(sa.select(t.users.c.id).where(t.users.c.email == "user@bai.local"))).scalar()
+        gid = (await conn.execute(sa.select(t.groups.c.id))).scalar()
+        image = (await conn.execute(sa.select(t.images.c.name))).scalar()
+        await conn.execute(sa.insert(t.agents).values(
+            id="agent-1", address="http://127.0.0.1:1", available_slots={"cpu": agent_cpu},
+            occupied_slots={}, isolation={}))
+        await conn.execute(sa.insert(t.sessions).values(
+            id=sid, name="s1", image=image, domain_name="default", group_id=gid, user_id=uid,
+            access_key=keys["user"]["access_key"], status="PENDING", status_data={},
+            requested_slots={"cpu": cpu}, occupying_slots={}, service_ports=[], mounts=[],
+            environ={}, agent_ids=[], main_kernel_id=kid, resource_opts={}, abusing_reports=[]))
+        await conn.execute(sa.insert(t.kernels).values(
+            id=kid, session_id=sid, image=image, requested_slots={"cpu": cpu}, occupied_slots={}))
+    return sid
+
+
+async def _agent_cpu(store):
+    async with store.connect() as conn:
+        occ = (await conn.execute(sa.select(t.agents.c.occupied_slots))).scalar()
+    return ResourceSlot.from_json(occ).get("cpu", 0)
+
+
+async def test_transit_reserves_releases_and_records(store):
+    await store.migrate()
+    sid = await _seed_session(store)
+    ob = Outbox()
+    async with store.begin() as conn:
+        row = await transit(conn, sid, S.PENDING, S.SCHEDULED, reason="scheduled",
+                            cause="scheduler", outbox=ob, place_on=("agent-1", "http://x"))
+    assert row["scheduled_at"] is not None and await _agent_cpu(store) == 2
+    async with store.begin() as conn:
+        # A stale expectation loses the compare-and-set and changes nothing.
+        assert await transit(conn, sid, S.PENDING, S.CANCELLED, reason="x", cause="t", outbox=ob) is None
+        with pytest.raises(InvalidTransition):
+            await transit(conn, sid, S.SCHEDULED, S.RUNNING, reason="x", cause="t", outbox=ob)
+        await transit(conn, sid, S.SCHEDULED, S.TERMINATING, reason="user-requested",
+                      cause="user", outbox=ob)
+        await transit(conn, sid, S.TERMINATING, S.TERMINATED, reason="user-requested",
+                      cause="user", outbox=ob)
+    assert await _agent_cpu(store) == 0
+    async with store.connect() as conn:
+        s = (await conn.execute(sa.select(t.sessions).where(t.sessions.c.id == sid))).mappings().one()
+        k = (await conn.execute(sa.select(t.kernels))).mappings().one()
+        hist = (await conn.execute(sa.select(t.session_history.c.from_status, t.session_history.c.to_status)
+                                   .order_by(t.session_history.c.id))).all()
+    assert s["status"] == "TERMINATED" and s["terminated_at"] is not None
+    assert s["occupying_slots"] == {} and s["status_info"] == "user-requested"
+    assert k["status"] == "TERMINATED" and k["agent_id"] == "agent-1"
+    assert [tuple(h) for h in hist] == [("PENDING", "SCHEDULED"), ("SCHEDULED", "TERMINATING"),
+                                        ("TERMINATING", "TERMINATED")]
+    assert [e.name for e in ob.events][:1] == ["session_scheduled"]
+    assert "session_terminated" in [e.name for e in ob.events]
+
+
+async def test_placement_refused_when_agent_is_full(store):
+    await store.migrate()
+    sid = await _seed_session(store, cpu="3", agent_cpu="2")
+    with pytest.raises(PlacementRefused):
+        async with store.begin() as conn:
+            await transit(conn, sid, S.PENDING, S.SCHEDULED, reason="scheduled", cause="s",
+                          outbox=Outbox(), place_on=("agent-1", "http://x"))
+    async with store.connect() as conn:
+        assert (await conn.execute(sa.select(t.sessions.c.status))).scalar() == "PENDING"
+    assert await _agent_cpu(store) == 0
+
+
+async def test_concurrent_compare_and_set_has_one_winner(store):
+    await store.migrate()
+    sid = await _seed_session(store)
+    async with store.begin() as conn:
+        await transit(conn, sid, S.PENDING, S.SCHEDULED, reason="scheduled", cause="s",
+                      outbox=Outbox(), place_on=("agent-1", "http://x"))
+
+    async def attempt(i):
+        async with store.begin() as conn:
+            return await transit(conn, sid, S.SCHEDULED, S.TERMINATING, reason=f"r{i}",
+                                 cause="t", outbox=Outbox())
+
+    results = await asyncio.gather(*[attempt(i) for i in range(6)])
+    assert sum(r is not None for r in results) == 1
+    async with store.connect() as conn:
+        n = (await conn.execute(sa.select(sa.func.count()).select_from(t.session_history)
+                                .where(t.session_history.c.to_status == "TERMINATING"))).scalar()
+    assert n == 1
