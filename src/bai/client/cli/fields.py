@@ -169,7 +169,10 @@ def format_cell(field: Field, value: Any, multiline: bool = False) -> str:
             f"{d.get('name')} ({d.get('id')})" if isinstance(d, dict) else str(d) for d in value
         )
     if field.name == "idle_checks":
-        return _flat(_decode(value))
+        decoded = _decode(value)
+        if multiline and isinstance(decoded, dict) and decoded:
+            return "\n".join(_nested_lines(decoded))
+        return _flat(decoded)
     return _flat(value)
 
 

@@ -35,10 +35,10 @@ def describe_status(status: str, info: str | None, data: Any = None) -> str:
         if msg and (not info or str(msg) not in info):
             extra.append(str(msg))
         pos = sched.get("position", sched.get("queue_position"))
-        if pos is not None:
+        if pos is not None and "position" not in (info or ""):
             extra.append(f"queue position {pos}")
         eta = sched.get("estimated_start", sched.get("eta"))
-        if eta:
+        if eta and "estimated" not in (info or ""):
             extra.append(f"estimated start {eta}")
     if extra:
         text += " (" + "; ".join(extra) + ")"

@@ -1,0 +1,80 @@
+"""Queueing as a user sees it: PENDING with a reason, --enqueue-only, --max-wait, events, rm of a
+pending session, and the first-10 / --all listing. One small stack (an agent of 2 cpus)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+from conftest import CLI, _start_stack
+
+
+@pytest.fixture(scope="module")
+def small():
+    st = _start_stack("cpu=2", "mem=2g")
+    yield st
+    st.stop()
+    shutil.rmtree(st.home, ignore_errors=True)
+
+
+def rows(stack, *args: str, user: bool = False) -> dict:
+    return json.loads(stack.cli("--output", "json", "ps", *args, user=user).stdout)
+
+
+def row(stack, name: str) -> dict:
+    items = rows(stack, "--all", "--all-statuses", "-f", "name,id,status,status_info")["items"]
+    return next(i for i in items if i["name"] == name)
+
+
+def test_queueing_enqueue_only_max_wait_and_cancel(small):
+    small.cli("start", "-t", "big-1", "-r", "cpu=2", "python")
+    try:
+        proc = small.cli("start", "--enqueue-only", "-t", "big-2", "-r", "cpu=2", "python")
+        assert "big-2" in proc.stdout and "PENDING" in proc.stdout
+        waiting = row(small, "big-2")
+        assert waiting["status"] == "PENDING" and "cpu" in (waiting["status_info"] or "")
+
+        proc = small.cli("run", "--max-wait", "2", "-t", "big-3", "-r", "cpu=2", "python", "-c",
+                         "print('must not run')")
+        assert "must not run" not in proc.stdout and "PENDING" in proc.stdout
+        assert "cpu" in proc.stdout
+
+        # `events` follows big-2 until it ends; `rm` of a pending session cancels it.
+        events = subprocess.Popen([CLI, "events", "big-2"], env=small.env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        proc = small.cli("rm", "big-2", "big-3")
+        assert "big-2 was cancelled" in proc.stdout and "big-3 was cancelled" in proc.stdout
+        out, err = events.communicate(timeout=60)
+        assert events.returncode == 0, err
+        names = [ln.split(" ", 1)[0] for ln in out.splitlines()]
+        assert names[-1] == "server_close" and "session_cancelled" in names
+        dead = [i["name"] for i in rows(small, "--dead", "--all")["items"]]
+        assert {"big-2", "big-3"} <= set(dead)
+        assert row(small, "big-2")["status"] == "CANCELLED"
+    finally:
+        small.cli("rm", "big-1", check=False)
+
+
+def test_first_10_then_all_and_format(small):
+    names = [f"many-{i:02d}" for i in range(15)]
+    small.cli("start", "-t", "blocker", "-r", "cpu=2", "python")  # the agent is full: all wait
+    for n in names:
+        small.cli("start", "--enqueue-only", "-t", n, "-r", "cpu=2", "python")
+    try:
+        proc = small.cli("ps")
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        assert len(lines) == 2 + 10
+        assert lines[2].startswith("many-14")  # most recently changed first
+        assert "5 more" in proc.stderr
+        assert len(rows(small, "--all")["items"]) == 15
+        proc = small.cli("ps", "-f", "id,status,occupying_slots")
+        header = proc.stdout.splitlines()[0]
+        assert header.split() == ["Session", "ID", "Status", "Occupying", "Slots"]
+        user = rows(small, "--all", user=True)
+        assert not {i["name"] for i in user["items"]} & set(names)
+    finally:
+        small.cli("rm", "blocker", *names, check=False)

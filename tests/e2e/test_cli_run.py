@@ -1,0 +1,114 @@
+"""`backend.ai run` / `start` / `rm` as a user types them, against the real embedded stack."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def session_row(stack, name: str, user: bool = False) -> dict | None:
+    proc = stack.cli("--output", "json", "ps", "--all", "--all-statuses", "-f",
+                     "name,id,status,status_info,occupying_slots", user=user)
+    for item in json.loads(proc.stdout)["items"]:
+        if item["name"] == name:
+            return item
+    return None
+
+
+def test_hello_world(stack):
+    proc = stack.cli("run", "--rm", "-c", 'print("hello world")', "python")
+    assert proc.stdout == "hello world\n"
+
+
+def test_script_with_arguments(stack, tmp_path):
+    (tmp_path / "myscript.py").write_text("import sys\nprint('args:', sys.argv[1:])\n")
+    proc = stack.cli("run", "--rm", "--exec", "python myscript.py arg1 arg2", "python",
+                     "./myscript.py", cwd=tmp_path)
+    assert proc.stdout == "args: ['arg1', 'arg2']\n"
+
+
+def test_variables_persist_between_executions_of_one_session(stack):
+    name = unique("keep")
+    stack.cli("start", "-t", name, "python")
+    try:
+        stack.cli("run", "-t", name, "python", "-c", "x = 41")
+        proc = stack.cli("run", "-t", name, "python", "-c", "print(x + 1)")
+        assert proc.stdout == "42\n"
+    finally:
+        stack.cli("rm", name)
+
+
+def test_exit_code_and_stderr_of_failing_code(stack):
+    proc = stack.cli("run", "--rm", "python", "-c", "import sys; print('bye', file=sys.stderr);"
+                     " sys.exit(3)", check=False)
+    assert proc.returncode == 3
+    assert "bye" in proc.stderr
+
+
+def test_user_and_admin_see_their_own_sessions(stack):
+    name = unique("mine")
+    stack.cli("start", "-t", name, "python", user=True)
+    try:
+        assert session_row(stack, name, user=True) is not None
+        assert session_row(stack, name) is None  # the admin's own listing
+        keys = stack.keys()
+        proc = stack.cli("--output", "json", "ps", "--all", "--access-key",
+                         keys["user"]["access_key"])
+        assert name in [i["name"] for i in json.loads(proc.stdout)["items"]]
+    finally:
+        stack.cli("rm", name, user=True)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--rm", "-c", "print(1)", "no-such-image:1.0"], "no-such-image"),
+    (["run", "--rm", "-r", "cpu=abc", "-c", "print(1)", "python"], "cpu"),
+    (["run", "--rm", "-r", "mem=1z", "-c", "print(1)", "python"], "mem"),
+    (["run", "--rm", "-r", "cpu=512", "-c", "print(1)", "python"], "cpu"),
+    (["rm", "no-such-session-xyz"], "no-such-session-xyz"),
+    (["info", "no-such-session-xyz"], "no-such-session-xyz"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(stack, args, needle):
+    before = json.loads(stack.cli("--output", "json", "ps", "--all-statuses").stdout)["total_count"]
+    proc = stack.cli(*args, check=False)
+    assert proc.returncode != 0
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("Error: ") and needle in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    after = json.loads(stack.cli("--output", "json", "ps", "--all-statuses").stdout)["total_count"]
+    assert after == before
+
+
+def test_unknown_image_names_what_is_available(stack):
+    proc = stack.cli("run", "-c", "1", "nosuchimage", check=False)
+    assert proc.returncode == 1 and "python" in proc.stderr
+
+
+def test_wrong_secret_key_is_refused_with_one_line(stack):
+    env = dict(stack.env)
+    keys = stack.keys()["admin"]
+    env.update(BACKEND_ACCESS_KEY=keys["access_key"], BACKEND_SECRET_KEY="x" * 40)
+    import subprocess
+
+    from conftest import CLI
+
+    proc = subprocess.run([CLI, "ps"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("Error: ")
+
+
+def test_history_tells_the_whole_story(stack):
+    name = unique("story")
+    stack.cli("run", "--rm", "-t", name, "-c", "print(1)", "python")
+    proc = stack.cli("--output", "json", "history", name)
+    steps = [(e["from"], e["to"]) for e in json.loads(proc.stdout)]
+    assert steps[0] == (None, "PENDING")
+    assert ("CREATING", "RUNNING") in steps or any(t == "RUNNING" for _, t in steps)
+    assert steps[-1][1] == "TERMINATED"
+    table = stack.cli("history", name).stdout
+    assert table.splitlines()[0].split() == ["Time", "From", "To", "Reason", "Cause"]
