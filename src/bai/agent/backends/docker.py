@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 from decimal import Decimal
 from pathlib import Path
@@ -377,6 +378,9 @@ class DockerBackend(RuntimeBackend):
             "NetworkMode": await self._network_mode() if spec.network else "none",
             "PidsLimit": self.pids_limit,
             "SecurityOpt": ["no-new-privileges"],
+            # Podman asks for nofile=1048576 and a huge nproc by default, which fails where the
+            # engine's own hard limits are lower; the agent's hard limits are what this host grants.
+            "Ulimits": _ulimits(),
             "AutoRemove": False,
         }
         cpu = spec.slots.get("cpu")
@@ -553,6 +557,8 @@ class DockerBackend(RuntimeBackend):
             )
         except DockerError as e:
             raise KernelNotFound(f"no stats for kernel {kernel_id}: {_docker_message(e)}") from e
+        if isinstance(raw, str):  # Podman answers without a JSON content type
+            raw = json.loads(raw.strip().splitlines()[0]) if raw.strip() else {}
         if isinstance(raw, list):  # some engines answer a one-element stream
             raw = raw[0] if raw else {}
         mem = raw.get("memory_stats") or {}
@@ -594,6 +600,22 @@ def aiohttp_no_timeout() -> Any:
     import aiohttp
 
     return aiohttp.ClientTimeout(total=None, sock_read=None)
+
+
+def _ulimits() -> list[dict[str, Any]]:
+    """nofile and nproc no higher than the agent's own hard limits (and at most 1048576 and
+    32768: Podman lowers its own nproc to 32768, and a runc without CAP_SYS_RESOURCE cannot raise
+    a limit above the engine's). nproc counts the uid's processes host-wide, so it stays large;
+    the pids cgroup limit is what bounds a kernel."""
+    out = []
+    for name, which, cap in (
+        ("nofile", resource.RLIMIT_NOFILE, 1048576),
+        ("nproc", resource.RLIMIT_NPROC, 32768),
+    ):
+        hard = resource.getrlimit(which)[1]
+        value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+        out.append({"Name": name, "Soft": value, "Hard": value})
+    return out
 
 
 def _exit_json_reason(workdir: Path) -> str:

@@ -1,0 +1,302 @@
+"""The kernels on this node: creation, termination and the events they produce.
+
+Per kernel the agent reports, in order: ``kernel_preparing`` -> (``kernel_pulling``) ->
+``kernel_prepared`` -> ``kernel_creating`` -> ``kernel_started``, or ``kernel_creation_failed``;
+later exactly one ``kernel_terminated`` (reason ``user-requested`` or whatever the destroy call
+gave, ``self-terminated``, ``oom-killed``, ``already-terminated`` for a kernel this agent does not
+know, ``terminated-unknown-kernel`` for one the manager no longer knows).
+
+``create`` is idempotent on the kernel id and returns at once (the work runs in a task);
+``destroy`` is idempotent, cancels a creation in progress, and answers with the exit code and the
+last stats. A kernel that ends by itself is cleaned up (scratch space, cgroups) right away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import bai.kernel
+from bai.agent.backends.base import (
+    Instance,
+    InstanceState,
+    KernelCreationFailed,
+    KernelSpec,
+    RuntimeBackend,
+)
+from bai.agent.manager_link import ManagerLink
+from bai.agent.resources.accelerator import MockCudaDevices
+from bai.common.errors import AgentError, KernelNotFound
+from bai.common.events import KernelEvent
+from bai.common.resources import ResourceSlot
+
+log = logging.getLogger(__name__)
+
+TOMBSTONES = 5000
+
+
+@dataclass
+class KernelRecord:
+    spec: KernelSpec
+    #: PREPARING, CREATING, RUNNING, TERMINATING, TERMINATED, ERROR
+    status: str = "PREPARING"
+    instance: Instance | None = None
+    uploaded: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    exit_code: int | None = None
+    stats: dict[str, Any] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending_exit: Instance | None = None
+
+    @property
+    def kernel_id(self) -> str:
+        return self.spec.kernel_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kernel_id": self.kernel_id,
+            "session_id": self.spec.session_id,
+            "status": self.status,
+            "container_id": self.instance.container_id if self.instance else "",
+            "exit_code": self.exit_code,
+        }
+
+
+class KernelRegistry:
+    def __init__(
+        self,
+        agent_id: str,
+        backend: RuntimeBackend,
+        link: ManagerLink,
+        capacity: ResourceSlot,
+        devices: MockCudaDevices | None = None,
+    ):
+        self.agent_id = agent_id
+        self.backend = backend
+        self.link = link
+        self.capacity = capacity
+        self.devices = devices
+        self.records: dict[str, KernelRecord] = {}
+        #: kernels that ended: id -> the DELETE answer
+        self.ended: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def get(self, kernel_id: str) -> KernelRecord:
+        rec = self.records.get(kernel_id)
+        if rec is None:
+            raise KernelNotFound(f"no kernel {kernel_id} on agent {self.agent_id}")
+        return rec
+
+    def live_ids(self) -> list[str]:
+        return list(self.records)
+
+    def occupied(self) -> ResourceSlot:
+        return ResourceSlot.total(ResourceSlot(r.spec.slots) for r in self.records.values())
+
+    def listing(self) -> list[dict[str, Any]]:
+        out = [r.to_json() for r in self.records.values()]
+        out += [{"kernel_id": kid, "session_id": e.get("session_id", ""), "status": "TERMINATED",
+                 "container_id": "", "exit_code": e.get("exit_code")}
+                for kid, e in self.ended.items()]
+        return out
+
+    def emit(self, name: str, spec: KernelSpec, reason: str = "",
+             exit_code: int | None = None, **data: Any) -> None:
+        self.link.post_event(KernelEvent(
+            name=name, agent_id=self.agent_id, kernel_id=spec.kernel_id,
+            session_id=spec.session_id, reason=reason, exit_code=exit_code, data=data))
+
+    # --- create ----------------------------------------------------------------------------
+
+    def create(self, spec: KernelSpec) -> KernelRecord:
+        """Start creating the kernel (idempotent); progress goes out as events."""
+        rec = self.records.get(spec.kernel_id)
+        if rec is not None:
+            return rec
+        self.ended.pop(spec.kernel_id, None)
+        rec = self.records[spec.kernel_id] = KernelRecord(spec)
+        rec.task = asyncio.create_task(self._create(rec))
+        return rec
+
+    async def _create(self, rec: KernelRecord) -> None:
+        spec = rec.spec
+        self.emit("kernel_preparing", spec)
+        try:
+            self._reserve(rec)
+            if await self.backend.ensure_image(spec):
+                self.emit("kernel_pulling", spec, reason=spec.image)
+            self.emit("kernel_prepared", spec)
+            rec.status = "CREATING"
+            self.emit("kernel_creating", spec)
+            inst = await self.backend.create(spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not isinstance(e, KernelCreationFailed):
+                log.exception("creating kernel %s failed", spec.kernel_id)
+            reason = str(e) or type(e).__name__
+            rec.status = "ERROR"
+            self.emit("kernel_creation_failed", spec, reason=reason, error=reason)
+            with contextlib.suppress(Exception):
+                await self.backend.destroy(spec.kernel_id)
+            self._forget(rec, None, None)
+            return
+        rec.instance = inst
+        rec.status = "RUNNING"
+        self.emit("kernel_started", spec, container_id=inst.container_id, service_ports=[])
+        if inst.state == InstanceState.EXITED:
+            rec.pending_exit = inst
+        if rec.pending_exit is not None:
+            asyncio.create_task(self.on_exit(rec.pending_exit))
+
+    def _reserve(self, rec: KernelRecord) -> None:
+        """Refuse what does not fit this node (the manager should never ask) and pick devices."""
+        others = ResourceSlot.total(
+            ResourceSlot(r.spec.slots) for r in self.records.values() if r is not rec)
+        wanted = ResourceSlot(rec.spec.slots)
+        short = wanted.shortfall(self.capacity - others)
+        if short:
+            slot, (req, free) = next(iter(short.items()))
+            raise KernelCreationFailed(
+                f"not enough {slot} on agent {self.agent_id}: {req} requested, {free} free")
+        n = rec.spec.slots.get("cuda.device", Decimal(0))
+        if self.devices is not None and n > 0:
+            indices = self.devices.allocate(rec.kernel_id, n)
+            rec.spec.environ = {**rec.spec.environ, **MockCudaDevices.environ(indices)}
+
+    # --- termination -----------------------------------------------------------------------
+
+    async def destroy(self, kernel_id: str, reason: str = "user-requested") -> dict[str, Any]:
+        rec = self.records.get(kernel_id)
+        if rec is None:
+            if kernel_id in self.ended:
+                return self.ended[kernel_id]
+            # not ours (or lost): clean whatever is left and let the manager move on
+            inst = await self.backend.destroy(kernel_id)
+            answer = {"kernel_id": kernel_id, "exit_code": inst.exit_code if inst else None,
+                      "stats": None}
+            if inst is not None:
+                self.link.post_event(KernelEvent(
+                    name="kernel_terminated", agent_id=self.agent_id, kernel_id=kernel_id,
+                    session_id=inst.session_id, reason="already-terminated",
+                    exit_code=inst.exit_code))
+            return answer
+        async with rec.lock:
+            if kernel_id in self.ended:
+                return self.ended[kernel_id]
+            rec.status = "TERMINATING"
+            if rec.task is not None and not rec.task.done():
+                rec.task.cancel()
+                await asyncio.gather(rec.task, return_exceptions=True)
+            stats = await self._last_stats(rec)
+            try:
+                inst = await self.backend.destroy(kernel_id)
+            except Exception as e:
+                log.exception("destroying kernel %s failed", kernel_id)
+                rec.status = "RUNNING" if rec.instance else rec.status
+                raise AgentError(f"could not destroy kernel {kernel_id}: {e}") from e
+            exit_code = inst.exit_code if inst else None
+            self.emit("kernel_terminated", rec.spec, reason=reason, exit_code=exit_code)
+            return self._forget(rec, exit_code, stats)
+
+    async def on_exit(self, inst: Instance) -> None:
+        """The backend noticed that a kernel ended by itself."""
+        rec = self.records.get(inst.kernel_id)
+        if rec is None:
+            return
+        if rec.status in ("PREPARING", "CREATING"):
+            rec.pending_exit = inst  # _create reports it after kernel_started
+            return
+        async with rec.lock:
+            if inst.kernel_id in self.ended or rec.status != "RUNNING":
+                return
+            rec.status = "TERMINATING"
+            stats = await self._last_stats(rec)
+            with contextlib.suppress(Exception):
+                await self.backend.destroy(inst.kernel_id)
+            self.emit("kernel_terminated", rec.spec, reason=inst.exit_reason or "self-terminated",
+                      exit_code=inst.exit_code)
+            self._forget(rec, inst.exit_code, stats)
+
+    async def _last_stats(self, rec: KernelRecord) -> dict[str, Any] | None:
+        if rec.instance is None:
+            return None
+        try:
+            raw = await asyncio.wait_for(self.backend.stats(rec.kernel_id), 5)
+        except Exception:
+            return None
+        return {"status": "terminated", **raw}
+
+    def _forget(self, rec: KernelRecord, exit_code: int | None,
+                stats: dict[str, Any] | None) -> dict[str, Any]:
+        rec.status = "TERMINATED" if rec.status != "ERROR" else "ERROR"
+        rec.exit_code = exit_code
+        self.records.pop(rec.kernel_id, None)
+        if self.devices is not None:
+            self.devices.release(rec.kernel_id)
+        answer = {"kernel_id": rec.kernel_id, "exit_code": exit_code, "stats": stats,
+                  "session_id": rec.spec.session_id}
+        self.ended[rec.kernel_id] = answer
+        while len(self.ended) > TOMBSTONES:
+            self.ended.popitem(last=False)
+        return answer
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def adopt(self, inst: Instance) -> KernelRecord:
+        """Take over a running kernel found after an agent restart."""
+        spec = spec_from_labels(inst)
+        rec = KernelRecord(spec, status="RUNNING", instance=inst)
+        rec.uploaded = read_uploaded(inst.workdir)
+        devices = spec.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if self.devices is not None and devices:
+            self.devices.restore(spec.kernel_id, [int(x) for x in devices.split(",") if x.isdigit()])
+        self.records[spec.kernel_id] = rec
+        return rec
+
+    async def report_ended(self, inst: Instance) -> None:
+        """A kernel that ended while no agent watched: report it and clean up."""
+        spec = spec_from_labels(inst)
+        with contextlib.suppress(Exception):
+            await self.backend.destroy(inst.kernel_id)
+        self.emit("kernel_terminated", spec, reason=inst.exit_reason or "self-terminated",
+                  exit_code=inst.exit_code)
+        rec = KernelRecord(spec, status="TERMINATED", instance=inst)
+        self._forget(rec, inst.exit_code, None)
+
+    # --- uploads ---------------------------------------------------------------------------
+
+    def note_uploaded(self, rec: KernelRecord, paths: list[str]) -> None:
+        for p in paths:
+            if p not in rec.uploaded:
+                rec.uploaded.append(p)
+        if rec.instance is not None:
+            with contextlib.suppress(OSError):
+                (rec.instance.workdir / bai.kernel.STATE_DIR / "uploaded.json").write_text(
+                    json.dumps(rec.uploaded))
+
+
+def spec_from_labels(inst: Instance) -> KernelSpec:
+    try:
+        return KernelSpec.from_json(json.loads(inst.labels["bai.spec"]))
+    except (KeyError, ValueError, TypeError):
+        return KernelSpec(kernel_id=inst.kernel_id, session_id=inst.session_id,
+                          session_name=inst.labels.get("bai.session_name", ""),
+                          session_type="INTERACTIVE", image=inst.labels.get("bai.image", ""),
+                          slots={})
+
+
+def read_uploaded(workdir: Path) -> list[str]:
+    try:
+        data = json.loads((workdir / bai.kernel.STATE_DIR / "uploaded.json").read_text())
+        return [str(x) for x in data]
+    except (OSError, ValueError, TypeError):
+        return []

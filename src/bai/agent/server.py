@@ -1,0 +1,273 @@
+"""The agent daemon: its HTTP API (docs/internals.md), heartbeats, and the composition of
+backend, kernel registry and manager link.
+
+Every route checks the cluster token (``X-BAI-Cluster-Token``); errors are problem JSON.
+``Agent.start()`` recovers kernels from the backend's labels, then heartbeats every
+``heartbeat_interval``; ``Agent.stop()`` leaves kernels running (a restarted agent adopts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+
+import bai
+from bai.agent.backends import make_backend
+from bai.agent.backends.base import KernelSpec, RuntimeBackend
+from bai.agent.execution import relay
+from bai.agent.kernels import KernelRegistry
+from bai.agent.manager_link import TOKEN_HEADER, ManagerLink
+from bai.agent.recovery import drop_unknown, recover
+from bai.agent.resources import detect_slots
+from bai.agent.resources.accelerator import MockCudaDevices
+from bai.agent.settings import AgentSettings
+from bai.agent.workdir import list_dir, write_file
+from bai.common.auth import cluster_token_ok
+from bai.common.errors import (
+    AuthFailed,
+    BaiError,
+    InvalidAPIParameters,
+    NotFound,
+    SessionNotRunning,
+)
+
+log = logging.getLogger(__name__)
+
+AGENT_KEY = web.AppKey("agent", object)
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        backend: RuntimeBackend | None = None,
+        *,
+        http: aiohttp.ClientSession | None = None,
+    ):
+        self.settings = settings
+        self.backend = backend or make_backend(settings)
+        self.link = ManagerLink(settings.managers, settings.cluster_token, session=http)
+        self.capacity = detect_slots(settings)
+        cuda = self.capacity.get("cuda.device", Decimal(0))
+        devices = MockCudaDevices(int(cuda)) if cuda > 0 else None
+        self.registry = KernelRegistry(settings.agent_id, self.backend, self.link,
+                                       self.capacity, devices)
+        self.address = settings.address
+        self.app = make_app(self)
+        self._runner: web.AppRunner | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.last_heartbeat_answer: dict[str, Any] | None = None
+
+    @property
+    def agent_id(self) -> str:
+        return self.settings.agent_id
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, recover kernels, and begin heartbeats and event delivery."""
+        if not self.settings.cluster_token:
+            log.warning("no cluster_token is set: every request to this agent will be refused")
+        await self.backend.start(self.registry.on_exit)
+        await recover(self.registry, self.backend)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await site.start()
+        if not self.settings.public_address:
+            port = self._runner.addresses[0][1]
+            self.address = f"http://{self.settings.host}:{port}"
+        self.link.start()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        log.info("agent %s serving at %s (runtime %s)", self.agent_id, self.address,
+                 self.backend.name)
+
+    async def stop(self) -> None:
+        """Stop serving; kernels keep running."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            self._heartbeat_task = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.link.close()
+        await self.backend.stop()
+
+    # --- heartbeats ------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "runtime": self.backend.name,
+            "address": self.address,
+            "available_slots": self.capacity.to_json(),
+            "isolation": self.backend.isolation(),
+            "version": bai.__version__,
+            "scaling_group": self.settings.scaling_group,
+            "architecture": platform.machine(),
+        }
+
+    async def heartbeat(self) -> dict[str, Any] | None:
+        sent = self.registry.live_ids()
+        answer = await self.link.heartbeat({**self.info(), "kernels": sent})
+        self.last_heartbeat_answer = answer
+        if answer and isinstance(answer.get("known_kernels"), list):
+            await drop_unknown(self.registry, sent, answer["known_kernels"])
+        return answer
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+
+# --- HTTP API ------------------------------------------------------------------------------
+
+
+def _problem(err: BaiError) -> web.Response:
+    return web.json_response(err.to_problem(), status=err.status,
+                             content_type="application/problem+json")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BaiError as e:
+        return _problem(e)
+    except web.HTTPNotFound:
+        return _problem(NotFound(f"no route {request.method} {request.path}"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("internal error in %s %s", request.method, request.path)
+        return _problem(BaiError("internal error in the agent; see its log"))
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    agent: Agent = request.app[AGENT_KEY]  # type: ignore[assignment]
+    if not cluster_token_ok(agent.settings.cluster_token, request.headers.get(TOKEN_HEADER)):
+        return _problem(AuthFailed(f"missing or wrong {TOKEN_HEADER}"))
+    return await handler(request)
+
+
+def _agent(request: web.Request) -> Agent:
+    return request.app[AGENT_KEY]  # type: ignore[return-value]
+
+
+async def get_info(request: web.Request) -> web.Response:
+    return web.json_response(_agent(request).info())
+
+
+async def list_kernels(request: web.Request) -> web.Response:
+    return web.json_response({"kernels": _agent(request).registry.listing()})
+
+
+async def create_kernel(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        missing = [k for k in ("kernel_id", "session_id", "image") if not body.get(k)]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        body.setdefault("session_name", "")
+        body.setdefault("session_type", "INTERACTIVE")
+        spec = KernelSpec.from_json(body)
+        if any(v < 0 for v in spec.slots.values()):
+            raise ValueError("negative slot amount")
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise InvalidAPIParameters(f"invalid kernel spec: {e}") from None
+    _agent(request).registry.create(spec)
+    return web.json_response({"kernel_id": spec.kernel_id}, status=202)
+
+
+async def destroy_kernel(request: web.Request) -> web.Response:
+    reason = request.query.get("reason") or "user-requested"
+    answer = await _agent(request).registry.destroy(request.match_info["kid"], reason)
+    return web.json_response({k: answer.get(k) for k in ("kernel_id", "exit_code", "stats")})
+
+
+def _running(request: web.Request):  # -> KernelRecord
+    rec = _agent(request).registry.get(request.match_info["kid"])
+    if rec.status != "RUNNING" or rec.instance is None:
+        raise SessionNotRunning(f"kernel {rec.kernel_id} is {rec.status}")
+    return rec
+
+
+async def upload(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    rec = _running(request)
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidAPIParameters("upload needs a multipart/form-data body")
+    reader = await request.multipart()
+    written: list[str] = []
+    workdir = rec.instance.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    async for part in reader:
+        if not isinstance(part, aiohttp.BodyPartReader) or part.name != "src":
+            continue
+        name = unquote(part.filename or "")
+
+        async def chunks(p: aiohttp.BodyPartReader = part):
+            while True:
+                chunk = await p.read_chunk(256 * 1024)
+                if not chunk:
+                    return
+                yield chunk
+
+        written.append(await write_file(workdir, name, chunks()))
+    agent.registry.note_uploaded(rec, written)
+    return web.json_response({"files": written})
+
+
+async def execute(request: web.Request) -> web.StreamResponse:
+    rec = _running(request)
+    return await relay(request, _agent(request).backend, rec)
+
+
+async def stats(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    rec = agent.registry.get(request.match_info["kid"])
+    raw = await agent.backend.stats(rec.kernel_id) if rec.instance is not None else {}
+    return web.json_response({"status": rec.status.lower(), **raw})
+
+
+async def logs(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    rec = agent.registry.get(request.match_info["kid"])
+    text = await agent.backend.logs(rec.kernel_id) if rec.instance is not None else ""
+    return web.json_response({"logs": text})
+
+
+async def files(request: web.Request) -> web.Response:
+    rec = _running(request)
+    entries = await asyncio.to_thread(list_dir, rec.instance.workdir, request.query.get("path"))
+    return web.json_response({"files": entries})
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=1024**3)
+    app[AGENT_KEY] = agent
+    app.router.add_get("/v1/info", get_info)
+    app.router.add_get("/v1/kernels", list_kernels)
+    app.router.add_post("/v1/kernels", create_kernel)
+    app.router.add_delete("/v1/kernels/{kid}", destroy_kernel)
+    app.router.add_post("/v1/kernels/{kid}/upload", upload)
+    app.router.add_get("/v1/kernels/{kid}/execute", execute)
+    app.router.add_get("/v1/kernels/{kid}/stats", stats)
+    app.router.add_get("/v1/kernels/{kid}/logs", logs)
+    app.router.add_get("/v1/kernels/{kid}/files", files)
+    return app
