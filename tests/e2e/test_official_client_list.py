@@ -299,6 +299,8 @@ def test_user_never_sees_other_users_sessions(user, sessions):
 
 def test_user_cannot_list_another_access_key(user, admin, sessions):
     res = user("ps", "--all", "--access-key", admin.access_key, check=False)
+    assert res.returncode == 1
+    assert "BackendAPIError" in res.stderr  # refused, printed as an error
     assert sessions["run"]["name"] not in res.stdout
     assert sessions["dead"]["name"] not in res.stdout
 

@@ -201,3 +201,12 @@ def test_rm_unknown_session(admin):
     assert res.returncode == 1
     assert "BackendAPIError: 404 Not Found" in res.stderr
     assert 'use "-o" / "--owner" option' in res.stderr
+
+
+def test_start_larger_than_any_agent_is_refused(admin):
+    name = unique_name("ofr-huge")
+    res = admin("start", "-t", name, "-r", "cpu=1000", "python", check=False, timeout=60)
+    assert res.returncode == 1
+    assert "BackendAPIError: 4" in res.stderr  # a 4xx problem, printed with its title
+    assert len(res.stderr.strip().splitlines()) >= 2
+    assert admin.list_json("ps", "--all", "--filter", f'name == "{name}"')["count"] == 0
