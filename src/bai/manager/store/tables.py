@@ -240,6 +240,13 @@ sa.Index("ix_sessions_access_key_status_changed", sessions.c.access_key, session
 sa.Index("ix_sessions_status", sessions.c.status)
 sa.Index("ix_sessions_status_changed", sessions.c.status_changed)
 sa.Index("ix_sessions_name_access_key", sessions.c.name, sessions.c.access_key)
+# The compatibility listing (newest status change first, filtered by status, optionally by owner)
+# reads its page ids and its count from these alone (migration 0002).
+sa.Index("ix_sessions_status_status_changed", sessions.c.status, sessions.c.status_changed, sessions.c.id)
+sa.Index(
+    "ix_sessions_access_key_status",
+    sessions.c.access_key, sessions.c.status, sessions.c.status_changed, sessions.c.id,
+)
 
 session_dependencies = sa.Table(
     "session_dependencies",
