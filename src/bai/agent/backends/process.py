@@ -375,7 +375,14 @@ class ProcessBackend(RuntimeBackend):
         sock = state / bai.kernel.SOCKET_NAME
         try:
             await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive)
-        except (RunnerUnavailable, TimeoutError) as e:
+        except RunnerUnavailable:
+            if (state / "exit.json").exists():
+                return self._instance(k)  # it started and already ended by itself
+            tail = self._tail(kdir / "runner.out", 2000).strip()
+            raise KernelCreationFailed(
+                "the kernel runner exited during start-up" + (f": {tail}" if tail else "")
+            ) from None
+        except TimeoutError as e:
             tail = self._tail(kdir / "runner.out", 2000).strip()
             raise KernelCreationFailed(f"{e}" + (f": {tail}" if tail else "")) from None
         return self._instance(k)

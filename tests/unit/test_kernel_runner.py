@@ -1,0 +1,155 @@
+"""The in-kernel runner (bai.kernel) driven over its unix socket, under the system Python."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import bai.kernel
+
+SRC = str(Path(bai.kernel.__file__).resolve().parent.parent.parent)
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+class Client:
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(20)
+        self.sock.connect(str(path))
+        self.rfile = self.sock.makefile("rb")
+
+    def send(self, msg: dict) -> None:
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def receive(self) -> dict | None:
+        line = self.rfile.readline()
+        return json.loads(line) if line else None
+
+    def execute(self, answers: list[str] | None = None, **msg) -> list[dict]:
+        answers = list(answers or [])
+        self.send({"op": "execute", **msg})
+        frames = []
+        while True:
+            frame = self.receive()
+            assert frame is not None, frames
+            frames.append(frame)
+            if frame["status"] == "waiting-input":
+                self.send({"op": "input", "text": answers.pop(0)})
+            if frame["status"] == "finished":
+                return frames
+
+
+def text(frames: list[dict], kind: str) -> str:
+    return "".join(d for f in frames for k, d in f["console"] if k == kind)
+
+
+@pytest.fixture
+def runner(tmp_path: Path):
+    work = tmp_path / "work"
+    (work / ".bai").mkdir(parents=True)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": SRC, "HOME": str(work), "LANG": "C.UTF-8"}
+    proc = subprocess.Popen([PYTHON, "-m", "bai.kernel", "--workdir", str(work)], env=env,
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sock = work / ".bai" / "runner.sock"
+    for _ in range(200):
+        if sock.exists():
+            break
+        time.sleep(0.02)
+    client = Client(sock)
+    client.send({"op": "ping"})
+    assert client.receive()["status"] == "pong"
+    yield client, proc, work
+    proc.kill()
+    proc.wait()
+
+
+def test_variables_persist_between_executions(runner) -> None:
+    client, _, _ = runner
+    frames = client.execute(mode="query", code="x = 41")
+    assert frames[-1]["exitCode"] == 0
+    frames = client.execute(mode="query", code="print(x + 1)\nx")
+    assert text(frames, "stdout") == "42\n41\n"  # a final expression is echoed, as in a REPL
+
+
+def test_output_streams_while_produced(runner) -> None:
+    client, _, _ = runner
+    code = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)\n"
+    frames = client.execute(mode="query", code=code)
+    with_output = [f for f in frames if f["console"]]
+    assert len(with_output) >= 3  # one frame per burst, not one at the end
+    assert text(frames, "stdout") == "0\n1\n2\n"
+    assert all(isinstance(f["console"], list) for f in frames)
+    assert frames[-1]["status"] == "finished" and frames[-1]["exitCode"] == 0
+
+
+def test_child_process_output_and_stderr(runner) -> None:
+    client, _, _ = runner
+    frames = client.execute(mode="query", code="import os\nos.system('echo from-child; echo oops >&2')")
+    assert "from-child\n" in text(frames, "stdout")
+    assert "oops\n" in text(frames, "stderr")
+
+
+def test_exception_gives_traceback_and_exit_code_1(runner) -> None:
+    client, _, _ = runner
+    frames = client.execute(mode="query", code="def f():\n    raise ValueError('bad')\nf()")
+    err = text(frames, "stderr")
+    assert "Traceback" in err and "ValueError: bad" in err
+    assert "worker.py" not in err  # the runner's own frames are not shown
+    assert frames[-1]["exitCode"] == 1
+    frames = client.execute(mode="query", code="print(")
+    assert "SyntaxError" in text(frames, "stderr") and frames[-1]["exitCode"] == 1
+    frames = client.execute(mode="query", code="import sys; sys.exit(4)")
+    assert frames[-1]["exitCode"] == 4
+
+
+def test_input_and_getpass(runner) -> None:
+    client, _, _ = runner
+    code = "name = input('who? ')\nimport getpass\npw = getpass.getpass('pw: ')\nprint(name, len(pw))"
+    frames = client.execute(mode="query", code=code, answers=["ada", "secret"])
+    waits = [f for f in frames if f["status"] == "waiting-input"]
+    assert [w["options"]["is_password"] for w in waits] == [False, True]
+    assert text(waits[:1], "stdout") == "who? "
+    assert text(frames, "stdout").endswith("ada 6\n")
+    assert frames[-1]["exitCode"] == 0
+
+
+def test_batch_build_and_exec(runner) -> None:
+    client, _, work = runner
+    (work / "hello.py").write_text("import sys; print('hi', sys.argv[1:])")
+    frames = client.execute(mode="batch", options={"clean": "*", "build": "echo building",
+                                                   "exec": "python3 hello.py 1; exit 5"})
+    assert [f["status"] for f in frames if f["status"] != "continued"] == \
+        ["build-finished", "finished"]
+    assert "building\n" in text(frames, "stdout") and "hi ['1']\n" in text(frames, "stdout")
+    assert frames[-1]["exitCode"] == 5
+    # a failing build skips exec and finishes with the build's status
+    frames = client.execute(mode="batch", options={"clean": "*", "build": "exit 2",
+                                                   "exec": "echo never"})
+    assert frames[-1]["exitCode"] == 2 and "never" not in text(frames, "stdout")
+    # exec "*" runs the first uploaded .py file
+    frames = client.execute(mode="batch", options={"clean": "*", "build": "*", "exec": "*"},
+                            uploaded=["data.txt", "hello.py"])
+    assert text(frames, "stdout") == "hi []\n" and frames[-1]["exitCode"] == 0
+
+
+def test_batch_with_nothing_to_run(runner) -> None:
+    client, _, _ = runner
+    frames = client.execute(mode="batch", options={"clean": "*", "build": "*", "exec": "*"})
+    assert frames[-1]["exitCode"] == 127
+    assert "nothing to execute" in text(frames, "stderr")
+
+
+def test_interpreter_death_ends_the_runner(runner) -> None:
+    client, proc, work = runner
+    frames = client.execute(mode="query", code="import os; os._exit(7)")
+    assert frames[-1]["exitCode"] == 7
+    assert proc.wait(timeout=10) == 7
+    assert json.loads((work / ".bai" / "exit.json").read_text()) == \
+        {"exit_code": 7, "reason": "self-terminated"}
