@@ -51,18 +51,25 @@ def test_exit_code_and_stderr_of_failing_code(stack):
     assert "bye" in proc.stderr
 
 
-def test_user_and_admin_see_their_own_sessions(stack):
-    name = unique("mine")
-    stack.cli("start", "-t", name, "python", user=True)
+def test_a_user_sees_only_their_own_sessions_and_the_admin_sees_them_all(stack):
+    mine, theirs = unique("mine"), unique("admins")
+    stack.cli("start", "-t", mine, "python", user=True)
+    stack.cli("start", "-t", theirs, "python")
     try:
-        assert session_row(stack, name, user=True) is not None
-        assert session_row(stack, name) is None  # the admin's own listing
+        assert session_row(stack, mine, user=True) is not None
+        assert session_row(stack, theirs, user=True) is None
+        assert session_row(stack, mine) is not None
         keys = stack.keys()
         proc = stack.cli("--output", "json", "ps", "--all", "--access-key",
                          keys["user"]["access_key"])
-        assert name in [i["name"] for i in json.loads(proc.stdout)["items"]]
+        names = [i["name"] for i in json.loads(proc.stdout)["items"]]
+        assert mine in names and theirs not in names
+        proc = stack.cli("ps", "--access-key", keys["admin"]["access_key"], user=True,
+                         check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: ")
     finally:
-        stack.cli("rm", name, user=True)
+        stack.cli("rm", mine, user=True)
+        stack.cli("rm", theirs)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -71,10 +71,17 @@ class Output:
 
             t = Table(show_edge=False, box=None, header_style="bold", pad_edge=False)
             for h in headers:
-                t.add_column(h, overflow="fold")
+                t.add_column(h, no_wrap=True)
             for r in srows:
                 t.add_row(*r)
-            Console(soft_wrap=False).print(t)
+            # never fold ids and times: let a wide table be wider than the terminal
+            need = sum(
+                max(len(line) for row in [list(headers), *srows] for line in row[i].split("\n"))
+                for i in range(len(headers))
+            ) + 2 * len(headers)
+            console = Console()
+            console.width = max(console.width, need)
+            console.print(t)
         else:
             click.echo(_plain_table(headers, srows))
 
