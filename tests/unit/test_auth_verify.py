@@ -25,7 +25,8 @@ def record(**kw) -> KeypairRecord:
 
 def request(**over) -> SignedRequest:
     """A correctly signed SSE request, then with the fields in ``over`` changed."""
-    method, path, ctype, host = "GET", "/events/session?sessionName=s1&scope=*", "application/octet-stream", "127.0.0.1:18091"
+    method, path = "GET", "/events/session?sessionName=s1&scope=*"
+    ctype, host = "application/octet-stream", "127.0.0.1:18091"
     h = make_headers(AK, SK, method, path, host, ctype, now=NOW)
     fields = dict(method=method, path_qs=path, host=host, content_type=ctype,
                   authorization=h["Authorization"], date=h["Date"], version=h["X-BackendAI-Version"])

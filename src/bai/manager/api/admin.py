@@ -27,13 +27,13 @@ service) kick the scheduler so they apply to the next pass at once.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.manager.api.middleware import require_admin
+from bai.manager.api.params import json_object
 from bai.manager.services import admin as svc
 
 
@@ -41,19 +41,6 @@ def _root(request: web.Request) -> Any:
     from bai.manager.app import ROOT
 
     return request.app[ROOT]
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    text = await request.text() if request.can_read_body else ""
-    if not text.strip():
-        return {}
-    try:
-        body = json.loads(text)
-    except ValueError:
-        raise InvalidAPIParameters("The request body must be JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidAPIParameters("The request body must be a JSON object.")
-    return body
 
 
 def _kick(root: Any) -> None:
@@ -87,7 +74,7 @@ async def images_list(request: web.Request) -> web.Response:
 
 
 async def images_register(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     return web.json_response({"image": await _write(request, svc.register_image, body)}, status=201)
 
 
@@ -100,7 +87,7 @@ async def aliases_list(request: web.Request) -> web.Response:
 
 
 async def aliases_set(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     return web.json_response({"alias": await _write(request, svc.set_alias, body)}, status=201)
 
 
@@ -113,12 +100,12 @@ async def users_list(request: web.Request) -> web.Response:
 
 
 async def users_create(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     return web.json_response({"user": await _write(request, svc.create_user, body)}, status=201)
 
 
 async def users_update(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     active = svc.parse_bool(body, "is_active")
     if active is None:
         raise InvalidAPIParameters("give is_active: true or false")
@@ -135,12 +122,12 @@ async def keypairs_list(request: web.Request) -> web.Response:
 
 
 async def keypairs_create(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     return web.json_response({"keypair": await _write(request, svc.create_keypair, body)}, status=201)
 
 
 async def keypairs_update(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     ak = request.match_info["access_key"]
     if body.get("is_active") is False or body.get("is_admin") is False:
         _not_self(request, ak, "deactivate or demote")
@@ -159,14 +146,14 @@ async def policies_list(request: web.Request) -> web.Response:
 
 
 async def policies_create(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     default_idle = _root(request).settings.default_idle_timeout
     policy = await _write(request, svc.create_policy, body, default_idle)
     return web.json_response({"resource_policy": policy}, status=201)
 
 
 async def policies_update(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     policy = await _write(request, svc.update_policy, request.match_info["name"], body, kick=True)
     return web.json_response({"resource_policy": policy})
 
@@ -176,7 +163,7 @@ async def agents_list(request: web.Request) -> web.Response:
 
 
 async def agents_update(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     schedulable = svc.parse_bool(body, "schedulable")
     if schedulable is None:
         raise InvalidAPIParameters("give schedulable: true or false")

@@ -268,7 +268,7 @@ async def resolve_containers(session: dict, info) -> list[dict]:
     out = [listing.container_fields(k, session) for k in kernels]
     if "live_stat" in set().union(*(_requested_fields(n) for n in info.field_nodes)):
         stats = await asyncio.gather(*(_live_stat(info.context, k) for k in kernels))
-        for item, stat in zip(out, stats):
+        for item, stat in zip(out, stats, strict=True):
             item["live_stat"] = stat
     return out
 
@@ -346,7 +346,7 @@ async def handle_gql(request: web.Request) -> web.Response:
     try:
         payload = await request.json()
     except (ValueError, UnicodeDecodeError):
-        raise InvalidAPIParameters("The body must be JSON: {\"query\": ..., \"variables\": {...}}.")
+        raise InvalidAPIParameters("The body must be JSON: {\"query\": ..., \"variables\": {...}}.") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
         raise InvalidAPIParameters("The body must be a JSON object with a \"query\" string.")
     variables = payload.get("variables") or {}

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from bai.common.errors import BaiError, InvalidAPIParameters, ServiceUnavailable
 from bai.manager.api.middleware import caller_of
+from bai.manager.api.params import json_object
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +79,6 @@ async def _target(request: web.Request) -> tuple[Any, dict[str, Any], str, str]:
     )
     address, kernel_id = await root.agents.kernel_target(sess)
     return root, sess, address, kernel_id
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    text = await request.text()
-    if not text.strip():
-        return {}
-    try:
-        body = json.loads(text)
-    except ValueError:
-        raise InvalidAPIParameters("The request body must be JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidAPIParameters("The request body must be a JSON object.")
-    return body
 
 
 def client_frame(raw: str) -> str:
@@ -197,7 +183,7 @@ async def upload(request: web.Request) -> web.Response:
 
 async def list_files(request: web.Request) -> web.Response:
     root, sess, address, kernel_id = await _target(request)
-    body = await _json_body(request)
+    body = await json_object(request)
     path = body.get("path") or request.query.get("path") or "."
     files = await root.agents.rpc.list_files(address, kernel_id, str(path))
     await _touch(root, sess["id"])
@@ -206,7 +192,7 @@ async def list_files(request: web.Request) -> web.Response:
 
 async def download(request: web.Request) -> web.Response:
     root, sess, address, kernel_id = await _target(request)
-    body = await _json_body(request)
+    body = await json_object(request)
     paths = body.get("files") or request.query.getall("file", [])
     if isinstance(paths, str):
         paths = [paths]

@@ -136,8 +136,8 @@ async def _image(conn: AsyncConnection, name: str) -> dict[str, Any]:
     for item in await list_images(conn):
         if item["name"] == name:
             return item
-    raise NotFound(f"no image named {name!r}; registered: {', '.join(await _names(conn, t.images.c.name)) or 'none'}",
-                   title="Unknown image.")
+    known = ", ".join(await _names(conn, t.images.c.name)) or "none"
+    raise NotFound(f"no image named {name!r}; registered: {known}", title="Unknown image.")
 
 
 async def forget_image(conn: AsyncConnection, name: str) -> dict[str, Any]:
@@ -181,7 +181,8 @@ async def list_users(conn: AsyncConnection) -> list[dict[str, Any]]:
     u, g, m = t.users, t.groups, t.group_members
     rows = (await conn.execute(sa.select(u).order_by(u.c.created_at, u.c.email))).mappings().all()
     groups: dict[uuid.UUID, list[str]] = {}
-    for uid, gname in (await conn.execute(sa.select(m.c.user_id, g.c.name).select_from(m.join(g, g.c.id == m.c.group_id)))).all():
+    memberships = sa.select(m.c.user_id, g.c.name).select_from(m.join(g, g.c.id == m.c.group_id))
+    for uid, gname in (await conn.execute(memberships)).all():
         groups.setdefault(uid, []).append(gname)
     counts = dict((await conn.execute(
         sa.select(t.keypairs.c.user_id, sa.func.count()).group_by(t.keypairs.c.user_id))).all())
