@@ -99,6 +99,8 @@ class SchedulingInput:
     domain_limits: Mapping[str, tuple[ResourceSlot, ResourceSlot]] = field(default_factory=dict)
     #: access key -> slots its sessions occupy now (DRF's dominant share)
     usage_by_key: Mapping[str, ResourceSlot] = field(default_factory=dict)
+    #: session id -> its status_info now (lets the writer skip rows that do not change)
+    current_info: Mapping[uuid.UUID, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

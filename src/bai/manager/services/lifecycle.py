@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,17 @@ def next_step(current: SessionStatus, target: SessionStatus) -> SessionStatus | 
     if current is S.PULLING:
         return S.PREPARED
     return PROGRESS[PROGRESS.index(current) + 1]
+
+
+_KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def reason_line(reason: str | None, default: str) -> str:
+    """A kebab reason for ``status_info``; an agent's sentence becomes ``default: sentence``."""
+    reason = (reason or "").strip()
+    if not reason:
+        return default
+    return reason if _KEBAB.match(reason) else f"{default}: {reason}"
 
 
 def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -343,7 +355,8 @@ class Lifecycle:
                     data = {"error": {"src": "agent", "agent_id": ev.agent_id,
                                       "repr": str(ev.data.get("error") or ev.reason)}}
                     return await transit(
-                        conn, row["id"], status, S.ERROR, reason=ev.reason or "failed-to-create",
+                        conn, row["id"], status, S.ERROR,
+                        reason=reason_line(ev.reason, "failed-to-create"),
                         cause=cause, outbox=outbox, row=row, status_data=data,
                     ) is not None
                 return True
@@ -384,9 +397,9 @@ class Lifecycle:
 
     async def _terminated(self, conn, outbox, row, kernel, ev, cause) -> bool:
         status = S(row["status"])
-        reason = ev.reason or "self-terminated"
+        oom = "oom" in (ev.reason or "").lower() or "out of memory" in (ev.reason or "").lower()
+        reason = "oom-killed" if oom else reason_line(ev.reason, "self-terminated")
         exit_code = ev.exit_code
-        oom = "oom" in reason
         is_batch = row["type"] == SessionType.BATCH
         if status is S.TERMINATING:
             info = "oom-killed" if oom else (row.get("status_info") or reason)

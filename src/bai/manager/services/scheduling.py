@@ -52,15 +52,24 @@ _OCC = [str(s) for s in OCCUPYING]
 
 
 async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
-    """Everything one pass needs, in a handful of queries."""
+    """Everything one pass needs, in a handful of queries.
+
+    ``inp.current_info`` maps each pending session to its ``status_info`` now, so that the
+    writer only touches rows whose line changes.
+    """
     now = now or utcnow()
     c = sessions.c
+    group_limit_rows = [
+        g for g in (await conn.execute(sa.select(groups.c.id, groups.c.total_resource_slots))).all()
+        if g.total_resource_slots
+    ]
+    # Group ids cost a UUID per row: load them only when some group has a limit.
+    cols = [c.id, c.name, c.access_key, c.created_at, c.requested_slots, c.scaling_group,
+            c.domain_name, c.starts_at, c.status_info]
+    if group_limit_rows:
+        cols.append(c.group_id)
     pending_rows = (
-        await conn.execute(
-            sa.select(c.id, c.name, c.access_key, c.user_id, c.created_at, c.requested_slots,
-                      c.scaling_group, c.group_id, c.domain_name, c.starts_at)
-            .where(c.status == str(S.PENDING))
-        )
+        await conn.execute(sa.select(*cols).where(c.status == str(S.PENDING)))
     ).all()
     deps: dict[uuid.UUID, list[uuid.UUID]] = {}
     dep_views: dict[uuid.UUID, DependencyView] = {}
@@ -79,13 +88,15 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
             dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result)
     pending = [
         PendingSession(
-            id=r.id, name=r.name, access_key=r.access_key, user_id=r.user_id,
+            id=r.id, name=r.name, access_key=r.access_key, user_id=None,
             created_at=r.created_at, requested=ResourceSlot.from_json(r.requested_slots),
-            scaling_group=r.scaling_group, group_id=r.group_id, domain_name=r.domain_name,
-            starts_at=r.starts_at, dependencies=tuple(deps.get(r.id, ())),
+            scaling_group=r.scaling_group, group_id=r.group_id if group_limit_rows else None,
+            domain_name=r.domain_name, starts_at=r.starts_at,
+            dependencies=tuple(deps.get(r.id, ())),
         )
         for r in pending_rows
     ]
+    current_info = {r.id: r.status_info for r in pending_rows}
     agent_views = [
         AgentView(
             id=r.id, capacity=ResourceSlot.from_json(r.available_slots),
@@ -101,6 +112,7 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
         strategies={g.name: g.agent_selection for g in sgroups},
         dependencies=dep_views,
     )
+    inp.current_info = current_info
     if not pending:
         return inp
     # What live sessions hold, per keypair / group / domain (occupying statuses only).
@@ -140,8 +152,7 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
     inp.usage_by_key = {k: v[1] for k, v in by_key.items()}
     inp.group_limits = {
         g.id: (ResourceSlot.from_json(g.total_resource_slots), by_group.get(g.id, ResourceSlot()))
-        for g in (await conn.execute(sa.select(groups.c.id, groups.c.total_resource_slots))).all()
-        if g.total_resource_slots
+        for g in group_limit_rows
     }
     inp.domain_limits = {
         d.name: (ResourceSlot.from_json(d.total_resource_slots), by_domain.get(d.name, ResourceSlot()))
@@ -225,13 +236,7 @@ class SchedulerLoop:
         cancelled = {sid for sid, _ in decision.cancels}
         waits = [w for sid, w in decision.waits.items() if sid not in cancelled]
         if waits:
-            async with self.root.store.connect() as conn:
-                current = dict(
-                    (await conn.execute(
-                        sa.select(sessions.c.id, sessions.c.status_info)
-                        .where(sessions.c.status == str(S.PENDING))
-                    )).all()
-                )
+            current = inp.current_info
             rows = [
                 {"_id": w.session_id, "_info": w.info, "_data": w.status_data()}
                 for w in waits
