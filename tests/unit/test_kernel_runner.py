@@ -15,7 +15,9 @@ import pytest
 import bai.kernel
 
 SRC = str(Path(bai.kernel.__file__).resolve().parent.parent.parent)
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+#: the runner must work under any Python >= 3.8: the system one, and 3.8 where it is installed
+PYTHONS = [p for p in ("/usr/bin/python3", "/root/.pyenv/versions/3.8.18/bin/python3.8")
+           if os.path.exists(p)] or [sys.executable]
 
 
 class Client:
@@ -50,12 +52,12 @@ def text(frames: list[dict], kind: str) -> str:
     return "".join(d for f in frames for k, d in f["console"] if k == kind)
 
 
-@pytest.fixture
-def runner(tmp_path: Path):
+@pytest.fixture(params=PYTHONS, ids=lambda p: Path(p).name)
+def runner(tmp_path: Path, request: pytest.FixtureRequest):
     work = tmp_path / "work"
     (work / ".bai").mkdir(parents=True)
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": SRC, "HOME": str(work), "LANG": "C.UTF-8"}
-    proc = subprocess.Popen([PYTHON, "-m", "bai.kernel", "--workdir", str(work)], env=env,
+    proc = subprocess.Popen([request.param, "-m", "bai.kernel", "--workdir", str(work)], env=env,
                             cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sock = work / ".bai" / "runner.sock"
     for _ in range(200):

@@ -66,6 +66,7 @@ LAUNCHER = (
     'shift; if [ "$ulim" != "-" ]; then ulimit -v "$ulim" || exit 125; fi; exec "$@"'
 )
 LOG_TAIL = 1024 * 1024
+OOM_GRACE_SECONDS = 1.0
 
 
 def exit_status(returncode: int) -> int:
@@ -141,6 +142,7 @@ class _Kernel:
         self.exit: tuple[int | None, str] | None = None
         self.reported = False
         self.destroying = False
+        self.oom_seen_at = 0.0
 
     @property
     def workdir(self) -> Path:
@@ -249,7 +251,12 @@ class ProcessBackend(RuntimeBackend):
     async def _check(self, k: _Kernel) -> None:
         oom = k.cgroup is not None and k.cgroup.oom_kills() > 0
         if oom and k.alive():
-            # the OOM killer took a process of the kernel: the kernel as a whole is done
+            # the OOM killer took a process of the kernel: the kernel as a whole is done. The
+            # runner gets a moment to tell the running execution (and usually exits by itself).
+            now = time.monotonic()
+            k.oom_seen_at = k.oom_seen_at or now
+            if now - k.oom_seen_at < OOM_GRACE_SECONDS:
+                return
             log.info("kernel %s ran out of memory; killing it", k.kernel_id)
             await asyncio.to_thread(self._kill, k)
         if k.alive():
