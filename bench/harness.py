@@ -1,0 +1,220 @@
+"""What every benchmark shares: figures (median/p90/p99), the conditions block, an embedded stack.
+
+The scripts in ``bench/`` import this module by its plain name (``python bench/x.py`` puts
+``bench/`` first on ``sys.path``). Nothing here asserts a time: benchmarks print, people judge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+CLI = str(VENV_BIN / "backend.ai") if (VENV_BIN / "backend.ai").exists() else "backend.ai"
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of non-empty ``samples``."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n*q/100), at least 1
+    return ordered[int(min(rank, len(ordered))) - 1]
+
+
+def figures(samples: Sequence[float]) -> dict[str, float]:
+    """``{"n", "median", "p90", "p99", "min", "max"}`` of ``samples`` (any unit)."""
+    if not samples:
+        return {"n": 0}
+    ordered = sorted(samples)
+    n = len(ordered)
+    mid = n // 2
+    median = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"n": n, "median": median, "p90": percentile(ordered, 90),
+            "p99": percentile(ordered, 99), "min": ordered[0], "max": ordered[-1]}
+
+
+def line(label: str, samples: Sequence[float], unit: str = "ms", *, target: str = "") -> str:
+    """``label  median 12.3 ms  p90 ...  p99 ...  (n=20)  target ...`` as one printed line."""
+    f = figures(samples)
+    if not f["n"]:
+        return f"{label:<34} no samples"
+    text = (f"{label:<34} median {f['median']:8.1f} {unit}  p90 {f['p90']:8.1f} {unit}  "
+            f"p99 {f['p99']:8.1f} {unit}  min {f['min']:7.1f}  max {f['max']:7.1f}  (n={f['n']})")
+    return text + (f"  target {target}" if target else "")
+
+
+# -- conditions -------------------------------------------------------------------------------
+
+def _meminfo_mb() -> int:
+    try:
+        for row in Path("/proc/meminfo").read_text().splitlines():
+            if row.startswith("MemTotal:"):
+                return int(row.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+uncommitted-src" if dirty else "") if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def conditions(**extra: object) -> dict[str, object]:
+    """The machine and software a figure was taken on, plus the benchmark's own parameters."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "machine": f"{cores} cores ({platform.processor() or platform.machine()}), "
+                   f"{_meminfo_mb()} MB memory, {platform.system()} {platform.release()}",
+        "load_average_1m": round(load[0], 2),
+        "python": platform.python_version(),
+        "commit": _commit(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def print_conditions(title: str, **extra: object) -> dict[str, object]:
+    cond = conditions(**extra)
+    print(f"== {title}")
+    for k, v in cond.items():
+        print(f"   {k}: {v}")
+    sys.stdout.flush()
+    return cond
+
+
+# -- processes and ports ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> tuple[int, int]:
+    """Two free ports (the manager's and the local agent's)."""
+    for _ in range(50):
+        a = free_port()
+        b = free_port()
+        if a != b:
+            return a, b
+    raise RuntimeError("no free ports")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process in MB (from /proc)."""
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1]) / 1024
+    return 0.0
+
+
+def pg_dsn() -> str | None:
+    """``BAI_BENCH_PG_DSN`` (``source /tmp/bai-ci/services.env`` sets it), if any."""
+    return os.environ.get("BAI_BENCH_PG_DSN") or None
+
+
+def reset_pg(dsn: str) -> None:
+    """Empty the benchmark database: drop and recreate the public schema."""
+    import asyncio
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> None:
+        engine = create_async_engine(dsn)
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            await conn.execute(sa.text("CREATE SCHEMA public"))
+        await engine.dispose()
+
+    asyncio.run(run())
+
+
+class EmbeddedStack:
+    """``backend.ai server start`` in a private HOME on free ports; ``stop()`` tears it down.
+
+    ``env`` is the environment to run the CLI with (HOME points at the private folder, so the
+    client configuration the start wrote is the one used).
+    """
+
+    def __init__(self, runtime: str = "process", slots: Sequence[str] = (),
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="bai-bench-"))
+        self.port, self.agent_port = free_port_pair()
+        self.runtime = runtime
+        self.slots = list(slots)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("BACKEND_", "BAI_PROFILE", "BAI_CONFIG", "BAI_STATE",
+                                         "XDG_"))}
+        self.env.update({"HOME": str(self.home), **(extra_env or {})})
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> Path:
+        return self.home / ".local" / "share" / "bai"
+
+    def pid(self, which: str) -> int:
+        return int((self.state / f"{which}.pid").read_text().strip())
+
+    def keys(self) -> dict:
+        return json.loads((self.state / "keys.json").read_text())
+
+    def cli(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        proc = subprocess.run([CLI, *args], env=self.env, capture_output=True, text=True, **kw)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"backend.ai {' '.join(args)} failed ({proc.returncode}):\n"
+                               f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def start(self) -> EmbeddedStack:
+        args = ["server", "start", "--port", str(self.port), "--agent-port", str(self.agent_port),
+                "--runtime", self.runtime, "--timeout", "60"]
+        for s in self.slots:
+            args += ["--slots", s]
+        self.cli(*args)
+        return self
+
+    def stop(self) -> None:
+        self.cli("server", "stop", check=False)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[list[float]]:
+    """``with timer() as t: ...`` then ``t[0]`` is the elapsed milliseconds."""
+    out: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out.append((time.perf_counter() - t0) * 1000)

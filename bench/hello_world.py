@@ -1,0 +1,104 @@
+"""Benchmark 1: ``backend.ai run --rm -c 'print(1)' python``, the whole command, N runs.
+
+    python bench/hello_world.py [--runs 20] [--runtime process|docker] [--warmup 2]
+
+Starts a private embedded stack (``backend.ai server start`` on free ports in a temporary HOME),
+runs the real CLI ``--runs`` times (after ``--warmup`` unmeasured runs) and prints the median,
+p90 and p99 of the whole command, split by the manager's session history timestamps into
+
+  client start    process launch -> the session row is written (PENDING)
+  create->RUNNING PENDING -> RUNNING (scheduling, agent, runner start-up)
+  execute         RUNNING -> TERMINATING (WebSocket execute of print(1))
+  destroy         TERMINATING -> TERMINATED
+  client exit     TERMINATED -> the process has exited
+
+Without ``--runtime`` it measures the process runtime, and the docker runtime as well when
+``DOCKER_HOST`` is set (the docker engine must hold the image ``python:3.11-debian12``).
+Targets: process median <= 150 ms, docker median <= 600 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import time
+from datetime import datetime
+
+from harness import CLI, EmbeddedStack, line, print_conditions
+
+TARGETS = {"process": "<= 150 ms (median)", "docker": "<= 600 ms (median)"}
+PHASES = ("client start", "create->RUNNING", "execute", "destroy", "client exit")
+
+
+async def histories(stack: EmbeddedStack, names: list[str]) -> dict[str, dict[str, float]]:
+    """``{name: {status: epoch seconds it was entered}}`` from ``GET /session/{name}/history``."""
+    from bai.client.config import ClientConfig
+    from bai.client.connection import Connection
+    from bai.client.session import SessionAPI
+
+    out: dict[str, dict[str, float]] = {}
+    async with Connection(ClientConfig.load(env=stack.env)) as conn:
+        api = SessionAPI(conn)
+        for name in names:
+            out[name] = {h.to_status: datetime.fromisoformat(h.at).timestamp()
+                         for h in await api.history(name)}
+    return out
+
+
+def run_once(stack: EmbeddedStack, name: str) -> tuple[float, float, float]:
+    """(launch epoch, exit epoch, wall ms) of one ``backend.ai run --rm``."""
+    launch = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.run([CLI, "run", "--rm", "-t", name, "-c", "print(1)", "python"],
+                          env=stack.env, capture_output=True, text=True)
+    wall = (time.perf_counter() - t0) * 1000
+    end = time.time()
+    if proc.returncode != 0 or proc.stdout.strip() != "1":
+        raise RuntimeError(f"run failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    return launch, end, wall
+
+
+def measure(runtime: str, runs: int, warmup: int) -> None:
+    with EmbeddedStack(runtime=runtime) as stack:  # the agent finds the engine by DOCKER_HOST
+        print_conditions(f"hello world ({runtime} runtime)", runtime=runtime,
+                         db="SQLite (embedded)", runs=runs, warmup=warmup,
+                         command=f"{os.path.basename(CLI)} run --rm -c 'print(1)' python")
+        tag = f"hw{os.getpid()}"
+        for i in range(warmup):
+            run_once(stack, f"{tag}-w{i}")
+        names, walls, spans = [], [], []
+        for i in range(runs):
+            name = f"{tag}-{i}"
+            launch, end, wall = run_once(stack, name)
+            names.append(name)
+            walls.append(wall)
+            spans.append((launch, end))
+        hist = asyncio.run(histories(stack, names))
+    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    for name, (launch, end) in zip(names, spans):
+        h = hist[name]
+        marks = [launch, h["PENDING"], h["RUNNING"], h["TERMINATING"], h["TERMINATED"], end]
+        for label, a, b in zip(PHASES, marks, marks[1:]):
+            phases[label].append((b - a) * 1000)
+    print(line("whole command", walls, target=TARGETS.get(runtime, "")))
+    for label in PHASES:
+        print(line(f"  {label}", phases[label]))
+    print(flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--runtime", choices=["process", "docker"], default=None)
+    args = ap.parse_args()
+    runtimes = [args.runtime] if args.runtime else (
+        ["process", "docker"] if os.environ.get("DOCKER_HOST") else ["process"])
+    for runtime in runtimes:
+        measure(runtime, args.runs, args.warmup)
+
+
+if __name__ == "__main__":
+    main()
