@@ -69,8 +69,9 @@ def test_first_10_then_all_and_format(small):
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         assert len(lines) == 2 + 10
         assert lines[2].startswith("many-14")  # most recently changed first
-        assert "5 more" in proc.stderr
-        assert len(rows(small, "--all")["items"]) == 15
+        assert "6 more" in proc.stderr  # the 15 and the blocker
+        listed = [i["name"] for i in rows(small, "--all")["items"]]
+        assert len(listed) == 16 and set(names) <= set(listed)
         proc = small.cli("ps", "-f", "id,status,occupying_slots")
         header = proc.stdout.splitlines()[0]
         assert header.split() == ["Session", "ID", "Status", "Occupying", "Slots"]
