@@ -112,7 +112,6 @@ class RedisEventBus(EventBus):
         self._attempts: dict[tuple[int, bytes], int] = {}
         self._reader: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
-        self._owned_changed = asyncio.Event()
         self._closed = False
 
     # -- keys --------------------------------------------------------------------------------
@@ -152,9 +151,8 @@ class RedisEventBus(EventBus):
         tasks = [t for t in (self._reader, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         self._reader, self._tasks = None, []
         # hand our partitions over at once instead of after the TTL
         with contextlib.suppress(RedisError, OSError):
@@ -197,7 +195,7 @@ class RedisEventBus(EventBus):
         return f"{int(time.time() * 1000) - 1}-0"
 
     async def _read_loop(self, last_id: str) -> None:
-        while True:
+        while not self._closed:
             try:
                 reply = await self._redis.xread({self.stream: last_id}, count=500, block=self.block_ms)
             except asyncio.CancelledError:
@@ -248,14 +246,14 @@ class RedisEventBus(EventBus):
     async def _fair_share(self) -> int:
         now = time.time()
         await self._redis.zadd(self._members_key, {self.consumer: now})
-        await self._redis.zremrangebyscore(self._members_key, "-inf", now - 3 * self.lease_ttl)
+        # a replica is live while it refreshes (every TTL/3); a dead one drops out after 1.5 TTL
+        await self._redis.zremrangebyscore(self._members_key, "-inf", now - 1.5 * self.lease_ttl)
         live = max(1, await self._redis.zcard(self._members_key))
         return math.ceil(self.partitions / live)
 
     async def _lease_round(self) -> None:
         ttl_ms = int(self.lease_ttl * 1000)
         share = await self._fair_share()
-        before = set(self._owned)
         for n in sorted(self._owned):
             if not await self._redis.eval(_RENEW, 1, self._lease_key(n), self.consumer, ttl_ms):
                 log.warning("lost the lease of agent-event partition %d", n)
@@ -278,11 +276,9 @@ class RedisEventBus(EventBus):
                 await self._ensure_group(n)
                 self._owned.add(n)
                 log.info("%s now handles agent-event partition %d", self.consumer, n)
-        if self._owned != before:
-            self._owned_changed.set()
 
     async def _lease_loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self._lease_round()
             except asyncio.CancelledError:
@@ -292,12 +288,10 @@ class RedisEventBus(EventBus):
             await asyncio.sleep(self.lease_ttl / 3)
 
     async def _consume_loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 if not self._owned:
-                    self._owned_changed.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._owned_changed.wait(), self.lease_ttl)
+                    await asyncio.sleep(0.1)
                     continue
                 busy = False
                 for n in sorted(self._owned):
@@ -379,8 +373,8 @@ class RedisEventBus(EventBus):
                 log.warning("handling agent events %s failed (attempt %d); will retry",
                             entry_id, self._attempts[key], exc_info=True)
                 return False
-            log.error("dropping agent events %s after %d failed attempts: %s",
-                      entry_id, MAX_ATTEMPTS, batch, exc_info=True)
+            log.exception("dropping agent events %s after %d failed attempts: %s",
+                          entry_id, MAX_ATTEMPTS, batch)
         self._attempts.pop((n, entry_id), None)
         await self._redis.xack(stream, GROUP, entry_id)
         return True
