@@ -261,7 +261,10 @@ def logs(session: str, owner: str | None) -> None:
         click.echo(text, nl=not text.endswith("\n"))
 
 
-@click.command()
+@click.command(epilog="""\b
+Examples:
+  backend.ai config
+  backend.ai --profile user config""")
 @output_option
 def config() -> None:
     """Show the client configuration in use (endpoint, access key, profile, source)."""
