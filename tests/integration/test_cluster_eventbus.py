@@ -191,8 +191,8 @@ CRASHING_REPLICA = textwrap.dedent("""
 
 async def test_a_killed_replicas_pending_events_are_taken_over(make_bus, stream, tmp_path):
     log = tmp_path / "doomed.log"
-    proc = subprocess.Popen([sys.executable  # noqa: ASYNC220 (killed with -9 below), "-c", CRASHING_REPLICA, REDIS_URL, stream, str(log)],
-                            stdout=subprocess.PIPE, text=True)
+    args = [sys.executable, "-c", CRASHING_REPLICA, REDIS_URL, stream, str(log)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
     try:
         assert proc.stdout.readline().strip() == "ready"
         sender = make_bus()
