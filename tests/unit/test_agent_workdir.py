@@ -65,3 +65,27 @@ async def test_symlink_inside_the_workdir_is_fine(tmp_path: Path) -> None:
     os.symlink(work / "real", work / "alias")
     assert await write_file(work, "alias/x.txt", _data()) == "alias/x.txt"
     assert (work / "real" / "x.txt").read_bytes() == b"content"
+
+
+def test_download_tars_a_file_or_folder_inside_only(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from bai.agent.workdir import tar_of
+
+    work = tmp_path / "work"
+    (work / "d").mkdir(parents=True)
+    (work / "d" / "a.txt").write_text("A")
+    (work / ".bai").mkdir()
+    (work / ".bai" / "secret").write_text("runner state")
+    os.symlink("/etc/passwd", work / "d" / "pw")
+
+    names = tarfile.open(fileobj=io.BytesIO(tar_of(work, "d"))).getnames()
+    assert sorted(names) == ["d", "d/a.txt", "d/pw"]
+    tar = tarfile.open(fileobj=io.BytesIO(tar_of(work, f"{work}/d/pw")))
+    assert tar.getmember("pw").issym()  # stored as a link, never the host file's content
+    assert tarfile.open(fileobj=io.BytesIO(tar_of(work, "/home/work/d/a.txt"))).getnames() == ["a.txt"]
+    assert ".bai/secret" not in tarfile.open(fileobj=io.BytesIO(tar_of(work, "."))).getnames()
+    for bad in ("../x", "/etc/passwd", "nope.txt"):
+        with pytest.raises(InvalidAPIParameters):
+            tar_of(work, bad)

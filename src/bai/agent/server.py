@@ -28,7 +28,7 @@ from bai.agent.recovery import drop_unknown, recover
 from bai.agent.resources import detect_slots
 from bai.agent.resources.accelerator import MockCudaDevices
 from bai.agent.settings import AgentSettings
-from bai.agent.workdir import list_dir, write_file
+from bai.agent.workdir import list_dir, tar_of, write_file
 from bai.common.auth import cluster_token_ok
 from bai.common.errors import (
     AuthFailed,
@@ -258,6 +258,12 @@ async def files(request: web.Request) -> web.Response:
     return web.json_response({"files": entries})
 
 
+async def download(request: web.Request) -> web.Response:
+    rec = _running(request)
+    body = await asyncio.to_thread(tar_of, rec.instance.workdir, request.query.get("path", ""))
+    return web.Response(body=body, content_type="application/x-tar")
+
+
 def make_app(agent: Agent) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=1024**3)
     app[AGENT_KEY] = agent
@@ -270,4 +276,5 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/kernels/{kid}/stats", stats)
     app.router.add_get("/v1/kernels/{kid}/logs", logs)
     app.router.add_get("/v1/kernels/{kid}/files", files)
+    app.router.add_get("/v1/kernels/{kid}/download", download)
     return app

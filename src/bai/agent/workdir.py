@@ -8,14 +8,20 @@ is refused rather than written through.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import bai.kernel
 from bai.common.errors import InvalidAPIParameters
+
+
+#: where the work dir appears inside containers
+CONTAINER_WORKDIR = "/home/work"
 
 
 class PathEscapes(InvalidAPIParameters):
@@ -98,3 +104,41 @@ def list_dir(workdir: Path, rel: str | None) -> list[dict[str, Any]]:
             "mode": stat.filemode(st.st_mode),
         })
     return out
+
+
+def resolve_existing(workdir: Path, path: str) -> Path:
+    """A file or folder to read: relative to the work dir, or absolute inside it (the host path
+    or the container view ``/home/work/...``)."""
+    root = workdir.resolve()
+    rel = path or "."
+    if rel.startswith("/"):
+        for prefix in (str(root), str(workdir), CONTAINER_WORKDIR):
+            if rel == prefix or rel.startswith(prefix.rstrip("/") + "/"):
+                rel = rel[len(prefix):].lstrip("/") or "."
+                break
+        else:
+            raise PathEscapes(f"not inside the work directory: {path}")
+    target = root if rel in (".", "./") else root / checked_relative(rel)
+    # a final symlink is sent as a link (never followed), so only the folders must be inside
+    resolved = target.parent.resolve() / target.name if target.is_symlink() else target.resolve()
+    if not _inside(root, resolved):
+        raise PathEscapes(f"the path leads outside the work directory: {path}")
+    if not target.exists() and not target.is_symlink():
+        raise InvalidAPIParameters(f"no such file or folder in the work directory: {path}")
+    return target
+
+
+def tar_of(workdir: Path, path: str) -> bytes:
+    """An uncompressed tar of one file or folder (symlinks are stored as links, not followed)."""
+    target = resolve_existing(workdir, path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        name = target.name if target != workdir.resolve() else "."
+
+        def skip_runner_state(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            parts = PurePosixPath(info.name).parts
+            return None if name == "." and len(parts) > 1 and parts[1] == bai.kernel.STATE_DIR \
+                else info
+
+        tar.add(target, arcname=name, filter=skip_runner_state)
+    return buf.getvalue()
