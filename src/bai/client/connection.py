@@ -26,7 +26,7 @@ import aiohttp
 import yarl
 
 from bai.client.config import ClientConfig
-from bai.client.errors import ManagerUnreachable
+from bai.client.errors import ConnectionLost, ManagerUnreachable
 from bai.common.auth import API_VERSION, make_headers
 from bai.common.errors import BaiError, error_from_problem
 
@@ -172,6 +172,9 @@ class Connection:
             except aiohttp.ClientConnectorError as e:
                 last_error = str(e)
                 continue
+            except aiohttp.ClientError as e:
+                raise ConnectionLost(f"lost the connection to the manager at {endpoint}: "
+                                     f"{type(e).__name__} {e}".strip()) from None
         raise ManagerUnreachable(self.config.endpoints, last_error)
 
     # -- streams ------------------------------------------------------------------------------
@@ -194,6 +197,9 @@ class Connection:
                 continue
             except aiohttp.WSServerHandshakeError as e:
                 raise _handshake_error(e) from None
+            except aiohttp.ClientError as e:
+                raise ConnectionLost(f"lost the connection to the manager at {endpoint}: "
+                                     f"{type(e).__name__} {e}".strip()) from None
             self._active = idx
             try:
                 yield ws
@@ -216,6 +222,9 @@ class Connection:
             except aiohttp.ClientConnectorError as e:
                 last_error = str(e)
                 continue
+            except aiohttp.ClientError as e:
+                raise ConnectionLost(f"lost the connection to the manager at {endpoint}: "
+                                     f"{type(e).__name__} {e}".strip()) from None
             self._active = idx
             break
         if resp is None:

@@ -20,6 +20,14 @@ class ManagerUnreachable(BaiError):
         )
 
 
+class ConnectionLost(BaiError):
+    """The manager accepted the connection but it broke before the answer was complete."""
+
+    code = "connection-lost"
+    status = 503
+    title = "Lost the connection to the manager."
+
+
 class ProtocolError(BaiError):
     """The server answered something the client cannot understand."""
 
