@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -32,6 +33,8 @@ from bai.common.status import TERMINAL, SessionStatus
 from bai.manager.api.middleware import caller_of
 from bai.manager.context import Caller
 from bai.manager.store import tables as t
+
+log = logging.getLogger(__name__)
 
 #: Seconds the client waits before reconnecting (seconds, not milliseconds: client-protocol 8.2).
 RETRY_SECONDS = 5
@@ -178,6 +181,9 @@ async def stream_session_events(request: web.Request) -> web.StreamResponse:
             else:
                 await _follow_all(sub, out, owner_filter, scopes)
     except ConnectionResetError:  # the client went away
+        return resp
+    except Exception:  # headers are out: a problem body can no longer be sent, so end the stream
+        log.exception("event stream for %s failed", request.rel_url)
         return resp
     await resp.write_eof()
     return resp

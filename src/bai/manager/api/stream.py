@@ -156,6 +156,10 @@ async def execute(request: web.Request) -> web.WebSocketResponse:
         log.warning("execute stream of session %s: agent %s failed: %s", sid, address, exc)
         if not ws.closed:
             await ws.send_str(_error_frame(f"bai: the session's agent cannot run the code: {exc}"))
+    except Exception:  # after the upgrade only a frame can tell the client
+        log.exception("execute stream of session %s failed", sid)
+        if not ws.closed:
+            await ws.send_str(_error_frame("bai: the manager failed while relaying; see its log"))
     finally:
         await _touch(root, sid)
         if not ws.closed:
