@@ -54,10 +54,16 @@ class Recipe:
 
     key: str
     suite: str = "bookworm"
-    include: tuple[str, ...] = ("python3",)
+    #: python-is-python3: `python script.py` works, as users of the seeds' examples expect
+    include: tuple[str, ...] = ("python3", "python-is-python3")
     aliases: tuple[str, ...] = ("python",)
     #: minimum slots a session of this image needs (image labels ai.backend.resource.min.*)
     min_slots: dict[str, str] = field(default_factory=lambda: {"cpu": "0.1", "mem": "64m"})
+
+
+    def digest(self) -> str:
+        """Changes with what goes into the root filesystem (names the cached tarball)."""
+        return hashlib.sha256(f"{self.suite} {sorted(self.include)}".encode()).hexdigest()[:10]
 
 
 RECIPES = [Recipe(key="python3-bookworm")]
@@ -141,7 +147,7 @@ def build_rootfs(recipe: Recipe, *, force: bool = False, log=print) -> tuple[Pat
     cdir = cache_dir()
     cdir.mkdir(parents=True, exist_ok=True)
     arch = platform.machine() or "x86_64"
-    tar_path = cdir / f"{recipe.key}-{arch}.tar"
+    tar_path = cdir / f"{recipe.key}-{arch}-{recipe.digest()}.tar"
     meta_path = tar_path.with_suffix(".json")
     with open(cdir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds wait for each other
@@ -337,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(name)
         else:
             for recipe in RECIPES:
-                meta_path = cache_dir() / f"{recipe.key}-{platform.machine() or 'x86_64'}.json"
+                arch = platform.machine() or "x86_64"
+                meta_path = cache_dir() / f"{recipe.key}-{arch}-{recipe.digest()}.json"
                 with contextlib.suppress(OSError, ValueError):
                     meta = json.loads(meta_path.read_text())
                     name = image_name(meta)

@@ -24,6 +24,8 @@ class Harness:
         self.agent_id = f"contract-{uuid.uuid4().hex[:8]}"
         self.exits: list[Instance] = []
         self.backends: list[RuntimeBackend] = []
+        #: engine URL for the docker kind (set by the fixture from BAI_TEST_DOCKER_HOST)
+        self.docker_host: str | None = None
 
     @property
     def real_code(self) -> bool:
@@ -43,6 +45,11 @@ class Harness:
             from bai.agent.backends.process import ProcessBackend
 
             backend = ProcessBackend(settings)
+        elif self.kind == "docker":
+            from bai.agent.backends.docker import DockerBackend
+
+            settings.docker_host = self.docker_host
+            backend = DockerBackend.from_settings(settings)
         else:  # pragma: no cover
             raise ValueError(self.kind)
 

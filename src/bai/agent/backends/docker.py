@@ -121,14 +121,15 @@ class DockerBackend(RuntimeBackend):
             docker_host=settings.docker_host,
             pids_limit=settings.pids_limit,
             ready_timeout=settings.kernel_ready_timeout,
+            rescan_interval=max(settings.monitor_interval, 1.0),
         )
 
     # -- connection and watching ---------------------------------------------------------------
 
     @property
     def docker(self) -> aiodocker.Docker:
-        if self._docker is None:
-            raise RuntimeError("DockerBackend.start() was not called")
+        if self._docker is None:  # used without start() or after stop(): connect lazily
+            self._docker = aiodocker.Docker(url=self.docker_host)
         return self._docker
 
     async def connect(self) -> None:
@@ -431,6 +432,8 @@ class DockerBackend(RuntimeBackend):
             info = await container.show()
             state = info.get("State") or {}
             if not state.get("Running") and state.get("Status") in ("exited", "dead"):
+                if (workdir / bai.kernel.STATE_DIR / "exit.json").exists():
+                    return  # the runner started and ended by itself (a startup command exited)
                 output = await self._container_logs(container, tail=20)
                 why = "out of memory" if state.get("OOMKilled") else f"exit code {state.get('ExitCode')}"
                 raise KernelCreationFailed(
