@@ -80,12 +80,15 @@ def test_download_tars_a_file_or_folder_inside_only(tmp_path: Path) -> None:
     (work / ".bai" / "secret").write_text("runner state")
     os.symlink("/etc/passwd", work / "d" / "pw")
 
-    names = tarfile.open(fileobj=io.BytesIO(tar_of(work, "d"))).getnames()
-    assert sorted(names) == ["d", "d/a.txt", "d/pw"]
-    tar = tarfile.open(fileobj=io.BytesIO(tar_of(work, f"{work}/d/pw")))
-    assert tar.getmember("pw").issym()  # stored as a link, never the host file's content
-    assert tarfile.open(fileobj=io.BytesIO(tar_of(work, "/home/work/d/a.txt"))).getnames() == ["a.txt"]
-    assert ".bai/secret" not in tarfile.open(fileobj=io.BytesIO(tar_of(work, "."))).getnames()
+    def names(path: str) -> list[str]:
+        with tarfile.open(fileobj=io.BytesIO(tar_of(work, path))) as tar:
+            return sorted(tar.getnames())
+
+    assert names("d") == ["d", "d/a.txt", "d/pw"]
+    with tarfile.open(fileobj=io.BytesIO(tar_of(work, f"{work}/d/pw"))) as tar:
+        assert tar.getmember("pw").issym()  # stored as a link, never the host file's content
+    assert names("/home/work/d/a.txt") == ["a.txt"]
+    assert ".bai/secret" not in names(".")
     for bad in ("../x", "/etc/passwd", "nope.txt"):
         with pytest.raises(InvalidAPIParameters):
             tar_of(work, bad)

@@ -155,3 +155,11 @@ def test_interpreter_death_ends_the_runner(runner) -> None:
     assert proc.wait(timeout=10) == 7
     assert json.loads((work / ".bai" / "exit.json").read_text()) == \
         {"exit_code": 7, "reason": "self-terminated"}
+
+
+def test_large_output_comes_in_bounded_frames(runner) -> None:
+    client, _, _ = runner
+    frames = client.execute(mode="query", code="import sys\nfor _ in range(40):\n"
+                                                "    sys.stdout.write('x' * 100000)\n")
+    assert len(text(frames, "stdout")) == 4_000_000
+    assert max(len(d) for f in frames for _, d in f["console"]) < 1_000_000

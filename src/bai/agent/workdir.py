@@ -19,7 +19,6 @@ from typing import Any
 import bai.kernel
 from bai.common.errors import InvalidAPIParameters
 
-
 #: where the work dir appears inside containers
 CONTAINER_WORKDIR = "/home/work"
 

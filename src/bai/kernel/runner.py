@@ -20,6 +20,8 @@ from bai.kernel import SOCKET_NAME, STATE_DIR
 
 #: how long output is collected before it goes out as one frame
 COALESCE_SECONDS = 0.02
+#: a frame goes out early once it holds this much output
+MAX_FRAME_CHARS = 256 * 1024
 #: a slow agent is dropped after this long of not reading
 SEND_TIMEOUT = 60.0
 MAX_LOG_BYTES = 4 * 1024 * 1024
@@ -96,6 +98,7 @@ class Execution:
         self.options = msg.get("options") or {}
         self.uploaded = list(msg.get("uploaded") or [])
         self.console: list = []
+        self.pending_bytes = 0
         self.flush_at: float | None = None
         self.waiting_input = False
         self.steps: collections.deque = collections.deque()
@@ -110,11 +113,14 @@ class Execution:
             self.console[-1][1] += text
         else:
             self.console.append([kind, text])
-        if self.flush_at is None:
+        self.pending_bytes += len(text)
+        if self.pending_bytes >= MAX_FRAME_CHARS:
+            self.flush_at = time.monotonic()  # big bursts go out at once, in bounded frames
+        elif self.flush_at is None:
             self.flush_at = time.monotonic() + COALESCE_SECONDS
 
     def take(self) -> list:
-        out, self.console, self.flush_at = self.console, [], None
+        out, self.console, self.flush_at, self.pending_bytes = self.console, [], None, 0
         return out
 
 
