@@ -68,11 +68,12 @@ class Output:
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         os.set_blocking(self.fd, False)
 
-    def read_available(self) -> tuple[str, bool]:
-        """Everything readable now; returns (text, reached_eof)."""
+    def read_available(self, limit: int = 0) -> tuple[str, bool]:
+        """What is readable now (at most about ``limit`` bytes if given); (text, reached_eof)."""
         chunks = []
+        size = 0
         eof = False
-        while True:
+        while not limit or size < limit:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -86,6 +87,7 @@ class Output:
                 eof = True
                 break
             chunks.append(data)
+            size += len(data)
         text = self.decoder.decode(b"".join(chunks), final=eof)
         return text, eof
 
@@ -470,7 +472,7 @@ class Runner:
     # --- output and processes ------------------------------------------------------------
 
     def _read_output(self, kind: str, out: Output) -> None:
-        text, eof = out.read_available()
+        text, eof = out.read_available(MAX_FRAME_CHARS)
         self._route(kind, out, text)
         if eof:
             self._forget(out)
