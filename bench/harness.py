@@ -128,6 +128,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of one process (plus its reaped children) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pg_dsn() -> str | None:
     """``BAI_BENCH_PG_DSN`` (``source /tmp/bai-ci/services.env`` sets it), if any."""
     return os.environ.get("BAI_BENCH_PG_DSN") or None

@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import time
 from datetime import datetime
 
-from harness import CLI, EmbeddedStack, line, print_conditions
+from harness import CLI, EmbeddedStack, cpu_seconds, line, print_conditions
 
 TARGETS = {"process": "<= 150 ms (median)", "docker": "<= 600 ms (median)"}
 PHASES = ("client start", "create->RUNNING", "execute", "destroy", "client exit")
@@ -69,12 +70,19 @@ def measure(runtime: str, runs: int, warmup: int) -> None:
         for i in range(warmup):
             run_once(stack, f"{tag}-w{i}")
         names, walls, spans = [], [], []
+        daemons = {"manager": stack.pid("manager"), "agent": stack.pid("agent")}
+        cpu0 = {k: cpu_seconds(pid) for k, pid in daemons.items()}
+        client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         for i in range(runs):
             name = f"{tag}-{i}"
             launch, end, wall = run_once(stack, name)
             names.append(name)
             walls.append(wall)
             spans.append((launch, end))
+        client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = {k: (cpu_seconds(pid) - cpu0[k]) * 1000 / runs for k, pid in daemons.items()}
+        cpu["client"] = ((client1.ru_utime + client1.ru_stime)
+                         - (client0.ru_utime + client0.ru_stime)) * 1000 / runs
         hist = asyncio.run(histories(stack, names))
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
     for name, (launch, end) in zip(names, spans):
@@ -85,6 +93,8 @@ def measure(runtime: str, runs: int, warmup: int) -> None:
     print(line("whole command", walls, target=TARGETS.get(runtime, "")))
     for label in PHASES:
         print(line(f"  {label}", phases[label]))
+    print("CPU per run (user+system): " + ", ".join(f"{k} {v:.0f} ms" for k, v in cpu.items())
+          + " (agent includes its reaped kernel runners)")
     print(flush=True)
 
 
