@@ -119,3 +119,30 @@ def test_history_tells_the_whole_story(stack):
     assert steps[-1][1] == "TERMINATED"
     table = stack.cli("history", name).stdout
     assert table.splitlines()[0].split() == ["Time", "From", "To", "Reason", "Cause"]
+
+
+def test_events_follow_a_session_from_start_to_end(stack):
+    import subprocess
+    import time
+
+    from conftest import CLI
+
+    name = unique("evts")
+    stack.cli("start", "--enqueue-only", "-t", name, "python")
+    events = subprocess.Popen([CLI, "events", name], env=stack.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(3)  # the session starts meanwhile
+        stack.cli("rm", name)
+        out, err = events.communicate(timeout=60)
+    finally:
+        events.kill()
+    assert events.returncode == 0, err
+    lines = out.splitlines()
+    names = [ln.split(" ", 1)[0] for ln in lines]
+    assert names[-1] == "server_close"
+    assert "session_scheduled" in names, names
+    end = [n for n in names if n in ("session_terminated", "session_cancelled")]
+    assert end, names
+    event, data = lines[names.index(end[-1])].split(" ", 1)
+    assert json.loads(data)["sessionName"] == name
