@@ -50,8 +50,11 @@ def test_missing_profile_and_bad_endpoint_are_clear(cfgfile, tmp_path):
     with pytest.raises(ConfigError, match="http://"):
         ClientConfig.load(env={"BAI_CONFIG": str(tmp_path / "x.toml"),
                                "BACKEND_ENDPOINT": "127.0.0.1:8091"})
-    # no file and no explicit profile: defaults, so `backend.ai --help`-like paths never fail
-    cfg = ClientConfig.load(env={"BAI_CONFIG": str(tmp_path / "x.toml")})
+    # nothing configured at all: directions instead of a 401 later
+    with pytest.raises(ConfigError, match="backend.ai server start"):
+        ClientConfig.load(env={"BAI_CONFIG": str(tmp_path / "x.toml")})
+    # an explicitly empty access key means anonymous requests (as the official client)
+    cfg = ClientConfig.load(env={"BAI_CONFIG": str(tmp_path / "x.toml"), "BACKEND_ACCESS_KEY": ""})
     assert cfg.endpoint == "http://127.0.0.1:8091" and cfg.access_key == ""
 
 

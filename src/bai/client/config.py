@@ -97,6 +97,14 @@ class ClientConfig:
         for e in endpoints:
             if not e.startswith(("http://", "https://")):
                 raise ConfigError(f"endpoint {e!r} must start with http:// or https://")
+        if not values.get("access_key") and "BACKEND_ACCESS_KEY" not in env:
+            # BACKEND_ACCESS_KEY="" asks for anonymous requests on purpose; nothing at all is a
+            # fresh machine, which deserves directions rather than a 401.
+            raise ConfigError(
+                f"no keypair configured: no client configuration at {path} and "
+                "BACKEND_ACCESS_KEY is not set; run 'backend.ai server start' first, or set "
+                "BACKEND_ENDPOINT, BACKEND_ACCESS_KEY and BACKEND_SECRET_KEY"
+            )
         return cls(
             endpoints=endpoints,
             access_key=values.get("access_key", ""),
