@@ -83,9 +83,19 @@ class AgentRegistry:
                         or row["address"] != address):
                     changed = True
                 await conn.execute(sa.update(agents).where(agents.c.id == agent_id).values(**values))
+            # The kernels this agent should keep (docs/internals.md): it drops the others, e.g.
+            # those of sessions that ended while its link was down.
+            known = (
+                await conn.execute(
+                    sa.select(kernels.c.id).where(
+                        kernels.c.agent_id == agent_id,
+                        kernels.c.status.in_([str(s) for s in _LIVE if s is not SessionStatus.TERMINATING]),
+                    )
+                )
+            ).scalars().all()
         if changed:
             self.root.scheduler.kick()
-        return {"ok": True}
+        return {"ok": True, "known_kernels": [str(k) for k in known]}
 
     async def handle_events(self, events: list[KernelEvent]) -> None:
         """Apply agent events in order; on the cluster bus, queue them for one replica."""
