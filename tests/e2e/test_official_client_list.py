@@ -83,11 +83,13 @@ def slots_of(console: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def sessions(admin, user):
-    """name -> {id, ak} for: `run` (admin, RUNNING), `dead` (admin, TERMINATED), `usr` (user)."""
+    """key -> {name, id, ak} for: `run` (admin, RUNNING), `dead` (admin, TERMINATED), `usr`
+    (user, RUNNING) and `udead` (user, TERMINATED)."""
     made = {
         "run": unique_name("ofl-run"),
         "dead": unique_name("ofl-dead"),
         "usr": unique_name("ofl-usr"),
+        "udead": unique_name("ofl-udead"),
     }
     out = {}
     res = admin("start", "-t", made["run"], "--tag", "ofl-tag", "-r", "cpu=2", "-r", "mem=512m",
@@ -97,7 +99,10 @@ def sessions(admin, user):
     out["dead"] = {"name": made["dead"], "id": started_id(res), "ak": admin.access_key}
     res = user("start", "-t", made["usr"], "python")
     out["usr"] = {"name": made["usr"], "id": started_id(res), "ak": user.access_key}
+    res = user("start", "-t", made["udead"], "python")
+    out["udead"] = {"name": made["udead"], "id": started_id(res), "ak": user.access_key}
     admin("rm", made["dead"])
+    user("rm", made["udead"])
     admin.wait_status(made["dead"], "TERMINATED")
     yield out
     for key in ("run",):
@@ -293,6 +298,7 @@ def test_user_never_sees_other_users_sessions(user, sessions):
         assert {r["Owner Access Key"] for r in rows} <= {user.access_key}, args
         names = {r["Name"] for r in rows}
         assert sessions["run"]["name"] not in names and sessions["dead"]["name"] not in names
+        assert names & {sessions["usr"]["name"], sessions["udead"]["name"]}, args
     doc = user.list_json("ps", "--all", "--limit", "100", "-f", "name,access_key")
     assert {it["access_key"] for it in doc["items"]} == {user.access_key}
 
