@@ -51,6 +51,10 @@ cmd_create() {
   check_tag "$tag"
   [ $# -gt 0 ] || die "create needs at least one HOST"
   local state="$STATE_ROOT/$tag"
+  mkdir -p "$STATE_ROOT"
+  # two sets made at the same time must not pick the same subnet
+  exec 9>"$STATE_ROOT/.lock"
+  flock 9
   [ -e "$state" ] && die "set '$tag' exists already (destroy it first)"
   mkdir -p "$state"
   local n br
