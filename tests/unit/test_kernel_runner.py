@@ -163,3 +163,24 @@ def test_large_output_comes_in_bounded_frames(runner) -> None:
                                                 "    sys.stdout.write('x' * 100000)\n")
     assert len(text(frames, "stdout")) == 4_000_000
     assert max(len(d) for f in frames for _, d in f["console"]) < 1_000_000
+
+
+def test_a_client_that_goes_away_interrupts_its_run(runner) -> None:
+    client, _, work = runner
+    client.send({"op": "execute", "mode": "query", "code": "import time\ntime.sleep(60)"})
+    client.rfile.close()  # the file object holds the socket open too
+    client.sock.close()
+    other = Client(work / ".bai" / "runner.sock")  # 20 s socket timeout < the 60 s sleep
+    frames = other.execute(mode="query", code="print('next')")
+    assert text(frames, "stdout") == "next\n"
+
+
+def test_interrupt_stops_a_running_command(runner) -> None:
+    client, _, _ = runner
+    client.send({"op": "execute", "mode": "batch",
+                 "options": {"clean": "*", "build": "*", "exec": "echo start; sleep 60"}})
+    assert client.receive()["console"] == [["stdout", "start\n"]]
+    client.send({"op": "interrupt"})
+    while (frame := client.receive())["status"] != "finished":
+        pass
+    assert frame["exitCode"] == 130

@@ -103,6 +103,8 @@ class Execution:
         self.pending_bytes = 0
         self.flush_at: float | None = None
         self.waiting_input = False
+        self.started = False
+        self.interrupt_pending = False
         self.steps: collections.deque = collections.deque()
         self.proc: subprocess.Popen | None = None
         self.proc_outputs: list[Output] = []
@@ -395,6 +397,9 @@ class Runner:
             if ex.waiting_input:
                 ex.waiting_input = False
                 self._to_worker({"op": "eof"})
+            if not ex.started:  # the worker has not begun this run: signal it once it has
+                ex.interrupt_pending = True
+                return
             try:
                 os.kill(self.worker.pid, signal.SIGINT)
             except ProcessLookupError:
@@ -441,6 +446,11 @@ class Runner:
         self._drain(self.worker_outputs, "worker")
         if op == "ready":
             self._maybe_ready()
+        elif op == "started" and ex is not None:
+            ex.started = True
+            if ex.interrupt_pending:
+                ex.interrupt_pending = False
+                self._interrupt()
         elif op == "input" and ex is not None:
             ex.waiting_input = True
             ex.conn.send(frame("waiting-input", ex.take(),

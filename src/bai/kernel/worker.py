@@ -4,7 +4,8 @@ Run by the runner as ``python3 worker.py <control-fd>``: file descriptors 1 and 
 runner streams, 0 is /dev/null, and the control socket carries JSON lines:
 
     runner -> worker: {"op": "run", "code": str} | {"op": "input", "text": str} | {"op": "eof"}
-    worker -> runner: {"op": "ready"} | {"op": "input", "password": bool} | {"op": "done", "exit_code": int}
+    worker -> runner: {"op": "ready"} | {"op": "started"} | {"op": "input", "password": bool}
+                      | {"op": "done", "exit_code": int}
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ def main() -> None:
             stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
         except (AttributeError, ValueError):
             pass
+    try:  # die with the runner even where no PID namespace does that for us
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
     try:  # be the OOM killer's first choice, so a big allocation never takes the runner
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
@@ -157,6 +165,7 @@ def main() -> None:
         if msg.get("op") != "run":
             continue
         counter += 1
+        control.send({"op": "started"})  # from here on a SIGINT is meant for this run
         code = run_code(str(msg.get("code", "")), module.__dict__, "<code-%d>" % counter)
         for stream in (sys.stdout, sys.stderr):
             try:
