@@ -92,3 +92,13 @@ def test_download_tars_a_file_or_folder_inside_only(tmp_path: Path) -> None:
     for bad in ("../x", "/etc/passwd", "nope.txt"):
         with pytest.raises(InvalidAPIParameters):
             tar_of(work, bad)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change owners")
+async def test_uploads_belong_to_the_workdir_owner(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chown(work, 65534, 65534)
+    await write_file(work, "d/f.txt", _data())
+    assert (work / "d").stat().st_uid == 65534
+    assert (work / "d" / "f.txt").stat().st_uid == 65534

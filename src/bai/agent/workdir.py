@@ -44,6 +44,17 @@ def checked_relative(rel: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
+def _own_like_root(root: Path, target: Path | int) -> None:
+    """Give what the agent (root) makes in the work dir to the work dir's owner (the kernel's
+    user when kernels do not run as root)."""
+    st = root.stat()
+    if os.geteuid() == 0 and st.st_uid != 0:
+        if isinstance(target, int):
+            os.fchown(target, st.st_uid, st.st_gid)
+        else:
+            os.lchown(target, st.st_uid, st.st_gid)
+
+
 def _inside(root: Path, target: Path) -> bool:
     return target == root or root in target.parents
 
@@ -61,6 +72,7 @@ def resolve_dir(workdir: Path, rel: str | None, create: bool = False) -> Path:
             current = current / part
             if not current.exists():
                 current.mkdir(mode=0o755)
+                _own_like_root(root, current)
             if not _inside(root, current.resolve()):
                 raise PathEscapes(f"the path leads outside the work directory: {rel}")
     resolved = target.resolve()
@@ -81,6 +93,7 @@ async def write_file(workdir: Path, rel: str, chunks: AsyncIterator[bytes]) -> s
         if os.path.islink(target):
             raise PathEscapes(f"refusing to write through a symbolic link: {rel}") from None
         raise InvalidAPIParameters(f"cannot write {rel}: {e.strerror}") from None
+    _own_like_root(workdir.resolve(), fd)
     with os.fdopen(fd, "wb") as f:
         async for chunk in chunks:
             f.write(chunk)
