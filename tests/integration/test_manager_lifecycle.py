@@ -26,7 +26,12 @@ from bai.manager.context import Caller
 from bai.manager.services.bootstrap import bootstrap
 from bai.manager.services.root import ManagerRoot
 from bai.manager.settings import ManagerSettings
-from bai.manager.store.tables import agents, keypair_resource_policies, session_history, sessions
+from bai.manager.store.tables import (
+    agents,
+    keypair_resource_policies,
+    session_history,
+    sessions,
+)
 
 GIB = 2**30
 
@@ -264,7 +269,7 @@ async def test_small_sessions_do_not_overtake_a_waiting_large_one(manager):
     assert (await manager.sessions.resolve(me, "small"))["status"] == "PENDING"
     await manager.sessions.destroy(me, "holder")
     await wait_status(manager, uuid.UUID(big["sessionId"]), {"RUNNING"})
-    row = await manager.sessions.resolve(me, "small")
+    row = await manager.sessions.resolve(me, small["sessionId"])
     assert row["status"] == "PENDING"
 
 
@@ -354,3 +359,137 @@ async def test_concurrent_destroys_release_once(manager):
     row = await manager.sessions.resolve(me, "racer")
     assert row["status"] == "TERMINATED"
     assert [h[1] for h in await history(manager, row["id"])].count("TERMINATED") == 1
+
+
+# -- property: random sequences through the real manager ------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from bai.common.status import FINAL, OCCUPYING  # noqa: E402
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(1, 3), st.booleans()),
+        st.tuples(st.just("destroy"), st.integers(0, 20), st.booleans()),
+        st.tuples(st.just("finish"), st.integers(0, 20), st.integers(0, 2)),
+        st.tuples(st.just("agent_fails"), st.sampled_from(["agent-1", "agent-2"]), st.just(0)),
+        st.tuples(st.just("agent_returns"), st.sampled_from(["agent-1", "agent-2"]), st.just(0)),
+    ),
+    min_size=3, max_size=14,
+)
+
+
+async def _check_invariants(root):
+    async with root.store.connect() as conn:
+        srows = (await conn.execute(sa.select(sessions))).mappings().all()
+        arows = (await conn.execute(sa.select(agents))).mappings().all()
+        hist = (await conn.execute(sa.select(session_history))).mappings().all()
+    for a in arows:
+        occ = ResourceSlot.from_json(a["occupied_slots"])
+        held = ResourceSlot.total(
+            ResourceSlot.from_json(s["occupying_slots"]) for s in srows
+            if s["status"] in {str(x) for x in OCCUPYING} and s["agent_ids"] == [a["id"]])
+        assert occ.nonzero() == held.nonzero(), (a["id"], occ, held)
+        assert occ.fits_in(ResourceSlot.from_json(a["available_slots"])) or not occ.nonzero()
+    for s in srows:
+        if s["status"] not in {str(x) for x in OCCUPYING}:
+            assert s["occupying_slots"] == {}, s["status"]
+    assert_legal([(h["from_status"], h["to_status"], h["reason"]) for h in hist])
+
+
+async def _scenario(tmp_path, ops):
+    root = ManagerRoot(ManagerSettings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path}/{uuid.uuid4().hex}.db", schedule_interval=0.1,
+        cluster_token="t", heartbeat_timeout=3600))
+    await root.start()
+    try:
+        root.keys = await bootstrap(root.store)
+        fakes = {aid: FakeAgent(root, aid) for aid in ("agent-1", "agent-2")}
+        router = _Router(fakes)
+        root.agents.rpc = router
+        for aid, cpu in (("agent-1", "2"), ("agent-2", "3")):
+            await root.agents.heartbeat({"agent_id": aid, "address": f"http://{aid}",
+                                         "available_slots": {"cpu": cpu, "mem": str(4 * GIB)}})
+        me = await caller(root)
+        created: list[str] = []
+        for op, a, b in ops:
+            if op == "create":
+                try:
+                    ans = await root.sessions.create(me, body(
+                        f"prop-{len(created):03d}", resources={"cpu": str(a)}, enqueueOnly=True,
+                        **({"type": "batch", "startupCommand": "true"} if b else {})))
+                except QuotaExceeded:  # larger than every agent alive now: refused, fine
+                    continue
+                created.append(ans["sessionId"])
+            elif op == "destroy" and created:
+                await root.sessions.destroy(me, created[a % len(created)], forced=b)
+            elif op == "finish" and created:
+                await router.finish(created[a % len(created)], b)
+            elif op == "agent_fails":
+                async with root.store.begin() as conn:
+                    await conn.execute(sa.update(agents).where(agents.c.id == a)
+                                       .values(last_heartbeat=t_past()))
+                await root.agents.check_liveness()
+            elif op == "agent_returns":
+                await root.agents.heartbeat({"agent_id": a, "address": f"http://{a}",
+                                             "available_slots": {"cpu": "2" if a == "agent-1" else "3",
+                                                                 "mem": str(4 * GIB)}})
+            await root.scheduler.run_pass()
+            await asyncio.sleep(0.05)
+            await _check_invariants(root)
+        # Everything ends: agents back, every session removed, nothing held anywhere.
+        for aid in fakes:
+            await root.agents.heartbeat({"agent_id": aid, "address": f"http://{aid}",
+                                         "available_slots": {"cpu": "2" if aid == "agent-1" else "3",
+                                                             "mem": str(4 * GIB)}})
+        for sid in created:
+            await root.sessions.destroy(me, sid)
+        for sid in created:
+            await wait_status(root, uuid.UUID(sid), {str(s) for s in FINAL})
+        await _check_invariants(root)
+        async with root.store.connect() as conn:
+            occ = (await conn.execute(sa.select(agents.c.occupied_slots))).scalars().all()
+        assert all(not ResourceSlot.from_json(o).nonzero() for o in occ)
+    finally:
+        await root.stop()
+
+
+def t_past():
+    from datetime import datetime, timezone
+
+    return datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+class _Router:
+    """Routes RPCs to the fake agent named by the address (``http://<agent id>``)."""
+
+    def __init__(self, fakes):
+        self.fakes = fakes
+
+    def _f(self, address):
+        return self.fakes[address.rsplit("/", 1)[-1]]
+
+    async def create_kernel(self, address, spec):
+        return await self._f(address).create_kernel(address, spec)
+
+    async def destroy_kernel(self, address, kernel_id, reason):
+        return await self._f(address).destroy_kernel(address, kernel_id, reason)
+
+    async def finish(self, sid, code):
+        for fake in self.fakes.values():
+            for kid, spec in list(fake.kernels.items()):
+                if spec["session_id"] == sid:
+                    fake.kernels.pop(kid)
+                    reason = "oom-killed" if code == 2 else "self-terminated"
+                    await fake.root.agents.handle_events(
+                        [fake._ev("kernel_terminated", spec, reason=reason, exit_code=code)])
+
+    async def close(self):
+        pass
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=OPS)
+def test_random_sequences_keep_slots_exact_and_end_final(tmp_path, ops):
+    asyncio.run(_scenario(tmp_path, ops))

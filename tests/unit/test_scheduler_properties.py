@@ -7,7 +7,7 @@ the table; at the end every session reaches a final status."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import HealthCheck, settings
@@ -16,11 +16,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bai.common.resources import ResourceSlot
 from bai.common.status import FINAL, OCCUPYING, SessionStatus, check_transition
-from bai.manager.scheduler.decision import AgentView, PendingSession, SchedulingInput, decide
+from bai.manager.scheduler.decision import (
+    AgentView,
+    PendingSession,
+    SchedulingInput,
+    decide,
+)
 from bai.manager.services.lifecycle import next_step
 
 S = SessionStatus
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 class Cluster(RuleBasedStateMachine):

@@ -45,7 +45,7 @@ class Subscription:
         """The next event, or None after ``timeout`` seconds or when the bus closed."""
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
 

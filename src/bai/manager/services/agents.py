@@ -47,7 +47,7 @@ class AgentRegistry:
             raise InvalidAPIParameters("a heartbeat needs agent_id and address")
         try:
             capacity = ResourceSlot.from_json(payload.get("available_slots") or {})
-        except Exception:
+        except (ArithmeticError, TypeError, ValueError, AttributeError):
             raise InvalidAPIParameters("available_slots must map slot names to numbers") from None
         now = utcnow()
         values = {

@@ -41,7 +41,8 @@ def _python_version(interpreter: str) -> str:
             return out
     except (OSError, subprocess.SubprocessError):
         pass
-    return "%d.%d" % tuple(int(x) for x in platform.python_version_tuple()[:2])
+    major, minor = platform.python_version_tuple()[:2]
+    return f"{major}.{minor}"
 
 
 def default_images() -> list[dict[str, Any]]:

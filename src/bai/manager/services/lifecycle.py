@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bai.common.errors import AgentError, BaiError, SessionNotRunning
 from bai.common.events import KernelEvent, SessionEvent
 from bai.common.resources import ResourceSlot
-from bai.common.status import FINAL, SessionStatus, SessionResult, SessionType
+from bai.common.status import FINAL, SessionResult, SessionStatus, SessionType
 from bai.manager.services.transitions import (
     Outbox,
     load_session,

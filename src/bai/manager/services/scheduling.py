@@ -178,7 +178,7 @@ class SchedulerLoop:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bai.common.errors import InvalidAPIParameters
@@ -50,7 +50,7 @@ def parse_starts_at(value: Any, now: datetime) -> datetime | None:
         ) from None
     if when.tzinfo is None:
         when = when.astimezone()
-    return when.astimezone(timezone.utc)
+    return when.astimezone(UTC)
 
 
 def _bool(value: Any, default: bool) -> bool:
