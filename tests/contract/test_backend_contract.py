@@ -10,7 +10,6 @@ import pytest
 from bai.agent.backends.base import InstanceState, KernelCreationFailed
 from bai.agent.workdir import write_file
 from bai.common.errors import KernelNotFound
-
 from bai.testing.contract import Harness, run
 
 
