@@ -82,7 +82,12 @@ def agent_app(received: dict) -> web.Application:
         received["ls"] = request.query["path"]
         return web.json_response({"files": [{"filename": "main.py", "size": 3, "mtime": 1.0, "mode": "-rw-r--r--"}]})
 
+    async def download(request):
+        received["download"] = request.query["path"]
+        return web.Response(body=b"TAR:" + request.query["path"].encode(), content_type="application/x-tar")
+
     app = web.Application()
+    app.router.add_get("/v1/kernels/{kid}/download", download)
     app.router.add_get("/v1/kernels/{kid}/execute", execute)
     app.router.add_post("/v1/kernels/{kid}/upload", upload)
     app.router.add_get("/v1/kernels/{kid}/files", files)
@@ -273,3 +278,20 @@ async def test_ls_takes_a_json_body_on_get(env):
     assert resp.status == 200, body
     assert received["ls"] == "/home/work"
     assert json.loads(body["files"])[0]["filename"] == "main.py" and body["errors"] == ""
+
+
+async def test_download_answers_one_tar_part_per_file(env):
+    _, client, user, _, received = env
+    await create(user, "dl-1")
+    path = "/session/dl-1/download"
+    resp = await client.get(path, data=json.dumps({"files": ["main.py", "out/result.txt"]}),
+                            headers=user.headers("GET", path, "application/json"))
+    assert resp.status == 200, await resp.text()
+    assert resp.content_type == "multipart/mixed"
+    reader = aiohttp.MultipartReader.from_response(resp)
+    parts = []
+    while (part := await reader.next()) is not None:
+        parts.append((part.filename, await part.read()))
+    assert parts == [("main.py.tar", bytearray(b"TAR:main.py")), ("result.txt.tar", bytearray(b"TAR:out/result.txt"))]
+    resp = await client.get(path, data=b"{}", headers=user.headers("GET", path, "application/json"))
+    assert resp.status == 400

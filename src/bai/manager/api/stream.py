@@ -30,7 +30,7 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
-from bai.common.errors import BaiError, InvalidAPIParameters, ServiceUnavailable
+from bai.common.errors import BaiError, InvalidAPIParameters
 from bai.manager.api.middleware import caller_of
 from bai.manager.api.params import json_object
 
@@ -202,12 +202,9 @@ async def download(request: web.Request) -> web.Response:
         paths = [paths]
     if not paths or not all(isinstance(p, str) and p for p in paths):
         raise InvalidAPIParameters('Name the files to download: {"files": ["path", ...]}.')
-    fetch = getattr(root.agents.rpc, "download", None)
-    if fetch is None:
-        raise ServiceUnavailable("This manager's agent client cannot download files yet.")
     with aiohttp.MultipartWriter("mixed") as mpw:
         for path in paths:
-            archive = await fetch(address, kernel_id, path)
+            archive = await root.agents.rpc.download(address, kernel_id, path)
             part = mpw.append(archive, {"Content-Type": "application/x-tar"})
             part.set_content_disposition("attachment", filename=path.rstrip("/").rsplit("/", 1)[-1] + ".tar")
     await _touch(root, sess["id"])

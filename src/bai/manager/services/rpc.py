@@ -95,6 +95,27 @@ class AgentClient:
         )
         return list((body or {}).get("files", []))
 
+    async def download(self, address: str, kernel_id: str, path: str) -> bytes:
+        """A tar archive of ``path`` in the kernel's work directory (``GET .../download``)."""
+        url = address.rstrip("/") + f"/v1/kernels/{kernel_id}/download"
+        try:
+            async with self.session.get(
+                url, params={"path": path}, timeout=aiohttp.ClientTimeout(total=300, connect=5)
+            ) as resp:
+                data = await resp.read()
+                if resp.status >= 400:
+                    try:
+                        body: Any = json.loads(data)
+                    except ValueError:
+                        body = data.decode(errors="replace")
+                    raise error_from_problem(resp.status, body)
+                return data
+        except BaiError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise AgentError(f"agent at {address} is unreachable: {type(e).__name__}: {e}",
+                             data={"address": address}) from None
+
     def ws_connect(self, address: str, kernel_id: str, **kw: Any):
         """``async with rpc.ws_connect(addr, kid) as ws``: the agent's execute WebSocket."""
         url = address.rstrip("/") + f"/v1/kernels/{kernel_id}/execute"
