@@ -493,3 +493,24 @@ class _Router:
 @given(ops=OPS)
 def test_random_sequences_keep_slots_exact_and_end_final(tmp_path, ops):
     asyncio.run(_scenario(tmp_path, ops))
+
+
+async def test_heartbeat_without_a_running_kernel_ends_its_session(manager):
+    me = await caller(manager)
+    ans = await manager.sessions.create(me, body("vanishing"))
+    sid = uuid.UUID(ans["sessionId"])
+    hb = {"agent_id": "agent-1", "address": "http://127.0.0.1:1",
+          "available_slots": {"cpu": "2", "mem": str(4 * GIB)}}
+    row = await manager.sessions.resolve(me, "vanishing")
+    await manager.agents.heartbeat({**hb, "kernels": [str(row["main_kernel_id"])]})
+    assert (await manager.sessions.resolve(me, "vanishing"))["status"] == "RUNNING"
+    # Just started: not yet expected in the list, so an empty list changes nothing at once.
+    await manager.agents.heartbeat({**hb, "kernels": []})
+    assert (await manager.sessions.resolve(me, "vanishing"))["status"] == "RUNNING"
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(sessions).where(sessions.c.id == sid)
+                           .values(status_changed=t_past()))
+    await manager.agents.heartbeat({**hb, "kernels": []})
+    row = await wait_status(manager, sid, {"TERMINATED"})
+    assert row["status_info"] == "kernel-lost"
+    assert await occupied(manager) == ResourceSlot()

@@ -24,7 +24,7 @@ from bai.common.events import KernelEvent
 from bai.common.resources import ResourceSlot
 from bai.common.status import AgentStatus, SessionStatus
 from bai.manager.services.rpc import AgentClient
-from bai.manager.store.tables import agents, kernels, utcnow
+from bai.manager.store.tables import agents, kernels, sessions, utcnow
 
 if TYPE_CHECKING:
     from bai.manager.services.root import ManagerRoot
@@ -95,7 +95,31 @@ class AgentRegistry:
             ).scalars().all()
         if changed:
             self.root.scheduler.kick()
+        if isinstance(payload.get("kernels"), list):
+            await self._reconcile(agent_id, {str(k) for k in payload["kernels"]})
         return {"ok": True, "known_kernels": [str(k) for k in known]}
+
+    async def _reconcile(self, agent_id: str, present: set[str]) -> None:
+        """RUNNING sessions whose kernel the agent no longer has end as ``kernel-lost``.
+
+        Only kernels that have been RUNNING for a while count: a kernel that just started may
+        not be in this heartbeat's list yet.
+        """
+        settled = utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
+        async with self.root.store.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(kernels.c.id, kernels.c.session_id)
+                .join(sessions, sessions.c.main_kernel_id == kernels.c.id)
+                .where(kernels.c.agent_id == agent_id,
+                       sessions.c.status == SessionStatus.RUNNING.value,
+                       sessions.c.status_changed < settled)
+            )).all()
+        for r in rows:
+            if str(r.id) in present:
+                continue
+            log.warning("agent %s no longer has kernel %s: ending its session", agent_id, r.id)
+            await self.root.sessions.lifecycle.apply_kernel_event(KernelEvent(
+                "kernel_terminated", agent_id, str(r.id), str(r.session_id), reason="kernel-lost"))
 
     async def handle_events(self, events: list[KernelEvent]) -> None:
         """Apply agent events in order; on the cluster bus, queue them for one replica."""
