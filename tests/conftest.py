@@ -65,7 +65,7 @@ class Stack:
         return json.loads((self.state / "keys.json").read_text())
 
     def stop(self) -> None:
-        subprocess.run([CLI, "server", "stop", "--state-dir", str(self.state)],
+        subprocess.run([CLI, "server", "stop", "--terminate-sessions", "--state-dir", str(self.state)],
                        env=self.env, capture_output=True, timeout=60)
 
 

@@ -83,7 +83,7 @@ def _write_toml(path: Path, section: str, values: dict[str, object]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _spawn(args: list[str], log: Path, pid_file: Path) -> int:
+def _spawn(args: list[str], log: Path, pid_file: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             args,
@@ -94,7 +94,7 @@ def _spawn(args: list[str], log: Path, pid_file: Path) -> int:
             close_fds=True,
         )
     pid_file.write_text(str(proc.pid))
-    return proc.pid
+    return proc
 
 
 def _alive_agents(db: Path) -> int:
@@ -211,6 +211,9 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
 
     py = sys.executable
     keys_path = state / "keys.json"
+    # what we spawn now is watched through its Popen handle: until it has exec'd, its
+    # /proc cmdline is still ours, so the pid-file check would misread it
+    spawned: dict[str, tuple[subprocess.Popen, Path]] = {}
     if not _pid_alive(manager_pid):
         if _port_open("127.0.0.1", meta["port"]):
             _fail(f"port {meta['port']} is in use by another program; choose one with --port")
@@ -222,20 +225,26 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         if init.returncode != 0:
             _fail("initialising the manager failed:\n" + (init.stderr or init.stdout).strip())
         os.chmod(keys_path, 0o600)
-        _spawn([py, "-m", "bai.manager", "serve", "--config", str(manager_toml)],
-               manager_log, manager_pid)
+        spawned["manager"] = (
+            _spawn([py, "-m", "bai.manager", "serve", "--config", str(manager_toml)],
+                   manager_log, manager_pid),
+            manager_log,
+        )
     if not _pid_alive(agent_pid):
         if _port_open("127.0.0.1", meta["agent_port"]):
             _fail(f"port {meta['agent_port']} is in use by another program; "
                   "choose one with --agent-port")
-        _spawn([py, "-m", "bai.agent", "serve", "--config", str(agent_toml)], agent_log, agent_pid)
+        spawned["agent"] = (
+            _spawn([py, "-m", "bai.agent", "serve", "--config", str(agent_toml)],
+                   agent_log, agent_pid),
+            agent_log,
+        )
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(manager_pid):
-            _fail("the manager exited during start-up", manager_log)
-        if not _pid_alive(agent_pid):
-            _fail("the agent exited during start-up", agent_log)
+        for name, (proc, log) in spawned.items():
+            if proc.poll() is not None:
+                _fail(f"the {name} exited during start-up (exit code {proc.returncode})", log)
         if _port_open("127.0.0.1", meta["port"]) and _alive_agents(state / "bai.db") > 0:
             break
         time.sleep(0.05)
@@ -275,19 +284,57 @@ def _stop_pid(pid_file: Path, name: str, timeout: float) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+async def _terminate_all(endpoint: str, admin: dict[str, str]) -> int:
+    """Terminate every session that has not ended, as the admin; returns how many."""
+    from bai.client.config import ClientConfig
+    from bai.client.connection import Connection
+    from bai.client.session import SessionAPI
+    from bai.common.status import FINAL, LIST_ALL
+
+    live = [str(s) for s in LIST_ALL if s not in FINAL]
+    config = ClientConfig(endpoints=(endpoint,), access_key=admin["access_key"],
+                          secret_key=admin["secret_key"], source="server stop")
+    async with Connection(config) as conn:
+        api = SessionAPI(conn)
+        items, _ = await api.list_page(["id", "access_key"], statuses=live, limit=100)
+        done = 0
+        while items:
+            for it in items:
+                try:
+                    await api.destroy(it["id"], owner=it["access_key"], forced=True)
+                    done += 1
+                except Exception as e:  # keep going: stopping must not be blocked by one session
+                    click.echo(f"could not terminate session {it['id']}: {e}", err=True)
+            again, _ = await api.list_page(["id", "access_key"], statuses=live, limit=100)
+            if {i["id"] for i in again} <= {i["id"] for i in items}:
+                break
+            items = again
+        return done
+
+
 @server.command()
 @click.option("--state-dir", help="The folder given to `server start`.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for each daemon before killing it.")
-def stop(state_dir, timeout) -> None:
+@click.option("--terminate-sessions", is_flag=True,
+              help="First terminate every running or pending session (their kernels end).")
+def stop(state_dir, timeout, terminate_sessions) -> None:
     """Stop the local agent and the manager. Sessions stay in the database.
 
-    Kernels keep running while the agent is down and are picked up again by the next start.
+    Without --terminate-sessions, kernels keep running while the agent is down and the next
+    start picks them up again.
     """
+    import asyncio
+
     state = _state_dir(state_dir)
     if not (_pid_alive(state / "manager.pid") or _pid_alive(state / "agent.pid")):
         click.echo("bai is not running")
         return
+    if terminate_sessions and _pid_alive(state / "manager.pid"):
+        meta = json.loads((state / "server.json").read_text())
+        admin = json.loads((state / "keys.json").read_text())["admin"]
+        n = asyncio.run(_terminate_all(f"http://127.0.0.1:{meta['port']}", admin))
+        click.echo(f"terminated {n} session(s)")
     _stop_pid(state / "agent.pid", "agent", timeout)
     _stop_pid(state / "manager.pid", "manager", timeout)
     click.echo("bai stopped")
