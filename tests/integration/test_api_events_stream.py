@@ -276,7 +276,7 @@ async def test_ls_takes_a_json_body_on_get(env):
                             headers=user.headers("GET", path, "application/json"))
     body = await resp.json()
     assert resp.status == 200, body
-    assert received["ls"] == "/home/work"
+    assert received["ls"] == "."  # the official client's default, the upstream mount point
     assert json.loads(body["files"])[0]["filename"] == "main.py" and body["errors"] == ""
 
 

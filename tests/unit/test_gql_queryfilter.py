@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.dialects import sqlite
 
 from bai.manager.api.events import in_scope, parse_scope
-from bai.manager.api.stream import client_frame, safe_relpath
+from bai.manager.api.stream import client_frame, safe_relpath, work_relative
 from bai.manager.services.listing import FILTER_FIELDS, ORDER_FIELDS, idle_checks, service_ports_mapping, status_clause
 from bai.manager.services.queryfilter import QueryFilterError, parse_filter, parse_order
 
@@ -122,3 +122,8 @@ def test_agent_frames_always_have_status_and_a_console_list():
     assert json.loads(client_frame('{"status": "finished", "console": null, "exitCode": 0}')) == {
         "status": "finished", "console": [], "exitCode": 0, "options": None, "files": None}
     assert json.loads(client_frame("plain text"))["console"] == [["stdout", "plain text"]]
+
+
+def test_paths_under_the_upstream_mount_point_are_work_relative():
+    assert [work_relative(p) for p in ("/home/work", "/home/work/", "/home/work/data/x", "data", "", "/etc")] == [
+        ".", ".", "data/x", "data", ".", "/etc"]

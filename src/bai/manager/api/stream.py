@@ -60,6 +60,20 @@ def safe_relpath(raw: str | None) -> str:
     return "/".join(parts)
 
 
+#: Where the official client believes a kernel's work directory is (upstream mounts it there).
+WORKDIR_MOUNT = "/home/work"
+
+
+def work_relative(path: str) -> str:
+    """``/home/work/x`` -> ``x``: the official client names files under the upstream mount point."""
+    path = (path or "").strip() or "."
+    if path == WORKDIR_MOUNT or path == WORKDIR_MOUNT + "/":
+        return "."
+    if path.startswith(WORKDIR_MOUNT + "/"):
+        return path[len(WORKDIR_MOUNT) + 1:] or "."
+    return path
+
+
 async def _touch(root: Any, session_id: Any) -> None:
     try:
         result = root.sessions.touch(session_id)
@@ -188,8 +202,8 @@ async def upload(request: web.Request) -> web.Response:
 async def list_files(request: web.Request) -> web.Response:
     root, sess, address, kernel_id = await _target(request)
     body = await json_object(request)
-    path = body.get("path") or request.query.get("path") or "."
-    files = await root.agents.rpc.list_files(address, kernel_id, str(path))
+    path = str(body.get("path") or request.query.get("path") or ".")
+    files = await root.agents.rpc.list_files(address, kernel_id, work_relative(path))
     await _touch(root, sess["id"])
     return web.json_response({"files": json.dumps(files), "errors": "", "abspath": path})
 
@@ -204,7 +218,7 @@ async def download(request: web.Request) -> web.Response:
         raise InvalidAPIParameters('Name the files to download: {"files": ["path", ...]}.')
     with aiohttp.MultipartWriter("mixed") as mpw:
         for path in paths:
-            archive = await root.agents.rpc.download(address, kernel_id, path)
+            archive = await root.agents.rpc.download(address, kernel_id, work_relative(path))
             part = mpw.append(archive, {"Content-Type": "application/x-tar"})
             part.set_content_disposition("attachment", filename=path.rstrip("/").rsplit("/", 1)[-1] + ".tar")
     await _touch(root, sess["id"])
