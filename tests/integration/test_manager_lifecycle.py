@@ -514,3 +514,34 @@ async def test_heartbeat_without_a_running_kernel_ends_its_session(manager):
     row = await wait_status(manager, sid, {"TERMINATED"})
     assert row["status_info"] == "kernel-lost"
     assert await occupied(manager) == ResourceSlot()
+
+
+async def test_callback_url_gets_lifecycle_notifications(manager):
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    got: list[dict] = []
+
+    async def hook(request):
+        got.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        me = await caller(manager)
+        ans = await manager.sessions.create(
+            me, body("hooked", callback_url=str(server.make_url("/hook"))))
+        await manager.sessions.destroy(me, "hooked")
+        for _ in range(100):
+            if any(g["event"] == "terminated" for g in got):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await server.close()
+    events = [g["event"] for g in got]
+    assert events[0] == "enqueued" and "started" in events and events[-1] == "terminated"
+    assert all(g["session_id"] == ans["sessionId"] and g["type"] == "session_lifecycle"
+               for g in got)

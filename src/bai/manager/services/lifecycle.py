@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -92,6 +93,8 @@ class Lifecycle:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
         self._bg: set[asyncio.Task] = set()
+        self._callbacks: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self._callback_worker: asyncio.Task | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -111,6 +114,25 @@ class Lifecycle:
                 log.exception("publishing %s failed", ev.name)
         if outbox.kick_scheduler:
             self.root.scheduler.kick()
+        if outbox.callbacks:
+            for item in outbox.callbacks:
+                self._callbacks.put_nowait(item)
+            if self._callback_worker is None or self._callback_worker.done():
+                self._callback_worker = asyncio.create_task(self._deliver_callbacks())
+                self._bg.add(self._callback_worker)
+                self._callback_worker.add_done_callback(self._bg.discard)
+
+    async def _deliver_callbacks(self) -> None:
+        """POST lifecycle notifications one at a time, in order; failures are only logged."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            while not self._callbacks.empty():
+                url, body = self._callbacks.get_nowait()
+                try:
+                    async with http.post(url, json=body) as resp:
+                        if resp.status >= 400:
+                            log.warning("session callback %s answered %s", url, resp.status)
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                    log.warning("session callback %s failed: %s", url, e)
 
     def spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -414,11 +436,13 @@ class Lifecycle:
                 sa.update(sessions).where(sessions.c.id == row["id"]).values(result=result.value)
             )
             code = int(exit_code) if exit_code is not None else -1
-            outbox.events.append(SessionEvent(
+            result_ev = SessionEvent(
                 "session_success" if ok else "session_failure", str(row["id"]), row["name"],
                 row["access_key"], reason="task-done" if ok else ("oom-killed" if oom else "task-failed"),
                 exit_code=code,
-            ))
+            )
+            outbox.events.append(result_ev)
+            outbox.notify(row, [result_ev])
         if oom or status not in (S.RUNNING, S.RESIZING, S.SUSPENDED):
             # died while starting, restarting, or out of memory: an error the user must see
             info = "oom-killed" if oom else reason

@@ -71,10 +71,27 @@ class Outbox:
     events: list[SessionEvent] = field(default_factory=list)
     #: slots were released or the queue changed: run a scheduling pass
     kick_scheduler: bool = False
+    #: (callback_url, body) webhook notifications (manager-semantics §5.4)
+    callbacks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def extend(self, other: Outbox) -> None:
         self.events.extend(other.events)
         self.kick_scheduler |= other.kick_scheduler
+        self.callbacks.extend(other.callbacks)
+
+    def notify(self, row: Mapping[str, Any], events: list[SessionEvent]) -> None:
+        """Queue the session's webhook for each of its ``session_*`` events."""
+        url = row.get("callback_url")
+        if not url:
+            return
+        for ev in events:
+            if ev.name.startswith("session_"):
+                self.callbacks.append((url, {
+                    "type": "session_lifecycle",
+                    "event": ev.name.removeprefix("session_"),
+                    "session_id": str(row["id"]),
+                    "when": utcnow().isoformat(),
+                }))
 
 
 def session_events(
@@ -244,7 +261,9 @@ async def transit(
         )
     )
     new_row = {**row, **vals}
-    outbox.events.extend(session_events(new_row, to, reason, exit_code))
+    evs = session_events(new_row, to, reason, exit_code)
+    outbox.events.extend(evs)
+    outbox.notify(new_row, evs)
     return new_row
 
 
@@ -304,8 +323,8 @@ async def record_enqueued(
             reason="enqueued", cause=cause, at=now or utcnow(),
         )
     )
-    outbox.events.append(
-        SessionEvent("session_enqueued", str(row["id"]), row["name"], row["access_key"],
-                     reason="enqueued", status="PENDING")
-    )
+    ev = SessionEvent("session_enqueued", str(row["id"]), row["name"], row["access_key"],
+                      reason="enqueued", status="PENDING")
+    outbox.events.append(ev)
+    outbox.notify(row, [ev])
     outbox.kick_scheduler = True
