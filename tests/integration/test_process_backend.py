@@ -20,11 +20,11 @@ needs_cgroups = pytest.mark.skipif(CgroupDriver.detect() is None,
                                    reason="no writable memory cgroup on this host")
 
 
-def spec(mem: str = "256m", **kw) -> KernelSpec:
+def spec(mem: str = "256m", session_type: str = "INTERACTIVE", **kw) -> KernelSpec:
     from bai.common.resources import parse_size
 
     return KernelSpec(kernel_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()),
-                      session_name="p", session_type="INTERACTIVE", image="python",
+                      session_name="p", session_type=session_type, image="python",
                       slots={"cpu": Decimal(1), "mem": parse_size(mem)}, **kw)
 
 
@@ -143,3 +143,31 @@ async def test_kernel_survives_a_backend_restart_and_dies_with_destroy(tmp_path:
     assert gone is not None
     assert await second.list() == []
     await second.stop()
+
+
+async def test_startup_commands_that_end_at_once_never_fail_creation(tmp_path: Path) -> None:
+    # The exit watcher used to look at a kernel that create() had registered but not yet
+    # started, saw no process, and settled it as dead: create() then failed with "the kernel
+    # runner exited during start-up" (batch sessions ending ERROR at random). A watcher ticking
+    # all the time and concurrent creations make that window wide.
+    exits: list[Instance] = []
+
+    async def on_exit(inst: Instance) -> None:
+        exits.append(inst)
+
+    b = ProcessBackend(AgentSettings.load(None, scratch_root=str(tmp_path), monitor_interval=0))
+    await b.start(on_exit)
+    try:
+        specs = [spec(session_type="BATCH", startup_command="exit 0") for _ in range(8)]
+        await asyncio.gather(*(b.create(s) for s in specs))
+        ids = {s.kernel_id for s in specs}
+        for _ in range(200):
+            if ids <= {i.kernel_id for i in exits}:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted((i.exit_code, i.exit_reason) for i in exits if i.kernel_id in ids) == \
+            [(0, "self-terminated")] * len(specs)
+    finally:
+        for inst in await b.list():
+            await b.destroy(inst.kernel_id)
+        await b.stop()

@@ -142,6 +142,9 @@ class _Kernel:
         self.exit: tuple[int | None, str] | None = None
         self.reported = False
         self.destroying = False
+        #: create() is still starting it: the monitor leaves it alone (it has no pid yet, and
+        #: create() itself reports a runner that ended during start-up)
+        self.starting = False
         self.oom_seen_at = 0.0
 
     @property
@@ -241,7 +244,7 @@ class ProcessBackend(RuntimeBackend):
         while True:
             await asyncio.sleep(self.settings.monitor_interval)
             for k in list(self._kernels.values()):
-                if k.reported or k.destroying:
+                if k.reported or k.destroying or k.starting:
                     continue
                 try:
                     await self._check(k)
@@ -342,7 +345,16 @@ class ProcessBackend(RuntimeBackend):
         })
         state = k.workdir / bai.kernel.STATE_DIR
         (state / "bin").mkdir(parents=True)
+        k.starting = True
         self._kernels[spec.kernel_id] = k
+        try:
+            return await self._start(spec, k, interp)
+        finally:
+            k.starting = False
+
+    async def _start(self, spec: KernelSpec, k: _Kernel, interp: str) -> Instance:
+        kdir = k.kdir
+        state = k.workdir / bai.kernel.STATE_DIR
         self._write_labels(k)
         for name in ("python", "python3"):
             (state / "bin" / name).symlink_to(interp)
