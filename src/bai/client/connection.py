@@ -1,4 +1,4 @@
-"""The transport: signed HTTP, WebSocket and SSE requests to the manager (aiohttp).
+"""The transport: signed HTTP, WebSocket and SSE requests to the manager (``bai.client.wire``).
 
 Requests are signed exactly as the official Backend.AI 23.09 client signs them
 (``bai.common.auth``): ``host`` is the configured endpoint's netloc, the signed path is the
@@ -11,6 +11,9 @@ Several endpoints may be configured: they are tried in order, and an endpoint th
 connection is skipped (only connection failures move on: a request that reached a manager is
 never sent twice). Non-2xx answers become typed errors through
 ``bai.common.errors.error_from_problem``.
+
+The HTTP client is ``bai.client.wire`` (stdlib asyncio streams), not aiohttp: importing aiohttp
+alone costs more CPU than the whole hello-world budget of ``backend.ai run``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
-import yarl
-
+from bai.client import wire
 from bai.client.config import ClientConfig
 from bai.client.errors import ConnectionLost, ManagerUnreachable
 from bai.common.auth import API_VERSION, make_headers
@@ -70,14 +71,11 @@ class Connection:
 
     def __init__(self, config: ClientConfig):
         self.config = config
-        self._http: aiohttp.ClientSession | None = None
+        self._http: wire.HTTPClient | None = None
         self._active = 0  # index of the endpoint that answered last
 
     async def __aenter__(self) -> Connection:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-        self._http = aiohttp.ClientSession(
-            timeout=timeout, headers={"User-Agent": USER_AGENT}, auto_decompress=True
-        )
+        self._http = wire.HTTPClient(headers={"User-Agent": USER_AGENT}, connect_timeout=10)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -94,15 +92,14 @@ class Connection:
 
     # -- request construction -------------------------------------------------------------
 
-    def _target(self, endpoint: str, path: str, params: Params) -> tuple[yarl.URL, str]:
+    def _target(self, endpoint: str, path: str, params: Params) -> tuple[str, str]:
         """(full URL, signed path+query) for ``path`` on ``endpoint``."""
         parts = urlsplit(endpoint)
         path_qs = parts.path.rstrip("/") + path
         qs = encode_query(params)
         if qs:
             path_qs += "?" + qs
-        url = yarl.URL(f"{parts.scheme}://{parts.netloc}{path_qs}", encoded=True)
-        return url, path_qs
+        return f"{parts.scheme}://{parts.netloc}{path_qs}", path_qs
 
     def _signed(self, endpoint: str, method: str, path_qs: str, sign_type: str) -> dict[str, str]:
         headers = {
@@ -131,7 +128,7 @@ class Connection:
         return [(self._active + i) % n for i in range(n)]
 
     @property
-    def http(self) -> aiohttp.ClientSession:
+    def http(self) -> wire.HTTPClient:
         if self._http is None:
             raise RuntimeError("Connection used outside 'async with'")
         return self._http
@@ -145,36 +142,40 @@ class Connection:
         *,
         params: Params = None,
         json_body: Any = None,
-        form: aiohttp.FormData | None = None,
+        form: list[wire.FilePart] | None = None,
         signed: bool = True,
     ) -> Any:
-        """Send one request; answer the decoded JSON body (None for an empty answer)."""
+        """Send one request; answer the decoded JSON body (None for an empty answer).
+
+        ``form``: files sent as ``multipart/form-data`` parts.
+        """
         method = method.upper()
         last_error = ""
         for idx in self._order():
             endpoint = self.config.endpoints[idx]
             url, path_qs = self._target(endpoint, path, params)
             if form is not None:
-                sign_type, data, ctype = "multipart/form-data", form, None
+                sign_type, data, ctype = "multipart/form-data", None, None
             elif json_body is not None:
-                sign_type, data, ctype = "application/json", json.dumps(json_body), "application/json"
+                sign_type, ctype = "application/json", "application/json"
+                data = json.dumps(json_body).encode("utf-8")
             else:
                 sign_type, data, ctype = "text/plain", None, "text/plain"
             headers = self._signed(endpoint, method, path_qs, sign_type) if signed else {}
             if ctype is not None and signed:
                 headers["Content-Type"] = ctype
             try:
-                async with self.http.request(
-                    method, url, data=data, headers=headers, allow_redirects=False
-                ) as resp:
+                resp = await self.http.request(method, url, headers=headers, body=data, parts=form)
+                try:
                     self._active = idx
                     return await _read_answer(resp)
-            except aiohttp.ClientConnectorError as e:
+                finally:
+                    resp.release()
+            except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
-            except aiohttp.ClientError as e:
-                raise ConnectionLost(f"lost the connection to the manager at {endpoint}: "
-                                     f"{type(e).__name__} {e}".strip()) from None
+            except wire.WireError as e:
+                raise _lost(endpoint, e) from None
         raise ManagerUnreachable(self.config.endpoints, last_error)
 
     # -- streams ------------------------------------------------------------------------------
@@ -182,24 +183,21 @@ class Connection:
     @asynccontextmanager
     async def websocket(
         self, path: str, params: Params = None
-    ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    ) -> AsyncIterator[wire.WebSocket]:
         last_error = ""
         for idx in self._order():
             endpoint = self.config.endpoints[idx]
             url, path_qs = self._target(endpoint, path, params)
             headers = self._signed(endpoint, "GET", path_qs, "application/octet-stream")
             try:
-                ws = await self.http.ws_connect(
-                    url, headers=headers, autoping=True, heartbeat=30, max_msg_size=0
-                )
-            except aiohttp.ClientConnectorError as e:
+                ws = await self.http.websocket(url, headers=headers, max_size=0)
+            except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
-            except aiohttp.WSServerHandshakeError as e:
+            except wire.HandshakeFailed as e:
                 raise _handshake_error(e) from None
-            except aiohttp.ClientError as e:
-                raise ConnectionLost(f"lost the connection to the manager at {endpoint}: "
-                                     f"{type(e).__name__} {e}".strip()) from None
+            except wire.WireError as e:
+                raise _lost(endpoint, e) from None
             self._active = idx
             try:
                 yield ws
@@ -218,13 +216,12 @@ class Connection:
             headers = self._signed(endpoint, "GET", path_qs, "application/octet-stream")
             headers["Accept"] = "text/event-stream"
             try:
-                resp = await self.http.get(url, headers=headers, allow_redirects=False)
-            except aiohttp.ClientConnectorError as e:
+                resp = await self.http.request("GET", url, headers=headers)
+            except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
-            except aiohttp.ClientError as e:
-                raise ConnectionLost(f"lost the connection to the manager at {endpoint}: "
-                                     f"{type(e).__name__} {e}".strip()) from None
+            except wire.WireError as e:
+                raise _lost(endpoint, e) from None
             self._active = idx
             break
         if resp is None:
@@ -235,8 +232,8 @@ class Connection:
             event, data, msg_id, retry = "message", [], None, None
             while True:
                 try:
-                    raw = await resp.content.readline()
-                except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+                    raw = await resp.readline()
+                except wire.WireError:
                     return
                 if not raw:
                     return
@@ -265,7 +262,11 @@ class Connection:
             resp.release()
 
 
-async def _read_answer(resp: aiohttp.ClientResponse) -> Any:
+def _lost(endpoint: str, e: Exception) -> ConnectionLost:
+    return ConnectionLost(f"lost the connection to the manager at {endpoint}: {e}".strip())
+
+
+async def _read_answer(resp: wire.Response) -> Any:
     text = await resp.text(errors="replace")
     body: Any = None
     if text:
@@ -290,5 +291,12 @@ def problem_error(status: int, reason: str, body: Any, text: str = "") -> BaiErr
     return error_from_problem(status, body)
 
 
-def _handshake_error(e: aiohttp.WSServerHandshakeError) -> BaiError:
-    return problem_error(e.status, e.message, None, f"{e.status} {e.message}")
+def _handshake_error(e: wire.HandshakeFailed) -> BaiError:
+    """A refused WebSocket upgrade: the server's problem JSON when it sent one."""
+    body: Any = None
+    if e.content_type.endswith("json"):
+        try:
+            body = json.loads(e.body.decode("utf-8", "replace"))
+        except ValueError:
+            body = None
+    return problem_error(e.status, e.reason, body, f"{e.status} {e.reason}")

@@ -18,11 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bai.client.connection import Connection, SSEMessage, session_path
 from bai.client.errors import ProtocolError, UsageError
 from bai.client.models import CreatedSession, CreateSpec, ExecFrame, HistoryEntry
+from bai.client.wire import FilePart, WSMsgType
 from bai.common.errors import GraphQLError, SessionNotFound
 from bai.common.ids import parse_uuid
 
@@ -160,28 +159,19 @@ class SessionAPI:
     async def upload(self, name: str, files: Sequence[str], basedir: str | None = None) -> list[str]:
         """Upload ``files`` as multipart ``src`` parts named by their path relative to basedir."""
         base = Path(basedir or os.getcwd()).resolve()
-        form = aiohttp.FormData(quote_fields=True)
+        form: list[FilePart] = []
         names = []
-        handles = []
-        try:
-            for f in files:
-                path = Path(f).resolve()
-                try:
-                    rel = path.relative_to(base)
-                except ValueError:
-                    raise UsageError(f"{f} is outside the base directory {base}") from None
-                if not path.is_file():
-                    raise UsageError(f"no such file: {f}")
-                fh = open(path, "rb")
-                handles.append(fh)
-                form.add_field(
-                    "src", fh, filename=rel.as_posix(), content_type="application/octet-stream"
-                )
-                names.append(rel.as_posix())
-            await self.conn.request("POST", session_path(name, "/upload"), form=form)
-        finally:
-            for fh in handles:
-                fh.close()
+        for f in files:
+            path = Path(f).resolve()
+            try:
+                rel = path.relative_to(base)
+            except ValueError:
+                raise UsageError(f"{f} is outside the base directory {base}") from None
+            if not path.is_file():
+                raise UsageError(f"no such file: {f}")
+            form.append(FilePart("src", rel.as_posix(), str(path)))
+            names.append(rel.as_posix())
+        await self.conn.request("POST", session_path(name, "/upload"), form=form)
         return names
 
     async def execute(
@@ -198,8 +188,8 @@ class SessionAPI:
         async with self.conn.websocket(path) as ws:
             await ws.send_str(json.dumps({"code": code, "mode": mode, "options": options or {}}))
             async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    if msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                if msg.type != WSMsgType.TEXT:
+                    if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSED):
                         break
                     continue
                 try:
