@@ -17,10 +17,16 @@ from pathlib import Path
 import aiodocker
 import pytest
 
-from bai.agent.backends.base import Instance, InstanceState, KernelCreationFailed, KernelSpec
+from bai.agent.backends.base import (
+    Instance,
+    InstanceState,
+    KernelCreationFailed,
+    KernelSpec,
+)
 from bai.agent.backends.docker import DockerBackend
 from bai.agent.runner_channel import connect_runner
 from bai.common.errors import KernelNotFound
+from bai.testing.contract import run as run_channel
 from bai.testing.docker import docker_host_or_skip, test_image
 
 pytestmark = pytest.mark.docker
@@ -56,31 +62,25 @@ async def backend(engine: str, tmp_path: Path):
 
 
 def make_spec(**kw) -> KernelSpec:
-    base = dict(
-        kernel_id=str(uuid.uuid4()),
-        session_id=str(uuid.uuid4()),
-        session_name="dk-" + uuid.uuid4().hex[:6],
-        session_type="INTERACTIVE",
-        image=test_image(),
-        slots={"cpu": Decimal(1), "mem": Decimal(256 * MiB)},
-    )
+    base = {
+        "kernel_id": str(uuid.uuid4()),
+        "session_id": str(uuid.uuid4()),
+        "session_name": "dk-" + uuid.uuid4().hex[:6],
+        "session_type": "INTERACTIVE",
+        "image": test_image(),
+        "slots": {"cpu": Decimal(1), "mem": Decimal(256 * MiB)},
+    }
     base.update(kw)
     return KernelSpec(**base)
 
 
 async def run(inst: Instance, code: str) -> tuple[str, str, int | None]:
     """Execute query-mode code through the runner socket: (stdout, stderr, exit code)."""
-    out, err = [], []
     chan = await connect_runner(inst.runner_socket)
     try:
-        await chan.send({"op": "execute", "mode": "query", "code": code, "options": {}})
-        while True:
-            frame = await asyncio.wait_for(chan.receive(), 60)
-            assert frame is not None, "runner closed the connection mid-execution"
-            for kind, text in frame.get("console") or []:
-                (out if kind == "stdout" else err).append(text)
-            if frame["status"] == "finished":
-                return "".join(out), "".join(err), frame.get("exitCode")
+        out, err, code_, _ = await asyncio.wait_for(
+            run_channel(chan, {"mode": "query", "code": code, "options": {}}), 60)
+        return out, err, code_
     finally:
         await chan.close()
 
@@ -154,7 +154,7 @@ async def test_allocating_beyond_memory_is_reported_as_oom_killed(backend: Docke
     if backend.isolation()["engine"] != "docker":
         pytest.skip("Podman sets OOMKilled only when the container's main process is OOM-killed")
     inst = await backend.create(make_spec(slots={"cpu": Decimal(1), "mem": Decimal(128 * MiB)}))
-    out, err, code = await run(inst, "x = bytearray(400 * 2**20); print('survived')")
+    out, _, code = await run(inst, "x = bytearray(400 * 2**20); print('survived')")
     assert "survived" not in out and code != 0
     await wait_for(lambda: any(e.kernel_id == inst.kernel_id for e in backend.exits))
     (seen,) = [e for e in backend.exits if e.kernel_id == inst.kernel_id]

@@ -122,7 +122,7 @@ def _rootfs_facts(root: Path) -> dict[str, str]:
     )
     if not versions:
         raise BuildError(f"no python3.X interpreter in {root}/usr/bin")
-    py = "%d.%d" % versions[-1][0]
+    py = "{}.{}".format(*versions[-1][0])
     try:
         debian = (root / "etc" / "debian_version").read_text().strip().split(".")[0]
     except OSError as e:
@@ -220,7 +220,7 @@ def _docker() -> str:
 def _image_labels_in_engine(name: str) -> dict[str, str] | None:
     proc = subprocess.run(
         [_docker(), "image", "inspect", "--format", "{{json .Config.Labels}}", name],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         return None

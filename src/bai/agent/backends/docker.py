@@ -209,7 +209,7 @@ class DockerBackend(RuntimeBackend):
                             await self._maybe_report(kid)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the stream broke: the rescan loop covers the gap
+            except Exception as e:  # noqa: BLE001 - the stream broke; the rescan loop covers the gap
                 log.warning("docker event stream ended (%s); reconnecting", e)
             await asyncio.sleep(1.0)
             await self._rescan()
@@ -226,7 +226,7 @@ class DockerBackend(RuntimeBackend):
                     await self._maybe_report(inst.kernel_id, inst)
         except asyncio.CancelledError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - keep watching whatever the engine answered
             log.warning("docker rescan failed: %s", e)
 
     async def _maybe_report(self, kernel_id: str, inst: Instance | None = None) -> None:
@@ -261,7 +261,7 @@ class DockerBackend(RuntimeBackend):
             return False
         try:
             await asyncio.wait_for(self._pull(spec.image), timeout=self.pull_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = f"the pull did not finish within {self.pull_timeout:g} s"
         except (DockerError, OSError) as e:
             reason = _docker_message(e)
