@@ -1,12 +1,11 @@
 """What every command shares: the global options, the output handler and the way to the SDK.
 
-Commands import the SDK (aiohttp) only when they run, through ``CLIContext.connect``, so that
-``backend.ai --help`` stays fast.
+Commands import the SDK (and asyncio) only when they run, through ``CLIContext.connect`` and
+``run_coro``, so that ``backend.ai --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -60,6 +59,8 @@ class CLIContext:
 
 
 def run_coro(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # here, not at the top: importing asyncio costs ~60 ms of CPU
+
     return asyncio.run(coro)
 
 
