@@ -175,6 +175,8 @@ class EmbeddedStack:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("BACKEND_", "BAI_PROFILE", "BAI_CONFIG", "BAI_STATE",
                                          "XDG_"))}
+        # As on a user's machine, byte-code caches are written (and then used).
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.env.update({"HOME": str(self.home), **(extra_env or {})})
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
