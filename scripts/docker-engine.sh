@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A private Docker engine for bai's docker runtime (tests, CI, single machines without one).
 #
-#   scripts/docker-engine.sh start   start Debian's dockerd (if not already answering), print DOCKER_HOST=...
-#   scripts/docker-engine.sh env     print DOCKER_HOST=... (fails when the engine does not answer)
+#   scripts/docker-engine.sh start   start Debian's dockerd (if not already answering) and print
+#                                    export DOCKER_HOST=unix://$BAI_DOCKER_ROOT/docker.sock
+#   scripts/docker-engine.sh env     print the same line (fails when the engine does not answer)
 #   scripts/docker-engine.sh status  exit 0 when the engine answers
 #   scripts/docker-engine.sh stop    stop the engine started here (its containers stop with it)
 #
@@ -15,7 +16,7 @@
 # firewall or creates a docker0 interface (containers run with NetworkMode=none unless a session asks
 # for network). The storage driver is dockerd's own choice (overlay2 here); set
 # BAI_DOCKER_STORAGE_DRIVER=vfs where the data root sits on a filesystem overlay2 cannot use.
-# Extra flags: BAI_DOCKERD_FLAGS. Use the engine with:  export "$(scripts/docker-engine.sh start)"
+# Extra flags: BAI_DOCKERD_FLAGS. Use the engine with:  eval "$(scripts/docker-engine.sh start)"
 set -euo pipefail
 
 ROOT="${BAI_DOCKER_ROOT:-/tmp/bai-docker}"
@@ -56,7 +57,7 @@ engine_pid() {
 
 start() {
     if answers; then
-        echo "DOCKER_HOST=$HOST"
+        echo "export DOCKER_HOST=$HOST"
         return 0
     fi
     command -v dockerd >/dev/null 2>&1 || die "dockerd not found: install Debian's docker.io (apt-get install -y docker.io)"
@@ -83,7 +84,7 @@ start() {
     local i
     for i in $(seq 1 120); do
         if answers; then
-            echo "DOCKER_HOST=$HOST"
+            echo "export DOCKER_HOST=$HOST"
             return 0
         fi
         if ! kill -0 $! 2>/dev/null; then
@@ -113,7 +114,7 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    env) answers || die "no engine answers on $SOCK (run: $0 start)"; echo "DOCKER_HOST=$HOST" ;;
+    env) answers || die "no engine answers on $SOCK (run: $0 start)"; echo "export DOCKER_HOST=$HOST" ;;
     status) answers ;;
     *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;
 esac
