@@ -1,0 +1,128 @@
+"""A real agent daemon on the docker runtime (``BAI_TEST_DOCKER_HOST``), driven over its HTTP API:
+an OOM kill reaches the manager as ``kernel_terminated`` with reason ``oom-killed``; ``kill -9`` of
+the agent loses no container, and a kernel the manager forgot meanwhile leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+import pytest
+
+from bai.testing.docker import docker_host_or_skip, test_image
+from bai.testing.fake_manager import FakeManager
+
+pytestmark = pytest.mark.docker
+
+TOKEN = "docker-agent-token"
+
+
+class Agent:
+    """``python -m bai.agent serve`` with the docker runtime, restartable."""
+
+    def __init__(self, manager: FakeManager, scratch: Path, engine: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.address = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "BAI_AGENT_AGENT_ID": f"dk-{uuid.uuid4().hex[:8]}",
+                    "BAI_AGENT_PORT": str(port), "BAI_AGENT_CLUSTER_TOKEN": TOKEN,
+                    "BAI_AGENT_MANAGER_ENDPOINTS": manager.url, "BAI_AGENT_RUNTIME": "docker",
+                    "BAI_AGENT_DOCKER_HOST": engine, "BAI_AGENT_SCRATCH_ROOT": str(scratch),
+                    "BAI_AGENT_HEARTBEAT_INTERVAL": "0.2"}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bai.agent", "serve"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+async def setup(tmp_path: Path):
+    engine = await docker_host_or_skip()
+    manager = FakeManager(TOKEN)
+    await manager.start()
+    agent = Agent(manager, tmp_path / "scratch", engine)
+    agent.start()
+    http = aiohttp.ClientSession(headers={"X-BAI-Cluster-Token": TOKEN})
+    try:
+        await manager.wait_for(lambda m: len(m.heartbeats) >= 1, timeout=20)
+        yield manager, agent, http, engine
+    finally:
+        for kid in manager.heartbeats[-1]["kernels"] if manager.heartbeats else []:
+            async with http.delete(f"{agent.address}/v1/kernels/{kid}"):
+                pass
+        await http.close()
+        agent.kill()
+        await manager.stop()
+
+
+async def create(manager: FakeManager, http: aiohttp.ClientSession, agent: Agent,
+                 mem: int = 256 * 2**20) -> str:
+    kid = str(uuid.uuid4())
+    body = {"kernel_id": kid, "session_id": str(uuid.uuid4()), "session_name": "dkagent",
+            "image": test_image(), "slots": {"cpu": "0.5", "mem": str(mem)}}
+    async with http.post(agent.address + "/v1/kernels", json=body) as r:
+        assert r.status == 202
+    await manager.wait_for(lambda m: "kernel_started" in m.event_names(kid), timeout=30)
+    return kid
+
+
+async def execute(http: aiohttp.ClientSession, agent: Agent, kid: str, code: str) -> str:
+    out = []
+    async with http.ws_connect(f"{agent.address}/v1/kernels/{kid}/execute") as ws:
+        await ws.send_json({"code": code, "mode": "query", "options": {}})
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            out += [d for k, d in frame["console"] if k == "stdout"]
+            if frame["status"] == "finished":
+                break
+    return "".join(out)
+
+
+async def containers_of(engine: str, kid: str) -> list:
+    async with aiodocker.Docker(url=engine) as d:
+        return await d.containers.list(
+            all=True, filters=json.dumps({"label": [f"ai.bai.kernel_id={kid}"]}))
+
+
+async def test_oom_kill_reaches_the_manager(setup) -> None:
+    manager, agent, http, engine = setup
+    kid = await create(manager, http, agent, mem=128 * 2**20)
+    await execute(http, agent, kid, "x = bytearray(400 * 2**20)")
+    await manager.wait_for(lambda m: "kernel_terminated" in m.event_names(kid), timeout=20)
+    (ev,) = [e for e in manager.events if e["kernel_id"] == kid and e["name"] == "kernel_terminated"]
+    assert "oom-killed" in json.dumps(ev)
+
+
+async def test_kill_9_and_restart_keeps_containers(setup) -> None:
+    manager, agent, http, engine = setup
+    kept, forgotten = await create(manager, http, agent), await create(manager, http, agent)
+    assert await execute(http, agent, kept, "x = 'still here'") == ""
+
+    agent.kill()
+    manager.known_kernels = [kept]  # `forgotten` was removed while the agent was down
+    before = len(manager.heartbeats)
+    agent.start()
+    await manager.wait_for(lambda m: len(m.heartbeats) > before + 1, timeout=30)
+    await manager.wait_for(lambda m: "kernel_terminated" in m.event_names(forgotten), timeout=30)
+    assert await execute(http, agent, kept, "print(x)") == "still here\n"
+    assert await containers_of(engine, forgotten) == []
+    assert len(await containers_of(engine, kept)) == 1
+
+    async with http.delete(f"{agent.address}/v1/kernels/{kept}") as r:
+        assert r.status == 200
+    assert await containers_of(engine, kept) == []
