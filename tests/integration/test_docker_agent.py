@@ -100,7 +100,7 @@ async def containers_of(engine: str, kid: str) -> list:
 
 
 async def test_oom_kill_reaches_the_manager(setup) -> None:
-    manager, agent, http, engine = setup
+    manager, agent, http, _ = setup
     kid = await create(manager, http, agent, mem=128 * 2**20)
     await execute(http, agent, kid, "x = bytearray(400 * 2**20)")
     await manager.wait_for(lambda m: "kernel_terminated" in m.event_names(kid), timeout=20)
