@@ -66,6 +66,9 @@ L_SPEC = "bai.spec"
 KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
 WORK_TARGET = "/home/work"
 
+#: the most of kernel.log that logs() returns (its end)
+LOG_TAIL_BYTES = 1 << 20
+
 _HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
 
 
@@ -581,11 +584,10 @@ class DockerBackend(RuntimeBackend):
         container = await self._find(kernel_id)
         parts = []
         runner_log = self.workdir_of(kernel_id) / bai.kernel.STATE_DIR / "kernel.log"
-        out = await self._container_logs(container)
+        out = await self._container_logs(container, tail=2000)
         if out:
             parts.append(out)
-        with contextlib.suppress(OSError):
-            parts.append(runner_log.read_text(errors="replace"))
+        parts.append(await asyncio.to_thread(_file_tail, runner_log))
         return "".join(parts)
 
     async def _container_logs(self, container: Any, tail: int | None = None) -> str:
@@ -619,6 +621,15 @@ def _ulimits() -> list[dict[str, Any]]:
         value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
         out.append({"Name": name, "Soft": value, "Hard": value})
     return out
+
+
+def _file_tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _exit_json_reason(workdir: Path) -> str:
