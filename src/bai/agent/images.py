@@ -105,11 +105,11 @@ def debian_mirror(suite: str = "bookworm", etc: Path = Path("/etc/apt")) -> str:
                             return uri.rstrip("/")
         else:
             for line in text.splitlines():
-                parts = line.split("#", 1)[0].split()
+                # deb [option=value ...] URI SUITE COMPONENT...
+                parts = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
                 if len(parts) >= 3 and parts[0] == "deb":
-                    rest = [p for p in parts[1:] if not p.startswith("[")]
-                    if len(rest) >= 2 and rest[1] == suite and "security" not in rest[0]:
-                        return rest[0].rstrip("/")
+                    if parts[2] == suite and "security" not in parts[1]:
+                        return parts[1].rstrip("/")
     return DEFAULT_MIRROR
 
 
