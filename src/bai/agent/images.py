@@ -107,9 +107,9 @@ def debian_mirror(suite: str = "bookworm", etc: Path = Path("/etc/apt")) -> str:
             for line in text.splitlines():
                 # deb [option=value ...] URI SUITE COMPONENT...
                 parts = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
-                if len(parts) >= 3 and parts[0] == "deb":
-                    if parts[2] == suite and "security" not in parts[1]:
-                        return parts[1].rstrip("/")
+                if len(parts) >= 3 and parts[0] == "deb" and parts[2] == suite \
+                        and "security" not in parts[1]:
+                    return parts[1].rstrip("/")
     return DEFAULT_MIRROR
 
 
