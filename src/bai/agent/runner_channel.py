@@ -20,6 +20,9 @@ from typing import Any
 MAX_LINE = 64 * 1024 * 1024
 #: AF_UNIX paths longer than this do not fit into sockaddr_un
 _MAX_UNIX_PATH = 100
+#: how often wait_runner_ready pings during the first READY_FAST_SECONDS of a start
+READY_POLL_SECONDS = 0.005
+READY_FAST_SECONDS = 2.0
 
 
 class RunnerUnavailable(Exception):
@@ -115,8 +118,9 @@ async def wait_runner_ready(
 ) -> None:
     """Wait until the runner answers ``ready``. Raises TimeoutError, or RunnerUnavailable
     as soon as ``alive()`` says the kernel's process is gone."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = READY_POLL_SECONDS
     while True:
         pong = await ping_runner(path)
         if pong and pong.get("ready"):
@@ -126,4 +130,7 @@ async def wait_runner_ready(
         if time.monotonic() > deadline:
             raise TimeoutError(f"the kernel runner did not answer within {timeout:g}s")
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        # A runner is usually ready within ~0.1 s: poll briskly (a ping of an absent socket
+        # costs microseconds) so the kernel's start is not delayed, then back off.
+        if time.monotonic() - start > READY_FAST_SECONDS:
+            delay = min(delay * 1.5, 0.25)
