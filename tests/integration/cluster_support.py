@@ -301,7 +301,10 @@ class Cluster:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         await proc.wait()
-        await _drop_database(self.db_name)
+        if os.environ.get("BAI_KEEP_CLUSTER_DB"):  # debugging: look at it with psql afterwards
+            print(f"kept database {self.db_name}")
+        else:
+            await _drop_database(self.db_name)
         await _drop_redis_keys(self.db_url)
         shutil.rmtree(self.work, ignore_errors=True)
 

@@ -119,6 +119,8 @@ async def test_kill_9_of_one_manager_during_200_creations():
             if s["status"] != "RUNNING":
                 assert s["status_info"], s
         running = {s["id"]: s for s in sessions if s["status"] == "RUNNING"}
+        print(f"{len(running)} running; others:",
+              [(s["name"], s["status"], s["status_info"]) for s in sessions if s["status"] != "RUNNING"])
         assert len(running) >= N - 10, (
             f"only {len(running)} of {N} sessions run: "
             f"{[(s['name'], s['status'], s['status_info']) for s in sessions if s['status'] != 'RUNNING']}")

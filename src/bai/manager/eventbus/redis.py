@@ -109,6 +109,7 @@ class RedisEventBus(EventBus):
         self._subs: set[Subscription] = set()
         self._handler: KernelHandler | None = None
         self._owned: set[int] = set()
+        self._giving_back: set[int] = set()
         self._attempts: dict[tuple[int, bytes], int] = {}
         self._reader: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
@@ -246,8 +247,9 @@ class RedisEventBus(EventBus):
     async def _fair_share(self) -> int:
         now = time.time()
         await self._redis.zadd(self._members_key, {self.consumer: now})
-        # a replica is live while it refreshes (every TTL/3); a dead one drops out after 1.5 TTL
-        await self._redis.zremrangebyscore(self._members_key, "-inf", now - 1.5 * self.lease_ttl)
+        # A replica is live while it refreshes (every TTL/3); a dead one drops out when its
+        # leases run out, so the survivors' share grows just as its partitions come free.
+        await self._redis.zremrangebyscore(self._members_key, "-inf", now - self.lease_ttl)
         live = max(1, await self._redis.zcard(self._members_key))
         return math.ceil(self.partitions / live)
 
@@ -258,15 +260,14 @@ class RedisEventBus(EventBus):
             if not await self._redis.eval(_RENEW, 1, self._lease_key(n), self.consumer, ttl_ms):
                 log.warning("lost the lease of agent-event partition %d", n)
                 self._owned.discard(n)
-        # Give back what is above our share (a new replica joined); it takes them within a TTL.
-        while len(self._owned) > share:
-            n = max(self._owned)
-            await self._redis.eval(_RELEASE, 1, self._lease_key(n), self.consumer)
-            self._owned.discard(n)
+        # Give back what is above our share (a new replica joined). The consume loop lets go
+        # between two entries, so the next owner never handles one we are still applying.
+        excess = len(self._owned) - share
+        self._giving_back = set(sorted(self._owned, reverse=True)[:max(excess, 0)])
         # Start at a replica-specific offset so that replicas starting together spread out.
         offset = zlib.crc32(self.consumer.encode()) % self.partitions
         for i in range(self.partitions):
-            if len(self._owned) >= share:
+            if len(self._owned) - len(self._giving_back) >= share:
                 break
             n = (offset + i) % self.partitions
             if n in self._owned:
@@ -287,9 +288,18 @@ class RedisEventBus(EventBus):
                 log.warning("agent-event leases: %s", e)
             await asyncio.sleep(self.lease_ttl / 3)
 
+    async def _give_back(self) -> None:
+        for n in sorted(self._giving_back):
+            await self._redis.eval(_RELEASE, 1, self._lease_key(n), self.consumer)
+            self._owned.discard(n)
+            log.info("%s gave agent-event partition %d back", self.consumer, n)
+        self._giving_back = set()
+
     async def _consume_loop(self) -> None:
         while not self._closed:
             try:
+                if self._giving_back:
+                    await self._give_back()
                 if not self._owned:
                     await asyncio.sleep(0.1)
                     continue
