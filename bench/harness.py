@@ -229,3 +229,163 @@ def timer() -> Iterator[list[float]]:
         yield out
     finally:
         out.append((time.perf_counter() - t0) * 1000)
+
+
+# -- a manager daemon on its own, and a filled database ---------------------------------------
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the manager exited:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"the manager did not listen within {timeout:.0f} s")
+
+
+class ManagerProcess:
+    """``python -m bai.manager init`` then ``serve`` on a free port, on ``db_url``.
+
+    ``settings`` become lines of the ``[manager]`` TOML table (e.g. ``schedule_interval``).
+    """
+
+    def __init__(self, db_url: str, **settings: object) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bai-bench-mgr-"))
+        self.db_url = db_url.replace("{dir}", str(self.dir))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.token = os.urandom(12).hex()
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+        self.keys: dict = {}
+
+    def start(self) -> ManagerProcess:
+        values = {"host": "127.0.0.1", "port": self.port, "db_url": self.db_url,
+                  "cluster_token": self.token, "state_dir": str(self.dir),
+                  "log_level": "WARNING", **self.settings}
+        toml = self.dir / "manager.toml"
+        toml.write_text("[manager]\n" + "".join(f"{k} = {json.dumps(v)}\n"
+                                                for k, v in values.items()))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        init = subprocess.run([sys.executable, "-m", "bai.manager", "init", "--config", str(toml),
+                               "--keys-out", str(self.dir / "keys.json")],
+                              capture_output=True, text=True, env=env)
+        if init.returncode != 0:
+            raise RuntimeError(f"bai.manager init failed:\n{init.stderr}{init.stdout}")
+        self.keys = json.loads((self.dir / "keys.json").read_text())
+        log = self.dir / "manager.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bai.manager", "serve",
+                                          "--config", str(toml)], stdout=out,
+                                         stderr=subprocess.STDOUT, env=env)
+        _wait_port(self.port, 60, self.proc, log)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def client_config(self, who: str = "admin"):
+        from bai.client.config import ClientConfig
+
+        k = self.keys[who]
+        return ClientConfig(endpoints=(self.endpoint,), access_key=k["access_key"],
+                            secret_key=k["secret_key"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ManagerProcess:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+#: the status mix of a "lived-in" session table: mostly ended sessions, some live ones
+LIVED_IN_MIX = ["TERMINATED"] * 4 + ["CANCELLED", "RUNNING", "PENDING", "ERROR"]
+
+
+async def fill_sessions(db_url: str, n: int, statuses: Sequence[str] = ("PENDING",),
+                        owners: str = "all", batch: int = 5000) -> None:
+    """Insert ``n`` sessions (and their main kernels) straight into the database.
+
+    Statuses cycle through ``statuses``; owners cycle through every keypair (``owners="all"``)
+    or one keypair's access key. Live statuses other than PENDING get no agent: this is for
+    listing and memory figures, and for a PENDING queue the scheduler then places.
+    """
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from bai.manager.store import tables as t
+    from bai.manager.store.engine import Store
+
+    store = Store(db_url)
+    try:
+        async with store.connect() as conn:
+            gid = (await conn.execute(sa.select(t.groups.c.id))).scalar()
+            q = sa.select(t.keypairs.c.access_key, t.keypairs.c.user_id)
+            if owners != "all":
+                q = q.where(t.keypairs.c.access_key == owners)
+            keypairs = (await conn.execute(q)).all()
+            image = (await conn.execute(sa.select(t.images.c.name))).scalar()
+        now = datetime.now(timezone.utc)
+        slots = {"cpu": "1", "mem": str(256 * 2**20)}
+        for start in range(0, n, batch):
+            srows, krows = [], []
+            for i in range(start, min(n, start + batch)):
+                ak, uid = keypairs[i % len(keypairs)]
+                status = statuses[i % len(statuses)]
+                changed = now - timedelta(milliseconds=n - i)
+                sid, kid = uuid.uuid4(), uuid.uuid4()
+                srows.append(dict(
+                    id=sid, name=f"bench-{i}", image=image, domain_name="default", group_id=gid,
+                    user_id=uid, access_key=ak, status=status, status_info="enqueued",
+                    status_data={}, status_changed=changed, created_at=changed,
+                    requested_slots=slots, occupying_slots={}, service_ports=[], mounts=[],
+                    environ={}, agent_ids=[], resource_opts={}, abusing_reports=[],
+                    last_activity_at=changed, main_kernel_id=kid, scaling_group="default",
+                    terminated_at=changed if status in ("TERMINATED", "CANCELLED", "ERROR")
+                    else None))
+                krows.append(dict(id=kid, session_id=sid, image=image, status=status,
+                                  status_info="enqueued", status_changed=changed,
+                                  created_at=changed, requested_slots=slots,
+                                  occupied_slots=slots))
+            async with store.begin() as conn:
+                await conn.execute(t.sessions.insert(), srows)
+                await conn.execute(t.kernels.insert(), krows)
+    finally:
+        await store.close()
+
+
+async def count_status(db_url: str, status: str) -> int:
+    import sqlalchemy as sa
+
+    from bai.manager.store import tables as t
+    from bai.manager.store.engine import Store
+
+    store = Store(db_url)
+    try:
+        async with store.connect() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(t.sessions)
+                .where(t.sessions.c.status == status))).scalar() or 0)
+    finally:
+        await store.close()
