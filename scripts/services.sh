@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install (from Debian's packages) and start the services the test suite uses, on loopback only:
+# Install (from Debian's packages) what the test suite needs — PostgreSQL, Redis, docker.io,
+# debootstrap, iproute2 — and start the services on loopback only:
 # PostgreSQL and Redis, each on its own port with its data under $BAI_CI_ROOT.
 # Usage: scripts/services.sh start|stop|env
 # `start` prints the environment to export (also written to $BAI_CI_ROOT/services.env).
@@ -17,6 +18,11 @@ install_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  if [ "${BAI_SKIP_DOCKER:-0}" != 1 ]; then
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+  fi
+  command -v ip >/dev/null || missing+=(iproute2)
   if [ ${#missing[@]} -gt 0 ]; then
     need_root
     export DEBIAN_FRONTEND=noninteractive
