@@ -168,3 +168,49 @@ async def test_kill_9_of_one_manager_during_200_creations():
         raise
     finally:
         await cl.close()
+
+
+async def test_a_client_on_either_replica_sees_the_events_of_sessions_the_other_serves():
+    """Session events are broadcast: an SSE stream open on manager 1 (all sessions, live only)
+    sees the lifecycle of a session created through manager 0, and the reverse."""
+    from bai.client.config import ClientConfig
+    from bai.client.connection import Connection
+    from bai.client.models import CreateSpec
+    from bai.client.session import SessionAPI
+
+    cl = await make_cluster("a1")
+    try:
+        await cl.start_manager()
+        await cl.start_manager()
+        await cl.start_agent("a1", runtime="dummy", slot_cpu="8", slot_mem="8g")
+        await cl.wait_agents_alive("a1")
+
+        def on(i: int) -> ClientConfig:
+            return ClientConfig.load(env=cl.client_env(endpoints=cl.managers[i].url))
+
+        for watcher, creator in ((1, 0), (0, 1)):
+            name = f"bc-{creator}"
+            seen: list[tuple[str, str]] = []
+            async with Connection(on(watcher)) as wconn, Connection(on(creator)) as cconn:
+                async def watch():
+                    async for msg in wconn.sse("/events/session", [("sessionName", "*")]):
+                        data = msg.json()
+                        if isinstance(data, dict) and data.get("sessionName") == name:
+                            seen.append((msg.event, data.get("sessionName")))
+                            if msg.event == "session_started":
+                                return
+
+                task = asyncio.create_task(watch())
+                await asyncio.sleep(1.0)  # the stream is open before anything happens
+                created = await SessionAPI(cconn).create(
+                    CreateSpec(image="python", name=name, resources={"cpu": "1", "mem": "64m"}))
+                assert created.status == "RUNNING"
+                await asyncio.wait_for(task, 30)
+            names = [e for e, _ in seen]
+            assert names[0] == "session_enqueued" and names[-1] == "session_started", names
+            assert "kernel_started" in names
+    except BaseException:
+        print(cl.logs())
+        raise
+    finally:
+        await cl.close()
