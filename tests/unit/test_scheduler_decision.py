@@ -44,7 +44,9 @@ def test_fifo_places_in_order_until_full_and_explains_the_rest():
     assert [a.session_id.int for a in d.assignments] == [1, 2]
     w = d.waits[uuid.UUID(int=3)]
     assert w.code == "insufficient-resources"
-    assert w.info == "insufficient-resources: cpu requested 1, free 0 on a1 (position 1 in queue)"
+    assert w.info == ("insufficient-resources: cpu requested 1, free 0 on a1 "
+                      "(position 1 in queue, estimated start unknown)")
+    assert w.status_data()["scheduler"]["estimated_start"] is None
     assert w.details["shortfall"]["cpu"] == {"requested": "1", "free": "0"}
 
 

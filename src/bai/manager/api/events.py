@@ -116,7 +116,15 @@ async def load_story(root: Any, session_id: uuid.UUID) -> tuple[dict[str, Any], 
                 await conn.execute(sa.select(t.kernels.c.exit_code).where(t.kernels.c.id == row["main_kernel_id"]))
             ).scalar()
     row = dict(row)
-    return row, history_events(row, history, exit_code)
+    past = history_events(row, history, exit_code)
+    sched = (row.get("status_data") or {}).get("scheduler")
+    if row["status"] == SessionStatus.PENDING.value and isinstance(sched, dict):
+        from bai.manager.services.scheduling import pending_event
+
+        # why it waits now (the scheduler's latest verdict is not a transition)
+        past.append(pending_event(row["id"], row["name"], row["access_key"],
+                                  row.get("status_info") or "", sched))
+    return row, past
 
 
 async def current_status(root: Any, session_id: uuid.UUID) -> str | None:
@@ -133,7 +141,7 @@ async def next_event(sub: Any) -> Any:
     """The next bus event; None after ``KEEPALIVE_SECONDS`` of silence; CLOSED when the bus ended."""
     try:
         return await asyncio.wait_for(anext(sub), KEEPALIVE_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
     except StopAsyncIteration:
         return CLOSED

@@ -14,22 +14,25 @@ checked in turn:
    the amount requested and the most that is free.
 
 No starvation: the first session in policy order that passes its predicates but does not fit
-*reserves* the agent that could hold it soonest (its capacity covers the request, and it has
-the most free already). Later, smaller sessions may backfill only on other agents, so they never
-delay it. Every pending session gets a reason code, a human message and its position in the
-queue; ``Wait.info`` is the one-line ``status_info``.
+*reserves* the agent that could hold it soonest (the earliest estimated start, see
+``estimate.py``; without known releases, the one with the most free already). Later, smaller
+sessions may backfill only on other agents, so they never delay it. Every pending session gets a
+reason code, a human message, its position in the queue and an estimated start time (or
+"unknown"); ``Wait.info`` is the one-line ``status_info``.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from bai.common.resources import ResourceSlot, format_size
+from bai.manager.scheduler.estimate import LIMIT as ESTIMATE_LIMIT
+from bai.manager.scheduler.estimate import Timeline, earliest_on
 
 ZERO = Decimal(0)
 
@@ -47,6 +50,9 @@ class PendingSession:
     domain_name: str = "default"
     starts_at: datetime | None = None
     dependencies: tuple[uuid.UUID, ...] = ()
+    #: SessionType value and idle timeout (seconds, 0 = none): when it would end once started
+    kind: str = "INTERACTIVE"
+    idle_timeout: float = 0
 
 
 @dataclass
@@ -101,6 +107,10 @@ class SchedulingInput:
     usage_by_key: Mapping[str, ResourceSlot] = field(default_factory=dict)
     #: session id -> its status_info now (lets the writer skip rows that do not change)
     current_info: Mapping[uuid.UUID, str | None] = field(default_factory=dict)
+    #: agent id -> [(when, slots)]: known future releases of what occupies it (``estimate.py``)
+    releases: Mapping[str, Sequence[tuple[datetime, ResourceSlot]]] = field(default_factory=dict)
+    #: seconds the idle checker may take to notice an expired idle timeout
+    idle_slack: float = 0
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,15 @@ class Wait:
 
     @property
     def info(self) -> str:
-        """The ``status_info`` line: ``code: message (position N in queue)``."""
-        return f"{self.code}: {self.msg} (position {self.position} in queue)"
+        """The ``status_info`` line:
+        ``code: message (position N in queue, estimated start <iso>|unknown)``."""
+        return (f"{self.code}: {self.msg} (position {self.position} in queue, "
+                f"estimated start {self.estimated_start_text})")
+
+    @property
+    def estimated_start_text(self) -> str:
+        est = self.estimated_start
+        return est.isoformat(timespec="seconds") if est is not None else "unknown"
 
     def status_data(self) -> dict[str, Any]:
         return {
@@ -130,7 +147,8 @@ class Wait:
                 "reason": self.code,
                 "msg": self.msg,
                 "position": self.position,
-                "estimated_start": self.estimated_start.isoformat() if self.estimated_start else None,
+                "estimated_start": (self.estimated_start.isoformat(timespec="seconds")
+                                    if self.estimated_start else None),
                 **self.details,
             }
         }
@@ -329,6 +347,9 @@ def decide(inp: SchedulingInput) -> Decision:
         # Cheap rejection: the most free any agent has, per slot (recomputed after placements).
         max_free = _max_free(group_agents, free)
         reserved: str | None = None  # agent held for the oldest blocked session
+        head: uuid.UUID | None = None  # that session
+        placed: list[tuple[PendingSession, str]] = []
+        blocked: list[PendingSession] = []  # waiting for slots, in queue order
         # Sessions with the same request get the same verdict until something is placed:
         # this keeps a pass over thousands of waiting sessions linear and cheap.
         verdicts: dict[tuple, tuple[str, str, dict]] = {}
@@ -352,6 +373,7 @@ def decide(inp: SchedulingInput) -> Decision:
             if cached is not None:
                 code, msg, details = cached
                 out.waits[p.id] = Wait(p.id, code, msg, position, details)
+                blocked.append(p)
                 continue
             candidates = [a for a in group_agents if a.id != reserved]
             agent = None
@@ -359,6 +381,7 @@ def decide(inp: SchedulingInput) -> Decision:
                 agent = _pick_agent(p.requested, candidates, strategy, free)
             if agent is not None:
                 out.assignments.append(Assignment(p.id, agent.id, agent.address))
+                placed.append((p, agent.id))
                 free[agent.id] = free[agent.id] - p.requested
                 max_free = _max_free(group_agents, free)
                 verdicts.clear()
@@ -373,10 +396,12 @@ def decide(inp: SchedulingInput) -> Decision:
                 out.waits[p.id] = Wait(p.id, "no-agents",
                                        f"no alive agent in scaling group {sgroup}", position)
                 continue
+            blocked.append(p)
             if reserved is None:
-                holder = _holder(p.requested, group_agents, free)
+                holder = _holder(p.requested, group_agents, free,
+                                 _timelines(inp, group_agents, free, placed))
                 if holder is not None:
-                    reserved = holder.id
+                    reserved, head = holder.id, p.id
                     msg, details = _shortfall_msg(p.requested, [holder], free)
                     out.waits[p.id] = Wait(p.id, "insufficient-resources", msg, position,
                                            {**details, "reserved_agent": holder.id})
@@ -390,7 +415,38 @@ def decide(inp: SchedulingInput) -> Decision:
             msg, details = _shortfall_msg(p.requested, group_agents, free)
             verdicts[req_key] = ("insufficient-resources", msg, details)
             out.waits[p.id] = Wait(p.id, "insufficient-resources", msg, position, details)
+        if blocked and group_agents:
+            _estimate(out, inp, blocked, group_agents, free, placed, head, reserved)
     return out
+
+
+def _timelines(inp: SchedulingInput, agents: Sequence[AgentView], free: Mapping[str, ResourceSlot],
+               placed: Sequence[tuple[PendingSession, str]]) -> dict[str, Timeline]:
+    """Each agent's free slots over time: now, known releases, and when the sessions placed in
+    this pass would end if left idle."""
+    extra: dict[str, list[tuple[datetime, ResourceSlot]]] = {}
+    for p, aid in placed:
+        if p.kind == "INTERACTIVE" and p.idle_timeout > 0:
+            at = inp.now + timedelta(seconds=p.idle_timeout + inp.idle_slack)
+            extra.setdefault(aid, []).append((at, p.requested))
+    return {a.id: Timeline(inp.now, free[a.id], [*inp.releases.get(a.id, ()), *extra.get(a.id, ())])
+            for a in agents}
+
+
+def _estimate(out: Decision, inp: SchedulingInput, blocked: Sequence[PendingSession],
+              agents: Sequence[AgentView], free: Mapping[str, ResourceSlot],
+              placed: Sequence[tuple[PendingSession, str]], head: uuid.UUID | None,
+              reserved: str | None) -> None:
+    """Estimated starts of the sessions waiting for slots, simulated in queue order."""
+    timelines = _timelines(inp, agents, free, placed)
+    ids = [a.id for a in agents]
+    for p in blocked[:ESTIMATE_LIMIT]:
+        best = earliest_on(timelines, [reserved] if p.id == head else ids, p.requested)
+        if best is None:
+            continue  # waits for something with no known end: "unknown"
+        aid, at = best
+        timelines[aid].occupy(at, p.requested)
+        out.waits[p.id] = replace(out.waits[p.id], estimated_start=at)
 
 
 def _max_free(agents: Sequence[AgentView], free: Mapping[str, ResourceSlot]) -> ResourceSlot:
@@ -403,8 +459,12 @@ def _max_free(agents: Sequence[AgentView], free: Mapping[str, ResourceSlot]) -> 
 
 
 def _holder(request: ResourceSlot, agents: Sequence[AgentView],
-            free: Mapping[str, ResourceSlot]) -> AgentView | None:
-    """The agent to hold for a blocked session: it can hold it at all, and is closest now."""
+            free: Mapping[str, ResourceSlot], timelines: Mapping[str, Timeline]) -> AgentView | None:
+    """The agent to hold for a blocked session: where it can start soonest by the known
+    releases; without any, one that can hold it at all and is closest now."""
+    soonest = earliest_on(timelines, [a.id for a in agents], request)
+    if soonest is not None:
+        return next(a for a in agents if a.id == soonest[0])
     best, best_key = None, None
     for a in agents:
         if not _fits(request, a.capacity):

@@ -14,11 +14,13 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bai.common.events import SessionEvent
 from bai.common.resources import ResourceSlot
 from bai.common.status import OCCUPYING, SessionStatus
 from bai.manager.scheduler.decision import (
@@ -51,11 +53,13 @@ S = SessionStatus
 _OCC = [str(s) for s in OCCUPYING]
 
 
-async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
+async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> SchedulingInput:
     """Everything one pass needs, in a handful of queries.
 
     ``inp.current_info`` maps each pending session to its ``status_info`` now, so that the
-    writer only touches rows whose line changes.
+    writer only touches rows whose line changes. ``inp.releases`` lists, per agent, when its
+    occupying sessions are expected to give their slots back (see ``release_time``);
+    ``idle_slack`` is how late the idle checker may notice an expired idle timeout.
     """
     now = now or utcnow()
     c = sessions.c
@@ -65,7 +69,7 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
     ]
     # Group ids cost a UUID per row: load them only when some group has a limit.
     cols = [c.id, c.name, c.access_key, c.created_at, c.requested_slots, c.scaling_group,
-            c.domain_name, c.starts_at, c.status_info]
+            c.domain_name, c.starts_at, c.status_info, c.type, c.idle_timeout]
     if group_limit_rows:
         cols.append(c.group_id)
     pending_rows = (
@@ -92,7 +96,7 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
             created_at=r.created_at, requested=ResourceSlot.from_json(r.requested_slots),
             scaling_group=r.scaling_group, group_id=r.group_id if group_limit_rows else None,
             domain_name=r.domain_name, starts_at=r.starts_at,
-            dependencies=tuple(deps.get(r.id, ())),
+            dependencies=tuple(deps.get(r.id, ())), kind=r.type, idle_timeout=r.idle_timeout or 0,
         )
         for r in pending_rows
     ]
@@ -110,7 +114,7 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
         pending=pending, agents=agent_views, now=now,
         policies={g.name: g.scheduler for g in sgroups},
         strategies={g.name: g.agent_selection for g in sgroups},
-        dependencies=dep_views,
+        dependencies=dep_views, idle_slack=idle_slack,
     )
     inp.current_info = current_info
     if not pending:
@@ -118,15 +122,20 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
     # What live sessions hold, per keypair / group / domain (occupying statuses only).
     usage_rows = (
         await conn.execute(
-            sa.select(c.access_key, c.group_id, c.domain_name, c.occupying_slots)
+            sa.select(c.access_key, c.group_id, c.domain_name, c.occupying_slots, c.agent_ids,
+                      c.status, c.type, c.idle_timeout, c.last_activity_at, c.status_changed)
             .where(c.status.in_(_OCC))
         )
     ).all()
     by_key: dict[str, tuple[int, ResourceSlot]] = {}
     by_group: dict[Any, ResourceSlot] = {}
     by_domain: dict[str, ResourceSlot] = {}
+    releases: dict[str, list[tuple[datetime, ResourceSlot]]] = {}
     for r in usage_rows:
         slots = ResourceSlot.from_json(r.occupying_slots)
+        at = release_time(r, now, idle_slack)
+        if at is not None and r.agent_ids:
+            releases.setdefault(r.agent_ids[0], []).append((at, slots))
         n, acc = by_key.get(r.access_key, (0, ResourceSlot()))
         by_key[r.access_key] = (n + 1, acc + slots)
         by_group[r.group_id] = by_group.get(r.group_id, ResourceSlot()) + slots
@@ -149,6 +158,7 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
             policy_name=r["name"], concurrent=n, occupied=occ,
         )
     inp.keypairs = kps
+    inp.releases = releases
     inp.usage_by_key = {k: v[1] for k, v in by_key.items()}
     inp.group_limits = {
         g.id: (ResourceSlot.from_json(g.total_resource_slots), by_group.get(g.id, ResourceSlot()))
@@ -160,6 +170,64 @@ async def load_input(conn: AsyncConnection, now=None) -> SchedulingInput:
         if d.total_resource_slots
     }
     return inp
+
+
+#: queue positions up to which every change of a waiting session's line is an event; deeper in
+#: the queue only a new reason code is (a placement shifts every position behind it)
+EVENT_POSITIONS = 100
+
+
+def pending_events(inp: SchedulingInput, decision: Decision,
+                   rows: list[dict[str, Any]]) -> list[SessionEvent]:
+    """``session_pending`` events for waiting sessions whose reason line changed: reason code,
+    ``statusInfo``, ``queuePosition``, ``estimatedStart`` (iso or null) and the scheduler's
+    details, the same as ``status_data["scheduler"]``."""
+    by_id = {p.id: p for p in inp.pending}
+    out = []
+    for row in rows:
+        w = decision.waits[row["_id"]]
+        old = inp.current_info.get(w.session_id) or ""
+        if w.position > EVENT_POSITIONS and old.split(":", 1)[0] == w.code:
+            continue
+        p = by_id[w.session_id]
+        out.append(pending_event(p.id, p.name, p.access_key, w.info, row["_data"]["scheduler"]))
+    return out
+
+
+def pending_event(sid: Any, name: str, access_key: str, info: str,
+                  sched: dict[str, Any]) -> SessionEvent:
+    """The ``session_pending`` event that tells why a session waits (also replayed by SSE)."""
+    return SessionEvent(
+        "session_pending", str(sid), name, access_key, reason=str(sched.get("reason") or ""),
+        status=str(S.PENDING),
+        extra={"statusInfo": info, "queuePosition": sched.get("position"),
+               "estimatedStart": sched.get("estimated_start"), "scheduler": sched},
+    )
+
+
+#: starting phases: an interactive session in one will run, then end when idle
+_STARTING = {str(s) for s in (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)}
+
+
+def release_time(r: Any, now: datetime, idle_slack: float) -> datetime | None:
+    """When an occupying session is expected to give its slots back, or None when unknown.
+
+    TERMINATING: now. An interactive session with an idle timeout: when the timeout would expire
+    if it stays idle (RUNNING: from its last activity; still starting: from its last status
+    change, a lower bound), plus the idle checker's interval. Anything else (batch sessions, no
+    idle timeout, restarting or suspended sessions): unknown.
+    """
+    if r.status == str(S.TERMINATING):
+        return now
+    if r.type != "INTERACTIVE" or not r.idle_timeout or r.idle_timeout <= 0:
+        return None
+    if r.status == str(S.RUNNING):
+        since = r.last_activity_at
+    elif r.status in _STARTING:
+        since = r.status_changed
+    else:
+        return None
+    return since + timedelta(seconds=r.idle_timeout + idle_slack)
 
 
 class SchedulerLoop:
@@ -193,7 +261,7 @@ class SchedulerLoop:
         """One pass: decide, write placements and reasons, start the placed kernels."""
         t0 = time.perf_counter()
         async with self.root.store.connect() as conn:
-            inp = await load_input(conn)
+            inp = await load_input(conn, idle_slack=self.root.settings.idle_check_interval)
         decision = decide(inp) if inp.pending else Decision()
         placed = await self._write(inp, decision)
         self.passes += 1
@@ -243,6 +311,7 @@ class SchedulerLoop:
                 if w.session_id in current and current[w.session_id] != w.info
             ]
             if rows:
+                outbox.events.extend(pending_events(inp, decision, rows))
                 stmt = (
                     sa.update(sessions)
                     .where(sessions.c.id == sa.bindparam("_id"),
