@@ -140,3 +140,26 @@ def test_many_pending_sessions_in_one_pass():
     assert len(d.assignments) == 40
     assert len(d.waits) == 5000 - 40
     assert max(w.position for w in d.waits.values()) == 5000 - 40
+
+
+def test_a_batch_dependency_must_succeed_an_interactive_one_only_end():
+    ids = {name: uuid.UUID(int=20 + i) for i, name in enumerate(
+        ["destroyed", "interactive", "cancelled", "error", "ok"])}
+    deps = {
+        ids["destroyed"]: DependencyView(ids["destroyed"], "destroyed", "TERMINATED", kind="BATCH"),
+        ids["interactive"]: DependencyView(ids["interactive"], "interactive", "TERMINATED"),
+        ids["cancelled"]: DependencyView(ids["cancelled"], "cancelled", "CANCELLED", kind="BATCH"),
+        ids["error"]: DependencyView(ids["error"], "error", "ERROR", kind="BATCH"),
+        ids["ok"]: DependencyView(ids["ok"], "ok", "TERMINATED", "SUCCESS", kind="BATCH"),
+    }
+    pending = [PendingSession(uuid.UUID(int=i + 1), f"s{i}", "AK1", None, T0 + timedelta(seconds=i),
+                              slots(cpu=1), dependencies=(dep,))
+               for i, dep in enumerate(ids.values())]
+    d = run(pending, [agent("a1", cpu=8)], dependencies=deps)
+    assert sorted(a.session_id.int for a in d.assignments) == [2, 5]
+    msgs = {sid.int: d.waits[sid].msg for sid, _ in d.cancels}
+    assert msgs == {
+        1: f"dependency destroyed ({ids['destroyed']}) ended without success",
+        3: f"dependency cancelled ({ids['cancelled']}) was cancelled",
+        4: f"dependency error ({ids['error']}) ended in ERROR",
+    }

@@ -76,6 +76,7 @@ class DependencyView:
     name: str
     status: str
     result: str = "UNDEFINED"
+    kind: str = "INTERACTIVE"
 
 
 @dataclass
@@ -234,8 +235,14 @@ def _check_predicates(p: PendingSession, inp: SchedulingInput,
         dep = inp.dependencies.get(dep_id)
         if dep is None:
             continue  # a deleted dependency cannot hold anyone back
-        if dep.status in ("CANCELLED", "ERROR") or dep.result == "FAILURE":
-            what = "was cancelled" if dep.status == "CANCELLED" else "failed"
+        # a batch dependency must succeed; one that ended otherwise (failed, cancelled, errored,
+        # or destroyed before its task finished) can never satisfy the dependent
+        ended_badly = (dep.status in ("CANCELLED", "ERROR") or dep.result == "FAILURE"
+                       or (dep.kind == "BATCH" and dep.status == "TERMINATED"
+                           and dep.result != "SUCCESS"))
+        if ended_badly:
+            what = {"CANCELLED": "was cancelled", "ERROR": "ended in ERROR"}.get(
+                dep.status, "failed" if dep.result == "FAILURE" else "ended without success")
             return "cancel", f"dependency-failed: dependency {dep.name} ({dep.id}) {what}", None
         if dep.status != "TERMINATED":
             waiting.append(dep)

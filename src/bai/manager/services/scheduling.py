@@ -81,7 +81,7 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
         d = session_dependencies.c
         dep_rows = (
             await conn.execute(
-                sa.select(d.session_id, d.depends_on, c.name, c.status, c.result)
+                sa.select(d.session_id, d.depends_on, c.name, c.status, c.result, c.type)
                 .join(sessions, sessions.c.id == d.depends_on)
                 .where(d.session_id.in_(
                     sa.select(c.id).where(c.status == str(S.PENDING)).scalar_subquery()))
@@ -89,7 +89,8 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
         ).all()
         for r in dep_rows:
             deps.setdefault(r.session_id, []).append(r.depends_on)
-            dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result)
+            dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result,
+                                                     r.type)
     pending = [
         PendingSession(
             id=r.id, name=r.name, access_key=r.access_key, user_id=None,
