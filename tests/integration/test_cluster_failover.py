@@ -192,7 +192,7 @@ async def test_a_client_on_either_replica_sees_the_events_of_sessions_the_other_
             name = f"bc-{creator}"
             seen: list[tuple[str, str]] = []
             async with Connection(on(watcher)) as wconn, Connection(on(creator)) as cconn:
-                async def watch():
+                async def watch(name=name, seen=seen):
                     async for msg in wconn.sse("/events/session", [("sessionName", "*")]):
                         data = msg.json()
                         if isinstance(data, dict) and data.get("sessionName") == name:
