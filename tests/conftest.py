@@ -69,7 +69,7 @@ class Stack:
                        env=self.env, capture_output=True, timeout=60)
 
 
-def _start_stack(*slots: str, runtime: str = "process") -> Stack:
+def _start_stack(*slots: str, runtime: str = "process", env: dict[str, str] | None = None) -> Stack:
     home = Path(tempfile.mkdtemp(prefix="bai-home-"))
     state = home / "state"
     st = Stack(home=home, state=state, port=free_port(), agent_port=free_port())
@@ -82,6 +82,7 @@ def _start_stack(*slots: str, runtime: str = "process") -> Stack:
         "PYTHONUNBUFFERED": "1",
         "COLUMNS": "250",
     })
+    base.update(env or {})  # e.g. BAI_MANAGER_* / BAI_AGENT_* settings for the daemons
     for name in ("DOCKER_HOST",):
         if os.environ.get(name):
             base[name] = os.environ[name]
@@ -110,8 +111,8 @@ def stack():
 def make_stack():
     made: list[Stack] = []
 
-    def make(*slots: str, runtime: str = "process") -> Stack:
-        st = _start_stack(*slots, runtime=runtime)
+    def make(*slots: str, runtime: str = "process", env: dict[str, str] | None = None) -> Stack:
+        st = _start_stack(*slots, runtime=runtime, env=env)
         made.append(st)
         return st
 
