@@ -16,8 +16,9 @@ Two deliveries, as the upstream manager does them (manager-semantics §5.1):
   ``kernel_terminated`` of a fast batch job). When a replica dies (``kill -9``) its leases run
   out; the replica that takes a partition over first ``XAUTOCLAIM``s the entries still pending
   for the dead consumer, in stream order, then reads new ones. A handler that raises leaves the
-  entry pending; it is retried (``MAX_ATTEMPTS`` times, then logged and dropped so one poisoned
-  entry cannot stop a partition). Delivery is therefore at least once: handlers are idempotent.
+  entry pending; it is retried with a growing pause (``MAX_ATTEMPTS`` times, about a minute),
+  then logged and dropped so that one poisoned entry cannot stop a partition. Delivery is
+  therefore at least once: handlers are idempotent.
 
 Partitions are spread over the live replicas (each takes at most its fair share, counted from
 a membership set every replica refreshes), so adding a replica spreads the work.
@@ -33,7 +34,6 @@ import math
 import os
 import secrets
 import socket
-import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -54,7 +54,8 @@ GROUP = "manager"
 BROADCAST_MAXLEN = 10_000
 #: Anycast entries kept, acknowledged or not; far above any backlog a healthy cluster has.
 ANYCAST_MAXLEN = 200_000
-MAX_ATTEMPTS = 5
+#: Tries of one entry (backing off up to 10 s between them: about a minute) before it is dropped.
+MAX_ATTEMPTS = 10
 
 # Renew a lease only while it is still ours (a replica that stalled past the TTL lost it).
 _RENEW = """
@@ -112,6 +113,7 @@ class RedisEventBus(EventBus):
         self._giving_back: set[int] = set()
         self._attempts: dict[tuple[int, bytes], int] = {}
         self._reader: asyncio.Task | None = None
+        self._reader_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._closed = False
 
@@ -136,7 +138,7 @@ class RedisEventBus(EventBus):
 
     async def start(self) -> None:
         """Begin reading broadcasts; begin consuming agent events if a handler is set."""
-        self._ensure_reader()
+        await self._ensure_reader()
         if self._handler is not None and not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._lease_loop(), name="redis-bus-leases"),
@@ -178,7 +180,7 @@ class RedisEventBus(EventBus):
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscription]:
-        self._ensure_reader()
+        await self._ensure_reader()
         sub = Subscription()
         self._subs.add(sub)
         try:
@@ -186,14 +188,22 @@ class RedisEventBus(EventBus):
         finally:
             self._subs.discard(sub)
 
-    def _ensure_reader(self) -> None:
-        if self._reader is None and not self._closed:
-            # The position is taken now, so nothing published after this call is missed.
-            self._reader = asyncio.create_task(self._read_loop(self._start_id()), name="redis-bus-read")
+    async def _ensure_reader(self) -> None:
+        async with self._reader_lock:
+            if self._reader is None and not self._closed:
+                # The position is taken before this returns, so nothing published afterwards is
+                # missed ("$" would be resolved only when XREAD first runs; a time-based id would
+                # depend on this host's clock agreeing with Redis's).
+                start = await self._last_id()
+                self._reader = asyncio.create_task(self._read_loop(start), name="redis-bus-read")
 
-    def _start_id(self) -> str:
-        # "$" would be resolved only when XREAD first runs; a time-based id is fixed now.
-        return f"{int(time.time() * 1000) - 1}-0"
+    async def _last_id(self) -> str:
+        try:
+            info = await self._redis.xinfo_stream(self.stream)
+        except ResponseError:  # no such stream yet: everything in it will be new
+            return "0-0"
+        last = info.get("last-generated-id") or b"0-0"
+        return last.decode() if isinstance(last, bytes) else str(last)
 
     async def _read_loop(self, last_id: str) -> None:
         while not self._closed:
@@ -245,7 +255,8 @@ class RedisEventBus(EventBus):
                 raise
 
     async def _fair_share(self) -> int:
-        now = time.time()
+        secs, micros = await self._redis.time()  # Redis's clock: replicas' clocks may differ
+        now = secs + micros / 1e6
         await self._redis.zadd(self._members_key, {self.consumer: now})
         # A replica is live while it refreshes (every TTL/3); a dead one drops out when its
         # leases run out, so the survivors' share grows just as its partitions come free.
@@ -336,7 +347,8 @@ class RedisEventBus(EventBus):
                 await self._redis.xack(stream, GROUP, entry_id)
                 continue
             if not await self._handle(n, entry_id, fields):
-                await asyncio.sleep(0.2)
+                # back off: a database that is down for a while must not cost us the events
+                await asyncio.sleep(min(0.2 * 2 ** self._attempts.get((n, entry_id), 1), 10.0))
                 break
         return bool(entries)
 
