@@ -7,9 +7,11 @@ The module has its own small stack (an agent of 2 cpus) so that one `-r cpu=2` s
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +41,12 @@ def small():
     st = conftest._start_stack("cpu=2", "mem=2g")
     yield st
     st.stop()
+    # keep the daemons' logs for a post-mortem (CI uploads $BAI_CI_ROOT)
+    keep = Path(os.environ.get("BAI_CI_ROOT", "/tmp/bai-ci")) / "logs" / st.home.name
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in ("manager.log", "agent.log"):
+        if (st.state / log).exists():
+            shutil.copy(st.state / log, keep / log)
     shutil.rmtree(st.home, ignore_errors=True)
 
 
