@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import _start_stack
-from scheduling_support import history, parse_time, session, status, wait_for
+from scheduling_support import history, parse_time, session, wait_for
 
 FINAL = ("TERMINATED", "CANCELLED", "ERROR")
 
