@@ -92,6 +92,17 @@ class AdminAPI:
         return await self._call("PATCH", f"/admin/resource-policies/{_seg(name)}",
                                 "resource_policy", changes)
 
+    # resource groups
+    async def scaling_groups(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/admin/scaling-groups", "scaling_groups")
+
+    async def create_scaling_group(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/admin/scaling-groups", "scaling_group", spec)
+
+    async def update_scaling_group(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("PATCH", f"/admin/scaling-groups/{_seg(name)}", "scaling_group",
+                                changes)
+
     # agents
     async def agents(self) -> list[dict[str, Any]]:
         return await self._call("GET", "/admin/agents", "agents")

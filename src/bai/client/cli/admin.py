@@ -433,6 +433,72 @@ def policy_assign(name: str, access_keys: tuple[str, ...]) -> None:
             click.echo(f"Keypair {ak} now follows the policy {name}.")
 
 
+# ---------------------------------------------------------------- resource groups
+
+_SCHEDULER = click.Choice(["fifo", "lifo", "drf"])
+_SELECTION = click.Choice(["concentrated", "dispersed"])
+
+
+@admin.group("scaling-group")
+def scaling_group() -> None:
+    """Resource groups ("scaling groups"): the queueing policy and agent placement of each.
+
+    \b
+    Policies: fifo (oldest first, the default), lifo (newest first), drf (the user with the
+    smallest dominant share of the group's resources first).
+    Placement: concentrated (fill the busiest agent that fits, the default) or dispersed
+    (spread over the least busy agents).
+    """
+
+
+def _show_groups(items: list[dict[str, Any]]) -> None:
+    _show_list(items, [
+        ("name", "Name", _s), ("scheduler", "Scheduler", _s),
+        ("agent_selection", "Agent Selection", _s), ("is_active", "Active", _s),
+        ("alive_agents", "Alive Agents", _s),
+    ], "No resource groups.")
+
+
+@scaling_group.command("list", epilog="Example:\n\n  backend.ai admin scaling-group list")
+@output_option
+def scaling_group_list() -> None:
+    """List resource groups with their policy, placement and number of alive agents."""
+    _show_groups(_call(lambda a: a.scaling_groups()))
+
+
+@scaling_group.command("create", epilog="""\b
+Example:
+  backend.ai admin scaling-group create gpu --scheduler drf --agent-selection dispersed""")
+@click.argument("name")
+@click.option("--scheduler", type=_SCHEDULER, help="Queueing policy [default: fifo].")
+@click.option("--agent-selection", type=_SELECTION, help="Placement [default: concentrated].")
+@output_option
+def scaling_group_create(name: str, scheduler: str | None, agent_selection: str | None) -> None:
+    """Create the resource group NAME (agents join it with scaling_group = NAME)."""
+    spec = {"name": name, "scheduler": scheduler, "agent_selection": agent_selection}
+    item = _call(lambda a: a.create_scaling_group({k: v for k, v in spec.items() if v}))
+    _show_one(item, f"Resource group {name} created ({item.get('scheduler')}, "
+                    f"{item.get('agent_selection')}).")
+
+
+@scaling_group.command("update", epilog="""\b
+Example:
+  backend.ai admin scaling-group update default --agent-selection dispersed""")
+@click.argument("name")
+@click.option("--scheduler", type=_SCHEDULER, help="Queueing policy.")
+@click.option("--agent-selection", type=_SELECTION, help="Placement of new sessions.")
+@output_option
+def scaling_group_update(name: str, scheduler: str | None, agent_selection: str | None) -> None:
+    """Change the queueing policy or placement of NAME; the next scheduling pass uses it."""
+    changes = {k: v for k, v in (("scheduler", scheduler),
+                                 ("agent_selection", agent_selection)) if v}
+    if not changes:
+        raise UsageError("nothing to change: give --scheduler and/or --agent-selection")
+    item = _call(lambda a: a.update_scaling_group(name, changes))
+    _show_one(item, f"Resource group {name}: scheduler {item.get('scheduler')}, "
+                    f"agent selection {item.get('agent_selection')}.")
+
+
 # ---------------------------------------------------------------- agents
 
 

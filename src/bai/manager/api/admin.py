@@ -18,6 +18,9 @@
 | GET /admin/resource-policies | | {"resource_policies": [...]} |
 | POST /admin/resource-policies | {name, max_concurrent_sessions?, total_resource_slots?, idle_timeout?} | 201 {"resource_policy"} |
 | PATCH /admin/resource-policies/{name} | same fields | {"resource_policy"} |
+| GET /admin/scaling-groups | | {"scaling_groups": [...]} (with alive_agents) |
+| POST /admin/scaling-groups | {name, scheduler?: fifo|lifo|drf, agent_selection?: concentrated|dispersed} | 201 {"scaling_group"} |
+| PATCH /admin/scaling-groups/{name} | {scheduler?, agent_selection?, is_active?} | {"scaling_group"} |
 | GET /admin/agents | | {"agents": [...]} with status, address, available/occupied/free slots, schedulable |
 | PATCH /admin/agents/{id} | {schedulable} | {"agent"} |
 
@@ -158,6 +161,23 @@ async def policies_update(request: web.Request) -> web.Response:
     return web.json_response({"resource_policy": policy})
 
 
+async def sgroups_list(request: web.Request) -> web.Response:
+    return web.json_response({"scaling_groups": await _read(request, svc.list_scaling_groups)})
+
+
+async def sgroups_create(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    group = await _write(request, svc.create_scaling_group, body)
+    return web.json_response({"scaling_group": group}, status=201)
+
+
+async def sgroups_update(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    group = await _write(request, svc.update_scaling_group, request.match_info["name"], body,
+                         kick=True)
+    return web.json_response({"scaling_group": group})
+
+
 async def agents_list(request: web.Request) -> web.Response:
     return web.json_response({"agents": await _read(request, svc.list_agents)})
 
@@ -200,6 +220,9 @@ ROUTES = [
     ("GET", "/admin/resource-policies", policies_list),
     ("POST", "/admin/resource-policies", policies_create),
     ("PATCH", "/admin/resource-policies/{name}", policies_update),
+    ("GET", "/admin/scaling-groups", sgroups_list),
+    ("POST", "/admin/scaling-groups", sgroups_create),
+    ("PATCH", "/admin/scaling-groups/{name}", sgroups_update),
     ("GET", "/admin/agents", agents_list),
     ("PATCH", "/admin/agents/{agent_id}", agents_update),
 ]

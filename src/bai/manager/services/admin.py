@@ -359,6 +359,64 @@ async def update_policy(conn: AsyncConnection, name: str, body: Mapping[str, Any
     return await _policy(conn, name)
 
 
+# ---------------------------------------------------------------- resource groups
+
+SCHEDULERS = ("fifo", "lifo", "drf")
+AGENT_SELECTIONS = ("concentrated", "dispersed")
+
+
+def _choice(body: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise InvalidAPIParameters(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+    return value.lower()
+
+
+async def list_scaling_groups(conn: AsyncConnection) -> list[dict[str, Any]]:
+    g, a = t.scaling_groups, t.agents
+    counts = dict((await conn.execute(
+        sa.select(a.c.scaling_group, sa.func.count()).where(a.c.status == "ALIVE")
+        .group_by(a.c.scaling_group))).all())
+    rows = (await conn.execute(sa.select(g).order_by(g.c.name))).mappings().all()
+    return [{**_jsonable(row), "alive_agents": counts.get(row["name"], 0)} for row in rows]
+
+
+async def _scaling_group(conn: AsyncConnection, name: str) -> dict[str, Any]:
+    for item in await list_scaling_groups(conn):
+        if item["name"] == name:
+            return item
+    known = ", ".join(await _names(conn, t.scaling_groups.c.name)) or "none"
+    raise NotFound(f"no resource group {name!r}; groups: {known}", title="No such resource group.")
+
+
+async def create_scaling_group(conn: AsyncConnection, body: Mapping[str, Any]) -> dict[str, Any]:
+    name = _text(body, "name")
+    g = t.scaling_groups
+    if (await conn.execute(sa.select(g.c.name).where(g.c.name == name))).first():
+        raise Conflict(f"a resource group named {name} already exists")
+    await conn.execute(g.insert().values(
+        name=name, description=_text(body, "description", required=False, default=""),
+        scheduler=_choice(body, "scheduler", SCHEDULERS) or "fifo",
+        agent_selection=_choice(body, "agent_selection", AGENT_SELECTIONS) or "concentrated"))
+    return await _scaling_group(conn, name)
+
+
+async def update_scaling_group(conn: AsyncConnection, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    await _scaling_group(conn, name)
+    values = {k: v for k, v in (
+        ("scheduler", _choice(body, "scheduler", SCHEDULERS)),
+        ("agent_selection", _choice(body, "agent_selection", AGENT_SELECTIONS)),
+        ("is_active", parse_bool(body, "is_active")),
+    ) if v is not None}
+    if not values:
+        raise InvalidAPIParameters("nothing to change: give scheduler, agent_selection or is_active")
+    g = t.scaling_groups
+    await conn.execute(g.update().where(g.c.name == name).values(**values))
+    return await _scaling_group(conn, name)
+
+
 # ---------------------------------------------------------------- agents
 
 
