@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """Our `backend.ai` CLI and the official one (23.9.10) agree: for the same sessions, both list the
 same sessions with the same statuses and values (issue 3 §3).
 
@@ -13,7 +14,6 @@ import json
 import uuid
 
 import pytest
-
 from official import (  # noqa: F401  (fixtures)
     admin,
     official_home,

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """Authentication as the official Backend.AI CLI 23.9.10 meets it: a wrong signature or a Date
 outside the allowed window is refused with 401 and a problem body the client prints readably."""
 
@@ -7,13 +8,11 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from bai.common import auth
 from official import (  # noqa: F401  (fixtures)
     OFFICIAL_EXE,
     admin,
@@ -21,6 +20,8 @@ from official import (  # noqa: F401  (fixtures)
     requires_official,
     unique_name,
 )
+
+from bai.common import auth
 
 pytestmark = [requires_official, pytest.mark.official_client]
 
@@ -64,7 +65,7 @@ def official_print_error(status: int, reason: str, body: dict) -> str:
         "print_error(BackendAPIError(status, reason, body), file=sys.stderr)\n"
     )
     proc = subprocess.run([python, "-c", code], input=json.dumps([status, reason, body]),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc.stderr
@@ -81,7 +82,7 @@ def assert_problem_401(status, ctype, body):
 def test_raw_request_signed_like_the_client_is_accepted(stack):
     keys = stack.keys()["admin"]
     status, _, body = signed_gql(stack.endpoint, keys["access_key"], keys["secret_key"],
-                                 datetime.now(timezone.utc))
+                                 datetime.now(UTC))
     assert status == 200, body
     assert body["data"]["keypair"]["access_key"] == keys["access_key"]
     assert body["data"]["keypair"]["is_admin"] is True
@@ -91,7 +92,7 @@ def test_raw_request_signed_like_the_client_is_accepted(stack):
 def test_date_outside_window_is_refused(stack, skew):
     keys = stack.keys()["admin"]
     status, ctype, body = signed_gql(stack.endpoint, keys["access_key"], keys["secret_key"],
-                                     datetime.now(timezone.utc) + skew)
+                                     datetime.now(UTC) + skew)
     assert_problem_401(status, ctype, body)
     assert "data" not in body or "keypair" not in (body.get("data") or {})
     shown = official_print_error(status, "Unauthorized", body)
@@ -102,7 +103,7 @@ def test_date_outside_window_is_refused(stack, skew):
 def test_wrong_secret_raw_request_is_refused(stack):
     keys = stack.keys()["admin"]
     status, ctype, body = signed_gql(stack.endpoint, keys["access_key"], "x" * 40,
-                                     datetime.now(timezone.utc))
+                                     datetime.now(UTC))
     assert_problem_401(status, ctype, body)
     assert body["title"] in official_print_error(status, "Unauthorized", body)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """The official Backend.AI CLI 23.9.10 lists bai sessions: `ps`, `admin session list`, `info`.
 
 Three sessions are made once for the module through the official client itself (`start`, `rm`):
@@ -13,7 +14,6 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-
 from official import (  # noqa: F401  (fixtures)
     DEAD_STATUSES,
     DEFAULT_STATUSES,
@@ -97,12 +97,12 @@ def sessions(admin, user):
     out["run"] = {"name": made["run"], "id": started_id(res), "ak": admin.access_key}
     res = admin("start", "-t", made["dead"], "python")
     out["dead"] = {"name": made["dead"], "id": started_id(res), "ak": admin.access_key}
-    res = user("start", "-t", made["usr"], "python")
-    out["usr"] = {"name": made["usr"], "id": started_id(res), "ak": user.access_key}
+    admin("rm", made["dead"])
     res = user("start", "-t", made["udead"], "python")
     out["udead"] = {"name": made["udead"], "id": started_id(res), "ak": user.access_key}
-    admin("rm", made["dead"])
     user("rm", made["udead"])
+    res = user("start", "-t", made["usr"], "python")
+    out["usr"] = {"name": made["usr"], "id": started_id(res), "ak": user.access_key}
     admin.wait_status(made["dead"], "TERMINATED")
     yield out
     for key in ("run",):
@@ -326,7 +326,7 @@ def test_output_json_listing(admin, sessions):
     assert item["access_key"] == admin.access_key
     assert item["status"] == "RUNNING"
     doc = admin.list_json("ps", "--detail", "--dead", "--limit", "100")
-    item = [it for it in doc["items"] if it["name"] == sessions["dead"]["name"]][0]
+    item = next(it for it in doc["items"] if it["name"] == sessions["dead"]["name"])
     assert item["status"] == "TERMINATED"
     assert isinstance(item["occupying_slots"], dict)
 

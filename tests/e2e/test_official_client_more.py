@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """More of what users of the official Backend.AI CLI 23.9.10 do with bai: input to running code,
 statistics on `--rm -s` / `rm -s`, `-e` variables, batch sessions and their result, paging,
 ordering, filtering and `--plain` listings, `session status-history`, `events --scope kernel`."""
@@ -9,13 +10,13 @@ import re
 import uuid
 
 import pytest
-
 from official import (  # noqa: F401  (fixtures)
     admin,
     official_home,
     parse_table,
     requires_official,
     unique_name,
+    user,
 )
 
 pytestmark = [requires_official, pytest.mark.official_client]
@@ -55,8 +56,8 @@ def test_run_rm_with_statistics(admin):
     assert "Statistics:" in res.stdout
     assert "Statistics: unavailable" not in res.stdout
     table = res.stdout.split("Statistics:", 1)[1]
-    assert re.search(r"^cpu_used\w*\s+[\d,]+", table, re.M), table
-    assert re.search(r"^mem\w*\s+[\d.]+ \w+", table, re.M), table
+    assert re.search(r"^cpu_used\w*\s+[\d,]+", table, re.MULTILINE), table
+    assert re.search(r"^mem\w*\s+[\d.]+ \w+", table, re.MULTILINE), table
 
 
 def test_rm_with_statistics(admin):
@@ -64,7 +65,7 @@ def test_rm_with_statistics(admin):
     admin("start", "-t", name, "python")
     res = admin("rm", "-s", name)
     assert "Statistics is not available." not in res.output
-    assert re.search(r"^cpu_used\w*\s+[\d,]+", res.stdout, re.M), res
+    assert re.search(r"^cpu_used\w*\s+[\d,]+", res.stdout, re.MULTILINE), res
 
 
 def test_batch_sessions_end_with_their_result(admin, batches):
@@ -150,6 +151,28 @@ def test_events_scope_kernel_by_uuid(admin):
     assert "kernel_started" in names and "kernel_terminated" in names
     assert not [n for n in names if n.startswith("session_")]
     assert names[-1] == "server_close"
-    terminated = json.loads(dict((n, d) for n, _, d in lines)["kernel_terminated"])
+    terminated = json.loads({n: d for n, _, d in lines}["kernel_terminated"])
     assert terminated["sessionId"] == sid and terminated["exitCode"] == 2
     assert admin.session_json(name, fields="name,result")["result"] == "FAILURE"
+
+
+def test_admin_acts_for_another_keypair(admin, user):
+    """`start -o`, `events -o` and `rm -o` with a user's access key, as an admin."""
+    name = unique_name("ofm-owner")
+    res = admin("start", "-o", user.access_key, "-t", name, "python")
+    sid = re.search(r"Session ID ([0-9a-f-]{36}) is created and ready", res.stderr).group(1)
+    item = user.session_json(name, fields="name,id,access_key,status")
+    assert item == {"name": name, "session_id": sid, "access_key": user.access_key,
+                    "status": "RUNNING"}
+    proc = admin.popen("events", "-o", user.access_key, name)
+    try:
+        assert admin("rm", name, check=False).returncode == 1  # not the admin's own session
+        assert user.status_of(name) == "RUNNING"
+        admin("rm", "-o", user.access_key, name)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "session_terminated" in stdout and stdout.rstrip().endswith("server_close {}")
+    assert user.session_json(name, fields="name,status")["status"] == "TERMINATED"

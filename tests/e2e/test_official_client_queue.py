@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """The official Backend.AI CLI 23.9.10 against a full agent: queueing, `--max-wait`,
 `--enqueue-only`, `events` (ends by itself) and `rm` of a pending session (CANCELLED).
 
@@ -14,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from official import (  # noqa: F401  (fixtures)
     OFFICIAL_EXE,
     make_official,

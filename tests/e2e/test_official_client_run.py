@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """The official Backend.AI CLI 23.9.10 runs code on bai: `run`, `start`, `rm` (seed commands)."""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ import textwrap
 from decimal import Decimal
 
 import pytest
-
 from official import (  # noqa: F401  (fixtures)
     admin,
     official_home,
@@ -209,3 +209,21 @@ def test_start_larger_than_any_agent_is_refused(admin):
     assert "BackendAPIError: 4" in res.stderr  # a 4xx problem, printed with its title
     assert len(res.stderr.strip().splitlines()) >= 2
     assert admin.list_json("ps", "--all", "--filter", f'name == "{name}"')["count"] == 0
+
+
+def test_run_files_with_odd_names_in_subfolders(admin):
+    """Upload filenames arrive percent-encoded (`data%20dir%2F...`): bai restores the path."""
+    work = admin.workdir / "files3"
+    (work / "data dir").mkdir(parents=True)
+    (work / "main.py").write_text(
+        'import sys\nprint(open("data dir/ü ñ.txt").read().strip(), sys.argv[1:])\n')
+    (work / "data dir" / "ü ñ.txt").write_text("unicode ok\n")
+    res = admin("run", "--rm", "-t", unique_name("ofr-odd"), "--exec", "python main.py a",
+                "python", "main.py", "data dir/ü ñ.txt", cwd=work)
+    assert res.stdout == "unicode ok ['a']\n"
+
+
+def test_run_code_raising_an_exception(admin):
+    res = admin("run", "--rm", "-t", unique_name("ofr-exc"), "-c", "1/0", "python")
+    assert "ZeroDivisionError" in res.stderr
+    assert "Execution finished. (exit code = 1)" in res.stderr
