@@ -545,3 +545,31 @@ async def test_callback_url_gets_lifecycle_notifications(manager):
     assert events[0] == "enqueued" and "started" in events and events[-1] == "terminated"
     assert all(g["session_id"] == ans["sessionId"] and g["type"] == "session_lifecycle"
                for g in got)
+
+
+async def test_racing_creates_of_one_name_give_one_session(manager):
+    # On PostgreSQL the creates run in concurrent transactions that all see the name free; the
+    # partial unique index (migration 0003) lets one commit and the others answer "exists".
+    me = await caller(manager)
+    results = await asyncio.gather(*(
+        manager.sessions.create(me, body("twin-name", reuseIfExists=False, enqueueOnly=True))
+        for _ in range(8)), return_exceptions=True)
+    made = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, SessionAlreadyExists)]
+    assert (len(made), len(refused)) == (1, 7), results
+    async with manager.store.connect() as conn:
+        live = (await conn.execute(sa.select(sessions.c.id).where(
+            sessions.c.name == "twin-name", sessions.c.status.not_in(
+                ["TERMINATED", "CANCELLED", "ERROR"])))).scalars().all()
+    assert [str(x) for x in live] == [made[0]["sessionId"]]
+    # the database itself refuses a second live row of the name (what a racing replica hits)
+    row = await manager.sessions.resolve(me, "twin-name")
+    dup = {k: v for k, v in row.items() if k not in ("id", "main_kernel_id")}
+    with pytest.raises(sa.exc.IntegrityError):
+        async with manager.store.begin() as conn:
+            await conn.execute(sa.insert(sessions).values(id=uuid.uuid4(), **dup))
+    # once it has ended, the name is free again
+    await manager.sessions.destroy(me, "twin-name")
+    await wait_status(manager, uuid.UUID(made[0]["sessionId"]), {"CANCELLED", "TERMINATED"})
+    again = await manager.sessions.create(me, body("twin-name", enqueueOnly=True))
+    assert again["created"] is True

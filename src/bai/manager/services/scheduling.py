@@ -134,7 +134,7 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
     releases: dict[str, list[tuple[datetime, ResourceSlot]]] = {}
     for r in usage_rows:
         slots = ResourceSlot.from_json(r.occupying_slots)
-        at = release_time(r, now, idle_slack)
+        at = release_time(r, idle_slack)
         if at is not None and r.agent_ids:
             releases.setdefault(r.agent_ids[0], []).append((at, slots))
         n, acc = by_key.get(r.access_key, (0, ResourceSlot()))
@@ -210,16 +210,22 @@ def pending_event(sid: Any, name: str, access_key: str, info: str,
 _STARTING = {str(s) for s in (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)}
 
 
-def release_time(r: Any, now: datetime, idle_slack: float) -> datetime | None:
+#: seconds a release may take beyond its known time: the termination itself (agent round trip)
+#: and the scheduling pass that follows it
+RELEASE_ALLOWANCE = 5.0
+
+
+def release_time(r: Any, idle_slack: float) -> datetime | None:
     """When an occupying session is expected to give its slots back, or None when unknown.
 
-    TERMINATING: now. An interactive session with an idle timeout: when the timeout would expire
-    if it stays idle (RUNNING: from its last activity; still starting: from its last status
-    change, a lower bound), plus the idle checker's interval. Anything else (batch sessions, no
-    idle timeout, restarting or suspended sessions): unknown.
+    TERMINATING: since it began terminating, plus ``RELEASE_ALLOWANCE`` (past times count as
+    now). An interactive session with an idle timeout: when the timeout would expire if it stays
+    idle (RUNNING: from its last activity; still starting: from its last status change, a lower
+    bound), plus ``idle_slack`` (the idle checker's interval and the allowance). Anything else
+    (batch sessions, no idle timeout, restarting or suspended sessions): unknown.
     """
     if r.status == str(S.TERMINATING):
-        return now
+        return r.status_changed + timedelta(seconds=RELEASE_ALLOWANCE)
     if r.type != "INTERACTIVE" or not r.idle_timeout or r.idle_timeout <= 0:
         return None
     if r.status == str(S.RUNNING):
@@ -245,8 +251,11 @@ class SchedulerLoop:
     async def run(self) -> None:
         interval = self.root.settings.schedule_interval
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as
+            # the kick does, and this loop then never stopped (ManagerRoot.stop hung)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -262,7 +271,8 @@ class SchedulerLoop:
         """One pass: decide, write placements and reasons, start the placed kernels."""
         t0 = time.perf_counter()
         async with self.root.store.connect() as conn:
-            inp = await load_input(conn, idle_slack=self.root.settings.idle_check_interval)
+            inp = await load_input(
+                conn, idle_slack=self.root.settings.idle_check_interval + RELEASE_ALLOWANCE)
         decision = decide(inp) if inp.pending else Decision()
         placed = await self._write(inp, decision)
         self.passes += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from bai.manager.context import Caller
 from bai.manager.scheduler.decision import fmt_amount
 from bai.manager.services.images import DEFAULT_REQUEST, resolve_image
 from bai.manager.services.lifecycle import Lifecycle
-from bai.manager.services.session_params import check_name, parse_create
+from bai.manager.services.session_params import CreateRequest, check_name, parse_create
 from bai.manager.services.transitions import record_enqueued
 from bai.manager.store.tables import (
     agents,
@@ -60,6 +61,12 @@ DESTROY_WAIT_SECONDS = 15.0
 _FINAL_NAMES = [str(s) for s in FINAL]
 
 
+def name_taken(err: Exception) -> bool:
+    """Whether an IntegrityError is the live-name index refusing a second session of a name."""
+    text = str(err)
+    return "ix_sessions_unique_live_name" in text or "sessions.access_key, sessions.name" in text
+
+
 class SessionService:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
@@ -76,59 +83,75 @@ class SessionService:
         if req.mounts:
             raise InvalidAPIParameters("virtual folder mounts are not supported by this server")
         async with self.root.bus.subscribe() as sub:
-            async with self.lifecycle.tx() as (conn, outbox):
-                owner = await self._owner(conn, caller, req.owner_access_key)
-                existing = await self._live_by_name(conn, req.name, owner["access_key"])
-                image = await resolve_image(conn, req.image)
-                if existing is not None:
-                    if req.reuse and existing["image"] == image["name"]:
-                        return self._answer(existing, created=False)
-                    raise SessionAlreadyExists(
-                        f"a session named {req.name!r} already exists "
-                        f"({existing['status']}, image {existing['image']})",
-                        data={"existingSessionId": str(existing["id"])},
-                    )
-                if req.domain and req.domain != owner["domain_name"]:
-                    raise InvalidAPIParameters(
-                        f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
-                        f"not {req.domain!r}")
-                group_id = await self._group(conn, owner, req.group, caller)
-                sgroup = await self._scaling_group(conn, req.scaling_group)
-                requested = self._requested_slots(req.resources, image)
-                await self._check_fit(conn, requested, sgroup, owner, group_id)
-                dep_ids = [await self._dependency(conn, d, owner["access_key"])
-                           for d in req.dependencies]
-                sid, kid = uuid.uuid4(), uuid.uuid4()
-                row = {
-                    "id": sid, "name": req.name, "tag": req.tag, "type": req.type.value,
-                    "image": image["name"], "registry": image["registry"],
-                    "architecture": image["architecture"], "domain_name": owner["domain_name"],
-                    "group_id": group_id, "user_id": owner["user_id"],
-                    "access_key": owner["access_key"], "status": str(S.PENDING),
-                    "status_info": "enqueued", "status_data": {}, "status_changed": now,
-                    "created_at": now, "starts_at": req.starts_at,
-                    "startup_command": req.startup_command,
-                    "bootstrap_script": req.bootstrap_script,
-                    "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
-                    "occupying_slots": {}, "scaling_group": sgroup,
-                    "service_ports": list(image.get("service_ports") or []), "mounts": [],
-                    "environ": req.environ, "agent_ids": [], "main_kernel_id": kid,
-                    "callback_url": req.callback_url, "idle_timeout": owner["idle_timeout"],
-                    "last_activity_at": now, "abusing_reports": [], "attempt": 0,
-                }
-                await conn.execute(sa.insert(sessions).values(**row))
-                await conn.execute(sa.insert(kernels).values(
-                    id=kid, session_id=sid, image=image["name"], status=str(S.PENDING),
-                    status_info="enqueued", status_changed=now, created_at=now,
-                    requested_slots=requested.to_json(), occupied_slots=requested.to_json(),
-                ))
-                for dep in dict.fromkeys(dep_ids):
-                    await conn.execute(
-                        sa.insert(session_dependencies).values(session_id=sid, depends_on=dep))
-                await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, now)
+            # A create of the same name on another replica may commit between our check and our
+            # insert: the unique index refuses ours, and the second try finds theirs.
+            try:
+                row, reused = await self._enqueue(caller, req, now)
+            except sa.exc.IntegrityError as e:
+                if not name_taken(e):
+                    raise
+                row, reused = await self._enqueue(caller, req, now)
+            if reused is not None:
+                return reused
             if req.enqueue_only:
                 return self._answer(row, created=True)
-            return await self._wait(sub, sid, req.max_wait)
+            return await self._wait(sub, row["id"], req.max_wait)
+
+    async def _enqueue(self, caller: Caller, req: CreateRequest,
+                       now: datetime) -> tuple[dict, dict | None]:
+        """Validate and write the new session PENDING: (row, None); or (existing row, answer)
+        when ``reuseIfExists`` finds a live session of that name and image."""
+        async with self.lifecycle.tx() as (conn, outbox):
+            owner = await self._owner(conn, caller, req.owner_access_key)
+            existing = await self._live_by_name(conn, req.name, owner["access_key"])
+            image = await resolve_image(conn, req.image)
+            if existing is not None:
+                if req.reuse and existing["image"] == image["name"]:
+                    return existing, self._answer(existing, created=False)
+                raise SessionAlreadyExists(
+                    f"a session named {req.name!r} already exists "
+                    f"({existing['status']}, image {existing['image']})",
+                    data={"existingSessionId": str(existing["id"])},
+                )
+            if req.domain and req.domain != owner["domain_name"]:
+                raise InvalidAPIParameters(
+                    f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
+                    f"not {req.domain!r}")
+            group_id = await self._group(conn, owner, req.group, caller)
+            sgroup = await self._scaling_group(conn, req.scaling_group)
+            requested = self._requested_slots(req.resources, image)
+            await self._check_fit(conn, requested, sgroup, owner, group_id)
+            dep_ids = [await self._dependency(conn, d, owner["access_key"])
+                       for d in req.dependencies]
+            sid, kid = uuid.uuid4(), uuid.uuid4()
+            row = {
+                "id": sid, "name": req.name, "tag": req.tag, "type": req.type.value,
+                "image": image["name"], "registry": image["registry"],
+                "architecture": image["architecture"], "domain_name": owner["domain_name"],
+                "group_id": group_id, "user_id": owner["user_id"],
+                "access_key": owner["access_key"], "status": str(S.PENDING),
+                "status_info": "enqueued", "status_data": {}, "status_changed": now,
+                "created_at": now, "starts_at": req.starts_at,
+                "startup_command": req.startup_command,
+                "bootstrap_script": req.bootstrap_script,
+                "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
+                "occupying_slots": {}, "scaling_group": sgroup,
+                "service_ports": list(image.get("service_ports") or []), "mounts": [],
+                "environ": req.environ, "agent_ids": [], "main_kernel_id": kid,
+                "callback_url": req.callback_url, "idle_timeout": owner["idle_timeout"],
+                "last_activity_at": now, "abusing_reports": [], "attempt": 0,
+            }
+            await conn.execute(sa.insert(sessions).values(**row))
+            await conn.execute(sa.insert(kernels).values(
+                id=kid, session_id=sid, image=image["name"], status=str(S.PENDING),
+                status_info="enqueued", status_changed=now, created_at=now,
+                requested_slots=requested.to_json(), occupied_slots=requested.to_json(),
+            ))
+            for dep in dict.fromkeys(dep_ids):
+                await conn.execute(
+                    sa.insert(session_dependencies).values(session_id=sid, depends_on=dep))
+            await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, now)
+        return row, None
 
     async def _wait(self, sub, sid: uuid.UUID, max_wait: float) -> dict:
         loop = asyncio.get_running_loop()

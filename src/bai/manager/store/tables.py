@@ -248,6 +248,15 @@ sa.Index(
     sessions.c.access_key, sessions.c.status, sessions.c.status_changed, sessions.c.id,
 )
 
+#: A live session's name is unique per owner (migration 0003). Live here: every status but
+#: TERMINATED, CANCELLED, ERROR and TERMINATING (an ERROR session being removed passes through
+#: TERMINATING while a new session may already use its name).
+NAME_HOLDING_WHERE = sa.text("status NOT IN ('TERMINATED', 'CANCELLED', 'ERROR', 'TERMINATING')")
+sa.Index(
+    "ix_sessions_unique_live_name", sessions.c.access_key, sessions.c.name, unique=True,
+    postgresql_where=NAME_HOLDING_WHERE, sqlite_where=NAME_HOLDING_WHERE,
+)
+
 session_dependencies = sa.Table(
     "session_dependencies",
     metadata,
