@@ -17,15 +17,14 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import _start_stack
-from scheduling_support import history, parse_time, session, wait_for
+from scheduling_support import history, parse_time, session, start_stack, wait_for
 
 FINAL = ("TERMINATED", "CANCELLED", "ERROR")
 
 
 @pytest.fixture(scope="module")
 def stack():
-    st = _start_stack("cpu=4", "mem=4g")
+    st = start_stack("cpu=4", "mem=4g")
     yield st
     st.stop()
     shutil.rmtree(st.home, ignore_errors=True)
