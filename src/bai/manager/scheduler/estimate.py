@@ -48,19 +48,29 @@ class Timeline:
         self.free_now = ResourceSlot(free_now)
         self.points: list[tuple[datetime, int, ResourceSlot]] = []
         self._seq = 0
+        #: request shape -> answer (most waiting sessions share a few shapes)
+        self._answers: dict[tuple, datetime | None] = {}
         for at, slots in releases:
             self._add(at, ResourceSlot(slots))
 
     def _add(self, at: datetime, delta: ResourceSlot) -> None:
         self._seq += 1  # ties keep insertion order; the delta is never compared
+        self._answers.clear()
         insort(self.points, (max(at, self.now), self._seq, delta))
 
     def earliest(self, request: Mapping[str, Decimal]) -> datetime | None:
         """The first time from which the request fits for good, or None if it never does."""
         wanted = {k: v for k, v in request.items() if v > 0}
-        if not wanted:
-            return self.now
-        # free(t) at each breakpoint, then the latest breakpoint after which it never dips
+        return self._earliest_cached(tuple(sorted(wanted.items())), wanted)
+
+    def _earliest_cached(self, key: tuple, wanted: Mapping[str, Decimal]) -> datetime | None:
+        try:
+            return self._answers[key]
+        except KeyError:
+            answer = self._answers[key] = self._earliest(wanted) if wanted else self.now
+            return answer
+
+    def _earliest(self, wanted: Mapping[str, Decimal]) -> datetime | None:        # free(t) at each breakpoint, then the latest breakpoint after which it never dips
         # below the request again (the suffix minimum).
         times = [self.now]
         levels = [{k: self.free_now.get(k, ZERO) for k in wanted}]
@@ -90,8 +100,10 @@ def earliest_on(timelines: Mapping[str, Timeline], agent_ids: Iterable[str],
                 request: ResourceSlot) -> tuple[str, datetime] | None:
     """The agent (of ``agent_ids``) where the request can start first, and when."""
     best: tuple[str, datetime] | None = None
+    wanted = {k: v for k, v in request.items() if v > 0}
+    key = tuple(sorted(wanted.items()))
     for aid in agent_ids:
-        t = timelines[aid].earliest(request)
+        t = timelines[aid]._earliest_cached(key, wanted)
         if t is not None and (best is None or (t, aid) < (best[1], best[0])):
             best = (aid, t)
     return best
