@@ -10,6 +10,7 @@ database to head and is safe to run on every start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,6 +45,7 @@ class Store:
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._write_lock: asyncio.Lock | None = None
         if self.is_sqlite:
             self._setup_sqlite(self.engine)
 
@@ -74,9 +76,17 @@ class Store:
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A transaction: committed when the block ends, rolled back on an exception."""
-        async with self.engine.connect() as conn:
-            if self.is_sqlite:
-                await conn.execution_options(bai_write=True)
+        if not self.is_sqlite:
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        # SQLite has one writer at a time. This process's writers queue here, in order,
+        # instead of in SQLite's busy handler, which sleeps up to 100 ms between retries:
+        # with a thousand kernels starting at once that made a write cost seconds.
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock, self.engine.connect() as conn:
+            await conn.execution_options(bai_write=True)
             async with conn.begin():
                 yield conn
 
