@@ -375,7 +375,8 @@ async def fill_sessions(db_url: str, n: int, statuses: Sequence[str] = ("PENDING
         await store.close()
 
 
-async def count_status(db_url: str, status: str) -> int:
+async def status_counts(db_url: str) -> dict[str, int]:
+    """``{status: number of sessions}`` from the database."""
     import sqlalchemy as sa
 
     from bai.manager.store import tables as t
@@ -384,8 +385,9 @@ async def count_status(db_url: str, status: str) -> int:
     store = Store(db_url)
     try:
         async with store.connect() as conn:
-            return int((await conn.execute(
-                sa.select(sa.func.count()).select_from(t.sessions)
-                .where(t.sessions.c.status == status))).scalar() or 0)
+            rows = (await conn.execute(
+                sa.select(t.sessions.c.status, sa.func.count()).group_by(t.sessions.c.status)
+            )).all()
+        return {str(r[0]): int(r[1]) for r in rows}
     finally:
         await store.close()

@@ -19,9 +19,18 @@ import argparse
 import asyncio
 import time
 
-from harness import ManagerProcess, count_status, fill_sessions, pg_dsn, print_conditions, reset_pg
+from harness import (
+    ManagerProcess,
+    fill_sessions,
+    pg_dsn,
+    print_conditions,
+    reset_pg,
+    status_counts,
+)
 
 SQLITE = "sqlite+aiosqlite:///{dir}/bench.db"
+#: statuses on the way to RUNNING: while any session is in one, the run is not over
+IN_FLIGHT = {"PENDING", "SCHEDULED", "PREPARING", "PULLING", "PREPARED", "CREATING"}
 
 
 async def alive_agents(db_url: str) -> int:
@@ -61,19 +70,22 @@ async def measure(mgr: ManagerProcess, sessions: int, agents: int, timeout: floa
             t0 = time.perf_counter()
             await SessionAPI(conn).create(CreateSpec(image="python", name="bench-kick",
                                                      enqueue_only=True))
-            running, last_print = 0, t0
-            while running < total:
+            running, last_print, counts = 0, t0, {}
+            while True:
                 await asyncio.sleep(0.05)
-                running = await count_status(mgr.db_url, "RUNNING")
+                counts = await status_counts(mgr.db_url)
+                running = counts.get("RUNNING", 0)
                 now = time.perf_counter()
+                if running >= total or not IN_FLIGHT & counts.keys() or now - t0 > timeout:
+                    break
                 if now - last_print > 5:
                     print(f"   ... {running} RUNNING after {now - t0:.1f} s", flush=True)
                     last_print = now
-                if now - t0 > timeout:
-                    break
             elapsed = time.perf_counter() - t0
     print(f"queued {sessions} PENDING sessions in {fill_s:.1f} s (straight into the database)")
     done = "all" if running >= total else f"only {running} of"
+    if running < total:
+        print(f"sessions by status at the end: {counts}")
     print(f"{done} {total} sessions RUNNING after {elapsed:.2f} s: "
           f"{running / elapsed:,.0f} sessions/s  target >= 1,000 sessions/s", flush=True)
 
