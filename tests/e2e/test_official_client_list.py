@@ -375,6 +375,8 @@ def test_info_unknown_and_foreign(admin, user, sessions):
     res = admin("info", str(uuid.uuid4()), check=False)
     assert res.returncode == 1
     assert "There is no such compute session." in res.stderr
+    rows = parse_table(admin("info", sessions["usr"]["id"]).stdout)  # admins see anyone's
+    assert {r["Field"]: r["Value"] for r in rows}["Name"] == sessions["usr"]["name"]
     res = user("info", sessions["run"]["id"], check=False)  # an admin's session
     assert res.returncode == 1
     assert sessions["run"]["name"] not in res.stdout

@@ -227,3 +227,20 @@ def test_run_code_raising_an_exception(admin):
     res = admin("run", "--rm", "-t", unique_name("ofr-exc"), "-c", "1/0", "python")
     assert "ZeroDivisionError" in res.stderr
     assert "Execution finished. (exit code = 1)" in res.stderr
+
+
+def test_run_max_wait_in_time_works_normally(admin):
+    """Seed: "If the session starts within the given --max-wait seconds, it works normally"."""
+    res = admin("run", "--rm", "--max-wait", "120", "-t", unique_name("ofr-mw"),
+                "-c", "print('in time')", "python")
+    assert res.stdout == "in time\n"
+    assert "still on the job queue" not in res.stderr
+
+
+def test_run_streams_large_output_in_order(admin):
+    code = "import sys\nfor i in range(20000): print(i, 'y' * 100)\nprint('end', file=sys.stderr)"
+    res = admin("run", "--rm", "-t", unique_name("ofr-big"), "-c", code, "python")
+    lines = res.stdout.splitlines()
+    assert len(lines) == 20000
+    assert all(line == f"{i} {'y' * 100}" for i, line in enumerate(lines))
+    assert "end\n" in res.stderr
