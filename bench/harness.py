@@ -142,21 +142,23 @@ def pg_dsn() -> str | None:
     return os.environ.get("BAI_BENCH_PG_DSN") or None
 
 
-def reset_pg(dsn: str) -> None:
+async def clear_pg(dsn: str) -> None:
     """Empty the benchmark database: drop and recreate the public schema."""
-    import asyncio
-
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    async def run() -> None:
-        engine = create_async_engine(dsn)
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-            await conn.execute(sa.text("CREATE SCHEMA public"))
-        await engine.dispose()
+    engine = create_async_engine(dsn)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        await conn.execute(sa.text("CREATE SCHEMA public"))
+    await engine.dispose()
 
-    asyncio.run(run())
+
+def reset_pg(dsn: str) -> None:
+    """``clear_pg`` outside an event loop."""
+    import asyncio
+
+    asyncio.run(clear_pg(dsn))
 
 
 class EmbeddedStack:

@@ -1,15 +1,21 @@
-"""How long one scheduling pass takes with N pending sessions (SQLite by default).
+"""Benchmark 3: how long one scheduling pass takes with N pending sessions.
 
-    python bench/scheduler_pass.py [N] [--db URL]
+    python bench/scheduler_pass.py [N ...] [--db sqlite|postgres|both|URL] [--rounds 5]
 
-Prints the time of the first pass (places what fits, writes every waiting session's reason)
-and of a second pass (nothing changed: reads and decides only).
+For each N (default 1,000 and 10,000) a fresh database gets 10 agents (4 cores each, so 40
+sessions fit) and N PENDING sessions; the scheduler's ``run_pass`` (load, decide, write) runs in
+this process with the agent RPC stubbed out. Prints the first pass (places what fits, writes
+every waiting session's reason) and the median of ``--rounds`` further passes (nothing changed:
+reads and decides only), and how the time grew from the smallest N to each larger one.
+PostgreSQL needs ``BAI_BENCH_PG_DSN`` (``source /tmp/bai-ci/services.env``; emptied first).
+Target: grows no worse than linearly; <= 200 ms at 10,000.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 import uuid
@@ -20,6 +26,7 @@ from bai.manager.services.bootstrap import bootstrap
 from bai.manager.services.root import ManagerRoot
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
+from harness import clear_pg, pg_dsn, print_conditions
 
 
 class SilentAgents:
@@ -30,8 +37,11 @@ class SilentAgents:
         pass
 
 
-async def main(n: int, db: str | None) -> None:
+async def measure(n: int, db: str | None, rounds: int) -> tuple[float, float]:
+    """(first pass ms, median of the next ``rounds`` passes ms) with ``n`` pending."""
     tmp = tempfile.mkdtemp()
+    if db and db.startswith("postgresql"):
+        await clear_pg(db)
     root = ManagerRoot(ManagerSettings(db_url=db or f"sqlite+aiosqlite:///{tmp}/bench.db"))
     await root.store.migrate()
     keys = await bootstrap(root.store)
@@ -52,18 +62,47 @@ async def main(n: int, db: str | None) -> None:
             created_at=now, status_changed=now, last_activity_at=now,
         ) for i in range(n)]
         await conn.execute(sa.insert(t.sessions), rows)
-    for label in ("first pass", "second pass"):
+    times = []
+    for i in range(rounds + 1):
         t0 = time.perf_counter()
         d = await root.scheduler.run_pass()
-        dt = time.perf_counter() - t0
-        print(f"{label}: {n} pending, {len(d.assignments)} placed, {len(d.waits)} waiting: {dt:.3f}s")
+        times.append((time.perf_counter() - t0) * 1000)
+        if i == 0:
+            placed = len(d.assignments)
+    print(f"{n:>7} pending: first pass {times[0]:7.1f} ms ({placed} placed, the rest get their"
+          f" reason); next passes median {statistics.median(times[1:]):7.1f} ms"
+          f"  target <= 200 ms at 10,000", flush=True)
     await root.sessions.close()
     await root.store.close()
+    return times[0], statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sizes", type=int, nargs="*", default=[1_000, 10_000])
+    ap.add_argument("--db", default="both", help="sqlite, postgres, both, or a SQLAlchemy URL")
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    dbs: list[tuple[str, str | None]] = []
+    if a.db in ("sqlite", "both"):
+        dbs.append(("SQLite", None))
+    if a.db in ("postgres", "both"):
+        if pg_dsn():
+            dbs.append(("PostgreSQL", pg_dsn()))
+        else:
+            print("PostgreSQL: skipped (BAI_BENCH_PG_DSN is not set)")
+    if a.db not in ("sqlite", "postgres", "both"):
+        dbs.append((a.db.split(":")[0], a.db))
+    for label, url in dbs:
+        print_conditions(f"one scheduling pass ({label})", db=label, sizes=a.sizes,
+                         rounds=a.rounds, agents="10 (4 cores each), agent RPC stubbed")
+        results = [(n, *asyncio.run(measure(n, url, a.rounds))) for n in sorted(a.sizes)]
+        base_n, base_first, base_next = results[0]
+        for n, first, nxt in results[1:]:
+            print(f"growth {base_n} -> {n} ({n / base_n:.0f}x sessions): first pass "
+                  f"{first / base_first:.1f}x, next passes {nxt / base_next:.1f}x")
+        print()
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("n", type=int, nargs="?", default=10_000)
-    ap.add_argument("--db", default=None)
-    a = ap.parse_args()
-    asyncio.run(main(a.n, a.db))
+    main()
