@@ -49,8 +49,8 @@ def line(label: str, samples: Sequence[float], unit: str = "ms", *, target: str 
     """``label  median 12.3 ms  p90 ...  p99 ...  (n=20)  target ...`` as one printed line."""
     f = figures(samples)
     if not f["n"]:
-        return f"{label:<34} no samples"
-    text = (f"{label:<34} median {f['median']:8.1f} {unit}  p90 {f['p90']:8.1f} {unit}  "
+        return f"{label:<38} no samples"
+    text = (f"{label:<38} median {f['median']:8.1f} {unit}  p90 {f['p90']:8.1f} {unit}  "
             f"p99 {f['p99']:8.1f} {unit}  min {f['min']:7.1f}  max {f['max']:7.1f}  (n={f['n']})")
     return text + (f"  target {target}" if target else "")
 
