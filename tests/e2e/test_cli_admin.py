@@ -24,7 +24,7 @@ def env_with(stack, access_key: str, secret_key: str) -> dict[str, str]:
 def run_as(env: dict[str, str], *args: str):
     import subprocess
 
-    from conftest import CLI
+    from stacks import CLI
 
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import CLI, _start_stack
+from stacks import CLI, start_stack as _start_stack
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,7 @@ def test_wrong_secret_key_is_refused_with_one_line(stack):
     env.update(BACKEND_ACCESS_KEY=keys["access_key"], BACKEND_SECRET_KEY="x" * 40)
     import subprocess
 
-    from conftest import CLI
+    from stacks import CLI
 
     proc = subprocess.run([CLI, "ps"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
@@ -125,7 +125,7 @@ def test_events_follow_a_session_from_start_to_end(stack):
     import subprocess
     import time
 
-    from conftest import CLI
+    from stacks import CLI
 
     name = unique("evts")
     stack.cli("start", "--enqueue-only", "-t", name, "python")
