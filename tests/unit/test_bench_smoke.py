@@ -1,0 +1,67 @@
+"""Each benchmark script still runs, at a tiny size (no time is asserted: speed lives in bench/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+#: script -> tiny arguments, and a phrase its report must contain
+CASES = {
+    "cli_startup.py": (["--runs", "1"], "backend.ai --help"),
+    "hello_world.py": (["--runs", "1", "--warmup", "0", "--runtime", "process"], "create->RUNNING"),
+    "scheduler_throughput.py": (["--sessions", "5", "--agents", "2", "--db", "sqlite"],
+                                "sessions RUNNING after"),
+    "scheduler_pass.py": (["20", "40", "--db", "sqlite", "--rounds", "1"], "growth 20 -> 40"),
+    "listing.py": (["--sessions", "60", "--rounds", "1", "--cli-rounds", "1"],
+                   "backend.ai ps --limit 100"),
+    "events.py": (["--subscribers", "2", "--sessions", "1"], "status change -> SSE client"),
+    "memory.py": (["--sessions", "40", "--kernels", "1", "--runtime", "dummy"],
+                  "agent RSS with 1 running kernels"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Every script started at once (they use free ports and private folders), so the whole
+    module takes about as long as the slowest script."""
+    env = {k: v for k, v in os.environ.items() if k != "BAI_BENCH_PG_DSN"}
+    procs = {
+        script: subprocess.Popen([sys.executable, str(BENCH / script), *args], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=BENCH.parent)
+        for script, (args, _phrase) in CASES.items()
+    }
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_bench_script_runs_tiny(runs, script: str) -> None:
+    _args, phrase = CASES[script]
+    out, err = runs[script].communicate(timeout=240)
+    assert runs[script].returncode == 0, out[-3000:] + err[-3000:]
+    assert "machine:" in out and "commit:" in out  # the conditions block
+    assert phrase in out, out[-3000:]
+    assert "Traceback" not in err
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from harness import figures, percentile
+    finally:
+        sys.path.remove(str(BENCH))
+    samples = list(range(1, 101))
+    assert percentile(samples, 90) == 90 and percentile(samples, 99) == 99
+    assert percentile([5.0], 99) == 5.0
+    f = figures([3, 1, 2, 4])
+    assert f["median"] == 2.5 and f["min"] == 1 and f["max"] == 4 and f["n"] == 4
