@@ -242,6 +242,45 @@ def make_official(endpoint: str, keys: dict, tmp: Path | None = None) -> Officia
     return Official(OFFICIAL_EXE, endpoint, keys["access_key"], keys["secret_key"], home)
 
 
+def start_stack(*slots: str):
+    """A stack of our own (tests/stacks.py), so that no other test's sessions take
+    the slots these tests count on."""
+    from stacks import (
+        start_stack as start,  # make_stack is per test; these stacks live longer
+    )
+
+    return start(*slots)
+
+
+def stop_stack(st) -> None:
+    """Stop it, keeping the daemons' logs for a post-mortem under $BAI_CI_ROOT/logs."""
+    st.stop()
+    keep = Path(os.environ.get("BAI_CI_ROOT", "/tmp/bai-ci")) / "logs" / st.home.name
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in ("manager.log", "agent.log"):
+        if (st.state / log).exists():
+            shutil.copy(st.state / log, keep / log)
+    shutil.rmtree(st.home, ignore_errors=True)
+
+
+_SHARED: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def ostack(request):
+    """One stack for all official-client modules (the slots of the lead's `stack` fixture).
+
+    Each module that imports this fixture gets its own session-scoped definition, so the stack is
+    cached here and stopped by the first definition's finalizer at the end of the session.
+    """
+    if not OFFICIAL_EXE:
+        pytest.skip("BAI_OFFICIAL_CLIENT is not set")
+    if "stack" not in _SHARED:
+        _SHARED["stack"] = start_stack("cpu=8", "mem=8g", "cuda.shares=4", "cuda.device=2")
+        request.addfinalizer(lambda: stop_stack(_SHARED.pop("stack")))
+    return _SHARED["stack"]
+
+
 @pytest.fixture(scope="module")
 def official_home():
     home = Path(tempfile.mkdtemp(prefix="bai-official-"))
@@ -250,16 +289,12 @@ def official_home():
 
 
 @pytest.fixture(scope="module")
-def admin(stack, official_home) -> Official:
+def admin(ostack, official_home) -> Official:
     """The official CLI with the stack's admin keypair."""
-    if not OFFICIAL_EXE:
-        pytest.skip("BAI_OFFICIAL_CLIENT is not set")
-    return make_official(stack.endpoint, stack.keys()["admin"], official_home / "admin")
+    return make_official(ostack.endpoint, ostack.keys()["admin"], official_home / "admin")
 
 
 @pytest.fixture(scope="module")
-def user(stack, official_home) -> Official:
+def user(ostack, official_home) -> Official:
     """The official CLI with the stack's user keypair."""
-    if not OFFICIAL_EXE:
-        pytest.skip("BAI_OFFICIAL_CLIENT is not set")
-    return make_official(stack.endpoint, stack.keys()["user"], official_home / "user")
+    return make_official(ostack.endpoint, ostack.keys()["user"], official_home / "user")

@@ -17,6 +17,7 @@ import pytest
 from official import (  # noqa: F401  (fixtures)
     admin,
     official_home,
+    ostack,
     parse_table,
     requires_official,
     user,
@@ -35,13 +36,13 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def family(stack, admin, user):
+def family(ostack, admin, user):
     prefix = f"ofc{uuid.uuid4().hex[:6]}"
     names = {k: f"{prefix}-{k}" for k in ("arun", "adead", "urun", "ours")}
     admin("start", "-t", names["arun"], "-r", "cpu=1", "-r", "mem=300m", "python")
     admin("start", "-t", names["adead"], "python")
     user("start", "-t", names["urun"], "python")
-    stack.cli("start", "-t", names["ours"], "python")
+    ostack.cli("start", "-t", names["ours"], "python")
     admin("rm", names["adead"])
     admin.wait_status(names["adead"], "TERMINATED")
     yield prefix, names
@@ -85,11 +86,11 @@ def ours_json(stack, *args, user=False) -> dict:
     return json.loads(res.stdout)
 
 
-def test_same_sessions_same_values_json(stack, admin, family):
+def test_same_sessions_same_values_json(ostack, admin, family):
     prefix, names = family
     flt = f'name like "{prefix}-%"'
     official = admin.list_json("ps", "--all", "--limit", "100", "-f", COMPARED, "--filter", flt)
-    ours = ours_json(stack, "--all-statuses", "--all", "-f", COMPARED, "--filter", flt)
+    ours = ours_json(ostack, "--all-statuses", "--all", "-f", COMPARED, "--filter", flt)
     assert official["total_count"] == ours["total_count"] == 4
     theirs_items, our_items = by_id(official), by_id(ours)
     assert set(theirs_items) == set(our_items)
@@ -102,20 +103,20 @@ def test_same_sessions_same_values_json(stack, admin, family):
 
 
 @pytest.mark.parametrize("flags", [(), ("--running",), ("--dead",), ("--status", "RUNNING")])
-def test_same_sessions_per_status_filter(stack, admin, family, flags):
+def test_same_sessions_per_status_filter(ostack, admin, family, flags):
     prefix, _ = family
     flt = f'name like "{prefix}-%"'
     official = admin.list_json("ps", *flags, "--limit", "100", "--filter", flt)
-    ours = ours_json(stack, *flags, "--all", "--filter", flt)
+    ours = ours_json(ostack, *flags, "--all", "--filter", flt)
     assert official["total_count"] == ours["total_count"]
     assert by_id(official) == by_id(ours)
 
 
-def test_same_default_table(stack, admin, family):
+def test_same_default_table(ostack, admin, family):
     prefix, names = family
     flt = f'name like "{prefix}-%"'
     official = parse_table(admin("ps", "--all", "--filter", flt).stdout)
-    ours = parse_table(stack.cli("ps", "--all-statuses", "--all", "--filter", flt).stdout)
+    ours = parse_table(ostack.cli("ps", "--all-statuses", "--all", "--filter", flt).stdout)
     assert list(ours[0]) == list(official[0])  # same columns, same order
     key = "Session ID"
     assert ({r[key]: {k: cell(v) for k, v in r.items()} for r in ours}
@@ -123,11 +124,11 @@ def test_same_default_table(stack, admin, family):
     assert {r["Name"] for r in ours} == set(names.values())
 
 
-def test_same_detail_table(stack, admin, family):
+def test_same_detail_table(ostack, admin, family):
     prefix, names = family
     flt = f'name like "{prefix}-%"'
     official = parse_table(admin("ps", "--detail", "--filter", flt).stdout)
-    ours = parse_table(stack.cli("ps", "--detail", "--all", "--filter", flt).stdout)
+    ours = parse_table(ostack.cli("ps", "--detail", "--all", "--filter", flt).stdout)
     assert list(ours[0]) == list(official[0])
     theirs = {r["Name"]: r for r in official}
     mine = {r["Name"]: r for r in ours}
@@ -137,20 +138,20 @@ def test_same_detail_table(stack, admin, family):
             assert cell(mine[name][col]) == cell(theirs[name][col]), (name, col)
 
 
-def test_user_sees_the_same_own_sessions(stack, user, family):
+def test_user_sees_the_same_own_sessions(ostack, user, family):
     prefix, names = family
     flt = f'name like "{prefix}-%"'
     official = user.list_json("ps", "--all", "--limit", "100", "--filter", flt)
-    ours = ours_json(stack, "--all-statuses", "--all", "--filter", flt, user=True)
+    ours = ours_json(ostack, "--all-statuses", "--all", "--filter", flt, user=True)
     assert by_id(official) == by_id(ours)
     assert {it["name"] for it in ours["items"]} == {names["urun"]}
 
 
-def test_admin_access_key_same(stack, admin, user, family):
+def test_admin_access_key_same(ostack, admin, user, family):
     prefix, names = family
     flt = f'name like "{prefix}-%"'
     official = admin.list_json("ps", "--all", "--access-key", user.access_key, "--filter", flt)
-    ours = ours_json(stack, "--all-statuses", "--all", "--access-key", user.access_key,
+    ours = ours_json(ostack, "--all-statuses", "--all", "--access-key", user.access_key,
                      "--filter", flt)
     assert by_id(official) == by_id(ours)
     assert {it["name"] for it in ours["items"]} == {names["urun"]}

@@ -17,6 +17,7 @@ from official import (  # noqa: F401  (fixtures)
     OFFICIAL_EXE,
     admin,
     official_home,
+    ostack,
     requires_official,
     unique_name,
 )
@@ -79,9 +80,9 @@ def assert_problem_401(status, ctype, body):
     assert isinstance(body["title"], str) and body["title"]
 
 
-def test_raw_request_signed_like_the_client_is_accepted(stack):
-    keys = stack.keys()["admin"]
-    status, _, body = signed_gql(stack.endpoint, keys["access_key"], keys["secret_key"],
+def test_raw_request_signed_like_the_client_is_accepted(ostack):
+    keys = ostack.keys()["admin"]
+    status, _, body = signed_gql(ostack.endpoint, keys["access_key"], keys["secret_key"],
                                  datetime.now(UTC))
     assert status == 200, body
     assert body["data"]["keypair"]["access_key"] == keys["access_key"]
@@ -89,9 +90,9 @@ def test_raw_request_signed_like_the_client_is_accepted(stack):
 
 
 @pytest.mark.parametrize("skew", [timedelta(hours=-1), timedelta(hours=1)])
-def test_date_outside_window_is_refused(stack, skew):
-    keys = stack.keys()["admin"]
-    status, ctype, body = signed_gql(stack.endpoint, keys["access_key"], keys["secret_key"],
+def test_date_outside_window_is_refused(ostack, skew):
+    keys = ostack.keys()["admin"]
+    status, ctype, body = signed_gql(ostack.endpoint, keys["access_key"], keys["secret_key"],
                                      datetime.now(UTC) + skew)
     assert_problem_401(status, ctype, body)
     assert "data" not in body or "keypair" not in (body.get("data") or {})
@@ -100,9 +101,9 @@ def test_date_outside_window_is_refused(stack, skew):
     assert body["title"] in shown
 
 
-def test_wrong_secret_raw_request_is_refused(stack):
-    keys = stack.keys()["admin"]
-    status, ctype, body = signed_gql(stack.endpoint, keys["access_key"], "x" * 40,
+def test_wrong_secret_raw_request_is_refused(ostack):
+    keys = ostack.keys()["admin"]
+    status, ctype, body = signed_gql(ostack.endpoint, keys["access_key"], "x" * 40,
                                      datetime.now(UTC))
     assert_problem_401(status, ctype, body)
     assert body["title"] in official_print_error(status, "Unauthorized", body)

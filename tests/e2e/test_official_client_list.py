@@ -20,6 +20,7 @@ from official import (  # noqa: F401  (fixtures)
     RUNNING_STATUSES,
     admin,
     official_home,
+    ostack,
     parse_table,
     requires_official,
     row_named,

@@ -13,6 +13,7 @@ import pytest
 from official import (  # noqa: F401  (fixtures)
     admin,
     official_home,
+    ostack,
     parse_table,
     requires_official,
     unique_name,

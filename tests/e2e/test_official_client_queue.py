@@ -8,11 +8,8 @@ The module has its own small stack (an agent of 2 cpus) so that one `-r cpu=2` s
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from official import (  # noqa: F401  (fixtures)
@@ -22,6 +19,8 @@ from official import (  # noqa: F401  (fixtures)
     parse_table,
     requires_official,
     row_named,
+    start_stack,
+    stop_stack,
     unique_name,
 )
 
@@ -36,18 +35,9 @@ EVENTS_END_WAIT = 30
 def small():
     if not OFFICIAL_EXE:
         pytest.skip("BAI_OFFICIAL_CLIENT is not set")
-    import conftest  # tests/conftest.py: the lead's stack starter (make_stack is per test)
-
-    st = conftest._start_stack("cpu=2", "mem=2g")
+    st = start_stack("cpu=2", "mem=2g")
     yield st
-    st.stop()
-    # keep the daemons' logs for a post-mortem (CI uploads $BAI_CI_ROOT)
-    keep = Path(os.environ.get("BAI_CI_ROOT", "/tmp/bai-ci")) / "logs" / st.home.name
-    keep.mkdir(parents=True, exist_ok=True)
-    for log in ("manager.log", "agent.log"):
-        if (st.state / log).exists():
-            shutil.copy(st.state / log, keep / log)
-    shutil.rmtree(st.home, ignore_errors=True)
+    stop_stack(st)
 
 
 @pytest.fixture(scope="module")

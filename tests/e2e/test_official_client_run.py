@@ -11,6 +11,7 @@ import pytest
 from official import (  # noqa: F401  (fixtures)
     admin,
     official_home,
+    ostack,
     parse_table,
     requires_official,
     row_named,
