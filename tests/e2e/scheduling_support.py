@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import queue
@@ -14,29 +13,11 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from stacks import CLI, Stack, free_port, start_stack
 
-def _stack_helpers():
-    """``tests/conftest.py`` as a module of its own: ``from conftest import`` would pick up
-    whichever ``conftest`` pytest imported first (``tests/contract`` has one too)."""
-    name = "bai_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().parents[1] / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_helpers = _stack_helpers()
-CLI: str = _helpers.CLI
-Stack = _helpers.Stack
-free_port = _helpers.free_port
-start_stack = _helpers._start_stack
+__all__ = ["ExtraAgent", "Stack", "start_stack"]  # start_stack: re-exported for the test modules
 
 
 class ExtraAgent:
