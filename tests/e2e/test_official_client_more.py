@@ -1,7 +1,8 @@
 # ruff: noqa: F811  (pytest fixtures imported from official.py are redefined as arguments)
 """More of what users of the official Backend.AI CLI 23.9.10 do with bai: input to running code,
 statistics on `--rm -s` / `rm -s`, `-e` variables, batch sessions and their result, paging,
-ordering, filtering and `--plain` listings, `session status-history`, `events --scope kernel`."""
+ordering, filtering and `--plain` listings, `session status-history`, `events --scope kernel`,
+`-o` on behalf of another keypair, and `restart` / `session upload|ls|download|rename|logs`."""
 
 from __future__ import annotations
 
@@ -177,3 +178,37 @@ def test_admin_acts_for_another_keypair(admin, user):
     assert proc.returncode == 0, stderr
     assert "session_terminated" in stdout and stdout.rstrip().endswith("server_close {}")
     assert user.session_json(name, fields="name,status")["status"] == "TERMINATED"
+
+
+def test_secondary_session_commands(admin):
+    """`session upload|ls|download|rename`, `restart` and `session logs` of a running session."""
+    name = unique_name("ofm-sess")
+    work = admin.workdir / "sess"
+    work.mkdir()
+    (work / "up.txt").write_text("uploaded\n")
+    admin("start", "-t", name, "python")
+    try:
+        kernel = admin.session_json(name, fields="name,main_kernel_id")["main_kernel_id"]
+        assert admin("run", "-t", name, "-c", "x = 1", "python").returncode == 0
+        assert "Uploaded." in admin("session", "upload", name, "up.txt", cwd=work).stderr
+        rows = parse_table(admin("session", "ls", name).stdout)
+        assert [r["Size"] for r in rows if r["File name"] == "up.txt"] == ["9 Bytes"]
+        down = admin.workdir / "down"
+        down.mkdir()
+        admin("session", "download", name, "up.txt", cwd=down)
+        assert (down / "up.txt").read_text() == "uploaded\n"
+        admin("session", "logs", name)
+        res = admin("restart", name)
+        assert "Done." in res.stderr
+        admin.wait_status(name, "RUNNING")
+        item = admin.session_json(name, fields="name,status,main_kernel_id")
+        assert item["main_kernel_id"] != kernel  # a fresh kernel: the interpreter state is gone
+        res = admin("run", "-t", name, "-c", "print('x' in dir())", "python")
+        assert res.stdout == "False\n"
+        renamed = unique_name("ofm-renamed")
+        admin("session", "rename", name, renamed)
+        assert admin.session_json(renamed, fields="name,main_kernel_id")["main_kernel_id"] == (
+            item["main_kernel_id"])
+        name = renamed
+    finally:
+        admin("rm", name, check=False)
