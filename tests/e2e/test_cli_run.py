@@ -146,3 +146,25 @@ def test_events_follow_a_session_from_start_to_end(stack):
     assert end, names
     event, data = lines[names.index(end[-1])].split(" ", 1)
     assert json.loads(data)["sessionName"] == name
+
+
+def test_out_of_memory_is_recorded_even_after_rm(stack):
+    code = "x = bytearray(1024 * 1024 * 1024)\nprint('survived')"
+    kept = stack.cli("run", "-t", "oom-kept", "-r", "mem=256m", "-c", code, "python", check=False)
+    assert kept.returncode != 0 and "survived" not in kept.stdout
+    assert "memory" in kept.stderr
+    live = stack.cli("ps", "--name-only", "-f", "name,status,status_info", "--output", "json")
+    row = next(i for i in json.loads(live.stdout)["items"] if i["name"] == "oom-kept")
+    assert (row["status"], row["status_info"]) == ("ERROR", "oom-killed")
+
+    # with --rm the session is removed afterwards, and still says why it ended
+    gone = stack.cli("run", "--rm", "-t", "oom-removed", "-r", "mem=256m", "-c", code, "python",
+                     check=False)
+    assert gone.returncode != 0
+    dead = stack.cli("ps", "--dead", "-f", "name,status,status_info", "--output", "json",
+                     "--all")
+    row = next(i for i in json.loads(dead.stdout)["items"] if i["name"] == "oom-removed")
+    assert (row["status"], row["status_info"]) == ("TERMINATED", "oom-killed")
+    history = stack.cli("history", "oom-removed").stdout
+    assert "oom-killed" in history and "user-requested" in history
+    stack.cli("rm", "oom-kept")

@@ -48,19 +48,23 @@ def finished(code: int, message: str = "") -> dict[str, Any]:
 async def why_it_died(backend: RuntimeBackend, rec: KernelRecord) -> str:
     """A line for the user when the kernel died under an execution."""
     deadline = asyncio.get_running_loop().time() + EXIT_NOTICE_SECONDS
+    removed = False
     while True:
         try:
             inst = await backend.inspect(rec.kernel_id)
         except Exception:
-            return "bai: the kernel has ended\n"
+            # already removed (the agent's monitor was quicker): the record still knows why
+            reason, removed = rec.exit_reason, True
+            break
+        reason = inst.exit_reason
         if inst.state == InstanceState.EXITED or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.1)
-    if inst.exit_reason == "oom-killed":
+    if reason == "oom-killed":
         mem = rec.spec.slots.get("mem")
         limit = f" (limit {format_size(mem)})" if mem else ""
         return f"bai: the kernel ran out of memory{limit} and was killed\n"
-    return ""
+    return "bai: the kernel has ended\n" if removed else ""
 
 
 async def relay(request: web.Request, backend: RuntimeBackend, rec: KernelRecord) -> web.WebSocketResponse:

@@ -51,6 +51,8 @@ class KernelRecord:
     uploaded: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     exit_code: int | None = None
+    #: why it ended, once it has ("oom-killed", "self-terminated", "user-requested", ...)
+    exit_reason: str = ""
     stats: dict[str, Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending_exit: Instance | None = None
@@ -204,8 +206,13 @@ class KernelRegistry:
                 rec.status = "RUNNING" if rec.instance else rec.status
                 raise AgentError(f"could not destroy kernel {kernel_id}: {e}") from e
             exit_code = inst.exit_code if inst else None
+            if inst is not None and inst.exit_reason == "oom-killed":
+                reason = "oom-killed"  # it had run out of memory before it was destroyed
+            rec.exit_reason = reason
             self.emit("kernel_terminated", rec.spec, reason=reason, exit_code=exit_code)
-            return self._forget(rec, exit_code, stats)
+            answer = self._forget(rec, exit_code, stats)
+            answer["exit_reason"] = reason
+            return answer
 
     async def on_exit(self, inst: Instance) -> None:
         """The backend noticed that a kernel ended by itself."""
@@ -219,10 +226,12 @@ class KernelRegistry:
             if inst.kernel_id in self.ended or rec.status != "RUNNING":
                 return
             rec.status = "TERMINATING"
+            # known before the instance is removed, so an execution watching it can tell why
+            rec.exit_reason = inst.exit_reason or "self-terminated"
             stats = await self._last_stats(rec)
             with contextlib.suppress(Exception):
                 await self.backend.destroy(inst.kernel_id)
-            self.emit("kernel_terminated", rec.spec, reason=inst.exit_reason or "self-terminated",
+            self.emit("kernel_terminated", rec.spec, reason=rec.exit_reason,
                       exit_code=inst.exit_code)
             self._forget(rec, inst.exit_code, stats)
 

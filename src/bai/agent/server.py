@@ -197,7 +197,8 @@ async def create_kernel(request: web.Request) -> web.Response:
 async def destroy_kernel(request: web.Request) -> web.Response:
     reason = request.query.get("reason") or "user-requested"
     answer = await _agent(request).registry.destroy(request.match_info["kid"], reason)
-    return web.json_response({k: answer.get(k) for k in ("kernel_id", "exit_code", "stats")})
+    return web.json_response(
+        {k: answer.get(k) for k in ("kernel_id", "exit_code", "exit_reason", "stats")})
 
 
 def _running(request: web.Request):  # -> KernelRecord

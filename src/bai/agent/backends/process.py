@@ -421,10 +421,12 @@ class ProcessBackend(RuntimeBackend):
             exited_before = not k.alive()
             if exited_before:
                 self._settle_exit(k)
+            # destroyed during the OOM grace period: it ran out of memory all the same
+            oom = k.cgroup is not None and k.cgroup.oom_kills() > 0
             await asyncio.to_thread(self._kill, k)
             inst = self._instance(k)
             if not exited_before:
-                inst.exit_code, inst.exit_reason = None, "killed"
+                inst.exit_code, inst.exit_reason = (137, "oom-killed") if oom else (None, "killed")
             inst.state = InstanceState.EXITED
             await self._remove(kernel_id)
         self._locks.pop(kernel_id, None)

@@ -298,13 +298,19 @@ class Lifecycle:
             session_id, kernel["id"] if kernel else None,
             reason=reason if reached else "force-terminated", cause=cause,
             exit_code=reply.get("exit_code"), stats=reply.get("stats"),
+            ended_by="oom-killed" if reply.get("exit_reason") == "oom-killed" else None,
         )
 
     async def finish_termination(
         self, session_id, kernel_id, *, reason: str, cause: str,
         exit_code: int | None = None, stats: Mapping | None = None,
+        ended_by: str | None = None,
     ) -> dict[str, Any]:
-        """TERMINATING/ERROR -> TERMINATED once the kernel is gone (idempotent)."""
+        """TERMINATING/ERROR -> TERMINATED once the kernel is gone (idempotent).
+
+        ``ended_by`` is what the agent saw end the kernel when that says more than the request
+        did (``oom-killed``): it becomes the session's ``status_info``.
+        """
         for _ in range(MAX_RACE_RETRIES):
             async with self.tx() as (conn, outbox):
                 row = await load_session(conn, session_id)
@@ -322,14 +328,19 @@ class Lifecycle:
                         continue
                     row = await load_session(conn, session_id)
                     status = S.TERMINATING
-                info = row.get("status_info") if status is S.TERMINATING else reason
+                # the reason it ended stays readable: a TERMINATING session keeps the reason it
+                # was terminated for, an ERROR one its error ("oom-killed") when it is removed
+                info = row.get("status_info") if status in (S.TERMINATING, S.ERROR) else reason
+                info = ended_by or info
+                kept = dict(row.get("status_data") or {}) if status is S.ERROR else None
                 if stats and kernel_id is not None:
                     await conn.execute(
                         sa.update(kernels).where(kernels.c.id == kernel_id).values(last_stat=dict(stats))
                     )
                 new = await transit(
-                    conn, session_id, status, S.TERMINATED, reason=reason, cause=cause,
+                    conn, session_id, status, S.TERMINATED, reason=ended_by or reason, cause=cause,
                     outbox=outbox, row=row, info=info or reason, exit_code=exit_code,
+                    status_data=kept,
                 )
                 if new is not None:
                     return stats_reply("terminated", stats)
