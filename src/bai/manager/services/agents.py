@@ -127,7 +127,7 @@ class AgentRegistry:
         if dispatch is not None:
             await dispatch(events)
             return
-        for ev in events:
+        for ev in coalesce_progress(events):
             try:
                 await self.root.sessions.lifecycle.apply_kernel_event(ev)
             except Exception:
@@ -192,3 +192,34 @@ _LIVE = (
     SessionStatus.RESTARTING, SessionStatus.RESIZING, SessionStatus.SUSPENDED,
     SessionStatus.TERMINATING,
 )
+
+
+#: the progress events of a starting kernel, in the order an agent reports them
+_PROGRESS_ORDER = {name: i for i, name in enumerate(
+    ("kernel_preparing", "kernel_pulling", "kernel_prepared", "kernel_creating", "kernel_started"))}
+
+
+def coalesce_progress(events: list[KernelEvent]) -> list[KernelEvent]:
+    """The batch with each run of one kernel's progress events reduced to its last one.
+
+    Applying ``kernel_started`` walks the session through every status before it
+    (PREPARING -> PREPARED -> CREATING -> RUNNING) in one transaction, with the same history
+    and session events as applying each event in turn, which took a transaction per event.
+    ``kernel_pulling`` is never dropped (the walk does not pass through PULLING by itself),
+    and any other event of the kernel, or a step back (a new start), ends the run.
+    """
+    out: list[KernelEvent | None] = []
+    last_progress: dict[str, int] = {}  # kernel -> index in out of its pending progress event
+    for ev in events:
+        rank = _PROGRESS_ORDER.get(ev.name)
+        if rank is not None:
+            i = last_progress.get(ev.kernel_id)
+            prev = out[i] if i is not None else None
+            if (prev is not None and prev.name != "kernel_pulling"
+                    and _PROGRESS_ORDER[prev.name] <= rank):
+                out[i] = None
+            last_progress[ev.kernel_id] = len(out)
+        else:
+            last_progress.pop(ev.kernel_id, None)
+        out.append(ev)
+    return [ev for ev in out if ev is not None]
