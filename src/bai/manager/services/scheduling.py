@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = SessionStatus
 _OCC = [str(s) for s in OCCUPYING]
+#: kernels being started (a transaction, then the agent's create call) at one time
+START_CONCURRENCY = 32
 
 
 async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> SchedulingInput:
@@ -241,6 +243,7 @@ class SchedulerLoop:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
         self._wake = asyncio.Event()
+        self._starts = asyncio.Semaphore(START_CONCURRENCY)
         self.passes = 0
         self.last_pass_seconds = 0.0
 
@@ -278,10 +281,15 @@ class SchedulerLoop:
         self.passes += 1
         self.last_pass_seconds = time.perf_counter() - t0
         for sid in placed:
-            self.root.sessions.lifecycle.spawn(
-                self.root.sessions.lifecycle.start_kernel(sid), f"start-{sid}"
-            )
+            self.root.sessions.lifecycle.spawn(self._start(sid), f"start-{sid}")
         return decision
+
+    async def _start(self, sid: uuid.UUID) -> None:
+        # A pass may place thousands at once: start a bounded number at a time, so that the
+        # agents' events (which move started kernels on to RUNNING) are not queued behind
+        # every other placement's start.
+        async with self._starts:
+            await self.root.sessions.lifecycle.start_kernel(sid)
 
     async def _write(self, inp: SchedulingInput, decision: Decision) -> list[uuid.UUID]:
         lifecycle = self.root.sessions.lifecycle
