@@ -21,6 +21,7 @@ import time
 
 from harness import (
     ManagerProcess,
+    cpu_seconds,
     fill_sessions,
     pg_dsn,
     print_conditions,
@@ -56,7 +57,7 @@ async def measure(mgr: ManagerProcess, sessions: int, agents: int, timeout: floa
 
     per_agent = -(-sessions // agents) + 1
     async with AgentFleet(agents, manager_endpoints=[mgr.endpoint], cluster_token=mgr.token,
-                          slot_cpu=str(per_agent), slot_mem=f"{per_agent}g"):
+                          slot_cpu=str(per_agent), slot_mem=f"{per_agent}g") as fleet:
         deadline = time.monotonic() + 60
         while await alive_agents(mgr.db_url) < agents:
             if time.monotonic() > deadline:
@@ -67,27 +68,37 @@ async def measure(mgr: ManagerProcess, sessions: int, agents: int, timeout: floa
         fill_s = time.perf_counter() - t0
         total = sessions + 1
         async with Connection(mgr.client_config()) as conn:
+            cpu0 = cpu_seconds(mgr.pid)
             t0 = time.perf_counter()
             await SessionAPI(conn).create(CreateSpec(image="python", name="bench-kick",
                                                      enqueue_only=True))
-            running, last_print, counts = 0, t0, {}
+            running, last_print, counts, first = 0, t0, {}, None
             while True:
                 await asyncio.sleep(0.05)
                 counts = await status_counts(mgr.db_url)
                 running = counts.get("RUNNING", 0)
                 now = time.perf_counter()
+                if running and first is None:
+                    first = now - t0
                 if running >= total or not IN_FLIGHT & counts.keys() or now - t0 > timeout:
                     break
                 if now - last_print > 5:
                     print(f"   ... {running} RUNNING after {now - t0:.1f} s", flush=True)
                     last_print = now
             elapsed = time.perf_counter() - t0
+            cpu = cpu_seconds(mgr.pid) - cpu0
+        # stop the agents together (one by one, each waits up to 2 s to flush its events)
+        await asyncio.wait([asyncio.create_task(a.stop()) for a in fleet.agents], timeout=30)
     print(f"queued {sessions} PENDING sessions in {fill_s:.1f} s (straight into the database)")
     done = "all" if running >= total else f"only {running} of"
     if running < total:
         print(f"sessions by status at the end: {counts}")
     print(f"{done} {total} sessions RUNNING after {elapsed:.2f} s: "
-          f"{running / elapsed:,.0f} sessions/s  target >= 1,000 sessions/s", flush=True)
+          f"{running / elapsed:,.0f} sessions/s  target >= 1,000 sessions/s")
+    if first is not None:
+        print(f"first session RUNNING after {first:.2f} s")
+    print(f"manager CPU (user+system) during the run: {cpu:.1f} s, "
+          f"{cpu * 1000 / max(1, running):.1f} ms per session started", flush=True)
 
 
 def run_one(label: str, db_url: str, sessions: int, agents: int, timeout: float) -> None:
