@@ -393,3 +393,22 @@ async def status_counts(db_url: str) -> dict[str, int]:
         return {str(r[0]): int(r[1]) for r in rows}
     finally:
         await store.close()
+
+
+async def error_reasons(db_url: str, limit: int = 5) -> list[tuple[str, int]]:
+    """The most common ``status_info`` of sessions in ERROR, with their counts."""
+    import sqlalchemy as sa
+
+    from bai.manager.store import tables as t
+    from bai.manager.store.engine import Store
+
+    store = Store(db_url)
+    try:
+        async with store.connect() as conn:
+            n = sa.func.count().label("n")
+            rows = (await conn.execute(
+                sa.select(t.sessions.c.status_info, n).where(t.sessions.c.status == "ERROR")
+                .group_by(t.sessions.c.status_info).order_by(n.desc()).limit(limit))).all()
+        return [(str(r[0]), int(r[1])) for r in rows]
+    finally:
+        await store.close()

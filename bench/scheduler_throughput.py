@@ -22,6 +22,7 @@ import time
 from harness import (
     ManagerProcess,
     cpu_seconds,
+    error_reasons,
     fill_sessions,
     pg_dsn,
     print_conditions,
@@ -87,12 +88,15 @@ async def measure(mgr: ManagerProcess, sessions: int, agents: int, timeout: floa
                     last_print = now
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(mgr.pid) - cpu0
+            errors = await error_reasons(mgr.db_url) if counts.get("ERROR") else []
         # stop the agents together (one by one, each waits up to 2 s to flush its events)
         await asyncio.wait([asyncio.create_task(a.stop()) for a in fleet.agents], timeout=30)
     print(f"queued {sessions} PENDING sessions in {fill_s:.1f} s (straight into the database)")
     done = "all" if running >= total else f"only {running} of"
     if running < total:
         print(f"sessions by status at the end: {counts}")
+    for info, n in errors:
+        print(f"   {n} in ERROR: {info}")
     print(f"{done} {total} sessions RUNNING after {elapsed:.2f} s: "
           f"{running / elapsed:,.0f} sessions/s  target >= 1,000 sessions/s")
     if first is not None:
