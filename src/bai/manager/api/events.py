@@ -74,6 +74,17 @@ class SSEWriter:
         self.sent_retry = True
         await self.resp.write(f"{retry}event: {name}\ndata: {json.dumps(data)}\n\n".encode())
 
+    async def live(self, ev: SessionEvent) -> None:
+        """A bus event; its JSON is made once, however many streams send it."""
+        if not self.sent_retry:
+            await self.event(ev.name, ev.payload())
+            return
+        cached = ev.__dict__.get("_sse_bytes")
+        if cached is None:
+            cached = f"event: {ev.name}\ndata: {json.dumps(ev.payload())}\n\n".encode()
+            ev.__dict__["_sse_bytes"] = cached
+        await self.resp.write(cached)
+
     async def comment(self, text: str) -> None:
         await self.resp.write(f": {text}\n\n".encode())
 
@@ -140,7 +151,8 @@ CLOSED: Any = object()
 async def next_event(sub: Any) -> Any:
     """The next bus event; None after ``KEEPALIVE_SECONDS`` of silence; CLOSED when the bus ended."""
     try:
-        return await asyncio.wait_for(anext(sub), KEEPALIVE_SECONDS)
+        async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per event, unlike wait_for
+            return await anext(sub)
     except TimeoutError:
         return None
     except StopAsyncIteration:
@@ -226,7 +238,7 @@ async def _follow_session(root: Any, sub: Any, out: SSEWriter, sid: uuid.UUID, s
             replayed[key] -= 1  # already sent from the history
             continue
         if in_scope(ev.name, scopes):
-            await out.event(ev.name, ev.payload())
+            await out.live(ev)
         if is_final(ev):
             await out.event(SERVER_CLOSE, {})
             return
@@ -244,7 +256,7 @@ async def _follow_all(sub: Any, out: SSEWriter, owner: str | None, scopes: set[s
         if owner is not None and ev.access_key != owner:
             continue
         if in_scope(ev.name, scopes):
-            await out.event(ev.name, ev.payload())
+            await out.live(ev)
 
 
 def setup(app: web.Application) -> None:
