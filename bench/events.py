@@ -19,7 +19,7 @@ import asyncio
 import time
 from datetime import datetime
 
-from harness import ManagerProcess, line, print_conditions
+from harness import ManagerProcess, cpu_seconds, line, print_conditions
 
 
 async def subscriber(cfg, received: list, ready: asyncio.Event, count: list) -> None:
@@ -69,12 +69,14 @@ async def measure(mgr: ManagerProcess, subscribers: int, sessions: int) -> None:
                     print(f"   ... {count[0]} of {subscribers} subscribers heard an event")
             await asyncio.sleep(0.5)
             received.clear()
+            cpu0 = cpu_seconds(mgr.pid)
             ids = []
             for i in range(sessions):
                 created = await api.create(CreateSpec(image="python", name=f"ev-{i}"))
                 await api.destroy(created.name)
                 ids.append(created.session_id)
             await asyncio.sleep(1.0)  # let the last deliveries arrive
+            cpu = cpu_seconds(mgr.pid) - cpu0
             at: dict[tuple[str, str], float] = {}
             for sid in ids:
                 for h in await api.history(sid):
@@ -90,7 +92,9 @@ async def measure(mgr: ManagerProcess, subscribers: int, sessions: int) -> None:
     expected = sum(1 for (sid, _st) in at) * subscribers
     print(f"{len(latencies)} deliveries measured ({expected} status changes x subscribers)")
     print(line(f"status change -> SSE client ({subscribers} subscribers)", latencies,
-               target="p99 <= 20 ms"), flush=True)
+               target="p99 <= 20 ms"))
+    print(f"manager CPU (user+system) while the sessions ran: {cpu:.2f} s, "
+          f"{cpu * 1000 / max(1, len(received)):.2f} ms per delivery", flush=True)
 
 
 def main() -> None:
