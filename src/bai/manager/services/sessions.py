@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 S = SessionStatus
 #: Statuses the create call stops waiting at.
 SETTLED = frozenset({S.RUNNING, S.ERROR, S.CANCELLED, S.TERMINATED})
+_SETTLED_NAMES = frozenset(str(s) for s in SETTLED)
 #: How long destroy waits for an agent that answered "terminating" to finish.
 DESTROY_WAIT_SECONDS = 15.0
 _FINAL_NAMES = [str(s) for s in FINAL]
@@ -173,7 +174,10 @@ class SessionService:
             end = loop.time() + timeout
             while (left := end - loop.time()) > 0:
                 ev = await sub.get(left)
-                if ev is None or ev.session_id == sid_text:
+                # re-read only when this session may have settled: a step on the way
+                # (SCHEDULED, PREPARING ...) says so itself
+                if ev is None or (ev.session_id == sid_text
+                                  and (ev.status is None or ev.status in _SETTLED_NAMES)):
                     break
 
     @staticmethod
