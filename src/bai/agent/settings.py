@@ -15,12 +15,12 @@ Precedence: explicit overrides > environment > TOML file > defaults. Example::
 from __future__ import annotations
 
 import socket
-import tomllib
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from bai.common.settings import TomlSettings
 
 #: settings field -> resource slot it overrides
 SLOT_FIELDS = {
@@ -31,7 +31,9 @@ SLOT_FIELDS = {
 }
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(TomlSettings):
+    toml_section = "agent"
+
     model_config = SettingsConfigDict(env_prefix="BAI_AGENT_", extra="ignore")
 
     agent_id: str = Field(
@@ -105,18 +107,3 @@ class AgentSettings(BaseSettings):
         return {slot: str(getattr(self, f)) for f, slot in SLOT_FIELDS.items()
                 if getattr(self, f) not in (None, "")}
 
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> AgentSettings:
-        """TOML file values, overridden by environment variables, overridden by ``overrides``."""
-        file_values: dict[str, Any] = {}
-        if path:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-            file_values = data.get("agent", data)
-        env = cls()  # environment only
-        merged = {**file_values}
-        for name in cls.model_fields:
-            if name in env.model_fields_set:
-                merged[name] = getattr(env, name)
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(merged)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-from typing import Any
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from bai.common.settings import TomlSettings
 
 
-class ManagerSettings(BaseSettings):
+class ManagerSettings(TomlSettings):
+    toml_section = "manager"
+
     model_config = SettingsConfigDict(env_prefix="BAI_MANAGER_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="address the public API listens on")
@@ -41,18 +41,3 @@ class ManagerSettings(BaseSettings):
     default_idle_timeout: int = Field(1800, description="idle timeout of the default policy")
     log_level: str = Field("INFO", description="logging level")
 
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> ManagerSettings:
-        """TOML file values, overridden by environment variables, overridden by ``overrides``."""
-        file_values: dict[str, Any] = {}
-        if path:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-            file_values = data.get("manager", data)
-        env = cls()  # environment only
-        merged = {**file_values}
-        for name in cls.model_fields:
-            if name in env.model_fields_set:
-                merged[name] = getattr(env, name)
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(merged)
