@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -332,7 +333,7 @@ async def fill_sessions(db_url: str, n: int, statuses: Sequence[str] = ("PENDING
     listing and memory figures, and for a PENDING queue the scheduler then places.
     """
     import uuid
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import sqlalchemy as sa
 
@@ -348,7 +349,7 @@ async def fill_sessions(db_url: str, n: int, statuses: Sequence[str] = ("PENDING
                 q = q.where(t.keypairs.c.access_key == owners)
             keypairs = (await conn.execute(q)).all()
             image = (await conn.execute(sa.select(t.images.c.name))).scalar()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         slots = {"cpu": "1", "mem": str(256 * 2**20)}
         for start in range(0, n, batch):
             srows, krows = [], []

@@ -21,12 +21,12 @@ import time
 import uuid
 
 import sqlalchemy as sa
+from harness import clear_pg, pg_dsn, print_conditions
 
 from bai.manager.services.bootstrap import bootstrap
 from bai.manager.services.root import ManagerRoot
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
-from harness import clear_pg, pg_dsn, print_conditions
 
 
 class SilentAgents:
