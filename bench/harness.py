@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,6 +130,20 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (not this one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def cpu_seconds(pid: int, children: bool = True) -> float:
     """User + system CPU seconds of one process (plus its reaped children) from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -210,6 +225,11 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         self.cli("server", "stop", check=False)
+        # Kernels outlive `server stop` by design; end this stack's own (their command lines
+        # name its private folder), then the folder.
+        for pid in pids_mentioning(str(self.home)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedStack:
