@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -153,8 +154,14 @@ def test_out_of_memory_is_recorded_even_after_rm(stack):
     kept = stack.cli("run", "-t", "oom-kept", "-r", "mem=256m", "-c", code, "python", check=False)
     assert kept.returncode != 0 and "survived" not in kept.stdout
     assert "memory" in kept.stderr
-    live = stack.cli("ps", "--name-only", "-f", "name,status,status_info", "--output", "json")
-    row = next(i for i in json.loads(live.stdout)["items"] if i["name"] == "oom-kept")
+    # the agent gives the runner a moment to report before it ends the kernel: wait for it
+    deadline = time.monotonic() + 30
+    while True:
+        live = stack.cli("ps", "-f", "name,status,status_info", "--output", "json")
+        row = next(i for i in json.loads(live.stdout)["items"] if i["name"] == "oom-kept")
+        if row["status"] != "RUNNING" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
     assert (row["status"], row["status_info"]) == ("ERROR", "oom-killed")
 
     # with --rm the session is removed afterwards, and still says why it ended
