@@ -214,9 +214,13 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     # what we spawn now is watched through its Popen handle: until it has exec'd, its
     # /proc cmdline is still ours, so the pid-file check would misread it
     spawned: dict[str, tuple[subprocess.Popen, Path]] = {}
+    # check every port first, so that a busy one leaves nothing half-started
+    if not _pid_alive(manager_pid) and _port_open("127.0.0.1", meta["port"]):
+        _fail(f"port {meta['port']} is in use by another program; choose one with --port")
+    if not _pid_alive(agent_pid) and _port_open("127.0.0.1", meta["agent_port"]):
+        _fail(f"port {meta['agent_port']} is in use by another program; "
+              "choose one with --agent-port")
     if not _pid_alive(manager_pid):
-        if _port_open("127.0.0.1", meta["port"]):
-            _fail(f"port {meta['port']} is in use by another program; choose one with --port")
         init = subprocess.run(
             [py, "-m", "bai.manager", "init", "--config", str(manager_toml),
              "--keys-out", str(keys_path)],
@@ -231,9 +235,6 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
             manager_log,
         )
     if not _pid_alive(agent_pid):
-        if _port_open("127.0.0.1", meta["agent_port"]):
-            _fail(f"port {meta['agent_port']} is in use by another program; "
-                  "choose one with --agent-port")
         spawned["agent"] = (
             _spawn([py, "-m", "bai.agent", "serve", "--config", str(agent_toml)],
                    agent_log, agent_pid),
