@@ -96,6 +96,3 @@ def start_stack(*slots: str, runtime: str = "process", env: dict[str, str] | Non
     st.user_env = {**base, "BAI_PROFILE": "user"}
     return st
 
-
-# kept for older callers
-_start_stack = start_stack

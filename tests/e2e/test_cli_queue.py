@@ -9,12 +9,12 @@ import subprocess
 import time
 
 import pytest
-from stacks import CLI, start_stack as _start_stack
+from stacks import CLI, start_stack
 
 
 @pytest.fixture(scope="module")
 def small():
-    st = _start_stack("cpu=2", "mem=2g")
+    st = start_stack("cpu=2", "mem=2g")
     yield st
     st.stop()
     shutil.rmtree(st.home, ignore_errors=True)

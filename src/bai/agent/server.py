@@ -63,7 +63,6 @@ class Agent:
         self.app = make_app(self)
         self._runner: web.AppRunner | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self.last_heartbeat_answer: dict[str, Any] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -118,7 +117,6 @@ class Agent:
     async def heartbeat(self) -> dict[str, Any] | None:
         sent = self.registry.live_ids()
         answer = await self.link.heartbeat({**self.info(), "kernels": sent})
-        self.last_heartbeat_answer = answer
         if answer and isinstance(answer.get("known_kernels"), list):
             await drop_unknown(self.registry, sent, answer["known_kernels"])
         return answer

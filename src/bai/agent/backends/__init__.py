@@ -8,9 +8,6 @@ if TYPE_CHECKING:
     from bai.agent.backends.base import RuntimeBackend
     from bai.agent.settings import AgentSettings
 
-BACKEND_NAMES = ("process", "dummy", "docker")
-
-
 def make_backend(settings: AgentSettings) -> RuntimeBackend:
     """The backend named by ``settings.runtime`` (imported lazily: docker needs aiodocker)."""
     if settings.runtime == "dummy":
@@ -20,12 +17,7 @@ def make_backend(settings: AgentSettings) -> RuntimeBackend:
     if settings.runtime == "docker":
         from bai.agent.backends.docker import DockerBackend
 
-        return DockerBackend(
-            scratch_root=settings.scratch_root,
-            agent_id=settings.agent_id,
-            docker_host=settings.docker_host,
-            pids_limit=settings.pids_limit,
-        )
+        return DockerBackend.from_settings(settings)
     from bai.agent.backends.process import ProcessBackend
 
     return ProcessBackend(settings)

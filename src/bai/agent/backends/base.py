@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -152,7 +152,3 @@ class RuntimeBackend(abc.ABC):
         from bai.agent.runner_channel import connect_runner
 
         return await connect_runner(instance.runner_socket)
-
-    async def watch(self) -> AsyncIterator[Instance]:  # pragma: no cover - optional
-        if False:
-            yield

@@ -148,11 +148,6 @@ def events(session: str, owner: str | None, scope: str, max_reconnects: int) -> 
     raise SystemExit(cli.run(body))
 
 
-INFO_FIELDS = [
-    "name", "id", "main_kernel_id", "image", "tag", "created_at", "terminated_at", "status",
-    "status_info", "status_data", "occupying_slots", "idle_checks",
-]
-
 
 @click.command(epilog="""\b
 Examples:
