@@ -14,13 +14,9 @@ import json
 import uuid
 
 import pytest
-from official import (  # noqa: F401  (fixtures)
-    admin,
-    official_home,
-    ostack,
+from official import (
     parse_table,
     requires_official,
-    user,
 )
 
 pytestmark = [requires_official, pytest.mark.official_client]

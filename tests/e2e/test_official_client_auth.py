@@ -13,11 +13,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from official import (  # noqa: F401  (fixtures)
+from official import (
     OFFICIAL_EXE,
-    admin,
-    official_home,
-    ostack,
     requires_official,
     unique_name,
 )

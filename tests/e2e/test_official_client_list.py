@@ -14,18 +14,14 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from official import (  # noqa: F401  (fixtures)
+from official import (
     DEAD_STATUSES,
     DEFAULT_STATUSES,
     RUNNING_STATUSES,
-    admin,
-    official_home,
-    ostack,
     parse_table,
     requires_official,
     row_named,
     unique_name,
-    user,
 )
 
 pytestmark = [requires_official, pytest.mark.official_client]

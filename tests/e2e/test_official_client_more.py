@@ -11,14 +11,10 @@ import re
 import uuid
 
 import pytest
-from official import (  # noqa: F401  (fixtures)
-    admin,
-    official_home,
-    ostack,
+from official import (
     parse_table,
     requires_official,
     unique_name,
-    user,
 )
 
 pytestmark = [requires_official, pytest.mark.official_client]

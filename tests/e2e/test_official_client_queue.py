@@ -12,11 +12,9 @@ import re
 import subprocess
 
 import pytest
-from official import (  # noqa: F401  (fixtures)
+from official import (
     OFFICIAL_EXE,
     make_official,
-    official_home,
-    parse_table,
     requires_official,
     row_named,
     start_stack,

@@ -8,15 +8,10 @@ import textwrap
 from decimal import Decimal
 
 import pytest
-from official import (  # noqa: F401  (fixtures)
-    admin,
-    official_home,
-    ostack,
-    parse_table,
+from official import (
     requires_official,
     row_named,
     unique_name,
-    user,
 )
 
 pytestmark = [requires_official, pytest.mark.official_client]
