@@ -6,7 +6,11 @@ For each N (default 1,000 and 10,000) a fresh database gets 10 agents (4 cores e
 sessions fit) and N PENDING sessions; the scheduler's ``run_pass`` (load, decide, write) runs in
 this process with the agent RPC stubbed out. Prints the first pass (places what fits, writes
 every waiting session's reason) and the median of ``--rounds`` further passes (nothing changed:
-reads and decides only), and how the time grew from the smallest N to each larger one.
+reads and decides only), and how the time grew from the smallest N to each larger one. A pass
+is: ``load_input`` (read the queue, agents, limits, usage), ``decide`` (in memory), and writing
+the reasons of sessions that stay pending (only lines that changed) plus, on the first pass, the
+placements; the kernel starts it spawns are not timed. The phases of one more unchanged pass are
+printed too (load / decide / the rest), and ``--profile`` prints cProfile's top functions of one.
 PostgreSQL needs ``BAI_BENCH_PG_DSN`` (``source /tmp/bai-ci/services.env``; emptied first).
 Target: grows no worse than linearly; <= 200 ms at 10,000.
 """
@@ -15,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
+import pstats
 import statistics
 import tempfile
 import time
@@ -23,7 +30,9 @@ import uuid
 import sqlalchemy as sa
 from harness import clear_pg, pg_dsn, print_conditions
 
+from bai.manager.scheduler import decide
 from bai.manager.services.bootstrap import bootstrap
+from bai.manager.services.schedule_input import load_input
 from bai.manager.services.root import ManagerRoot
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
@@ -37,7 +46,17 @@ class SilentAgents:
         pass
 
 
-async def measure(n: int, db: str | None, rounds: int) -> tuple[float, float]:
+async def phases(root: ManagerRoot) -> tuple[float, float]:
+    """(load_input ms, decide ms) of one pass's reading and deciding, outside ``run_pass``."""
+    t0 = time.perf_counter()
+    async with root.store.connect() as conn:
+        inp = await load_input(conn)
+    t1 = time.perf_counter()
+    decide(inp)
+    return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+
+
+async def measure(n: int, db: str | None, rounds: int, profile: bool = False) -> tuple[float, float]:
     """(first pass ms, median of the next ``rounds`` passes ms) with ``n`` pending."""
     tmp = tempfile.mkdtemp()
     if db and db.startswith("postgresql"):
@@ -72,6 +91,21 @@ async def measure(n: int, db: str | None, rounds: int) -> tuple[float, float]:
     print(f"{n:>7} pending: first pass {times[0]:7.1f} ms ({placed} placed, the rest get their"
           f" reason); next passes median {statistics.median(times[1:]):7.1f} ms"
           f"  target <= 200 ms at 10,000", flush=True)
+    split = [await phases(root) for _ in range(3)]
+    load_ms = statistics.median(s[0] for s in split)
+    decide_ms = statistics.median(s[1] for s in split)
+    print(f"{'':>7}          unchanged pass split (median of 3): load_input {load_ms:6.1f} ms,"
+          f" decide {decide_ms:6.1f} ms, the rest (reason writes, events)"
+          f" {statistics.median(times[1:]) - load_ms - decide_ms:6.1f} ms", flush=True)
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        await root.scheduler.run_pass()
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        print(f"cProfile of one unchanged pass at {n} pending (by own time):")
+        print("\n".join(buf.getvalue().splitlines()[4:]), flush=True)
     await root.sessions.close()
     await root.store.close()
     return times[0], statistics.median(times[1:])
@@ -82,6 +116,8 @@ def main() -> None:
     ap.add_argument("sizes", type=int, nargs="*", default=[1_000, 10_000])
     ap.add_argument("--db", default="both", help="sqlite, postgres, both, or a SQLAlchemy URL")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", action="store_true",
+                    help="print cProfile's top functions of one unchanged pass at the largest N")
     a = ap.parse_args()
     dbs: list[tuple[str, str | None]] = []
     if a.db in ("sqlite", "both"):
@@ -96,7 +132,9 @@ def main() -> None:
     for label, url in dbs:
         print_conditions(f"one scheduling pass ({label})", db=label, sizes=a.sizes,
                          rounds=a.rounds, agents="10 (4 cores each), agent RPC stubbed")
-        results = [(n, *asyncio.run(measure(n, url, a.rounds))) for n in sorted(a.sizes)]
+        sizes = sorted(a.sizes)
+        results = [(n, *asyncio.run(measure(n, url, a.rounds, a.profile and n == sizes[-1])))
+                   for n in sizes]
         base_n, base_first, base_next = results[0]
         for n, first, nxt in results[1:]:
             print(f"growth {base_n} -> {n} ({n / base_n:.0f}x sessions): first pass "

@@ -7,7 +7,10 @@ estimates of when a waiting session will start).
 
 from __future__ import annotations
 
+import json
 import uuid
+import weakref
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,31 +42,69 @@ S = SessionStatus
 _OCC = [str(s) for s in OCCUPYING]
 
 
-async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> SchedulingInput:
-    """Everything one pass needs, in a handful of queries.
+class _QueueCache:
+    """The parsed form of one database's pending queue, kept between passes.
 
-    ``inp.current_info`` maps each pending session to its ``status_info`` now, so that the
-    writer only touches rows whose line changes. ``inp.releases`` lists, per agent, when its
-    occupying sessions are expected to give their slots back (see ``release_time``);
-    ``idle_slack`` is how late the idle checker may notice an expired idle timeout.
+    Content-addressed: a ``PendingSession`` is kept under the raw column values it was made from
+    (as the driver returned them), so a row that changed in any of them is parsed again and
+    nothing needs invalidating. Only rows seen in the latest pass are kept.
     """
-    now = now or utcnow()
+
+    def __init__(self) -> None:
+        self.sessions: dict[tuple, PendingSession] = {}
+        #: raw requested_slots JSON text -> parsed slots (most sessions share a few shapes)
+        self.slots: dict[str, ResourceSlot] = {}
+        #: raw group id -> the value the column's type gives (a few groups)
+        self.groups: dict[Any, Any] = {}
+
+
+_caches: weakref.WeakKeyDictionary[Any, _QueueCache] = weakref.WeakKeyDictionary()
+
+
+def _cache(conn: AsyncConnection) -> _QueueCache:
+    """The cache of the database ``conn`` is connected to (one per engine)."""
+    cache = _caches.get(conn.sync_engine)
+    if cache is None:
+        cache = _caches[conn.sync_engine] = _QueueCache()
+    return cache
+
+
+def _raw(col: sa.ColumnElement) -> sa.ColumnElement:
+    """A column fetched as the driver returns it (no result processing: no UUID, datetime or
+    JSON objects made per row); JSON as its text, which can key a cache."""
+    if isinstance(col.type, sa.JSON):
+        return sa.cast(col, sa.Text)
+    return sa.type_coerce(col, sa.types.NullType())
+
+
+def _processor(col: sa.Column, dialect: Any):
+    """What the column's type does to a raw value when read normally (None = nothing)."""
+    return col.type.dialect_impl(dialect).result_processor(dialect, None)
+
+
+def parse_slots(text: str | None, cache: dict[str, ResourceSlot]) -> ResourceSlot:
+    """``ResourceSlot.from_json`` of a JSON text, parsed once per distinct text. The returned
+    slots are shared: callers must not change them in place."""
+    slots = cache.get(text)  # type: ignore[arg-type]
+    if slots is None:
+        slots = cache[text] = ResourceSlot.from_json(  # type: ignore[index]
+            json.loads(text) if text else None)
+    return slots
+
+
+async def _pending(conn: AsyncConnection) -> tuple[
+        list[PendingSession], dict[Any, str | None], dict[uuid.UUID, DependencyView]]:
+    """The pending queue (dependencies attached), each session's ``status_info``, and the
+    sessions they depend on."""
     c = sessions.c
-    group_limit_rows = [
-        g for g in (await conn.execute(sa.select(groups.c.id, groups.c.total_resource_slots))).all()
-        if g.total_resource_slots
-    ]
-    # Group ids cost a UUID per row: load them only when some group has a limit.
-    cols = [c.id, c.name, c.access_key, c.created_at, c.requested_slots, c.scaling_group,
-            c.domain_name, c.starts_at, c.status_info, c.type, c.idle_timeout]
-    if group_limit_rows:
-        cols.append(c.group_id)
-    pending_rows = (
-        await conn.execute(sa.select(*cols).where(c.status == str(S.PENDING)))
-    ).all()
+    # status_info first: it is not part of a row's cache key (r[1:])
+    rows = (await conn.execute(
+        sa.select(c.status_info, *(_raw(col) for col in _PENDING_COLS))
+        .where(c.status == str(S.PENDING))
+    )).all()
     deps: dict[uuid.UUID, list[uuid.UUID]] = {}
     dep_views: dict[uuid.UUID, DependencyView] = {}
-    if pending_rows:
+    if rows:
         d = session_dependencies.c
         dep_rows = (
             await conn.execute(
@@ -77,17 +118,74 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
             deps.setdefault(r.session_id, []).append(r.depends_on)
             dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result,
                                                      r.type)
-    pending = [
-        PendingSession(
-            id=r.id, name=r.name, access_key=r.access_key, user_id=None,
-            created_at=r.created_at, requested=ResourceSlot.from_json(r.requested_slots),
-            scaling_group=r.scaling_group, group_id=r.group_id if group_limit_rows else None,
-            domain_name=r.domain_name, starts_at=r.starts_at,
-            dependencies=tuple(deps.get(r.id, ())), kind=r.type, idle_timeout=r.idle_timeout or 0,
-        )
-        for r in pending_rows
+    cache = _cache(conn)
+    known = cache.sessions
+    fresh: dict[tuple, PendingSession] = {}
+    pending: list[PendingSession] = []
+    current_info: dict[Any, str | None] = {}
+    procs = None
+    for r in rows:
+        key = r[1:]
+        p = known.get(key)
+        if p is None:
+            if procs is None:
+                procs = [_processor(col, conn.dialect) for col in _PENDING_COLS]
+            p = _parse_pending(key, procs, cache)
+        fresh[key] = p
+        if deps and p.id in deps:
+            p = replace(p, dependencies=tuple(deps[p.id]))
+        pending.append(p)
+        current_info[p.id] = r[0]
+    cache.sessions = fresh
+    if len(cache.slots) > 4096:  # many one-off shapes: start over rather than grow
+        cache.slots = {}
+    return pending, current_info, dep_views
+
+
+#: the columns a ``PendingSession`` is made of, in ``_parse_pending``'s order
+_PENDING_COLS = (
+    sessions.c.id, sessions.c.name, sessions.c.access_key, sessions.c.created_at,
+    sessions.c.requested_slots, sessions.c.scaling_group, sessions.c.domain_name,
+    sessions.c.starts_at, sessions.c.type, sessions.c.idle_timeout, sessions.c.group_id,
+)
+
+
+def _parse_pending(raw: tuple, procs: list, cache: _QueueCache) -> PendingSession:
+    """One raw pending row -> ``PendingSession``: each column through its type's result
+    processor, as a normal read would; the slots and the group id through the caches."""
+    def typed(i: int) -> Any:
+        v, proc = raw[i], procs[i]
+        return v if v is None or proc is None else proc(v)
+
+    gid = raw[10]
+    group_id = cache.groups.get(gid)
+    if group_id is None and gid is not None:
+        group_id = cache.groups[gid] = typed(10)
+    return PendingSession(
+        id=typed(0), name=raw[1], access_key=raw[2], user_id=None, created_at=typed(3),
+        requested=parse_slots(raw[4], cache.slots), scaling_group=raw[5], group_id=group_id,
+        domain_name=raw[6], starts_at=typed(7), kind=raw[8], idle_timeout=raw[9] or 0,
+    )
+
+
+async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> SchedulingInput:
+    """Everything one pass needs, in a handful of queries.
+
+    ``inp.current_info`` maps each pending session to its ``status_info`` now, so that the
+    writer only touches rows whose line changes. ``inp.releases`` lists, per agent, when its
+    occupying sessions are expected to give their slots back (see ``release_time``);
+    ``idle_slack`` is how late the idle checker may notice an expired idle timeout.
+
+    The pending queue's parsed form is kept between passes (``_QueueCache``): a pass parses
+    only the rows that are new or changed.
+    """
+    now = now or utcnow()
+    c = sessions.c
+    group_limit_rows = [
+        g for g in (await conn.execute(sa.select(groups.c.id, groups.c.total_resource_slots))).all()
+        if g.total_resource_slots
     ]
-    current_info = {r.id: r.status_info for r in pending_rows}
+    pending, current_info, dep_views = await _pending(conn)
     agent_views = [
         AgentView(
             id=r.id, capacity=ResourceSlot.from_json(r.available_slots),
@@ -109,7 +207,8 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
     # What live sessions hold, per keypair / group / domain (occupying statuses only).
     usage_rows = (
         await conn.execute(
-            sa.select(c.access_key, c.group_id, c.domain_name, c.occupying_slots, c.agent_ids,
+            sa.select(c.access_key, c.group_id, c.domain_name,
+                      _raw(c.occupying_slots).label("occupying_slots"), c.agent_ids,
                       c.status, c.type, c.idle_timeout, c.last_activity_at, c.status_changed)
             .where(c.status.in_(_OCC))
         )
@@ -118,8 +217,9 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
     by_group: dict[Any, ResourceSlot] = {}
     by_domain: dict[str, ResourceSlot] = {}
     releases: dict[str, list[tuple[datetime, ResourceSlot]]] = {}
+    slot_texts = _cache(conn).slots
     for r in usage_rows:
-        slots = ResourceSlot.from_json(r.occupying_slots)
+        slots = parse_slots(r.occupying_slots, slot_texts)
         at = release_time(r, idle_slack)
         if at is not None and r.agent_ids:
             releases.setdefault(r.agent_ids[0], []).append((at, slots))
