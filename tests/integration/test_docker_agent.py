@@ -4,6 +4,7 @@ the agent loses no container, and a kernel the manager forgot meanwhile leaves n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -44,10 +45,14 @@ class Agent:
         self.proc = subprocess.Popen([sys.executable, "-m", "bai.agent", "serve"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+    @property
+    def agent_id(self) -> str:
+        return self.env["BAI_AGENT_AGENT_ID"]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -66,8 +71,9 @@ async def setup(tmp_path: Path):
             async with http.delete(f"{agent.address}/v1/kernels/{kid}"):
                 pass
         await http.close()
-        agent.kill()
+        agent.kill(signal.SIGTERM)  # a stopped agent removes its standby containers
         await manager.stop()
+        assert await standbys_of(engine, agent.agent_id) == []
 
 
 async def create(manager: FakeManager, http: aiohttp.ClientSession, agent: Agent,
@@ -94,9 +100,29 @@ async def execute(http: aiohttp.ClientSession, agent: Agent, kid: str, code: str
 
 
 async def containers_of(engine: str, kid: str) -> list:
+    """The kernel's container: by label when it was created for the kernel, by name when the
+    kernel took over a standby container (whose labels cannot change)."""
     async with aiodocker.Docker(url=engine) as d:
-        return await d.containers.list(
+        by_label = await d.containers.list(
             all=True, filters=json.dumps({"label": [f"ai.bai.kernel_id={kid}"]}))
+        by_name = await d.containers.list(
+            all=True, filters=json.dumps({"name": [f"^/bai-kernel-{kid}$"]}))
+        return list({c.id: c for c in by_label + by_name}.values())
+
+
+async def standbys_of(engine: str, agent_id: str) -> list:
+    """Unclaimed standby containers of the agent."""
+    async with aiodocker.Docker(url=engine) as d:
+        found = await d.containers.list(all=True, filters=json.dumps(
+            {"label": [f"ai.bai.agent_id={agent_id}", "ai.bai.pool"]}))
+        return [c for c in found if c._container["Names"][0].startswith("/bai-standby-")]
+
+
+async def wait_until(probe, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await probe():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
 
 
 async def test_oom_kill_reaches_the_manager(setup) -> None:
@@ -112,6 +138,7 @@ async def test_kill_9_and_restart_keeps_containers(setup) -> None:
     manager, agent, http, engine = setup
     kept, forgotten = await create(manager, http, agent), await create(manager, http, agent)
     assert await execute(http, agent, kept, "x = 'still here'") == ""
+    await wait_until(lambda: standbys_of(engine, agent.agent_id))  # the pool refilled
 
     agent.kill()
     manager.known_kernels = [kept]  # `forgotten` was removed while the agent was down
@@ -122,6 +149,7 @@ async def test_kill_9_and_restart_keeps_containers(setup) -> None:
     assert await execute(http, agent, kept, "print(x)") == "still here\n"
     assert await containers_of(engine, forgotten) == []
     assert len(await containers_of(engine, kept)) == 1
+    assert await standbys_of(engine, agent.agent_id) == []  # the killed agent's are gone
 
     async with http.delete(f"{agent.address}/v1/kernels/{kept}") as r:
         assert r.status == 200

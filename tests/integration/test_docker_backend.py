@@ -33,32 +33,49 @@ pytestmark = pytest.mark.docker
 
 MiB = 2**20
 
+#: code that sets mem, cpu (quota, period) and pids from the kernel's cgroup files (v1 or v2)
+READ_LIMITS = (
+    "import os\n"
+    "def rd(p):\n"
+    "    try: return open(p).read().split()\n"
+    "    except OSError: return None\n"
+    "mem = rd('/sys/fs/cgroup/memory/memory.limit_in_bytes') or rd('/sys/fs/cgroup/memory.max')\n"
+    "q = rd('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
+    "cpu = (q + rd('/sys/fs/cgroup/cpu/cpu.cfs_period_us')) if q else rd('/sys/fs/cgroup/cpu.max')\n"
+    "pids = rd('/sys/fs/cgroup/pids/pids.max') or rd('/sys/fs/cgroup/pids.max')\n"
+)
+
 
 @pytest.fixture
 async def engine() -> str:
     return await docker_host_or_skip()
 
 
-@pytest.fixture
-async def backend(engine: str, tmp_path: Path):
+async def started_backend(engine: str, scratch: Path, **kw) -> DockerBackend:
+    """A started backend of a fresh agent id whose ``exits`` lists the exits it reported."""
     exits: list[Instance] = []
-    b = DockerBackend(
-        scratch_root=tmp_path / "scratch",
-        agent_id=f"test-{uuid.uuid4().hex[:10]}",
-        docker_host=engine,
-        rescan_interval=0.5,
-        pull_timeout=10,
-    )
+    b = DockerBackend(scratch_root=scratch, agent_id=f"test-{uuid.uuid4().hex[:10]}",
+                      docker_host=engine, rescan_interval=0.5, pull_timeout=10, **kw)
 
     async def on_exit(inst: Instance) -> None:
         exits.append(inst)
 
     await b.start(on_exit)
     b.exits = exits  # type: ignore[attr-defined]
-    yield b
+    return b
+
+
+async def finish(b: DockerBackend) -> None:
     for inst in await b.list():
         await b.destroy(inst.kernel_id)
     await b.stop()
+
+
+@pytest.fixture
+async def backend(engine: str, tmp_path: Path):
+    b = await started_backend(engine, tmp_path / "scratch")
+    yield b
+    await finish(b)
 
 
 def make_spec(**kw) -> KernelSpec:
@@ -127,15 +144,7 @@ async def test_limits_memory_cpu_pids_and_no_network(backend: DockerBackend):
     inst = await backend.create(make_spec())
     out, err, code = await run(
         inst,
-        "import os\n"
-        "def rd(p):\n"
-        "    try: return open(p).read().split()\n"
-        "    except OSError: return None\n"
-        "mem = rd('/sys/fs/cgroup/memory/memory.limit_in_bytes') or rd('/sys/fs/cgroup/memory.max')\n"
-        "q = rd('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
-        "cpu = (q + rd('/sys/fs/cgroup/cpu/cpu.cfs_period_us')) if q else rd('/sys/fs/cgroup/cpu.max')\n"
-        "pids = rd('/sys/fs/cgroup/pids/pids.max') or rd('/sys/fs/cgroup/pids.max')\n"
-        "nics = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]\n"
+        READ_LIMITS + "nics = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]\n"
         "print(mem[0], int(cpu[0]) / int(cpu[1]), pids[0], ','.join(nics))\n",
     )
     assert code == 0, err

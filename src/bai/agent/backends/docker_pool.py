@@ -1,0 +1,333 @@
+"""Standby containers: kernel containers started ahead of demand, one small pool per image.
+
+Starting a container costs the engine ~150-250 ms (runc, namespaces, the overlay mount) while
+creating one costs ~10 ms; a kernel that takes over a started container (a *claim*) costs a few
+engine calls of ~1-10 ms instead. What a claim changes, and how:
+
+* name: ``bai-standby-<token>`` is renamed to ``bai-kernel-<kernel_id>`` (the engine's rename);
+* work dir: the standby's folder ``<scratch_root>/.pool/<token>`` (bind-mounted at ``/home/work``)
+  is renamed to ``<scratch_root>/<kernel_id>``; a bind mount follows the folder, not its path;
+* limits: ``NanoCpus``, ``Memory`` = ``MemorySwap`` through ``POST /containers/{id}/update`` when the
+  standby was started with another shape (refills use the shape of the latest request, so a steady
+  workload never needs it); ``PidsLimit``, ulimits, security options are the agent's, the same
+  for every kernel;
+* hostname: set in the container's UTS namespace from the agent (``setns`` + ``sethostname``; the
+  agent runs as root on the engine's host) and written to the engine's ``/etc/hostname`` file;
+* environment and command: sent to the standby program (``docker_standby.py``), which ``exec``s
+  the kernel runner with them -- PID 1, its command line and environment are what a container
+  created for the kernel would have had;
+* labels cannot change after create: the kernel's labels are kept by the agent in
+  ``<scratch_root>/.claims/<kernel_id>.json`` (outside the work dir, out of the kernel's reach) and
+  the container keeps ``ai.bai.pool`` -- see ``DockerBackend._labels_of``.
+
+Only kernels without network are pooled (``NetworkMode=none``, where the hostname is all the UTS
+namespace holds); anything a claim cannot do falls back to creating the container as before.
+Standbys that a previous agent left behind are removed when the backend starts, and the ones this
+backend made when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiodocker.exceptions import DockerError
+
+if TYPE_CHECKING:
+    from bai.agent.backends.docker import DockerBackend
+
+log = logging.getLogger(__name__)
+
+#: folder (under the scratch root) holding the standbys' work dirs
+POOL_DIR = ".pool"
+STANDBY_PREFIX = "bai-standby-"
+STANDBY_SOCKET = "standby.sock"
+#: where the standby program appears inside the container
+STANDBY_TARGET = "/opt/bai-standby/standby.py"
+STANDBY_HOSTNAME = "bai-standby"
+#: at most this many images keep a pool (least recently used ones are dropped)
+MAX_IMAGES = 4
+#: after a failed start, no refill for this image for this long
+FAIL_BACKOFF = 30.0
+START_TIMEOUT = 30.0
+
+#: (NanoCpus, Memory bytes); None: no limit
+Shape = tuple[int | None, int | None]
+
+_CLONE_NEWUTS = 0x04000000
+
+
+class StandbyUnusable(Exception):
+    """A claim failed before the kernel took the container over; create one the usual way."""
+
+
+@dataclass
+class Standby:
+    image: str
+    container_id: str
+    name: str
+    workdir: Path
+    image_id: str
+    shape: Shape
+    pid: int
+    hostname_path: str
+
+
+class StandbyPool:
+    """Standby containers per image for one ``DockerBackend`` (``size`` per image; 0 = off)."""
+
+    def __init__(self, backend: DockerBackend, size: int) -> None:
+        self.backend = backend
+        self.size = size
+        self.root = backend.scratch_root / POOL_DIR
+        self.ready: dict[str, list[Standby]] = {}
+        #: image -> shape of its latest request, least recently used first
+        self.wanted: collections.OrderedDict[str, Shape] = collections.OrderedDict()
+        self.failed_until: dict[str, float] = {}
+        #: why claims are off on this host, once found out (e.g. the agent cannot setns)
+        self.disabled = "" if size > 0 else "docker_pool_size is 0"
+        self._fills: dict[str, asyncio.Task[None]] = {}
+        self._starting: dict[str, Path] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- taking and refilling ----------------------------------------------------------------
+
+    def take(self, image: str, shape: Shape) -> Standby | None:
+        """A ready standby of ``image``: one of the same shape, else one whose limits an update
+        can set (both limits given on both sides), else None."""
+        if self.disabled:
+            return None
+        entries = self.ready.get(image) or []
+        for i, e in enumerate(entries):
+            if e.shape == shape:
+                return entries.pop(i)
+        if None not in shape:
+            for i, e in enumerate(entries):
+                if None not in e.shape:
+                    return entries.pop(i)
+        return None
+
+    def want(self, image: str, shape: Shape) -> None:
+        """Note a request for ``image``; refill its pool in the background."""
+        if self.disabled or self._closed:
+            return
+        self.wanted[image] = shape
+        self.wanted.move_to_end(image)
+        while len(self.wanted) > MAX_IMAGES:
+            old, _ = self.wanted.popitem(last=False)
+            for e in self.ready.pop(old, []):
+                self._later(self._remove(e.name, e.workdir))
+        if time.monotonic() < self.failed_until.get(image, 0.0):
+            return
+        task = self._fills.get(image)
+        if task is None or task.done():
+            self._fills[image] = asyncio.create_task(self._fill(image), name=f"pool-{image}")
+
+    def discard(self, container_id: str) -> None:
+        """A standby exited (the engine said so): forget and remove it."""
+        for entries in self.ready.values():
+            for e in list(entries):
+                if e.container_id == container_id or e.name == container_id:
+                    entries.remove(e)
+                    self._later(self._remove(e.name, e.workdir))
+
+    async def _fill(self, image: str) -> None:
+        while (not self._closed and not self.disabled and image in self.wanted
+               and len(self.ready.get(image, [])) < self.size):
+            shape = self.wanted[image]
+            try:
+                entry = await self._start(image, shape)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a pool is an optimisation: log and back off
+                log.warning("could not start a standby container of %s: %s", image, e)
+                self.failed_until[image] = time.monotonic() + FAIL_BACKOFF
+                return
+            if self._closed or image not in self.wanted:
+                await self._remove(entry.name, entry.workdir)
+                return
+            self.ready.setdefault(image, []).append(entry)
+
+    async def _start(self, image: str, shape: Shape) -> Standby:
+        token = uuid.uuid4().hex[:16]
+        name = STANDBY_PREFIX + token
+        workdir = self.root / token
+        (workdir / ".bai").mkdir(parents=True)
+        self._starting[name] = workdir
+        docker = self.backend.docker
+        try:
+            config = self.backend.standby_config(image, shape, workdir)
+            container = await docker.containers.create(config, name=name)
+            await container.start()
+            sock = workdir / ".bai" / STANDBY_SOCKET
+            deadline = time.monotonic() + START_TIMEOUT
+            delay = 0.005
+            while not sock.exists():
+                if delay >= 0.04:  # not there at once: make sure it is still alive
+                    state = (await container.show()).get("State") or {}
+                    if not state.get("Running"):
+                        raise RuntimeError(f"it exited with code {state.get('ExitCode')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"its standby did not listen within {START_TIMEOUT:g} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            info = await container.show()
+        except BaseException:
+            await asyncio.shield(self._remove(name, workdir))
+            raise
+        finally:
+            self._starting.pop(name, None)
+        return Standby(
+            image=image,
+            container_id=info["Id"],
+            name=name,
+            workdir=workdir,
+            image_id=info.get("Image", ""),
+            shape=shape,
+            pid=int((info.get("State") or {}).get("Pid") or 0),
+            hostname_path=info.get("HostnamePath") or "",
+        )
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def claim(self, entry: Standby, *, kernel_name: str, workdir: Path, shape: Shape,
+                    limits: dict[str, Any], hostname: str, argv: list[str],
+                    env: dict[str, str], runner_config: str) -> None:
+        """Turn ``entry`` into the kernel's container. Raises ``StandbyUnusable`` (with the
+        container and ``workdir`` removed) when anything fails before the standby accepted."""
+        docker = self.backend.docker
+        renamed = False
+        try:
+            image_id = (await docker.images.inspect(entry.image))["Id"]
+            if image_id != entry.image_id:
+                raise StandbyUnusable("the image changed since the standby was started")
+            os.rename(entry.workdir, workdir)
+            renamed = True
+            (workdir / ".bai" / "runner.json").write_text(runner_config)
+            if shape != entry.shape:
+                await docker._query_json(
+                    f"containers/{entry.container_id}/update", method="POST",
+                    data=json.dumps(limits))
+            await docker._query_json(
+                f"containers/{entry.container_id}/rename", method="POST",
+                params={"name": kernel_name})
+            set_hostname(entry.pid, hostname)
+            if entry.hostname_path:
+                with contextlib.suppress(OSError):
+                    Path(entry.hostname_path).write_text(hostname + "\n")
+            await send_claim(workdir / ".bai" / STANDBY_SOCKET, argv, env)
+        except BaseException as e:
+            await asyncio.shield(self._remove(entry.container_id, workdir if renamed else entry.workdir))
+            if isinstance(e, PermissionError | NotImplementedError):
+                self.disabled = f"the agent cannot set a kernel's hostname ({e})"
+                log.warning("standby containers are off: %s", self.disabled)
+            if isinstance(e, Exception) and not isinstance(e, StandbyUnusable):
+                raise StandbyUnusable(str(e) or type(e).__name__) from e
+            raise
+
+    # -- removal -----------------------------------------------------------------------------
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _remove(self, container: str, workdir: Path | None) -> None:
+        with contextlib.suppress(DockerError, OSError):
+            await self.backend.docker.containers.container(container).delete(force=True, v=True)
+        if workdir is not None:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    async def close(self) -> None:
+        """Stop refilling and remove every standby this pool started."""
+        self._closed = True
+        fills = list(self._fills.values())
+        for task in fills:
+            task.cancel()
+        await asyncio.gather(*fills, return_exceptions=True)
+        doomed = [(e.name, e.workdir) for entries in self.ready.values() for e in entries]
+        doomed += list(self._starting.items())
+        self.ready.clear()
+        await asyncio.gather(*(self._remove(n, w) for n, w in doomed), *self._cleanups,
+                             return_exceptions=True)
+
+    async def remove_stale(self) -> int:
+        """Remove the unclaimed standbys of this agent that an earlier run left behind."""
+        from bai.agent.backends.docker import L_POOL, L_WORKDIR
+
+        filters = {"label": [*self.backend._label_filters(), L_POOL]}
+        summaries = await self.backend.docker.containers.list(
+            all=True, filters=json.dumps(filters))
+        doomed = []
+        for s in summaries:
+            info = s._container
+            names = [n.lstrip("/") for n in info.get("Names") or []]
+            labels = info.get("Labels") or {}
+            if not self.backend._ours(labels) or not any(
+                    n.startswith(STANDBY_PREFIX) for n in names):
+                continue
+            workdir = Path(labels.get(L_WORKDIR) or "")
+            doomed.append((info["Id"], workdir if workdir.parent == self.root else None))
+        await asyncio.gather(*(self._remove(c, w) for c, w in doomed), return_exceptions=True)
+        return len(doomed)
+
+
+def set_hostname(pid: int, name: str) -> None:
+    """``sethostname`` inside the UTS namespace of process ``pid``, from a short-lived thread
+    (``setns`` moves only the calling thread, which then ends)."""
+    if pid <= 0:
+        raise NotImplementedError("the engine did not say which process the container runs")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWUTS) != 0:
+                    err = ctypes.get_errno()
+                    raise PermissionError(err, f"setns: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            raw = name.encode()
+            if libc.sethostname(raw, len(raw)) != 0:
+                err = ctypes.get_errno()
+                raise PermissionError(err, f"sethostname: {os.strerror(err)}")
+        except FileNotFoundError as e:  # the engine's processes are not visible from here
+            errors.append(NotImplementedError(str(e)))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="bai-sethostname")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+async def send_claim(sock: Path, argv: list[str], env: dict[str, str]) -> None:
+    """Hand the command and environment to a standby; raises when it does not accept."""
+    from bai.agent.runner_channel import connect_runner
+
+    chan = await connect_runner(sock)
+    try:
+        async with asyncio.timeout(5):
+            await chan.send({"argv": argv, "env": env})
+            answer = await chan.receive()
+    finally:
+        await chan.close()
+    if not answer or not answer.get("ok"):
+        raise StandbyUnusable(f"the standby refused the claim: {answer}")

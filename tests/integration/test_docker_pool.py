@@ -1,0 +1,230 @@
+"""Standby containers of the docker backend (``docker_pool.py``) against a real engine
+(``BAI_TEST_DOCKER_HOST``): a kernel that takes over a standby must be indistinguishable from one
+whose container was created for it -- name, hostname, environment, limits, labels after a restart,
+OOM reporting -- and standbys must never outlive the backend that made them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import aiodocker
+import pytest
+from test_docker_backend import (
+    READ_LIMITS,
+    MiB,
+    finish,
+    make_spec,
+    run,
+    started_backend,
+    wait_for,
+)
+
+from bai.agent.backends.base import Instance, InstanceState
+from bai.agent.backends.docker import L_POOL, DockerBackend
+from bai.testing.docker import docker_host_or_skip, test_image
+
+pytestmark = pytest.mark.docker
+
+PROBE = READ_LIMITS + (
+    "import json, socket\n"
+    "print(json.dumps({'env': dict(os.environ), 'hostname': socket.gethostname(),\n"
+    "  'etc_hostname': open('/etc/hostname').read().strip(), 'cwd': os.getcwd(),\n"
+    "  'pid1': open('/proc/1/cmdline').read().replace('\\0', ' '),\n"
+    "  'mem': int(mem[0]), 'cores': int(cpu[0]) / int(cpu[1]), 'pids': int(pids[0]),\n"
+    "  'files': sorted(os.listdir('.bai'))}))\n"
+)
+
+
+@pytest.fixture
+async def engine() -> str:
+    return await docker_host_or_skip()
+
+
+def new_backend(engine: str, scratch: Path, agent_id: str, pool_size: int = 1) -> DockerBackend:
+    return DockerBackend(scratch_root=scratch, agent_id=agent_id, docker_host=engine,
+                         rescan_interval=0.5, pool_size=pool_size)
+
+
+@pytest.fixture
+async def backend(engine: str, tmp_path: Path):
+    b = await started_backend(engine, tmp_path / "scratch", pool_size=1)
+    yield b
+    await finish(b)
+
+
+async def standbys(engine: str, agent_id: str) -> list[dict]:
+    """The engine's standby containers of ``agent_id``, unclaimed or claimed."""
+    async with aiodocker.Docker(url=engine) as d:
+        filters = json.dumps({"label": [f"ai.bai.agent_id={agent_id}", L_POOL]})
+        return [c._container for c in await d.containers.list(all=True, filters=filters)]
+
+
+async def container_of(engine: str, kernel_id: str) -> dict | None:
+    async with aiodocker.Docker(url=engine) as d:
+        try:
+            return (await d.containers.get(f"bai-kernel-{kernel_id}"))._container
+        except aiodocker.exceptions.DockerError:
+            return None
+
+
+async def pool_ready(backend: DockerBackend, n: int = 1) -> None:
+    await wait_for(lambda: len(backend.pool.ready.get(test_image(), [])) >= n, timeout=30)
+
+
+async def probe(inst: Instance) -> dict:
+    out, err, code = await run(inst, PROBE)
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_a_claimed_kernel_is_like_a_created_one(backend: DockerBackend, engine: str):
+    cold_spec = make_spec(environ={"FOO": "cold", "LANG": "C"})
+    cold = await backend.create(cold_spec)
+    assert L_POOL not in cold.labels  # nothing was ready: created as before
+    await pool_ready(backend)
+
+    spec = make_spec(environ={"FOO": "warm", "LANG": "C"})
+    inst = await backend.create(spec)
+    info = await container_of(engine, spec.kernel_id)
+    assert info is not None and info["Config"]["Labels"].get(L_POOL) == spec.image  # a standby
+    assert inst.state is InstanceState.RUNNING and inst.workdir == backend.scratch_root / spec.kernel_id
+    a, b = await probe(cold), await probe(inst)
+
+    assert b["hostname"] == b["etc_hostname"] == spec.session_name
+    assert b["cwd"] == "/home/work" and "bai.kernel" in b["pid1"]
+    assert b["files"] == a["files"] and "standby.sock" not in b["files"]
+    assert (b["mem"], b["cores"], b["pids"]) == (256 * MiB, 1.0, backend.pids_limit)
+    assert b["env"]["FOO"] == "warm" and b["env"]["BACKENDAI_KERNEL_ID"] == spec.kernel_id
+    assert b["env"]["BACKENDAI_SESSION_NAME"] == spec.session_name
+    assert b["env"]["HOSTNAME"] == spec.session_name
+    per_kernel = {"FOO", "HOSTNAME", "BACKENDAI_KERNEL_ID", "BACKENDAI_SESSION_ID",
+                  "BACKENDAI_SESSION_NAME"}
+    assert {k: v for k, v in b["env"].items() if k not in per_kernel} == \
+        {k: v for k, v in a["env"].items() if k not in per_kernel}
+
+    # the agent's view: labels as a created container's, a work dir the kernel sees
+    assert json.loads(inst.labels["bai.spec"])["environ"] == {"FOO": "warm", "LANG": "C"}
+    assert inst.labels["ai.bai.kernel_id"] == spec.kernel_id
+    assert inst.labels["ai.bai.session_id"] == spec.session_id
+    (inst.workdir / "data.txt").write_text("uploaded\n")
+    out, _, _ = await run(inst, "print(open('data.txt').read())")
+    assert out.strip() == "uploaded"
+    assert [i.kernel_id for i in await backend.list()].count(spec.kernel_id) == 1
+
+
+async def test_a_claim_applies_the_requested_limits(backend: DockerBackend):
+    await backend.create(make_spec())  # standbys follow this shape: 1 core, 256 MiB
+    await pool_ready(backend)
+    spec = make_spec(slots={"cpu": Decimal("0.5"), "mem": Decimal(160 * MiB)})
+    inst = await backend.create(spec)
+    assert L_POOL in inst.labels
+    got = await probe(inst)
+    assert (got["mem"], got["cores"], got["pids"]) == (160 * MiB, 0.5, backend.pids_limit)
+    assert (await backend.stats(spec.kernel_id))["mem_limit_bytes"] == 160 * MiB
+
+
+async def test_oom_in_a_claimed_kernel_is_reported(backend: DockerBackend):
+    if backend.isolation()["engine"] != "docker":
+        pytest.skip("Podman sets OOMKilled only when the container's main process is OOM-killed")
+    await backend.create(make_spec())
+    await pool_ready(backend)
+    inst = await backend.create(make_spec(slots={"cpu": Decimal(1), "mem": Decimal(128 * MiB)}))
+    assert L_POOL in inst.labels
+    out, _, code = await run(inst, "x = bytearray(400 * 2**20); print('survived')")
+    assert "survived" not in out and code != 0
+    await wait_for(lambda: any(e.kernel_id == inst.kernel_id for e in backend.exits))
+    (seen,) = [e for e in backend.exits if e.kernel_id == inst.kernel_id]
+    assert seen.exit_reason == "oom-killed" and seen.state is InstanceState.EXITED
+    gone = await backend.destroy(inst.kernel_id)
+    assert gone is not None and gone.exit_reason == "oom-killed"
+
+
+async def test_a_restarted_backend_knows_claimed_kernels(backend: DockerBackend, engine: str):
+    await backend.create(make_spec())
+    await pool_ready(backend)
+    spec = make_spec()
+    inst = await backend.create(spec)
+    assert L_POOL in inst.labels
+    await run(inst, "x = 42")
+    other = new_backend(engine, backend.scratch_root, backend.agent_id, pool_size=0)
+    await other.connect()
+    try:
+        found = {i.kernel_id: i for i in await other.list()}[spec.kernel_id]
+        assert found.state is InstanceState.RUNNING and found.runner_socket == inst.runner_socket
+        assert found.session_id == spec.session_id
+        assert json.loads(found.labels["bai.spec"])["slots"] == {"cpu": "1", "mem": str(256 * MiB)}
+        out, _, _ = await run(found, "print(x)")
+        assert out.strip() == "42"
+        gone = await other.destroy(spec.kernel_id)
+        assert gone is not None and gone.exit_reason == "killed"
+    finally:
+        await other.stop()
+    assert await container_of(engine, spec.kernel_id) is None
+    assert not inst.workdir.exists()
+    assert not (backend.scratch_root / ".claims" / f"{spec.kernel_id}.json").exists()
+
+
+async def test_standbys_are_not_kernels_and_go_with_the_backend(engine: str, tmp_path: Path):
+    agent_id = f"pool-{uuid.uuid4().hex[:10]}"
+    scratch = tmp_path / "scratch"
+    first = new_backend(engine, scratch, agent_id)
+
+    async def ignore(inst: Instance) -> None:
+        pass
+
+    await first.start(ignore)
+    kernel = await first.create(make_spec())
+    await pool_ready(first)
+    (left,) = [c for c in await standbys(engine, agent_id) if c["Names"][0].startswith("/bai-standby-")]
+    assert [i.kernel_id for i in await first.list()] == [kernel.kernel_id]
+
+    # an agent killed without stopping leaves its standbys; the next start removes them
+    second = new_backend(engine, scratch, agent_id, pool_size=0)
+    await second.start(ignore)
+    try:
+        assert await standbys(engine, agent_id) == []
+        assert list((scratch / ".pool").iterdir()) == []
+        assert [i.kernel_id for i in await second.list()] == [kernel.kernel_id]
+        await second.destroy(kernel.kernel_id)
+    finally:
+        await second.stop()
+    first.pool.discard(left["Id"])  # the engine's die event may not have reached it yet
+
+    # a stopped backend leaves none
+    third = new_backend(engine, scratch, agent_id)
+    await third.start(ignore)
+    await third.create(make_spec())
+    await pool_ready(third)
+    assert len(await standbys(engine, agent_id)) == 1
+    await third.stop()
+    assert await standbys(engine, agent_id) == []
+    assert list((scratch / ".pool").iterdir()) == []
+    for inst in await first.list():
+        await first.destroy(inst.kernel_id)
+    await first.stop()
+
+
+async def test_a_standby_that_died_is_not_claimed(backend: DockerBackend, engine: str):
+    await backend.create(make_spec())
+    await pool_ready(backend)
+    (entry,) = backend.pool.ready[test_image()]
+    async with aiodocker.Docker(url=engine) as d:
+        await d.containers.container(entry.container_id).kill(signal="SIGKILL")
+    await wait_for(lambda: entry not in backend.pool.ready.get(test_image(), []))
+    spec = make_spec()
+    inst = await backend.create(spec)
+    assert L_POOL not in inst.labels  # created, not claimed
+    out, _, _ = await run(inst, "print('ok')")
+    assert out.strip() == "ok"
+
+
+async def test_kernels_with_network_are_not_pooled(backend: DockerBackend):
+    await backend.create(make_spec())
+    await pool_ready(backend)
+    inst = await backend.create(make_spec(network=True))
+    assert L_POOL not in inst.labels
+    assert len(backend.pool.ready[test_image()]) == 1
