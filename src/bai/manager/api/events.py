@@ -21,11 +21,12 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.common.events import SERVER_CLOSE, SessionEvent
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5
 #: Seconds of silence after which a keep-alive comment is sent (and the session re-checked).
 KEEPALIVE_SECONDS = 15.0
+#: Bytes in a stream's transport buffer above which its events queue instead (a slow client).
+HIGH_WATER = 64 * 1024
+#: Queued writes after which a client that stopped reading is disconnected (it may reconnect).
+QUEUE_LIMIT = 100_000
+#: How often a backed-up stream looks whether its client has read.
+DRAIN_POLL_SECONDS = 0.05
 _FINAL_NAMES = {str(s) for s in TERMINAL}
 _SCOPES = {"*", "session", "kernel"}
 
@@ -60,33 +67,6 @@ def in_scope(name: str, scopes: set[str]) -> bool:
 def is_final(ev: SessionEvent) -> bool:
     """A session-level event that says the session reached a status it will not leave by itself."""
     return ev.name.startswith("session_") and ev.status in _FINAL_NAMES
-
-
-class SSEWriter:
-    """Writes SSE messages; the first one carries ``retry``."""
-
-    def __init__(self, resp: web.StreamResponse) -> None:
-        self.resp = resp
-        self.sent_retry = False
-
-    async def event(self, name: str, data: Any) -> None:
-        retry = "" if self.sent_retry else f"retry: {RETRY_SECONDS}\n"
-        self.sent_retry = True
-        await self.resp.write(f"{retry}event: {name}\ndata: {json.dumps(data)}\n\n".encode())
-
-    async def live(self, ev: SessionEvent) -> None:
-        """A bus event; its JSON is made once, however many streams send it."""
-        if not self.sent_retry:
-            await self.event(ev.name, ev.payload())
-            return
-        cached = ev.__dict__.get("_sse_bytes")
-        if cached is None:
-            cached = f"event: {ev.name}\ndata: {json.dumps(ev.payload())}\n\n".encode()
-            ev.__dict__["_sse_bytes"] = cached
-        await self.resp.write(cached)
-
-    async def comment(self, text: str) -> None:
-        await self.resp.write(f": {text}\n\n".encode())
 
 
 def history_events(row: dict[str, Any], history: list[Any], exit_code: int | None) -> list[SessionEvent]:
@@ -145,20 +125,6 @@ async def current_status(root: Any, session_id: uuid.UUID) -> str | None:
         ).scalar()
 
 
-CLOSED: Any = object()
-
-
-async def next_event(sub: Any) -> Any:
-    """The next bus event; None after ``KEEPALIVE_SECONDS`` of silence; CLOSED when the bus ended."""
-    try:
-        async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per event, unlike wait_for
-            return await anext(sub)
-    except TimeoutError:
-        return None
-    except StopAsyncIteration:
-        return CLOSED
-
-
 def _owner_filter(caller: Caller, owner: str | None) -> str | None:
     """Which access key's events a session-less stream shows (None: all, admins only)."""
     if caller.is_admin:
@@ -166,6 +132,179 @@ def _owner_filter(caller: Caller, owner: str | None) -> str | None:
     if owner and owner != caller.access_key:
         raise Forbidden(f"A user keypair sees only its own sessions' events, not {owner}'s.")
     return caller.access_key
+
+
+def sse_bytes(ev: SessionEvent) -> bytes:
+    """The event's SSE message, encoded once however many streams send it."""
+    cached = ev.__dict__.get("_sse_bytes")
+    if cached is None:
+        cached = f"event: {ev.name}\ndata: {json.dumps(ev.payload())}\n\n".encode()
+        ev.__dict__["_sse_bytes"] = cached
+    return cached
+
+
+def chunk(payload: bytes) -> bytes:
+    """``payload`` as one HTTP/1.1 chunk (the stream's body is chunked)."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+_RETRY = f"retry: {RETRY_SECONDS}\n".encode()
+_KEEPALIVE = b": keep-alive\n\n"
+_SERVER_CLOSE = f"event: {SERVER_CLOSE}\ndata: {{}}\n\n".encode()
+
+
+class LiveStream:
+    """One SSE response, written to from the bus's publish call (a ``Listener``).
+
+    While the client keeps up (its transport's buffer is below ``HIGH_WATER``) an event batch is
+    written to the socket inside the publish call, the bytes encoded and framed once for every
+    stream with the same filter (the fan-out's ``shared`` dict). A client that falls behind gets
+    a queue of (shared) payloads that ``run`` feeds to it as its buffer drains, so publishing
+    never waits for it and it loses nothing; one that stops reading altogether is disconnected
+    after ``QUEUE_LIMIT`` queued writes. Events that arrive before the stream is live (headers,
+    replay) are held and then filtered in order.
+    """
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse, scopes: set[str], *,
+                 owner: str | None = None, session: bool = False) -> None:
+        self.transport = request.transport
+        self.chunked = resp.chunked
+        self.scopes = scopes
+        self.owner = owner
+        self.session = session
+        self.key = (owner, frozenset(scopes), self.chunked)  # streams alike share their bytes
+        self.held: list[SessionEvent] | None = []
+        self.replayed: Counter[tuple[str, str | None]] = Counter()
+        self.snapshot = 0.0
+        self.sent_retry = False
+        self.pending: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.ended = False
+        self.cut_off = False
+        self.writes = 0
+
+    # -- the publish side (synchronous) ----------------------------------------------------
+
+    def deliver(self, events: Sequence[SessionEvent], shared: dict[Any, Any]) -> None:
+        if self.ended:
+            return
+        if self.held is not None:
+            self.held.extend(events)
+        elif self.session:
+            self._deliver_session(events)
+        elif not self.sent_retry:
+            self.send(self._select(events))
+        else:
+            cached = shared.get(self.key)
+            if cached is None:
+                payload = self._select(events)
+                cached = shared[self.key] = (payload, self._frame(payload))
+            self.send(*cached)
+
+    def _select(self, events: Sequence[SessionEvent]) -> bytes:
+        owner, scopes = self.owner, self.scopes
+        return b"".join(sse_bytes(ev) for ev in events
+                        if (owner is None or ev.access_key == owner) and in_scope(ev.name, scopes))
+
+    def _deliver_session(self, events: Sequence[SessionEvent]) -> None:
+        parts = []
+        for ev in events:  # already this session's only (the bus indexes by session)
+            key = (ev.name, ev.status)
+            if self.replayed[key] > 0 and ev.ts <= self.snapshot:
+                self.replayed[key] -= 1  # already sent from the history
+                continue
+            if in_scope(ev.name, self.scopes):
+                parts.append(sse_bytes(ev))
+            if is_final(ev):
+                self.send(b"".join(parts) + _SERVER_CLOSE)
+                self.end()
+                return
+        self.send(b"".join(parts))
+
+    def go_live(self) -> None:
+        """Headers and replay are out: from now on events are written as they come."""
+        held, self.held = self.held or [], None
+        if held and not self.ended:
+            if self.session:
+                self._deliver_session(held)
+            else:
+                self.send(self._select(held))
+
+    def send(self, payload: bytes, framed: bytes | None = None) -> None:
+        """Messages (the first one carries ``retry``)."""
+        if not payload:
+            return
+        if not self.sent_retry:
+            payload, framed, self.sent_retry = _RETRY + payload, None, True
+        self.write(payload, framed)
+
+    def write(self, payload: bytes, framed: bytes | None = None) -> None:
+        if self.ended:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.end()
+            return
+        self.writes += 1
+        if not self.pending and transport.get_write_buffer_size() <= HIGH_WATER:
+            transport.write(framed if framed is not None else self._frame(payload))
+            return
+        self.pending.append(payload)
+        if len(self.pending) > QUEUE_LIMIT:
+            log.warning("an event stream's client stopped reading (%d writes queued); "
+                        "disconnecting it", len(self.pending))
+            self.cut_off = True
+            self.pending.clear()
+            transport.abort()
+            self.end()
+        self.wake.set()
+
+    def _frame(self, payload: bytes) -> bytes:
+        return chunk(payload) if self.chunked and payload else payload
+
+    def end(self) -> None:
+        self.ended = True
+        self.wake.set()
+
+    def close(self) -> None:  # the bus closed
+        self.end()
+
+    # -- the handler side ------------------------------------------------------------------
+
+    async def run(self, on_idle: Callable[[], Awaitable[None]]) -> None:
+        """Feed a slow client its queue; call ``on_idle`` after ``KEEPALIVE_SECONDS`` in which
+        nothing was written; return once the stream ended and its queue is out."""
+        while True:
+            if self.pending:
+                await self._flush_pending()
+                continue
+            if self.ended:
+                return
+            seen = self.writes
+            try:
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    await self.wake.wait()
+            except TimeoutError:
+                if self.writes == seen:
+                    await on_idle()
+                continue
+            self.wake.clear()
+
+    async def _flush_pending(self) -> None:
+        transport = self.transport
+        while self.pending:
+            if transport is None or transport.is_closing():
+                self.pending.clear()
+                self.end()
+                return
+            if transport.get_write_buffer_size() > HIGH_WATER // 4:
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+                continue
+            batch, size = [], 0
+            while self.pending and size < HIGH_WATER:
+                batch.append(self.pending.popleft())
+                size += len(batch[-1])
+            transport.write(self._frame(b"".join(batch)))
 
 
 async def stream_session_events(request: web.Request) -> web.StreamResponse:
@@ -192,71 +331,53 @@ async def stream_session_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    if request.version >= HttpVersion11:
+        resp.enable_chunked_encoding()  # explicitly: the live writes frame their own chunks
     await resp.prepare(request)
-    out = SSEWriter(resp)
+    stream = LiveStream(request, resp, scopes, owner=owner_filter, session=target is not None)
+    sid = uuid.UUID(str(target["id"])) if target is not None else None
     try:
-        async with root.bus.subscribe() as sub:
-            if target is not None:
-                await _follow_session(root, sub, out, uuid.UUID(str(target["id"])), scopes)
+        async with root.bus.listen(stream, session_id=str(sid) if sid else None):
+            await resp.write(_KEEPALIVE)  # sends the headers; events so far wait in the stream
+            if sid is not None:
+                await _replay(root, stream, sid)
+
+                async def on_idle() -> None:
+                    if await current_status(root, sid) in _FINAL_NAMES:
+                        stream.send(_SERVER_CLOSE)
+                        stream.end()
+                    else:
+                        stream.write(_KEEPALIVE)
             else:
-                await _follow_all(sub, out, owner_filter, scopes)
+                async def on_idle() -> None:
+                    stream.write(_KEEPALIVE)
+            stream.go_live()
+            await stream.run(on_idle)
     except ConnectionResetError:  # the client went away
         return resp
     except Exception:  # headers are out: a problem body can no longer be sent, so end the stream
         log.exception("event stream for %s failed", request.rel_url)
         return resp
-    await resp.write_eof()
+    transport = stream.transport
+    if not stream.cut_off and transport is not None and not transport.is_closing():
+        await resp.write_eof()
     return resp
 
 
-async def _follow_session(root: Any, sub: Any, out: SSEWriter, sid: uuid.UUID, scopes: set[str]) -> None:
-    snapshot = time.time()
+async def _replay(root: Any, stream: LiveStream, sid: uuid.UUID) -> None:
+    """What already happened to the session, from its history; ends a finished session's stream."""
+    stream.snapshot = time.time()
     row, past = await load_story(root, sid)
-    replayed: Counter[tuple[str, str | None]] = Counter()
+    parts = []
     for ev in past:
-        replayed[(ev.name, ev.status)] += 1
-        if in_scope(ev.name, scopes):
-            await out.event(ev.name, ev.payload())
+        stream.replayed[(ev.name, ev.status)] += 1
+        if in_scope(ev.name, stream.scopes):
+            parts.append(sse_bytes(ev))
     if row["status"] in _FINAL_NAMES:
-        await out.event(SERVER_CLOSE, {})
-        return
-    await out.comment("keep-alive")
-    while True:
-        ev = await next_event(sub)
-        if ev is CLOSED:
-            return
-        if ev is None:
-            if await current_status(root, sid) in _FINAL_NAMES:
-                await out.event(SERVER_CLOSE, {})
-                return
-            await out.comment("keep-alive")
-            continue
-        if ev.session_id != str(sid):
-            continue
-        key = (ev.name, ev.status)
-        if replayed[key] > 0 and ev.ts <= snapshot:
-            replayed[key] -= 1  # already sent from the history
-            continue
-        if in_scope(ev.name, scopes):
-            await out.live(ev)
-        if is_final(ev):
-            await out.event(SERVER_CLOSE, {})
-            return
-
-
-async def _follow_all(sub: Any, out: SSEWriter, owner: str | None, scopes: set[str]) -> None:
-    await out.comment("keep-alive")
-    while True:
-        ev = await next_event(sub)
-        if ev is CLOSED:
-            return
-        if ev is None:
-            await out.comment("keep-alive")
-            continue
-        if owner is not None and ev.access_key != owner:
-            continue
-        if in_scope(ev.name, scopes):
-            await out.live(ev)
+        parts.append(_SERVER_CLOSE)
+    stream.send(b"".join(parts))
+    if row["status"] in _FINAL_NAMES:
+        stream.end()
 
 
 def setup(app: web.Application) -> None:

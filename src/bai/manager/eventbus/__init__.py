@@ -4,14 +4,23 @@
 ``settings.redis_url`` is set. Both have the same interface::
 
     await bus.publish(event)
-    async with bus.subscribe() as sub:
+    await bus.publish_many(events)    # a batch, in order: one fan-out pass / one Redis pipeline
+    async with bus.subscribe() as sub:             # or subscribe(session_id=...)
         async for ev in sub:      # every event published after subscribing
             ...
+    async with bus.listen(listener):  # listener.deliver(events, shared) called from the publish
+        ...
 """
 
 from __future__ import annotations
 
-from bai.manager.eventbus.local import EventBus, LocalEventBus, Subscription
+from bai.manager.eventbus.local import (
+    EventBus,
+    FanOut,
+    Listener,
+    LocalEventBus,
+    Subscription,
+)
 
 
 def make_bus(settings) -> EventBus:
@@ -29,4 +38,4 @@ def _db_tag(settings) -> str:
     return hashlib.sha1(str(settings.db_url).encode()).hexdigest()[:12]
 
 
-__all__ = ["EventBus", "LocalEventBus", "Subscription", "make_bus"]
+__all__ = ["EventBus", "FanOut", "Listener", "LocalEventBus", "Subscription", "make_bus"]

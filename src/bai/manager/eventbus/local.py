@@ -1,52 +1,157 @@
-"""The in-process event bus (embedded deployment, tests)."""
+"""The in-process event bus (embedded deployment, tests), and the fan-out every bus shares.
+
+A bus hands each published batch to its listeners synchronously, from the publish call (the
+Redis bus: from its reader task), so that a listener such as an SSE stream can write to its
+socket at once, without a task wake-up per listener and event:
+
+* ``subscribe()`` gives a ``Subscription``, an async iterator with its own queue (create waiters);
+* ``listen(listener)`` registers any object with ``deliver(events, shared)`` and ``close()``
+  (the SSE streams of ``bai.manager.api.events``).
+
+Either can be limited to one session's events (``session_id=``), which the fan-out finds with
+one dictionary look-up per event instead of offering every event to every listener.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 from bai.common.events import SessionEvent
 
 log = logging.getLogger(__name__)
 
-#: A subscriber that falls this far behind loses its oldest events rather than the manager's memory.
+#: A subscription that falls this far behind loses its oldest events rather than the manager's memory.
 QUEUE_LIMIT = 10_000
+
+
+class Listener(Protocol):
+    """What ``listen()`` accepts. ``deliver`` runs inside the publish call: it must not block,
+    must not raise, and must be cheap (``shared`` is one dict per batch for listeners to share
+    work, e.g. an encoding, keyed by what they need)."""
+
+    def deliver(self, events: Sequence[SessionEvent], shared: dict[Any, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Subscription:
     """What ``subscribe()`` yields: an async iterator over events published after it began."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[SessionEvent | None] = asyncio.Queue()
+        self._queue: deque[SessionEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
         self.dropped = 0
 
+    def deliver(self, events: Sequence[SessionEvent], shared: dict[Any, Any]) -> None:
+        self._queue.extend(events)
+        extra = len(self._queue) - QUEUE_LIMIT
+        if extra > 0:
+            for _ in range(extra):
+                self._queue.popleft()
+            self.dropped += extra
+        self._wake()
+
     def _put(self, ev: SessionEvent | None) -> None:
-        if ev is not None and self._queue.qsize() >= QUEUE_LIMIT:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-                self.dropped += 1
-        self._queue.put_nowait(ev)
+        if ev is None:
+            self.close()
+        else:
+            self.deliver((ev,), {})
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def close(self) -> None:
-        self._queue.put_nowait(None)
+        self._closed = True
+        self._wake()
 
     def __aiter__(self) -> AsyncIterator[SessionEvent]:
         return self
 
     async def __anext__(self) -> SessionEvent:
-        ev = await self._queue.get()
-        if ev is None:
-            raise StopAsyncIteration
-        return ev
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
 
     async def get(self, timeout: float | None = None) -> SessionEvent | None:
         """The next event, or None after ``timeout`` seconds or when the bus closed."""
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await anext(self)
+        except (TimeoutError, StopAsyncIteration):
             return None
+
+
+class FanOut:
+    """The listeners of one bus and the delivery of a batch to them."""
+
+    def __init__(self) -> None:
+        self._all: set[Listener] = set()
+        self._by_session: dict[str, set[Listener]] = {}
+
+    def add(self, listener: Listener, session_id: str | None = None) -> None:
+        if session_id is None:
+            self._all.add(listener)
+        else:
+            self._by_session.setdefault(str(session_id), set()).add(listener)
+
+    def remove(self, listener: Listener, session_id: str | None = None) -> None:
+        if session_id is None:
+            self._all.discard(listener)
+            return
+        group = self._by_session.get(str(session_id))
+        if group is not None:
+            group.discard(listener)
+            if not group:
+                del self._by_session[str(session_id)]
+
+    def deliver(self, events: Sequence[SessionEvent]) -> None:
+        """Hand ``events`` (in order) to every listener that wants them."""
+        if not events:
+            return
+        shared: dict[Any, Any] = {}
+        for listener in list(self._all):
+            self._call(listener, events, shared)
+        if self._by_session:
+            matched: dict[Listener, list[SessionEvent]] = {}
+            for ev in events:
+                group = self._by_session.get(ev.session_id)
+                if group:
+                    for listener in group:
+                        matched.setdefault(listener, []).append(ev)
+            for listener, evs in matched.items():
+                self._call(listener, evs, shared)
+
+    @staticmethod
+    def _call(listener: Listener, events: Sequence[SessionEvent], shared: dict) -> None:
+        try:
+            listener.deliver(events, shared)
+        except Exception:  # one broken listener must not cost the others their events
+            log.exception("an event listener failed")
+
+    def close(self) -> None:
+        for listener in [*self._all, *(x for g in self._by_session.values() for x in g)]:
+            listener.close()
+
+    @contextlib.contextmanager
+    def registered(self, listener: Listener, session_id: str | None = None):
+        self.add(listener, session_id)
+        try:
+            yield listener
+        finally:
+            self.remove(listener, session_id)
 
 
 class EventBus:
@@ -55,7 +160,18 @@ class EventBus:
     async def publish(self, event: SessionEvent) -> None:
         raise NotImplementedError
 
-    def subscribe(self) -> contextlib.AbstractAsyncContextManager[Subscription]:
+    async def publish_many(self, events: Sequence[SessionEvent]) -> None:
+        """Publish a batch in order, as one fan-out (in-process) or one round trip (Redis)."""
+        for ev in events:
+            await self.publish(ev)
+
+    def subscribe(self, session_id: str | None = None) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """Events published from now on (only ``session_id``'s when given), as an iterator."""
+        raise NotImplementedError
+
+    def listen(self, listener: Listener,
+               session_id: str | None = None) -> contextlib.AbstractAsyncContextManager[Listener]:
+        """Have ``listener.deliver`` called with every batch published from now on."""
         raise NotImplementedError
 
     async def start(self) -> None:
@@ -67,24 +183,23 @@ class EventBus:
 
 class LocalEventBus(EventBus):
     def __init__(self) -> None:
-        self._subs: set[Subscription] = set()
+        self.fanout = FanOut()
 
     async def publish(self, event: SessionEvent) -> None:
-        self._deliver(event)
+        self.fanout.deliver((event,))
 
-    def _deliver(self, event: SessionEvent) -> None:
-        for sub in list(self._subs):
-            sub._put(event)
+    async def publish_many(self, events: Sequence[SessionEvent]) -> None:
+        self.fanout.deliver(events)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscription]:
-        sub = Subscription()
-        self._subs.add(sub)
-        try:
+    async def subscribe(self, session_id: str | None = None) -> AsyncIterator[Subscription]:
+        with self.fanout.registered(Subscription(), session_id) as sub:
             yield sub
-        finally:
-            self._subs.discard(sub)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, listener: Listener, session_id: str | None = None) -> AsyncIterator[Listener]:
+        with self.fanout.registered(listener, session_id):
+            yield listener
 
     async def close(self) -> None:
-        for sub in list(self._subs):
-            sub.close()
+        self.fanout.close()

@@ -2,10 +2,11 @@
 
 Two deliveries, as the upstream manager does them (manager-semantics §5.1):
 
-* **Broadcast** — ``publish(SessionEvent)`` appends to the stream ``<stream>``. Every replica runs
-  one reader task doing a plain ``XREAD`` from the position it started at and hands every entry to
-  each of its local subscriptions, so a client's SSE stream or create-wait on *any* replica sees
-  the events that another replica produced.
+* **Broadcast** — ``publish(SessionEvent)`` (``publish_many``: one pipeline) appends to the
+  stream ``<stream>``. Every replica runs one reader task doing a plain ``XREAD`` from the
+  position it started at and hands each read's entries to its local listeners in one fan-out
+  pass, so a client's SSE stream or create-wait on *any* replica sees the events that another
+  replica produced.
 
 * **Anycast** — ``dispatch(KernelEvent...)`` (agent observations) appends to one of ``PARTITIONS``
   streams ``<stream>:k:<n>``, chosen by the agent id, and exactly one replica handles each entry:
@@ -35,13 +36,13 @@ import os
 import secrets
 import socket
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from bai.common.events import KernelEvent, SessionEvent
-from bai.manager.eventbus.local import EventBus, Subscription
+from bai.manager.eventbus.local import EventBus, FanOut, Listener, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class RedisEventBus(EventBus):
         self.lease_ttl = lease_ttl
         self.block_ms = block_ms
         self._redis: aioredis.Redis = aioredis.from_url(url)
-        self._subs: set[Subscription] = set()
+        self.fanout = FanOut()
         self._handler: KernelHandler | None = None
         self._owned: set[int] = set()
         self._giving_back: set[int] = set()
@@ -163,8 +164,7 @@ class RedisEventBus(EventBus):
                 await self._redis.eval(_RELEASE, 1, self._lease_key(n), self.consumer)
             await self._redis.zrem(self._members_key, self.consumer)
         self._owned.clear()
-        for sub in list(self._subs):
-            sub.close()
+        self.fanout.close()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
 
@@ -178,15 +178,30 @@ class RedisEventBus(EventBus):
             approximate=True,
         )
 
+    async def publish_many(self, events: Sequence[SessionEvent]) -> None:
+        """One ``XADD`` per event, in order, sent as one pipeline (one round trip)."""
+        if not events:
+            return
+        if len(events) == 1:
+            await self.publish(events[0])
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for ev in events:
+                pipe.xadd(self.stream, {"e": json.dumps(ev.to_json())},
+                          maxlen=BROADCAST_MAXLEN, approximate=True)
+            await pipe.execute()
+
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscription]:
+    async def subscribe(self, session_id: str | None = None) -> AsyncIterator[Subscription]:
         await self._ensure_reader()
-        sub = Subscription()
-        self._subs.add(sub)
-        try:
+        with self.fanout.registered(Subscription(), session_id) as sub:
             yield sub
-        finally:
-            self._subs.discard(sub)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, listener: Listener, session_id: str | None = None) -> AsyncIterator[Listener]:
+        await self._ensure_reader()
+        with self.fanout.registered(listener, session_id):
+            yield listener
 
     async def _ensure_reader(self) -> None:
         async with self._reader_lock:
@@ -215,14 +230,14 @@ class RedisEventBus(EventBus):
                 log.warning("reading %s failed (%s); retrying", self.stream, e)
                 await asyncio.sleep(0.5)
                 continue
+            batch = []
             for _name, entries in reply or ():
                 for entry_id, fields in entries:
                     last_id = entry_id
                     event = _decode_session_event(fields)
-                    if event is None:
-                        continue
-                    for sub in list(self._subs):
-                        sub._put(event)
+                    if event is not None:
+                        batch.append(event)
+            self.fanout.deliver(batch)  # one fan-out pass per read
 
     # -- anycast -------------------------------------------------------------------------------
 
