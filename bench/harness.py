@@ -301,7 +301,10 @@ class ManagerProcess:
         self.keys = json.loads((self.dir / "keys.json").read_text())
         log = self.dir / "manager.log"
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bai.manager", "serve",
+            # BAI_BENCH_CPROFILE=FILE: the manager runs under cProfile and writes FILE on stop
+            prof = os.environ.get("BAI_BENCH_CPROFILE")
+            wrap = ["-m", "cProfile", "-o", prof] if prof else []
+            self.proc = subprocess.Popen([sys.executable, *wrap, "-m", "bai.manager", "serve",
                                           "--config", str(toml)], stdout=out,
                                          stderr=subprocess.STDOUT, env=env)
         _wait_port(self.port, 60, self.proc, log)

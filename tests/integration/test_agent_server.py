@@ -295,3 +295,28 @@ async def test_restarted_agent_adopts_running_kernels(make_agent, manager: FakeM
                            {"mode": "query", "options": {}, "code": "print(x)"})
     assert console(frames, "stdout") == "kept\n"
     assert again.registry.occupied()["cpu"] == 1  # slots restored from the labels
+
+
+async def test_batch_create_starts_the_good_specs_and_names_the_bad(manager, make_agent, http):
+    agent = await make_agent()
+    good = [kernel_body(session_name=f"b{i}", slots={"cpu": "0.1", "mem": "1048576"})
+            for i in range(3)]
+    bad = kernel_body(image="")
+    async with http.post(f"{agent.address}/v1/kernels/batch",
+                         json={"kernels": [good[0], bad, good[1], "nonsense", good[2]]}) as r:
+        assert r.status == 202
+        answer = await r.json()
+    assert answer["accepted"] == [g["kernel_id"] for g in good]
+    assert [x["kernel_id"] for x in answer["refused"]] == [bad["kernel_id"], None]
+    assert "missing image" in answer["refused"][0]["title"]
+    for g in good:
+        assert (await started(manager, g["kernel_id"]))[-1] == "kernel_started"
+    assert bad["kernel_id"] not in agent.registry.records
+
+
+async def test_batch_create_refuses_a_body_without_a_list(make_agent, http):
+    agent = await make_agent()
+    async with http.post(f"{agent.address}/v1/kernels/batch", json={"kernels": {}}) as r:
+        assert r.status == 400
+        problem = await r.json()
+    assert problem["type"].endswith("invalid-api-params") and "kernels" in problem["title"] + problem.get("msg", "")

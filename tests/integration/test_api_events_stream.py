@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from api_support import Signed
 
-from bai.common.events import KernelEvent
+from bai.common.events import KernelEvent, SessionEvent
 from bai.manager.app import ROOT, create_app
 from bai.manager.services.bootstrap import bootstrap
 from bai.manager.services.rpc import AgentClient
@@ -42,6 +42,11 @@ class FakeAgent(AgentClient):
         if self.auto_start:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.start(spec)))
         return {"kernel_id": spec["kernel_id"]}
+
+    async def create_kernels(self, address, specs):
+        for spec in specs:
+            await self.create_kernel(address, spec)
+        return {"accepted": [s["kernel_id"] for s in specs], "refused": []}
 
     async def start(self, spec):
         await self.root.agents.handle_events([self._ev(n, spec) for n in (
@@ -295,3 +300,79 @@ async def test_download_answers_one_tar_part_per_file(env):
     assert parts == [("main.py.tar", bytearray(b"TAR:main.py")), ("result.txt.tar", bytearray(b"TAR:out/result.txt"))]
     resp = await client.get(path, data=b"{}", headers=user.headers("GET", path, "application/json"))
     assert resp.status == 400
+
+
+# -- fan-out: many streams, filters, slow clients (events published straight on the bus) ------
+
+def bus_event(i: int, owner: str, name: str = "session_scheduled", sid: str | None = None,
+              **kw) -> SessionEvent:
+    return SessionEvent(name, sid or f"sid-{i}", f"sess-{i}", owner, reason=str(i), **kw)
+
+
+async def test_every_stream_gets_every_event_it_may_see_in_order(env):
+    root, _, user, admin, _ = env
+    everything = [await sse(admin, "scope=*") for _ in range(5)]
+    own = await sse(user, "scope=session")
+    kernels = await sse(admin, "scope=kernel")
+    sent = [bus_event(i, user.access_key if i % 2 else admin.access_key,
+                      "kernel_started" if i % 5 == 0 else "session_scheduled")
+            for i in range(300)]
+    await root.bus.publish(sent[0])
+    for i in range(1, 300, 50):
+        await root.bus.publish_many(sent[i:i + 50])
+    got = await asyncio.gather(*(read_sse(r, None, limit=300) for r in everything))
+    for stream in got:
+        assert [d["reason"] for _, d in stream] == [str(i) for i in range(300)]
+        assert [n for n, _ in stream] == [e.name for e in sent]
+    mine = await read_sse(own, None, limit=len([e for e in sent[1::2] if e.name.startswith("session_")]))
+    assert [d["reason"] for _, d in mine] == [e.reason for e in sent
+                                              if e.access_key == user.access_key and e.name.startswith("session_")]
+    ks = await read_sse(kernels, None, limit=60)
+    assert [d["reason"] for _, d in ks] == [str(i) for i in range(0, 300, 5)]
+    assert all(n == "kernel_started" for n, _ in ks)
+
+
+async def test_a_slow_stream_neither_holds_up_the_others_nor_loses_events(env):
+    root, _, _, admin, _ = env
+    fast = [await sse(admin, "scope=session") for _ in range(3)]
+    slow = await sse(admin, "scope=session")  # not read until the others have everything
+    n = 3000  # ~12 MB per stream: far more than the kernel's socket buffers hold
+    sent = [bus_event(i, admin.access_key, extra={"pad": "x" * 4000}) for i in range(n)]
+    readers = [asyncio.create_task(read_sse(r, None, limit=n)) for r in fast]
+    for i in range(0, n, 100):
+        await root.bus.publish_many(sent[i:i + 100])
+        await asyncio.sleep(0.01)  # give the readers a turn, as a real publisher would
+    got = await asyncio.wait_for(asyncio.gather(*readers), 120)
+    for stream in got:
+        assert [d["reason"] for _, d in stream] == [str(i) for i in range(n)]
+    from bai.manager.api.events import LiveStream
+
+    streams = [x for x in root.bus.fanout._all if isinstance(x, LiveStream)]
+    assert len(streams) == 4 and max(s.queued for s in streams) > 0  # the slow path did run
+    late = await read_sse(slow, None, limit=n)
+    assert [d["reason"] for _, d in late] == [str(i) for i in range(n)]
+    assert all(d["pad"] == "x" * 4000 for _, d in late)
+
+
+async def test_a_session_stream_takes_its_events_out_of_a_batch_and_ends_at_the_final_one(env):
+    root, _, user, _, _ = env
+    root.agents.rpc.auto_start = False
+    made = await create(user, "ev-batch", enqueueOnly=True)
+    sid = made["sessionId"]
+    resp = await sse(user, f"sessionId={sid}&scope=session")
+    batch = []
+    for i in range(40):
+        batch.append(bus_event(i, user.access_key))  # other sessions
+        if i == 10:
+            batch.append(bus_event(i, user.access_key, "session_started", sid=sid, status="RUNNING"))
+        if i == 20:
+            batch.append(bus_event(i, user.access_key, "kernel_terminated", sid=sid))  # out of scope
+        if i == 30:
+            batch.append(bus_event(i, user.access_key, "session_terminated", sid=sid, status="TERMINATED"))
+    await root.bus.publish_many(batch)
+    events = await read_sse(resp)
+    live = [(n, d["reason"]) for n, d in events if d.get("reason") in {"10", "20", "30"}]
+    assert live == [("session_started", "10"), ("session_terminated", "30")]
+    assert all(d.get("sessionId") in (sid, None) for _, d in events)
+    assert events[-1] == ("server_close", {})
+    assert await resp.content.read() == b""

@@ -28,6 +28,7 @@ from bai.manager.services.root import ManagerRoot
 from bai.manager.settings import ManagerSettings
 from bai.manager.store.tables import (
     agents,
+    kernels,
     keypair_resource_policies,
     session_history,
     sessions,
@@ -64,6 +65,11 @@ class FakeAgent:
             asyncio.get_running_loop().call_soon(
                 lambda: asyncio.ensure_future(self._start(spec)))
         return {"kernel_id": spec["kernel_id"]}
+
+    async def create_kernels(self, address, specs):
+        for spec in specs:
+            await self.create_kernel(address, spec)
+        return {"accepted": [s["kernel_id"] for s in specs], "refused": []}
 
     async def _start(self, spec):
         evs = [self._ev(n, spec) for n in
@@ -573,3 +579,103 @@ async def test_racing_creates_of_one_name_give_one_session(manager):
     await wait_status(manager, uuid.UUID(made[0]["sessionId"]), {"CANCELLED", "TERMINATED"})
     again = await manager.sessions.create(me, body("twin-name", enqueueOnly=True))
     assert again["created"] is True
+
+
+# -- set-based paths: many sessions placed, started and moved at once ----------------------------
+
+
+async def _preparing(manager, me, names, **kw):
+    """Sessions created with the fake agent silent: placed and asked for, left in PREPARING."""
+    manager.fake.auto_start = False
+    ids = []
+    for name in names:
+        ans = await manager.sessions.create(
+            me, body(name, resources={"cpu": "0.1", "mem": "64m"}, enqueueOnly=True, **kw))
+        ids.append(uuid.UUID(ans["sessionId"]))
+    for sid in ids:
+        await wait_status(manager, sid, {"PREPARING"})
+    return ids
+
+
+def _progress_events(manager, spec, ports=None):
+    names = ("kernel_preparing", "kernel_prepared", "kernel_creating", "kernel_started")
+    return [KernelEvent(n, "agent-1", spec["kernel_id"], spec["session_id"],
+                        data={"container_id": f"c-{spec['session_name']}",
+                              "service_ports": ports or []} if n == "kernel_started" else {})
+            for n in names]
+
+
+async def test_one_event_batch_starts_many_sessions_with_the_history_of_one(manager):
+    me = await caller(manager)
+    ids = await _preparing(manager, me, [f"many-{i}" for i in range(12)])
+    specs = list(manager.fake.kernels.values())
+    assert len(specs) == 12
+    # all kernels' events in one batch, interleaved the way several agents' tasks post them
+    per_kernel = [_progress_events(manager, s, ports=[{"name": "jupyter"}]) for s in specs]
+    batch = [evs[i] for i in range(4) for evs in per_kernel]
+    await manager.agents.handle_events(batch)
+    rows = [await wait_status(manager, sid, {"RUNNING"}, timeout=2) for sid in ids]
+    assert {r["service_ports"][0]["name"] for r in rows} == {"jupyter"}
+    # the same steps, reasons and causes as the one-by-one path took for a single session
+    manager.fake.auto_start = True
+    single = await manager.sessions.create(me, body("single", resources={"cpu": "0.1", "mem": "64m"}))
+    expected = await history(manager, uuid.UUID(single["sessionId"]))
+    for sid in ids:
+        hist = await history(manager, sid)
+        assert hist == expected
+        assert_legal(hist)
+    async with manager.store.connect() as conn:
+        cids = dict((await conn.execute(
+            sa.select(kernels.c.session_id, kernels.c.container_id)
+            .where(kernels.c.session_id.in_(ids)))).all())
+    assert cids == {sid: f"c-many-{i}" for i, sid in enumerate(ids)}
+
+
+async def test_an_event_batch_moves_only_sessions_still_starting(manager):
+    me = await caller(manager)
+    ids = await _preparing(manager, me, ["keep-a", "gone", "keep-b"])
+    specs = {s["session_name"]: s for s in manager.fake.kernels.values()}
+    await manager.sessions.destroy(me, "gone")
+    await wait_status(manager, ids[1], {"TERMINATED"})
+    batch = [ev for name in ("keep-a", "gone", "keep-b")
+             for ev in _progress_events(manager, specs[name])]
+    await manager.agents.handle_events(batch)
+    assert (await wait_status(manager, ids[0], {"RUNNING"}, timeout=2))["status"] == "RUNNING"
+    assert (await wait_status(manager, ids[2], {"RUNNING"}, timeout=2))["status"] == "RUNNING"
+    gone = await wait_status(manager, ids[1], {"TERMINATED"})
+    assert [h[1] for h in await history(manager, ids[1])][-1] == "TERMINATED"
+    assert gone["occupying_slots"] == {}
+    # slots: two tiny sessions left on the agent
+    assert await occupied(manager) == ResourceSlot({"cpu": Decimal("0.2"), "mem": Decimal(128 * 2**20)})
+
+
+async def test_place_many_takes_what_fits_in_order_and_refuses_the_rest(manager):
+    from bai.manager.services.transitions import Outbox, place_many
+
+    me = await caller(manager)
+    ids = []
+    for name in ("place-1", "place-2", "place-3"):
+        ans = await manager.sessions.create(
+            me, body(name, resources={"cpu": "0.9", "mem": "64m"}, starts_at="1h", enqueueOnly=True))
+        ids.append(uuid.UUID(ans["sessionId"]))
+    outbox = Outbox()
+    async with manager.store.begin() as conn:
+        placed, refused = await place_many(conn, [
+            (ids[0], "agent-1", "http://127.0.0.1:1"),
+            (ids[1], "no-such-agent", "http://127.0.0.1:2"),
+            (ids[2], "agent-1", "http://127.0.0.1:1"),
+            (uuid.uuid4(), "agent-1", "http://127.0.0.1:1"),  # not a pending session: skipped
+        ], outbox=outbox)
+    assert [r["id"] for r in placed] == [ids[0], ids[2]] and refused == 1
+    assert await occupied(manager) == ResourceSlot({"cpu": Decimal("1.8"), "mem": Decimal(128 * 2**20)})
+    for sid in (ids[0], ids[2]):
+        row = await wait_status(manager, sid, {"SCHEDULED"}, timeout=0)
+        assert row["agent_ids"] == ["agent-1"] and row["occupying_slots"] == row["requested_slots"]
+        assert (await history(manager, sid))[-1] == ("PENDING", "SCHEDULED", "scheduled")
+    assert (await wait_status(manager, ids[1], {"PENDING"}, timeout=0))["agent_ids"] == []
+    assert [e.name for e in outbox.events] == ["session_scheduled", "session_scheduled"]
+    # one more that no longer fits (0.2 cpu left)
+    async with manager.store.begin() as conn:
+        placed, refused = await place_many(conn, [(ids[1], "agent-1", "http://127.0.0.1:1")],
+                                           outbox=Outbox())
+    assert placed == [] and refused == 1

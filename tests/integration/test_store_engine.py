@@ -14,7 +14,7 @@ from bai.common.errors import InvalidTransition
 from bai.common.resources import ResourceSlot
 from bai.common.status import SessionStatus
 from bai.manager.services.bootstrap import bootstrap
-from bai.manager.services.transitions import Outbox, PlacementRefused, transit
+from bai.manager.services.transitions import Outbox, place_many, transit
 from bai.manager.store import tables as t
 from bai.manager.store.engine import Store
 
@@ -82,18 +82,19 @@ async def test_bootstrap_is_idempotent_and_keeps_keys(store):
     assert "python" in aliases and aliases["python"].startswith("python:3.")
 
 
-async def _seed_session(store, *, cpu="2", agent_cpu="2"):
+async def _seed_session(store, *, cpu="2", agent_cpu="2", name="s1"):
     keys = await bootstrap(store)
     sid, kid = uuid.uuid4(), uuid.uuid4()
     async with store.begin() as conn:
         uid = (await conn.execute(sa.select(t.users.c.id).where(t.users.c.email == "user@bai.local"))).scalar()
         gid = (await conn.execute(sa.select(t.groups.c.id))).scalar()
         image = (await conn.execute(sa.select(t.images.c.name))).scalar()
-        await conn.execute(sa.insert(t.agents).values(
-            id="agent-1", address="http://127.0.0.1:1", available_slots={"cpu": agent_cpu},
-            occupied_slots={}, isolation={}))
+        if (await conn.execute(sa.select(t.agents.c.id))).first() is None:
+            await conn.execute(sa.insert(t.agents).values(
+                id="agent-1", address="http://127.0.0.1:1", available_slots={"cpu": agent_cpu},
+                occupied_slots={}, isolation={}))
         await conn.execute(sa.insert(t.sessions).values(
-            id=sid, name="s1", image=image, domain_name="default", group_id=gid, user_id=uid,
+            id=sid, name=name, image=image, domain_name="default", group_id=gid, user_id=uid,
             access_key=keys["user"]["access_key"], status="PENDING", status_data={},
             requested_slots={"cpu": cpu}, occupying_slots={}, service_ports=[], mounts=[],
             environ={}, agent_ids=[], main_kernel_id=kid, resource_opts={}, abusing_reports=[]))
@@ -113,8 +114,8 @@ async def test_transit_reserves_releases_and_records(store):
     sid = await _seed_session(store)
     ob = Outbox()
     async with store.begin() as conn:
-        row = await transit(conn, sid, S.PENDING, S.SCHEDULED, reason="scheduled",
-                            cause="scheduler", outbox=ob, place_on=("agent-1", "http://x"))
+        (row,), refused = await place_many(conn, [(sid, "agent-1", "http://x")], outbox=ob)
+    assert refused == 0
     assert row["scheduled_at"] is not None and await _agent_cpu(store) == 2
     async with store.begin() as conn:
         # A stale expectation loses the compare-and-set and changes nothing.
@@ -143,21 +144,34 @@ async def test_transit_reserves_releases_and_records(store):
 async def test_placement_refused_when_agent_is_full(store):
     await store.migrate()
     sid = await _seed_session(store, cpu="3", agent_cpu="2")
-    with pytest.raises(PlacementRefused):
-        async with store.begin() as conn:
-            await transit(conn, sid, S.PENDING, S.SCHEDULED, reason="scheduled", cause="s",
-                          outbox=Outbox(), place_on=("agent-1", "http://x"))
+    async with store.begin() as conn:
+        assert await place_many(conn, [(sid, "agent-1", "http://x")], outbox=Outbox()) == ([], 1)
     async with store.connect() as conn:
         assert (await conn.execute(sa.select(t.sessions.c.status))).scalar() == "PENDING"
     assert await _agent_cpu(store) == 0
+
+
+async def test_concurrent_placements_on_one_agent_never_overbook_it(store):
+    # two sessions of 2 cpu, an agent of 3: whichever writer comes second finds no room
+    await store.migrate()
+    a = await _seed_session(store, cpu="2", agent_cpu="3", name="s1")
+    b = await _seed_session(store, cpu="2", agent_cpu="3", name="s2")
+
+    async def attempt(sid):
+        async with store.begin() as conn:
+            placed, _ = await place_many(conn, [(sid, "agent-1", "http://x")], outbox=Outbox())
+            await asyncio.sleep(0.05)  # hold the transaction while the other one tries
+            return len(placed)
+
+    assert sorted(await asyncio.gather(attempt(a), attempt(b))) == [0, 1]
+    assert await _agent_cpu(store) == 2
 
 
 async def test_concurrent_compare_and_set_has_one_winner(store):
     await store.migrate()
     sid = await _seed_session(store)
     async with store.begin() as conn:
-        await transit(conn, sid, S.PENDING, S.SCHEDULED, reason="scheduled", cause="s",
-                      outbox=Outbox(), place_on=("agent-1", "http://x"))
+        await place_many(conn, [(sid, "agent-1", "http://x")], outbox=Outbox())
 
     async def attempt(i):
         async with store.begin() as conn:

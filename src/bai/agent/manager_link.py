@@ -19,7 +19,7 @@ from bai.common.events import KernelEvent
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-BAI-Cluster-Token"
-BATCH = 200
+BATCH = 1000
 MAX_QUEUE = 100_000
 #: answers that mean "this body will never be accepted"
 PERMANENT = frozenset({400, 404, 405, 413, 422})

@@ -173,9 +173,8 @@ async def list_kernels(request: web.Request) -> web.Response:
     return web.json_response({"kernels": _agent(request).registry.listing()})
 
 
-async def create_kernel(request: web.Request) -> web.Response:
+def _kernel_spec(body: Any) -> KernelSpec:
     try:
-        body = await request.json()
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         missing = [k for k in ("kernel_id", "session_id", "image") if not body.get(k)]
@@ -188,8 +187,41 @@ async def create_kernel(request: web.Request) -> web.Response:
             raise ValueError("negative slot amount")
     except (ValueError, TypeError, ArithmeticError) as e:
         raise InvalidAPIParameters(f"invalid kernel spec: {e}") from None
+    return spec
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise InvalidAPIParameters("the body must be JSON") from None
+
+
+async def create_kernel(request: web.Request) -> web.Response:
+    spec = _kernel_spec(await _json_body(request))
     _agent(request).registry.create(spec)
     return web.json_response({"kernel_id": spec.kernel_id}, status=202)
+
+
+async def create_kernels(request: web.Request) -> web.Response:
+    """Many creates at once (the scheduler's chunks): each spec is checked on its own, a bad
+    one is refused by name and does not stop the others."""
+    body = await _json_body(request)
+    specs = body.get("kernels") if isinstance(body, dict) else None
+    if not isinstance(specs, list):
+        raise InvalidAPIParameters("the body must be {\"kernels\": [KernelSpec, ...]}")
+    registry = _agent(request).registry
+    accepted, refused = [], []
+    for raw in specs:
+        try:
+            spec = _kernel_spec(raw)
+        except InvalidAPIParameters as e:
+            kid = raw.get("kernel_id") if isinstance(raw, dict) else None
+            refused.append({"kernel_id": kid, "title": str(e)})
+            continue
+        registry.create(spec)
+        accepted.append(spec.kernel_id)
+    return web.json_response({"accepted": accepted, "refused": refused}, status=202)
 
 
 async def destroy_kernel(request: web.Request) -> web.Response:
@@ -269,6 +301,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/info", get_info)
     app.router.add_get("/v1/kernels", list_kernels)
     app.router.add_post("/v1/kernels", create_kernel)
+    app.router.add_post("/v1/kernels/batch", create_kernels)
     app.router.add_delete("/v1/kernels/{kid}", destroy_kernel)
     app.router.add_post("/v1/kernels/{kid}/upload", upload)
     app.router.add_get("/v1/kernels/{kid}/execute", execute)

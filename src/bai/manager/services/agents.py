@@ -6,7 +6,8 @@
 * ``check_liveness()`` marks agents LOST after ``settings.heartbeat_timeout`` without a
   heartbeat; their sessions are handled by ``Lifecycle.agent_lost`` (interactive -> ERROR
   ``agent-lost``, batch -> PENDING again), which releases their slots once.
-* ``handle_events(events)`` applies kernel events in order (idempotent).
+* ``handle_events(events)`` applies kernel events in order (idempotent), a batch's progress
+  events set-based (``Lifecycle.apply_kernel_events``).
 * ``kernel_target(session_row)`` gives the (agent address, kernel id) of a RUNNING session.
 """
 
@@ -127,11 +128,7 @@ class AgentRegistry:
         if dispatch is not None:
             await dispatch(events)
             return
-        for ev in coalesce_progress(events):
-            try:
-                await self.root.sessions.lifecycle.apply_kernel_event(ev)
-            except Exception:
-                log.exception("handling %s for kernel %s failed", ev.name, ev.kernel_id)
+        await self.root.sessions.lifecycle.apply_kernel_events(coalesce_progress(events))
 
     async def check_liveness(self) -> list[str]:
         """Mark agents LOST whose last heartbeat is too old; end or requeue their sessions."""

@@ -26,8 +26,10 @@ from bai.common.status import FINAL, SessionResult, SessionStatus, SessionType
 from bai.manager.services.transitions import (
     Outbox,
     load_session,
+    lock_sessions,
     replace_kernel,
     transit,
+    transit_many,
 )
 from bai.manager.store.tables import agents, images, kernels, sessions, utcnow
 
@@ -49,6 +51,8 @@ EVENT_TARGET = {
     "kernel_creating": S.CREATING,
     "kernel_started": S.RUNNING,
 }
+#: statuses a starting session walks through on progress events (RUNNING is the end)
+_WALKING = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)
 STEP_REASON = {
     S.PREPARING: "preparing",
     S.PULLING: "pulling-image",
@@ -161,30 +165,44 @@ class Lifecycle:
 
     # -- starting -----------------------------------------------------------------------------
 
-    async def start_kernel(self, session_id: uuid.UUID) -> None:
-        """SCHEDULED -> PREPARING, then ask the agent to create the kernel."""
-        async with self.tx() as (conn, outbox):
-            row = await load_session(conn, session_id)
-            if row is None or row["status"] != S.SCHEDULED:
-                return
-            kernel = await self._kernel(conn, row["main_kernel_id"])
-            image = (
-                await conn.execute(sa.select(images).where(images.c.name == row["image"]))
-            ).mappings().first()
-            address = await self._agent_address(conn, kernel and kernel["agent_id"]) or (
-                kernel and kernel["agent_address"]
-            )
-            new = await transit(
-                conn, session_id, S.SCHEDULED, S.PREPARING, reason="preparing",
-                cause="scheduler", outbox=outbox, row=row,
-            )
-            if new is None or kernel is None:
-                return
-        spec = self.kernel_spec(new, kernel, dict(image) if image else {})
+    async def start_placed(self, conn: AsyncConnection, placed: list[dict[str, Any]],
+                           outbox: Outbox) -> list[tuple[str, list[dict[str, Any]]]]:
+        """SCHEDULED -> PREPARING for sessions just placed in this transaction (``place_many``);
+        returns their kernel specs grouped by agent address, for ``create_kernels`` once the
+        transaction has committed."""
+        moved = await transit_many(conn, placed, S.SCHEDULED, [(S.PREPARING, "preparing")],
+                                   cause="scheduler", outbox=outbox)
+        names = sorted({r["image"] for r in moved})
+        image_rows = {
+            r["name"]: dict(r) for r in (
+                await conn.execute(sa.select(images).where(images.c.name.in_(names)))
+            ).mappings()
+        } if names else {}
+        by_address: dict[str, list[dict[str, Any]]] = {}
+        for r in moved:
+            kid = r.get("main_kernel_id")
+            if kid is None:
+                continue
+            address = r["_address"]
+            spec = self.kernel_spec(r, {"id": kid}, image_rows.get(r["image"], {}))
+            by_address.setdefault(address, []).append(spec)
+        return list(by_address.items())
+
+    async def create_kernels(self, address: str, specs: list[dict[str, Any]]) -> None:
+        """Ask one agent to create many kernels; a refused or unreachable start is handled as
+        an unreachable agent requeues the session (``MAX_START_ATTEMPTS``), anything else is ERROR."""
         try:
-            await self.root.agents.rpc.create_kernel(address, spec)
+            answer = await self.root.agents.rpc.create_kernels(address, specs)
+            refused = {str(r.get("kernel_id")): r for r in answer.get("refused") or []}
         except BaiError as e:
-            await self._start_failed(session_id, kernel["id"], e)
+            refused = {spec["kernel_id"]: e for spec in specs}
+        for spec in specs:
+            err = refused.get(spec["kernel_id"])
+            if err is None:
+                continue
+            if not isinstance(err, BaiError):
+                err = AgentError(str(err.get("title") or "the agent refused the kernel"))
+            await self._start_failed(uuid.UUID(spec["session_id"]), uuid.UUID(spec["kernel_id"]), err)
 
     def kernel_spec(self, row: Mapping[str, Any], kernel: Mapping[str, Any], image: Mapping) -> dict:
         environ = {str(k): str(v) for k, v in (row.get("environ") or {}).items()}
@@ -348,6 +366,101 @@ class Lifecycle:
 
     # -- agent events -------------------------------------------------------------------------
 
+    async def apply_kernel_events(self, events: list[KernelEvent]) -> None:
+        """Apply a batch of agent events in order (``coalesce_progress`` already applied).
+
+        Runs of progress events of distinct kernels are applied together, set-based, in one
+        transaction (``_apply_progress``); any other event one by one, in its place.
+        """
+        run: list[KernelEvent] = []
+        in_run: set[str] = set()
+        for ev in events:
+            if ev.name not in EVENT_TARGET or ev.kernel_id in in_run:
+                if run:
+                    await self._apply_progress(run)
+                run, in_run = [], set()
+            if ev.name in EVENT_TARGET:
+                run.append(ev)
+                in_run.add(ev.kernel_id)
+            else:
+                await self._apply_logged(ev)
+        if run:
+            await self._apply_progress(run)
+
+    async def _apply_logged(self, ev: KernelEvent) -> None:
+        try:
+            await self.apply_kernel_event(ev)
+        except Exception:
+            log.exception("handling %s for kernel %s failed", ev.name, ev.kernel_id)
+
+    async def _apply_progress(self, run: list[KernelEvent]) -> None:
+        """Progress events of distinct kernels: the sessions on the healthy path walk to their
+        target in one compare-and-set per (from, to) group; the rest go one by one."""
+        if len(run) == 1:
+            await self._apply_logged(run[0])
+            return
+        by_kid: dict[uuid.UUID, KernelEvent] = {}
+        for ev in run:
+            try:
+                by_kid[uuid.UUID(str(ev.kernel_id))] = ev
+            except ValueError:
+                continue
+        rest: list[KernelEvent] = []
+        try:
+            async with self.tx() as (conn, outbox):
+                kernel_rows = {}
+                for i in range(0, len(by_kid), 500):
+                    chunk = list(by_kid)[i:i + 500]
+                    res = await conn.execute(
+                        sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(chunk)))
+                    kernel_rows.update({r.id: r.session_id for r in res})
+                rows = {r["id"]: r for r in await lock_sessions(
+                    conn, list(set(kernel_rows.values())), _WALKING)}
+                groups: dict[tuple[SessionStatus, SessionStatus], list[dict]] = {}
+                seen: set[uuid.UUID] = set()
+                for kid, ev in by_kid.items():
+                    row = rows.get(kernel_rows.get(kid))
+                    target = EVENT_TARGET[ev.name]
+                    if (row is None or row["main_kernel_id"] != kid or row["id"] in seen
+                            or next_step(S(row["status"]), target) is None):
+                        rest.append(ev)
+                        continue
+                    seen.add(row["id"])
+                    groups.setdefault((S(row["status"]), target), []).append({**row, "_event": ev})
+                for (src, target), group in groups.items():
+                    path, step = [], next_step(src, target)
+                    while step is not None:
+                        path.append((step, STEP_REASON[step]))
+                        step = next_step(step, target)
+                    cause = {r["_event"].agent_id for r in group}
+                    moved = await transit_many(
+                        conn, group, src, path, outbox=outbox,
+                        cause=f"agent:{cause.pop()}" if len(cause) == 1 else "agent")
+                    moved_ids = {r["id"] for r in moved}
+                    rest.extend(r["_event"] for r in group if r["id"] not in moved_ids)
+                    if target is S.RUNNING:
+                        await self._started_details(conn, moved)
+        except Exception:
+            log.exception("applying %d progress events together failed; one by one", len(run))
+            rest = list(run)
+        for ev in rest:
+            await self._apply_logged(ev)
+
+    async def _started_details(self, conn: AsyncConnection, moved: list[dict[str, Any]]) -> None:
+        """What a ``kernel_started`` tells besides the status: service ports, container id."""
+        ports = [{"_id": r["id"], "_ports": r["_event"].data["service_ports"]} for r in moved
+                 if r["_event"].data.get("service_ports") is not None]
+        if ports:
+            await conn.execute(
+                sa.update(sessions).where(sessions.c.id == sa.bindparam("_id"))
+                .values(service_ports=sa.bindparam("_ports", type_=sa.JSON)), ports)
+        containers = [{"_kid": r["main_kernel_id"], "_cid": str(r["_event"].data["container_id"])}
+                      for r in moved if r["_event"].data.get("container_id")]
+        if containers:
+            await conn.execute(
+                sa.update(kernels).where(kernels.c.id == sa.bindparam("_kid"))
+                .values(container_id=sa.bindparam("_cid")), containers)
+
     async def apply_kernel_event(self, ev: KernelEvent) -> None:
         """Turn one agent observation into transitions (idempotent: repeats are skipped)."""
         try:
@@ -399,33 +512,23 @@ class Lifecycle:
 
     async def _progress(self, conn, outbox, row, kernel, ev, target, cause) -> bool:
         status = S(row["status"])
-        if status is S.RESTARTING and target is S.RUNNING:
-            step = S.RUNNING
-        elif status in (S.TERMINATING, S.ERROR) and target is S.RUNNING:
+        if status in (S.TERMINATING, S.ERROR) and target is S.RUNNING:
             self._destroy_orphan(kernel, ev, row.get("status_info") or "user-requested")
             return True
-        else:
-            step = next_step(status, target)
+        path: list[tuple[SessionStatus, str]] = []
+        step = S.RUNNING if status is S.RESTARTING and target is S.RUNNING else next_step(status, target)
         while step is not None:
-            values: dict[str, Any] = {}
-            reason = STEP_REASON.get(step, "")
-            if step is S.PULLING and ev.reason:
-                reason = "pulling-image"
-            if step is S.RUNNING:
-                ports = ev.data.get("service_ports")
-                if ports is not None:
-                    values["service_ports"] = ports
-                if ev.data.get("container_id"):
-                    await conn.execute(
-                        sa.update(kernels).where(kernels.c.id == kernel["id"])
-                        .values(container_id=str(ev.data["container_id"]))
-                    )
-            new = await transit(conn, row["id"], status, step, reason=reason, cause=cause,
-                                outbox=outbox, row=row, values=values or None)
-            if new is None:
-                return False
-            row, status = new, step
-            step = next_step(status, target)
+            path.append((step, STEP_REASON[step]))
+            step = next_step(step, target)
+        if not path:
+            return True
+        # the whole walk is one compare-and-set (a history row and events per step)
+        moved = await transit_many(conn, [{**row, "_event": ev}], status, path, cause=cause,
+                                   outbox=outbox)
+        if not moved:
+            return False
+        if path[-1][0] is S.RUNNING:
+            await self._started_details(conn, moved)
         return True
 
     async def _terminated(self, conn, outbox, row, kernel, ev, cause) -> bool:

@@ -65,6 +65,12 @@ class AgentClient:
     async def create_kernel(self, address: str, spec_json: dict) -> dict:
         return await self._request("POST", address, "/v1/kernels", json=spec_json, timeout=30)
 
+    async def create_kernels(self, address: str, specs: list[dict]) -> dict:
+        """Many creates in one request: ``{"accepted": [kid, ...], "refused": [{"kernel_id",
+        "title"}, ...]}``."""
+        return await self._request("POST", address, "/v1/kernels/batch",
+                                   json={"kernels": specs}, timeout=60) or {}
+
     async def destroy_kernel(self, address: str, kernel_id: str, reason: str) -> dict:
         return await self._request(
             "DELETE", address, f"/v1/kernels/{kernel_id}", params={"reason": reason}, timeout=60

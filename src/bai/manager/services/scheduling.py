@@ -2,10 +2,11 @@
 
 A pass runs when kicked (enqueue, termination, agent change) and on a timer
 (``settings.schedule_interval``). Kicks that arrive during a pass coalesce into one more pass.
-Placements are written in one transaction, each PENDING -> SCHEDULED a compare-and-set with its
-slot reservation (a savepoint, so a placement another replica won does not undo the others);
-the reasons of sessions that stay PENDING are written with one ``executemany``, only where they
-changed. Then the kernels are started on their agents.
+Placements are written in chunks (``PLACE_CHUNK``), set-based: each chunk's sessions and agents are
+locked, each agent takes what still fits it (a placement another replica won is refused and
+retried by the next pass), PENDING -> SCHEDULED -> PREPARING in one transaction, then one create
+request per agent for the chunk while the next chunk is written. The reasons of sessions that stay
+PENDING are written with one ``executemany``, only where they changed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bai.common.events import SessionEvent
 from bai.common.status import SessionStatus
 from bai.manager.scheduler.decision import Decision, SchedulingInput, decide
 from bai.manager.services.schedule_input import RELEASE_ALLOWANCE, load_input
-from bai.manager.services.transitions import Outbox, PlacementRefused, transit
+from bai.manager.services.transitions import Outbox, place_many, transit
 from bai.manager.store.tables import sessions, utcnow
 
 if TYPE_CHECKING:
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 S = SessionStatus
-#: kernels being started (a transaction, then the agent's create call) at one time
+#: create requests (one per agent and placement chunk) in flight at one time
 START_CONCURRENCY = 32
+#: placements written (and their kernels started) per transaction
+PLACE_CHUNK = 500
 
 
 #: queue positions up to which every change of a waiting session's line is an event; deeper in
@@ -105,41 +108,37 @@ class SchedulerLoop:
             inp = await load_input(
                 conn, idle_slack=self.root.settings.idle_check_interval + RELEASE_ALLOWANCE)
         decision = decide(inp) if inp.pending else Decision()
-        placed = await self._write(inp, decision)
+        await self._write(inp, decision)
         self.passes += 1
         self.last_pass_seconds = time.perf_counter() - t0
-        for sid in placed:
-            self.root.sessions.lifecycle.spawn(self._start(sid), f"start-{sid}")
         return decision
 
-    async def _start(self, sid: uuid.UUID) -> None:
-        # A pass may place thousands at once: start a bounded number at a time, so that the
-        # agents' events (which move started kernels on to RUNNING) are not queued behind
-        # every other placement's start.
-        async with self._starts:
-            await self.root.sessions.lifecycle.start_kernel(sid)
-
-    async def _write(self, inp: SchedulingInput, decision: Decision) -> list[uuid.UUID]:
+    async def _place(self, chunk: list[tuple[uuid.UUID, str, str]]) -> int:
+        """Place one chunk and move it on to PREPARING in one transaction; once committed, the
+        kernels are created on their agents (one request per agent) while the next chunk is
+        written. Returns how many placements were refused."""
         lifecycle = self.root.sessions.lifecycle
-        placed: list[uuid.UUID] = []
+        async with lifecycle.tx() as (conn, outbox):
+            placed, refused = await place_many(conn, chunk, outbox=outbox)
+            starts = await lifecycle.start_placed(conn, placed, outbox) if placed else []
+        for address, specs in starts:
+            lifecycle.spawn(self._create(address, specs), f"create-{address}")
+        return refused
+
+    async def _create(self, address: str, specs: list[dict[str, Any]]) -> None:
+        async with self._starts:
+            await self.root.sessions.lifecycle.create_kernels(address, specs)
+
+    async def _write(self, inp: SchedulingInput, decision: Decision) -> None:
+        lifecycle = self.root.sessions.lifecycle
         outbox = Outbox()
-        refused = False
+        refused = 0
         now = utcnow()
-        if decision.assignments or decision.cancels:
+        placements = [(a.session_id, a.agent_id, a.address) for a in decision.assignments]
+        for i in range(0, len(placements), PLACE_CHUNK):
+            refused += await self._place(placements[i:i + PLACE_CHUNK])
+        if decision.cancels:
             async with self.root.store.begin() as conn:
-                for a in decision.assignments:
-                    try:
-                        async with conn.begin_nested():
-                            row = await transit(
-                                conn, a.session_id, S.PENDING, S.SCHEDULED, reason="scheduled",
-                                cause="scheduler", outbox=outbox, place_on=(a.agent_id, a.address),
-                                now=now,
-                            )
-                    except PlacementRefused:
-                        refused = True
-                        continue
-                    if row is not None:
-                        placed.append(a.session_id)
                 for sid, reason in decision.cancels:
                     w = decision.waits.get(sid)
                     await transit(
@@ -169,6 +168,5 @@ class SchedulerLoop:
                     for i in range(0, len(rows), 2000):
                         await conn.execute(stmt, rows[i:i + 2000])
         # This pass already reacted to what it changed; only a lost placement needs another.
-        outbox.kick_scheduler = refused
+        outbox.kick_scheduler = refused > 0
         await lifecycle.flush(outbox)
-        return placed

@@ -8,20 +8,27 @@ transaction
 * ``status_changed``, ``status_info`` (a kebab reason, or the scheduler's readable line),
   ``status_data``, ``scheduled_at`` on SCHEDULED, ``terminated_at`` on TERMINATED/CANCELLED,
 * the main kernel row mirrored (status, info, time),
-* slot bookkeeping: moving into SCHEDULED with ``place_on`` reserves the session's request on that
-  agent (refused when it no longer fits); moving from an occupying status to one that is not
-  releases ``occupying_slots`` from the agent. Because the release rides on a compare-and-set that
+* slot bookkeeping: moving from an occupying status to one that is not releases
+  ``occupying_slots`` from the agent (placements, which reserve slots, are ``place_many``). Because the release rides on a compare-and-set that
   only one writer can win, slots are released exactly once.
 
 The events that the change means for clients are appended to an ``Outbox`` and published by the
 caller once the transaction has committed. ``transit`` returns the new row, or ``None`` when the
 session was not in ``expected`` (a lost race): the caller re-reads and re-decides.
+
+``transit_many`` and ``place_many`` are the same writes for many sessions at once, set-based: one
+compare-and-set ``UPDATE ... WHERE id IN (...) AND status = :expected RETURNING id`` per chunk, one
+kernel update, one ``executemany`` of history rows. The scheduler and the agents' event batches use
+them when thousands of sessions move at once. ``transit_many`` may also walk a path of steps
+(PREPARING -> PREPARED -> CREATING -> RUNNING) in one compare-and-set: every step is checked
+against the table and gets its history row and events, as if made one by one in the transaction.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -124,10 +131,6 @@ def session_events(
     return out
 
 
-class PlacementRefused(Exception):
-    """The agent no longer has room (a concurrent reservation won)."""
-
-
 async def load_session(conn: AsyncConnection, session_id: uuid.UUID) -> dict[str, Any] | None:
     row = (
         await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))
@@ -135,36 +138,21 @@ async def load_session(conn: AsyncConnection, session_id: uuid.UUID) -> dict[str
     return dict(row) if row is not None else None
 
 
-async def adjust_agent(
-    conn: AsyncConnection, agent_id: str, delta: Mapping[str, Any], sign: int,
-    *, check_capacity: bool = False,
-) -> bool:
-    """Add (sign=+1) or remove (sign=-1) slots from an agent's ``occupied_slots``."""
+async def release_on_agent(conn: AsyncConnection, agent_id: str, amount: Mapping[str, Any]) -> None:
+    """Give ``amount`` back to the agent's free slots (``occupied_slots`` never goes below 0)."""
     row = (
         await conn.execute(
-            sa.select(agents.c.occupied_slots, agents.c.available_slots, agents.c.status)
-            .where(agents.c.id == agent_id)
-            .with_for_update()
+            sa.select(agents.c.occupied_slots).where(agents.c.id == agent_id).with_for_update()
         )
     ).first()
     if row is None:
-        return not check_capacity
-    occupied = ResourceSlot.from_json(row.occupied_slots)
-    amount = ResourceSlot.from_json(delta)
-    if sign > 0:
-        if check_capacity:
-            free = ResourceSlot.from_json(row.available_slots) - occupied
-            if row.status != "ALIVE" or not amount.fits_in(free):
-                return False
-        new = occupied + amount
-    else:
-        new = occupied - amount
-        # Never below zero, whatever happened to the agent's records meanwhile.
-        new = ResourceSlot({k: max(v, 0) for k, v in new.items()})
+        return
+    new = ResourceSlot.from_json(row.occupied_slots) - ResourceSlot.from_json(amount)
+    # Never below zero, whatever happened to the agent's records meanwhile.
+    new = ResourceSlot({k: max(v, 0) for k, v in new.items()})
     await conn.execute(
         sa.update(agents).where(agents.c.id == agent_id).values(occupied_slots=new.nonzero().to_json())
     )
-    return True
 
 
 async def transit(
@@ -179,15 +167,12 @@ async def transit(
     info: str | None = None,
     status_data: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
-    place_on: tuple[str, str] | None = None,
     exit_code: int | None = None,
     now: datetime | None = None,
     row: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Move one session from ``expected`` to ``to``; see the module docstring.
 
-    ``place_on=(agent_id, address)`` is required for PENDING -> SCHEDULED and reserves the
-    session's ``requested_slots`` there; ``PlacementRefused`` is raised when they no longer fit.
     ``row`` may pass an already-loaded row (saves a read); it is re-checked by the CAS anyway.
     """
     expected, to = S(expected), S(to)
@@ -229,22 +214,10 @@ async def transit(
 
     was_occupying, now_occupying = expected in OCCUPYING, to in OCCUPYING
     agent_ids = list(row.get("agent_ids") or [])
-    if to is S.SCHEDULED and place_on is not None:
-        agent_id, address = place_on
-        requested = row["requested_slots"]
-        if not await adjust_agent(conn, agent_id, requested, +1, check_capacity=True):
-            raise PlacementRefused(agent_id)
-        await conn.execute(
-            sa.update(sessions)
-            .where(sessions.c.id == session_id)
-            .values(occupying_slots=requested, agent_ids=[agent_id])
-        )
-        kernel_vals.update(agent_id=agent_id, agent_address=address, occupied_slots=requested)
-        vals.update(occupying_slots=requested, agent_ids=[agent_id])
-    elif was_occupying and not now_occupying:
+    if was_occupying and not now_occupying:
         occupying = row.get("occupying_slots") or {}
         if occupying and agent_ids:
-            await adjust_agent(conn, agent_ids[0], occupying, -1)
+            await release_on_agent(conn, agent_ids[0], occupying)
         await conn.execute(
             sa.update(sessions).where(sessions.c.id == session_id).values(occupying_slots={})
         )
@@ -331,3 +304,232 @@ async def record_enqueued(
     outbox.events.append(ev)
     outbox.notify(row, [ev])
     outbox.kick_scheduler = True
+
+
+#: ids per ``IN (...)`` list (SQLite allows 32,766 parameters per statement)
+CHUNK = 500
+
+
+def _chunks(items: Sequence, n: int = CHUNK):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _slot_key(slots: Mapping[str, Any] | None) -> str:
+    return json.dumps(slots or {}, sort_keys=True)
+
+
+class SlotCache(dict):
+    """Parsed ``ResourceSlot`` per distinct JSON value: most sessions share a handful of shapes."""
+
+    def get_slots(self, raw: Mapping[str, Any] | None) -> ResourceSlot:
+        key = _slot_key(raw)
+        slots = self.get(key)
+        if slots is None:
+            slots = self[key] = ResourceSlot.from_json(raw)
+        return slots
+
+
+#: the columns a set-based move reads: enough for its writes, events, webhooks and kernel specs
+MOVE_COLUMNS = tuple(sessions.c[name] for name in (
+    "id", "name", "access_key", "status", "type", "main_kernel_id", "callback_url",
+    "requested_slots", "occupying_slots", "agent_ids", "image", "environ", "startup_command",
+    "bootstrap_script",
+))
+
+
+async def lock_sessions(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID],
+    statuses: SessionStatus | Sequence[SessionStatus],
+) -> list[dict[str, Any]]:
+    """The rows of ``ids`` that are in one of ``statuses``, locked until the transaction ends
+    (PostgreSQL; SQLite's write transactions hold the database lock already); ``MOVE_COLUMNS``
+    only."""
+    wanted = [str(statuses)] if isinstance(statuses, str) else [str(s) for s in statuses]
+    out: list[dict[str, Any]] = []
+    for chunk in _chunks(list(ids)):
+        res = await conn.execute(
+            sa.select(*MOVE_COLUMNS)
+            .where(sessions.c.id.in_(chunk), sessions.c.status.in_(wanted))
+            .with_for_update()
+        )
+        out.extend(dict(r) for r in res.mappings())
+    return out
+
+
+async def transit_many(
+    conn: AsyncConnection,
+    rows: Sequence[Mapping[str, Any]],
+    expected: SessionStatus,
+    path: Sequence[tuple[SessionStatus, str]],
+    *,
+    cause: str,
+    outbox: Outbox,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Move sessions that are in ``expected`` along ``path`` ([(status, reason), ...]; they end
+    in the last status), with the writes and events ``transit`` makes for each step.
+
+    One compare-and-set per chunk decides which rows move; the moved rows are returned (a row
+    another writer changed meanwhile is left out, and the caller re-reads it). Leaving an
+    occupying status for one that is not releases the slots, summed per agent.
+    """
+    expected = S(expected)
+    steps = [(S(st), reason) for st, reason in path]
+    src = expected
+    for dst, _ in steps:
+        check_transition("(batch)", src, dst)
+        src = dst
+    to, reason = steps[-1]
+    now = now or utcnow()
+    vals: dict[str, Any] = {
+        "status": str(to), "status_changed": now, "status_info": reason, "status_data": {},
+    }
+    kernel_vals: dict[str, Any] = {"status": str(to), "status_info": reason, "status_changed": now}
+    passes = {st for st, _ in steps}
+    if S.SCHEDULED in passes:
+        vals["scheduled_at"] = now
+    if to in FINAL:
+        vals["terminated_at"] = kernel_vals["terminated_at"] = now
+    if S.RUNNING in passes:
+        vals["last_activity_at"] = now
+    releases = expected in OCCUPYING and to not in OCCUPYING
+    if releases:
+        vals["occupying_slots"] = {}
+
+    by_id = {r["id"]: r for r in rows}
+    moved: list[dict[str, Any]] = []
+    for chunk in _chunks(list(by_id)):
+        res = await conn.execute(
+            sa.update(sessions)
+            .where(sessions.c.id.in_(chunk), sessions.c.status == str(expected))
+            .values(**vals)
+            .returning(sessions.c.id)
+        )
+        won = list(res.scalars())
+        kids = [by_id[sid]["main_kernel_id"] for sid in won if by_id[sid].get("main_kernel_id")]
+        if kids:
+            await conn.execute(
+                sa.update(kernels).where(kernels.c.id.in_(kids)).values(**kernel_vals))
+        moved.extend({**by_id[sid], **vals} for sid in won)
+    if not moved:
+        return moved
+
+    if releases:
+        cache, freed = SlotCache(), {}
+        for r in moved:
+            agent_ids = list(by_id[r["id"]].get("agent_ids") or [])
+            occupying = by_id[r["id"]].get("occupying_slots")
+            if agent_ids and occupying:
+                freed[agent_ids[0]] = freed.get(agent_ids[0], ResourceSlot()) + cache.get_slots(occupying)
+        for agent_id, amount in freed.items():
+            await release_on_agent(conn, agent_id, amount)
+        outbox.kick_scheduler = True
+    if to in FINAL or to is S.PENDING:
+        outbox.kick_scheduler = True
+
+    history = []
+    for r in moved:
+        src = expected
+        for dst, why in steps:
+            history.append({"session_id": r["id"], "from_status": str(src), "to_status": str(dst),
+                            "reason": why, "cause": cause, "at": now})
+            evs = session_events({**r, "status": str(dst)}, dst, why)
+            outbox.events.extend(evs)
+            outbox.notify(r, evs)
+            src = dst
+    await conn.execute(sa.insert(session_history), history)
+    return moved
+
+
+async def place_many(
+    conn: AsyncConnection,
+    placements: Sequence[tuple[uuid.UUID, str, str]],
+    *,
+    outbox: Outbox,
+    now: datetime | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """PENDING -> SCHEDULED for many sessions, each reserving its request on its agent.
+
+    ``placements`` are (session id, agent id, agent address) in the scheduler's order. The
+    sessions and agents are locked, each agent takes what still fits it in that order, and the
+    writes are one ``executemany`` each. Returns (the placed rows, how many were refused because
+    their agent no longer had room or is gone); a session that is no longer PENDING is skipped.
+    """
+    now = now or utcnow()
+    rows = {r["id"]: r for r in await lock_sessions(conn, [p[0] for p in placements], S.PENDING)}
+    agent_ids = sorted({p[1] for p in placements})
+    agent_rows = {}
+    for chunk in _chunks(agent_ids):
+        res = await conn.execute(
+            sa.select(agents.c.id, agents.c.occupied_slots, agents.c.available_slots,
+                      agents.c.status)
+            .where(agents.c.id.in_(chunk))
+            .with_for_update()
+        )
+        agent_rows.update({r.id: r for r in res})
+    cache = SlotCache()
+    free = {
+        a.id: ResourceSlot.from_json(a.available_slots) - ResourceSlot.from_json(a.occupied_slots)
+        for a in agent_rows.values() if a.status == "ALIVE"
+    }
+    occupied = {a: ResourceSlot.from_json(agent_rows[a].occupied_slots) for a in free}
+    placed: list[dict[str, Any]] = []
+    refused = 0
+    session_params, kernel_params = [], []
+    for sid, agent_id, address in placements:
+        row = rows.get(sid)
+        if row is None:
+            continue
+        want = cache.get_slots(row["requested_slots"])
+        room = free.get(agent_id)
+        if room is None or not want.fits_in(room):
+            refused += 1
+            continue
+        free[agent_id] = room - want
+        occupied[agent_id] = occupied[agent_id] + want
+        session_params.append({"_id": sid, "_agents": [agent_id]})
+        if row.get("main_kernel_id"):
+            kernel_params.append({"_kid": row["main_kernel_id"], "_agent": agent_id,
+                                  "_address": address})
+        placed.append({**row, "status": str(S.SCHEDULED), "status_changed": now,
+                       "status_info": "scheduled", "status_data": {}, "scheduled_at": now,
+                       "occupying_slots": row["requested_slots"], "agent_ids": [agent_id],
+                       "_address": address})
+    if not placed:
+        return placed, refused
+    res = await conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == sa.bindparam("_id"), sessions.c.status == str(S.PENDING))
+        .values(status=str(S.SCHEDULED), status_changed=now, status_info="scheduled",
+                status_data={}, scheduled_at=now, occupying_slots=sessions.c.requested_slots,
+                agent_ids=sa.bindparam("_agents", type_=sa.JSON)),
+        session_params,
+    )
+    if res.rowcount >= 0 and res.rowcount != len(session_params):
+        # the rows are locked: this means a writer that ignores the protocol; undo everything
+        raise RuntimeError(f"placing {len(session_params)} sessions moved {res.rowcount}")
+    if kernel_params:
+        await conn.execute(
+            sa.update(kernels)
+            .where(kernels.c.id == sa.bindparam("_kid"))
+            .values(status=str(S.SCHEDULED), status_info="scheduled", status_changed=now,
+                    agent_id=sa.bindparam("_agent"), agent_address=sa.bindparam("_address"),
+                    occupied_slots=kernels.c.requested_slots),
+            kernel_params,
+        )
+    touched = {p["_agents"][0] for p in session_params}
+    await conn.execute(
+        sa.update(agents).where(agents.c.id == sa.bindparam("_aid"))
+        .values(occupied_slots=sa.bindparam("_occ", type_=sa.JSON)),
+        [{"_aid": a, "_occ": occupied[a].nonzero().to_json()} for a in sorted(touched)],
+    )
+    await conn.execute(sa.insert(session_history), [
+        {"session_id": r["id"], "from_status": str(S.PENDING), "to_status": str(S.SCHEDULED),
+         "reason": "scheduled", "cause": "scheduler", "at": now} for r in placed
+    ])
+    for r in placed:
+        evs = session_events(r, S.SCHEDULED, "scheduled")
+        outbox.events.extend(evs)
+        outbox.notify(r, evs)
+    return placed, refused
