@@ -234,3 +234,34 @@ async def test_partitions_are_rebalanced_when_a_replica_joins_and_leaves(make_bu
     await wait_for(lambda: len(a.owned_partitions) == len(b.owned_partitions) == PARTITIONS // 2)
     await b.close()
     await wait_for(lambda: len(a.owned_partitions) == PARTITIONS)
+
+
+async def test_publish_many_keeps_the_order_across_replicas_and_session_filters_apply(make_bus):
+    a, b = make_bus(), make_bus()
+    batches: list[list[str]] = []
+
+    class Recorder:
+        def deliver(self, events, shared):
+            batches.append([e.reason for e in events])
+
+        def close(self):
+            pass
+
+    async with a.subscribe() as every, b.subscribe() as on_b, b.subscribe(session_id="s1") as one, \
+            b.listen(Recorder()):
+        sent = [SessionEvent("session_scheduled", "s1" if i % 4 == 0 else "s2", "n", "AK", reason=str(i))
+                for i in range(400)]
+        await a.publish_many(sent[:1])
+        await a.publish_many(sent[1:300])
+        await b.publish(sent[300])
+        await b.publish_many(sent[301:])
+        for sub in (every, on_b):
+            got = [await sub.get(timeout=10) for _ in sent]
+            assert [g.reason for g in got] == [str(i) for i in range(400)]
+            assert {g.reason: g.payload() for g in got} == {e.reason: e.payload() for e in sent}
+        mine = [await one.get(timeout=10) for _ in range(100)]
+        assert [g.reason for g in mine] == [str(i) for i in range(0, 400, 4)]
+        assert await one.get(timeout=0.3) is None
+    # the listener saw everything once, in order, in as many batches as the reader made
+    assert [r for batch in batches for r in batch] == [str(i) for i in range(400)]
+    assert all(batches)

@@ -182,6 +182,7 @@ class LiveStream:
         self.ended = False
         self.cut_off = False
         self.writes = 0
+        self.queued = 0  # writes that had to wait for a slow client (diagnostics, tests)
 
     # -- the publish side (synchronous) ----------------------------------------------------
 
@@ -250,6 +251,7 @@ class LiveStream:
             transport.write(framed if framed is not None else self._frame(payload))
             return
         self.pending.append(payload)
+        self.queued += 1
         if len(self.pending) > QUEUE_LIMIT:
             log.warning("an event stream's client stopped reading (%d writes queued); "
                         "disconnecting it", len(self.pending))
