@@ -60,12 +60,11 @@ def test_missing_profile_and_bad_endpoint_are_clear(cfgfile, tmp_path):
 
 def test_signed_path_includes_the_prefix_and_the_query_as_sent(cfgfile):
     cfg = ClientConfig.load("user", env={"BAI_CONFIG": str(cfgfile)})
-    conn = Connection(cfg)
-    url, path_qs = conn._target(cfg.endpoints[0], "/events/session",
-                                [("sessionName", "a b"), ("scope", "*")])
+    eps = Connection(cfg).endpoints
+    url, path_qs = eps.target(0, "/events/session", [("sessionName", "a b"), ("scope", "*")])
     assert path_qs == "/prefix/events/session?sessionName=a%20b&scope=*"
     assert str(url) == "http://127.0.0.1:8091" + path_qs
-    headers = conn._signed(cfg.endpoints[0], "GET", path_qs, "application/octet-stream")
+    headers = eps.signed(0, "GET", path_qs, "application/octet-stream")
     assert headers["X-BackendAI-Version"] == "v7.20230615"
     assert datetime.fromisoformat(headers["Date"]).tzinfo == timezone.utc
     assert headers["Date"].endswith("+00:00")

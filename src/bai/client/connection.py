@@ -23,33 +23,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from bai.client import wire
 from bai.client.config import ClientConfig
-from bai.client.errors import ConnectionLost, ManagerUnreachable
-from bai.common.auth import API_VERSION, make_headers
-from bai.common.errors import BaiError, error_from_problem
-
-USER_AGENT = "bai-client/0.1 (Backend.AI Client for Python 23.09.10 compatible)"
-
-Params = list[tuple[str, str]] | dict[str, Any] | None
-
-
-def encode_query(params: Params) -> str:
-    """``a=1&scope=*``: values percent-encoded, ``*`` kept literal as the official client does."""
-    if not params:
-        return ""
-    items = params.items() if isinstance(params, dict) else params
-    parts = [
-        f"{quote(str(k), safe='')}={quote(str(v), safe='*')}" for k, v in items if v is not None
-    ]
-    return "&".join(parts)
-
-
-def session_path(name_or_id: str, suffix: str = "") -> str:
-    """``/session/<quoted name>`` + suffix."""
-    return f"/session/{quote(str(name_or_id), safe='')}{suffix}"
+from bai.client.endpoint import (
+    USER_AGENT,
+    Endpoints,
+    Params,
+    decode_answer,
+    encode_query,
+    handshake_error,
+    problem_error,
+    session_path,
+)
+from bai.client.errors import ManagerUnreachable
 
 
 @dataclass
@@ -72,7 +59,7 @@ class Connection:
     def __init__(self, config: ClientConfig):
         self.config = config
         self._http: wire.HTTPClient | None = None
-        self._active = 0  # index of the endpoint that answered last
+        self.endpoints = Endpoints(config)
 
     async def __aenter__(self) -> Connection:
         self._http = wire.HTTPClient(headers={"User-Agent": USER_AGENT}, connect_timeout=10)
@@ -88,44 +75,7 @@ class Connection:
 
     @property
     def endpoint(self) -> str:
-        return self.config.endpoints[self._active]
-
-    # -- request construction -------------------------------------------------------------
-
-    def _target(self, endpoint: str, path: str, params: Params) -> tuple[str, str]:
-        """(full URL, signed path+query) for ``path`` on ``endpoint``."""
-        parts = urlsplit(endpoint)
-        path_qs = parts.path.rstrip("/") + path
-        qs = encode_query(params)
-        if qs:
-            path_qs += "?" + qs
-        return f"{parts.scheme}://{parts.netloc}{path_qs}", path_qs
-
-    def _signed(self, endpoint: str, method: str, path_qs: str, sign_type: str) -> dict[str, str]:
-        headers = {
-            "X-BackendAI-Domain": self.config.domain,
-            "X-BackendAI-Version": API_VERSION,
-        }
-        if self.config.access_key:
-            headers.update(
-                make_headers(
-                    self.config.access_key,
-                    self.config.secret_key,
-                    method,
-                    path_qs,
-                    urlsplit(endpoint).netloc,
-                    sign_type,
-                )
-            )
-        else:  # anonymous mode still carries the Date and the version
-            from datetime import datetime, timezone
-
-            headers["Date"] = datetime.now(timezone.utc).isoformat()
-        return headers
-
-    def _order(self) -> list[int]:
-        n = len(self.config.endpoints)
-        return [(self._active + i) % n for i in range(n)]
+        return self.endpoints.current
 
     @property
     def http(self) -> wire.HTTPClient:
@@ -151,23 +101,16 @@ class Connection:
         """
         method = method.upper()
         last_error = ""
-        for idx in self._order():
-            endpoint = self.config.endpoints[idx]
-            url, path_qs = self._target(endpoint, path, params)
-            if form is not None:
-                sign_type, data, ctype = "multipart/form-data", None, None
-            elif json_body is not None:
-                sign_type, ctype = "application/json", "application/json"
-                data = json.dumps(json_body).encode("utf-8")
-            else:
-                sign_type, data, ctype = "text/plain", None, "text/plain"
-            headers = self._signed(endpoint, method, path_qs, sign_type) if signed else {}
-            if ctype is not None and signed:
-                headers["Content-Type"] = ctype
+        eps = self.endpoints
+        for idx in eps.order():
+            url, headers, data = eps.prepare(idx, method, path, params, json_body,
+                                             multipart=form is not None)
+            if not signed:
+                headers = {}
             try:
                 resp = await self.http.request(method, url, headers=headers, body=data, parts=form)
                 try:
-                    self._active = idx
+                    eps.active = idx
                     return await _read_answer(resp)
                 finally:
                     resp.release()
@@ -175,7 +118,7 @@ class Connection:
                 last_error = str(e)
                 continue
             except wire.WireError as e:
-                raise _lost(endpoint, e) from None
+                raise eps.lost(idx, e) from None
         raise ManagerUnreachable(self.config.endpoints, last_error)
 
     # -- streams ------------------------------------------------------------------------------
@@ -185,20 +128,20 @@ class Connection:
         self, path: str, params: Params = None
     ) -> AsyncIterator[wire.WebSocket]:
         last_error = ""
-        for idx in self._order():
-            endpoint = self.config.endpoints[idx]
-            url, path_qs = self._target(endpoint, path, params)
-            headers = self._signed(endpoint, "GET", path_qs, "application/octet-stream")
+        eps = self.endpoints
+        for idx in eps.order():
+            url, path_qs = eps.target(idx, path, params)
+            headers = eps.signed(idx, "GET", path_qs, "application/octet-stream")
             try:
                 ws = await self.http.websocket(url, headers=headers, max_size=0)
             except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
             except wire.HandshakeFailed as e:
-                raise _handshake_error(e) from None
+                raise handshake_error(e) from None
             except wire.WireError as e:
-                raise _lost(endpoint, e) from None
-            self._active = idx
+                raise eps.lost(idx, e) from None
+            eps.active = idx
             try:
                 yield ws
             finally:
@@ -210,10 +153,10 @@ class Connection:
         """Messages of a ``text/event-stream`` answer until the server closes it."""
         resp = None
         last_error = ""
-        for idx in self._order():
-            endpoint = self.config.endpoints[idx]
-            url, path_qs = self._target(endpoint, path, params)
-            headers = self._signed(endpoint, "GET", path_qs, "application/octet-stream")
+        eps = self.endpoints
+        for idx in eps.order():
+            url, path_qs = eps.target(idx, path, params)
+            headers = eps.signed(idx, "GET", path_qs, "application/octet-stream")
             headers["Accept"] = "text/event-stream"
             try:
                 resp = await self.http.request("GET", url, headers=headers)
@@ -221,8 +164,8 @@ class Connection:
                 last_error = str(e)
                 continue
             except wire.WireError as e:
-                raise _lost(endpoint, e) from None
-            self._active = idx
+                raise eps.lost(idx, e) from None
+            eps.active = idx
             break
         if resp is None:
             raise ManagerUnreachable(self.config.endpoints, last_error)
@@ -262,41 +205,10 @@ class Connection:
             resp.release()
 
 
-def _lost(endpoint: str, e: Exception) -> ConnectionLost:
-    return ConnectionLost(f"lost the connection to the manager at {endpoint}: {e}".strip())
-
 
 async def _read_answer(resp: wire.Response) -> Any:
     text = await resp.text(errors="replace")
-    body: Any = None
-    if text:
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-    if resp.status >= 300:
-        raise problem_error(resp.status, resp.reason or "", body, text)
-    if body is None and text and resp.content_type != "application/json":
-        return text
-    return body
+    return decode_answer(resp.status, resp.reason or "", resp.content_type, text)
 
 
-def problem_error(status: int, reason: str, body: Any, text: str = "") -> BaiError:
-    """A typed error for an error answer, whatever its body looks like."""
-    if not isinstance(body, dict):
-        snippet = " ".join(text.split())[:300] if text else ""
-        body = {"title": snippet or f"HTTP {status} {reason}".strip()}
-    elif "title" not in body:
-        body = {**body, "title": str(body.get("msg") or body.get("error") or f"HTTP {status}")}
-    return error_from_problem(status, body)
-
-
-def _handshake_error(e: wire.HandshakeFailed) -> BaiError:
-    """A refused WebSocket upgrade: the server's problem JSON when it sent one."""
-    body: Any = None
-    if e.content_type.endswith("json"):
-        try:
-            body = json.loads(e.body.decode("utf-8", "replace"))
-        except ValueError:
-            body = None
-    return problem_error(e.status, e.reason, body, f"{e.status} {e.reason}")
+__all__ = ["Connection", "SSEMessage", "encode_query", "problem_error", "session_path"]

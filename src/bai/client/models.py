@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from typing import Any
+
+from bai.client.bodies import machine
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class CreateSpec:
     preopen_ports: list[str] | None = field(default_factory=list)
     dependencies: list[str] | None = None
     callback_url: str | None = None
-    architecture: str = field(default_factory=platform.machine)
+    architecture: str = field(default_factory=machine)
     cluster_size: int = 1
     cluster_mode: str = "single-node"
     starts_at: str | None = None
@@ -67,35 +68,20 @@ class CreateSpec:
     startup_command: str | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {
-            "tag": self.tag,
-            "name": self.name,
-            "config": {
-                "mounts": list(self.mounts),
-                "environ": dict(self.environ),
-                "resources": dict(self.resources),
-                "resource_opts": dict(self.resource_opts),
-                "scalingGroup": self.scaling_group,
-                "mount_map": dict(self.mount_map),
-                "preopen_ports": self.preopen_ports,
-            },
-            "dependencies": self.dependencies,
-            "callback_url": self.callback_url,
-            "architecture": self.architecture,
-            "clusterSize": self.cluster_size,
-            "clusterMode": self.cluster_mode,
-            "starts_at": self.starts_at,
-            "bootstrap_script": self.bootstrap_script,
-            "owner_access_key": self.owner_access_key,
-            "domain": self.domain,
-            "group": self.group,
-            "type": self.type,
-            "enqueueOnly": self.enqueue_only,
-            "maxWaitSeconds": self.max_wait,
-            "reuseIfExists": self.reuse,
-            "startupCommand": self.startup_command,
-            "image": self.image,
-        }
+        from bai.client.bodies import create_session
+
+        return create_session(
+            image=self.image, name=self.name, type=self.type, tag=self.tag,
+            environ=self.environ, resources=self.resources, resource_opts=self.resource_opts,
+            mounts=self.mounts, mount_map=self.mount_map, scaling_group=self.scaling_group,
+            preopen_ports=self.preopen_ports, dependencies=self.dependencies,
+            callback_url=self.callback_url, architecture=self.architecture,
+            cluster_size=self.cluster_size, cluster_mode=self.cluster_mode,
+            starts_at=self.starts_at, bootstrap_script=self.bootstrap_script,
+            owner_access_key=self.owner_access_key, domain=self.domain, group=self.group,
+            enqueue_only=self.enqueue_only, max_wait=self.max_wait, reuse=self.reuse,
+            startup_command=self.startup_command,
+        )
 
 
 @dataclass(frozen=True)

@@ -20,37 +20,20 @@ after the request was sent raises ``WireError``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
-import hashlib
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-CHUNK = 64 * 1024
-
-
-class WireError(Exception):
-    """The exchange failed after the connection was made (reset, malformed answer ...)."""
-
-
-class ConnectFailed(WireError):
-    """No connection could be made (refused, unreachable, timed out, TLS failure)."""
-
-
-class HandshakeFailed(WireError):
-    """The server answered a WebSocket upgrade with something other than 101."""
-
-    def __init__(self, status: int, reason: str, body: bytes, content_type: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.body = body
-        self.content_type = content_type
+from bai.client import http1
+from bai.client.http1 import (  # noqa: F401 - re-exported: callers catch them from here
+    CHUNK,
+    WS_GUID,
+    ConnectFailed,
+    HandshakeFailed,
+    WireError,
+)
 
 
 @dataclass(frozen=True)
@@ -100,17 +83,11 @@ class Response:
         self.reason = reason
         self.raw_headers = headers
         self.headers = {k.lower(): v for k, v in headers}
-        te = self.headers.get("transfer-encoding", "").lower()
-        self._chunked = "chunked" in te
-        length = self.headers.get("content-length")
-        self._left: int | None = None
-        self._eof = head_only or status in (204, 304) or 100 <= status < 200
-        if not self._eof and not self._chunked:
-            self._left = int(length) if length is not None and length.strip().isdigit() else None
-            if self._left == 0:
-                self._eof = True
-        self._keep_alive = "close" not in self.headers.get("connection", "").lower() and (
-            self._chunked or self._left is not None or self._eof)
+        framing = http1.BodyFraming(status, self.headers, head_only)
+        self._chunked = framing.chunked
+        self._left = framing.left
+        self._eof = framing.eof
+        self._keep_alive = framing.keep_alive
         self._chunk_left = 0
         self._buf = b""
         if self._eof:
@@ -118,15 +95,11 @@ class Response:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+        return http1.content_type_of(self.headers)
 
     @property
     def charset(self) -> str:
-        for part in self.headers.get("content-type", "").split(";")[1:]:
-            k, _, v = part.strip().partition("=")
-            if k.lower() == "charset" and v:
-                return v.strip('"')
-        return "utf-8"
+        return http1.charset_of(self.headers)
 
     async def _chunk(self) -> bytes:
         """The next piece of the body; b"" at its end."""
@@ -238,24 +211,7 @@ class WebSocket:
         self._close_sent = False
 
     async def _send_frame(self, opcode: int, payload: bytes) -> None:
-        head = bytearray([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            head.append(0x80 | n)
-        elif n < 1 << 16:
-            head.append(0x80 | 126)
-            head += struct.pack("!H", n)
-        else:
-            head.append(0x80 | 127)
-            head += struct.pack("!Q", n)
-        mask = os.urandom(4)
-        head += mask
-        if n:
-            masked = (int.from_bytes(payload, "big") ^ int.from_bytes(
-                (mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
-        else:
-            masked = b""
-        self._conn.writer.write(bytes(head) + masked)
+        self._conn.writer.write(http1.ws_frame(opcode, payload))
         await self._conn.writer.drain()
 
     async def send_str(self, text: str) -> None:
@@ -271,25 +227,20 @@ class WebSocket:
     async def _read_frame(self) -> tuple[bool, int, bytes]:
         reader = self._conn.reader
         b1, b2 = await reader.readexactly(2)
-        n = b2 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await reader.readexactly(8))
+        ext = http1.ws_length(b2)
+        n = http1.ws_payload_length(b2, await reader.readexactly(ext) if ext else b"")
         if self.max_size and n > self.max_size:
             raise WireError(f"WebSocket frame of {n} bytes exceeds {self.max_size}")
         mask = await reader.readexactly(4) if b2 & 0x80 else None
         payload = await reader.readexactly(n) if n else b""
         if mask:
-            payload = (int.from_bytes(payload, "big") ^ int.from_bytes(
-                (mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+            payload = http1.unmask(payload, mask)
         return bool(b1 & 0x80), b1 & 0x0F, payload
 
     async def receive(self) -> WSMessage:
         if self.closed:
             return WSMessage(WSMsgType.CLOSED, None)
-        parts: list[bytes] = []
-        opcode = 0
+        message = http1.Reassembly()
         try:
             while True:
                 fin, op, payload = await self._read_frame()
@@ -299,16 +250,13 @@ class WebSocket:
                 if op == 0xA:
                     continue
                 if op == 0x8:
-                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                    code = http1.ws_close_code(payload)
                     self.close_code = code
                     await self._close(code)
                     return WSMessage(WSMsgType.CLOSE, code, payload[2:].decode("utf-8", "replace"))
-                if op in (0x1, 0x2):
-                    opcode, parts = op, [payload]
-                elif op == 0x0:
-                    parts.append(payload)
-                if fin and opcode:
-                    data = b"".join(parts)
+                whole = message.add(fin, op, payload)
+                if whole is not None:
+                    opcode, data = whole
                     if opcode == 0x1:
                         return WSMessage(WSMsgType.TEXT, data.decode("utf-8"))
                     return WSMessage(WSMsgType.BINARY, data)
@@ -330,7 +278,7 @@ class WebSocket:
         if not self._close_sent:
             self._close_sent = True
             try:
-                await self._send_frame(0x8, struct.pack("!H", code if code != 1005 else 1000))
+                await self._send_frame(0x8, http1.ws_close_payload(code))
             except OSError:
                 pass
         self.closed = True
@@ -342,7 +290,7 @@ class WebSocket:
         if not self._close_sent:
             self._close_sent = True
             try:
-                await self._send_frame(0x8, struct.pack("!H", code))
+                await self._send_frame(0x8, http1.ws_close_payload(code))
                 # wait briefly for the server's close frame so it sees a clean close
                 await asyncio.wait_for(self._drain_until_close(), 2.0)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, WireError):
@@ -399,46 +347,22 @@ class HTTPClient:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         return _Conn(key, reader, writer)
 
-    @staticmethod
-    def _split(url: str) -> tuple[str, str, int, str, str]:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        return scheme, host, port, parts.netloc, target
+    _split = staticmethod(http1.split_url)
 
     def _head(self, method: str, target: str, netloc: str, headers: dict[str, str],
               length: int | None) -> bytes:
-        merged = {"Host": netloc, **self.default_headers, **headers}
-        if length is not None:
-            merged["Content-Length"] = str(length)
-        lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in merged.items()]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return http1.request_head(method, target, netloc, {**self.default_headers, **headers},
+                                  length)
 
     async def _read_head(self, conn: _Conn) -> tuple[int, str, list[tuple[str, str]]]:
         reader = conn.reader
         while True:
-            status_line = await reader.readline()
-            if not status_line:
-                raise WireError("the server closed the connection without an answer")
-            version, _, rest = status_line.decode("latin-1").strip().partition(" ")
-            code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/") or not code.isdigit():
-                raise WireError(f"not an HTTP answer: {status_line[:80]!r}")
+            code, reason = http1.parse_status_line(await reader.readline())
             headers: list[tuple[str, str]] = []
-            while True:
-                raw = await reader.readline()
-                if raw in (b"\r\n", b"\n"):
-                    break
-                if not raw:
-                    raise WireError("the connection closed inside the answer's headers")
-                name, _, value = raw.decode("latin-1").partition(":")
-                headers.append((name.strip(), value.strip()))
-            if int(code) != 100:  # skip interim 100 Continue answers
-                return int(code), reason, headers
+            while (pair := http1.parse_header_line(await reader.readline())) is not None:
+                headers.append(pair)
+            if code != 100:  # skip interim 100 Continue answers
+                return code, reason, headers
 
     async def _exchange(self, conn: _Conn, send) -> tuple[int, str, list[tuple[str, str]]]:
         """Write a request with ``send()`` and read the answer's head; the connection is
@@ -465,7 +389,7 @@ class HTTPClient:
         async def send() -> None:
             if parts is not None:
                 boundary = os.urandom(16).hex()
-                heads, length = _multipart_heads(parts, boundary)
+                heads, length = http1.multipart_heads(parts, boundary)
                 hdrs["Content-Type"] = f"multipart/form-data; boundary={boundary}"
                 conn.writer.write(self._head(method, target, netloc, hdrs, length))
                 for part, head in zip(parts, heads):
@@ -489,9 +413,8 @@ class HTTPClient:
         """Open a WebSocket (``http``/``https`` URL); HandshakeFailed on any answer but 101."""
         scheme, host, port, netloc, target = self._split(url)
         conn = await self._connect(scheme, host, port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        hdrs = {**(headers or {}), "Upgrade": "websocket", "Connection": "Upgrade",
-                "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+        key, hdrs = http1.ws_handshake(headers)
+
         async def send() -> None:
             conn.writer.write(self._head("GET", target, netloc, hdrs, None))
 
@@ -503,28 +426,8 @@ class HTTPClient:
             except WireError:
                 body = b""
             raise HandshakeFailed(status, reason, body, resp.content_type)
-        accept = {k.lower(): v for k, v in raw_headers}.get("sec-websocket-accept", "")
-        expected = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-        if accept != expected:
+        if not http1.ws_accept_ok(key, raw_headers):
             conn.close()
             raise HandshakeFailed(status, "invalid Sec-WebSocket-Accept", b"", "")
         return WebSocket(conn, max_size)
 
-
-def _multipart_heads(parts: Sequence[FilePart], boundary: str) -> tuple[list[bytes], int]:
-    """Each part's head (boundary line and headers) and the whole body's length.
-
-    The file name is percent-encoded as aiohttp's ``FormData(quote_fields=True)`` does, which
-    the manager's upload handler undoes.
-    """
-    heads = []
-    total = 0
-    for p in parts:
-        head = (f"--{boundary}\r\n"
-                f"Content-Type: {p.content_type}\r\n"
-                f'Content-Disposition: form-data; name="{p.name}"; '
-                f'filename="{quote(p.filename, "")}"\r\n\r\n').encode("latin-1")
-        heads.append(head)
-        total += len(head) + os.path.getsize(p.path) + 2
-    total += len(f"--{boundary}--\r\n")
-    return heads, total

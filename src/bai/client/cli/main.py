@@ -1,106 +1,32 @@
-"""Entry point of ``backend.ai`` / ``bai``: the root command group and the error boundary.
+"""Entry point of ``backend.ai`` / ``bai`` and the error boundary.
 
-Subcommands live in one module per noun and are imported only when used (``LazyGroup``), so
-``backend.ai --help`` does not pay for aiohttp or rich. Every failure ends here as one line on
-stderr and a non-zero exit code: 2 for usage mistakes (found before any request), 1 for
-everything else. ``BAI_DEBUG=1`` prints the traceback as well.
+``backend.ai run [--rm] -c CODE IMAGE`` takes the express path (``bai.client.cli.express``:
+no click, no asyncio); every other command line goes through the click group of
+``bai.client.cli.root``, imported only then. Every failure ends here as one line on stderr and
+a non-zero exit code: 2 for usage mistakes (found before any request), 1 for everything else.
+``BAI_DEBUG=1`` prints the traceback as well.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from typing import Any
 
-import click
-
-from bai.client.cli.context import OUTPUT_CHOICES, CLIContext
+# ``typing`` costs ~3 ms to import; annotations are never evaluated here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_USAGE = 2
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are ``"module:attr"`` strings, imported on first use."""
+def __getattr__(name: str) -> Any:
+    # the click group and its parts, for callers that import them from here
+    if name in ("cli", "LazyGroup", "ROOT_COMMANDS"):
+        from bai.client.cli import root
 
-    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kw: Any):
-        super().__init__(*args, **kw)
-        self.lazy = dict(lazy or {})  # name -> (import path, short help)
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.commands:
-            return self.commands[name]
-        if name not in self.lazy:
-            return None
-        module, _, attr = self.lazy[name][0].partition(":")
-        cmd = getattr(importlib.import_module(module), attr)
-        self.add_command(cmd, name)
-        return cmd
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            if name in self.commands:
-                cmd = self.commands[name]
-                if cmd.hidden:
-                    continue
-                rows.append((name, cmd.get_short_help_str(limit=formatter.width - 20)))
-            else:
-                rows.append((name, self.lazy[name][1]))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-M = "bai.client.cli."
-ROOT_COMMANDS = {
-    "ps": (M + "listing:ps", "List sessions (= admin session list)."),
-    "run": (M + "run:run", "Start a session, run code or files in it, stream the output."),
-    "start": (M + "run:start", "Start a session and leave it running."),
-    "events": (M + "session:events", "Follow a session's lifecycle events until it ends."),
-    "rm": (M + "session:rm", "Terminate (or cancel, if PENDING) sessions."),
-    "kill": (M + "session:kill", "Same as rm."),
-    "destroy": (M + "session:destroy", "Same as rm."),
-    "info": (M + "session:info", "Show everything about one session."),
-    "history": (M + "session:history", "Show every status change of a session, with reasons."),
-    "logs": (M + "session:logs", "Show the console log of a session's main kernel."),
-    "session": (M + "session:session", "Session commands (list, info, history, logs, ...)."),
-    "admin": (M + "admin:admin", "Administration: sessions, images, users, keypairs, ..."),
-    "server": (M + "server:server", "Start, stop or inspect the embedded bai daemons."),
-    "config": (M + "session:config", "Show the client configuration in use."),
-}
-
-
-@click.group(
-    cls=LazyGroup,
-    lazy=ROOT_COMMANDS,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="""\b
-Examples:
-  backend.ai server start
-  backend.ai run --rm -c 'print("hello world")' python
-  backend.ai ps --all
-  backend.ai --output json ps""",
-)
-@click.option("--output", type=OUTPUT_CHOICES, default="table", show_default=True,
-              help="Output format of lists and records (every command also takes --output).")
-@click.option("--profile", default=None, envvar="BAI_PROFILE", metavar="NAME",
-              help="Client configuration profile: 'default' (admin) or 'user' [env BAI_PROFILE].")
-@click.version_option("0.1.0", prog_name="backend.ai (bai)")
-@click.pass_context
-def cli(ctx: click.Context, output: str, profile: str | None) -> None:
-    """bai: run code in compute sessions on a shared cluster (Backend.AI compatible).
-
-    The endpoint and keypair come from BACKEND_ENDPOINT, BACKEND_ACCESS_KEY and
-    BACKEND_SECRET_KEY, or from the profile that 'backend.ai server start' writes.
-    """
-    obj = ctx.ensure_object(CLIContext)
-    if obj.output_format == "table":  # a command's own --output (eager) wins
-        obj.output_format = "json" if output.lower() == "json" else "table"
-    obj.profile = profile
+        return getattr(root, name)
+    raise AttributeError(name)
 
 
 def describe(err: BaseException) -> str:
@@ -124,51 +50,79 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _echo_err(text: str) -> None:
+    if "click" in sys.modules:
+        import click
+
+        click.echo(text, err=True)
+    else:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _invoke(args: list[str]) -> int:
+    if args[:1] == ["run"]:
+        from bai.client.cli import express
+
+        plan = express.parse(args[1:])
+        if plan is not None:
+            return express.run(plan)
+    from bai.client.cli.root import cli
+
+    rv = cli.main(args, prog_name="backend.ai", standalone_mode=False)
+    return rv if isinstance(rv, int) else 0
+
+
+def _failure(e: BaseException, debug: bool) -> int:
+    """The exit code for what ended the command, after saying it in one line on stderr."""
     from bai.client.errors import UsageError
     from bai.common.errors import BaiError
 
+    if "click" in sys.modules:
+        import click
+
+        if isinstance(e, click.UsageError):
+            if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # a bare group
+                click.echo(e.ctx.get_help())
+                sys.exit(EXIT_USAGE)
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            return EXIT_USAGE
+        if isinstance(e, click.ClickException):
+            click.echo(f"Error: {e.format_message()}", err=True)
+            return e.exit_code
+        if isinstance(e, click.Abort):
+            click.echo("Aborted.", err=True)
+            return 130
+    if isinstance(e, KeyboardInterrupt):
+        _echo_err("Interrupted.")
+        return 130
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if isinstance(e, BrokenPipeError):
+        return 1
+    if not isinstance(e, Exception):
+        raise e
+    if debug:
+        raise e
+    if isinstance(e, UsageError):
+        _echo_err(f"Error: {describe(e)}")
+        return EXIT_USAGE
+    if isinstance(e, BaiError):
+        _echo_err(f"Error: {describe(e)}")
+        return 1
+    # the boundary: never a traceback for users
+    _echo_err(f"Error: unexpected {describe(e)} (BAI_DEBUG=1 shows details)")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("BAI_DEBUG", "") not in ("", "0")
     args = sys.argv[1:] if argv is None else argv
-    code = 0
     try:
-        rv = cli.main(args, prog_name="backend.ai", standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-    except click.UsageError as e:
-        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # a bare group
-            click.echo(e.ctx.get_help())
-            sys.exit(EXIT_USAGE)
-        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-        click.echo(f"Error: {e.format_message()}{hint}", err=True)
-        code = EXIT_USAGE
-    except click.ClickException as e:
-        click.echo(f"Error: {e.format_message()}", err=True)
-        code = e.exit_code
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        code = 130
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        code = 130
-    except UsageError as e:
-        if debug:
-            raise
-        click.echo(f"Error: {describe(e)}", err=True)
-        code = EXIT_USAGE
-    except BaiError as e:
-        if debug:
-            raise
-        click.echo(f"Error: {describe(e)}", err=True)
-        code = 1
-    except BrokenPipeError:
-        code = 1
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Exception as e:  # noqa: BLE001 - the boundary: never a traceback for users
-        if debug:
-            raise
-        click.echo(f"Error: unexpected {describe(e)} (BAI_DEBUG=1 shows details)", err=True)
-        code = 1
+        code = _invoke(args)
+    except BaseException as e:  # noqa: BLE001 - the error boundary
+        code = _failure(e, debug)
     if argv is None:
         # The real program: once the output is flushed, skip the interpreter's teardown
         # (freeing every object and module costs tens of ms); nothing here needs atexit.

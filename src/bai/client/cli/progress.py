@@ -8,11 +8,13 @@ status line that updates in place; otherwise one line per change.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bai.client.cli.output import Output
+if TYPE_CHECKING:
+    import asyncio
+
+    from bai.client.cli.output import Output
 
 POLL_SECONDS = 1.0
 FIRST_POLL_SECONDS = 0.7
@@ -57,11 +59,15 @@ class StartupWatcher:
         self._task: asyncio.Task[None] | None = None
         self._status: Any = None
 
-    def start(self) -> None:
+    def start(self, first_delay: float = FIRST_POLL_SECONDS) -> None:
+        import asyncio
+
         if not self.out.quiet:
-            self._task = asyncio.create_task(self._loop())
+            self._task = asyncio.create_task(self._loop(first_delay))
 
     async def stop(self) -> None:
+        import asyncio
+
         if self._task is not None:
             self._task.cancel()
             try:
@@ -72,10 +78,12 @@ class StartupWatcher:
             self._status.stop()
             self._status = None
 
-    async def _loop(self) -> None:
+    async def _loop(self, first_delay: float) -> None:
+        import asyncio
+
         from bai.common.status import LIST_ALL
 
-        await asyncio.sleep(FIRST_POLL_SECONDS)
+        await asyncio.sleep(first_delay)
         fields = ["name", "id", "status", "status_info", "status_data"]
         while True:
             try:

@@ -19,21 +19,15 @@ from typing import Any
 import click
 
 from bai.client.cli.context import get_ctx, output_option
+from bai.client.cli.express import (
+    FAILED,
+    NOT_STARTED,
+    check_name,
+    parse_pairs,
+    print_console,
+)
 from bai.client.cli.output import Output, stats_rows
 from bai.client.errors import UsageError
-
-NOT_STARTED = {"PENDING", "SCHEDULED", "TIMEOUT"}
-FAILED = {"ERROR", "CANCELLED", "TERMINATED", "TERMINATING"}
-
-
-def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        key, sep, val = v.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{option} expects KEY=VALUE, got {v!r}")
-        out[key.strip()] = val
-    return out
 
 
 def parse_resources(values: tuple[str, ...]) -> dict[str, str]:
@@ -70,12 +64,6 @@ def parse_mounts(values: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
         if path:
             mapping[name] = path
     return names, mapping
-
-
-def check_name(name: str) -> str:
-    if not 4 <= len(name) <= 64:
-        raise UsageError(f"session name {name!r} must be 4 to 64 characters long")
-    return name
 
 
 def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -225,23 +213,7 @@ async def report_not_running(api: Any, created: Any, out: Output, max_wait: int)
 
 
 def print_frame(frame: Any, out: Output) -> None:
-    for kind, data in frame.console:
-        if kind == "stdout":
-            sys.stdout.write(str(data))
-            sys.stdout.flush()
-        elif kind == "stderr":
-            sys.stderr.write(str(data))
-            sys.stderr.flush()
-        else:
-            sys.stdout.write(f"----- output record (type: {kind}) -----\n{data}\n"
-                             "----- end of record -----\n")
-            sys.stdout.flush()
-    if frame.files:
-        sys.stdout.write("--- generated files ---\n")
-        for f in frame.files:
-            sys.stdout.write(f"{f.get('name')}: {f.get('url')}\n")
-        sys.stdout.write("--- end of generated files ---\n")
-        sys.stdout.flush()
+    print_console(frame.console, frame.files)
 
 
 async def read_input(is_password: bool) -> str:

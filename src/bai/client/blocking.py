@@ -1,0 +1,262 @@
+"""A blocking HTTP/1.1 + WebSocket client on plain sockets (the express path of ``run``).
+
+The same wire as ``bai.client.wire`` (both frame through ``bai.client.http1``), without
+asyncio: importing asyncio alone costs about as much CPU as ``backend.ai run`` may spend in
+total. One keep-alive connection per (scheme, host, port), bodies read whole.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from bai.client import http1
+from bai.client.http1 import ConnectFailed, HandshakeFailed, WireError
+
+# ``typing`` costs ~3 ms to import; annotations are never evaluated here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class _Conn:
+    def __init__(self, key: tuple[str, str, int], sock: Any) -> None:
+        self.key = key
+        self.sock = sock
+        self.rfile = sock.makefile("rb")
+
+    def close(self) -> None:
+        for closing in (self.rfile.close, self.sock.close):
+            try:
+                closing()
+            except OSError:
+                pass
+
+
+class Answer:
+    """A whole answer: status, headers (lower-case names) and body."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    @property
+    def content_type(self) -> str:
+        return http1.content_type_of(self.headers)
+
+    def text(self, errors: str = "strict") -> str:
+        return self.body.decode(http1.charset_of(self.headers), errors)
+
+
+class BlockingHTTP:
+    """Keep-alive connections to a few hosts; ``close()`` ends them."""
+
+    def __init__(self, *, headers: dict[str, str] | None = None,
+                 connect_timeout: float = 10.0) -> None:
+        self.default_headers = dict(headers or {})
+        self.connect_timeout = connect_timeout
+        self._idle: dict[tuple[str, str, int], _Conn] = {}
+
+    def close(self) -> None:
+        for conn in self._idle.values():
+            conn.close()
+        self._idle.clear()
+
+    def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+        key = (scheme, host, port)
+        conn = self._idle.pop(key, None)
+        if conn is not None:
+            return conn
+        try:
+            # an ASCII host as bytes: getaddrinfo would load the idna codec for a str
+            addr = host.encode("ascii") if host.isascii() else host
+            sock = socket.create_connection((addr, port), timeout=self.connect_timeout)
+            if scheme == "https":
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            sock.settimeout(None)
+        except TimeoutError:
+            raise ConnectFailed(f"connecting to {host}:{port} timed out") from None
+        except OSError as e:
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        if scheme != "https":
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Conn(key, sock)
+
+    def _exchange(self, conn: _Conn, data: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+        try:
+            conn.sock.sendall(data)
+            while True:
+                code, reason = http1.parse_status_line(conn.rfile.readline())
+                headers: list[tuple[str, str]] = []
+                while (pair := http1.parse_header_line(conn.rfile.readline())) is not None:
+                    headers.append(pair)
+                if code != 100:
+                    return code, reason, headers
+        except OSError as e:
+            conn.close()
+            raise WireError(f"the request failed: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+
+    def _body(self, conn: _Conn, framing: http1.BodyFraming) -> bytes:
+        rfile = conn.rfile
+        try:
+            if framing.eof:
+                return b""
+            if framing.chunked:
+                parts = []
+                while True:
+                    size_line = rfile.readline()
+                    if not size_line:
+                        raise WireError("the connection closed inside a chunked body")
+                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailer fields
+                        return b"".join(parts)
+                    data = rfile.read(size + 2)
+                    if len(data) != size + 2:
+                        raise WireError("the connection closed inside a chunked body")
+                    parts.append(data[:-2])
+            if framing.left is None:
+                return rfile.read()
+            data = rfile.read(framing.left)
+            if len(data) != framing.left:
+                raise WireError("the connection closed before the end of the body")
+            return data
+        except (OSError, ValueError) as e:
+            conn.close()
+            raise WireError(f"reading the answer failed: {e}") from None
+
+    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> Answer:
+        """Send one request and read the whole answer."""
+        scheme, host, port, netloc, target = http1.split_url(url)
+        conn = self._connect(scheme, host, port)
+        length = len(body) if body is not None else (
+            0 if method in ("POST", "PUT", "PATCH") else None)
+        head = http1.request_head(method, target, netloc,
+                                  {**self.default_headers, **(headers or {})}, length)
+        status, reason, raw = self._exchange(conn, head + (body or b""))
+        hdrs = {k.lower(): v for k, v in raw}
+        framing = http1.BodyFraming(status, hdrs, method == "HEAD")
+        data = self._body(conn, framing)
+        if framing.keep_alive:
+            old = self._idle.pop(conn.key, None)
+            if old is not None:
+                old.close()
+            self._idle[conn.key] = conn
+        else:
+            conn.close()
+        return Answer(status, reason, hdrs, data)
+
+    def websocket(self, url: str, *, headers: dict[str, str] | None = None) -> WebSocket:
+        """Open a WebSocket; HandshakeFailed on any answer but 101."""
+        scheme, host, port, netloc, target = http1.split_url(url)
+        conn = self._connect(scheme, host, port)
+        key, hdrs = http1.ws_handshake({**self.default_headers, **(headers or {})})
+        status, reason, raw = self._exchange(
+            conn, http1.request_head("GET", target, netloc, hdrs, None))
+        if status != 101:
+            hmap = {k.lower(): v for k, v in raw}
+            try:
+                body = self._body(conn, http1.BodyFraming(status, hmap, False))
+            except WireError:
+                body = b""
+            conn.close()
+            raise HandshakeFailed(status, reason, body, http1.content_type_of(hmap))
+        if not http1.ws_accept_ok(key, raw):
+            conn.close()
+            raise HandshakeFailed(status, "invalid Sec-WebSocket-Accept", b"", "")
+        return WebSocket(conn)
+
+
+class WebSocket:
+    """A blocking client WebSocket: ``receive()`` answers ("text"|"binary"|"close"|"error", data)."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+        self.closed = False
+        self._close_sent = False
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        self._conn.sock.sendall(http1.ws_frame(opcode, payload))
+
+    def send_str(self, text: str) -> None:
+        if self.closed:
+            raise WireError("the WebSocket is closed")
+        try:
+            self._send(0x1, text.encode("utf-8"))
+        except OSError as e:
+            raise WireError(f"sending failed: {e}") from None
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = self._conn.rfile.read(n) if n else b""
+        if len(data) != n:
+            raise WireError("the connection closed inside a WebSocket frame")
+        return data
+
+    def _frame(self) -> tuple[bool, int, bytes]:
+        b1, b2 = self._read_exactly(2)
+        ext = http1.ws_length(b2)
+        n = http1.ws_payload_length(b2, self._read_exactly(ext))
+        mask = self._read_exactly(4) if b2 & 0x80 else None
+        payload = self._read_exactly(n)
+        if mask:
+            payload = http1.unmask(payload, mask)
+        return bool(b1 & 0x80), b1 & 0x0F, payload
+
+    def receive(self) -> tuple[str, Any]:
+        if self.closed:
+            return "close", None
+        message = http1.Reassembly()
+        try:
+            while True:
+                fin, op, payload = self._frame()
+                if op == 0x9:  # ping: answer at once
+                    self._send(0xA, payload)
+                    continue
+                if op == 0xA:
+                    continue
+                if op == 0x8:
+                    self._finish(http1.ws_close_code(payload))
+                    return "close", None
+                whole = message.add(fin, op, payload)
+                if whole is not None:
+                    opcode, data = whole
+                    return ("text", data.decode("utf-8")) if opcode == 0x1 else ("binary", data)
+        except (OSError, UnicodeDecodeError, WireError, ValueError) as e:
+            self.closed = True
+            self._conn.close()
+            return "error", e
+
+    def _finish(self, code: int) -> None:
+        if not self._close_sent:
+            self._close_sent = True
+            try:
+                self._send(0x8, http1.ws_close_payload(code))
+            except OSError:
+                pass
+        self.closed = True
+        self._conn.close()
+
+    def close(self, code: int = 1000) -> None:
+        """Send a close frame and wait briefly for the server's, so it sees a clean close."""
+        if self.closed:
+            return
+        if not self._close_sent:
+            self._close_sent = True
+            try:
+                self._send(0x8, http1.ws_close_payload(code))
+                self._conn.sock.settimeout(2.0)
+                while self._frame()[1] != 0x8:
+                    pass
+            except (OSError, WireError, ValueError):
+                pass
+        self.closed = True
+        self._conn.close()
+

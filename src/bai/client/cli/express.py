@@ -1,0 +1,358 @@
+"""The express path of ``backend.ai run``: the common ``run [--rm] -c CODE IMAGE`` without
+click, asyncio or rich.
+
+``backend.ai run --rm -c 'print(1)' python`` is the command people time. Through click and the
+asyncio SDK the client alone spends ~120 ms of CPU (click ~45 ms, asyncio ~60 ms to import);
+this path parses the few options it knows by hand, speaks the same signed wire through the
+blocking client (``bai.client.blocking``, framing shared with ``bai.client.wire``) and prints
+exactly what ``bai.client.cli.run`` prints.
+
+It takes only: IMAGE, ``-c/--code``, ``--rm``, ``-t/--name/--client-token``, ``-e/--env``,
+``-q/--quiet`` (in any order, ``--opt=value`` too). Anything else (files, ``--exec``, ``-r``,
+``--output``, ``-s``, bundled or attached short options, ``--``, ``--help`` ...) answers None
+from ``parse`` and the command goes through click as before. Rare outcomes after the session
+was created (it did not start, the stream ended early) are reported by the same async code as
+the click path, imported only then. ``BAI_CLI_EXPRESS=0`` turns the path off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+from bai.client.blocking import BlockingHTTP
+from bai.client.endpoint import (
+    USER_AGENT,
+    Endpoints,
+    decode_answer,
+    handshake_error,
+    session_path,
+)
+from bai.client.http1 import ConnectFailed, HandshakeFailed, WireError
+
+# ``typing`` costs ~3 ms to import; annotations are never evaluated here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+FLAGS = {"--rm": "remove", "-q": "quiet", "--quiet": "quiet"}
+VALUES = {"-c": "code", "--code": "code", "-t": "name", "--name": "name",
+          "--client-token": "name", "-e": "env", "--env": "env"}
+NOT_STARTED = {"PENDING", "SCHEDULED", "TIMEOUT"}
+FAILED = {"ERROR", "CANCELLED", "TERMINATED", "TERMINATING"}
+
+
+def usage_error(msg: str) -> Exception:
+    from bai.client.errors import UsageError
+
+    return UsageError(msg)
+
+
+def parse_pairs(values: tuple[str, ...] | list[str], option: str) -> dict[str, str]:
+    """``("A=1", "B=x=y")`` -> ``{"A": "1", "B": "x=y"}``; a UsageError names the option."""
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key.strip():
+            raise usage_error(f"{option} expects KEY=VALUE, got {v!r}")
+        out[key.strip()] = val
+    return out
+
+
+def check_name(name: str) -> str:
+    if not 4 <= len(name) <= 64:
+        raise usage_error(f"session name {name!r} must be 4 to 64 characters long")
+    return name
+
+
+def parse(args: list[str]) -> dict[str, Any] | None:
+    """The options of ``run`` (after the word ``run``) if the express path takes them."""
+    if os.environ.get("BAI_CLI_EXPRESS", "1") in ("0", "no", "false"):
+        return None
+    plan: dict[str, Any] = {"code": None, "name": None, "env": [], "remove": False,
+                            "quiet": False, "image": None}
+    positional = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        opt, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if opt in FLAGS and not eq:
+            plan[FLAGS[opt]] = True
+        elif opt in VALUES:
+            if not eq:
+                if i >= len(args):
+                    return None  # click says what is missing
+                value = args[i]
+                i += 1
+            if VALUES[opt] == "env":
+                plan["env"].append(value)
+            else:
+                plan[VALUES[opt]] = value
+        else:
+            return None
+    if len(positional) != 1 or plan["code"] is None:
+        return None
+    plan["image"] = positional[0]
+    return plan
+
+
+def print_console(console: list, files: list) -> None:
+    """An execute frame's output: stdout/stderr as they come, other records framed."""
+    for item in console:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            continue
+        kind, data = str(item[0]), item[1]
+        if kind == "stdout":
+            sys.stdout.write(str(data))
+            sys.stdout.flush()
+        elif kind == "stderr":
+            sys.stderr.write(str(data))
+            sys.stderr.flush()
+        else:
+            sys.stdout.write(f"----- output record (type: {kind}) -----\n{data}\n"
+                             "----- end of record -----\n")
+            sys.stdout.flush()
+    if files:
+        sys.stdout.write("--- generated files ---\n")
+        for f in files:
+            sys.stdout.write(f"{f.get('name')}: {f.get('url')}\n")
+        sys.stdout.write("--- end of generated files ---\n")
+        sys.stdout.flush()
+
+
+class Express:
+    """One ``run`` on a blocking connection."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        from bai.client.config import ClientConfig
+
+        self.plan = plan
+        self.quiet = bool(plan["quiet"])
+        self.config = ClientConfig.load(None)
+        self.eps = Endpoints(self.config)
+        self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def request(self, method: str, path: str, json_body: Any = None) -> Any:
+        last_error = ""
+        for idx in self.eps.order():
+            url, headers, data = self.eps.prepare(idx, method, path, None, json_body)
+            try:
+                ans = self.http.request(method, url, headers=headers, body=data)
+            except ConnectFailed as e:
+                last_error = str(e)
+                continue
+            except WireError as e:
+                raise self.eps.lost(idx, e) from None
+            self.eps.active = idx
+            return decode_answer(ans.status, ans.reason, ans.content_type, ans.text("replace"))
+        raise self.eps.unreachable(last_error)
+
+    def websocket(self, path: str) -> Any:
+        last_error = ""
+        for idx in self.eps.order():
+            url, path_qs = self.eps.target(idx, path, None)
+            headers = self.eps.signed(idx, "GET", path_qs, "application/octet-stream")
+            try:
+                ws = self.http.websocket(url, headers=headers)
+            except ConnectFailed as e:
+                last_error = str(e)
+                continue
+            except HandshakeFailed as e:
+                raise handshake_error(e) from None
+            except WireError as e:
+                raise self.eps.lost(idx, e) from None
+            self.eps.active = idx
+            return ws
+        raise self.eps.unreachable(last_error)
+
+    def with_sdk(self, fn: Any) -> Any:
+        """``fn(SessionAPI)`` on the asyncio SDK: for the rare outcomes, reported exactly as the
+        click path reports them."""
+        import asyncio
+
+        from bai.client.connection import Connection
+        from bai.client.session import SessionAPI
+
+        async def main() -> Any:
+            async with Connection(self.config) as conn:
+                return await fn(SessionAPI(conn))
+
+        return asyncio.run(main())
+
+    # -- the command ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        plan = self.plan
+        name = check_name(plan["name"] or f"pysdk-{os.urandom(5).hex()}")
+        environ = parse_pairs(plan["env"], "-e/--env")
+        from bai.client.bodies import create_session
+
+        body = create_session(image=plan["image"], name=name, environ=environ,
+                              domain=self.config.domain, group=self.config.group)
+        watcher = StatusWatcher(self, name) if not self.quiet else None
+        try:
+            answer = self.request("POST", "/session", body)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+        if not isinstance(answer, dict) or not answer.get("sessionId"):
+            from bai.client.errors import ProtocolError
+
+            raise ProtocolError("the manager's create answer carries no session id")
+        sid = str(answer["sessionId"])
+        name = str(answer.get("sessionName") or name)
+        status = str(answer.get("status", "RUNNING"))
+        if status in NOT_STARTED or status in FAILED:
+            return self.not_running(answer, name)
+        verb = "is ready" if answer.get("created", True) else "is reused (already running)"
+        self.note(f"✓ Session {name} {verb} ({sid}).")
+        removed = False
+        try:
+            return self.execute(sid, name)
+        except KeyboardInterrupt:
+            if plan["remove"]:
+                removed = True
+                self.destroy_quietly(name)
+            raise
+        finally:
+            if plan["remove"] and not removed:
+                self.note(f"⋯ Cleaning up the session {name}...")
+                self.request("DELETE", session_path(name))
+
+    def not_running(self, answer: dict, name: str) -> int:
+        from bai.client.cli.output import Output
+        from bai.client.cli.run import report_not_running
+        from bai.client.models import CreatedSession
+
+        created = CreatedSession.from_json(answer, name)
+        code = self.with_sdk(
+            lambda api: report_not_running(api, created, Output("table", self.quiet), 0))
+        if self.plan["remove"] and created.status in FAILED:
+            self.destroy_quietly(created.name)
+        return code
+
+    def destroy_quietly(self, name: str) -> None:
+        try:
+            self.request("DELETE", session_path(name))
+        except Exception:  # noqa: BLE001, S110 - best effort cleanup
+            pass
+
+    def execute(self, sid: str, name: str) -> int:
+        ws = self.websocket(f"/stream/session/{sid}/execute")
+        exit_code: int | None = None
+        finished = False
+        try:
+            ws.send_str(json.dumps({"code": self.plan["code"], "mode": "query", "options": {}}))
+            while True:
+                kind, data = ws.receive()
+                if kind != "text":
+                    if kind in ("error", "close"):
+                        break
+                    continue
+                try:
+                    raw = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(raw, dict) or "status" not in raw:
+                    continue
+                print_console(raw.get("console") or [], raw.get("files") or [])
+                status = str(raw.get("status", ""))
+                if status == "waiting-input":
+                    password = bool((raw.get("options") or {}).get("is_password"))
+                    ws.send_str(read_input(password))
+                elif status == "finished":
+                    finished = True
+                    code = raw.get("exitCode")
+                    exit_code = code if isinstance(code, int) else None
+                    break
+        finally:
+            ws.close()
+        if not finished:
+            return self.ended_early(sid, name)
+        exit_code = exit_code or 0
+        self.note(f"✓ Execution finished. (exit code = {exit_code})")
+        return exit_code
+
+    def ended_early(self, sid: str, name: str) -> int:
+        from bai.client.cli.progress import describe_status
+
+        b: dict = {}
+        try:
+            b = self.with_sdk(lambda api: api.brief(sid))
+        except Exception:  # noqa: BLE001, S110 - the message below stands on its own
+            pass
+        st = describe_status(str(b.get("status", "UNKNOWN")), b.get("status_info"))
+        sys.stderr.write(f"Error: the execution ended before it finished (session {name}:"
+                         f" {st})\n")
+        return 1
+
+
+def read_input(is_password: bool) -> str:
+    if is_password:
+        import getpass
+
+        return getpass.getpass("")
+    return sys.stdin.readline().rstrip("\n")
+
+
+class StatusWatcher:
+    """While ``POST /session`` blocks: after the first poll delay, the click path's
+    ``StartupWatcher`` runs in a thread of its own (with its own asyncio loop), so a create that
+    is quick costs nothing here."""
+
+    def __init__(self, express: Express, name: str) -> None:
+        self.express = express
+        self.name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="bai-startup-watcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _main(self) -> None:
+        from bai.client.cli.progress import FIRST_POLL_SECONDS
+
+        if self._stop.wait(FIRST_POLL_SECONDS):
+            return
+
+        async def watch(api: Any) -> None:
+            import asyncio
+
+            from bai.client.cli.output import Output
+            from bai.client.cli.progress import StartupWatcher
+
+            owner = self.express.config.access_key or None
+            watcher = StartupWatcher(api, self.name, owner, Output("table", False))
+            watcher.start(first_delay=0)
+            try:
+                while not self._stop.is_set():
+                    await asyncio.sleep(0.05)
+            finally:
+                await watcher.stop()
+
+        try:
+            self.express.with_sdk(watch)
+        except Exception:  # noqa: BLE001, S110 - the display must never break the command
+            pass
+
+
+def run(plan: dict[str, Any]) -> int:
+    express = Express(plan)
+    try:
+        return express.run()
+    finally:
+        express.http.close()

@@ -1,0 +1,237 @@
+"""HTTP/1.1 and WebSocket (RFC 6455) framing without any transport: bytes in, bytes out.
+
+Shared by the asyncio client (``bai.client.wire``) and the blocking one
+(``bai.client.blocking``), so both speak exactly the same wire. Stdlib only and cheap to import
+(no asyncio): ``backend.ai run`` loads it on its express path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CHUNK = 64 * 1024
+
+
+class WireError(Exception):
+    """The exchange failed after the connection was made (reset, malformed answer ...)."""
+
+
+class ConnectFailed(WireError):
+    """No connection could be made (refused, unreachable, timed out, TLS failure)."""
+
+
+class HandshakeFailed(WireError):
+    """The server answered a WebSocket upgrade with something other than 101."""
+
+    def __init__(self, status: int, reason: str, body: bytes, content_type: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+        self.content_type = content_type
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~")
+
+
+def quote_plain(text: str, safe: str = "") -> str:
+    """``urllib.parse.quote``; names made of unreserved characters skip importing it."""
+    if all(c in _PLAIN for c in text):
+        return text
+    from urllib.parse import quote
+
+    return quote(text, safe=safe)
+
+
+def url_parts(url: str) -> tuple[str, str, str, str, str | None, int | None]:
+    """(scheme, netloc, path, query, host, port) as ``urllib.parse.urlsplit`` gives them.
+
+    Plain ``scheme://host[:port]/path?query`` URLs are split here: ``urllib.parse`` costs
+    ~9 ms to import (it builds a dozen named tuples and loads ``ipaddress``), a tenth of what
+    ``backend.ai run`` may spend. Anything else (user info, IPv6, fragments) goes to it.
+    """
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if (not sep or not scheme.isalpha() or any(c in rest for c in "@[]#\\")
+            or "?" in netloc or (colon and not port.isdigit()) or not host):
+        from urllib.parse import urlsplit
+
+        p = urlsplit(url)
+        return p.scheme.lower(), p.netloc, p.path, p.query, p.hostname, p.port
+    path, _, query = (slash + tail).partition("?")
+    return scheme.lower(), netloc, path, query, host.lower(), int(port) if colon else None
+
+
+def split_url(url: str) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, netloc, target) of an ``http``/``https`` URL."""
+    scheme, netloc, path, query, host, port = url_parts(url)
+    port = port or (443 if scheme == "https" else 80)
+    target = path or "/"
+    if query:
+        target += "?" + query
+    return scheme, host or "127.0.0.1", port, netloc, target
+
+
+def request_head(method: str, target: str, netloc: str, headers: dict[str, str],
+                 length: int | None) -> bytes:
+    """The request line and header block (``Host`` first, then ``headers``)."""
+    merged = {"Host": netloc, **headers}
+    if length is not None:
+        merged["Content-Length"] = str(length)
+    lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in merged.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def parse_status_line(raw: bytes) -> tuple[int, str]:
+    """(status, reason) of ``HTTP/1.1 200 OK``; WireError for anything else."""
+    if not raw:
+        raise WireError("the server closed the connection without an answer")
+    version, _, rest = raw.decode("latin-1").strip().partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise WireError(f"not an HTTP answer: {raw[:80]!r}")
+    return int(code), reason
+
+
+def parse_header_line(raw: bytes) -> tuple[str, str] | None:
+    """One ``Name: value`` line; None at the blank line that ends the block."""
+    if raw in (b"\r\n", b"\n"):
+        return None
+    if not raw:
+        raise WireError("the connection closed inside the answer's headers")
+    name, _, value = raw.decode("latin-1").partition(":")
+    return name.strip(), value.strip()
+
+
+class BodyFraming:
+    """How an answer's body is delimited: ``chunked``, ``length`` (bytes left), or until close."""
+
+    def __init__(self, status: int, headers: dict[str, str], head_only: bool) -> None:
+        self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length")
+        self.left: int | None = None
+        self.eof = head_only or status in (204, 304) or 100 <= status < 200
+        if not self.eof and not self.chunked:
+            self.left = int(length) if length is not None and length.strip().isdigit() else None
+            if self.left == 0:
+                self.eof = True
+        self.keep_alive = "close" not in headers.get("connection", "").lower() and (
+            self.chunked or self.left is not None or self.eof)
+
+
+def content_type_of(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+
+
+def charset_of(headers: dict[str, str]) -> str:
+    for part in headers.get("content-type", "").split(";")[1:]:
+        k, _, v = part.strip().partition("=")
+        if k.lower() == "charset" and v:
+            return v.strip('"')
+    return "utf-8"
+
+
+# -- WebSocket --------------------------------------------------------------------------------
+
+def ws_handshake(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
+    """(key, headers) of a client upgrade request."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return key, {**(headers or {}), "Upgrade": "websocket", "Connection": "Upgrade",
+                 "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+
+
+def ws_accept_ok(key: str, raw_headers: list[tuple[str, str]]) -> bool:
+    accept = {k.lower(): v for k, v in raw_headers}.get("sec-websocket-accept", "")
+    return accept == base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` (masking and unmasking are the same)."""
+    n = len(payload)
+    if not n:
+        return b""
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(
+        (mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, masked client frame."""
+    head = bytearray([0x80 | opcode])
+    n = len(payload)
+    if n < 126:
+        head.append(0x80 | n)
+    elif n < 1 << 16:
+        head.append(0x80 | 126)
+        head += struct.pack("!H", n)
+    else:
+        head.append(0x80 | 127)
+        head += struct.pack("!Q", n)
+    mask = os.urandom(4)
+    return bytes(head) + mask + unmask(payload, mask)
+
+
+def ws_close_payload(code: int) -> bytes:
+    return struct.pack("!H", code if code != 1005 else 1000)
+
+
+def ws_length(b2: int) -> int:
+    """How many extended-length bytes follow the second header byte (0, 2 or 8)."""
+    n = b2 & 0x7F
+    return 2 if n == 126 else 8 if n == 127 else 0
+
+
+def ws_payload_length(b2: int, ext: bytes) -> int:
+    """The payload length from the second header byte and its extended-length bytes."""
+    if len(ext) == 2:
+        return struct.unpack("!H", ext)[0]
+    if len(ext) == 8:
+        return struct.unpack("!Q", ext)[0]
+    return b2 & 0x7F
+
+
+class Reassembly:
+    """A data message put back together from its fragments (opcodes 1/2, then 0s)."""
+
+    def __init__(self) -> None:
+        self.opcode = 0
+        self.parts: list[bytes] = []
+
+    def add(self, fin: bool, op: int, payload: bytes) -> tuple[int, bytes] | None:
+        """(opcode, data) once the message is whole, else None."""
+        if op in (0x1, 0x2):
+            self.opcode, self.parts = op, [payload]
+        elif op == 0x0:
+            self.parts.append(payload)
+        if not (fin and self.opcode):
+            return None
+        done = (self.opcode, b"".join(self.parts))
+        self.opcode, self.parts = 0, []
+        return done
+
+
+def ws_close_code(payload: bytes) -> int:
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+def multipart_heads(parts, boundary: str) -> tuple[list[bytes], int]:
+    """Each part's head (boundary line and headers) and the whole body's length.
+
+    The file name is percent-encoded as aiohttp's ``FormData(quote_fields=True)`` does, which
+    the manager's upload handler undoes.
+    """
+    heads = []
+    total = 0
+    for p in parts:
+        head = (f"--{boundary}\r\n"
+                f"Content-Type: {p.content_type}\r\n"
+                f'Content-Disposition: form-data; name="{p.name}"; '
+                f'filename="{quote_plain(p.filename)}"\r\n\r\n').encode("latin-1")
+        heads.append(head)
+        total += len(head) + os.path.getsize(p.path) + 2
+    total += len(f"--{boundary}--\r\n")
+    return heads, total

@@ -1,0 +1,200 @@
+"""The express path of ``run`` (no click, no asyncio) against the recording fake manager: it
+takes only the command lines it fully understands and behaves exactly like the click path."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+from test_cli_fake_manager import fake, invoke  # noqa: F401
+
+from bai.client.cli.express import parse
+from bai.client.config import ClientConfig, plain_toml
+from bai.client.http1 import quote_plain, url_parts
+
+
+@pytest.mark.parametrize("args", [
+    ["--rm", "-c", "print(1)", "python"],
+    ["python", "-c", "print(1)"],
+    ["-t", "name1", "python:3.11-debian12", "--code=1", "-q"],
+    ["--rm", "--name", "abcd", "-e", "A=1", "--env=B=2", "--quiet", "-c", "-1", "python"],
+])
+def test_parse_takes_the_common_forms(args, monkeypatch):
+    monkeypatch.delenv("BAI_CLI_EXPRESS", raising=False)
+    plan = parse(args)
+    assert plan is not None and plan["image"] in ("python", "python:3.11-debian12")
+    assert plan["code"] in ("print(1)", "1", "-1")
+
+
+@pytest.mark.parametrize("args", [
+    ["-c", "1"],                                   # no image
+    ["python"],                                    # nothing to run
+    ["-c", "1", "python", "main.py"],              # files
+    ["--exec", "make", "python", "a.py"],
+    ["-r", "cpu=2", "-c", "1", "python"],
+    ["-s", "--rm", "-c", "1", "python"],
+    ["--output", "json", "-c", "1", "python"],
+    ["-qc", "1", "python"],                        # bundled short options: click's business
+    ["-cprint(1)", "python"],
+    ["--", "-c", "1", "python"],
+    ["--help"],
+    ["-c", "1", "python", "--enqueue-only"],
+    ["--rm=yes", "-c", "1", "python"],
+    ["python", "-c"],                              # missing value: click says so
+])
+def test_parse_leaves_everything_else_to_click(args):
+    assert parse(args) is None
+
+
+def test_parse_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("BAI_CLI_EXPRESS", "0")
+    assert parse(["-c", "1", "python"]) is None
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _both(fake, capsys, monkeypatch, *args, stdin=None):  # noqa: F811
+    """Run ``args`` through the express path and then through click; both results and the
+    requests each sent (the fake's random session ids blanked out)."""
+    out = []
+    for express in ("1", "0"):
+        monkeypatch.setenv("BAI_CLI_EXPRESS", express)
+        fake.requests.clear()
+        r = invoke(capsys, *args, stdin=stdin)
+        r.out, r.err = UUID.sub("<id>", r.out), UUID.sub("<id>", r.err)
+        sent = [(q.method, UUID.sub("<id>", q.raw_path.split("?")[0]), q.body, q.ws_in,
+                 q.signature_ok, q.headers.get("Content-Type"), q.headers.get("User-Agent"))
+                for q in fake.requests]
+        out.append((r, sent))
+    return out
+
+
+def test_express_and_click_send_and_print_the_same(fake, capsys, monkeypatch):  # noqa: F811
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "same01",
+                                     "-e", "K=v=1", "python", "-c", "print(1)")
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err) == (0, "hello world\n", r1.err)
+    assert "✓ Session same01 is ready" in r1.err and "Cleaning up the session same01" in r1.err
+    assert sent1 == sent2
+    assert [s[0] for s in sent1] == ["POST", "GET", "DELETE"]
+    assert sent1[0][2]["config"]["environ"] == {"K": "v=1"}
+    assert all(s[4] for s in sent1)  # every signature verified
+
+
+def test_express_exit_code_input_and_quiet(fake, capsys, monkeypatch):  # noqa: F811
+    fake.knobs["ws_frames"] = [
+        {"status": "waiting-input", "console": [["stdout", "name? "]],
+         "options": {"is_password": False}},
+        {"status": "finished", "console": [["stderr", "bye\n"]], "exitCode": 3},
+    ]
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "-q", "python", "-c",
+                                     "input()", stdin="Alice\n")
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err) == (3, "name? ", "bye\n")
+    assert sent1[1][3] == sent2[1][3] == [sent1[1][3][0], "Alice"]
+
+
+@pytest.mark.parametrize("status", ["ERROR", "PENDING", "unknown-image"])
+def test_express_reports_what_did_not_start_like_click(fake, capsys, monkeypatch,  # noqa: F811
+                                                       status):
+    fake.knobs["create_status"] = status
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "notrun1",
+                                     "python", "-c", "1")
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    assert r1.code == (0 if status == "PENDING" else 1)
+    assert [s[:2] for s in sent1] == [s[:2] for s in sent2]
+
+
+def test_express_stream_closed_early_and_bad_name(fake, capsys, monkeypatch):  # noqa: F811
+    fake.knobs["ws_frames"] = [{"status": "continued", "console": [["stdout", "x"]]}, "CLOSE"]
+    (r1, _), (r2, _) = _both(fake, capsys, monkeypatch, "run", "-t", "early1", "python", "-c", "1")
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    assert r1.code == 1 and "ended before it finished" in r1.err
+    (r1, s1), (r2, s2) = _both(fake, capsys, monkeypatch, "run", "-t", "ab", "python", "-c", "1")
+    assert (r1.code, r1.err) == (r2.code, r2.err) == (2, r1.err) and "4 to 64" in r1.err
+    assert s1 == s2 == []
+
+
+def test_express_unreachable_and_failover(fake, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("BACKEND_ENDPOINT", "http://127.0.0.1:9")
+    r = invoke(capsys, "run", "python", "-c", "1")
+    assert r.code == 1 and r.err.startswith("Error: cannot reach the manager at http://127.0.0.1:9")
+    monkeypatch.setenv("BACKEND_ENDPOINT", f"http://127.0.0.1:9,{fake.endpoint}")
+    r = invoke(capsys, "run", "python", "-c", "1")
+    assert r.code == 0 and r.out == "hello world\n"
+
+
+def test_express_run_imports_neither_click_nor_asyncio(fake):  # noqa: F811
+    code = (
+        "import sys\n"
+        "from bai.client.cli.main import main\n"
+        "try:\n    main(['run', '-q', 'python', '-c', '1'])\nexcept SystemExit as e:\n"
+        "    print('CODE', e.code)\n"
+        "heavy = ('click', 'asyncio', 'rich', 'typing', 'dataclasses', 'urllib.parse', 'tomllib')\n"
+        "print('HEAVY', [m for m in heavy if m in sys.modules])\n"
+    )
+    env = {**os.environ, "BAI_CLI_EXPRESS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60).stdout
+    assert "hello world" in out and "CODE 0" in out
+    assert "HEAVY []" in out
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8091", "http://127.0.0.1:8091/", "https://Example.COM/prefix/x?a=1&b=*",
+    "http://host/p?q", "http://[::1]:80/x", "http://u:p@h:1/x", "http://h/x#frag", "http://h:",
+    "HTTP://h/x", "http://h?x=1",
+])
+def test_url_parts_agree_with_urlsplit(url):
+    p = urlsplit(url)
+    assert url_parts(url) == (p.scheme.lower(), p.netloc, p.path, p.query, p.hostname, p.port)
+
+
+@pytest.mark.parametrize("text", ["abc-DEF_1.2~", "a b", "ü", "x/y", "*", ""])
+def test_quote_plain_is_quote(text):
+    from urllib.parse import quote
+
+    assert quote_plain(text) == quote(text, safe="")
+    assert quote_plain(text, safe="*") == quote(text, safe="*")
+
+
+def test_plain_toml_reads_what_server_start_writes_and_defers_the_rest(tmp_path):
+    import tomllib
+
+    text = ('# bai\n[default]\nendpoint = "http://127.0.0.1:1"\naccess_key = "AK"\n'
+            'secret_key = "S/K+=="\n\n[user]\nendpoint = "http://127.0.0.1:1"\n')
+    assert plain_toml(text) == tomllib.loads(text)
+    for other in ('[a]\nx = 1\n', '[a]\nx = "a\\"b"\n', '[a.b]\nx = "1"\n', "x = 'lit'\n",
+                  '[a]\nx = "1" # c\n', '[a]\n[a]\n', '[[a]]\n'):
+        assert plain_toml(other) is None, other
+    # a file only tomllib understands still loads, with the same values
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[default]\nendpoint = "http://h:1" # comment\naccess_key = \'AK\'\n'
+                   'secret_key = "a\\u0041"\n')
+    loaded = ClientConfig.load(env={"BAI_CONFIG": str(cfg)})
+    assert (loaded.endpoints, loaded.access_key, loaded.secret_key) == (
+        ("http://h:1",), "AK", "aA")
+
+
+def test_client_config_is_an_immutable_value():
+    a = ClientConfig(endpoints=("http://h:1",), access_key="AK", secret_key="SK")
+    assert a == ClientConfig(endpoints=["http://h:1"], access_key="AK", secret_key="SK")
+    assert a != ClientConfig(endpoints=("http://h:1",), access_key="AK2", secret_key="SK")
+    assert "SK" not in repr(a) and "AK" in repr(a)
+    with pytest.raises(AttributeError):
+        a.access_key = "x"  # type: ignore[misc]
+    assert json.dumps(a.extra) == "{}"
+
+
+def test_websocket_fragments_are_put_back_together():
+    from bai.client.http1 import Reassembly
+
+    m = Reassembly()
+    assert m.add(False, 0x1, b"he") is None
+    assert m.add(False, 0x0, b"ll") is None
+    assert m.add(True, 0x0, b"o") == (0x1, b"hello")
+    assert m.add(True, 0x2, b"\x00") == (0x2, b"\x00")
