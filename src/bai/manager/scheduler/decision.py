@@ -23,7 +23,9 @@ reason code, a human message, its position in the queue and an estimated start t
 
 from __future__ import annotations
 
+import heapq
 import uuid
+from bisect import insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -35,6 +37,8 @@ from bai.manager.scheduler.estimate import LIMIT as ESTIMATE_LIMIT
 from bai.manager.scheduler.estimate import Timeline, earliest_on
 
 ZERO = Decimal(0)
+#: "nothing extra yet" (shared: never changed in place)
+_NONE_EXTRA: tuple[int, ResourceSlot] = (0, ResourceSlot())
 
 
 @dataclass(frozen=True)
@@ -172,9 +176,19 @@ def fmt_amount(slot: str, value: Decimal) -> str:
 # -- ordering --------------------------------------------------------------------------------
 
 
+def _fifo_key(p: PendingSession) -> tuple:
+    return (p.created_at, str(p.id))
+
+
+def _fifo_key_uuid(p: PendingSession) -> tuple:
+    # a UUID's canonical text orders as its integer does: the same order, without the text
+    return (p.created_at, p.id.int)
+
+
 def _order(pending: Sequence[PendingSession], policy: str, inp: SchedulingInput,
            capacity: ResourceSlot) -> list[PendingSession]:
-    fifo = sorted(pending, key=lambda p: (p.created_at, str(p.id)))
+    all_uuids = all(isinstance(p.id, uuid.UUID) for p in pending)
+    fifo = sorted(pending, key=_fifo_key_uuid if all_uuids else _fifo_key)
     if policy == "lifo":
         return fifo[::-1]
     if policy != "drf":
@@ -194,16 +208,21 @@ def _order(pending: Sequence[PendingSession], policy: str, inp: SchedulingInput,
                 best = max(best, used / cap)
         return best
 
+    # Only the key just taken changes its share and head: a heap of (share, head's creation,
+    # key) picks the same key as scanning every key each time (keys are unique: no ties).
     out: list[PendingSession] = []
-    heads = {k: 0 for k in by_key}
-    while heads:
-        key = min(heads, key=lambda k: (share(k), by_key[k][heads[k]].created_at, k))
-        p = by_key[key][heads[key]]
+    heap = [(share(k), queue[0].created_at, k) for k, queue in by_key.items()]
+    heapq.heapify(heap)
+    heads = dict.fromkeys(by_key, 0)
+    while heap:
+        _, _, key = heapq.heappop(heap)
+        queue = by_key[key]
+        p = queue[heads[key]]
         out.append(p)
         usage[key] = usage[key] + p.requested
         heads[key] += 1
-        if heads[key] >= len(by_key[key]):
-            del heads[key]
+        if heads[key] < len(queue):
+            heapq.heappush(heap, (share(key), queue[heads[key]].created_at, key))
     return out
 
 
@@ -252,12 +271,13 @@ def _check_predicates(p: PendingSession, inp: SchedulingInput,
             "waiting_for": [str(d.id) for d in waiting]}
     kp = inp.keypairs.get(p.access_key)
     if kp is not None:
-        n_extra, slots_extra = kp_extra.get(p.access_key, (0, ResourceSlot()))
+        n_extra, slots_extra = kp_extra.get(p.access_key, _NONE_EXTRA)
         if kp.max_concurrent_sessions > 0 and kp.concurrent + n_extra >= kp.max_concurrent_sessions:
             return "concurrency-limit", (
                 f"keypair policy {kp.policy_name} allows {kp.max_concurrent_sessions} concurrent "
                 f"session(s); {kp.concurrent + n_extra} running"), {"policy": kp.policy_name}
-        over = _over_limit(kp.total_resource_slots, kp.occupied + slots_extra, p.requested)
+        over = (_over_limit(kp.total_resource_slots, kp.occupied + slots_extra, p.requested)
+                if kp.total_resource_slots else None)
         if over:
             slot, want, left = over
             return "keypair-resource-limit", (
@@ -270,7 +290,7 @@ def _check_predicates(p: PendingSession, inp: SchedulingInput,
     ):
         if key in limits:
             limit, used = limits[key]
-            over = _over_limit(limit, used + extra.get(key, ResourceSlot()), p.requested)
+            over = _over_limit(limit, used + extra.get(key, _NONE_EXTRA[1]), p.requested)
             if over:
                 slot, want, left = over
                 return f"{what}-resource-limit", (
@@ -331,6 +351,70 @@ def _shortfall_msg(request: ResourceSlot, agents: Sequence[AgentView],
     }
 
 
+def _canon(free: Mapping[str, Decimal]) -> tuple:
+    """Free slots as a hashable value: equal for amounts that compare equal (absent = 0)."""
+    return tuple(sorted((k, v) for k, v in free.items() if v != 0))
+
+
+class _Pool:
+    """A scaling group's agents bucketed by their free slots.
+
+    Agents with equal free slots score alike in ``_pick_agent``, so the first of them (in the
+    group's order) stands for the rest: a pick scores each distinct free amount once instead
+    of every agent. A fleet of many agents of a few shapes (the usual one) then places a
+    session in a few steps, however many agents it has. ``free`` (shared with ``decide``)
+    keeps every agent's own value.
+    """
+
+    def __init__(self, agents: Sequence[AgentView], free: dict[str, ResourceSlot]) -> None:
+        self.agents = agents
+        self.free = free
+        self.index = {a.id: i for i, a in enumerate(agents)}
+        #: free slots -> indexes of the agents with them, ascending
+        self.buckets: dict[tuple, list[int]] = {}
+        for i, a in enumerate(agents):
+            self.buckets.setdefault(_canon(free[a.id]), []).append(i)
+        self._max: ResourceSlot | None = None
+
+    def pick(self, request: ResourceSlot, strategy: str, exclude: str | None) -> AgentView | None:
+        """``_pick_agent`` over the agents but ``exclude``: the first agent with the best score."""
+        skip = self.index.get(exclude, -1) if exclude is not None else -1
+        best: tuple | None = None
+        for members in self.buckets.values():
+            i = members[0]
+            if i == skip:
+                if len(members) == 1:
+                    continue
+                i = members[1]
+            f = self.free[self.agents[i].id]
+            if not _fits(request, f):
+                continue
+            extras, left = _score(f - request, request)
+            key = (extras, left) if strategy != "dispersed" else (extras, tuple(-x for x in left))
+            if best is None or (key, i) < best:
+                best = (key, i)
+        return None if best is None else self.agents[best[1]]
+
+    def take(self, agent_id: str, request: ResourceSlot) -> None:
+        """A placement: ``request`` leaves the agent's free slots."""
+        i = self.index[agent_id]
+        old = _canon(self.free[agent_id])
+        members = self.buckets[old]
+        members.remove(i)
+        if not members:
+            del self.buckets[old]
+        self.free[agent_id] = self.free[agent_id] - request
+        insort(self.buckets.setdefault(_canon(self.free[agent_id]), []), i)
+        self._max = None
+
+    def max_free(self) -> ResourceSlot:
+        """The most any agent has free, per slot (``_max_free`` of the group)."""
+        if self._max is None:
+            self._max = _max_free(
+                [self.agents[members[0]] for members in self.buckets.values()], self.free)
+        return self._max
+
+
 # -- the decision ----------------------------------------------------------------------------
 
 
@@ -351,19 +435,34 @@ def decide(inp: SchedulingInput) -> Decision:
         capacity = ResourceSlot.total(a.capacity for a in group_agents)
         order = _order(by_group[sgroup], inp.policies.get(sgroup, "fifo"), inp, capacity)
         strategy = inp.strategies.get(sgroup, "concentrated")
-        # Cheap rejection: the most free any agent has, per slot (recomputed after placements).
-        max_free = _max_free(group_agents, free)
+        # The agents by free slots; its max_free() is the cheap rejection: the most free any
+        # agent has, per slot.
+        pool = _Pool(group_agents, free)
         reserved: str | None = None  # agent held for the oldest blocked session
         head: uuid.UUID | None = None  # that session
         placed: list[tuple[PendingSession, str]] = []
         blocked: list[PendingSession] = []  # waiting for slots, in queue order
-        # Sessions with the same request get the same verdict until something is placed:
+        # Until something is placed, sessions with the same request get the same verdict, and
+        # the predicates give the same answer for the same keypair, group, domain and request:
         # this keeps a pass over thousands of waiting sessions linear and cheap.
         verdicts: dict[tuple, tuple[str, str, dict]] = {}
+        checked: dict[tuple, Any] = {}
+        shapes: dict[int, tuple] = {}  # id(requested) -> its sorted items (the objects live on)
         position = 0
         for p in order:
             position += 1
-            verdict = _check_predicates(p, inp, kp_extra, extra_group, extra_domain)
+            req = p.requested
+            req_key = shapes.get(id(req))
+            if req_key is None:
+                req_key = shapes[id(req)] = tuple(sorted(req.items()))
+            if p.dependencies or (p.starts_at is not None and p.starts_at > inp.now):
+                verdict = _check_predicates(p, inp, kp_extra, extra_group, extra_domain)
+            else:
+                ck = (p.access_key, p.group_id, p.domain_name, req_key)
+                verdict = checked.get(ck, checked)
+                if verdict is checked:
+                    verdict = checked[ck] = _check_predicates(
+                        p, inp, kp_extra, extra_group, extra_domain)
             if verdict is not None:
                 code, msg, details = verdict
                 if code == "cancel":
@@ -375,28 +474,32 @@ def decide(inp: SchedulingInput) -> Decision:
                 est = p.starts_at if code == "starts-at" else None
                 out.waits[p.id] = Wait(p.id, code, msg, position, details or {}, est)
                 continue
-            req_key = tuple(sorted(p.requested.items()))
             cached = verdicts.get(req_key)
             if cached is not None:
                 code, msg, details = cached
                 out.waits[p.id] = Wait(p.id, code, msg, position, details)
                 blocked.append(p)
                 continue
-            candidates = [a for a in group_agents if a.id != reserved]
             agent = None
-            if _fits(p.requested, max_free):
-                agent = _pick_agent(p.requested, candidates, strategy, free)
+            if _fits(req, pool.max_free()):
+                agent = pool.pick(req, strategy, reserved)
             if agent is not None:
                 out.assignments.append(Assignment(p.id, agent.id, agent.address))
                 placed.append((p, agent.id))
-                free[agent.id] = free[agent.id] - p.requested
-                max_free = _max_free(group_agents, free)
+                pool.take(agent.id, req)
                 verdicts.clear()
-                n, slots = kp_extra.get(p.access_key, (0, ResourceSlot()))
-                kp_extra[p.access_key] = (n + 1, slots + p.requested)
-                extra_group[p.group_id] = extra_group.get(p.group_id, ResourceSlot()) + p.requested
-                extra_domain[p.domain_name] = (
-                    extra_domain.get(p.domain_name, ResourceSlot()) + p.requested)
+                checked.clear()
+                # what this pass adds, counted only where a limit reads it
+                kp = inp.keypairs.get(p.access_key)
+                if kp is not None:
+                    n, slots = kp_extra.get(p.access_key, _NONE_EXTRA)
+                    kp_extra[p.access_key] = (
+                        n + 1, slots + req if kp.total_resource_slots else slots)
+                if p.group_id in inp.group_limits:
+                    extra_group[p.group_id] = extra_group.get(p.group_id, ResourceSlot()) + req
+                if p.domain_name in inp.domain_limits:
+                    extra_domain[p.domain_name] = (
+                        extra_domain.get(p.domain_name, ResourceSlot()) + req)
                 position -= 1  # it leaves the queue
                 continue
             if not group_agents:
@@ -405,21 +508,21 @@ def decide(inp: SchedulingInput) -> Decision:
                 continue
             blocked.append(p)
             if reserved is None:
-                holder = _holder(p.requested, group_agents, free,
+                holder = _holder(req, group_agents, free,
                                  _timelines(inp, group_agents, free, placed))
                 if holder is not None:
                     reserved, head = holder.id, p.id
-                    msg, details = _shortfall_msg(p.requested, [holder], free)
+                    msg, details = _shortfall_msg(req, [holder], free)
                     out.waits[p.id] = Wait(p.id, "insufficient-resources", msg, position,
                                            {**details, "reserved_agent": holder.id})
                     continue
-            elif reserved is not None and _fits(p.requested, free[reserved]):
+            elif reserved is not None and _fits(req, free[reserved]):
                 verdicts[req_key] = ("waiting-for-earlier-session",
                                      f"{reserved} is held for an earlier session that needs it",
                                      {"reserved_agent": reserved})
                 out.waits[p.id] = Wait(p.id, *verdicts[req_key][:2], position, verdicts[req_key][2])
                 continue
-            msg, details = _shortfall_msg(p.requested, group_agents, free)
+            msg, details = _shortfall_msg(req, group_agents, free)
             verdicts[req_key] = ("insufficient-resources", msg, details)
             out.waits[p.id] = Wait(p.id, "insufficient-resources", msg, position, details)
         if blocked and group_agents:

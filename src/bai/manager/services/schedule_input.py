@@ -45,13 +45,15 @@ _OCC = [str(s) for s in OCCUPYING]
 class _QueueCache:
     """The parsed form of one database's pending queue, kept between passes.
 
-    Content-addressed: a ``PendingSession`` is kept under the raw column values it was made from
-    (as the driver returned them), so a row that changed in any of them is parsed again and
-    nothing needs invalidating. Only rows seen in the latest pass are kept.
+    Content-addressed: a ``PendingSession`` is kept with the raw column values it was made from
+    (as the driver returned them), and used again only while all of them are the same, so a row
+    that changed in any of them is parsed again and nothing needs invalidating. Only rows seen in
+    the latest pass are kept.
     """
 
     def __init__(self) -> None:
-        self.sessions: dict[tuple, PendingSession] = {}
+        #: raw id -> (raw values, parsed)
+        self.sessions: dict[Any, tuple[tuple, PendingSession]] = {}
         #: raw requested_slots JSON text -> parsed slots (most sessions share a few shapes)
         self.slots: dict[str, ResourceSlot] = {}
         #: raw group id -> the value the column's type gives (a few groups)
@@ -120,18 +122,21 @@ async def _pending(conn: AsyncConnection) -> tuple[
                                                      r.type)
     cache = _cache(conn)
     known = cache.sessions
-    fresh: dict[tuple, PendingSession] = {}
+    fresh: dict[Any, tuple[tuple, PendingSession]] = {}
     pending: list[PendingSession] = []
     current_info: dict[Any, str | None] = {}
     procs = None
     for r in rows:
-        key = r[1:]
-        p = known.get(key)
-        if p is None:
+        raw = r[1:]
+        # keyed by the raw id (one hash), checked against every raw value (a C compare)
+        entry = known.get(raw[0])
+        if entry is not None and entry[0] == raw:
+            p = entry[1]
+        else:
             if procs is None:
                 procs = [_processor(col, conn.dialect) for col in _PENDING_COLS]
-            p = _parse_pending(key, procs, cache)
-        fresh[key] = p
+            p = _parse_pending(raw, procs, cache)
+        fresh[raw[0]] = (raw, p)
         if deps and p.id in deps:
             p = replace(p, dependencies=tuple(deps[p.id]))
         pending.append(p)
