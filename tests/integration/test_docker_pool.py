@@ -25,6 +25,7 @@ from test_docker_backend import (
 
 from bai.agent.backends.base import Instance, InstanceState
 from bai.agent.backends.docker import L_POOL, DockerBackend
+from bai.agent.runner_channel import ping_runner
 from bai.testing.docker import docker_host_or_skip, test_image
 
 pytestmark = pytest.mark.docker
@@ -33,7 +34,6 @@ PROBE = READ_LIMITS + (
     "import json, socket\n"
     "print(json.dumps({'env': dict(os.environ), 'hostname': socket.gethostname(),\n"
     "  'etc_hostname': open('/etc/hostname').read().strip(), 'cwd': os.getcwd(),\n"
-    "  'pid1': open('/proc/1/cmdline').read().replace('\\0', ' '),\n"
     "  'mem': int(mem[0]), 'cores': int(cpu[0]) / int(cpu[1]), 'pids': int(pids[0]),\n"
     "  'files': sorted(os.listdir('.bai'))}))\n"
 )
@@ -95,7 +95,10 @@ async def test_a_claimed_kernel_is_like_a_created_one(backend: DockerBackend, en
     a, b = await probe(cold), await probe(inst)
 
     assert b["hostname"] == b["etc_hostname"] == spec.session_name
-    assert b["cwd"] == "/home/work" and "bai.kernel" in b["pid1"]
+    assert b["cwd"] == "/home/work"
+    # the runner is PID 1 (in the standby's process: no second interpreter start)
+    assert (await ping_runner(inst.runner_socket))["pid"] == 1
+    assert (await ping_runner(cold.runner_socket))["pid"] == 1
     assert b["files"] == a["files"] and "standby.sock" not in b["files"]
     assert (b["mem"], b["cores"], b["pids"]) == (256 * MiB, 1.0, backend.pids_limit)
     assert b["env"]["FOO"] == "warm" and b["env"]["BACKENDAI_KERNEL_ID"] == spec.kernel_id

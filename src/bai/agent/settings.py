@@ -76,6 +76,9 @@ class AgentSettings(TomlSettings):
     monitor_interval: float = Field(0.5, description="seconds between kernel liveness checks")
     # docker runtime
     docker_host: str | None = Field(None, description="Docker/Podman API URL (default: local)")
+    docker_pool_size: int = Field(
+        2, ge=0, description="standby containers kept started per image for fast creates (0: off)"
+    )
     # dummy runtime (benchmarks and scheduler tests)
     dummy_create_delay: float = Field(0.0, description="seconds a dummy create takes")
     dummy_destroy_delay: float = Field(0.0, description="seconds a dummy destroy takes")

@@ -1,8 +1,8 @@
 """The ``docker`` runtime backend: one OCI container per kernel, through the Docker Engine API.
 
 Works against Docker (``dockerd``) and Podman's Docker-compatible API socket; it only uses
-endpoints both implement (containers create/start/kill/stop/delete/inspect/list/logs/stats,
-images inspect/create, events, info, version).
+endpoints both implement (containers create/start/kill/delete/inspect/list/logs/stats/update/
+rename, images inspect/create, events, info, version).
 
 What a kernel container looks like:
 
@@ -17,6 +17,13 @@ What a kernel container looks like:
   baked into images. The runner's socket ``/home/work/.bai/runner.sock`` is therefore reachable
   from the host at ``<workdir>/.bai/runner.sock``.
 
+Fast paths (a container start costs the engine ~150-250 ms): ``create`` claims a *standby*
+container started ahead of demand when one of the image is ready (``docker_pool.py``; the kernel
+then is the same as above, except that its labels are on the agent's file and the container keeps
+``ai.bai.pool``); ``destroy`` kills with SIGKILL at once (the runner keeps nothing a graceful stop
+would save) and removes; ``stats`` reads the container's cgroup files when this host shows them
+(the engine's stats endpoint waits for its next 1 s sampling tick).
+
 Exits are noticed from the engine's ``die`` events (with a periodic re-scan as a safety net, which
 also covers engines whose event stream breaks) and reported through ``on_exit`` once per
 container; a container the engine OOM-killed reports ``exit_reason="oom-killed"``.
@@ -29,10 +36,7 @@ import contextlib
 import json
 import logging
 import os
-import re
-import resource
 import shutil
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -49,43 +53,34 @@ from bai.agent.backends.base import (
     RuntimeBackend,
 )
 from bai.agent.backends.cgroup import KernelCgroup
-from bai.agent.backends.docker_pool import (
-    STANDBY_HOSTNAME,
+from bai.agent.backends.docker_pool import StandbyPool, StandbyUnusable
+from bai.agent.backends.docker_spec import (
+    L_AGENT,
+    L_BACKEND,
+    L_KERNEL,
+    L_POOL,
+    L_SESSION,
+    L_SPEC,
+    L_WORKDIR,
+    LABEL,
+    RUNNER_ARGV,
     STANDBY_PREFIX,
-    STANDBY_TARGET,
-    Shape,
-    StandbyPool,
-    StandbyUnusable,
+    ContainerSite,
+    hostname_of,
+    kernel_env,
+    kernel_of_name,
+    limits_of,
+    shape_of,
 )
 from bai.agent.runner_channel import ping_runner
 from bai.common.errors import KernelNotFound
 
 log = logging.getLogger(__name__)
 
-LABEL = "ai.bai."
-L_BACKEND = LABEL + "backend"
-L_AGENT = LABEL + "agent_id"
-L_KERNEL = LABEL + "kernel_id"
-L_SESSION = LABEL + "session_id"
-L_WORKDIR = LABEL + "workdir"
-#: on standby containers (docker_pool.py): claimed ones keep it, their kernel labels are on file
-L_POOL = LABEL + "pool"
-#: the whole KernelSpec, for a restarted agent (see base.py "Recovery")
-L_SPEC = "bai.spec"
-
-#: where the runner package and the work dir appear inside the container
-KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
-WORK_TARGET = "/home/work"
-
 #: the kernel's labels of claimed standbys: <scratch_root>/.claims/<kernel_id>.json
 CLAIMS_DIR = ".claims"
-KERNEL_PREFIX = "bai-kernel-"
-RUNNER_ARGV = ["python3", "-m", "bai.kernel", "--workdir", WORK_TARGET]
-
 #: the most of kernel.log that logs() returns (its end)
 LOG_TAIL_BYTES = 1 << 20
-
-_HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
 
 
 class DockerBackend(RuntimeBackend):
@@ -123,6 +118,7 @@ class DockerBackend(RuntimeBackend):
         self.network_mode = network_mode
         self.rescan_interval = rescan_interval
         self.kernel_package = (kernel_package or Path(bai.kernel.__file__).parent).absolute()
+        self.site = ContainerSite(agent_id, self.kernel_package, pids_limit)
         self._docker: aiodocker.Docker | None = None
         self._on_exit: ExitCallback | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,7 +142,7 @@ class DockerBackend(RuntimeBackend):
             pids_limit=settings.pids_limit,
             ready_timeout=settings.kernel_ready_timeout,
             rescan_interval=max(settings.monitor_interval, 1.0),
-            pool_size=int(getattr(settings, "docker_pool_size", 2)),
+            pool_size=settings.docker_pool_size,
         )
 
     # -- connection and watching ---------------------------------------------------------------
@@ -245,7 +241,7 @@ class DockerBackend(RuntimeBackend):
                         if name.startswith(STANDBY_PREFIX):
                             self.pool.discard(name)
                             continue
-                        kid = attrs.get(L_KERNEL) or _kernel_of_name(name)
+                        kid = attrs.get(L_KERNEL) or kernel_of_name(name)
                         if kid:
                             await self._maybe_report(kid)
             except asyncio.CancelledError:
@@ -346,12 +342,12 @@ class DockerBackend(RuntimeBackend):
 
     async def _create(self, spec: KernelSpec) -> Instance:
         workdir = self.workdir_of(spec.kernel_id)
-        limits = _limits(spec)
+        limits = limits_of(spec)
         runner_config = json.dumps(
             {"bootstrap_script": spec.bootstrap_script, "startup_command": spec.startup_command}
         )
         self._reported.discard(spec.kernel_id)
-        shape: Shape = (limits.get("NanoCpus"), limits.get("Memory"))
+        shape = shape_of(limits)
         if spec.network:  # only NetworkMode=none kernels are pooled
             return await self._create_container(spec, workdir, limits, runner_config)
         inst = None
@@ -370,14 +366,14 @@ class DockerBackend(RuntimeBackend):
     async def _claim(self, spec: KernelSpec, entry: Any, workdir: Path, limits: dict[str, Any],
                      runner_config: str) -> Instance:
         """The kernel takes over a standby container (see ``docker_pool``)."""
-        self._write_claim(spec.kernel_id, self._kernel_labels(spec, workdir))
+        self._write_claim(spec.kernel_id, self.site.kernel_labels(spec, workdir))
         try:
             await self.pool.claim(
                 entry, kernel_name=self.container_name(spec.kernel_id), workdir=workdir,
-                shape=(limits.get("NanoCpus"), limits.get("Memory")),
+                shape=shape_of(limits),
                 limits={**limits, "PidsLimit": self.pids_limit},
-                hostname=_hostname(spec), argv=RUNNER_ARGV,
-                env={"HOSTNAME": _hostname(spec), **_kernel_env(spec)},
+                hostname=hostname_of(spec), argv=RUNNER_ARGV,
+                env={"HOSTNAME": hostname_of(spec), **kernel_env(spec)},
                 runner_config=runner_config)
         except BaseException:
             self._drop_claim(spec.kernel_id)
@@ -391,7 +387,8 @@ class DockerBackend(RuntimeBackend):
         state_dir = workdir / bai.kernel.STATE_DIR
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "runner.json").write_text(runner_config)
-        config = await self._container_config(spec, workdir, limits)
+        network = await self._network_mode() if spec.network else "none"
+        config = self.site.kernel_config(spec, workdir, network)
         try:
             container = await self.docker.containers.create(
                 config, name=self.container_name(spec.kernel_id)
@@ -428,74 +425,6 @@ class DockerBackend(RuntimeBackend):
                 ) from e
             raise
 
-    def _kernel_labels(self, spec: KernelSpec, workdir: Path) -> dict[str, str]:
-        return {
-            L_BACKEND: "docker",
-            L_AGENT: self.agent_id,
-            L_KERNEL: spec.kernel_id,
-            L_SESSION: spec.session_id,
-            LABEL + "session_name": spec.session_name,
-            LABEL + "session_type": spec.session_type,
-            LABEL + "cluster_role": spec.cluster_role,
-            LABEL + "cluster_idx": str(spec.cluster_idx),
-            LABEL + "image": spec.image,
-            LABEL + "slots": json.dumps({k: str(v) for k, v in spec.slots.items()}),
-            L_WORKDIR: str(workdir),
-            L_SPEC: json.dumps(spec.to_json()),
-        }
-
-    def _host_config(self, workdir: Path, network_mode: str) -> dict[str, Any]:
-        return {
-            "Binds": [
-                f"{workdir}:{WORK_TARGET}:rw",
-                f"{self.kernel_package}:{KERNEL_PKG_TARGET}:ro",
-            ],
-            "NetworkMode": network_mode,
-            "PidsLimit": self.pids_limit,
-            "SecurityOpt": ["no-new-privileges"],
-            # Podman asks for nofile=1048576 and a huge nproc by default, which fails where the
-            # engine's own hard limits are lower; the agent's hard limits are what this host grants.
-            "Ulimits": _ulimits(),
-            "AutoRemove": False,
-        }
-
-    async def _container_config(self, spec: KernelSpec, workdir: Path,
-                                limits: dict[str, Any]) -> dict[str, Any]:
-        network = await self._network_mode() if spec.network else "none"
-        return {
-            "Image": spec.image,
-            "Cmd": RUNNER_ARGV,
-            "Entrypoint": [],
-            "Env": [f"{k}={v}" for k, v in _kernel_env(spec).items()],
-            "WorkingDir": WORK_TARGET,
-            "Hostname": _hostname(spec),
-            "Labels": self._kernel_labels(spec, workdir),
-            "StopSignal": "SIGTERM",
-            "HostConfig": {**self._host_config(workdir, network), **limits},
-        }
-
-    def standby_config(self, image: str, shape: Shape, workdir: Path) -> dict[str, Any]:
-        """A standby container of ``image`` with limits ``shape`` and work dir ``workdir``."""
-        host_config = self._host_config(workdir, "none")
-        host_config["Binds"].append(f"{Path(__file__).parent / 'docker_standby.py'}:{STANDBY_TARGET}:ro")
-        cpu, mem = shape
-        if cpu is not None:
-            host_config["NanoCpus"] = cpu
-        if mem is not None:
-            host_config["Memory"] = host_config["MemorySwap"] = mem
-        return {
-            "Image": image,
-            "Cmd": ["python3", "-I", "-S", STANDBY_TARGET, WORK_TARGET],
-            "Entrypoint": [],
-            "Env": [],
-            "WorkingDir": WORK_TARGET,
-            "Hostname": STANDBY_HOSTNAME,
-            "Labels": {L_BACKEND: "docker", L_AGENT: self.agent_id, L_POOL: image,
-                       L_WORKDIR: str(workdir)},
-            "StopSignal": "SIGTERM",
-            "HostConfig": host_config,
-        }
-
     # -- claimed standbys' labels --------------------------------------------------------------
 
     def _claim_file(self, kernel_id: str) -> Path:
@@ -520,7 +449,7 @@ class DockerBackend(RuntimeBackend):
         if L_POOL not in labels:
             return labels
         names = [info.get("Name", "")] + list(info.get("Names") or [])
-        kid = next((k for k in map(_kernel_of_name, names) if k), "")
+        kid = next((k for k in map(kernel_of_name, names) if k), "")
         if not kid:
             return labels  # an unclaimed standby: no kernel
         known = self._claimed.get(kid)
@@ -748,22 +677,6 @@ def aiohttp_no_timeout() -> Any:
     return aiohttp.ClientTimeout(total=None, sock_read=None)
 
 
-def _ulimits() -> list[dict[str, Any]]:
-    """nofile and nproc no higher than the agent's own hard limits (and at most 1048576 and
-    32768: Podman lowers its own nproc to 32768, and a runc without CAP_SYS_RESOURCE cannot raise
-    a limit above the engine's). nproc counts the uid's processes host-wide, so it stays large;
-    the pids cgroup limit is what bounds a kernel."""
-    out = []
-    for name, which, cap in (
-        ("nofile", resource.RLIMIT_NOFILE, 1048576),
-        ("nproc", resource.RLIMIT_NPROC, 32768),
-    ):
-        hard = resource.getrlimit(which)[1]
-        value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
-        out.append({"Name": name, "Soft": value, "Hard": value})
-    return out
-
-
 def _file_tail(path: Path) -> str:
     try:
         with open(path, "rb") as f:
@@ -781,11 +694,6 @@ def _exit_json_reason(workdir: Path) -> str:
         return "self-terminated"
 
 
-def _hostname(spec: KernelSpec) -> str:
-    name = _HOSTNAME_BAD.sub("-", spec.session_name.lower()).strip("-")[:63].strip("-")
-    return name or spec.kernel_id[:12]
-
-
 def _docker_message(e: BaseException) -> str:
     if isinstance(e, DockerError):
         msg = e.message
@@ -793,45 +701,6 @@ def _docker_message(e: BaseException) -> str:
             msg = msg.get("message", str(msg))
         return str(msg).strip()
     return str(e) or type(e).__name__
-
-
-def _kernel_env(spec: KernelSpec) -> dict[str, str]:
-    """The container environment of a kernel (the image's own variables come on top of it)."""
-    return {
-        **spec.environ,
-        "PYTHONPATH": "/opt/bai",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "HOME": WORK_TARGET,
-        "LANG": spec.environ.get("LANG", "C.UTF-8"),
-        "BACKENDAI_KERNEL_ID": spec.kernel_id,
-        "BACKENDAI_SESSION_ID": spec.session_id,
-        "BACKENDAI_SESSION_NAME": spec.session_name,
-        "BACKENDAI_CLUSTER_ROLE": spec.cluster_role,
-        "BACKENDAI_CLUSTER_IDX": str(spec.cluster_idx),
-    }
-
-
-def _limits(spec: KernelSpec) -> dict[str, Any]:
-    """``cpu`` -> ``NanoCpus``; ``mem`` -> ``Memory`` = ``MemorySwap`` (no swap on top)."""
-    out: dict[str, Any] = {}
-    cpu = spec.slots.get("cpu")
-    if cpu is not None and cpu > 0:
-        out["NanoCpus"] = int(Decimal(cpu) * 1_000_000_000)
-    mem = spec.slots.get("mem")
-    if mem is not None and mem > 0:
-        mem_bytes = int(mem)
-        if mem_bytes < 6 * 1024 * 1024:
-            raise KernelCreationFailed(
-                f"mem={mem_bytes} bytes is below the 6 MiB a container needs at least"
-            )
-        out["Memory"] = out["MemorySwap"] = mem_bytes
-    return out
-
-
-def _kernel_of_name(name: str) -> str:
-    name = name.lstrip("/")
-    return name[len(KERNEL_PREFIX):] if name.startswith(KERNEL_PREFIX) else ""
 
 
 def _cgroup_stats(pid: int) -> dict[str, Any] | None:

@@ -45,6 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiodocker.exceptions import DockerError
 
+from bai.agent.backends.docker_spec import L_POOL, L_WORKDIR, STANDBY_PREFIX, Shape
+from bai.agent.backends.docker_standby import SOCKET_NAME as STANDBY_SOCKET
+
 if TYPE_CHECKING:
     from bai.agent.backends.docker import DockerBackend
 
@@ -52,19 +55,11 @@ log = logging.getLogger(__name__)
 
 #: folder (under the scratch root) holding the standbys' work dirs
 POOL_DIR = ".pool"
-STANDBY_PREFIX = "bai-standby-"
-STANDBY_SOCKET = "standby.sock"
-#: where the standby program appears inside the container
-STANDBY_TARGET = "/opt/bai-standby/standby.py"
-STANDBY_HOSTNAME = "bai-standby"
 #: at most this many images keep a pool (least recently used ones are dropped)
 MAX_IMAGES = 4
 #: after a failed start, no refill for this image for this long
 FAIL_BACKOFF = 30.0
 START_TIMEOUT = 30.0
-
-#: (NanoCpus, Memory bytes); None: no limit
-Shape = tuple[int | None, int | None]
 
 _CLONE_NEWUTS = 0x04000000
 
@@ -169,8 +164,15 @@ class StandbyPool:
         self._starting[name] = workdir
         docker = self.backend.docker
         try:
-            config = self.backend.standby_config(image, shape, workdir)
-            container = await docker.containers.create(config, name=name)
+            config = self.backend.site.standby_config(image, shape, workdir)
+            # a create cancelled midway may still complete in the engine: let it, then remove
+            create = asyncio.ensure_future(docker.containers.create(config, name=name))
+            try:
+                container = await asyncio.shield(create)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await create
+                raise
             await container.start()
             sock = workdir / ".bai" / STANDBY_SOCKET
             deadline = time.monotonic() + START_TIMEOUT
@@ -266,8 +268,6 @@ class StandbyPool:
 
     async def remove_stale(self) -> int:
         """Remove the unclaimed standbys of this agent that an earlier run left behind."""
-        from bai.agent.backends.docker import L_POOL, L_WORKDIR
-
         filters = {"label": [*self.backend._label_filters(), L_POOL]}
         summaries = await self.backend.docker.containers.list(
             all=True, filters=json.dumps(filters))

@@ -5,20 +5,26 @@ this file (bind-mounted read-only at ``/opt/bai-standby/standby.py``) as its PID
 
     python3 -I -S /opt/bai-standby/standby.py /home/work
 
-It listens on ``/home/work/.bai/standby.sock`` and waits for the one claim the agent sends when a
-kernel takes the container over, a JSON line::
+    python3 /opt/bai-standby/standby.py /home/work [MODULE...]
+
+imports the ``MODULE``s (``bai.kernel.runner``: the runner's start-up work is done ahead of
+demand), listens on ``/home/work/.bai/standby.sock`` and waits for the one claim the agent sends
+when a kernel takes the container over, a JSON line::
 
     {"argv": ["python3", "-m", "bai.kernel", "--workdir", "/home/work"],
      "env": {"BACKENDAI_KERNEL_ID": "...", "HOSTNAME": "...", ...}}
 
-It answers ``{"ok": true}``, removes the socket and ``exec``s ``argv`` with its own environment
-(what the engine gave the container: ``PATH``, the image's variables) updated by ``env``. The
-kernel runner then is PID 1 with exactly the environment a container created for that kernel
-would have had. It never runs anything without a claim; SIGTERM ends it.
+It answers ``{"ok": true}``, removes the socket, sets its environment to its own (what the engine
+gave the container: ``PATH``, the image's variables) updated by ``env``, and runs ``argv``: a
+``python3 -m M`` whose package was preloaded runs in this process as ``-m`` would run it (the
+kernel runner becomes PID 1 without a second interpreter start); anything else is ``exec``ed.
+Either way the runner and everything it starts see exactly the environment a container created
+for that kernel would have had. It never runs anything without a claim; SIGTERM ends it.
 """
 
 import json
 import os
+import runpy
 import signal
 import socket
 import sys
@@ -62,10 +68,33 @@ def read_claim(conn: socket.socket) -> dict:
     return claim
 
 
+def preload(modules: list) -> set:
+    """Import ``modules``; the names of those that imported."""
+    done = set()
+    for name in modules:
+        try:
+            __import__(name)
+        except Exception as exc:  # noqa: BLE001 - exec'ing later still works
+            sys.stderr.write(f"standby: cannot preload {name}: {exc}\n")
+        else:
+            done.add(name)
+    return done
+
+
+def in_process(argv: list, loaded: set) -> str:
+    """The module to run here for ``argv`` (``python3 -m M ...`` with M's package preloaded)."""
+    if len(argv) >= 3 and os.path.basename(argv[0]).startswith("python") and argv[1] == "-m":
+        module = argv[2]
+        if any(name == module or name.startswith(module + ".") for name in loaded):
+            return module
+    return ""
+
+
 def main(argv: list) -> int:
     workdir = argv[1] if len(argv) > 1 else "/home/work"
     # PID 1 ignores signals it has no handler for: make SIGTERM end a standby
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    loaded = preload(argv[2:])
     state_dir = os.path.join(workdir, ".bai")
     sock = listen(state_dir)
     while True:
@@ -92,8 +121,17 @@ def main(argv: list) -> int:
         except OSError:
             pass
         os.chdir(workdir)
+        command = [str(a) for a in claim["argv"]]
+        module = in_process(command, loaded)
+        if module:
+            os.environ.clear()
+            os.environ.update(env)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.argv = [module, *command[3:]]
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            return 0
         try:
-            os.execvpe(claim["argv"][0], [str(a) for a in claim["argv"]], env)
+            os.execvpe(command[0], command, env)
         except OSError as exc:
             sys.stderr.write("standby: cannot run {!r}: {}\n".format(claim["argv"][0], exc))
             return 127

@@ -1,0 +1,193 @@
+"""What the docker backend asks the engine for: container configs, labels, environment, limits.
+
+Pure functions of a ``KernelSpec`` and the agent's settings (``ContainerSite``), no engine calls,
+so tests can check them without a runtime. See ``docker.py`` for what a kernel container is and
+``docker_pool.py`` for standby containers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bai.agent.backends.base import KernelCreationFailed, KernelSpec
+
+LABEL = "ai.bai."
+L_BACKEND = LABEL + "backend"
+L_AGENT = LABEL + "agent_id"
+L_KERNEL = LABEL + "kernel_id"
+L_SESSION = LABEL + "session_id"
+L_WORKDIR = LABEL + "workdir"
+#: on standby containers (docker_pool.py): claimed ones keep it, their kernel labels are on file
+L_POOL = LABEL + "pool"
+#: the whole KernelSpec, for a restarted agent (see base.py "Recovery")
+L_SPEC = "bai.spec"
+
+#: where the runner package and the work dir appear inside the container
+KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
+WORK_TARGET = "/home/work"
+#: where the standby program (docker_standby.py) appears inside standby containers
+STANDBY_TARGET = "/opt/bai-standby/standby.py"
+STANDBY_SOURCE = Path(__file__).parent / "docker_standby.py"
+STANDBY_HOSTNAME = "bai-standby"
+
+KERNEL_PREFIX = "bai-kernel-"
+STANDBY_PREFIX = "bai-standby-"
+RUNNER_ARGV = ["python3", "-m", "bai.kernel", "--workdir", WORK_TARGET]
+#: the part of a kernel's environment that is the same for every kernel
+RUNNER_ENV = {
+    "PYTHONPATH": "/opt/bai",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "HOME": WORK_TARGET,
+}
+
+#: (NanoCpus, Memory bytes) of a container; None: no limit
+Shape = tuple[int | None, int | None]
+
+_HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass(frozen=True)
+class ContainerSite:
+    """What every container of one agent shares."""
+
+    agent_id: str
+    kernel_package: Path
+    pids_limit: int
+
+    def kernel_labels(self, spec: KernelSpec, workdir: Path) -> dict[str, str]:
+        return {
+            L_BACKEND: "docker",
+            L_AGENT: self.agent_id,
+            L_KERNEL: spec.kernel_id,
+            L_SESSION: spec.session_id,
+            LABEL + "session_name": spec.session_name,
+            LABEL + "session_type": spec.session_type,
+            LABEL + "cluster_role": spec.cluster_role,
+            LABEL + "cluster_idx": str(spec.cluster_idx),
+            LABEL + "image": spec.image,
+            LABEL + "slots": json.dumps({k: str(v) for k, v in spec.slots.items()}),
+            L_WORKDIR: str(workdir),
+            L_SPEC: json.dumps(spec.to_json()),
+        }
+
+    def host_config(self, workdir: Path, network_mode: str) -> dict[str, Any]:
+        return {
+            "Binds": [
+                f"{workdir}:{WORK_TARGET}:rw",
+                f"{self.kernel_package}:{KERNEL_PKG_TARGET}:ro",
+            ],
+            "NetworkMode": network_mode,
+            "PidsLimit": self.pids_limit,
+            "SecurityOpt": ["no-new-privileges"],
+            # Podman asks for nofile=1048576 and a huge nproc by default, which fails where the
+            # engine's own hard limits are lower; the agent's hard limits are what this host grants.
+            "Ulimits": ulimits(),
+            "AutoRemove": False,
+        }
+
+    def kernel_config(self, spec: KernelSpec, workdir: Path, network_mode: str) -> dict[str, Any]:
+        """The container created for a kernel."""
+        return {
+            "Image": spec.image,
+            "Cmd": RUNNER_ARGV,
+            "Entrypoint": [],
+            "Env": [f"{k}={v}" for k, v in kernel_env(spec).items()],
+            "WorkingDir": WORK_TARGET,
+            "Hostname": hostname_of(spec),
+            "Labels": self.kernel_labels(spec, workdir),
+            "StopSignal": "SIGTERM",
+            "HostConfig": {**self.host_config(workdir, network_mode), **limits_of(spec)},
+        }
+
+    def standby_config(self, image: str, shape: Shape, workdir: Path) -> dict[str, Any]:
+        """A standby container of ``image`` with limits ``shape`` and work dir ``workdir``: what
+        ``kernel_config`` gives minus what a claim supplies (name, labels, hostname, env)."""
+        host_config = self.host_config(workdir, "none")
+        host_config["Binds"].append(f"{STANDBY_SOURCE}:{STANDBY_TARGET}:ro")
+        cpu, mem = shape
+        if cpu is not None:
+            host_config["NanoCpus"] = cpu
+        if mem is not None:
+            host_config["Memory"] = host_config["MemorySwap"] = mem
+        return {
+            "Image": image,
+            "Cmd": ["python3", STANDBY_TARGET, WORK_TARGET, "bai.kernel.runner"],
+            "Entrypoint": [],
+            # the interpreter that becomes the runner starts with the runner's settings
+            "Env": [f"{k}={v}" for k, v in RUNNER_ENV.items()],
+            "WorkingDir": WORK_TARGET,
+            "Hostname": STANDBY_HOSTNAME,
+            "Labels": {L_BACKEND: "docker", L_AGENT: self.agent_id, L_POOL: image,
+                       L_WORKDIR: str(workdir)},
+            "StopSignal": "SIGTERM",
+            "HostConfig": host_config,
+        }
+
+
+def kernel_env(spec: KernelSpec) -> dict[str, str]:
+    """The container environment of a kernel (the image's own variables come on top of it)."""
+    return {
+        **spec.environ,
+        **RUNNER_ENV,
+        "LANG": spec.environ.get("LANG", "C.UTF-8"),
+        "BACKENDAI_KERNEL_ID": spec.kernel_id,
+        "BACKENDAI_SESSION_ID": spec.session_id,
+        "BACKENDAI_SESSION_NAME": spec.session_name,
+        "BACKENDAI_CLUSTER_ROLE": spec.cluster_role,
+        "BACKENDAI_CLUSTER_IDX": str(spec.cluster_idx),
+    }
+
+
+def limits_of(spec: KernelSpec) -> dict[str, Any]:
+    """``cpu`` -> ``NanoCpus``; ``mem`` -> ``Memory`` = ``MemorySwap`` (no swap on top)."""
+    out: dict[str, Any] = {}
+    cpu = spec.slots.get("cpu")
+    if cpu is not None and cpu > 0:
+        out["NanoCpus"] = int(Decimal(cpu) * 1_000_000_000)
+    mem = spec.slots.get("mem")
+    if mem is not None and mem > 0:
+        mem_bytes = int(mem)
+        if mem_bytes < 6 * 1024 * 1024:
+            raise KernelCreationFailed(
+                f"mem={mem_bytes} bytes is below the 6 MiB a container needs at least"
+            )
+        out["Memory"] = out["MemorySwap"] = mem_bytes
+    return out
+
+
+def shape_of(limits: dict[str, Any]) -> Shape:
+    return (limits.get("NanoCpus"), limits.get("Memory"))
+
+
+def hostname_of(spec: KernelSpec) -> str:
+    name = _HOSTNAME_BAD.sub("-", spec.session_name.lower()).strip("-")[:63].strip("-")
+    return name or spec.kernel_id[:12]
+
+
+def kernel_of_name(name: str) -> str:
+    """The kernel id of a container name (``/bai-kernel-<id>``), or ``""``."""
+    name = name.lstrip("/")
+    return name[len(KERNEL_PREFIX):] if name.startswith(KERNEL_PREFIX) else ""
+
+
+def ulimits() -> list[dict[str, Any]]:
+    """nofile and nproc no higher than the agent's own hard limits (and at most 1048576 and
+    32768: Podman lowers its own nproc to 32768, and a runc without CAP_SYS_RESOURCE cannot raise
+    a limit above the engine's). nproc counts the uid's processes host-wide, so it stays large;
+    the pids cgroup limit is what bounds a kernel."""
+    out = []
+    for name, which, cap in (
+        ("nofile", resource.RLIMIT_NOFILE, 1048576),
+        ("nproc", resource.RLIMIT_NPROC, 32768),
+    ):
+        hard = resource.getrlimit(which)[1]
+        value = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+        out.append({"Name": name, "Soft": value, "Hard": value})
+    return out
