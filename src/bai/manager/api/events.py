@@ -12,6 +12,11 @@ final status (TERMINATED, CANCELLED, or ERROR) it sends ``server_close`` and end
 the official client exit. Wire rules: only ``event:``/``data:``/``retry:`` fields and ``:``
 comments, every ``data`` is JSON, ``retry`` is in seconds (the official client's unit), and a
 keep-alive comment goes out when nothing else did for a while.
+
+Delivery: each stream is a bus listener (``LiveStream``) that writes an event batch to its
+socket from inside the publish call: no task wakes up per stream and event, and streams with
+the same filter share one encoding (and chunk framing) of the batch. The body is chunked
+(HTTP/1.1), and those writes frame their own chunks.
 """
 
 from __future__ import annotations
