@@ -161,15 +161,16 @@ async def sse(c: Signed, query: str):
 
 
 async def test_events_replay_a_finished_session_then_close(env):
-    root, client, user, _, _ = env
+    root, _client, user, _, _ = env
     made = await create(user, "ev-done")
     assert made["status"] == "RUNNING"
     resp = await user.request("DELETE", "/session/ev-done")
     assert resp.status == 200, await resp.text()
     for _ in range(100):
         async with root.store.connect() as conn:
-            from bai.manager.store.tables import sessions
             import sqlalchemy as sa
+
+            from bai.manager.store.tables import sessions
             status = (await conn.execute(sa.select(sessions.c.status).where(sessions.c.name == "ev-done"))).scalar()
         if status == "TERMINATED":
             break
@@ -189,7 +190,7 @@ async def test_events_replay_a_finished_session_then_close(env):
 
 
 async def test_events_follow_live_and_end_with_the_session(env):
-    root, client, user, _, _ = env
+    root, _client, user, _, _ = env
     root.agents.rpc.auto_start = False
     made = await create(user, "ev-live", enqueueOnly=True)
     for _ in range(100):  # wait until the kernel was asked for
@@ -286,7 +287,7 @@ async def test_ls_takes_a_json_body_on_get(env):
 
 
 async def test_download_answers_one_tar_part_per_file(env):
-    _, client, user, _, received = env
+    _, client, user, _, _received = env
     await create(user, "dl-1")
     path = "/session/dl-1/download"
     resp = await client.get(path, data=json.dumps({"files": ["main.py", "out/result.txt"]}),
@@ -376,3 +377,27 @@ async def test_a_session_stream_takes_its_events_out_of_a_batch_and_ends_at_the_
     assert all(d.get("sessionId") in (sid, None) for _, d in events)
     assert events[-1] == ("server_close", {})
     assert await resp.content.read() == b""
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_the_others_carry_on(env, monkeypatch):
+    from bai.manager.api import events as sse_api
+
+    monkeypatch.setattr(sse_api, "QUEUE_LIMIT", 3)
+    root, _, _, admin, _ = env
+    fast = await sse(admin, "scope=session")
+    stuck = await sse(admin, "scope=session")
+    n = 3000
+    sent = [bus_event(i, admin.access_key, extra={"pad": "x" * 4000}) for i in range(n)]
+    reader = asyncio.create_task(read_sse(fast, None, limit=n))
+    for i in range(0, n, 100):
+        await root.bus.publish_many(sent[i:i + 100])
+        await asyncio.sleep(0.01)
+    got = await asyncio.wait_for(reader, 120)
+    assert [d["reason"] for _, d in got] == [str(i) for i in range(n)]
+    streams = [x for x in root.bus.fanout._all if isinstance(x, sse_api.LiveStream)]
+    assert [s.cut_off for s in streams] == [False]  # the stuck one has left the bus
+    try:  # its connection was dropped: it ends short of the whole story
+        late = await read_sse(stuck, None, limit=n)
+    except aiohttp.ClientPayloadError:
+        late = []
+    assert len(late) < n
