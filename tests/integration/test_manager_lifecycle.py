@@ -679,3 +679,25 @@ async def test_place_many_takes_what_fits_in_order_and_refuses_the_rest(manager)
         placed, refused = await place_many(conn, [(ids[1], "agent-1", "http://127.0.0.1:1")],
                                            outbox=Outbox())
     assert placed == [] and refused == 1
+
+
+async def test_repeated_heartbeats_refresh_and_still_notice_changes(manager):
+    beat = {"agent_id": "agent-1", "address": "http://127.0.0.1:1",
+            "available_slots": {"cpu": "2", "mem": str(4 * GIB)}}
+
+    async def agent_row():
+        async with manager.store.connect() as conn:
+            return (await conn.execute(sa.select(agents).where(agents.c.id == "agent-1"))).mappings().one()
+
+    before = (await agent_row())["last_heartbeat"]
+    await asyncio.sleep(0.01)
+    await manager.agents.heartbeat(beat)  # says nothing new: only last_heartbeat moves
+    assert (await agent_row())["last_heartbeat"] > before
+    # another replica (or the liveness check) marked it LOST meanwhile: the same heartbeat revives it
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(agents).where(agents.c.id == "agent-1").values(status="LOST"))
+    await manager.agents.heartbeat(beat)
+    assert (await agent_row())["status"] == "ALIVE"
+    # new capacity is written at once
+    await manager.agents.heartbeat({**beat, "available_slots": {"cpu": "3", "mem": str(4 * GIB)}})
+    assert (await agent_row())["available_slots"]["cpu"] == "3"

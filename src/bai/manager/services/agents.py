@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -37,6 +38,8 @@ class AgentRegistry:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
         self.rpc = AgentClient(root.settings.cluster_token)
+        #: agent id -> (what its last heartbeat said, when its row was last written in full)
+        self._seen: dict[str, tuple[str, Any]] = {}
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -59,9 +62,32 @@ class AgentRegistry:
             "available_slots": capacity.to_json(),
             "isolation": dict(payload.get("isolation") or {}),
             "version": str(payload.get("version") or ""),
-            "last_heartbeat": now,
         }
-        changed = False
+        # The usual heartbeat says what the last one said: then it only refreshes
+        # last_heartbeat (one UPDATE that also checks the agent is still ALIVE). The whole
+        # row is compared and written again on any change and every FULL_HEARTBEAT_EVERY.
+        said = json.dumps(values, sort_keys=True)
+        seen = self._seen.get(agent_id)
+        if not (seen and seen[0] == said and (now - seen[1]).total_seconds() < FULL_HEARTBEAT_EVERY
+                and await self._touch(agent_id, now)):
+            if await self._register(agent_id, values, now):
+                self.root.scheduler.kick()
+            self._seen[agent_id] = (said, now)
+        known = await self._check_kernels(agent_id, payload.get("kernels"))
+        return {"ok": True, "known_kernels": known}
+
+    async def _touch(self, agent_id: str, now) -> bool:
+        async with self.root.store.begin() as conn:
+            res = await conn.execute(
+                sa.update(agents)
+                .where(agents.c.id == agent_id, agents.c.status == AgentStatus.ALIVE.value)
+                .values(last_heartbeat=now))
+        return res.rowcount == 1
+
+    async def _register(self, agent_id: str, values: dict[str, Any], now) -> bool:
+        """Write the agent's row from a heartbeat; True when the scheduler should look again
+        (a new agent, one back from LOST, new capacity or address)."""
+        values = {**values, "last_heartbeat": now}
         async with self.root.store.begin() as conn:
             row = (
                 await conn.execute(sa.select(agents).where(agents.c.id == agent_id).with_for_update())
@@ -73,54 +99,50 @@ class AgentRegistry:
                         first_contact=now, occupied_slots={}, **values,
                     )
                 )
+                log.info("agent %s registered at %s with %s", agent_id, values["address"],
+                         values["available_slots"])
+                return True
+            changed = False
+            if row["status"] != AgentStatus.ALIVE.value:
+                values.update(status=AgentStatus.ALIVE.value, status_changed=now)
                 changed = True
-                log.info("agent %s registered at %s with %s", agent_id, address, capacity.to_json())
-            else:
-                if row["status"] != AgentStatus.ALIVE.value:
-                    values.update(status=AgentStatus.ALIVE.value, status_changed=now)
-                    changed = True
-                    log.info("agent %s is back (was %s)", agent_id, row["status"])
-                if (row["available_slots"] != values["available_slots"]
-                        or row["address"] != address):
-                    changed = True
-                await conn.execute(sa.update(agents).where(agents.c.id == agent_id).values(**values))
-            # The kernels this agent should keep (docs/internals.md): it drops the others, e.g.
-            # those of sessions that ended while its link was down.
-            known = (
-                await conn.execute(
-                    sa.select(kernels.c.id).where(
-                        kernels.c.agent_id == agent_id,
-                        kernels.c.status.in_([str(s) for s in _LIVE if s is not SessionStatus.TERMINATING]),
-                    )
-                )
-            ).scalars().all()
-        if changed:
-            self.root.scheduler.kick()
-        if isinstance(payload.get("kernels"), list):
-            await self._reconcile(agent_id, {str(k) for k in payload["kernels"]})
-        return {"ok": True, "known_kernels": [str(k) for k in known]}
+                log.info("agent %s is back (was %s)", agent_id, row["status"])
+            if (row["available_slots"] != values["available_slots"]
+                    or row["address"] != values["address"]):
+                changed = True
+            await conn.execute(sa.update(agents).where(agents.c.id == agent_id).values(**values))
+        return changed
 
-    async def _reconcile(self, agent_id: str, present: set[str]) -> None:
-        """RUNNING sessions whose kernel the agent no longer has end as ``kernel-lost``.
+    async def _check_kernels(self, agent_id: str, reported: Any) -> list[str]:
+        """The heartbeat's answer about kernels, from one read of this agent's live kernels.
 
-        Only kernels that have been RUNNING for a while count: a kernel that just started may
+        Returns the kernels this agent should keep (docs/internals.md): it drops the others,
+        e.g. those of sessions that ended while its link was down. And when the heartbeat lists
+        its kernels, RUNNING sessions whose kernel is not among them end as ``kernel-lost``;
+        only kernels that have been RUNNING for a while count: a kernel that just started may
         not be in this heartbeat's list yet.
         """
         settled = utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
         async with self.root.store.connect() as conn:
             rows = (await conn.execute(
-                sa.select(kernels.c.id, kernels.c.session_id)
-                .join(sessions, sessions.c.main_kernel_id == kernels.c.id)
-                .where(kernels.c.agent_id == agent_id,
-                       sessions.c.status == SessionStatus.RUNNING.value,
-                       sessions.c.status_changed < settled)
+                sa.select(kernels.c.id, kernels.c.status, kernels.c.session_id,
+                          sessions.c.status.label("session_status"), sessions.c.status_changed,
+                          sessions.c.main_kernel_id)
+                .join(sessions, sessions.c.id == kernels.c.session_id)
+                .where(kernels.c.agent_id == agent_id, kernels.c.status.in_(_LIVE_NAMES))
             )).all()
+        known = [str(r.id) for r in rows if r.status != SessionStatus.TERMINATING.value]
+        if not isinstance(reported, list):
+            return known
+        present = {str(k) for k in reported}
         for r in rows:
-            if str(r.id) in present:
-                continue
-            log.warning("agent %s no longer has kernel %s: ending its session", agent_id, r.id)
-            await self.root.sessions.lifecycle.apply_kernel_event(KernelEvent(
-                "kernel_terminated", agent_id, str(r.id), str(r.session_id), reason="kernel-lost"))
+            if (r.session_status == SessionStatus.RUNNING.value and r.main_kernel_id == r.id
+                    and r.status_changed < settled and str(r.id) not in present):
+                log.warning("agent %s no longer has kernel %s: ending its session", agent_id, r.id)
+                await self.root.sessions.lifecycle.apply_kernel_event(KernelEvent(
+                    "kernel_terminated", agent_id, str(r.id), str(r.session_id),
+                    reason="kernel-lost"))
+        return known
 
     async def handle_events(self, events: list[KernelEvent]) -> None:
         """Apply agent events in order; on the cluster bus, queue them for one replica."""
@@ -183,12 +205,16 @@ class AgentRegistry:
         return row.address or row.agent_address, str(row.id)
 
 
+#: how often a heartbeat that says nothing new still rewrites the agent's whole row (seconds)
+FULL_HEARTBEAT_EVERY = 30.0
+
 _LIVE = (
     SessionStatus.SCHEDULED, SessionStatus.PREPARING, SessionStatus.PULLING,
     SessionStatus.PREPARED, SessionStatus.CREATING, SessionStatus.RUNNING,
     SessionStatus.RESTARTING, SessionStatus.RESIZING, SessionStatus.SUSPENDED,
     SessionStatus.TERMINATING,
 )
+_LIVE_NAMES = [s.value for s in _LIVE]
 
 
 #: the progress events of a starting kernel, in the order an agent reports them

@@ -111,11 +111,11 @@ class Lifecycle:
         await self.flush(outbox)
 
     async def flush(self, outbox: Outbox) -> None:
-        for ev in outbox.events:
+        if outbox.events:
             try:
-                await self.root.bus.publish(ev)
-            except Exception:  # the database already has the truth; clients may miss one event
-                log.exception("publishing %s failed", ev.name)
+                await self.root.bus.publish_many(outbox.events)
+            except Exception:  # the database already has the truth; clients may miss events
+                log.exception("publishing %d events failed", len(outbox.events))
         if outbox.kick_scheduler:
             self.root.scheduler.kick()
         if outbox.callbacks:
