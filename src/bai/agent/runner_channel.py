@@ -114,16 +114,17 @@ async def ping_runner(path: Path, timeout: float = 2.0) -> dict[str, Any] | None
 
 
 async def wait_runner_ready(
-    path: Path, timeout: float, alive: Callable[[], bool] = lambda: True
+    path: Path, timeout: float, alive: Callable[[], bool] = lambda: True, field: str = "ready"
 ) -> None:
-    """Wait until the runner answers ``ready``. Raises TimeoutError, or RunnerUnavailable
-    as soon as ``alive()`` says the kernel's process is gone."""
+    """Wait until the runner answers ``ready`` (or another true ``field`` of its pong:
+    ``status`` = it answers at all). Raises TimeoutError, or RunnerUnavailable as soon as
+    ``alive()`` says the kernel's process is gone."""
     start = time.monotonic()
     deadline = start + timeout
     delay = READY_POLL_SECONDS
     while True:
         pong = await ping_runner(path)
-        if pong and pong.get("ready"):
+        if pong and pong.get(field):
             return
         if not alive():
             raise RunnerUnavailable("the kernel runner exited during start-up")

@@ -28,7 +28,13 @@ directions over ``runner.sock``. Any number of connections; executions run one a
 
 Agent -> runner::
 
-    {"op": "ping"}                                   -> {"status": "pong", "ready": bool}
+    {"op": "ping"}                                   -> {"status": "pong", "ready": bool,
+                                                         "pooled": bool, "worker_ready": bool}
+    {"op": "claim", "workdir": str, "env": {...}, "config": {...}}
+                                                     -> {"status": "claimed"}
+        (a runner started with ``--pooled`` waits, not ready, until claimed: it then takes the
+        work dir, environment and ``runner.json`` config of its kernel, its worker chdirs and
+        replaces os.environ, then the bootstrap script runs and the runner is ready)
     {"op": "execute", "mode": "query", "code": str, "options": {}}
     {"op": "execute", "mode": "batch", "options": {"clean": str, "build": str, "exec": str},
      "uploaded": ["relative/path", ...]}            (files uploaded so far, in order)

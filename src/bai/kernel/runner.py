@@ -129,12 +129,17 @@ class Execution:
 
 
 class Runner:
-    def __init__(self, workdir: str):
-        self.workdir = os.path.abspath(workdir)
+    def __init__(self, workdir: str, pooled: bool = False):
+        # A pooled runner's folder is renamed when it is claimed, maybe before it even got
+        # here: until then every path is relative to its working directory, which moves along.
+        self.workdir = "." if pooled else os.path.abspath(workdir)
         self.state_dir = os.path.join(self.workdir, STATE_DIR)
         os.makedirs(self.state_dir, exist_ok=True)
         self.sel = selectors.DefaultSelector()
-        self.config = self._read_config()
+        #: started ahead of any kernel: waits for a "claim" (see bai.kernel) before it is ready
+        self.pooled = pooled
+        self.claimed = False
+        self.config = {} if pooled else self._read_config()
         self.env = self._child_env()
         self.log = open(os.path.join(self.state_dir, "kernel.log"), "ab")
         self.connections: dict[int, Connection] = {}
@@ -145,6 +150,7 @@ class Runner:
         self.worker_ctl: socket.socket | None = None
         self.worker_ctl_buf = b""
         self.worker_outputs: list[Output] = []
+        self.worker_ready = False
         self.aux: dict[int, tuple[str, subprocess.Popen, list[Output]]] = {}
         self.exit_code: int | None = None
 
@@ -174,15 +180,25 @@ class Runner:
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # bind relative to the folder: socket paths longer than 107 bytes do not bind
-        cwd = os.getcwd()
-        os.chdir(self.state_dir)
+        # bind relative to the folder: socket paths longer than 107 bytes do not bind; and
+        # under a temporary name, so the socket appears only once it accepts connections
+        tmp = path + ".tmp"
         try:
-            sock.bind(SOCKET_NAME)
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        cwd = os.open(".", os.O_RDONLY)
+        try:
+            os.chdir(self.state_dir)
+            try:
+                sock.bind(SOCKET_NAME + ".tmp")
+            finally:
+                os.fchdir(cwd)
         finally:
-            os.chdir(cwd)
-        os.chmod(path, 0o600)
+            os.close(cwd)
+        os.chmod(tmp, 0o600)
         sock.listen(16)
+        os.rename(tmp, path)
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, ("listen", sock))
 
@@ -301,7 +317,11 @@ class Runner:
     def _on_message(self, conn: Connection, msg: dict) -> None:
         op = msg.get("op")
         if op == "ping":
-            conn.send({"status": "pong", "ready": self.ready, "pid": os.getpid()})
+            conn.send({"status": "pong", "ready": self.ready, "pid": os.getpid(),
+                       "pooled": self.pooled and not self.claimed,
+                       "worker_ready": self.worker_ready})
+        elif op == "claim":
+            self._claim(conn, msg)
         elif op == "execute":
             self.queue.append(Execution(conn, msg))
             self._next_execution()
@@ -314,6 +334,26 @@ class Runner:
             self._interrupt()
         elif op == "shutdown":
             self._shutdown(0, write_exit=False)
+
+    def _claim(self, conn: Connection, msg: dict) -> None:
+        """Become the kernel of ``msg``: its work dir (the agent has moved our folder there),
+        environment and config. The worker applies the same before it runs anything."""
+        if not self.pooled or self.claimed:
+            conn.send({"status": "error", "error": "not a pooled runner, or already claimed"})
+            return
+        self.claimed = True
+        self.workdir = os.path.abspath(str(msg["workdir"]))
+        self.state_dir = os.path.join(self.workdir, STATE_DIR)
+        os.chdir(self.workdir)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in (msg.get("env") or {}).items()})
+        self.env = self._child_env()
+        self.config = msg.get("config") or {}
+        self._to_worker({"op": "bind", "cwd": self.workdir, "env": self.env})
+        conn.send({"status": "claimed", "pid": os.getpid()})
+        if given(self.config.get("bootstrap_script")):
+            self._start_aux("bootstrap", self.config["bootstrap_script"])
+        self._maybe_ready()
 
     # --- executions ----------------------------------------------------------------------
 
@@ -445,6 +485,7 @@ class Runner:
         # what the worker printed before this message is already in the pipes
         self._drain(self.worker_outputs, "worker")
         if op == "ready":
+            self.worker_ready = True
             self._maybe_ready()
         elif op == "started" and ex is not None:
             ex.started = True
@@ -459,6 +500,8 @@ class Runner:
             self._finish(int(msg.get("exit_code") or 0))
 
     def _maybe_ready(self) -> None:
+        if not self.worker_ready or (self.pooled and not self.claimed):
+            return
         if any(name == "bootstrap" for name, _, _ in self.aux.values()):
             return
         if self.worker is None or self.ready:
@@ -593,5 +636,5 @@ class Runner:
         self.exit_code = code
 
 
-def main(workdir: str) -> int:
-    return Runner(workdir).serve()
+def main(workdir: str, pooled: bool = False) -> int:
+    return Runner(workdir, pooled).serve()

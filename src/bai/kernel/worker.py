@@ -122,6 +122,31 @@ def run_code(code: str, ns: dict, filename: str) -> int:
     return 0
 
 
+def bind(msg: dict) -> None:
+    """Become the kernel's interpreter after start (a pooled runner's worker): its work dir and
+    environment, and what Python itself derives from them at start-up that can be redone.
+
+    The agent pools only kernels whose environment changes nothing else Python or the C
+    library fix at start (PYTHON* other than PYTHONPATH, LC_*/LANG, LD_*, TZ, ...: see the
+    process backend), so the result is the interpreter a cold start would have given."""
+    env = {str(k): str(v) for k, v in (msg.get("env") or {}).items()}
+    os.chdir(str(msg.get("cwd") or os.getcwd()))
+    os.environ.clear()
+    os.environ.update(env)
+    # PYTHONPATH entries come right after the script's folder ("" here), as at start-up
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[1:1] = [p for p in extra if p not in sys.path]
+    try:  # the per-user site folder follows HOME
+        import site
+
+        site.USER_BASE = None
+        site.USER_SITE = None
+        if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+            site.addsitedir(site.getusersitepackages())
+    except Exception:  # noqa: BLE001, S110 - no site module: nothing to redo
+        pass
+
+
 def main() -> None:
     control = _Control(int(sys.argv[1]))
     # behave like `python -c`: the work dir (cwd) first on sys.path, not this folder
@@ -162,6 +187,9 @@ def main() -> None:
             continue
         if msg is None:
             return
+        if msg.get("op") == "bind":
+            bind(msg)
+            continue
         if msg.get("op") != "run":
             continue
         counter += 1

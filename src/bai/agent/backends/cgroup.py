@@ -209,14 +209,47 @@ class CgroupDriver:
         for d in cg.dirs.values():
             d.mkdir(exist_ok=True)
         try:
+            self.set_limits(cg, mem, cpu, pids_max)
+        except CgroupError:
+            cg.remove()
+            raise
+        return cg
+
+    def set_limits(self, cg: KernelCgroup, mem: Decimal | None, cpu: Decimal | None,
+                   pids_max: int) -> None:
+        """Apply a kernel's limits to an existing cgroup (a pooled runner's, once claimed)."""
+        try:
             if self.version == "v1":
                 self._limits_v1(cg, mem, cpu, pids_max)
             else:
                 self._limits_v2(cg, mem, cpu, pids_max)
         except OSError as e:
-            cg.remove()
             raise CgroupError(f"cgroup limit could not be set: {e}") from None
-        return cg
+
+    def rename(self, cg: KernelCgroup, name: str) -> KernelCgroup:
+        """The cgroup under a new name (same parent), its processes and charges kept: a pooled
+        runner's cgroup becomes its kernel's. Co-mounted controllers are renamed once."""
+        new = self.open(name)
+        done: set[str] = set()
+        try:
+            for ctl, d in cg.dirs.items():
+                real = os.path.realpath(d)
+                if real in done:
+                    continue
+                d.rename(new.dirs[ctl])
+                done.add(real)
+        except OSError as e:
+            raise CgroupError(f"cgroup {cg.dirs} could not be renamed to {name}: {e}") from None
+        return new
+
+    def names(self, prefix: str) -> list[str]:
+        """Names of the cgroups under the parent that start with ``prefix``."""
+        found: set[str] = set()
+        for base in self.bases.values():
+            with contextlib.suppress(OSError):
+                found.update(e.name for e in base.iterdir()
+                             if e.is_dir() and e.name.startswith(prefix))
+        return sorted(found)
 
     def _limits_v1(self, cg: KernelCgroup, mem: Decimal | None, cpu: Decimal | None,
                    pids_max: int) -> None:

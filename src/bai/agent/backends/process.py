@@ -49,7 +49,17 @@ from bai.agent.backends.base import (
     RuntimeBackend,
 )
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup
-from bai.agent.runner_channel import RunnerUnavailable, wait_runner_ready
+from bai.agent.backends.process_pool import (
+    PooledRunner,
+    RunnerPool,
+    proc_start_time,
+    startup_fixed,
+)
+from bai.agent.runner_channel import (
+    RunnerUnavailable,
+    connect_runner,
+    wait_runner_ready,
+)
 from bai.agent.settings import AgentSettings
 from bai.common.errors import KernelNotFound
 
@@ -67,27 +77,42 @@ LAUNCHER = (
 )
 LOG_TAIL = 1024 * 1024
 OOM_GRACE_SECONDS = 1.0
+#: a claimed runner's replacement starts this long after the claim (see RunnerPool.refill)
+POOL_REFILL_DELAY = 0.05
 
 
 def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def build_environ(spec: KernelSpec, workdir: Path, user: str) -> dict[str, str]:
-    """The kernel's environment: a clean base, the session's environ, and the runner's plumbing."""
-    env = {
+class PoolMiss(Exception):
+    """A pooled runner could not be made the kernel's: the kernel starts cold instead."""
+
+
+def base_environ(workdir: Path, user: str) -> dict[str, str]:
+    """What every kernel's environment starts from (a pooled runner starts with just this)."""
+    return {
         "PATH": f"{workdir / bai.kernel.STATE_DIR / 'bin'}:{DEFAULT_PATH}",
         "HOME": str(workdir),
         "USER": user,
         "LOGNAME": user,
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": KERNEL_PYTHONPATH,
+    }
+
+
+def build_environ(spec: KernelSpec, workdir: Path, user: str) -> dict[str, str]:
+    """The kernel's environment: a clean base, the session's environ, and the runner's plumbing."""
+    env = base_environ(workdir, user)
+    del env["PYTHONPATH"]
+    env.update({
         "BACKENDAI_KERNEL_ID": spec.kernel_id,
         "BACKENDAI_SESSION_ID": spec.session_id,
         "BACKENDAI_SESSION_NAME": spec.session_name,
         "BACKENDAI_CLUSTER_ROLE": spec.cluster_role,
         "BACKENDAI_CLUSTER_IDX": str(spec.cluster_idx),
-    }
+    })
     env.update({str(k): str(v) for k, v in (spec.environ or {}).items()})
     user_pythonpath = env.pop("PYTHONPATH", "")
     if user_pythonpath:
@@ -116,18 +141,7 @@ def build_command(
     return argv
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """The start time of ``pid`` (to tell it from a later process with the same pid), or None
-    when no such process is alive (zombies count as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return fields[19]
+_proc_start_time = proc_start_time
 
 
 class _Kernel:
@@ -179,6 +193,7 @@ class ProcessBackend(RuntimeBackend):
         self._on_exit: ExitCallback | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._probed = False
+        self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -207,12 +222,14 @@ class ProcessBackend(RuntimeBackend):
 
     async def start(self, on_exit: ExitCallback) -> None:
         await self._probe()
+        await asyncio.to_thread(self._sweep_pool)
         self._on_exit = on_exit
         for inst in await self.list():
             k = self._kernels[inst.kernel_id]
             # exits found now are the agent's recovery to report, not the monitor's
             k.reported = inst.state == InstanceState.EXITED
         self._monitor = asyncio.create_task(self._watch())
+        self.pool.refill(self.settings.process_interpreter, self.cgroups is not None)
 
     async def stop(self) -> None:
         if self._monitor is not None:
@@ -220,6 +237,134 @@ class ProcessBackend(RuntimeBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
             self._monitor = None
+        # pooled runners are no kernels: they end with the agent
+        for runner in await self.pool.close():
+            await asyncio.to_thread(self._remove_pool_cgroup, runner.cgroup_name)
+
+    # --- pooled runners (see process_pool.py) ----------------------------------------------
+
+    def _spawn_pooled(self, interp: str, folder: Path, cgroup_name: str | None) -> PooledRunner:
+        """Start a runner that waits for a claim, in its own folder and cgroup."""
+        work = folder / "work"
+        state = work / bai.kernel.STATE_DIR
+        (state / "bin").mkdir(parents=True)
+        for name in ("python", "python3"):
+            (state / "bin" / name).symlink_to(interp)
+        if self.as_user is not None:
+            for p in [work, *work.rglob("*")]:
+                os.lchown(p, *self.as_user)
+        procs: list[str] = []
+        if cgroup_name is not None and self.cgroups is not None:
+            procs = self.cgroups.create(cgroup_name, None, None,
+                                        self.settings.pids_limit).procs_files()
+        argv = build_command(interp, work, procs, namespaces=self.namespaces,
+                             as_user=self.as_user) + ["--pooled"]
+        try:
+            with open(folder / "runner.out", "ab") as out:
+                popen = subprocess.Popen(
+                    argv, env=base_environ(work, self.user_name), cwd=work,
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+        except OSError:
+            self._remove_pool_cgroup(cgroup_name)
+            raise
+        runner = PooledRunner(folder, interp, popen, cgroup_name if procs else None)
+        (folder / "pool.json").write_text(json.dumps({
+            "pid": popen.pid, "pid_start": runner.pid_start, "interpreter": interp,
+            "cgroup": runner.cgroup_name}))
+        return runner
+
+    def _remove_pool_cgroup(self, name: str | None) -> None:
+        if name and self.cgroups is not None:
+            cg = self.cgroups.open(name)
+            cg.kill_all()
+            cg.remove()
+
+    def _sweep_pool(self) -> None:
+        """Pooled runners (and their cgroups) a previous agent left behind."""
+        self.pool.sweep()
+        if self.cgroups is not None:
+            from bai.agent.backends.process_pool import CGROUP_PREFIX
+
+            for name in self.cgroups.names(CGROUP_PREFIX):
+                self._remove_pool_cgroup(name)
+
+    async def _start_pooled(self, spec: KernelSpec, k: _Kernel, runner: PooledRunner) -> Instance:
+        """Make a pooled runner this kernel's (see process_pool.py); PoolMiss if it cannot be."""
+        try:
+            runner.folder.rename(k.kdir)
+            (k.kdir / "pool.json").unlink()
+        except OSError as e:
+            raise PoolMiss(f"cannot move the pooled runner: {e}") from None
+        k.popen = runner.popen
+        k.labels["bai.pid"] = str(runner.popen.pid)
+        k.labels["bai.pid_start"] = runner.pid_start
+        k.labels["bai.namespaces"] = "pid,mount" if self.namespaces else ""
+        k.labels["bai.pooled"] = "1"
+        state = k.workdir / bai.kernel.STATE_DIR
+        config = {"bootstrap_script": spec.bootstrap_script,
+                  "startup_command": spec.startup_command}
+        (state / "runner.json").write_text(json.dumps(config))
+        if self.as_user is not None:
+            os.lchown(state / "runner.json", *self.as_user)
+        mem = spec.slots.get("mem") or None
+        if runner.cgroup_name is not None and self.cgroups is not None:
+            try:
+                k.cgroup = await asyncio.to_thread(
+                    self._claim_cgroup, runner.cgroup_name, spec.kernel_id, mem,
+                    spec.slots.get("cpu") or None)
+            except CgroupError as e:
+                raise PoolMiss(str(e)) from None
+            k.labels["bai.cgroup"] = self.cgroups.version
+        elif mem:
+            try:
+                await asyncio.to_thread(self._limit_address_space, runner.popen.pid, int(mem))
+            except (OSError, psutil.Error) as e:
+                raise PoolMiss(f"cannot set the memory rlimit: {e}") from None
+        self._write_labels(k)
+        sock = state / bai.kernel.SOCKET_NAME
+        try:  # a runner claimed while it still starts answers once it listens
+            await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive, "status")
+            chan = await connect_runner(sock)
+            try:
+                await chan.send({"op": "claim", "workdir": str(k.workdir),
+                                 "env": build_environ(spec, k.workdir, self.user_name),
+                                 "config": config})
+                answer = await asyncio.wait_for(chan.receive(), self.settings.kernel_ready_timeout)
+            finally:
+                await chan.close()
+        except (RunnerUnavailable, OSError, TimeoutError) as e:
+            raise PoolMiss(f"the pooled runner did not take the claim: {e}") from None
+        if not answer or answer.get("status") != "claimed":
+            raise PoolMiss(f"the pooled runner refused the claim: {answer}")
+        return await self._wait_ready(k)
+
+    def _claim_cgroup(self, pool_name: str, kernel_id: str, mem: Any, cpu: Any) -> KernelCgroup:
+        assert self.cgroups is not None
+        cg = self.cgroups.rename(self.cgroups.open(pool_name), kernel_id)
+        self.cgroups.set_limits(cg, mem, cpu, self.settings.pids_limit)
+        return cg
+
+    @staticmethod
+    def _limit_address_space(pid: int, mem: int) -> None:
+        """Without cgroups: the launcher's ``ulimit -v``, set on a running tree instead."""
+        import resource
+
+        limit = (mem // 1024) * 1024
+        for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            resource.prlimit(p.pid, resource.RLIMIT_AS, (limit, limit))
+
+    async def _undo_pooled(self, k: _Kernel) -> None:
+        """After a PoolMiss: the claimed runner and whatever was made of it go."""
+        await asyncio.to_thread(self._kill, k)
+        cg = k.cgroup or (self.cgroups.open(k.kernel_id) if self.cgroups is not None else None)
+        if cg is not None:  # renamed to the kernel's even when its limits then failed
+            await asyncio.to_thread(cg.kill_all)
+            await asyncio.to_thread(cg.remove)
+        await asyncio.to_thread(shutil.rmtree, k.kdir, True)
+        k.popen, k.cgroup = None, None
+        for key in ("bai.pid", "bai.pid_start", "bai.namespaces", "bai.pooled", "bai.cgroup"):
+            k.labels.pop(key, None)
 
     def isolation(self) -> dict[str, Any]:
         cg = self.cgroups
@@ -333,6 +478,14 @@ class ProcessBackend(RuntimeBackend):
 
     async def _create(self, spec: KernelSpec) -> Instance:
         interp = self.interpreter_of(spec)
+        runner = None if startup_fixed(spec.environ) else self.pool.take(interp)
+        try:
+            return await self._create_kernel(spec, interp, runner)
+        finally:
+            self.pool.refill(interp, self.cgroups is not None, POOL_REFILL_DELAY)
+
+    async def _create_kernel(self, spec: KernelSpec, interp: str,
+                             runner: PooledRunner | None) -> Instance:
         kdir = self.root / spec.kernel_id
         k = _Kernel(spec.kernel_id, kdir, {
             "bai.kernel_id": spec.kernel_id,
@@ -343,11 +496,18 @@ class ProcessBackend(RuntimeBackend):
             "bai.interpreter": interp,
             "bai.created_at": str(time.time()),
         })
-        state = k.workdir / bai.kernel.STATE_DIR
-        (state / "bin").mkdir(parents=True)
         k.starting = True
         self._kernels[spec.kernel_id] = k
         try:
+            if runner is not None:
+                try:
+                    return await self._start_pooled(spec, k, runner)
+                except PoolMiss as e:
+                    log.warning("kernel %s starts cold: %s", spec.kernel_id, e)
+                    await self._undo_pooled(k)
+                    if runner.cgroup_name is not None:
+                        await asyncio.to_thread(self._remove_pool_cgroup, runner.cgroup_name)
+            (k.workdir / bai.kernel.STATE_DIR / "bin").mkdir(parents=True)
             return await self._start(spec, k, interp)
         finally:
             k.starting = False
@@ -391,6 +551,11 @@ class ProcessBackend(RuntimeBackend):
         k.labels["bai.pid_start"] = _proc_start_time(k.popen.pid) or ""
         k.labels["bai.namespaces"] = "pid,mount" if self.namespaces else ""
         self._write_labels(k)
+        return await self._wait_ready(k)
+
+    async def _wait_ready(self, k: _Kernel) -> Instance:
+        kdir = k.kdir
+        state = k.workdir / bai.kernel.STATE_DIR
         sock = state / bai.kernel.SOCKET_NAME
         try:
             await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive)

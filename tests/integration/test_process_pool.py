@@ -1,0 +1,229 @@
+"""Pre-started (pooled) kernel runners of the process backend: a claimed runner is exactly the
+kernel a cold start gives (work dir, environment, limits, OOM reporting, adoption), and every
+case the pool cannot serve starts cold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bai.agent.backends.base import Instance, InstanceState, KernelSpec
+from bai.agent.backends.cgroup import CgroupDriver, CgroupError
+from bai.agent.backends.process import ProcessBackend
+from bai.agent.backends.process_pool import POOL_DIR, startup_fixed
+from bai.agent.settings import AgentSettings
+from bai.testing.contract import run
+
+needs_cgroups = pytest.mark.skipif(CgroupDriver.detect() is None,
+                                   reason="no writable memory cgroup on this host")
+
+PROBE = (
+    "import os, sys, resource\n"
+    "print(os.getcwd())\n"
+    "print(os.environ['HOME'], os.environ['BACKENDAI_KERNEL_ID'], os.environ.get('FOO'))\n"
+    "print(os.environ.get('PYTHONPATH'), sys.path[1])\n"
+    "print(resource.getrlimit(resource.RLIMIT_AS)[0])\n"
+    "print(os.getpid())\n"
+)
+
+
+def spec(mem: str = "256m", **kw) -> KernelSpec:
+    from bai.common.resources import parse_size
+
+    return KernelSpec(kernel_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()),
+                      session_name="pooled", session_type=kw.pop("session_type", "INTERACTIVE"),
+                      image="python", slots={"cpu": Decimal(1), "mem": parse_size(mem)}, **kw)
+
+
+async def make(tmp_path: Path, **settings) -> ProcessBackend:
+    exits: list[Instance] = []
+
+    async def on_exit(inst: Instance) -> None:
+        exits.append(inst)
+
+    b = ProcessBackend(AgentSettings.load(None, scratch_root=str(tmp_path),
+                                          monitor_interval=0.1, **settings))
+    await b.start(on_exit)
+    b.exits = exits  # type: ignore[attr-defined]
+    return b
+
+
+async def pooled_ready(b: ProcessBackend) -> None:
+    """Wait until a pooled runner waits for the default interpreter."""
+    for _ in range(400):
+        if b.pool.idle.get(b.settings.process_interpreter):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("no runner was pre-started")
+
+
+@pytest.fixture
+async def backend(tmp_path: Path):
+    b = await make(tmp_path)
+    yield b
+    for inst in await b.list():
+        await b.destroy(inst.kernel_id)
+    await b.stop()
+
+
+async def probe(b: ProcessBackend, inst: Instance, code: str = PROBE) -> tuple[str, int | None]:
+    channel = await b.open_channel(inst)
+    try:
+        out, err, exit_code, _ = await run(channel, {"mode": "query", "code": code})
+    finally:
+        await channel.close()
+    return out + err, exit_code
+
+
+async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend) -> None:
+    await pooled_ready(backend)
+    s = spec("96m", environ={"FOO": "bar", "PYTHONPATH": "/opt/userlib"})
+    inst = await backend.create(s)
+    assert inst.labels.get("bai.pooled") == "1"
+    assert inst.workdir == backend.root / s.kernel_id / "work"
+    out, code = await probe(backend, inst)
+    assert code == 0, out
+    cwd, env, paths, rlimit, pid = out.splitlines()
+    assert cwd == str(inst.workdir)
+    assert env == f"{inst.workdir} {s.kernel_id} bar"
+    assert paths == "/opt/userlib /opt/userlib"  # the user's PYTHONPATH, not the runner's
+    assert not list((backend.root / POOL_DIR).glob("*/work")) or \
+        all(p.parent.name != s.kernel_id for p in (backend.root / POOL_DIR).glob("*/work"))
+    labels = json.loads((backend.root / s.kernel_id / "labels.json").read_text())
+    assert labels["bai.pid"] == str(inst.container_id.removeprefix("pid:"))
+    if backend.cgroups is not None:
+        cg = backend.cgroups.open(s.kernel_id)
+        assert cg.memory_limit() == 96 * 2**20
+        assert len(cg.pids()) >= 3  # unshare/launcher, runner, worker: all in the kernel's
+        assert not backend.cgroups.names("pool-") or all(
+            n.startswith("pool-") for n in backend.cgroups.names("pool-"))
+    else:
+        assert int(rlimit) == 96 * 2**20
+
+
+@needs_cgroups
+async def test_a_claimed_runner_still_reports_oom(backend: ProcessBackend) -> None:
+    await pooled_ready(backend)
+    s = spec("64m")
+    inst = await backend.create(s)
+    assert inst.labels.get("bai.pooled") == "1"
+    out, code = await probe(backend, inst, "x = b'\\x01' * (512 * 1024 * 1024)\nprint('survived')")
+    assert code == 137 and "survived" not in out
+    for _ in range(100):
+        if backend.exits:  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0.05)
+    assert [(i.kernel_id, i.exit_reason, i.exit_code)
+            for i in backend.exits] == [(s.kernel_id, "oom-killed", 137)]  # type: ignore[attr-defined]
+    await backend.destroy(s.kernel_id)
+    assert not any(d.exists() for d in backend.cgroups.open(s.kernel_id).dirs.values())
+
+
+async def test_bootstrap_and_startup_command_run_in_a_claimed_runner(
+        backend: ProcessBackend) -> None:
+    await pooled_ready(backend)
+    s = spec(bootstrap_script="echo booted > boot.txt; echo $BACKENDAI_SESSION_NAME >> boot.txt")
+    inst = await backend.create(s)
+    assert inst.labels.get("bai.pooled") == "1"
+    out, code = await probe(backend, inst, "print(open('boot.txt').read().split())")
+    assert (out, code) == ("['booted', 'pooled']\n", 0)
+
+
+async def test_startup_fixed_environments_start_cold(backend: ProcessBackend) -> None:
+    assert startup_fixed({"LANG": "de_DE.UTF-8", "PYTHONHASHSEED": "1", "PYTHONPATH": "/x",
+                          "FOO": "1", "LD_PRELOAD": "x"}) == ["LANG", "LD_PRELOAD", "PYTHONHASHSEED"]
+    await pooled_ready(backend)
+    waiting = list(backend.pool.idle[backend.settings.process_interpreter])
+    s = spec(environ={"PYTHONHASHSEED": "7"})
+    inst = await backend.create(s)
+    assert "bai.pooled" not in inst.labels
+    out, code = await probe(backend, inst, "import sys; print(sys.flags.hash_randomization)")
+    assert (out, code) == ("1\n", 0)  # PYTHONHASHSEED=7 set at start (0 would disable it)
+    assert backend.pool.idle[backend.settings.process_interpreter] == waiting
+
+
+async def test_a_failed_claim_starts_the_kernel_cold(backend: ProcessBackend, monkeypatch) -> None:
+    await pooled_ready(backend)
+    [runner] = backend.pool.idle[backend.settings.process_interpreter]
+
+    def refuse(*args, **kw):
+        raise CgroupError("no")
+
+    monkeypatch.setattr(backend, "_claim_cgroup", refuse)
+    monkeypatch.setattr(backend, "_limit_address_space", refuse)
+    s = spec()
+    inst = await backend.create(s)
+    assert "bai.pooled" not in inst.labels and inst.state == InstanceState.RUNNING
+    out, code = await probe(backend, inst, "import os; print(os.environ['BACKENDAI_KERNEL_ID'])")
+    assert (out, code) == (s.kernel_id + "\n", 0)
+    assert not runner.alive() and not runner.folder.exists()
+    if backend.cgroups is not None:
+        assert f"pool-{runner.folder.name}" not in backend.cgroups.names("pool-")
+
+
+async def test_a_dead_pooled_runner_is_skipped(backend: ProcessBackend) -> None:
+    await pooled_ready(backend)
+    [runner] = backend.pool.idle[backend.settings.process_interpreter]
+    runner.kill()
+    inst = await backend.create(spec())
+    assert "bai.pooled" not in inst.labels and inst.state == InstanceState.RUNNING
+    assert not runner.folder.exists()
+
+
+async def test_no_pool_when_its_size_is_0(tmp_path: Path) -> None:
+    b = await make(tmp_path, process_pool_size=0)
+    try:
+        inst = await b.create(spec())
+        assert "bai.pooled" not in inst.labels
+        await asyncio.sleep(0.2)
+        assert not (tmp_path / POOL_DIR).exists() or not list((tmp_path / POOL_DIR).iterdir())
+    finally:
+        for i in await b.list():
+            await b.destroy(i.kernel_id)
+        await b.stop()
+
+
+async def test_rlimit_without_cgroups_is_set_on_the_claimed_tree(tmp_path: Path) -> None:
+    b = await make(tmp_path, process_cgroups=False)
+    try:
+        await pooled_ready(b)
+        s = spec("300m")
+        inst = await b.create(s)
+        assert inst.labels.get("bai.pooled") == "1" and b.cgroups is None
+        out, code = await probe(b, inst)
+        assert code == 0 and int(out.splitlines()[3]) == 300 * 2**20
+    finally:
+        for i in await b.list():
+            await b.destroy(i.kernel_id)
+        await b.stop()
+
+
+async def test_a_pooled_kernel_is_adopted_and_stale_pooled_runners_swept(tmp_path: Path) -> None:
+    first = await make(tmp_path)
+    await pooled_ready(first)
+    s = spec()
+    inst = await first.create(s)
+    assert inst.labels.get("bai.pooled") == "1"
+    await pooled_ready(first)
+    [idle] = first.pool.idle[first.settings.process_interpreter]
+    first.pool.idle.clear()  # as if the agent died without stopping: its runner stays behind
+    await first.stop()
+    assert idle.alive()
+
+    second = await make(tmp_path)
+    try:
+        assert not idle.alive() and not idle.folder.exists()
+        [adopted] = await second.list()
+        assert adopted.kernel_id == s.kernel_id and adopted.state == InstanceState.RUNNING
+        out, code = await probe(second, adopted, "print(1)")
+        assert (out, code) == ("1\n", 0)
+        gone = await second.destroy(s.kernel_id)
+        assert gone is not None and gone.state == InstanceState.EXITED
+    finally:
+        await second.stop()
+    assert not (tmp_path / s.kernel_id).exists()
