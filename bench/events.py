@@ -1,6 +1,7 @@
 """Benchmark 5: from a status change to an SSE client, with many subscribers.
 
     python bench/events.py [--subscribers 100] [--sessions 30] [--procs 4] [--batch 1000]
+                           [--rounds 20] [--part latency|publish|both]
 
 A real manager daemon (SQLite) with one ``dummy`` agent in this process. ``--subscribers``
 admin clients follow ``GET /events/session?scope=session`` (every session's lifecycle events),
@@ -362,6 +363,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="subscriber processes")
     ap.add_argument("--batch", type=int, default=1000, help="events per publish_many call")
     ap.add_argument("--rounds", type=int, default=20, help="publish_many calls measured")
+    ap.add_argument("--part", choices=("latency", "publish", "both"), default="both")
     args = ap.parse_args()
     procs = max(1, min(args.procs, args.subscribers))
     print_conditions("events", db="SQLite", subscribers=args.subscribers, sessions=args.sessions,
@@ -369,13 +371,15 @@ def main() -> None:
                      subscriber_processes=f"{procs} processes, arrival stamped with time.time() "
                                           "per received chunk, SSE parsed after the run",
                      publish_many=f"batches of {args.batch}, {args.rounds} rounds")
-    with ManagerProcess("sqlite+aiosqlite:///{dir}/bench.db") as mgr:
-        subs = Subscribers(mgr.endpoint, mgr.keys["admin"], args.subscribers, procs)
-        try:
-            asyncio.run(measure(mgr, subs, args.subscribers, args.sessions))
-        finally:
-            subs.kill()
-    asyncio.run(publish_costs(args.subscribers, args.batch, args.rounds))
+    if args.part in ("latency", "both"):
+        with ManagerProcess("sqlite+aiosqlite:///{dir}/bench.db") as mgr:
+            subs = Subscribers(mgr.endpoint, mgr.keys["admin"], args.subscribers, procs)
+            try:
+                asyncio.run(measure(mgr, subs, args.subscribers, args.sessions))
+            finally:
+                subs.kill()
+    if args.part in ("publish", "both"):
+        asyncio.run(publish_costs(args.subscribers, args.batch, args.rounds))
 
 
 if __name__ == "__main__":

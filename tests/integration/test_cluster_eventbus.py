@@ -236,7 +236,10 @@ async def test_partitions_are_rebalanced_when_a_replica_joins_and_leaves(make_bu
     await wait_for(lambda: len(a.owned_partitions) == PARTITIONS)
 
 
-async def test_publish_many_keeps_the_order_across_replicas_and_session_filters_apply(make_bus):
+async def test_publish_many_keeps_the_order_across_replicas_and_session_filters_apply(make_bus, monkeypatch):
+    from bai.manager.eventbus import redis as redis_bus
+
+    monkeypatch.setattr(redis_bus, "BATCH_ENTRY", 7)  # several entries per call
     a, b = make_bus(), make_bus()
     batches: list[list[str]] = []
 
