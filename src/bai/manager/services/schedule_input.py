@@ -7,6 +7,7 @@ estimates of when a waiting session will start).
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 import weakref
@@ -45,19 +46,18 @@ _OCC = [str(s) for s in OCCUPYING]
 class _QueueCache:
     """The parsed form of one database's pending queue, kept between passes.
 
-    Content-addressed: a ``PendingSession`` is kept with the raw column values it was made from
-    (as the driver returned them), and used again only while all of them are the same, so a row
-    that changed in any of them is parsed again and nothing needs invalidating. Only rows seen in
-    the latest pass are kept.
+    Content-addressed: each ``PendingSession`` is kept with the text of the columns it was made
+    from (``_ROW_TEXT``), and used again only while that text is the same, so a row that
+    changed in any of them is read and parsed again and nothing needs invalidating. Only the
+    rows seen in the latest pass are kept.
     """
 
     def __init__(self) -> None:
-        #: raw id -> (raw values, parsed)
-        self.sessions: dict[Any, tuple[tuple, PendingSession]] = {}
-        #: raw requested_slots JSON text -> parsed slots (most sessions share a few shapes)
+        #: raw id -> the row's text / its parsed form
+        self.texts: dict[Any, str] = {}
+        self.parsed: dict[Any, PendingSession] = {}
+        #: raw JSON text -> parsed slots (most sessions share a few shapes)
         self.slots: dict[str, ResourceSlot] = {}
-        #: raw group id -> the value the column's type gives (a few groups)
-        self.groups: dict[Any, Any] = {}
 
 
 _caches: weakref.WeakKeyDictionary[Any, _QueueCache] = weakref.WeakKeyDictionary()
@@ -72,16 +72,11 @@ def _cache(conn: AsyncConnection) -> _QueueCache:
 
 
 def _raw(col: sa.ColumnElement) -> sa.ColumnElement:
-    """A column fetched as the driver returns it (no result processing: no UUID, datetime or
-    JSON objects made per row); JSON as its text, which can key a cache."""
+    """A column fetched as the driver returns it (no result processing: no UUID or JSON
+    object made per row); JSON as its text, which can key a cache."""
     if isinstance(col.type, sa.JSON):
         return sa.cast(col, sa.Text)
     return sa.type_coerce(col, sa.types.NullType())
-
-
-def _processor(col: sa.Column, dialect: Any):
-    """What the column's type does to a raw value when read normally (None = nothing)."""
-    return col.type.dialect_impl(dialect).result_processor(dialect, None)
 
 
 def parse_slots(text: str | None, cache: dict[str, ResourceSlot]) -> ResourceSlot:
@@ -94,16 +89,34 @@ def parse_slots(text: str | None, cache: dict[str, ResourceSlot]) -> ResourceSlo
     return slots
 
 
+_c = sessions.c
+#: the columns a ``PendingSession`` is made of
+_PENDING_COLS = (_c.id, _c.name, _c.access_key, _c.created_at, _c.scaling_group, _c.domain_name,
+                 _c.starts_at, _c.type, _c.idle_timeout, _c.group_id)
+#: all of them (and the requested slots) as one text, made by the database: one value per row
+#: to compare with what the cache was made from
+_ROW_TEXT = functools.reduce(
+    lambda acc, col: acc + "\x1f" + sa.func.coalesce(sa.cast(col, sa.Text), ""),
+    (*_PENDING_COLS[1:], _c.requested_slots),
+    sa.cast(_c.id, sa.Text),
+).label("row_text")
+_RAW_ID = _raw(_c.id).label("raw_id")
+#: pending sessions read again in one query rather than by id when this many changed
+_REREAD_ALL = 500
+
+
 async def _pending(conn: AsyncConnection) -> tuple[
         list[PendingSession], dict[Any, str | None], dict[uuid.UUID, DependencyView]]:
     """The pending queue (dependencies attached), each session's ``status_info``, and the
-    sessions they depend on."""
+    sessions they depend on.
+
+    Each pass reads three values per pending session (its raw id, status_info and row text);
+    only sessions that are new or changed are read in full and parsed (``_QueueCache``).
+    """
     c = sessions.c
-    # status_info first: it is not part of a row's cache key (r[1:])
-    rows = (await conn.execute(
-        sa.select(c.status_info, *(_raw(col) for col in _PENDING_COLS))
-        .where(c.status == str(S.PENDING))
-    )).all()
+    is_pending = c.status == str(S.PENDING)
+    rows = (await conn.execute(sa.select(_RAW_ID, c.status_info, _ROW_TEXT).where(is_pending))
+            ).all()
     deps: dict[uuid.UUID, list[uuid.UUID]] = {}
     dep_views: dict[uuid.UUID, DependencyView] = {}
     if rows:
@@ -112,8 +125,7 @@ async def _pending(conn: AsyncConnection) -> tuple[
             await conn.execute(
                 sa.select(d.session_id, d.depends_on, c.name, c.status, c.result, c.type)
                 .join(sessions, sessions.c.id == d.depends_on)
-                .where(d.session_id.in_(
-                    sa.select(c.id).where(c.status == str(S.PENDING)).scalar_subquery()))
+                .where(d.session_id.in_(sa.select(c.id).where(is_pending).scalar_subquery()))
             )
         ).all()
         for r in dep_rows:
@@ -121,56 +133,46 @@ async def _pending(conn: AsyncConnection) -> tuple[
             dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result,
                                                      r.type)
     cache = _cache(conn)
-    known = cache.sessions
-    fresh: dict[Any, tuple[tuple, PendingSession]] = {}
+    texts, parsed = cache.texts, cache.parsed
+    new_texts: dict[Any, str] = {}
+    new_parsed: dict[Any, PendingSession] = {}
+    missing = []
+    for rid, _info, text in rows:
+        if texts.get(rid) == text:
+            new_texts[rid] = text
+            new_parsed[rid] = parsed[rid]
+        else:
+            missing.append(rid)
+    if missing:
+        cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots).label("requested"), *_PENDING_COLS)
+        if len(missing) >= _REREAD_ALL:
+            changed = (await conn.execute(sa.select(*cols).where(is_pending))).all()
+        else:
+            changed = (await conn.execute(
+                sa.select(*cols).where(is_pending, _RAW_ID.in_(missing)))).all()
+        for r in changed:
+            # (a session that left PENDING since the first read is simply not in the queue)
+            new_texts[r.raw_id] = r.row_text
+            new_parsed[r.raw_id] = PendingSession(
+                id=r.id, name=r.name, access_key=r.access_key, user_id=None,
+                created_at=r.created_at, requested=parse_slots(r.requested, cache.slots),
+                scaling_group=r.scaling_group, group_id=r.group_id, domain_name=r.domain_name,
+                starts_at=r.starts_at, kind=r.type, idle_timeout=r.idle_timeout or 0,
+            )
     pending: list[PendingSession] = []
     current_info: dict[Any, str | None] = {}
-    procs = None
-    for r in rows:
-        raw = r[1:]
-        # keyed by the raw id (one hash), checked against every raw value (a C compare)
-        entry = known.get(raw[0])
-        if entry is not None and entry[0] == raw:
-            p = entry[1]
-        else:
-            if procs is None:
-                procs = [_processor(col, conn.dialect) for col in _PENDING_COLS]
-            p = _parse_pending(raw, procs, cache)
-        fresh[raw[0]] = (raw, p)
+    for rid, info, _text in rows:
+        p = new_parsed.get(rid)
+        if p is None:
+            continue
         if deps and p.id in deps:
             p = replace(p, dependencies=tuple(deps[p.id]))
         pending.append(p)
-        current_info[p.id] = r[0]
-    cache.sessions = fresh
+        current_info[p.id] = info
+    cache.texts, cache.parsed = new_texts, new_parsed
     if len(cache.slots) > 4096:  # many one-off shapes: start over rather than grow
         cache.slots = {}
     return pending, current_info, dep_views
-
-
-#: the columns a ``PendingSession`` is made of, in ``_parse_pending``'s order
-_PENDING_COLS = (
-    sessions.c.id, sessions.c.name, sessions.c.access_key, sessions.c.created_at,
-    sessions.c.requested_slots, sessions.c.scaling_group, sessions.c.domain_name,
-    sessions.c.starts_at, sessions.c.type, sessions.c.idle_timeout, sessions.c.group_id,
-)
-
-
-def _parse_pending(raw: tuple, procs: list, cache: _QueueCache) -> PendingSession:
-    """One raw pending row -> ``PendingSession``: each column through its type's result
-    processor, as a normal read would; the slots and the group id through the caches."""
-    def typed(i: int) -> Any:
-        v, proc = raw[i], procs[i]
-        return v if v is None or proc is None else proc(v)
-
-    gid = raw[10]
-    group_id = cache.groups.get(gid)
-    if group_id is None and gid is not None:
-        group_id = cache.groups[gid] = typed(10)
-    return PendingSession(
-        id=typed(0), name=raw[1], access_key=raw[2], user_id=None, created_at=typed(3),
-        requested=parse_slots(raw[4], cache.slots), scaling_group=raw[5], group_id=group_id,
-        domain_name=raw[6], starts_at=typed(7), kind=raw[8], idle_timeout=raw[9] or 0,
-    )
 
 
 async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> SchedulingInput:

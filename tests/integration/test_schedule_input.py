@@ -1,0 +1,134 @@
+"""``load_input`` on a real database: the pending queue it builds equals what a plain typed read
+of the rows gives, and its between-pass cache never hides a change (a changed request, name,
+start time or status; a new, removed or dependent session; a new status_info)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from bai.common.resources import ResourceSlot
+from bai.manager.services.bootstrap import bootstrap
+from bai.manager.services.schedule_input import load_input
+from bai.manager.store import tables as t
+from bai.manager.store.engine import Store
+
+PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
+GIB = 2**30
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request, tmp_path):
+    schema = None
+    if request.param == "postgres":
+        if not PG_DSN:
+            pytest.skip("BAI_TEST_PG_DSN not set")
+        schema = f"si_{uuid.uuid4().hex[:10]}"
+        admin = Store(PG_DSN)
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        await admin.close()
+        st = Store(PG_DSN, connect_args={"server_settings": {"search_path": schema}})
+    else:
+        st = Store(f"sqlite+aiosqlite:///{tmp_path}/bai.db")
+    await st.migrate()
+    st.keys = await bootstrap(st)
+    try:
+        yield st
+    finally:
+        await st.close()
+        if schema:
+            admin = Store(PG_DSN)
+            async with admin.begin() as conn:
+                await conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+            await admin.close()
+
+
+async def add_sessions(st: Store, n: int, **over) -> list[uuid.UUID]:
+    async with st.begin() as conn:
+        uid = (await conn.execute(sa.select(t.users.c.id))).scalar()
+        gid = (await conn.execute(sa.select(t.groups.c.id))).scalar()
+        image = (await conn.execute(sa.select(t.images.c.name))).scalar()
+        now = t.utcnow()
+        rows = [{
+            "id": uuid.uuid4(), "name": f"s-{uuid.uuid4().hex[:8]}", "image": image,
+            "domain_name": "default", "group_id": gid, "user_id": uid,
+            "access_key": st.keys["user"]["access_key"], "status": "PENDING", "status_data": {},
+            "requested_slots": {"cpu": "1", "mem": str(GIB)}, "occupying_slots": {},
+            "service_ports": [], "mounts": [], "environ": {}, "agent_ids": [],
+            "resource_opts": {}, "abusing_reports": [], "created_at": now + timedelta(seconds=i),
+            "status_changed": now, "last_activity_at": now, **over,
+        } for i in range(n)]
+        await conn.execute(sa.insert(t.sessions), rows)
+    return [r["id"] for r in rows]
+
+
+async def plain_read(st: Store) -> dict[uuid.UUID, tuple]:
+    """The pending sessions' fields as an ordinary typed read gives them."""
+    c = t.sessions.c
+    async with st.connect() as conn:
+        rows = (await conn.execute(
+            sa.select(c.id, c.name, c.access_key, c.created_at, c.requested_slots,
+                      c.scaling_group, c.group_id, c.domain_name, c.starts_at, c.type,
+                      c.idle_timeout, c.status_info)
+            .where(c.status == "PENDING"))).all()
+    return {r.id: (r.name, r.access_key, r.created_at, ResourceSlot.from_json(r.requested_slots),
+                   r.scaling_group, r.group_id, r.domain_name, r.starts_at, r.type,
+                   r.idle_timeout, r.status_info) for r in rows}
+
+
+async def loaded(st: Store):
+    async with st.connect() as conn:
+        inp = await load_input(conn)
+    got = {p.id: (p.name, p.access_key, p.created_at, p.requested, p.scaling_group, p.group_id,
+                  p.domain_name, p.starts_at, p.kind, p.idle_timeout, inp.current_info[p.id])
+           for p in inp.pending}
+    return inp, got
+
+
+async def test_the_queue_is_what_a_plain_read_gives_and_changes_are_never_hidden(store):
+    ids = await add_sessions(store, 6)
+    await add_sessions(store, 2, requested_slots={"cpu": "0.5", "cuda.shares": "0.25"})
+    first, got = await loaded(store)
+    assert got == await plain_read(store)
+    assert len(got) == 8
+    assert {str(p.requested["cpu"]) for p in first.pending} == {"1", "0.5"}
+    before = {p.id: p for p in first.pending}
+
+    # nothing changed: the parsed sessions are reused as they are
+    again, got = await loaded(store)
+    assert got == await plain_read(store)
+    assert all(before[p.id] is p for p in again.pending)
+
+    # every kind of change shows in the next load
+    c = t.sessions.c
+    later = t.utcnow() + timedelta(hours=1)
+    async with store.begin() as conn:
+        await conn.execute(sa.update(t.sessions).where(c.id == ids[0])
+                           .values(requested_slots={"cpu": "3", "mem": str(2 * GIB)}))
+        await conn.execute(sa.update(t.sessions).where(c.id == ids[1]).values(name="renamed"))
+        await conn.execute(sa.update(t.sessions).where(c.id == ids[2]).values(starts_at=later))
+        await conn.execute(sa.update(t.sessions).where(c.id == ids[3]).values(status="CANCELLED"))
+        await conn.execute(sa.update(t.sessions).where(c.id == ids[4])
+                           .values(status_info="insufficient-resources: x"))
+        await conn.execute(sa.insert(t.session_dependencies).values(
+            session_id=ids[5], depends_on=ids[3]))
+    new = (await add_sessions(store, 1, idle_timeout=60))[0]
+    third, got = await loaded(store)
+    assert got == await plain_read(store)
+    by_id = {p.id: p for p in third.pending}
+    assert ids[3] not in by_id and new in by_id
+    assert by_id[ids[0]].requested == ResourceSlot({"cpu": Decimal(3), "mem": Decimal(2 * GIB)})
+    assert by_id[ids[1]].name == "renamed"
+    assert by_id[ids[2]].starts_at == later
+    assert third.current_info[ids[4]] == "insufficient-resources: x"
+    assert by_id[ids[5]].dependencies == (ids[3],)
+    assert third.dependencies[ids[3]].status == "CANCELLED"
+    assert by_id[new].idle_timeout == 60
+    # the untouched one is still the cached object
+    assert by_id[ids[4]] is before[ids[4]]
