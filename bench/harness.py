@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -401,14 +402,15 @@ async def fill_sessions(db_url: str, n: int, statuses: Sequence[str] = ("PENDING
         await store.close()
 
 
-async def status_counts(db_url: str) -> dict[str, int]:
-    """``{status: number of sessions}`` from the database."""
+async def status_counts(db: str | Any) -> dict[str, int]:
+    """``{status: number of sessions}`` from the database (a URL, or an open ``Store`` that a
+    polling loop keeps: opening one costs more than the query)."""
     import sqlalchemy as sa
 
     from bai.manager.store import tables as t
     from bai.manager.store.engine import Store
 
-    store = Store(db_url)
+    store = Store(db) if isinstance(db, str) else db
     try:
         async with store.connect() as conn:
             rows = (await conn.execute(
@@ -416,7 +418,8 @@ async def status_counts(db_url: str) -> dict[str, int]:
             )).all()
         return {str(r[0]): int(r[1]) for r in rows}
     finally:
-        await store.close()
+        if store is not db:
+            await store.close()
 
 
 async def error_reasons(db_url: str, limit: int = 5) -> list[tuple[str, int]]:

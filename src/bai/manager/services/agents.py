@@ -123,24 +123,29 @@ class AgentRegistry:
         not be in this heartbeat's list yet.
         """
         settled = utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
+        # ids as stored (SQLite: hex text) rather than a uuid.UUID each: agents heartbeat
+        # every few seconds and each may hold hundreds of kernels
+        kid, sid, main = (sa.type_coerce(c, sa.String) for c in (
+            kernels.c.id, kernels.c.session_id, sessions.c.main_kernel_id))
         async with self.root.store.connect() as conn:
             rows = (await conn.execute(
-                sa.select(kernels.c.id, kernels.c.status, kernels.c.session_id,
-                          sessions.c.status.label("session_status"), sessions.c.status_changed,
-                          sessions.c.main_kernel_id)
+                sa.select(kid.label("id"), kernels.c.status, sid.label("session_id"),
+                          sessions.c.status.label("session_status"), main.label("main_kernel_id"),
+                          (sessions.c.status_changed < settled).label("settled"))
                 .join(sessions, sessions.c.id == kernels.c.session_id)
                 .where(kernels.c.agent_id == agent_id, kernels.c.status.in_(_LIVE_NAMES))
             )).all()
-        known = [str(r.id) for r in rows if r.status != SessionStatus.TERMINATING.value]
+        known = [_uuid_text(r.id) for r in rows if r.status != SessionStatus.TERMINATING.value]
         if not isinstance(reported, list):
             return known
         present = {str(k) for k in reported}
         for r in rows:
             if (r.session_status == SessionStatus.RUNNING.value and r.main_kernel_id == r.id
-                    and r.status_changed < settled and str(r.id) not in present):
-                log.warning("agent %s no longer has kernel %s: ending its session", agent_id, r.id)
+                    and r.settled and _uuid_text(r.id) not in present):
+                log.warning("agent %s no longer has kernel %s: ending its session", agent_id,
+                            _uuid_text(r.id))
                 await self.root.sessions.lifecycle.apply_kernel_event(KernelEvent(
-                    "kernel_terminated", agent_id, str(r.id), str(r.session_id),
+                    "kernel_terminated", agent_id, _uuid_text(r.id), _uuid_text(r.session_id),
                     reason="kernel-lost"))
         return known
 
@@ -203,6 +208,13 @@ class AgentRegistry:
         if row is None or not (row.address or row.agent_address):
             raise SessionNotRunning(f"session {session_row.get('name')} has no running kernel")
         return row.address or row.agent_address, str(row.id)
+
+
+def _uuid_text(raw: Any) -> str:
+    """The usual text of a UUID read raw: SQLite gives 32 hex digits, PostgreSQL a UUID."""
+    if isinstance(raw, str) and len(raw) == 32:
+        return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+    return str(raw)
 
 
 #: how often a heartbeat that says nothing new still rewrites the agent's whole row (seconds)
