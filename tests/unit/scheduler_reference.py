@@ -1,31 +1,36 @@
 """The scheduler's decision as it was before the fast paths (commit b3a46f2): the reference
 that ``test_scheduler_equivalence.py`` compares ``bai.manager.scheduler.decide`` with.
 
-Straightforward on purpose: Decimal arithmetic per operation, every predicate checked for
-every session, DRF's next key found by recomputing every share. Do not optimise it.
+Straightforward on purpose: every predicate checked for every session (every limit summed),
+every agent scored for every placement, DRF's next key found by recomputing every share. Do
+not optimise it. The helpers the fast paths left alone are imported from the real module.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from bai.common.resources import ResourceSlot
-from bai.manager.scheduler.decision import (
+from bai.manager.scheduler.decision import (  # helpers the fast paths did not change
     AgentView,
     Assignment,
     Decision,
     PendingSession,
     SchedulingInput,
     Wait,
+    _estimate,
+    _fits,
+    _holder,
+    _max_free,
+    _over_limit,
+    _score,
+    _shortfall_msg,
+    _timelines,
     fmt_amount,
 )
-from bai.manager.scheduler.estimate import LIMIT as ESTIMATE_LIMIT
-from bai.manager.scheduler.estimate import Timeline, earliest_on
 
 ZERO = Decimal(0)
 
@@ -69,18 +74,6 @@ def _order(pending: Sequence[PendingSession], policy: str, inp: SchedulingInput,
 
 
 # -- predicates ------------------------------------------------------------------------------
-
-
-def _over_limit(limit: Mapping[str, Decimal], occupied: Mapping[str, Decimal],
-                request: Mapping[str, Decimal]) -> tuple[str, Decimal, Decimal] | None:
-    for slot, cap in limit.items():
-        want = request.get(slot, ZERO)
-        if want <= 0:
-            continue
-        used = occupied.get(slot, ZERO)
-        if used + want > cap:
-            return slot, want, max(cap - used, ZERO)
-    return None
 
 
 def _check_predicates(p: PendingSession, inp: SchedulingInput,
@@ -143,20 +136,6 @@ def _check_predicates(p: PendingSession, inp: SchedulingInput,
 # -- placement -------------------------------------------------------------------------------
 
 
-def _fits(request: Mapping[str, Decimal], free: Mapping[str, Decimal]) -> bool:
-    for k, v in request.items():
-        if v > 0 and v > free.get(k, ZERO):
-            return False
-    return True
-
-
-def _score(free_after: Mapping[str, Decimal], request: Mapping[str, Decimal]) -> tuple:
-    # Prefer agents without slots the session does not use (keep GPUs for GPU work), then by
-    # what is left in the requested slots.
-    extras = sum(1 for k, v in free_after.items() if v > 0 and request.get(k, ZERO) <= 0 and "." in k)
-    return (extras, tuple(free_after.get(k, ZERO) for k in sorted(request)))
-
-
 def _pick_agent(request: ResourceSlot, agents: Iterable[AgentView], strategy: str,
                 free: dict[str, ResourceSlot]) -> AgentView | None:
     best, best_key = None, None
@@ -169,27 +148,6 @@ def _pick_agent(request: ResourceSlot, agents: Iterable[AgentView], strategy: st
         if best_key is None or key < best_key:
             best, best_key = a, key
     return best
-
-
-def _shortfall_msg(request: ResourceSlot, agents: Sequence[AgentView],
-                   free: dict[str, ResourceSlot]) -> tuple[str, dict]:
-    """Name the slot that blocks, against the agent that comes closest."""
-    best = None
-    for a in agents:
-        short = {k: (v, free[a.id].get(k, ZERO)) for k, v in request.items()
-                 if v > 0 and v > free[a.id].get(k, ZERO)}
-        key = (len(short), sum((v - f) / v for v, f in short.values()))
-        if best is None or key < best[0]:
-            best = (key, a, short)
-    if best is None:
-        return "no schedulable agent in this scaling group", {}
-    _, agent, short = best
-    parts = [f"{slot} requested {fmt_amount(slot, want)}, free {fmt_amount(slot, have)}"
-             for slot, (want, have) in sorted(short.items())]
-    return "; ".join(parts) + f" on {agent.id}", {
-        "agent": agent.id,
-        "shortfall": {s: {"requested": str(w), "free": str(h)} for s, (w, h) in short.items()},
-    }
 
 
 # -- the decision ----------------------------------------------------------------------------
@@ -286,61 +244,3 @@ def decide(inp: SchedulingInput) -> Decision:
         if blocked and group_agents:
             _estimate(out, inp, blocked, group_agents, free, placed, head, reserved)
     return out
-
-
-def _timelines(inp: SchedulingInput, agents: Sequence[AgentView], free: Mapping[str, ResourceSlot],
-               placed: Sequence[tuple[PendingSession, str]]) -> dict[str, Timeline]:
-    """Each agent's free slots over time: now, known releases, and when the sessions placed in
-    this pass would end if left idle."""
-    extra: dict[str, list[tuple[datetime, ResourceSlot]]] = {}
-    for p, aid in placed:
-        if p.kind == "INTERACTIVE" and p.idle_timeout > 0:
-            at = inp.now + timedelta(seconds=p.idle_timeout + inp.idle_slack)
-            extra.setdefault(aid, []).append((at, p.requested))
-    return {a.id: Timeline(inp.now, free[a.id], [*inp.releases.get(a.id, ()), *extra.get(a.id, ())])
-            for a in agents}
-
-
-def _estimate(out: Decision, inp: SchedulingInput, blocked: Sequence[PendingSession],
-              agents: Sequence[AgentView], free: Mapping[str, ResourceSlot],
-              placed: Sequence[tuple[PendingSession, str]], head: uuid.UUID | None,
-              reserved: str | None) -> None:
-    """Estimated starts of the sessions waiting for slots, simulated in queue order."""
-    timelines = _timelines(inp, agents, free, placed)
-    ids = [a.id for a in agents]
-    for p in blocked[:ESTIMATE_LIMIT]:
-        best = earliest_on(timelines, [reserved] if p.id == head else ids, p.requested)
-        if best is None:
-            continue  # waits for something with no known end: "unknown"
-        aid, at = best
-        timelines[aid].occupy(at, p.requested)
-        out.waits[p.id] = replace(out.waits[p.id], estimated_start=at)
-
-
-def _max_free(agents: Sequence[AgentView], free: Mapping[str, ResourceSlot]) -> ResourceSlot:
-    acc = ResourceSlot()
-    for a in agents:
-        for k, v in free[a.id].items():
-            if v > acc.get(k, ZERO):
-                acc[k] = v
-    return acc
-
-
-def _holder(request: ResourceSlot, agents: Sequence[AgentView],
-            free: Mapping[str, ResourceSlot], timelines: Mapping[str, Timeline]) -> AgentView | None:
-    """The agent to hold for a blocked session: where it can start soonest by the known
-    releases; without any, one that can hold it at all and is closest now."""
-    soonest = earliest_on(timelines, [a.id for a in agents], request)
-    if soonest is not None:
-        return next(a for a in agents if a.id == soonest[0])
-    best, best_key = None, None
-    for a in agents:
-        if not _fits(request, a.capacity):
-            continue
-        missing = sum(
-            (max(v - free[a.id].get(k, ZERO), ZERO) / v) for k, v in request.items() if v > 0
-        )
-        key = (missing, a.id)
-        if best_key is None or key < best_key:
-            best, best_key = a, key
-    return best

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from bisect import insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -316,20 +316,6 @@ def _score(free_after: Mapping[str, Decimal], request: Mapping[str, Decimal]) ->
     return (extras, tuple(free_after.get(k, ZERO) for k in sorted(request)))
 
 
-def _pick_agent(request: ResourceSlot, agents: Iterable[AgentView], strategy: str,
-                free: dict[str, ResourceSlot]) -> AgentView | None:
-    best, best_key = None, None
-    for a in agents:
-        f = free[a.id]
-        if not _fits(request, f):
-            continue
-        extras, left = _score(f - request, request)
-        key = (extras, left) if strategy != "dispersed" else (extras, tuple(-x for x in left))
-        if best_key is None or key < best_key:
-            best, best_key = a, key
-    return best
-
-
 def _shortfall_msg(request: ResourceSlot, agents: Sequence[AgentView],
                    free: dict[str, ResourceSlot]) -> tuple[str, dict]:
     """Name the slot that blocks, against the agent that comes closest."""
@@ -359,7 +345,7 @@ def _canon(free: Mapping[str, Decimal]) -> tuple:
 class _Pool:
     """A scaling group's agents bucketed by their free slots.
 
-    Agents with equal free slots score alike in ``_pick_agent``, so the first of them (in the
+    Agents with equal free slots score alike (``_score``), so the first of them (in the
     group's order) stands for the rest: a pick scores each distinct free amount once instead
     of every agent. A fleet of many agents of a few shapes (the usual one) then places a
     session in a few steps, however many agents it has. ``free`` (shared with ``decide``)
@@ -377,7 +363,9 @@ class _Pool:
         self._max: ResourceSlot | None = None
 
     def pick(self, request: ResourceSlot, strategy: str, exclude: str | None) -> AgentView | None:
-        """``_pick_agent`` over the agents but ``exclude``: the first agent with the best score."""
+        """The agent to place ``request`` on, of all but ``exclude``: the first (in the group's
+        order) of those with the best score (``concentrated``: least left in the requested
+        slots; ``dispersed``: most), or None when none has room."""
         skip = self.index.get(exclude, -1) if exclude is not None else -1
         best: tuple | None = None
         for members in self.buckets.values():
@@ -447,7 +435,10 @@ def decide(inp: SchedulingInput) -> Decision:
         # this keeps a pass over thousands of waiting sessions linear and cheap.
         verdicts: dict[tuple, tuple[str, str, dict]] = {}
         checked: dict[tuple, Any] = {}
-        shapes: dict[int, tuple] = {}  # id(requested) -> its sorted items (the objects live on)
+        # id(requested) -> its sorted items (the request objects live as long as ``inp``);
+        # sessions of one parsed shape share the object, and the key is built once
+        shapes: dict[int, tuple] = {}
+        now = inp.now
         position = 0
         for p in order:
             position += 1
@@ -455,10 +446,10 @@ def decide(inp: SchedulingInput) -> Decision:
             req_key = shapes.get(id(req))
             if req_key is None:
                 req_key = shapes[id(req)] = tuple(sorted(req.items()))
-            if p.dependencies or (p.starts_at is not None and p.starts_at > inp.now):
+            if p.dependencies or (p.starts_at is not None and p.starts_at > now):
                 verdict = _check_predicates(p, inp, kp_extra, extra_group, extra_domain)
             else:
-                ck = (p.access_key, p.group_id, p.domain_name, req_key)
+                ck = (p.access_key, p.group_id, p.domain_name, id(req_key))
                 verdict = checked.get(ck, checked)
                 if verdict is checked:
                     verdict = checked[ck] = _check_predicates(
