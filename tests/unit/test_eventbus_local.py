@@ -112,3 +112,17 @@ async def test_get_gives_up_after_its_timeout_and_can_be_cancelled():
         assert task.cancelled()
         await bus.publish(ev("a", 1))  # the cancelled wait left nothing behind
         assert (await sub.get(timeout=1)).reason == "1"
+
+
+async def test_get_tells_the_close_once_then_waits_like_a_quiet_bus():
+    bus = LocalEventBus()
+    async with bus.subscribe() as sub:
+        await bus.publish(ev("a", 1))
+        await bus.close()
+        assert (await asyncio.wait_for(sub.get(), 1)).reason == "1"  # what came before the close
+        assert await asyncio.wait_for(sub.get(), 1) is None  # the close
+        later = asyncio.create_task(sub.get())  # a polling caller does not get None at once again
+        done, _ = await asyncio.wait([later], timeout=0.05)
+        assert not done
+        later.cancel()
+        assert await sub.get(timeout=0.01) is None

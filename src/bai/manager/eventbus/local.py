@@ -46,6 +46,7 @@ class Subscription:
         self._queue: deque[SessionEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._told_closed = False
         self.dropped = 0
 
     def deliver(self, events: Sequence[SessionEvent], shared: dict[Any, Any]) -> None:
@@ -86,11 +87,25 @@ class Subscription:
         return self._queue.popleft()
 
     async def get(self, timeout: float | None = None) -> SessionEvent | None:
-        """The next event, or None after ``timeout`` seconds or when the bus closed."""
+        """The next event, or None after ``timeout`` seconds or when the bus closed.
+
+        The close is told once; later calls wait out their timeout as on a quiet bus, so that
+        a caller polling the database between calls does not spin."""
+        if self._closed and not self._queue:
+            if not self._told_closed:
+                self._told_closed = True
+                return None
+            if timeout is None:
+                await asyncio.get_running_loop().create_future()  # never: as the old queue did
+            await asyncio.sleep(timeout)
+            return None
         try:
             async with asyncio.timeout(timeout):
                 return await anext(self)
-        except (TimeoutError, StopAsyncIteration):
+        except TimeoutError:
+            return None
+        except StopAsyncIteration:
+            self._told_closed = True
             return None
 
 
