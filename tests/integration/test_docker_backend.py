@@ -171,6 +171,20 @@ async def test_allocating_beyond_memory_is_reported_as_oom_killed(backend: Docke
     assert (await backend.inspect(inst.kernel_id)).exit_reason == "oom-killed"
 
 
+async def test_destroying_a_kernel_that_ran_out_of_memory_inside_says_so(backend: DockerBackend):
+    # a child process is OOM-killed, the kernel lives on; destroyed right after, the kernel
+    # still ends as oom-killed (whatever the engine has recorded by then)
+    inst = await backend.create(make_spec(slots={"cpu": Decimal(1), "mem": Decimal(128 * MiB)}))
+    out, err, code = await run(
+        inst, "import subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-c', 'x = bytearray(400 * 2**20)'])\n"
+        "print(r.returncode)\n")
+    assert code == 0 and out.strip() == "-9", err
+    assert (await backend.inspect(inst.kernel_id)).state is InstanceState.RUNNING
+    gone = await backend.destroy(inst.kernel_id)
+    assert gone is not None and (gone.exit_reason, gone.exit_code) == ("oom-killed", 137)
+
+
 async def test_create_is_idempotent_and_workdir_is_home_work(backend: DockerBackend):
     spec = make_spec()
     a, b = await asyncio.gather(backend.create(spec), backend.create(spec))

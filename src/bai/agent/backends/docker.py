@@ -517,17 +517,12 @@ class DockerBackend(RuntimeBackend):
                 container = None
             inst: Instance | None = None
             if container is not None:
-                was_running = bool((container._container.get("State") or {}).get("Running"))
-                if was_running:
-                    with contextlib.suppress(DockerError):
-                        # the runner keeps nothing worth a graceful stop: SIGKILL at once (the
-                        # engine answers when the container has exited, with its exit code)
-                        await container.kill(signal="SIGKILL")
-                with contextlib.suppress(KernelNotFound):
-                    inst = await self.inspect(kernel_id)
-                    if was_running and inst.exit_reason != "oom-killed":
-                        inst.exit_reason = "killed"
+                inst = self._instance(container._container)
+                if inst.state is not InstanceState.EXITED:
+                    await self._kill(kernel_id, container, inst)
                 try:
+                    # a running container is SIGKILLed and removed in this one call: the runner
+                    # keeps nothing a graceful stop would save
                     await container.delete(force=True, v=True)
                 except DockerError as e:
                     if e.status != 404:
@@ -541,6 +536,22 @@ class DockerBackend(RuntimeBackend):
             return inst
         finally:
             self._destroying.discard(kernel_id)
+
+    async def _kill(self, kernel_id: str, container: Any, inst: Instance) -> None:
+        """Set ``inst`` to what killing the running container ends it with: ``oom-killed``
+        (exit code 137) when anything in it ran out of memory before, else ``killed``."""
+        pid = int((container._container.get("State") or {}).get("Pid") or 0)
+        cg = await asyncio.to_thread(_cgroup_of, pid)
+        oom = False
+        if cg is not None:  # the cgroup's count, as the process backend does: no race with
+            oom = cg.oom_kills() > 0  # the engine's bookkeeping of an exit in progress
+        else:  # only the engine's record: stop the container and read OOMKilled from it
+            with contextlib.suppress(DockerError):
+                await container.stop(t=0)
+            with contextlib.suppress(KernelNotFound):
+                oom = (await self.inspect(kernel_id)).exit_reason == "oom-killed"
+        inst.state = InstanceState.EXITED
+        inst.exit_code, inst.exit_reason = (137, "oom-killed") if oom else (None, "killed")
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -703,9 +714,11 @@ def _docker_message(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _cgroup_stats(pid: int) -> dict[str, Any] | None:
-    """Usage from the cgroup of process ``pid`` (the container's init) when this host shows it
-    (the agent runs next to the engine); None otherwise."""
+def _cgroup_of(pid: int) -> KernelCgroup | None:
+    """The cgroup(s) of process ``pid`` (a container's init) when this host shows them (the agent
+    runs next to the engine); None otherwise."""
+    if pid <= 0:
+        return None
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
@@ -725,11 +738,17 @@ def _cgroup_stats(pid: int) -> dict[str, Any] | None:
                     if d.is_dir():
                         dirs[ctrl] = d
                         break
-    if dirs:
-        cg = KernelCgroup("v1", dirs)
-    elif unified and (root / unified.lstrip("/") / "memory.current").exists():
-        cg = KernelCgroup("v2", {"unified": root / unified.lstrip("/")})
-    else:
+    if "memory" in dirs:
+        return KernelCgroup("v1", dirs)
+    if unified and (root / unified.lstrip("/") / "memory.current").exists():
+        return KernelCgroup("v2", {"unified": root / unified.lstrip("/")})
+    return None
+
+
+def _cgroup_stats(pid: int) -> dict[str, Any] | None:
+    """Usage from the cgroup of process ``pid``, or None (see ``_cgroup_of``)."""
+    cg = _cgroup_of(pid)
+    if cg is None:
         return None
     raw = cg.stats()
     if "mem_cur_bytes" not in raw or "cpu_used" not in raw:
