@@ -51,6 +51,10 @@ EVENT_TARGET = {
     "kernel_creating": S.CREATING,
     "kernel_started": S.RUNNING,
 }
+#: what applying progress events reads of each session (``service_ports``: written only when
+#: the agent reports other ports)
+WALK_COLUMNS = tuple(sessions.c[name] for name in (
+    "id", "name", "access_key", "status", "main_kernel_id", "callback_url", "service_ports"))
 #: statuses a starting session walks through on progress events (RUNNING is the end)
 _WALKING = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)
 STEP_REASON = {
@@ -415,7 +419,7 @@ class Lifecycle:
                         sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(chunk)))
                     kernel_rows.update({r.id: r.session_id for r in res})
                 rows = {r["id"]: r for r in await lock_sessions(
-                    conn, list(set(kernel_rows.values())), _WALKING)}
+                    conn, list(set(kernel_rows.values())), _WALKING, WALK_COLUMNS)}
                 groups: dict[tuple[SessionStatus, SessionStatus], list[dict]] = {}
                 seen: set[uuid.UUID] = set()
                 for kid, ev in by_kid.items():
@@ -449,7 +453,8 @@ class Lifecycle:
     async def _started_details(self, conn: AsyncConnection, moved: list[dict[str, Any]]) -> None:
         """What a ``kernel_started`` tells besides the status: service ports, container id."""
         ports = [{"_id": r["id"], "_ports": r["_event"].data["service_ports"]} for r in moved
-                 if r["_event"].data.get("service_ports") is not None]
+                 if r["_event"].data.get("service_ports") is not None
+                 and r["_event"].data["service_ports"] != r.get("service_ports")]
         if ports:
             await conn.execute(
                 sa.update(sessions).where(sessions.c.id == sa.bindparam("_id"))

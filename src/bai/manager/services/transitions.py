@@ -107,28 +107,23 @@ class Outbox:
 def session_events(
     row: Mapping[str, Any], to: SessionStatus, reason: str, exit_code: int | None = None
 ) -> list[SessionEvent]:
-    sid, name, ak = str(row["id"]), row["name"], row["access_key"]
-    kid = str(row["main_kernel_id"]) if row.get("main_kernel_id") else None
-    out: list[SessionEvent] = []
-    sess = SessionEvent(
-        SESSION_EVENT[to], sid, name, ak, reason=reason, status=str(to),
-        exit_code=exit_code if to in (S.TERMINATED, S.TERMINATING) else None,
-    )
+    kid = row.get("main_kernel_id")
+    return step_events(str(row["id"]), row["name"], row["access_key"],
+                       str(kid) if kid else None, to, reason, exit_code)
+
+
+def step_events(sid: str, name: str, access_key: str, kid: str | None, to: SessionStatus,
+                reason: str, exit_code: int | None = None) -> list[SessionEvent]:
+    """The session event of entering ``to`` and the kernel event that goes with it, in the
+    order clients expect (``_KERNEL_FIRST``)."""
+    status = to.value
+    code = exit_code if to in (S.TERMINATED, S.TERMINATING) else None
+    sess = SessionEvent(SESSION_EVENT[to], sid, name, access_key, reason, code, None, status)
     kname = KERNEL_EVENT.get(to)
-    kev = (
-        SessionEvent(
-            kname, sid, name, ak, reason=reason, kernel_id=kid, status=str(to),
-            exit_code=exit_code if to in (S.TERMINATED, S.TERMINATING) else None,
-        )
-        if kname and kid
-        else None
-    )
-    if kev is not None and to in _KERNEL_FIRST:
-        out.append(kev)
-    out.append(sess)
-    if kev is not None and to not in _KERNEL_FIRST:
-        out.append(kev)
-    return out
+    if not (kname and kid):
+        return [sess]
+    kev = SessionEvent(kname, sid, name, access_key, reason, code, kid, status)
+    return [kev, sess] if to in _KERNEL_FIRST else [sess, kev]
 
 
 async def load_session(conn: AsyncConnection, session_id: uuid.UUID) -> dict[str, Any] | None:
@@ -340,16 +335,16 @@ MOVE_COLUMNS = tuple(sessions.c[name] for name in (
 
 async def lock_sessions(
     conn: AsyncConnection, ids: Sequence[uuid.UUID],
-    statuses: SessionStatus | Sequence[SessionStatus],
+    statuses: SessionStatus | Sequence[SessionStatus], columns: Sequence[Any] = MOVE_COLUMNS,
 ) -> list[dict[str, Any]]:
     """The rows of ``ids`` that are in one of ``statuses``, locked until the transaction ends
-    (PostgreSQL; SQLite's write transactions hold the database lock already); ``MOVE_COLUMNS``
-    only."""
+    (PostgreSQL; SQLite's write transactions hold the database lock already); ``columns``
+    only (``MOVE_COLUMNS`` by default)."""
     wanted = [str(statuses)] if isinstance(statuses, str) else [str(s) for s in statuses]
     out: list[dict[str, Any]] = []
     for chunk in _chunks(list(ids)):
         res = await conn.execute(
-            sa.select(*MOVE_COLUMNS)
+            sa.select(*columns)
             .where(sessions.c.id.in_(chunk), sessions.c.status.in_(wanted))
             .with_for_update()
         )
@@ -428,16 +423,21 @@ async def transit_many(
     if to in FINAL or to is S.PENDING:
         outbox.kick_scheduler = True
 
-    history = []
+    walk, src = [], expected.value
+    for dst, why in steps:
+        walk.append((src, dst.value, dst, why))
+        src = dst.value
+    history, events = [], outbox.events
     for r in moved:
-        src = expected
-        for dst, why in steps:
-            history.append({"session_id": r["id"], "from_status": str(src), "to_status": str(dst),
+        sid, kid = r["id"], r.get("main_kernel_id")
+        sid_text, kid_text = str(sid), str(kid) if kid else None
+        for src, dst_text, dst, why in walk:
+            history.append({"session_id": sid, "from_status": src, "to_status": dst_text,
                             "reason": why, "cause": cause, "at": now})
-            evs = session_events({**r, "status": str(dst)}, dst, why)
-            outbox.events.extend(evs)
-            outbox.notify(r, evs)
-            src = dst
+            evs = step_events(sid_text, r["name"], r["access_key"], kid_text, dst, why)
+            events.extend(evs)
+            if r.get("callback_url"):
+                outbox.notify(r, evs)
     await conn.execute(sa.insert(session_history), history)
     return moved
 
