@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 from bai.common.resources import ResourceSlot, format_size
@@ -180,15 +181,16 @@ def _fifo_key(p: PendingSession) -> tuple:
     return (p.created_at, str(p.id))
 
 
-def _fifo_key_uuid(p: PendingSession) -> tuple:
-    # a UUID's canonical text orders as its integer does: the same order, without the text
-    return (p.created_at, p.id.int)
+#: the same order for UUID ids (a UUID's canonical text orders as its integer does), made in C
+_fifo_key_uuid = attrgetter("created_at", "id.int")
 
 
 def _order(pending: Sequence[PendingSession], policy: str, inp: SchedulingInput,
            capacity: ResourceSlot) -> list[PendingSession]:
-    all_uuids = all(isinstance(p.id, uuid.UUID) for p in pending)
-    fifo = sorted(pending, key=_fifo_key_uuid if all_uuids else _fifo_key)
+    try:
+        fifo = sorted(pending, key=_fifo_key_uuid)
+    except AttributeError:  # ids that are not UUIDs
+        fifo = sorted(pending, key=_fifo_key)
     if policy == "lifo":
         return fifo[::-1]
     if policy != "drf":
