@@ -169,27 +169,23 @@ class Lifecycle:
 
     # -- starting -----------------------------------------------------------------------------
 
-    async def start_placed(self, conn: AsyncConnection, placed: list[dict[str, Any]],
-                           outbox: Outbox) -> list[tuple[str, list[dict[str, Any]]]]:
-        """SCHEDULED -> PREPARING for sessions just placed in this transaction (``place_many``);
-        returns their kernel specs grouped by agent address, for ``create_kernels`` once the
-        transaction has committed."""
-        moved = await transit_many(conn, placed, S.SCHEDULED, [(S.PREPARING, "preparing")],
-                                   cause="scheduler", outbox=outbox)
-        names = sorted({r["image"] for r in moved})
+    async def kernel_specs(self, conn: AsyncConnection, placed: list[dict[str, Any]]
+                           ) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The kernel specs of sessions just placed (``place_many``), grouped by agent address,
+        for ``create_kernels`` once the transaction has committed."""
+        names = sorted({r["image"] for r in placed})
         image_rows = {
             r["name"]: dict(r) for r in (
                 await conn.execute(sa.select(images).where(images.c.name.in_(names)))
             ).mappings()
         } if names else {}
         by_address: dict[str, list[dict[str, Any]]] = {}
-        for r in moved:
+        for r in placed:
             kid = r.get("main_kernel_id")
             if kid is None:
                 continue
-            address = r["_address"]
             spec = self.kernel_spec(r, {"id": kid}, image_rows.get(r["image"], {}))
-            by_address.setdefault(address, []).append(spec)
+            by_address.setdefault(r["_address"], []).append(spec)
         return list(by_address.items())
 
     async def create_kernels(self, address: str, specs: list[dict[str, Any]]) -> None:

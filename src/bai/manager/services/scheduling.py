@@ -119,8 +119,11 @@ class SchedulerLoop:
         written. Returns how many placements were refused."""
         lifecycle = self.root.sessions.lifecycle
         async with lifecycle.tx() as (conn, outbox):
-            placed, refused = await place_many(conn, chunk, outbox=outbox)
-            starts = await lifecycle.start_placed(conn, placed, outbox) if placed else []
+            # placed and, in the same compare-and-set, on to PREPARING: the create request
+            # leaves as soon as this commits
+            placed, refused = await place_many(conn, chunk, outbox=outbox,
+                                               then=[(S.PREPARING, "preparing")])
+            starts = await lifecycle.kernel_specs(conn, placed) if placed else []
         for address, specs in starts:
             lifecycle.spawn(self._create(address, specs), f"create-{address}")
         return refused

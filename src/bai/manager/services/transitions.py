@@ -423,12 +423,20 @@ async def transit_many(
     if to in FINAL or to is S.PENDING:
         outbox.kick_scheduler = True
 
+    await _record_walk(conn, moved, expected, steps, cause=cause, outbox=outbox, now=now)
+    return moved
+
+
+async def _record_walk(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]],
+                       expected: SessionStatus, steps: Sequence[tuple[SessionStatus, str]], *,
+                       cause: str, outbox: Outbox, now: datetime) -> None:
+    """History rows (one ``executemany``) and events of ``rows`` having walked ``steps``."""
     walk, src = [], expected.value
     for dst, why in steps:
         walk.append((src, dst.value, dst, why))
         src = dst.value
     history, events = [], outbox.events
-    for r in moved:
+    for r in rows:
         sid, kid = r["id"], r.get("main_kernel_id")
         sid_text, kid_text = str(sid), str(kid) if kid else None
         for src, dst_text, dst, why in walk:
@@ -439,7 +447,6 @@ async def transit_many(
             if r.get("callback_url"):
                 outbox.notify(r, evs)
     await conn.execute(sa.insert(session_history), history)
-    return moved
 
 
 async def place_many(
@@ -447,9 +454,11 @@ async def place_many(
     placements: Sequence[tuple[uuid.UUID, str, str]],
     *,
     outbox: Outbox,
+    then: Sequence[tuple[SessionStatus, str]] = (),
     now: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """PENDING -> SCHEDULED for many sessions, each reserving its request on its agent.
+    """PENDING -> SCHEDULED for many sessions, each reserving its request on its agent, and on
+    along ``then`` ([(status, reason), ...]) in the same compare-and-set, as ``transit_many``.
 
     ``placements`` are (session id, agent id, agent address) in the scheduler's order. The
     sessions and agents are locked, each agent takes what still fits it in that order, and the
@@ -457,6 +466,12 @@ async def place_many(
     their agent no longer had room or is gone); a session that is no longer PENDING is skipped.
     """
     now = now or utcnow()
+    steps = [(S.SCHEDULED, "scheduled"), *((S(st), why) for st, why in then)]
+    src = S.PENDING
+    for dst, _ in steps:
+        check_transition("(batch)", src, dst)
+        src = dst
+    to, info = steps[-1][0].value, steps[-1][1]
     rows = {r["id"]: r for r in await lock_sessions(conn, [p[0] for p in placements], S.PENDING)}
     agent_ids = sorted({p[1] for p in placements})
     agent_rows = {}
@@ -492,8 +507,8 @@ async def place_many(
         if row.get("main_kernel_id"):
             kernel_params.append({"_kid": row["main_kernel_id"], "_agent": agent_id,
                                   "_address": address})
-        placed.append({**row, "status": str(S.SCHEDULED), "status_changed": now,
-                       "status_info": "scheduled", "status_data": {}, "scheduled_at": now,
+        placed.append({**row, "status": to, "status_changed": now,
+                       "status_info": info, "status_data": {}, "scheduled_at": now,
                        "occupying_slots": row["requested_slots"], "agent_ids": [agent_id],
                        "_address": address})
     if not placed:
@@ -501,7 +516,7 @@ async def place_many(
     res = await conn.execute(
         sa.update(sessions)
         .where(sessions.c.id == sa.bindparam("_id"), sessions.c.status == str(S.PENDING))
-        .values(status=str(S.SCHEDULED), status_changed=now, status_info="scheduled",
+        .values(status=to, status_changed=now, status_info=info,
                 status_data={}, scheduled_at=now, occupying_slots=sessions.c.requested_slots,
                 agent_ids=sa.bindparam("_agents", type_=sa.JSON)),
         session_params,
@@ -513,7 +528,7 @@ async def place_many(
         await conn.execute(
             sa.update(kernels)
             .where(kernels.c.id == sa.bindparam("_kid"))
-            .values(status=str(S.SCHEDULED), status_info="scheduled", status_changed=now,
+            .values(status=to, status_info=info, status_changed=now,
                     agent_id=sa.bindparam("_agent"), agent_address=sa.bindparam("_address"),
                     occupied_slots=kernels.c.requested_slots),
             kernel_params,
@@ -524,12 +539,5 @@ async def place_many(
         .values(occupied_slots=sa.bindparam("_occ", type_=sa.JSON)),
         [{"_aid": a, "_occ": occupied[a].nonzero().to_json()} for a in sorted(touched)],
     )
-    await conn.execute(sa.insert(session_history), [
-        {"session_id": r["id"], "from_status": str(S.PENDING), "to_status": str(S.SCHEDULED),
-         "reason": "scheduled", "cause": "scheduler", "at": now} for r in placed
-    ])
-    for r in placed:
-        evs = session_events(r, S.SCHEDULED, "scheduled")
-        outbox.events.extend(evs)
-        outbox.notify(r, evs)
+    await _record_walk(conn, placed, S.PENDING, steps, cause="scheduler", outbox=outbox, now=now)
     return placed, refused
