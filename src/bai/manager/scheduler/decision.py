@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
@@ -135,12 +136,14 @@ class Wait:
     details: Mapping[str, Any] = field(default_factory=dict)
     estimated_start: datetime | None = None
 
-    @property
+    @cached_property
     def info(self) -> str:
         """The ``status_info`` line:
-        ``code: message (position N in queue, estimated start <iso>|unknown)``."""
-        return (f"{self.code}: {self.msg} (position {self.position} in queue, "
-                f"estimated start {self.estimated_start_text})")
+        ``code: message (position N in queue, estimated start <iso>|unknown)``.
+        Made once per ``Wait`` (the writer compares it with the stored line, then writes it)."""
+        est = self.estimated_start
+        return (f"{self.code}: {self.msg} (position {self.position} in queue, estimated start "
+                f"{est.isoformat(timespec='seconds') if est is not None else 'unknown'})")
 
     @property
     def estimated_start_text(self) -> str:
@@ -148,13 +151,13 @@ class Wait:
         return est.isoformat(timespec="seconds") if est is not None else "unknown"
 
     def status_data(self) -> dict[str, Any]:
+        est = self.estimated_start
         return {
             "scheduler": {
                 "reason": self.code,
                 "msg": self.msg,
                 "position": self.position,
-                "estimated_start": (self.estimated_start.isoformat(timespec="seconds")
-                                    if self.estimated_start else None),
+                "estimated_start": est.isoformat(timespec="seconds") if est else None,
                 **self.details,
             }
         }
