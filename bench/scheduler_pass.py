@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import tempfile
@@ -169,7 +170,7 @@ async def measure(n: int, db: str | None, rounds: int, profile: bool = False) ->
             await timed(kind, prof)
             clock.close()
             buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+            pstats.Stats(prof, stream=buf).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(25)
             print(f"cProfile of one {kind} pass at {n} pending (by own time):")
             print("\n".join(buf.getvalue().splitlines()[4:]), flush=True)
     await root.sessions.close()

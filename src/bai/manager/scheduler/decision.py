@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
@@ -127,6 +126,25 @@ class Assignment:
     address: str
 
 
+class _kept:
+    """A read-only attribute made on its first read and then kept in the instance's
+    ``__dict__``, where later reads find it without a call (``functools.cached_property``
+    without the lock it takes on every first read in Python 3.11)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
 @dataclass(frozen=True)
 class Wait:
     session_id: uuid.UUID
@@ -136,14 +154,13 @@ class Wait:
     details: Mapping[str, Any] = field(default_factory=dict)
     estimated_start: datetime | None = None
 
-    @cached_property
+    @_kept
     def info(self) -> str:
         """The ``status_info`` line:
         ``code: message (position N in queue, estimated start <iso>|unknown)``.
         Made once per ``Wait`` (the writer compares it with the stored line, then writes it)."""
-        est = self.estimated_start
-        return (f"{self.code}: {self.msg} (position {self.position} in queue, estimated start "
-                f"{est.isoformat(timespec='seconds') if est is not None else 'unknown'})")
+        return (f"{self.code}: {self.msg} (position {self.position} in queue, "
+                f"estimated start {self.estimated_start_text})")
 
     @property
     def estimated_start_text(self) -> str:

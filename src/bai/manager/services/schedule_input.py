@@ -136,39 +136,41 @@ async def _pending(conn: AsyncConnection) -> tuple[
     texts, parsed = cache.texts, cache.parsed
     new_texts: dict[Any, str] = {}
     new_parsed: dict[Any, PendingSession] = {}
-    missing = []
-    for rid, _info, text in rows:
+    pending: list[PendingSession] = []  # in no particular order (decide sorts)
+    current_info: dict[Any, str | None] = {}
+    missing: dict[Any, str | None] = {}  # raw id -> status_info
+    for rid, info, text in rows:
         if texts.get(rid) == text:
             new_texts[rid] = text
-            new_parsed[rid] = parsed[rid]
+            new_parsed[rid] = p = parsed[rid]
+            if deps and p.id in deps:
+                p = replace(p, dependencies=tuple(deps[p.id]))
+            pending.append(p)
+            current_info[p.id] = info
         else:
-            missing.append(rid)
+            missing[rid] = info
     if missing:
         cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots).label("requested"), *_PENDING_COLS)
         if len(missing) >= _REREAD_ALL:
             changed = (await conn.execute(sa.select(*cols).where(is_pending))).all()
         else:
             changed = (await conn.execute(
-                sa.select(*cols).where(is_pending, _RAW_ID.in_(missing)))).all()
+                sa.select(*cols).where(is_pending, _RAW_ID.in_(list(missing))))).all()
         for r in changed:
+            if r.raw_id not in missing:
+                continue
             # (a session that left PENDING since the first read is simply not in the queue)
             new_texts[r.raw_id] = r.row_text
-            new_parsed[r.raw_id] = PendingSession(
+            new_parsed[r.raw_id] = p = PendingSession(
                 id=r.id, name=r.name, access_key=r.access_key, user_id=None,
                 created_at=r.created_at, requested=parse_slots(r.requested, cache.slots),
                 scaling_group=r.scaling_group, group_id=r.group_id, domain_name=r.domain_name,
                 starts_at=r.starts_at, kind=r.type, idle_timeout=r.idle_timeout or 0,
             )
-    pending: list[PendingSession] = []
-    current_info: dict[Any, str | None] = {}
-    for rid, info, _text in rows:
-        p = new_parsed.get(rid)
-        if p is None:
-            continue
-        if deps and p.id in deps:
-            p = replace(p, dependencies=tuple(deps[p.id]))
-        pending.append(p)
-        current_info[p.id] = info
+            if deps and p.id in deps:
+                p = replace(p, dependencies=tuple(deps[p.id]))
+            pending.append(p)
+            current_info[p.id] = missing[r.raw_id]
     cache.texts, cache.parsed = new_texts, new_parsed
     if len(cache.slots) > 4096:  # many one-off shapes: start over rather than grow
         cache.slots = {}
