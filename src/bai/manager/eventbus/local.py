@@ -47,6 +47,7 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._told_closed = False
+        self._fanout: FanOut | None = None
         self.dropped = 0
 
     def deliver(self, events: Sequence[SessionEvent], shared: dict[Any, Any]) -> None:
@@ -57,6 +58,15 @@ class Subscription:
                 self._queue.popleft()
             self.dropped += extra
         self._wake()
+
+    def only(self, session_id: str) -> None:
+        """From now on, only ``session_id``'s events (e.g. once a create knows its session's id:
+        subscribed before the insert so that nothing is missed, then narrowed, so that it is not
+        handed every other session's events); those already queued are filtered too."""
+        session_id = str(session_id)
+        self._queue = deque(ev for ev in self._queue if ev.session_id == session_id)
+        if self._fanout is not None:
+            self._fanout.add(self, session_id)
 
     def _put(self, ev: SessionEvent | None) -> None:
         if ev is None:
@@ -115,22 +125,28 @@ class FanOut:
     def __init__(self) -> None:
         self._all: set[Listener] = set()
         self._by_session: dict[str, set[Listener]] = {}
+        self._where: dict[Listener, str | None] = {}
 
     def add(self, listener: Listener, session_id: str | None = None) -> None:
+        self.remove(listener)
+        self._where[listener] = session_id = None if session_id is None else str(session_id)
         if session_id is None:
             self._all.add(listener)
         else:
-            self._by_session.setdefault(str(session_id), set()).add(listener)
+            self._by_session.setdefault(session_id, set()).add(listener)
 
-    def remove(self, listener: Listener, session_id: str | None = None) -> None:
+    def remove(self, listener: Listener) -> None:
+        if listener not in self._where:
+            return
+        session_id = self._where.pop(listener)
         if session_id is None:
             self._all.discard(listener)
             return
-        group = self._by_session.get(str(session_id))
+        group = self._by_session.get(session_id)
         if group is not None:
             group.discard(listener)
             if not group:
-                del self._by_session[str(session_id)]
+                del self._by_session[session_id]
 
     def deliver(self, events: Sequence[SessionEvent]) -> None:
         """Hand ``events`` (in order) to every listener that wants them."""
@@ -163,10 +179,12 @@ class FanOut:
     @contextlib.contextmanager
     def registered(self, listener: Listener, session_id: str | None = None):
         self.add(listener, session_id)
+        if isinstance(listener, Subscription):
+            listener._fanout = self
         try:
             yield listener
         finally:
-            self.remove(listener, session_id)
+            self.remove(listener)
 
 
 class EventBus:
