@@ -110,6 +110,10 @@ async def containers_of(engine: str, kid: str) -> list:
         return list({c.id: c for c in by_label + by_name}.values())
 
 
+async def gone(engine: str, kid: str) -> bool:
+    return await containers_of(engine, kid) == []
+
+
 async def standbys_of(engine: str, agent_id: str) -> list:
     """Unclaimed standby containers of the agent."""
     async with aiodocker.Docker(url=engine) as d:
@@ -147,10 +151,10 @@ async def test_kill_9_and_restart_keeps_containers(setup) -> None:
     await manager.wait_for(lambda m: len(m.heartbeats) > before + 1, timeout=30)
     await manager.wait_for(lambda m: "kernel_terminated" in m.event_names(forgotten), timeout=30)
     assert await execute(http, agent, kept, "print(x)") == "still here\n"
-    assert await containers_of(engine, forgotten) == []
+    await wait_until(lambda: gone(engine, forgotten))  # the engine removes it after the kill
     assert len(await containers_of(engine, kept)) == 1
     assert await standbys_of(engine, agent.agent_id) == []  # the killed agent's are gone
 
     async with http.delete(f"{agent.address}/v1/kernels/{kept}") as r:
         assert r.status == 200
-    assert await containers_of(engine, kept) == []
+    await wait_until(lambda: gone(engine, kept))

@@ -24,6 +24,7 @@ from bai.agent.backends.base import (
     KernelSpec,
 )
 from bai.agent.backends.docker import DockerBackend
+from bai.agent.backends.docker_cgroup import process_state
 from bai.agent.runner_channel import connect_runner
 from bai.common.errors import KernelNotFound
 from bai.testing.contract import run as run_channel
@@ -108,6 +109,14 @@ async def engine_containers(engine: str, kernel_id: str) -> list:
         return await d.containers.list(all=True, filters=filters)
 
 
+async def eventually(probe, expected, timeout: float = 20.0) -> None:
+    """Until ``await probe()`` equals ``expected``."""
+    deadline = time.monotonic() + timeout
+    while (got := await probe()) != expected:
+        assert time.monotonic() < deadline, f"still {got!r}, not {expected!r}"
+        await asyncio.sleep(0.05)
+
+
 async def wait_for(cond, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -133,7 +142,8 @@ async def test_hello_world_runs_in_its_own_container(backend: DockerBackend, eng
 
     gone = await backend.destroy(spec.kernel_id)
     assert gone is not None and gone.kernel_id == spec.kernel_id
-    assert await engine_containers(engine, spec.kernel_id) == []
+    # the kernel is dead when destroy answers; the engine finishes removing its container after
+    await eventually(lambda: engine_containers(engine, spec.kernel_id), [])
     assert not inst.workdir.exists()
     assert await backend.destroy(spec.kernel_id) is None  # idempotent
     with pytest.raises(KernelNotFound):
@@ -237,6 +247,31 @@ async def test_destroyed_kernels_are_not_reported_as_exits(backend: DockerBacken
     assert gone is not None and gone.exit_reason == "killed"
     await asyncio.sleep(1.2)
     assert all(e.kernel_id != inst.kernel_id for e in backend.exits)
+
+
+async def test_destroy_answers_once_the_kernel_is_dead_and_the_engine_removes_it_after(
+        backend: DockerBackend, engine: str, tmp_path: Path):
+    spec = make_spec()
+    inst = await backend.create(spec)
+    async with aiodocker.Docker(url=engine) as d:
+        pid = (await d.containers.get(backend.container_name(spec.kernel_id)))["State"]["Pid"]
+    assert process_state(pid) not in ("", "Z")
+    gone = await backend.destroy(spec.kernel_id)
+    assert gone is not None and gone.exit_reason == "killed"
+    assert process_state(pid) in ("", "Z")  # killed (at most not reaped yet)
+    assert spec.kernel_id not in [i.kernel_id for i in await backend.list()]
+    with pytest.raises(KernelNotFound):
+        await backend.inspect(spec.kernel_id)
+    assert await backend.destroy(spec.kernel_id) is None and not inst.workdir.exists()
+    # the same id again at once: the new kernel waits for the old container to be gone
+    again = await backend.create(spec)
+    out, _, _ = await run(again, "print('again')")
+    assert out.strip() == "again" and again.container_id != inst.container_id
+    # a backend that stops leaves no container of a destroyed kernel behind
+    await backend.destroy(spec.kernel_id)
+    await backend.stop()
+    assert await engine_containers(engine, spec.kernel_id) == []
+    await backend.start(backend._on_exit)  # for the fixture's clean-up
 
 
 async def test_absent_image_fails_quickly_with_a_reason(backend: DockerBackend):

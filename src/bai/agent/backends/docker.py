@@ -20,9 +20,13 @@ What a kernel container looks like:
 Fast paths (a container start costs the engine ~150-250 ms): ``create`` claims a *standby*
 container started ahead of demand when one of the image is ready (``docker_pool.py``; the kernel
 then is the same as above, except that its labels are on the agent's file and the container keeps
-``ai.bai.pool``); ``destroy`` kills with SIGKILL at once (the runner keeps nothing a graceful stop
-would save) and removes; ``stats`` reads the container's cgroup files when this host shows them
-(the engine's stats endpoint waits for its next 1 s sampling tick).
+``ai.bai.pool``); ``destroy`` sends SIGKILL at once (the runner keeps nothing a graceful stop
+would save) to the container's PID 1 from this host, answers once every process of the kernel has
+exited, and lets the engine remove the dead container in the background (~50-200 ms of its
+bookkeeping; meanwhile the kernel is gone for ``inspect``/``list``/``destroy``, a ``create`` of
+the same id waits, ``stop`` waits); ``stats`` reads the container's cgroup files (the engine's
+stats endpoint waits for its next 1 s sampling tick). Where this host cannot see the container's
+processes, the engine does it all (``docker_cgroup.py``).
 
 Exits are noticed from the engine's ``die`` events (with a periodic re-scan as a safety net, which
 also covers engines whose event stream breaks) and reported through ``on_exit`` once per
@@ -37,6 +41,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +57,7 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
-from bai.agent.backends.cgroup import KernelCgroup
+from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited
 from bai.agent.backends.docker_pool import StandbyPool, StandbyUnusable
 from bai.agent.backends.docker_spec import (
     L_AGENT,
@@ -131,6 +136,8 @@ class DockerBackend(RuntimeBackend):
         self.pool = StandbyPool(self, pool_size)
         #: kernel id -> labels of claimed standbys (from CLAIMS_DIR)
         self._claimed: dict[str, dict[str, str]] = {}
+        #: destroyed kernels whose dead containers the engine is still removing
+        self._removing: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> DockerBackend:
@@ -205,6 +212,8 @@ class DockerBackend(RuntimeBackend):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self._removing:
+            await asyncio.wait(list(self._removing.values()), timeout=10)
         if self._docker is not None:
             with contextlib.suppress(Exception):
                 await self.pool.close()
@@ -327,6 +336,9 @@ class DockerBackend(RuntimeBackend):
         return f"bai-kernel-{kernel_id}"
 
     async def create(self, spec: KernelSpec) -> Instance:
+        removing = self._removing.get(spec.kernel_id)
+        if removing is not None:  # the same id again right after a destroy
+            await asyncio.shield(removing)
         lock = self._create_locks.setdefault(spec.kernel_id, asyncio.Lock())
         async with lock:
             try:
@@ -518,15 +530,14 @@ class DockerBackend(RuntimeBackend):
             inst: Instance | None = None
             if container is not None:
                 inst = self._instance(container._container)
-                if inst.state is not InstanceState.EXITED:
-                    await self._kill(kernel_id, container, inst)
-                try:
-                    # a running container is SIGKILLed and removed in this one call: the runner
-                    # keeps nothing a graceful stop would save
-                    await container.delete(force=True, v=True)
-                except DockerError as e:
-                    if e.status != 404:
-                        raise
+                dead = inst.state is not InstanceState.EXITED and await self._kill(
+                    kernel_id, container, inst)
+                if dead:  # nothing of the kernel runs any more: the engine's removal of the
+                    # container (~50-200 ms of its bookkeeping) need not hold up the answer
+                    self._removing[kernel_id] = asyncio.create_task(
+                        self._remove_container(kernel_id, container))
+                else:  # SIGKILL (the runner keeps nothing a graceful stop would save) + removal
+                    await self._remove_container(kernel_id, container)
             workdir = Path(
                 inst.workdir if inst is not None else self.workdir_of(kernel_id)
             )
@@ -537,14 +548,28 @@ class DockerBackend(RuntimeBackend):
         finally:
             self._destroying.discard(kernel_id)
 
-    async def _kill(self, kernel_id: str, container: Any, inst: Instance) -> None:
+    async def _kill(self, kernel_id: str, container: Any, inst: Instance) -> bool:
         """Set ``inst`` to what killing the running container ends it with: ``oom-killed``
-        (exit code 137) when anything in it ran out of memory before, else ``killed``."""
-        pid = int((container._container.get("State") or {}).get("Pid") or 0)
-        cg = await asyncio.to_thread(_cgroup_of, pid)
-        oom = False
+        (exit code 137) when anything in it ran out of memory before, else ``killed``. True when
+        its processes were killed from this host (SIGKILL to its PID 1 ends its PID namespace)."""
+        info = container._container
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        cg = await asyncio.to_thread(cgroup_of, pid)
+        oom = dead = False
         if cg is not None:  # the cgroup's count, as the process backend does: no race with
             oom = cg.oom_kills() > 0  # the engine's bookkeeping of an exit in progress
+            # the pid is the container's only while its cgroup says so (not a recycled pid,
+            # not another PID namespace's)
+            if info.get("Id") and any(info["Id"] in str(d) for d in cg.dirs.values()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    dead = True
+                except ProcessLookupError:
+                    dead = True
+                except PermissionError:
+                    pass
+                if dead:
+                    await exited(pid)
         else:  # only the engine's record: stop the container and read OOMKilled from it
             with contextlib.suppress(DockerError):
                 await container.stop(t=0)
@@ -552,11 +577,33 @@ class DockerBackend(RuntimeBackend):
                 oom = (await self.inspect(kernel_id)).exit_reason == "oom-killed"
         inst.state = InstanceState.EXITED
         inst.exit_code, inst.exit_reason = (137, "oom-killed") if oom else (None, "killed")
+        return dead
+
+    async def _remove_container(self, kernel_id: str, container: Any) -> None:
+        try:
+            for attempt in range(3):
+                try:
+                    await container.delete(force=True, v=True)
+                    return
+                except DockerError as e:
+                    if e.status == 404:
+                        return
+                    if attempt == 2:
+                        raise
+                    await asyncio.sleep(0.5)  # e.g. 409: the engine is still processing the exit
+        except Exception as e:
+            if kernel_id not in self._removing:
+                raise
+            log.warning("could not remove the container of kernel %s: %s", kernel_id, e)
+        finally:
+            self._removing.pop(kernel_id, None)
 
     # -- observation ---------------------------------------------------------------------------
 
     async def _find(self, kernel_id: str) -> Any:
         """The container (inspected) of a kernel of this agent; raises KernelNotFound."""
+        if kernel_id in self._removing:
+            raise KernelNotFound(f"kernel {kernel_id} was destroyed")
         try:
             container = await self.docker.containers.get(self.container_name(kernel_id))
         except DockerError as e:
@@ -619,8 +666,8 @@ class DockerBackend(RuntimeBackend):
             if not self._ours(summary._container.get("Labels") or {}):
                 continue
             labels = self._labels_of(summary._container)
-            if L_KERNEL not in labels:
-                continue  # an unclaimed standby
+            if L_KERNEL not in labels or labels[L_KERNEL] in self._removing:
+                continue  # an unclaimed standby, or a destroyed kernel's container going away
             try:
                 out.append(await self.inspect(labels[L_KERNEL]))
             except (KernelNotFound, KeyError):
@@ -633,7 +680,7 @@ class DockerBackend(RuntimeBackend):
         # The engine's stats endpoint answers on its next 1 s sampling tick (0-1 s, ~0.5 s on
         # average, even with one-shot); the container's cgroup files answer at once.
         pid = int((container._container.get("State") or {}).get("Pid") or 0)
-        local = await asyncio.to_thread(_cgroup_stats, pid) if pid > 0 else None
+        local = await asyncio.to_thread(cgroup_stats, pid) if pid > 0 else None
         if local is not None:
             if limit:
                 local["mem_limit_bytes"] = int(limit)
@@ -712,47 +759,3 @@ def _docker_message(e: BaseException) -> str:
             msg = msg.get("message", str(msg))
         return str(msg).strip()
     return str(e) or type(e).__name__
-
-
-def _cgroup_of(pid: int) -> KernelCgroup | None:
-    """The cgroup(s) of process ``pid`` (a container's init) when this host shows them (the agent
-    runs next to the engine); None otherwise."""
-    if pid <= 0:
-        return None
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    root = Path("/sys/fs/cgroup")
-    dirs: dict[str, Path] = {}
-    unified = ""
-    for line in lines:
-        _, ctrls, path = line.split(":", 2)
-        if not ctrls:
-            unified = path
-            continue
-        for ctrl in ctrls.split(","):
-            if ctrl in ("memory", "cpuacct", "pids"):
-                for mount in (ctrl, ctrls):
-                    d = root / mount / path.lstrip("/")
-                    if d.is_dir():
-                        dirs[ctrl] = d
-                        break
-    if "memory" in dirs:
-        return KernelCgroup("v1", dirs)
-    if unified and (root / unified.lstrip("/") / "memory.current").exists():
-        return KernelCgroup("v2", {"unified": root / unified.lstrip("/")})
-    return None
-
-
-def _cgroup_stats(pid: int) -> dict[str, Any] | None:
-    """Usage from the cgroup of process ``pid``, or None (see ``_cgroup_of``)."""
-    cg = _cgroup_of(pid)
-    if cg is None:
-        return None
-    raw = cg.stats()
-    if "mem_cur_bytes" not in raw or "cpu_used" not in raw:
-        return None
-    return {"cpu_used": raw["cpu_used"], "mem_cur_bytes": raw["mem_cur_bytes"],
-            "mem_max_bytes": raw.get("mem_max_bytes", raw["mem_cur_bytes"]),
-            "pids": raw.get("pids_current", 0)}

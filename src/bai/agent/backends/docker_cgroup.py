@@ -1,0 +1,73 @@
+"""A container as the agent sees it from the engine's host: its cgroup (usage, OOM kills) and
+its PID 1. Only where the agent runs next to the engine, in the host's PID namespace; callers fall
+back to the engine's API when these answer None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from bai.agent.backends.cgroup import KernelCgroup
+
+
+async def exited(pid: int, timeout: float = 2.0) -> None:
+    """Until process ``pid`` is gone or a zombie: a killed PID 1 of a PID namespace becomes one
+    only when every process of the namespace has exited (milliseconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline and process_state(pid) not in ("", "Z"):
+        await asyncio.sleep(0.002)
+
+
+def process_state(pid: int) -> str:
+    """``R``, ``S``, ... of a process (``Z``: a zombie), ``""`` when it is gone. /proc reads
+    do not block."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def cgroup_of(pid: int) -> KernelCgroup | None:
+    """The cgroup(s) of process ``pid`` (a container's init) when this host shows them (the agent
+    runs next to the engine); None otherwise."""
+    if pid <= 0:
+        return None
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    root = Path("/sys/fs/cgroup")
+    dirs: dict[str, Path] = {}
+    unified = ""
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if not ctrls:
+            unified = path
+            continue
+        for ctrl in ctrls.split(","):
+            if ctrl in ("memory", "cpuacct", "pids"):
+                for mount in (ctrl, ctrls):
+                    d = root / mount / path.lstrip("/")
+                    if d.is_dir():
+                        dirs[ctrl] = d
+                        break
+    if "memory" in dirs:
+        return KernelCgroup("v1", dirs)
+    if unified and (root / unified.lstrip("/") / "memory.current").exists():
+        return KernelCgroup("v2", {"unified": root / unified.lstrip("/")})
+    return None
+
+
+def cgroup_stats(pid: int) -> dict[str, Any] | None:
+    """Usage from the cgroup of process ``pid``, or None (see ``_cgroup_of``)."""
+    cg = cgroup_of(pid)
+    if cg is None:
+        return None
+    raw = cg.stats()
+    if "mem_cur_bytes" not in raw or "cpu_used" not in raw:
+        return None
+    return {"cpu_used": raw["cpu_used"], "mem_cur_bytes": raw["mem_cur_bytes"],
+            "mem_max_bytes": raw.get("mem_max_bytes", raw["mem_cur_bytes"]),
+            "pids": raw.get("pids_current", 0)}
