@@ -11,6 +11,7 @@ import functools
 import json
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,6 +59,8 @@ class _QueueCache:
         self.parsed: dict[Any, PendingSession] = {}
         #: raw JSON text -> parsed slots (most sessions share a few shapes)
         self.slots: dict[str, ResourceSlot] = {}
+        #: raw group id -> as its column's type reads it (a few groups)
+        self.groups: dict[Any, Any] = {}
 
 
 _caches: weakref.WeakKeyDictionary[Any, _QueueCache] = weakref.WeakKeyDictionary()
@@ -77,6 +80,12 @@ def _raw(col: sa.ColumnElement) -> sa.ColumnElement:
     if isinstance(col.type, sa.JSON):
         return sa.cast(col, sa.Text)
     return sa.type_coerce(col, sa.types.NullType())
+
+
+def _processor(col: sa.Column, dialect: Any) -> Callable[[Any], Any]:
+    """What a normal read does to the column's raw value (its type's result processor)."""
+    proc = col.type.dialect_impl(dialect).result_processor(dialect, None)
+    return proc or (lambda v: v)
 
 
 def parse_slots(text: str | None, cache: dict[str, ResourceSlot]) -> ResourceSlot:
@@ -150,30 +159,40 @@ async def _pending(conn: AsyncConnection) -> tuple[
         else:
             missing[rid] = info
     if missing:
-        cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots).label("requested"), *_PENDING_COLS)
+        cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots), c.id, c.name, c.access_key,
+                c.created_at, c.scaling_group, c.domain_name, c.starts_at, c.type,
+                c.idle_timeout, _raw(c.group_id))
         if len(missing) >= _REREAD_ALL:
             changed = (await conn.execute(sa.select(*cols).where(is_pending))).all()
         else:
             changed = (await conn.execute(
                 sa.select(*cols).where(is_pending, _RAW_ID.in_(list(missing))))).all()
-        for r in changed:
-            if r.raw_id not in missing:
-                continue
+        groups_seen = cache.groups
+        to_group = None
+        for (rid, text, requested, sid, name, access_key, created_at, sgroup, domain, starts_at,
+             kind, idle_timeout, raw_gid) in changed:
+            info = missing.get(rid, missing)
+            if info is missing:
+                continue  # new since the first read: the next pass sees it
             # (a session that left PENDING since the first read is simply not in the queue)
-            new_texts[r.raw_id] = r.row_text
-            new_parsed[r.raw_id] = p = PendingSession(
-                id=r.id, name=r.name, access_key=r.access_key, user_id=None,
-                created_at=r.created_at, requested=parse_slots(r.requested, cache.slots),
-                scaling_group=r.scaling_group, group_id=r.group_id, domain_name=r.domain_name,
-                starts_at=r.starts_at, kind=r.type, idle_timeout=r.idle_timeout or 0,
+            gid = groups_seen.get(raw_gid)
+            if gid is None:  # a group id as the column's type reads it (a few distinct)
+                to_group = to_group or _processor(c.group_id, conn.dialect)
+                gid = groups_seen[raw_gid] = to_group(raw_gid)
+            new_texts[rid] = text
+            new_parsed[rid] = p = PendingSession(
+                id=sid, name=name, access_key=access_key, user_id=None, created_at=created_at,
+                requested=parse_slots(requested, cache.slots), scaling_group=sgroup,
+                group_id=gid, domain_name=domain, starts_at=starts_at, kind=kind,
+                idle_timeout=idle_timeout or 0,
             )
-            if deps and p.id in deps:
-                p = replace(p, dependencies=tuple(deps[p.id]))
+            if deps and sid in deps:
+                p = replace(p, dependencies=tuple(deps[sid]))
             pending.append(p)
-            current_info[p.id] = missing[r.raw_id]
+            current_info[sid] = info
     cache.texts, cache.parsed = new_texts, new_parsed
-    if len(cache.slots) > 4096:  # many one-off shapes: start over rather than grow
-        cache.slots = {}
+    if len(cache.slots) > 4096 or len(cache.groups) > 4096:  # many one-offs: start over
+        cache.slots, cache.groups = {}, {}
     return pending, current_info, dep_views
 
 
