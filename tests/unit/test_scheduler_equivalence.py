@@ -142,13 +142,13 @@ def assert_same(inp: SchedulingInput) -> None:
         assert got.waits[sid].status_data() == w.status_data()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inputs())
 def test_decides_like_the_reference(inp: SchedulingInput) -> None:
     assert_same(inp)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(50, 300), st.sampled_from(["fifo", "lifo", "drf"]),
        st.sampled_from(["concentrated", "dispersed"]), st.integers(1, 12))
 def test_long_queues_of_few_shapes_decide_like_the_reference(n, policy, strategy, n_agents):
