@@ -96,7 +96,9 @@ def sessions(draw) -> list[PendingSession]:
 def inputs(draw) -> SchedulingInput:
     pending = draw(sessions())
     ags = draw(agents())
-    maybe_slots = st.one_of(st.just(ResourceSlot()), slot_sets(big=True))
+    maybe_slots = st.one_of(st.just(ResourceSlot()), slot_sets(), slot_sets(big=True))
+    limits = st.one_of(slot_sets(), slot_sets(big=True))
+    maybe_used = st.one_of(st.just(ResourceSlot()), slot_sets())
     keypairs = {
         k: KeypairLimits(
             max_concurrent_sessions=draw(st.sampled_from([0, 0, 1, 3, 10])),
@@ -122,10 +124,11 @@ def inputs(draw) -> SchedulingInput:
         policies={g: draw(st.sampled_from(["fifo", "lifo", "drf"])) for g in GROUPS},
         strategies={g: draw(st.sampled_from(["concentrated", "dispersed"])) for g in GROUPS},
         keypairs=keypairs, dependencies=deps,
-        group_limits={g: (draw(slot_sets(big=True)), draw(slot_sets()))
-                      for g in USER_GROUPS if draw(st.integers(0, 3)) == 0},
-        domain_limits={d: (draw(slot_sets(big=True)), draw(slot_sets()))
-                       for d in DOMAINS if draw(st.integers(0, 3)) == 0},
+        # limits small enough to bind within one pass, or big
+        group_limits={g: (draw(limits), draw(maybe_used))
+                      for g in USER_GROUPS if draw(st.integers(0, 2)) == 0},
+        domain_limits={d: (draw(limits), draw(maybe_used))
+                       for d in DOMAINS if draw(st.integers(0, 2)) == 0},
         usage_by_key={k: draw(slot_sets()) for k in KEYS if draw(st.booleans())},
         releases=releases, idle_slack=draw(st.sampled_from([0, 35])),
     )
@@ -158,7 +161,8 @@ def test_long_queues_of_few_shapes_decide_like_the_reference(n, policy, strategy
               for c, m in (("1", 1), ("2", 4), ("0.5", 1))]
     pending = [
         PendingSession(uuid.UUID(int=i + 1), f"s{i}", KEYS[i % 3], None,
-                       NOW - timedelta(seconds=(i * 7) % 50), shapes[(i * 5) % 3])
+                       NOW - timedelta(seconds=(i * 7) % 50), shapes[(i * 5) % 3],
+                       group_id=USER_GROUPS[(i // 2) % 2], domain_name=DOMAINS[(i // 3) % 2])
         for i in range(n)
     ]
     ags = [AgentView(f"a{i}", ResourceSlot({"cpu": Decimal(4 + i % 3), "mem": Decimal(16 * GIB)}),
@@ -171,6 +175,9 @@ def test_long_queues_of_few_shapes_decide_like_the_reference(n, policy, strategy
                   "AK2": KeypairLimits(total_resource_slots=ResourceSlot({"cpu": Decimal(5)}),
                                        policy_name="p2")},
         usage_by_key={"AK3": ResourceSlot({"cpu": Decimal(3)})},
+        group_limits={USER_GROUPS[0]: (ResourceSlot({"cpu": Decimal(6)}), ResourceSlot())},
+        domain_limits={DOMAINS[1]: (ResourceSlot({"mem": Decimal(9 * GIB)}),
+                                    ResourceSlot({"mem": Decimal(GIB)}))},
         releases={"a0": [(NOW + timedelta(minutes=5), ResourceSlot({"cpu": Decimal(2)}))]},
     )
     assert_same(inp)
