@@ -32,7 +32,9 @@ pytestmark = pytest.mark.docker
 
 PROBE = READ_LIMITS + (
     "import json, socket\n"
+    "import sys\n"
     "print(json.dumps({'env': dict(os.environ), 'hostname': socket.gethostname(),\n"
+    "  'sys_path': sys.path,\n"
     "  'etc_hostname': open('/etc/hostname').read().strip(), 'cwd': os.getcwd(),\n"
     "  'mem': int(mem[0]), 'cores': int(cpu[0]) / int(cpu[1]), 'pids': int(pids[0]),\n"
     "  'files': sorted(os.listdir('.bai'))}))\n"
@@ -82,12 +84,12 @@ async def probe(inst: Instance) -> dict:
 
 
 async def test_a_claimed_kernel_is_like_a_created_one(backend: DockerBackend, engine: str):
-    cold_spec = make_spec(environ={"FOO": "cold", "LANG": "C"})
+    cold_spec = make_spec(environ={"FOO": "cold", "PYTHONPATH": "/home/work/lib"})
     cold = await backend.create(cold_spec)
     assert L_POOL not in cold.labels  # nothing was ready: created as before
     await pool_ready(backend)
 
-    spec = make_spec(environ={"FOO": "warm", "LANG": "C"})
+    spec = make_spec(environ={"FOO": "warm", "PYTHONPATH": "/home/work/lib"})
     inst = await backend.create(spec)
     info = await container_of(engine, spec.kernel_id)
     assert info is not None and info["Config"]["Labels"].get(L_POOL) == spec.image  # a standby
@@ -96,21 +98,24 @@ async def test_a_claimed_kernel_is_like_a_created_one(backend: DockerBackend, en
 
     assert b["hostname"] == b["etc_hostname"] == spec.session_name
     assert b["cwd"] == "/home/work"
-    # the runner is PID 1 (in the standby's process: no second interpreter start)
+    # the runner is PID 1 in both
     assert (await ping_runner(inst.runner_socket))["pid"] == 1
     assert (await ping_runner(cold.runner_socket))["pid"] == 1
-    assert b["files"] == a["files"] and "standby.sock" not in b["files"]
+    assert b["files"] == a["files"]
     assert (b["mem"], b["cores"], b["pids"]) == (256 * MiB, 1.0, backend.pids_limit)
     assert b["env"]["FOO"] == "warm" and b["env"]["BACKENDAI_KERNEL_ID"] == spec.kernel_id
     assert b["env"]["BACKENDAI_SESSION_NAME"] == spec.session_name
     assert b["env"]["HOSTNAME"] == spec.session_name
+    assert a["env"]["PYTHONPATH"] == b["env"]["PYTHONPATH"] == "/home/work/lib"
+    assert "/home/work/lib" in a["sys_path"] and "/home/work/lib" in b["sys_path"]
     per_kernel = {"FOO", "HOSTNAME", "BACKENDAI_KERNEL_ID", "BACKENDAI_SESSION_ID",
                   "BACKENDAI_SESSION_NAME"}
     assert {k: v for k, v in b["env"].items() if k not in per_kernel} == \
         {k: v for k, v in a["env"].items() if k not in per_kernel}
 
     # the agent's view: labels as a created container's, a work dir the kernel sees
-    assert json.loads(inst.labels["bai.spec"])["environ"] == {"FOO": "warm", "LANG": "C"}
+    assert json.loads(inst.labels["bai.spec"])["environ"] == {
+        "FOO": "warm", "PYTHONPATH": "/home/work/lib"}
     assert inst.labels["ai.bai.kernel_id"] == spec.kernel_id
     assert inst.labels["ai.bai.session_id"] == spec.session_id
     (inst.workdir / "data.txt").write_text("uploaded\n")
@@ -225,9 +230,14 @@ async def test_a_standby_that_died_is_not_claimed(backend: DockerBackend, engine
     assert out.strip() == "ok"
 
 
-async def test_kernels_with_network_are_not_pooled(backend: DockerBackend):
+async def test_kernels_a_started_interpreter_cannot_become_are_created(backend: DockerBackend):
     await backend.create(make_spec())
     await pool_ready(backend)
-    inst = await backend.create(make_spec(network=True))
-    assert L_POOL not in inst.labels
+    with_network = await backend.create(make_spec(network=True))
+    assert L_POOL not in with_network.labels
+    fixed_seed = await backend.create(make_spec(environ={"PYTHONHASHSEED": "0", "LANG": "C"}))
+    assert L_POOL not in fixed_seed.labels
+    out, _, _ = await run(fixed_seed, "import os, sys; print(sys.flags.hash_randomization, "
+                                      "os.environ['LANG'])")
+    assert out.split() == ["0", "C"]  # honoured: only a fresh interpreter can
     assert len(backend.pool.ready[test_image()]) == 1

@@ -68,13 +68,13 @@ from bai.agent.backends.docker_spec import (
     L_SPEC,
     L_WORKDIR,
     LABEL,
-    RUNNER_ARGV,
     STANDBY_PREFIX,
     ContainerSite,
     hostname_of,
     kernel_env,
     kernel_of_name,
     limits_of,
+    poolable,
     shape_of,
 )
 from bai.agent.runner_channel import ping_runner
@@ -355,28 +355,27 @@ class DockerBackend(RuntimeBackend):
     async def _create(self, spec: KernelSpec) -> Instance:
         workdir = self.workdir_of(spec.kernel_id)
         limits = limits_of(spec)
-        runner_config = json.dumps(
-            {"bootstrap_script": spec.bootstrap_script, "startup_command": spec.startup_command}
-        )
+        config = {"bootstrap_script": spec.bootstrap_script,
+                  "startup_command": spec.startup_command}
         self._reported.discard(spec.kernel_id)
         shape = shape_of(limits)
-        if spec.network:  # only NetworkMode=none kernels are pooled
-            return await self._create_container(spec, workdir, limits, runner_config)
+        if not poolable(spec):
+            return await self._create_container(spec, workdir, limits, config)
         inst = None
         entry = self.pool.take(spec.image, shape)
         if entry is not None:
             try:
-                inst = await self._claim(spec, entry, workdir, limits, runner_config)
+                inst = await self._claim(spec, entry, workdir, limits, config)
             except StandbyUnusable as e:
                 log.info("kernel %s: standby %s unusable (%s); creating a container",
                          spec.kernel_id, entry.name, e)
         if inst is None:
-            inst = await self._create_container(spec, workdir, limits, runner_config)
+            inst = await self._create_container(spec, workdir, limits, config)
         self.pool.want(spec.image, shape)  # refill in the background
         return inst
 
     async def _claim(self, spec: KernelSpec, entry: Any, workdir: Path, limits: dict[str, Any],
-                     runner_config: str) -> Instance:
+                     config: dict[str, Any]) -> Instance:
         """The kernel takes over a standby container (see ``docker_pool``)."""
         self._write_claim(spec.kernel_id, self.site.kernel_labels(spec, workdir))
         try:
@@ -384,9 +383,7 @@ class DockerBackend(RuntimeBackend):
                 entry, kernel_name=self.container_name(spec.kernel_id), workdir=workdir,
                 shape=shape_of(limits),
                 limits={**limits, "PidsLimit": self.pids_limit},
-                hostname=hostname_of(spec), argv=RUNNER_ARGV,
-                env={"HOSTNAME": hostname_of(spec), **kernel_env(spec)},
-                runner_config=runner_config)
+                hostname=hostname_of(spec), env=kernel_env(spec), config=config)
         except BaseException:
             self._drop_claim(spec.kernel_id)
             raise
@@ -395,10 +392,10 @@ class DockerBackend(RuntimeBackend):
         return await self.inspect(spec.kernel_id)
 
     async def _create_container(self, spec: KernelSpec, workdir: Path, limits: dict[str, Any],
-                                runner_config: str) -> Instance:
+                                config: dict[str, Any]) -> Instance:
         state_dir = workdir / bai.kernel.STATE_DIR
         state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "runner.json").write_text(runner_config)
+        (state_dir / "runner.json").write_text(json.dumps(config))
         network = await self._network_mode() if spec.network else "none"
         config = self.site.kernel_config(spec, workdir, network)
         try:

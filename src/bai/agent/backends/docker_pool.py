@@ -2,7 +2,8 @@
 
 Starting a container costs the engine ~150-250 ms (runc, namespaces, the overlay mount) while
 creating one costs ~10 ms; a kernel that takes over a started container (a *claim*) costs a few
-engine calls of ~1-10 ms instead. What a claim changes, and how:
+engine calls of ~1-10 ms instead, and its runner and worker interpreter are already up. What a
+claim changes, and how:
 
 * name: ``bai-standby-<token>`` is renamed to ``bai-kernel-<kernel_id>`` (the engine's rename);
 * work dir: the standby's folder ``<scratch_root>/.pool/<token>`` (bind-mounted at ``/home/work``)
@@ -13,9 +14,12 @@ engine calls of ~1-10 ms instead. What a claim changes, and how:
   for every kernel;
 * hostname: set in the container's UTS namespace from the agent (``setns`` + ``sethostname``; the
   agent runs as root on the engine's host) and written to the engine's ``/etc/hostname`` file;
-* environment and command: sent to the standby program (``docker_standby.py``), which ``exec``s
-  the kernel runner with them -- PID 1, its command line and environment are what a container
-  created for the kernel would have had;
+* environment and config: the standby runs the kernel runner as ``python3 -m bai.kernel
+  --pooled`` (PID 1, its worker interpreter already started); the claim (``bai.kernel``: op
+  ``claim``) hands it the environment the engine gave the container (read from
+  ``/proc/<pid>/environ``) updated by the kernel's, and the bootstrap/startup config; the runner
+  and its worker take them on. Kernels whose environment sets what an interpreter fixes when it
+  starts (``LANG``, ``LC_*``, ``PYTHON*``, ...; ``docker_spec.poolable``) are created as before;
 * labels cannot change after create: the kernel's labels are kept by the agent in
   ``<scratch_root>/.claims/<kernel_id>.json`` (outside the work dir, out of the kernel's reach) and
   the container keeps ``ai.bai.pool`` -- see ``DockerBackend._labels_of``.
@@ -45,8 +49,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiodocker.exceptions import DockerError
 
-from bai.agent.backends.docker_spec import L_POOL, L_WORKDIR, STANDBY_PREFIX, Shape
-from bai.agent.backends.docker_standby import SOCKET_NAME as STANDBY_SOCKET
+import bai.kernel
+from bai.agent.backends.docker_spec import (
+    L_POOL,
+    L_WORKDIR,
+    STANDBY_PREFIX,
+    WORK_TARGET,
+    Shape,
+)
 
 if TYPE_CHECKING:
     from bai.agent.backends.docker import DockerBackend
@@ -160,7 +170,7 @@ class StandbyPool:
         token = uuid.uuid4().hex[:16]
         name = STANDBY_PREFIX + token
         workdir = self.root / token
-        (workdir / ".bai").mkdir(parents=True)
+        (workdir / bai.kernel.STATE_DIR).mkdir(parents=True)
         self._starting[name] = workdir
         docker = self.backend.docker
         try:
@@ -174,7 +184,8 @@ class StandbyPool:
                     await create
                 raise
             await container.start()
-            sock = workdir / ".bai" / STANDBY_SOCKET
+            # the runner's socket appears once it accepts connections
+            sock = workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME
             deadline = time.monotonic() + START_TIMEOUT
             delay = 0.005
             while not sock.exists():
@@ -183,7 +194,7 @@ class StandbyPool:
                     if not state.get("Running"):
                         raise RuntimeError(f"it exited with code {state.get('ExitCode')}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"its standby did not listen within {START_TIMEOUT:g} s")
+                    raise RuntimeError(f"its runner did not listen within {START_TIMEOUT:g} s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
             info = await container.show()
@@ -206,10 +217,12 @@ class StandbyPool:
     # -- claiming ----------------------------------------------------------------------------
 
     async def claim(self, entry: Standby, *, kernel_name: str, workdir: Path, shape: Shape,
-                    limits: dict[str, Any], hostname: str, argv: list[str],
-                    env: dict[str, str], runner_config: str) -> None:
-        """Turn ``entry`` into the kernel's container. Raises ``StandbyUnusable`` (with the
-        container and ``workdir`` removed) when anything fails before the standby accepted."""
+                    limits: dict[str, Any], hostname: str, env: dict[str, str],
+                    config: dict[str, Any]) -> None:
+        """Turn ``entry`` into the kernel's container: ``env`` is the kernel's container
+        environment (the image's and the engine's variables are added here, as the engine would
+        have). Raises ``StandbyUnusable`` (with the container and ``workdir`` removed) when
+        anything fails before the runner took the claim."""
         docker = self.backend.docker
         renamed = False
         try:
@@ -218,7 +231,7 @@ class StandbyPool:
                 raise StandbyUnusable("the image changed since the standby was started")
             os.rename(entry.workdir, workdir)
             renamed = True
-            (workdir / ".bai" / "runner.json").write_text(runner_config)
+            (workdir / bai.kernel.STATE_DIR / "runner.json").write_text(json.dumps(config))
             if shape != entry.shape:
                 await docker._query_json(
                     f"containers/{entry.container_id}/update", method="POST",
@@ -230,7 +243,10 @@ class StandbyPool:
             if entry.hostname_path:
                 with contextlib.suppress(OSError):
                     Path(entry.hostname_path).write_text(hostname + "\n")
-            await send_claim(workdir / ".bai" / STANDBY_SOCKET, argv, env)
+            # what the engine gave the container (PATH, the image's variables), then the kernel's
+            base = await asyncio.to_thread(process_environ, entry.pid)
+            await send_claim(workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME,
+                             {**base, "HOSTNAME": hostname, **env}, config)
         except BaseException as e:
             await asyncio.shield(self._remove(entry.container_id, workdir if renamed else entry.workdir))
             if isinstance(e, PermissionError | NotImplementedError):
@@ -318,16 +334,28 @@ def set_hostname(pid: int, name: str) -> None:
         raise errors[0]
 
 
-async def send_claim(sock: Path, argv: list[str], env: dict[str, str]) -> None:
-    """Hand the command and environment to a standby; raises when it does not accept."""
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` started with (``/proc/<pid>/environ``)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except FileNotFoundError as e:  # the engine's processes are not visible from here
+        raise NotImplementedError(str(e)) from e
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape")
+            for k, v in pairs}
+
+
+async def send_claim(sock: Path, env: dict[str, str], config: dict[str, Any]) -> None:
+    """Hand a pooled runner its kernel (``bai.kernel``: op ``claim``); raises when it does not
+    take it."""
     from bai.agent.runner_channel import connect_runner
 
     chan = await connect_runner(sock)
     try:
         async with asyncio.timeout(5):
-            await chan.send({"argv": argv, "env": env})
+            await chan.send({"op": "claim", "workdir": WORK_TARGET, "env": env, "config": config})
             answer = await chan.receive()
     finally:
         await chan.close()
-    if not answer or not answer.get("ok"):
-        raise StandbyUnusable(f"the standby refused the claim: {answer}")
+    if not answer or answer.get("status") != "claimed":
+        raise StandbyUnusable(f"the runner refused the claim: {answer}")

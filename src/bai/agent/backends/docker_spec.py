@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bai.agent.backends.base import KernelCreationFailed, KernelSpec
+from bai.agent.backends.process_pool import startup_fixed
 
 LABEL = "ai.bai."
 L_BACKEND = LABEL + "backend"
@@ -31,9 +32,6 @@ L_SPEC = "bai.spec"
 #: where the runner package and the work dir appear inside the container
 KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
 WORK_TARGET = "/home/work"
-#: where the standby program (docker_standby.py) appears inside standby containers
-STANDBY_TARGET = "/opt/bai-standby/standby.py"
-STANDBY_SOURCE = Path(__file__).parent / "docker_standby.py"
 STANDBY_HOSTNAME = "bai-standby"
 
 KERNEL_PREFIX = "bai-kernel-"
@@ -46,6 +44,9 @@ RUNNER_ENV = {
     "PYTHONUNBUFFERED": "1",
     "HOME": WORK_TARGET,
 }
+DEFAULT_LANG = "C.UTF-8"
+#: what a standby's runner and worker start with
+STANDBY_ENV = {**RUNNER_ENV, "LANG": DEFAULT_LANG}
 
 #: (NanoCpus, Memory bytes) of a container; None: no limit
 Shape = tuple[int | None, int | None]
@@ -110,7 +111,6 @@ class ContainerSite:
         """A standby container of ``image`` with limits ``shape`` and work dir ``workdir``: what
         ``kernel_config`` gives minus what a claim supplies (name, labels, hostname, env)."""
         host_config = self.host_config(workdir, "none")
-        host_config["Binds"].append(f"{STANDBY_SOURCE}:{STANDBY_TARGET}:ro")
         cpu, mem = shape
         if cpu is not None:
             host_config["NanoCpus"] = cpu
@@ -118,10 +118,9 @@ class ContainerSite:
             host_config["Memory"] = host_config["MemorySwap"] = mem
         return {
             "Image": image,
-            "Cmd": ["python3", STANDBY_TARGET, WORK_TARGET, "bai.kernel.runner"],
+            "Cmd": [*RUNNER_ARGV, "--pooled"],
             "Entrypoint": [],
-            # the interpreter that becomes the runner starts with the runner's settings
-            "Env": [f"{k}={v}" for k, v in RUNNER_ENV.items()],
+            "Env": [f"{k}={v}" for k, v in STANDBY_ENV.items()],
             "WorkingDir": WORK_TARGET,
             "Hostname": STANDBY_HOSTNAME,
             "Labels": {L_BACKEND: "docker", L_AGENT: self.agent_id, L_POOL: image,
@@ -132,17 +131,30 @@ class ContainerSite:
 
 
 def kernel_env(spec: KernelSpec) -> dict[str, str]:
-    """The container environment of a kernel (the image's own variables come on top of it)."""
+    """The container environment of a kernel (the image's own variables come on top of it). The
+    runner's PYTHONPATH is its own; the session's goes to the kernel's processes through
+    ``BAI_KERNEL_PYTHONPATH`` (``bai.kernel``)."""
+    extra = {"BAI_KERNEL_PYTHONPATH": spec.environ["PYTHONPATH"]} if spec.environ.get(
+        "PYTHONPATH") else {}
     return {
         **spec.environ,
+        **extra,
         **RUNNER_ENV,
-        "LANG": spec.environ.get("LANG", "C.UTF-8"),
+        "LANG": spec.environ.get("LANG", DEFAULT_LANG),
         "BACKENDAI_KERNEL_ID": spec.kernel_id,
         "BACKENDAI_SESSION_ID": spec.session_id,
         "BACKENDAI_SESSION_NAME": spec.session_name,
         "BACKENDAI_CLUSTER_ROLE": spec.cluster_role,
         "BACKENDAI_CLUSTER_IDX": str(spec.cluster_idx),
     }
+
+
+def poolable(spec: KernelSpec) -> bool:
+    """Whether a standby can become this kernel: no network (a standby has none), and an
+    environment whose variables that a running interpreter cannot take on later (locale,
+    ``PYTHON*``, loader, ...) are what the standby's runner and worker started with."""
+    env = kernel_env(spec)
+    return not spec.network and all(env[k] == STANDBY_ENV.get(k) for k in startup_fixed(env))
 
 
 def limits_of(spec: KernelSpec) -> dict[str, Any]:
