@@ -120,15 +120,26 @@ async def _pending(conn: AsyncConnection) -> tuple[
     sessions they depend on.
 
     Each pass reads three values per pending session (its raw id, status_info and row text);
-    only sessions that are new or changed are read in full and parsed (``_QueueCache``).
+    only sessions that are new or changed are read in full and parsed (``_QueueCache``). With
+    nothing cached, one query reads them all in full.
     """
     c = sessions.c
     is_pending = c.status == str(S.PENDING)
-    rows = (await conn.execute(sa.select(_RAW_ID, c.status_info, _ROW_TEXT).where(is_pending))
-            ).all()
+    cache = _cache(conn)
+    full_cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots), c.id, c.name, c.access_key,
+                 c.created_at, c.scaling_group, c.domain_name, c.starts_at, c.type,
+                 c.idle_timeout, _raw(c.group_id))
+    changed = None
+    if cache.texts:
+        rows = (await conn.execute(
+            sa.select(_RAW_ID, c.status_info, _ROW_TEXT).where(is_pending))).all()
+    else:  # nothing cached (a new manager, or an empty queue before): one full read
+        full = (await conn.execute(sa.select(c.status_info, *full_cols).where(is_pending))).all()
+        rows, changed = [], [r[1:] for r in full]
+        missing_info = {r[1]: r[0] for r in full}
     deps: dict[uuid.UUID, list[uuid.UUID]] = {}
     dep_views: dict[uuid.UUID, DependencyView] = {}
-    if rows:
+    if rows or changed:
         d = session_dependencies.c
         dep_rows = (
             await conn.execute(
@@ -141,13 +152,12 @@ async def _pending(conn: AsyncConnection) -> tuple[
             deps.setdefault(r.session_id, []).append(r.depends_on)
             dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result,
                                                      r.type)
-    cache = _cache(conn)
     texts, parsed = cache.texts, cache.parsed
     new_texts: dict[Any, str] = {}
     new_parsed: dict[Any, PendingSession] = {}
     pending: list[PendingSession] = []  # in no particular order (decide sorts)
     current_info: dict[Any, str | None] = {}
-    missing: dict[Any, str | None] = {}  # raw id -> status_info
+    missing: dict[Any, str | None] = missing_info if changed is not None else {}
     for rid, info, text in rows:
         if texts.get(rid) == text:
             new_texts[rid] = text
@@ -158,15 +168,13 @@ async def _pending(conn: AsyncConnection) -> tuple[
             current_info[p.id] = info
         else:
             missing[rid] = info
-    if missing:
-        cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots), c.id, c.name, c.access_key,
-                c.created_at, c.scaling_group, c.domain_name, c.starts_at, c.type,
-                c.idle_timeout, _raw(c.group_id))
+    if missing and changed is None:  # read the new or changed ones in full
         if len(missing) >= _REREAD_ALL:
-            changed = (await conn.execute(sa.select(*cols).where(is_pending))).all()
+            changed = (await conn.execute(sa.select(*full_cols).where(is_pending))).all()
         else:
             changed = (await conn.execute(
-                sa.select(*cols).where(is_pending, _RAW_ID.in_(list(missing))))).all()
+                sa.select(*full_cols).where(is_pending, _RAW_ID.in_(list(missing))))).all()
+    if changed:
         groups_seen = cache.groups
         to_group = None
         for (rid, text, requested, sid, name, access_key, created_at, sgroup, domain, starts_at,
