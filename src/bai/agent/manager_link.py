@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-BAI-Cluster-Token"
 BATCH = 1000
+#: seconds a manager may take to apply a batch (it queues batches when many agents post at
+#: once); a timeout means the batch is sent again
+EVENTS_TIMEOUT = 60.0
 MAX_QUEUE = 100_000
 #: answers that mean "this body will never be accepted"
 PERMANENT = frozenset({400, 404, 405, 413, 422})
@@ -102,7 +105,7 @@ class ManagerLink:
             while self._queue and self.endpoints:
                 batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
                 body = {"events": [e.to_json() for e in batch]}
-                if await self._post("/internal/agents/events", body) is not None:
+                if await self._post("/internal/agents/events", body, timeout=EVENTS_TIMEOUT) is not None:
                     for _ in batch:
                         self._queue.popleft()
                     delay = 0.1
@@ -118,12 +121,15 @@ class ManagerLink:
         """Send one heartbeat; the manager's answer, or None when no manager answered."""
         return await self._post("/internal/agents/heartbeat", payload)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def _post(self, path: str, body: dict[str, Any],
+                    timeout: float | None = None) -> dict[str, Any] | None:
         """POST to the current endpoint, trying each once; the JSON answer or None."""
         for _ in range(len(self.endpoints)):
             url = self.endpoints[self._current] + path
             try:
-                async with self.session.post(url, json=body, headers={TOKEN_HEADER: self.token}) as r:
+                extra = {"timeout": aiohttp.ClientTimeout(total=timeout, connect=3)} if timeout else {}
+                async with self.session.post(url, json=body, headers={TOKEN_HEADER: self.token},
+                                             **extra) as r:
                     if r.status < 300:
                         try:
                             answer = await r.json(content_type=None)

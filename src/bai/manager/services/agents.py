@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ class AgentRegistry:
         self.rpc = AgentClient(root.settings.cluster_token)
         #: agent id -> (what its last heartbeat said, when its row was last written in full)
         self._seen: dict[str, tuple[str, Any]] = {}
+        self._appliers = asyncio.Semaphore(EVENT_APPLIERS)
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -155,7 +157,11 @@ class AgentRegistry:
         if dispatch is not None:
             await dispatch(events)
             return
-        await self.root.sessions.lifecycle.apply_kernel_events(coalesce_progress(events))
+        # A few batches at a time: a hundred agents posting at once must not each hold a
+        # database connection (PostgreSQL's pool ran dry, heartbeats waited past the agent
+        # timeout); the set-based apply makes a queued batch quick once its turn comes.
+        async with self._appliers:
+            await self.root.sessions.lifecycle.apply_kernel_events(coalesce_progress(events))
 
     async def check_liveness(self) -> list[str]:
         """Mark agents LOST whose last heartbeat is too old; end or requeue their sessions."""
@@ -216,6 +222,9 @@ def _uuid_text(raw: Any) -> str:
         return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
     return str(raw)
 
+
+#: agent event batches applied at one time
+EVENT_APPLIERS = 4
 
 #: how often a heartbeat that says nothing new still rewrites the agent's whole row (seconds)
 FULL_HEARTBEAT_EVERY = 30.0

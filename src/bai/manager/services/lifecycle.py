@@ -455,12 +455,15 @@ class Lifecycle:
             await conn.execute(
                 sa.update(sessions).where(sessions.c.id == sa.bindparam("_id"))
                 .values(service_ports=sa.bindparam("_ports", type_=sa.JSON)), ports)
-        containers = [{"_kid": r["main_kernel_id"], "_cid": str(r["_event"].data["container_id"])}
-                      for r in moved if r["_event"].data.get("container_id")]
-        if containers:
+        containers = {r["main_kernel_id"]: str(r["_event"].data["container_id"])
+                      for r in moved if r["_event"].data.get("container_id")}
+        kids = list(containers)
+        for i in range(0, len(kids), 500):  # one statement per chunk, not one per kernel
+            chunk = kids[i:i + 500]
             await conn.execute(
-                sa.update(kernels).where(kernels.c.id == sa.bindparam("_kid"))
-                .values(container_id=sa.bindparam("_cid")), containers)
+                sa.update(kernels).where(kernels.c.id.in_(chunk))
+                .values(container_id=sa.case({k: containers[k] for k in chunk},
+                                             value=kernels.c.id)))
 
     async def apply_kernel_event(self, ev: KernelEvent) -> None:
         """Turn one agent observation into transitions (idempotent: repeats are skipped)."""

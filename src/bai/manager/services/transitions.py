@@ -503,7 +503,7 @@ async def place_many(
             continue
         free[agent_id] = room - want
         occupied[agent_id] = occupied[agent_id] + want
-        session_params.append({"_id": sid, "_agents": [agent_id]})
+        session_params.append({"_id": sid, "_agents": [agent_id], "_address": address})
         if row.get("main_kernel_id"):
             kernel_params.append({"_kid": row["main_kernel_id"], "_agent": agent_id,
                                   "_address": address})
@@ -513,26 +513,31 @@ async def place_many(
                        "_address": address})
     if not placed:
         return placed, refused
-    res = await conn.execute(
-        sa.update(sessions)
-        .where(sessions.c.id == sa.bindparam("_id"), sessions.c.status == str(S.PENDING))
-        .values(status=to, status_changed=now, status_info=info,
-                status_data={}, scheduled_at=now, occupying_slots=sessions.c.requested_slots,
-                agent_ids=sa.bindparam("_agents", type_=sa.JSON)),
-        session_params,
-    )
-    if res.rowcount >= 0 and res.rowcount != len(session_params):
+    # one statement per agent (its sessions share every value): a scheduler spreads a chunk
+    # over few agents, and per-row parameters cost more than the statements
+    by_agent: dict[str, tuple[str, list, list]] = {}
+    for p in session_params:
+        by_agent.setdefault(p["_agents"][0], (p["_address"], [], []))[1].append(p["_id"])
+    for p in kernel_params:
+        by_agent[p["_agent"]][2].append(p["_kid"])
+    moved = 0
+    for agent_id, (address, sids, kids) in by_agent.items():
+        for chunk in _chunks(sids):
+            res = await conn.execute(
+                sa.update(sessions)
+                .where(sessions.c.id.in_(chunk), sessions.c.status == S.PENDING.value)
+                .values(status=to, status_changed=now, status_info=info, status_data={},
+                        scheduled_at=now, occupying_slots=sessions.c.requested_slots,
+                        agent_ids=[agent_id]))
+            moved += res.rowcount
+        for chunk in _chunks(kids):
+            await conn.execute(
+                sa.update(kernels).where(kernels.c.id.in_(chunk))
+                .values(status=to, status_info=info, status_changed=now, agent_id=agent_id,
+                        agent_address=address, occupied_slots=kernels.c.requested_slots))
+    if moved != len(session_params):
         # the rows are locked: this means a writer that ignores the protocol; undo everything
-        raise RuntimeError(f"placing {len(session_params)} sessions moved {res.rowcount}")
-    if kernel_params:
-        await conn.execute(
-            sa.update(kernels)
-            .where(kernels.c.id == sa.bindparam("_kid"))
-            .values(status=to, status_info=info, status_changed=now,
-                    agent_id=sa.bindparam("_agent"), agent_address=sa.bindparam("_address"),
-                    occupied_slots=kernels.c.requested_slots),
-            kernel_params,
-        )
+        raise RuntimeError(f"placing {len(session_params)} sessions moved {moved}")
     touched = {p["_agents"][0] for p in session_params}
     await conn.execute(
         sa.update(agents).where(agents.c.id == sa.bindparam("_aid"))
