@@ -12,9 +12,10 @@ the time grew from the smallest N to each larger one. A pass
 is: ``load_input`` (read the queue, agents, limits, usage), ``decide`` (in memory), and writing
 the reasons of sessions that stay pending (only lines that changed) plus, on the first pass, the
 placements; the kernel starts it spawns are not timed (the next passes wait for them to end).
-Each pass is also split into load / decide / the rest, the CPU time of this process (the
-manager's side) is printed next to the wall time, and ``--profile`` prints cProfile's top
-functions of one more unchanged pass.
+Each pass is also split into load / decide / the rest, in wall time and in CPU time of this
+process (the manager's side; the database server's is not counted: on a busy machine CPU is
+the steadier figure), and ``--profile`` prints cProfile's top functions of one more unchanged
+and one more shifted pass (``BENCH_SORT=cumulative`` to order by cumulative time).
 PostgreSQL needs ``BAI_BENCH_PG_DSN`` (``source /tmp/bai-ci/services.env``; emptied first).
 Target: grows no worse than linearly; <= 200 ms at 10,000.
 """
@@ -63,28 +64,31 @@ async def settle(root: ManagerRoot) -> None:
 
 class PhaseClock:
     """Times the phases of ``run_pass`` from inside: ``load_input`` and ``decide`` as the
-    scheduling module calls them (wrapped by name); the rest of the pass is what is left (the
-    reason writes and their events, and on the first pass the placements)."""
+    scheduling module calls them (wrapped by name), in wall and CPU time; the rest of the pass
+    is what is left (the reason writes and their events, and on the first pass the
+    placements)."""
 
     def __init__(self) -> None:
-        self.load: list[float] = []
-        self.decide: list[float] = []
+        self.load: list[tuple[float, float]] = []
+        self.decide: list[tuple[float, float]] = []
         self._load, self._decide = scheduling.load_input, scheduling.decide
         scheduling.load_input, scheduling.decide = self.timed_load, self.timed_decide
 
     async def timed_load(self, *args, **kw):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return await self._load(*args, **kw)
         finally:
-            self.load.append((time.perf_counter() - t0) * 1000)
+            self.load.append(((time.perf_counter() - t0) * 1000,
+                              (time.process_time() - c0) * 1000))
 
     def timed_decide(self, *args, **kw):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return self._decide(*args, **kw)
         finally:
-            self.decide.append((time.perf_counter() - t0) * 1000)
+            self.decide.append(((time.perf_counter() - t0) * 1000,
+                                (time.process_time() - c0) * 1000))
 
     def close(self) -> None:
         scheduling.load_input, scheduling.decide = self._load, self._decide
@@ -132,7 +136,7 @@ async def measure(n: int, db: str | None, rounds: int, profile: bool = False) ->
             prof.disable()
         runs.setdefault(kind, []).append((
             (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000,
-            clock.load[-1], clock.decide[-1]))
+            *clock.load[-1], *clock.decide[-1]))
         return d
 
     placed = len((await timed("first")).assignments)
@@ -153,12 +157,14 @@ async def measure(n: int, db: str | None, rounds: int, profile: bool = False) ->
     for kind, what in (("first", "first pass (placements + every reason written)"),
                        ("unchanged", "unchanged pass (nothing to write)"),
                        ("shifted", "shifted pass (one new head: every line rewritten)")):
-        wall, cpu, load_ms, decide_ms = (statistics.median(r[i] for r in runs[kind])
-                                         for i in range(4))
-        rest = statistics.median(r[0] - r[2] - r[3] for r in runs[kind])
-        print(f"{'':>9}{what:<52} wall {wall:7.1f} ms, CPU {cpu:7.1f} ms; load_input"
-              f" {load_ms:6.1f}, decide {decide_ms:6.1f}, the rest (writes, events)"
-              f" {rest:7.1f} ms", flush=True)
+        wall, cpu, load_ms, load_cpu, decide_ms, decide_cpu = (
+            statistics.median(r[i] for r in runs[kind]) for i in range(6))
+        rest = statistics.median(r[0] - r[2] - r[4] for r in runs[kind])
+        rest_cpu = statistics.median(r[1] - r[3] - r[5] for r in runs[kind])
+        print(f"{'':>9}{what:<52} wall {wall:7.1f} ms (load_input {load_ms:6.1f}, decide"
+              f" {decide_ms:6.1f}, the rest: writes, events {rest:7.1f})", flush=True)
+        print(f"{'':>9}{'':<52}  CPU {cpu:7.1f} ms (load_input {load_cpu:6.1f}, decide"
+              f" {decide_cpu:6.1f}, the rest: writes, events {rest_cpu:7.1f})", flush=True)
     if profile:
         for kind in ("unchanged", "shifted"):
             if kind == "shifted":
