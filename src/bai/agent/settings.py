@@ -79,7 +79,7 @@ class AgentSettings(TomlSettings):
     # docker runtime
     docker_host: str | None = Field(None, description="Docker/Podman API URL (default: local)")
     docker_pool_size: int = Field(
-        2, ge=0, description="standby containers kept started per image for fast creates (0: off)"
+        3, ge=0, description="standby containers kept started per image for fast creates (0: off)"
     )
     # dummy runtime (benchmarks and scheduler tests)
     dummy_create_delay: float = Field(0.0, description="seconds a dummy create takes")

@@ -111,7 +111,7 @@ class DockerBackend(RuntimeBackend):
         network_mode: str | None = None,
         rescan_interval: float = 5.0,
         kernel_package: Path | None = None,
-        pool_size: int = 2,
+        pool_size: int = 3,
     ) -> None:
         self.scratch_root = Path(scratch_root).absolute()
         self.agent_id = agent_id

@@ -103,7 +103,8 @@ class StandbyPool:
         self.failed_until: dict[str, float] = {}
         #: why claims are off on this host, once found out (e.g. the agent cannot setns)
         self.disabled = "" if size > 0 else "docker_pool_size is 0"
-        self._fills: dict[str, asyncio.Task[None]] = {}
+        #: image -> standby starts in progress
+        self._fills: dict[str, set[asyncio.Task[None]]] = {}
         self._starting: dict[str, Path] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -137,9 +138,13 @@ class StandbyPool:
                 self._later(self._remove(e.name, e.workdir))
         if time.monotonic() < self.failed_until.get(image, 0.0):
             return
-        task = self._fills.get(image)
-        if task is None or task.done():
-            self._fills[image] = asyncio.create_task(self._fill(image), name=f"pool-{image}")
+        # every missing standby starts at once: a start is mostly waiting on the engine's
+        # processes, and one after the other they would not keep up with back-to-back sessions
+        fills = self._fills.setdefault(image, set())
+        for _ in range(self.size - len(self.ready.get(image, [])) - len(fills)):
+            task = asyncio.create_task(self._fill_one(image, shape), name=f"pool-{image}")
+            fills.add(task)
+            task.add_done_callback(fills.discard)
 
     def discard(self, container_id: str) -> None:
         """A standby exited (the engine said so): forget and remove it."""
@@ -149,21 +154,19 @@ class StandbyPool:
                     entries.remove(e)
                     self._later(self._remove(e.name, e.workdir))
 
-    async def _fill(self, image: str) -> None:
-        while (not self._closed and not self.disabled and image in self.wanted
-               and len(self.ready.get(image, [])) < self.size):
-            shape = self.wanted[image]
-            try:
-                entry = await self._start(image, shape)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a pool is an optimisation: log and back off
+    async def _fill_one(self, image: str, shape: Shape) -> None:
+        try:
+            entry = await self._start(image, shape)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a pool is an optimisation: log and back off
+            if time.monotonic() >= self.failed_until.get(image, 0.0):
                 log.warning("could not start a standby container of %s: %s", image, e)
-                self.failed_until[image] = time.monotonic() + FAIL_BACKOFF
-                return
-            if self._closed or image not in self.wanted:
-                await self._remove(entry.name, entry.workdir)
-                return
+            self.failed_until[image] = time.monotonic() + FAIL_BACKOFF
+            return
+        if self._closed or self.disabled or image not in self.wanted:
+            await self._remove(entry.name, entry.workdir)
+        else:
             self.ready.setdefault(image, []).append(entry)
 
     async def _start(self, image: str, shape: Shape) -> Standby:
@@ -272,7 +275,7 @@ class StandbyPool:
     async def close(self) -> None:
         """Stop refilling and remove every standby this pool started."""
         self._closed = True
-        fills = list(self._fills.values())
+        fills = [task for tasks in self._fills.values() for task in tasks]
         for task in fills:
             task.cancel()
         await asyncio.gather(*fills, return_exceptions=True)
