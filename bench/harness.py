@@ -331,7 +331,10 @@ class ManagerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("BAI_BENCH_KEEP"):  # keep the manager's log and state to look at
+            print(f"manager state kept in {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ManagerProcess:
         try:

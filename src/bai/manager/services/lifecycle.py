@@ -25,6 +25,7 @@ from bai.common.resources import ResourceSlot
 from bai.common.status import FINAL, SessionResult, SessionStatus, SessionType
 from bai.manager.services.transitions import (
     Outbox,
+    in_lists,
     load_session,
     lock_sessions,
     replace_kernel,
@@ -409,8 +410,7 @@ class Lifecycle:
         try:
             async with self.tx() as (conn, outbox):
                 kernel_rows = {}
-                for i in range(0, len(by_kid), 500):
-                    chunk = list(by_kid)[i:i + 500]
+                for chunk in in_lists(list(by_kid)):
                     res = await conn.execute(
                         sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(chunk)))
                     kernel_rows.update({r.id: r.session_id for r in res})

@@ -305,9 +305,16 @@ async def record_enqueued(
 CHUNK = 500
 
 
-def _chunks(items: Sequence, n: int = CHUNK):
+def in_lists(items: Sequence, n: int = CHUNK):
+    """``items`` in ``IN (...)`` lists of at most ``n``, each padded (its last item repeated) to
+    a power of two: a handful of statement texts instead of one per length, so that the
+    drivers' prepared-statement caches hit (asyncpg prepares each new text: a round trip)."""
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        chunk = list(items[i:i + n])
+        size = 8
+        while size < len(chunk):
+            size *= 2
+        yield chunk + chunk[-1:] * (min(size, n) - len(chunk))
 
 
 def _slot_key(slots: Mapping[str, Any] | None) -> str:
@@ -342,7 +349,7 @@ async def lock_sessions(
     only (``MOVE_COLUMNS`` by default)."""
     wanted = [str(statuses)] if isinstance(statuses, str) else [str(s) for s in statuses]
     out: list[dict[str, Any]] = []
-    for chunk in _chunks(list(ids)):
+    for chunk in in_lists(list(ids)):
         res = await conn.execute(
             sa.select(*columns)
             .where(sessions.c.id.in_(chunk), sessions.c.status.in_(wanted))
@@ -394,7 +401,7 @@ async def transit_many(
 
     by_id = {r["id"]: r for r in rows}
     moved: list[dict[str, Any]] = []
-    for chunk in _chunks(list(by_id)):
+    for chunk in in_lists(list(by_id)):
         res = await conn.execute(
             sa.update(sessions)
             .where(sessions.c.id.in_(chunk), sessions.c.status == str(expected))
@@ -475,7 +482,7 @@ async def place_many(
     rows = {r["id"]: r for r in await lock_sessions(conn, [p[0] for p in placements], S.PENDING)}
     agent_ids = sorted({p[1] for p in placements})
     agent_rows = {}
-    for chunk in _chunks(agent_ids):
+    for chunk in in_lists(agent_ids):
         res = await conn.execute(
             sa.select(agents.c.id, agents.c.occupied_slots, agents.c.available_slots,
                       agents.c.status)
@@ -522,7 +529,7 @@ async def place_many(
         by_agent[p["_agent"]][2].append(p["_kid"])
     moved = 0
     for agent_id, (address, sids, kids) in by_agent.items():
-        for chunk in _chunks(sids):
+        for chunk in in_lists(sids):
             res = await conn.execute(
                 sa.update(sessions)
                 .where(sessions.c.id.in_(chunk), sessions.c.status == S.PENDING.value)
@@ -530,7 +537,7 @@ async def place_many(
                         scheduled_at=now, occupying_slots=sessions.c.requested_slots,
                         agent_ids=[agent_id]))
             moved += res.rowcount
-        for chunk in _chunks(kids):
+        for chunk in in_lists(kids):
             await conn.execute(
                 sa.update(kernels).where(kernels.c.id.in_(chunk))
                 .values(status=to, status_info=info, status_changed=now, agent_id=agent_id,
