@@ -3,12 +3,18 @@ container must differ from a kernel's own only in what a claim supplies."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from bai.agent.backends.base import KernelCreationFailed, KernelSpec
+from bai.agent.backends.docker_cgroup import in_container, kill
+from bai.agent.backends.docker_pool import StandbyUnusable, set_hostname
 from bai.agent.backends.docker_spec import (
     L_POOL,
     ContainerSite,
@@ -69,3 +75,20 @@ def test_kernel_environment_and_names():
     assert shape_of(limits_of(spec(slots={}))) == (None, None)
     with pytest.raises(KernelCreationFailed):
         limits_of(spec(slots={"mem": Decimal(MiB)}))
+
+
+def test_a_pid_that_is_not_the_containers_is_never_touched():
+    """The engine's pid of a container may have been recycled: no signal, no hostname change."""
+    other = "f" * 64
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not in_container(child.pid, other)
+        assert kill(child.pid, other) is False
+        assert child.poll() is None  # still alive
+        before = socket.gethostname()
+        with pytest.raises(StandbyUnusable):
+            set_hostname(os.getpid(), other, "not-this-host")
+        assert socket.gethostname() == before
+    finally:
+        child.kill()
+        child.wait()

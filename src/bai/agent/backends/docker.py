@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
-from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited
+from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited, kill
 from bai.agent.backends.docker_pool import StandbyPool, StandbyUnusable
 from bai.agent.backends.docker_spec import (
     L_AGENT,
@@ -555,18 +554,9 @@ class DockerBackend(RuntimeBackend):
         oom = dead = False
         if cg is not None:  # the cgroup's count, as the process backend does: no race with
             oom = cg.oom_kills() > 0  # the engine's bookkeeping of an exit in progress
-            # the pid is the container's only while its cgroup says so (not a recycled pid,
-            # not another PID namespace's)
-            if info.get("Id") and any(info["Id"] in str(d) for d in cg.dirs.values()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    dead = True
-                except ProcessLookupError:
-                    dead = True
-                except PermissionError:
-                    pass
-                if dead:
-                    await exited(pid)
+            dead = await asyncio.to_thread(kill, pid, info.get("Id") or "")
+            if dead:
+                await exited(pid)
         else:  # only the engine's record: stop the container and read OOMKilled from it
             with contextlib.suppress(DockerError):
                 await container.stop(t=0)

@@ -6,6 +6,8 @@ back to the engine's API when these answer None.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,43 @@ async def exited(pid: int, timeout: float = 2.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline and process_state(pid) not in ("", "Z"):
         await asyncio.sleep(0.002)
+
+
+def in_container(pid: int, container_id: str) -> bool:
+    """Whether process ``pid`` runs in container ``container_id`` (the engines' cgroup drivers
+    name the container in its cgroup path): a pid the engine reported may have been recycled."""
+    if pid <= 0 or len(container_id) < 12:
+        return False
+    try:
+        return container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+
+
+def kill(pid: int, container_id: str) -> bool:
+    """SIGKILL process ``pid`` when it is the container's (through a pidfd, so a recycled pid
+    cannot be hit). True when it was killed or is gone already."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfds here: the check and the kill are microseconds apart
+        fd = -1
+    try:
+        if not in_container(pid, container_id):
+            return False
+        if fd >= 0:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def process_state(pid: int) -> str:

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from aiodocker.exceptions import DockerError
 
 import bai.kernel
+from bai.agent.backends.docker_cgroup import in_container
 from bai.agent.backends.docker_spec import (
     L_POOL,
     L_WORKDIR,
@@ -242,18 +243,18 @@ class StandbyPool:
             await docker._query_json(
                 f"containers/{entry.container_id}/rename", method="POST",
                 params={"name": kernel_name})
-            set_hostname(entry.pid, hostname)
+            set_hostname(entry.pid, entry.container_id, hostname)
             if entry.hostname_path:
                 with contextlib.suppress(OSError):
                     Path(entry.hostname_path).write_text(hostname + "\n")
             # what the engine gave the container (PATH, the image's variables), then the kernel's
-            base = await asyncio.to_thread(process_environ, entry.pid)
+            base = await asyncio.to_thread(process_environ, entry.pid, entry.container_id)
             await send_claim(workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME,
                              {**base, "HOSTNAME": hostname, **env}, config)
         except BaseException as e:
             await asyncio.shield(self._remove(entry.container_id, workdir if renamed else entry.workdir))
             if isinstance(e, PermissionError | NotImplementedError):
-                self.disabled = f"the agent cannot set a kernel's hostname ({e})"
+                self.disabled = f"the agent cannot reach a standby's processes ({e})"
                 log.warning("standby containers are off: %s", self.disabled)
             if isinstance(e, Exception) and not isinstance(e, StandbyUnusable):
                 raise StandbyUnusable(str(e) or type(e).__name__) from e
@@ -304,9 +305,9 @@ class StandbyPool:
         return len(doomed)
 
 
-def set_hostname(pid: int, name: str) -> None:
-    """``sethostname`` inside the UTS namespace of process ``pid``, from a short-lived thread
-    (``setns`` moves only the calling thread, which then ends)."""
+def set_hostname(pid: int, container_id: str, name: str) -> None:
+    """``sethostname`` inside the UTS namespace of process ``pid`` of container ``container_id``,
+    from a short-lived thread (``setns`` moves only the calling thread, which then ends)."""
     if pid <= 0:
         raise NotImplementedError("the engine did not say which process the container runs")
     errors: list[BaseException] = []
@@ -316,6 +317,10 @@ def set_hostname(pid: int, name: str) -> None:
             libc = ctypes.CDLL(None, use_errno=True)
             fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY)
             try:
+                # checked after opening: the namespace is the container's own, not a recycled
+                # pid's (the host's hostname must never be the one that changes)
+                if not in_container(pid, container_id):
+                    raise StandbyUnusable("the standby's process is not the container's")
                 if libc.setns(fd, _CLONE_NEWUTS) != 0:
                     err = ctypes.get_errno()
                     raise PermissionError(err, f"setns: {os.strerror(err)}")
@@ -337,12 +342,14 @@ def set_hostname(pid: int, name: str) -> None:
         raise errors[0]
 
 
-def process_environ(pid: int) -> dict[str, str]:
-    """The environment process ``pid`` started with (``/proc/<pid>/environ``)."""
+def process_environ(pid: int, container_id: str) -> dict[str, str]:
+    """The environment process ``pid`` of container ``container_id`` started with."""
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except FileNotFoundError as e:  # the engine's processes are not visible from here
         raise NotImplementedError(str(e)) from e
+    if not in_container(pid, container_id):  # read from a recycled pid
+        raise StandbyUnusable("the standby's process is not the container's")
     pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
     return {k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape")
             for k, v in pairs}
