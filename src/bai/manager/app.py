@@ -6,6 +6,8 @@ the services through ``app[ROOT]``. Keep this file short: wiring only.
 
 from __future__ import annotations
 
+import gc
+
 from aiohttp import web
 
 from bai.manager.settings import ManagerSettings
@@ -28,6 +30,12 @@ def create_app(settings: ManagerSettings) -> web.Application:
 
     async def on_startup(_: web.Application) -> None:
         await manager.start()
+        # What start-up allocated (modules, tables, compiled statements) lives as long as the
+        # process: keep it out of the collector's walks, and collect young objects less often.
+        # A pass over 10,000 pending sessions spent 27-45 ms in full collections otherwise.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
 
     async def on_cleanup(_: web.Application) -> None:
         await manager.stop()
