@@ -701,3 +701,29 @@ async def test_repeated_heartbeats_refresh_and_still_notice_changes(manager):
     # new capacity is written at once
     await manager.agents.heartbeat({**beat, "available_slots": {"cpu": "3", "mem": str(4 * GIB)}})
     assert (await agent_row())["available_slots"]["cpu"] == "3"
+
+
+async def test_deep_queue_lines_follow_a_shift_in_the_background(manager, monkeypatch):
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "EVENT_POSITIONS", 3)
+    manager.scheduler.refresh_deep = 3600  # written when this test says (flush_deep)
+    me = await caller(manager)
+    await manager.sessions.create(me, body("holder", resources={"cpu": "2"}))
+    names = [f"waiter-{i}" for i in range(6)]
+    for name in names:
+        await manager.sessions.create(me, body(name, resources={"cpu": "2"}, enqueueOnly=True))
+    await manager.scheduler.run_pass()
+    await manager.scheduler.flush_deep()
+
+    async def info(name):
+        return (await manager.sessions.resolve(me, name))["status_info"]
+
+    assert "position 6 in queue" in await info("waiter-5")
+    await manager.sessions.destroy(me, "waiter-0")  # everyone behind moves up one
+    await manager.scheduler.run_pass()
+    assert "position 1 in queue" in await info("waiter-1")  # near the head: written by the pass
+    assert "position 6 in queue" in await info("waiter-5")  # deep: not yet
+    await manager.scheduler.flush_deep()
+    assert "position 5 in queue" in await info("waiter-5")
+    assert "position 4 in queue" in await info("waiter-4")

@@ -55,6 +55,7 @@ class ManagerRoot:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        await self.scheduler.close()
         await self.sessions.close()
         await self.agents.close()
         await self.bus.close()

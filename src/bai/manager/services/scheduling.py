@@ -37,9 +37,11 @@ START_CONCURRENCY = 32
 PLACE_CHUNK = 500
 
 
-#: queue positions up to which every change of a waiting session's line is an event; deeper in
-#: the queue only a new reason code is (a placement shifts every position behind it)
+#: queue positions up to which every change of a waiting session's line is an event and written
+#: by the pass itself; deeper in the queue only a new reason code is (a placement shifts every
+#: position behind it): a shifted position or estimate is written within ``REFRESH_DEEP`` s
 EVENT_POSITIONS = 100
+REFRESH_DEEP = 2.0
 
 
 def pending_events(inp: SchedulingInput, decision: Decision,
@@ -77,6 +79,11 @@ class SchedulerLoop:
         self._starts = asyncio.Semaphore(START_CONCURRENCY)
         self.passes = 0
         self.last_pass_seconds = 0.0
+        #: waiting sessions deep in the queue whose new line is written in the background
+        self._deep: dict[uuid.UUID, Any] = {}
+        self._deep_task: asyncio.Task | None = None
+        #: seconds between those background writes
+        self.refresh_deep = REFRESH_DEEP
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced)."""
@@ -128,6 +135,36 @@ class SchedulerLoop:
             lifecycle.spawn(self._create(address, specs), f"create-{address}")
         return refused
 
+    async def _write_reasons(self, rows: list[dict[str, Any]]) -> None:
+        stmt = (
+            sa.update(sessions)
+            .where(sessions.c.id == sa.bindparam("_id"), sessions.c.status == str(S.PENDING))
+            .values(status_info=sa.bindparam("_info"), status_data=sa.bindparam("_data"))
+        )
+        async with self.root.store.begin() as conn:
+            for i in range(0, len(rows), 2000):
+                await conn.execute(stmt, rows[i:i + 2000])
+
+    async def _refresh_deep(self) -> None:
+        """Write the lines deferred by passes, the newest pass's, every ``refresh_deep`` s."""
+        while self._deep:
+            await asyncio.sleep(self.refresh_deep)
+            await self.flush_deep()
+
+    async def flush_deep(self) -> None:
+        """Write the deferred lines now."""
+        deep, self._deep = self._deep, {}
+        try:
+            await self._write_reasons(
+                [{"_id": sid, "_info": w.info, "_data": w.status_data()} for sid, w in deep.items()])
+        except Exception:  # the next pass finds the lines still old and defers them again
+            log.exception("refreshing %d waiting sessions' lines failed", len(deep))
+
+    async def close(self) -> None:
+        if self._deep_task is not None:
+            self._deep_task.cancel()
+            await asyncio.gather(self._deep_task, return_exceptions=True)
+
     async def _create(self, address: str, specs: list[dict[str, Any]]) -> None:
         async with self._starts:
             await self.root.sessions.lifecycle.create_kernels(address, specs)
@@ -149,27 +186,31 @@ class SchedulerLoop:
                         outbox=outbox, info=f"{reason}: {w.msg}" if w else reason,
                         status_data=w.status_data() if w else None, now=now,
                     )
-        # Reasons of sessions that stay pending: only rows whose line changed.
+        # Reasons of sessions that stay pending: only rows whose line changed. Deep in the
+        # queue, a line whose reason is the same but whose position or estimate moved (one
+        # placement at the head shifts them all) is written in the background instead
+        # (``_refresh_deep``), so that a pass need not rewrite the whole queue.
         cancelled = {sid for sid, _ in decision.cancels}
-        waits = [w for sid, w in decision.waits.items() if sid not in cancelled]
-        if waits:
-            current = inp.current_info
-            rows = [
-                {"_id": w.session_id, "_info": w.info, "_data": w.status_data()}
-                for w in waits
-                if w.session_id in current and current[w.session_id] != w.info
-            ]
-            if rows:
-                outbox.events.extend(pending_events(inp, decision, rows))
-                stmt = (
-                    sa.update(sessions)
-                    .where(sessions.c.id == sa.bindparam("_id"),
-                           sessions.c.status == str(S.PENDING))
-                    .values(status_info=sa.bindparam("_info"), status_data=sa.bindparam("_data"))
-                )
-                async with self.root.store.begin() as conn:
-                    for i in range(0, len(rows), 2000):
-                        await conn.execute(stmt, rows[i:i + 2000])
+        current = inp.current_info
+        urgent, deep = [], {}
+        for sid, w in decision.waits.items():
+            old = current.get(sid)
+            if sid in cancelled or old is None or old == w.info:
+                continue
+            if w.position > EVENT_POSITIONS and old.split(":", 1)[0] == w.code:
+                deep[sid] = w
+            else:
+                urgent.append(w)
+        # this pass's view replaces the last one's: a line it did not find changed must not be
+        # written from an older pass
+        self._deep = deep
+        if deep and (self._deep_task is None or self._deep_task.done()):
+            self._deep_task = asyncio.create_task(self._refresh_deep())
+        if urgent:
+            rows = [{"_id": w.session_id, "_info": w.info, "_data": w.status_data()}
+                    for w in urgent]
+            outbox.events.extend(pending_events(inp, decision, rows))
+            await self._write_reasons(rows)
         # This pass already reacted to what it changed; only a lost placement needs another.
         outbox.kick_scheduler = refused > 0
         await lifecycle.flush(outbox)
