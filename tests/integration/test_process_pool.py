@@ -88,7 +88,7 @@ async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend) -> 
     assert inst.workdir == backend.root / s.kernel_id / "work"
     out, code = await probe(backend, inst)
     assert code == 0, out
-    cwd, env, paths, rlimit, pid = out.splitlines()
+    cwd, env, paths, rlimit, _pid = out.splitlines()
     assert cwd == str(inst.workdir)
     assert env == f"{inst.workdir} {s.kernel_id} bar"
     assert paths == "/opt/userlib /opt/userlib"  # the user's PYTHONPATH, not the runner's

@@ -111,6 +111,7 @@ class KernelCgroup:
             with contextlib.suppress(OSError):
                 _write(kill_file, "1")
         deadline = time.monotonic() + timeout
+        delay = 0.001  # killed processes are usually gone within a few ms: look again soon
         while True:
             pids = self.pids()
             if not pids:
@@ -120,18 +121,21 @@ class KernelCgroup:
                     os.kill(pid, signal.SIGKILL)
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.02)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     def remove(self) -> None:
         for d in self.dirs.values():
-            for _ in range(50):
+            delay = 0.001
+            for _ in range(60):
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:  # EBUSY while the last tasks are being torn down
-                    time.sleep(0.02)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.02)
             else:
                 log.warning("could not remove cgroup %s", d)
 

@@ -599,13 +599,17 @@ class ProcessBackend(RuntimeBackend):
 
     async def _remove(self, kernel_id: str) -> None:
         k = self._kernels.pop(kernel_id, None)
-        if k is not None:
-            await asyncio.to_thread(self._kill, k)
         cg = k.cgroup if k is not None and k.cgroup is not None else (
             self.cgroups.open(kernel_id) if self.cgroups is not None else None)
-        if cg is not None:
-            await asyncio.to_thread(cg.remove)
-        await asyncio.to_thread(shutil.rmtree, self.root / kernel_id, True)
+
+        def remove() -> None:  # one thread hop for the lot
+            if k is not None:
+                self._kill(k)
+            if cg is not None:
+                cg.remove()
+            shutil.rmtree(self.root / kernel_id, True)
+
+        await asyncio.to_thread(remove)
 
     # --- reading state ---------------------------------------------------------------------
 

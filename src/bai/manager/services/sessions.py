@@ -83,25 +83,27 @@ class SessionService:
         req = parse_create(params, now)
         if req.mounts:
             raise InvalidAPIParameters("virtual folder mounts are not supported by this server")
-        async with self.root.bus.subscribe() as sub:
+        sid = uuid.uuid4()
+        # only this session's events: the subscription exists before the row does
+        async with self.root.bus.subscribe(str(sid)) as sub:
             # A create of the same name on another replica may commit between our check and our
             # insert: the unique index refuses ours, and the second try finds theirs.
             try:
-                row, reused = await self._enqueue(caller, req, now)
+                row, reused = await self._enqueue(caller, req, now, sid)
             except sa.exc.IntegrityError as e:
                 if not name_taken(e):
                     raise
-                row, reused = await self._enqueue(caller, req, now)
+                row, reused = await self._enqueue(caller, req, now, sid)
             if reused is not None:
                 return reused
             if req.enqueue_only:
                 return self._answer(row, created=True)
-            return await self._wait(sub, row["id"], req.max_wait)
+            return await self._wait(sub, row, req.max_wait)
 
-    async def _enqueue(self, caller: Caller, req: CreateRequest,
-                       now: datetime) -> tuple[dict, dict | None]:
-        """Validate and write the new session PENDING: (row, None); or (existing row, answer)
-        when ``reuseIfExists`` finds a live session of that name and image."""
+    async def _enqueue(self, caller: Caller, req: CreateRequest, now: datetime,
+                       sid: uuid.UUID) -> tuple[dict, dict | None]:
+        """Validate and write the new session ``sid`` PENDING: (row, None); or (existing row,
+        answer) when ``reuseIfExists`` finds a live session of that name and image."""
         async with self.lifecycle.tx() as (conn, outbox):
             owner = await self._owner(conn, caller, req.owner_access_key)
             existing = await self._live_by_name(conn, req.name, owner["access_key"])
@@ -118,13 +120,14 @@ class SessionService:
                 raise InvalidAPIParameters(
                     f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
                     f"not {req.domain!r}")
-            group_id = await self._group(conn, owner, req.group, caller)
+            group = await self._group(conn, owner, req.group, caller)
+            group_id = group.id
             sgroup = await self._scaling_group(conn, req.scaling_group)
             requested = self._requested_slots(req.resources, image)
-            await self._check_fit(conn, requested, sgroup, owner, group_id)
+            await self._check_fit(conn, requested, sgroup, owner, group)
             dep_ids = [await self._dependency(conn, d, owner["access_key"])
                        for d in req.dependencies]
-            sid, kid = uuid.uuid4(), uuid.uuid4()
+            kid = uuid.uuid4()
             row = {
                 "id": sid, "name": req.name, "tag": req.tag, "type": req.type.value,
                 "image": image["name"], "registry": image["registry"],
@@ -154,31 +157,35 @@ class SessionService:
             await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, now)
         return row, None
 
-    async def _wait(self, sub, sid: uuid.UUID, max_wait: float) -> dict:
+    async def _wait(self, sub, row: dict, max_wait: float) -> dict:
+        """Until the session settles (or ``max_wait`` passes): the answer of the create call.
+
+        Every transition's event carries the session's new status, so the wait follows the
+        events and reads the row only when an event does not say (or none came for a
+        second, e.g. one was lost): the rest of the answer is the row this call wrote."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait if max_wait > 0 else None
-        sid_text = str(sid)
-        while True:
-            async with self.root.store.connect() as conn:
-                row = await self._row(conn, sid)
-            if row is None:
-                raise SessionNotFound("the session disappeared while starting")
-            if S(row["status"]) in SETTLED:
-                return self._answer(row, created=True)
+        sid, sid_text = row["id"], str(row["id"])
+        status = str(row["status"])
+        while status not in _SETTLED_NAMES:
             timeout = 1.0
             if deadline is not None:
                 left = deadline - loop.time()
                 if left <= 0:
                     return {**self._answer(row, created=True), "status": "TIMEOUT"}
                 timeout = min(timeout, left)
-            end = loop.time() + timeout
-            while (left := end - loop.time()) > 0:
-                ev = await sub.get(left)
-                # re-read only when this session may have settled: a step on the way
-                # (SCHEDULED, PREPARING ...) says so itself
-                if ev is None or (ev.session_id == sid_text
-                                  and (ev.status is None or ev.status in _SETTLED_NAMES)):
-                    break
+            ev = await sub.get(timeout)
+            if ev is not None and ev.session_id != sid_text:
+                continue
+            if ev is not None and ev.status is not None:
+                status = ev.status
+                continue
+            async with self.root.store.connect() as conn:
+                fresh = await self._row(conn, sid)
+            if fresh is None:
+                raise SessionNotFound("the session disappeared while starting")
+            row, status = fresh, str(fresh["status"])
+        return {**self._answer(row, created=True), "status": status}
 
     @staticmethod
     def _answer(row: dict, *, created: bool) -> dict:
@@ -194,13 +201,18 @@ class SessionService:
         ak = owner_ak or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
+        # the keypair, its user and policy, and the policy's and domain's limits in one query
         row = (await conn.execute(
             sa.select(keypairs.c.access_key, keypairs.c.resource_policy, users.c.id.label("user_id"),
                       users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
-                      keypairs.c.is_active)
+                      keypairs.c.is_active,
+                      keypair_resource_policies.c.total_resource_slots.label("policy_slots"),
+                      domains.c.total_resource_slots.label("domain_slots"))
+            .select_from(keypairs)
             .join(users, users.c.id == keypairs.c.user_id)
             .join(keypair_resource_policies,
                   keypair_resource_policies.c.name == keypairs.c.resource_policy)
+            .outerjoin(domains, domains.c.name == users.c.domain_name)
             .where(keypairs.c.access_key == ak)
         )).mappings().first()
         if row is None or not row["is_active"]:
@@ -208,8 +220,10 @@ class SessionService:
         return dict(row)
 
     async def _group(self, conn: AsyncConnection, owner: dict, name: str, caller: Caller):
+        """The group row (id, name, is_active, total_resource_slots) the session runs in."""
         g = (await conn.execute(
-            sa.select(groups.c.id, groups.c.is_active)
+            sa.select(groups.c.id, groups.c.name, groups.c.is_active,
+                      groups.c.total_resource_slots)
             .where(groups.c.name == name, groups.c.domain_name == owner["domain_name"])
         )).first()
         if g is None or not g.is_active:
@@ -222,7 +236,7 @@ class SessionService:
             )).first()
             if member is None:
                 raise Forbidden(f"user {owner['email']} is not a member of group {name!r}")
-        return g.id
+        return g
 
     async def _scaling_group(self, conn: AsyncConnection, name: str | None) -> str:
         name = name or "default"
@@ -251,7 +265,7 @@ class SessionService:
         return req
 
     async def _check_fit(self, conn: AsyncConnection, req: ResourceSlot, sgroup: str,
-                         owner: dict, group_id) -> None:
+                         owner: dict, group: Any) -> None:
         """Refuse a request that can never run: larger than every agent, or than a policy."""
         caps = [ResourceSlot.from_json(r.available_slots) for r in (await conn.execute(
             sa.select(agents.c.available_slots)
@@ -271,19 +285,9 @@ class SessionService:
                 f"{', '.join(f'{k} {fmt_amount(k, v)}' for k, v in sorted(req.items()))}",
                 data={"requested": req.to_json()},
             )
-        policy = (await conn.execute(
-            sa.select(keypair_resource_policies)
-            .where(keypair_resource_policies.c.name == owner["resource_policy"])
-        )).mappings().first()
-        limits = [(f"keypair resource policy {owner['resource_policy']}",
-                   policy["total_resource_slots"] if policy else {})]
-        g = (await conn.execute(sa.select(groups.c.name, groups.c.total_resource_slots)
-                                .where(groups.c.id == group_id))).first()
-        if g is not None:
-            limits.append((f"group {g.name}", g.total_resource_slots))
-        d = (await conn.execute(sa.select(domains.c.total_resource_slots)
-                                .where(domains.c.name == owner["domain_name"]))).scalar()
-        limits.append((f"domain {owner['domain_name']}", d))
+        limits = [(f"keypair resource policy {owner['resource_policy']}", owner["policy_slots"]),
+                  (f"group {group.name}", group.total_resource_slots),
+                  (f"domain {owner['domain_name']}", owner["domain_slots"])]
         for what, raw in limits:
             limit = ResourceSlot.from_json(raw or {})
             for slot, cap in limit.items():
