@@ -46,6 +46,7 @@ async def make(tmp_path: Path, **settings) -> ProcessBackend:
     async def on_exit(inst: Instance) -> None:
         exits.append(inst)
 
+    settings.setdefault("process_pool_size", 1)  # one runner waits: the tests name it
     b = ProcessBackend(AgentSettings.load(None, scratch_root=str(tmp_path),
                                           monitor_interval=0.1, **settings))
     await b.start(on_exit)

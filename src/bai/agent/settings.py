@@ -73,7 +73,7 @@ class AgentSettings(TomlSettings):
     cgroup_parent: str = Field("bai", description="cgroup folder under which kernels are made")
     pids_limit: int = Field(4096, description="most processes/threads one kernel may have")
     process_pool_size: int = Field(
-        1, description="kernel runners kept pre-started per interpreter (0: start each cold)")
+        2, description="kernel runners kept pre-started per interpreter (0: start each cold)")
     kernel_ready_timeout: float = Field(30.0, description="seconds for a runner to answer")
     monitor_interval: float = Field(0.5, description="seconds between kernel liveness checks")
     # docker runtime
