@@ -421,9 +421,12 @@ class Lifecycle:
                 for kid, ev in by_kid.items():
                     row = rows.get(kernel_rows.get(kid))
                     target = EVENT_TARGET[ev.name]
-                    if (row is None or row["main_kernel_id"] != kid or row["id"] in seen
-                            or next_step(S(row["status"]), target) is None):
+                    if row is None or row["main_kernel_id"] != kid or row["id"] in seen:
                         rest.append(ev)
+                        continue
+                    if next_step(S(row["status"]), target) is None:
+                        # already there or past it (a placement moves straight on to
+                        # PREPARING, so every kernel_preparing lands here): nothing to do
                         continue
                     seen.add(row["id"])
                     groups.setdefault((S(row["status"]), target), []).append({**row, "_event": ev})
