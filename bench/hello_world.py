@@ -95,6 +95,7 @@ def measure(runtime: str, runs: int, warmup: int) -> None:
         print(line(f"  {label}", phases[label]))
     print("CPU per run (user+system): " + ", ".join(f"{k} {v:.0f} ms" for k, v in cpu.items())
           + " (agent includes its reaped kernel runners)")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     print(flush=True)
 
 

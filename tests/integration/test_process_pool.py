@@ -81,11 +81,11 @@ async def probe(b: ProcessBackend, inst: Instance, code: str = PROBE) -> tuple[s
     return out + err, exit_code
 
 
-async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend) -> None:
+async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend, caplog) -> None:
     await pooled_ready(backend)
     s = spec("96m", environ={"FOO": "bar", "PYTHONPATH": "/opt/userlib"})
     inst = await backend.create(s)
-    assert inst.labels.get("bai.pooled") == "1"
+    assert inst.labels.get("bai.pooled") == "1", caplog.text
     assert inst.workdir == backend.root / s.kernel_id / "work"
     out, code = await probe(backend, inst)
     assert code == 0, out
@@ -108,11 +108,11 @@ async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend) -> 
 
 
 @needs_cgroups
-async def test_a_claimed_runner_still_reports_oom(backend: ProcessBackend) -> None:
+async def test_a_claimed_runner_still_reports_oom(backend: ProcessBackend, caplog) -> None:
     await pooled_ready(backend)
     s = spec("64m")
     inst = await backend.create(s)
-    assert inst.labels.get("bai.pooled") == "1"
+    assert inst.labels.get("bai.pooled") == "1", caplog.text
     out, code = await probe(backend, inst, "x = b'\\x01' * (512 * 1024 * 1024)\nprint('survived')")
     assert code == 137 and "survived" not in out
     for _ in range(100):
@@ -189,13 +189,13 @@ async def test_no_pool_when_its_size_is_0(tmp_path: Path) -> None:
         await b.stop()
 
 
-async def test_rlimit_without_cgroups_is_set_on_the_claimed_tree(tmp_path: Path) -> None:
+async def test_rlimit_without_cgroups_is_set_on_the_claimed_tree(tmp_path: Path, caplog) -> None:
     b = await make(tmp_path, process_cgroups=False)
     try:
         await pooled_ready(b)
         s = spec("300m")
         inst = await b.create(s)
-        assert inst.labels.get("bai.pooled") == "1" and b.cgroups is None
+        assert inst.labels.get("bai.pooled") == "1" and b.cgroups is None, caplog.text
         out, code = await probe(b, inst)
         assert code == 0 and int(out.splitlines()[3]) == 300 * 2**20
     finally:

@@ -31,7 +31,7 @@ Agent -> runner::
     {"op": "ping"}                                   -> {"status": "pong", "ready": bool,
                                                          "pooled": bool, "worker_ready": bool}
     {"op": "claim", "workdir": str, "env": {...}, "config": {...}}
-                                                     -> {"status": "claimed"}
+                                                     -> {"status": "claimed", "ready": bool}
         (a runner started with ``--pooled`` waits, not ready, until claimed: it then takes the
         work dir, environment and ``runner.json`` config of its kernel, its worker chdirs and
         replaces os.environ, then the bootstrap script runs and the runner is ready)

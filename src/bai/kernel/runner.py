@@ -350,10 +350,10 @@ class Runner:
         self.env = self._child_env()
         self.config = msg.get("config") or {}
         self._to_worker({"op": "bind", "cwd": self.workdir, "env": self.env})
-        conn.send({"status": "claimed", "pid": os.getpid()})
         if given(self.config.get("bootstrap_script")):
             self._start_aux("bootstrap", self.config["bootstrap_script"])
         self._maybe_ready()
+        conn.send({"status": "claimed", "pid": os.getpid(), "ready": self.ready})
 
     # --- executions ----------------------------------------------------------------------
 

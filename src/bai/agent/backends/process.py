@@ -323,9 +323,13 @@ class ProcessBackend(RuntimeBackend):
                 raise PoolMiss(f"cannot set the memory rlimit: {e}") from None
         self._write_labels(k)
         sock = state / bai.kernel.SOCKET_NAME
-        try:  # a runner claimed while it still starts answers once it listens
-            await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive, "status")
-            chan = await connect_runner(sock)
+        try:
+            try:
+                chan = await connect_runner(sock)
+            except RunnerUnavailable:  # claimed while it still starts: it answers once it listens
+                await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive,
+                                        "status")
+                chan = await connect_runner(sock)
             try:
                 await chan.send({"op": "claim", "workdir": str(k.workdir),
                                  "env": build_environ(spec, k.workdir, self.user_name),
@@ -337,6 +341,8 @@ class ProcessBackend(RuntimeBackend):
             raise PoolMiss(f"the pooled runner did not take the claim: {e}") from None
         if not answer or answer.get("status") != "claimed":
             raise PoolMiss(f"the pooled runner refused the claim: {answer}")
+        if answer.get("ready"):  # a warm runner without a bootstrap script: ready at once
+            return self._instance(k)
         return await self._wait_ready(k)
 
     def _claim_cgroup(self, pool_name: str, kernel_id: str, mem: Any, cpu: Any) -> KernelCgroup:
@@ -351,8 +357,15 @@ class ProcessBackend(RuntimeBackend):
         import resource
 
         limit = (mem // 1024) * 1024
-        for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            resource.prlimit(p.pid, resource.RLIMIT_AS, (limit, limit))
+        root = psutil.Process(pid)
+        done: set[int] = set()
+        while True:  # until a pass finds no process it has not limited: later forks inherit
+            new = [p for p in [root, *root.children(recursive=True)] if p.pid not in done]
+            if not new:
+                return
+            for p in new:
+                resource.prlimit(p.pid, resource.RLIMIT_AS, (limit, limit))
+                done.add(p.pid)
 
     async def _undo_pooled(self, k: _Kernel) -> None:
         """After a PoolMiss: the claimed runner and whatever was made of it go."""
