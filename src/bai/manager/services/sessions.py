@@ -128,13 +128,16 @@ class SessionService:
             dep_ids = [await self._dependency(conn, d, owner["access_key"])
                        for d in req.dependencies]
             kid = uuid.uuid4()
+            # the request arrived at ``now`` (created_at, what starts_at counts from); the
+            # session becomes PENDING as it is written, after the checks above
+            at = utcnow()
             row = {
                 "id": sid, "name": req.name, "tag": req.tag, "type": req.type.value,
                 "image": image["name"], "registry": image["registry"],
                 "architecture": image["architecture"], "domain_name": owner["domain_name"],
                 "group_id": group_id, "user_id": owner["user_id"],
                 "access_key": owner["access_key"], "status": str(S.PENDING),
-                "status_info": "enqueued", "status_data": {}, "status_changed": now,
+                "status_info": "enqueued", "status_data": {}, "status_changed": at,
                 "created_at": now, "starts_at": req.starts_at,
                 "startup_command": req.startup_command,
                 "bootstrap_script": req.bootstrap_script,
@@ -143,18 +146,18 @@ class SessionService:
                 "service_ports": list(image.get("service_ports") or []), "mounts": [],
                 "environ": req.environ, "agent_ids": [], "main_kernel_id": kid,
                 "callback_url": req.callback_url, "idle_timeout": owner["idle_timeout"],
-                "last_activity_at": now, "abusing_reports": [], "attempt": 0,
+                "last_activity_at": at, "abusing_reports": [], "attempt": 0,
             }
             await conn.execute(sa.insert(sessions).values(**row))
             await conn.execute(sa.insert(kernels).values(
                 id=kid, session_id=sid, image=image["name"], status=str(S.PENDING),
-                status_info="enqueued", status_changed=now, created_at=now,
+                status_info="enqueued", status_changed=at, created_at=now,
                 requested_slots=requested.to_json(), occupied_slots=requested.to_json(),
             ))
             for dep in dict.fromkeys(dep_ids):
                 await conn.execute(
                     sa.insert(session_dependencies).values(session_id=sid, depends_on=dep))
-            await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, now)
+            await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, at)
         return row, None
 
     async def _wait(self, sub, row: dict, max_wait: float) -> dict:
