@@ -41,7 +41,7 @@ def describe(err: BaseException) -> str:
             text += " (check the access/secret key: BACKEND_ACCESS_KEY, BACKEND_SECRET_KEY)"
         data = err.data if isinstance(err.data, dict) else {}
         avail = data.get("available")
-        if isinstance(avail, list) and "Available" not in text:
+        if isinstance(avail, list) and "available" not in text.lower():
             text += f". Available: {', '.join(map(str, avail)) or 'none'}"
             aliases = data.get("aliases")
             if isinstance(aliases, (list, dict)):
