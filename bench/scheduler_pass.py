@@ -37,6 +37,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from harness import clear_pg, pg_dsn, print_conditions
 
+from bai.manager.app import settle_gc
 from bai.manager.services import scheduling
 from bai.manager.services.bootstrap import bootstrap
 from bai.manager.services.root import ManagerRoot
@@ -103,6 +104,7 @@ async def measure(n: int, db: str | None, rounds: int, profile: bool = False) ->
     await root.store.migrate()
     keys = await bootstrap(root.store)
     root.agents.rpc = SilentAgents()
+    settle_gc()  # what `python -m bai.manager serve` does once started
     for i in range(10):
         await root.agents.heartbeat({"agent_id": f"agent-{i}", "address": f"http://127.0.0.1:{i+1}",
                                      "available_slots": {"cpu": "4", "mem": str(16 * 2**30)}})

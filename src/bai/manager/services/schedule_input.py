@@ -13,7 +13,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -88,6 +88,21 @@ def _processor(col: sa.Column, dialect: Any) -> Callable[[Any], Any]:
     return proc or (lambda v: v)
 
 
+def _time_reader(col: sa.Column, dialect: Any) -> Callable[[Any], Any]:
+    """What a normal read makes of a ``UTCDateTime`` column's raw value; SQLite's text is
+    parsed by ``datetime.fromisoformat`` (the format SQLAlchemy writes) instead of a regular
+    expression."""
+    slow = _processor(col, dialect)
+
+    def read(raw: Any) -> Any:
+        if isinstance(raw, str):
+            value = datetime.fromisoformat(raw)
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return slow(raw)
+
+    return read
+
+
 def parse_slots(text: str | None, cache: dict[str, ResourceSlot]) -> ResourceSlot:
     """``ResourceSlot.from_json`` of a JSON text, parsed once per distinct text. The returned
     slots are shared: callers must not change them in place."""
@@ -126,8 +141,10 @@ async def _pending(conn: AsyncConnection) -> tuple[
     c = sessions.c
     is_pending = c.status == str(S.PENDING)
     cache = _cache(conn)
-    full_cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots), c.id, c.name, c.access_key,
-                 c.created_at, c.scaling_group, c.domain_name, c.starts_at, c.type,
+    # ids and times read raw and made here: SQLAlchemy's per-value readers (a regular
+    # expression per SQLite time) were half the CPU of a cold read of 10,000 sessions
+    full_cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots), c.name, c.access_key,
+                 _raw(c.created_at), c.scaling_group, c.domain_name, _raw(c.starts_at), c.type,
                  c.idle_timeout, _raw(c.group_id))
     changed = None
     if cache.texts:
@@ -177,7 +194,9 @@ async def _pending(conn: AsyncConnection) -> tuple[
     if changed:
         groups_seen = cache.groups
         to_group = None
-        for (rid, text, requested, sid, name, access_key, created_at, sgroup, domain, starts_at,
+        read_time = _time_reader(c.created_at, conn.dialect)
+        read_id = _processor(c.id, conn.dialect)
+        for (rid, text, requested, name, access_key, created_at, sgroup, domain, starts_at,
              kind, idle_timeout, raw_gid) in changed:
             info = missing.get(rid, missing)
             if info is missing:
@@ -188,10 +207,13 @@ async def _pending(conn: AsyncConnection) -> tuple[
                 to_group = to_group or _processor(c.group_id, conn.dialect)
                 gid = groups_seen[raw_gid] = to_group(raw_gid)
             new_texts[rid] = text
+            sid = read_id(rid)
             new_parsed[rid] = p = PendingSession(
-                id=sid, name=name, access_key=access_key, user_id=None, created_at=created_at,
+                id=sid, name=name, access_key=access_key, user_id=None,
+                created_at=read_time(created_at),
                 requested=parse_slots(requested, cache.slots), scaling_group=sgroup,
-                group_id=gid, domain_name=domain, starts_at=starts_at, kind=kind,
+                group_id=gid, domain_name=domain,
+                starts_at=read_time(starts_at) if starts_at is not None else None, kind=kind,
                 idle_timeout=idle_timeout or 0,
             )
             if deps and sid in deps:
