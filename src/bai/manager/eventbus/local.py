@@ -68,12 +68,6 @@ class Subscription:
         if self._fanout is not None:
             self._fanout.add(self, session_id)
 
-    def _put(self, ev: SessionEvent | None) -> None:
-        if ev is None:
-            self.close()
-        else:
-            self.deliver((ev,), {})
-
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
