@@ -50,6 +50,7 @@ from bai.agent.backends.base import (
 )
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup
 from bai.agent.backends.process_pool import (
+    CGROUP_PREFIX,
     PooledRunner,
     RunnerPool,
     proc_start_time,
@@ -121,6 +122,11 @@ def build_environ(spec: KernelSpec, workdir: Path, user: str) -> dict[str, str]:
     return env
 
 
+def runner_config(spec: KernelSpec) -> dict[str, Any]:
+    """``runner.json``: what the runner does once started (a pooled one gets it in the claim)."""
+    return {"bootstrap_script": spec.bootstrap_script, "startup_command": spec.startup_command}
+
+
 def build_command(
     interpreter: str,
     workdir: Path,
@@ -139,9 +145,6 @@ def build_command(
         argv += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}", "--clear-groups"]
     argv += [interpreter, "-m", "bai.kernel", "--workdir", str(workdir)]
     return argv
-
-
-_proc_start_time = proc_start_time
 
 
 class _Kernel:
@@ -175,7 +178,7 @@ class _Kernel:
         if self.popen is not None:
             return self.popen.poll() is None
         pid = self.pid
-        return bool(pid) and _proc_start_time(pid) == self.labels.get("bai.pid_start")
+        return bool(pid) and proc_start_time(pid) == self.labels.get("bai.pid_start")
 
 
 class ProcessBackend(RuntimeBackend):
@@ -284,8 +287,6 @@ class ProcessBackend(RuntimeBackend):
         """Pooled runners (and their cgroups) a previous agent left behind."""
         self.pool.sweep()
         if self.cgroups is not None:
-            from bai.agent.backends.process_pool import CGROUP_PREFIX
-
             for name in self.cgroups.names(CGROUP_PREFIX):
                 self._remove_pool_cgroup(name)
 
@@ -302,8 +303,7 @@ class ProcessBackend(RuntimeBackend):
         k.labels["bai.namespaces"] = "pid,mount" if self.namespaces else ""
         k.labels["bai.pooled"] = "1"
         state = k.workdir / bai.kernel.STATE_DIR
-        config = {"bootstrap_script": spec.bootstrap_script,
-                  "startup_command": spec.startup_command}
+        config = runner_config(spec)
         (state / "runner.json").write_text(json.dumps(config))
         if self.as_user is not None:
             os.lchown(state / "runner.json", *self.as_user)
@@ -446,7 +446,7 @@ class ProcessBackend(RuntimeBackend):
     def _kill(self, k: _Kernel) -> None:
         """Blocking: SIGKILL the whole kernel and wait until it is gone."""
         pid = k.pid
-        if pid and (k.popen is not None or _proc_start_time(pid) == k.labels.get("bai.pid_start")):
+        if pid and (k.popen is not None or proc_start_time(pid) == k.labels.get("bai.pid_start")):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         if k.cgroup is not None:
@@ -456,7 +456,7 @@ class ProcessBackend(RuntimeBackend):
                 k.popen.wait(timeout=5)
         else:
             deadline = time.monotonic() + 5
-            while pid and _proc_start_time(pid) is not None and time.monotonic() < deadline:
+            while pid and proc_start_time(pid) is not None and time.monotonic() < deadline:
                 time.sleep(0.02)
 
     # --- images ----------------------------------------------------------------------------
@@ -531,10 +531,7 @@ class ProcessBackend(RuntimeBackend):
         self._write_labels(k)
         for name in ("python", "python3"):
             (state / "bin" / name).symlink_to(interp)
-        (state / "runner.json").write_text(json.dumps({
-            "bootstrap_script": spec.bootstrap_script,
-            "startup_command": spec.startup_command,
-        }))
+        (state / "runner.json").write_text(json.dumps(runner_config(spec)))
         if self.as_user is not None:
             for p in [k.workdir, *k.workdir.rglob("*")]:
                 os.lchown(p, *self.as_user)
@@ -561,7 +558,7 @@ class ProcessBackend(RuntimeBackend):
             except OSError as e:
                 raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
         k.labels["bai.pid"] = str(k.popen.pid)
-        k.labels["bai.pid_start"] = _proc_start_time(k.popen.pid) or ""
+        k.labels["bai.pid_start"] = proc_start_time(k.popen.pid) or ""
         k.labels["bai.namespaces"] = "pid,mount" if self.namespaces else ""
         self._write_labels(k)
         return await self._wait_ready(k)
