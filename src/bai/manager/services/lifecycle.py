@@ -80,6 +80,17 @@ def next_step(current: SessionStatus, target: SessionStatus) -> SessionStatus | 
     return PROGRESS[PROGRESS.index(current) + 1]
 
 
+def walk(current: SessionStatus, target: SessionStatus) -> list[tuple[SessionStatus, str]]:
+    """The steps (status, reason) from ``current`` to ``target``; empty when already there or
+    past it. A restarting session goes straight back to RUNNING."""
+    step = S.RUNNING if current is S.RESTARTING and target is S.RUNNING else next_step(current, target)
+    path = []
+    while step is not None:
+        path.append((step, STEP_REASON[step]))
+        step = next_step(step, target)
+    return path
+
+
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -416,7 +427,7 @@ class Lifecycle:
                     kernel_rows.update({r.id: r.session_id for r in res})
                 rows = {r["id"]: r for r in await lock_sessions(
                     conn, list(set(kernel_rows.values())), _WALKING, WALK_COLUMNS)}
-                groups: dict[tuple[SessionStatus, SessionStatus], list[dict]] = {}
+                groups: dict[tuple[SessionStatus, SessionStatus, str], list[dict]] = {}
                 seen: set[uuid.UUID] = set()
                 for kid, ev in by_kid.items():
                     row = rows.get(kernel_rows.get(kid))
@@ -429,16 +440,11 @@ class Lifecycle:
                         # PREPARING, so every kernel_preparing lands here): nothing to do
                         continue
                     seen.add(row["id"])
-                    groups.setdefault((S(row["status"]), target), []).append({**row, "_event": ev})
-                for (src, target), group in groups.items():
-                    path, step = [], next_step(src, target)
-                    while step is not None:
-                        path.append((step, STEP_REASON[step]))
-                        step = next_step(step, target)
-                    cause = {r["_event"].agent_id for r in group}
-                    moved = await transit_many(
-                        conn, group, src, path, outbox=outbox,
-                        cause=f"agent:{cause.pop()}" if len(cause) == 1 else "agent")
+                    key = (S(row["status"]), target, ev.agent_id)
+                    groups.setdefault(key, []).append({**row, "_event": ev})
+                for (src, target, agent_id), group in groups.items():
+                    moved = await transit_many(conn, group, src, walk(src, target),
+                                               outbox=outbox, cause=f"agent:{agent_id}")
                     moved_ids = {r["id"] for r in moved}
                     rest.extend(r["_event"] for r in group if r["id"] not in moved_ids)
                     if target is S.RUNNING:
@@ -460,9 +466,7 @@ class Lifecycle:
                 .values(service_ports=sa.bindparam("_ports", type_=sa.JSON)), ports)
         containers = {r["main_kernel_id"]: str(r["_event"].data["container_id"])
                       for r in moved if r["_event"].data.get("container_id")}
-        kids = list(containers)
-        for i in range(0, len(kids), 500):  # one statement per chunk, not one per kernel
-            chunk = kids[i:i + 500]
+        for chunk in in_lists(list(containers)):  # one statement per chunk, not per kernel
             await conn.execute(
                 sa.update(kernels).where(kernels.c.id.in_(chunk))
                 .values(container_id=sa.case({k: containers[k] for k in chunk},
@@ -522,11 +526,7 @@ class Lifecycle:
         if status in (S.TERMINATING, S.ERROR) and target is S.RUNNING:
             self._destroy_orphan(kernel, ev, row.get("status_info") or "user-requested")
             return True
-        path: list[tuple[SessionStatus, str]] = []
-        step = S.RUNNING if status is S.RESTARTING and target is S.RUNNING else next_step(status, target)
-        while step is not None:
-            path.append((step, STEP_REASON[step]))
-            step = next_step(step, target)
+        path = walk(status, target)
         if not path:
             return True
         # the whole walk is one compare-and-set (a history row and events per step)

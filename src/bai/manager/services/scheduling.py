@@ -44,23 +44,6 @@ EVENT_POSITIONS = 100
 REFRESH_DEEP = 2.0
 
 
-def pending_events(inp: SchedulingInput, decision: Decision,
-                   rows: list[dict[str, Any]]) -> list[SessionEvent]:
-    """``session_pending`` events for waiting sessions whose reason line changed: reason code,
-    ``statusInfo``, ``queuePosition``, ``estimatedStart`` (iso or null) and the scheduler's
-    details, the same as ``status_data["scheduler"]``."""
-    by_id = {p.id: p for p in inp.pending}
-    out = []
-    for row in rows:
-        w = decision.waits[row["_id"]]
-        old = inp.current_info.get(w.session_id) or ""
-        if w.position > EVENT_POSITIONS and old.split(":", 1)[0] == w.code:
-            continue
-        p = by_id[w.session_id]
-        out.append(pending_event(p.id, p.name, p.access_key, w.info, row["_data"]["scheduler"]))
-    return out
-
-
 def pending_event(sid: Any, name: str, access_key: str, info: str,
                   sched: dict[str, Any]) -> SessionEvent:
     """The ``session_pending`` event that tells why a session waits (also replayed by SSE)."""
@@ -154,6 +137,8 @@ class SchedulerLoop:
     async def flush_deep(self) -> None:
         """Write the deferred lines now."""
         deep, self._deep = self._deep, {}
+        if not deep:
+            return
         try:
             await self._write_reasons(
                 [{"_id": sid, "_info": w.info, "_data": w.status_data()} for sid, w in deep.items()])
@@ -194,10 +179,10 @@ class SchedulerLoop:
         current = inp.current_info
         urgent, deep = [], {}
         for sid, w in decision.waits.items():
-            old = current.get(sid)
-            if sid in cancelled or old is None or old == w.info:
+            if sid in cancelled or sid not in current or current[sid] == w.info:
                 continue
-            if w.position > EVENT_POSITIONS and old.split(":", 1)[0] == w.code:
+            if (w.position > EVENT_POSITIONS
+                    and (current[sid] or "").split(":", 1)[0] == w.code):
                 deep[sid] = w
             else:
                 urgent.append(w)
@@ -207,9 +192,16 @@ class SchedulerLoop:
         if deep and (self._deep_task is None or self._deep_task.done()):
             self._deep_task = asyncio.create_task(self._refresh_deep())
         if urgent:
-            rows = [{"_id": w.session_id, "_info": w.info, "_data": w.status_data()}
-                    for w in urgent]
-            outbox.events.extend(pending_events(inp, decision, rows))
+            # each one a ``session_pending`` event too: reason code, ``statusInfo``,
+            # ``queuePosition``, ``estimatedStart`` and the scheduler's details
+            by_id = {p.id: p for p in inp.pending}
+            rows = []
+            for w in urgent:
+                data = w.status_data()
+                rows.append({"_id": w.session_id, "_info": w.info, "_data": data})
+                p = by_id[w.session_id]
+                outbox.events.append(
+                    pending_event(p.id, p.name, p.access_key, w.info, data["scheduler"]))
             await self._write_reasons(rows)
         # This pass already reacted to what it changed; only a lost placement needs another.
         outbox.kick_scheduler = refused > 0

@@ -26,7 +26,6 @@ against the table and gets its history row and events, as if made one by one in 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -317,21 +316,6 @@ def in_lists(items: Sequence, n: int = CHUNK):
         yield chunk + chunk[-1:] * (min(size, n) - len(chunk))
 
 
-def _slot_key(slots: Mapping[str, Any] | None) -> str:
-    return json.dumps(slots or {}, sort_keys=True)
-
-
-class SlotCache(dict):
-    """Parsed ``ResourceSlot`` per distinct JSON value: most sessions share a handful of shapes."""
-
-    def get_slots(self, raw: Mapping[str, Any] | None) -> ResourceSlot:
-        key = _slot_key(raw)
-        slots = self.get(key)
-        if slots is None:
-            slots = self[key] = ResourceSlot.from_json(raw)
-        return slots
-
-
 #: the columns a set-based move reads: enough for its writes, events, webhooks and kernel specs
 MOVE_COLUMNS = tuple(sessions.c[name] for name in (
     "id", "name", "access_key", "status", "type", "main_kernel_id", "callback_url",
@@ -418,12 +402,12 @@ async def transit_many(
         return moved
 
     if releases:
-        cache, freed = SlotCache(), {}
+        freed: dict[str, ResourceSlot] = {}
         for r in moved:
             agent_ids = list(by_id[r["id"]].get("agent_ids") or [])
             occupying = by_id[r["id"]].get("occupying_slots")
             if agent_ids and occupying:
-                freed[agent_ids[0]] = freed.get(agent_ids[0], ResourceSlot()) + cache.get_slots(occupying)
+                freed[agent_ids[0]] = freed.get(agent_ids[0], ResourceSlot()) + ResourceSlot.from_json(occupying)
         for agent_id, amount in freed.items():
             await release_on_agent(conn, agent_id, amount)
         outbox.kick_scheduler = True
@@ -490,7 +474,6 @@ async def place_many(
             .with_for_update()
         )
         agent_rows.update({r.id: r for r in res})
-    cache = SlotCache()
     free = {
         a.id: ResourceSlot.from_json(a.available_slots) - ResourceSlot.from_json(a.occupied_slots)
         for a in agent_rows.values() if a.status == "ALIVE"
@@ -503,7 +486,7 @@ async def place_many(
         row = rows.get(sid)
         if row is None:
             continue
-        want = cache.get_slots(row["requested_slots"])
+        want = ResourceSlot.from_json(row["requested_slots"])
         room = free.get(agent_id)
         if room is None or not want.fits_in(room):
             refused += 1
