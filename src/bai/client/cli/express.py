@@ -144,27 +144,28 @@ class Express:
             sys.stderr.flush()
 
     def request(self, method: str, path: str, json_body: Any = None) -> Any:
-        last_error = ""
-        for idx in self.eps.order():
+        def send(idx: int) -> Any:
             url, headers, data = self.eps.prepare(idx, method, path, None, json_body)
-            try:
-                ans = self.http.request(method, url, headers=headers, body=data)
-            except ConnectFailed as e:
-                last_error = str(e)
-                continue
-            except WireError as e:
-                raise self.eps.lost(idx, e) from None
-            self.eps.active = idx
-            return decode_answer(ans.status, ans.reason, ans.content_type, ans.text("replace"))
-        raise self.eps.unreachable(last_error)
+            return self.http.request(method, url, headers=headers, body=data)
+
+        ans = self.on_endpoints(send)
+        return decode_answer(ans.status, ans.reason, ans.content_type, ans.text("replace"))
 
     def websocket(self, path: str) -> Any:
-        last_error = ""
-        for idx in self.eps.order():
+        def open_ws(idx: int) -> Any:
             url, path_qs = self.eps.target(idx, path, None)
             headers = self.eps.signed(idx, "GET", path_qs, "application/octet-stream")
+            return self.http.websocket(url, headers=headers)
+
+        return self.on_endpoints(open_ws)
+
+    def on_endpoints(self, attempt: Any) -> Any:
+        """``attempt(idx)`` on the first endpoint that takes the connection, starting at the
+        one that answered last; it becomes the active one."""
+        last_error = ""
+        for idx in self.eps.order():
             try:
-                ws = self.http.websocket(url, headers=headers)
+                result = attempt(idx)
             except ConnectFailed as e:
                 last_error = str(e)
                 continue
@@ -173,7 +174,7 @@ class Express:
             except WireError as e:
                 raise self.eps.lost(idx, e) from None
             self.eps.active = idx
-            return ws
+            return result
         raise self.eps.unreachable(last_error)
 
     def with_sdk(self, fn: Any) -> Any:
