@@ -100,7 +100,7 @@ def cgroup_of(pid: int) -> KernelCgroup | None:
 
 
 def cgroup_stats(pid: int) -> dict[str, Any] | None:
-    """Usage from the cgroup of process ``pid``, or None (see ``_cgroup_of``)."""
+    """Usage from the cgroup of process ``pid``, or None (see ``cgroup_of``)."""
     cg = cgroup_of(pid)
     if cg is None:
         return None
