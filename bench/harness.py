@@ -178,7 +178,27 @@ def reset_pg(dsn: str) -> None:
     asyncio.run(clear_pg(dsn))
 
 
-class EmbeddedStack:
+class Daemons:
+    """``with X(...) as x``: ``start()`` on enter (``stop()`` if it fails), ``stop()`` on exit."""
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedStack(Daemons):
     """``backend.ai server start`` in a private HOME on free ports; ``stop()`` tears it down.
 
     ``env`` is the environment to run the CLI with (HOME points at the private folder, so the
@@ -233,16 +253,6 @@ class EmbeddedStack:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def __enter__(self) -> EmbeddedStack:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 @contextlib.contextmanager
 def timer() -> Iterator[list[float]]:
@@ -270,7 +280,7 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> 
     raise RuntimeError(f"the manager did not listen within {timeout:.0f} s")
 
 
-class ManagerProcess:
+class ManagerProcess(Daemons):
     """``python -m bai.manager init`` then ``serve`` on a free port, on ``db_url``.
 
     ``settings`` become lines of the ``[manager]`` TOML table (e.g. ``schedule_interval``).
@@ -335,16 +345,6 @@ class ManagerProcess:
             print(f"manager state kept in {self.dir}")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> ManagerProcess:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 #: the status mix of a "lived-in" session table: mostly ended sessions, some live ones
