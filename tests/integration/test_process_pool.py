@@ -83,6 +83,7 @@ async def probe(b: ProcessBackend, inst: Instance, code: str = PROBE) -> tuple[s
 
 async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend, caplog) -> None:
     await pooled_ready(backend)
+    [runner] = backend.pool.idle[backend.settings.process_interpreter]
     s = spec("96m", environ={"FOO": "bar", "PYTHONPATH": "/opt/userlib"})
     inst = await backend.create(s)
     assert inst.labels.get("bai.pooled") == "1", caplog.text
@@ -93,16 +94,14 @@ async def test_a_claimed_runner_is_the_kernel_s_own(backend: ProcessBackend, cap
     assert cwd == str(inst.workdir)
     assert env == f"{inst.workdir} {s.kernel_id} bar"
     assert paths == "/opt/userlib /opt/userlib"  # the user's PYTHONPATH, not the runner's
-    assert not list((backend.root / POOL_DIR).glob("*/work")) or \
-        all(p.parent.name != s.kernel_id for p in (backend.root / POOL_DIR).glob("*/work"))
+    assert not runner.folder.exists()  # moved to the kernel's folder, out of the pool
     labels = json.loads((backend.root / s.kernel_id / "labels.json").read_text())
     assert labels["bai.pid"] == str(inst.container_id.removeprefix("pid:"))
     if backend.cgroups is not None:
         cg = backend.cgroups.open(s.kernel_id)
         assert cg.memory_limit() == 96 * 2**20
         assert len(cg.pids()) >= 3  # unshare/launcher, runner, worker: all in the kernel's
-        assert not backend.cgroups.names("pool-") or all(
-            n.startswith("pool-") for n in backend.cgroups.names("pool-"))
+        assert runner.cgroup_name not in backend.cgroups.names("pool-")  # renamed: the kernel's
     else:
         assert int(rlimit) == 96 * 2**20
 
