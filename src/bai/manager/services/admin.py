@@ -132,12 +132,17 @@ async def register_image(conn: AsyncConnection, body: Mapping[str, Any]) -> dict
     return (await _image(conn, name))
 
 
+def _named(items: list[dict[str, Any]], name: str) -> tuple[dict[str, Any] | None, str]:
+    """The item called ``name`` (or None) and the names there are, for the error."""
+    found = next((item for item in items if item["name"] == name), None)
+    return found, ", ".join(item["name"] for item in items) or "none"
+
+
 async def _image(conn: AsyncConnection, name: str) -> dict[str, Any]:
-    for item in await list_images(conn):
-        if item["name"] == name:
-            return item
-    known = ", ".join(await _names(conn, t.images.c.name)) or "none"
-    raise NotFound(f"no image named {name!r}; registered: {known}", title="Unknown image.")
+    item, known = _named(await list_images(conn), name)
+    if item is None:
+        raise NotFound(f"no image named {name!r}; registered: {known}", title="Unknown image.")
+    return item
 
 
 async def forget_image(conn: AsyncConnection, name: str) -> dict[str, Any]:
@@ -384,11 +389,11 @@ async def list_scaling_groups(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 
 async def _scaling_group(conn: AsyncConnection, name: str) -> dict[str, Any]:
-    for item in await list_scaling_groups(conn):
-        if item["name"] == name:
-            return item
-    known = ", ".join(await _names(conn, t.scaling_groups.c.name)) or "none"
-    raise NotFound(f"no resource group {name!r}; groups: {known}", title="No such resource group.")
+    item, known = _named(await list_scaling_groups(conn), name)
+    if item is None:
+        raise NotFound(f"no resource group {name!r}; groups: {known}",
+                       title="No such resource group.")
+    return item
 
 
 async def create_scaling_group(conn: AsyncConnection, body: Mapping[str, Any]) -> dict[str, Any]:
