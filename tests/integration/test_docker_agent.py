@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 import pytest
+from stacks import free_port
 
 from bai.testing.docker import docker_host_or_skip, test_image
 from bai.testing.fake_manager import FakeManager
@@ -30,9 +30,7 @@ class Agent:
     """``python -m bai.agent serve`` with the docker runtime, restartable."""
 
     def __init__(self, manager: FakeManager, scratch: Path, engine: str):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.address = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "BAI_AGENT_AGENT_ID": f"dk-{uuid.uuid4().hex[:8]}",
                     "BAI_AGENT_PORT": str(port), "BAI_AGENT_CLUSTER_TOKEN": TOKEN,
