@@ -59,6 +59,7 @@ from bai.agent.backends.base import (
 from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited, kill
 from bai.agent.backends.docker_pool import StandbyPool, StandbyUnusable
 from bai.agent.backends.docker_spec import (
+    KERNEL_PREFIX,
     L_AGENT,
     L_BACKEND,
     L_KERNEL,
@@ -332,7 +333,7 @@ class DockerBackend(RuntimeBackend):
         return self.scratch_root / kernel_id
 
     def container_name(self, kernel_id: str) -> str:
-        return f"bai-kernel-{kernel_id}"
+        return KERNEL_PREFIX + kernel_id
 
     async def create(self, spec: KernelSpec) -> Instance:
         removing = self._removing.get(spec.kernel_id)
