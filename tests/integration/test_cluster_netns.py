@@ -145,14 +145,18 @@ async def test_unplugged_agent_host_loses_its_sessions_and_comes_back_clean(clus
     cluster.link("a1", up=False)
     try:
         async def a1_lost():
+            # every session on a1 (the earlier tests' too), each released in its own transaction
             rows = await cluster.sql(
-                "SELECT status, status_info, occupying_slots FROM sessions WHERE id::text = ANY($1)",
-                on_a1)
-            return all(r["status"] not in LIVE for r in rows) and rows
+                "SELECT s.id::text AS sid, s.status, s.status_info, s.occupying_slots "
+                "FROM sessions s JOIN kernels k ON k.session_id = s.id "
+                "WHERE k.agent_id = 'agent-a1'")
+            return all(r["status"] not in LIVE for r in rows) and [
+                r for r in rows if r["sid"] in on_a1]
 
         # the configured heartbeat timeout plus the liveness check's period and some slack
         rows = await cluster.wait(a1_lost, cluster.heartbeat_timeout + 20,
                                   "sessions on the unplugged agent did not leave RUNNING")
+        assert len(rows) == len(on_a1)
         for r in rows:
             assert r["status_info"], "a session that left RUNNING must say why"
             assert "agent" in r["status_info"] and "lost" in r["status_info"], r

@@ -63,13 +63,18 @@ async def pooled_ready(b: ProcessBackend) -> None:
     raise AssertionError("no runner was pre-started")
 
 
+async def shut(b: ProcessBackend) -> None:
+    """Destroy the backend's kernels and stop it."""
+    for inst in await b.list():
+        await b.destroy(inst.kernel_id)
+    await b.stop()
+
+
 @pytest.fixture
 async def backend(tmp_path: Path):
     b = await make(tmp_path)
     yield b
-    for inst in await b.list():
-        await b.destroy(inst.kernel_id)
-    await b.stop()
+    await shut(b)
 
 
 async def probe(b: ProcessBackend, inst: Instance, code: str = PROBE) -> tuple[str, int | None]:
@@ -163,7 +168,7 @@ async def test_a_failed_claim_starts_the_kernel_cold(backend: ProcessBackend, mo
     assert (out, code) == (s.kernel_id + "\n", 0)
     assert not runner.alive() and not runner.folder.exists()
     if backend.cgroups is not None:
-        assert f"pool-{runner.folder.name}" not in backend.cgroups.names("pool-")
+        assert runner.cgroup_name and runner.cgroup_name not in backend.cgroups.names("pool-")
 
 
 async def test_a_dead_pooled_runner_is_skipped(backend: ProcessBackend) -> None:
@@ -183,9 +188,7 @@ async def test_no_pool_when_its_size_is_0(tmp_path: Path) -> None:
         await asyncio.sleep(0.2)
         assert not (tmp_path / POOL_DIR).exists() or not list((tmp_path / POOL_DIR).iterdir())
     finally:
-        for i in await b.list():
-            await b.destroy(i.kernel_id)
-        await b.stop()
+        await shut(b)
 
 
 async def test_rlimit_without_cgroups_is_set_on_the_claimed_tree(tmp_path: Path, caplog) -> None:
@@ -198,9 +201,7 @@ async def test_rlimit_without_cgroups_is_set_on_the_claimed_tree(tmp_path: Path,
         out, code = await probe(b, inst)
         assert code == 0 and int(out.splitlines()[3]) == 300 * 2**20
     finally:
-        for i in await b.list():
-            await b.destroy(i.kernel_id)
-        await b.stop()
+        await shut(b)
 
 
 async def test_a_pooled_kernel_is_adopted_and_stale_pooled_runners_swept(tmp_path: Path) -> None:
@@ -227,3 +228,68 @@ async def test_a_pooled_kernel_is_adopted_and_stale_pooled_runners_swept(tmp_pat
     finally:
         await second.stop()
     assert not (tmp_path / s.kernel_id).exists()
+
+
+async def test_a_runner_claimed_before_its_launcher_ran_is_still_the_kernel_s(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """The claim renames the pool cgroup and folder; a launcher that has not yet joined the
+    cgroup (by its path) would find it gone. The claim waits until the runner listens."""
+    from bai.agent.backends import process
+
+    monkeypatch.setattr(process, "LAUNCHER", "sleep 0.5; " + process.LAUNCHER)
+    b = await make(tmp_path)
+    try:
+        await pooled_ready(b)  # spawned: its launcher still sleeps
+        s = spec()
+        inst = await b.create(s)
+        assert inst.labels.get("bai.pooled") == "1", caplog.text
+        out, code = await probe(b, inst, "print(2 * 21)")
+        assert (out, code) == ("42\n", 0)
+        if b.cgroups is not None:
+            assert inst.container_id.removeprefix("pid:") in {
+                str(p) for p in b.cgroups.open(s.kernel_id).pids()}
+    finally:
+        await shut(b)
+
+
+async def test_an_agent_starting_leaves_another_agent_s_pooled_runners_alone(
+        tmp_path: Path) -> None:
+    first = await make(tmp_path / "one")
+    try:
+        await pooled_ready(first)
+        [runner] = first.pool.idle[first.settings.process_interpreter]
+        second = await make(tmp_path / "two")  # sweeps its own leftovers at start
+        try:
+            await pooled_ready(second)
+            assert runner.alive()
+            inst = await first.create(spec())
+            assert inst.labels.get("bai.pooled") == "1"
+        finally:
+            await second.stop()
+        assert runner.alive()
+    finally:
+        await shut(first)
+
+
+async def test_stopping_while_a_runner_is_being_started_leaves_none_behind(
+        tmp_path: Path) -> None:
+    b = await make(tmp_path, process_pool_size=0)
+    b.pool.size = 1
+    spawn = b.pool.spawn
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_spawn(*args):
+        loop.call_soon_threadsafe(started.set)
+        import time
+        time.sleep(0.4)
+        return spawn(*args)
+
+    b.pool.spawn = slow_spawn
+    b.pool.refill(b.settings.process_interpreter, b.cgroups is not None)
+    await started.wait()
+    await b.stop()
+    await asyncio.sleep(0.6)  # past the spawn that was under way
+    assert not list((tmp_path / POOL_DIR).iterdir())
+    if b.cgroups is not None:
+        assert b.cgroups.names(b.pool.cgroup_prefix) == []

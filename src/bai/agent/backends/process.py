@@ -50,7 +50,6 @@ from bai.agent.backends.base import (
 )
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup
 from bai.agent.backends.process_pool import (
-    CGROUP_PREFIX,
     PooledRunner,
     RunnerPool,
     proc_start_time,
@@ -287,11 +286,22 @@ class ProcessBackend(RuntimeBackend):
         """Pooled runners (and their cgroups) a previous agent left behind."""
         self.pool.sweep()
         if self.cgroups is not None:
-            for name in self.cgroups.names(CGROUP_PREFIX):
+            for name in self.cgroups.names(self.pool.cgroup_prefix):
                 self._remove_pool_cgroup(name)
 
     async def _start_pooled(self, spec: KernelSpec, k: _Kernel, runner: PooledRunner) -> Instance:
         """Make a pooled runner this kernel's (see process_pool.py); PoolMiss if it cannot be."""
+        pool_sock = runner.workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME
+        if not pool_sock.exists():
+            # Still starting: its launcher joins the pool cgroup by that cgroup's path, so the
+            # cgroup (and folder) are renamed only once the runner listens, which it does after.
+            try:
+                await wait_runner_ready(pool_sock, self.settings.kernel_ready_timeout,
+                                        runner.alive, "status")
+            except (RunnerUnavailable, TimeoutError) as e:
+                tail = self._tail(runner.folder / "runner.out", 2000).strip()
+                raise PoolMiss(f"the pooled runner did not start: {e}"
+                               + (f": {tail}" if tail else "")) from None
         try:
             runner.folder.rename(k.kdir)
             (k.kdir / "pool.json").unlink()
@@ -324,12 +334,7 @@ class ProcessBackend(RuntimeBackend):
         self._write_labels(k)
         sock = state / bai.kernel.SOCKET_NAME
         try:
-            try:
-                chan = await connect_runner(sock)
-            except RunnerUnavailable:  # claimed while it still starts: it answers once it listens
-                await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive,
-                                        "status")
-                chan = await connect_runner(sock)
+            chan = await connect_runner(sock)
             try:
                 await chan.send({"op": "claim", "workdir": str(k.workdir),
                                  "env": build_environ(spec, k.workdir, self.user_name),
@@ -338,7 +343,9 @@ class ProcessBackend(RuntimeBackend):
             finally:
                 await chan.close()
         except (RunnerUnavailable, OSError, TimeoutError) as e:
-            raise PoolMiss(f"the pooled runner did not take the claim: {e}") from None
+            tail = self._tail(k.kdir / "runner.out", 2000).strip()
+            raise PoolMiss(f"the pooled runner did not take the claim: {e}"
+                           + (f": {tail}" if tail else "")) from None
         if not answer or answer.get("status") != "claimed":
             raise PoolMiss(f"the pooled runner refused the claim: {answer}")
         if answer.get("ready"):  # a warm runner without a bootstrap script: ready at once

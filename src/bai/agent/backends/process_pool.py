@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -106,6 +107,9 @@ class RunnerPool:
     def __init__(self, root: Path, size: int,
                  spawn: Callable[[str, Path, str | None], PooledRunner]) -> None:
         self.root = root / POOL_DIR
+        #: the cgroups of this pool's runners: agents on one host share the cgroup parent, and
+        #: each sweeps only its own scratch root's leftovers
+        self.cgroup_prefix = f"{CGROUP_PREFIX}{hashlib.sha1(str(root).encode()).hexdigest()[:8]}-"
         self.size = size
         self.spawn = spawn
         self.idle: dict[str, list[PooledRunner]] = {}
@@ -137,7 +141,15 @@ class RunnerPool:
             await asyncio.sleep(delay)
             queue = self.idle.setdefault(interpreter, [])
             while len(queue) < self.size:
-                runner = await asyncio.to_thread(self._spawn_one, interpreter, with_cgroup)
+                spawn = asyncio.ensure_future(
+                    asyncio.to_thread(self._spawn_one, interpreter, with_cgroup))
+                try:
+                    runner = await asyncio.shield(spawn)
+                except asyncio.CancelledError:
+                    # the thread goes on and starts it: it is the pool's, for close() to kill
+                    if (runner := await spawn) is not None:
+                        queue.append(runner)
+                    raise
                 if runner is None:
                     return
                 queue.append(runner)
@@ -148,7 +160,7 @@ class RunnerPool:
         rid = uuid.uuid4().hex[:16]
         folder = self.root / rid
         try:
-            return self.spawn(interpreter, folder, CGROUP_PREFIX + rid if with_cgroup else None)
+            return self.spawn(interpreter, folder, self.cgroup_prefix + rid if with_cgroup else None)
         except Exception:  # pooling is an optimisation: creates work without it
             log.exception("could not pre-start a kernel runner for %s", interpreter)
             shutil.rmtree(folder, ignore_errors=True)
