@@ -727,3 +727,38 @@ async def test_deep_queue_lines_follow_a_shift_in_the_background(manager, monkey
     await manager.scheduler.flush_deep()
     assert "position 5 in queue" in await info("waiter-5")
     assert "position 4 in queue" in await info("waiter-4")
+
+
+async def test_deep_new_sessions_get_their_reason_and_event_from_the_background_write(
+        manager, monkeypatch):
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "EVENT_POSITIONS", 2)
+    manager.scheduler.refresh_deep = 3600  # written when this test says (flush_deep)
+    me = await caller(manager)
+    await manager.sessions.create(me, body("holder", resources={"cpu": "2"}))
+    names = [f"late-{i}" for i in range(4)]
+    ids = {}
+    async with manager.bus.subscribe() as sub:
+        for name in names:
+            ans = await manager.sessions.create(
+                me, body(name, resources={"cpu": "2"}, enqueueOnly=True))
+            ids[ans["sessionId"]] = name
+        await manager.scheduler.run_pass()
+        info = {n: (await manager.sessions.resolve(me, n))["status_info"] for n in names}
+        # near the head: written by the pass, with an event; deeper: still as enqueued
+        assert [info[n].split(":")[0] for n in names] == [
+            "insufficient-resources"] * 2 + ["enqueued"] * 2, info
+        await manager.scheduler.flush_deep()
+        got = []
+        while (ev := await sub.get(timeout=0.5)) is not None:
+            if ev.name == "session_pending" and ev.session_id in ids:
+                got.append((ids[ev.session_id], ev.payload()["queuePosition"]))
+    assert sorted(got) == [(n, i + 1) for i, n in enumerate(names)]
+    for i, n in enumerate(names):
+        assert f"position {i + 1} in queue" in (await manager.sessions.resolve(me, n))["status_info"]
+    # the background write is the lines' last word: the next pass changes nothing, sends nothing
+    async with manager.bus.subscribe() as sub:
+        await manager.scheduler.run_pass()
+        await manager.scheduler.flush_deep()
+        assert await sub.get(timeout=0.3) is None

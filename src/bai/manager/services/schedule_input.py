@@ -91,13 +91,18 @@ def _processor(col: sa.Column, dialect: Any) -> Callable[[Any], Any]:
 def _time_reader(col: sa.Column, dialect: Any) -> Callable[[Any], Any]:
     """What a normal read makes of a ``UTCDateTime`` column's raw value; SQLite's text is
     parsed by ``datetime.fromisoformat`` (the format SQLAlchemy writes) instead of a regular
-    expression."""
+    expression. That text carries no offset (it is UTC): parsed with one appended, which is
+    several times quicker than setting ``tzinfo`` on the result."""
     slow = _processor(col, dialect)
+    parse = datetime.fromisoformat
 
     def read(raw: Any) -> Any:
         if isinstance(raw, str):
-            value = datetime.fromisoformat(raw)
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
+            try:
+                return parse(raw + "+00:00")
+            except ValueError:  # it had an offset after all
+                value = parse(raw)
+                return value if value.tzinfo else value.replace(tzinfo=UTC)
         return slow(raw)
 
     return read

@@ -38,10 +38,13 @@ PLACE_CHUNK = 500
 
 
 #: queue positions up to which every change of a waiting session's line is an event and written
-#: by the pass itself; deeper in the queue only a new reason code is (a placement shifts every
-#: position behind it): a shifted position or estimate is written within ``REFRESH_DEEP`` s
+#: by the pass itself. Deeper in the queue lines are written in the background within
+#: ``REFRESH_DEEP`` s (a placement shifts every position behind it; a burst of new sessions
+#: needs a line each), and only a new reason code is an event, sent when its line is written.
 EVENT_POSITIONS = 100
 REFRESH_DEEP = 2.0
+#: not a session of the queue the pass read (one that arrived since)
+_ABSENT = object()
 
 
 def pending_event(sid: Any, name: str, access_key: str, info: str,
@@ -62,8 +65,9 @@ class SchedulerLoop:
         self._starts = asyncio.Semaphore(START_CONCURRENCY)
         self.passes = 0
         self.last_pass_seconds = 0.0
-        #: waiting sessions deep in the queue whose new line is written in the background
-        self._deep: dict[uuid.UUID, Any] = {}
+        #: waiting sessions deep in the queue whose new line is written in the background:
+        #: id -> (its wait, the session if the reason code is new: its event goes out then)
+        self._deep: dict[uuid.UUID, tuple[Any, Any]] = {}
         self._deep_task: asyncio.Task | None = None
         #: seconds between those background writes
         self.refresh_deep = REFRESH_DEEP
@@ -135,15 +139,31 @@ class SchedulerLoop:
             await self.flush_deep()
 
     async def flush_deep(self) -> None:
-        """Write the deferred lines now."""
+        """Write the deferred lines now (and the events of those with a new reason code)."""
         deep, self._deep = self._deep, {}
         if not deep:
             return
+        outbox = Outbox()
         try:
-            await self._write_reasons(
-                [{"_id": sid, "_info": w.info, "_data": w.status_data()} for sid, w in deep.items()])
+            await self._write_reasons(self._reason_rows(deep.values(), outbox))
         except Exception:  # the next pass finds the lines still old and defers them again
             log.exception("refreshing %d waiting sessions' lines failed", len(deep))
+            return
+        await self.root.sessions.lifecycle.flush(outbox)
+
+    @staticmethod
+    def _reason_rows(waits, outbox: Outbox) -> list[dict[str, Any]]:
+        """The rows ``_write_reasons`` writes for ``(wait, session or None)`` pairs; with a
+        session, its ``session_pending`` event (reason code, ``statusInfo``, ``queuePosition``,
+        ``estimatedStart`` and the scheduler's details) goes in ``outbox``."""
+        rows = []
+        for w, p in waits:
+            data = w.status_data()
+            rows.append({"_id": w.session_id, "_info": w.info, "_data": data})
+            if p is not None:
+                outbox.events.append(
+                    pending_event(p.id, p.name, p.access_key, w.info, data["scheduler"]))
+        return rows
 
     async def close(self) -> None:
         if self._deep_task is not None:
@@ -171,38 +191,35 @@ class SchedulerLoop:
                         outbox=outbox, info=f"{reason}: {w.msg}" if w else reason,
                         status_data=w.status_data() if w else None, now=now,
                     )
-        # Reasons of sessions that stay pending: only rows whose line changed. Deep in the
-        # queue, a line whose reason is the same but whose position or estimate moved (one
-        # placement at the head shifts them all) is written in the background instead
-        # (``_refresh_deep``), so that a pass need not rewrite the whole queue.
+        # Reasons of sessions that stay pending: only rows whose line changed. Near the head
+        # each is written now, with its event. Deeper, lines are written in the background
+        # (``_refresh_deep``), so that a pass need not rewrite the whole queue when one placement
+        # shifts every position or a burst of sessions arrives; only a new reason code there is
+        # an event.
         cancelled = {sid for sid, _ in decision.cancels}
         current = inp.current_info
+        changed = []
+        for sid, w in decision.waits.items():  # one lookup each: 10,000 of them a pass
+            old = current.get(sid, _ABSENT)
+            if old is not _ABSENT and old != w.info and not (cancelled and sid in cancelled):
+                changed.append((w, old))
+        by_id = {p.id: p for p in inp.pending} if changed else {}
         urgent, deep = [], {}
-        for sid, w in decision.waits.items():
-            if sid in cancelled or sid not in current or current[sid] == w.info:
-                continue
-            if (w.position > EVENT_POSITIONS
-                    and (current[sid] or "").split(":", 1)[0] == w.code):
-                deep[sid] = w
+        for w, old in changed:
+            sid = w.session_id
+            if w.position <= EVENT_POSITIONS:
+                urgent.append((w, by_id[sid]))
+            elif (old or "").split(":", 1)[0] == w.code:
+                deep[sid] = (w, None)
             else:
-                urgent.append(w)
+                deep[sid] = (w, by_id[sid])
         # this pass's view replaces the last one's: a line it did not find changed must not be
         # written from an older pass
         self._deep = deep
         if deep and (self._deep_task is None or self._deep_task.done()):
             self._deep_task = asyncio.create_task(self._refresh_deep())
         if urgent:
-            # each one a ``session_pending`` event too: reason code, ``statusInfo``,
-            # ``queuePosition``, ``estimatedStart`` and the scheduler's details
-            by_id = {p.id: p for p in inp.pending}
-            rows = []
-            for w in urgent:
-                data = w.status_data()
-                rows.append({"_id": w.session_id, "_info": w.info, "_data": data})
-                p = by_id[w.session_id]
-                outbox.events.append(
-                    pending_event(p.id, p.name, p.access_key, w.info, data["scheduler"]))
-            await self._write_reasons(rows)
+            await self._write_reasons(self._reason_rows(urgent, outbox))
         # This pass already reacted to what it changed; only a lost placement needs another.
         outbox.kick_scheduler = refused > 0
         await lifecycle.flush(outbox)
