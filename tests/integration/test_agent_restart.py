@@ -90,5 +90,9 @@ async def test_kill_9_and_restart(manager: FakeManager, tmp_path: Path) -> None:
                 assert r.status == 200
             assert not (scratch / kept).exists()
     finally:
-        agent.kill()
-        agent.wait()
+        agent.terminate()  # a stopping agent ends its pooled runners; a killed one leaves them
+        try:
+            agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
