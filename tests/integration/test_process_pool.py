@@ -293,3 +293,24 @@ async def test_stopping_while_a_runner_is_being_started_leaves_none_behind(
     assert not list((tmp_path / POOL_DIR).iterdir())
     if b.cgroups is not None:
         assert b.cgroups.names(b.pool.cgroup_prefix) == []
+
+
+async def test_a_pooled_runner_that_dies_while_starting_is_dropped_and_the_kernel_starts_cold(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    from bai.agent.backends import process
+
+    monkeypatch.setattr(process, "LAUNCHER",
+                        'case "$*" in *--pooled*) sleep 0.3; echo no pool here; exit 3;; esac; '
+                        + process.LAUNCHER)
+    b = await make(tmp_path)
+    try:
+        await pooled_ready(b)
+        [runner] = b.pool.idle[b.settings.process_interpreter]
+        inst = await b.create(spec())
+        assert "bai.pooled" not in inst.labels and inst.state == InstanceState.RUNNING
+        assert "did not start" in caplog.text and "no pool here" in caplog.text
+        assert not runner.alive() and not runner.folder.exists()
+        if b.cgroups is not None:
+            assert runner.cgroup_name not in b.cgroups.names("pool-")
+    finally:
+        await shut(b)

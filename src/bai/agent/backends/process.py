@@ -300,6 +300,7 @@ class ProcessBackend(RuntimeBackend):
                                         runner.alive, "status")
             except (RunnerUnavailable, TimeoutError) as e:
                 tail = self._tail(runner.folder / "runner.out", 2000).strip()
+                await asyncio.to_thread(self.pool.discard, runner)  # still the pool's: not moved
                 raise PoolMiss(f"the pooled runner did not start: {e}"
                                + (f": {tail}" if tail else "")) from None
         try:
