@@ -4,12 +4,13 @@ machine; the agent is a fake (that is the point: it reports kernel events on dem
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import uuid
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from pg_support import PG_DSN, private_store
 
 from bai.common.errors import (
     InvalidAPIParameters,
@@ -90,52 +91,32 @@ class FakeAgent:
         pass
 
 
-PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def manager(request, tmp_path):
-    schema = None
-    if request.param == "postgres":
-        if not PG_DSN:
-            pytest.skip("BAI_TEST_PG_DSN not set")
-        schema = f"m_{uuid.uuid4().hex[:10]}"
-        await _pg_exec(f"CREATE SCHEMA {schema}")
-    settings = ManagerSettings(
-        db_url=PG_DSN if schema else f"sqlite+aiosqlite:///{tmp_path}/bai.db",
-        schedule_interval=0.2, cluster_token="t", idle_check_interval=1.0,
-    )
-    root = ManagerRoot(settings)
-    if schema:
-        from bai.manager.store.engine import Store
-
-        await root.store.close()
-        root.store = Store(PG_DSN, connect_args={"server_settings": {"search_path": schema}})
-    await root.start()
-    keys = await bootstrap(root.store)
-    fake = FakeAgent(root)
-    root.agents.rpc = fake
-    await root.agents.heartbeat({
-        "agent_id": "agent-1", "address": "http://127.0.0.1:1",
-        "available_slots": {"cpu": "2", "mem": str(4 * GIB)},
-    })
-    root.fake = fake
-    root.keys = keys
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        store = None
+        if request.param == "postgres":  # (skipped here without BAI_TEST_PG_DSN)
+            store = await stack.enter_async_context(private_store("m"))
+        settings = ManagerSettings(
+            db_url=PG_DSN if store else f"sqlite+aiosqlite:///{tmp_path}/bai.db",
+            schedule_interval=0.2, cluster_token="t", idle_check_interval=1.0,
+        )
+        root = ManagerRoot(settings)
+        if store is not None:
+            await root.store.close()
+            root.store = store
+        await root.start()
+        stack.push_async_callback(root.stop)
+        keys = await bootstrap(root.store)
+        fake = FakeAgent(root)
+        root.agents.rpc = fake
+        await root.agents.heartbeat({
+            "agent_id": "agent-1", "address": "http://127.0.0.1:1",
+            "available_slots": {"cpu": "2", "mem": str(4 * GIB)},
+        })
+        root.fake = fake
+        root.keys = keys
         yield root
-    finally:
-        await root.stop()
-        if schema:
-            await _pg_exec(f"DROP SCHEMA {schema} CASCADE")
-
-
-async def _pg_exec(sql: str) -> None:
-    from bai.manager.store.engine import Store
-
-    admin = Store(PG_DSN)
-    async with admin.begin() as conn:
-        await conn.execute(sa.text(sql))
-    await admin.close()
 
 
 async def caller(root, who="user") -> Caller:

@@ -4,13 +4,14 @@ start time or status; a new, removed or dependent session; a new status_info).""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from pg_support import private_store
 
 from bai.common.resources import ResourceSlot
 from bai.manager.services.bootstrap import bootstrap
@@ -18,35 +19,20 @@ from bai.manager.services.schedule_input import load_input
 from bai.manager.store import tables as t
 from bai.manager.store.engine import Store
 
-PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
 GIB = 2**30
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request, tmp_path):
-    schema = None
-    if request.param == "postgres":
-        if not PG_DSN:
-            pytest.skip("BAI_TEST_PG_DSN not set")
-        schema = f"si_{uuid.uuid4().hex[:10]}"
-        admin = Store(PG_DSN)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        await admin.close()
-        st = Store(PG_DSN, connect_args={"server_settings": {"search_path": schema}})
-    else:
-        st = Store(f"sqlite+aiosqlite:///{tmp_path}/bai.db")
-    await st.migrate()
-    st.keys = await bootstrap(st)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "postgres":
+            st = await stack.enter_async_context(private_store("si"))
+        else:
+            st = Store(f"sqlite+aiosqlite:///{tmp_path}/bai.db")
+            stack.push_async_callback(st.close)
+        await st.migrate()
+        st.keys = await bootstrap(st)
         yield st
-    finally:
-        await st.close()
-        if schema:
-            admin = Store(PG_DSN)
-            async with admin.begin() as conn:
-                await conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-            await admin.close()
 
 
 async def add_sessions(st: Store, n: int, **over) -> list[uuid.UUID]:

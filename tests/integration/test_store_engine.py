@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import pytest
 import sqlalchemy as sa
+from pg_support import private_store
 
 from bai.common.errors import InvalidTransition
 from bai.common.resources import ResourceSlot
@@ -19,31 +19,17 @@ from bai.manager.store import tables as t
 from bai.manager.store.engine import Store
 
 S = SessionStatus
-PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store(f"sqlite+aiosqlite:///{tmp_path}/store.db")
-        yield s
-        await s.close()
+    if request.param == "postgres":
+        async with private_store("t") as s:
+            yield s
         return
-    if not PG_DSN:
-        pytest.skip("BAI_TEST_PG_DSN not set")
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    admin = Store(PG_DSN)
-    async with admin.begin() as conn:
-        await conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    await admin.close()
-    # Every connection of this store works inside the test's own schema.
-    s = Store(PG_DSN, connect_args={"server_settings": {"search_path": schema}})
+    s = Store(f"sqlite+aiosqlite:///{tmp_path}/store.db")
     yield s
     await s.close()
-    admin = Store(PG_DSN)
-    async with admin.begin() as conn:
-        await conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    await admin.close()
 
 
 async def test_migrations_match_tables_and_are_idempotent(store):

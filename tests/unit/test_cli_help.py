@@ -8,7 +8,7 @@ import sys
 import click
 import pytest
 
-from bai.client.cli.main import ROOT_COMMANDS, cli
+from bai.client.cli.root import ROOT_COMMANDS, cli
 
 OURS = [n for n in ROOT_COMMANDS if n != "server"]  # `server` is the embedded daemons' group
 

@@ -8,7 +8,8 @@ import pytest
 
 from bai.client.cli.fields import format_slots, item_to_json, parse_format
 from bai.client.cli.output import _plain_table, stats_rows
-from bai.client.config import ClientConfig, ConfigError
+from bai.client.config import ClientConfig
+from bai.client.errors import ConfigError
 from bai.client.connection import Connection, encode_query
 from bai.client.models import CreateSpec
 from bai.common.auth import sign

@@ -146,9 +146,6 @@ class BlockingHTTP:
         framing = http1.BodyFraming(status, hdrs, method == "HEAD")
         data = self._body(conn, framing)
         if framing.keep_alive:
-            old = self._idle.pop(conn.key, None)
-            if old is not None:
-                old.close()
             self._idle[conn.key] = conn
         else:
             conn.close()

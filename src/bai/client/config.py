@@ -20,7 +20,6 @@ import os
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Any
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8091"
@@ -28,27 +27,12 @@ _FIELDS = ("endpoints", "access_key", "secret_key", "domain", "group", "profile"
            "extra")
 
 
-def __getattr__(name: str) -> Any:
-    # ConfigError is made on first use: bai.common.errors (and typing) is not free to import,
-    # and ``backend.ai run`` reads its configuration on every start.
-    if name == "ConfigError":
-        if "ConfigError" in globals():
-            return globals()["ConfigError"]
-        from bai.common.errors import BaiError
-
-        class ConfigError(BaiError):
-            code = "client-config-error"
-            status = 400
-            title = "Invalid client configuration."
-
-        globals()["ConfigError"] = ConfigError
-        return ConfigError
-    raise AttributeError(name)
-
-
 def _error(msg: str) -> Exception:
-    cls = globals().get("ConfigError") or __getattr__("ConfigError")
-    return cls(msg)
+    # imported when raised: bai.common.errors is not free to import, and ``backend.ai run``
+    # reads its configuration on every start
+    from bai.client.errors import ConfigError
+
+    return ConfigError(msg)
 
 
 def config_file(env: dict[str, str] | os._Environ | None = None) -> str:
@@ -88,12 +72,6 @@ def plain_toml(text: str) -> dict[str, Any] | None:
 
 def _bare(key: str) -> bool:
     return all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
-
-
-def config_path(env: dict[str, str] | None = None) -> Path:
-    from pathlib import Path
-
-    return Path(config_file(env))
 
 
 class ClientConfig:

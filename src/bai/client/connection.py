@@ -36,7 +36,6 @@ from bai.client.endpoint import (
     problem_error,
     session_path,
 )
-from bai.client.errors import ManagerUnreachable
 
 
 @dataclass
@@ -119,7 +118,7 @@ class Connection:
                 continue
             except wire.WireError as e:
                 raise eps.lost(idx, e) from None
-        raise ManagerUnreachable(self.config.endpoints, last_error)
+        raise eps.unreachable(last_error)
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -147,7 +146,7 @@ class Connection:
             finally:
                 await ws.close()
             return
-        raise ManagerUnreachable(self.config.endpoints, last_error)
+        raise eps.unreachable(last_error)
 
     async def sse(self, path: str, params: Params = None) -> AsyncIterator[SSEMessage]:
         """Messages of a ``text/event-stream`` answer until the server closes it."""
@@ -168,7 +167,7 @@ class Connection:
             eps.active = idx
             break
         if resp is None:
-            raise ManagerUnreachable(self.config.endpoints, last_error)
+            raise eps.unreachable(last_error)
         try:
             if resp.status >= 300:
                 await _read_answer(resp)

@@ -36,6 +36,14 @@ class ProtocolError(BaiError):
     title = "Unexpected answer from the manager."
 
 
+class ConfigError(BaiError):
+    """The client configuration (file, profile or environment) cannot be used."""
+
+    code = "client-config-error"
+    status = 400
+    title = "Invalid client configuration."
+
+
 class UsageError(BaiError):
     """A bad command-line value found before any request is sent (CLI exit code 2)."""
 

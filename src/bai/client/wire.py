@@ -29,7 +29,6 @@ from typing import Any
 from bai.client import http1
 from bai.client.http1 import (  # noqa: F401 - re-exported: callers catch them from here
     CHUNK,
-    WS_GUID,
     ConnectFailed,
     HandshakeFailed,
     WireError,

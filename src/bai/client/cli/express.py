@@ -286,16 +286,14 @@ class Express:
         return exit_code
 
     def ended_early(self, sid: str, name: str) -> int:
-        from bai.client.cli.progress import describe_status
+        from bai.client.cli.progress import ended_early
 
         b: dict = {}
         try:
             b = self.with_sdk(lambda api: api.brief(sid))
         except Exception:  # noqa: BLE001, S110 - the message below stands on its own
             pass
-        st = describe_status(str(b.get("status", "UNKNOWN")), b.get("status_info"))
-        sys.stderr.write(f"Error: the execution ended before it finished (session {name}:"
-                         f" {st})\n")
+        sys.stderr.write(ended_early(name, b) + "\n")
         return 1
 
 
@@ -340,8 +338,7 @@ class StatusWatcher:
             watcher = StartupWatcher(api, self.name, owner, Output("table", False))
             watcher.start(first_delay=0)
             try:
-                while not self._stop.is_set():
-                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(self._stop.wait)
             finally:
                 await watcher.stop()
 

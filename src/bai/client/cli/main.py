@@ -12,21 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-# ``typing`` costs ~3 ms to import; annotations are never evaluated here.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 EXIT_USAGE = 2
-
-
-def __getattr__(name: str) -> Any:
-    # the click group and its parts, for callers that import them from here
-    if name in ("cli", "LazyGroup", "ROOT_COMMANDS"):
-        from bai.client.cli import root
-
-        return getattr(root, name)
-    raise AttributeError(name)
 
 
 def describe(err: BaseException) -> str:

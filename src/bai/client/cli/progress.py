@@ -20,6 +20,13 @@ POLL_SECONDS = 1.0
 FIRST_POLL_SECONDS = 0.7
 
 
+def ended_early(name: str, brief: dict[str, Any]) -> str:
+    """The error line for an execution whose stream ended before it finished, with what the
+    session's ``brief`` (empty if it could not be read) says of it."""
+    st = describe_status(str(brief.get("status", "UNKNOWN")), brief.get("status_info"))
+    return f"Error: the execution ended before it finished (session {name}: {st})"
+
+
 def describe_status(status: str, info: str | None, data: Any = None) -> str:
     """``PENDING - insufficient-resources: ... (queue position 2, estimated start ...)``."""
     text = status

@@ -212,10 +212,6 @@ async def report_not_running(api: Any, created: Any, out: Output, max_wait: int)
     return 0
 
 
-def print_frame(frame: Any, out: Output) -> None:
-    print_console(frame.console, frame.files)
-
-
 async def read_input(is_password: bool) -> str:
     import getpass
 
@@ -240,7 +236,7 @@ async def execute(api: Any, created: Any, code: str | None, opts: dict[str, Any]
     finished = False
     async for frame in api.execute(created.session_id, code=code_text, mode=mode,
                                    options=options, read_input=read_input):
-        print_frame(frame, out)
+        print_console(frame.console, frame.files)
         if frame.status in ("clean-finished", "build-finished"):
             what = "Clean" if frame.status.startswith("clean") else "Build"
             out.note(f"✓ {what} finished. (exit code = {frame.exit_code})")
@@ -255,11 +251,9 @@ async def execute(api: Any, created: Any, code: str | None, opts: dict[str, Any]
             b = await api.brief(created.session_id)
         except Exception:  # noqa: BLE001
             pass
-        from bai.client.cli.progress import describe_status
+        from bai.client.cli.progress import ended_early
 
-        st = describe_status(str(b.get("status", "UNKNOWN")), b.get("status_info"))
-        click.echo(f"Error: the execution ended before it finished (session {created.name}:"
-                   f" {st})", err=True)
+        click.echo(ended_early(created.name, b), err=True)
         return 1
     if exit_code is None:
         exit_code = step_failure
