@@ -52,6 +52,8 @@ class FakeAgent:
         self.auto_start = True
         self.exit_codes: dict[str, int] = {}
         self.unreachable = False
+        #: what its kernel_started says of the service ports (None: nothing)
+        self.ports: list | None = None
 
     def _ev(self, name, spec, **kw):
         return KernelEvent(name, self.agent_id, spec["kernel_id"], spec["session_id"], **kw)
@@ -73,8 +75,9 @@ class FakeAgent:
         return {"accepted": [s["kernel_id"] for s in specs], "refused": []}
 
     async def _start(self, spec):
-        evs = [self._ev(n, spec) for n in
-               ("kernel_preparing", "kernel_prepared", "kernel_creating", "kernel_started")]
+        evs = [self._ev(n, spec) for n in ("kernel_preparing", "kernel_prepared", "kernel_creating")]
+        evs.append(self._ev("kernel_started", spec, data={} if self.ports is None
+                            else {"service_ports": self.ports}))
         code = self.exit_codes.get(spec["session_name"])
         if spec["session_type"] == "BATCH" and code is not None:
             evs.append(self._ev("kernel_terminated", spec, reason="self-terminated", exit_code=code))
@@ -743,3 +746,12 @@ async def test_deep_new_sessions_get_their_reason_and_event_from_the_background_
         await manager.scheduler.run_pass()
         await manager.scheduler.flush_deep()
         assert await sub.get(timeout=0.3) is None
+
+
+async def test_the_create_answer_has_the_service_ports_the_started_kernel_reported(manager):
+    me = await caller(manager)
+    manager.fake.ports = [{"name": "jupyter", "protocol": "http", "container_ports": [8888]}]
+    ans = await manager.sessions.create(me, body("ported"))
+    assert ans["status"] == "RUNNING"
+    row = await manager.sessions.resolve(me, "ported")
+    assert ans["servicePorts"] == row["service_ports"] == manager.fake.ports

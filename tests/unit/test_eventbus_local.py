@@ -126,15 +126,3 @@ async def test_get_tells_the_close_once_then_waits_like_a_quiet_bus():
         assert not done
         later.cancel()
         assert await sub.get(timeout=0.01) is None
-
-
-async def test_a_subscription_narrowed_to_one_session_keeps_its_queue_and_loses_the_rest():
-    bus = LocalEventBus()
-    async with bus.subscribe() as sub:
-        await bus.publish_many([ev("a", 1), ev("b", 2), ev("a", 3)])
-        sub.only("a")
-        await bus.publish_many([ev("b", 4), ev("a", 5)])
-        assert [g.reason for g in await drain(sub, 3)] == ["1", "3", "5"]
-        assert await sub.get(timeout=0.05) is None
-        assert not bus.fanout._all and set(bus.fanout._by_session) == {"a"}
-    assert not bus.fanout._by_session and not bus.fanout._where

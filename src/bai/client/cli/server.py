@@ -37,14 +37,6 @@ def _state_dir(value: str | None) -> Path:
     return Path(base) / "bai"
 
 
-def client_config_path() -> Path:
-    env = os.environ.get("BAI_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return Path(base) / "bai" / "client.toml"
-
-
 def _pid_alive(pid_file: Path) -> int | None:
     try:
         pid = int(pid_file.read_text().strip())
@@ -253,7 +245,9 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         _fail(f"bai did not become ready within {timeout:.0f} s", manager_log)
 
     keys = json.loads(keys_path.read_text())
-    cfg = client_config_path()
+    from bai.client.config import config_file
+
+    cfg = Path(config_file())
     cfg.parent.mkdir(parents=True, exist_ok=True)
     body = []
     for profile, who in (("default", "admin"), ("user", "user")):

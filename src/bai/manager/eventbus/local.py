@@ -47,7 +47,6 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._told_closed = False
-        self._fanout: FanOut | None = None
         self.dropped = 0
 
     def deliver(self, events: Sequence[SessionEvent], shared: dict[Any, Any]) -> None:
@@ -58,15 +57,6 @@ class Subscription:
                 self._queue.popleft()
             self.dropped += extra
         self._wake()
-
-    def only(self, session_id: str) -> None:
-        """From now on, only ``session_id``'s events (e.g. once a create knows its session's id:
-        subscribed before the insert so that nothing is missed, then narrowed, so that it is not
-        handed every other session's events); those already queued are filtered too."""
-        session_id = str(session_id)
-        self._queue = deque(ev for ev in self._queue if ev.session_id == session_id)
-        if self._fanout is not None:
-            self._fanout.add(self, session_id)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -173,8 +163,6 @@ class FanOut:
     @contextlib.contextmanager
     def registered(self, listener: Listener, session_id: str | None = None):
         self.add(listener, session_id)
-        if isinstance(listener, Subscription):
-            listener._fanout = self
         try:
             yield listener
         finally:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -40,7 +39,7 @@ class AgentRegistry:
         self.root = root
         self.rpc = AgentClient(root.settings.cluster_token)
         #: agent id -> (what its last heartbeat said, when its row was last written in full)
-        self._seen: dict[str, tuple[str, Any]] = {}
+        self._seen: dict[str, tuple[dict[str, Any], Any]] = {}
         self._appliers = asyncio.Semaphore(EVENT_APPLIERS)
 
     async def close(self) -> None:
@@ -68,13 +67,12 @@ class AgentRegistry:
         # The usual heartbeat says what the last one said: then it only refreshes
         # last_heartbeat (one UPDATE that also checks the agent is still ALIVE). The whole
         # row is compared and written again on any change and every FULL_HEARTBEAT_EVERY.
-        said = json.dumps(values, sort_keys=True)
         seen = self._seen.get(agent_id)
-        if not (seen and seen[0] == said and (now - seen[1]).total_seconds() < FULL_HEARTBEAT_EVERY
+        if not (seen and seen[0] == values and (now - seen[1]).total_seconds() < FULL_HEARTBEAT_EVERY
                 and await self._touch(agent_id, now)):
             if await self._register(agent_id, values, now):
                 self.root.scheduler.kick()
-            self._seen[agent_id] = (said, now)
+            self._seen[agent_id] = (values, now)
         known = await self._check_kernels(agent_id, payload.get("kernels"))
         return {"ok": True, "known_kernels": known}
 

@@ -165,11 +165,13 @@ class SessionService:
 
         Every transition's event carries the session's new status, so the wait follows the
         events and reads the row only when an event does not say (or none came for a
-        second, e.g. one was lost): the rest of the answer is the row this call wrote."""
+        second, e.g. one was lost), and once more when it settled, for what starting it
+        wrote (the service ports the agent reported)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait if max_wait > 0 else None
-        sid, sid_text = row["id"], str(row["id"])
+        sid = row["id"]
         status = str(row["status"])
+        stale = False  # the status came from an event: the row (service ports) is older
         while status not in _SETTLED_NAMES:
             timeout = 1.0
             if deadline is not None:
@@ -177,18 +179,23 @@ class SessionService:
                 if left <= 0:
                     return {**self._answer(row, created=True), "status": "TIMEOUT"}
                 timeout = min(timeout, left)
-            ev = await sub.get(timeout)
-            if ev is not None and ev.session_id != sid_text:
-                continue
+            ev = await sub.get(timeout)  # (the subscription is this session's only)
             if ev is not None and ev.status is not None:
-                status = ev.status
+                status, stale = ev.status, True
                 continue
-            async with self.root.store.connect() as conn:
-                fresh = await self._row(conn, sid)
-            if fresh is None:
-                raise SessionNotFound("the session disappeared while starting")
-            row, status = fresh, str(fresh["status"])
+            row, stale = await self._fresh(sid), False
+            status = str(row["status"])
+        if stale:  # once, now that it has settled
+            row = await self._fresh(sid)
+            status = str(row["status"])
         return {**self._answer(row, created=True), "status": status}
+
+    async def _fresh(self, sid: uuid.UUID) -> dict:
+        async with self.root.store.connect() as conn:
+            row = await self._row(conn, sid)
+        if row is None:
+            raise SessionNotFound("the session disappeared while starting")
+        return row
 
     @staticmethod
     def _answer(row: dict, *, created: bool) -> dict:
@@ -395,7 +402,7 @@ class SessionService:
     async def _await_final(self, sid: uuid.UUID, stats: dict) -> dict:
         loop = asyncio.get_running_loop()
         end = loop.time() + DESTROY_WAIT_SECONDS
-        async with self.root.bus.subscribe() as sub:
+        async with self.root.bus.subscribe(str(sid)) as sub:
             while loop.time() < end:
                 async with self.root.store.connect() as conn:
                     row = await self._row(conn, sid)
