@@ -24,7 +24,7 @@ from bai.agent.backends.base import (
     KernelSpec,
 )
 from bai.agent.backends.docker import DockerBackend
-from bai.agent.backends.docker_cgroup import process_state
+from bai.agent.backends.process_pool import proc_start_time
 from bai.agent.runner_channel import connect_runner
 from bai.common.errors import KernelNotFound
 from bai.testing.contract import run as run_channel
@@ -255,10 +255,10 @@ async def test_destroy_answers_once_the_kernel_is_dead_and_the_engine_removes_it
     inst = await backend.create(spec)
     async with aiodocker.Docker(url=engine) as d:
         pid = (await d.containers.get(backend.container_name(spec.kernel_id)))["State"]["Pid"]
-    assert process_state(pid) not in ("", "Z")
+    assert proc_start_time(pid) is not None
     gone = await backend.destroy(spec.kernel_id)
     assert gone is not None and gone.exit_reason == "killed"
-    assert process_state(pid) in ("", "Z")  # killed (at most not reaped yet)
+    assert proc_start_time(pid) is None  # killed (at most not reaped yet)
     assert spec.kernel_id not in [i.kernel_id for i in await backend.list()]
     with pytest.raises(KernelNotFound):
         await backend.inspect(spec.kernel_id)

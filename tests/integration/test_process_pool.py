@@ -159,8 +159,11 @@ async def test_a_failed_claim_starts_the_kernel_cold(backend: ProcessBackend, mo
     def refuse(*args, **kw):
         raise CgroupError("no")
 
+    def refuse_rlimit(*args, **kw):
+        raise OSError("no")
+
     monkeypatch.setattr(backend, "_claim_cgroup", refuse)
-    monkeypatch.setattr(backend, "_limit_address_space", refuse)
+    monkeypatch.setattr(backend, "_limit_address_space", refuse_rlimit)
     s = spec()
     inst = await backend.create(s)
     assert "bai.pooled" not in inst.labels and inst.state == InstanceState.RUNNING
@@ -178,6 +181,8 @@ async def test_a_dead_pooled_runner_is_skipped(backend: ProcessBackend) -> None:
     inst = await backend.create(spec())
     assert "bai.pooled" not in inst.labels and inst.state == InstanceState.RUNNING
     assert not runner.folder.exists()
+    if backend.cgroups is not None:
+        assert runner.cgroup_name and runner.cgroup_name not in backend.cgroups.names("pool-")
 
 
 async def test_no_pool_when_its_size_is_0(tmp_path: Path) -> None:

@@ -99,6 +99,20 @@ async def connect_runner(path: Path) -> SocketRunnerChannel:
     return SocketRunnerChannel(reader, writer)
 
 
+async def claim_runner(path: Path, workdir: str, env: dict[str, str], config: dict[str, Any],
+                       timeout: float) -> dict[str, Any] | None:
+    """Hand a pooled runner (``--pooled``) its kernel: op ``claim`` with the kernel's work dir,
+    environment and runner config. Its answer (``{"status": "claimed", "ready": bool}`` when it
+    took it); raises RunnerUnavailable, OSError or TimeoutError when it did not answer."""
+    chan = await connect_runner(path)
+    try:
+        async with asyncio.timeout(timeout):
+            await chan.send({"op": "claim", "workdir": workdir, "env": env, "config": config})
+            return await chan.receive()
+    finally:
+        await chan.close()
+
+
 async def ping_runner(path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
     """The runner's pong (``{"status": "pong", "ready": bool}``), or None if it does not answer."""
     try:

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from bai.agent.backends.cgroup import KernelCgroup
+from bai.agent.backends.process_pool import proc_start_time
 
 
 async def exited(pid: int, timeout: float = 2.0) -> None:
     """Until process ``pid`` is gone or a zombie: a killed PID 1 of a PID namespace becomes one
     only when every process of the namespace has exited (milliseconds)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline and process_state(pid) not in ("", "Z"):
+    while asyncio.get_running_loop().time() < deadline and proc_start_time(pid) is not None:
         await asyncio.sleep(0.002)
 
 
@@ -57,15 +58,6 @@ def kill(pid: int, container_id: str) -> bool:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def process_state(pid: int) -> str:
-    """``R``, ``S``, ... of a process (``Z``: a zombie), ``""`` when it is gone. /proc reads
-    do not block."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
 
 
 def cgroup_of(pid: int) -> KernelCgroup | None:

@@ -243,7 +243,7 @@ class StandbyPool:
             await docker._query_json(
                 f"containers/{entry.container_id}/rename", method="POST",
                 params={"name": kernel_name})
-            set_hostname(entry.pid, entry.container_id, hostname)
+            await asyncio.to_thread(set_hostname, entry.pid, entry.container_id, hostname)
             if entry.hostname_path:
                 with contextlib.suppress(OSError):
                     Path(entry.hostname_path).write_text(hostname + "\n")
@@ -358,14 +358,8 @@ def process_environ(pid: int, container_id: str) -> dict[str, str]:
 async def send_claim(sock: Path, env: dict[str, str], config: dict[str, Any]) -> None:
     """Hand a pooled runner its kernel (``bai.kernel``: op ``claim``); raises when it does not
     take it."""
-    from bai.agent.runner_channel import connect_runner
+    from bai.agent.runner_channel import claim_runner
 
-    chan = await connect_runner(sock)
-    try:
-        async with asyncio.timeout(5):
-            await chan.send({"op": "claim", "workdir": WORK_TARGET, "env": env, "config": config})
-            answer = await chan.receive()
-    finally:
-        await chan.close()
+    answer = await claim_runner(sock, WORK_TARGET, env, config, 5)
     if not answer or answer.get("status") != "claimed":
         raise StandbyUnusable(f"the runner refused the claim: {answer}")

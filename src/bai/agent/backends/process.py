@@ -57,7 +57,7 @@ from bai.agent.backends.process_pool import (
 )
 from bai.agent.runner_channel import (
     RunnerUnavailable,
-    connect_runner,
+    claim_runner,
     wait_runner_ready,
 )
 from bai.agent.settings import AgentSettings
@@ -195,7 +195,8 @@ class ProcessBackend(RuntimeBackend):
         self._on_exit: ExitCallback | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._probed = False
-        self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled)
+        self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled,
+                               lambda runner: self._remove_pool_cgroup(runner.cgroup_name))
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -240,8 +241,7 @@ class ProcessBackend(RuntimeBackend):
                 await self._monitor
             self._monitor = None
         # pooled runners are no kernels: they end with the agent
-        for runner in await self.pool.close():
-            await asyncio.to_thread(self._remove_pool_cgroup, runner.cgroup_name)
+        await self.pool.close()
 
     # --- pooled runners (see process_pool.py) ----------------------------------------------
 
@@ -335,14 +335,9 @@ class ProcessBackend(RuntimeBackend):
         self._write_labels(k)
         sock = state / bai.kernel.SOCKET_NAME
         try:
-            chan = await connect_runner(sock)
-            try:
-                await chan.send({"op": "claim", "workdir": str(k.workdir),
-                                 "env": build_environ(spec, k.workdir, self.user_name),
-                                 "config": config})
-                answer = await asyncio.wait_for(chan.receive(), self.settings.kernel_ready_timeout)
-            finally:
-                await chan.close()
+            answer = await claim_runner(sock, str(k.workdir),
+                                        build_environ(spec, k.workdir, self.user_name), config,
+                                        self.settings.kernel_ready_timeout)
         except (RunnerUnavailable, OSError, TimeoutError) as e:
             tail = self._tail(k.kdir / "runner.out", 2000).strip()
             raise PoolMiss(f"the pooled runner did not take the claim: {e}"

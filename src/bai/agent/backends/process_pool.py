@@ -100,18 +100,21 @@ class PooledRunner:
 class RunnerPool:
     """Idle pooled runners per interpreter, refilled after each claim.
 
-    ``spawn(interpreter, folder, cgroup_name)`` starts one (the backend knows how); the pool
-    keeps at most ``size`` idle per interpreter that kernels have asked for.
+    ``spawn(interpreter, folder, cgroup_name)`` starts one and ``forget(runner)`` removes what
+    else it holds once it is killed (its cgroup; the backend knows how); the pool keeps at most
+    ``size`` idle per interpreter that kernels have asked for.
     """
 
     def __init__(self, root: Path, size: int,
-                 spawn: Callable[[str, Path, str | None], PooledRunner]) -> None:
+                 spawn: Callable[[str, Path, str | None], PooledRunner],
+                 forget: Callable[[PooledRunner], None] = lambda runner: None) -> None:
         self.root = root / POOL_DIR
         #: the cgroups of this pool's runners: agents on one host share the cgroup parent, and
         #: each sweeps only its own scratch root's leftovers
         self.cgroup_prefix = f"{CGROUP_PREFIX}{hashlib.sha1(str(root).encode()).hexdigest()[:8]}-"
         self.size = size
         self.spawn = spawn
+        self.forget = forget
         self.idle: dict[str, list[PooledRunner]] = {}
         self._filling: dict[str, asyncio.Task[None]] = {}
 
@@ -167,12 +170,13 @@ class RunnerPool:
             return None
 
     def discard(self, runner: PooledRunner) -> None:
+        """Kill a runner that is still the pool's and remove its folder and cgroup."""
         runner.kill()
         shutil.rmtree(runner.folder, ignore_errors=True)
+        self.forget(runner)
 
-    async def close(self) -> list[PooledRunner]:
-        """Stop refilling and kill every idle runner; answer them (their cgroups are the
-        caller's to remove)."""
+    async def close(self) -> None:
+        """Stop refilling and discard every idle runner."""
         for task in list(self._filling.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,7 +185,6 @@ class RunnerPool:
         self.idle.clear()
         for r in gone:
             await asyncio.to_thread(self.discard, r)
-        return gone
 
     def sweep(self) -> None:
         """Kill and remove pooled runners a previous agent left behind."""
