@@ -299,10 +299,9 @@ class ProcessBackend(RuntimeBackend):
                 await wait_runner_ready(pool_sock, self.settings.kernel_ready_timeout,
                                         runner.alive, "status")
             except (RunnerUnavailable, TimeoutError) as e:
-                tail = self._tail(runner.folder / "runner.out", 2000).strip()
+                said = self._with_output(f"the pooled runner did not start: {e}", runner.folder)
                 await asyncio.to_thread(self.pool.discard, runner)  # still the pool's: not moved
-                raise PoolMiss(f"the pooled runner did not start: {e}"
-                               + (f": {tail}" if tail else "")) from None
+                raise PoolMiss(said) from None
         try:
             runner.folder.rename(k.kdir)
             (k.kdir / "pool.json").unlink()
@@ -339,9 +338,8 @@ class ProcessBackend(RuntimeBackend):
                                         build_environ(spec, k.workdir, self.user_name), config,
                                         self.settings.kernel_ready_timeout)
         except (RunnerUnavailable, OSError, TimeoutError) as e:
-            tail = self._tail(k.kdir / "runner.out", 2000).strip()
-            raise PoolMiss(f"the pooled runner did not take the claim: {e}"
-                           + (f": {tail}" if tail else "")) from None
+            raise PoolMiss(self._with_output(f"the pooled runner did not take the claim: {e}",
+                                             k.kdir)) from None
         if not answer or answer.get("status") != "claimed":
             raise PoolMiss(f"the pooled runner refused the claim: {answer}")
         if answer.get("ready"):  # a warm runner without a bootstrap script: ready at once
@@ -575,13 +573,10 @@ class ProcessBackend(RuntimeBackend):
         except RunnerUnavailable:
             if (state / "exit.json").exists():
                 return self._instance(k)  # it started and already ended by itself
-            tail = self._tail(kdir / "runner.out", 2000).strip()
             raise KernelCreationFailed(
-                "the kernel runner exited during start-up" + (f": {tail}" if tail else "")
-            ) from None
+                self._with_output("the kernel runner exited during start-up", kdir)) from None
         except TimeoutError as e:
-            tail = self._tail(kdir / "runner.out", 2000).strip()
-            raise KernelCreationFailed(f"{e}" + (f": {tail}" if tail else "")) from None
+            raise KernelCreationFailed(self._with_output(str(e), kdir)) from None
         return self._instance(k)
 
     def _write_labels(self, k: _Kernel) -> None:
@@ -712,6 +707,12 @@ class ProcessBackend(RuntimeBackend):
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+    @classmethod
+    def _with_output(cls, msg: str, folder: Path) -> str:
+        """``msg``, then what the runner in ``folder`` last printed (why it failed, mostly)."""
+        tail = cls._tail(folder / "runner.out", 2000).strip()
+        return f"{msg}: {tail}" if tail else msg
 
     async def logs(self, kernel_id: str) -> str:
         k = self._kernels.get(kernel_id) or self._load(kernel_id)

@@ -198,19 +198,18 @@ class SchedulerLoop:
         # an event.
         cancelled = {sid for sid, _ in decision.cancels}
         current = inp.current_info
-        changed = []
+        by_id: dict[uuid.UUID, Any] = {}  # made when a first event needs its session
+        urgent, deep = [], {}
         for sid, w in decision.waits.items():  # one lookup each: 10,000 of them a pass
             old = current.get(sid, _ABSENT)
-            if old is not _ABSENT and old != w.info and not (cancelled and sid in cancelled):
-                changed.append((w, old))
-        by_id = {p.id: p for p in inp.pending} if changed else {}
-        urgent, deep = [], {}
-        for w, old in changed:
-            sid = w.session_id
+            if old is _ABSENT or old == w.info or (cancelled and sid in cancelled):
+                continue
+            if w.position > EVENT_POSITIONS and (old or "").split(":", 1)[0] == w.code:
+                deep[sid] = (w, None)  # moved only: no event
+                continue
+            by_id = by_id or {p.id: p for p in inp.pending}
             if w.position <= EVENT_POSITIONS:
                 urgent.append((w, by_id[sid]))
-            elif (old or "").split(":", 1)[0] == w.code:
-                deep[sid] = (w, None)
             else:
                 deep[sid] = (w, by_id[sid])
         # this pass's view replaces the last one's: a line it did not find changed must not be
