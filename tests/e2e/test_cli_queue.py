@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import signal
 import time
 
 import pytest
@@ -79,3 +80,42 @@ def test_first_10_then_all_and_format(small):
         assert not {i["name"] for i in user["items"]} & set(names)
     finally:
         small.cli("rm", "blocker", *names, check=False)
+
+
+def wait_for(what, predicate, timeout: float = 180.0):
+    """Poll ``predicate()`` until it answers something true (generous: CI machines are busy)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def status_of(stack, name: str) -> str | None:
+    items = rows(stack, "--all", "--all-statuses", "-f", "name,status")["items"]
+    return next((i["status"] for i in items if i["name"] == name), None)
+
+
+@pytest.mark.parametrize("path", ["express", "click"])
+def test_ctrl_c_on_run_rm_while_queued_cancels_it(small, path):
+    blocker, queued = f"hold-{path}", f"ctrlc-{path}"
+    small.cli("start", "-t", blocker, "-r", "cpu=2", "python")
+    env = {**small.env, "BAI_CLI_EXPRESS": "1" if path == "express" else "0"}
+    proc = subprocess.Popen([CLI, "run", "--rm", "-t", queued, "-c", "print('ran')", "python"],
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(f"{queued} to be PENDING", lambda: status_of(small, queued) == "PENDING")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 130, err
+        # the CLI removed it before exiting: no waiting for the scheduler here
+        assert status_of(small, queued) == "CANCELLED", err
+        assert "ran" not in out and f"removing the session {queued}" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        small.cli("rm", blocker, queued, check=False)

@@ -53,9 +53,10 @@ class BlockingHTTP:
     """Keep-alive connections to a few hosts; ``close()`` ends them."""
 
     def __init__(self, *, headers: dict[str, str] | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float | None = None) -> None:
         self.default_headers = dict(headers or {})
         self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout  # None: wait as long as the answer takes
         self._idle: dict[tuple[str, str, int], _Conn] = {}
 
     def close(self) -> None:
@@ -76,7 +77,7 @@ class BlockingHTTP:
                 import ssl
 
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-            sock.settimeout(None)
+            sock.settimeout(self.read_timeout)
         except TimeoutError:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from None
         except OSError as e:

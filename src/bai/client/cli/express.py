@@ -41,6 +41,8 @@ FLAGS = {"--rm": "remove", "-q": "quiet", "--quiet": "quiet"}
 VALUES = {"-c": "code", "--code": "code", "-t": "name", "--name": "name",
           "--client-token": "name", "-e": "env", "--env": "env"}
 NOT_STARTED = {"PENDING", "SCHEDULED", "TIMEOUT"}
+# After Ctrl-C the cancel of a ``--rm`` session waits at most this long for the manager.
+CANCEL_SECONDS = 15.0
 FAILED = {"ERROR", "CANCELLED", "TERMINATED", "TERMINATING"}
 
 
@@ -204,6 +206,10 @@ class Express:
         watcher = StatusWatcher(self, name) if not self.quiet else None
         try:
             answer = self.request("POST", "/session", body)
+        except KeyboardInterrupt:
+            if plan["remove"]:  # queued (or started meanwhile): cancel or terminate it
+                self.cancel_after_interrupt(name)
+            raise
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -224,7 +230,7 @@ class Express:
         except KeyboardInterrupt:
             if plan["remove"]:
                 removed = True
-                self.destroy_quietly(name)
+                self.cancel_after_interrupt(name)
             raise
         finally:
             if plan["remove"] and not removed:
@@ -242,6 +248,21 @@ class Express:
         if self.plan["remove"] and created.status in FAILED:
             self.destroy_quietly(created.name)
         return code
+
+    def cancel_after_interrupt(self, name: str) -> None:
+        """Ctrl-C with ``--rm``: remove the session on a fresh connection (the interrupted
+        one is mid-request) that waits at most CANCEL_SECONDS, so the exit never hangs on a
+        slow manager; a second Ctrl-C ends the wait at once."""
+        from bai.client.cli.progress import cancel_note, cancel_failed
+
+        self.note(cancel_note(name))
+        self.http.close()
+        self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=5,
+                                 read_timeout=CANCEL_SECONDS)
+        try:
+            self.request("DELETE", session_path(name))
+        except Exception as e:  # noqa: BLE001 - say it and leave: the user asked to stop
+            sys.stderr.write(cancel_failed(name, e) + "\n")
 
     def destroy_quietly(self, name: str) -> None:
         try:

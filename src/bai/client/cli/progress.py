@@ -27,6 +27,19 @@ def ended_early(name: str, brief: dict[str, Any]) -> str:
     return f"Error: the execution ended before it finished (session {name}: {st})"
 
 
+def cancel_note(name: str) -> str:
+    return f"⋯ Interrupted: removing the session {name}..."
+
+
+def cancel_failed(name: str, err: BaseException) -> str:
+    """The line when the removal after Ctrl-C did not go through (or took too long)."""
+    from bai.client.cli.main import describe
+
+    why = "no answer in time" if isinstance(err, TimeoutError) else describe(err)
+    return (f"Error: could not remove the session {name} ({why});"
+            f" remove it with: backend.ai rm {name}")
+
+
 def describe_status(status: str, info: str | None, data: Any = None) -> str:
     """``PENDING - insufficient-resources: ... (queue position 2, estimated start ...)``."""
     text = status

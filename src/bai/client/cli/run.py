@@ -292,7 +292,8 @@ Examples:
 @click.option("--clean", default=None, metavar="COMMAND", help="Clean command before --build.")
 @click.option("--basedir", type=click.Path(file_okay=False), default=None,
               help="FILES are uploaded by their path relative to this folder [default: .].")
-@click.option("--rm", "remove", is_flag=True, help="Terminate the session after execution.")
+@click.option("--rm", "remove", is_flag=True, help="Terminate the session after execution; Ctrl-C cancels it while it is "
+                   "queued (or terminates it once started).")
 @click.option("-s", "--stats", is_flag=True, help="With --rm: print the session's statistics.")
 @create_options(start=False)
 @output_option
@@ -313,14 +314,22 @@ def run(image, files, code, exec_, build, clean, basedir, remove, stats, **kw) -
     out = cli.output
     out.quiet = kw["quiet"]
     spec = build_spec(image, kw, start=False)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"name": spec.name}
 
     async def body(conn: Any) -> int:
+        import asyncio
+
         from bai.client.session import SessionAPI
 
         api = SessionAPI(conn)
-        created = await create_and_wait(api, spec, out)
-        state["created"] = created
+        try:
+            created = await create_and_wait(api, spec, out)
+        except asyncio.CancelledError:  # Ctrl-C while queued: cancel it (or end it if started)
+            if remove:
+                state["removed"] = True
+                await cancel_after_interrupt(api, spec.name, out)
+            raise
+        state["name"] = created.name
         if created.status in NOT_STARTED or created.status in FAILED:
             code_ = await report_not_running(api, created, out, spec.max_wait)
             if remove and created.status in FAILED:
@@ -334,25 +343,47 @@ def run(image, files, code, exec_, build, clean, basedir, remove, stats, **kw) -
                 await api.upload(created.name, files, basedir)
             return await execute(api, created, code,
                                  {"exec": exec_, "build": build, "clean": clean}, out)
-        finally:
+        except asyncio.CancelledError:
             if remove:
+                state["removed"] = True
+                await cancel_after_interrupt(api, created.name, out)
+            raise
+        finally:
+            if remove and not state.get("removed"):
                 state["removed"] = True
                 await destroy_after(api, created.name, out, stats)
 
     try:
         rc = cli.run(body)
     except KeyboardInterrupt:
-        created = state.get("created")
-        if remove and created is not None and not state.get("removed"):
-            cli.run(lambda conn: _destroy(conn, created.name))
+        if remove and not state.get("removed"):  # interrupted outside the event loop
+            cli.run(lambda conn: _cancel(conn, state["name"], out))
         raise
     raise SystemExit(rc)
 
 
-async def _destroy(conn: Any, name: str) -> None:
+# After Ctrl-C the removal of a ``--rm`` session waits at most this long for the manager.
+CANCEL_SECONDS = 15.0
+
+
+async def _cancel(conn: Any, name: str, out: Output) -> None:
     from bai.client.session import SessionAPI
 
-    await destroy_quietly(SessionAPI(conn), name)
+    await cancel_after_interrupt(SessionAPI(conn), name, out)
+
+
+async def cancel_after_interrupt(api: Any, name: str, out: Output) -> None:
+    """Ctrl-C with ``--rm``: cancel the session if it is queued, terminate it if it started;
+    at most CANCEL_SECONDS, so the exit never hangs on a slow manager."""
+    import asyncio
+
+    from bai.client.cli.progress import cancel_failed, cancel_note
+
+    out.note(cancel_note(name))
+    try:
+        await asyncio.wait_for(api.destroy(name), CANCEL_SECONDS)
+    except Exception as e:  # noqa: BLE001 - say it and leave: the user asked to stop
+        click.echo(cancel_failed(name, e), err=True)
 
 
 async def destroy_quietly(api: Any, name: str) -> None:
