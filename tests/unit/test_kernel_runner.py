@@ -162,7 +162,9 @@ def test_large_output_comes_in_bounded_frames(runner) -> None:
     frames = client.execute(mode="query", code="import sys\nfor _ in range(40):\n"
                                                 "    sys.stdout.write('x' * 100000)\n")
     assert len(text(frames, "stdout")) == 4_000_000
-    assert max(len(d) for f in frames for _, d in f["console"]) < 1_000_000
+    from bai.kernel.runner import MAX_FRAME_CHARS
+
+    assert max(sum(len(d) for _, d in f["console"]) for f in frames) <= MAX_FRAME_CHARS
 
 
 def test_a_client_that_goes_away_interrupts_its_run(runner) -> None:
@@ -184,3 +186,46 @@ def test_interrupt_stops_a_running_command(runner) -> None:
     while (frame := client.receive())["status"] != "finished":
         pass
     assert frame["exitCode"] == 130
+
+
+class _Wire:
+    """What a runner connection sent, frame by frame."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict] = []
+
+    def send(self, obj: dict) -> None:
+        self.frames.append(obj)
+
+
+def test_one_burst_bigger_than_a_frame_goes_out_in_bounded_frames() -> None:
+    # What one drain of a pipe read at once (the worker's "done" drains everything it wrote)
+    from bai.kernel.runner import MAX_FRAME_CHARS, Execution
+
+    wire = _Wire()
+    ex = Execution(wire, {"mode": "query", "code": ""})
+    ex.add("stdout", "a" * (3 * MAX_FRAME_CHARS + 5))
+    ex.add("stderr", "b" * 10)
+    ex.add("stdout", "c" * MAX_FRAME_CHARS)
+    ex.send("finished", 0)
+    sizes = [sum(len(t) for _, t in f["console"]) for f in wire.frames]
+    assert max(sizes) <= MAX_FRAME_CHARS
+    assert [f["status"] for f in wire.frames] == ["continued"] * 4 + ["finished"]
+    assert wire.frames[-1]["exitCode"] == 0
+    assert text(wire.frames, "stdout") == "a" * (3 * MAX_FRAME_CHARS + 5) + "c" * MAX_FRAME_CHARS
+    assert text(wire.frames, "stderr") == "b" * 10
+    kinds = [k for f in wire.frames for k, _ in f["console"]]
+    assert kinds.index("stderr") < len(kinds) - 1 and kinds[-1] == "stdout"
+
+
+def test_a_small_frame_is_sent_whole() -> None:
+    from bai.kernel.runner import Execution
+
+    wire = _Wire()
+    ex = Execution(wire, {"mode": "query", "code": ""})
+    ex.send("waiting-input", options={"is_password": True})
+    ex.add("stdout", "hi\n")
+    ex.send("finished", 3)
+    assert wire.frames[0]["status"] == "waiting-input" and wire.frames[0]["console"] == []
+    assert wire.frames[0]["options"] == {"is_password": True}
+    assert wire.frames[1]["console"] == [["stdout", "hi\n"]] and wire.frames[1]["exitCode"] == 3

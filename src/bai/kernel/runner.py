@@ -34,6 +34,22 @@ def frame(status: str, console: list | None = None, exit_code: int | None = None
             "options": options or {}, "files": []}
 
 
+def split_console(console: list, limit: int = MAX_FRAME_CHARS) -> list[list]:
+    """``console`` ([kind, text] items) cut into pieces of at most ``limit`` characters each,
+    in order; adjacent items of one kind stay merged. At least one (maybe empty) piece."""
+    pieces: list[list] = [[]]
+    room = limit
+    for kind, text in console:
+        while text:
+            if room == 0:
+                pieces.append([])
+                room = limit
+            part, text = text[:room], text[room:]
+            pieces[-1].append([kind, part])
+            room -= len(part)
+    return pieces
+
+
 def exit_status(returncode: int) -> int:
     """Popen's returncode (negative for signals) as a shell would report it."""
     return 128 - returncode if returncode < 0 else returncode
@@ -126,6 +142,14 @@ class Execution:
     def take(self) -> list:
         out, self.console, self.flush_at, self.pending_bytes = self.console, [], None, 0
         return out
+
+    def send(self, status: str, exit_code: int | None = None, options: dict | None = None) -> None:
+        """Everything collected so far, then ``status``: frames of at most MAX_FRAME_CHARS
+        characters of output (what one read or one drain of a pipe got may be far more)."""
+        *full, last = split_console(self.take())
+        for console in full:
+            self.conn.send(frame("continued", console))
+        self.conn.send(frame(status, last, exit_code, options))
 
 
 class Runner:
@@ -257,7 +281,7 @@ class Runner:
                     break
             cur = self.current
             if cur is not None and cur.flush_at is not None and cur.flush_at <= time.monotonic():
-                cur.conn.send(frame("continued", cur.take()))
+                cur.send("continued")
         return self.exit_code
 
     def _dispatch(self, kind: str, obj) -> None:
@@ -413,7 +437,7 @@ class Runner:
         if ex.phase == "exec":
             self._finish(code)
             return
-        ex.conn.send(frame(ex.phase + "-finished", ex.take(), code))
+        ex.send(ex.phase + "-finished", code)
         if code != 0 and ex.phase == "build":
             self._finish(code)  # a failed build skips exec
             return
@@ -423,7 +447,7 @@ class Runner:
         ex = self.current
         if ex is None:
             return
-        ex.conn.send(frame("finished", ex.take(), code))
+        ex.send("finished", code)
         self.current = None
         self._next_execution()
 
@@ -494,8 +518,7 @@ class Runner:
                 self._interrupt()
         elif op == "input" and ex is not None:
             ex.waiting_input = True
-            ex.conn.send(frame("waiting-input", ex.take(),
-                               options={"is_password": bool(msg.get("password"))}))
+            ex.send("waiting-input", options={"is_password": bool(msg.get("password"))})
         elif op == "done" and ex is not None:
             self._finish(int(msg.get("exit_code") or 0))
 
