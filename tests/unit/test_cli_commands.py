@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_cli_fake_manager import USER_AK, USER_SK, fake, invoke, make_session  # noqa: F401
 
 from bai.common.status import LIST_DEAD, LIST_DEFAULT
@@ -183,13 +185,28 @@ def test_run_enqueue_only_prints_the_session_and_does_not_execute(fake, capsys):
     assert not fake.of("GET", "/stream/") and not fake.of("DELETE")
 
 
-def test_run_max_wait_timeout_exits_0_without_executing_or_removing(fake, capsys):
+@pytest.mark.parametrize("express", ["1", "0"])
+def test_run_max_wait_timeout_keeps_it_queued_and_says_how_to_cancel(fake, capsys, monkeypatch,
+                                                                     express):
+    monkeypatch.setenv("BAI_CLI_EXPRESS", express)
     fake.knobs["create_status"] = "TIMEOUT"
-    r = invoke(capsys, "run", "--rm", "--max-wait", "2", "-t", "waits1", "python", "-c", "1")
+    r = invoke(capsys, "run", "--max-wait", "2", "-t", "waits1", "python", "-c", "1")
     assert r.code == 0
     assert "still waiting after 2s" in r.out and "PENDING" in r.out
+    assert "backend.ai rm waits1" in r.err
     assert fake.of("POST", "/session")[0].body["maxWaitSeconds"] == 2
     assert not fake.of("GET", "/stream/") and not fake.of("DELETE")
+
+
+@pytest.mark.parametrize("express", ["1", "0"])
+def test_run_rm_max_wait_timeout_cancels_the_session(fake, capsys, monkeypatch, express):
+    monkeypatch.setenv("BAI_CLI_EXPRESS", express)
+    fake.knobs["create_status"] = "TIMEOUT"
+    r = invoke(capsys, "run", "--rm", "--max-wait", "2", "-t", "waits1", "python", "-c", "1")
+    assert r.code == 1
+    assert [d.raw_path for d in fake.of("DELETE")] == ["/session/waits1"]
+    assert lines(r.err)[-1].startswith("Error: session waits1") and "cancelled" in r.err
+    assert not fake.of("GET", "/stream/")
 
 
 def test_run_error_status_exits_1_with_the_reason(fake, capsys):

@@ -4,7 +4,8 @@
 ``/stream/session/{uuid}/execute`` streaming stdout/stderr as they arrive, then with ``--rm``
 ``DELETE /session/{name}``. Its exit code is the executed code's exit code; a session that
 ends in ERROR or CANCELLED exits 1; ``--enqueue-only`` and a ``--max-wait`` timeout print the
-session and its status and exit 0 without executing.
+session and its status and exit 0 without executing (it stays queued), except that ``--rm``
+cancels a session that did not start within ``--max-wait`` (exit 1).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
             click.option("--max-wait", type=click.IntRange(0, None), default=0,
                          metavar="SECONDS",
                          help="Wait at most this long for the session to start (0 = no limit);"
-                              " on timeout print its status and exit 0."),
+                              " on timeout print its status and exit 0 (it stays queued), or"
+                              " with run --rm cancel it and exit 1."),
             click.option("--no-reuse", is_flag=True,
                          help="Fail instead of reusing a running session of the same name."),
             click.option("--callback-url", default=None, help="URL the manager notifies."),
@@ -183,8 +185,13 @@ async def create_and_wait(api: Any, spec: Any, out: Output) -> Any:
             await watcher.stop()
 
 
-async def report_not_running(api: Any, created: Any, out: Output, max_wait: int) -> int:
-    """Print why the session is not running; the exit code (0 = queued, 1 = failed)."""
+async def report_not_running(api: Any, created: Any, out: Output, max_wait: int,
+                             remove: bool = False) -> int:
+    """Print why the session is not running; the exit code (0 = queued, 1 = failed).
+
+    A ``--max-wait`` timeout with ``remove`` (``--rm``) cancels the session (exit 1: nothing
+    ran); without it the session stays queued and the message says how to cancel it.
+    """
     from bai.client.cli.progress import describe_status
 
     status = created.status
@@ -197,18 +204,29 @@ async def report_not_running(api: Any, created: Any, out: Output, max_wait: int)
     except Exception:  # noqa: BLE001 - the create answer alone is enough to report
         pass
     text = describe_status(status, info, data)
+    timed_out = created.status == "TIMEOUT"
+    cancelled = False
+    if timed_out and remove and status not in FAILED:
+        await api.destroy(created.name)
+        cancelled = True
     if out.is_json:
         out.json({"session_id": created.session_id, "name": created.name,
-                  "status": status, "status_info": info, "timeout": created.status == "TIMEOUT"})
+                  "status": "CANCELLED" if cancelled else status, "status_info": info,
+                  "timeout": timed_out})
     if created.status in FAILED or status in FAILED:
         if not out.is_json:
             click.echo(f"Error: session {created.name} ({created.session_id}) did not start:"
                        f" {text}", err=True)
         return 1
+    if cancelled:
+        if not out.is_json:
+            click.echo(f"Error: session {created.name} ({created.session_id}) did not start"
+                       f" within {max_wait}s ({text}); cancelled it (--rm)", err=True)
+        return 1
     if not out.is_json:
-        what = (f"is still waiting after {max_wait}s" if created.status == "TIMEOUT"
-                else "is enqueued")
+        what = f"is still waiting after {max_wait}s" if timed_out else "is enqueued"
         click.echo(f"Session {created.name} ({created.session_id}) {what}: {text}")
+        out.note(f"It stays queued; cancel it with: backend.ai rm {created.name}")
     return 0
 
 
@@ -331,7 +349,7 @@ def run(image, files, code, exec_, build, clean, basedir, remove, stats, **kw) -
             raise
         state["name"] = created.name
         if created.status in NOT_STARTED or created.status in FAILED:
-            code_ = await report_not_running(api, created, out, spec.max_wait)
+            code_ = await report_not_running(api, created, out, spec.max_wait, remove)
             if remove and created.status in FAILED:
                 await destroy_quietly(api, created.name)
             return code_
