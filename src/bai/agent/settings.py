@@ -70,6 +70,14 @@ class AgentSettings(TomlSettings):
     process_cgroups: bool = Field(True, description="use cgroups for limits when possible")
     process_namespaces: bool = Field(True, description="own PID and mount namespaces if possible")
     process_run_as: str = Field("", description="user kernels run as (empty: the agent's user)")
+    process_sandbox: bool = Field(
+        True, description="run kernels in a bubblewrap sandbox when the host can (see security docs)")
+    bwrap_path: str = Field("bwrap", description="the bubblewrap program (name on PATH or path)")
+    sandbox_uid_first: int = Field(
+        2_000_000, gt=0, description="first host uid given to kernels (each its own, when root)")
+    sandbox_uid_count: int = Field(65_536, gt=0, description="how many uids kernels may take")
+    sandbox_uid_lock_dir: str = Field(
+        "/run/bai/uids", description="host-wide folder where agents lock the uids they hand out")
     cgroup_parent: str = Field("bai", description="cgroup folder under which kernels are made")
     pids_limit: int = Field(4096, description="most processes/threads one kernel may have")
     process_pool_size: int = Field(
