@@ -144,8 +144,13 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
       backend.ai server start
       backend.ai run --rm -c 'print("hello world")' python
     """
+    import importlib.util
+
     from bai.common.resources import parse_request
 
+    if importlib.util.find_spec("sqlalchemy") is None or importlib.util.find_spec("aiohttp") is None:
+        _fail("the manager and agent are not installed (a client-only install): "
+              "pip install 'bai[server]'")
     state = _state_dir(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     manager_pid, agent_pid = state / "manager.pid", state / "agent.pid"

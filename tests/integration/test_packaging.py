@@ -1,0 +1,61 @@
+"""The built wheel: a client-only install runs ``backend.ai`` without the server stack.
+
+Builds the wheel of this checkout, installs it into a fresh virtualenv with its declared
+dependencies only (no extras), runs ``backend.ai --help`` and checks that none of the server's
+libraries came along. Needs PyPI (or pip's cache) for the build backend and click/rich.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_ONLY = ("sqlalchemy", "asyncpg", "redis", "aiodocker", "aiohttp", "alembic",
+               "pydantic", "prometheus_client")
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=240, **kw)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    r = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
+              str(ROOT)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = out.glob("bai-*.whl")
+    return whl
+
+
+def test_the_wheel_ships_the_type_marker_and_the_migrations(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "bai/py.typed" in names
+    assert any(n.startswith("bai/manager/store/migrations/versions/0001") for n in names)
+
+
+def test_a_client_only_install_runs_without_the_server_stack(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    r = _run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run([str(env_dir / "bin" / "backend.ai"), "--help"])
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout and "run" in r.stdout
+    probe = ("import importlib.util, json; print(json.dumps([m for m in %r "
+             "if importlib.util.find_spec(m)]))" % (SERVER_ONLY,))
+    r = _run([str(py), "-c", probe])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"the client install pulled server libraries: {r.stdout}"
+    # the server commands say what to install instead of a traceback
+    r = _run([str(env_dir / "bin" / "backend.ai"), "server", "start", "--state-dir",
+              str(tmp_path / "state")])
+    assert r.returncode != 0
+    assert "bai[server]" in r.stderr and "Traceback" not in r.stderr
