@@ -11,10 +11,20 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--workdir", default="/home/work", help="the kernel's work directory")
     parser.add_argument("--pooled", action="store_true",
                         help="start ahead of any kernel and wait for a claim (see bai.kernel)")
+    parser.add_argument("--state-dir", default=None,
+                        help="where runner.sock, runner.json, kernel.log and exit.json live "
+                             "[default: WORKDIR/.bai]")
+    parser.add_argument("--user", default=None, metavar="UID:GID",
+                        help="started as root: drop to this uid and gid for good once the "
+                             "state files are open, before anything of the kernel runs")
     args = parser.parse_args(argv)
+    user = None
+    if args.user:
+        uid, _, gid = args.user.partition(":")
+        user = (int(uid), int(gid or uid))
     from bai.kernel.runner import main as serve
 
-    return serve(args.workdir, args.pooled)
+    return serve(args.workdir, args.pooled, args.state_dir, user)
 
 
 if __name__ == "__main__":

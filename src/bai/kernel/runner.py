@@ -153,12 +153,18 @@ class Execution:
 
 
 class Runner:
-    def __init__(self, workdir: str, pooled: bool = False):
+    def __init__(self, workdir: str, pooled: bool = False, state_dir: str | None = None,
+                 user: tuple | None = None):
         # A pooled runner's folder is renamed when it is claimed, maybe before it even got
         # here: until then every path is relative to its working directory, which moves along.
         self.workdir = "." if pooled else os.path.abspath(workdir)
-        self.state_dir = os.path.join(self.workdir, STATE_DIR)
+        #: given: a folder of its own (not in the work dir), kept when claimed
+        self.own_state_dir = state_dir is not None
+        self.state_dir = state_dir if state_dir is not None else os.path.join(
+            self.workdir, STATE_DIR)
         os.makedirs(self.state_dir, exist_ok=True)
+        #: (uid, gid) to become for good before anything of the kernel runs
+        self.user = user
         self.sel = selectors.DefaultSelector()
         #: started ahead of any kernel: waits for a "claim" (see bai.kernel) before it is ready
         self.pooled = pooled
@@ -166,6 +172,8 @@ class Runner:
         self.config = {} if pooled else self._read_config()
         self.env = self._child_env()
         self.log = open(os.path.join(self.state_dir, "kernel.log"), "ab")
+        #: opened ahead when the runner gives up root: the state folder may not be its to write
+        self.exit_file = open(os.path.join(self.state_dir, "exit.json"), "w") if user else None
         self.connections: dict[int, Connection] = {}
         self.queue: collections.deque = collections.deque()
         self.current: Execution | None = None
@@ -267,6 +275,8 @@ class Runner:
     def serve(self) -> int:
         self._signals()
         self._listen()
+        if self.user is not None:
+            drop_privileges(*self.user, os.path.abspath(self.workdir))
         self._start_worker()
         if given(self.config.get("bootstrap_script")):
             self._start_aux("bootstrap", self.config["bootstrap_script"])
@@ -367,7 +377,8 @@ class Runner:
             return
         self.claimed = True
         self.workdir = os.path.abspath(str(msg["workdir"]))
-        self.state_dir = os.path.join(self.workdir, STATE_DIR)
+        if not self.own_state_dir:
+            self.state_dir = os.path.join(self.workdir, STATE_DIR)
         os.chdir(self.workdir)
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in (msg.get("env") or {}).items()})
@@ -639,9 +650,14 @@ class Runner:
 
     def _shutdown(self, code: int, write_exit: bool = True) -> None:
         if write_exit:
+            status = json.dumps({"exit_code": code, "reason": "self-terminated"})
             try:
-                with open(os.path.join(self.state_dir, "exit.json"), "w") as f:
-                    json.dump({"exit_code": code, "reason": "self-terminated"}, f)
+                if self.exit_file is not None:
+                    self.exit_file.write(status)
+                    self.exit_file.flush()
+                else:
+                    with open(os.path.join(self.state_dir, "exit.json"), "w") as f:
+                        f.write(status)
             except OSError:
                 pass
         procs = [self.worker] if self.worker is not None else []
@@ -659,5 +675,69 @@ class Runner:
         self.exit_code = code
 
 
-def main(workdir: str, pooled: bool = False) -> int:
-    return Runner(workdir, pooled).serve()
+def drop_privileges(uid: int, gid: int, home: str) -> None:
+    """Become ``uid``:``gid`` for good (no supplementary groups; real, effective and saved ids
+    all changed, so no capability is left and none can come back). The account gets a line in
+    ``/etc/passwd`` and ``/etc/group`` when the image has none (``getpass``, ``whoami``, ``pip
+    --user``), where the runner may write them."""
+    if uid == 0 or gid == 0:
+        raise SystemExit("bai.kernel: --user must not be root")
+    for path, known, line in (
+            ("/etc/group", _gid_known(gid), "%s:x:" + str(gid) + ":\n"),
+            ("/etc/passwd", _uid_known(uid),
+             "%s:x:" + "%d:%d:bai kernel:%s:/bin/sh\n" % (uid, gid, home))):
+        if not known:
+            try:
+                with open(path, "a") as f:
+                    f.write(line % _free_name(path))
+            except OSError:
+                pass
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise SystemExit("bai.kernel: could not drop privileges")
+    try:
+        os.setuid(0)
+    except OSError:
+        return
+    raise SystemExit("bai.kernel: root could be regained after dropping privileges")
+
+
+def _uid_known(uid: int) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def _gid_known(gid: int) -> bool:
+    import grp
+
+    try:
+        grp.getgrgid(gid)
+        return True
+    except KeyError:
+        return False
+
+
+def _free_name(path: str) -> str:
+    """``work``, or ``work<n>`` where the image has a ``work`` already."""
+    try:
+        with open(path) as f:
+            names = {line.split(":", 1)[0] for line in f}
+    except OSError:
+        names = set()
+    name, n = "work", 1
+    while name in names:
+        n += 1
+        name = "work%d" % n
+    return name
+
+
+def main(workdir: str, pooled: bool = False, state_dir: str | None = None,
+         user: tuple | None = None) -> int:
+    return Runner(workdir, pooled, state_dir, user).serve()
