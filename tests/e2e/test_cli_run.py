@@ -78,6 +78,10 @@ def test_a_user_sees_only_their_own_sessions_and_the_admin_sees_them_all(stack):
     (["run", "--rm", "-r", "cpu=abc", "-c", "print(1)", "python"], "cpu"),
     (["run", "--rm", "-r", "mem=1z", "-c", "print(1)", "python"], "mem"),
     (["run", "--rm", "-r", "cpu=512", "-c", "print(1)", "python"], "cpu"),
+    (["run", "--rm", "-r", "cpu=0", "-c", "print(1)", "python"], "cuda.shares"),
+    (["run", "--rm", "-r", "mem=0", "-c", "print(1)", "python"], "cuda.device"),
+    (["run", "--rm", "-r", "gpu=1", "-c", "print(1)", "python"], "cuda.shares"),
+    (["start", "-r", "foo=1", "python"], "cuda.device"),
     (["rm", "no-such-session-xyz"], "no-such-session-xyz"),
     (["info", "no-such-session-xyz"], "no-such-session-xyz"),
 ])

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bai.common.errors import InvalidResourceSpec
 from bai.common.resources import (
-    ResourceSlot, format_size, humanize_slots, parse_request, parse_size,
+    ResourceSlot, check_session_request, format_size, humanize_slots, parse_request, parse_size,
 )
 
 
@@ -26,6 +26,23 @@ def test_bad_requests_name_the_slot(raw):
     with pytest.raises(InvalidResourceSpec) as e:
         parse_request(raw)
     assert str(list(raw)[0]) in str(e.value)
+
+
+@pytest.mark.parametrize("raw, known", [
+    ({"cpu": "0"}, None), ({"mem": "0"}, None), ({"gpu": "1"}, ()), ({"foo": "1"}, ()),
+    ({"rocm.device": "1"}, ("cpu", "mem")),
+])
+def test_a_session_request_refuses_zero_and_unknown_slots_listing_the_known(raw, known):
+    with pytest.raises(InvalidResourceSpec) as e:
+        check_session_request(parse_request(raw), known)
+    assert list(raw)[0] in str(e.value)
+    assert "cuda.shares" in str(e.value) and "cuda.device" in str(e.value)
+
+
+def test_a_session_request_takes_known_slots_and_what_agents_report():
+    check_session_request(parse_request({"cpu": "0.5", "mem": "1g", "cuda.shares": "0.1"}))
+    check_session_request(parse_request({"rocm.device": "1"}), {"rocm.device"})
+    check_session_request(parse_request({"foo": "1"}), None)  # names left to the manager
 
 
 def test_request_and_fit():

@@ -148,6 +148,27 @@ def parse_request(raw: Mapping[str, Any] | None) -> ResourceSlot:
     return out
 
 
+def check_session_request(slots: Mapping[str, Decimal],
+                          known: Iterable[str] | None = KNOWN_SLOTS) -> None:
+    """A session's request: each amount above zero (a slot left out gets its default) and,
+    unless ``known`` is None, each slot one of ``known`` (plus KNOWN_SLOTS). The
+    InvalidResourceSpec lists the known slot names."""
+    names = list(KNOWN_SLOTS) + sorted(set(known or ()) - set(KNOWN_SLOTS))
+    listed = ", ".join(names)
+    for slot, amount in slots.items():
+        if known is not None and slot not in names:
+            raise InvalidResourceSpec(
+                f"unknown resource slot {slot!r}; known slots: {listed}",
+                data={"slot": slot, "known": names},
+            )
+        if amount <= 0:
+            raise InvalidResourceSpec(
+                f"resource {slot!r} must be above zero (leave it out for the default);"
+                f" known slots: {listed}",
+                data={"slot": slot, "value": str(amount), "known": names},
+            )
+
+
 def humanize_slots(slots: Mapping[str, Decimal]) -> str:
     """``cpu:1, mem:1g`` as shown in tables."""
     parts = []

@@ -32,19 +32,20 @@ from bai.client.errors import UsageError
 
 
 def parse_resources(values: tuple[str, ...]) -> dict[str, str]:
-    """``-r cpu=2 -r mem=256`` -> ``{"cpu": "2", "mem": "256m"}``, validated before any request.
+    """``-r cpu=2 -r mem=256`` -> ``{"cpu": "2", "mem": "256m"}``, validated before any request
+    (amounts above zero; the manager checks the slot names against what its agents report).
 
     As the official client does, a ``mem`` without a unit means MiB.
     """
     from bai.common.errors import InvalidResourceSpec
-    from bai.common.resources import parse_request
+    from bai.common.resources import check_session_request, parse_request
 
     res = parse_pairs(values, "-r/--resources")
     mem = res.get("mem")
     if mem is not None and mem.strip().replace(".", "", 1).isdigit():
         res["mem"] = mem.strip() + "m"
     try:
-        parse_request(res)
+        check_session_request(parse_request(res), known=None)
     except InvalidResourceSpec as e:
         raise UsageError(str(e)) from None
     return res
@@ -80,7 +81,9 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
                          help="Environment variable for the session (repeatable)."),
             click.option("-r", "--resources", multiple=True, metavar="SLOT=AMOUNT",
                          help="Resource request, e.g. -r cpu=2 -r mem=512m -r cuda.shares=0.5 "
-                              "(repeatable; mem without a unit means MiB)."),
+                              "(repeatable; mem without a unit means MiB; amounts above zero;"
+                              " slots: cpu, mem, cuda.device, cuda.shares and any other slot"
+                              " the agents report)."),
             click.option("--resource-opts", multiple=True, metavar="KEY=VALUE",
                          help="Extra resource options, e.g. shmem=64m (repeatable)."),
             click.option("-m", "-v", "--mount", "--volume", "mounts", multiple=True,

@@ -26,7 +26,7 @@ from bai.common.errors import (
     SessionNotFound,
 )
 from bai.common.ids import parse_uuid
-from bai.common.resources import ResourceSlot
+from bai.common.resources import KNOWN_SLOTS, ResourceSlot, check_session_request
 from bai.common.status import FINAL, TERMINAL, SessionStatus
 from bai.manager.context import Caller
 from bai.manager.scheduler.decision import fmt_amount
@@ -123,6 +123,9 @@ class SessionService:
             group = await self._group(conn, owner, req.group, caller)
             group_id = group.id
             sgroup = await self._scaling_group(conn, req.scaling_group)
+            rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
+            check_session_request(req.resources,
+                                  await self._slot_names(conn) if rare else KNOWN_SLOTS)
             requested = self._requested_slots(req.resources, image)
             await self._check_fit(conn, requested, sgroup, owner, group)
             dep_ids = [await self._dependency(conn, d, owner["access_key"])
@@ -257,6 +260,12 @@ class SessionService:
         if row is None or not row.is_active:
             raise InvalidAPIParameters(f"unknown resource group (scaling group) {name!r}")
         return name
+
+    @staticmethod
+    async def _slot_names(conn: AsyncConnection) -> set[str]:
+        """The slot names any registered agent reports (KNOWN_SLOTS are always known)."""
+        rows = (await conn.execute(sa.select(agents.c.available_slots))).all()
+        return {k for r in rows for k in (r.available_slots or {})}
 
     @staticmethod
     def _requested_slots(resources: ResourceSlot, image: dict) -> ResourceSlot:
