@@ -155,6 +155,27 @@ def test_run_files_are_uploaded_by_relative_path_and_run_in_batch_mode(fake, cap
         "clean": "*", "build": "*", "buildLog": False, "exec": "python main.py"}}
 
 
+@pytest.mark.parametrize("express", ["1", "0"])
+@pytest.mark.parametrize("code", ["", "  \n"])
+def test_run_empty_code_is_refused_before_any_request(fake, capsys, monkeypatch, express, code):
+    monkeypatch.setenv("BAI_CLI_EXPRESS", express)
+    r = invoke(capsys, "run", "--rm", "-c", code, "python")
+    assert r.code == 2 and lines(r.err) == ["Error: -c/--code is empty: give the code to run"]
+    assert not fake.requests
+
+
+def test_run_files_without_exec_need_a_py_file_before_any_request(fake, capsys, tmp_path):
+    (tmp_path / "data.csv").write_text("1,2\n")
+    (tmp_path / "notes.txt").write_text("x\n")
+    r = invoke(capsys, "run", "--rm", "python", "data.csv", "notes.txt")
+    assert r.code == 2 and "--exec" in r.err and len(lines(r.err)) == 1
+    assert not fake.requests
+    (tmp_path / "job.py").write_text("print(1)\n")
+    r = invoke(capsys, "run", "--rm", "python", "data.csv", "job.py")
+    assert r.code == 0, r.err
+    assert fake.of("POST", "/session")
+
+
 def test_run_basedir_strips_the_prefix(fake, capsys, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "input.txt").write_text("x")

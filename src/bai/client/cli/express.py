@@ -69,6 +69,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_code(code: str | None) -> str | None:
+    if code is not None and not code.strip():
+        raise usage_error("-c/--code is empty: give the code to run")
+    return code
+
+
 def parse(args: list[str]) -> dict[str, Any] | None:
     """The options of ``run`` (after the word ``run``) if the express path takes them."""
     if os.environ.get("BAI_CLI_EXPRESS", "1") in ("0", "no", "false"):
@@ -198,6 +204,7 @@ class Express:
     def run(self) -> int:
         plan = self.plan
         name = check_name(plan["name"] or f"pysdk-{os.urandom(5).hex()}")
+        check_code(plan["code"])
         environ = parse_pairs(plan["env"], "-e/--env")
         from bai.client.bodies import create_session
 

@@ -23,6 +23,7 @@ from bai.client.cli.context import get_ctx, output_option
 from bai.client.cli.express import (
     FAILED,
     NOT_STARTED,
+    check_code,
     check_name,
     parse_pairs,
     print_console,
@@ -308,7 +309,8 @@ Examples:
 @click.argument("files", nargs=-1, type=click.Path())
 @click.option("-c", "--code", default=None, help="Code to execute (query mode).")
 @click.option("--exec", "exec_", default=None, metavar="COMMAND",
-              help="Shell command that runs the uploaded FILES (batch mode).")
+              help="Shell command that runs the uploaded FILES (batch mode); without it the"
+                   " first FILE ending in .py runs with python.")
 @click.option("--build", default=None, metavar="COMMAND", help="Build command before --exec.")
 @click.option("--clean", default=None, metavar="COMMAND", help="Clean command before --build.")
 @click.option("--basedir", type=click.Path(file_okay=False), default=None,
@@ -322,15 +324,20 @@ def run(image, files, code, exec_, build, clean, basedir, remove, stats, **kw) -
     """Start a session of IMAGE, execute code (-c) or FILES in it, stream the output.
 
     IMAGE is a full image name or an alias the admin defined (e.g. python).
-    The exit code is the executed code's exit code.
+    FILES are uploaded to the session's work folder; --exec says how to run them, and without
+    it the first of them ending in .py runs with python. The exit code is the executed
+    code's exit code.
     """
     if code is not None and files:
         raise UsageError("give either -c/--code or FILES, not both")
     if code is None and not files and not exec_ and not kw["enqueue_only"]:
         raise UsageError("nothing to run: give -c CODE, or FILES (with --exec COMMAND)")
+    check_code(code)
     for f in files:
         if not Path(f).is_file():
             raise UsageError(f"no such file: {f}")
+    if files and not exec_ and not any(f.endswith(".py") for f in files):
+        raise UsageError("none of FILES ends in .py: give --exec COMMAND to say how to run them")
     cli = get_ctx()
     out = cli.output
     out.quiet = kw["quiet"]
