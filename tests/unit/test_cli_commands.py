@@ -90,6 +90,14 @@ def test_ps_dead_and_status_filters(fake, capsys):
     assert r.code == 2 and "NOPE" in r.err
 
 
+@pytest.mark.parametrize("args", [("--running", "--dead"), ("--dead", "-s", "RUNNING"),
+                                  ("--running", "--all-statuses"), ("-f", ""), ("-s", "")])
+def test_ps_contradicting_or_empty_options_are_usage_errors(fake, capsys, args):
+    r = invoke(capsys, "ps", *args)
+    assert r.code == 2 and len(lines(r.err)) == 1 and r.err.startswith("Error: ")
+    assert not fake.requests
+
+
 def test_ps_json_global_and_per_command(fake, capsys):
     for args in (["--output", "json", "ps"], ["ps", "--output", "json"]):
         r = invoke(capsys, *args)

@@ -123,7 +123,17 @@ def test_express_stream_closed_early_and_bad_name(fake, capsys, monkeypatch):  #
     assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
     assert r1.code == 1 and "ended before it finished" in r1.err
     (r1, s1), (r2, s2) = _both(fake, capsys, monkeypatch, "run", "-t", "ab", "python", "-c", "1")
-    assert (r1.code, r1.err) == (r2.code, r2.err) == (2, r1.err) and "4 to 64" in r1.err
+    assert (r1.code, r1.err) == (r2.code, r2.err) == (2, r1.err) and "4-64" in r1.err
+    assert s1 == s2 == []
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "bad name!", "-dash-first", "a" * 65])
+def test_every_bad_name_is_a_usage_error_shown_short_on_both_paths(fake, capsys, monkeypatch,  # noqa: F811
+                                                                  name):
+    (r1, s1), (r2, s2) = _both(fake, capsys, monkeypatch, "run", "-t", name, "python", "-c", "1")
+    assert (r1.code, r1.err) == (r2.code, r2.err) and r1.code == 2
+    assert len(r1.err.splitlines()) == 1 and "invalid session name" in r1.err
+    assert len(r1.err) < 200  # a long name is not echoed back in full
     assert s1 == s2 == []
 
 

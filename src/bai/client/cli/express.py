@@ -64,8 +64,11 @@ def parse_pairs(values: tuple[str, ...] | list[str], option: str) -> dict[str, s
 
 
 def check_name(name: str) -> str:
-    if not 4 <= len(name) <= 64:
-        raise usage_error(f"session name {name!r} must be 4 to 64 characters long")
+    from bai.common.names import session_name_problem
+
+    problem = session_name_problem(name)
+    if problem:
+        raise usage_error(problem)
     return name
 
 

@@ -45,6 +45,13 @@ Examples:
 def status_set(running: bool, dead: bool, status: str | None, all_statuses: bool) -> list[str]:
     from bai.common.status import LIST_ALL, LIST_DEAD, LIST_DEFAULT, LIST_RUNNING, parse_statuses
 
+    given = [opt for opt, on in (("--running", running), ("--dead", dead),
+                                 ("--status", status is not None),
+                                 ("--all-statuses", all_statuses)) if on]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} exclude each other: give one of them")
+    if status is not None and not status.strip():
+        raise UsageError("--status needs a status name (or ALL)")
     if all_statuses or (status and status.strip().upper() == "ALL"):
         return [str(s) for s in LIST_ALL]
     if dead:
@@ -64,7 +71,7 @@ def status_set(running: bool, dead: bool, status: str | None, all_statuses: bool
 def choose_fields(fmt: str | None, name_only: bool, detail: bool, is_admin: bool) -> list[str]:
     from bai.client.cli.fields import parse_format
 
-    if fmt:
+    if fmt is not None:
         try:
             fields = parse_format(fmt)
         except ValueError as e:
@@ -105,11 +112,14 @@ def choose_fields(fmt: str | None, name_only: bool, detail: bool, is_admin: bool
 @output_option
 def ps(running, dead, status, all_statuses, show_all, name_only, detail, fmt, access_key,
        limit, offset, filter_, order) -> None:
-    """List compute sessions, most recently changed first (the first 10 unless --all)."""
+    """List compute sessions, most recently changed first (the first 10 unless --all).
+
+    --running, --dead, --status and --all-statuses exclude each other.
+    """
     cli = get_ctx()
     out = cli.output
     statuses = status_set(running, dead, status, all_statuses)
-    if fmt:  # validate before any request
+    if fmt is not None:  # validate before any request
         choose_fields(fmt, name_only, detail, False)
 
     async def body(conn: Any) -> tuple[list[str], list[dict[str, Any]], int]:

@@ -13,22 +13,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bai.common.errors import InvalidAPIParameters
+from bai.common.names import session_name_problem
 from bai.common.resources import ResourceSlot, parse_request
 from bai.common.status import SessionType
 
-NAME_RE = re.compile(r"^(?=.{4,64}$)\w[\w.-]*\w$", re.ASCII)
 _REL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|w)?\s*$", re.IGNORECASE)
 _REL_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600,
              "d": 86400, "w": 604800}
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidAPIParameters(
-            f"invalid session name {name!r}: use 4-64 letters, digits, '_', '-' or '.', "
-            "starting and ending with a letter, digit or '_'",
-            data={"name": name},
-        )
+    problem = session_name_problem(name)
+    if problem:
+        raise InvalidAPIParameters(problem, data={"name": str(name)[:64]})
     return name
 
 
