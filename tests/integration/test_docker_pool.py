@@ -7,6 +7,7 @@ OOM reporting -- and standbys must never outlive the backend that made them.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +26,7 @@ from test_docker_backend import (
 
 from bai.agent.backends.base import Instance, InstanceState
 from bai.agent.backends.docker import L_POOL, DockerBackend
+from bai.agent.backends.docker_spec import run_dir_of
 from bai.agent.runner_channel import ping_runner
 from bai.testing.docker import docker_host_or_skip, test_image
 
@@ -37,7 +39,7 @@ PROBE = READ_LIMITS + (
     "  'sys_path': sys.path,\n"
     "  'etc_hostname': open('/etc/hostname').read().strip(), 'cwd': os.getcwd(),\n"
     "  'mem': int(mem[0]), 'cores': int(cpu[0]) / int(cpu[1]), 'pids': int(pids[0]),\n"
-    "  'files': sorted(os.listdir('.bai'))}))\n"
+    "  'uid': os.getresuid(), 'caps': open('/proc/self/status').read().split('CapEff:')[1].split()[0]}))\n"
 )
 
 
@@ -93,7 +95,8 @@ async def test_a_claimed_kernel_is_like_a_created_one(backend: DockerBackend, en
     inst = await backend.create(spec)
     info = await container_of(engine, spec.kernel_id)
     assert info is not None and info["Config"]["Labels"].get(L_POOL) == spec.image  # a standby
-    assert inst.state is InstanceState.RUNNING and inst.workdir == backend.scratch_root / spec.kernel_id
+    assert inst.state is InstanceState.RUNNING
+    assert inst.workdir == backend.scratch_root / spec.kernel_id / "work"
     a, b = await probe(cold), await probe(inst)
 
     assert b["hostname"] == b["etc_hostname"] == spec.session_name
@@ -101,7 +104,11 @@ async def test_a_claimed_kernel_is_like_a_created_one(backend: DockerBackend, en
     # the runner is PID 1 in both
     assert (await ping_runner(inst.runner_socket))["pid"] == 1
     assert (await ping_runner(cold.runner_socket))["pid"] == 1
-    assert b["files"] == a["files"]
+    # its own uid (not root), no capability, the runner's files where a created one has them
+    assert 0 not in a["uid"] + b["uid"] and a["uid"] != b["uid"]
+    assert int(a["caps"], 16) == int(b["caps"], 16) == 0
+    assert sorted(os.listdir(run_dir_of(inst.workdir))) == sorted(
+        os.listdir(run_dir_of(cold.workdir)))
     assert (b["mem"], b["cores"], b["pids"]) == (256 * MiB, 1.0, backend.pids_limit)
     assert b["env"]["FOO"] == "warm" and b["env"]["BACKENDAI_KERNEL_ID"] == spec.kernel_id
     assert b["env"]["BACKENDAI_SESSION_NAME"] == spec.session_name

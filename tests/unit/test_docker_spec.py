@@ -41,8 +41,9 @@ def spec(**kw) -> KernelSpec:
 
 def test_a_standby_differs_from_a_kernel_container_only_in_what_a_claim_supplies():
     s = spec()
-    kernel = SITE.kernel_config(s, Path("/scratch/k-1"), "none")
-    standby = SITE.standby_config(s.image, shape_of(limits_of(s)), Path("/scratch/k-1"))
+    kernel = SITE.kernel_config(s, Path("/scratch/k-1/work"), 2_000_001, "none")
+    standby = SITE.standby_config(s.image, shape_of(limits_of(s)), Path("/scratch/k-1/work"),
+                                  2_000_001)
     assert standby["HostConfig"] == kernel["HostConfig"]
     assert standby["Cmd"] == [*kernel["Cmd"], "--pooled"]  # bai.kernel: waits for a claim
     assert kernel["HostConfig"]["NanoCpus"] == 500_000_000
@@ -53,6 +54,23 @@ def test_a_standby_differs_from_a_kernel_container_only_in_what_a_claim_supplies
     standby_env = dict(e.split("=", 1) for e in standby["Env"])
     kernel_vars = dict(e.split("=", 1) for e in kernel["Env"])
     assert standby_env.items() <= kernel_vars.items()
+
+
+def test_a_kernel_container_runs_as_its_uid_with_no_capability_and_no_host_network():
+    """The runner starts as the container's root with what it needs to become the kernel's uid
+    (and nothing else), in a state folder of its own outside the work dir."""
+    kernel = SITE.kernel_config(spec(), Path("/scratch/k-1/work"), 2_000_001, "none")
+    host = kernel["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["SETGID", "SETUID"]
+    assert "no-new-privileges" in host["SecurityOpt"] and not host.get("Privileged")
+    assert kernel["Cmd"][-4:] == ["--state-dir", "/run/bai", "--user", "2000001:2000001"]
+    assert kernel["Labels"]["ai.bai.uid"] == "2000001"
+    assert sorted(host["Binds"]) == ["/scratch/k-1/run:/run/bai:rw",
+                                     "/scratch/k-1/work:/home/work:rw",
+                                     "/src/bai/kernel:/opt/bai/bai/kernel:ro"]
+    for shared in ("host", "container:abc"):
+        with pytest.raises(KernelCreationFailed):
+            SITE.kernel_config(spec(), Path("/scratch/k-1/work"), 2_000_001, shared)
 
 
 def test_only_kernels_a_started_interpreter_can_become_are_pooled():

@@ -20,10 +20,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import bai.kernel
+from bai.agent import statefiles
 from bai.agent.backends.base import (
     Instance,
     InstanceState,
@@ -38,6 +37,8 @@ from bai.common.events import KernelEvent
 from bai.common.resources import ResourceSlot
 
 log = logging.getLogger(__name__)
+#: the files uploaded so far (a batch run's default script), kept in the runner's folder
+UPLOADED = "uploaded.json"
 
 TOMBSTONES = 5000
 #: a creation's progress events (preparing ... creating) wait this long before they are sent:
@@ -296,7 +297,7 @@ class KernelRegistry:
         """Take over a running kernel found after an agent restart."""
         spec = spec_from_labels(inst)
         rec = KernelRecord(spec, status="RUNNING", instance=inst)
-        rec.uploaded = read_uploaded(inst.workdir)
+        rec.uploaded = read_uploaded(inst)
         devices = spec.environ.get("CUDA_VISIBLE_DEVICES", "")
         if self.devices is not None and devices:
             self.devices.restore(spec.kernel_id, [int(x) for x in devices.split(",") if x.isdigit()])
@@ -319,10 +320,10 @@ class KernelRegistry:
         for p in paths:
             if p not in rec.uploaded:
                 rec.uploaded.append(p)
-        if rec.instance is not None:
+        if rec.instance is not None:  # in the runner's folder, never through a planted link
             with contextlib.suppress(OSError):
-                (rec.instance.workdir / bai.kernel.STATE_DIR / "uploaded.json").write_text(
-                    json.dumps(rec.uploaded))
+                statefiles.write_text(rec.instance.runner_socket.parent, UPLOADED,
+                                      json.dumps(rec.uploaded))
 
 
 def spec_from_labels(inst: Instance) -> KernelSpec:
@@ -335,9 +336,9 @@ def spec_from_labels(inst: Instance) -> KernelSpec:
                           slots={})
 
 
-def read_uploaded(workdir: Path) -> list[str]:
+def read_uploaded(inst: Instance) -> list[str]:
     try:
-        data = json.loads((workdir / bai.kernel.STATE_DIR / "uploaded.json").read_text())
+        data = json.loads(statefiles.read_tail(inst.runner_socket.parent, UPLOADED, 1 << 24))
         return [str(x) for x in data]
     except (OSError, ValueError, TypeError):
         return []

@@ -10,12 +10,19 @@ What a kernel container looks like:
   idempotent even when two requests race), labels ``ai.bai.*`` (kernel, session, agent, work dir,
   slots, ...) from which ``list()`` rebuilds everything after an agent restart;
 * limits: ``cpu`` -> ``NanoCpus``, ``mem`` -> ``Memory`` = ``MemorySwap`` (no swap), ``PidsLimit``;
-  ``NetworkMode=none`` unless the spec asks for network;
-* the kernel's work dir ``<scratch_root>/<kernel_id>`` bind-mounted at ``/home/work``; the runner
-  (``bai/kernel``, stdlib only) bind-mounted read-only at ``/opt/bai/bai/kernel`` and started as
-  ``python3 -m bai.kernel --workdir /home/work`` with ``PYTHONPATH=/opt/bai`` -- nothing of bai is
-  baked into images. The runner's socket ``/home/work/.bai/runner.sock`` is therefore reachable
-  from the host at ``<workdir>/.bai/runner.sock``.
+  ``NetworkMode=none`` unless the spec asks for network and the agent was given a network
+  (``network_mode``; never the host's or another container's);
+* a user of its own: the runner starts as the container's root with only CAP_SETUID and
+  CAP_SETGID, binds its socket and opens its log, then becomes the kernel's uid for good (from
+  ``sandbox_uids``: one per kernel, never shared) before anything of the kernel runs; every
+  other capability dropped, ``no-new-privileges``;
+* the kernel's folder ``<scratch_root>/<kernel_id>`` (``docker_folder``: root's, 0700): ``work/``
+  owned by the kernel's uid, mounted ``nosuid,nodev``, bind-mounted at ``/home/work``; ``run/``
+  (root's) at ``/run/bai`` with the runner's socket, config, log and exit status -- the agent
+  connects to ``run/runner.sock`` and reads ``run/kernel.log``, which no session can replace;
+  the runner (``bai/kernel``, stdlib only) bind-mounted read-only at ``/opt/bai/bai/kernel`` and
+  started as ``python3 -m bai.kernel --workdir /home/work --state-dir /run/bai --user UID:UID``
+  with ``PYTHONPATH=/opt/bai`` -- nothing of bai is baked into images.
 
 Fast paths (a container start costs the engine ~150-250 ms): ``create`` claims a *standby*
 container started ahead of demand when one of the image is ready (``docker_pool.py``; the kernel
@@ -40,7 +47,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,8 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 import bai.kernel
+from bai.agent import statefiles
+from bai.agent.backends import docker_folder
 from bai.agent.backends.base import (
     ExitCallback,
     Instance,
@@ -66,18 +74,22 @@ from bai.agent.backends.docker_spec import (
     L_POOL,
     L_SESSION,
     L_SPEC,
+    L_UID,
     L_WORKDIR,
     LABEL,
     STANDBY_PREFIX,
+    WORK_DIR,
     ContainerSite,
     hostname_of,
     kernel_env,
     kernel_of_name,
     limits_of,
     poolable,
+    run_dir_of,
     shape_of,
 )
 from bai.agent.runner_channel import ping_runner
+from bai.agent.sandbox_uids import SandboxUids, UidsExhausted
 from bai.common.errors import KernelNotFound
 
 log = logging.getLogger(__name__)
@@ -86,15 +98,20 @@ log = logging.getLogger(__name__)
 CLAIMS_DIR = ".claims"
 #: the most of kernel.log that logs() returns (its end)
 LOG_TAIL_BYTES = 1 << 20
+#: kernels' uids when the agent's settings do not say (the settings' defaults)
+DEFAULT_UID_FIRST = 2_000_000
+DEFAULT_UID_COUNT = 65_536
+DEFAULT_UID_LOCKS = Path("/run/bai/uids")
 
 
 class DockerBackend(RuntimeBackend):
     """Kernels as containers of one Docker (or Podman) engine.
 
     ``docker_host``: engine URL (``unix:///...``; default ``$DOCKER_HOST``, then the local socket).
-    ``scratch_root``: host folder under which each kernel's work dir is made; the engine must see
+    ``scratch_root``: host folder under which each kernel's folder is made; the engine must see
     the same paths (it runs on this host). ``agent_id`` scopes ``list()`` and the exit watcher to
-    the containers this agent made, so several agents may share one engine.
+    the containers this agent made, so several agents may share one engine. ``uids``: where
+    kernels' uids come from (default: the agent settings' default range and lock dir).
     """
 
     name = "docker"
@@ -112,6 +129,7 @@ class DockerBackend(RuntimeBackend):
         rescan_interval: float = 5.0,
         kernel_package: Path | None = None,
         pool_size: int = 3,
+        uids: SandboxUids | None = None,
     ) -> None:
         self.scratch_root = Path(scratch_root).absolute()
         self.agent_id = agent_id
@@ -119,11 +137,14 @@ class DockerBackend(RuntimeBackend):
         self.pids_limit = pids_limit
         self.pull_timeout = pull_timeout
         self.ready_timeout = ready_timeout
-        #: NetworkMode for kernels that ask for network (None: "bridge" if the engine has it)
+        #: NetworkMode for kernels that ask for network (None: they get none)
         self.network_mode = network_mode
         self.rescan_interval = rescan_interval
         self.kernel_package = (kernel_package or Path(bai.kernel.__file__).parent).absolute()
         self.site = ContainerSite(agent_id, self.kernel_package, pids_limit)
+        self.uids = uids or SandboxUids(DEFAULT_UID_FIRST, DEFAULT_UID_COUNT, DEFAULT_UID_LOCKS)
+        #: whether work dirs could be mounted nosuid,nodev (the agent runs as root)
+        self.nosuid = True
         self._docker: aiodocker.Docker | None = None
         self._on_exit: ExitCallback | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,6 +171,8 @@ class DockerBackend(RuntimeBackend):
             ready_timeout=settings.kernel_ready_timeout,
             rescan_interval=max(settings.monitor_interval, 1.0),
             pool_size=settings.docker_pool_size,
+            uids=SandboxUids(settings.sandbox_uid_first, settings.sandbox_uid_count,
+                             Path(settings.sandbox_uid_lock_dir)),
         )
 
     # -- connection and watching ---------------------------------------------------------------
@@ -200,6 +223,8 @@ class DockerBackend(RuntimeBackend):
                 log.info("removed %d standby container(s) an earlier agent left behind", stale)
         # Exits that happened while nobody watched (agent down) are reported first.
         await self._rescan()
+        for inst in await self.list():  # kernels that outlived an agent keep their uids
+            self._adopt_uid(inst)
         self._tasks = [
             asyncio.create_task(self._watch_events(), name="docker-events"),
             asyncio.create_task(self._rescan_loop(), name="docker-rescan"),
@@ -224,7 +249,9 @@ class DockerBackend(RuntimeBackend):
         return {
             "runtime": "docker",
             "namespaces": True,
-            "network": "none unless requested",
+            "network": self.network_mode or "none",
+            "user": "a uid per kernel, no capabilities, no-new-privileges",
+            "workdir_nosuid": self.nosuid,
             "pids_limit": self.pids_limit,
             "standby_pool": self.pool.size if not self.pool.disabled else 0,
             **self._engine,
@@ -328,9 +355,36 @@ class DockerBackend(RuntimeBackend):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def workdir_of(self, kernel_id: str) -> Path:
-        if not kernel_id or "/" in kernel_id or kernel_id in (".", ".."):
+        if not kernel_id or "/" in kernel_id or kernel_id in (".", "..") or kernel_id[0] == ".":
             raise KernelNotFound(f"invalid kernel id {kernel_id!r}")
-        return self.scratch_root / kernel_id
+        return self.scratch_root / kernel_id / WORK_DIR
+
+    async def make_folder(self, home: Path, uid: int) -> None:
+        """The kernel's (or a standby's) host folder (``docker_folder``)."""
+        mounted = await asyncio.to_thread(docker_folder.make, home, uid)
+        if not mounted and self.nosuid:
+            self.nosuid = False
+            log.warning("work dirs are not mounted nosuid,nodev: the agent may not mount "
+                        "(it does not run as root)")
+
+    async def remove_folder(self, workdir: Path) -> None:
+        """Remove the folder of the kernel whose work dir is ``workdir`` (only one of ours)."""
+        home = workdir.parent
+        if workdir.name == WORK_DIR and home.parent in (self.scratch_root, self.pool.root):
+            await asyncio.to_thread(docker_folder.remove, home)
+
+    async def take_uid(self, owner: str) -> int:
+        return await asyncio.to_thread(self.uids.take, owner)
+
+    def release_uid(self, labels: dict[str, str]) -> None:
+        with contextlib.suppress(ValueError):
+            self.uids.release(int(labels.get(L_UID) or 0))
+
+    def _adopt_uid(self, inst: Instance) -> None:
+        with contextlib.suppress(ValueError, UidsExhausted, OSError):
+            uid = int(inst.labels.get(L_UID) or 0)
+            if uid:
+                self.uids.adopt(uid, f"kernel {inst.kernel_id}")
 
     def container_name(self, kernel_id: str) -> str:
         return KERNEL_PREFIX + kernel_id
@@ -377,7 +431,7 @@ class DockerBackend(RuntimeBackend):
     async def _claim(self, spec: KernelSpec, entry: Any, workdir: Path, limits: dict[str, Any],
                      config: dict[str, Any]) -> Instance:
         """The kernel takes over a standby container (see ``docker_pool``)."""
-        self._write_claim(spec.kernel_id, self.site.kernel_labels(spec, workdir))
+        self._write_claim(spec.kernel_id, self.site.kernel_labels(spec, workdir, entry.uid))
         try:
             await self.pool.claim(
                 entry, kernel_name=self.container_name(spec.kernel_id), workdir=workdir,
@@ -388,33 +442,38 @@ class DockerBackend(RuntimeBackend):
             self._drop_claim(spec.kernel_id)
             raise
         container = self.docker.containers.container(entry.container_id)
-        await self._ready_or_remove(spec.kernel_id, container, workdir)
+        await self._ready_or_remove(spec.kernel_id, container, workdir, entry.uid)
         return await self.inspect(spec.kernel_id)
 
     async def _create_container(self, spec: KernelSpec, workdir: Path, limits: dict[str, Any],
                                 config: dict[str, Any]) -> Instance:
-        state_dir = workdir / bai.kernel.STATE_DIR
-        state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "runner.json").write_text(json.dumps(config))
-        network = await self._network_mode() if spec.network else "none"
-        config = self.site.kernel_config(spec, workdir, network)
+        uid = await self.take_uid(f"kernel {spec.kernel_id}")
         try:
+            await self.remove_folder(workdir)  # what a failed earlier try may have left
+            await self.make_folder(workdir.parent, uid)
+            statefiles.write_text(run_dir_of(workdir), "runner.json", json.dumps(config))
+            network = (self.network_mode or "none") if spec.network else "none"
+            config = self.site.kernel_config(spec, workdir, uid, network)
             container = await self.docker.containers.create(
                 config, name=self.container_name(spec.kernel_id)
             )
-        except DockerError as e:
-            if e.status == 409:  # someone else created it meanwhile
+        except BaseException as e:
+            self.uids.release(uid)
+            if isinstance(e, DockerError) and e.status == 409:  # someone created it meanwhile
                 return await self.inspect(spec.kernel_id)
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise KernelCreationFailed(
-                f"the container could not be created: {_docker_message(e)}"
-            ) from e
-        await self._ready_or_remove(spec.kernel_id, container, workdir, start=True)
+            await asyncio.shield(self.remove_folder(workdir))
+            if isinstance(e, DockerError):
+                raise KernelCreationFailed(
+                    f"the container could not be created: {_docker_message(e)}"
+                ) from e
+            raise
+        await self._ready_or_remove(spec.kernel_id, container, workdir, uid, start=True)
         return await self.inspect(spec.kernel_id)
 
-    async def _ready_or_remove(self, kernel_id: str, container: Any, workdir: Path,
+    async def _ready_or_remove(self, kernel_id: str, container: Any, workdir: Path, uid: int,
                                start: bool = False) -> None:
-        """(Start and) wait for the runner; on any failure remove the container and work dir."""
+        """(Start and) wait for the runner; on any failure remove the container and its folder
+        and give its uid back."""
         try:
             if start:
                 await container.start()
@@ -424,8 +483,9 @@ class DockerBackend(RuntimeBackend):
             try:
                 with contextlib.suppress(DockerError):
                     await container.delete(force=True, v=True)
-                shutil.rmtree(workdir, ignore_errors=True)
+                await self.remove_folder(workdir)
                 self._drop_claim(kernel_id)
+                self.uids.release(uid)
             finally:
                 self._destroying.discard(kernel_id)
             if isinstance(e, DockerError):
@@ -467,23 +527,13 @@ class DockerBackend(RuntimeBackend):
                 known = json.loads(self._claim_file(kid).read_text())
             except (OSError, ValueError):
                 known = {L_BACKEND: "docker", L_AGENT: labels.get(L_AGENT, ""),
-                         L_WORKDIR: str(self.scratch_root / kid)}
+                         L_WORKDIR: str(self.workdir_of(kid)), L_UID: labels.get(L_UID, "")}
             self._claimed[kid] = known
         return {**known, L_KERNEL: kid, L_POOL: labels[L_POOL]}
 
-    async def _network_mode(self) -> str:
-        if self.network_mode:
-            return self.network_mode
-        try:
-            await self.docker.networks.get("bridge")
-            return "bridge"
-        except DockerError:
-            # an engine started with --bridge=none has no bridge network: share the host's
-            return "host"
-
     async def _wait_ready(self, kernel_id: str, container: Any, workdir: Path) -> None:
         """Until the runner answers ``ping`` with ready; fail early when the container exits."""
-        sock = workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME
+        sock = run_dir_of(workdir) / bai.kernel.SOCKET_NAME
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.ready_timeout
@@ -501,7 +551,7 @@ class DockerBackend(RuntimeBackend):
             info = await container.show()
             state = info.get("State") or {}
             if not state.get("Running") and state.get("Status") in ("exited", "dead"):
-                if (workdir / bai.kernel.STATE_DIR / "exit.json").exists():
+                if statefiles.read_tail(run_dir_of(workdir), "exit.json", 4096):
                     return  # the runner started and ended by itself (a startup command exited)
                 output = await self._container_logs(container, tail=20)
                 why = "out of memory" if state.get("OOMKilled") else f"exit code {state.get('ExitCode')}"
@@ -538,7 +588,9 @@ class DockerBackend(RuntimeBackend):
             workdir = Path(
                 inst.workdir if inst is not None else self.workdir_of(kernel_id)
             )
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await self.remove_folder(workdir)
+            if inst is not None:
+                self.release_uid(inst.labels)
             self._drop_claim(kernel_id)
             self._reported.add(kernel_id)
             return inst
@@ -629,7 +681,7 @@ class DockerBackend(RuntimeBackend):
             session_id=labels.get(L_SESSION, ""),
             state=st,
             workdir=workdir,
-            runner_socket=workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME,
+            runner_socket=run_dir_of(workdir) / bai.kernel.SOCKET_NAME,
             container_id=info.get("Id", ""),
             exit_code=exit_code,
             exit_reason=reason,
@@ -698,13 +750,11 @@ class DockerBackend(RuntimeBackend):
 
     async def logs(self, kernel_id: str) -> str:
         container = await self._find(kernel_id)
-        parts = []
-        runner_log = self.workdir_of(kernel_id) / bai.kernel.STATE_DIR / "kernel.log"
+        run_dir = run_dir_of(self._instance(container._container).workdir)
         out = await self._container_logs(container, tail=2000)
-        if out:
-            parts.append(out)
-        parts.append(await asyncio.to_thread(_file_tail, runner_log))
-        return "".join(parts)
+        runner_log = await asyncio.to_thread(
+            statefiles.read_tail, run_dir, "kernel.log", LOG_TAIL_BYTES)
+        return out + runner_log.decode(errors="replace")
 
     async def _container_logs(self, container: Any, tail: int | None = None) -> str:
         params: dict[str, Any] = {"stdout": True, "stderr": True}
@@ -723,18 +773,9 @@ def aiohttp_no_timeout() -> Any:
     return aiohttp.ClientTimeout(total=None, sock_read=None)
 
 
-def _file_tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _exit_json_reason(workdir: Path) -> str:
     try:
-        data = json.loads((workdir / bai.kernel.STATE_DIR / "exit.json").read_text())
+        data = json.loads(statefiles.read_tail(run_dir_of(workdir), "exit.json", 4096))
         return str(data.get("reason") or "self-terminated")
     except (OSError, ValueError, AttributeError):
         return "self-terminated"

@@ -6,8 +6,11 @@ engine calls of ~1-10 ms instead, and its runner and worker interpreter are alre
 claim changes, and how:
 
 * name: ``bai-standby-<token>`` is renamed to ``bai-kernel-<kernel_id>`` (the engine's rename);
-* work dir: the standby's folder ``<scratch_root>/.pool/<token>`` (bind-mounted at ``/home/work``)
-  is renamed to ``<scratch_root>/<kernel_id>``; a bind mount follows the folder, not its path;
+* folder: the standby's ``<scratch_root>/.pool/<token>`` (``docker_folder``: ``work/`` at
+  ``/home/work``, ``run/`` at ``/run/bai``) is renamed to ``<scratch_root>/<kernel_id>``; a bind
+  mount follows the folder, not its path;
+* user: the standby's runner gave up root for a uid of its own when it started (taken when the
+  standby is made); the kernel keeps it;
 * limits: ``NanoCpus``, ``Memory`` = ``MemorySwap`` through ``POST /containers/{id}/update`` when the
   standby was started with another shape (refills use the shape of the latest request, so a steady
   workload never needs it); ``PidsLimit``, ulimits, security options are the agent's, the same
@@ -39,7 +42,6 @@ import ctypes
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -50,13 +52,16 @@ from typing import TYPE_CHECKING, Any
 from aiodocker.exceptions import DockerError
 
 import bai.kernel
+from bai.agent import statefiles
 from bai.agent.backends.docker_cgroup import in_container
 from bai.agent.backends.docker_spec import (
     L_POOL,
     L_WORKDIR,
     STANDBY_PREFIX,
+    WORK_DIR,
     WORK_TARGET,
     Shape,
+    run_dir_of,
 )
 
 if TYPE_CHECKING:
@@ -84,7 +89,9 @@ class Standby:
     image: str
     container_id: str
     name: str
+    #: its work dir (``<scratch_root>/.pool/<token>/work``)
     workdir: Path
+    uid: int
     image_id: str
     shape: Shape
     pid: int
@@ -106,7 +113,7 @@ class StandbyPool:
         self.disabled = "" if size > 0 else "docker_pool_size is 0"
         #: image -> standby starts in progress
         self._fills: dict[str, set[asyncio.Task[None]]] = {}
-        self._starting: dict[str, Path] = {}
+        self._starting: dict[str, tuple[Path, int]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -136,7 +143,7 @@ class StandbyPool:
         while len(self.wanted) > MAX_IMAGES:
             old, _ = self.wanted.popitem(last=False)
             for e in self.ready.pop(old, []):
-                self._later(self._remove(e.name, e.workdir))
+                self._later(self._remove(e.name, e.workdir, e.uid))
         if time.monotonic() < self.failed_until.get(image, 0.0):
             return
         # every missing standby starts at once: a start is mostly waiting on the engine's
@@ -153,7 +160,7 @@ class StandbyPool:
             for e in list(entries):
                 if e.container_id == container_id or e.name == container_id:
                     entries.remove(e)
-                    self._later(self._remove(e.name, e.workdir))
+                    self._later(self._remove(e.name, e.workdir, e.uid))
 
     async def _fill_one(self, image: str, shape: Shape) -> None:
         try:
@@ -166,19 +173,21 @@ class StandbyPool:
             self.failed_until[image] = time.monotonic() + FAIL_BACKOFF
             return
         if self._closed or self.disabled or image not in self.wanted:
-            await self._remove(entry.name, entry.workdir)
+            await self._remove(entry.name, entry.workdir, entry.uid)
         else:
             self.ready.setdefault(image, []).append(entry)
 
     async def _start(self, image: str, shape: Shape) -> Standby:
         token = uuid.uuid4().hex[:16]
         name = STANDBY_PREFIX + token
-        workdir = self.root / token
-        (workdir / bai.kernel.STATE_DIR).mkdir(parents=True)
-        self._starting[name] = workdir
+        workdir = self.root / token / WORK_DIR
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        uid = await self.backend.take_uid(f"standby {token}")
+        self._starting[name] = (workdir, uid)
         docker = self.backend.docker
         try:
-            config = self.backend.site.standby_config(image, shape, workdir)
+            await self.backend.make_folder(workdir.parent, uid)
+            config = self.backend.site.standby_config(image, shape, workdir, uid)
             # a create cancelled midway may still complete in the engine: let it, then remove
             create = asyncio.ensure_future(docker.containers.create(config, name=name))
             try:
@@ -189,7 +198,7 @@ class StandbyPool:
                 raise
             await container.start()
             # the runner's socket appears once it accepts connections
-            sock = workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME
+            sock = run_dir_of(workdir) / bai.kernel.SOCKET_NAME
             deadline = time.monotonic() + START_TIMEOUT
             delay = 0.005
             while not sock.exists():
@@ -203,7 +212,7 @@ class StandbyPool:
                 delay = min(delay * 2, 0.1)
             info = await container.show()
         except BaseException:
-            await asyncio.shield(self._remove(name, workdir))
+            await asyncio.shield(self._remove(name, workdir, uid))
             raise
         finally:
             self._starting.pop(name, None)
@@ -212,6 +221,7 @@ class StandbyPool:
             container_id=info["Id"],
             name=name,
             workdir=workdir,
+            uid=uid,
             image_id=info.get("Image", ""),
             shape=shape,
             pid=int((info.get("State") or {}).get("Pid") or 0),
@@ -233,9 +243,9 @@ class StandbyPool:
             image_id = (await docker.images.inspect(entry.image))["Id"]
             if image_id != entry.image_id:
                 raise StandbyUnusable("the image changed since the standby was started")
-            os.rename(entry.workdir, workdir)
+            os.rename(entry.workdir.parent, workdir.parent)
             renamed = True
-            (workdir / bai.kernel.STATE_DIR / "runner.json").write_text(json.dumps(config))
+            statefiles.write_text(run_dir_of(workdir), "runner.json", json.dumps(config))
             if shape != entry.shape:
                 await docker._query_json(
                     f"containers/{entry.container_id}/update", method="POST",
@@ -249,10 +259,11 @@ class StandbyPool:
                     Path(entry.hostname_path).write_text(hostname + "\n")
             # what the engine gave the container (PATH, the image's variables), then the kernel's
             base = await asyncio.to_thread(process_environ, entry.pid, entry.container_id)
-            await send_claim(workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME,
+            await send_claim(run_dir_of(workdir) / bai.kernel.SOCKET_NAME,
                              {**base, "HOSTNAME": hostname, **env}, config)
         except BaseException as e:
-            await asyncio.shield(self._remove(entry.container_id, workdir if renamed else entry.workdir))
+            await asyncio.shield(self._remove(
+                entry.container_id, workdir if renamed else entry.workdir, entry.uid))
             if isinstance(e, PermissionError | NotImplementedError):
                 self.disabled = f"the agent cannot reach a standby's processes ({e})"
                 log.warning("standby containers are off: %s", self.disabled)
@@ -267,11 +278,13 @@ class StandbyPool:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
-    async def _remove(self, container: str, workdir: Path | None) -> None:
+    async def _remove(self, container: str, workdir: Path | None, uid: int | None) -> None:
         with contextlib.suppress(DockerError, OSError):
             await self.backend.docker.containers.container(container).delete(force=True, v=True)
         if workdir is not None:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await self.backend.remove_folder(workdir)
+        if uid is not None:
+            self.backend.uids.release(uid)
 
     async def close(self) -> None:
         """Stop refilling and remove every standby this pool started."""
@@ -280,10 +293,10 @@ class StandbyPool:
         for task in fills:
             task.cancel()
         await asyncio.gather(*fills, return_exceptions=True)
-        doomed = [(e.name, e.workdir) for entries in self.ready.values() for e in entries]
-        doomed += list(self._starting.items())
+        doomed = [(e.name, e.workdir, e.uid) for entries in self.ready.values() for e in entries]
+        doomed += [(name, w, uid) for name, (w, uid) in self._starting.items()]
         self.ready.clear()
-        await asyncio.gather(*(self._remove(n, w) for n, w in doomed), *self._cleanups,
+        await asyncio.gather(*(self._remove(*d) for d in doomed), *self._cleanups,
                              return_exceptions=True)
 
     async def remove_stale(self) -> int:
@@ -299,9 +312,9 @@ class StandbyPool:
             if not self.backend._ours(labels) or not any(
                     n.startswith(STANDBY_PREFIX) for n in names):
                 continue
-            workdir = Path(labels.get(L_WORKDIR) or "")
-            doomed.append((info["Id"], workdir if workdir.parent == self.root else None))
-        await asyncio.gather(*(self._remove(c, w) for c, w in doomed), return_exceptions=True)
+            # its uid is not ours to give back: the lock went with the agent that took it
+            doomed.append((info["Id"], Path(labels.get(L_WORKDIR) or "/"), None))
+        await asyncio.gather(*(self._remove(*d) for d in doomed), return_exceptions=True)
         return len(doomed)
 
 

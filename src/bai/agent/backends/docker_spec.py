@@ -24,19 +24,27 @@ L_AGENT = LABEL + "agent_id"
 L_KERNEL = LABEL + "kernel_id"
 L_SESSION = LABEL + "session_id"
 L_WORKDIR = LABEL + "workdir"
+#: the host uid (and gid) the kernel runs as
+L_UID = LABEL + "uid"
 #: on standby containers (docker_pool.py): claimed ones keep it, their kernel labels are on file
 L_POOL = LABEL + "pool"
 #: the whole KernelSpec, for a restarted agent (see base.py "Recovery")
 L_SPEC = "bai.spec"
 
-#: where the runner package and the work dir appear inside the container
+#: where the runner package, the work dir and the runner's own folder appear in the container
 KERNEL_PKG_TARGET = "/opt/bai/bai/kernel"
 WORK_TARGET = "/home/work"
+RUN_TARGET = "/run/bai"
 STANDBY_HOSTNAME = "bai-standby"
+#: a kernel's host folder ``<scratch_root>/<kernel_id>`` (root's, 0700) holds these two
+WORK_DIR = "work"  # the session's work dir, owned by the kernel's uid, mounted nosuid,nodev
+RUN_DIR = "run"  # the runner's socket, config, log and exit status: root's, 0700
 
 KERNEL_PREFIX = "bai-kernel-"
 STANDBY_PREFIX = "bai-standby-"
-RUNNER_ARGV = ["python3", "-m", "bai.kernel", "--workdir", WORK_TARGET]
+#: the runner starts as the container's root with only these capabilities, binds its socket in
+#: RUN_TARGET, and becomes the kernel's uid for good before anything of the kernel runs
+RUNNER_CAPS = ["SETUID", "SETGID"]
 #: the part of a kernel's environment that is the same for every kernel
 RUNNER_ENV = {
     "PYTHONPATH": "/opt/bai",
@@ -62,7 +70,7 @@ class ContainerSite:
     kernel_package: Path
     pids_limit: int
 
-    def kernel_labels(self, spec: KernelSpec, workdir: Path) -> dict[str, str]:
+    def kernel_labels(self, spec: KernelSpec, workdir: Path, uid: int) -> dict[str, str]:
         return {
             L_BACKEND: "docker",
             L_AGENT: self.agent_id,
@@ -75,17 +83,24 @@ class ContainerSite:
             LABEL + "image": spec.image,
             LABEL + "slots": json.dumps({k: str(v) for k, v in spec.slots.items()}),
             L_WORKDIR: str(workdir),
+            L_UID: str(uid),
             L_SPEC: json.dumps(spec.to_json()),
         }
 
     def host_config(self, workdir: Path, network_mode: str) -> dict[str, Any]:
+        if network_mode == "host" or network_mode.startswith("container:"):
+            raise KernelCreationFailed(f"network mode {network_mode} would share a network "
+                                       "namespace with the host or another container")
         return {
             "Binds": [
                 f"{workdir}:{WORK_TARGET}:rw",
+                f"{run_dir_of(workdir)}:{RUN_TARGET}:rw",
                 f"{self.kernel_package}:{KERNEL_PKG_TARGET}:ro",
             ],
             "NetworkMode": network_mode,
             "PidsLimit": self.pids_limit,
+            "CapDrop": ["ALL"],
+            "CapAdd": RUNNER_CAPS,
             "SecurityOpt": ["no-new-privileges"],
             # Podman asks for nofile=1048576 and a huge nproc by default, which fails where the
             # engine's own hard limits are lower; the agent's hard limits are what this host grants.
@@ -93,23 +108,25 @@ class ContainerSite:
             "AutoRemove": False,
         }
 
-    def kernel_config(self, spec: KernelSpec, workdir: Path, network_mode: str) -> dict[str, Any]:
-        """The container created for a kernel."""
+    def kernel_config(self, spec: KernelSpec, workdir: Path, uid: int,
+                      network_mode: str) -> dict[str, Any]:
+        """The container created for a kernel that runs as ``uid``."""
         return {
             "Image": spec.image,
-            "Cmd": RUNNER_ARGV,
+            "Cmd": runner_argv(uid),
             "Entrypoint": [],
             "Env": [f"{k}={v}" for k, v in kernel_env(spec).items()],
             "WorkingDir": WORK_TARGET,
             "Hostname": hostname_of(spec),
-            "Labels": self.kernel_labels(spec, workdir),
+            "Labels": self.kernel_labels(spec, workdir, uid),
             "StopSignal": "SIGTERM",
             "HostConfig": {**self.host_config(workdir, network_mode), **limits_of(spec)},
         }
 
-    def standby_config(self, image: str, shape: Shape, workdir: Path) -> dict[str, Any]:
-        """A standby container of ``image`` with limits ``shape`` and work dir ``workdir``: what
-        ``kernel_config`` gives minus what a claim supplies (name, labels, hostname, env)."""
+    def standby_config(self, image: str, shape: Shape, workdir: Path, uid: int) -> dict[str, Any]:
+        """A standby container of ``image`` with limits ``shape``, work dir ``workdir`` and
+        ``uid``: what ``kernel_config`` gives minus what a claim supplies (name, labels,
+        hostname, env)."""
         host_config = self.host_config(workdir, "none")
         cpu, mem = shape
         if cpu is not None:
@@ -118,16 +135,27 @@ class ContainerSite:
             host_config["Memory"] = host_config["MemorySwap"] = mem
         return {
             "Image": image,
-            "Cmd": [*RUNNER_ARGV, "--pooled"],
+            "Cmd": [*runner_argv(uid), "--pooled"],
             "Entrypoint": [],
             "Env": [f"{k}={v}" for k, v in STANDBY_ENV.items()],
             "WorkingDir": WORK_TARGET,
             "Hostname": STANDBY_HOSTNAME,
             "Labels": {L_BACKEND: "docker", L_AGENT: self.agent_id, L_POOL: image,
-                       L_WORKDIR: str(workdir)},
+                       L_WORKDIR: str(workdir), L_UID: str(uid)},
             "StopSignal": "SIGTERM",
             "HostConfig": host_config,
         }
+
+
+def runner_argv(uid: int) -> list[str]:
+    """The runner, started as the container's root, gives up root for ``uid`` (see RUNNER_CAPS)."""
+    return ["python3", "-m", "bai.kernel", "--workdir", WORK_TARGET, "--state-dir", RUN_TARGET,
+            "--user", f"{uid}:{uid}"]
+
+
+def run_dir_of(workdir: Path) -> Path:
+    """The runner's folder next to a kernel's work dir (``<scratch_root>/<kernel_id>/run``)."""
+    return workdir.parent / RUN_DIR
 
 
 def kernel_env(spec: KernelSpec) -> dict[str, str]:

@@ -1,0 +1,82 @@
+"""A docker kernel's host folder ``<scratch_root>/<kernel_id>`` (or a standby's
+``<scratch_root>/.pool/<token>``, renamed when claimed):
+
+* the folder itself: root's, 0700 -- no host user and no session can rename or swap what is in it;
+* ``work/`` (mounted at ``/home/work``): the kernel's uid owns it; the agent bind-mounts it onto
+  itself with ``nosuid,nodev`` before the container starts (a Docker bind mount cannot say
+  ``nosuid``, but it inherits the flags of the mount it copies), so a setuid binary or a device
+  node a session makes there means nothing, on the host either. Unmounted when the folder goes;
+* ``run/`` (mounted at ``/run/bai``): root's, 0700 -- the runner binds its socket and opens its
+  log there while still root, so no session can replace the socket the agent connects to or the
+  log the agent reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from bai.agent.backends.docker_spec import RUN_DIR, WORK_DIR
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    if _libc.mount(source.encode() if source else None, target.encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def make(home: Path, uid: int) -> bool:
+    """Make ``home`` with ``work/`` (owned by ``uid``) and ``run/``; True when ``work/`` is
+    mounted ``nosuid,nodev`` (False where the agent may not mount: not root)."""
+    home.mkdir(mode=0o700)
+    os.chmod(home, 0o700)  # whatever the umask
+    work, run = home / WORK_DIR, home / RUN_DIR
+    work.mkdir(mode=0o755)
+    run.mkdir(mode=0o700)
+    os.chmod(work, 0o755)
+    os.chmod(run, 0o700)
+    os.chown(work, uid, uid)
+    try:
+        _mount(str(work), str(work), MS_BIND)
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EACCES):
+            return False
+        raise
+    try:
+        _mount(None, str(work), MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    except BaseException:
+        unmount(work)
+        raise
+    return True
+
+
+def unmount(work: Path) -> None:
+    """Detach every mount at ``work`` (none: nothing happens)."""
+    for _ in range(8):  # a mount per make(); stacked ones only if something went wrong before
+        if _libc.umount2(str(work).encode(), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
+            return
+
+
+def remove(home: Path) -> None:
+    """Unmount ``home/work`` and remove ``home`` (never following a link inside). Idempotent."""
+    with contextlib.suppress(OSError):
+        unmount(home / WORK_DIR)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def is_nosuid(path: Path) -> bool:
+    flags = os.statvfs(path).f_flag
+    return bool(flags & os.ST_NOSUID) and bool(flags & os.ST_NODEV)
