@@ -119,3 +119,21 @@ def test_ctrl_c_on_run_rm_while_queued_cancels_it(small, path):
             proc.kill()
             proc.communicate()
         small.cli("rm", blocker, queued, check=False)
+
+
+@pytest.mark.parametrize("order", ["running-first", "queued-first"])
+def test_rm_of_a_running_and_the_one_waiting_for_it_cancels_the_waiting_one(small, order):
+    running, waiting = f"rma-{order[:3]}", f"rmb-{order[:3]}"
+    small.cli("start", "-t", running, "-r", "cpu=2", "python")
+    small.cli("start", "--enqueue-only", "-t", waiting, "-r", "cpu=2", "python")
+    try:
+        assert status_of(small, waiting) == "PENDING"
+        names = [running, waiting] if order == "running-first" else [waiting, running]
+        proc = small.cli("rm", *names)
+        assert f"Session {waiting} was cancelled" in proc.stdout, proc.stdout
+        assert status_of(small, waiting) == "CANCELLED"
+        history = small.cli("history", waiting).stdout
+        assert "SCHEDULED" not in history and "RUNNING" not in history, history
+        assert status_of(small, running) == "TERMINATED"
+    finally:
+        small.cli("rm", running, waiting, check=False)

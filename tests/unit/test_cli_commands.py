@@ -320,8 +320,22 @@ def test_events_print_each_event_and_end_at_server_close(fake, capsys):
         "/events/session?sessionId=00000000-0000-0000-0000-000000000002&scope=kernel")
 
 
+def test_rm_of_several_sessions_is_one_request(fake, capsys):
+    fake.knobs["destroy_answer"] = {"stats": {"status": "cancelled"}}
+    r = invoke(capsys, "rm", "-f", "sess-01", "missing", "sess-02")
+    assert r.code == 1
+    assert "sess-01 was cancelled" in r.out and "sess-02 was cancelled" in r.out
+    assert lines(r.err) == ["Error: missing: no such session: missing"
+                            " (admins: use -o/--owner for another user's session)"]
+    assert not fake.of("DELETE")
+    (sent,) = fake.of("POST", "/session/_/destroy")
+    assert sent.body == {"names": ["sess-01", "missing", "sess-02"], "forced": True,
+                         "recursive": False, "owner_access_key": None}
+
+
 def test_rm_reports_each_session_and_fails_if_any_failed(fake, capsys):
     fake.knobs["destroy_answer"] = {"stats": {"status": "cancelled"}}
+    fake.knobs["bulk_destroy"] = False  # an upstream manager: one DELETE each
     r = invoke(capsys, "rm", "sess-01", "missing")
     assert r.code == 1
     assert "sess-01 was cancelled" in r.out

@@ -70,6 +70,7 @@ class FakeManager:
             "sse_events": [("session_enqueued", {"sessionName": "s1"}),
                            ("session_started", {"sessionName": "s1"})],
             "forbid_admin": False,
+            "bulk_destroy": True,  # False: a manager without POST /session/_/destroy
             "history": [{"from": None, "to": "PENDING", "reason": "enqueued", "cause": "user:AK",
                          "at": "2026-01-01T00:00:00+00:00"},
                         {"from": "PENDING", "to": "SCHEDULED", "reason": "scheduled",
@@ -106,6 +107,7 @@ class FakeManager:
         r.add_post("/session", self.create)
         r.add_post("/session/{name}/upload", self.upload)
         r.add_delete("/session/{name}", self.destroy)
+        r.add_post("/session/_/destroy", self.destroy_many)
         r.add_get("/session/{name}/history", self.history)
         r.add_get("/session/{name}/logs", self.logs)
         r.add_get("/stream/session/{sid}/execute", self.execute)
@@ -210,6 +212,19 @@ class FakeManager:
                                       "title": "No such session.",
                                       "msg": "no such session: missing"}, status=404)
         return web.json_response(self.knobs["destroy_answer"])
+
+    async def destroy_many(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        request["rec"].body = body
+        if not self.knobs["bulk_destroy"]:
+            return web.json_response({"type": "https://api.backend.ai/probs/not-found",
+                                      "title": "Not found."}, status=404)
+        results = [{"name": n, "error": {"type": "https://api.backend.ai/probs/session-not-found",
+                                         "title": "No such session.", "status": 404,
+                                         "msg": f"no such session: {n}"}}
+                   if n == "missing" else {"name": n, **self.knobs["destroy_answer"]}
+                   for n in body["names"]]
+        return web.json_response({"results": results})
 
     async def history(self, request: web.Request) -> web.Response:
         return web.json_response({"result": self.knobs["history"]})

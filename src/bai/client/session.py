@@ -22,7 +22,7 @@ from bai.client.connection import Connection, SSEMessage, session_path
 from bai.client.errors import ProtocolError, UsageError
 from bai.client.models import CreatedSession, CreateSpec, ExecFrame, HistoryEntry
 from bai.client.wire import FilePart, WSMsgType
-from bai.common.errors import GraphQLError, SessionNotFound
+from bai.common.errors import BaiError, GraphQLError, SessionNotFound, error_from_problem
 from bai.common.ids import parse_uuid
 
 KEYPAIR_QUERY = "query {  keypair {    user_id access_key secret_key is_active is_admin  }}"
@@ -216,6 +216,39 @@ class SessionAPI:
             params.append(("recursive", "true"))
         body = await self.conn.request("DELETE", session_path(name), params=params)
         return body if isinstance(body, dict) else {}
+
+    async def destroy_many(self, names: Sequence[str], *, owner: str | None = None,
+                           forced: bool = False, recursive: bool = False
+                           ) -> list[dict[str, Any] | BaiError]:
+        """``destroy`` of several sessions as one request (none of them is started while the
+        others end): per name, in order, the answer (``{"stats": ...}``) or the typed error.
+        A manager without ``POST /session/_/destroy`` gets one ``DELETE`` per name."""
+        body = {"names": list(names), "forced": forced, "recursive": recursive,
+                "owner_access_key": owner}
+        try:
+            answer = await self.conn.request("POST", "/session/_/destroy", json_body=body)
+        except BaiError as e:
+            if e.status not in (404, 405):
+                raise
+            return [await self.destroy_or_error(n, owner, forced, recursive) for n in names]
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(names):
+            raise ProtocolError("the manager's destroy answer does not match the names sent")
+        out: list[dict[str, Any] | BaiError] = []
+        for r in results:
+            err = r.get("error") if isinstance(r, dict) else None
+            if isinstance(err, dict):
+                out.append(error_from_problem(int(err.get("status") or 400), err))
+            else:
+                out.append(r if isinstance(r, dict) else {})
+        return out
+
+    async def destroy_or_error(self, name: str, owner: str | None, forced: bool,
+                                recursive: bool) -> dict[str, Any] | BaiError:
+        try:
+            return await self.destroy(name, owner=owner, forced=forced, recursive=recursive)
+        except BaiError as e:
+            return e
 
     async def logs(self, name: str, *, owner: str | None = None) -> str:
         params = {"owner_access_key": owner} if owner else None

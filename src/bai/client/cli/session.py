@@ -33,7 +33,11 @@ def _rm_command(name: str) -> click.Command:
     @output_option
     def rm(sessions: tuple[str, ...], owner: str | None, forced: bool, recursive: bool,
            stats: bool) -> None:
-        """Terminate sessions by name or id; a PENDING session is cancelled instead."""
+        """Terminate sessions by name or id; a PENDING session is cancelled instead.
+
+        Several sessions go in one request: the queued ones among them are cancelled before
+        the others end, so none of them is started in between.
+        """
         cli = get_ctx()
         out = cli.output
 
@@ -44,19 +48,22 @@ def _rm_command(name: str) -> click.Command:
             api = SessionAPI(conn)
             failed = 0
             results = []
-            for s in sessions:
-                try:
-                    answer = await api.destroy(s, owner=owner, forced=forced, recursive=recursive)
-                except BaiError as e:
+            if len(sessions) > 1:  # one request: none starts while the others end
+                answers = await api.destroy_many(sessions, owner=owner, forced=forced,
+                                                 recursive=recursive)
+            else:
+                answers = [await api.destroy_or_error(sessions[0], owner, forced, recursive)]
+            for s, answer in zip(sessions, answers):
+                if isinstance(answer, BaiError):
                     from bai.client.cli.main import describe
 
                     failed += 1
-                    results.append({"session": s, "ok": False, "error": describe(e)})
+                    results.append({"session": s, "ok": False, "error": describe(answer)})
                     if not out.is_json:
                         hint = ""
-                        if e.status == 404 and not owner:
+                        if answer.status == 404 and not owner:
                             hint = " (admins: use -o/--owner for another user's session)"
-                        click.echo(f"Error: {s}: {describe(e)}{hint}", err=True)
+                        click.echo(f"Error: {s}: {describe(answer)}{hint}", err=True)
                     continue
                 status = await _final_status(api, s, answer, owner)
                 results.append({"session": s, "ok": True, "status": status,

@@ -33,6 +33,33 @@ async def destroy(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+MAX_DESTROY_NAMES = 1000
+
+
+async def destroy_many(request: web.Request) -> web.Response:
+    """``POST /session/_/destroy`` ``{"names": [...], "forced"?, "recursive"?,
+    "owner_access_key"?}``: one request for several sessions (``rm A B``), so that none of them
+    is started by the scheduler while the others end. Answers ``{"results": [{"name", "stats"}
+    | {"name", "error"}]}`` in the order asked."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidAPIParameters("the body must be JSON") from None
+    names = body.get("names") if isinstance(body, dict) else None
+    if (not isinstance(names, list) or not 0 < len(names) <= MAX_DESTROY_NAMES
+            or not all(isinstance(n, str) and n for n in names)):
+        raise InvalidAPIParameters(
+            f"'names' must be a list of 1 to {MAX_DESTROY_NAMES} session names or ids")
+    flags = {k: body.get(k, False) for k in ("forced", "recursive")}
+    owner = body.get("owner_access_key")
+    if not all(isinstance(v, bool) for v in flags.values()) or not isinstance(owner, str | None):
+        raise InvalidAPIParameters(
+            "'forced' and 'recursive' must be true or false, 'owner_access_key' a string")
+    results = await request.app[ROOT].sessions.destroy_many(
+        request["caller"], names, owner or None, **flags)
+    return web.json_response({"results": results})
+
+
 def session_info(row: dict, deps: list[dict]) -> dict:
     """What ``GET /session/{x}`` answers (camelCase, like the upstream get_info)."""
     def iso(v):
@@ -122,6 +149,7 @@ def setup(app: web.Application) -> None:
     r = app.router
     r.add_post("/session", create)
     r.add_post("/session/_/create", create)
+    r.add_post("/session/_/destroy", destroy_many)
     r.add_get("/session/{name}", info)
     r.add_delete("/session/{name}", destroy)
     r.add_patch("/session/{name}", restart)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import (
+    BaiError,
     Forbidden,
     InvalidAPIParameters,
     InvalidResourceSpec,
@@ -398,15 +399,50 @@ class SessionService:
     async def destroy(self, caller: Caller, name_or_id: str, owner_access_key: str | None = None,
                       forced: bool = False, recursive: bool = False) -> dict:
         row = await self.resolve(caller, name_or_id, owner_access_key)
+        stats = await self._terminate(caller, row, forced, recursive)
+        if stats.get("status") == "terminating":
+            stats = await self._await_final(row["id"], stats)
+        return {"stats": stats}
+
+    async def destroy_many(self, caller: Caller, names: list[str],
+                           owner_access_key: str | None = None, forced: bool = False,
+                           recursive: bool = False) -> list[dict]:
+        """``destroy`` of several sessions as one request: each answer is ``{"name", "stats"}``
+        or ``{"name", "error"}`` (problem JSON), in the order asked.
+
+        The sessions that have not started are cancelled first: terminating a running one frees
+        slots that one of them may be waiting for, and the scheduler must not start it then.
+        """
+        answers: list[dict] = [{"name": n} for n in names]
+        found: list[tuple[dict, dict]] = []
+        for answer in answers:
+            try:
+                found.append((answer, await self.resolve(caller, answer["name"],
+                                                         owner_access_key)))
+            except BaiError as e:
+                answer["error"] = {**e.to_problem(), "status": e.status}
+        found.sort(key=lambda pair: pair[1]["status"] != str(S.PENDING))
+        for answer, row in found:
+            try:
+                answer["stats"] = await self._terminate(caller, row, forced, recursive)
+            except BaiError as e:
+                answer["error"] = {**e.to_problem(), "status": e.status}
+
+        async def settle(answer: dict, row: dict) -> None:
+            if answer.get("stats", {}).get("status") == "terminating":
+                answer["stats"] = await self._await_final(row["id"], answer["stats"])
+
+        await asyncio.gather(*(settle(a, r) for a, r in found))
+        return answers
+
+    async def _terminate(self, caller: Caller, row: dict, forced: bool, recursive: bool) -> dict:
         reason = "force-terminated" if forced else "user-requested"
         cause = f"user:{caller.access_key}"
         if recursive:
             for dep in await self._dependents(row["id"]):
                 await self.lifecycle.terminate(dep, reason=reason, cause=cause, forced=forced)
-        stats = await self.lifecycle.terminate(row["id"], reason=reason, cause=cause, forced=forced)
-        if stats.get("status") == "terminating":
-            stats = await self._await_final(row["id"], stats)
-        return {"stats": stats}
+        return await self.lifecycle.terminate(row["id"], reason=reason, cause=cause,
+                                              forced=forced)
 
     async def _await_final(self, sid: uuid.UUID, stats: dict) -> dict:
         loop = asyncio.get_running_loop()
