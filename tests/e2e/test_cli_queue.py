@@ -137,3 +137,12 @@ def test_rm_of_a_running_and_the_one_waiting_for_it_cancels_the_waiting_one(smal
         assert status_of(small, running) == "TERMINATED"
     finally:
         small.cli("rm", running, waiting, check=False)
+
+
+def test_start_at_a_later_time_returns_once_queued(small):
+    proc = small.cli("start", "--starts-at", "10m", "-t", "later-1", "python", timeout=300)
+    try:
+        assert "later-1" in proc.stdout and "PENDING" in proc.stdout
+        assert status_of(small, "later-1") == "PENDING"
+    finally:
+        small.cli("rm", "later-1", check=False)

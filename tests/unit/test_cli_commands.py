@@ -294,6 +294,14 @@ def test_start_sends_start_defaults_and_prints_the_session(fake, capsys):
     assert "mysess" in r.out and fake.sessions[0]["id"] in r.out and "ready" in r.out
 
 
+def test_start_at_a_later_time_returns_once_queued(fake, capsys):
+    fake.knobs["create_status"] = "PENDING"
+    r = invoke(capsys, "start", "--starts-at", "10m", "-t", "later01", "python")
+    assert r.code == 0 and "later01" in r.out and "PENDING" in r.out
+    sent = fake.of("POST", "/session")[0].body
+    assert sent["starts_at"] == "10m" and sent["enqueueOnly"] is True
+
+
 def test_start_json(fake, capsys):
     r = invoke(capsys, "start", "--output", "json", "-t", "jsess", "python")
     doc = json.loads(r.out)

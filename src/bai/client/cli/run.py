@@ -99,7 +99,7 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
                          help="Resource group (scaling group) to schedule in."),
             click.option("--starts-at", default=None, metavar="WHEN",
                          help="Do not schedule before this time: an ISO datetime or a delay "
-                              "such as 10m or 1h."),
+                              "such as 10m or 1h (start returns once the session is queued)."),
             click.option("--enqueue-only", is_flag=True,
                          help="Return right after the session is queued (nothing is executed)."),
             click.option("--max-wait", type=click.IntRange(0, None), default=0,
@@ -167,6 +167,8 @@ def build_spec(image: str, kw: dict[str, Any], *, start: bool) -> Any:
     if kw["architecture"]:
         spec.architecture = kw["architecture"]
     if start:
+        # a session that may not start before a given time: return once it is queued
+        spec.enqueue_only = spec.enqueue_only or bool(kw["starts_at"])
         spec.dependencies = list(kw["depends"])
         spec.preopen_ports = None
         spec.startup_command = kw["startup_command"]
