@@ -216,7 +216,9 @@ class EmbeddedStack(Daemons):
                                          "XDG_"))}
         # As on a user's machine, byte-code caches are written (and then used).
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-        self.env.update({"HOME": str(self.home), **(extra_env or {})})
+        # benchmarks run more sessions at once than the default policy's 8
+        self.env.update({"HOME": str(self.home), "BAI_MANAGER_DEFAULT_MAX_SESSIONS": "0",
+                         **(extra_env or {})})
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     @property
@@ -299,7 +301,7 @@ class ManagerProcess(Daemons):
     def start(self) -> ManagerProcess:
         values = {"host": "127.0.0.1", "port": self.port, "db_url": self.db_url,
                   "cluster_token": self.token, "state_dir": str(self.dir),
-                  "log_level": "WARNING", **self.settings}
+                  "log_level": "WARNING", "default_max_sessions": 0, **self.settings}
         toml = self.dir / "manager.toml"
         toml.write_text("[manager]\n" + "".join(f"{k} = {json.dumps(v)}\n"
                                                 for k, v in values.items()))

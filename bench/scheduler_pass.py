@@ -104,7 +104,7 @@ async def measure(n: int, db: str | None, rounds: int, profile: bool = False) ->
         await clear_pg(db)
     root = ManagerRoot(ManagerSettings(db_url=db or f"sqlite+aiosqlite:///{tmp}/bench.db"))
     await root.store.migrate()
-    keys = await bootstrap(root.store)
+    keys = await bootstrap(root.store, max_sessions=0)
     root.agents.rpc = SilentAgents()
     settle_gc()  # what `python -m bai.manager serve` does once started
     for i in range(10):

@@ -80,6 +80,9 @@ def start_stack(*slots: str, runtime: str = "process", env: dict[str, str] | Non
         "PYTHONUNBUFFERED": "1",
         "COLUMNS": "250",
     })
+    # Tests start as many sessions as they need; the default policy's limit of 8 concurrent
+    # sessions is tested where it is asked for (env={"BAI_MANAGER_DEFAULT_MAX_SESSIONS": "8"}).
+    base["BAI_MANAGER_DEFAULT_MAX_SESSIONS"] = "0"
     base.update(env or {})  # e.g. BAI_MANAGER_* / BAI_AGENT_* settings for the daemons
     for name in ("DOCKER_HOST",):
         if os.environ.get(name):

@@ -156,6 +156,7 @@ class Cluster:
             "state_dir": str(self.work),
             "heartbeat_timeout": self.heartbeat_timeout,
             "schedule_interval": 1.0,
+            "default_max_sessions": 0,  # tests start more than the default policy's 8
             **self.manager_extra,
         }))
         return path

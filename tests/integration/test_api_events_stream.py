@@ -111,7 +111,7 @@ async def env(tmp_path):
     client = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
     root = app[ROOT]
-    keys = await bootstrap(root.store)
+    keys = await bootstrap(root.store, max_sessions=0)
     await root.agents.rpc.close()
     root.agents.rpc = FakeAgent(root, "t")
     await root.agents.heartbeat({"agent_id": "agent-1", "address": str(agent_server.make_url("")).rstrip("/"),

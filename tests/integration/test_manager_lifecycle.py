@@ -110,7 +110,7 @@ async def manager(request, tmp_path):
             root.store = store
         await root.start()
         stack.push_async_callback(root.stop)
-        keys = await bootstrap(root.store)
+        keys = await bootstrap(root.store, max_sessions=0)
         fake = FakeAgent(root)
         root.agents.rpc = fake
         await root.agents.heartbeat({
@@ -394,7 +394,7 @@ async def _scenario(tmp_path, ops):
         cluster_token="t", heartbeat_timeout=3600))
     await root.start()
     try:
-        root.keys = await bootstrap(root.store)
+        root.keys = await bootstrap(root.store, max_sessions=0)
         fakes = {aid: FakeAgent(root, aid) for aid in ("agent-1", "agent-2")}
         router = _Router(fakes)
         root.agents.rpc = router

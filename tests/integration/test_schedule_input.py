@@ -31,7 +31,7 @@ async def store(request, tmp_path):
             st = Store(f"sqlite+aiosqlite:///{tmp_path}/bai.db")
             stack.push_async_callback(st.close)
         await st.migrate()
-        st.keys = await bootstrap(st)
+        st.keys = await bootstrap(st, max_sessions=0)
         yield st
 
 

@@ -38,7 +38,7 @@ async def test_migrations_match_tables_and_are_idempotent(store):
 
     await store.migrate()
     await store.migrate()
-    assert await store.current_revision() == "0003"
+    assert await store.current_revision() == "0004"
     async with store.connect() as conn:
         diff = await conn.run_sync(
             lambda c: compare_metadata(MigrationContext.configure(c), t.metadata))

@@ -185,6 +185,10 @@ def _kernel_spec(body: Any) -> KernelSpec:
         spec = KernelSpec.from_json(body)
         if any(v < 0 for v in spec.slots.values()):
             raise ValueError("negative slot amount")
+        for key in ("pids_limit", "disk_quota"):
+            value = getattr(spec, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise ValueError(f"{key} must be a whole number of at least 0")
     except (ValueError, TypeError, ArithmeticError) as e:
         raise InvalidAPIParameters(f"invalid kernel spec: {e}") from None
     return spec

@@ -79,7 +79,11 @@ class AgentSettings(TomlSettings):
     sandbox_uid_lock_dir: str = Field(
         "/run/bai/uids", description="host-wide folder where agents lock the uids they hand out")
     cgroup_parent: str = Field("bai", description="cgroup folder under which kernels are made")
-    pids_limit: int = Field(4096, description="most processes/threads one kernel may have")
+    pids_limit: int = Field(
+        1024, description="most processes/threads one kernel may have when its policy sets none")
+    pids_total: int = Field(
+        0, description="most processes/threads of all kernels together (pids.max of "
+                       "cgroup_parent); 0 = half of the host's pid_max, -1 = no cap")
     process_pool_size: int = Field(
         2, description="kernel runners kept pre-started per interpreter (0: start each cold)")
     kernel_ready_timeout: float = Field(30.0, description="seconds for a runner to answer")

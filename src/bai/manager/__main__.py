@@ -65,7 +65,8 @@ async def _init(settings: ManagerSettings, keys: dict | None) -> dict:
                 k = keys.get(who) or {}
                 if k.get("access_key") and k.get("secret_key"):
                     kw[f"{who}_keys"] = (k["access_key"], k["secret_key"])
-        return await bootstrap(store, idle_timeout=settings.default_idle_timeout, **kw)
+        return await bootstrap(store, idle_timeout=settings.default_idle_timeout,
+                               max_sessions=settings.default_max_sessions, **kw)
     finally:
         await store.close()
 

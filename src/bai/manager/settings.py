@@ -39,5 +39,8 @@ class ManagerSettings(TomlSettings):
     deadline_restarting: float = Field(120.0, description="RESTARTING must end within this")
     idle_check_interval: float = Field(10.0, description="seconds between idle checks")
     default_idle_timeout: int = Field(1800, description="idle timeout of the default policy")
+    default_max_sessions: int = Field(
+        8, description="concurrent sessions per keypair of the default policy a fresh install "
+                       "makes (0 = unlimited; later: backend.ai admin policy update default)")
     log_level: str = Field("INFO", description="logging level")
 

@@ -67,6 +67,14 @@ class KernelSpec:
     network: bool = False
     cluster_role: str = "main"
     cluster_idx: int = 0
+    #: the owner's policy bounds (0 = the agent's own default / none): processes + threads of
+    #: the kernel, and bytes its work dir may hold
+    pids_limit: int = 0
+    disk_quota: int = 0
+
+    def pids_max(self, default: int) -> int:
+        """The kernel's pids cap: the policy's, or the agent's ``default`` when it sets none."""
+        return self.pids_limit if self.pids_limit > 0 else default
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> KernelSpec:

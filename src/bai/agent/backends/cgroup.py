@@ -140,6 +140,19 @@ class KernelCgroup:
                 log.warning("could not remove cgroup %s", d)
 
 
+def host_pids_cap(setting: int, pid_max_file: str | Path = "/proc/sys/kernel/pid_max") -> int | None:
+    """The processes all kernels of this host may have together: ``setting`` when positive,
+    none when negative, else half of ``pid_max`` so that sessions cannot starve the host."""
+    if setting < 0:
+        return None
+    if setting > 0:
+        return setting
+    try:
+        return max(1, int(_read(Path(pid_max_file)).strip()) // 2)
+    except (OSError, ValueError):
+        return None
+
+
 class CgroupDriver:
     """Makes kernel cgroups under ``<root>/.../<parent>``; ``detect()`` picks v1 or v2."""
 
@@ -200,6 +213,20 @@ class CgroupDriver:
         except OSError:
             return None
         return cls("v2", {"unified": base})
+
+    def cap_pids(self, total: int) -> bool:
+        """``pids.max`` of the parent: all kernels together (of every agent on this host that
+        shares the parent) stay below ``total`` processes and threads. False where the pids
+        controller is not available."""
+        d = self.bases.get("pids") if self.version == "v1" else self.bases["unified"]
+        if d is None or (self.version == "v2" and "pids" not in self.controllers):
+            return False
+        try:
+            _write(d / "pids.max", str(total))
+        except OSError as e:
+            log.warning("cannot cap the processes of all kernels at %s: %s", total, e)
+            return False
+        return True
 
     def open(self, kernel_id: str) -> KernelCgroup:
         """The kernel's cgroup (it may not exist; every reader tolerates that)."""

@@ -436,7 +436,7 @@ class DockerBackend(RuntimeBackend):
             await self.pool.claim(
                 entry, kernel_name=self.container_name(spec.kernel_id), workdir=workdir,
                 shape=shape_of(limits),
-                limits={**limits, "PidsLimit": self.pids_limit},
+                limits={**limits, "PidsLimit": spec.pids_max(self.pids_limit)},
                 hostname=hostname_of(spec), env=kernel_env(spec), config=config)
         except BaseException:
             self._drop_claim(spec.kernel_id)

@@ -120,7 +120,8 @@ class ContainerSite:
             "Hostname": hostname_of(spec),
             "Labels": self.kernel_labels(spec, workdir, uid),
             "StopSignal": "SIGTERM",
-            "HostConfig": {**self.host_config(workdir, network_mode), **limits_of(spec)},
+            "HostConfig": {**self.host_config(workdir, network_mode), **limits_of(spec),
+                           "PidsLimit": spec.pids_max(self.pids_limit)},
         }
 
     def standby_config(self, image: str, shape: Shape, workdir: Path, uid: int) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
-from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup
+from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
 from bai.agent.backends.process_pool import (
     PooledRunner,
     RunnerPool,
@@ -208,6 +208,9 @@ class ProcessBackend(RuntimeBackend):
         if self.settings.process_cgroups:
             self.cgroups = await asyncio.to_thread(
                 CgroupDriver.detect, "/sys/fs/cgroup", self.settings.cgroup_parent)
+            cap = host_pids_cap(self.settings.pids_total)
+            if self.cgroups is not None and cap is not None:
+                await asyncio.to_thread(self.cgroups.cap_pids, cap)
         if self.settings.process_namespaces and shutil.which("unshare"):
             with contextlib.suppress(OSError):
                 proc = await asyncio.create_subprocess_exec(
@@ -322,7 +325,7 @@ class ProcessBackend(RuntimeBackend):
             try:
                 k.cgroup = await asyncio.to_thread(
                     self._claim_cgroup, runner.cgroup_name, spec.kernel_id, mem,
-                    spec.slots.get("cpu") or None)
+                    spec.slots.get("cpu") or None, spec.pids_max(self.settings.pids_limit))
             except CgroupError as e:
                 raise PoolMiss(str(e)) from None
             k.labels["bai.cgroup"] = self.cgroups.version
@@ -346,10 +349,11 @@ class ProcessBackend(RuntimeBackend):
             return self._instance(k)
         return await self._wait_ready(k)
 
-    def _claim_cgroup(self, pool_name: str, kernel_id: str, mem: Any, cpu: Any) -> KernelCgroup:
+    def _claim_cgroup(self, pool_name: str, kernel_id: str, mem: Any, cpu: Any,
+                      pids: int) -> KernelCgroup:
         assert self.cgroups is not None
         cg = self.cgroups.rename(self.cgroups.open(pool_name), kernel_id)
-        self.cgroups.set_limits(cg, mem, cpu, self.settings.pids_limit)
+        self.cgroups.set_limits(cg, mem, cpu, pids)
         return cg
 
     @staticmethod
@@ -542,7 +546,7 @@ class ProcessBackend(RuntimeBackend):
             try:
                 k.cgroup = await asyncio.to_thread(
                     self.cgroups.create, spec.kernel_id, mem, spec.slots.get("cpu") or None,
-                    self.settings.pids_limit)
+                    spec.pids_max(self.settings.pids_limit))
             except CgroupError as e:
                 raise KernelCreationFailed(str(e)) from None
             procs = k.cgroup.procs_files()

@@ -31,6 +31,14 @@ def _slots_text(value: Any) -> str:
     return format_slots(value)
 
 
+def _size_text(value: Any) -> str:
+    if not value:
+        return "-"
+    from bai.common.resources import format_size
+
+    return format_size(int(value))
+
+
 def _show_list(items: list[dict[str, Any]], columns: list[tuple[str, str, Callable[[Any], str]]],
                empty: str) -> None:
     out = get_ctx().output
@@ -344,8 +352,9 @@ def policy() -> None:
     """Keypair resource policies: concurrent sessions, total resources, idle timeout."""
 
 
-def _policy_spec(max_sessions: int | None, slots: tuple[str, ...],
-                 idle_timeout: int | None) -> dict[str, Any]:
+def _policy_spec(max_sessions: int | None, slots: tuple[str, ...], idle_timeout: int | None,
+                 pids_limit: int | None = None, disk_quota: str | None = None,
+                 min_slots: tuple[str, ...] = ()) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if max_sessions is not None:
         spec["max_concurrent_sessions"] = max_sessions
@@ -353,6 +362,12 @@ def _policy_spec(max_sessions: int | None, slots: tuple[str, ...],
         spec["total_resource_slots"] = _slots(slots, "--slots")
     if idle_timeout is not None:
         spec["idle_timeout"] = idle_timeout
+    if pids_limit is not None:
+        spec["pids_limit"] = pids_limit
+    if disk_quota is not None:
+        spec["disk_quota"] = disk_quota
+    if min_slots:
+        spec["min_resource_slots"] = _slots(min_slots, "--min-slots")
     return spec
 
 
@@ -364,6 +379,13 @@ _policy_options = [
                       "--slots mem=8g (repeatable; none = unlimited)."),
     click.option("--idle-timeout", type=click.IntRange(0, None), default=None,
                  metavar="SECONDS", help="Idle sessions are terminated after this long."),
+    click.option("--pids-limit", type=click.IntRange(0, 2**31 - 1), default=None,
+                 help="Processes and threads one session may have (0 = the agent's default)."),
+    click.option("--disk-quota", default=None, metavar="SIZE",
+                 help="Bytes one session's work dir may hold, e.g. 4g (0 = no quota)."),
+    click.option("--min-slots", multiple=True, metavar="SLOT=AMOUNT",
+                 help="The least a session may ask for, e.g. --min-slots cpu=0.1 "
+                      "--min-slots mem=64m (repeatable)."),
 ]
 
 
@@ -381,7 +403,9 @@ def policy_list() -> None:
     _show_list(items, [
         ("name", "Name", _s), ("max_concurrent_sessions", "Max Sessions", _s),
         ("total_resource_slots", "Total Resources", _slots_text),
-        ("idle_timeout", "Idle Timeout (s)", _s), ("keypairs", "Keypairs", _s),
+        ("idle_timeout", "Idle Timeout (s)", _s), ("pids_limit", "Pids", _s),
+        ("disk_quota", "Disk Quota", _size_text),
+        ("min_resource_slots", "Minimum", _slots_text), ("keypairs", "Keypairs", _s),
     ], "No resource policies.")
 
 
@@ -393,9 +417,11 @@ Example:
 @_with_policy_options
 @output_option
 def policy_create(name: str, max_sessions: int | None, slots: tuple[str, ...],
-                  idle_timeout: int | None) -> None:
+                  idle_timeout: int | None, pids_limit: int | None, disk_quota: str | None,
+                  min_slots: tuple[str, ...]) -> None:
     """Create the keypair resource policy NAME."""
-    spec = {"name": name, **_policy_spec(max_sessions, slots, idle_timeout)}
+    spec = {"name": name, **_policy_spec(max_sessions, slots, idle_timeout, pids_limit,
+                                         disk_quota, min_slots)}
     item = _call(lambda a: a.create_policy(spec))
     _show_one(item, f"Resource policy {name} is created.")
 
@@ -405,11 +431,13 @@ def policy_create(name: str, max_sessions: int | None, slots: tuple[str, ...],
 @_with_policy_options
 @output_option
 def policy_update(name: str, max_sessions: int | None, slots: tuple[str, ...],
-                  idle_timeout: int | None) -> None:
+                  idle_timeout: int | None, pids_limit: int | None, disk_quota: str | None,
+                  min_slots: tuple[str, ...]) -> None:
     """Change the policy NAME (applies from the next scheduling pass)."""
-    spec = _policy_spec(max_sessions, slots, idle_timeout)
+    spec = _policy_spec(max_sessions, slots, idle_timeout, pids_limit, disk_quota, min_slots)
     if not spec:
-        raise UsageError("nothing to change: give --max-sessions, --slots or --idle-timeout")
+        raise UsageError("nothing to change: give --max-sessions, --slots, --idle-timeout, "
+                         "--pids-limit, --disk-quota or --min-slots")
     item = _call(lambda a: a.update_policy(name, spec))
     _show_one(item, f"Resource policy {name} is updated.")
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.auth import generate_keypair
 from bai.common.errors import BaiError, InvalidAPIParameters, NotFound
-from bai.common.resources import ResourceSlot, parse_request
+from bai.common.resources import ResourceSlot, parse_request, parse_size
 from bai.common.status import FINAL
 from bai.manager.store import tables as t
 
@@ -70,6 +70,30 @@ def _int(body: Mapping[str, Any], key: str, default: int | None = None) -> int |
         raise InvalidAPIParameters(f"'{key}' must be a whole number, not {value!r}") from None
     if n < 0:
         raise InvalidAPIParameters(f"'{key}' must not be negative")
+    if n > _MAX_INT:
+        raise InvalidAPIParameters(f"'{key}' is too large: {value!r}")
+    return n
+
+
+#: the largest whole number a policy column holds (a BIGINT, also on PostgreSQL)
+_MAX_INT = 2**31 - 1
+_MAX_BYTES = 2**63 - 1
+
+
+def _size(body: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+    """Bytes from ``4294967296`` or ``"4g"``; 400 naming the key otherwise."""
+    value = body.get(key, default)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        n = int(parse_size(value))
+    except (TypeError, ValueError, ArithmeticError):
+        raise InvalidAPIParameters(
+            f"'{key}' must be a size such as 4g or a number of bytes, not {value!r}") from None
+    if n > _MAX_BYTES:
+        raise InvalidAPIParameters(f"'{key}' is too large: {value!r}")
     return n
 
 
@@ -338,6 +362,9 @@ async def create_policy(conn: AsyncConnection, body: Mapping[str, Any], default_
         max_concurrent_sessions=_int(body, "max_concurrent_sessions", 0),
         total_resource_slots=_slots(body.get("total_resource_slots"), "total_resource_slots"),
         idle_timeout=_int(body, "idle_timeout", default_idle),
+        pids_limit=_int(body, "pids_limit", 0),
+        disk_quota=_size(body, "disk_quota", 0),
+        min_resource_slots=_slots(body.get("min_resource_slots"), "min_resource_slots"),
     ))
     return await _policy(conn, name)
 
@@ -345,14 +372,18 @@ async def create_policy(conn: AsyncConnection, body: Mapping[str, Any], default_
 async def update_policy(conn: AsyncConnection, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
     await _check_policy(conn, name)
     values: dict[str, Any] = {}
-    for key in ("max_concurrent_sessions", "idle_timeout"):
+    for key in ("max_concurrent_sessions", "idle_timeout", "pids_limit"):
         if body.get(key) is not None:
             values[key] = _int(body, key)
-    if body.get("total_resource_slots") is not None:
-        values["total_resource_slots"] = _slots(body["total_resource_slots"], "total_resource_slots")
+    if body.get("disk_quota") is not None:
+        values["disk_quota"] = _size(body, "disk_quota")
+    for key in ("total_resource_slots", "min_resource_slots"):
+        if body.get(key) is not None:
+            values[key] = _slots(body[key], key)
     if not values:
         raise InvalidAPIParameters(
-            "nothing to change: give max_concurrent_sessions, total_resource_slots or idle_timeout")
+            "nothing to change: give max_concurrent_sessions, total_resource_slots, "
+            "idle_timeout, pids_limit, disk_quota or min_resource_slots")
     p = t.keypair_resource_policies
     await conn.execute(p.update().where(p.c.name == name).values(**values))
     if "idle_timeout" in values:

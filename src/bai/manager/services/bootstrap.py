@@ -26,6 +26,18 @@ from bai.manager.store.tables import (
     users,
 )
 
+#: The ``default`` keypair policy of a fresh install (docs/security.md, "Default limits"): an
+#: admin raises any of them with ``backend.ai admin policy update default ...`` (0 = unlimited).
+#: 8 sessions x 1,024 pids = 8,192, a quarter of the smallest pid_max (32,768); the agent's
+#: parent cgroup caps all sessions together at half of pid_max.
+DEFAULT_POLICY: dict[str, Any] = {
+    "max_concurrent_sessions": 8,
+    "pids_limit": 1024,
+    "disk_quota": 4 * 1024**3,
+    "min_resource_slots": {"cpu": "0.1", "mem": str(64 * 1024**2)},
+    "total_resource_slots": {},
+}
+
 ADMIN_EMAIL = "admin@bai.local"
 USER_EMAIL = "user@bai.local"
 
@@ -66,11 +78,13 @@ async def bootstrap(
     store: Store,
     *,
     idle_timeout: int = 1800,
+    max_sessions: int = DEFAULT_POLICY["max_concurrent_sessions"],
     admin_keys: tuple[str, str] | None = None,
     user_keys: tuple[str, str] | None = None,
     image_list: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Create the defaults that are missing; returns the admin's and the user's keypairs."""
+    """Create the defaults that are missing; returns the admin's and the user's keypairs.
+    ``max_sessions`` is the default policy's concurrent sessions per keypair (0 = unlimited)."""
     async with store.begin() as conn:
         await _ensure(conn, domains, domains.c.name == "default",
                       {"name": "default", "description": "default domain", "total_resource_slots": {}})
@@ -84,8 +98,8 @@ async def bootstrap(
         await _ensure(conn, scaling_groups, scaling_groups.c.name == "default",
                       {"name": "default", "description": "default resource group"})
         await _ensure(conn, keypair_resource_policies, keypair_resource_policies.c.name == "default",
-                      {"name": "default", "max_concurrent_sessions": 0, "total_resource_slots": {},
-                       "idle_timeout": idle_timeout})
+                      {"name": "default", **DEFAULT_POLICY, "idle_timeout": idle_timeout,
+                       "max_concurrent_sessions": max_sessions})
         admin = await _ensure_user(conn, ADMIN_EMAIL, "admin", "superadmin", True, admin_keys, gid)
         user = await _ensure_user(conn, USER_EMAIL, "user", "user", False, user_keys, gid)
         for img in image_list if image_list is not None else default_images():

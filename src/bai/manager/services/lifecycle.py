@@ -32,7 +32,15 @@ from bai.manager.services.transitions import (
     transit,
     transit_many,
 )
-from bai.manager.store.tables import agents, images, kernels, sessions, utcnow
+from bai.manager.store.tables import (
+    agents,
+    images,
+    keypair_resource_policies,
+    keypairs,
+    kernels,
+    sessions,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from bai.manager.services.root import ManagerRoot
@@ -108,6 +116,19 @@ def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str
     out["status"] = status
     return out
 
+
+
+async def policy_limits(conn: AsyncConnection, access_keys: set[str]) -> dict[str, dict[str, int]]:
+    """``{access_key: {"pids_limit", "disk_quota"}}`` from each keypair's resource policy."""
+    if not access_keys:
+        return {}
+    kp, pol = keypairs, keypair_resource_policies
+    rows = (await conn.execute(
+        sa.select(kp.c.access_key, pol.c.pids_limit, pol.c.disk_quota)
+        .join(pol, pol.c.name == kp.c.resource_policy)
+        .where(kp.c.access_key.in_(sorted(access_keys)))
+    )).all()
+    return {r.access_key: {"pids_limit": r.pids_limit, "disk_quota": r.disk_quota} for r in rows}
 
 class Lifecycle:
     def __init__(self, root: ManagerRoot) -> None:
@@ -191,12 +212,14 @@ class Lifecycle:
                 await conn.execute(sa.select(images).where(images.c.name.in_(names)))
             ).mappings()
         } if names else {}
+        limits = await policy_limits(conn, {r["access_key"] for r in placed})
         by_address: dict[str, list[dict[str, Any]]] = {}
         for r in placed:
             kid = r.get("main_kernel_id")
             if kid is None:
                 continue
-            spec = self.kernel_spec(r, {"id": kid}, image_rows.get(r["image"], {}))
+            spec = self.kernel_spec(r, {"id": kid}, image_rows.get(r["image"], {}),
+                                    limits.get(r["access_key"], {}))
             by_address.setdefault(r["_address"], []).append(spec)
         return list(by_address.items())
 
@@ -216,7 +239,11 @@ class Lifecycle:
                 err = AgentError(str(err.get("title") or "the agent refused the kernel"))
             await self._start_failed(uuid.UUID(spec["session_id"]), uuid.UUID(spec["kernel_id"]), err)
 
-    def kernel_spec(self, row: Mapping[str, Any], kernel: Mapping[str, Any], image: Mapping) -> dict:
+    def kernel_spec(self, row: Mapping[str, Any], kernel: Mapping[str, Any], image: Mapping,
+                    limits: Mapping[str, int] | None = None) -> dict:
+        """What the agent needs to start ``kernel``; ``limits`` (``policy_limits``) are the
+        owner's policy bounds the agent enforces: ``pids_limit`` and ``disk_quota`` (0 = its
+        own default / none)."""
         environ = {str(k): str(v) for k, v in (row.get("environ") or {}).items()}
         environ.update(
             BACKENDAI_SESSION_ID=str(row["id"]),
@@ -242,6 +269,8 @@ class Lifecycle:
             "network": False,
             "cluster_role": kernel.get("cluster_role") or "main",
             "cluster_idx": kernel.get("cluster_idx") or 0,
+            "pids_limit": int((limits or {}).get("pids_limit") or 0),
+            "disk_quota": int((limits or {}).get("disk_quota") or 0),
         }
 
     async def _start_failed(self, session_id: uuid.UUID, kernel_id, err: BaiError) -> None:
@@ -667,11 +696,13 @@ class Lifecycle:
             new_kid = await replace_kernel(conn, new, "restarting")
             image = (await conn.execute(sa.select(images).where(images.c.name == row["image"]))).mappings().first()
             kernel = await self._kernel(conn, new_kid)
+            limits = (await policy_limits(conn, {row["access_key"]})).get(row["access_key"], {})
         if old is not None and address:
             with contextlib.suppress(BaiError):
                 await self.root.agents.rpc.destroy_kernel(address, str(old["id"]), "restarting")
         try:
-            await self.root.agents.rpc.create_kernel(address, self.kernel_spec(new, kernel, dict(image or {})))
+            await self.root.agents.rpc.create_kernel(
+                address, self.kernel_spec(new, kernel, dict(image or {}), limits))
         except BaiError as e:
             async with self.tx() as (conn, outbox):
                 await transit(conn, session_id, S.RESTARTING, S.ERROR, reason="restart-failed",

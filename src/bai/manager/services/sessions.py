@@ -127,7 +127,7 @@ class SessionService:
             rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
             check_session_request(req.resources,
                                   await self._slot_names(conn) if rare else KNOWN_SLOTS)
-            requested = self._requested_slots(req.resources, image)
+            requested = self._requested_slots(req.resources, image, owner)
             await self._check_fit(conn, requested, sgroup, owner, group)
             dep_ids = [await self._dependency(conn, d, owner["access_key"])
                        for d in req.dependencies]
@@ -221,6 +221,7 @@ class SessionService:
                       users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
                       keypairs.c.is_active,
                       keypair_resource_policies.c.total_resource_slots.label("policy_slots"),
+                      keypair_resource_policies.c.min_resource_slots.label("policy_min_slots"),
                       domains.c.total_resource_slots.label("domain_slots"))
             .select_from(keypairs)
             .join(users, users.c.id == keypairs.c.user_id)
@@ -269,12 +270,13 @@ class SessionService:
         return {k for r in rows for k in (r.available_slots or {})}
 
     @staticmethod
-    def _requested_slots(resources: ResourceSlot, image: dict) -> ResourceSlot:
+    def _requested_slots(resources: ResourceSlot, image: dict, owner: dict) -> ResourceSlot:
         mins = ResourceSlot.from_json(image.get("min_slots") or {})
         req = ResourceSlot({k: v for k, v in resources.items() if v != 0})
         for slot, default in DEFAULT_REQUEST.items():
             if req.get(slot, Decimal(0)) <= 0:
                 req[slot] = max(Decimal(default), mins.get(slot, Decimal(0)))
+        SessionService._check_minimum(req, owner)
         for slot, floor in mins.items():
             if 0 < req.get(slot, Decimal(0)) < floor:
                 raise InvalidResourceSpec(
@@ -283,6 +285,20 @@ class SessionService:
                     data={"slot": slot, "requested": str(req[slot]), "minimum": str(floor)},
                 )
         return req
+
+    @staticmethod
+    def _check_minimum(req: ResourceSlot, owner: dict) -> None:
+        """Refuse (400) a request below the keypair policy's ``min_resource_slots``."""
+        for slot, floor in ResourceSlot.from_json(owner.get("policy_min_slots") or {}).items():
+            want = req.get(slot, Decimal(0))
+            if want < floor:
+                raise InvalidResourceSpec(
+                    f"{slot} {fmt_amount(slot, want)} is below the minimum "
+                    f"{fmt_amount(slot, floor)} of keypair resource policy "
+                    f"{owner['resource_policy']}",
+                    data={"slot": slot, "requested": str(want), "minimum": str(floor),
+                          "policy": owner["resource_policy"]},
+                )
 
     async def _check_fit(self, conn: AsyncConnection, req: ResourceSlot, sgroup: str,
                          owner: dict, group: Any) -> None:
