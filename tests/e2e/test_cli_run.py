@@ -179,3 +179,16 @@ def test_out_of_memory_is_recorded_even_after_rm(stack):
     history = stack.cli("history", "oom-removed").stdout
     assert "oom-killed" in history and "user-requested" in history
     stack.cli("rm", "oom-kept")
+
+
+def test_an_ended_session_shows_what_it_occupied(stack):
+    ran, cancelled = unique("held"), unique("never")
+    stack.cli("run", "--rm", "-t", ran, "-r", "cpu=2", "-r", "mem=300m", "-c", "1", "python")
+    stack.cli("start", "--enqueue-only", "--starts-at", "1h", "-t", cancelled, "python")
+    stack.cli("rm", cancelled)
+    assert session_row(stack, ran)["status"] == "TERMINATED"
+    assert session_row(stack, ran)["occupying_slots"] == {"cpu": "2", "mem": str(300 * 2**20)}
+    assert not session_row(stack, cancelled)["occupying_slots"]
+    table = stack.cli("ps", "--dead", "--all", "-f", "name,occupying_slots").stdout
+    line = next(ln for ln in table.splitlines() if ln.startswith(ran))
+    assert "cpu" in line and "300m" in line, table

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import Forbidden, InvalidAPIParameters
-from bai.common.status import SessionStatus, parse_statuses
+from bai.common.status import TERMINAL, SessionStatus, parse_statuses
 from bai.manager.context import Caller
 from bai.manager.services.queryfilter import Field, parse_filter, parse_order
 from bai.manager.store import tables as t
@@ -223,6 +223,18 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+_ENDED = frozenset(str(s) for s in TERMINAL)
+
+
+def shown_occupying(row: Any) -> dict[str, Any]:
+    """``occupying_slots`` as listed: what a live session holds; for an ended one, what it held
+    (a placement holds exactly the requested slots), or nothing if it was never placed. The row
+    itself holds nothing once the session ended (its slots went back to the agent)."""
+    if row["status"] in _ENDED and row["scheduled_at"] is not None:
+        return row["requested_slots"] or {}
+    return row["occupying_slots"] or {}
+
+
 def session_fields(row: Any, now: datetime) -> dict[str, Any]:
     """A session row (joined with group and user) as GraphQL ``ComputeSession`` values."""
     return {
@@ -262,7 +274,7 @@ def session_fields(row: Any, now: datetime) -> dict[str, Any]:
         "scaling_group": row["scaling_group"],
         "service_ports": service_ports_mapping(row["service_ports"]),
         "mounts": list(row["mounts"] or []),
-        "occupying_slots": row["occupying_slots"] or {},
+        "occupying_slots": shown_occupying(row),
         "requested_slots": row["requested_slots"] or {},
         "abusing_reports": list(row["abusing_reports"] or []),
         "idle_checks": idle_checks(row, now),
