@@ -6,7 +6,6 @@ SIGTERM and SIGINT stop the agent but leave its kernels running: the next start 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
@@ -14,6 +13,7 @@ import click
 
 from bai.agent.settings import AgentSettings
 from bai.common.errors import BaiError
+from bai.ops.logs import configure
 
 
 @click.group()
@@ -34,10 +34,11 @@ def serve(config: str | None, port: int | None, runtime: str | None) -> None:
     except Exception as e:  # pydantic / TOML errors: one clear line
         click.echo(f"bai-agent: invalid settings: {e}", err=True)
         sys.exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        configure(settings.log_level, settings.log_format, settings.log_levels)
+    except ValueError as e:
+        click.echo(f"bai-agent: invalid settings: {e}", err=True)
+        sys.exit(2)
     try:
         asyncio.run(_serve(settings))
     except (OSError, BaiError) as e:

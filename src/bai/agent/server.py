@@ -23,6 +23,7 @@ from bai.agent.backends import make_backend
 from bai.agent.backends.base import KernelSpec, RuntimeBackend
 from bai.agent.execution import relay
 from bai.agent.kernels import KernelRegistry
+from bai.agent.metrics import AgentMetrics
 from bai.agent.manager_link import TOKEN_HEADER, ManagerLink
 from bai.agent.recovery import drop_unknown, recover
 from bai.agent.resources import detect_slots
@@ -37,6 +38,8 @@ from bai.common.errors import (
     NotFound,
     SessionNotRunning,
 )
+from bai.ops.http import OpsListener, health_response, instrument, metrics_response, observe
+from bai.ops.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,12 @@ class Agent:
         self.registry = KernelRegistry(settings.agent_id, self.backend, self.link,
                                        self.capacity, devices)
         self.address = settings.address
+        self.metrics = AgentMetrics(self)
         self.app = make_app(self)
+        self._ops: OpsListener | None = None
+        if settings.ops_port is not None:
+            self._ops = OpsListener(settings.ops_host, settings.ops_port, self.render_metrics,
+                                    self.readiness)
         self._runner: web.AppRunner | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -84,6 +92,8 @@ class Agent:
             port = self._runner.addresses[0][1]
             self.address = f"http://{self.settings.host}:{port}"
         self.link.start()
+        if self._ops is not None:
+            await self._ops.start()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         log.info("agent %s serving at %s (runtime %s)", self.agent_id, self.address,
                  self.backend.name)
@@ -94,6 +104,8 @@ class Agent:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
             self._heartbeat_task = None
+        if self._ops is not None:
+            await self._ops.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -117,9 +129,17 @@ class Agent:
     async def heartbeat(self) -> dict[str, Any] | None:
         sent = self.registry.live_ids()
         answer = await self.link.heartbeat({**self.info(), "kernels": sent})
+        self.metrics.heartbeat_answered(answer)
         if answer and isinstance(answer.get("known_kernels"), list):
             await drop_unknown(self.registry, sent, answer["known_kernels"])
         return answer
+
+    async def render_metrics(self) -> web.Response:
+        await self.metrics.refresh()
+        return metrics_response(self.metrics.registry)
+
+    async def readiness(self) -> web.Response:
+        return health_response(self.metrics.checks())
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -156,6 +176,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     agent: Agent = request.app[AGENT_KEY]  # type: ignore[assignment]
+    if request.path in ("/health/live", "/health/ready"):  # load balancers ask unsigned
+        return await handler(request)
     if not cluster_token_ok(agent.settings.cluster_token, request.headers.get(TOKEN_HEADER)):
         return _problem(AuthFailed(f"missing or wrong {TOKEN_HEADER}"))
     return await handler(request)
@@ -201,9 +223,22 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidAPIParameters("the body must be JSON") from None
 
 
+def _create(agent: Agent, spec: KernelSpec, request_id: Any) -> None:
+    """Start creating a kernel under the id of the request that created its session (its
+    task inherits it, so what the creation logs carries it too)."""
+    token = REQUEST_ID.set(str(request_id)) if request_id else None
+    try:
+        log.info("creating kernel %s of session %s", spec.kernel_id, spec.session_id)
+        agent.registry.create(spec)
+    finally:
+        if token is not None:
+            REQUEST_ID.reset(token)
+
+
 async def create_kernel(request: web.Request) -> web.Response:
-    spec = _kernel_spec(await _json_body(request))
-    _agent(request).registry.create(spec)
+    body = await _json_body(request)
+    spec = _kernel_spec(body)
+    _create(_agent(request), spec, body.get("request_id"))
     return web.json_response({"kernel_id": spec.kernel_id}, status=202)
 
 
@@ -214,7 +249,6 @@ async def create_kernels(request: web.Request) -> web.Response:
     specs = body.get("kernels") if isinstance(body, dict) else None
     if not isinstance(specs, list):
         raise InvalidAPIParameters("the body must be {\"kernels\": [KernelSpec, ...]}")
-    registry = _agent(request).registry
     accepted, refused = [], []
     for raw in specs:
         try:
@@ -223,7 +257,7 @@ async def create_kernels(request: web.Request) -> web.Response:
             kid = raw.get("kernel_id") if isinstance(raw, dict) else None
             refused.append({"kernel_id": kid, "title": str(e)})
             continue
-        registry.create(spec)
+        _create(_agent(request), spec, raw.get("request_id"))
         accepted.append(spec.kernel_id)
     return web.json_response({"accepted": accepted, "refused": refused}, status=202)
 
@@ -299,9 +333,26 @@ async def download(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/x-tar")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return await _agent(request).render_metrics()
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    return await _agent(request).readiness()
+
+
 def make_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=1024**3)
+    app = web.Application(middlewares=[observe(agent.metrics.http), _errors, _auth],
+                          client_max_size=1024**3)
     app[AGENT_KEY] = agent
+    instrument(app)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
     app.router.add_get("/v1/info", get_info)
     app.router.add_get("/v1/kernels", list_kernels)
     app.router.add_post("/v1/kernels", create_kernel)

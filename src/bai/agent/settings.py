@@ -104,6 +104,15 @@ class AgentSettings(TomlSettings):
         0.0, description="dummy kernels end by themselves after this many seconds (0: never)"
     )
     log_level: str = Field("INFO", description="logging level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text or as JSON objects (one a line)")
+    log_levels: str = Field(
+        "", description="levels per component, e.g. bai.agent.kernels=DEBUG,bai.access=WARNING")
+    ops_host: str = Field("127.0.0.1", description="address of the unauthenticated "
+                          "/metrics and /health/* listener (see ops_port)")
+    ops_port: int | None = Field(
+        None, description="port of that listener; unset: none (then /metrics on the agent "
+        "API needs the cluster token); 0: any free port")
 
     @field_validator("manager_endpoints", "dummy_fail_images", mode="before")
     @classmethod

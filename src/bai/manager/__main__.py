@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -43,11 +42,13 @@ def serve(config: str | None) -> None:
 
     from bai.manager.app import create_app
 
+    from bai.ops.logs import configure
+
     settings = _settings(config)
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        configure(settings.log_level, settings.log_format, settings.log_levels)
+    except ValueError as e:
+        raise click.ClickException(f"invalid manager settings: {e}") from None
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
                 print=lambda *_: None, access_log=None)
 

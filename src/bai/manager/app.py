@@ -13,6 +13,8 @@ from aiohttp import web
 from bai.manager.settings import ManagerSettings
 
 ROOT: web.AppKey = web.AppKey("root", object)
+#: the unauthenticated metrics and health listener, when ``ops_port`` is set
+OPS: web.AppKey = web.AppKey("ops", object)
 
 
 def settle_gc() -> None:
@@ -26,23 +28,35 @@ def settle_gc() -> None:
 
 
 def create_app(settings: ManagerSettings) -> web.Application:
-    from bai.manager.api import admin, events, gql, internal, middleware, root, session, stream
+    from bai.manager.api import admin, events, gql, internal, middleware, ops, root, session, stream
     from bai.manager.services.root import ManagerRoot
+    from bai.ops.http import OpsListener, instrument, observe
 
     manager = ManagerRoot(settings)
     app = web.Application(
-        middlewares=[middleware.error_middleware, middleware.auth_middleware],
+        middlewares=[observe(manager.metrics.http), middleware.error_middleware,
+                     middleware.auth_middleware],
         client_max_size=1024**3,
     )
     app[ROOT] = manager
-    for module in (root, session, stream, events, gql, admin, internal):
+    instrument(app)
+    for module in (root, session, stream, events, gql, admin, internal, ops):
         module.setup(app)
+    listener = None
+    if settings.ops_port is not None:
+        listener = OpsListener(settings.ops_host, settings.ops_port,
+                               lambda: ops.render_metrics(manager), lambda: ops.readiness(manager))
+        app[OPS] = listener
 
     async def on_startup(_: web.Application) -> None:
         await manager.start()
+        if listener is not None:
+            await listener.start()
         settle_gc()
 
     async def on_cleanup(_: web.Application) -> None:
+        if listener is not None:
+            await listener.stop()
         await manager.stop()
 
     app.on_startup.append(on_startup)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -43,4 +45,14 @@ class ManagerSettings(TomlSettings):
         8, description="concurrent sessions per keypair of the default policy a fresh install "
                        "makes (0 = unlimited; later: backend.ai admin policy update default)")
     log_level: str = Field("INFO", description="logging level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text or as JSON objects (one a line)")
+    log_levels: str = Field(
+        "", description="levels per component, e.g. bai.manager.services.scheduling=DEBUG,"
+        "bai.access=WARNING (bai.access is the access log)")
+    ops_host: str = Field("127.0.0.1", description="address of the unauthenticated "
+                          "/metrics and /health/* listener (see ops_port)")
+    ops_port: int | None = Field(
+        None, description="port of that listener; unset: none (then /metrics on the API "
+        "needs an admin keypair); 0: any free port")
 

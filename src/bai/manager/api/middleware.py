@@ -8,7 +8,8 @@ answered as a 500 problem.
 
 ``auth_middleware`` verifies the HMAC signature of every request except the unauthenticated
 version probe (``GET /`` without ``Authorization``), the cluster-internal ``/internal/*`` routes
-(they check the cluster token themselves) and ``OPTIONS``; it stores the ``Caller`` in
+(they check the cluster token themselves), the health probes ``/health/live|ready`` and
+``OPTIONS``; it stores the ``Caller`` in
 ``request["caller"]``.
 """
 
@@ -88,7 +89,7 @@ def needs_auth(request: web.Request) -> bool:
     if request.method == "OPTIONS":
         return False
     path = request.path
-    if path.startswith("/internal/"):
+    if path.startswith("/internal/") or path in ("/health/live", "/health/ready"):
         return False
     if path == "/" and request.method in ("GET", "HEAD") and "Authorization" not in request.headers:
         return False

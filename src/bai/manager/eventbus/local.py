@@ -111,6 +111,9 @@ class FanOut:
         self._by_session: dict[str, set[Listener]] = {}
         self._where: dict[Listener, str | None] = {}
 
+    def __len__(self) -> int:
+        return len(self._where)
+
     def add(self, listener: Listener, session_id: str | None = None) -> None:
         self.remove(listener)
         self._where[listener] = session_id = None if session_id is None else str(session_id)
@@ -191,6 +194,9 @@ class EventBus:
 
     async def start(self) -> None:
         pass
+
+    async def ping(self) -> None:
+        """Raise when the bus cannot be reached (readiness)."""
 
     async def close(self) -> None:
         pass

@@ -148,6 +148,9 @@ class RedisEventBus(EventBus):
                 asyncio.create_task(self._consume_loop(), name="redis-bus-consume"),
             ]
 
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     def set_kernel_handler(self, handler: KernelHandler) -> None:
         """The function that applies one agent event (called before ``start``)."""
         self._handler = handler

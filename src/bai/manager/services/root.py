@@ -12,10 +12,12 @@ import contextlib
 import logging
 
 from bai.manager.eventbus import EventBus, make_bus
+from bai.manager.metrics import ManagerMetrics
 from bai.manager.services.agents import AgentRegistry
 from bai.manager.services.sessions import SessionService
 from bai.manager.settings import ManagerSettings
 from bai.manager.store.engine import Store
+from bai.ops.logs import RequestIds
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ class ManagerRoot:
 
         self.scheduler = SchedulerLoop(self)
         self.watchdogs = Watchdogs(self)
+        self.metrics = ManagerMetrics(self)
+        #: the create request of each session still waiting to be placed (logs follow it)
+        self.request_ids = RequestIds()
+        self.scheduler_task: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
         self._started = False
 
@@ -45,6 +51,7 @@ class ManagerRoot:
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.watchdogs.run(), name="watchdogs"),
         ]
+        self.scheduler_task = self._tasks[0]
         self._started = True
         self.scheduler.kick()
 

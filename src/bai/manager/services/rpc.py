@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from bai.common.errors import AgentError, BaiError, error_from_problem
+from bai.ops.logs import REQUEST_ID, REQUEST_ID_HEADER
 
 TOKEN_HEADER = "X-BAI-Cluster-Token"
 
@@ -41,6 +42,9 @@ class AgentClient:
     ) -> Any:
         url = address.rstrip("/") + path
         kw["timeout"] = aiohttp.ClientTimeout(total=timeout or self._default_total, connect=5)
+        rid = REQUEST_ID.get()
+        if rid is not None:  # the agent logs under the id of the request that caused this
+            kw["headers"] = {**kw.get("headers", {}), REQUEST_ID_HEADER: rid}
         try:
             async with self.session.request(method, url, **kw) as resp:
                 text = await resp.text()

@@ -65,6 +65,8 @@ class SchedulerLoop:
         self._starts = asyncio.Semaphore(START_CONCURRENCY)
         self.passes = 0
         self.last_pass_seconds = 0.0
+        #: time.monotonic() when the loop last began a pass (readiness: is it ticking)
+        self.last_tick = time.monotonic()
         #: waiting sessions deep in the queue whose new line is written in the background:
         #: id -> (its wait, the session if the reason code is new: its event goes out then)
         self._deep: dict[uuid.UUID, tuple[Any, Any]] = {}
@@ -87,6 +89,7 @@ class SchedulerLoop:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self.last_tick = time.monotonic()
             try:
                 await self.run_pass()
             except asyncio.CancelledError:
@@ -105,6 +108,7 @@ class SchedulerLoop:
         await self._write(inp, decision)
         self.passes += 1
         self.last_pass_seconds = time.perf_counter() - t0
+        self.root.metrics.pass_done(self.last_pass_seconds, len(decision.assignments))
         return decision
 
     async def _place(self, chunk: list[tuple[uuid.UUID, str, str]]) -> int:
@@ -119,6 +123,11 @@ class SchedulerLoop:
                                                then=[(S.PREPARING, "preparing")])
             starts = await lifecycle.kernel_specs(conn, placed) if placed else []
         for address, specs in starts:
+            for spec in specs:  # the create request's id goes on with the session to its agent
+                rid = self.root.request_ids.pop(spec["session_id"])
+                spec["request_id"] = rid
+                log.info("session %s placed on %s (kernel %s)", spec["session_id"], address,
+                         spec["kernel_id"], extra={"request_id": rid})
             lifecycle.spawn(self._create(address, specs), f"create-{address}")
         return refused
 

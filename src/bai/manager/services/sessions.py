@@ -153,6 +153,7 @@ class SessionService:
                 "last_activity_at": at, "abusing_reports": [], "attempt": 0,
             }
             await conn.execute(sa.insert(sessions).values(**row))
+            self.root.request_ids.note(sid)
             await conn.execute(sa.insert(kernels).values(
                 id=kid, session_id=sid, image=image["name"], status=str(S.PENDING),
                 status_info="enqueued", status_changed=at, created_at=now,

@@ -1,0 +1,131 @@
+"""Logging of the daemons: text or JSON lines, levels per component, and a request id.
+
+``REQUEST_ID`` holds the id of the request being served (taken from the client's
+``X-Request-ID`` or made up). Tasks started while serving it inherit it (asyncio copies the
+context), and every log record gets it as ``request_id``: the manager passes it on to the
+scheduler (``RequestIds``) and from there to the agent in the kernel spec, so one id follows a
+session from its create request to its kernel. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import uuid
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: record attributes every LogRecord has: what is left of a record's attributes came from ``extra=``
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "request_id"}
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def new_request_id(offered: str | None = None) -> str:
+    """The client's id when it is a short plain token, else a new one."""
+    if offered and _SANE_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex[:16]
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record a ``request_id`` (None outside a request) unless it has one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request_id, the record's
+    ``extra=`` fields, and the traceback as ``exc_info`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid:
+            out["request_id"] = rid
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = getattr(record, "request_id", None)
+        return f"{line} [request_id={rid}]" if rid else line
+
+
+def parse_levels(spec: str) -> dict[str, int]:
+    """``"bai.manager.services.scheduling=DEBUG,bai.access=WARNING"`` -> {logger: level}."""
+    out: dict[str, int] = {}
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, eq, level = item.partition("=")
+        value = logging.getLevelName(level.strip().upper())
+        if not eq or not name.strip() or not isinstance(value, int):
+            raise ValueError(f"log_levels: {item!r} is not LOGGER=LEVEL (DEBUG, INFO, WARNING, "
+                             "ERROR)")
+        out[name.strip()] = value
+    return out
+
+
+def configure(level: str = "INFO", fmt: str = "text", levels: str = "",
+              stream=None) -> None:
+    """Set up the root logger once for a daemon: one handler on ``stream`` (stderr)."""
+    root_level = logging.getLevelName(level.upper())
+    if not isinstance(root_level, int):
+        raise ValueError(f"log_level: unknown level {level!r}")
+    per_logger = parse_levels(levels)
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log_format: {fmt!r} is neither 'text' nor 'json'")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(root_level)
+    for name, value in per_logger.items():
+        logging.getLogger(name).setLevel(value)
+
+
+class RequestIds:
+    """Session id -> the id of the request that created it, until the scheduler places the
+    session (bounded: the oldest are forgotten first). In-process: with several manager
+    replicas, a session placed by another replica than the one that took its create request is
+    logged with its session id only."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self.limit = limit
+
+    def note(self, session_id: object) -> None:
+        rid = REQUEST_ID.get()
+        if rid is None:
+            return
+        self._ids[str(session_id)] = rid
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def pop(self, session_id: object) -> str | None:
+        return self._ids.pop(str(session_id), None)

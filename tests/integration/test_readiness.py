@@ -1,0 +1,131 @@
+"""Readiness follows the database: a manager on PostgreSQL reached through a TCP relay of the
+test's own; cutting the relay makes the database unreachable (the shared server keeps running
+for everyone else), and /health/ready answers 503 until it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
+
+from bai.manager.app import create_app
+from bai.manager.settings import ManagerSettings
+
+pytestmark = pytest.mark.postgres
+PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1:port to ``target``; ``cut()`` closes it and every connection
+    through it, ``resume()`` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def resume(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
+                                                  reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        self._writers -= {writer, up_w}
+
+
+@pytest.fixture
+async def database():
+    """A fresh database on the shared server (dropped afterwards): its URL's parts."""
+    if not PG_DSN:
+        pytest.skip("BAI_TEST_PG_DSN not set")
+    url = sa.make_url(PG_DSN)
+    name = f"bai_ready_{uuid.uuid4().hex[:10]}"
+    import asyncpg
+
+    admin = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username,
+                                  password=url.password, database=url.database)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield url, name
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def ready_state(client: TestClient) -> tuple[int, dict]:
+    resp = await client.get("/health/ready")
+    return resp.status, await resp.json()
+
+
+async def wait_ready(client: TestClient, want: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await ready_state(client)
+        if status == want:
+            return body
+        assert time.monotonic() < deadline, f"readiness stayed {status}: {body}"
+        await asyncio.sleep(0.2)
+
+
+async def test_readiness_goes_false_while_the_database_is_unreachable(database):
+    url, name = database
+    relay = Relay((url.host, url.port or 5432))
+    await relay.resume()
+    db_url = url.set(host="127.0.0.1", port=relay.port, database=name)
+    settings = ManagerSettings(db_url=db_url.render_as_string(hide_password=False),
+                               schedule_interval=0.5)
+    client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        body = await wait_ready(client, 200)
+        assert body == {"ready": True, "checks": {
+            "database": "ok", "event_bus": "ok", "scheduler": "ok"}}
+        live = await client.get("/health/live")
+        assert live.status == 200
+
+        await relay.cut()
+        body = await wait_ready(client, 503)
+        assert body["ready"] is False and body["checks"]["database"] != "ok"
+        assert body["checks"]["event_bus"] == "ok"
+        assert "127.0.0.1" not in str(body) and name not in str(body)  # no DSN details leak
+        assert (await client.get("/health/live")).status == 200  # alive, only not ready
+
+        await relay.resume()
+        body = await wait_ready(client, 200)
+        assert body["checks"]["database"] == "ok"
+    finally:
+        with contextlib.suppress(Exception):
+            await relay.resume()
+        await client.close()
+        with contextlib.suppress(Exception):
+            await relay.cut()
