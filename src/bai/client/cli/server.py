@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -89,16 +90,27 @@ def _spawn(args: list[str], log: Path, pid_file: Path) -> subprocess.Popen:
     return proc
 
 
-def _alive_agents(db: Path) -> int:
+def _agent_ready(db: Path, since: datetime | None) -> bool:
+    """The local agent is ALIVE and, if it was (re)started at ``since``, has said so since:
+    the row of its previous run (still ALIVE after a stop) holds the previous capacity."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         try:
-            (n,) = con.execute("SELECT count(*) FROM agents WHERE status = 'ALIVE'").fetchone()
+            row = con.execute("SELECT last_heartbeat FROM agents WHERE id = 'local'"
+                              " AND status = 'ALIVE'").fetchone()
         finally:
             con.close()
-        return int(n)
     except sqlite3.Error:
-        return 0
+        return False
+    if row is None:
+        return False
+    if since is None:
+        return True
+    try:
+        beat = datetime.fromisoformat(str(row[0]))
+    except ValueError:
+        return False
+    return (beat if beat.tzinfo else beat.replace(tzinfo=UTC)) >= since
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -133,7 +145,8 @@ def server() -> None:
               "reachable Docker engine (DOCKER_HOST) and images from scripts/build-images.sh].")
 @click.option("--slots", "slots", multiple=True, metavar="SLOT=AMOUNT",
               help="Override what the agent offers, e.g. --slots cpu=2 --slots mem=4g "
-              "--slots cuda.shares=4 (a mock accelerator). Repeatable.")
+              "--slots cuda.shares=4 (a mock accelerator). Repeatable; after a stop, new slots "
+              "apply as soon as start returns.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the daemons to become ready.")
 def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
@@ -231,7 +244,9 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
                    manager_log, manager_pid),
             manager_log,
         )
+    agent_since = None
     if not _pid_alive(agent_pid):
+        agent_since = datetime.now(UTC)
         spawned["agent"] = (
             _spawn([py, "-m", "bai.agent", "serve", "--config", str(agent_toml)],
                    agent_log, agent_pid),
@@ -243,7 +258,7 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         for name, (proc, log) in spawned.items():
             if proc.poll() is not None:
                 _fail(f"the {name} exited during start-up (exit code {proc.returncode})", log)
-        if _port_open("127.0.0.1", meta["port"]) and _alive_agents(state / "bai.db") > 0:
+        if _port_open("127.0.0.1", meta["port"]) and _agent_ready(state / "bai.db", agent_since):
             break
         time.sleep(0.05)
     else:
