@@ -1,0 +1,247 @@
+"""Attacks on the docker runtime, run as a normal user (the ``user`` profile of an embedded stack
+whose agent runs kernels as containers), each of which must fail and leave the platform healthy:
+root or a capability in the session, writing the runner's code, a planted link that the agent
+would follow (``kernel.log`` -> the host's keys, ``runner.sock`` -> another session's socket), a
+setuid binary made in the work dir, reaching the manager's or the agent's port.
+
+Needs ``BAI_TEST_DOCKER_HOST`` and the test image (``scripts/build-images.sh``); skips otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import aiodocker
+import pytest
+from stacks import Stack, start_stack
+
+from bai.testing.docker import docker_host_or_skip
+
+pytestmark = [pytest.mark.docker,
+              pytest.mark.skipif(os.geteuid() != 0, reason="the docker agent runs as root")]
+
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def dstack():
+    engine = asyncio.run(docker_host_or_skip())
+    st = start_stack("cpu=8", "mem=8g", runtime="docker", env={"DOCKER_HOST": engine})
+    st.engine = engine  # type: ignore[attr-defined]
+    yield st
+    st.stop()
+    shutil.rmtree(st.home, ignore_errors=True)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def run(st: Stack, name: str, code: str, user: bool = True) -> str:
+    """Run ``code`` in session ``name`` (started if needed) as the user; its stdout."""
+    proc = st.cli("run", "-t", name, "python", "-c", code, user=user, timeout=180)
+    return proc.stdout
+
+
+def healthy(st: Stack) -> None:
+    """The platform still works for everyone: a fresh session of the admin says hello."""
+    proc = st.cli("run", "--rm", "-c", 'print("hello world")', "python", timeout=180)
+    assert proc.stdout.strip() == "hello world"
+
+
+def workdir_of(st: Stack, session: str) -> Path:
+    """The host path of a session's work dir, from the container's labels."""
+
+    async def find() -> str:
+        async with aiodocker.Docker(url=st.engine) as d:  # type: ignore[attr-defined]
+            for c in await d.containers.list(filters=json.dumps({"label": ["ai.bai.backend"]})):
+                labels = c._container["Labels"]
+                kid = c._container["Names"][0].lstrip("/").removeprefix("bai-kernel-")
+                claim = st.state / "kernels" / ".claims" / f"{kid}.json"
+                if "ai.bai.pool" in labels and claim.exists():  # a claimed standby
+                    labels = json.loads(claim.read_text())
+                if labels.get("ai.bai.session_name") == session:
+                    return labels["ai.bai.workdir"]
+        raise AssertionError(f"no container of session {session}")
+
+    return Path(asyncio.run(find()))
+
+
+def test_session_code_has_no_root_no_capability_and_cannot_touch_the_runner(dstack: Stack):
+    name = unique("priv")
+    try:
+        out = run(dstack, name, (
+            "import os, json\n"
+            "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+            "tries = {}\n"
+            "for what, act in (\n"
+            "        ('setuid', lambda: os.setuid(0)),\n"
+            "        ('runner', lambda: open('/opt/bai/bai/kernel/runner.py', 'a')),\n"
+            "        ('runner_dir', lambda: open('/opt/bai/bai/kernel/evil.py', 'w')),\n"
+            "        ('run_dir', lambda: open('/run/bai/planted', 'w')),\n"
+            "        ('mknod', lambda: os.mknod('/home/work/dev', 0o20600, os.makedev(1, 3)))):\n"
+            "    try:\n"
+            "        act()\n"
+            "        tries[what] = 'done'\n"
+            "    except OSError as e:\n"
+            "        tries[what] = e.errno\n"
+            "print(json.dumps({'uid': os.getresuid(), 'gid': os.getresgid(),\n"
+            "    'groups': os.getgroups(), 'tries': tries,\n"
+            "    **{k: status[k].strip() for k in ('CapEff', 'CapPrm', 'CapInh', 'CapAmb',\n"
+            "                                      'NoNewPrivs')}}))\n"))
+        got = json.loads(out)
+        assert 0 not in got["uid"] and 0 not in got["gid"] and 0 not in got["groups"], got
+        assert int(got["CapEff"], 16) == int(got["CapPrm"], 16) == 0, got
+        assert int(got["CapInh"], 16) == int(got["CapAmb"], 16) == 0, got
+        assert got["NoNewPrivs"] == "1"
+        assert all(v != "done" for v in got["tries"].values()), got["tries"]
+    finally:
+        dstack.cli("rm", name, user=True, check=False)
+    healthy(dstack)
+
+
+def test_a_kernel_log_planted_as_a_link_does_not_leak_the_keys(dstack: Stack):
+    keys = dstack.state / "keys.json"
+    secret = dstack.keys()["admin"]["secret_key"]
+    name = unique("loglink")
+    try:
+        out = run(dstack, name, (
+            "import os, subprocess\n"
+            "target = %r\n"
+            "for log in ('/run/bai/kernel.log', '/home/work/.bai/kernel.log'):\n"
+            "    try:\n"
+            "        os.makedirs(os.path.dirname(log), exist_ok=True)\n"
+            "        tmp = log + '.tmp'\n"
+            "        os.symlink(target, tmp)\n"
+            "        os.replace(tmp, log)\n"
+            "        print('planted', log)\n"
+            "    except OSError as e:\n"
+            "        print('refused', log, e.errno)\n"
+            "subprocess.Popen(['sh', '-c', 'sleep 0.2; echo background-output'])\n"
+            % str(keys)))
+        logs = ""
+        for _ in range(100):  # until the background line reached the log
+            logs = dstack.cli("logs", name, user=True).stdout
+            if "background-output" in logs:
+                break
+        assert "background-output" in logs  # the kernel's own log is what comes back
+        assert secret not in logs and "secret_key" not in logs
+        assert "refused /run/bai/kernel.log" in out  # the runner's folder is not the session's
+    finally:
+        dstack.cli("rm", name, user=True, check=False)
+    healthy(dstack)
+
+
+def test_a_runner_socket_planted_as_a_link_never_leads_into_another_session(dstack: Stack):
+    victim, attacker = unique("admins"), unique("mine")
+    try:
+        dstack.cli("start", "-t", victim, "python")
+        run(dstack, victim, "secret = 'the admins session'", user=False)
+        their_sock = workdir_of(dstack, victim).parent / "run" / "runner.sock"
+        assert their_sock.exists()
+        out = run(dstack, attacker, (
+            "import os\n"
+            "for sock in ('/run/bai/runner.sock', '/home/work/.bai/runner.sock'):\n"
+            "    try:\n"
+            "        os.makedirs(os.path.dirname(sock), exist_ok=True)\n"
+            "        os.symlink(%r, sock + '.tmp')\n"
+            "        os.replace(sock + '.tmp', sock)\n"
+            "        print('planted', sock)\n"
+            "    except OSError as e:\n"
+            "        print('refused', sock, e.errno)\n" % str(their_sock)))
+        # the next run goes where it should: the attacker's own session
+        where = run(dstack, attacker, "import os; print(os.environ['BACKENDAI_SESSION_NAME']);"
+                                      "print(globals().get('secret'))")
+        assert where.split() == [attacker, "None"]
+        assert "refused /run/bai/runner.sock" in out  # the runner's folder is not the session's
+        assert run(dstack, victim, "print(secret)", user=False).strip() == "the admins session"
+    finally:
+        dstack.cli("rm", attacker, user=True, check=False)
+        dstack.cli("rm", victim, check=False)
+    healthy(dstack)
+
+
+def test_a_setuid_binary_made_in_the_work_dir_gives_no_privilege(dstack: Stack):
+    name = unique("suid")
+    try:
+        out = run(dstack, name, (
+            "import os, shutil\n"
+            "shutil.copy('/usr/bin/id', 'suid-id')\n"
+            "os.chmod('suid-id', 0o4755)\n"
+            "print(os.stat('suid-id').st_uid, oct(os.stat('suid-id').st_mode))\n"
+            "print([l.split()[5] for l in open('/proc/self/mountinfo')\n"
+            "       if l.split()[4] == '/home/work'][0])\n"))
+        owner, mode, flags = out.split()
+        assert int(owner) != 0 and mode.endswith("4755")
+        binary = workdir_of(dstack, name) / "suid-id"
+        # on the host, someone else runs it (the kernel's folder is root's: through a descriptor)
+        fd = os.open(binary, os.O_PATH)
+        try:
+            proc = subprocess.run([f"/proc/self/fd/{fd}", "-u"], pass_fds=(fd,), user=NOBODY,
+                                  group=NOBODY, extra_groups=[], capture_output=True, text=True,
+                                  timeout=60)
+        finally:
+            os.close(fd)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(NOBODY)  # not the session's uid: nosuid held
+        assert {"nosuid", "nodev"} <= set(flags.split(",")), flags  # as the session sees it
+        assert os.statvfs(binary).f_flag & os.ST_NOSUID
+    finally:
+        dstack.cli("rm", name, user=True, check=False)
+    healthy(dstack)
+
+
+def host_addresses() -> set[str]:
+    """This host's own IPv4 addresses (loopback and the one it routes out with)."""
+    addrs = {"127.0.0.1"}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 9))  # sends nothing: picks the outgoing address
+            addrs.add(s.getsockname()[0])
+        except OSError:
+            pass
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True,
+                             timeout=10).stdout
+        addrs.update(line.split()[3].split("/")[0] for line in out.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return addrs
+
+
+def test_the_manager_the_agent_and_host_listeners_are_unreachable(dstack: Stack):
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))  # every address of the host, loopback included
+    listener.listen(8)
+    targets = [("127.0.0.1", dstack.port), ("127.0.0.1", dstack.agent_port)]
+    targets += [(a, listener.getsockname()[1]) for a in sorted(host_addresses())]
+    name = unique("net")
+    try:
+        out = run(dstack, name, (
+            "import socket, json\n"
+            "got = {}\n"
+            "for host, port in %r:\n"
+            "    s = socket.socket()\n"
+            "    s.settimeout(5)\n"
+            "    try:\n"
+            "        s.connect((host, port))\n"
+            "        got['%%s:%%d' %% (host, port)] = 'connected'\n"
+            "    except OSError as e:\n"
+            "        got['%%s:%%d' %% (host, port)] = e.errno or str(e)\n"
+            "    finally:\n"
+            "        s.close()\n"
+            "print(json.dumps(got))\n" % targets))
+        got = json.loads(out)
+        assert len(got) == len(targets)
+        assert all(v != "connected" for v in got.values()), got
+    finally:
+        listener.close()
+        dstack.cli("rm", name, user=True, check=False)
+    healthy(dstack)
