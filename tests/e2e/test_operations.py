@@ -156,3 +156,56 @@ def test_health_probes_answer_unsigned(ops_stack):
         status, text = wait_for("the agent to be ready", lambda: (
             r := get(f"{base}/health/ready")) and r[0] == 200 and r)
         assert json.loads(text) == {"ready": True, "checks": {"registered": "ok"}}
+
+
+def json_lines(path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))  # every log line is one JSON object
+    return out
+
+
+def test_one_request_id_follows_a_session_from_the_api_to_the_agent(ops_stack):
+    st = ops_stack
+    st.cli("start", "-t", "ops-log", "python", user=True)
+    try:
+        def create_line():
+            lines = json_lines(st.state / "manager.log")
+            return next((x for x in lines if x["logger"] == "bai.access" and x.get("method") == "POST"
+                         and x.get("route") == "/session" and x.get("status") == 201), None)
+
+        access = wait_for("the create request's access log line", create_line)
+        rid = access["request_id"]
+        assert access["path"] == "/session" and access["duration_ms"] >= 0
+        placed = wait_for("the scheduler's line under that id", lambda: [
+            x for x in json_lines(st.state / "manager.log")
+            if x.get("request_id") == rid and "placed on" in x["message"]])
+        assert placed[0]["logger"] == "bai.manager.services.scheduling"
+        created = wait_for("the agent's line under that id", lambda: [
+            x for x in json_lines(st.state / "agent.log")
+            if x.get("request_id") == rid and x["message"].startswith("creating kernel")])
+        session_id = placed[0]["message"].split()[1]
+        assert session_id in created[0]["message"]
+    finally:
+        st.cli("rm", "ops-log", user=True, check=False)
+
+
+def test_a_clients_request_id_is_kept_and_answered(ops_stack):
+    st = ops_stack
+    keys = st.keys()["admin"]
+    host = f"127.0.0.1:{st.port}"
+    headers = make_headers(keys["access_key"], keys["secret_key"], "GET", "/metrics", host,
+                           "text/plain")
+    headers.update({"Content-Type": "text/plain", "X-Request-ID": "ops-trace-42"})
+    req = urllib.request.Request(f"http://{host}/metrics", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["X-Request-ID"] == "ops-trace-42"
+    line = wait_for("the access log line", lambda: next((
+        x for x in json_lines(st.state / "manager.log")
+        if x.get("request_id") == "ops-trace-42" and x["logger"] == "bai.access"), None))
+    assert line["route"] == "/metrics" and line["status"] == 200
+    # an id that is not a plain short token is replaced, not logged
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://{host}/health/live", headers={"X-Request-ID": "bad id\u00e9"}), timeout=30) as r:
+        assert r.headers["X-Request-ID"] and r.headers["X-Request-ID"] != "bad id"
