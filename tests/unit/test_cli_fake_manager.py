@@ -10,6 +10,7 @@ manager. End-to-end behaviour is tested against the real stack in tests/e2e/test
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import threading
@@ -21,7 +22,7 @@ from urllib.parse import unquote
 import pytest
 from aiohttp import web
 
-from bai.common.auth import parse_authorization, verify
+from bai.common.auth import BODY_HASH_HEADER, EMPTY_SHA256, parse_authorization, verify
 
 ADMIN_AK, ADMIN_SK = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 USER_AK, USER_SK = "AKIAUSER000000000001", "usersecretusersecretusersecretusersecret"
@@ -131,11 +132,14 @@ class FakeManager:
         rec = Recorded(request.method, request.raw_path, dict(request.headers))
         auth = parse_authorization(request.headers.get("Authorization", ""))
         if auth is not None:
+            body_hash = request.headers.get(BODY_HASH_HEADER)
             rec.signature_ok = verify(
                 KEYS.get(auth.access_key, ""), auth.signature, request.method, request.raw_path,
                 request.headers.get("Date", ""), f"127.0.0.1:{self.port}",
                 request.content_type, request.headers.get("X-BackendAI-Version", ""),
-            )
+                body_hash or EMPTY_SHA256,
+            ) and (body_hash is None
+                   or hashlib.sha256(await request.read()).hexdigest() == body_hash)
         self.requests.append(rec)
         request["rec"] = rec
         if not rec.signature_ok:

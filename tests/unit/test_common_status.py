@@ -71,3 +71,47 @@ def test_check_transition_agrees_with_table(path):
         else:
             with pytest.raises(InvalidTransition):
                 check_transition("x", a, b)
+
+
+#: The allowed transitions, written out by hand from the user guide's lifecycle (not read back
+#: from TRANSITIONS): a move added to or dropped from the table fails the test below.
+ALLOWED = {
+    ("PENDING", "SCHEDULED"), ("PENDING", "CANCELLED"), ("PENDING", "ERROR"),
+    ("SCHEDULED", "PREPARING"), ("SCHEDULED", "PENDING"), ("SCHEDULED", "TERMINATING"),
+    ("SCHEDULED", "CANCELLED"), ("SCHEDULED", "ERROR"),
+    ("PREPARING", "PULLING"), ("PREPARING", "PREPARED"), ("PREPARING", "PENDING"),
+    ("PREPARING", "TERMINATING"), ("PREPARING", "CANCELLED"), ("PREPARING", "ERROR"),
+    ("PULLING", "PREPARED"), ("PULLING", "PENDING"), ("PULLING", "TERMINATING"),
+    ("PULLING", "CANCELLED"), ("PULLING", "ERROR"),
+    ("PREPARED", "CREATING"), ("PREPARED", "PENDING"), ("PREPARED", "TERMINATING"),
+    ("PREPARED", "CANCELLED"), ("PREPARED", "ERROR"),
+    ("CREATING", "RUNNING"), ("CREATING", "PENDING"), ("CREATING", "TERMINATING"),
+    ("CREATING", "CANCELLED"), ("CREATING", "ERROR"),
+    ("RUNNING", "RESTARTING"), ("RUNNING", "RESIZING"), ("RUNNING", "SUSPENDED"),
+    ("RUNNING", "TERMINATING"), ("RUNNING", "PENDING"), ("RUNNING", "ERROR"),
+    ("RESTARTING", "RUNNING"), ("RESTARTING", "TERMINATING"), ("RESTARTING", "ERROR"),
+    ("RESIZING", "RUNNING"), ("RESIZING", "TERMINATING"), ("RESIZING", "ERROR"),
+    ("SUSPENDED", "RUNNING"), ("SUSPENDED", "TERMINATING"), ("SUSPENDED", "ERROR"),
+    ("TERMINATING", "TERMINATED"), ("TERMINATING", "ERROR"),
+    ("ERROR", "TERMINATING"), ("ERROR", "TERMINATED"),
+}
+
+
+@pytest.mark.parametrize("src", [s.value for s in SessionStatus])
+def test_exactly_the_listed_transitions_are_allowed(src):
+    from bai.common.errors import InvalidTransition
+    from bai.common.status import check_transition
+
+    for dst in SessionStatus:
+        if (src, dst.value) in ALLOWED:
+            check_transition("s", SessionStatus(src), dst)
+        else:
+            with pytest.raises(InvalidTransition):
+                check_transition("s", SessionStatus(src), dst)
+
+
+def test_a_pending_session_never_jumps_to_running():
+    from bai.common.status import can_transit
+
+    for skipped in ("RUNNING", "PREPARING", "CREATING", "TERMINATED"):
+        assert not can_transit(SessionStatus.PENDING, SessionStatus(skipped))

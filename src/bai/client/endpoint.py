@@ -63,12 +63,14 @@ class Endpoints:
             path_qs += "?" + qs
         return f"{scheme}://{netloc}{path_qs}", path_qs
 
-    def signed(self, idx: int, method: str, path_qs: str, sign_type: str) -> dict[str, str]:
+    def signed(self, idx: int, method: str, path_qs: str, sign_type: str,
+               body: bytes | None = None) -> dict[str, str]:
+        """Signed headers; with ``body`` (b"" for none) the signature covers its hash too."""
         cfg = self.config
         headers = {"X-BackendAI-Domain": cfg.domain, "X-BackendAI-Version": API_VERSION}
         if cfg.access_key:
             headers.update(make_headers(cfg.access_key, cfg.secret_key, method, path_qs,
-                                        url_parts(cfg.endpoints[idx])[1], sign_type))
+                                        url_parts(cfg.endpoints[idx])[1], sign_type, body=body))
         else:  # anonymous mode still carries the Date and the version
             from datetime import datetime
 
@@ -86,7 +88,8 @@ class Endpoints:
             data = json.dumps(json_body).encode("utf-8")
         else:
             sign_type, data, ctype = "text/plain", None, "text/plain"
-        headers = self.signed(idx, method, path_qs, sign_type)
+        headers = self.signed(idx, method, path_qs, sign_type,
+                              body=None if multipart else data or b"")
         if ctype is not None:
             headers["Content-Type"] = ctype
         return url, headers, data

@@ -8,10 +8,13 @@ String to sign (seven lines joined by ``\\n``)::
     host:<netloc of the configured endpoint>
     content-type:<mime type without parameters, lower case; application/octet-stream if none>
     x-backendai-version:<version header>
-    <sha256 hex of the empty body>
+    <sha256 hex of the body>
 
 Key: ``k1 = HMAC(secret, YYYYMMDD of Date)``, ``k2 = HMAC(k1, host)``, signature
-``hex(HMAC(k2, string_to_sign))``. The body is never covered (the official client hashes b"").
+``hex(HMAC(k2, string_to_sign))``. The official client always puts the hash of b"" in the last
+line, so its signature does not cover the body. Our own client puts the hash of the real body
+there and sends it as ``X-BAI-Content-SHA256``; a manager that sees that header signs with it
+and refuses a body whose hash differs, so a captured signature cannot carry another body.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from datetime import datetime, timedelta, timezone
 
 API_VERSION = "v7.20230615"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: the header that carries the body's SHA-256 (hex) in requests our client signs with it
+BODY_HASH_HEADER = "X-BAI-Content-SHA256"
 #: Allowed distance between the Date header and the server clock (the official client re-sends
 #: the same Date on SSE reconnects, so this must be generous).
 DEFAULT_CLOCK_SKEW = timedelta(minutes=15)
@@ -56,7 +61,8 @@ def parse_date(value: str) -> datetime | None:
 
 
 def string_to_sign(
-    method: str, path_qs: str, date: str, host: str, content_type: str, version: str
+    method: str, path_qs: str, date: str, host: str, content_type: str, version: str,
+    body_sha256: str = EMPTY_SHA256,
 ) -> str:
     return "\n".join(
         [
@@ -66,7 +72,7 @@ def string_to_sign(
             f"host:{host}",
             f"content-type:{content_type.lower()}",
             f"x-backendai-version:{version}",
-            EMPTY_SHA256,
+            body_sha256,
         ]
     )
 
@@ -79,6 +85,7 @@ def sign(
     host: str,
     content_type: str,
     version: str = API_VERSION,
+    body_sha256: str = EMPTY_SHA256,
 ) -> str:
     dt = parse_date(date)
     if dt is None:
@@ -86,7 +93,7 @@ def sign(
     day = dt.astimezone(timezone.utc).strftime("%Y%m%d")
     k1 = hmac.new(secret_key.encode(), day.encode(), hashlib.sha256).digest()
     k2 = hmac.new(k1, host.encode(), hashlib.sha256).digest()
-    msg = string_to_sign(method, path_qs, date, host, content_type, version)
+    msg = string_to_sign(method, path_qs, date, host, content_type, version, body_sha256)
     return hmac.new(k2, msg.encode(), hashlib.sha256).hexdigest()
 
 
@@ -99,9 +106,10 @@ def verify(
     host: str,
     content_type: str,
     version: str,
+    body_sha256: str = EMPTY_SHA256,
 ) -> bool:
     try:
-        expected = sign(secret_key, method, path_qs, date, host, content_type, version)
+        expected = sign(secret_key, method, path_qs, date, host, content_type, version, body_sha256)
     except ValueError:
         return False
     return hmac.compare_digest(expected, signature.lower())
@@ -126,15 +134,21 @@ def make_headers(
     content_type: str,
     version: str = API_VERSION,
     now: datetime | None = None,
+    body: bytes | None = None,
 ) -> dict[str, str]:
-    """Headers our own client sends on a signed request."""
+    """Headers our own client sends on a signed request; with ``body`` (b"" for none) the
+    signature covers its hash too (``BODY_HASH_HEADER``). Streamed bodies pass None."""
     date = (now or datetime.now(timezone.utc)).isoformat()
-    sig = sign(secret_key, method, path_qs, date, host, content_type, version)
-    return {
+    digest = EMPTY_SHA256 if body is None else hashlib.sha256(body).hexdigest()
+    sig = sign(secret_key, method, path_qs, date, host, content_type, version, digest)
+    headers = {
         "Date": date,
         "X-BackendAI-Version": version,
         "Authorization": f"BackendAI signMethod=HMAC-SHA256, credential={access_key}:{sig}",
     }
+    if body is not None:
+        headers[BODY_HASH_HEADER] = digest
+    return headers
 
 
 def generate_keypair(admin: bool = False) -> tuple[str, str]:

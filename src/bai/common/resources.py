@@ -104,6 +104,11 @@ def format_size(n: Decimal | int) -> str:
     return str(int(n))
 
 
+#: no slot amount is larger (2^63 - 1: bytes of memory fit 64-bit integers, and decimal
+#: arithmetic at 28 digits stays exact)
+MAX_AMOUNT = Decimal(2**63 - 1)
+
+
 def parse_amount(slot: str, value: Any) -> Decimal:
     """Parse one slot amount as a user wrote it; raises InvalidResourceSpec naming the slot."""
     try:
@@ -122,6 +127,11 @@ def parse_amount(slot: str, value: Any) -> Decimal:
     if amount < 0:
         raise InvalidResourceSpec(
             f"invalid value for resource {slot!r}: {value!r} (must not be negative)",
+            data={"slot": slot, "value": str(value)},
+        )
+    if amount > MAX_AMOUNT:
+        raise InvalidResourceSpec(
+            f"invalid value for resource {slot!r}: {value!r} (more than any machine has)",
             data={"slot": slot, "value": str(value)},
         )
     if slot in INTEGRAL_SLOTS and amount != amount.to_integral_value():

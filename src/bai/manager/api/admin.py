@@ -36,7 +36,8 @@ from aiohttp import web
 
 from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.manager.api.middleware import require_admin
-from bai.manager.api.params import json_object
+from bai.manager.api import models as m
+from bai.manager.api.params import fields_of
 from bai.manager.services import admin as svc
 
 
@@ -77,7 +78,7 @@ async def images_list(request: web.Request) -> web.Response:
 
 
 async def images_register(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.RegisterImage)
     return web.json_response({"image": await _write(request, svc.register_image, body)}, status=201)
 
 
@@ -90,7 +91,7 @@ async def aliases_list(request: web.Request) -> web.Response:
 
 
 async def aliases_set(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.SetAlias)
     return web.json_response({"alias": await _write(request, svc.set_alias, body)}, status=201)
 
 
@@ -103,12 +104,12 @@ async def users_list(request: web.Request) -> web.Response:
 
 
 async def users_create(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.CreateUser)
     return web.json_response({"user": await _write(request, svc.create_user, body)}, status=201)
 
 
 async def users_update(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.UpdateUser)
     active = svc.parse_bool(body, "is_active")
     if active is None:
         raise InvalidAPIParameters("give is_active: true or false")
@@ -125,12 +126,12 @@ async def keypairs_list(request: web.Request) -> web.Response:
 
 
 async def keypairs_create(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.CreateKeypair)
     return web.json_response({"keypair": await _write(request, svc.create_keypair, body)}, status=201)
 
 
 async def keypairs_update(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.UpdateKeypair)
     ak = request.match_info["access_key"]
     if body.get("is_active") is False or body.get("is_admin") is False:
         _not_self(request, ak, "deactivate or demote")
@@ -149,14 +150,14 @@ async def policies_list(request: web.Request) -> web.Response:
 
 
 async def policies_create(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.CreatePolicy)
     default_idle = _root(request).settings.default_idle_timeout
     policy = await _write(request, svc.create_policy, body, default_idle)
     return web.json_response({"resource_policy": policy}, status=201)
 
 
 async def policies_update(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.UpdatePolicy)
     policy = await _write(request, svc.update_policy, request.match_info["name"], body, kick=True)
     return web.json_response({"resource_policy": policy})
 
@@ -166,13 +167,13 @@ async def sgroups_list(request: web.Request) -> web.Response:
 
 
 async def sgroups_create(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.CreateScalingGroup)
     group = await _write(request, svc.create_scaling_group, body)
     return web.json_response({"scaling_group": group}, status=201)
 
 
 async def sgroups_update(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.UpdateScalingGroup)
     group = await _write(request, svc.update_scaling_group, request.match_info["name"], body,
                          kick=True)
     return web.json_response({"scaling_group": group})
@@ -183,7 +184,7 @@ async def agents_list(request: web.Request) -> web.Response:
 
 
 async def agents_update(request: web.Request) -> web.Response:
-    body = await json_object(request)
+    body = await fields_of(request, m.UpdateAgent)
     schedulable = svc.parse_bool(body, "schedulable")
     if schedulable is None:
         raise InvalidAPIParameters("give schedulable: true or false")

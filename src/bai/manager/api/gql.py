@@ -20,8 +20,10 @@ from aiohttp import web
 from graphql import GraphQLError, build_schema, graphql
 from graphql.language import FieldNode, InlineFragmentNode
 
-from bai.common.errors import BaiError, InvalidAPIParameters
+from bai.common.errors import BaiError
 from bai.manager.api.middleware import caller_of
+from bai.manager.api.models import GraphQLQuery
+from bai.manager.api.params import body_of
 from bai.manager.services import auth, listing
 
 log = logging.getLogger(__name__)
@@ -343,16 +345,8 @@ async def handle_gql(request: web.Request) -> web.Response:
     from bai.manager.app import ROOT
 
     caller = caller_of(request)
-    try:
-        payload = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidAPIParameters("The body must be JSON: {\"query\": ..., \"variables\": {...}}.") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
-        raise InvalidAPIParameters("The body must be a JSON object with a \"query\" string.")
-    variables = payload.get("variables") or {}
-    if not isinstance(variables, dict):
-        raise InvalidAPIParameters("\"variables\" must be a JSON object.")
-    body = await execute(request.app[ROOT], caller, payload["query"], variables)
+    payload = await body_of(request, GraphQLQuery)
+    body = await execute(request.app[ROOT], caller, payload.query, payload.variables or {})
     return web.json_response(body)
 
 

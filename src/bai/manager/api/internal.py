@@ -11,6 +11,7 @@ from aiohttp import web
 from bai.common.auth import cluster_token_ok
 from bai.common.errors import AuthFailed, InvalidAPIParameters
 from bai.common.events import KernelEvent
+from bai.manager.api.params import json_object
 from bai.manager.app import ROOT
 from bai.manager.services.rpc import TOKEN_HEADER
 
@@ -21,24 +22,14 @@ def _check_token(request: web.Request) -> None:
         raise AuthFailed("missing or wrong cluster token", title="Cluster token mismatch.")
 
 
-async def _json(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidAPIParameters("the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidAPIParameters("the body must be a JSON object")
-    return body
-
-
 async def heartbeat(request: web.Request) -> web.Response:
     _check_token(request)
-    return web.json_response(await request.app[ROOT].agents.heartbeat(await _json(request)))
+    return web.json_response(await request.app[ROOT].agents.heartbeat(await json_object(request)))
 
 
 async def events(request: web.Request) -> web.Response:
     _check_token(request)
-    body = await _json(request)
+    body = await json_object(request)
     raw = body.get("events")
     if not isinstance(raw, list):
         raise InvalidAPIParameters("events must be a list")

@@ -6,7 +6,8 @@
 become problems with their status, and anything unexpected is logged with its traceback and
 answered as a 500 problem.
 
-``auth_middleware`` verifies the HMAC signature of every request except the unauthenticated
+``auth_middleware`` verifies the HMAC signature (and, where the request carries
+``X-BAI-Content-SHA256``, that the body is the one signed) of every request except the unauthenticated
 version probe (``GET /`` without ``Authorization``), the cluster-internal ``/internal/*`` routes
 (they check the cluster token themselves), the health probes ``/health/live|ready`` and
 ``OPTIONS``; it stores the ``Caller`` in
@@ -16,11 +17,15 @@ version probe (``GET /`` without ``Authorization``), the cluster-internal ``/int
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 
 from aiohttp import web
 
+from bai.common import auth as hmac_auth
 from bai.common.errors import PROBLEM_BASE, BaiError
+from bai.manager.api import params
 from bai.manager.context import Caller
 from bai.manager.services import auth
 
@@ -106,6 +111,7 @@ def signed_request(request: web.Request) -> auth.SignedRequest:
         authorization=h.get("Authorization"),
         date=h.get("Date") or h.get("X-BackendAI-Date"),
         version=h.get("X-BackendAI-Version"),
+        body_sha256=h.get(hmac_auth.BODY_HASH_HEADER, None) and h[hmac_auth.BODY_HASH_HEADER].lower(),
     )
 
 
@@ -120,6 +126,13 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
             caller = await auth.authenticate(
                 conn, req, skew_seconds=root.settings.clock_skew_seconds
             )
+        if req.body_sha256 is not None:
+            # the signature covers this hash: the body must be the one signed (JSON bodies
+            # only: a body past MAX_JSON_BYTES is a 413 before it is hashed)
+            body = await params.read_body(request)
+            if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), req.body_sha256):
+                raise auth.mismatch()
+            request[params.BODY_KEY] = body
         request[CALLER_KEY] = caller
     return await handler(request)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from bai.common.errors import InvalidAPIParameters
+from bai.manager.api.models import CreateSession
+from bai.manager.api.params import fields_of
 from bai.manager.app import ROOT
 
 
@@ -17,10 +19,7 @@ def _owner(request: web.Request) -> str | None:
 
 
 async def create(request: web.Request) -> web.Response:
-    try:
-        params = await request.json()
-    except ValueError:
-        raise InvalidAPIParameters("the body must be JSON") from None
+    params = await fields_of(request, CreateSession)
     answer = await request.app[ROOT].sessions.create(request["caller"], params)
     return web.json_response(answer, status=201 if answer.get("created") else 200)
 

@@ -32,7 +32,8 @@ from aiohttp import web
 
 from bai.common.errors import BaiError, InvalidAPIParameters
 from bai.manager.api.middleware import caller_of
-from bai.manager.api.params import json_object
+from bai.manager.api.models import DownloadFiles, ListFiles
+from bai.manager.api.params import body_of
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ def safe_relpath(raw: str | None) -> str:
     if not raw:
         raise InvalidAPIParameters("Every uploaded part needs a filename (a relative path).")
     name = unquote(raw).replace("\\", "/")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidAPIParameters(
+            f"Upload path {name!r} holds a control character (NUL, newline, ...).",
+            title="Upload path refused.", data={"field": "filename"},
+        )
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         raise InvalidAPIParameters(
             f"Upload path {name!r} is absolute; only paths relative to the work directory are allowed.",
@@ -201,8 +207,8 @@ async def upload(request: web.Request) -> web.Response:
 
 async def list_files(request: web.Request) -> web.Response:
     root, sess, address, kernel_id = await _target(request)
-    body = await json_object(request)
-    path = str(body.get("path") or request.query.get("path") or ".")
+    body = await body_of(request, ListFiles)
+    path = body.path or request.query.get("path") or "."
     files = await root.agents.rpc.list_files(address, kernel_id, work_relative(path))
     await _touch(root, sess["id"])
     return web.json_response({"files": json.dumps(files), "errors": "", "abspath": path})
@@ -210,8 +216,8 @@ async def list_files(request: web.Request) -> web.Response:
 
 async def download(request: web.Request) -> web.Response:
     root, sess, address, kernel_id = await _target(request)
-    body = await json_object(request)
-    paths = body.get("files") or request.query.getall("file", [])
+    body = await body_of(request, DownloadFiles)
+    paths = body.files or request.query.getall("file", [])
     if isinstance(paths, str):
         paths = [paths]
     if not paths or not all(isinstance(p, str) and p for p in paths):

@@ -2,12 +2,16 @@
 
 ``authenticate`` checks a request's ``Authorization`` / ``Date`` / ``X-BackendAI-Version`` headers
 against the keypair table (client-protocol section 2.1) and returns the ``Caller``; every refusal
-is an ``AuthFailed`` (401) whose title says exactly what was wrong, so that a person with a wrong
-secret, a stale clock or a deactivated keypair knows which one it is.
+is an ``AuthFailed`` (401) whose title says what was wrong (a malformed header, a stale clock, a
+deactivated keypair), except that an unknown access key and a wrong signature get the same
+answer, so that nobody learns which access keys exist. With ``X-BAI-Content-SHA256`` (our own
+client) the signature covers that body hash, and the middleware checks the body against it.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -83,6 +87,9 @@ async def load_keypair(conn: AsyncConnection, access_key: str) -> KeypairRecord 
     )
 
 
+_NO_SECRET = secrets.token_urlsafe(30)
+
+
 @dataclass(frozen=True)
 class SignedRequest:
     """The parts of an HTTP request that the signature covers (no web framework types)."""
@@ -94,6 +101,8 @@ class SignedRequest:
     authorization: str | None
     date: str | None
     version: str | None
+    #: the X-BAI-Content-SHA256 header: the body hash the signature covers (None: b"")
+    body_sha256: str | None = None
 
 
 def check_headers(req: SignedRequest) -> hmac_auth.AuthHeader:
@@ -114,7 +123,23 @@ def check_headers(req: SignedRequest) -> hmac_auth.AuthHeader:
             f"signMethod HMAC-{header.hash_type.upper()} is not supported; use HMAC-SHA256.",
             title="Unsupported signature method.",
         )
+    if req.body_sha256 is not None and not _SHA256_RE.match(req.body_sha256):
+        raise AuthFailed(f"{hmac_auth.BODY_HASH_HEADER} must be 64 hex digits.",
+                         title="Malformed body hash header.")
     return header
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def mismatch() -> AuthFailed:
+    """The one refusal for an unknown access key, a wrong signature and a body that is not the
+    one signed."""
+    return AuthFailed(
+        "The access key and signature do not match a keypair: check the access key, the "
+        "secret key and the endpoint URL.",
+        title="Credential/signature mismatch.",
+    )
 
 
 def check_date(date: str | None, now: datetime, skew_seconds: float) -> None:
@@ -123,7 +148,7 @@ def check_date(date: str | None, now: datetime, skew_seconds: float) -> None:
     when = hmac_auth.parse_date(date)
     if when is None:
         raise AuthFailed(f"Date header {date!r} is not an ISO-8601 time.", title="Malformed Date header.")
-    if abs(now - when) > timedelta(seconds=skew_seconds):
+    if abs(now - when) > timedelta(seconds=skew_seconds):  # late and early (a future date) alike
         raise AuthFailed(
             f"Date {date} is more than {int(skew_seconds)} s away from the server time "
             f"{now.isoformat()}; check the client's clock.",
@@ -133,10 +158,8 @@ def check_date(date: str | None, now: datetime, skew_seconds: float) -> None:
 
 def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: SignedRequest) -> Caller:
     """Check a loaded keypair against the signed request; return the caller or refuse."""
-    if record is None:
-        raise AuthFailed(f"No keypair has the access key {header.access_key}.", title="Unknown access key.")
-    ok = hmac_auth.verify(
-        record.secret_key,
+    ok = hmac_auth.verify(  # for an unknown key too, so that both take the same time
+        record.secret_key if record is not None else _NO_SECRET,
         header.signature,
         req.method,
         req.path_qs,
@@ -144,12 +167,10 @@ def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: Sign
         req.host,
         req.content_type,
         req.version or "",
+        req.body_sha256 or hmac_auth.EMPTY_SHA256,
     )
-    if not ok:
-        raise AuthFailed(
-            "The signature does not match: check the secret key and the endpoint URL.",
-            title="Credential/signature mismatch.",
-        )
+    if record is None or not ok:
+        raise mismatch()
     if not record.is_active:
         raise AuthFailed(f"The keypair {record.access_key} is deactivated.", title="Inactive keypair.")
     if not record.user_active:

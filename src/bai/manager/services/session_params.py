@@ -20,6 +20,8 @@ from bai.common.status import SessionType
 _REL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|w)?\s*$", re.IGNORECASE)
 _REL_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600,
              "d": 86400, "w": 604800}
+#: how far ahead ``starts_at`` may be
+MAX_STARTS_AHEAD = timedelta(days=3660)
 
 
 def check_name(name: str) -> str:
@@ -34,20 +36,24 @@ def parse_starts_at(value: Any, now: datetime) -> datetime | None:
     if value in (None, ""):
         return None
     text = str(value).strip()
-    m = _REL_RE.match(text)
-    if m:
-        unit = m.group(2).lower() if m.group(2) else None
-        return now + timedelta(seconds=float(m.group(1)) * _REL_UNIT[unit])
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        m = _REL_RE.match(text)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            when = now + timedelta(seconds=float(m.group(1)) * _REL_UNIT[unit])
+        else:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.astimezone()
+            when = when.astimezone(UTC)
+        if when - now > MAX_STARTS_AHEAD:  # the scheduler adds to it: keep far from year 9999
+            raise ValueError(text)
+        return when
+    except (ValueError, OverflowError):  # not a time, or one past year 9999
         raise InvalidAPIParameters(
-            f"invalid starts_at {text!r}: use an ISO-8601 time or a delay such as 10m or 1h",
-            data={"starts_at": text},
+            f"invalid starts_at {text!r}: use an ISO-8601 time within 10 years or a delay such as 10m or 1h",
+            data={"field": "starts_at", "starts_at": text},
         ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return when.astimezone(UTC)
 
 
 def _bool(value: Any, default: bool) -> bool:

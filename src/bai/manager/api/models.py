@@ -1,0 +1,177 @@
+"""The declared request bodies of the public API, one model per body (read by ``params.body_of``).
+
+Field names are the wire keys, aliases included (the official client 23.9.10 sends every key of
+``CreateSession``, client-protocol §5.1); undeclared keys are dropped, so a service only ever sees
+what is declared here. Types are checked in pydantic's lax mode (``"4"`` is a fine int), strings
+are bounded by their columns, integers by 32-bit columns, floats are finite.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: integer columns are 32-bit (PostgreSQL ``integer``)
+INT32 = 2**31 - 1
+
+
+def text(max_length: int) -> Any:
+    """A string of at most ``max_length`` characters (NULs are refused before any model)."""
+    return Annotated[str, Field(max_length=max_length)]
+
+
+Name = text(64)
+Text = text(1 << 20)
+Count = Annotated[int, Field(ge=0, le=INT32)]
+Scalar = str | int | float | bool | None
+#: a resource-slot mapping such as {"cpu": "4", "mem": "8g"}
+Slots = dict[text(64), text(64) | int | float]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, coerce_numbers_to_str=True)
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class SessionConfig(Body):
+    mounts: list[text(256)] | None = None
+    mount_map: dict[str, text(4096)] | None = None
+    environ: dict[text(4096), Scalar] | None = None
+    resources: Slots | None = None
+    resource_opts: dict[text(64), Any] | None = None
+    scalingGroup: Name | None = None
+    scaling_group: Name | None = None
+    preopen_ports: list[str | int] | None = None
+    agentList: list[Name] | None = None
+
+
+class CreateSession(Body):
+    """``POST /session`` (client-protocol §5.1); ``services/session_params.py`` reads it."""
+
+    name: Name | None = None
+    session_name: Name | None = None
+    clientSessionToken: Name | None = None
+    image: text(256) | None = None
+    lang: text(256) | None = None
+    type: text(16) | None = None
+    sessionType: text(16) | None = None
+    tag: Text | None = None
+    config: SessionConfig | None = None
+    dependencies: list[Name] | Name | None = None
+    callback_url: text(2048) | None = None
+    architecture: text(32) | None = None
+    clusterSize: Count | None = None
+    cluster_size: Count | None = None
+    clusterMode: text(16) | None = None
+    starts_at: text(64) | None = None
+    startsAt: text(64) | None = None
+    bootstrap_script: Text | None = None
+    owner_access_key: text(32) | None = None
+    domain: Name | None = None
+    domainName: Name | None = None
+    group: Name | None = None
+    groupName: Name | None = None
+    scalingGroup: Name | None = None
+    scaling_group: Name | None = None
+    enqueueOnly: bool | None = None
+    maxWaitSeconds: Annotated[float, Field(ge=0, le=INT32)] | None = None
+    max_wait_seconds: Annotated[float, Field(ge=0, le=INT32)] | None = None
+    reuseIfExists: bool | None = None
+    startupCommand: Text | None = None
+    startup_command: Text | None = None
+
+
+# ---------------------------------------------------------------- admin
+
+
+class ServicePort(Body):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: Name
+    protocol: text(16) = "tcp"
+    ports: list[Annotated[int, Field(ge=1, le=65535)]]
+
+
+class RegisterImage(Body):
+    name: text(256)
+    registry: text(128) | None = None
+    runtimes: list[text(16)] | text(64) | None = None
+    architecture: text(32) | None = None
+    labels: dict[text(256), Scalar] | None = None
+    min_slots: Slots | None = None
+    service_ports: list[ServicePort] | None = None
+
+
+class SetAlias(Body):
+    alias: text(256)
+    target: text(256)
+
+
+class CreateUser(Body):
+    email: text(128)
+    username: Name | None = None
+    domain: Name | None = None
+    group: Name | None = None
+    role: text(16) | None = None
+
+
+class UpdateUser(Body):
+    is_active: bool | None = None
+
+
+class CreateKeypair(Body):
+    user: text(128)
+    is_admin: bool | None = None
+    resource_policy: Name | None = None
+
+
+class UpdateKeypair(Body):
+    is_active: bool | None = None
+    is_admin: bool | None = None
+    resource_policy: Name | None = None
+
+
+class UpdatePolicy(Body):
+    """``PATCH /admin/resource-policies/{name}``: the limits of a keypair resource policy."""
+
+    max_concurrent_sessions: Count | None = None
+    total_resource_slots: Slots | None = None
+    idle_timeout: Count | None = None
+
+
+class CreatePolicy(UpdatePolicy):
+    name: Name
+
+
+class UpdateScalingGroup(Body):
+    scheduler: text(16) | None = None
+    agent_selection: text(16) | None = None
+    is_active: bool | None = None
+
+
+class CreateScalingGroup(UpdateScalingGroup):
+    name: Name
+    description: Text | None = None
+
+
+class UpdateAgent(Body):
+    schedulable: bool | None = None
+
+
+# ---------------------------------------------------------------- streams, files, GraphQL
+
+
+class GraphQLQuery(Body):
+    query: Text
+    variables: dict[str, Any] | None = None
+    operationName: Name | None = None
+
+
+class ListFiles(Body):
+    path: text(4096) | None = None
+
+
+class DownloadFiles(Body):
+    files: list[text(4096)] | text(4096) | None = None
