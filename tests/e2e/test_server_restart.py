@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+from pathlib import Path
 
 from stacks import CLI
 
@@ -20,3 +23,47 @@ def test_new_capacity_applies_as_soon_as_start_returns(make_stack):
     server(stack, "start", "--slots", "cpu=8", "--slots", "mem=2g", "--timeout", "120")
     proc = stack.cli("run", "--rm", "-r", "cpu=6", "-c", "print('six')", "python", check=False)
     assert proc.returncode == 0 and proc.stdout == "six\n", proc.stderr
+
+
+def hold(port: int) -> socket.socket | None:
+    """Listen on 127.0.0.1:port; None if something else already does (it is taken either way)."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def test_busy_default_ports_are_replaced_said_and_written_to_the_client_config(tmp_path):
+    from bai.client.cli.server import DEFAULT_AGENT_PORT, DEFAULT_PORT
+
+    held = [hold(DEFAULT_PORT), hold(DEFAULT_AGENT_PORT)]
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "BAI_"))}
+    env.update({"HOME": str(tmp_path), "BAI_CONFIG": str(tmp_path / "client.toml"),
+                "PATH": f"{Path(CLI).parent}:{env.get('PATH', '')}"})
+    try:
+        proc = subprocess.run([CLI, "server", "start", "--state-dir", str(state)], env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert f"port {DEFAULT_PORT} is in use" in proc.stdout
+        assert f"port {DEFAULT_AGENT_PORT} is in use" in proc.stdout
+        endpoint = (tmp_path / "client.toml").read_text().split('endpoint = "')[1].split('"')[0]
+        assert not endpoint.endswith(f":{DEFAULT_PORT}") and endpoint in proc.stdout
+        run = subprocess.run([CLI, "run", "--rm", "-c", "print('hello world')", "python"],
+                             env=env, capture_output=True, text=True, timeout=180)
+        assert run.stdout == "hello world\n", run.stderr
+        # an explicit port stays a promise: a busy one is an error
+        again = subprocess.run([CLI, "server", "start", "--state-dir", str(tmp_path / "s2"),
+                                "--port", str(DEFAULT_PORT)], env=env, capture_output=True,
+                               text=True, timeout=180)
+        assert again.returncode == 1 and "--port" in again.stderr
+    finally:
+        subprocess.run([CLI, "server", "stop", "--terminate-sessions", "--state-dir", str(state)],
+                       env=env, capture_output=True, timeout=120)
+        for s in held:
+            if s is not None:
+                s.close()

@@ -71,6 +71,27 @@ def _toml_value(v: object) -> str:
     return json.dumps(str(v))
 
 
+def _port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (bound as the daemons bind: SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return not _port_open("127.0.0.1", port)
+
+
+def _next_free_port(taken: int, avoid: set[int]) -> int:
+    """The first free port after ``taken`` (as Jupyter does), else one the system picks."""
+    for port in range(taken + 1, min(taken + 100, 65536)):
+        if port not in avoid and _port_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _write_toml(path: Path, section: str, values: dict[str, object]) -> None:
     lines = [f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
     path.write_text("\n".join(lines) + "\n")
@@ -137,9 +158,11 @@ def server() -> None:
 @server.command()
 @click.option("--state-dir", help="Folder for the database, logs and pid files "
               "[default: $BAI_STATE_DIR or ~/.local/share/bai].")
-@click.option("--port", type=int, default=None, help=f"Manager API port [default: {DEFAULT_PORT}].")
+@click.option("--port", type=int, default=None,
+              help=f"Manager API port [default: {DEFAULT_PORT}, or the next free one when it is "
+              "busy; the client configuration gets the one chosen].")
 @click.option("--agent-port", type=int, default=None,
-              help=f"Local agent port [default: {DEFAULT_AGENT_PORT}].")
+              help=f"Local agent port [default: {DEFAULT_AGENT_PORT}, or the next free one].")
 @click.option("--runtime", type=click.Choice(["process", "docker", "dummy"]), default=None,
               help="How the local agent runs kernels [default: process; docker needs a "
               "reachable Docker engine (DOCKER_HOST) and images from scripts/build-images.sh].")
@@ -193,6 +216,19 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     meta.setdefault("agent_port", DEFAULT_AGENT_PORT)
     meta.setdefault("runtime", "process")
     meta.setdefault("slots", {})
+    # every port before anything starts, so that a busy one leaves nothing half-started: a
+    # port given on the command line must be free; otherwise a busy one is replaced
+    for key, pid_file, option, who in (("port", manager_pid, "--port", "the manager"),
+                                       ("agent_port", agent_pid, "--agent-port", "the agent")):
+        if _pid_alive(pid_file) or _port_free(meta[key]):
+            continue
+        if changed[key] is not None:
+            _fail(f"port {meta[key]} is in use by another program; choose one with {option}")
+        other = meta["agent_port" if key == "port" else "port"]
+        chosen = _next_free_port(meta[key], {other})
+        click.echo(f"port {meta[key]} is in use by another program: {who} listens on {chosen}"
+                   f" instead ({option} chooses)")
+        meta[key] = chosen
     meta_path.write_text(json.dumps(meta, indent=2))
     os.chmod(meta_path, 0o600)
 
@@ -224,12 +260,6 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     # what we spawn now is watched through its Popen handle: until it has exec'd, its
     # /proc cmdline is still ours, so the pid-file check would misread it
     spawned: dict[str, tuple[subprocess.Popen, Path]] = {}
-    # check every port first, so that a busy one leaves nothing half-started
-    if not _pid_alive(manager_pid) and _port_open("127.0.0.1", meta["port"]):
-        _fail(f"port {meta['port']} is in use by another program; choose one with --port")
-    if not _pid_alive(agent_pid) and _port_open("127.0.0.1", meta["agent_port"]):
-        _fail(f"port {meta['agent_port']} is in use by another program; "
-              "choose one with --agent-port")
     if not _pid_alive(manager_pid):
         init = subprocess.run(
             [py, "-m", "bai.manager", "init", "--config", str(manager_toml),
