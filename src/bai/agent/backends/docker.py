@@ -361,7 +361,13 @@ class DockerBackend(RuntimeBackend):
 
     async def make_folder(self, home: Path, uid: int) -> None:
         """The kernel's (or a standby's) host folder (``docker_folder``)."""
-        mounted = await asyncio.to_thread(docker_folder.make, home, uid)
+        try:
+            mounted = await asyncio.to_thread(docker_folder.make, home, uid)
+        except PermissionError as e:
+            await asyncio.to_thread(docker_folder.remove, home)
+            raise KernelCreationFailed(
+                f"the agent cannot give a kernel's work dir to its own uid ({e}): the docker "
+                "runtime's agent must run as root") from e
         if not mounted and self.nosuid:
             self.nosuid = False
             log.warning("work dirs are not mounted nosuid,nodev: the agent may not mount "
