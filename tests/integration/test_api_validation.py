@@ -147,3 +147,22 @@ async def test_an_upload_file_name_with_a_control_character_is_a_400(filename):
         safe_relpath(filename)
     assert e.value.data == {"field": "filename"}
     assert safe_relpath("data%2Fin.txt") == "data/in.txt"
+
+
+async def test_every_policy_field_reaches_the_policy(api):
+    # the model declares each field the service takes: one it dropped would change nothing
+    root_, client = api
+    c = Signed(client, (root_.keys["admin"]["access_key"], root_.keys["admin"]["secret_key"]))
+    change = {"max_concurrent_sessions": 3, "idle_timeout": 60, "pids_limit": 77,
+              "disk_quota": "1g", "total_resource_slots": {"cpu": "9"},
+              "min_resource_slots": {"cpu": "0.5"}}
+    status, answer = await send(c, "PATCH", "/admin/resource-policies/default", change)
+    assert status == 200, answer
+    p = answer["resource_policy"]
+    assert (p["max_concurrent_sessions"], p["idle_timeout"], p["pids_limit"], p["disk_quota"]) \
+        == (3, 60, 77, 2**30)
+    assert p["total_resource_slots"] == {"cpu": "9"} and p["min_resource_slots"] == {"cpu": "0.5"}
+    status, answer = await send(c, "POST", "/admin/resource-policies",
+                                {"name": "p2", "pids_limit": 5, "disk_quota": 4096})
+    assert status == 201 and answer["resource_policy"]["pids_limit"] == 5, answer
+    assert answer["resource_policy"]["disk_quota"] == 4096

@@ -139,6 +139,10 @@ class UpdatePolicy(Body):
     max_concurrent_sessions: Count | None = None
     total_resource_slots: Slots | None = None
     idle_timeout: Count | None = None
+    pids_limit: Count | None = None
+    #: bytes, or a size such as "4g" (``services.admin._size`` parses it)
+    disk_quota: Annotated[int, Field(ge=0, le=2**63 - 1)] | text(32) | None = None
+    min_resource_slots: Slots | None = None
 
 
 class CreatePolicy(UpdatePolicy):
