@@ -7,6 +7,7 @@ total. One keep-alive connection per (scheme, host, port), bodies read whole.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from bai.client import http1
@@ -49,6 +50,40 @@ class Answer:
         return self.body.decode(http1.charset_of(self.headers), errors)
 
 
+def open_socket(scheme: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A connected socket to ``host:port``, through the environment's proxy and with TLS for
+    ``https`` (``bai.client.network``)."""
+    proxy = None
+    if any("proxy" in k.lower() for k in os.environ):  # else the module need not load
+        from bai.client import network
+
+        proxy = network.proxy_for(scheme, host)
+    target = proxy[:2] if proxy else (host, port)
+    # an ASCII host as bytes: getaddrinfo would load the idna codec for a str
+    addr = target[0].encode("ascii") if target[0].isascii() else target[0]
+    sock = socket.create_connection((addr, target[1]), timeout=timeout)
+    try:
+        if proxy is not None:
+            from bai.client import network
+
+            sock.sendall(network.connect_request(host, port, proxy[2]))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk or len(head) > 65536:
+                    break
+                head += chunk
+            network.connect_status(head, proxy, host, port)
+        if scheme == "https":
+            from bai.client import network
+
+            sock = network.ssl_context().wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class BlockingHTTP:
     """Keep-alive connections to a few hosts; ``close()`` ends them."""
 
@@ -70,13 +105,7 @@ class BlockingHTTP:
         if conn is not None:
             return conn
         try:
-            # an ASCII host as bytes: getaddrinfo would load the idna codec for a str
-            addr = host.encode("ascii") if host.isascii() else host
-            sock = socket.create_connection((addr, port), timeout=self.connect_timeout)
-            if scheme == "https":
-                import ssl
-
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            sock = open_socket(scheme, host, port, self.connect_timeout)
             sock.settimeout(self.read_timeout)
         except TimeoutError:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from None

@@ -14,10 +14,12 @@ class ManagerUnreachable(BaiError):
 
     def __init__(self, endpoints: list[str] | tuple[str, ...], detail: str = ""):
         where = ", ".join(endpoints)
-        super().__init__(
-            f"cannot reach the manager at {where}: is it running? (backend.ai server start)",
-            data={"endpoints": list(endpoints), "detail": detail},
-        )
+        if "SSL" in detail or "proxy" in detail:
+            # the manager may well run: say what stood in the way (BAI_CA_BUNDLE, HTTPS_PROXY)
+            msg = f"cannot reach the manager at {where}: {detail}"
+        else:
+            msg = f"cannot reach the manager at {where}: is it running? (backend.ai server start)"
+        super().__init__(msg, data={"endpoints": list(endpoints), "detail": detail})
 
 
 class ConnectionLost(BaiError):

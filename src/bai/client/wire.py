@@ -11,7 +11,7 @@ requests; this module does exactly that and no more:
 * request bodies from bytes or from files, streamed (``FilePart`` multipart uploads);
 * WebSocket (RFC 6455) client connections: masked frames, ping/pong, close handshake,
   fragmented messages;
-* TLS through ``ssl.create_default_context()``, made only when an ``https`` URL is used.
+* TLS and proxies as ``bai.client.network`` sets them (CA bundle, skip-verify, ``HTTPS_PROXY``).
 
 A failure to *connect* raises ``ConnectFailed`` (the caller may try another endpoint); anything
 after the request was sent raises ``WireError``.
@@ -45,16 +45,27 @@ class FilePart:
     content_type: str = "application/octet-stream"
 
 
-_ssl_context: Any = None
+async def open_stream(scheme: str, host: str, port: int, limit: int
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``host:port``, through the proxy the environment names and with TLS
+    for ``https`` (``bai.client.network``)."""
+    from bai.client import network
 
-
-def _ssl() -> Any:
-    global _ssl_context
-    if _ssl_context is None:
-        import ssl
-
-        _ssl_context = ssl.create_default_context()
-    return _ssl_context
+    ctx = network.ssl_context() if scheme == "https" else None
+    proxy = network.proxy_for(scheme, host)
+    if proxy is None:
+        return await asyncio.open_connection(host, port, ssl=ctx, limit=limit)
+    reader, writer = await asyncio.open_connection(proxy[0], proxy[1], limit=limit)
+    try:
+        writer.write(network.connect_request(host, port, proxy[2]))
+        await writer.drain()
+        network.connect_status(await reader.readuntil(b"\r\n\r\n"), proxy, host, port)
+        if ctx is not None:
+            await writer.start_tls(ctx, server_hostname=host)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
 
 
 class _Conn:
@@ -337,12 +348,10 @@ class HTTPClient:
             conn.close()
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=_ssl() if scheme == "https" else None,
-                                        limit=2**20),
-                self.connect_timeout)
+                open_stream(scheme, host, port, limit=2**20), self.connect_timeout)
         except TimeoutError:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from None
-        except OSError as e:
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         return _Conn(key, reader, writer)
 

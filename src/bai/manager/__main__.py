@@ -41,15 +41,16 @@ def serve(config: str | None) -> None:
     from aiohttp import web
 
     from bai.manager.app import create_app
-
     from bai.ops.logs import configure
 
     settings = _settings(config)
     try:
         configure(settings.log_level, settings.log_format, settings.log_levels)
-    except ValueError as e:
+        ssl_context = settings.ssl_context()
+    except (ValueError, OSError) as e:  # OSError/ssl.SSLError: unreadable or mismatched files
         raise click.ClickException(f"invalid manager settings: {e}") from None
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                ssl_context=ssl_context,
                 print=lambda *_: None, access_log=None)
 
 

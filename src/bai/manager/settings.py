@@ -50,9 +50,23 @@ class ManagerSettings(TomlSettings):
     log_levels: str = Field(
         "", description="levels per component, e.g. bai.manager.services.scheduling=DEBUG,"
         "bai.access=WARNING (bai.access is the access log)")
+    tls_cert: str | None = Field(
+        None, description="PEM certificate (chain) file: the API listens with TLS (needs tls_key)")
+    tls_key: str | None = Field(None, description="PEM private key file of tls_cert")
     ops_host: str = Field("127.0.0.1", description="address of the unauthenticated "
                           "/metrics and /health/* listener (see ops_port)")
     ops_port: int | None = Field(
         None, description="port of that listener; unset: none (then /metrics on the API "
         "needs an admin keypair); 0: any free port")
 
+    def ssl_context(self):
+        """The API's TLS context, or None when ``tls_cert`` is unset (plain HTTP)."""
+        if not self.tls_cert and not self.tls_key:
+            return None
+        if not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
