@@ -282,3 +282,21 @@ async def test_absent_image_fails_quickly_with_a_reason(backend: DockerBackend):
     with pytest.raises(KernelCreationFailed):
         await backend.create(spec)
     assert not (backend.scratch_root / spec.kernel_id).exists()
+
+
+async def test_each_kernel_runs_as_a_uid_of_its_own_given_back_when_it_goes(
+        backend: DockerBackend, engine: str):
+    a, b = await asyncio.gather(backend.create(make_spec()), backend.create(make_spec()))
+    ua, ub = a.workdir.stat().st_uid, b.workdir.stat().st_uid
+    assert 0 not in (ua, ub) and ua != ub
+    for inst, uid in ((a, ua), (b, ub)):
+        out, err, _ = await run(inst, "import os; print(os.getresuid())")
+        assert out.strip() == str((uid, uid, uid)), err
+    assert {ua, ub} <= set(backend.uids.held())
+    await backend.destroy(a.kernel_id)
+    assert ua not in backend.uids.held() and ub in backend.uids.held()
+    # a kernel whose container went away behind the agent's back: its uid comes back all the same
+    async with aiodocker.Docker(url=engine) as d:
+        await d.containers.container(b.container_id).delete(force=True)
+    assert await backend.destroy(b.kernel_id) is None
+    assert ub not in backend.uids.held() and not b.workdir.parent.exists()

@@ -374,17 +374,20 @@ class DockerBackend(RuntimeBackend):
                         "(it does not run as root)")
 
     async def remove_folder(self, workdir: Path) -> None:
-        """Remove the folder of the kernel whose work dir is ``workdir`` (only one of ours)."""
+        """Remove the folder of the kernel whose work dir is ``workdir`` (only one of ours) and
+        give back the uid that owns the work dir (no session can chown it away: no CAP_CHOWN)."""
         home = workdir.parent
         if workdir.name == WORK_DIR and home.parent in (self.scratch_root, self.pool.root):
+            try:
+                owner = os.lstat(workdir).st_uid
+            except OSError:
+                owner = 0
             await asyncio.to_thread(docker_folder.remove, home)
+            if owner:
+                self.uids.release(owner)
 
     async def take_uid(self, owner: str) -> int:
         return await asyncio.to_thread(self.uids.take, owner)
-
-    def release_uid(self, labels: dict[str, str]) -> None:
-        with contextlib.suppress(ValueError):
-            self.uids.release(int(labels.get(L_UID) or 0))
 
     def _adopt_uid(self, inst: Instance) -> None:
         with contextlib.suppress(ValueError, UidsExhausted, OSError):
@@ -595,8 +598,6 @@ class DockerBackend(RuntimeBackend):
                 inst.workdir if inst is not None else self.workdir_of(kernel_id)
             )
             await self.remove_folder(workdir)
-            if inst is not None:
-                self.release_uid(inst.labels)
             self._drop_claim(kernel_id)
             self._reported.add(kernel_id)
             return inst
