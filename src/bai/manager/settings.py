@@ -28,6 +28,10 @@ class ManagerSettings(TomlSettings):
     manager_id: str = Field("manager-0", description="name of this replica (logs, consumer name)")
     state_dir: str = Field(".", description="folder for uploads staging and the pid file")
     clock_skew_seconds: int = Field(900, description="allowed Date header distance")
+    callback_allow: str = Field(
+        "", description="comma-separated networks (CIDR) that a session's callback_url may reach "
+        "although they are refused by default (loopback, link-local, private, CGNAT, reserved); "
+        "an agent's address is refused always")
     # scheduling
     schedule_interval: float = Field(2.0, description="seconds between timer-driven passes")
     heartbeat_timeout: float = Field(15.0, description="seconds without heartbeat before LOST")

@@ -23,6 +23,7 @@ from bai.common.errors import AgentError, BaiError, SessionNotRunning
 from bai.common.events import KernelEvent, SessionEvent
 from bai.common.resources import ResourceSlot
 from bai.common.status import FINAL, SessionResult, SessionStatus, SessionType
+from bai.manager.services import callbacks
 from bai.manager.services.transitions import (
     Outbox,
     in_lists,
@@ -164,14 +165,19 @@ class Lifecycle:
                 self._callback_worker.add_done_callback(self._bg.discard)
 
     async def _deliver_callbacks(self) -> None:
-        """POST lifecycle notifications one at a time, in order; failures are only logged."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        """POST lifecycle notifications one at a time, in order, only to allowed destinations
+        (``services/callbacks.py``); failures and refusals are only logged."""
+        allow = callbacks.parse_networks(self.root.settings.callback_allow)
+        async with self.root.store.connect() as conn:
+            agent_ips = callbacks.agent_ips(
+                (await conn.execute(sa.select(agents.c.address))).scalars())
+        async with callbacks.session(allow, agent_ips) as http:
             while not self._callbacks.empty():
                 url, body = self._callbacks.get_nowait()
                 try:
-                    async with http.post(url, json=body) as resp:
-                        if resp.status >= 400:
-                            log.warning("session callback %s answered %s", url, resp.status)
+                    status = await callbacks.post(http, url, body, allow, agent_ips)
+                    if status >= 400:
+                        log.warning("session callback %s answered %s", url, status)
                 except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
                     log.warning("session callback %s failed: %s", url, e)
 

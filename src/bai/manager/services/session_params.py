@@ -16,6 +16,7 @@ from bai.common.errors import InvalidAPIParameters
 from bai.common.names import session_name_problem
 from bai.common.resources import ResourceSlot, parse_request
 from bai.common.status import SessionType
+from bai.manager.services.callbacks import check_url
 
 _REL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|w)?\s*$", re.IGNORECASE)
 _REL_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600,
@@ -153,6 +154,6 @@ def parse_create(params: Any, now: datetime) -> CreateRequest:
         domain=_first(params, "domain", "domainName"),
         group=str(_first(params, "group", "groupName", default="default")),
         tag=str(tag) if tag is not None else None,
-        callback_url=params.get("callback_url") or None,
+        callback_url=check_url(params["callback_url"]) if params.get("callback_url") else None,
         mounts=list(config.get("mounts") or []),
     )
