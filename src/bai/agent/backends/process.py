@@ -40,6 +40,7 @@ from typing import Any
 import psutil
 
 import bai.kernel
+from bai.agent import statefiles
 from bai.agent.backends.base import (
     ExitCallback,
     Instance,
@@ -722,5 +723,6 @@ class ProcessBackend(RuntimeBackend):
         k = self._kernels.get(kernel_id) or self._load(kernel_id)
         if k is None:
             raise KernelNotFound(f"no kernel {kernel_id} on this node")
-        return self._tail(k.kdir / "runner.out") + self._tail(
-            k.workdir / bai.kernel.STATE_DIR / "kernel.log")
+        # kernel.log is in the session's tree: never read through a link planted there
+        runner_log = statefiles.read_tail(k.workdir / bai.kernel.STATE_DIR, "kernel.log", LOG_TAIL)
+        return self._tail(k.kdir / "runner.out") + runner_log.decode("utf-8", "replace")
