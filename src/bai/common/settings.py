@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic_settings import BaseSettings
-from typing_extensions import Self
 
 
 class TomlSettings(BaseSettings):

@@ -1,0 +1,58 @@
+"""What the code imports is what pyproject declares: the client's modules only the client's
+dependencies (click, rich), everything else only what the ``server`` extra adds."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "bai"
+#: import name -> distribution, where they differ
+DISTRIBUTION = {"graphql": "graphql-core", "pydantic_settings": "pydantic-settings",
+                "prometheus_client": "prometheus-client", "sqlalchemy": "sqlalchemy"}
+#: the parts a client-only install runs (bai.common.settings is the daemons' settings base)
+CLIENT_SIDE = ("client", "common", "kernel")
+
+
+def declared() -> tuple[set[str], set[str]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in reqs}
+
+    return names(project["dependencies"]), names(project["optional-dependencies"]["server"])
+
+
+def third_party_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods = [node.module]
+        else:
+            continue
+        for mod in mods:
+            top = mod.split(".")[0]
+            if top != "bai" and top not in sys.stdlib_module_names:
+                out.add(DISTRIBUTION.get(top, top).lower().replace("_", "-"))
+    return out
+
+
+def test_every_import_is_declared():
+    core, server = declared()
+    missing = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "testing":  # test helpers shipped with the package: the test extra
+            continue
+        client_side = rel.parts[0] in CLIENT_SIDE and rel != Path("common/settings.py")
+        allowed = core if client_side else core | server
+        extra = third_party_imports(path) - allowed
+        if extra:
+            missing[str(rel)] = sorted(extra)
+    assert not missing, f"imports not declared for that part (client: {sorted(core)}): {missing}"
