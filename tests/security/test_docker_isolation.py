@@ -124,7 +124,9 @@ def test_a_kernel_log_planted_as_a_link_does_not_leak_the_keys(dstack: Stack):
             "        print('planted', log)\n"
             "    except OSError as e:\n"
             "        print('refused', log, e.errno)\n"
-            "subprocess.Popen(['sh', '-c', 'sleep 0.2; echo background-output'])\n"
+            # printed again and again: a line printed while no execution runs goes to the log
+            "subprocess.Popen(['sh', '-c', 'for i in $(seq 240); do echo background-output;"
+            " sleep 0.5; done'])\n"
             % str(keys)))
         logs = ""
         for _ in range(100):  # until the background line reached the log
