@@ -300,3 +300,21 @@ async def test_each_kernel_runs_as_a_uid_of_its_own_given_back_when_it_goes(
         await d.containers.container(b.container_id).delete(force=True)
     assert await backend.destroy(b.kernel_id) is None
     assert ub not in backend.uids.held() and not b.workdir.parent.exists()
+
+
+async def test_a_restarted_agent_holds_its_running_kernels_uids(backend: DockerBackend,
+                                                                engine: str):
+    inst = await backend.create(make_spec())
+    uid = inst.workdir.stat().st_uid
+    backend.uids.close()  # as if the agent died: its locks went with it
+    again = DockerBackend(scratch_root=backend.scratch_root, agent_id=backend.agent_id,
+                          docker_host=engine, pool_size=0)
+    await again.start(lambda inst: asyncio.sleep(0))
+    try:
+        assert uid in again.uids.held()  # never handed to a new kernel while this one runs
+        out, _, _ = await run(inst, "import os; print(os.getuid())")
+        assert int(out) == uid
+        await again.destroy(inst.kernel_id)
+        assert uid not in again.uids.held()
+    finally:
+        await again.stop()
