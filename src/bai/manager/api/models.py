@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 #: integer columns are 32-bit (PostgreSQL ``integer``)
 INT32 = 2**31 - 1
@@ -82,6 +82,20 @@ class CreateSession(Body):
     reuseIfExists: bool | None = None
     startupCommand: Text | None = None
     startup_command: Text | None = None
+
+
+MAX_DESTROY_NAMES = 1000
+
+
+class DestroySessions(Body):
+    """``POST /session/_/destroy``: several sessions in one request (``rm A B``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    names: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
+                     Field(min_length=1, max_length=MAX_DESTROY_NAMES)]
+    forced: StrictBool = False
+    recursive: StrictBool = False
+    owner_access_key: text(32) | None = None
 
 
 # ---------------------------------------------------------------- admin

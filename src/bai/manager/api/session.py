@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from bai.common.errors import InvalidAPIParameters
-from bai.manager.api.models import CreateSession
-from bai.manager.api.params import fields_of
+from bai.manager.api.models import CreateSession, DestroySessions
+from bai.manager.api.params import body_of, fields_of
 from bai.manager.app import ROOT
 
 
@@ -32,30 +32,15 @@ async def destroy(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-MAX_DESTROY_NAMES = 1000
-
-
 async def destroy_many(request: web.Request) -> web.Response:
     """``POST /session/_/destroy`` ``{"names": [...], "forced"?, "recursive"?,
     "owner_access_key"?}``: one request for several sessions (``rm A B``), so that none of them
     is started by the scheduler while the others end. Answers ``{"results": [{"name", "stats"}
     | {"name", "error"}]}`` in the order asked."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidAPIParameters("the body must be JSON") from None
-    names = body.get("names") if isinstance(body, dict) else None
-    if (not isinstance(names, list) or not 0 < len(names) <= MAX_DESTROY_NAMES
-            or not all(isinstance(n, str) and n for n in names)):
-        raise InvalidAPIParameters(
-            f"'names' must be a list of 1 to {MAX_DESTROY_NAMES} session names or ids")
-    flags = {k: body.get(k, False) for k in ("forced", "recursive")}
-    owner = body.get("owner_access_key")
-    if not all(isinstance(v, bool) for v in flags.values()) or not isinstance(owner, str | None):
-        raise InvalidAPIParameters(
-            "'forced' and 'recursive' must be true or false, 'owner_access_key' a string")
+    body = await body_of(request, DestroySessions)
     results = await request.app[ROOT].sessions.destroy_many(
-        request["caller"], names, owner or None, **flags)
+        request["caller"], body.names, body.owner_access_key or None,
+        forced=body.forced, recursive=body.recursive)
     return web.json_response({"results": results})
 
 
