@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 export BAI_CI_ROOT=${BAI_CI_ROOT:-/tmp/bai-ci}
 mkdir -p "$BAI_CI_ROOT"
 
+echo "== what the product needs (scripts/install.sh: the sandbox's Debian packages)"
+scripts/install.sh
+
 echo "== services (PostgreSQL, Redis)"
 scripts/services.sh start >/dev/null
 # shellcheck disable=SC1091

@@ -101,18 +101,17 @@ async def test_destroy_kills_background_processes(backend: ProcessBackend) -> No
     s = spec()
     inst = await backend.create(s)
     channel = await backend.open_channel(inst)
+    # a duration no other test uses tells this kernel's sleeper (the sandbox hides host paths)
+    token = f"300.{uuid.uuid4().int % 10**9:09d}"
     try:
         await run(channel, {"mode": "query", "code": (
-            "import subprocess\np = subprocess.Popen(['sleep', '300'], start_new_session=True)")})
+            f"import subprocess\np = subprocess.Popen(['sleep', '{token}'], "
+            "start_new_session=True)")})
     finally:
         await channel.close()
 
     def sleepers() -> list[psutil.Process]:
-        out = []
-        for p in psutil.process_iter(["cmdline", "cwd"]):
-            if p.info["cmdline"] == ["sleep", "300"] and p.info["cwd"] == str(inst.workdir):
-                out.append(p)
-        return out
+        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", token]]
 
     assert len(sleepers()) == 1  # escaped the runner's process group on purpose
     await backend.destroy(s.kernel_id)
@@ -167,6 +166,29 @@ async def test_startup_commands_that_end_at_once_never_fail_creation(tmp_path: P
             await asyncio.sleep(0.05)
         assert sorted((i.exit_code, i.exit_reason) for i in exits if i.kernel_id in ids) == \
             [(0, "self-terminated")] * len(specs)
+    finally:
+        for inst in await b.list():
+            await b.destroy(inst.kernel_id)
+        await b.stop()
+
+
+async def test_without_bwrap_kernels_still_run_and_the_gaps_are_reported(tmp_path: Path) -> None:
+    async def ignore(inst: Instance) -> None:
+        pass
+
+    b = ProcessBackend(AgentSettings.load(None, scratch_root=str(tmp_path), monitor_interval=0.1,
+                                          bwrap_path="/nonexistent/bwrap"))
+    await b.start(ignore)
+    try:
+        gaps = b.isolation()["gaps"]
+        assert gaps[0].startswith("sandbox:") and "/nonexistent/bwrap" in gaps[0]
+        inst = await b.create(spec())
+        channel = await b.open_channel(inst)
+        try:
+            out, _, code, _ = await run(channel, {"mode": "query", "code": "print(6 * 7)"})
+        finally:
+            await channel.close()
+        assert (out, code) == ("42\n", 0)
     finally:
         for inst in await b.list():
             await b.destroy(inst.kernel_id)

@@ -6,6 +6,7 @@ SIGTERM and SIGINT stop the agent but leave its kernels running: the next start 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -19,6 +20,7 @@ from bai.ops.logs import configure
 @click.group()
 def main() -> None:
     """The bai agent: runs kernels on this node for the manager."""
+    os.umask(0o077)  # the DB, its WAL, keys, logs and state: this user's only
 
 
 @main.command()

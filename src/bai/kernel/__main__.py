@@ -17,6 +17,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--user", default=None, metavar="UID:GID",
                         help="started as root: drop to this uid and gid for good once the "
                              "state files are open, before anything of the kernel runs")
+    parser.add_argument("--listen-fd", type=int, default=None,
+                        help="serve this inherited listening socket instead of binding "
+                             ".bai/runner.sock")
+    parser.add_argument("--agent-uid", type=int, default=None,
+                        help="accept connections only from this uid (SO_PEERCRED)")
     args = parser.parse_args(argv)
     user = None
     if args.user:
@@ -24,7 +29,8 @@ def main(argv: list | None = None) -> int:
         user = (int(uid), int(gid or uid))
     from bai.kernel.runner import main as serve
 
-    return serve(args.workdir, args.pooled, args.state_dir, user)
+    return serve(args.workdir, args.pooled, args.state_dir, user, args.listen_fd,
+                 args.agent_uid)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -152,9 +153,16 @@ class Execution:
         self.conn.send(frame(status, last, exit_code, options))
 
 
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
 class Runner:
     def __init__(self, workdir: str, pooled: bool = False, state_dir: str | None = None,
-                 user: tuple | None = None):
+                 user: tuple | None = None, listen_fd: int | None = None,
+                 agent_uid: int | None = None):
         # A pooled runner's folder is renamed when it is claimed, maybe before it even got
         # here: until then every path is relative to its working directory, which moves along.
         self.workdir = "." if pooled else os.path.abspath(workdir)
@@ -185,6 +193,10 @@ class Runner:
         self.worker_ready = False
         self.aux: dict[int, tuple[str, subprocess.Popen, list[Output]]] = {}
         self.exit_code: int | None = None
+        #: the socket the agent bound and handed over (None: bind .bai/runner.sock ourselves)
+        self.listen_fd = listen_fd
+        #: connections from any other uid are closed unread
+        self.agent_uid = agent_uid
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -206,6 +218,13 @@ class Runner:
         return env
 
     def _listen(self) -> None:
+        if self.listen_fd is not None:
+            # never inherited by the worker or any command: only this process may accept
+            os.set_inheritable(self.listen_fd, False)
+            sock = socket.socket(fileno=self.listen_fd)
+            sock.setblocking(False)
+            self.sel.register(sock, selectors.EVENT_READ, ("listen", sock))
+            return
         path = os.path.join(self.state_dir, SOCKET_NAME)
         try:
             os.unlink(path)
@@ -312,6 +331,14 @@ class Runner:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            if self.agent_uid is not None:
+                try:
+                    uid = peer_uid(sock)
+                except OSError:
+                    uid = -1
+                if uid != self.agent_uid:
+                    sock.close()
+                    continue
             sock.settimeout(SEND_TIMEOUT)
             conn = Connection(sock)
             self.connections[sock.fileno()] = conn
@@ -668,10 +695,11 @@ class Runner:
             self._signal_group(proc.pid, signal.SIGKILL)
         for conn in list(self.connections.values()):
             conn.sock.close()
-        try:
-            os.unlink(os.path.join(self.state_dir, SOCKET_NAME))
-        except OSError:
-            pass
+        if self.listen_fd is None:
+            try:
+                os.unlink(os.path.join(self.state_dir, SOCKET_NAME))
+            except OSError:
+                pass
         self.exit_code = code
 
 
@@ -739,5 +767,6 @@ def _free_name(path: str) -> str:
 
 
 def main(workdir: str, pooled: bool = False, state_dir: str | None = None,
-         user: tuple | None = None) -> int:
-    return Runner(workdir, pooled, state_dir, user).serve()
+         user: tuple | None = None, listen_fd: int | None = None,
+         agent_uid: int | None = None) -> int:
+    return Runner(workdir, pooled, state_dir, user, listen_fd, agent_uid).serve()

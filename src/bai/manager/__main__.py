@@ -31,6 +31,7 @@ def _settings(config: str | None) -> ManagerSettings:
 @click.group()
 def main() -> None:
     """The bai manager daemon."""
+    os.umask(0o077)  # the DB, its WAL, keys, logs and state: this user's only
 
 
 @main.command()

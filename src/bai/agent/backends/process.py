@@ -1,19 +1,23 @@
 """The ``process`` runtime backend: kernels as sandboxed local process trees.
 
-Layout per kernel (``<scratch_root>/<kernel_id>/``)::
+Layout per kernel (``<scratch_root>/<kernel_id>/``, root-only ``0700`` when sandboxed)::
 
-    labels.json     what list() rebuilds from: ids, spec, pid and its start time, isolation
+    labels.json     what list() rebuilds from: ids, spec, pid and its start time, uid, isolation
     runner.out      the runner's own stdout/stderr (start-up failures)
-    work/           the work dir: HOME and cwd of the kernel, uploaded files
-      .bai/         the runner's socket, config, log, exit status, and bin/python -> interpreter
+    runner.sock     the runner's listening socket: bound by the agent, handed to the runner as an
+                    inherited fd; only the agent can reach this path
+    work/           the work dir (owned by the kernel's uid): HOME and cwd of the kernel
+      .bai/         the runner's config, log and exit status (the kernel can write them: the agent
+                    reads them without following links, see ``statefiles``)
 
-Isolation, as far as the host allows (``isolation()`` says what was applied):
+Isolation, as far as the host allows (``isolation()`` says what was applied, ``gaps`` what not):
 
 * its own session and process group (``start_new_session``), so an agent restart or a signal to
   the agent never takes kernels down;
-* own PID and mount namespaces (``unshare --pid --fork --kill-child --mount-proc``) when
-  ``unshare`` works: the runner is PID 1, the kernel sees only its own processes, and when the
-  runner dies everything in the kernel dies with it;
+* the bubblewrap sandbox of ``sandbox.py`` (own uid from ``sandbox_uids``, no capabilities,
+  ``no_new_privs``, PID/IPC/UTS/network namespaces, a read-only system, the work dir at
+  ``/home/work`` the only writable place); without bwrap, own PID and mount namespaces
+  (``unshare --pid --fork --kill-child --mount-proc``) when ``unshare`` works;
 * a cgroup (v1 or v2, see ``cgroup.py``) with the memory limit from the ``mem`` slot, a CPU quota
   from ``cpu`` and a pids limit; exceeding memory gets the kernel killed and reported as
   ``oom-killed``. Without cgroups, ``RLIMIT_AS`` (``ulimit -v``) bounds memory instead.
@@ -31,7 +35,7 @@ import logging
 import os
 import pwd
 import shutil
-import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -49,9 +53,11 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
+from bai.agent.backends import sandbox as sandboxing
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
 from bai.agent.backends.process_pool import (
     PooledRunner,
+    kill_tree,
     RunnerPool,
     proc_start_time,
     startup_fixed,
@@ -61,6 +67,7 @@ from bai.agent.runner_channel import (
     claim_runner,
     wait_runner_ready,
 )
+from bai.agent.sandbox_uids import SandboxUids, UidsExhausted
 from bai.agent.settings import AgentSettings
 from bai.common.errors import KernelNotFound
 
@@ -90,22 +97,26 @@ class PoolMiss(Exception):
     """A pooled runner could not be made the kernel's: the kernel starts cold instead."""
 
 
-def base_environ(workdir: Path, user: str) -> dict[str, str]:
-    """What every kernel's environment starts from (a pooled runner starts with just this)."""
+def base_environ(workdir: Path, user: str, sandboxed: bool = False) -> dict[str, str]:
+    """What every kernel's environment starts from (a pooled runner starts with just this).
+    ``workdir`` is where the kernel sees it (``/home/work`` in the sandbox)."""
+    bin_dir = sandboxing.BIN if sandboxed else str(workdir / bai.kernel.STATE_DIR / "bin")
     return {
-        "PATH": f"{workdir / bai.kernel.STATE_DIR / 'bin'}:{DEFAULT_PATH}",
+        "PATH": f"{bin_dir}:{DEFAULT_PATH}",
         "HOME": str(workdir),
         "USER": user,
         "LOGNAME": user,
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": KERNEL_PYTHONPATH,
+        "PYTHONPATH": sandboxing.LIB if sandboxed else KERNEL_PYTHONPATH,
     }
 
 
-def build_environ(spec: KernelSpec, workdir: Path, user: str) -> dict[str, str]:
+def build_environ(spec: KernelSpec, workdir: Path, user: str,
+                  sandboxed: bool = False) -> dict[str, str]:
     """The kernel's environment: a clean base, the session's environ, and the runner's plumbing."""
-    env = base_environ(workdir, user)
+    env = base_environ(workdir, user, sandboxed)
+    runner_path = env["PYTHONPATH"]
     del env["PYTHONPATH"]
     env.update({
         "BACKENDAI_KERNEL_ID": spec.kernel_id,
@@ -118,7 +129,7 @@ def build_environ(spec: KernelSpec, workdir: Path, user: str) -> dict[str, str]:
     user_pythonpath = env.pop("PYTHONPATH", "")
     if user_pythonpath:
         env["BAI_KERNEL_PYTHONPATH"] = user_pythonpath
-    env["PYTHONPATH"] = KERNEL_PYTHONPATH
+    env["PYTHONPATH"] = runner_path
     return env
 
 
@@ -135,16 +146,43 @@ def build_command(
     namespaces: bool,
     as_user: tuple[int, int] | None = None,
     mem_rlimit_kib: int | None = None,
+    sandbox: list[str] | None = None,
+    listen_fd: int | None = None,
 ) -> list[str]:
-    """The command line that starts a kernel: launcher (cgroups, rlimit) -> unshare -> runner."""
+    """The command line that starts a kernel: launcher (cgroups, rlimit) -> the ``sandbox``
+    prefix (bwrap + setpriv, see sandbox.py) or unshare [+ setpriv] -> runner. With
+    ``listen_fd`` the runner serves the socket the agent bound and hands it (an inherited fd),
+    and accepts only connections of the agent's uid."""
     argv = ["/bin/sh", "-c", LAUNCHER, "bai-launch",
             str(mem_rlimit_kib) if mem_rlimit_kib else "-", *procs_files, "--"]
-    if namespaces:
-        argv += UNSHARE
-    if as_user is not None:
-        argv += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}", "--clear-groups"]
+    if sandbox is not None:
+        argv += sandbox
+    else:
+        if namespaces:
+            argv += UNSHARE
+        if as_user is not None:
+            argv += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}",
+                     "--clear-groups"]
     argv += [interpreter, "-m", "bai.kernel", "--workdir", str(workdir)]
+    if listen_fd is not None:
+        argv += ["--listen-fd", str(listen_fd), "--agent-uid", str(os.geteuid())]
     return argv
+
+
+def bind_listener(folder: Path) -> socket.socket:
+    """The runner's listening socket at ``folder/runner.sock``, bound by the agent (through
+    ``/proc/self/fd`` of the folder: long paths bind, and no chdir in a threaded process)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{dir_fd}/{bai.kernel.SOCKET_NAME}")
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return sock
 
 
 class _Kernel:
@@ -191,13 +229,17 @@ class ProcessBackend(RuntimeBackend):
         self.namespaces = False
         self.as_user: tuple[int, int] | None = None
         self.user_name = pwd.getpwuid(os.getuid()).pw_name
+        #: what the host provides (set by _probe); inactive: today's unsandboxed processes
+        self.sandbox = sandboxing.Sandbox()
+        #: kernel uids (root with the sandbox only)
+        self.uids: SandboxUids | None = None
         self._kernels: dict[str, _Kernel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._on_exit: ExitCallback | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._probed = False
         self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled,
-                               lambda runner: self._remove_pool_cgroup(runner.cgroup_name))
+                               self._forget_pooled)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -212,6 +254,18 @@ class ProcessBackend(RuntimeBackend):
             cap = host_pids_cap(self.settings.pids_total)
             if self.cgroups is not None and cap is not None:
                 await asyncio.to_thread(self.cgroups.cap_pids, cap)
+        self.sandbox = await asyncio.to_thread(
+            sandboxing.probe, self.settings.bwrap_path, self.settings.process_sandbox,
+            self.cgroups is not None, self.settings.process_interpreter)
+        if self.sandbox.active:
+            os.chmod(self.root, 0o700)  # kernels never walk the host's paths: only the agent
+            self.user_name = "work"
+            if self.sandbox.privileged:
+                self.uids = SandboxUids(self.settings.sandbox_uid_first,
+                                        self.settings.sandbox_uid_count,
+                                        Path(self.settings.sandbox_uid_lock_dir))
+            return
+        log.warning("process runtime without its sandbox: %s", "; ".join(self.sandbox.gaps()))
         if self.settings.process_namespaces and shutil.which("unshare"):
             with contextlib.suppress(OSError):
                 proc = await asyncio.create_subprocess_exec(
@@ -246,39 +300,93 @@ class ProcessBackend(RuntimeBackend):
             self._monitor = None
         # pooled runners are no kernels: they end with the agent
         await self.pool.close()
+        if self.uids is not None:
+            self.uids.close()  # the kernels keep running; the next agent adopts their uids
 
     # --- pooled runners (see process_pool.py) ----------------------------------------------
 
-    def _spawn_pooled(self, interp: str, folder: Path, cgroup_name: str | None) -> PooledRunner:
-        """Start a runner that waits for a claim, in its own folder and cgroup."""
-        work = folder / "work"
-        state = work / bai.kernel.STATE_DIR
-        (state / "bin").mkdir(parents=True)
-        for name in ("python", "python3"):
-            (state / "bin" / name).symlink_to(interp)
-        if self.as_user is not None:
+    def _make_folder(self, kdir: Path, interp: str, uid: int | None) -> None:
+        """A kernel's (or pooled runner's) folder: root-only when sandboxed, its work dir owned
+        by the kernel's uid; the ``.bai/bin`` interpreter links outside the sandbox only."""
+        work = kdir / "work"
+        kdir.mkdir(parents=True)
+        work.mkdir()
+        if self.sandbox.active:
+            os.chmod(kdir, 0o700)
+            os.chmod(work, 0o700)
+            (work / bai.kernel.STATE_DIR).mkdir()
+            owner = (uid, uid) if uid is not None else None
+        else:
+            os.chmod(kdir, 0o755)
+            os.chmod(work, 0o755)
+            (work / bai.kernel.STATE_DIR / "bin").mkdir(parents=True)
+            for name in ("python", "python3"):
+                (work / bai.kernel.STATE_DIR / "bin" / name).symlink_to(interp)
+            owner = self.as_user
+        if owner is not None:
             for p in [work, *work.rglob("*")]:
-                os.lchown(p, *self.as_user)
-        procs: list[str] = []
-        if cgroup_name is not None and self.cgroups is not None:
-            procs = self.cgroups.create(cgroup_name, None, None,
-                                        self.settings.pids_limit).procs_files()
-        argv = build_command(interp, work, procs, namespaces=self.namespaces,
-                             as_user=self.as_user) + ["--pooled"]
+                os.lchown(p, *owner)
+
+    def _launch(self, kdir: Path, interp: str, procs: list[str], uid: int | None,
+                env: dict[str, str], mem_rlimit_kib: int | None = None,
+                pooled: bool = False) -> subprocess.Popen[bytes]:
+        """Start the runner of ``kdir``: the agent binds its socket and hands it over."""
+        work = kdir / "work"
+        listener = bind_listener(kdir)
         try:
-            with open(folder / "runner.out", "ab") as out:
-                popen = subprocess.Popen(
-                    argv, env=base_environ(work, self.user_name), cwd=work,
+            if self.sandbox.active:
+                prefix: list[str] | None = self.sandbox.argv(interp, work, uid)
+                inside = Path(sandboxing.WORKDIR)
+            else:
+                prefix, inside = None, work
+            argv = build_command(interp, inside, procs, namespaces=self.namespaces,
+                                 as_user=self.as_user, mem_rlimit_kib=mem_rlimit_kib,
+                                 sandbox=prefix, listen_fd=listener.fileno())
+            if pooled:
+                argv.append("--pooled")
+            with open(kdir / "runner.out", "ab") as out:
+                return subprocess.Popen(
+                    argv, env=env, cwd=kdir if self.sandbox.active else work,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-        except OSError:
-            self._remove_pool_cgroup(cgroup_name)
+                    start_new_session=True, pass_fds=(listener.fileno(),))
+        finally:
+            listener.close()  # the runner holds it now: when it ends, connecting fails
+
+    def _inside(self, k_workdir: Path) -> Path:
+        """Where the kernel sees its work dir."""
+        return Path(sandboxing.WORKDIR) if self.sandbox.active else k_workdir
+
+    def _spawn_pooled(self, interp: str, folder: Path, cgroup_name: str | None) -> PooledRunner:
+        """Start a runner that waits for a claim, in its own folder, cgroup and uid."""
+        uid = self.uids.take(f"pool {folder.name}") if self.uids is not None else None
+        try:
+            self._make_folder(folder, interp, uid)
+            procs: list[str] = []
+            if cgroup_name is not None and self.cgroups is not None:
+                procs = self.cgroups.create(cgroup_name, None, None,
+                                            self.settings.pids_limit).procs_files()
+            try:
+                popen = self._launch(folder, interp, procs, uid, base_environ(
+                    self._inside(folder / "work"), self.user_name, self.sandbox.active),
+                    pooled=True)
+            except OSError:
+                self._remove_pool_cgroup(cgroup_name)
+                raise
+        except BaseException:
+            if uid is not None and self.uids is not None:
+                self.uids.release(uid)
             raise
-        runner = PooledRunner(folder, interp, popen, cgroup_name if procs else None)
+        runner = PooledRunner(folder, interp, popen, cgroup_name if procs else None, uid)
         (folder / "pool.json").write_text(json.dumps({
             "pid": popen.pid, "pid_start": runner.pid_start, "interpreter": interp,
-            "cgroup": runner.cgroup_name}))
+            "cgroup": runner.cgroup_name, "uid": uid}))
         return runner
+
+    def _forget_pooled(self, runner: PooledRunner) -> None:
+        """What a discarded pooled runner held besides its folder: its cgroup and uid."""
+        self._remove_pool_cgroup(runner.cgroup_name)
+        if runner.uid is not None and self.uids is not None:
+            self.uids.release(runner.uid)
 
     def _remove_pool_cgroup(self, name: str | None) -> None:
         if name and self.cgroups is not None:
@@ -295,17 +403,16 @@ class ProcessBackend(RuntimeBackend):
 
     async def _start_pooled(self, spec: KernelSpec, k: _Kernel, runner: PooledRunner) -> Instance:
         """Make a pooled runner this kernel's (see process_pool.py); PoolMiss if it cannot be."""
-        pool_sock = runner.workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME
-        if not pool_sock.exists():
-            # Still starting: its launcher joins the pool cgroup by that cgroup's path, so the
-            # cgroup (and folder) are renamed only once the runner listens, which it does after.
-            try:
-                await wait_runner_ready(pool_sock, self.settings.kernel_ready_timeout,
-                                        runner.alive, "status")
-            except (RunnerUnavailable, TimeoutError) as e:
-                said = self._with_output(f"the pooled runner did not start: {e}", runner.folder)
-                await asyncio.to_thread(self.pool.discard, runner)  # still the pool's: not moved
-                raise PoolMiss(said) from None
+        # Its launcher joins the pool cgroup by that cgroup's path, so the cgroup (and folder)
+        # are renamed only once the runner answers, which it does after (the socket, bound by
+        # the agent, exists from the start).
+        try:
+            await wait_runner_ready(runner.folder / bai.kernel.SOCKET_NAME,
+                                    self.settings.kernel_ready_timeout, runner.alive, "status")
+        except (RunnerUnavailable, TimeoutError) as e:
+            said = self._with_output(f"the pooled runner did not start: {e}", runner.folder)
+            await asyncio.to_thread(self.pool.discard, runner)  # still the pool's: not moved
+            raise PoolMiss(said) from None
         try:
             runner.folder.rename(k.kdir)
             (k.kdir / "pool.json").unlink()
@@ -314,13 +421,11 @@ class ProcessBackend(RuntimeBackend):
         k.popen = runner.popen
         k.labels["bai.pid"] = str(runner.popen.pid)
         k.labels["bai.pid_start"] = runner.pid_start
-        k.labels["bai.namespaces"] = "pid,mount" if self.namespaces else ""
+        k.labels["bai.namespaces"] = self._namespaces_label()
         k.labels["bai.pooled"] = "1"
-        state = k.workdir / bai.kernel.STATE_DIR
+        if runner.uid is not None:
+            k.labels["bai.uid"] = str(runner.uid)
         config = runner_config(spec)
-        (state / "runner.json").write_text(json.dumps(config))
-        if self.as_user is not None:
-            os.lchown(state / "runner.json", *self.as_user)
         mem = spec.slots.get("mem") or None
         if runner.cgroup_name is not None and self.cgroups is not None:
             try:
@@ -332,15 +437,17 @@ class ProcessBackend(RuntimeBackend):
             k.labels["bai.cgroup"] = self.cgroups.version
         elif mem:
             try:
-                await asyncio.to_thread(self._limit_address_space, runner.popen.pid, int(mem))
-            except (OSError, psutil.Error) as e:
+                await asyncio.to_thread(self._limit_address_space, runner.popen.pid, int(mem),
+                                        runner.uid)
+            except (OSError, psutil.Error, subprocess.CalledProcessError) as e:
                 raise PoolMiss(f"cannot set the memory rlimit: {e}") from None
         self._write_labels(k)
-        sock = state / bai.kernel.SOCKET_NAME
+        inside = self._inside(k.workdir)
         try:
-            answer = await claim_runner(sock, str(k.workdir),
-                                        build_environ(spec, k.workdir, self.user_name), config,
-                                        self.settings.kernel_ready_timeout)
+            answer = await claim_runner(self._socket(k), str(inside),
+                                        build_environ(spec, inside, self.user_name,
+                                                      self.sandbox.active),
+                                        config, self.settings.kernel_ready_timeout)
         except (RunnerUnavailable, OSError, TimeoutError) as e:
             raise PoolMiss(self._with_output(f"the pooled runner did not take the claim: {e}",
                                              k.kdir)) from None
@@ -358,8 +465,11 @@ class ProcessBackend(RuntimeBackend):
         return cg
 
     @staticmethod
-    def _limit_address_space(pid: int, mem: int) -> None:
-        """Without cgroups: the launcher's ``ulimit -v``, set on a running tree instead."""
+    def _limit_address_space(pid: int, mem: int, uid: int | None = None) -> None:
+        """Without cgroups: the launcher's ``ulimit -v``, set on a running tree instead. The
+        processes of a kernel ``uid`` are limited by that uid (``prlimit`` of another uid needs
+        CAP_SYS_RESOURCE, which a root agent may lack); the sandbox's own (root) ones are not
+        the kernel's code and are left."""
         import resource
 
         limit = (mem // 1024) * 1024
@@ -370,24 +480,48 @@ class ProcessBackend(RuntimeBackend):
             if not new:
                 return
             for p in new:
-                resource.prlimit(p.pid, resource.RLIMIT_AS, (limit, limit))
                 done.add(p.pid)
+                owner = p.uids().real
+                if uid is None:
+                    resource.prlimit(p.pid, resource.RLIMIT_AS, (limit, limit))
+                elif owner == uid:
+                    subprocess.run(
+                        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                         "prlimit", f"--pid={p.pid}", f"--as={limit}:{limit}"],
+                        check=True, capture_output=True, timeout=30)
+
+    def _namespaces_label(self) -> str:
+        if self.sandbox.active:
+            return "pid,mount,ipc,uts,net" + ("" if self.sandbox.privileged else ",user")
+        return "pid,mount" if self.namespaces else ""
+
+    @staticmethod
+    def _socket(k: _Kernel) -> Path:
+        return k.kdir / bai.kernel.SOCKET_NAME
+
+    def _release_uid(self, k: _Kernel) -> None:
+        uid = k.labels.get("bai.uid")
+        if uid and self.uids is not None:
+            self.uids.release(int(uid))
 
     async def _undo_pooled(self, k: _Kernel) -> None:
         """After a PoolMiss: the claimed runner and whatever was made of it go."""
         await asyncio.to_thread(self._kill, k)
+        self._release_uid(k)
         cg = k.cgroup or (self.cgroups.open(k.kernel_id) if self.cgroups is not None else None)
         if cg is not None:  # renamed to the kernel's even when its limits then failed
             await asyncio.to_thread(cg.kill_all)
             await asyncio.to_thread(cg.remove)
         await asyncio.to_thread(shutil.rmtree, k.kdir, True)
         k.popen, k.cgroup = None, None
-        for key in ("bai.pid", "bai.pid_start", "bai.namespaces", "bai.pooled", "bai.cgroup"):
+        for key in ("bai.pid", "bai.pid_start", "bai.namespaces", "bai.pooled", "bai.cgroup",
+                    "bai.uid"):
             k.labels.pop(key, None)
 
     def isolation(self) -> dict[str, Any]:
         cg = self.cgroups
         controllers = cg.controllers if cg else set()
+        sb = self.sandbox
         return {
             "runtime": "process",
             "cgroup": cg.version if cg else None,
@@ -395,11 +529,14 @@ class ProcessBackend(RuntimeBackend):
             "cpu": "cgroup-quota" if "cpu" in controllers else None,
             "pids": "cgroup" if "pids" in controllers else None,
             "oom_kill_detection": bool(cg),
-            "pid_namespace": self.namespaces,
-            "mount_namespace": self.namespaces,
-            "network_namespace": False,
+            "sandbox": "bubblewrap" if sb.active else None,
+            "uid_per_kernel": sb.active and sb.privileged,
+            "pid_namespace": sb.active or self.namespaces,
+            "mount_namespace": sb.active or self.namespaces,
+            "network_namespace": sb.active,
             "process_group": True,
-            "user": self.user_name,
+            "user": "per-kernel uid" if self.uids is not None else self.user_name,
+            "gaps": sb.gaps(),
         }
 
     # --- watching --------------------------------------------------------------------------
@@ -440,8 +577,10 @@ class ProcessBackend(RuntimeBackend):
         returncode = k.popen.poll() if k.popen is not None else None
         code: int | None = exit_status(returncode) if returncode is not None else None
         reason = "killed"
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads((k.workdir / bai.kernel.STATE_DIR / "exit.json").read_text())
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            # the kernel can write this file: read without following links, and bounded
+            raw = statefiles.read_tail(k.workdir / bai.kernel.STATE_DIR, "exit.json", 4096)
+            data = json.loads(raw)
             code, reason = int(data["exit_code"]), str(data.get("reason") or "self-terminated")
         if k.cgroup is not None and k.cgroup.oom_kills() > 0:
             code, reason = 137, "oom-killed"
@@ -453,8 +592,7 @@ class ProcessBackend(RuntimeBackend):
         """Blocking: SIGKILL the whole kernel and wait until it is gone."""
         pid = k.pid
         if pid and (k.popen is not None or proc_start_time(pid) == k.labels.get("bai.pid_start")):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            kill_tree(pid)
         if k.cgroup is not None:
             k.cgroup.kill_all()
         if k.popen is not None:
@@ -526,21 +664,28 @@ class ProcessBackend(RuntimeBackend):
                     await self._undo_pooled(k)
                     if runner.cgroup_name is not None:
                         await asyncio.to_thread(self._remove_pool_cgroup, runner.cgroup_name)
-            (k.workdir / bai.kernel.STATE_DIR / "bin").mkdir(parents=True)
             return await self._start(spec, k, interp)
         finally:
             k.starting = False
 
     async def _start(self, spec: KernelSpec, k: _Kernel, interp: str) -> Instance:
         kdir = k.kdir
-        state = k.workdir / bai.kernel.STATE_DIR
+        uid = None
+        if self.uids is not None:
+            try:
+                uid = await asyncio.to_thread(self.uids.take, f"kernel {spec.kernel_id}")
+            except UidsExhausted as e:
+                raise KernelCreationFailed(str(e)) from None
+            k.labels["bai.uid"] = str(uid)
+        await asyncio.to_thread(self._make_folder, kdir, interp, None)
         self._write_labels(k)
-        for name in ("python", "python3"):
-            (state / "bin" / name).symlink_to(interp)
+        state = k.workdir / bai.kernel.STATE_DIR
+        # a fresh work dir that no kernel code has seen yet: the agent writes, then hands it over
         (state / "runner.json").write_text(json.dumps(runner_config(spec)))
-        if self.as_user is not None:
+        owner = (uid, uid) if uid is not None else self.as_user
+        if owner is not None:
             for p in [k.workdir, *k.workdir.rglob("*")]:
-                os.lchown(p, *self.as_user)
+                os.lchown(p, *owner)
         mem = spec.slots.get("mem") or None
         procs: list[str] = []
         if self.cgroups is not None:
@@ -552,29 +697,24 @@ class ProcessBackend(RuntimeBackend):
                 raise KernelCreationFailed(str(e)) from None
             procs = k.cgroup.procs_files()
             k.labels["bai.cgroup"] = self.cgroups.version
-        argv = build_command(
-            interp, k.workdir, procs, namespaces=self.namespaces, as_user=self.as_user,
-            mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None)
-        env = build_environ(spec, k.workdir, self.user_name)
-        with open(kdir / "runner.out", "ab") as out:
-            try:
-                k.popen = subprocess.Popen(
-                    argv, env=env, cwd=k.workdir, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as e:
-                raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
+        env = build_environ(spec, self._inside(k.workdir), self.user_name, self.sandbox.active)
+        try:
+            k.popen = self._launch(
+                kdir, interp, procs, uid, env,
+                mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None)
+        except OSError as e:
+            raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
         k.labels["bai.pid"] = str(k.popen.pid)
         k.labels["bai.pid_start"] = proc_start_time(k.popen.pid) or ""
-        k.labels["bai.namespaces"] = "pid,mount" if self.namespaces else ""
+        k.labels["bai.namespaces"] = self._namespaces_label()
         self._write_labels(k)
         return await self._wait_ready(k)
 
     async def _wait_ready(self, k: _Kernel) -> Instance:
         kdir = k.kdir
         state = k.workdir / bai.kernel.STATE_DIR
-        sock = state / bai.kernel.SOCKET_NAME
         try:
-            await wait_runner_ready(sock, self.settings.kernel_ready_timeout, k.alive)
+            await wait_runner_ready(self._socket(k), self.settings.kernel_ready_timeout, k.alive)
         except RunnerUnavailable:
             if (state / "exit.json").exists():
                 return self._instance(k)  # it started and already ended by itself
@@ -621,6 +761,8 @@ class ProcessBackend(RuntimeBackend):
             if cg is not None:
                 cg.remove()
             shutil.rmtree(self.root / kernel_id, True)
+            if k is not None:
+                self._release_uid(k)  # nothing of the kernel runs any more
 
         await asyncio.to_thread(remove)
 
@@ -636,6 +778,11 @@ class ProcessBackend(RuntimeBackend):
         k = _Kernel(kernel_id, kdir, {str(a): str(b) for a, b in labels.items()})
         if labels.get("bai.cgroup") and self.cgroups is not None:
             k.cgroup = self.cgroups.open(kernel_id)
+        if labels.get("bai.uid") and self.uids is not None and k.alive():
+            try:
+                self.uids.adopt(int(labels["bai.uid"]), f"kernel {kernel_id}")
+            except (UidsExhausted, OSError, ValueError) as e:
+                log.warning("kernel %s: cannot hold its uid again: %s", kernel_id, e)
         self._kernels[kernel_id] = k
         return k
 
@@ -649,7 +796,7 @@ class ProcessBackend(RuntimeBackend):
             session_id=k.labels.get("bai.session_id", ""),
             state=InstanceState.RUNNING if alive else InstanceState.EXITED,
             workdir=k.workdir,
-            runner_socket=k.workdir / bai.kernel.STATE_DIR / bai.kernel.SOCKET_NAME,
+            runner_socket=self._socket(k),
             container_id=f"pid:{k.pid}" if k.pid else "",
             exit_code=code,
             exit_reason=reason,

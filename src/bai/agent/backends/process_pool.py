@@ -41,6 +41,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 POOL_DIR = ".pool"
@@ -72,15 +74,28 @@ def proc_start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s children (a sandbox's PID namespace init among them: its namespace
+    dies with it) and then ``pid``'s process group."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children():
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 class PooledRunner:
     """One pre-started runner waiting for a kernel."""
 
     def __init__(self, folder: Path, interpreter: str, popen: subprocess.Popen[bytes],
-                 cgroup_name: str | None) -> None:
+                 cgroup_name: str | None, uid: int | None = None) -> None:
         self.folder = folder
         self.interpreter = interpreter
         self.popen = popen
         self.cgroup_name = cgroup_name
+        #: its own uid from spawn (sandboxed, as root): no other session can write its folder
+        self.uid = uid
         self.pid_start = proc_start_time(popen.pid) or ""
 
     @property
@@ -91,8 +106,7 @@ class PooledRunner:
         return self.popen.poll() is None
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
+        kill_tree(self.popen.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
 
@@ -195,6 +209,5 @@ class RunnerPool:
                 meta = json.loads((folder / "pool.json").read_text())
                 pid = int(meta["pid"])
                 if pid and proc_start_time(pid) == meta.get("pid_start"):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
+                    kill_tree(pid)
             shutil.rmtree(folder, ignore_errors=True)

@@ -546,7 +546,14 @@ def agent_list() -> None:
         ("scaling_group", "Scaling Group", _s),
         ("available_slots", "Capacity", _slots_text), ("occupied_slots", "Occupied", _slots_text),
         ("last_heartbeat", "Last Heartbeat", _s),
+        ("isolation", "Isolation Gaps", _isolation_gaps),
     ], "No agents.")
+
+
+def _isolation_gaps(isolation: object) -> str:
+    """The promises an agent reported it cannot keep on its host ("none": all hold)."""
+    gaps = isolation.get("gaps") if isinstance(isolation, dict) else None
+    return "; ".join(str(g) for g in gaps) if gaps else "none"
 
 
 @agent.command("drain", epilog="Example:\n\n  backend.ai admin agent drain agent-1")

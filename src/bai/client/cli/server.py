@@ -134,6 +134,30 @@ def _agent_ready(db: Path, since: datetime | None) -> bool:
     return (beat if beat.tzinfo else beat.replace(tzinfo=UTC)) >= since
 
 
+def _isolation_gaps(db: Path, agent_id: str = "local") -> list[str]:
+    """What the local agent reported it cannot enforce on this host (see agent sandbox.py)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            row = con.execute("SELECT isolation FROM agents WHERE id = ?", (agent_id,)).fetchone()
+        finally:
+            con.close()
+        return [str(g) for g in (json.loads(row[0]) or {}).get("gaps") or []] if row else []
+    except (sqlite3.Error, ValueError, TypeError, AttributeError):
+        return []
+
+
+def private_state_dir(state: Path) -> None:
+    """The state dir and every secret in it (DB, WAL, keys, tokens, configs) for our user only;
+    files the daemons create later are private by the umask they inherit."""
+    os.umask(0o077)
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    for entry in state.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, 0o600)
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -188,7 +212,7 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         _fail("the manager and agent are not installed (a client-only install): "
               "pip install 'bai[server]'")
     state = _state_dir(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
+    private_state_dir(state)
     manager_pid, agent_pid = state / "manager.pid", state / "agent.pid"
     manager_log, agent_log = state / "manager.log", state / "agent.log"
     meta_path = state / "server.json"
@@ -312,6 +336,10 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
                f"({meta['runtime']} runtime)")
     click.echo(f"state: {state}; client configuration: {cfg} "
                f"(profile 'default' = admin, 'user' = a user keypair)")
+    gaps = _isolation_gaps(state / "bai.db")
+    if gaps:
+        click.echo("isolation NOT enforced on this host: " + "; ".join(gaps)
+                   + " (see docs/security.md)", err=True)
 
 
 def _stop_pid(pid_file: Path, name: str, timeout: float) -> None:

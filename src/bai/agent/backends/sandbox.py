@@ -1,0 +1,169 @@
+"""The ``process`` runtime's sandbox: bubblewrap command lines (pure) and what the host provides.
+
+A kernel runs as::
+
+    launcher (root: joins the kernel's cgroups, ulimit) -> bwrap (namespaces, mounts)
+      -> setpriv (the kernel's own uid/gid, no groups, no capabilities, no_new_privs) -> runner
+
+Inside, the kernel sees:
+
+* ``/usr`` (and the ``/bin``, ``/lib*``, ``/sbin`` links) and ``/etc`` read-only, its
+  interpreter's prefix read-only when that is elsewhere, and the runner's code at
+  ``/opt/bai/lib/bai/kernel`` read-only; ``python``/``python3`` at ``/opt/bai/bin``;
+* its work dir at ``/home/work`` (``nosuid,nodev``; the only writable place besides its own
+  ``/tmp`` and ``/dev/shm``), its own ``/proc`` (PID namespace: the kernel's processes only) and a
+  minimal ``/dev``; no ``/sys`` (no cgroup files), no ``/run``, ``/var``, ``/root``, no home
+  folders: nothing of the agent's state dir, scratch root, other kernels or client configuration;
+* its own IPC, UTS and network namespaces: only a loopback interface of its own, so nothing
+  listening on the host (manager, agent, other sessions) can be reached.
+
+As root (``privileged``), bwrap mounts with real privileges and ``setpriv`` drops to the kernel's
+uid from ``sandbox_uids``. Without root, bwrap makes a user namespace and the kernel keeps the
+agent's uid (a gap: sessions of one agent share it). ``Sandbox.gaps()`` names each promise the
+host cannot keep; ``server start`` prints them and agents report them in their heartbeat.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: where the kernel sees its work dir, runner code and interpreter links
+WORKDIR = "/home/work"
+LIB = "/opt/bai/lib"
+BIN = "/opt/bai/bin"
+#: host folders every kernel sees read-only at the same path
+SYSTEM_RO = ("/usr", "/etc")
+#: merged-/usr links (Debian 12) or, where they are folders, read-only binds
+SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: the parents bwrap would otherwise make 0700 (unreadable for the kernel's uid)
+_PARENTS = ("/home", "/opt", "/opt/bai", LIB, f"{LIB}/bai", BIN)
+
+
+def _system_binds() -> list[str]:
+    out: list[str] = []
+    for path in SYSTEM_RO:
+        if os.path.isdir(path):
+            out += ["--ro-bind", path, path]
+    for path in SYSTEM_LINKS:
+        if os.path.islink(path):
+            out += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            out += ["--ro-bind", path, path]
+    return out
+
+
+def _homes() -> set[str]:
+    return {p.pw_dir.rstrip("/") for p in pwd.getpwall() if p.pw_dir}
+
+
+def interpreter_binds(interpreter: str) -> list[str]:
+    """Read-only binds that make ``interpreter`` (and a venv's base) work inside the sandbox:
+    nothing for a system interpreter; its prefix (``<prefix>/bin/python``) otherwise, unless
+    that prefix is ``/`` or someone's home folder (then only the file itself)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for path in (os.path.abspath(interpreter), os.path.realpath(interpreter)):
+        if any(path == d or path.startswith(d + "/") for d in SYSTEM_RO + SYSTEM_LINKS):
+            continue
+        prefix = os.path.dirname(os.path.dirname(path))
+        target = path if prefix in ("", "/") or prefix in _homes() else prefix
+        if target not in seen:
+            seen.add(target)
+            out += ["--ro-bind", target, target]
+    return out
+
+
+def kernel_package() -> str:
+    """The host folder of ``bai/kernel`` (the runner's code)."""
+    import bai.kernel
+
+    return str(Path(bai.kernel.__file__).resolve().parent)
+
+
+@dataclass
+class Sandbox:
+    """What this host lets the process backend apply (from ``probe``)."""
+
+    bwrap: str | None = None
+    #: root: bwrap mounts as root and kernels get their own uid
+    privileged: bool = False
+    cgroups: bool = False
+    #: why the sandbox is off, when it is
+    reason: str = ""
+    extra_gaps: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.bwrap is not None
+
+    def gaps(self) -> list[str]:
+        """One line per promise this host does not keep (empty: all hold)."""
+        out: list[str] = []
+        if not self.active:
+            why = f" ({self.reason})" if self.reason else ""
+            out.append(f"sandbox: kernels see the whole filesystem as the agent's user{why}")
+            out.append("network: kernels reach the host's loopback (manager and agent ports)")
+        if not (self.active and self.privileged):
+            out.append("own-uid: kernels share the agent's uid (not root: no uid per kernel)")
+        if not self.cgroups:
+            out.append("cgroups: no kernel-enforced memory/cpu/pids limits (no writable cgroups)")
+        return out + self.extra_gaps
+
+    def argv(self, interpreter: str, workdir: Path, uid: int | None,
+             network: bool = False) -> list[str]:
+        """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox."""
+        assert self.bwrap is not None
+        argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--new-session", "--hostname", "bai-kernel"]
+        if not network:
+            argv.append("--unshare-net")
+        if not self.privileged:
+            argv.append("--unshare-user")
+        argv += _system_binds()
+        argv += interpreter_binds(interpreter)
+        argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--tmpfs", "/tmp"]
+        for d in _PARENTS:
+            argv += ["--perms", "0755", "--dir", d]
+        argv += ["--bind", str(workdir), WORKDIR,
+                 "--ro-bind", kernel_package(), f"{LIB}/bai/kernel",
+                 "--symlink", interpreter, f"{BIN}/python",
+                 "--symlink", interpreter, f"{BIN}/python3",
+                 "--chdir", WORKDIR, "--"]
+        if uid is not None:
+            argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+        return argv
+
+
+def probe(bwrap: str, enabled: bool, cgroups: bool, interpreter: str) -> Sandbox:
+    """Find out whether bwrap works here (it runs ``true`` in a sandbox once)."""
+    privileged = os.geteuid() == 0
+    if not enabled:
+        return Sandbox(privileged=privileged, cgroups=cgroups,
+                       reason="process_sandbox is off")
+    path = shutil.which(bwrap)
+    if path is None:
+        return Sandbox(privileged=privileged, cgroups=cgroups,
+                       reason=f"{bwrap} not found: install Debian's bubblewrap")
+    if privileged and shutil.which("setpriv") is None:
+        return Sandbox(privileged=privileged, cgroups=cgroups,
+                       reason="setpriv not found: install Debian's util-linux")
+    sb = Sandbox(bwrap=path, privileged=privileged, cgroups=cgroups)
+    with tempfile.TemporaryDirectory(prefix="bai-probe-") as scratch:
+        argv = sb.argv(interpreter, Path(scratch), 65534 if privileged else None) + ["true"]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Sandbox(privileged=privileged, cgroups=cgroups, reason=f"bwrap failed: {e}")
+    if done.returncode != 0:
+        said = (done.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        return Sandbox(privileged=privileged, cgroups=cgroups,
+                       reason=f"bwrap failed: {said[-1] if said else done.returncode}")
+    return sb
