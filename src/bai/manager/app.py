@@ -28,7 +28,9 @@ def settle_gc() -> None:
 
 
 def create_app(settings: ManagerSettings) -> web.Application:
-    from bai.manager.api import admin, events, gql, internal, middleware, ops, root, session, stream
+    from bai.manager.api import (
+        admin, events, gql, internal, middleware, openapi, ops, root, session, stream,
+    )
     from bai.manager.services.root import ManagerRoot
     from bai.ops.http import OpsListener, instrument, observe
 
@@ -40,7 +42,7 @@ def create_app(settings: ManagerSettings) -> web.Application:
     )
     app[ROOT] = manager
     instrument(app)
-    for module in (root, session, stream, events, gql, admin, internal, ops):
+    for module in (root, session, stream, events, gql, admin, internal, ops, openapi):
         module.setup(app)
     listener = None
     if settings.ops_port is not None:
