@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bai.agent.backends.base import InstanceState, KernelCreationFailed
-from bai.agent.workdir import write_file
+from bai.agent.transfer import write_file
 from bai.common.errors import KernelNotFound
 from bai.testing.contract import Harness, run
 

@@ -81,7 +81,11 @@ def agent_app(received: dict) -> web.Application:
         while (part := await reader.next()) is not None:
             name = unquote(part.filename)  # aiohttp's client percent-encodes it again on the way
             names.append(name)
-            received.setdefault("files", {})[name] = await part.read()
+            data = bytearray()
+            while chunk := await part.read_chunk():
+                data += chunk
+            received.setdefault("files", {})[name] = bytes(data)
+        received["uploads_done"] = received.get("uploads_done", 0) + 1
         return web.json_response({"files": names})
 
     async def files(request):
@@ -273,6 +277,31 @@ async def test_upload_unquotes_paths_and_refuses_escapes(env):
         resp = await upload(bad)
         body = await resp.json()
         assert resp.status == 400 and body["title"] == "Upload path refused.", body
+
+
+async def test_a_chunked_upload_past_the_limit_is_cut_off_and_refused(env):
+    root, client, user, _, received = env
+    await create(user, "up-2")
+    root.settings.session_file_max = 4 * 1024**2
+    path = "/session/up-2/upload"
+    sent = []
+
+    async def body():  # no Content-Length: the manager finds out while relaying
+        yield (b'--b0\r\nContent-Disposition: form-data; name="src"; filename="big.bin"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
+        for _ in range(16):
+            sent.append(1)
+            yield b"z" * 1024**2
+        yield b"\r\n--b0--\r\n"
+
+    headers = {k: v for k, v in user.headers("POST", path, "multipart/form-data").items()
+               if k != "Content-Type"}
+    headers["Content-Type"] = "multipart/form-data; boundary=b0"
+    resp = await client.post(path, data=body(), headers=headers)
+    problem = await resp.json()
+    assert resp.status == 413 and problem["type"].endswith("files-too-large"), problem
+    assert "session_file_max" in problem["title"] + problem.get("msg", "")
+    assert "uploads_done" not in received  # the agent never saw a whole request: it keeps nothing
 
 
 async def test_ls_takes_a_json_body_on_get(env):

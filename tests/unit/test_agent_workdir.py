@@ -1,14 +1,18 @@
-"""Uploads cannot escape a kernel's work directory."""
+"""Uploads and downloads cannot escape a kernel's work directory or follow a planted link."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from bai.agent.workdir import PathEscapes, checked_relative, list_dir, write_file
-from bai.common.errors import InvalidAPIParameters
+from bai.agent.transfer import Download, write_file
+from bai.agent.workdir import PathEscapes, checked_relative, list_dir
+from bai.common.errors import FilesTooLarge, InvalidAPIParameters
 
 
 async def _data(b: bytes = b"content"):
@@ -48,31 +52,32 @@ async def test_symlinked_folder_pointing_out_is_refused(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
-async def test_symlinked_file_is_not_written_through(tmp_path: Path) -> None:
+async def test_symlinked_file_is_replaced_not_written_through(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     target = tmp_path / "target.txt"
     target.write_text("keep")
     os.symlink(target, work / "f.txt")
-    with pytest.raises(PathEscapes):
-        await write_file(work, "f.txt", _data())
+    await write_file(work, "f.txt", _data())
     assert target.read_text() == "keep"
+    assert not (work / "f.txt").is_symlink() and (work / "f.txt").read_bytes() == b"content"
 
 
-async def test_symlink_inside_the_workdir_is_fine(tmp_path: Path) -> None:
+async def test_a_link_on_the_way_is_never_followed_even_inside(tmp_path: Path) -> None:
     work = tmp_path / "work"
     (work / "real").mkdir(parents=True)
     os.symlink(work / "real", work / "alias")
-    assert await write_file(work, "alias/x.txt", _data()) == "alias/x.txt"
-    assert (work / "real" / "x.txt").read_bytes() == b"content"
+    with pytest.raises(PathEscapes):
+        await write_file(work, "alias/x.txt", _data())
+    assert list((work / "real").iterdir()) == []
 
 
-def test_download_tars_a_file_or_folder_inside_only(tmp_path: Path) -> None:
-    import io
-    import tarfile
+async def _tar(work: Path, path: str, max_bytes: int = 2**40) -> bytes:
+    dl = await asyncio.to_thread(Download.open, work, path, max_bytes)
+    return b"".join([c async for c in dl.chunks()])
 
-    from bai.agent.workdir import tar_of
 
+async def test_download_tars_a_file_or_folder_inside_only(tmp_path: Path) -> None:
     work = tmp_path / "work"
     (work / "d").mkdir(parents=True)
     (work / "d" / "a.txt").write_text("A")
@@ -80,18 +85,66 @@ def test_download_tars_a_file_or_folder_inside_only(tmp_path: Path) -> None:
     (work / ".bai" / "secret").write_text("runner state")
     os.symlink("/etc/passwd", work / "d" / "pw")
 
-    def names(path: str) -> list[str]:
-        with tarfile.open(fileobj=io.BytesIO(tar_of(work, path))) as tar:
+    async def names(path: str) -> list[str]:
+        with tarfile.open(fileobj=io.BytesIO(await _tar(work, path))) as tar:
             return sorted(tar.getnames())
 
-    assert names("d") == ["d", "d/a.txt", "d/pw"]
-    with tarfile.open(fileobj=io.BytesIO(tar_of(work, f"{work}/d/pw"))) as tar:
+    assert await names("d") == ["d", "d/a.txt", "d/pw"]
+    with tarfile.open(fileobj=io.BytesIO(await _tar(work, f"{work}/d/pw"))) as tar:
         assert tar.getmember("pw").issym()  # stored as a link, never the host file's content
-    assert names("/home/work/d/a.txt") == ["a.txt"]
-    assert ".bai/secret" not in names(".")
+    assert await names("/home/work/d/a.txt") == ["a.txt"]
+    assert ".bai/secret" not in await names(".")
     for bad in ("../x", "/etc/passwd", "nope.txt"):
         with pytest.raises(InvalidAPIParameters):
-            tar_of(work, bad)
+            await _tar(work, bad)
+
+
+async def test_download_never_goes_through_a_linked_folder(tmp_path: Path) -> None:
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host secret")
+    os.symlink(outside, work / "out")
+    os.symlink(work, work / "self")
+    for path in ("out/secret.txt", "self/out/secret.txt"):
+        with pytest.raises(PathEscapes):
+            await _tar(work, path)
+    data = await _tar(work, "out")  # the link itself is sent as a link
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert [m.name for m in tar.getmembers()] == ["out"] and tar.getmember("out").issym()
+
+
+async def test_download_counts_apparent_size_before_sending(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "d").mkdir(parents=True)
+    with open(work / "d" / "sparse", "wb") as f:
+        f.truncate(10 * 1024**3)  # 10 GiB that take no disk
+    (work / "small").write_bytes(b"x" * 1000)
+    with pytest.raises(FilesTooLarge) as err:
+        await asyncio.to_thread(Download.open, work, "d", 1024**3)
+    assert err.value.status == 413
+    with pytest.raises(FilesTooLarge):
+        await asyncio.to_thread(Download.open, work, ".", 1024**3)
+    data = await _tar(work, "small", 1000)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.extractfile("small").read() == b"x" * 1000
+    with pytest.raises(FilesTooLarge):
+        await _tar(work, "small", 999)
+
+
+async def test_an_upload_past_its_limit_leaves_nothing(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.bin").write_bytes(b"old")
+
+    async def chunks():
+        for _ in range(10):
+            yield b"y" * 1000
+
+    with pytest.raises(FilesTooLarge):
+        await write_file(work, "big.bin", chunks(), max_bytes=5000)
+    assert sorted(p.name for p in work.iterdir()) == ["big.bin"]
+    assert (work / "big.bin").read_bytes() == b"old"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change owners")

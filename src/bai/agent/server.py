@@ -29,11 +29,13 @@ from bai.agent.recovery import drop_unknown, recover
 from bai.agent.resources import detect_slots
 from bai.agent.resources.accelerator import MockCudaDevices
 from bai.agent.settings import AgentSettings
-from bai.agent.workdir import list_dir, tar_of, write_file
+from bai.agent.transfer import SIZE_HEADER, Download, Upload
+from bai.agent.workdir import list_dir
 from bai.common.auth import cluster_token_ok
 from bai.common.errors import (
     AuthFailed,
     BaiError,
+    FilesTooLarge,
     InvalidAPIParameters,
     NotFound,
     SessionNotRunning,
@@ -276,28 +278,45 @@ def _running(request: web.Request):  # -> KernelRecord
     return rec
 
 
+#: what a transfer may carry when the manager does not say (its ``session_file_max``)
+DEFAULT_MAX_BYTES = 1024**3
+
+
+def _max_bytes(request: web.Request) -> int:
+    raw = request.query.get("max_bytes")
+    try:
+        value = int(raw) if raw is not None else DEFAULT_MAX_BYTES
+    except ValueError:
+        raise InvalidAPIParameters("max_bytes must be a whole number") from None
+    return max(value, 0)
+
+
 async def upload(request: web.Request) -> web.Response:
+    """Multipart parts named ``src``, staged and renamed only once all of them arrived within
+    ``max_bytes`` (``transfer.Upload``)."""
     agent = _agent(request)
     rec = _running(request)
     if not request.content_type.startswith("multipart/"):
         raise InvalidAPIParameters("upload needs a multipart/form-data body")
+    limit = _max_bytes(request)
+    if request.content_length is not None and request.content_length > limit + 1024**2:
+        raise FilesTooLarge.over(limit)
     reader = await request.multipart()
-    written: list[str] = []
-    workdir = rec.instance.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    async for part in reader:
-        if not isinstance(part, aiohttp.BodyPartReader) or part.name != "src":
-            continue
-        name = unquote(part.filename or "")
+    staging = Upload(rec.instance.workdir, limit)
+    try:
+        async for part in reader:
+            if not isinstance(part, aiohttp.BodyPartReader) or part.name != "src":
+                continue
 
-        async def chunks(p: aiohttp.BodyPartReader = part):
-            while True:
-                chunk = await p.read_chunk(256 * 1024)
-                if not chunk:
-                    return
-                yield chunk
+            async def chunks(p: aiohttp.BodyPartReader = part):
+                while chunk := await p.read_chunk(256 * 1024):
+                    yield chunk
 
-        written.append(await write_file(workdir, name, chunks()))
+            await staging.add(unquote(part.filename or ""), chunks())
+        written = await asyncio.to_thread(staging.commit)
+    except BaseException:
+        await asyncio.to_thread(staging.abort)
+        raise
     agent.registry.note_uploaded(rec, written)
     return web.json_response({"files": written})
 
@@ -327,10 +346,26 @@ async def files(request: web.Request) -> web.Response:
     return web.json_response({"files": entries})
 
 
-async def download(request: web.Request) -> web.Response:
+async def download(request: web.Request) -> web.StreamResponse:
+    """A tar of ``path``, streamed; 413 before any byte when its apparent size passes
+    ``max_bytes``, which the answer's ``X-BAI-Apparent-Size`` states otherwise."""
     rec = _running(request)
-    body = await asyncio.to_thread(tar_of, rec.instance.workdir, request.query.get("path", ""))
-    return web.Response(body=body, content_type="application/x-tar")
+    dl = await asyncio.to_thread(Download.open, rec.instance.workdir,
+                                 request.query.get("path", ""), _max_bytes(request))
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-tar",
+                                       SIZE_HEADER: str(dl.size)})
+    await resp.prepare(request)
+    try:
+        async for chunk in dl.chunks():
+            await resp.write(chunk)
+    except Exception as e:  # after the head only a cut connection can tell the manager
+        log.warning("download of %s from kernel %s failed: %s", request.query.get("path"),
+                    rec.kernel_id, e)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    await resp.write_eof()
+    return resp
 
 
 async def metrics(request: web.Request) -> web.Response:

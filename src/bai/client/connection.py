@@ -122,6 +122,41 @@ class Connection:
 
     # -- streams ------------------------------------------------------------------------------
 
+    async def _first_answer(self, method: str, build) -> tuple[int, wire.Response]:
+        """Send to each endpoint in turn until one answers: (its index, the answer's head).
+        ``build(idx)`` gives the request's (URL, headers, body)."""
+        last_error = ""
+        eps = self.endpoints
+        for idx in eps.order():
+            url, headers, data = build(idx)
+            try:
+                resp = await self.http.request(method, url, headers=headers, body=data)
+            except wire.ConnectFailed as e:
+                last_error = str(e)
+                continue
+            except wire.WireError as e:
+                raise eps.lost(idx, e) from None
+            eps.active = idx
+            return idx, resp
+        raise eps.unreachable(last_error)
+
+    @asynccontextmanager
+    async def streamed(self, method: str, path: str, *, params: Params = None,
+                       json_body: Any = None) -> AsyncIterator[wire.Response]:
+        """``async with conn.streamed(...) as resp``: a successful answer whose body is read
+        with ``resp.iter_chunks()``; an error answer raises its typed error."""
+        method = method.upper()
+        idx, resp = await self._first_answer(
+            method, lambda i: self.endpoints.prepare(i, method, path, params, json_body))
+        try:
+            if resp.status >= 400:
+                await _read_answer(resp)  # raises the typed error
+            yield resp
+        except wire.WireError as e:
+            raise self.endpoints.lost(idx, e) from None
+        finally:
+            resp.release()
+
     @asynccontextmanager
     async def websocket(
         self, path: str, params: Params = None
@@ -150,24 +185,15 @@ class Connection:
 
     async def sse(self, path: str, params: Params = None) -> AsyncIterator[SSEMessage]:
         """Messages of a ``text/event-stream`` answer until the server closes it."""
-        resp = None
-        last_error = ""
         eps = self.endpoints
-        for idx in eps.order():
+
+        def build(idx: int) -> tuple[str, dict[str, str], None]:
             url, path_qs = eps.target(idx, path, params)
             headers = eps.signed(idx, "GET", path_qs, "application/octet-stream")
             headers["Accept"] = "text/event-stream"
-            try:
-                resp = await self.http.request("GET", url, headers=headers)
-            except wire.ConnectFailed as e:
-                last_error = str(e)
-                continue
-            except wire.WireError as e:
-                raise eps.lost(idx, e) from None
-            eps.active = idx
-            break
-        if resp is None:
-            raise eps.unreachable(last_error)
+            return url, headers, None
+
+        _, resp = await self._first_answer("GET", build)
         try:
             if resp.status >= 300:
                 await _read_answer(resp)

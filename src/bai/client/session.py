@@ -250,6 +250,18 @@ class SessionAPI:
         except BaiError as e:
             return e
 
+    async def download(self, name: str, files: Sequence[str], dest: str | os.PathLike = ".",
+                       *, owner: str | None = None) -> list[str]:
+        """Fetch ``files`` (paths in the work dir) into ``dest``, streamed; returns the names
+        extracted. Past the manager's ``session_file_max``: ``FilesTooLarge`` (413)."""
+        from bai.client.transfer import receive
+
+        params = {"owner_access_key": owner} if owner else None
+        async with self.conn.streamed("GET", session_path(name, "/download"), params=params,
+                                      json_body={"files": list(files)}) as resp:
+            return await receive(resp.iter_chunks(), resp.headers.get("content-type", ""),
+                                 Path(dest))
+
     async def logs(self, name: str, *, owner: str | None = None) -> str:
         params = {"owner_access_key": owner} if owner else None
         body = await self.conn.request("GET", session_path(name, "/logs"), params=params)

@@ -168,6 +168,14 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
+    async def iter_chunks(self):  # -> AsyncIterator[bytes]
+        """The body piece by piece as it arrives (constant memory)."""
+        if self._buf:
+            buf, self._buf = self._buf, b""
+            yield buf
+        while chunk := await self._chunk():
+            yield chunk
+
     async def text(self, errors: str = "strict") -> str:
         return (await self.read()).decode(self.charset, errors)
 

@@ -50,6 +50,23 @@ class InvalidResourceSpec(InvalidAPIParameters):
     title = "Invalid resource request."
 
 
+class FilesTooLarge(BaiError):
+    code = "files-too-large"
+    status = 413
+    title = "The files are larger than a session transfer may be."
+
+    @classmethod
+    def over(cls, limit: int, size: int | None = None) -> FilesTooLarge:
+        """``size`` is the apparent size when known (None: the body went past ``limit``)."""
+        def mib(n: int) -> str:
+            return f"{n / 2**20:,.1f} MiB"
+
+        what = f"{mib(size)} (apparent size)" if size is not None else f"more than {mib(limit)}"
+        return cls(f"the files are {what}; a session file transfer may carry at most "
+                   f"{mib(limit)} (manager setting session_file_max)",
+                   data={"limit": limit, "size": size})
+
+
 class UnknownImage(BaiError):
     code = "image-not-found"
     status = 404

@@ -62,6 +62,9 @@ class ManagerSettings(TomlSettings):
     ops_port: int | None = Field(
         None, description="port of that listener; unset: none (then /metrics on the API "
         "needs an admin keypair); 0: any free port")
+    session_file_max: int = Field(
+        1024**3, description="bytes one session file download or upload may carry (apparent "
+                             "size: a sparse file counts what it claims); past it: 413")
 
     def ssl_context(self):
         """The API's TLS context, or None when ``tls_cert`` is unset (plain HTTP)."""

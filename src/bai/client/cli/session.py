@@ -1,5 +1,5 @@
 """Commands on one session: ``rm``/``kill``/``destroy``, ``events``, ``info``, ``history``,
-``logs``; the ``session`` group that holds them (and ``list``, ``start``/``create``); ``config``.
+``logs``, ``download``, ``upload``; the ``session`` group that holds them (and ``list``, ``start``/``create``); ``config``.
 """
 
 from __future__ import annotations
@@ -265,6 +265,48 @@ def logs(session: str, owner: str | None) -> None:
 
 @click.command(epilog="""\b
 Examples:
+  backend.ai session download mysess results/out.csv
+  backend.ai session download mysess data --dest ./from-session""")
+@click.argument("session")
+@click.argument("files", nargs=-1, required=True, metavar="PATH...")
+@click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to put the files in.")
+@owner_option
+def download(session: str, files: tuple[str, ...], dest: str, owner: str | None) -> None:
+    """Download files or folders (paths in the session's work dir) into --dest."""
+    cli = get_ctx()
+
+    async def body(conn: Any) -> list[str]:
+        from bai.client.session import SessionAPI
+
+        return await SessionAPI(conn).download(session, files, dest, owner=owner)
+
+    names = cli.run(body)
+    click.echo(f"Downloaded {len(names)} item(s) into {dest}.", err=True)
+
+
+@click.command(epilog="""\b
+Example:
+  backend.ai session upload mysess data/input.csv main.py""")
+@click.argument("session")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--basedir", default=None, type=click.Path(file_okay=False),
+              help="Files are named by their path relative to this folder [default: .].")
+def upload(session: str, files: tuple[str, ...], basedir: str | None) -> None:
+    """Upload files into the session's work dir (all or nothing)."""
+    cli = get_ctx()
+
+    async def body(conn: Any) -> list[str]:
+        from bai.client.session import SessionAPI
+
+        return await SessionAPI(conn).upload(session, files, basedir)
+
+    names = cli.run(body)
+    click.echo(f"Uploaded {len(names)} file(s).", err=True)
+
+
+@click.command(epilog="""\b
+Examples:
   backend.ai config
   backend.ai --profile user config""")
 @output_option
@@ -303,7 +345,7 @@ def _register_session_group() -> None:
     session.add_command(run, "run")
     for name, cmd in (("info", info), ("history", history), ("status-history", history),
                       ("logs", logs), ("events", events), ("rm", rm), ("destroy", destroy),
-                      ("kill", kill)):
+                      ("kill", kill), ("download", download), ("upload", upload)):
         session.add_command(cmd, name)
 
 

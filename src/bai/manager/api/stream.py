@@ -13,27 +13,35 @@
 * ``GET /session/{x}/download`` with a JSON body ``{"files": [...]}`` answers a multipart
   response whose parts are tar archives, one per requested path.
 
+Uploads and downloads stream through the manager (constant memory) and carry at most
+``session_file_max`` bytes, apparent size (413 ``files-too-large`` past it).
+
 Every call counts as activity for the idle timeout (``sessions.touch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import re
+import secrets
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import web
 
-from bai.common.errors import BaiError, InvalidAPIParameters
+from bai.common.errors import BaiError, FilesTooLarge, InvalidAPIParameters
 from bai.manager.api.middleware import caller_of
 from bai.manager.api.models import DownloadFiles, ListFiles
 from bai.manager.api.params import body_of
+
+#: the agent's answer to a download states the apparent size of what its tar holds
+SIZE_HEADER = "X-BAI-Apparent-Size"
 
 log = logging.getLogger(__name__)
 
@@ -188,21 +196,59 @@ async def execute(request: web.Request) -> web.WebSocketResponse:
 
 
 async def upload(request: web.Request) -> web.Response:
+    """Relay the parts to the agent as they arrive (constant memory); each name is checked
+    before its bytes go on. Past ``session_file_max`` the agent drops every file of the request
+    and the answer is 413 (before reading anything when the Content-Length already says so)."""
     root, sess, address, kernel_id = await _target(request)
     if not request.content_type.startswith("multipart/"):
         raise InvalidAPIParameters("Upload files as multipart/form-data parts named 'src'.")
+    limit = root.settings.session_file_max
+    if request.content_length is not None and request.content_length > limit + 1024**2:
+        raise FilesTooLarge.over(limit)
     reader = await request.multipart()
-    files: list[tuple[str, bytes]] = []
-    while (part := await reader.next()) is not None:
-        if getattr(part, "name", None) != "src":
-            continue
-        files.append((safe_relpath(part.filename), await part.read()))
-    if not files:
-        raise InvalidAPIParameters("No files: send one multipart part named 'src' per file.")
-    reply = await root.agents.rpc.upload(address, kernel_id, files)
+    boundary = secrets.token_hex(16)
+    names: list[str] = []
+    failed: list[BaseException] = []
+
+    async def body():
+        sent = 0
+        try:
+            while (part := await reader.next()) is not None:
+                if getattr(part, "name", None) != "src":
+                    continue
+                name = safe_relpath(part.filename)
+                names.append(name)
+                yield _part_head(boundary, name)
+                while chunk := await part.read_chunk(1024 * 1024):
+                    sent += len(chunk)
+                    if sent > limit:
+                        raise FilesTooLarge.over(limit)
+                    yield chunk
+                yield b"\r\n"
+            if not names:
+                raise InvalidAPIParameters(
+                    "No files: send one multipart part named 'src' per file.")
+            yield f"--{boundary}--\r\n".encode()
+        except BaiError as e:  # a refused name or size: what the client must hear
+            failed.append(e)
+            raise
+
+    try:
+        reply = await root.agents.rpc.upload(address, kernel_id, body(), boundary, limit)
+    except BaiError:
+        if failed:  # the body failed, whatever the agent made of it
+            raise failed[0] from None
+        raise
+    if failed:
+        raise failed[0]
     await _touch(root, sess["id"])
-    names = (reply or {}).get("files") or [name for name, _ in files]
-    return web.json_response({"files": names})
+    return web.json_response({"files": (reply or {}).get("files") or names})
+
+
+def _part_head(boundary: str, name: str) -> bytes:
+    quoted = quote(name, safe="")
+    return (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+            f'Content-Disposition: form-data; name="src"; filename="{quoted}"\r\n\r\n').encode()
 
 
 async def list_files(request: web.Request) -> web.Response:
@@ -214,7 +260,10 @@ async def list_files(request: web.Request) -> web.Response:
     return web.json_response({"files": json.dumps(files), "errors": "", "abspath": path})
 
 
-async def download(request: web.Request) -> web.Response:
+async def download(request: web.Request) -> web.StreamResponse:
+    """A multipart answer with one tar part per path, relayed from the agent as it comes.
+    Every path is measured by the agent before the first byte goes out: together past
+    ``session_file_max`` the answer is a 413 problem and nothing is sent."""
     root, sess, address, kernel_id = await _target(request)
     body = await body_of(request, DownloadFiles)
     paths = body.files or request.query.getall("file", [])
@@ -222,13 +271,38 @@ async def download(request: web.Request) -> web.Response:
         paths = [paths]
     if not paths or not all(isinstance(p, str) and p for p in paths):
         raise InvalidAPIParameters('Name the files to download: {"files": ["path", ...]}.')
-    with aiohttp.MultipartWriter("mixed") as mpw:
+    left = root.settings.session_file_max
+    boundary = secrets.token_hex(16)
+    async with contextlib.AsyncExitStack() as stack:
+        tars = []
         for path in paths:
-            archive = await root.agents.rpc.download(address, kernel_id, work_relative(path))
-            part = mpw.append(archive, {"Content-Type": "application/x-tar"})
-            part.set_content_disposition("attachment", filename=path.rstrip("/").rsplit("/", 1)[-1] + ".tar")
+            upstream = await stack.enter_async_context(
+                root.agents.rpc.download(address, kernel_id, work_relative(path), left))
+            left -= int(upstream.headers.get(SIZE_HEADER, "0"))
+            tars.append((path, upstream))
+        resp = web.StreamResponse(
+            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"})
+        await resp.prepare(request)
+        try:
+            for path, upstream in tars:
+                filename = path.rstrip("/").rsplit("/", 1)[-1] + ".tar"
+                await resp.write(
+                    f"--{boundary}\r\nContent-Type: application/x-tar\r\n"
+                    f"Content-Disposition: attachment; filename=\"{quote(filename)}\"\r\n\r\n"
+                    .encode())
+                async for chunk in upstream.content.iter_chunked(1024 * 1024):
+                    await resp.write(chunk)
+                await resp.write(b"\r\n")
+            await resp.write(f"--{boundary}--\r\n".encode())
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
+            # after the head only a cut connection tells the client the answer is incomplete
+            log.warning("download from session %s: agent %s failed: %s", sess["id"], address, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+    await resp.write_eof()
     await _touch(root, sess["id"])
-    return web.Response(body=mpw)
+    return resp
 
 
 def setup(app: web.Application) -> None:

@@ -7,6 +7,8 @@ re-raised as typed ``bai.common.errors``; an agent that cannot be reached raises
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -84,12 +86,14 @@ class AgentClient:
         body = await self._request("GET", address, "/v1/kernels", timeout=10)
         return list((body or {}).get("kernels", []))
 
-    async def upload(self, address: str, kernel_id: str, files: list[tuple[str, bytes]]) -> dict:
-        form = aiohttp.FormData()
-        for name, data in files:
-            form.add_field("src", data, filename=name, content_type="application/octet-stream")
+    async def upload(self, address: str, kernel_id: str, body: AsyncIterator[bytes],
+                     boundary: str, max_bytes: int) -> dict:
+        """Relay a multipart body (parts named ``src``) as it arrives; the agent stages the files
+        and keeps them only when the whole body came within ``max_bytes``."""
         return await self._request(
-            "POST", address, f"/v1/kernels/{kernel_id}/upload", data=form, timeout=300
+            "POST", address, f"/v1/kernels/{kernel_id}/upload", data=body,
+            params={"max_bytes": str(max_bytes)}, timeout=3600,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         ) or {}
 
     async def logs(self, address: str, kernel_id: str) -> str:
@@ -105,21 +109,27 @@ class AgentClient:
         )
         return list((body or {}).get("files", []))
 
-    async def download(self, address: str, kernel_id: str, path: str) -> bytes:
-        """A tar archive of ``path`` in the kernel's work directory (``GET .../download``)."""
+    @asynccontextmanager
+    async def download(self, address: str, kernel_id: str, path: str, max_bytes: int
+                       ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``async with rpc.download(...) as resp``: a tar of ``path`` in the kernel's work
+        directory, its body not read yet (``resp.content``); the agent refuses (413) what is
+        larger than ``max_bytes`` before sending any of it. ``X-BAI-Apparent-Size`` says how
+        much it holds."""
         url = address.rstrip("/") + f"/v1/kernels/{kernel_id}/download"
         try:
             async with self.session.get(
-                url, params={"path": path}, timeout=aiohttp.ClientTimeout(total=300, connect=5)
+                url, params={"path": path, "max_bytes": str(max_bytes)},
+                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=300),
             ) as resp:
-                data = await resp.read()
                 if resp.status >= 400:
+                    data = await resp.content.read(64 * 1024)
                     try:
                         body: Any = json.loads(data)
                     except ValueError:
                         body = data.decode(errors="replace")
                     raise error_from_problem(resp.status, body)
-                return data
+                yield resp
         except BaiError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
