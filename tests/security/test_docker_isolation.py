@@ -86,7 +86,10 @@ def test_session_code_has_no_root_no_capability_and_cannot_touch_the_runner(dsta
             "        ('runner', lambda: open('/opt/bai/bai/kernel/runner.py', 'a')),\n"
             "        ('runner_dir', lambda: open('/opt/bai/bai/kernel/evil.py', 'w')),\n"
             "        ('run_dir', lambda: open('/run/bai/planted', 'w')),\n"
-            "        ('mknod', lambda: os.mknod('/home/work/dev', 0o20600, os.makedev(1, 3)))):\n"
+            "        ('mknod', lambda: os.mknod('/home/work/dev', 0o20600, os.makedev(1, 3))),\n"
+            "        ('keys', lambda: open(%r).read()),\n"
+            "        ('cgroup_v1', lambda: open('/sys/fs/cgroup/memory/cgroup.procs', 'w')),\n"
+            "        ('cgroup_v2', lambda: open('/sys/fs/cgroup/cgroup.procs', 'w'))):\n"
             "    try:\n"
             "        act()\n"
             "        tries[what] = 'done'\n"
@@ -95,7 +98,8 @@ def test_session_code_has_no_root_no_capability_and_cannot_touch_the_runner(dsta
             "print(json.dumps({'uid': os.getresuid(), 'gid': os.getresgid(),\n"
             "    'groups': os.getgroups(), 'tries': tries,\n"
             "    **{k: status[k].strip() for k in ('CapEff', 'CapPrm', 'CapInh', 'CapAmb',\n"
-            "                                      'NoNewPrivs')}}))\n"))
+            "                                      'NoNewPrivs')}}))\n"
+            % str(dstack.state / "keys.json")))
         got = json.loads(out)
         assert 0 not in got["uid"] and 0 not in got["gid"] and 0 not in got["groups"], got
         assert int(got["CapEff"], 16) == int(got["CapPrm"], 16) == 0, got
