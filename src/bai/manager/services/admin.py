@@ -61,7 +61,9 @@ def _text(body: Mapping[str, Any], key: str, *, required: bool = True, default: 
 
 
 def _int(body: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
-    value = body.get(key, default)
+    value = body.get(key)
+    if value is None:  # absent or null: the default (a NULL would reach a NOT NULL column)
+        value = default
     if value is None:
         return None
     try:
@@ -82,7 +84,9 @@ _MAX_BYTES = 2**63 - 1
 
 def _size(body: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
     """Bytes from ``4294967296`` or ``"4g"``; 400 naming the key otherwise."""
-    value = body.get(key, default)
+    value = body.get(key)
+    if value is None:
+        value = default
     if value is None:
         return None
     try:
