@@ -318,3 +318,23 @@ async def test_a_restarted_agent_holds_its_running_kernels_uids(backend: DockerB
         assert uid not in again.uids.held()
     finally:
         await again.stop()
+
+
+async def test_no_free_uid_refuses_the_kernel_and_leaves_nothing(engine: str, tmp_path: Path):
+    from bai.agent.sandbox_uids import SandboxUids
+
+    uids = SandboxUids(2_100_000 + uuid.uuid4().int % 100_000, 1, tmp_path / "uids")
+    b = await started_backend(engine, tmp_path / "scratch", pool_size=0, uids=uids)
+    try:
+        first = await b.create(make_spec())
+        spec = make_spec()
+        with pytest.raises(KernelCreationFailed, match="no uid"):
+            await b.create(spec)
+        assert not (b.scratch_root / spec.kernel_id).exists()
+        assert await engine_containers(engine, spec.kernel_id) == []
+        await b.destroy(first.kernel_id)
+        again = await b.create(spec)  # the one uid is free again
+        out, _, _ = await run(again, "import os; print(os.getuid())")
+        assert int(out) == uids.first
+    finally:
+        await finish(b)

@@ -387,7 +387,10 @@ class DockerBackend(RuntimeBackend):
                 self.uids.release(owner)
 
     async def take_uid(self, owner: str) -> int:
-        return await asyncio.to_thread(self.uids.take, owner)
+        try:
+            return await asyncio.to_thread(self.uids.take, owner)
+        except (UidsExhausted, OSError) as e:
+            raise KernelCreationFailed(f"no uid for the kernel: {e}") from e
 
     def _adopt_uid(self, inst: Instance) -> None:
         with contextlib.suppress(ValueError, UidsExhausted, OSError):
