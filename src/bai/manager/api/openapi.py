@@ -94,7 +94,7 @@ def build(app: web.Application) -> dict[str, Any]:
         handler = route.handler
         op: dict[str, Any] = {
             "operationId": f"{method.lower()}{re.sub(r'[^A-Za-z0-9]+', '_', path)}",
-            "summary": (inspect.getdoc(handler) or "").split("\n\n")[0] or f"{method} {path}",
+            "summary": f"{method} {path}",
             "parameters": [{"name": p, "in": "path", "required": True,
                             "schema": {"type": "string", "minLength": 1}} for p in params],
             "responses": {
