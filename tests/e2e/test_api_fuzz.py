@@ -59,7 +59,7 @@ def test_no_route_answers_5xx(case, fuzz_stack, http):
                                     req.path_url, f"127.0.0.1:{fuzz_stack.port}",
                                     ctype.split(";")[0]))
     try:
-        resp = http.send(req, timeout=15)
+        resp = http.send(req, timeout=30)
     except requests.Timeout:
         assert (case.method, case.path) in BLOCKING, case.as_curl_command()
         return
