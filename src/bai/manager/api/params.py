@@ -87,6 +87,9 @@ async def read_body(request: web.Request) -> bytes:
     length = request.content_length
     if length is not None and length > MAX_JSON_BYTES:
         raise web.HTTPRequestEntityTooLarge(MAX_JSON_BYTES, length)
+    if length is not None:  # request.read() keeps it for request.json() and .text() too
+        request[BODY_KEY] = body = await request.read()
+        return body
     chunks, size = [], 0
     while chunk := await request.content.read(65536):  # also bounds a chunked body
         size += len(chunk)
