@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from bai.manager.app import create_app
 from bai.manager.settings import ManagerSettings
 
-pytestmark = pytest.mark.postgres
 PG_DSN = os.environ.get("BAI_TEST_PG_DSN")
+REDIS_URL = os.environ.get("BAI_TEST_REDIS_URL")
 
 
 class Relay:
@@ -97,6 +97,7 @@ async def wait_ready(client: TestClient, want: int, timeout: float = 60) -> dict
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.postgres
 async def test_readiness_goes_false_while_the_database_is_unreachable(database):
     url, name = database
     relay = Relay((url.host, url.port or 5432))
@@ -123,6 +124,33 @@ async def test_readiness_goes_false_while_the_database_is_unreachable(database):
         await relay.resume()
         body = await wait_ready(client, 200)
         assert body["checks"]["database"] == "ok"
+    finally:
+        with contextlib.suppress(Exception):
+            await relay.resume()
+        await client.close()
+        with contextlib.suppress(Exception):
+            await relay.cut()
+
+
+@pytest.mark.redis
+async def test_readiness_goes_false_while_the_event_bus_is_unreachable(tmp_path):
+    if not REDIS_URL:
+        pytest.skip("BAI_TEST_REDIS_URL not set")
+    url = sa.make_url(REDIS_URL.replace("redis://", "postgresql://", 1))  # host/port parsing
+    relay = Relay((url.host, url.port or 6379))
+    await relay.resume()
+    settings = ManagerSettings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path}/t.db", schedule_interval=0.5,
+        redis_url=f"redis://127.0.0.1:{relay.port}/{url.database or 0}")
+    client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        await wait_ready(client, 200)
+        await relay.cut()
+        body = await wait_ready(client, 503)
+        assert body["checks"]["event_bus"] != "ok" and body["checks"]["database"] == "ok"
+        await relay.resume()
+        await wait_ready(client, 200)
     finally:
         with contextlib.suppress(Exception):
             await relay.resume()
