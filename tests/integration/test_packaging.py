@@ -40,12 +40,21 @@ def test_the_wheel_ships_the_type_marker_and_the_migrations(wheel: Path) -> None
     assert any(n.startswith("bai/manager/store/migrations/versions/0001") for n in names)
 
 
-def test_a_client_only_install_runs_without_the_server_stack(wheel: Path, tmp_path: Path) -> None:
-    env_dir = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def client_venv(wheel: Path, tmp_path_factory) -> Path:
+    """A fresh virtualenv with the wheel and its declared dependencies only."""
+    env_dir = tmp_path_factory.mktemp("client") / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     r = _run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
     assert r.returncode == 0, r.stderr[-2000:]
+    return env_dir
+
+
+def test_a_client_only_install_runs_without_the_server_stack(client_venv: Path,
+                                                              tmp_path: Path) -> None:
+    env_dir = client_venv
+    py = env_dir / "bin" / "python"
     r = _run([str(env_dir / "bin" / "backend.ai"), "--help"])
     assert r.returncode == 0, r.stderr
     assert "Usage" in r.stdout and "run" in r.stdout
@@ -59,3 +68,12 @@ def test_a_client_only_install_runs_without_the_server_stack(wheel: Path, tmp_pa
               str(tmp_path / "state")])
     assert r.returncode != 0
     assert "bai[server]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_client_only_install_runs_hello_world_on_a_manager(client_venv: Path, stack) -> None:
+    env = {**stack.user_env, "PATH": f"{client_venv / 'bin'}:/usr/bin:/bin"}
+    r = subprocess.run([str(client_venv / "bin" / "backend.ai"), "run", "--rm", "-c",
+                        'print("hello world")', "python"], env=env, capture_output=True,
+                       text=True, timeout=240, cwd=stack.home)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "hello world"
