@@ -157,3 +157,33 @@ async def test_readiness_goes_false_while_the_event_bus_is_unreachable(tmp_path)
         await client.close()
         with contextlib.suppress(Exception):
             await relay.cut()
+
+
+async def test_readiness_follows_the_scheduler_loop(tmp_path, monkeypatch):
+    from bai.manager.app import ROOT
+
+    app = create_app(ManagerSettings(db_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
+                                     schedule_interval=0.2))
+    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    root = app[ROOT]
+    try:
+        await wait_ready(client, 200)
+        hung = asyncio.Event()
+
+        async def stuck_pass():
+            hung.set()
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(root.scheduler, "run_pass", stuck_pass)
+        await asyncio.wait_for(hung.wait(), 30)
+        root.scheduler.last_tick -= 3600  # the stuck pass began an hour ago
+        body = await wait_ready(client, 503)
+        assert body["checks"]["scheduler"].startswith("no pass began")
+        root.scheduler_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await root.scheduler_task
+        body = await wait_ready(client, 503)
+        assert body["checks"]["scheduler"] == "not running"
+    finally:
+        await client.close()
