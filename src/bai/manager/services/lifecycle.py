@@ -1,7 +1,8 @@
 """Session lifecycle orchestration: starting kernels, terminating sessions, agent events.
 
 Everything here decides *what* transition to make and calls ``transitions.transit``; the agent
-RPCs happen outside transactions. Decisions re-read the session and retry when a concurrent
+RPCs happen outside transactions. What an agent's kernel event means is decided by the pure
+``kernel_events.decide`` (tested without a database); ``_apply_once`` carries it out. Decisions re-read the session and retry when a concurrent
 writer won the compare-and-set (``MAX_RACE_RETRIES``).
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,8 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bai.common.errors import AgentError, BaiError, SessionNotRunning
 from bai.common.events import KernelEvent, SessionEvent
 from bai.common.resources import ResourceSlot
-from bai.common.status import FINAL, SessionResult, SessionStatus, SessionType
+from bai.common.status import FINAL, SessionStatus, SessionType
 from bai.manager.services import callbacks
+from bai.manager.services.kernel_events import (
+    EVENT_TARGET,
+    decide,
+    next_step,
+    walk,
+)
 from bai.manager.services.transitions import (
     Outbox,
     in_lists,
@@ -52,63 +58,12 @@ MAX_RACE_RETRIES = 8
 #: A failed create RPC (agent unreachable) requeues the session this many times before ERROR.
 MAX_START_ATTEMPTS = 3
 
-#: The healthy path a kernel's progress events walk along.
-PROGRESS = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING, S.RUNNING)
-EVENT_TARGET = {
-    "kernel_preparing": S.PREPARING,
-    "kernel_pulling": S.PULLING,
-    "kernel_prepared": S.PREPARED,
-    "kernel_creating": S.CREATING,
-    "kernel_started": S.RUNNING,
-}
 #: what applying progress events reads of each session (``service_ports``: written only when
 #: the agent reports other ports)
 WALK_COLUMNS = tuple(sessions.c[name] for name in (
     "id", "name", "access_key", "status", "main_kernel_id", "callback_url", "service_ports"))
 #: statuses a starting session walks through on progress events (RUNNING is the end)
 _WALKING = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)
-STEP_REASON = {
-    S.PREPARING: "preparing",
-    S.PULLING: "pulling-image",
-    S.PREPARED: "prepared",
-    S.CREATING: "creating",
-    S.RUNNING: "started",
-}
-
-
-def next_step(current: SessionStatus, target: SessionStatus) -> SessionStatus | None:
-    """The next status on the way from ``current`` to ``target`` along ``PROGRESS``."""
-    if current not in PROGRESS or target not in PROGRESS:
-        return None
-    if PROGRESS.index(current) >= PROGRESS.index(target):
-        return None
-    if current is S.PREPARING:
-        return S.PULLING if target is S.PULLING else S.PREPARED
-    if current is S.PULLING:
-        return S.PREPARED
-    return PROGRESS[PROGRESS.index(current) + 1]
-
-
-def walk(current: SessionStatus, target: SessionStatus) -> list[tuple[SessionStatus, str]]:
-    """The steps (status, reason) from ``current`` to ``target``; empty when already there or
-    past it. A restarting session goes straight back to RUNNING."""
-    step = S.RUNNING if current is S.RESTARTING and target is S.RUNNING else next_step(current, target)
-    path = []
-    while step is not None:
-        path.append((step, STEP_REASON[step]))
-        step = next_step(step, target)
-    return path
-
-
-_KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-
-
-def reason_line(reason: str | None, default: str) -> str:
-    """A kebab reason for ``status_info``; an agent's sentence becomes ``default: sentence``."""
-    reason = (reason or "").strip()
-    if not reason:
-        return default
-    return reason if _KEBAB.match(reason) else f"{default}: {reason}"
 
 
 def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -520,6 +475,7 @@ class Lifecycle:
         log.warning("gave up applying %s for kernel %s after repeated races", ev.name, kid)
 
     async def _apply_once(self, ev: KernelEvent, kid: uuid.UUID) -> bool:
+        """Load, ``kernel_events.decide``, carry the decision out; False on a lost race."""
         cause = f"agent:{ev.agent_id}"
         async with self.tx() as (conn, outbox):
             kernel = await self._kernel(conn, kid)
@@ -528,90 +484,38 @@ class Lifecycle:
             row = await load_session(conn, kernel["session_id"])
             if row is None:
                 return True
-            status = S(row["status"])
-            is_main = row["main_kernel_id"] == kid
-            if ev.name == "kernel_terminated" and ev.exit_code is not None:
+            d = decide(ev, row, row["main_kernel_id"] == kid)
+            if d.kernel_exit_code is not None:
                 await conn.execute(
-                    sa.update(kernels).where(kernels.c.id == kid).values(exit_code=ev.exit_code)
+                    sa.update(kernels).where(kernels.c.id == kid).values(exit_code=d.kernel_exit_code)
                 )
-            if not is_main or status in FINAL:
-                if ev.name == "kernel_started":
-                    self._destroy_orphan(kernel, ev, "not-found-in-manager")
-                return True
-
-            target = EVENT_TARGET.get(ev.name)
-            if target is not None:
-                return await self._progress(conn, outbox, row, kernel, ev, target, cause)
-            if ev.name == "kernel_creation_failed":
-                if status in PROGRESS and status is not S.RUNNING:
-                    data = {"error": {"src": "agent", "agent_id": ev.agent_id,
-                                      "repr": str(ev.data.get("error") or ev.reason)}}
-                    return await transit(
-                        conn, row["id"], status, S.ERROR,
-                        reason=reason_line(ev.reason, "failed-to-create"),
-                        cause=cause, outbox=outbox, row=row, status_data=data,
-                    ) is not None
-                return True
-            if ev.name == "kernel_terminated":
-                return await self._terminated(conn, outbox, row, kernel, ev, cause)
+            if d.destroy_orphan is not None:
+                self._destroy_orphan(kernel, ev, d.destroy_orphan)
+            if d.walk:
+                # the whole walk is one compare-and-set (a history row and events per step)
+                moved = await transit_many(conn, [{**row, "_event": ev}], d.walk_from, d.walk,
+                                           cause=cause, outbox=outbox)
+                if not moved:
+                    return False
+                if d.started:
+                    await self._started_details(conn, moved)
+            if d.result is not None:
+                await conn.execute(
+                    sa.update(sessions).where(sessions.c.id == row["id"])
+                    .values(result=d.result.result.value)
+                )
+                result_ev = SessionEvent(d.result.event, str(row["id"]), row["name"],
+                                         row["access_key"], reason=d.result.reason,
+                                         exit_code=d.result.exit_code)
+                outbox.events.append(result_ev)
+                outbox.notify(row, [result_ev])
+            for move in d.moves:
+                row = await transit(conn, row["id"], move.src, move.to, reason=move.reason,
+                                    cause=cause, outbox=outbox, row=row, info=move.info,
+                                    status_data=move.status_data, exit_code=move.exit_code)
+                if row is None:
+                    return False
             return True
-
-    async def _progress(self, conn, outbox, row, kernel, ev, target, cause) -> bool:
-        status = S(row["status"])
-        if status in (S.TERMINATING, S.ERROR) and target is S.RUNNING:
-            self._destroy_orphan(kernel, ev, row.get("status_info") or "user-requested")
-            return True
-        path = walk(status, target)
-        if not path:
-            return True
-        # the whole walk is one compare-and-set (a history row and events per step)
-        moved = await transit_many(conn, [{**row, "_event": ev}], status, path, cause=cause,
-                                   outbox=outbox)
-        if not moved:
-            return False
-        if path[-1][0] is S.RUNNING:
-            await self._started_details(conn, moved)
-        return True
-
-    async def _terminated(self, conn, outbox, row, kernel, ev, cause) -> bool:
-        status = S(row["status"])
-        oom = "oom" in (ev.reason or "").lower() or "out of memory" in (ev.reason or "").lower()
-        reason = "oom-killed" if oom else reason_line(ev.reason, "self-terminated")
-        exit_code = ev.exit_code
-        is_batch = row["type"] == SessionType.BATCH
-        if status is S.TERMINATING:
-            info = "oom-killed" if oom else (row.get("status_info") or reason)
-            return await transit(conn, row["id"], status, S.TERMINATED, reason=reason, cause=cause,
-                                 outbox=outbox, row=row, info=info, exit_code=exit_code) is not None
-        if status is S.ERROR or status is S.PENDING:
-            return True
-        if status in (S.RUNNING, S.RESIZING, S.SUSPENDED) and is_batch:
-            ok = exit_code == 0 and not oom
-            result = SessionResult.SUCCESS if ok else SessionResult.FAILURE
-            await conn.execute(
-                sa.update(sessions).where(sessions.c.id == row["id"]).values(result=result.value)
-            )
-            code = int(exit_code) if exit_code is not None else -1
-            result_ev = SessionEvent(
-                "session_success" if ok else "session_failure", str(row["id"]), row["name"],
-                row["access_key"], reason="task-done" if ok else ("oom-killed" if oom else "task-failed"),
-                exit_code=code,
-            )
-            outbox.events.append(result_ev)
-            outbox.notify(row, [result_ev])
-        if oom or status not in (S.RUNNING, S.RESIZING, S.SUSPENDED):
-            # died while starting, restarting, or out of memory: an error the user must see
-            info = "oom-killed" if oom else reason
-            data = {"kernel": {"exit_code": exit_code, "reason": reason}}
-            return await transit(conn, row["id"], status, S.ERROR, reason=info, cause=cause,
-                                 outbox=outbox, row=row, status_data=data, exit_code=exit_code) is not None
-        done_reason = "task-finished" if is_batch else reason
-        new = await transit(conn, row["id"], status, S.TERMINATING, reason=done_reason, cause=cause,
-                            outbox=outbox, row=row, exit_code=exit_code)
-        if new is None:
-            return False
-        return await transit(conn, row["id"], S.TERMINATING, S.TERMINATED, reason=done_reason,
-                             cause=cause, outbox=outbox, row=new, exit_code=exit_code) is not None
 
     async def destroy_kernel_quietly(self, session_id, reason: str) -> None:
         """Ask the agent to drop the session's kernel, without any status change."""
