@@ -220,6 +220,7 @@ class EmbeddedStack(Daemons):
         self.env.update({"HOME": str(self.home), "BAI_MANAGER_DEFAULT_MAX_SESSIONS": "0",
                          **(extra_env or {})})
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.start_output = ""
 
     @property
     def state(self) -> Path:
@@ -243,7 +244,8 @@ class EmbeddedStack(Daemons):
                 "--runtime", self.runtime, "--timeout", "60"]
         for s in self.slots:
             args += ["--slots", s]
-        self.cli(*args)
+        proc = self.cli(*args)
+        self.start_output = proc.stdout + proc.stderr  # says whether isolation has gaps
         return self
 
     def stop(self) -> None:

@@ -21,6 +21,10 @@ CASES = {
     "listing.py": (["--sessions", "60", "--rounds", "1", "--cli-rounds", "1"],
                    "backend.ai ps --limit 100"),
     "events.py": (["--subscribers", "2", "--sessions", "1"], "status change -> SSE client"),
+    "slurm_side_by_side.py": (["--no-slurm", "--allow-gaps", "--hello", "1", "--jobs", "2",
+                                "--cpu-jobs", "2", "--submit", "2", "--queue", "4",
+                                "--listing", "1", "--wait-seconds", "0.5"],
+                               "first page: ps vs squeue"),
     "memory.py": (["--sessions", "40", "--kernels", "1", "--runtime", "dummy"],
                   "agent RSS with 1 running kernels"),
 }
