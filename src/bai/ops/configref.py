@@ -6,13 +6,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pydantic_core import PydanticUndefined
-
 
 def _default(field: Any) -> str:
     if field.default_factory is not None:
         return "(computed)"
-    if field.default is PydanticUndefined:
+    if field.is_required():
         return "(required)"
     if field.default is None:
         return "unset"
