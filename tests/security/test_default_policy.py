@@ -155,3 +155,36 @@ def test_the_ninth_session_waits_until_the_admin_raises_the_limit(fresh):
     finally:
         fresh.cli("admin", "policy", "update", "default", "--max-sessions", "8")
         fresh.cli("rm", *names, user=True, check=False, timeout=180)
+
+
+DISK_FILL = """
+import errno, os
+written, err = 0, None
+try:
+    with open('fill.bin', 'wb') as f:
+        while written < 200 * 2**20:
+            f.write(b'x' * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+            written += 2**20
+except OSError as e:
+    err = e.errno
+print(written // 2**20, errno.errorcode.get(err))
+"""
+
+
+def test_a_disk_fill_stops_at_the_quota_and_the_next_session_writes(fresh):
+    isolation = json.loads(fresh.cli("--output", "json", "admin", "agent", "list").stdout)
+    if not isolation[0].get("isolation", {}).get("disk_quota"):
+        pytest.skip("this host cannot enforce work-dir quotas (no root or loop devices)")
+    fresh.cli("admin", "policy", "update", "default", "--disk-quota", "64m")
+    try:
+        proc = fresh.cli("run", "--rm", "-c", DISK_FILL, *SMALL, "python", user=True,
+                         timeout=300)
+        mib, err = proc.stdout.split()
+        assert err in ("ENOSPC", "EDQUOT") and 32 <= int(mib) <= 64, proc.stdout
+        after = fresh.cli("run", "--rm", "-c", "open('x', 'w').write('y' * 2**20); print('ok')",
+                          *SMALL, "python", user=True)
+        assert after.stdout == "ok\n"
+    finally:
+        fresh.cli("admin", "policy", "update", "default", "--disk-quota", "4g")

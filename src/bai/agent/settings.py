@@ -81,6 +81,9 @@ class AgentSettings(TomlSettings):
     cgroup_parent: str = Field("bai", description="cgroup folder under which kernels are made")
     pids_limit: int = Field(
         1024, description="most processes/threads one kernel may have when its policy sets none")
+    disk_quota: int = Field(
+        4 * 1024**3, description="bytes a kernel's work dir may hold when its policy sets none "
+                                 "(also the size pre-started runners are made with); 0 = none")
     pids_total: int = Field(
         0, description="most processes/threads of all kernels together (pids.max of "
                        "cgroup_parent); 0 = half of the host's pid_max, -1 = no cap")

@@ -54,6 +54,7 @@ from bai.agent.backends.base import (
     RuntimeBackend,
 )
 from bai.agent.backends import sandbox as sandboxing
+from bai.agent.quota import QuotaError, WorkdirQuota, remove_folder
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
 from bai.agent.backends.process_pool import (
     PooledRunner,
@@ -231,6 +232,8 @@ class ProcessBackend(RuntimeBackend):
         self.user_name = pwd.getpwuid(os.getuid()).pw_name
         #: what the host provides (set by _probe); inactive: today's unsandboxed processes
         self.sandbox = sandboxing.Sandbox()
+        #: work dirs of their own size (root with loop devices only)
+        self.quota: WorkdirQuota | None = None
         #: kernel uids (root with the sandbox only)
         self.uids: SandboxUids | None = None
         self._kernels: dict[str, _Kernel] = {}
@@ -248,6 +251,8 @@ class ProcessBackend(RuntimeBackend):
             return
         self._probed = True
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.settings.disk_quota > 0:
+            self.quota = await asyncio.to_thread(WorkdirQuota.detect)
         if self.settings.process_cgroups:
             self.cgroups = await asyncio.to_thread(
                 CgroupDriver.detect, "/sys/fs/cgroup", self.settings.cgroup_parent)
@@ -305,12 +310,18 @@ class ProcessBackend(RuntimeBackend):
 
     # --- pooled runners (see process_pool.py) ----------------------------------------------
 
-    def _make_folder(self, kdir: Path, interp: str, uid: int | None) -> None:
+    def _make_folder(self, kdir: Path, interp: str, uid: int | None, quota: int = 0) -> None:
         """A kernel's (or pooled runner's) folder: root-only when sandboxed, its work dir owned
-        by the kernel's uid; the ``.bai/bin`` interpreter links outside the sandbox only."""
+        by the kernel's uid (a filesystem of ``quota`` bytes where the host allows, see
+        ``agent/quota.py``); the ``.bai/bin`` interpreter links outside the sandbox only."""
         work = kdir / "work"
         kdir.mkdir(parents=True)
         work.mkdir()
+        if self.quota is not None and quota > 0:
+            try:
+                self.quota.attach(work, quota)
+            except QuotaError as e:  # the session runs, without the quota (said in the log)
+                log.warning("kernel folder %s: %s", kdir.name, e)
         if self.sandbox.active:
             os.chmod(kdir, 0o700)
             os.chmod(work, 0o700)
@@ -360,7 +371,7 @@ class ProcessBackend(RuntimeBackend):
         """Start a runner that waits for a claim, in its own folder, cgroup and uid."""
         uid = self.uids.take(f"pool {folder.name}") if self.uids is not None else None
         try:
-            self._make_folder(folder, interp, uid)
+            self._make_folder(folder, interp, uid, self.settings.disk_quota)
             procs: list[str] = []
             if cgroup_name is not None and self.cgroups is not None:
                 procs = self.cgroups.create(cgroup_name, None, None,
@@ -512,7 +523,7 @@ class ProcessBackend(RuntimeBackend):
         if cg is not None:  # renamed to the kernel's even when its limits then failed
             await asyncio.to_thread(cg.kill_all)
             await asyncio.to_thread(cg.remove)
-        await asyncio.to_thread(shutil.rmtree, k.kdir, True)
+        await asyncio.to_thread(remove_folder, k.kdir)
         k.popen, k.cgroup = None, None
         for key in ("bai.pid", "bai.pid_start", "bai.namespaces", "bai.pooled", "bai.cgroup",
                     "bai.uid"):
@@ -528,6 +539,7 @@ class ProcessBackend(RuntimeBackend):
             "memory": "cgroup" if cg else "rlimit-as",
             "cpu": "cgroup-quota" if "cpu" in controllers else None,
             "pids": "cgroup" if "pids" in controllers else None,
+            "disk_quota": "loop-ext4" if self.quota is not None else False,
             "oom_kill_detection": bool(cg),
             "sandbox": "bubblewrap" if sb.active else None,
             "uid_per_kernel": sb.active and sb.privileged,
@@ -635,7 +647,10 @@ class ProcessBackend(RuntimeBackend):
 
     async def _create(self, spec: KernelSpec) -> Instance:
         interp = self.interpreter_of(spec)
-        runner = None if startup_fixed(spec.environ) else self.pool.take(interp)
+        # a pooled runner's work dir was made with the agent's disk_quota: another starts cold
+        other_quota = self.quota is not None and spec.disk_quota not in (
+            0, self.settings.disk_quota)
+        runner = None if startup_fixed(spec.environ) or other_quota else self.pool.take(interp)
         try:
             return await self._create_kernel(spec, interp, runner)
         finally:
@@ -677,7 +692,8 @@ class ProcessBackend(RuntimeBackend):
             except UidsExhausted as e:
                 raise KernelCreationFailed(str(e)) from None
             k.labels["bai.uid"] = str(uid)
-        await asyncio.to_thread(self._make_folder, kdir, interp, None)
+        await asyncio.to_thread(self._make_folder, kdir, interp, None,
+                                spec.disk_quota or self.settings.disk_quota)
         self._write_labels(k)
         state = k.workdir / bai.kernel.STATE_DIR
         # a fresh work dir that no kernel code has seen yet: the agent writes, then hands it over
@@ -760,7 +776,7 @@ class ProcessBackend(RuntimeBackend):
                 self._kill(k)
             if cg is not None:
                 cg.remove()
-            shutil.rmtree(self.root / kernel_id, True)
+            remove_folder(self.root / kernel_id)
             if k is not None:
                 self._release_uid(k)  # nothing of the kernel runs any more
 

@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import uuid
@@ -42,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from bai.agent.quota import remove_folder
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +181,13 @@ class RunnerPool:
             return self.spawn(interpreter, folder, self.cgroup_prefix + rid if with_cgroup else None)
         except Exception:  # pooling is an optimisation: creates work without it
             log.exception("could not pre-start a kernel runner for %s", interpreter)
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_folder(folder)
             return None
 
     def discard(self, runner: PooledRunner) -> None:
         """Kill a runner that is still the pool's and remove its folder and cgroup."""
         runner.kill()
-        shutil.rmtree(runner.folder, ignore_errors=True)
+        remove_folder(runner.folder)
         self.forget(runner)
 
     async def close(self) -> None:
@@ -210,4 +211,4 @@ class RunnerPool:
                 pid = int(meta["pid"])
                 if pid and proc_start_time(pid) == meta.get("pid_start"):
                     kill_tree(pid)
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_folder(folder)

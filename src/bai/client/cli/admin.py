@@ -382,7 +382,7 @@ _policy_options = [
     click.option("--pids-limit", type=click.IntRange(0, 2**31 - 1), default=None,
                  help="Processes and threads one session may have (0 = the agent's default)."),
     click.option("--disk-quota", default=None, metavar="SIZE",
-                 help="Bytes one session's work dir may hold, e.g. 4g (0 = no quota)."),
+                 help="Bytes one session's work dir may hold, e.g. 4g (0 = the agent's default)."),
     click.option("--min-slots", multiple=True, metavar="SLOT=AMOUNT",
                  help="The least a session may ask for, e.g. --min-slots cpu=0.1 "
                       "--min-slots mem=64m (repeatable)."),

@@ -84,7 +84,7 @@ keypair_resource_policies = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     #: processes + threads of one session (the kernel's pids cgroup); 0 = the agent's default
     sa.Column("pids_limit", sa.Integer, nullable=False, server_default="0"),
-    #: bytes one session's work dir may hold (enforced by the agent's filesystem); 0 = no quota
+    #: bytes one session's work dir may hold (its own filesystem on the agent); 0 = the agent's
     sa.Column("disk_quota", sa.BigInteger, nullable=False, server_default="0"),
     #: the least a session may request per slot, e.g. {"cpu": "0.1", "mem": "67108864"}
     sa.Column("min_resource_slots", sa.JSON, nullable=False, server_default="{}"),

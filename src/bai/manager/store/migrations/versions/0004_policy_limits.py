@@ -1,7 +1,7 @@
 """keypair resource policies bound pids, work-dir disk and the smallest session
 
 ``pids_limit`` (processes and threads of one session; 0 = the agent's own default),
-``disk_quota`` (bytes of one session's work dir; 0 = none) and ``min_resource_slots`` (the least a
+``disk_quota`` (bytes of one session's work dir; 0 = the agent's default) and ``min_resource_slots`` (the least a
 session may ask for, e.g. ``{"cpu": "0.1", "mem": "67108864"}``; {} = no floor). Policies that
 exist keep their behaviour (0 / {}); a fresh install's ``default`` policy gets the bounded
 defaults of ``services/bootstrap.py`` (docs/security.md).
