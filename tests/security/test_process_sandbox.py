@@ -1,8 +1,9 @@
 """Attacks on the ``process`` runtime's sandbox, run as a normal user (the ``user`` profile of the
 embedded default stack, on this machine as root). Each must fail, and the platform stays healthy.
 
-Where the host cannot provide the sandbox (no bwrap), these tests fail: the platform's promise
-does not hold there (``server start`` says so; see docs/security.md).
+Where the host cannot provide the sandbox (no bwrap, or not root), the tests of what only the
+sandbox keeps are skipped, naming the gap (``server start`` says so too; see docs/security.md).
+CI installs bubblewrap (scripts/install.sh), so they run there.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +23,12 @@ import bai.kernel
 import pytest
 
 from stacks import Stack
+
+
+needs_sandbox = pytest.mark.skipif(
+    shutil.which("bwrap") is None or os.geteuid() != 0,
+    reason="this host cannot provide the sandbox (needs root and bubblewrap): its promises "
+           "do not hold here, as server start says")
 
 
 def run_as_user(stack: Stack, code: str, *extra: str, user: bool = True,
@@ -35,6 +43,7 @@ def secrets_of(stack: Stack) -> list[Path]:
             stack.state / "manager.toml"]
 
 
+@needs_sandbox
 def test_a_session_reads_no_secret_of_the_platform(stack: Stack) -> None:
     paths = [str(p) for p in secrets_of(stack) if p.exists()]
     assert len(paths) >= 5
@@ -60,6 +69,7 @@ def test_secrets_are_private_to_the_servers_user(stack: Stack) -> None:
             assert p.stat().st_mode & 0o077 == 0, f"{p} is {oct(p.stat().st_mode)}"
 
 
+@needs_sandbox
 def test_a_session_writes_nowhere_but_its_work_dir(stack: Stack) -> None:
     name = f"planted-{os.getpid()}-{time.monotonic_ns()}"  # a name no earlier run left
     targets = [str(stack.state / name), str(stack.state / "kernels" / name),
@@ -88,6 +98,7 @@ def test_a_session_writes_nowhere_but_its_work_dir(stack: Stack) -> None:
                 os.unlink(p)
 
 
+@needs_sandbox
 def test_a_session_cannot_reach_the_manager_the_agent_or_the_host(stack: Stack) -> None:
     host_ips = [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True)
                 .stdout.split() if ":" not in a][:2]
@@ -109,6 +120,7 @@ def test_a_session_cannot_reach_the_manager_the_agent_or_the_host(stack: Stack) 
     assert "CONNECTED" not in out and out.count("refused") == len(targets), out
 
 
+@needs_sandbox
 def test_a_session_cannot_use_another_sessions_runner(stack: Stack) -> None:
     stack.cli("start", "-t", "victim-runner", "python")
     try:
@@ -137,7 +149,6 @@ def test_the_runner_accepts_only_the_agents_uid() -> None:
     # even a socket someone could reach answers only the agent's uid (SO_PEERCRED)
     if os.geteuid() != 0:
         pytest.skip("needs root to connect as another uid")
-    import shutil
     import tempfile
 
     tmp_path = Path(tempfile.mkdtemp(prefix="bai-peercred-", dir="/tmp"))
@@ -173,6 +184,7 @@ def test_the_runner_accepts_only_the_agents_uid() -> None:
     assert "pong" not in stranger.stdout, stranger  # closed unread: b'' or a reset
 
 
+@needs_sandbox
 def test_kernels_run_unprivileged_each_under_its_own_uid(stack: Stack) -> None:
     probe = """
         import os
@@ -206,6 +218,7 @@ def test_kernels_run_unprivileged_each_under_its_own_uid(stack: Stack) -> None:
     assert seen[0]["uid"] != seen[1]["uid"]
 
 
+@needs_sandbox
 def test_a_session_cannot_leave_its_cgroup_and_exceed_its_memory(stack: Stack) -> None:
     out = run_as_user(stack, """
         import glob, os
@@ -230,6 +243,7 @@ def test_a_session_cannot_leave_its_cgroup_and_exceed_its_memory(stack: Stack) -
     assert [a["status"] for a in agents] == ["ALIVE"]
 
 
+@needs_sandbox
 def test_nothing_planted_in_a_pooled_runner_reaches_the_next_session(stack: Stack) -> None:
     pool = stack.state / "kernels" / ".pool"
     folders = [str(p) for p in pool.glob("*")] if pool.is_dir() else []
@@ -276,6 +290,7 @@ def test_logs_never_follow_a_link_the_session_planted(stack: Stack) -> None:
         stack.cli("rm", "log-link", user=True, check=False)
 
 
+@needs_sandbox
 def test_the_agent_reports_the_promises_it_keeps(stack: Stack) -> None:
     [agent] = json.loads(stack.cli("admin", "agent", "list", "--output", "json").stdout)
     assert agent["isolation"]["gaps"] == [] and agent["isolation"]["sandbox"] == "bubblewrap"
