@@ -17,6 +17,8 @@ class CreatedSession:
     status: str
     created: bool = True
     service_ports: tuple[str, ...] = ()
+    #: an array's elements: (session id, name, index) each
+    elements: tuple[tuple[str, str, int], ...] = ()
 
     @classmethod
     def from_json(cls, body: dict[str, Any], name: str) -> CreatedSession:
@@ -30,6 +32,9 @@ class CreatedSession:
             status=str(body.get("status", "RUNNING")),
             created=bool(body.get("created", True)),
             service_ports=ports,
+            elements=tuple((str(e.get("sessionId")), str(e.get("sessionName")),
+                            int(e.get("index", 0)))
+                           for e in body.get("array") or [] if isinstance(e, dict)),
         )
 
 
@@ -66,11 +71,13 @@ class CreateSpec:
     max_wait: int = 0
     reuse: bool = True
     startup_command: str | None = None
+    #: an array spec (``start --array``): bai's own key, sent only when set
+    array: str | None = None
 
     def to_body(self) -> dict[str, Any]:
         from bai.client.bodies import create_session
 
-        return create_session(
+        body = create_session(
             image=self.image, name=self.name, type=self.type, tag=self.tag,
             environ=self.environ, resources=self.resources, resource_opts=self.resource_opts,
             mounts=self.mounts, mount_map=self.mount_map, scaling_group=self.scaling_group,
@@ -82,6 +89,9 @@ class CreateSpec:
             enqueue_only=self.enqueue_only, max_wait=self.max_wait, reuse=self.reuse,
             startup_command=self.startup_command,
         )
+        if self.array is not None:
+            body["array"] = self.array
+        return body
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,10 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
                              help="Start only after this session succeeded (repeatable)."),
                 click.option("-o", "--owner", "--owner-access-key", "owner", default=None,
                              metavar="ACCESS_KEY", help="Admins: create it for this keypair."),
+                click.option("--array", "array", default=None, metavar="SPEC",
+                             help="An array of sessions NAME-INDEX, one per index of SPEC "
+                                  "(1-N, A-B:STEP, comma lists; at most 10,000), each with its "
+                                  "index in BAI_ARRAY_INDEX, queued in one request."),
             ]
         for o in reversed(opts):
             f = o(f)
@@ -173,6 +177,16 @@ def build_spec(image: str, kw: dict[str, Any], *, start: bool) -> Any:
         spec.preopen_ports = None
         spec.startup_command = kw["startup_command"]
         spec.owner_access_key = kw["owner"]
+        if kw["array"] is not None:
+            from bai.common.arrays import ArraySpecError, parse_array
+
+            try:
+                parse_array(kw["array"])
+            except ArraySpecError as e:
+                click.echo(f"Error: --array: {e}", err=True)
+                raise SystemExit(2) from None
+            spec.array = kw["array"].strip()
+            spec.enqueue_only = True  # an array is queued, never waited for
     return spec
 
 
@@ -424,11 +438,25 @@ async def destroy_quietly(api: Any, name: str) -> None:
         pass
 
 
+def report_array(created: Any, out: Output) -> int:
+    """What ``start --array`` prints: the elements queued."""
+    elements = created.elements
+    if out.is_json:
+        out.json({"array": [{"session_id": sid, "name": name, "index": index}
+                            for sid, name, index in elements]})
+        return 0
+    names = [name for _sid, name, _index in elements]
+    shown = ", ".join(names) if len(names) <= 3 else f"{names[0]} … {names[-1]}"
+    click.echo(f"{len(names)} sessions queued: {shown}.")
+    return 0
+
+
 START_EPILOG = """\b
 Examples:
   backend.ai start -t mysess python
   backend.ai start -r cpu=2 --enqueue-only python
   backend.ai start --type batch -c 'python job.py' --depends prep1 python
+  backend.ai start --type batch -t job --array 1-100 -c 'python job.py $BAI_ARRAY_INDEX' python
 """
 
 
@@ -448,6 +476,8 @@ def start(image, **kw) -> None:
 
         api = SessionAPI(conn)
         created = await create_and_wait(api, spec, out)
+        if spec.array is not None:
+            return report_array(created, out)
         if created.status != "RUNNING":
             return await report_not_running(api, created, out, spec.max_wait)
         if out.is_json:

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from bai.common.arrays import MAX_SPEC_CHARS
+
 #: integer columns are 32-bit (PostgreSQL ``integer``)
 INT32 = 2**31 - 1
 
@@ -82,6 +84,9 @@ class CreateSession(Body):
     reuseIfExists: bool | None = None
     startupCommand: Text | None = None
     startup_command: Text | None = None
+    #: bai's own: an array spec (``1-10``, ``0-100:10``, ``1,3,5``), one session NAME-INDEX
+    #: per index, all in this one request (``bai.common.arrays``)
+    array: text(MAX_SPEC_CHARS) | None = None
 
 
 MAX_DESTROY_NAMES = 1000

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bai.common.arrays import ArraySpecError, parse_array
 from bai.common.errors import InvalidAPIParameters
 from bai.common.names import session_name_problem
 from bai.common.resources import ResourceSlot, parse_request
@@ -94,6 +95,8 @@ class CreateRequest:
     tag: str | None = None
     callback_url: str | None = None
     mounts: list[Any] = field(default_factory=list)
+    #: bai's ``array`` field: the indices of an array of sessions NAME-INDEX, or None
+    array: list[int] | None = None
 
 
 def parse_create(params: Any, now: datetime) -> CreateRequest:
@@ -156,4 +159,14 @@ def parse_create(params: Any, now: datetime) -> CreateRequest:
         tag=str(tag) if tag is not None else None,
         callback_url=check_url(params["callback_url"]) if params.get("callback_url") else None,
         mounts=list(config.get("mounts") or []),
+        array=_array(params.get("array")),
     )
+
+
+def _array(spec: Any) -> list[int] | None:
+    if spec is None:
+        return None
+    try:
+        return parse_array(str(spec))
+    except ArraySpecError as e:
+        raise InvalidAPIParameters(str(e), data={"field": "array"}) from None

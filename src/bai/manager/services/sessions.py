@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bai.common.arrays import INDEX_VAR, element_name
 from bai.common.errors import (
     BaiError,
     Forbidden,
@@ -34,7 +35,7 @@ from bai.manager.scheduler.decision import fmt_amount
 from bai.manager.services.images import DEFAULT_REQUEST, resolve_image
 from bai.manager.services.lifecycle import Lifecycle
 from bai.manager.services.session_params import CreateRequest, check_name, parse_create
-from bai.manager.services.transitions import record_enqueued
+from bai.manager.services.transitions import in_lists, record_enqueued
 from bai.manager.store.tables import (
     agents,
     domains,
@@ -84,6 +85,8 @@ class SessionService:
         req = parse_create(params, now)
         if req.mounts:
             raise InvalidAPIParameters("virtual folder mounts are not supported by this server")
+        if req.array is not None:
+            return await self._enqueue_array(caller, req, now)
         sid = uuid.uuid4()
         # only this session's events: the subscription exists before the row does
         async with self.root.bus.subscribe(str(sid)) as sub:
@@ -117,53 +120,100 @@ class SessionService:
                     f"({existing['status']}, image {existing['image']})",
                     data={"existingSessionId": str(existing["id"])},
                 )
-            if req.domain and req.domain != owner["domain_name"]:
-                raise InvalidAPIParameters(
-                    f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
-                    f"not {req.domain!r}")
-            group = await self._group(conn, owner, req.group, caller)
-            group_id = group.id
-            sgroup = await self._scaling_group(conn, req.scaling_group)
-            rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
-            check_session_request(req.resources,
-                                  await self._slot_names(conn) if rare else KNOWN_SLOTS)
-            requested = self._requested_slots(req.resources, image, owner)
-            await self._check_fit(conn, requested, sgroup, owner, group)
-            dep_ids = [await self._dependency(conn, d, owner["access_key"])
-                       for d in req.dependencies]
-            kid = uuid.uuid4()
-            # the request arrived at ``now`` (created_at, what starts_at counts from); the
-            # session becomes PENDING as it is written, after the checks above
-            at = utcnow()
-            row = {
-                "id": sid, "name": req.name, "tag": req.tag, "type": req.type.value,
-                "image": image["name"], "registry": image["registry"],
-                "architecture": image["architecture"], "domain_name": owner["domain_name"],
-                "group_id": group_id, "user_id": owner["user_id"],
-                "access_key": owner["access_key"], "status": str(S.PENDING),
-                "status_info": "enqueued", "status_data": {}, "status_changed": at,
-                "created_at": now, "starts_at": req.starts_at,
-                "startup_command": req.startup_command,
-                "bootstrap_script": req.bootstrap_script,
-                "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
-                "occupying_slots": {}, "scaling_group": sgroup,
-                "service_ports": list(image.get("service_ports") or []), "mounts": [],
-                "environ": req.environ, "agent_ids": [], "main_kernel_id": kid,
-                "callback_url": req.callback_url, "idle_timeout": owner["idle_timeout"],
-                "last_activity_at": at, "abusing_reports": [], "attempt": 0,
-            }
-            await conn.execute(sa.insert(sessions).values(**row))
-            self.root.request_ids.note(sid)
-            await conn.execute(sa.insert(kernels).values(
-                id=kid, session_id=sid, image=image["name"], status=str(S.PENDING),
-                status_info="enqueued", status_changed=at, created_at=now,
-                requested_slots=requested.to_json(), occupied_slots=requested.to_json(),
-            ))
-            for dep in dict.fromkeys(dep_ids):
-                await conn.execute(
-                    sa.insert(session_dependencies).values(session_id=sid, depends_on=dep))
-            await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, at)
+            base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
+            row = self._new_row(base, sid, req.name, req.environ)
+            await self._write(conn, outbox, caller, [row], dep_ids)
         return row, None
+
+    async def _enqueue_array(self, caller: Caller, req: CreateRequest, now: datetime) -> dict:
+        """An array (``"array": "1-N"``): one session NAME-INDEX per index, with the index in
+        ``BAI_ARRAY_INDEX``, all written in one transaction after the checks ran once; a
+        refusal or a name already taken by a live session leaves nothing. Never waits."""
+        indices = req.array or []
+        names = [check_name(element_name(req.name, i)) for i in indices]
+        async with self.lifecycle.tx() as (conn, outbox):
+            owner = await self._owner(conn, caller, req.owner_access_key)
+            image = await resolve_image(conn, req.image)
+            base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
+            for chunk in in_lists(names):
+                taken = (await conn.execute(
+                    sa.select(sessions.c.name, sessions.c.status).where(
+                        sessions.c.name.in_(chunk), sessions.c.access_key == owner["access_key"],
+                        sessions.c.status.not_in([str(s) for s in TERMINAL])).limit(1)
+                )).first()
+                if taken is not None:
+                    raise SessionAlreadyExists(
+                        f"a session named {taken[0]!r} already exists ({taken[1]}): "
+                        f"no element of the array was created", data={"name": taken[0]})
+            rows = [self._new_row(base, uuid.uuid4(), name,
+                                  {**req.environ, INDEX_VAR: str(i)})
+                    for name, i in zip(names, indices)]
+            await self._write(conn, outbox, caller, rows, dep_ids)
+        return {**self._answer(rows[0], created=True),
+                "array": [{"sessionId": str(r["id"]), "sessionName": r["name"], "index": i}
+                          for r, i in zip(rows, indices)]}
+
+    async def _checked(self, conn: AsyncConnection, caller: Caller, req: CreateRequest,
+                       now: datetime, owner: dict, image: dict) -> tuple[dict, list[uuid.UUID]]:
+        """Every check of a create after the name's: the columns all its sessions share, and
+        the dependencies' ids."""
+        if req.domain and req.domain != owner["domain_name"]:
+            raise InvalidAPIParameters(
+                f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
+                f"not {req.domain!r}")
+        group = await self._group(conn, owner, req.group, caller)
+        sgroup = await self._scaling_group(conn, req.scaling_group)
+        rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
+        check_session_request(req.resources,
+                              await self._slot_names(conn) if rare else KNOWN_SLOTS)
+        requested = self._requested_slots(req.resources, image, owner)
+        await self._check_fit(conn, requested, sgroup, owner, group)
+        dep_ids = [await self._dependency(conn, d, owner["access_key"])
+                   for d in req.dependencies]
+        base = {
+            "tag": req.tag, "type": req.type.value,
+            "image": image["name"], "registry": image["registry"],
+            "architecture": image["architecture"], "domain_name": owner["domain_name"],
+            "group_id": group.id, "user_id": owner["user_id"],
+            "access_key": owner["access_key"], "status": str(S.PENDING),
+            "status_info": "enqueued", "status_data": {},
+            # the request arrived at ``now`` (created_at, what starts_at counts from)
+            "created_at": now, "starts_at": req.starts_at,
+            "startup_command": req.startup_command,
+            "bootstrap_script": req.bootstrap_script,
+            "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
+            "occupying_slots": {}, "scaling_group": sgroup,
+            "service_ports": list(image.get("service_ports") or []), "mounts": [],
+            "agent_ids": [], "callback_url": req.callback_url,
+            "idle_timeout": owner["idle_timeout"], "abusing_reports": [], "attempt": 0,
+        }
+        return base, dep_ids
+
+    @staticmethod
+    def _new_row(base: dict, sid: uuid.UUID, name: str, environ: dict[str, str]) -> dict:
+        return {**base, "id": sid, "name": name, "environ": environ,
+                "main_kernel_id": uuid.uuid4()}
+
+    async def _write(self, conn: AsyncConnection, outbox: Any, caller: Caller, rows: list[dict],
+                     dep_ids: list[uuid.UUID]) -> None:
+        """Insert ``rows`` PENDING with their kernels, dependencies and first history entry."""
+        # the sessions become PENDING as they are written, after the checks
+        at = utcnow()
+        for row in rows:
+            row.update(status_changed=at, last_activity_at=at)
+        await conn.execute(sa.insert(sessions), rows)
+        await conn.execute(sa.insert(kernels), [dict(
+            id=row["main_kernel_id"], session_id=row["id"], image=row["image"],
+            status=str(S.PENDING), status_info="enqueued", status_changed=at,
+            created_at=row["created_at"], requested_slots=row["requested_slots"],
+            occupied_slots=row["requested_slots"]) for row in rows])
+        deps = [dict(session_id=row["id"], depends_on=dep)
+                for row in rows for dep in dict.fromkeys(dep_ids)]
+        if deps:
+            await conn.execute(sa.insert(session_dependencies), deps)
+        for row in rows:
+            self.root.request_ids.note(row["id"])
+            await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, at)
 
     async def _wait(self, sub, row: dict, max_wait: float) -> dict:
         """Until the session settles (or ``max_wait`` passes): the answer of the create call.
