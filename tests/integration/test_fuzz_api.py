@@ -13,6 +13,7 @@ never ends) is left to test_api_events_stream.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -51,14 +52,28 @@ class FilesAgent(FakeAgent):
     async def list_files(self, address, kernel_id, path):
         return []
 
-    async def download(self, address, kernel_id, path):
-        return b""
+    @contextlib.asynccontextmanager
+    async def download(self, address, kernel_id, path, max_bytes):
+        yield _Tar()
 
-    async def upload(self, address, kernel_id, files):
-        return {"files": [name for name, _ in files]}
+    async def upload(self, address, kernel_id, body, boundary, max_bytes):
+        async for _ in body:  # the manager checks each name as its part goes by
+            pass
+        return {}
 
     async def stats(self, address, kernel_id):
         return {}
+
+
+class _Tar:
+    """What ``rpc.download`` yields: a response whose body is not read yet (an empty tar)."""
+
+    headers = {"X-BAI-Apparent-Size": "0"}
+
+    class content:
+        @staticmethod
+        async def iter_chunked(size):
+            yield b"\0" * 1024
 
 
 NAMES = ["fz-one", "fz-two", "no-such-session", "%00", "a%0Ab", "x" * 70]
@@ -196,12 +211,26 @@ class Platform:
             await conn.execute(sa.update(keypair_resource_policies).values(
                 max_concurrent_sessions=0))
         root_.agents.rpc = FilesAgent(root_)
-        await root_.agents.heartbeat({"agent_id": "agent-1", "address": "http://127.0.0.1:1",
-                                      "available_slots": {"cpu": "1000", "mem": str(2**44)}})
+        await self.heartbeat()
+        self.beating = asyncio.create_task(self.heartbeats())
         self.client = await start_client(make_app(root_, root, session, stream, gql, admin,
                                                   internal, ops))
         self.keys = {who: (k["access_key"], k["secret_key"]) for who, k in keys.items()}
         root_.keys = keys  # for test_manager_lifecycle.caller
+
+    async def heartbeat(self) -> None:
+        await self.root.agents.heartbeat({"agent_id": "agent-1", "address": "http://127.0.0.1:1",
+                                          "available_slots": {"cpu": "1000", "mem": str(2**44)}})
+
+    async def heartbeats(self) -> None:
+        """The fake agent stays alive for the whole run (it would be declared lost after
+        heartbeat_timeout, and its sessions would end)."""
+        while True:
+            await asyncio.sleep(2)
+            try:
+                await self.heartbeat()
+            except Exception:  # a fuzzed admin change may refuse it for a moment; beat again
+                pass
 
     async def send(self, method, path, who, signing, body) -> tuple[int, str, str]:
         if signing == "other-role":
@@ -253,6 +282,7 @@ class Platform:
                 sa.select(agents.c.occupied_slots).where(agents.c.id == "agent-1"))).scalar())
 
     async def stop(self) -> None:
+        self.beating.cancel()
         await self.client.close()
         await self.root.stop()
 
