@@ -51,7 +51,9 @@ def test_a_host_without_bwrap_says_which_promises_do_not_hold() -> None:
     assert not sb.active and "not found" in sb.reason
     gaps = sb.gaps()
     assert [g.split(":")[0] for g in gaps] == ["sandbox", "network", "own-uid", "cgroups"]
-    assert "not found" in gaps[0]
+    assert "not found" in gaps[0] and "no sandbox" in gaps[2]
+    unprivileged = Sandbox(bwrap="/usr/bin/bwrap", privileged=False, cgroups=True).gaps()
+    assert unprivileged == ["own-uid: kernels share the agent's uid (not root: no uid per kernel)"]
 
 
 def test_a_host_with_everything_has_no_gaps() -> None:

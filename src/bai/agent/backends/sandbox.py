@@ -109,7 +109,9 @@ class Sandbox:
             why = f" ({self.reason})" if self.reason else ""
             out.append(f"sandbox: kernels see the whole filesystem as the agent's user{why}")
             out.append("network: kernels reach the host's loopback (manager and agent ports)")
-        if not (self.active and self.privileged):
+        if not self.active:
+            out.append("own-uid: kernels share the agent's uid (no sandbox: no uid per kernel)")
+        elif not self.privileged:
             out.append("own-uid: kernels share the agent's uid (not root: no uid per kernel)")
         if not self.cgroups:
             out.append("cgroups: no kernel-enforced memory/cpu/pids limits (no writable cgroups)")
