@@ -20,6 +20,7 @@ Rows (each measured for Slurm then bai, or alternating run by run):
   batch N          N trivial jobs (`true`) to completion: sbatch from 8 xargs loops vs the SDK
                    (16 requests in flight); clock until no job is live, polled every 0.1 s;
                    machine CPU (/proc/stat) per job over the same run
+  array            the same N as one sbatch --array vs one backend.ai start --array
   CLI submission   8 parallel loops of sbatch vs backend.ai start --enqueue-only (jobs that may
                    start in 2 hours), and python3 -c pass in the same loops (the floor)
   SDK submission   sbatch from 8 loops vs the SDK, 16 in flight, into an empty queue
@@ -257,6 +258,15 @@ class Bai:
 
             await asyncio.gather(*(worker() for _ in range(min(in_flight, n))))
 
+    def fill(self, n: int, tag: str) -> None:
+        """``n`` sessions that wait (2 hours), as arrays (one request per 10,000)."""
+        from bai.common.arrays import MAX_ARRAY
+
+        for first in range(0, n, MAX_ARRAY):
+            last = min(n, first + MAX_ARRAY) - 1
+            timed_cmd([CLI, "start", "--array", f"{first}-{last}", "-t", tag, "--starts-at",
+                       LATER, "--type", "batch", "-c", "true", "python"], self.stack.env)
+
     def rss(self) -> tuple[float, float]:
         """(manager + agent, pooled runners and kernels) in MB."""
         daemons = {self.stack.pid("manager"), self.stack.pid("agent")}
@@ -429,6 +439,22 @@ def main() -> None:  # noqa: PLR0915 - one row after the other, as the table rea
                 table.add(f"machine CPU per trivial job ({n:,} jobs)", cpu.get("slurm"),
                           cpu["bai"], "ms", "≤ 1", False)
 
+        # -- the same jobs as one array (sbatch --array / backend.ai start --array)
+        n = sizes[0]
+        arate: dict[str, float] = {}
+        for side in (["slurm"] if slurm else []) + ["bai"]:
+            t0 = time.perf_counter()
+            if side == "slurm":
+                slurm.run("sbatch", "-Q", f"--array=1-{n}", "--wrap", "true", "-o", "/dev/null")
+                wait_drained(slurm.live, args.timeout)
+            else:
+                timed_cmd([CLI, "start", "--array", f"1-{n}", "-t", f"a-{uuid.uuid4().hex[:6]}",
+                           "--type", "batch", "-c", "true", "python"], stack.env)
+                wait_drained(bai.live, args.timeout)
+            arate[side] = n / (time.perf_counter() - t0)
+        table.add(f"{n:,} trivial jobs as one array to completion", arate.get("slurm"),
+                  arate["bai"], "jobs/s", "≥ 2", True)
+
         # -- submission from CLI loops (jobs for later), with the python3 floor
         k = args.submit
         sub: dict[str, float] = {}
@@ -459,7 +485,7 @@ def main() -> None:  # noqa: PLR0915 - one row after the other, as the table rea
         if fill:
             if slurm:
                 loops(f"sbatch -Q --begin={SLURM_LATER} --wrap true -o /dev/null", fill, senv)
-            bai.create_many(fill, f"q-{uuid.uuid4().hex[:6]}", later=True)
+            bai.fill(fill, f"q-{uuid.uuid4().hex[:6]}")
         _s1, b1 = submit_row(f"submission into a {args.queue:,}-deep queue, SDK vs sbatch")
         print(f"   bai's SDK rate deep/empty: {b1 / b0:.2f} (target ≥ 0.8)")
         waiting = max(args.queue, have) + k
