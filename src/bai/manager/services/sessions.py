@@ -213,7 +213,7 @@ class SessionService:
             await conn.execute(sa.insert(session_dependencies), deps)
         for row in rows:
             self.root.request_ids.note(row["id"])
-            await record_enqueued(conn, row, f"user:{caller.access_key}", outbox, at)
+        await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at)
 
     async def _wait(self, sub, row: dict, max_wait: float) -> dict:
         """Until the session settles (or ``max_wait`` passes): the answer of the create call.

@@ -283,20 +283,20 @@ async def replace_kernel(
 
 
 async def record_enqueued(
-    conn: AsyncConnection, row: Mapping[str, Any], cause: str, outbox: Outbox,
+    conn: AsyncConnection, rows: Sequence[Mapping[str, Any]], cause: str, outbox: Outbox,
     now: datetime | None = None,
 ) -> None:
-    """The first history entry (None -> PENDING) and ``session_enqueued``."""
-    await conn.execute(
-        sa.insert(session_history).values(
-            session_id=row["id"], from_status=None, to_status=str(S.PENDING),
-            reason="enqueued", cause=cause, at=now or utcnow(),
-        )
-    )
-    ev = SessionEvent("session_enqueued", str(row["id"]), row["name"], row["access_key"],
-                      reason="enqueued", status="PENDING")
-    outbox.events.append(ev)
-    outbox.notify(row, [ev])
+    """The first history entry (None -> PENDING) and ``session_enqueued`` of each of ``rows``
+    (sessions just written), the history in one statement."""
+    at = now or utcnow()
+    await conn.execute(sa.insert(session_history), [dict(
+        session_id=row["id"], from_status=None, to_status=str(S.PENDING), reason="enqueued",
+        cause=cause, at=at) for row in rows])
+    for row in rows:
+        ev = SessionEvent("session_enqueued", str(row["id"]), row["name"], row["access_key"],
+                          reason="enqueued", status="PENDING")
+        outbox.events.append(ev)
+        outbox.notify(row, [ev])
     outbox.kick_scheduler = True
 
 
