@@ -294,9 +294,22 @@ class Cluster:
         return "\n".join(f"--- {d.name} ---\n{_tail(d.log, 60)}"
                          for d in (*self.managers, *self.agents.values()))
 
+    def _kill_kernels(self) -> None:
+        """Process-runtime kernels outlive their agent by design, and each sandbox has a network
+        namespace of its own (``netns.sh destroy`` does not reach it): end those of this set."""
+        import psutil
+
+        from bai.agent.backends.process_pool import kill_tree
+
+        mark = f"{self.work}/"
+        for p in psutil.process_iter(["cmdline"]):
+            if any(mark in a for a in (p.info["cmdline"] or [])):
+                kill_tree(p.pid)
+
     async def close(self) -> None:
         for d in (*self.agents.values(), *self.managers):
             d.stop()
+        await asyncio.to_thread(self._kill_kernels)
         proc = await asyncio.create_subprocess_exec(
             str(NETNS), "destroy", self.tag,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
