@@ -411,6 +411,31 @@ def test_admin_commands_send_the_admin_api(fake, capsys):
 # -- transport ------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)  # without a read timeout the command never returns
+@pytest.mark.parametrize("args, express, stall", [
+    (("ps",), "0", "/admin/gql"),
+    (("rm", "sess-01"), "0", "/session/sess-01"),
+    (("run", "--rm", "-c", "1", "python"), "1", "/stream/"),
+    (("run", "--rm", "-c", "1", "python"), "0", "/stream/"),
+    (("events", "sess-01"), "0", "/events/"),
+])
+def test_a_silent_manager_is_one_clear_line_after_the_read_timeout(fake, capsys, monkeypatch,
+                                                                   args, express, stall):
+    monkeypatch.setenv("BAI_CLI_EXPRESS", express)
+    monkeypatch.setenv("BAI_READ_TIMEOUT", "0.5")
+    fake.knobs["stall"] = (stall,)
+    r = invoke(capsys, *args)
+    assert r.code == 1
+    last = lines(r.err)[-1]
+    assert last.startswith("Error: ") and "did not answer within 0.5 s" in last, r.err
+
+
+def test_the_read_timeout_is_a_number(fake, capsys, monkeypatch):
+    monkeypatch.setenv("BAI_READ_TIMEOUT", "soon")
+    r = invoke(capsys, "ps")
+    assert r.code == 1 and "BAI_READ_TIMEOUT" in r.err and len(lines(r.err)) == 1
+
+
 def test_unreachable_manager_is_one_clear_line(fake, capsys, monkeypatch):
     monkeypatch.setenv("BACKEND_ENDPOINT", "http://127.0.0.1:9")
     r = invoke(capsys, "ps")

@@ -71,7 +71,8 @@ class FakeManager:
             "sse_events": [("session_enqueued", {"sessionName": "s1"}),
                            ("session_started", {"sessionName": "s1"})],
             "forbid_admin": False,
-            "bulk_destroy": True,  # False: a manager without POST /session/_/destroy
+            "bulk_destroy": True,
+            "stall": (),  # path prefixes the fake takes and never answers (until it stops)  # False: a manager without POST /session/_/destroy
             "history": [{"from": None, "to": "PENDING", "reason": "enqueued", "cause": "user:AK",
                          "at": "2026-01-01T00:00:00+00:00"},
                         {"from": "PENDING", "to": "SCHEDULED", "reason": "scheduled",
@@ -102,6 +103,7 @@ class FakeManager:
         ready.wait(10)
 
     async def _start(self) -> None:
+        self._unstall = asyncio.Event()
         app = web.Application(middlewares=[self._record])
         r = app.router
         r.add_post("/admin/gql", self.gql)
@@ -122,6 +124,7 @@ class FakeManager:
 
     def stop(self) -> None:
         async def down() -> None:
+            self._unstall.set()
             await self._runner.cleanup()  # type: ignore[union-attr]
 
         asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)  # type: ignore[arg-type]
@@ -146,6 +149,9 @@ class FakeManager:
             return web.json_response({"type": "https://api.backend.ai/probs/auth-failed",
                                       "title": "Credential/signature mismatch."}, status=401)
         request["ak"] = auth.access_key  # type: ignore[union-attr]
+        if any(request.path.startswith(p) for p in self.knobs["stall"]):
+            await self._unstall.wait()
+            return web.Response(status=503)
         return await handler(request)
 
     def of(self, method: str, prefix: str = "") -> list[Recorded]:

@@ -11,7 +11,7 @@ import os
 import socket
 
 from bai.client import http1
-from bai.client.http1 import ConnectFailed, HandshakeFailed, WireError
+from bai.client.http1 import ConnectFailed, HandshakeFailed, ReadTimeout, WireError
 
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
 TYPE_CHECKING = False
@@ -125,6 +125,10 @@ class BlockingHTTP:
                     headers.append(pair)
                 if code != 100:
                     return code, reason, headers
+        except TimeoutError:
+            seconds = conn.sock.gettimeout()
+            conn.close()
+            raise ReadTimeout(seconds) from None
         except OSError as e:
             conn.close()
             raise WireError(f"the request failed: {e}") from None
@@ -158,15 +162,21 @@ class BlockingHTTP:
             if len(data) != framing.left:
                 raise WireError("the connection closed before the end of the body")
             return data
+        except TimeoutError:
+            seconds = conn.sock.gettimeout()
+            conn.close()
+            raise ReadTimeout(seconds) from None
         except (OSError, ValueError) as e:
             conn.close()
             raise WireError(f"reading the answer failed: {e}") from None
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                body: bytes | None = None) -> Answer:
-        """Send one request and read the whole answer."""
+                body: bytes | None = None, timeout: float | None | object = ...) -> Answer:
+        """Send one request and read the whole answer; ReadTimeout when the server is silent
+        for ``timeout`` seconds (default: the client's read_timeout; None: no limit)."""
         scheme, host, port, netloc, target = http1.split_url(url)
         conn = self._connect(scheme, host, port)
+        conn.sock.settimeout(self.read_timeout if timeout is ... else timeout)
         length = len(body) if body is not None else (
             0 if method in ("POST", "PUT", "PATCH") else None)
         head = http1.request_head(method, target, netloc,
@@ -185,6 +195,7 @@ class BlockingHTTP:
         """Open a WebSocket; HandshakeFailed on any answer but 101."""
         scheme, host, port, netloc, target = http1.split_url(url)
         conn = self._connect(scheme, host, port)
+        conn.sock.settimeout(self.read_timeout)  # for the handshake; the stream has no limit
         key, hdrs = http1.ws_handshake({**self.default_headers, **(headers or {})})
         status, reason, raw = self._exchange(
             conn, http1.request_head("GET", target, netloc, hdrs, None))
@@ -199,6 +210,7 @@ class BlockingHTTP:
         if not http1.ws_accept_ok(key, raw):
             conn.close()
             raise HandshakeFailed(status, "invalid Sec-WebSocket-Accept", b"", "")
+        conn.sock.settimeout(None)
         return WebSocket(conn)
 
 

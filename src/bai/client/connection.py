@@ -18,6 +18,7 @@ alone costs more CPU than the whole hello-world budget of ``backend.ai run``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from bai.client.endpoint import (
     encode_query,
     handshake_error,
     problem_error,
+    read_timeout,
     session_path,
 )
 
@@ -59,6 +61,7 @@ class Connection:
         self.config = config
         self._http: wire.HTTPClient | None = None
         self.endpoints = Endpoints(config)
+        self.read_timeout = read_timeout()
 
     async def __aenter__(self) -> Connection:
         self._http = wire.HTTPClient(headers={"User-Agent": USER_AGENT}, connect_timeout=10)
@@ -93,12 +96,16 @@ class Connection:
         json_body: Any = None,
         form: list[wire.FilePart] | None = None,
         signed: bool = True,
+        timeout: float | None | Any = ...,
     ) -> Any:
         """Send one request; answer the decoded JSON body (None for an empty answer).
 
-        ``form``: files sent as ``multipart/form-data`` parts.
+        ``form``: files sent as ``multipart/form-data`` parts (no read timeout: the upload
+        takes what it takes). ``timeout``: seconds to wait for the whole answer (default
+        ``read_timeout``; None: no limit); past it ManagerTimeout.
         """
         method = method.upper()
+        limit = None if form is not None else self.read_timeout if timeout is ... else timeout
         last_error = ""
         eps = self.endpoints
         for idx in eps.order():
@@ -106,19 +113,27 @@ class Connection:
                                              multipart=form is not None)
             if not signed:
                 headers = {}
+
             try:
-                resp = await self.http.request(method, url, headers=headers, body=data, parts=form)
-                try:
-                    eps.active = idx
-                    return await _read_answer(resp)
-                finally:
-                    resp.release()
+                return await asyncio.wait_for(
+                    self._exchange(idx, method, url, headers, data, form), limit)
             except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
+            except TimeoutError:
+                raise eps.timed_out(idx, limit or 0) from None
             except wire.WireError as e:
                 raise eps.lost(idx, e) from None
         raise eps.unreachable(last_error)
+
+    async def _exchange(self, idx: int, method: str, url: str, headers: dict[str, str],
+                        data: bytes | None, form: list[wire.FilePart] | None) -> Any:
+        resp = await self.http.request(method, url, headers=headers, body=data, parts=form)
+        try:
+            self.endpoints.active = idx
+            return await _read_answer(resp)
+        finally:
+            resp.release()
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -129,11 +144,15 @@ class Connection:
         eps = self.endpoints
         for idx in eps.order():
             url, headers, data = build(idx)
-            try:
-                resp = await self.http.request(method, url, headers=headers, body=data)
+            try:  # the answer's head has the read timeout; the body (a stream) has none
+                resp = await asyncio.wait_for(
+                    self.http.request(method, url, headers=headers, body=data),
+                    self.read_timeout)
             except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
+            except TimeoutError:
+                raise eps.timed_out(idx, self.read_timeout or 0) from None
             except wire.WireError as e:
                 raise eps.lost(idx, e) from None
             eps.active = idx
@@ -166,11 +185,14 @@ class Connection:
         for idx in eps.order():
             url, path_qs = eps.target(idx, path, params)
             headers = eps.signed(idx, "GET", path_qs, "application/octet-stream")
-            try:
-                ws = await self.http.websocket(url, headers=headers, max_size=0)
+            try:  # the handshake has the read timeout; the stream has none
+                ws = await asyncio.wait_for(
+                    self.http.websocket(url, headers=headers, max_size=0), self.read_timeout)
             except wire.ConnectFailed as e:
                 last_error = str(e)
                 continue
+            except TimeoutError:
+                raise eps.timed_out(idx, self.read_timeout or 0) from None
             except wire.HandshakeFailed as e:
                 raise handshake_error(e) from None
             except wire.WireError as e:

@@ -22,6 +22,34 @@ USER_AGENT = "bai-client/0.1 (Backend.AI Client for Python 23.09.10 compatible)"
 
 Params = list[tuple[str, str]] | dict[str, object] | None
 
+#: Seconds to wait for an answer to a request (not for the stream of an execution or of
+#: events, nor for a create that waits until the session starts); ``BAI_READ_TIMEOUT`` sets it,
+#: 0 means no limit. Longer than the manager's longest own wait (a destroy: 15 s).
+DEFAULT_READ_TIMEOUT = 60.0
+
+
+def read_timeout() -> float | None:
+    import os
+
+    text = os.environ.get("BAI_READ_TIMEOUT", "").strip()
+    try:
+        value = float(text) if text else DEFAULT_READ_TIMEOUT
+    except ValueError:
+        from bai.client.errors import ConfigError
+
+        raise ConfigError(f"BAI_READ_TIMEOUT must be a number of seconds, got {text!r}") from None
+    return value if value > 0 else None
+
+
+def create_timeout(body: dict) -> float | None:
+    """The read timeout of ``POST /session``: it answers once the session started, after at
+    most ``maxWaitSeconds`` (unbounded when 0), or at once with ``enqueueOnly``."""
+    base = read_timeout()
+    if base is None or body.get("enqueueOnly"):
+        return base
+    wait = float(body.get("maxWaitSeconds") or 0)
+    return base + wait if wait > 0 else None
+
 
 def encode_query(params: Params) -> str:
     """``a=1&scope=*``: values percent-encoded, ``*`` kept literal as the official client does."""
@@ -98,6 +126,13 @@ class Endpoints:
         from bai.client.errors import ManagerUnreachable
 
         return ManagerUnreachable(self.config.endpoints, detail)
+
+    def timed_out(self, idx: int, seconds: float) -> Exception:
+        from bai.client.errors import ManagerTimeout
+
+        where = self.config.endpoints[idx]
+        return ManagerTimeout(f"the manager at {where} did not answer within {seconds:g} s"
+                              " (BAI_READ_TIMEOUT sets the limit; 0 = none)")
 
     def lost(self, idx: int, e: Exception) -> Exception:
         from bai.client.errors import ConnectionLost

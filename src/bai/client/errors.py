@@ -30,6 +30,14 @@ class ConnectionLost(BaiError):
     title = "Lost the connection to the manager."
 
 
+class ManagerTimeout(BaiError):
+    """The manager took the request but did not answer within the read timeout."""
+
+    code = "manager-timeout"
+    status = 504
+    title = "The manager did not answer in time."
+
+
 class ProtocolError(BaiError):
     """The server answered something the client cannot understand."""
 

@@ -20,6 +20,14 @@ class WireError(Exception):
     """The exchange failed after the connection was made (reset, malformed answer ...)."""
 
 
+class ReadTimeout(WireError):
+    """The server did not answer within the read timeout (``seconds``)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__(f"no answer within {seconds or 0:g} s")
+        self.seconds = seconds or 0.0
+
+
 class ConnectFailed(WireError):
     """No connection could be made (refused, unreachable, timed out, TLS failure)."""
 

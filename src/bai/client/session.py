@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bai.client.connection import Connection, SSEMessage, session_path
+from bai.client.endpoint import create_timeout
 from bai.client.errors import ProtocolError, UsageError
 from bai.client.models import CreatedSession, CreateSpec, ExecFrame, HistoryEntry
 from bai.client.wire import FilePart, WSMsgType
@@ -151,7 +152,9 @@ class SessionAPI:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def create(self, spec: CreateSpec) -> CreatedSession:
-        body = await self.conn.request("POST", "/session", json_body=spec.to_body())
+        sent = spec.to_body()
+        body = await self.conn.request("POST", "/session", json_body=sent,
+                                       timeout=create_timeout(sent))
         if not isinstance(body, dict) or not parse_uuid(str(body.get("sessionId", ""))):
             raise ProtocolError("the manager's create answer carries no session id")
         return CreatedSession.from_json(body, spec.name)

@@ -26,11 +26,13 @@ from bai.client.blocking import BlockingHTTP
 from bai.client.endpoint import (
     USER_AGENT,
     Endpoints,
+    create_timeout,
     decode_answer,
     handshake_error,
+    read_timeout,
     session_path,
 )
-from bai.client.http1 import ConnectFailed, HandshakeFailed, WireError
+from bai.client.http1 import ConnectFailed, HandshakeFailed, ReadTimeout, WireError
 
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
 TYPE_CHECKING = False
@@ -147,17 +149,19 @@ class Express:
         self.quiet = bool(plan["quiet"])
         self.config = ClientConfig.load(None)
         self.eps = Endpoints(self.config)
-        self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10)
+        self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10,
+                                 read_timeout=read_timeout())
 
     def note(self, text: str) -> None:
         if not self.quiet:
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
-    def request(self, method: str, path: str, json_body: Any = None) -> Any:
+    def request(self, method: str, path: str, json_body: Any = None,
+                timeout: float | None | object = ...) -> Any:
         def send(idx: int) -> Any:
             url, headers, data = self.eps.prepare(idx, method, path, None, json_body)
-            return self.http.request(method, url, headers=headers, body=data)
+            return self.http.request(method, url, headers=headers, body=data, timeout=timeout)
 
         ans = self.on_endpoints(send)
         return decode_answer(ans.status, ans.reason, ans.content_type, ans.text("replace"))
@@ -182,6 +186,8 @@ class Express:
                 continue
             except HandshakeFailed as e:
                 raise handshake_error(e) from None
+            except ReadTimeout as e:
+                raise self.eps.timed_out(idx, e.seconds) from None
             except WireError as e:
                 raise self.eps.lost(idx, e) from None
             self.eps.active = idx
@@ -215,7 +221,7 @@ class Express:
                               domain=self.config.domain, group=self.config.group)
         watcher = StatusWatcher(self, name) if not self.quiet else None
         try:
-            answer = self.request("POST", "/session", body)
+            answer = self.request("POST", "/session", body, timeout=create_timeout(body))
         except KeyboardInterrupt:
             if plan["remove"]:  # queued (or started meanwhile): cancel or terminate it
                 self.cancel_after_interrupt(name)
