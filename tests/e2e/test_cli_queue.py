@@ -104,8 +104,11 @@ def test_ctrl_c_on_run_rm_while_queued_cancels_it(small, path):
     blocker, queued = f"hold-{path}", f"ctrlc-{path}"
     small.cli("start", "-t", blocker, "-r", "cpu=2", "python")
     env = {**small.env, "BAI_CLI_EXPRESS": "1" if path == "express" else "0"}
+    # A terminal's Ctrl-C reaches a CLI whose SIGINT is not ignored; a test run started in the
+    # background (CI's shell without job control) ignores SIGINT, and the child would inherit that.
     proc = subprocess.Popen([CLI, "run", "--rm", "-t", queued, "-c", "print('ran')", "python"],
-                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(f"{queued} to be PENDING", lambda: status_of(small, queued) == "PENDING")
         proc.send_signal(signal.SIGINT)
