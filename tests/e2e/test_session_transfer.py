@@ -114,3 +114,23 @@ def test_an_upload_past_the_limit_leaves_nothing(xfer, tmp_path):
     assert "bai-upload" not in listing
     xfer.cli("session", "upload", "xfer", "up-ok.txt", user=True, cwd=tmp_path)
     assert in_session(xfer, "print(open('up-ok.txt').read())") == "fine\n"
+
+
+def test_a_user_cannot_reach_files_of_another_users_session(xfer, tmp_path):
+    xfer.cli("start", "-t", "adm-files", *SMALL, "python")
+    try:
+        xfer.cli("run", "-t", "adm-files", "-c", "open('secret.txt','w').write('s3cret')",
+                 "python")
+        down = xfer.cli("session", "download", "adm-files", "secret.txt", "--dest",
+                        str(tmp_path), user=True, check=False)
+        assert down.returncode != 0 and not (tmp_path / "secret.txt").exists(), down.stdout
+        (tmp_path / "planted.txt").write_text("planted")
+        up = xfer.cli("session", "upload", "adm-files", "planted.txt", user=True, check=False,
+                      cwd=tmp_path)
+        assert up.returncode != 0, up.stdout
+        rm = xfer.cli("rm", "adm-files", user=True, check=False)
+        listing = xfer.cli("run", "-t", "adm-files", "-c",
+                           "import os; print(sorted(os.listdir('.')))", "python").stdout
+        assert "secret.txt" in listing and "planted.txt" not in listing, (rm.stdout, listing)
+    finally:
+        xfer.cli("rm", "adm-files", check=False)
