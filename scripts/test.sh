@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 2: install everything the tests need and run them.
-# System packages (PostgreSQL, Redis, docker.io, debootstrap) come from Debian's registry; the
+# System packages (PostgreSQL, Redis, docker.io, debootstrap, chromium) come from Debian's registry; the
 # services are started on loopback under $BAI_CI_ROOT; the test image is built from Debian
 # packages; Python packages go into ./.venv. Extra arguments are passed to pytest.
 set -euo pipefail
@@ -15,6 +15,20 @@ echo "== services (PostgreSQL, Redis)"
 scripts/services.sh start >/dev/null
 # shellcheck disable=SC1091
 source "$BAI_CI_ROOT/services.env"
+
+echo "== the browser the dashboard tests drive (Debian's chromium, only when missing)"
+# Tolerant like install.sh: without it the browser tests skip, naming the gap.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 || true
+           apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+             || echo "test.sh: could not install chromium; the browser tests skip" >&2; }
+  else
+    echo "test.sh: chromium missing (needs root and apt-get); the browser tests skip" >&2
+  fi
+fi
 
 echo "== python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
