@@ -138,6 +138,14 @@ class Signed:
         return await resp.json()
 
 
+async def call(c: Signed, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+    """The JSON answer of a signed request, asserting its status."""
+    resp = await c.request(method, path, body)
+    data = await resp.json()
+    assert resp.status == status, data
+    return data
+
+
 async def start_client(app: web.Application) -> TestClient:
     client = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()

@@ -143,6 +143,22 @@ class KernelNotFound(NotFound):
     title = "No such kernel."
 
 
+class VFolderNotFound(NotFound):
+    code = "vfolder-not-found"
+    title = "No such storage folder."
+
+
+class VFolderAlreadyExists(BaiError):
+    code = "vfolder-already-exists"
+    status = 400
+    title = "A storage folder with this name already exists."
+
+
+class VFolderPermissionDenied(Forbidden):
+    code = "vfolder-permission-denied"
+    title = "The storage folder does not allow this."
+
+
 class ServiceUnavailable(BaiError):
     code = "service-unavailable"
     status = 503

@@ -29,7 +29,7 @@ def settle_gc() -> None:
 
 def create_app(settings: ManagerSettings) -> web.Application:
     from bai.manager.api import (
-        admin, events, gql, internal, middleware, openapi, ops, root, session, stream,
+        admin, events, gql, internal, middleware, openapi, ops, root, session, stream, vfolder,
     )
     from bai.manager.services.root import ManagerRoot
     from bai.ops.http import OpsListener, instrument, observe
@@ -42,7 +42,7 @@ def create_app(settings: ManagerSettings) -> web.Application:
     )
     app[ROOT] = manager
     instrument(app)
-    for module in (root, session, stream, events, gql, admin, internal, ops, openapi):
+    for module in (root, session, stream, events, gql, admin, internal, ops, vfolder, openapi):
         module.setup(app)
     listener = None
     if settings.ops_port is not None:

@@ -62,6 +62,13 @@ class ManagerSettings(TomlSettings):
     ops_port: int | None = Field(
         None, description="port of that listener; unset: none (then /metrics on the API "
         "needs an admin keypair); 0: any free port")
+    storage_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="storage hosts of folders: name -> the path where the manager and every agent "
+        "of the group see that root (TOML: storage_hosts = {local = \"/srv/bai\"}; env: JSON); "
+        "empty: one host 'local' at <state_dir>/vfolders")
+    default_storage_host: str = Field(
+        "local", description="the host of a folder created without one")
     session_file_max: int = Field(
         1024**3, description="bytes one session file download or upload may carry (apparent "
                              "size: a sparse file counts what it claims); past it: 413")

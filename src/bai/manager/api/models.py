@@ -198,3 +198,27 @@ class ListFiles(Body):
 
 class DownloadFiles(Body):
     files: list[text(4096)] | text(4096) | None = None
+
+
+# ---------------------------------------------------------------- storage folders (/folders)
+
+#: a path inside a folder
+FolderPath = text(4096)
+
+
+class CreateFolder(Body):
+    """``POST /folders`` (the official client sends every key)."""
+
+    name: Any = None
+    host: Name | None = None
+    unmanaged_path: text(4096) | None = None
+    group: Name | None = None
+    usage_mode: text(16) | None = None
+    permission: text(32) | None = None
+    quota: text(32) | int | None = None
+    cloneable: bool | None = None
+
+
+class ListFolders(Body):
+    all: bool | None = None
+    group_id: Name | None = None

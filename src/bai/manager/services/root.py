@@ -29,6 +29,9 @@ class ManagerRoot:
         self.bus: EventBus = make_bus(settings)
         self.agents = AgentRegistry(self)
         self.sessions = SessionService(self)
+        from bai.manager.services.folders import FolderService
+
+        self.folders = FolderService(self)
         from bai.manager.services.scheduling import SchedulerLoop
         from bai.manager.services.watchdogs import Watchdogs
 
@@ -43,6 +46,7 @@ class ManagerRoot:
 
     async def start(self) -> None:
         await self.store.migrate()
+        self.folders.start()
         if hasattr(self.bus, "set_kernel_handler"):
             # Cluster bus: agent events are queued once and applied by exactly one replica.
             self.bus.set_kernel_handler(self.sessions.lifecycle.apply_kernel_event)

@@ -307,3 +307,47 @@ kernels = sa.Table(
     sa.Column("last_stat", sa.JSON, nullable=True),
 )
 sa.Index("ix_kernels_agent_status", kernels.c.agent_id, kernels.c.status)
+
+#: Storage folders ("vfolders"): records only; the bytes live at ``<host root>/<relpath>`` on the
+#: named storage host (manager setting ``storage_hosts``). Owned by a user or by a group (then
+#: ``user_id`` is NULL); a name is unique per owner (migration 0005).
+vfolders = sa.Table(
+    "vfolders",
+    metadata,
+    sa.Column("id", UUID, primary_key=True, default=uuid.uuid4),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(64), nullable=False),
+    #: beneath the host root; made by the manager from the id, never from user input
+    sa.Column("relpath", sa.String(256), nullable=False),
+    #: "general" | "model" | "data"
+    sa.Column("usage_mode", sa.String(16), nullable=False, server_default="general"),
+    #: "ro" | "rw" | "wd" (read-write-delete): what the owner / group members may do
+    sa.Column("permission", sa.String(2), nullable=False, server_default="rw"),
+    #: "user" | "group"
+    sa.Column("ownership_type", sa.String(8), nullable=False, server_default="user"),
+    sa.Column("user_id", UUID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("group_id", UUID, sa.ForeignKey("groups.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("domain_name", sa.String(64), nullable=False),
+    #: e-mail of the user who made it
+    sa.Column("creator", sa.String(128), nullable=False, server_default=""),
+    #: bytes; 0 = no quota
+    sa.Column("quota", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cloneable", sa.Boolean, nullable=False, server_default=sa.false()),
+    #: "ready" | "deleting"
+    sa.Column("status", sa.String(16), nullable=False, server_default="ready"),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.UniqueConstraint("user_id", "name", name="uq_vfolders_user_id_name"),
+    sa.UniqueConstraint("group_id", "name", name="uq_vfolders_group_id_name"),
+)
+
+#: A folder shared with another user, with the permission they get (``vfolder share``).
+vfolder_permissions = sa.Table(
+    "vfolder_permissions",
+    metadata,
+    sa.Column("vfolder_id", UUID, sa.ForeignKey("vfolders.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("user_id", UUID, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("permission", sa.String(2), nullable=False, server_default="ro"),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)
+sa.Index("ix_vfolder_permissions_user_id", vfolder_permissions.c.user_id)

@@ -1,0 +1,125 @@
+"""Storage hosts: named roots where folder bytes live (``<host root>/<relpath>``).
+
+The manager setting ``storage_hosts`` maps a host name to the path where the manager and every
+agent of the resource group see that root (a local disk in the embedded default, a shared POSIX
+filesystem such as NFS in a cluster). Unset, there is one host, ``local``, at
+``<state dir>/vfolders``. The manager makes each root on start (mode 0700: nobody but the server
+user walks into it; sessions reach a folder only through the mount the agent makes) and a folder's
+directory when the folder is created, from the folder's id, never from what a user typed.
+
+A relative path is checked on the way in and on the way out: it must be ``<32 hex digits>``
+optionally below one two-hex-digit level, nothing a database edit could point elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bai.common.errors import BaiError, InvalidAPIParameters
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "local"
+_RELPATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class StorageHostUnavailable(BaiError):
+    code = "vfolder-host-unavailable"
+    status = 503
+    title = "The storage host is not available."
+
+
+class UnknownStorageHost(InvalidAPIParameters):
+    title = "Unknown storage host."
+
+
+def relpath_of(folder_id: uuid.UUID) -> str:
+    """Where a folder lives beneath its host root: ``ab/ab12...`` (the first byte fans out)."""
+    return f"{folder_id.hex[:2]}/{folder_id.hex}"
+
+
+def checked_relpath(relpath: str) -> str:
+    if not _RELPATH.match(relpath or ""):
+        raise BaiError(f"refusing a malformed folder path {relpath!r}")
+    return relpath
+
+
+@dataclass(frozen=True)
+class StorageHost:
+    name: str
+    root: Path
+
+
+class StorageHosts:
+    """The storage hosts of this manager (from settings), and folder directories on them."""
+
+    def __init__(self, hosts: dict[str, str], default: str = DEFAULT_HOST) -> None:
+        for name in hosts:
+            if not _HOST_NAME.match(name):
+                raise ValueError(f"bad storage host name {name!r}")
+        self.hosts = {name: StorageHost(name, Path(path)) for name, path in hosts.items()}
+        self.default = default if default in self.hosts else next(iter(self.hosts), default)
+
+    @classmethod
+    def from_settings(cls, settings) -> StorageHosts:
+        hosts = dict(getattr(settings, "storage_hosts", None) or {})
+        if not hosts:
+            hosts = {DEFAULT_HOST: str(Path(settings.state_dir).expanduser().resolve() / "vfolders")}
+        return cls(hosts, getattr(settings, "default_storage_host", DEFAULT_HOST) or DEFAULT_HOST)
+
+    def names(self) -> list[str]:
+        return sorted(self.hosts)
+
+    def host(self, name: str | None) -> StorageHost:
+        name = name or self.default
+        host = self.hosts.get(name)
+        if host is None:
+            raise UnknownStorageHost(
+                f"unknown storage host {name!r}; hosts: {', '.join(self.names()) or 'none'}",
+                data={"host": name, "hosts": self.names()})
+        return host
+
+    def prepare(self) -> None:
+        """Make every host root (0700) that is missing; a root that cannot be made is logged
+        (its folders answer 503 until it can)."""
+        for host in self.hosts.values():
+            try:
+                host.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                log.warning("storage host %s: cannot make %s: %s", host.name, host.root, e)
+
+    def path(self, host: str, relpath: str) -> Path:
+        """The folder's directory (not checked for existence)."""
+        return self.host(host).root / checked_relpath(relpath)
+
+    def make_folder(self, host: str, relpath: str) -> Path:
+        """Make the folder's empty directory; raises StorageHostUnavailable when the root is
+        missing (an unmounted shared filesystem must not silently become a local folder)."""
+        root = self.host(host).root
+        if not root.is_dir():
+            raise StorageHostUnavailable(f"storage host {host!r}: {root} is not there")
+        path = root / checked_relpath(relpath)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            path.mkdir(mode=0o755)
+        except OSError as e:
+            raise StorageHostUnavailable(f"storage host {host!r}: cannot make the folder: "
+                                         f"{e.strerror}") from None
+        return path
+
+    def remove_folder(self, host: str, relpath: str) -> None:
+        """Remove the folder's directory and everything in it (links are removed, never
+        followed: ``shutil.rmtree`` uses ``openat`` walks on Linux)."""
+        with contextlib.suppress(BaiError):
+            path = self.path(host, relpath)
+            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(path.parent)  # the fan-out level, when it is empty now
