@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
+from attacks import SECCOMP_ATTACK, assert_seccomp_held
 from stacks import Stack, start_stack
 
 from bai.testing.docker import docker_host_or_skip
@@ -250,4 +251,20 @@ def test_the_manager_the_agent_and_host_listeners_are_unreachable(dstack: Stack)
     finally:
         listener.close()
         dstack.cli("rm", name, user=True, check=False)
+    healthy(dstack)
+
+
+def test_a_session_cannot_make_namespaces_or_use_kernel_facilities(dstack: Stack):
+    """bai's filter is loaded by the runner on top of the engine's profile (a host whose engine
+    runs unconfined keeps it): both show in the kernel's Seccomp_filters count."""
+    [agent] = json.loads(dstack.cli("admin", "agent", "list", "--output", "json").stdout)
+    iso = agent["isolation"]
+    assert iso["seccomp"] == "bai+engine" and iso["gaps"] == [], iso
+    name = unique("seccomp")
+    try:
+        out = run(dstack, name, SECCOMP_ATTACK)
+    finally:
+        dstack.cli("rm", name, user=True, check=False)
+    assert_seccomp_held(out)
+    assert f"filters ['{1 + int(iso['engine_seccomp'])}']" in out, out
     healthy(dstack)

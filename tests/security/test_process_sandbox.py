@@ -22,6 +22,7 @@ from pathlib import Path
 import bai.kernel
 import pytest
 
+from attacks import SECCOMP_ATTACK, assert_seccomp_held
 from stacks import Stack
 
 
@@ -288,6 +289,23 @@ def test_logs_never_follow_a_link_the_session_planted(stack: Stack) -> None:
         assert secret not in logs.stdout + logs.stderr
     finally:
         stack.cli("rm", "log-link", user=True, check=False)
+
+
+@needs_sandbox
+def test_a_session_cannot_make_namespaces_or_use_kernel_facilities(stack: Stack) -> None:
+    [agent] = json.loads(stack.cli("admin", "agent", "list", "--output", "json").stdout)
+    assert agent["isolation"]["seccomp"] == "bai", agent["isolation"]
+    out = run_as_user(stack, SECCOMP_ATTACK).stdout
+    assert_seccomp_held(out)
+    # nor with the tools a session finds on the system
+    tools = run_as_user(stack, """
+        import subprocess
+        for argv in (["unshare", "-U", "true"], ["unshare", "-r", "id"],
+                     ["bwrap", "--dev-bind", "/", "/", "true"]):
+            p = subprocess.run(argv, capture_output=True, text=True)
+            print(argv[0], p.returncode, p.stderr.strip()[:80])
+    """).stdout
+    assert " 0 " not in tools and tools.count("\n") >= 3, tools
 
 
 @needs_sandbox

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from bai.agent import seccomp
 from bai.agent.backends.sandbox import WORKDIR, Sandbox, interpreter_binds, probe
+
+FILTER = b"\0" * 8
 
 
 def binds(argv: list[str]) -> dict[str, str]:
@@ -52,9 +56,33 @@ def test_a_host_without_bwrap_says_which_promises_do_not_hold() -> None:
     gaps = sb.gaps()
     assert [g.split(":")[0] for g in gaps] == ["sandbox", "network", "own-uid", "cgroups"]
     assert "not found" in gaps[0] and "no sandbox" in gaps[2]
-    unprivileged = Sandbox(bwrap="/usr/bin/bwrap", privileged=False, cgroups=True).gaps()
+    unprivileged = Sandbox(bwrap="/usr/bin/bwrap", privileged=False, cgroups=True,
+                           seccomp=FILTER).gaps()
     assert unprivileged == ["own-uid: kernels share the agent's uid (not root: no uid per kernel)"]
 
 
 def test_a_host_with_everything_has_no_gaps() -> None:
-    assert Sandbox(bwrap="/usr/bin/bwrap", privileged=True, cgroups=True).gaps() == []
+    assert Sandbox(bwrap="/usr/bin/bwrap", privileged=True, cgroups=True,
+                   seccomp=FILTER).gaps() == []
+
+
+def test_a_host_without_libseccomp_says_the_filter_is_missing() -> None:
+    sb = Sandbox(bwrap="/usr/bin/bwrap", privileged=True, cgroups=True,
+                 seccomp_reason="no libseccomp binding")
+    assert sb.gaps() == ["seccomp: kernels may create user namespaces and use keyctl, bpf, "
+                         "perf_event_open, mount (no libseccomp binding)"]
+    assert "--seccomp" not in sb.argv("/usr/bin/python3", Path("/w"), 1234)
+
+
+def test_the_filter_is_compiled_and_handed_to_bwrap_as_an_fd() -> None:
+    program = seccomp.compiled().program
+    assert program and len(program) % 8 == 0  # struct sock_filter: 8 bytes each
+    sb = Sandbox(bwrap="/usr/bin/bwrap", privileged=True, cgroups=True, seccomp=program)
+    fd = sb.seccomp_memfd()
+    try:
+        argv = sb.argv("/usr/bin/python3", Path("/w"), 1234, seccomp_fd=fd)
+        assert argv[argv.index("--seccomp") + 1] == str(fd)
+        assert argv.index("--seccomp") < argv.index("--") < argv.index("setpriv")
+        assert os.pread(fd, len(program) + 1, 0) == program
+    finally:
+        os.close(fd)

@@ -22,6 +22,9 @@ def main(argv: list | None = None) -> int:
                              ".bai/runner.sock")
     parser.add_argument("--agent-uid", type=int, default=None,
                         help="accept connections only from this uid (SO_PEERCRED)")
+    parser.add_argument("--seccomp", default=None, metavar="FILE",
+                        help="load this compiled seccomp filter (BPF) before anything of the "
+                             "kernel runs; fail if it cannot be loaded")
     args = parser.parse_args(argv)
     user = None
     if args.user:
@@ -30,7 +33,7 @@ def main(argv: list | None = None) -> int:
     from bai.kernel.runner import main as serve
 
     return serve(args.workdir, args.pooled, args.state_dir, user, args.listen_fd,
-                 args.agent_uid)
+                 args.agent_uid, args.seccomp)
 
 
 if __name__ == "__main__":

@@ -766,7 +766,33 @@ def _free_name(path: str) -> str:
     return name
 
 
+def load_seccomp(path: str) -> None:
+    """Load the compiled filter at ``path`` (the agent's ``agent/seccomp.py``, BPF made by
+    libseccomp) for this process and all it starts; on top of any filter already loaded (the
+    engine's). Sets ``no_new_privs`` first, which loading needs. Exits if it cannot."""
+    import ctypes
+
+    with open(path, "rb") as f:
+        program = f.read(1 << 20)
+    if not program or len(program) % 8:
+        raise SystemExit("bai.kernel: %s is no seccomp program" % path)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if (libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0
+            or libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) != 0):
+        raise SystemExit("bai.kernel: cannot load the seccomp filter: %s"
+                         % os.strerror(ctypes.get_errno()))
+
+
 def main(workdir: str, pooled: bool = False, state_dir: str | None = None,
          user: tuple | None = None, listen_fd: int | None = None,
-         agent_uid: int | None = None) -> int:
+         agent_uid: int | None = None, seccomp: str | None = None) -> int:
+    if seccomp is not None:  # before anything of the kernel, while the file is readable
+        load_seccomp(seccomp)
     return Runner(workdir, pooled, state_dir, user, listen_fd, agent_uid).serve()

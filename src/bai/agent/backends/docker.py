@@ -54,7 +54,7 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 import bai.kernel
-from bai.agent import statefiles
+from bai.agent import seccomp, statefiles
 from bai.agent.backends import docker_folder
 from bai.agent.backends.base import (
     ExitCallback,
@@ -77,6 +77,8 @@ from bai.agent.backends.docker_spec import (
     L_UID,
     L_WORKDIR,
     LABEL,
+    RUN_DIR,
+    SECCOMP_FILE,
     STANDBY_PREFIX,
     WORK_DIR,
     ContainerSite,
@@ -141,7 +143,10 @@ class DockerBackend(RuntimeBackend):
         self.network_mode = network_mode
         self.rescan_interval = rescan_interval
         self.kernel_package = (kernel_package or Path(bai.kernel.__file__).parent).absolute()
-        self.site = ContainerSite(agent_id, self.kernel_package, pids_limit)
+        #: the kernels' seccomp filter, loaded by the runner on top of the engine's profile
+        self.seccomp = seccomp.compiled()
+        self.site = ContainerSite(agent_id, self.kernel_package, pids_limit,
+                                  seccomp=self.seccomp.program is not None)
         self.uids = uids or SandboxUids(DEFAULT_UID_FIRST, DEFAULT_UID_COUNT, DEFAULT_UID_LOCKS)
         #: whether work dirs could be mounted nosuid,nodev (the agent runs as root)
         self.nosuid = True
@@ -208,6 +213,7 @@ class DockerBackend(RuntimeBackend):
             "swap": bool(info.get("SwapLimit", True)),
             "cpu": bool(info.get("CpuCfsQuota", True)),
             "pids": bool(info.get("PidsLimit", True)),
+            "engine_seccomp": any("seccomp" in str(o) for o in info.get("SecurityOptions") or []),
         }
         self.scratch_root.mkdir(parents=True, exist_ok=True)
 
@@ -253,6 +259,10 @@ class DockerBackend(RuntimeBackend):
             "user": "a uid per kernel, no capabilities, no-new-privileges",
             "workdir_nosuid": self.nosuid,
             "pids_limit": self.pids_limit,
+            "seccomp": "bai+engine" if self.seccomp.program is not None else "engine",
+            "gaps": [] if self.seccomp.program is not None else [
+                "seccomp: kernels may create user namespaces where the engine's profile "
+                f"allows it ({self.seccomp.reason})"],
             "standby_pool": self.pool.size if not self.pool.disabled else 0,
             **self._engine,
         }
@@ -368,6 +378,10 @@ class DockerBackend(RuntimeBackend):
             raise KernelCreationFailed(
                 f"the agent cannot give a kernel's work dir to its own uid ({e}): the docker "
                 "runtime's agent must run as root") from e
+        if self.seccomp.program is not None:
+            # run/ is fresh and root's: no session ever wrote there
+            await asyncio.to_thread((home / RUN_DIR / SECCOMP_FILE).write_bytes,
+                                    self.seccomp.program)
         if not mounted and self.nosuid:
             self.nosuid = False
             log.warning("work dirs are not mounted nosuid,nodev: the agent may not mount "

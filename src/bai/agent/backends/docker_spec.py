@@ -39,6 +39,8 @@ STANDBY_HOSTNAME = "bai-standby"
 #: a kernel's host folder ``<scratch_root>/<kernel_id>`` (root's, 0700) holds these two
 WORK_DIR = "work"  # the session's work dir, owned by the kernel's uid, mounted nosuid,nodev
 RUN_DIR = "run"  # the runner's socket, config, log and exit status: root's, 0700
+#: in RUN_DIR: the compiled seccomp filter (``agent/seccomp.py``) the runner loads
+SECCOMP_FILE = "seccomp.bpf"
 
 KERNEL_PREFIX = "bai-kernel-"
 STANDBY_PREFIX = "bai-standby-"
@@ -69,6 +71,8 @@ class ContainerSite:
     agent_id: str
     kernel_package: Path
     pids_limit: int
+    #: the agent puts the seccomp filter in each kernel's run/ (SECCOMP_FILE): the runner loads it
+    seccomp: bool = False
 
     def kernel_labels(self, spec: KernelSpec, workdir: Path, uid: int) -> dict[str, str]:
         return {
@@ -113,7 +117,7 @@ class ContainerSite:
         """The container created for a kernel that runs as ``uid``."""
         return {
             "Image": spec.image,
-            "Cmd": runner_argv(uid),
+            "Cmd": runner_argv(uid, self.seccomp),
             "Entrypoint": [],
             "Env": [f"{k}={v}" for k, v in kernel_env(spec).items()],
             "WorkingDir": WORK_TARGET,
@@ -136,7 +140,7 @@ class ContainerSite:
             host_config["Memory"] = host_config["MemorySwap"] = mem
         return {
             "Image": image,
-            "Cmd": [*runner_argv(uid), "--pooled"],
+            "Cmd": [*runner_argv(uid, self.seccomp), "--pooled"],
             "Entrypoint": [],
             "Env": [f"{k}={v}" for k, v in STANDBY_ENV.items()],
             "WorkingDir": WORK_TARGET,
@@ -148,10 +152,12 @@ class ContainerSite:
         }
 
 
-def runner_argv(uid: int) -> list[str]:
-    """The runner, started as the container's root, gives up root for ``uid`` (see RUNNER_CAPS)."""
+def runner_argv(uid: int, seccomp: bool = False) -> list[str]:
+    """The runner, started as the container's root, gives up root for ``uid`` (see RUNNER_CAPS);
+    with ``seccomp`` it first loads the agent's filter, on top of the engine's own profile."""
     return ["python3", "-m", "bai.kernel", "--workdir", WORK_TARGET, "--state-dir", RUN_TARGET,
-            "--user", f"{uid}:{uid}"]
+            "--user", f"{uid}:{uid}",
+            *(["--seccomp", f"{RUN_TARGET}/{SECCOMP_FILE}"] if seccomp else [])]
 
 
 def run_dir_of(workdir: Path) -> Path:

@@ -344,9 +344,11 @@ class ProcessBackend(RuntimeBackend):
         """Start the runner of ``kdir``: the agent binds its socket and hands it over."""
         work = kdir / "work"
         listener = bind_listener(kdir)
+        filt = self.sandbox.seccomp_memfd() if self.sandbox.active else None
         try:
             if self.sandbox.active:
-                prefix: list[str] | None = self.sandbox.argv(interp, work, uid)
+                prefix: list[str] | None = self.sandbox.argv(interp, work, uid,
+                                                             seccomp_fd=filt)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work
@@ -359,9 +361,12 @@ class ProcessBackend(RuntimeBackend):
                 return subprocess.Popen(
                     argv, env=env, cwd=kdir if self.sandbox.active else work,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, pass_fds=(listener.fileno(),))
+                    start_new_session=True,
+                    pass_fds=(listener.fileno(),) + (() if filt is None else (filt,)))
         finally:
             listener.close()  # the runner holds it now: when it ends, connecting fails
+            if filt is not None:
+                os.close(filt)  # the launcher has its own copy for bwrap
 
     def _inside(self, k_workdir: Path) -> Path:
         """Where the kernel sees its work dir."""
@@ -546,6 +551,7 @@ class ProcessBackend(RuntimeBackend):
             "pid_namespace": sb.active or self.namespaces,
             "mount_namespace": sb.active or self.namespaces,
             "network_namespace": sb.active,
+            "seccomp": "bai" if sb.active and sb.seccomp is not None else None,
             "process_group": True,
             "user": "per-kernel uid" if self.uids is not None else self.user_name,
             "gaps": sb.gaps(),

@@ -15,7 +15,9 @@ Inside, the kernel sees:
   minimal ``/dev``; no ``/sys`` (no cgroup files), no ``/run``, ``/var``, ``/root``, no home
   folders: nothing of the agent's state dir, scratch root, other kernels or client configuration;
 * its own IPC, UTS and network namespaces: only a loopback interface of its own, so nothing
-  listening on the host (manager, agent, other sessions) can be reached.
+  listening on the host (manager, agent, other sessions) can be reached;
+* the seccomp filter of ``agent/seccomp.py`` (``bwrap --seccomp``): no new namespaces, no
+  keyctl, bpf, perf_event_open, mount, ... for anything the kernel runs.
 
 As root (``privileged``), bwrap mounts with real privileges and ``setpriv`` drops to the kernel's
 uid from ``sandbox_uids``. Without root, bwrap makes a user namespace and the kernel keeps the
@@ -32,6 +34,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bai.agent import seccomp as seccomp_filter
 
 #: where the kernel sees its work dir, runner code and interpreter links
 WORKDIR = "/home/work"
@@ -96,6 +100,9 @@ class Sandbox:
     cgroups: bool = False
     #: why the sandbox is off, when it is
     reason: str = ""
+    #: the compiled seccomp filter (``agent/seccomp.py``; None: why in ``seccomp_reason``)
+    seccomp: bytes | None = None
+    seccomp_reason: str = ""
     extra_gaps: list[str] = field(default_factory=list)
 
     @property
@@ -113,13 +120,17 @@ class Sandbox:
             out.append("own-uid: kernels share the agent's uid (no sandbox: no uid per kernel)")
         elif not self.privileged:
             out.append("own-uid: kernels share the agent's uid (not root: no uid per kernel)")
+        if self.active and self.seccomp is None:
+            out.append("seccomp: kernels may create user namespaces and use keyctl, bpf, "
+                       f"perf_event_open, mount ({self.seccomp_reason or 'no filter'})")
         if not self.cgroups:
             out.append("cgroups: no kernel-enforced memory/cpu/pids limits (no writable cgroups)")
         return out + self.extra_gaps
 
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
-             network: bool = False) -> list[str]:
-        """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox."""
+             network: bool = False, seccomp_fd: int | None = None) -> list[str]:
+        """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox;
+        ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``)."""
         assert self.bwrap is not None
         argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--hostname", "bai-kernel"]
@@ -136,11 +147,43 @@ class Sandbox:
                  "--ro-bind", kernel_package(), f"{LIB}/bai/kernel",
                  "--symlink", interpreter, f"{BIN}/python",
                  "--symlink", interpreter, f"{BIN}/python3",
-                 "--chdir", WORKDIR, "--"]
+                 "--chdir", WORKDIR]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
+        argv.append("--")
         if uid is not None:
             argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
         return argv
+
+    def seccomp_memfd(self) -> int | None:
+        """An inheritable fd with the filter for one ``argv`` (the caller closes it)."""
+        if self.seccomp is None:
+            return None
+        fd = seccomp_filter.memfd(self.seccomp)
+        os.set_inheritable(fd, True)
+        return fd
+
+
+def _try(sb: Sandbox, interpreter: str, privileged: bool) -> str:
+    """Run ``true`` in the sandbox once: "" when it works, else why not."""
+    fd = sb.seccomp_memfd()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bai-probe-") as scratch:
+            argv = sb.argv(interpreter, Path(scratch), 65534 if privileged else None,
+                           seccomp_fd=fd) + ["true"]
+            try:
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=30, pass_fds=() if fd is None else (fd,))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"bwrap failed: {e}"
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if done.returncode != 0:
+        said = (done.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        return f"bwrap failed: {said[-1] if said else done.returncode}"
+    return ""
 
 
 def probe(bwrap: str, enabled: bool, cgroups: bool, interpreter: str) -> Sandbox:
@@ -156,16 +199,14 @@ def probe(bwrap: str, enabled: bool, cgroups: bool, interpreter: str) -> Sandbox
     if privileged and shutil.which("setpriv") is None:
         return Sandbox(privileged=privileged, cgroups=cgroups,
                        reason="setpriv not found: install Debian's util-linux")
-    sb = Sandbox(bwrap=path, privileged=privileged, cgroups=cgroups)
-    with tempfile.TemporaryDirectory(prefix="bai-probe-") as scratch:
-        argv = sb.argv(interpreter, Path(scratch), 65534 if privileged else None) + ["true"]
-        try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return Sandbox(privileged=privileged, cgroups=cgroups, reason=f"bwrap failed: {e}")
-    if done.returncode != 0:
-        said = (done.stderr or b"").decode("utf-8", "replace").strip().splitlines()
-        return Sandbox(privileged=privileged, cgroups=cgroups,
-                       reason=f"bwrap failed: {said[-1] if said else done.returncode}")
+    filt = seccomp_filter.compiled()
+    sb = Sandbox(bwrap=path, privileged=privileged, cgroups=cgroups, seccomp=filt.program,
+                 seccomp_reason=filt.reason)
+    why = _try(sb, interpreter, privileged)
+    if why and sb.seccomp is not None:  # the filter, not the sandbox? then without it
+        sb.seccomp, sb.seccomp_reason = None, f"bwrap refused the filter: {why}"
+        if _try(sb, interpreter, privileged) == "":
+            return sb
+    if why:
+        return Sandbox(privileged=privileged, cgroups=cgroups, reason=why)
     return sb
