@@ -5,6 +5,7 @@ case the pool cannot serve starts cold."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from decimal import Decimal
@@ -75,6 +76,23 @@ async def backend(tmp_path: Path):
     b = await make(tmp_path)
     yield b
     await shut(b)
+
+
+def descendants(root: int) -> list[bytes]:
+    """The command lines of ``root`` and every process below it."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit():
+                parent[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError):
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        todo += [p for p, pp in parent.items() if pp == pid]
+    return found
 
 
 async def probe(b: ProcessBackend, inst: Instance, code: str = PROBE) -> tuple[str, int | None]:
@@ -320,3 +338,24 @@ async def test_a_pooled_runner_that_dies_while_starting_is_dropped_and_the_kerne
             assert runner.cgroup_name not in b.cgroups.names("pool-")
     finally:
         await shut(b)
+
+
+async def test_a_batch_command_starts_cold_without_a_python_worker(
+        backend: ProcessBackend) -> None:
+    """A batch session whose work is its startup command leaves the pool alone and its runner
+    starts no Python worker (one interpreter a job, not two); the command's exit ends it."""
+    await pooled_ready(backend)
+    waiting = list(backend.pool.idle[backend.settings.process_interpreter])
+    s = spec(session_type="BATCH", startup_command="sleep 1; exit 4")
+    inst = await backend.create(s)
+    assert "bai.pooled" not in inst.labels
+    assert backend.pool.idle[backend.settings.process_interpreter] == waiting
+    tree = descendants(int(inst.labels["bai.pid"]))  # launcher, sandbox, runner, command
+    assert any(b"bai.kernel" in c for c in tree), tree
+    assert not any(b"worker.py" in c for c in tree), tree
+    for _ in range(600):
+        if backend.exits:  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0.1)
+    assert [(i.kernel_id, i.exit_code) for i in backend.exits] == \
+        [(s.kernel_id, 4)]  # type: ignore[attr-defined]

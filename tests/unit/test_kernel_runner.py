@@ -229,3 +229,48 @@ def test_a_small_frame_is_sent_whole() -> None:
     assert wire.frames[0]["status"] == "waiting-input" and wire.frames[0]["console"] == []
     assert wire.frames[0]["options"] == {"is_password": True}
     assert wire.frames[1]["console"] == [["stdout", "hi\n"]] and wire.frames[1]["exitCode"] == 3
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of ``pid``'s child processes."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
+def test_a_startup_command_kernel_starts_its_interpreter_only_when_asked(tmp_path: Path) -> None:
+    """A batch session's runner (its work is its startup command) is ready without the Python
+    worker; a query execution starts one and runs; the command's end ends the runner."""
+    work = tmp_path / "work"
+    (work / ".bai").mkdir(parents=True)
+    (work / ".bai" / "runner.json").write_text(json.dumps(
+        {"startup_command": "while [ ! -e go ]; do sleep 0.05; done; exit 3"}))
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": SRC, "HOME": str(work), "LANG": "C.UTF-8"}
+    proc = subprocess.Popen([PYTHONS[0], "-m", "bai.kernel", "--workdir", str(work)], env=env,
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        sock = work / ".bai" / "runner.sock"
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = Client(sock)
+        client.send({"op": "ping"})
+        pong = client.receive()
+        assert pong["ready"] is True and pong["worker_ready"] is False
+        assert not [c for c in _children(proc.pid) if "worker.py" in c]
+        frames = client.execute(mode="query", code="print(6 * 7)")
+        assert text(frames, "stdout") == "42\n" and frames[-1]["exitCode"] == 0
+        assert [c for c in _children(proc.pid) if "worker.py" in c]
+        (work / "go").touch()
+        assert proc.wait(timeout=60) == 3
+        assert json.loads((work / ".bai" / "exit.json").read_text()) == \
+            {"exit_code": 3, "reason": "self-terminated"}
+    finally:
+        proc.kill()
+        proc.wait()

@@ -656,11 +656,18 @@ class ProcessBackend(RuntimeBackend):
         # a pooled runner's work dir was made with the agent's disk_quota: another starts cold
         other_quota = self.quota is not None and spec.disk_quota not in (
             0, self.settings.disk_quota)
-        runner = None if startup_fixed(spec.environ) or other_quota else self.pool.take(interp)
+        # a batch job's work is its startup command: started cold, its runner runs no Python
+        # worker (see bai.kernel.runner), while a pooled one has one and another is made in
+        # its place: two interpreters a job instead of one
+        command_only = (spec.session_type.upper() == "BATCH"
+                        and (spec.startup_command or "").strip() not in ("", "*"))
+        runner = None if startup_fixed(spec.environ) or other_quota or command_only \
+            else self.pool.take(interp)
         try:
             return await self._create_kernel(spec, interp, runner)
         finally:
-            self.pool.refill(interp, self.cgroups is not None, POOL_REFILL_DELAY)
+            if not command_only:
+                self.pool.refill(interp, self.cgroups is not None, POOL_REFILL_DELAY)
 
     async def _create_kernel(self, spec: KernelSpec, interp: str,
                              runner: PooledRunner | None) -> Instance:
