@@ -47,14 +47,23 @@ def test_ps_shows_the_first_10_newest_first_and_says_how_many_more(fake, capsys)
     assert all(r.signature_ok for r in fake.requests)
 
 
-def test_ps_all_lists_every_session(fake, capsys):
+def test_ps_all_lists_every_session(fake, capsys, monkeypatch):
+    from bai.client.cli import listing
+
     fake.sessions += [make_session(i) for i in range(15, 130)]
     r = invoke(capsys, "ps", "--all")
     assert r.code == 0
     assert len(lines(r.out)) == 2 + 130
     pages = [q.body["variables"] for q in fake.of("POST", "/admin/gql")[1:]]
-    assert [(p["limit"], p["offset"]) for p in pages] == [(100, 0), (100, 100)]
+    assert [(p["limit"], p["offset"]) for p in pages] == [(5000, 0)]  # one round trip
     assert "more" not in r.err
+    # more than a page: the next ones follow until the total is reached
+    monkeypatch.setattr(listing, "PAGE", 100)
+    fake.requests.clear()
+    r = invoke(capsys, "ps", "--all")
+    assert r.code == 0 and len(lines(r.out)) == 2 + 130
+    pages = [q.body["variables"] for q in fake.of("POST", "/admin/gql")[1:]]
+    assert [(p["limit"], p["offset"]) for p in pages] == [(100, 0), (100, 100)]
 
 
 def test_ps_format_shows_exactly_those_columns(fake, capsys):
