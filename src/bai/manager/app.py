@@ -29,7 +29,8 @@ def settle_gc() -> None:
 
 def create_app(settings: ManagerSettings) -> web.Application:
     from bai.manager.api import (
-        admin, events, gql, internal, middleware, openapi, ops, root, session, stream, vfolder,
+        admin, events, gql, internal, middleware, openapi, ops, root, session, storage, stream,
+        vfolder,
     )
     from bai.manager.services.root import ManagerRoot
     from bai.ops.http import OpsListener, instrument, observe
@@ -42,7 +43,8 @@ def create_app(settings: ManagerSettings) -> web.Application:
     )
     app[ROOT] = manager
     instrument(app)
-    for module in (root, session, stream, events, gql, admin, internal, ops, vfolder, openapi):
+    for module in (root, session, stream, events, gql, admin, internal, ops, vfolder, storage,
+                   openapi):
         module.setup(app)
     listener = None
     if settings.ops_port is not None:

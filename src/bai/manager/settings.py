@@ -67,6 +67,9 @@ class ManagerSettings(TomlSettings):
         description="storage hosts of folders: name -> the path where the manager and every agent "
         "of the group see that root (TOML: storage_hosts = {local = \"/srv/bai\"}; env: JSON); "
         "empty: one host 'local' at <state_dir>/vfolders")
+    storage_url: str | None = Field(
+        None, description="base URL clients reach the storage endpoint (/storage/upload, "
+        "/storage/download) at; unset: the URL the client reached the API at")
     default_storage_host: str = Field(
         "local", description="the host of a folder created without one")
     session_file_max: int = Field(

@@ -64,6 +64,7 @@ ROOT_COMMANDS = {
     "logs": (M + "session:logs", "Show the console log of a session's main kernel."),
     "session": (M + "session:session", "Session commands (list, info, history, logs, ...)."),
     "admin": (M + "admin:admin", "Administration: sessions, images, users, keypairs, ..."),
+    "vfolder": (M + "vfolder:vfolder", "Storage folders: create, upload, download, share, ..."),
     "server": (M + "server:server", "Start, stop or inspect the embedded bai daemons."),
     "config": (M + "session:config", "Show the client configuration in use."),
 }

@@ -9,7 +9,8 @@ answered as a 500 problem.
 ``auth_middleware`` verifies the HMAC signature (and, where the request carries
 ``X-BAI-Content-SHA256``, that the body is the one signed) of every request except the unauthenticated
 version probe (``GET /`` without ``Authorization``), the cluster-internal ``/internal/*`` routes
-(they check the cluster token themselves), the health probes ``/health/live|ready``, ``/openapi.json`` and
+(they check the cluster token themselves), the storage endpoint ``/storage/*`` (it checks the
+token ``request-upload``/``request-download`` handed out), the health probes ``/health/live|ready``, ``/openapi.json`` and
 ``OPTIONS``; it stores the ``Caller`` in
 ``request["caller"]``.
 """
@@ -94,7 +95,7 @@ def needs_auth(request: web.Request) -> bool:
     if request.method == "OPTIONS":
         return False
     path = request.path
-    if path.startswith("/internal/") or path in ("/health/live", "/health/ready", "/openapi.json"):
+    if path.startswith(("/internal/", "/storage/")) or path in ("/health/live", "/health/ready", "/openapi.json"):
         return False
     if path == "/" and request.method in ("GET", "HEAD") and "Authorization" not in request.headers:
         return False

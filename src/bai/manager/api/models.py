@@ -222,3 +222,76 @@ class CreateFolder(Body):
 class ListFolders(Body):
     all: bool | None = None
     group_id: Name | None = None
+
+
+class FolderFiles(Body):
+    """``GET /folders/{name}/files``; ``offset``/``limit`` are bai's (a page of a huge folder)."""
+
+    path: FolderPath | None = None
+    offset: Count | None = None
+    limit: Count | None = None
+
+
+class RenameFolder(Body):
+    new_name: Any = None
+
+
+class DeleteFolderById(Body):
+    id: text(64) | None = None
+
+
+class MakeFolderDir(Body):
+    path: FolderPath | list[FolderPath] | None = None
+    parents: bool | None = None
+    exist_ok: bool | None = None
+
+
+class RequestUpload(Body):
+    path: FolderPath | None = None
+    size: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+
+
+class RequestDownload(Body):
+    path: FolderPath | None = None
+    archive: bool | None = None
+
+
+class RenameFolderFile(Body):
+    target_path: FolderPath | None = None
+    new_name: FolderPath | None = None
+
+
+class MoveFolderFile(Body):
+    src: FolderPath | None = None
+    dst: FolderPath | None = None
+
+
+class DeleteFolderFiles(Body):
+    files: list[FolderPath] | FolderPath | None = None
+    recursive: bool | None = None
+
+
+class ShareFolder(Body):
+    permission: text(32) | None = None
+    emails: list[text(128)] | None = None
+
+
+class UnshareFolder(Body):
+    emails: list[text(128)] | None = None
+
+
+class InviteToFolder(Body):
+    perm: text(32) | None = None
+    user_ids: list[text(128)] | None = None
+
+
+class CloneFolder(Body):
+    target_name: Any = None
+    target_host: Name | None = None
+    usage_mode: text(16) | None = None
+    permission: text(32) | None = None
+
+
+class FolderOptions(Body):
+    permission: text(32) | None = None
+    cloneable: bool | None = None

@@ -9,18 +9,24 @@ directory is removed, so a failure leaves nothing half-made.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from bai.common.errors import (
-    Forbidden, InvalidAPIParameters, NotFound, VFolderAlreadyExists, VFolderPermissionDenied,
+    BaiError, Forbidden, InvalidAPIParameters, NotFound, VFolderAlreadyExists, VFolderNotFound,
+    VFolderPermissionDenied,
 )
 from bai.manager.context import Caller
+from bai.manager.services import folder_files as ff
 from bai.manager.services import vfolders as vf
-from bai.manager.services.storage import StorageHosts, relpath_of
+from bai.manager.services.storage import StorageHosts, StorageTokens, relpath_of
 from bai.manager.store import tables as t
 
 
@@ -29,6 +35,7 @@ class FolderService:
         self.root = root
         self.store = root.store
         self.hosts: StorageHosts = StorageHosts.from_settings(root.settings)
+        self.tokens = StorageTokens.from_settings(root.settings)
 
     def start(self) -> None:
         self.hosts.prepare()
@@ -160,3 +167,284 @@ class FolderService:
         if a.is_owner or (a.via == "group" and caller.is_admin):
             return
         raise VFolderPermissionDenied(f"only the owner of folder {a.name!r} can {what} it")
+
+    async def info(self, caller: Caller, name: str) -> dict[str, Any]:
+        a = await self.find(caller, name)
+        path = self.hosts.path(a.row["host"], a.row["relpath"])
+        try:
+            files, used = await asyncio.to_thread(ff.usage, path)
+        except BaiError:
+            files, used = 0, 0
+        async with self.store.connect() as conn:
+            emails = await self._names(conn, t.users.c.id, t.users.c.email, {a.row["user_id"]})
+            gnames = await self._names(conn, t.groups.c.id, t.groups.c.name, {a.row["group_id"]})
+        out = vf.folder_json(a, user_email=emails.get(a.row["user_id"]),
+                             group_name=gnames.get(a.row["group_id"]))
+        out.update({"numFiles": files, "num_files": files, "used_bytes": used, "cur_size": used,
+                    "created": out["created_at"]})
+        return out
+
+    async def rename(self, caller: Caller, name: str, new_name: str) -> None:
+        new_name = vf.checked_name(new_name, "new folder name")
+        async with self.store.begin() as conn:
+            a = await vf.find(conn, caller.user_id, name)
+            self._require_owner(caller, a, "rename")
+            if new_name == a.name:
+                return
+            await self._name_free(conn, caller, new_name,
+                                  a.row["group_id"] if a.via == "group" else None)
+            try:
+                await conn.execute(sa.update(t.vfolders).where(t.vfolders.c.id == a.id)
+                                   .values(name=new_name))
+            except IntegrityError:
+                raise VFolderAlreadyExists(f"a folder named {new_name!r} already exists") \
+                    from None
+
+    async def delete(self, caller: Caller, name: str, *, by_id: bool = False) -> None:
+        """The record first (a folder nobody reaches any more), then its bytes."""
+        async with self.store.begin() as conn:
+            if by_id:
+                fid = vf._as_id(name)
+                found = await vf.accessible(conn, caller.user_id, folder_id=fid) if fid else []
+                if not found:
+                    raise VFolderNotFound(f"no such folder: {name}")
+                a = found[0]
+            else:
+                a = await vf.find(conn, caller.user_id, name)
+            self._require_owner(caller, a, "delete")
+            await conn.execute(sa.delete(t.vfolders).where(t.vfolders.c.id == a.id))
+        await asyncio.to_thread(self.hosts.remove_folder, a.row["host"], a.row["relpath"])
+
+    async def _users_by_email(self, conn, emails: list[str]) -> dict[str, uuid.UUID]:
+        if not isinstance(emails, list) or not emails or not all(
+                isinstance(e, str) and e for e in emails):
+            raise InvalidAPIParameters("give the e-mails of the users", data={"field": "emails"})
+        rows = await conn.execute(sa.select(t.users.c.email, t.users.c.id)
+                                  .where(t.users.c.email.in_(emails)))
+        found = dict(rows.all())
+        missing = [e for e in emails if e not in found]
+        if missing:
+            raise NotFound(f"no such user: {', '.join(missing)}", data={"emails": missing})
+        return found
+
+    async def share(self, caller: Caller, name: str, permission: Any,
+                    emails: list[str]) -> list[str]:
+        perm = vf.parse_permission(permission if permission is not None else "ro")
+        async with self.store.begin() as conn:
+            a = await vf.find(conn, caller.user_id, name)
+            self._require_owner(caller, a, "share")
+            users = await self._users_by_email(conn, emails)
+            for email, uid in users.items():
+                if uid == a.row["user_id"]:
+                    raise InvalidAPIParameters(f"{email} owns folder {a.name!r}")
+                p = t.vfolder_permissions
+                exists = (await conn.execute(sa.select(p.c.user_id).where(
+                    p.c.vfolder_id == a.id, p.c.user_id == uid))).first()
+                if exists:
+                    await conn.execute(sa.update(p).where(p.c.vfolder_id == a.id,
+                                                          p.c.user_id == uid)
+                                       .values(permission=perm))
+                else:
+                    await conn.execute(sa.insert(p).values(
+                        vfolder_id=a.id, user_id=uid, permission=perm, created_at=t.utcnow()))
+        return list(users)
+
+    async def unshare(self, caller: Caller, name: str, emails: list[str]) -> list[str]:
+        async with self.store.begin() as conn:
+            a = await vf.find(conn, caller.user_id, name)
+            self._require_owner(caller, a, "unshare")
+            users = await self._users_by_email(conn, emails)
+            p = t.vfolder_permissions
+            await conn.execute(sa.delete(p).where(p.c.vfolder_id == a.id,
+                                                  p.c.user_id.in_(list(users.values()))))
+        return list(users)
+
+    async def leave(self, caller: Caller, name: str) -> None:
+        async with self.store.begin() as conn:
+            a = await vf.find(conn, caller.user_id, name)
+            if a.via != "shared":
+                raise InvalidAPIParameters(f"folder {a.name!r} is not shared with you")
+            p = t.vfolder_permissions
+            await conn.execute(sa.delete(p).where(p.c.vfolder_id == a.id,
+                                                  p.c.user_id == caller.user_id))
+
+    async def update_options(self, caller: Caller, name: str, body: dict[str, Any]) -> None:
+        values: dict[str, Any] = {}
+        if body.get("permission") is not None:
+            values["permission"] = vf.parse_permission(body["permission"])
+        if body.get("cloneable") is not None:
+            values["cloneable"] = bool(body["cloneable"])
+        async with self.store.begin() as conn:
+            a = await vf.find(conn, caller.user_id, name)
+            self._require_owner(caller, a, "change the options of")
+            if values:
+                await conn.execute(sa.update(t.vfolders).where(t.vfolders.c.id == a.id)
+                                   .values(**values))
+
+    async def clone(self, caller: Caller, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A new folder of the caller's with a copy of what the source holds (the source must
+        be the caller's own or cloneable). Links are copied as links, never followed."""
+        a = await self.find(caller, name)
+        if not (a.is_owner or a.row["cloneable"]):
+            raise VFolderPermissionDenied(f"folder {a.name!r} does not allow cloning")
+        target = vf.checked_name(body.get("target_name"), "target folder name")
+        host = self.hosts.host(body.get("target_host") or a.row["host"]).name
+        src = self.hosts.path(a.row["host"], a.row["relpath"])
+
+        def fill(dst: Path) -> None:
+            with ff.pinned(src):  # the source's own directory must not be a link
+                shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+
+        return await self._make(
+            caller, name=target, host=host,
+            permission=vf.parse_permission(body.get("permission") or "rw"),
+            usage_mode=vf.parse_usage_mode(body.get("usage_mode") or a.row["usage_mode"]),
+            quota=a.row["quota"], cloneable=False, group=None, fill=fill)
+
+    # ------------------------------------------------------------ files
+
+    async def _folder(self, caller: Caller, name: str) -> tuple[vf.Access, Path]:
+        a = await self.find(caller, name)
+        return a, self.hosts.path(a.row["host"], a.row["relpath"])
+
+    async def list_files(self, caller: Caller, name: str, path: str, *,
+                         offset: int | None = None, limit: int | None = None):
+        _, folder = await self._folder(caller, name)
+        if offset is None and limit is None:
+            return await asyncio.to_thread(ff.list_all, folder, path or ".")
+        return await asyncio.to_thread(ff.list_dir, folder, path or ".",
+                                       offset=offset or 0, limit=limit)
+
+    async def mkdir(self, caller: Caller, name: str, path: Any, *, parents: bool,
+                    exist_ok: bool) -> None:
+        a, folder = await self._folder(caller, name)
+        a.require_write("make folders in it")
+        await asyncio.to_thread(ff.mkdir, folder, path, parents=parents, exist_ok=exist_ok)
+
+    async def delete_files(self, caller: Caller, name: str, files: Any, recursive: bool) -> None:
+        a, folder = await self._folder(caller, name)
+        if isinstance(files, str):
+            files = [files]
+        if not isinstance(files, list) or not files:
+            raise InvalidAPIParameters("name the files to remove", data={"field": "files"})
+        a.require_delete("remove files")
+        await asyncio.to_thread(ff.remove, folder, files, recursive=recursive)
+
+    async def move_file(self, caller: Caller, name: str, src: Any, dst: Any) -> None:
+        a, folder = await self._folder(caller, name)
+        a.require_write("move files")
+        await asyncio.to_thread(ff.move, folder, src, dst)
+
+    async def rename_file(self, caller: Caller, name: str, target: Any, new_name: Any) -> None:
+        a, folder = await self._folder(caller, name)
+        a.require_write("rename files")
+        await asyncio.to_thread(ff.rename, folder, target, new_name)
+
+    # ------------------------------------------------------------ the storage endpoint
+
+    async def request_upload(self, caller: Caller, name: str, path: Any, size: Any) -> str:
+        a, folder = await self._folder(caller, name)
+        a.require_write("upload")
+        try:
+            size = int(size)
+        except (TypeError, ValueError):
+            raise InvalidAPIParameters("'size' must be the file's size in bytes",
+                                       data={"field": "size"}) from None
+        if size < 0:
+            raise InvalidAPIParameters("'size' must not be negative", data={"field": "size"})
+        quota = a.row["quota"]
+        if quota and size > quota:
+            raise ff.FolderQuotaExceeded(
+                f"the file ({size:,} bytes) is larger than folder {a.name!r}'s quota "
+                f"({quota:,} bytes)", data={"quota": quota, "size": size})
+        parts = await asyncio.to_thread(ff.check_target, folder, path)
+        upload_id = secrets.token_hex(16)
+        if size == 0:  # tus clients send no PATCH for an empty file: it is whole already
+            await self.write_upload({"folder": a.id.hex, "user": caller.user_id.hex,
+                                     "path": "/".join(parts), "size": 0, "upload": upload_id},
+                                    0, None)
+        return self.tokens.issue({"op": "upload", "folder": a.id.hex, "user": caller.user_id.hex,
+                                  "path": "/".join(parts), "size": size, "upload": upload_id},
+                                 UPLOAD_TTL)
+
+    async def request_download(self, caller: Caller, name: str, path: Any) -> str:
+        a, folder = await self._folder(caller, name)
+        fd = await asyncio.to_thread(ff.open_file, folder, path)  # exists, a regular file
+        os.close(fd)
+        return self.tokens.issue({"op": "download", "folder": a.id.hex,
+                                  "user": caller.user_id.hex,
+                                  "path": "/".join(ff.parts_of(path))}, DOWNLOAD_TTL)
+
+    async def _claimed(self, claims: dict, write: bool) -> Path:
+        """The folder of a token, re-checked now: it still exists and its user still reaches
+        it (an unshare or a delete ends every token handed out before)."""
+        async with self.store.connect() as conn:
+            found = await vf.accessible(conn, uuid.UUID(claims["user"]),
+                                        folder_id=uuid.UUID(claims["folder"]))
+        if not found:
+            raise VFolderNotFound("the folder of this token is gone or no longer yours")
+        if write:
+            found[0].require_write("upload")
+        return self.hosts.path(found[0].row["host"], found[0].row["relpath"])
+
+    async def upload_state(self, token: str | None) -> tuple[dict, int]:
+        claims = self.tokens.check(token, "upload")
+        folder = await self._claimed(claims, write=True)
+        offset = await asyncio.to_thread(ff.upload_offset, folder, claims["path"],
+                                         claims["upload"])
+        return claims, offset
+
+    async def write_upload(self, claims: dict, offset: int, body) -> int:
+        """Append ``body`` (an aiohttp stream, or None) at ``offset``; the upload becomes the
+        file under its real name once ``size`` bytes arrived. Returns the new offset."""
+        folder = await self._claimed(claims, write=True)
+        size = int(claims["size"])
+        fd, pfd = await asyncio.to_thread(ff.open_upload, folder, claims["path"],
+                                          claims["upload"], offset)
+        try:
+            if body is not None:
+                buf = bytearray()
+                while True:
+                    chunk = await body.read(CHUNK)
+                    if chunk:
+                        if offset + len(buf) + len(chunk) > size:
+                            raise InvalidAPIParameters(
+                                f"more bytes than the {size:,} announced", data={"size": size})
+                        buf += chunk
+                        if len(buf) < CHUNK:
+                            continue
+                    if buf:  # one thread hop per MiB, not per network read
+                        try:
+                            await asyncio.to_thread(_write_all, fd, bytes(buf))
+                        except OSError as e:
+                            await asyncio.to_thread(ff.drop_upload, pfd, claims["upload"])
+                            raise ff.oserror(e, ff.parts_of(claims["path"])) from None
+                        offset += len(buf)
+                        buf.clear()
+                    if not chunk:
+                        break
+            if offset == size:
+                await asyncio.to_thread(ff.finish_upload, pfd, claims["path"], claims["upload"])
+        finally:
+            os.close(fd)
+            os.close(pfd)
+        return offset
+
+    async def open_download(self, token: str | None) -> tuple[int, str]:
+        claims = self.tokens.check(token, "download")
+        folder = await self._claimed(claims, write=False)
+        fd = await asyncio.to_thread(ff.open_file, folder, claims["path"])
+        return fd, ff.parts_of(claims["path"])[-1]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+#: seconds an upload token lasts (resumes included), and a download token
+UPLOAD_TTL = 24 * 3600.0
+DOWNLOAD_TTL = 3600.0
+CHUNK = 1024 * 1024

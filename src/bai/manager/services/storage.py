@@ -13,11 +13,18 @@ optionally below one two-hex-digit level, nothing a database edit could point el
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +117,7 @@ class StorageHosts:
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             path.mkdir(mode=0o755)
+            path.chmod(0o755)  # whatever the server's umask
         except OSError as e:
             raise StorageHostUnavailable(f"storage host {host!r}: cannot make the folder: "
                                          f"{e.strerror}") from None
@@ -123,3 +131,59 @@ class StorageHosts:
             shutil.rmtree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 os.rmdir(path.parent)  # the fan-out level, when it is empty now
+
+
+class TokenInvalid(BaiError):
+    code = "storage-token-invalid"
+    status = 401
+    title = "The storage token is invalid or expired."
+
+
+class StorageTokens:
+    """Signed, expiring tokens for the storage endpoint (``request-upload`` /
+    ``request-download`` answer one; the official client presents it as ``?token=``).
+
+    ``<base64url JSON payload>.<base64url HMAC-SHA256>``: a dozen lines with the standard
+    library's ``hmac`` instead of a JWT dependency, for one signed blob that only this manager
+    (and its replicas, which share the key) ever reads.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    @classmethod
+    def from_settings(cls, settings) -> StorageTokens:
+
+        # replicas share the cluster token, so one replica's token works on another; without
+        # one (a single manager) a per-process key: tokens end with the process
+        base = (settings.cluster_token or secrets.token_hex(32)).encode()
+        return cls(hashlib.sha256(b"bai storage token\x00" + base).digest())
+
+    def _mac(self, payload: bytes) -> bytes:
+
+        return hmac.new(self.key, payload, hashlib.sha256).digest()
+
+    def issue(self, claims: dict, ttl: float) -> str:
+
+        payload = json.dumps({**claims, "exp": time.time() + ttl}, separators=(",", ":")).encode()
+        b64 = base64.urlsafe_b64encode
+        return (b64(payload).rstrip(b"=") + b"." + b64(self._mac(payload)).rstrip(b"=")).decode()
+
+    def check(self, token: str | None, op: str) -> dict:
+
+        def unb64(s: str) -> bytes:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+        try:
+            head, mac = (token or "").split(".")
+            payload = unb64(head)
+            ok = hmac.compare_digest(unb64(mac), self._mac(payload))
+            claims = json.loads(payload) if ok else None
+        except (ValueError, binascii.Error):
+            claims = None
+        if not isinstance(claims, dict) or claims.get("op") != op:
+            raise TokenInvalid("the storage token is invalid; ask for a new one "
+                               f"(request-{op})")
+        if float(claims.get("exp", 0)) < time.time():
+            raise TokenInvalid(f"the storage token expired; ask for a new one (request-{op})")
+        return claims

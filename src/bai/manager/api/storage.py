@@ -1,0 +1,120 @@
+"""The storage endpoint: file bytes in and out of folders, authorised by the token that
+``request-upload`` / ``request-download`` handed out (``?token=``), not by a signature (the
+official client calls it with a plain HTTP client, as it calls Backend.AI's storage proxy).
+
+* ``/storage/upload``: the tus 1.0.0 core protocol (``OPTIONS``, ``HEAD`` for the offset,
+  ``PATCH`` appends at ``Upload-Offset``), which the official client speaks through
+  ``aiotusclient``; the upload is created by ``request-upload`` (the token names it), so the
+  creation extension is not needed. A small handler of our own: the Python tus servers on PyPI
+  are framework plug-ins (Flask, FastAPI) that keep uploads in their own store, and ours must
+  write beside the target inside the folder, through descriptors, within the folder's quota.
+* ``/storage/download``: the file, streamed from a descriptor opened without following links
+  (``Range``/``If-Range`` as the official client resumes with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from email.utils import formatdate
+from urllib.parse import quote
+
+from aiohttp import web
+
+from bai.common.errors import InvalidAPIParameters
+from bai.manager.app import ROOT
+
+TUS = {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0"}
+CHUNK = 1024 * 1024
+
+
+def _folders(request: web.Request):
+    return request.app[ROOT].folders
+
+
+async def tus_options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={**TUS, "Tus-Extension": ""})
+
+
+async def tus_head(request: web.Request) -> web.Response:
+    claims, offset = await _folders(request).upload_state(request.query.get("token"))
+    return web.Response(status=200, headers={
+        **TUS, "Upload-Offset": str(offset), "Upload-Length": str(claims["size"]),
+        "Cache-Control": "no-store"})
+
+
+async def tus_patch(request: web.Request) -> web.Response:
+    folders = _folders(request)
+    claims, offset = await folders.upload_state(request.query.get("token"))
+    if request.content_type != "application/offset+octet-stream":
+        raise web.HTTPUnsupportedMediaType(
+            text="a tus PATCH carries Content-Type: application/offset+octet-stream")
+    try:
+        asked = int(request.headers.get("Upload-Offset", ""))
+    except ValueError:
+        raise InvalidAPIParameters("a tus PATCH needs an Upload-Offset header") from None
+    if asked != offset:
+        return web.Response(status=409, headers={**TUS, "Upload-Offset": str(offset)},
+                            text=f"Upload-Offset is {offset}, not {asked}")
+    new = await folders.write_upload(claims, offset, request.content)
+    return web.Response(status=204, headers={**TUS, "Upload-Offset": str(new)})
+
+
+def _byte_range(request: web.Request, size: int, mtime: str) -> tuple[int, int] | None:
+    """The single ``bytes=A-B`` range asked for (None: the whole file; a stale ``If-Range``
+    also means the whole file, as RFC 9110 says)."""
+    header = request.headers.get("Range", "")
+    if not header or request.headers.get("If-Range", mtime) != mtime:
+        return None
+    unit, _, spec = header.partition("=")
+    first, _, last = spec.partition("-")
+    try:
+        if unit.strip() != "bytes" or "," in spec:
+            raise ValueError
+        if first == "":  # bytes=-N: the last N bytes
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or start > end:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    fd, name = await _folders(request).open_download(request.query.get("token"))
+    try:
+        st = os.fstat(fd)
+        mtime = formatdate(st.st_mtime, usegmt=True)
+        span = _byte_range(request, st.st_size, mtime)
+        start, end = span if span else (0, st.st_size - 1)
+        resp = web.StreamResponse(status=206 if span else 200, headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+            "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+            "Last-Modified": mtime})
+        resp.content_length = end - start + 1
+        if span:
+            resp.headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
+        await resp.prepare(request)
+        offset = start
+        while offset <= end:
+            # read in a thread so the loop never waits on the disk; one MiB at a time keeps
+            # memory constant whatever the size
+            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end + 1 - offset), offset)
+            if not chunk:  # the file shrank meanwhile: end the answer short
+                break
+            await resp.write(chunk)
+            offset += len(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        os.close(fd)
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_route("OPTIONS", "/storage/upload", tus_options)
+    r.add_route("HEAD", "/storage/upload", tus_head)
+    r.add_route("PATCH", "/storage/upload", tus_patch)
+    r.add_get("/storage/download", download, allow_head=False)
