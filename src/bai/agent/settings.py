@@ -55,6 +55,11 @@ class AgentSettings(TomlSettings):
     scratch_root: str = Field(
         "/var/tmp/bai-scratch", description="folder holding each kernel's scratch/work dir"
     )
+    storage_roots: dict[str, str] = Field(
+        default_factory=dict,
+        description="storage host name -> the folder where this agent sees it (a local folder, "
+                    "or a shared filesystem every agent of the group mounts at the same path); "
+                    "session folders are bound from beneath it")
     scaling_group: str = Field("default", description="resource group this agent belongs to")
     heartbeat_interval: float = Field(3.0, description="seconds between heartbeats")
     # resource slot overrides (decimal strings; mem accepts sizes such as 4g)

@@ -71,6 +71,8 @@ class KernelSpec:
     #: the kernel, and bytes its work dir may hold
     pids_limit: int = 0
     disk_quota: int = 0
+    #: storage folders to bind: ``[{name, host, relpath, kernel_path, mode}]`` (``agent/mounts.py``)
+    mounts: list[dict[str, str]] = field(default_factory=list)
 
     def pids_max(self, default: int) -> int:
         """The kernel's pids cap: the policy's, or the agent's ``default`` when it sets none."""

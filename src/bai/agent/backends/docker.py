@@ -90,6 +90,8 @@ from bai.agent.backends.docker_spec import (
     run_dir_of,
     shape_of,
 )
+from bai.agent.mounts import MountRefused
+from bai.agent.mounts import resolve as resolve_mounts
 from bai.agent.runner_channel import ping_runner
 from bai.agent.sandbox_uids import SandboxUids, UidsExhausted
 from bai.common.errors import KernelNotFound
@@ -132,6 +134,7 @@ class DockerBackend(RuntimeBackend):
         kernel_package: Path | None = None,
         pool_size: int = 3,
         uids: SandboxUids | None = None,
+        storage_roots: dict[str, str] | None = None,
     ) -> None:
         self.scratch_root = Path(scratch_root).absolute()
         self.agent_id = agent_id
@@ -148,6 +151,8 @@ class DockerBackend(RuntimeBackend):
         self.site = ContainerSite(agent_id, self.kernel_package, pids_limit,
                                   seccomp=self.seccomp.program is not None)
         self.uids = uids or SandboxUids(DEFAULT_UID_FIRST, DEFAULT_UID_COUNT, DEFAULT_UID_LOCKS)
+        #: storage host -> where this host sees it (``agent/mounts.py``)
+        self.storage_roots = dict(storage_roots or {})
         #: whether work dirs could be mounted nosuid,nodev (the agent runs as root)
         self.nosuid = True
         self._docker: aiodocker.Docker | None = None
@@ -178,6 +183,7 @@ class DockerBackend(RuntimeBackend):
             pool_size=settings.docker_pool_size,
             uids=SandboxUids(settings.sandbox_uid_first, settings.sandbox_uid_count,
                              Path(settings.sandbox_uid_lock_dir)),
+            storage_roots=settings.storage_roots,
         )
 
     # -- connection and watching ---------------------------------------------------------------
@@ -473,13 +479,17 @@ class DockerBackend(RuntimeBackend):
 
     async def _create_container(self, spec: KernelSpec, workdir: Path, limits: dict[str, Any],
                                 config: dict[str, Any]) -> Instance:
+        try:
+            folders = await asyncio.to_thread(resolve_mounts, self.storage_roots, spec.mounts)
+        except MountRefused as e:
+            raise KernelCreationFailed(str(e)) from None
         uid = await self.take_uid(f"kernel {spec.kernel_id}")
         try:
             await self.remove_folder(workdir)  # what a failed earlier try may have left
             await self.make_folder(workdir.parent, uid)
             statefiles.write_text(run_dir_of(workdir), "runner.json", json.dumps(config))
             network = (self.network_mode or "none") if spec.network else "none"
-            config = self.site.kernel_config(spec, workdir, uid, network)
+            config = self.site.kernel_config(spec, workdir, uid, network, folders)
             container = await self.docker.containers.create(
                 config, name=self.container_name(spec.kernel_id)
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from bai.agent.backends.base import KernelCreationFailed, KernelSpec
 from bai.agent.backends.process_pool import startup_fixed
+from bai.agent.mounts import HostMount
 
 LABEL = "ai.bai."
 L_BACKEND = LABEL + "backend"
@@ -113,8 +115,15 @@ class ContainerSite:
         }
 
     def kernel_config(self, spec: KernelSpec, workdir: Path, uid: int,
-                      network_mode: str) -> dict[str, Any]:
-        """The container created for a kernel that runs as ``uid``."""
+                      network_mode: str, folders: Sequence[HostMount] = ()) -> dict[str, Any]:
+        """The container created for a kernel that runs as ``uid``, with its storage
+        ``folders`` bound (read-only ones with the read-only mount flag)."""
+        host_config = {**self.host_config(workdir, network_mode), **limits_of(spec),
+                       "PidsLimit": spec.pids_max(self.pids_limit)}
+        if folders:
+            host_config["Mounts"] = [
+                {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only,
+                 "BindOptions": {"Propagation": "rprivate"}} for m in folders]
         return {
             "Image": spec.image,
             "Cmd": runner_argv(uid, self.seccomp),
@@ -124,8 +133,7 @@ class ContainerSite:
             "Hostname": hostname_of(spec),
             "Labels": self.kernel_labels(spec, workdir, uid),
             "StopSignal": "SIGTERM",
-            "HostConfig": {**self.host_config(workdir, network_mode), **limits_of(spec),
-                           "PidsLimit": spec.pids_max(self.pids_limit)},
+            "HostConfig": host_config,
         }
 
     def standby_config(self, image: str, shape: Shape, workdir: Path, uid: int) -> dict[str, Any]:
@@ -185,11 +193,12 @@ def kernel_env(spec: KernelSpec) -> dict[str, str]:
 
 
 def poolable(spec: KernelSpec) -> bool:
-    """Whether a standby can become this kernel: no network (a standby has none), and an
+    """Whether a standby can become this kernel: no network (a standby has none) nor folders, and an
     environment whose variables that a running interpreter cannot take on later (locale,
     ``PYTHON*``, loader, ...) are what the standby's runner and worker started with."""
     env = kernel_env(spec)
-    return not spec.network and all(env[k] == STANDBY_ENV.get(k) for k in startup_fixed(env))
+    # (nor storage folders: they are bound when a container is made)
+    return not spec.network and not spec.mounts and all(env[k] == STANDBY_ENV.get(k) for k in startup_fixed(env))
 
 
 def limits_of(spec: KernelSpec) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ from bai.agent.backends.base import (
 from bai.agent.backends import sandbox as sandboxing
 from bai.agent.quota import QuotaError, WorkdirQuota, remove_folder
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
+from bai.agent.mounts import HostMount, MountRefused
+from bai.agent.mounts import resolve as resolve_mounts
 from bai.agent.backends.process_pool import (
     PooledRunner,
     kill_tree,
@@ -340,7 +343,8 @@ class ProcessBackend(RuntimeBackend):
 
     def _launch(self, kdir: Path, interp: str, procs: list[str], uid: int | None,
                 env: dict[str, str], mem_rlimit_kib: int | None = None,
-                pooled: bool = False) -> subprocess.Popen[bytes]:
+                pooled: bool = False, mounts: Sequence[HostMount] = ()
+                ) -> subprocess.Popen[bytes]:
         """Start the runner of ``kdir``: the agent binds its socket and hands it over."""
         work = kdir / "work"
         listener = bind_listener(kdir)
@@ -348,7 +352,7 @@ class ProcessBackend(RuntimeBackend):
         try:
             if self.sandbox.active:
                 prefix: list[str] | None = self.sandbox.argv(interp, work, uid,
-                                                             seccomp_fd=filt)
+                                                             seccomp_fd=filt, mounts=mounts)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work
@@ -367,6 +371,35 @@ class ProcessBackend(RuntimeBackend):
             listener.close()  # the runner holds it now: when it ends, connecting fails
             if filt is not None:
                 os.close(filt)  # the launcher has its own copy for bwrap
+
+    def _folders(self, spec: KernelSpec) -> list[HostMount]:
+        """The kernel's storage folders on this host (``agent/mounts.py``); refused ones, and
+        read-only ones where no sandbox can bind them read-only, fail the create."""
+        if not spec.mounts:
+            return []
+        try:
+            folders = resolve_mounts(self.settings.storage_roots, spec.mounts)
+        except MountRefused as e:
+            raise KernelCreationFailed(str(e)) from None
+        if not self.sandbox.active:
+            for m in folders:
+                if m.read_only:
+                    raise KernelCreationFailed(
+                        f"folder {m.name!r}: a read-only mount needs the process sandbox "
+                        f"(bubblewrap), which this agent runs without ({self.sandbox.reason})")
+                if not m.target.startswith(sandboxing.WORKDIR + "/"):
+                    raise KernelCreationFailed(
+                        f"folder {m.name!r}: without the process sandbox a folder can only "
+                        f"appear under {sandboxing.WORKDIR} (asked: {m.target})")
+        return folders
+
+    @staticmethod
+    def _link_folders(workdir: Path, folders: list[HostMount]) -> None:
+        """Without a sandbox the kernel sees the host: its folders are links in its work dir."""
+        for m in folders:
+            link = workdir / m.target[len(sandboxing.WORKDIR) + 1:]
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(m.source, target_is_directory=True)
 
     def _inside(self, k_workdir: Path) -> Path:
         """Where the kernel sees its work dir."""
@@ -661,8 +694,10 @@ class ProcessBackend(RuntimeBackend):
         # its place: two interpreters a job instead of one
         command_only = (spec.session_type.upper() == "BATCH"
                         and (spec.startup_command or "").strip() not in ("", "*"))
-        runner = None if startup_fixed(spec.environ) or other_quota or command_only \
-            else self.pool.take(interp)
+        # a session with storage folders starts cold too: they cannot be added to a pooled
+        # runner's sandbox
+        runner = None if spec.mounts or startup_fixed(spec.environ) or other_quota \
+            or command_only else self.pool.take(interp)
         try:
             return await self._create_kernel(spec, interp, runner)
         finally:
@@ -698,6 +733,7 @@ class ProcessBackend(RuntimeBackend):
 
     async def _start(self, spec: KernelSpec, k: _Kernel, interp: str) -> Instance:
         kdir = k.kdir
+        folders = await asyncio.to_thread(self._folders, spec)
         uid = None
         if self.uids is not None:
             try:
@@ -715,6 +751,8 @@ class ProcessBackend(RuntimeBackend):
         if owner is not None:
             for p in [k.workdir, *k.workdir.rglob("*")]:
                 os.lchown(p, *owner)
+        if not self.sandbox.active:
+            self._link_folders(k.workdir, folders)
         mem = spec.slots.get("mem") or None
         procs: list[str] = []
         if self.cgroups is not None:
@@ -730,7 +768,8 @@ class ProcessBackend(RuntimeBackend):
         try:
             k.popen = self._launch(
                 kdir, interp, procs, uid, env,
-                mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None)
+                mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None,
+                mounts=folders)
         except OSError as e:
             raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
         k.labels["bai.pid"] = str(k.popen.pid)

@@ -11,9 +11,10 @@ Inside, the kernel sees:
   interpreter's prefix read-only when that is elsewhere, and the runner's code at
   ``/opt/bai/lib/bai/kernel`` read-only; ``python``/``python3`` at ``/opt/bai/bin``;
 * its work dir at ``/home/work`` (``nosuid,nodev``; the only writable place besides its own
-  ``/tmp`` and ``/dev/shm``), its own ``/proc`` (PID namespace: the kernel's processes only) and a
-  minimal ``/dev``; no ``/sys`` (no cgroup files), no ``/run``, ``/var``, ``/root``, no home
-  folders: nothing of the agent's state dir, scratch root, other kernels or client configuration;
+  ``/tmp``, ``/dev/shm`` and the storage folders it mounts rw, ``agent/mounts.py``), its own
+  ``/proc`` (PID namespace: the kernel's processes only) and a minimal ``/dev``; no ``/sys``
+  (no cgroup files), no ``/run``, ``/var``, ``/root``, no home folders: nothing of the agent's
+  state dir, scratch root, other kernels or client configuration;
 * its own IPC, UTS and network namespaces: only a loopback interface of its own, so nothing
   listening on the host (manager, agent, other sessions) can be reached;
 * the seccomp filter of ``agent/seccomp.py`` (``bwrap --seccomp``): no new namespaces, no
@@ -32,10 +33,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bai.agent import seccomp as seccomp_filter
+from bai.agent.mounts import HostMount
 
 #: where the kernel sees its work dir, runner code and interpreter links
 WORKDIR = "/home/work"
@@ -128,9 +131,11 @@ class Sandbox:
         return out + self.extra_gaps
 
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
-             network: bool = False, seccomp_fd: int | None = None) -> list[str]:
+             network: bool = False, seccomp_fd: int | None = None,
+             mounts: Sequence[HostMount] = ()) -> list[str]:
         """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox;
-        ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``)."""
+        ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
+        ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``."""
         assert self.bwrap is not None
         argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--hostname", "bai-kernel"]
@@ -143,8 +148,10 @@ class Sandbox:
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--tmpfs", "/tmp"]
         for d in _PARENTS:
             argv += ["--perms", "0755", "--dir", d]
-        argv += ["--bind", str(workdir), WORKDIR,
-                 "--ro-bind", kernel_package(), f"{LIB}/bai/kernel",
+        argv += ["--bind", str(workdir), WORKDIR]
+        for m in mounts:
+            argv += ["--ro-bind" if m.read_only else "--bind", m.source, m.target]
+        argv += ["--ro-bind", kernel_package(), f"{LIB}/bai/kernel",
                  "--symlink", interpreter, f"{BIN}/python",
                  "--symlink", interpreter, f"{BIN}/python3",
                  "--chdir", WORKDIR]

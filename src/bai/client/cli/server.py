@@ -68,6 +68,9 @@ def _toml_value(v: object) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return str(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}"
+                                for k, x in v.items()) + " }"
     return json.dumps(str(v))
 
 
@@ -273,6 +276,8 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         "cluster_token": meta["cluster_token"],
         "runtime": meta["runtime"],
         "scratch_root": str(state / "kernels"),
+        # the storage host ``local`` of the manager's folders (issue 14)
+        "storage_roots": {"local": str(state / "vfolders")},
     }
     agent_values.update({f"slot_{k.replace('.', '_')}": v for k, v in meta["slots"].items()})
     _write_toml(agent_toml, "agent", agent_values)

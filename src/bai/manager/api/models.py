@@ -40,7 +40,10 @@ class Body(BaseModel):
 
 class SessionConfig(Body):
     mounts: list[text(256)] | None = None
-    mount_map: dict[str, text(4096)] | None = None
+    #: {folder: path}; a path may end in ``:ro``/``:rw`` (``bai.common.mounts``)
+    mount_map: dict[text(256), text(4096)] | None = None
+    #: {folder: {"permission": "ro" | "rw" | "wd"}} (newer clients' field)
+    mount_options: dict[text(256), dict[text(64), Scalar]] | None = None
     environ: dict[text(4096), Scalar] | None = None
     resources: Slots | None = None
     resource_opts: dict[text(64), Any] | None = None

@@ -30,6 +30,7 @@ from bai.manager.services.kernel_events import (
     next_step,
     walk,
 )
+from bai.manager.services.mounts import kernel_mounts
 from bai.manager.services.transitions import (
     Outbox,
     in_lists,
@@ -232,6 +233,7 @@ class Lifecycle:
             "cluster_idx": kernel.get("cluster_idx") or 0,
             "pids_limit": int((limits or {}).get("pids_limit") or 0),
             "disk_quota": int((limits or {}).get("disk_quota") or 0),
+            "mounts": kernel_mounts(row.get("mounts")),
         }
 
     async def _start_failed(self, session_id: uuid.UUID, kernel_id, err: BaiError) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.common.status import TERMINAL, SessionStatus, parse_statuses
 from bai.manager.context import Caller
+from bai.manager.services.mounts import names as mount_names
 from bai.manager.services.queryfilter import Field, parse_filter, parse_order
 from bai.manager.store import tables as t
 
@@ -273,7 +274,7 @@ def session_fields(row: Any, now: datetime) -> dict[str, Any]:
         "resource_opts": row["resource_opts"] or {},
         "scaling_group": row["scaling_group"],
         "service_ports": service_ports_mapping(row["service_ports"]),
-        "mounts": list(row["mounts"] or []),
+        "mounts": mount_names(row["mounts"]),
         "occupying_slots": shown_occupying(row),
         "requested_slots": row["requested_slots"] or {},
         "abusing_reports": list(row["abusing_reports"] or []),

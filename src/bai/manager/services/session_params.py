@@ -14,6 +14,7 @@ from typing import Any
 
 from bai.common.arrays import ArraySpecError, parse_array
 from bai.common.errors import InvalidAPIParameters
+from bai.common.mounts import MountRequest, parse_mounts
 from bai.common.names import session_name_problem
 from bai.common.resources import ResourceSlot, parse_request
 from bai.common.status import SessionType
@@ -94,7 +95,7 @@ class CreateRequest:
     group: str = "default"
     tag: str | None = None
     callback_url: str | None = None
-    mounts: list[Any] = field(default_factory=list)
+    mounts: list[MountRequest] = field(default_factory=list)
     #: bai's ``array`` field: the indices of an array of sessions NAME-INDEX, or None
     array: list[int] | None = None
 
@@ -158,7 +159,8 @@ def parse_create(params: Any, now: datetime) -> CreateRequest:
         group=str(_first(params, "group", "groupName", default="default")),
         tag=str(tag) if tag is not None else None,
         callback_url=check_url(params["callback_url"]) if params.get("callback_url") else None,
-        mounts=list(config.get("mounts") or []),
+        mounts=parse_mounts(config.get("mounts"), config.get("mount_map"),
+                            config.get("mount_options")),
         array=_array(params.get("array")),
     )
 

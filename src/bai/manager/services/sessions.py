@@ -34,6 +34,7 @@ from bai.manager.context import Caller
 from bai.manager.scheduler.decision import fmt_amount
 from bai.manager.services.images import DEFAULT_REQUEST, resolve_image
 from bai.manager.services.lifecycle import Lifecycle
+from bai.manager.services.mounts import resolve as resolve_mounts
 from bai.manager.services.session_params import CreateRequest, check_name, parse_create
 from bai.manager.services.transitions import in_lists, record_enqueued
 from bai.manager.store.tables import (
@@ -83,8 +84,6 @@ class SessionService:
     async def create(self, caller: Caller, params: dict) -> dict:
         now = utcnow()
         req = parse_create(params, now)
-        if req.mounts:
-            raise InvalidAPIParameters("virtual folder mounts are not supported by this server")
         if req.array is not None:
             return await self._enqueue_array(caller, req, now)
         sid = uuid.uuid4()
@@ -170,6 +169,7 @@ class SessionService:
         await self._check_fit(conn, requested, sgroup, owner, group)
         dep_ids = [await self._dependency(conn, d, owner["access_key"])
                    for d in req.dependencies]
+        mounts = await resolve_mounts(conn, {**owner, "group_id": group.id}, req.mounts)
         base = {
             "tag": req.tag, "type": req.type.value,
             "image": image["name"], "registry": image["registry"],
@@ -183,7 +183,7 @@ class SessionService:
             "bootstrap_script": req.bootstrap_script,
             "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
             "occupying_slots": {}, "scaling_group": sgroup,
-            "service_ports": list(image.get("service_ports") or []), "mounts": [],
+            "service_ports": list(image.get("service_ports") or []), "mounts": mounts,
             "agent_ids": [], "callback_url": req.callback_url,
             "idle_timeout": owner["idle_timeout"], "abusing_reports": [], "attempt": 0,
         }

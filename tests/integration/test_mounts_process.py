@@ -1,0 +1,166 @@
+"""Storage folders in the process runtime: bound into the bwrap sandbox, read-only by the kernel's
+mount flag, writes land at once and outlive the kernel; nothing outside the storage root binds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bai.agent.backends.base import Instance, KernelCreationFailed, KernelSpec
+from bai.agent.backends.process import ProcessBackend
+from bai.agent.settings import AgentSettings
+from bai.testing.contract import run
+
+needs_sandbox = pytest.mark.skipif(
+    shutil.which("bwrap") is None or os.geteuid() != 0,
+    reason="the process sandbox needs root and bubblewrap (CI installs both)")
+
+
+def spec(*mounts: dict) -> KernelSpec:
+    return KernelSpec(kernel_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()),
+                      session_name="m", session_type="INTERACTIVE", image="python",
+                      slots={"cpu": Decimal(1), "mem": Decimal(256 * 2**20)},
+                      mounts=list(mounts))
+
+
+def mount(relpath: str = "u1/data", target: str = "/home/work/data", mode: str = "rw",
+          host: str = "local") -> dict:
+    return {"name": relpath.rsplit("/", 1)[-1], "host": host, "relpath": relpath,
+            "kernel_path": target, "mode": mode}
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    root = tmp_path / "storage"
+    (root / "u1" / "data").mkdir(parents=True)
+    os.chmod(tmp_path, 0o700)
+
+    async def ignore(inst: Instance) -> None:
+        pass
+
+    b = ProcessBackend(AgentSettings.load(
+        None, scratch_root=str(tmp_path / "scratch"), monitor_interval=0.1,
+        process_pool_size=0, storage_roots={"local": str(root)}))
+    await b.start(ignore)
+    yield b, root
+    for inst in await b.list():
+        await b.destroy(inst.kernel_id)
+    await b.stop()
+
+
+async def py(b: ProcessBackend, s: KernelSpec, code: str) -> tuple[str, str, int | None]:
+    inst = await b.inspect(s.kernel_id)
+    channel = await b.open_channel(inst)
+    try:
+        out, err, rc, _ = await run(channel, {"mode": "query", "code": code})
+    finally:
+        await channel.close()
+    return out, err, rc
+
+
+@needs_sandbox
+async def test_rw_folder_writes_land_at_once_and_outlive_the_kernel(stack) -> None:
+    b, root = stack
+    first = spec(mount(), mount("u1/data", "/data", "rw") | {"name": "again"})
+    # the same folder twice is fine for the agent (the manager refuses nesting, not this)
+    await b.create(first)
+    out, err, rc = await py(b, first, (
+        "import os\n"
+        "open('/home/work/data/out.txt', 'w').write('one')\n"
+        "os.makedirs('/home/work/data/sub')\n"
+        "print(open('/data/out.txt').read(), os.getuid())"))
+    assert rc == 0, err
+    assert (root / "u1/data/out.txt").read_text() == "one"  # before the kernel ends
+    first_uid = out.split()[1]
+    await b.destroy(first.kernel_id)
+    assert (root / "u1/data/out.txt").read_text() == "one"
+
+    second = spec(mount())
+    await b.create(second)
+    out, err, rc = await py(b, second, (
+        "import os\n"
+        "print(open('data/out.txt').read(), os.getuid())\n"
+        "open('data/out.txt', 'w').write('two')\n"
+        "open('data/sub/x', 'w').write('x')"))
+    assert rc == 0, err
+    assert out.split()[0] == "one" and out.split()[1] != first_uid  # another kernel uid
+    assert (root / "u1/data/out.txt").read_text() == "two"
+
+
+@needs_sandbox
+async def test_ro_folder_is_read_only_to_the_kernel(stack) -> None:
+    b, root = stack
+    (root / "u1/data/in.txt").write_text("data")
+    os.chmod(root / "u1/data/in.txt", 0o666)  # only the mount's flag may stop a write
+    s = spec(mount(mode="ro"))
+    await b.create(s)
+    out, err, rc = await py(b, s, (
+        "import errno, os\n"
+        "print(open('data/in.txt').read())\n"
+        "for act in (lambda: open('data/new', 'w'), lambda: open('data/in.txt', 'a'),\n"
+        "            lambda: os.remove('data/in.txt'), lambda: os.mkdir('data/d'),\n"
+        "            lambda: os.chmod('data', 0o700)):\n"
+        "    try:\n"
+        "        act()\n"
+        "        print('WROTE')\n"
+        "    except OSError as e:\n"
+        "        print(errno.errorcode[e.errno])\n"))
+    assert rc == 0, err
+    lines = out.split()
+    assert lines[0] == "data"
+    assert lines[1:] == ["EROFS"] * 5, out
+    assert sorted(os.listdir(root / "u1/data")) == ["in.txt"]
+
+
+@needs_sandbox
+async def test_a_symlink_planted_inside_reaches_nothing_outside(stack, tmp_path: Path) -> None:
+    b, root = stack
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    (root / "u2" / "other").mkdir(parents=True)
+    (root / "u2/other/theirs.txt").write_text("theirs")
+    s = spec(mount())
+    await b.create(s)
+    # the kernel plants links to host paths it knows, then follows them
+    out, err, rc = await py(b, s, (
+        "import os\n"
+        f"os.symlink({str(secret)!r}, 'data/s1')\n"
+        f"os.symlink({str(root / 'u2/other')!r}, 'data/s2')\n"
+        "os.symlink('../../u2/other', 'data/s3')\n"
+        "for p in ('data/s1', 'data/s2/theirs.txt', 'data/s3/theirs.txt'):\n"
+        "    try:\n"
+        "        print(open(p).read())\n"
+        "    except OSError as e:\n"
+        "        print(type(e).__name__)\n"))
+    assert rc == 0, err
+    assert "secret" not in out and "theirs" not in out
+    assert out.split() == ["FileNotFoundError"] * 3
+    await b.destroy(s.kernel_id)
+    # a later kernel of another folder whose path leads through a link is refused outright
+    (root / "u3").symlink_to(root / "u2")
+    with pytest.raises(KernelCreationFailed, match="symlink"):
+        await b.create(spec(mount("u3/other")))
+
+
+@needs_sandbox
+@pytest.mark.parametrize("m, said", [
+    (mount("../outside"), "'..'"),
+    (mount("/etc"), "absolute"),
+    (mount("u1/missing"), "does not exist"),
+    (mount(host="elsewhere"), "not configured"),
+    (mount(target="/etc/data"), "mount point"),
+    (mount(target="/home/work"), "mount point"),
+    (mount(mode="rwx"), "mode"),
+])
+async def test_refused_mounts_fail_the_create_and_leave_nothing(stack, m, said) -> None:
+    b, root = stack
+    with pytest.raises(KernelCreationFailed, match=said):
+        await b.create(spec(m))
+    assert await b.list() == []
+    assert os.listdir(b.root) in ([], [".pool"]) or not [
+        d for d in os.listdir(b.root) if not d.startswith(".")]
