@@ -94,6 +94,18 @@ def test_express_and_click_send_and_print_the_same(fake, capsys, monkeypatch):  
     assert all(s[4] for s in sent1)  # every signature verified
 
 
+def test_express_and_click_send_the_same_mounts(fake, capsys, monkeypatch):  # noqa: F811
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "mnt01", "-m", "data",
+                                     "--mount=b:/data:ro", "-v", "c=rel", "-m", "d:ro",
+                                     "python", "-c", "print(1)")
+    assert r1.code == r2.code == 0
+    assert sent1 == sent2
+    config = sent1[0][2]["config"]
+    # as the official client 23.9.10's prepare_mount_arg sends them (but in the given order)
+    assert config["mounts"] == ["data", "b", "c", "d"]
+    assert config["mount_map"] == {"b": "/data:ro", "c": "rel", "d": "ro"}
+
+
 def test_express_exit_code_input_and_quiet(fake, capsys, monkeypatch):  # noqa: F811
     fake.knobs["ws_frames"] = [
         {"status": "waiting-input", "console": [["stdout", "name? "]],

@@ -86,3 +86,24 @@ def test_the_filter_is_compiled_and_handed_to_bwrap_as_an_fd() -> None:
         assert os.pread(fd, len(program) + 1, 0) == program
     finally:
         os.close(fd)
+
+    assert Sandbox(bwrap="/usr/bin/bwrap", privileged=True, cgroups=True).gaps() == []
+
+
+def test_folders_are_bound_after_the_work_dir_read_only_ones_read_only() -> None:
+    from bai.agent.mounts import HostMount
+
+    sb = Sandbox(bwrap="/usr/bin/bwrap", privileged=True, cgroups=True)
+    argv = sb.argv("/usr/bin/python3", Path("/scratch/k1/work"), 2_000_001, mounts=[
+        HostMount("a", "/srv/f/a", f"{WORKDIR}/a", False),
+        HostMount("b", "/srv/f/b", "/data/in/b", True)])
+    mounts = binds(argv)
+    assert mounts[f"{WORKDIR}/a"] == "--bind /srv/f/a"
+    assert mounts["/data/in/b"] == "--ro-bind /srv/f/b"
+    keys = list(mounts)
+    assert keys.index(WORKDIR) < keys.index(f"{WORKDIR}/a")  # over the work dir, not under
+    # the parents bwrap would make 0700 are made 0755 first (the kernel's uid must pass)
+    for parent in ("/data", "/data/in"):
+        i = argv.index(parent)
+        assert argv[i - 3:i] == ["--perms", "0755", "--dir"]
+        assert i < argv.index("/data/in/b")

@@ -18,6 +18,22 @@ def machine() -> str:
     return os.uname().machine if hasattr(os, "uname") else ""
 
 
+def parse_mounts(values: tuple[str, ...] | list[str]) -> tuple[list[str], dict[str, str]]:
+    """``-m`` values as the official client sends them: ``NAME``, ``NAME=PATH`` or
+    ``NAME:PATH`` (``PATH`` may end in ``:ro``/``:rw``, or be just ``ro``/``rw``) ->
+    (``config.mounts``, ``config.mount_map``); the manager reads the path and mode."""
+    names: list[str] = []
+    mapping: dict[str, str] = {}
+    for v in values:
+        sep = "=" if "=" in v else ":"
+        name, _, path = v.partition(sep)
+        if name not in names:
+            names.append(name)
+        if path:
+            mapping[name] = path
+    return names, mapping
+
+
 def create_session(
     *, image: str, name: str, type: str = "interactive", tag: str | None = None,
     environ: dict[str, str] | None = None, resources: dict[str, str] | None = None,

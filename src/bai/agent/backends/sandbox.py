@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bai.agent import seccomp as seccomp_filter
 from bai.agent.mounts import HostMount
@@ -149,7 +149,12 @@ class Sandbox:
         for d in _PARENTS:
             argv += ["--perms", "0755", "--dir", d]
         argv += ["--bind", str(workdir), WORKDIR]
+        made = set(_PARENTS) | {WORKDIR}
         for m in mounts:
+            for parent in reversed(PurePosixPath(m.target).parents[:-1]):
+                if str(parent) not in made:  # (bwrap would make it 0700: not for the kernel)
+                    made.add(str(parent))
+                    argv += ["--perms", "0755", "--dir", str(parent)]
             argv += ["--ro-bind" if m.read_only else "--bind", m.source, m.target]
         argv += ["--ro-bind", kernel_package(), f"{LIB}/bai/kernel",
                  "--symlink", interpreter, f"{BIN}/python",

@@ -8,7 +8,7 @@ blocking client (``bai.client.blocking``, framing shared with ``bai.client.wire`
 exactly what ``bai.client.cli.run`` prints.
 
 It takes only: IMAGE, ``-c/--code``, ``--rm``, ``-t/--name/--client-token``, ``-e/--env``,
-``-q/--quiet`` (in any order, ``--opt=value`` too). Anything else (files, ``--exec``, ``-r``,
+``-m/-v/--mount/--volume``, ``-q/--quiet`` (in any order, ``--opt=value`` too). Anything else (files, ``--exec``, ``-r``,
 ``--output``, ``-s``, bundled or attached short options, ``--``, ``--help`` ...) answers None
 from ``parse`` and the command goes through click as before. Rare outcomes after the session
 was created (it did not start, the stream ended early) are reported by the same async code as
@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 
 FLAGS = {"--rm": "remove", "-q": "quiet", "--quiet": "quiet"}
 VALUES = {"-c": "code", "--code": "code", "-t": "name", "--name": "name",
-          "--client-token": "name", "-e": "env", "--env": "env"}
+          "--client-token": "name", "-e": "env", "--env": "env", "-m": "mounts",
+          "--mount": "mounts", "-v": "mounts", "--volume": "mounts"}
+#: the options that may be given more than once
+REPEATED = ("env", "mounts")
 NOT_STARTED = {"PENDING", "SCHEDULED", "TIMEOUT"}
 # After Ctrl-C the cancel of a ``--rm`` session waits at most this long for the manager.
 CANCEL_SECONDS = 15.0
@@ -84,8 +87,8 @@ def parse(args: list[str]) -> dict[str, Any] | None:
     """The options of ``run`` (after the word ``run``) if the express path takes them."""
     if os.environ.get("BAI_CLI_EXPRESS", "1") in ("0", "no", "false"):
         return None
-    plan: dict[str, Any] = {"code": None, "name": None, "env": [], "remove": False,
-                            "quiet": False, "image": None}
+    plan: dict[str, Any] = {"code": None, "name": None, "env": [], "mounts": [],
+                            "remove": False, "quiet": False, "image": None}
     positional = []
     i = 0
     while i < len(args):
@@ -103,8 +106,8 @@ def parse(args: list[str]) -> dict[str, Any] | None:
                     return None  # click says what is missing
                 value = args[i]
                 i += 1
-            if VALUES[opt] == "env":
-                plan["env"].append(value)
+            if VALUES[opt] in REPEATED:
+                plan[VALUES[opt]].append(value)
             else:
                 plan[VALUES[opt]] = value
         else:
@@ -215,10 +218,12 @@ class Express:
         name = check_name(plan["name"] or f"pysdk-{os.urandom(5).hex()}")
         check_code(plan["code"])
         environ = parse_pairs(plan["env"], "-e/--env")
-        from bai.client.bodies import create_session
+        from bai.client.bodies import create_session, parse_mounts
 
-        body = create_session(image=plan["image"], name=name, environ=environ,
-                              domain=self.config.domain, group=self.config.group)
+        mounts, mount_map = parse_mounts(plan["mounts"])
+        body = create_session(image=plan["image"], name=name, environ=environ, mounts=mounts,
+                              mount_map=mount_map, domain=self.config.domain,
+                              group=self.config.group)
         watcher = StatusWatcher(self, name) if not self.quiet else None
         try:
             answer = self.request("POST", "/session", body, timeout=create_timeout(body))

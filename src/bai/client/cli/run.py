@@ -52,23 +52,6 @@ def parse_resources(values: tuple[str, ...]) -> dict[str, str]:
     return res
 
 
-def parse_mounts(values: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    names: list[str] = []
-    mapping: dict[str, str] = {}
-    for v in values:
-        if "=" in v:
-            name, _, path = v.partition("=")
-        elif ":" in v:
-            name, _, path = v.partition(":")
-        else:
-            name, path = v, ""
-        if name not in names:
-            names.append(name)
-        if path:
-            mapping[name] = path
-    return names, mapping
-
-
 def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options ``run`` and ``start`` share (the body keys of ``POST /session``)."""
 
@@ -89,7 +72,10 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
             click.option("--resource-opts", multiple=True, metavar="KEY=VALUE",
                          help="Extra resource options, e.g. shmem=64m (repeatable)."),
             click.option("-m", "-v", "--mount", "--volume", "mounts", multiple=True,
-                         metavar="NAME[=PATH]", help="Mount a storage folder (repeatable)."),
+                         metavar="NAME[:PATH][:ro]",
+                         help="Mount a storage folder (repeatable): at /home/work/NAME, or at "
+                              "PATH (relative: under /home/work); ':ro' read-only "
+                              "(e.g. -m data, -m data:/data:ro, -m data:ro; NAME=PATH too)."),
             click.option("--tag", default=None, help="A free-form tag for the session."),
             click.option("-g", "--group", default=None,
                          help="Project/group to run in [default: BACKEND_GROUP or 'default']."),
@@ -144,6 +130,8 @@ def build_spec(image: str, kw: dict[str, Any], *, start: bool) -> Any:
     from bai.client.models import CreateSpec
 
     cfg = get_ctx().config()
+    from bai.client.bodies import parse_mounts
+
     mounts, mount_map = parse_mounts(kw["mounts"])
     name = check_name(kw["name"] or f"pysdk-{secrets.token_hex(5)}")
     spec = CreateSpec(

@@ -9,37 +9,24 @@ client prints them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bai.common.errors import InvalidAPIParameters
 from bai.common.mounts import MountRequest
-
-
-@dataclass(frozen=True)
-class ResolvedMount:
-    name: str
-    host: str
-    relpath: str
-    kernel_path: str
-    mode: str  # "ro" | "rw"
+from bai.manager.services.vfolders import MountSpec, resolve_mounts
 
 
 async def resolve(conn: AsyncConnection, owner: dict, requests: list[MountRequest]
                   ) -> list[dict[str, Any]]:
     """The session's ``mounts`` value; raises the problem of the first folder the owner may not
-    mount (unknown, not theirs nor shared with them, rw asked of a read-only share)."""
+    mount (unknown or not theirs nor shared with them: 404, rw of a read-only one: 403)."""
     if not requests:
         return []
-    # TODO(#14): vfolder's resolve_mounts (folders table); until it lands no folder exists
-    raise InvalidAPIParameters(f"unknown storage folder {requests[0].name!r}",
-                               data={"field": "mounts", "name": requests[0].name})
-
-
-def as_row(mounts: list[ResolvedMount]) -> list[dict[str, Any]]:
-    return [asdict(m) for m in mounts]
+    found = await resolve_mounts(
+        conn, owner["user_id"], [MountSpec(r.name, r.kernel_path, r.mode) for r in requests],
+        group_id=owner.get("group_id"))
+    return [m.to_json() for m in found]
 
 
 def kernel_mounts(row_mounts: Any) -> list[dict[str, str]]:

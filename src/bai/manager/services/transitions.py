@@ -320,7 +320,7 @@ def in_lists(items: Sequence, n: int = CHUNK):
 MOVE_COLUMNS = tuple(sessions.c[name] for name in (
     "id", "name", "access_key", "status", "type", "main_kernel_id", "callback_url",
     "requested_slots", "occupying_slots", "agent_ids", "image", "environ", "startup_command",
-    "bootstrap_script",
+    "bootstrap_script", "mounts",
 ))
 
 
