@@ -141,7 +141,7 @@ class Signed:
 async def call(c: Signed, method: str, path: str, body: Any = None, status: int = 200) -> Any:
     """The JSON answer of a signed request, asserting its status."""
     resp = await c.request(method, path, body)
-    data = await resp.json()
+    data = await resp.json() if resp.content_type.endswith("json") else await resp.text()
     assert resp.status == status, data
     return data
 

@@ -3,6 +3,7 @@ name rules, and ``resolve_mounts`` (the contract the session create uses) with i
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from api_support import OTHER, USER, ApiRoot, Signed, call, make_app, seed, start_client
 
 from bai.common.errors import InvalidAPIParameters, VFolderNotFound, VFolderPermissionDenied
-from bai.manager.api import vfolder
+from bai.manager.api import storage, vfolder
 from bai.manager.services import vfolders as vf
 from bai.manager.services.folders import FolderService
 from bai.manager.settings import ManagerSettings
@@ -25,7 +26,7 @@ async def env(tmp_path):
     s = await seed(root.store)
     root.folders = FolderService(root)
     root.folders.start()
-    client = await start_client(make_app(root, vfolder))
+    client = await start_client(make_app(root, vfolder, storage))
     yield root, s, client
     await client.close()
     await root.store.close()
@@ -101,3 +102,261 @@ async def test_resolve_mounts(env):
         with pytest.raises(InvalidAPIParameters):
             await vf.resolve_mounts(conn, uid, ["data", "ref:data"])  # same path twice
         assert await vf.resolve_mounts(conn, uid, []) == []
+
+
+# ---------------------------------------------------------------- files and bytes
+
+
+async def _upload(client, signed: Signed, name: str, path: str, data: bytes,
+                  chunks: int = 1) -> None:
+    """request-upload, then tus PATCHes as the official client's aiotusclient sends them."""
+    ticket = await call(signed, "POST", f"/folders/{name}/request-upload",
+                        {"path": path, "size": len(data)})
+    url = _local(ticket["url"]) + "?token=" + ticket["token"]
+    step = max(1, -(-len(data) // chunks))
+    for off in range(0, len(data), step):
+        resp = await client.request("PATCH", url, data=data[off:off + step], headers={
+            "Tus-Resumable": "1.0.0", "Upload-Offset": str(off),
+            "Content-Type": "application/offset+octet-stream"})
+        assert resp.status == 204, await resp.text()
+        assert resp.headers["Upload-Offset"] == str(min(off + step, len(data)))
+
+
+def _local(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path
+
+
+async def _download(client, signed: Signed, name: str, path: str, headers=None):
+    ticket = await call(signed, "POST", f"/folders/{name}/request-download", {"path": path})
+    resp = await client.request("GET", _local(ticket["url"]) + "?token=" + ticket["token"],
+                                headers=headers or {})
+    return resp
+
+
+def _folder_dir(root, tmp_path, name="data") -> "os.PathLike":
+    import asyncio  # noqa: F401
+
+    return next(p for p in (tmp_path / "state" / "vfolders").glob("*/*") if p.is_dir())
+
+
+async def test_upload_resume_download_and_ranges(env, tmp_path):
+    root, s, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    await _upload(client, user, "data", "sub/train.bin", data, chunks=3)
+    resp = await _download(client, user, "data", "sub/train.bin")
+    assert resp.status == 200 and await resp.read() == data
+    assert resp.headers["Content-Length"] == str(len(data))
+    resp = await _download(client, user, "data", "/sub/train.bin",
+                           headers={"Range": "bytes=100-", "If-Range":
+                                    resp.headers["Last-Modified"]})
+    assert resp.status == 206 and await resp.read() == data[100:]
+    # a stale If-Range gets the whole file again
+    resp = await _download(client, user, "data", "sub/train.bin",
+                           headers={"Range": "bytes=100-", "If-Range": "Mon, 01 Jan 2001 "
+                                    "00:00:00 GMT"})
+    assert resp.status == 200 and len(await resp.read()) == len(data)
+    # resume: HEAD says how much arrived; a PATCH at another offset is refused with 409
+    ticket = await call(user, "POST", "/folders/data/request-upload",
+                        {"path": "r.bin", "size": 10})
+    url = _local(ticket["url"]) + "?token=" + ticket["token"]
+    tus = {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
+    resp = await client.request("PATCH", url, data=b"01234",
+                                       headers={**tus, "Upload-Offset": "0"})
+    assert resp.status == 204 and resp.headers["Upload-Offset"] == "5"
+    listed = await call(user, "GET", "/folders/data/files", {"path": "."})
+    assert "r.bin" not in [f["name"] for f in json.loads(listed["files"])]  # not whole yet
+    resp = await client.request("HEAD", url, headers={"Tus-Resumable": "1.0.0"})
+    assert resp.headers["Upload-Offset"] == "5" and resp.headers["Upload-Length"] == "10"
+    resp = await client.request("PATCH", url, data=b"xx",
+                                       headers={**tus, "Upload-Offset": "2"})
+    assert resp.status == 409 and resp.headers["Upload-Offset"] == "5"
+    resp = await client.request("PATCH", url, data=b"56789-too-many",
+                                       headers={**tus, "Upload-Offset": "5"})
+    assert resp.status == 400
+    resp = await client.request("PATCH", url, data=b"56789",
+                                       headers={**tus, "Upload-Offset": "5"})
+    assert resp.status == 204 and resp.headers["Upload-Offset"] == "10"
+    resp = await _download(client, user, "data", "r.bin")
+    assert await resp.read() == b"0123456789"
+
+
+async def test_an_empty_file_is_whole_at_request_upload(env):
+    _, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    await call(user, "POST", "/folders/data/request-upload", {"path": "empty", "size": 0})
+    resp = await _download(client, user, "data", "empty")
+    assert resp.status == 200 and await resp.read() == b""
+
+
+async def test_tokens_are_bound_to_their_operation_and_checked(env):
+    _, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    await _upload(client, user, "data", "a.txt", b"hello")
+    down = await call(user, "POST", "/folders/data/request-download", {"path": "a.txt"})
+    up = await call(user, "POST", "/folders/data/request-upload", {"path": "b.txt", "size": 3})
+    c = client
+    for method, url in (("GET", "/storage/download?token=" + up["token"]),
+                        ("HEAD", "/storage/upload?token=" + down["token"]),
+                        ("GET", "/storage/download?token=" + down["token"][:-2] + "AA"),
+                        ("GET", "/storage/download"),
+                        ("PATCH", "/storage/upload?token=garbage")):
+        resp = await c.request(method, url, headers={
+            "Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream"})
+        assert resp.status == 401, (method, url)
+    # deleting the folder ends its tokens
+    await call(user, "DELETE", "/folders/data", status=204)
+    resp = await c.request("GET", "/storage/download?token=" + down["token"])
+    assert resp.status == 404
+
+
+async def test_file_operations(env, tmp_path):
+    _, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    await call(user, "POST", "/folders/data/mkdir", {"path": "a/b", "parents": True}, status=201)
+    await call(user, "POST", "/folders/data/mkdir", {"path": "a/b"}, status=409)
+    await call(user, "POST", "/folders/data/mkdir", {"path": "a/b", "exist_ok": True}, status=201)
+    await call(user, "POST", "/folders/data/mkdir", {"path": "x/y"}, status=404)
+    await _upload(client, user, "data", "a/f.txt", b"f")
+    await call(user, "POST", "/folders/data/move-file", {"src": "a/f.txt", "dst": "a/b"})
+    await call(user, "POST", "/folders/data/rename-file",
+               {"target_path": "a/b/f.txt", "new_name": "g.txt"})
+    await call(user, "POST", "/folders/data/rename-file",
+               {"target_path": "a/b/g.txt", "new_name": "../g.txt"}, status=400)
+    page = await call(user, "GET", "/folders/data/files", {"path": "a/b", "limit": 10})
+    assert [f["name"] for f in page["items"]] == ["g.txt"] and page["total"] == 1
+    await call(user, "DELETE", "/folders/data/delete-files", {"files": ["a"]}, status=400)
+    await call(user, "DELETE", "/folders/data/delete-files", {"files": ["a", "nope"],
+                                                              "recursive": True}, status=404)
+    await call(user, "DELETE", "/folders/data/delete-files", {"files": ["a"], "recursive": True})
+    page = await call(user, "GET", "/folders/data/files", {"path": ".", "limit": 10})
+    assert page["items"] == []
+
+
+async def test_paths_and_links_never_lead_out(env, tmp_path):
+    """A link planted inside the folder (as a session could) is never followed."""
+    root, s, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    folder = _folder_dir(root, tmp_path)
+    os.symlink(outside, folder / "link")
+    os.symlink(outside / "secret", folder / "secret-link")
+    for path in ("link/secret", "secret-link", "../../../etc/passwd", "/../x"):
+        resp = await user.request("POST", "/folders/data/request-download", {"path": path})
+        assert resp.status in (400, 404), path
+    for path in ("link/new.txt", "../evil"):
+        resp = await user.request("POST", "/folders/data/request-upload",
+                                  {"path": path, "size": 1})
+        assert resp.status in (400, 404), path
+    await call(user, "POST", "/folders/data/mkdir", {"path": "link/x"}, status=400)
+    await call(user, "GET", "/folders/data/files", {"path": "link"}, status=400)
+    await call(user, "POST", "/folders/data/move-file",
+               {"src": "secret-link", "dst": "link/moved"}, status=400)
+    await call(user, "POST", "/folders/data/move-file", {"src": "secret-link", "dst": "link"},
+               status=409)  # onto the link itself, which exists: not into where it points
+    # removing a link removes the link, not what it points to
+    await call(user, "DELETE", "/folders/data/delete-files", {"files": ["link"],
+                                                              "recursive": True})
+    await call(user, "DELETE", "/folders/data/delete-files", {"files": ["secret-link"]})
+    assert (outside / "secret").read_text() == "secret"
+    # a link planted where an upload's hidden file goes is not followed either
+    ticket = await call(user, "POST", "/folders/data/request-upload", {"path": "t", "size": 2})
+    from bai.manager.services.storage import StorageTokens  # noqa: F401
+
+    upload_id = json.loads(_b64(ticket["token"].split(".")[0]))["upload"]
+    os.symlink(outside / "secret", folder / f".bai-upload-{upload_id}")
+    resp = await client.request(
+        "PATCH", "/storage/upload?token=" + ticket["token"], data=b"xx",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                 "Content-Type": "application/offset+octet-stream"})
+    assert resp.status >= 400
+    assert (outside / "secret").read_text() == "secret"
+
+
+def _b64(s: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+async def test_share_permissions(env):
+    _, s, client = env
+    user, other = Signed(client, USER), Signed(client, OTHER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    await _upload(client, user, "data", "a.txt", b"a")
+    # not shared: nothing of it is reachable
+    await call(other, "GET", "/folders/data", status=404)
+    await call(other, "POST", "/folders/data/request-download", {"path": "a.txt"}, status=404)
+    await call(user, "POST", "/folders/data/share", {"permission": "ro",
+                                                     "emails": ["other@example.org"]}, status=201)
+    assert [f["name"] for f in await call(other, "GET", "/folders")] == ["data"]
+    resp = await _download(client, other, "data", "a.txt")
+    assert await resp.read() == b"a"
+    await call(other, "POST", "/folders/data/request-upload", {"path": "b", "size": 1},
+               status=403)
+    await call(other, "POST", "/folders/data/mkdir", {"path": "d"}, status=403)
+    await call(other, "DELETE", "/folders/data/delete-files", {"files": ["a.txt"]}, status=403)
+    await call(other, "DELETE", "/folders/data", status=403)
+    await call(other, "POST", "/folders/data/rename", {"new_name": "mine"}, status=403)
+    await call(other, "POST", "/folders/data/share", {"permission": "wd",
+                                                      "emails": ["other@example.org"]},
+               status=403)
+    async with env[0].store.connect() as conn:
+        got = await vf.resolve_mounts(conn, s.users[OTHER[0]], ["data"])
+        assert got[0].mode == "ro"
+        with pytest.raises(VFolderPermissionDenied):
+            await vf.resolve_mounts(conn, s.users[OTHER[0]], ["data:/x:rw"])
+    # rw: may write, not delete; wd: may delete
+    await call(user, "POST", "/folders/data/share", {"permission": "rw",
+                                                     "emails": ["other@example.org"]}, status=201)
+    await _upload(client, other, "data", "b.txt", b"b")
+    await call(other, "DELETE", "/folders/data/delete-files", {"files": ["b.txt"]}, status=403)
+    await call(user, "POST", "/folders/data/share", {"permission": "wd",
+                                                     "emails": ["other@example.org"]}, status=201)
+    await call(other, "DELETE", "/folders/data/delete-files", {"files": ["b.txt"]})
+    # an upload token outlives nothing: unshare ends it
+    ticket = await call(other, "POST", "/folders/data/request-upload", {"path": "c", "size": 1})
+    await call(user, "DELETE", "/folders/data/unshare", {"emails": ["other@example.org"]})
+    resp = await client.request("HEAD", "/storage/upload?token=" + ticket["token"])
+    assert resp.status == 404
+    assert await call(other, "GET", "/folders") == []
+    await call(user, "POST", "/folders/data/share", {"permission": "rwx",
+                                                     "emails": ["other@example.org"]}, status=400)
+    await call(user, "POST", "/folders/data/share", {"permission": "ro",
+                                                     "emails": ["nobody@example.org"]}, status=404)
+
+
+async def test_rename_delete_and_clone(env, tmp_path):
+    root, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    await call(user, "POST", "/folders", {"name": "other"}, status=201)
+    await call(user, "POST", "/folders/data/rename", {"new_name": "other"}, status=400)
+    await call(user, "POST", "/folders/data/rename", {"new_name": "../x"}, status=400)
+    await call(user, "POST", "/folders/data/rename", {"new_name": "renamed"}, status=201)
+    await _upload(client, user, "renamed", "d/a.txt", b"a")
+    folder = next(p for p in (tmp_path / "state" / "vfolders").glob("*/*")
+                  if (p / "d").exists())
+    os.symlink("/etc/passwd", folder / "link")
+    made = await call(user, "POST", "/folders/renamed/clone", {"target_name": "copy"},
+                      status=201)
+    assert made["name"] == "copy"
+    resp = await _download(client, user, "copy", "d/a.txt")
+    assert await resp.read() == b"a"
+    page = await call(user, "GET", "/folders/copy/files", {"path": ".", "limit": 10})
+    assert {f["name"]: f["type"] for f in page["items"]} == {"d": "DIRECTORY",
+                                                            "link": "SYMLINK"}
+    await call(user, "POST", "/folders/renamed/clone", {"target_name": "copy"}, status=400)
+    await call(user, "DELETE", "/folders/renamed", status=204)
+    assert not folder.exists()
+    await call(user, "GET", "/folders/renamed", status=404)

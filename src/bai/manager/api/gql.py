@@ -39,6 +39,43 @@ type Query {
                        filter: String, order: String,
                        domain_name: String, group_id: UUID): ComputeSessionList
   compute_session(id: UUID!): ComputeSession
+  vfolder_list(limit: Int!, offset: Int!, filter: String, order: String,
+               domain_name: String, group_id: UUID, access_key: String): VirtualFolderList
+  vfolder_own_list(limit: Int!, offset: Int!, filter: String, order: String,
+                   domain_name: String, access_key: String): VirtualFolderList
+  vfolder_invited_list(limit: Int!, offset: Int!, filter: String, order: String,
+                       domain_name: String, access_key: String): VirtualFolderList
+  vfolder_project_list(limit: Int!, offset: Int!, filter: String, order: String,
+                       domain_name: String, access_key: String): VirtualFolderList
+}
+
+type VirtualFolderList {
+  items: [VirtualFolder]!
+  total_count: Int!
+}
+
+type VirtualFolder {
+  id: UUID
+  host: String
+  quota_scope_id: String
+  name: String
+  user: UUID
+  user_email: String
+  group: UUID
+  group_name: String
+  creator: String
+  unmanaged_path: String
+  usage_mode: String
+  permission: String
+  ownership_type: String
+  max_files: Int
+  max_size: Float
+  created_at: DateTime
+  last_used: DateTime
+  num_files: Int
+  cur_size: Float
+  cloneable: Boolean
+  status: String
 }
 
 type KeyPair {
@@ -282,6 +319,30 @@ async def resolve_dependencies(session: dict, info) -> list[dict]:
     return (await listing.load_dependencies(info.context["conn"], [sid]))[sid]
 
 
+def _folder_list(kind: str):
+    """``vfolder_list`` (admins: every folder; users: what they reach), ``vfolder_own_list``,
+    ``vfolder_invited_list`` (shared with the caller) and ``vfolder_project_list`` (groups')."""
+    async def resolve(_root, info, limit: int, offset: int, filter: str | None = None,
+                      order: str | None = None, **_ignored: Any) -> dict:
+        if filter:
+            raise GraphQLError("filter is not supported on folder lists; list all and search")
+        ctx = info.context
+        caller = ctx["caller"]
+        items = await ctx["root"].folders.list(caller, all_=kind == "all")
+        wanted = {"own": (True,), "invited": ("shared",), "project": ("group",)}.get(kind)
+        if kind == "own":
+            items = [i for i in items if i["is_owner"]]
+        elif wanted:
+            items = [i for i in items if i.get("via") == wanted[0]]
+        if order:
+            key = order.lstrip("+-")
+            items.sort(key=lambda i: str(i.get(key) or ""), reverse=order.startswith("-"))
+        page = items[offset:offset + limit] if limit > 0 else items[offset:]
+        return {"items": page, "total_count": len(items)}
+
+    return resolve
+
+
 def _container_alias(name: str):
     return lambda obj, _info: obj.get(name)
 
@@ -302,6 +363,9 @@ def build() -> Any:
     query.fields["keypair"].resolve = resolve_keypair
     query.fields["compute_session_list"].resolve = resolve_session_list
     query.fields["compute_session"].resolve = resolve_session
+    for kind in ("all", "own", "invited", "project"):
+        query.fields["vfolder_list" if kind == "all" else f"vfolder_{kind}_list"].resolve = \
+            _folder_list(kind)
     session = tm["ComputeSession"]
     session.fields["containers"].resolve = resolve_containers
     session.fields["dependencies"].resolve = resolve_dependencies

@@ -311,4 +311,8 @@ def folder_json(a: Access, *, user_email: str | None = None,
         "cur_size": 0,
         "status": r["status"],
         "cloneable": r["cloneable"],
+        "via": a.via,
+        "unmanaged_path": None,
+        "last_used": None,
+        "num_files": None,
     }
