@@ -228,3 +228,69 @@ def test_websocket_fragments_are_put_back_together():
     assert m.add(False, 0x0, b"ll") is None
     assert m.add(True, 0x0, b"o") == (0x1, b"hello")
     assert m.add(True, 0x2, b"\x00") == (0x2, b"\x00")
+
+
+@pytest.mark.parametrize("args", [
+    ["--enqueue-only", "python"],
+    ["--starts-at", "2h", "--type", "batch", "-c", "true", "python"],
+    ["--type=batch", "--startup-command=true", "-t", "job1", "-e", "A=1", "-q",
+     "--enqueue-only", "python"],
+])
+def test_parse_start_takes_queued_sessions(args, monkeypatch):
+    from bai.client.cli.express import parse_start
+
+    monkeypatch.delenv("BAI_CLI_EXPRESS", raising=False)
+    plan = parse_start(args)
+    assert plan is not None and plan["image"] == "python"
+
+
+@pytest.mark.parametrize("args", [
+    ["python"],                                    # waits for the session: click's watcher
+    ["-c", "true", "--type", "batch", "python"],
+    ["--enqueue-only", "--type", "other", "python"],
+    ["--enqueue-only", "--array", "1-3", "python"],
+    ["--enqueue-only", "-r", "cpu=2", "python"],
+    ["--enqueue-only", "--depends", "x", "python"],
+    ["--enqueue-only"],                            # no image
+    ["--enqueue-only", "python", "--help"],
+])
+def test_parse_start_leaves_everything_else_to_click(args):
+    from bai.client.cli.express import parse_start
+
+    assert parse_start(args) is None
+
+
+@pytest.mark.parametrize("status", ["PENDING", "RUNNING", "ERROR"])
+def test_express_start_sends_and_prints_what_click_does(fake, capsys, monkeypatch,  # noqa: F811
+                                                        status):
+    fake.knobs["create_status"] = status
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "start", "--enqueue-only",
+                                     "--type", "batch", "-c", "true", "-t", "queued1",
+                                     "--starts-at", "2h", "-e", "K=v", "python")
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    assert UUID.sub("<id>", json.dumps(sent1)) == UUID.sub("<id>", json.dumps(sent2))
+    assert sent1[0][2]["startupCommand"] == "true" and sent1[0][2]["enqueueOnly"] is True
+    if status == "PENDING":
+        assert r1.code == 0 and "queued1" in r1.out and "is enqueued" in r1.out
+        assert "backend.ai rm queued1" in r1.err
+    elif status == "RUNNING":
+        assert r1.code == 0 and "is created and ready" in r1.out
+    else:
+        assert r1.code == 1 and "did not start" in r1.err
+
+
+def test_express_start_imports_neither_click_nor_asyncio(fake):  # noqa: F811
+    code = (
+        "import sys\n"
+        "from bai.client.cli.main import main\n"
+        "try:\n    main(['start', '-q', '--enqueue-only', 'python'])\nexcept SystemExit as e:\n"
+        "    print('CODE', e.code)\n"
+        "heavy = ('click', 'asyncio', 'rich', 'typing', 'dataclasses', 'urllib.parse', 'tomllib')\n"
+        "print('HEAVY', [m for m in heavy if m in sys.modules])\n"
+    )
+    env = {**os.environ, "BAI_CLI_EXPRESS": "1"}
+    fake.knobs["create_status"] = "PENDING"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         env=env, timeout=60).stdout
+    assert "is enqueued" in out and "CODE 0" in out
+    assert "HEAVY []" in out

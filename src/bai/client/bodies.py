@@ -13,6 +13,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+#: a session's name, status and why (``SessionAPI.brief``, the express ``start``)
+BRIEF_QUERY = (
+    "query($id: UUID!) {  compute_session(id: $id) {    name id status status_info status_data"
+    "  }}"
+)
+
+
 def machine() -> str:
     """This machine's architecture as ``platform.machine()`` names it, without ``platform``."""
     return os.uname().machine if hasattr(os, "uname") else ""

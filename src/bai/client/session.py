@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bai.client.bodies import BRIEF_QUERY
 from bai.client.connection import Connection, SSEMessage, session_path
 from bai.client.endpoint import create_timeout
 from bai.client.errors import ProtocolError, UsageError
@@ -46,11 +47,6 @@ DETAIL_QUERY = (
     " containers { id cluster_role cluster_idx cluster_hostname session_id image registry status"
     " status_info status_data status_changed agent container_id resource_opts occupied_slots"
     " preopen_ports live_stat last_stat id } dependencies { name id }  }}"
-)
-
-BRIEF_QUERY = (
-    "query($id: UUID!) {  compute_session(id: $id) {    name id status status_info status_data"
-    "  }}"
 )
 
 RESOLVE_QUERY = (

@@ -45,6 +45,11 @@ VALUES = {"-c": "code", "--code": "code", "-t": "name", "--name": "name",
           "--mount": "mounts", "-v": "mounts", "--volume": "mounts"}
 #: the options that may be given more than once
 REPEATED = ("env", "mounts")
+#: ``start``'s: a queued session is reported without waiting for it
+START_FLAGS = {"--enqueue-only": "enqueue", "-q": "quiet", "--quiet": "quiet"}
+START_VALUES = {"-t": "name", "--name": "name", "--client-token": "name", "-e": "env",
+                "--env": "env", "--type": "type", "-c": "startup", "--startup-command": "startup",
+                "--starts-at": "starts_at"}
 NOT_STARTED = {"PENDING", "SCHEDULED", "TIMEOUT"}
 # After Ctrl-C the cancel of a ``--rm`` session waits at most this long for the manager.
 CANCEL_SECONDS = 15.0
@@ -83,12 +88,14 @@ def check_code(code: str | None) -> str | None:
     return code
 
 
-def parse(args: list[str]) -> dict[str, Any] | None:
-    """The options of ``run`` (after the word ``run``) if the express path takes them."""
-    if os.environ.get("BAI_CLI_EXPRESS", "1") in ("0", "no", "false"):
-        return None
-    plan: dict[str, Any] = {"code": None, "name": None, "env": [], "mounts": [],
-                            "remove": False, "quiet": False, "image": None}
+def _off() -> bool:
+    return os.environ.get("BAI_CLI_EXPRESS", "1") in ("0", "no", "false")
+
+
+def _parse(args: list[str], flags: dict[str, str], values: dict[str, str],
+           plan: dict[str, Any]) -> dict[str, Any] | None:
+    """``plan`` filled from ``args`` (``flags`` set True, ``values`` take one argument, the
+    ``REPEATED`` ones collect), with its one IMAGE; None for anything else (click's business)."""
     positional = []
     i = 0
     while i < len(args):
@@ -98,24 +105,46 @@ def parse(args: list[str]) -> dict[str, Any] | None:
             positional.append(arg)
             continue
         opt, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if opt in FLAGS and not eq:
-            plan[FLAGS[opt]] = True
-        elif opt in VALUES:
+        if opt in flags and not eq:
+            plan[flags[opt]] = True
+        elif opt in values:
             if not eq:
                 if i >= len(args):
                     return None  # click says what is missing
                 value = args[i]
                 i += 1
-            if VALUES[opt] in REPEATED:
-                plan[VALUES[opt]].append(value)
+            if values[opt] in REPEATED:
+                plan[values[opt]].append(value)
             else:
-                plan[VALUES[opt]] = value
+                plan[values[opt]] = value
         else:
             return None
-    if len(positional) != 1 or plan["code"] is None:
+    if len(positional) != 1:
         return None
     plan["image"] = positional[0]
     return plan
+
+
+def parse(args: list[str]) -> dict[str, Any] | None:
+    """The options of ``run`` (after the word ``run``) if the express path takes them."""
+    if _off():
+        return None
+    plan = _parse(args, FLAGS, VALUES, {"code": None, "name": None, "env": [], "mounts": [],
+                                        "remove": False, "quiet": False, "image": None})
+    return plan if plan is not None and plan["code"] is not None else None
+
+
+def parse_start(args: list[str]) -> dict[str, Any] | None:
+    """The options of ``start`` if the express path takes them: a session that is only queued
+    (``--enqueue-only`` or ``--starts-at``), with no more than ``START_VALUES`` say."""
+    if _off():
+        return None
+    plan = _parse(args, START_FLAGS, START_VALUES, {
+        "name": None, "env": [], "quiet": False, "image": None, "type": "interactive",
+        "startup": None, "starts_at": None, "enqueue": False, "remove": False})
+    if plan is None or plan["type"] not in ("interactive", "batch"):
+        return None
+    return plan if plan["enqueue"] or plan["starts_at"] else None
 
 
 def print_console(console: list, files: list) -> None:
@@ -258,6 +287,62 @@ class Express:
                 self.note(f"⋯ Cleaning up the session {name}...")
                 self.request("DELETE", session_path(name))
 
+    def start(self) -> int:
+        """``start --enqueue-only``/``--starts-at``: queue the session and say why it waits,
+        in the words of the click path (``run.report_not_running``)."""
+        plan = self.plan
+        name = check_name(plan["name"] or f"pysdk-{os.urandom(5).hex()}")
+        environ = parse_pairs(plan["env"], "-e/--env")
+        from bai.client.bodies import BRIEF_QUERY, create_session
+
+        body = create_session(image=plan["image"], name=name, type=plan["type"],
+                              environ=environ, domain=self.config.domain,
+                              group=self.config.group, preopen_ports=None, dependencies=[],
+                              starts_at=plan["starts_at"], enqueue_only=True,
+                              startup_command=plan["startup"])
+        answer = self.request("POST", "/session", body, timeout=create_timeout(body))
+        if not isinstance(answer, dict) or not answer.get("sessionId"):
+            from bai.client.errors import ProtocolError
+
+            raise ProtocolError("the manager's create answer carries no session id")
+        if answer.get("status") == "RUNNING":  # a running session of that name, reused
+            return self.report_running(answer, name)
+        if answer.get("status") != "PENDING":  # failed ...: the click path's words
+            return self.not_running(answer, name)
+        sid, name = str(answer["sessionId"]), str(answer.get("sessionName") or name)
+        status, info, data = "PENDING", None, None
+        try:
+            gql = self.request("POST", "/admin/gql", {"query": BRIEF_QUERY, "variables": {
+                "id": sid}})
+            b = ((gql.get("data") or {}).get("compute_session") or {}) \
+                if isinstance(gql, dict) and not gql.get("errors") else {}
+            info, data = b.get("status_info"), b.get("status_data")
+            status = str(b.get("status") or status)
+        except Exception:  # noqa: BLE001, S110 - the create answer alone is enough to report
+            pass
+        from bai.client.cli.progress import describe_status
+
+        text = describe_status(status, info, data)
+        if status in FAILED:
+            sys.stderr.write(f"Error: session {name} ({sid}) did not start: {text}\n")
+            return 1
+        sys.stdout.write(f"Session {name} ({sid}) is enqueued: {text}\n")
+        sys.stdout.flush()
+        self.note(f"It stays queued; cancel it with: backend.ai rm {name}")
+        return 0
+
+    def report_running(self, answer: dict, name: str) -> int:
+        from bai.client.models import CreatedSession
+
+        created = CreatedSession.from_json(answer, name)
+        verb = "is created and ready" if created.created else "is already running and ready"
+        sys.stdout.write(f"Session {created.name} ({created.session_id}) {verb}.\n")
+        sys.stdout.flush()
+        if created.service_ports:
+            self.note("This session provides the following app services: "
+                      + ", ".join(created.service_ports))
+        return 0
+
     def not_running(self, answer: dict, name: str) -> int:
         from bai.client.cli.output import Output
         from bai.client.cli.run import report_not_running
@@ -390,9 +475,9 @@ class StatusWatcher:
             pass
 
 
-def run(plan: dict[str, Any]) -> int:
+def run(plan: dict[str, Any], command: str = "run") -> int:
     express = Express(plan)
     try:
-        return express.run()
+        return express.start() if command == "start" else express.run()
     finally:
         express.http.close()

@@ -1,7 +1,7 @@
 """Entry point of ``backend.ai`` / ``bai`` and the error boundary.
 
-``backend.ai run [--rm] -c CODE IMAGE`` takes the express path (``bai.client.cli.express``:
-no click, no asyncio); every other command line goes through the click group of
+``backend.ai run [--rm] -c CODE IMAGE`` and ``backend.ai start --enqueue-only ...`` take the
+express path (``bai.client.cli.express``: no click, no asyncio); every other command line goes through the click group of
 ``bai.client.cli.root``, imported only then. Every failure ends here as one line on stderr and
 a non-zero exit code: 2 for usage mistakes (found before any request), 1 for everything else.
 ``BAI_DEBUG=1`` prints the traceback as well.
@@ -47,12 +47,12 @@ def _echo_err(text: str) -> None:
 
 
 def _invoke(args: list[str]) -> int:
-    if args[:1] == ["run"]:
+    if args[:1] in (["run"], ["start"]):
         from bai.client.cli import express
 
-        plan = express.parse(args[1:])
+        plan = (express.parse if args[0] == "run" else express.parse_start)(args[1:])
         if plan is not None:
-            return express.run(plan)
+            return express.run(plan, "run" if args[0] == "run" else "start")
     from bai.client.cli.root import cli
 
     rv = cli.main(args, prog_name="backend.ai", standalone_mode=False)
