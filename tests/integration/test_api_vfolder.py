@@ -3,6 +3,7 @@ name rules, and ``resolve_mounts`` (the contract the session create uses) with i
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -14,6 +15,7 @@ from bai.common.errors import InvalidAPIParameters, VFolderNotFound, VFolderPerm
 from bai.manager.api import storage, vfolder
 from bai.manager.services import vfolders as vf
 from bai.manager.services.folders import FolderService
+from bai.manager.services.storage import FolderImages
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
 
@@ -25,7 +27,7 @@ async def env(tmp_path):
     root = ApiRoot(settings)
     s = await seed(root.store)
     root.folders = FolderService(root)
-    root.folders.start()
+    await root.folders.start()
     client = await start_client(make_app(root, vfolder, storage))
     yield root, s, client
     await client.close()
@@ -360,3 +362,57 @@ async def test_rename_delete_and_clone(env, tmp_path):
     await call(user, "DELETE", "/folders/renamed", status=204)
     assert not folder.exists()
     await call(user, "GET", "/folders/renamed", status=404)
+
+
+needs_images = pytest.mark.skipif(
+    FolderImages.detect() is None,
+    reason="folder quotas need root, /dev/loop-control and mkfs.ext4 (CI has them)")
+
+
+@needs_images
+async def test_a_quota_holds_against_uploads_and_direct_writes(env, tmp_path):
+    root, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "q", "quota": "20m"}, status=201)
+    folder = _folder_dir(root, tmp_path)
+    try:
+        assert os.path.ismount(folder)
+        data = await call(user, "POST", "/folders/q/request-upload",
+                          {"path": "big", "size": 21 * 2**20}, status=413)
+        assert data["type"].endswith("vfolder-quota-exceeded")
+        await _upload(client, user, "q", "a.bin", os.urandom(12 * 2**20), chunks=2)
+        # 12 MiB more do not fit: the PATCH fails with one clear problem, nothing half-made
+        ticket = await call(user, "POST", "/folders/q/request-upload",
+                            {"path": "b.bin", "size": 12 * 2**20})
+        resp = await client.request(
+            "PATCH", "/storage/upload?token=" + ticket["token"], data=os.urandom(12 * 2**20),
+            headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                     "Content-Type": "application/offset+octet-stream"})
+        body = await resp.json()
+        assert resp.status == 413 and body["title"] == "Disk quota exceeded.", body
+        assert sorted(os.listdir(folder)) == ["a.bin"]
+        # a write from inside a session lands in the same filesystem: the kernel stops it
+        with pytest.raises(OSError) as err, open(folder / "direct.bin", "wb") as f:
+            for _ in range(20):
+                f.write(b"\0" * 2**20)
+                f.flush()
+                os.fsync(f.fileno())
+        assert err.value.errno == errno.ENOSPC
+        # the folder stays usable: remove what filled it and write again
+        await call(user, "DELETE", "/folders/q/delete-files", {"files": ["a.bin", "direct.bin"]})
+        await _upload(client, user, "q", "c.bin", b"fits")
+        await call(user, "POST", "/folders/q/clone", {"target_name": "q2"}, status=201)
+    finally:
+        await call(user, "DELETE", "/folders/q", status=204)
+        await user.request("DELETE", "/folders/q2")
+    assert not os.path.ismount(folder) and not folder.exists()
+    assert not FolderImages.image_of(folder).exists()
+
+
+async def test_a_quota_is_refused_in_one_line_where_images_cannot_be_made(env, tmp_path):
+    root, _, client = env
+    root.folders.hosts.images = None
+    data = await call(Signed(client, USER), "POST", "/folders", {"name": "q", "quota": "1g"},
+                      status=400)
+    assert "quota" in data["msg"] and data["data"]["field"] == "quota"
+    assert list((tmp_path / "state" / "vfolders").iterdir()) == []

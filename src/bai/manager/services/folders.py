@@ -37,8 +37,18 @@ class FolderService:
         self.hosts: StorageHosts = StorageHosts.from_settings(root.settings)
         self.tokens = StorageTokens.from_settings(root.settings)
 
-    def start(self) -> None:
-        self.hosts.prepare()
+    async def start(self) -> None:
+        """Make the host roots; mount the filesystems of quota folders again (after a
+        reboot their loop mounts are gone)."""
+        await asyncio.to_thread(self.hosts.prepare)
+        if self.hosts.images is None:
+            return
+        async with self.store.connect() as conn:
+            rows = (await conn.execute(sa.select(t.vfolders.c.host, t.vfolders.c.relpath)
+                                       .where(t.vfolders.c.quota > 0))).all()
+        for host, relpath in rows:
+            if host in self.hosts.hosts:
+                await asyncio.to_thread(self.hosts.remount, host, relpath)
 
     # ------------------------------------------------------------ hosts
 
@@ -79,6 +89,7 @@ class FolderService:
         permission = vf.parse_permission(body.get("permission") or "rw")
         usage_mode = vf.parse_usage_mode(body.get("usage_mode"))
         quota = vf.parse_quota(body.get("quota"))
+        self.hosts.check_quota(quota)
         if body.get("unmanaged_path"):
             raise InvalidAPIParameters("unmanaged folders (a host path) are not supported",
                                        data={"field": "unmanaged_path"})
@@ -108,7 +119,7 @@ class FolderService:
                     "created_at": t.utcnow(),
                 }
                 await conn.execute(sa.insert(t.vfolders).values(**row))
-                path = await asyncio.to_thread(self.hosts.make_folder, host, relpath)
+                path = await asyncio.to_thread(self.hosts.make_folder, host, relpath, quota)
                 made = True
                 if fill is not None:
                     await asyncio.to_thread(fill, path)
@@ -293,7 +304,14 @@ class FolderService:
 
         def fill(dst: Path) -> None:
             with ff.pinned(src):  # the source's own directory must not be a link
-                shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+                try:
+                    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+                except (shutil.Error, OSError) as e:
+                    if "No space left" in str(e) or "quota" in str(e).lower():
+                        raise ff.FolderQuotaExceeded(
+                            f"folder {a.name!r} does not fit in its quota "
+                            f"({a.row['quota']:,} bytes) as a copy") from None
+                    raise BaiError(f"cloning {a.name!r} failed: {str(e)[:300]}") from None
 
         return await self._make(
             caller, name=target, host=host,

@@ -46,7 +46,7 @@ class ManagerRoot:
 
     async def start(self) -> None:
         await self.store.migrate()
-        self.folders.start()
+        await self.folders.start()
         if hasattr(self.bus, "set_kernel_handler"):
             # Cluster bus: agent events are queued once and applied by exactly one replica.
             self.bus.set_kernel_handler(self.sessions.lifecycle.apply_kernel_event)

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,80 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "local"
 _RELPATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class QuotaUnsupported(InvalidAPIParameters):
+    title = "This storage host cannot enforce folder quotas."
+
+
+class FolderImages:
+    """A folder with a quota is a filesystem of its own: a sparse ext4 image beside the
+    folder's directory (``<relpath>.img``, mode 0600), loop-mounted ``nosuid,nodev`` on it by
+    the manager. Every write into the folder, from an upload or from inside a session through
+    the agent's bind mount, stops with ENOSPC at the quota; the kernel enforces it (the kernels
+    we run on lack ``CONFIG_QUOTA``, so project quotas are not available; the agent's work dirs
+    use the same mechanism, ``bai.agent.quota``).
+
+    Needs root, ``/dev/loop-control``, ``mkfs.ext4``, ``mount`` and ``umount`` on the machine
+    of the manager that owns the storage host; ``detect()`` answers None otherwise and folders
+    with a quota are refused with one clear line. The mounts do not survive a reboot: the
+    manager mounts every image again when it starts (``remount``).
+    """
+
+    #: ext4 wants a few MiB for itself; a smaller quota is raised to this
+    MIN_BYTES = 16 * 1024**2
+
+    def __init__(self, mkfs: str, mount: str, umount: str) -> None:
+        self.mkfs, self.mount, self.umount = mkfs, mount, umount
+
+    @classmethod
+    def detect(cls) -> FolderImages | None:
+        if os.geteuid() != 0 or not os.path.exists("/dev/loop-control"):
+            return None
+        path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin"
+        tools = [shutil.which(t, path=path) for t in ("mkfs.ext4", "mount", "umount")]
+        return cls(*tools) if all(tools) else None  # type: ignore[arg-type]
+
+    @staticmethod
+    def image_of(folder: Path) -> Path:
+        return folder.with_name(folder.name + ".img")
+
+    def _run(self, *argv: str) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise StorageHostUnavailable(
+                f"{os.path.basename(argv[0])} failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+
+    def attach(self, folder: Path, nbytes: int) -> None:
+        """Make the empty directory ``folder`` a filesystem of ``nbytes``."""
+        image = self.image_of(folder)
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, max(nbytes, self.MIN_BYTES))
+        finally:
+            os.close(fd)
+        try:
+            self._run(self.mkfs, "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,nodiscard",
+                      str(image))
+            self.mount_image(folder)
+        except BaseException:
+            image.unlink(missing_ok=True)
+            raise
+        with contextlib.suppress(OSError):
+            (folder / "lost+found").rmdir()
+        os.chmod(folder, 0o755)
+
+    def mount_image(self, folder: Path) -> None:
+        self._run(self.mount, "-o", "loop,nosuid,nodev,noatime", str(self.image_of(folder)),
+                  str(folder))
+
+    def detach(self, folder: Path) -> None:
+        """Unmount (lazily: a session may still hold it) and remove the image."""
+        if os.path.ismount(folder):
+            with contextlib.suppress(StorageHostUnavailable, OSError,
+                                     subprocess.SubprocessError):
+                self._run(self.umount, "-l", str(folder))
+        self.image_of(folder).unlink(missing_ok=True)
 
 
 class StorageHostUnavailable(BaiError):
@@ -68,7 +143,9 @@ class StorageHost:
 class StorageHosts:
     """The storage hosts of this manager (from settings), and folder directories on them."""
 
-    def __init__(self, hosts: dict[str, str], default: str = DEFAULT_HOST) -> None:
+    def __init__(self, hosts: dict[str, str], default: str = DEFAULT_HOST,
+                 images: FolderImages | None = None) -> None:
+        self.images = images
         for name in hosts:
             if not _HOST_NAME.match(name):
                 raise ValueError(f"bad storage host name {name!r}")
@@ -80,7 +157,8 @@ class StorageHosts:
         hosts = dict(getattr(settings, "storage_hosts", None) or {})
         if not hosts:
             hosts = {DEFAULT_HOST: str(Path(settings.state_dir).expanduser().resolve() / "vfolders")}
-        return cls(hosts, getattr(settings, "default_storage_host", DEFAULT_HOST) or DEFAULT_HOST)
+        return cls(hosts, getattr(settings, "default_storage_host", DEFAULT_HOST) or DEFAULT_HOST,
+                   FolderImages.detect())
 
     def names(self) -> list[str]:
         return sorted(self.hosts)
@@ -107,9 +185,18 @@ class StorageHosts:
         """The folder's directory (not checked for existence)."""
         return self.host(host).root / checked_relpath(relpath)
 
-    def make_folder(self, host: str, relpath: str) -> Path:
-        """Make the folder's empty directory; raises StorageHostUnavailable when the root is
-        missing (an unmounted shared filesystem must not silently become a local folder)."""
+    def check_quota(self, quota: int) -> None:
+        if quota and self.images is None:
+            raise QuotaUnsupported(
+                "folder quotas need the manager to run as root with loop devices and "
+                "mkfs.ext4 (it makes each such folder a filesystem of its own); create the "
+                "folder without a quota (-q 0)", data={"field": "quota"})
+
+    def make_folder(self, host: str, relpath: str, quota: int = 0) -> Path:
+        """Make the folder's empty directory (a filesystem of ``quota`` bytes when
+        ``quota``); raises StorageHostUnavailable when the root is missing (an unmounted shared
+        filesystem must not silently become a local folder)."""
+        self.check_quota(quota)
         root = self.host(host).root
         if not root.is_dir():
             raise StorageHostUnavailable(f"storage host {host!r}: {root} is not there")
@@ -121,13 +208,34 @@ class StorageHosts:
         except OSError as e:
             raise StorageHostUnavailable(f"storage host {host!r}: cannot make the folder: "
                                          f"{e.strerror}") from None
+        if quota:
+            try:
+                self.images.attach(path, quota)  # type: ignore[union-attr]
+            except BaseException:
+                self.remove_folder(host, relpath)
+                raise
         return path
+
+    def remount(self, host: str, relpath: str) -> None:
+        """Mount a quota folder's image again (after a reboot); logged when it cannot be."""
+        if self.images is None:
+            return
+        with contextlib.suppress(BaiError):
+            path = self.path(host, relpath)
+            if FolderImages.image_of(path).exists() and not os.path.ismount(path):
+                try:
+                    self.images.mount_image(path)
+                except BaiError as e:
+                    log.warning("folder %s on %s: its filesystem image could not be "
+                                "mounted: %s", relpath, host, e)
 
     def remove_folder(self, host: str, relpath: str) -> None:
         """Remove the folder's directory and everything in it (links are removed, never
         followed: ``shutil.rmtree`` uses ``openat`` walks on Linux)."""
         with contextlib.suppress(BaiError):
             path = self.path(host, relpath)
+            if self.images is not None:
+                self.images.detach(path)
             shutil.rmtree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 os.rmdir(path.parent)  # the fan-out level, when it is empty now
