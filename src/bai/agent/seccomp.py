@@ -13,10 +13,10 @@ that a filter cannot read), so the C library falls back to ``clone``, whose flag
 already (another uid and another PID namespace).
 
 The program is compiled by libseccomp (Debian's ``libseccomp2``, which every install has as a
-dependency of apt) through its Python binding (Debian's ``python3-seccomp`` when the agent runs on
-the system interpreter, else ``pyseccomp``, a ctypes binding of the same library from PyPI),
-rather than BPF written here: libseccomp knows each architecture's syscall numbers and the
-traps of compat ABIs (x86's i386 and x32 entry points). Where neither works, ``compiled()`` says
+dependency of apt) through ``pyseccomp`` (PyPI: a ctypes binding of it, so nothing to build and
+any interpreter works, where Debian's ``python3-seccomp`` serves only the system one), rather
+than BPF written here: libseccomp knows each architecture's syscall numbers and the
+traps of compat ABIs (x86's i386 and x32 entry points). Where it does not load, ``compiled()`` says
 why and the agent reports the gap; nothing fails.
 """
 
@@ -56,11 +56,9 @@ class Compiled:
 
 
 def _binding():  # the module, or raises ImportError/OSError/RuntimeError
-    try:
-        import seccomp  # Debian's python3-seccomp (system interpreter only)
-    except ImportError:
-        import pyseccomp as seccomp  # raises RuntimeError without libseccomp
-    return seccomp
+    import pyseccomp  # raises RuntimeError without libseccomp
+
+    return pyseccomp
 
 
 def build(sc) -> bytes:
