@@ -75,16 +75,20 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, dict):  # an inline table
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}"
+                                for k, x in v.items()) + " }"
+    return json.dumps(str(v))
+
+
 def _toml(section: str, values: dict[str, Any]) -> str:
-    out = [f"[{section}]"]
-    for k, v in values.items():
-        if isinstance(v, bool):
-            out.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, (int, float)):
-            out.append(f"{k} = {v}")
-        else:
-            out.append(f"{k} = {json.dumps(str(v))}")
-    return "\n".join(out) + "\n"
+    return "\n".join([f"[{section}]"] + [f"{k} = {_toml_value(v)}"
+                                          for k, v in values.items()]) + "\n"
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:

@@ -4,7 +4,9 @@ network-namespace hosts that register with their own addresses.
 * 20 sessions with the ``dispersed`` strategy spread over both agents and all run code;
 * unplugging one agent host: its sessions leave RUNNING with a reason and its slots are
   released; plugging it back brings the agent back without duplicate kernels;
-* agent RPCs and agent events without the cluster token are refused.
+* agent RPCs and agent events without the cluster token are refused;
+* a storage host that is a shared directory (the same path on every agent host): a folder
+  written by a session on one agent is read and changed by a session on the other.
 
 Runs as root with ``ip netns`` (CI); see ``cluster_support.py``.
 """
@@ -30,16 +32,20 @@ LIVE = ("SCHEDULED", "PREPARING", "PULLING", "PREPARED", "CREATING", "RUNNING", 
 async def cluster():
     cl = await make_cluster("a1", "a2", heartbeat_timeout=4.0)
     try:
+        # the storage host every agent mounts at the same path (here: the hosts share a disk)
+        shared = cl.work / "shared-storage"
+        cl.manager_extra["storage_hosts"] = {"shared": str(shared)}
         await cl.start_manager()
         for host in ("a1", "a2"):
-            await cl.start_agent(host, runtime="process", slot_cpu="16", slot_mem="8g")
+            await cl.start_agent(host, runtime="process", slot_cpu="16", slot_mem="8g",
+                                 storage_roots={"shared": str(shared)})
         await cl.wait_agents_alive("a1", "a2")
         yield cl
     finally:
         await cl.close()
 
 
-async def create_sessions(cl: Cluster, prefix: str, n: int) -> dict[str, str]:
+async def create_sessions(cl: Cluster, prefix: str, n: int, **spec: object) -> dict[str, str]:
     """Create ``n`` interactive sessions through the SDK; wait until RUNNING; name -> id."""
     from bai.client.connection import Connection
     from bai.client.models import CreateSpec
@@ -48,7 +54,7 @@ async def create_sessions(cl: Cluster, prefix: str, n: int) -> dict[str, str]:
     async with Connection(cl.client_config()) as conn:
         api = SessionAPI(conn)
         specs = [CreateSpec(image="python", name=f"{prefix}-{i:02d}", enqueue_only=True,
-                            resources={"cpu": "1", "mem": "128m"}) for i in range(n)]
+                            resources={"cpu": "1", "mem": "128m"}, **spec) for i in range(n)]
         created = await asyncio.gather(*(api.create(s) for s in specs))
     ids = {c.name: c.session_id for c in created}
 
@@ -133,6 +139,29 @@ async def test_dispersed_sessions_spread_over_both_agents_and_run_code(cluster: 
             where[k["session_id"]] = f"agent-{host}"
     for sid, agent in placed.items():
         assert where.get(sid) == agent
+
+
+async def test_a_shared_storage_host_carries_a_folder_between_agent_hosts(cluster: Cluster):
+    from bai.client.connection import Connection
+
+    async with Connection(cluster.client_config()) as conn:
+        await conn.request("POST", "/folders", json_body={"name": "shared-data",
+                                                          "host": "shared"})
+    ids = await create_sessions(cluster, "stor", 2, mounts=["shared-data"])
+    placed = await placements(cluster, ids.values())
+    assert sorted(placed.values()) == ["agent-a1", "agent-a2"], placed
+    by_agent = {agent: sid for sid, agent in placed.items()}
+    out = await run_code(cluster, by_agent["agent-a1"], (
+        "import socket\n"
+        "_ = open('shared-data/note.txt', 'w').write('from ' + socket.gethostname())\n"
+        "print('ok')"))
+    assert out.strip() == "ok"
+    out = await run_code(cluster, by_agent["agent-a2"], (
+        "print(open('shared-data/note.txt').read())\n"
+        "_ = open('shared-data/note.txt', 'a').write(' and a2')"))
+    assert out.strip() == "from bai-kernel"
+    found = list((cluster.work / "shared-storage").rglob("note.txt"))
+    assert [p.read_text() for p in found] == ["from bai-kernel and a2"]
 
 
 async def test_unplugged_agent_host_loses_its_sessions_and_comes_back_clean(cluster: Cluster):
