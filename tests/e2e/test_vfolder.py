@@ -1,0 +1,230 @@
+"""Storage folders as a new user meets them: the real ``backend.ai`` CLI (and the official client
+23.9.10, unchanged) against one embedded stack; folders mounted into sessions with ``-m``.
+
+Also: a second user (bob) reaches nothing of the first user's folders until they are shared, and
+then only read-only when shared ``ro``; bad input is one line on stderr and a non-zero exit with
+nothing half-made; a quota holds against writes from inside a session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from stacks import Stack, start_stack
+
+SMALL = ["-r", "cpu=0.1", "-r", "mem=128m"]
+
+
+@pytest.fixture(scope="module")
+def vst():
+    st = start_stack("cpu=4", "mem=4g")
+    yield st
+    st.stop()
+    shutil.rmtree(st.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def bob(vst) -> dict[str, str]:
+    """A second normal user's environment for the CLI."""
+    vst.cli("admin", "user", "create", "bob@example.org")
+    keys = json.loads(vst.cli("--output", "json", "admin", "keypair", "create",
+                              "bob@example.org").stdout)
+    env = {k: v for k, v in vst.env.items() if k != "BAI_PROFILE"}
+    env.update({"BAI_CONFIG": str(vst.home / "none.toml"),
+                "BACKEND_ENDPOINT": vst.endpoint, "BACKEND_ACCESS_KEY": keys["access_key"],
+                "BACKEND_SECRET_KEY": keys["secret_key"]})
+    return env
+
+
+def as_bob(st: Stack, env: dict[str, str], *args: str, check: bool = True):
+    import subprocess
+
+    from stacks import CLI
+
+    proc = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=st.home)
+    if check:
+        assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def names(st: Stack, **kw) -> list[str]:
+    return [f["name"] for f in json.loads(st.cli("--output", "json", "vfolder", "list",
+                                                 **kw).stdout)]
+
+
+def test_a_new_user_keeps_data_across_sessions(vst, tmp_path):
+    u = {"user": True}
+    csv = tmp_path / "train.csv"
+    csv.write_text("a,b\n1,2\n")
+    vst.cli("vfolder", "create", "data", **u)
+    vst.cli("vfolder", "upload", "data", str(csv), **u)
+    out = vst.cli("run", "--rm", *SMALL, "-m", "data", "-c",
+                  'print(open("data/train.csv").read())', "python", **u).stdout
+    assert "a,b\n1,2" in out
+    vst.cli("run", "--rm", *SMALL, "-m", "data", "-c",
+            'open("data/out.txt", "w").write("written in a session\\n")', "python", **u)
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    vst.cli("vfolder", "download", "data", "out.txt", "-b", str(dl), **u)
+    assert (dl / "out.txt").read_bytes() == b"written in a session\n"
+    listed = json.loads(vst.cli("--output", "json", "vfolder", "ls", "data", **u).stdout)
+    assert sorted(i["name"] for i in listed["items"]) == ["out.txt", "train.csv"]
+    assert listed["total"] == 2
+    info = json.loads(vst.cli("--output", "json", "vfolder", "info", "data", **u).stdout)
+    assert info["name"] == "data" and info["permission"] == "rw" and info["is_owner"]
+
+
+def test_file_commands(vst, tmp_path):
+    u = {"user": True}
+    vst.cli("vfolder", "create", "work", **u)
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "x.txt").write_text("x")
+    (src / "y.txt").write_text("y")
+    vst.cli("vfolder", "upload", "-r", "work", str(src), **u)
+    vst.cli("vfolder", "mkdir", "work", "out/deep", "-p", **u)
+    vst.cli("vfolder", "mv", "work", "tree/y.txt", "out/deep", **u)
+    ls = json.loads(vst.cli("--output", "json", "vfolder", "ls", "work", "out/deep", **u).stdout)
+    assert [i["name"] for i in ls["items"]] == ["y.txt"]
+    vst.cli("vfolder", "rm", "-r", "work", "tree", **u)
+    vst.cli("vfolder", "clone", "work", "work2", **u)
+    vst.cli("vfolder", "rename", "work2", "work3", **u)
+    ls = json.loads(vst.cli("--output", "json", "vfolder", "ls", "work3", "out/deep",
+                            **u).stdout)
+    assert [i["name"] for i in ls["items"]] == ["y.txt"]
+    vst.cli("vfolder", "delete", "work3", **u)
+    vst.cli("vfolder", "delete", "work", **u)
+    assert "work" not in names(vst, user=True) and "work3" not in names(vst, user=True)
+    hosts = json.loads(vst.cli("--output", "json", "vfolder", "list-hosts", **u).stdout)
+    assert hosts["default"] == "local" and hosts["allowed"] == ["local"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["vfolder", "ls", "nope"], "no such folder"),
+    (["vfolder", "download", "nope", "x"], "no such folder"),
+    (["vfolder", "create", "bad", "-p", "rwx"], "rwx"),
+    (["vfolder", "create", "data"], "already exists"),
+    (["vfolder", "create", "../escape"], "invalid folder name"),
+    (["vfolder", "create", "neg", "-q", "-1"], "invalid quota"),
+    (["vfolder", "ls", "data", "../.."], "'..' is not allowed"),
+    (["vfolder", "download", "data", "../../etc/passwd"], "'..' is not allowed"),
+    (["vfolder", "create", "hostless", "nas9"], "unknown storage host"),
+    (["vfolder", "share", "data", "nobody@example.org"], "no such user"),
+])
+def test_bad_input_is_one_line_and_makes_nothing(vst, tmp_path, args, says):
+    if "data" not in names(vst, user=True):
+        vst.cli("vfolder", "create", "data", user=True)
+    before = names(vst, user=True)
+    proc = vst.cli(*args, user=True, check=False, cwd=tmp_path)
+    assert says in one_line_error(proc)
+    assert names(vst, user=True) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_another_user_reaches_nothing_until_shared_and_then_only_read_only(vst, bob, tmp_path):
+    u = {"user": True}
+    vst.cli("vfolder", "create", "private", **u)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("alice's")
+    vst.cli("vfolder", "upload", "private", str(secret), **u)
+    assert "private" not in [f["name"] for f in json.loads(
+        as_bob(vst, bob, "--output", "json", "vfolder", "list").stdout)]
+    for args in (["vfolder", "ls", "private"], ["vfolder", "info", "private"],
+                 ["vfolder", "download", "private", "secret.txt", "-b", str(tmp_path / "b")],
+                 ["vfolder", "rm", "private", "secret.txt"],
+                 ["vfolder", "share", "private", "bob@example.org"],
+                 ["run", "--rm", *SMALL, "-m", "private", "-c", "print(1)", "python"]):
+        assert "no such folder" in one_line_error(as_bob(vst, bob, *args, check=False)), args
+    vst.cli("vfolder", "share", "private", "bob@example.org", "--permission", "ro", **u)
+    out = as_bob(vst, bob, "run", "--rm", *SMALL, "-m", "private", "-c", """
+print(open("private/secret.txt").read())
+try:
+    open("private/mine.txt", "w").write("x")
+    print("WROTE")
+except OSError as e:
+    print("REFUSED", e.errno)
+""", "python").stdout
+    assert "alice's" in out and "REFUSED" in out and "WROTE" not in out
+    one_line_error(as_bob(vst, bob, "run", "--rm", *SMALL, "-m", "private:/home/work/p:rw",
+                          "-c", "print(1)", "python", check=False))
+    one_line_error(as_bob(vst, bob, "vfolder", "upload", "private", str(secret), check=False))
+    vst.cli("vfolder", "unshare", "private", "bob@example.org", **u)
+    one_line_error(as_bob(vst, bob, "vfolder", "ls", "private", check=False))
+
+
+def _images_possible() -> bool:
+    from bai.manager.services.storage import FolderImages
+
+    return FolderImages.detect() is not None
+
+
+@pytest.mark.skipif(not _images_possible(),
+                    reason="folder quotas need root, loop devices and mkfs.ext4 (CI has them)")
+def test_a_quota_holds_inside_a_session(vst):
+    u = {"user": True}
+    vst.cli("vfolder", "create", "small", "-q", "20m", **u)
+    code = """
+import errno
+f = open("small/fill", "wb")
+try:
+    for _ in range(40):
+        f.write(b"\\0" * 2**20); f.flush()
+    print("NO LIMIT")
+except OSError as e:
+    print("STOPPED", errno.errorcode[e.errno])
+"""
+    out = vst.cli("run", "--rm", *SMALL, "-m", "small", "-c", code, "python", **u).stdout
+    assert "STOPPED ENOSPC" in out and "NO LIMIT" not in out
+    vst.cli("vfolder", "rm", "small", "fill", **u)
+    out = vst.cli("run", "--rm", *SMALL, "-m", "small", "-c",
+                  'open("small/ok", "w").write("ok"); print("FINE")', "python", **u).stdout
+    assert "FINE" in out
+    vst.cli("vfolder", "delete", "small", **u)
+
+
+@pytest.mark.official_client
+@pytest.mark.skipif(not os.environ.get("BAI_OFFICIAL_CLIENT"), reason="BAI_OFFICIAL_CLIENT unset")
+def test_the_official_client_unchanged(vst, tmp_path):
+    from official import make_official
+
+    off = make_official(vst.endpoint, vst.keys()["user"], tmp_path / "official")
+    work = off.workdir
+    (work / "big.bin").write_bytes(os.urandom(5 * 2**20 + 3))
+    (work / "small.txt").write_text("small\n")
+    (work / "empty").write_bytes(b"")
+    assert "Usable hosts: local" in off("vfolder", "list-hosts").stdout
+    off("vfolder", "create", "odata", "local")
+    off("vfolder", "upload", "odata", "big.bin", "small.txt", "empty")
+    listed = {r["file name"]: r["size"] for r in off.table("vfolder", "ls", "odata")}
+    assert listed == {"big.bin": str(5 * 2**20 + 3), "small.txt": "6", "empty": "0"}
+    assert "odata" in off("vfolder", "list").stdout
+    assert "Number of files" in off("vfolder", "info", "odata").stdout
+    dl = work / "dl"
+    dl.mkdir()
+    off("vfolder", "download", "odata", "big.bin", "small.txt", "empty", cwd=dl)
+    for name in ("big.bin", "small.txt", "empty"):
+        assert (dl / name).read_bytes() == (work / name).read_bytes(), name
+    bad = off("vfolder", "info", "nope", check=False)
+    assert "no such folder" in bad.output
+    off("vfolder", "delete", "odata")
+    assert "odata" not in off("vfolder", "list").stdout
+
+
+def test_a_broken_file_path_in_a_session_mount_is_refused(vst):
+    """A folder name that escapes is refused before any session is made."""
+    proc = vst.cli("run", "--rm", *SMALL, "-m", "../etc", "-c", "print(1)", "python",
+                   user=True, check=False)
+    one_line_error(proc)
