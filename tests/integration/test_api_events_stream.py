@@ -248,6 +248,27 @@ async def test_execute_proxy_relays_frames_and_input(env):
                           "options": None, "files": None}
 
 
+async def test_a_silent_execution_stream_carries_keep_alive_pings(env, monkeypatch):
+    """While the code waits (here for input) the manager pings, so a client can tell a silent
+    execution from a stalled manager (fails when the manager sends nothing)."""
+    monkeypatch.setattr("bai.manager.api.stream.KEEPALIVE_SECONDS", 0.2)
+    _, client, user, _, _ = env
+    made = await create(user, "exec-quiet")
+    path = f"/stream/session/{made['sessionId']}/execute"
+    ws = await client.ws_connect(path, autoping=False,
+                                 headers=user.headers("GET", path, "application/octet-stream"))
+    await ws.send_str(json.dumps({"code": "input()", "mode": "query", "options": {}}))
+    for want in ("continued", "waiting-input"):
+        assert json.loads((await asyncio.wait_for(ws.receive(), 10)).data)["status"] == want
+    pings = [await asyncio.wait_for(ws.receive(), 10) for _ in range(2)]
+    assert [m.type for m in pings] == [aiohttp.WSMsgType.PING] * 2
+    await ws.send_str("world")  # the execution goes on after the pings
+    while (msg := await asyncio.wait_for(ws.receive(), 10)).type != aiohttp.WSMsgType.TEXT:
+        pass
+    assert json.loads(msg.data)["status"] == "finished"
+    await ws.close()
+
+
 async def test_execute_on_a_session_that_is_not_running(env):
     root, client, user, _, _ = env
     root.agents.rpc.auto_start = False

@@ -2,7 +2,8 @@
 
 Builds the wheel of this checkout, installs it into a fresh virtualenv with its declared
 dependencies only (no extras), runs ``backend.ai --help`` and checks that none of the server's
-libraries came along. Needs PyPI (or pip's cache) for the build backend and click/rich.
+libraries came along. Needs PyPI (or pip's cache) for the build backend and the client's
+dependencies (click, rich, httpx, websockets).
 """
 
 from __future__ import annotations
@@ -77,3 +78,12 @@ def test_the_client_only_install_runs_hello_world_on_a_manager(client_venv: Path
                        text=True, timeout=240, cwd=stack.home)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "hello world"
+    # the click path (httpx, websockets) from the same install: a listing and a run
+    r = subprocess.run([str(client_venv / "bin" / "backend.ai"), "run", "--rm", "-c",
+                        'print("hello click")', "python"], env={**env, "BAI_CLI_EXPRESS": "0"},
+                       capture_output=True, text=True, timeout=240, cwd=stack.home)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "hello click"
+    r = subprocess.run([str(client_venv / "bin" / "backend.ai"), "ps", "--all"], env=env,
+                       capture_output=True, text=True, timeout=240, cwd=stack.home)
+    assert r.returncode == 0, r.stderr

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 #: script -> tiny arguments, and a phrase its report must contain
 CASES = {
     "cli_startup.py": (["--runs", "1"], "backend.ai --help"),
+    "client_transport.py": (["--runs", "1"], "httpx AsyncClient (click path)"),
     "hello_world.py": (["--runs", "1", "--warmup", "0", "--runtime", "process"], "create->RUNNING"),
     "scheduler_throughput.py": (["--sessions", "5", "--agents", "2", "--db", "sqlite"],
                                 "sessions RUNNING after"),

@@ -420,23 +420,35 @@ def test_admin_commands_send_the_admin_api(fake, capsys):
 # -- transport ------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)  # without a read timeout the command never returns
-@pytest.mark.parametrize("args, express, stall", [
-    (("ps",), "0", "/admin/gql"),
-    (("rm", "sess-01"), "0", "/session/sess-01"),
-    (("run", "--rm", "-c", "1", "python"), "1", "/stream/"),
-    (("run", "--rm", "-c", "1", "python"), "0", "/stream/"),
-    (("events", "sess-01"), "0", "/events/"),
+RUN = ("run", "--rm", "-c", "1", "python")
+WITHIN = "did not answer within 0.5 s"
+
+
+@pytest.mark.timeout(60)  # without a read timeout (or stream keep-alives) it never returns
+@pytest.mark.parametrize("args, express, knob, path, says", [
+    (("ps",), "0", "stall", "/admin/gql", WITHIN),
+    (("rm", "sess-01"), "0", "stall", "/session/sess-01", WITHIN),
+    (RUN, "1", "stall", "/stream/", WITHIN),
+    (RUN, "0", "stall", "/stream/", WITHIN),
+    (("events", "sess-01"), "0", "stall", "/events/", WITHIN),
+    # streams whose head came, then silence (no keep-alive, no pong): a stalled manager
+    (RUN, "1", "mute", "/stream/", WITHIN),
+    (RUN, "0", "mute", "/stream/", "no answer to keep-alive pings within 0.5 s"),
+    (("events", "sess-01"), "0", "mute", "/events/", WITHIN),
+    (("session", "download", "sess-01", "out.txt"), "0", "mute", "/session/sess-01/download",
+     WITHIN),
 ])
 def test_a_silent_manager_is_one_clear_line_after_the_read_timeout(fake, capsys, monkeypatch,
-                                                                   args, express, stall):
+                                                                   args, express, knob, path,
+                                                                   says):
     monkeypatch.setenv("BAI_CLI_EXPRESS", express)
     monkeypatch.setenv("BAI_READ_TIMEOUT", "0.5")
-    fake.knobs["stall"] = (stall,)
+    fake.knobs[knob] = (path,)
     r = invoke(capsys, *args)
     assert r.code == 1
     last = lines(r.err)[-1]
-    assert last.startswith("Error: ") and "did not answer within 0.5 s" in last, r.err
+    assert last.startswith("Error: ") and says in last, r.err
+    assert "Traceback" not in r.err
 
 
 def test_the_read_timeout_is_a_number(fake, capsys, monkeypatch):

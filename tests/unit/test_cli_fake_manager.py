@@ -72,7 +72,8 @@ class FakeManager:
                            ("session_started", {"sessionName": "s1"})],
             "forbid_admin": False,
             "bulk_destroy": True,
-            "stall": (),  # path prefixes the fake takes and never answers (until it stops)  # False: a manager without POST /session/_/destroy
+            "stall": (),  # path prefixes the fake takes and never answers (until it stops)
+            "mute": (),  # path prefixes whose stream's head goes out, then nothing (no pong)
             "history": [{"from": None, "to": "PENDING", "reason": "enqueued", "cause": "user:AK",
                          "at": "2026-01-01T00:00:00+00:00"},
                         {"from": "PENDING", "to": "SCHEDULED", "reason": "scheduled",
@@ -114,6 +115,7 @@ class FakeManager:
         r.add_get("/session/{name}/history", self.history)
         r.add_get("/session/{name}/logs", self.logs)
         r.add_get("/stream/session/{sid}/execute", self.execute)
+        r.add_get("/session/{name}/download", self.logs)  # only ever muted (knobs["mute"])
         r.add_get("/events/session", self.events)
         r.add_route("*", "/admin/{tail:.*}", self.admin)
         self._runner = web.AppRunner(app)
@@ -152,7 +154,23 @@ class FakeManager:
         if any(request.path.startswith(p) for p in self.knobs["stall"]):
             await self._unstall.wait()
             return web.Response(status=503)
+        if any(request.path.startswith(p) for p in self.knobs["mute"]):
+            return await self._mute(request)
         return await handler(request)
+
+    async def _mute(self, request: web.Request) -> web.StreamResponse:
+        """A stalled manager after a stream's head: the upgrade or the answer's head, then
+        silence (no keep-alive, no answer to pings) until the fake stops."""
+        resp: web.StreamResponse
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            resp = web.WebSocketResponse(autoping=False)
+        else:
+            ctype = ("multipart/mixed; boundary=x" if request.path.endswith("/download")
+                     else "text/event-stream")
+            resp = web.StreamResponse(headers={"Content-Type": ctype})
+        await resp.prepare(request)
+        await self._unstall.wait()
+        return resp
 
     def of(self, method: str, prefix: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.raw_path.startswith(prefix)]

@@ -1,8 +1,9 @@
 """A blocking HTTP/1.1 + WebSocket client on plain sockets (the express path of ``run``).
 
-The same wire as ``bai.client.wire`` (both frame through ``bai.client.http1``), without
-asyncio: importing asyncio alone costs about as much CPU as ``backend.ai run`` may spend in
-total. One keep-alive connection per (scheme, host, port), bodies read whole.
+The same requests as the click path's httpx/websockets transport (``bai.client.connection``),
+framed by ``bai.client.http1``, without asyncio: importing asyncio alone costs about as much CPU
+as ``backend.ai run`` may spend in total. One keep-alive connection per (scheme, host, port),
+bodies read whole.
 """
 
 from __future__ import annotations
@@ -210,7 +211,9 @@ class BlockingHTTP:
         if not http1.ws_accept_ok(key, raw):
             conn.close()
             raise HandshakeFailed(status, "invalid Sec-WebSocket-Accept", b"", "")
-        conn.sock.settimeout(None)
+        # the stream: the manager pings every KEEPALIVE_SECONDS (bai.common.streams), so a
+        # silence as long as the read timeout is a stalled manager (ReadTimeout from receive)
+        conn.sock.settimeout(self.read_timeout)
         return WebSocket(conn)
 
 
@@ -250,6 +253,8 @@ class WebSocket:
         return bool(b1 & 0x80), b1 & 0x0F, payload
 
     def receive(self) -> tuple[str, Any]:
+        """The next message; ReadTimeout after the socket's timeout of silence (no message,
+        no ping)."""
         if self.closed:
             return "close", None
         message = http1.Reassembly()
@@ -268,6 +273,11 @@ class WebSocket:
                 if whole is not None:
                     opcode, data = whole
                     return ("text", data.decode("utf-8")) if opcode == 0x1 else ("binary", data)
+        except TimeoutError:
+            seconds = self._conn.sock.gettimeout()
+            self.closed = True
+            self._conn.close()
+            raise ReadTimeout(seconds) from None
         except (OSError, UnicodeDecodeError, WireError, ValueError) as e:
             self.closed = True
             self._conn.close()

@@ -1,31 +1,67 @@
-"""The transport: signed HTTP, WebSocket and SSE requests to the manager (``bai.client.wire``).
+"""The transport of the click path: signed HTTP, WebSocket and SSE requests to the manager.
+
+HTTP goes through httpx, WebSockets through websockets (both maintained, pure Python). They
+were chosen over aiohttp, the server's HTTP library, by measurement: importing aiohttp costs
+about twice the CPU of importing both (docs/operations.md, "The client's transport"), and
+``backend.ai ps`` spends most of its time importing. The express path of ``backend.ai run``
+keeps its own blocking client (``bai.client.blocking``) for the same reason, with the same
+timeouts, proxies, TLS and endpoint order.
 
 Requests are signed exactly as the official Backend.AI 23.09 client signs them
-(``bai.common.auth``): ``host`` is the configured endpoint's netloc, the signed path is the
-endpoint's path prefix plus the request path and query *as sent*, and the signed content type is
-``application/json`` for JSON bodies, ``text/plain`` for body-less requests (which also send that
-header), ``multipart/form-data`` for uploads and ``application/octet-stream`` for WebSocket and
-SSE requests (which send no Content-Type).
+(``bai.common.auth``): ``host`` is the configured endpoint's netloc (sent as the ``Host``
+header), the signed path is the endpoint's path prefix plus the request path and query *as
+sent*, and the signed content type is ``application/json`` for JSON bodies, ``text/plain`` for
+body-less requests (which also send that header), ``multipart/form-data`` for uploads and
+``application/octet-stream`` for WebSocket and SSE requests (which send no Content-Type).
 
 Several endpoints may be configured: they are tried in order, and an endpoint that refuses the
 connection is skipped (only connection failures move on: a request that reached a manager is
 never sent twice). Non-2xx answers become typed errors through
 ``bai.common.errors.error_from_problem``.
 
-The HTTP client is ``bai.client.wire`` (stdlib asyncio streams), not aiohttp: importing aiohttp
-alone costs more CPU than the whole hello-world budget of ``backend.ai run``.
+Timeouts: ``BAI_READ_TIMEOUT`` (``bai.client.endpoint.read_timeout``) bounds the wait for an
+answer; on a stream (events, an execution, a download) it bounds each silence, and the manager
+sends keep-alives on them (``bai.common.streams``), so only a stalled manager reaches it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sys
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from bai.client import wire
+
+def _placeholder(name: str) -> types.ModuleType | None:
+    """httpx imports its command-line tool (rich's syntax highlighting, pygments) whenever
+    click and rich are installed, as they always are beside this CLI: ~50 ms of CPU on every
+    command for code that never runs. An empty module in its place makes that import fail as
+    it does without them (httpx catches the ImportError); ``_drop`` removes it again."""
+    if "httpx" in sys.modules or name in sys.modules:
+        return None
+    sys.modules[name] = module = types.ModuleType(name)
+    return module
+
+
+def _drop(name: str, module: types.ModuleType | None) -> None:
+    if module is not None and sys.modules.get(name) is module:
+        del sys.modules[name]
+
+
+_cli = _placeholder("httpx._main")
+try:
+    import httpx
+finally:
+    _drop("httpx._main", _cli)
+
+if TYPE_CHECKING:  # websockets is imported by the first WebSocket (only executions use one)
+    from websockets.asyncio.client import ClientConnection
+
+from bai.client import network
 from bai.client.config import ClientConfig
 from bai.client.endpoint import (
     USER_AGENT,
@@ -33,11 +69,24 @@ from bai.client.endpoint import (
     Params,
     decode_answer,
     encode_query,
-    handshake_error,
     problem_error,
     read_timeout,
     session_path,
 )
+from bai.client.http1 import ConnectFailed, HandshakeFailed, quote_plain, split_url
+from bai.common.streams import KEEPALIVE_SECONDS
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """One multipart/form-data part whose content is a file on disk."""
+
+    name: str
+    filename: str
+    path: str
+    content_type: str = "application/octet-stream"
 
 
 @dataclass
@@ -59,20 +108,42 @@ class Connection:
 
     def __init__(self, config: ClientConfig):
         self.config = config
-        self._http: wire.HTTPClient | None = None
+        self._http: httpx.AsyncClient | None = None
         self.endpoints = Endpoints(config)
         self.read_timeout = read_timeout()
 
     async def __aenter__(self) -> Connection:
-        self._http = wire.HTTPClient(headers={"User-Agent": USER_AGENT}, connect_timeout=10)
+        self._http = self._client()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _client(self) -> httpx.AsyncClient:
+        """One httpx client for every endpoint: the proxy each endpoint's host gets
+        (``bai.client.network.proxy_url``, so NO_PROXY means what it means on the express path)
+        is a mounted transport; no environment is read by httpx itself."""
+        https = any(e.lower().startswith("https:") for e in self.config.endpoints)
+        # verify=False for plain-http endpoints: no TLS happens, and httpx would otherwise load
+        # the CA bundle (tens of ms) for a context that is never used
+        verify: Any = network.ssl_context() if https else False
+        mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+        for ep in self.config.endpoints:
+            scheme, host, port, _netloc, _ = split_url(ep)
+            try:
+                proxy = network.proxy_url(scheme, host)
+            except ConnectFailed as e:
+                raise self.endpoints.unreachable(str(e)) from None
+            if proxy is not None:
+                mounts[f"{scheme}://{host}:{port}"] = httpx.AsyncHTTPTransport(
+                    verify=verify, proxy=proxy, retries=0)
+        return httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT}, verify=verify, trust_env=False, mounts=mounts,
+            timeout=httpx.Timeout(None, connect=10.0), follow_redirects=False)
+
     async def close(self) -> None:
         if self._http is not None:
-            await self._http.close()
+            await self._http.aclose()
             self._http = None
 
     @property
@@ -80,10 +151,49 @@ class Connection:
         return self.endpoints.current
 
     @property
-    def http(self) -> wire.HTTPClient:
+    def http(self) -> httpx.AsyncClient:
         if self._http is None:
             raise RuntimeError("Connection used outside 'async with'")
         return self._http
+
+    # -- the endpoints in turn ------------------------------------------------------------------
+
+    async def _first(self, attempt: Callable[[int], Awaitable[T]], limit: float | None) -> T:
+        """``attempt(idx)`` on each endpoint in turn, starting at the one that answered last,
+        until one takes the connection (it becomes the active one); ``limit``: seconds for
+        the attempt, past which ManagerTimeout. Any failure after the connection was made
+        ends here as a typed error: the request is never sent twice."""
+        last_error = ""
+        eps = self.endpoints
+        for idx in eps.order():
+            try:
+                result = await asyncio.wait_for(attempt(idx), limit)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError,
+                    ConnectFailed) as e:
+                last_error = _reason(e)
+                continue
+            except (TimeoutError, httpx.TimeoutException):
+                raise eps.timed_out(idx, limit or 0) from None
+            except HandshakeFailed as e:
+                from bai.client.endpoint import handshake_error
+
+                raise handshake_error(e) from None
+            except (httpx.TransportError, httpx.StreamError) as e:
+                raise eps.lost(idx, _reason(e)) from None
+            except Exception as e:
+                if type(e).__module__.startswith("websockets."):  # a handshake that went wrong
+                    raise eps.lost(idx, _reason(e)) from None
+                raise
+            eps.active = idx
+            return result
+        raise eps.unreachable(last_error)
+
+    def _stream_failed(self, e: Exception) -> Exception:
+        """The typed error of a stream that broke or went silent after its head."""
+        eps = self.endpoints
+        if isinstance(e, httpx.TimeoutException):
+            return eps.timed_out(eps.active, self.read_timeout or 0)
+        return eps.lost(eps.active, _reason(e))
 
     # -- plain requests ---------------------------------------------------------------------
 
@@ -94,7 +204,7 @@ class Connection:
         *,
         params: Params = None,
         json_body: Any = None,
-        form: list[wire.FilePart] | None = None,
+        form: list[FilePart] | None = None,
         signed: bool = True,
         timeout: float | None | Any = ...,
     ) -> Any:
@@ -106,107 +216,103 @@ class Connection:
         """
         method = method.upper()
         limit = None if form is not None else self.read_timeout if timeout is ... else timeout
-        last_error = ""
-        eps = self.endpoints
-        for idx in eps.order():
-            url, headers, data = eps.prepare(idx, method, path, params, json_body,
-                                             multipart=form is not None)
+
+        async def attempt(idx: int) -> Any:
+            url, headers, data = self.endpoints.prepare(idx, method, path, params, json_body,
+                                                        multipart=form is not None)
             if not signed:
                 headers = {}
+            headers["Host"] = _netloc(url)
+            with ExitStack() as files:
+                parts = None if form is None else [
+                    (p.name, (quote_plain(p.filename), files.enter_context(open(p.path, "rb")),
+                              p.content_type)) for p in form]
+                resp = await self.http.request(method, url, headers=headers, content=data,
+                                               files=parts)
+            return answer_of(resp)
 
-            try:
-                return await asyncio.wait_for(
-                    self._exchange(idx, method, url, headers, data, form), limit)
-            except wire.ConnectFailed as e:
-                last_error = str(e)
-                continue
-            except TimeoutError:
-                raise eps.timed_out(idx, limit or 0) from None
-            except wire.WireError as e:
-                raise eps.lost(idx, e) from None
-        raise eps.unreachable(last_error)
-
-    async def _exchange(self, idx: int, method: str, url: str, headers: dict[str, str],
-                        data: bytes | None, form: list[wire.FilePart] | None) -> Any:
-        resp = await self.http.request(method, url, headers=headers, body=data, parts=form)
-        try:
-            self.endpoints.active = idx
-            return await _read_answer(resp)
-        finally:
-            resp.release()
+        return await self._first(attempt, limit)
 
     # -- streams ------------------------------------------------------------------------------
 
-    async def _first_answer(self, method: str, build) -> tuple[int, wire.Response]:
-        """Send to each endpoint in turn until one answers: (its index, the answer's head).
-        ``build(idx)`` gives the request's (URL, headers, body)."""
-        last_error = ""
-        eps = self.endpoints
-        for idx in eps.order():
+    async def _open_stream(self, method: str, build: Callable[[int], tuple[str, dict, Any]]
+                           ) -> httpx.Response:
+        """The head of a streamed answer from the first endpoint that takes it (within the
+        read timeout); its body is read with each silence bounded by the read timeout."""
+        limit = self.read_timeout
+
+        async def attempt(idx: int) -> httpx.Response:
             url, headers, data = build(idx)
-            try:  # the answer's head has the read timeout; the body (a stream) has none
-                resp = await asyncio.wait_for(
-                    self.http.request(method, url, headers=headers, body=data),
-                    self.read_timeout)
-            except wire.ConnectFailed as e:
-                last_error = str(e)
-                continue
-            except TimeoutError:
-                raise eps.timed_out(idx, self.read_timeout or 0) from None
-            except wire.WireError as e:
-                raise eps.lost(idx, e) from None
-            eps.active = idx
-            return idx, resp
-        raise eps.unreachable(last_error)
+            headers["Host"] = _netloc(url)
+            req = self.http.build_request(method, url, headers=headers, content=data,
+                                          timeout=httpx.Timeout(limit, connect=10.0))
+            resp = await self.http.send(req, stream=True)
+            if resp.status_code >= 300:
+                try:
+                    await resp.aread()
+                finally:
+                    await resp.aclose()
+                answer_of(resp)  # raises the typed error
+            return resp
+
+        return await self._first(attempt, limit)
 
     @asynccontextmanager
     async def streamed(self, method: str, path: str, *, params: Params = None,
-                       json_body: Any = None) -> AsyncIterator[wire.Response]:
+                       json_body: Any = None) -> AsyncIterator[httpx.Response]:
         """``async with conn.streamed(...) as resp``: a successful answer whose body is read
-        with ``resp.iter_chunks()``; an error answer raises its typed error."""
+        with ``resp.aiter_bytes()``; an error answer raises its typed error."""
         method = method.upper()
-        idx, resp = await self._first_answer(
+        resp = await self._open_stream(
             method, lambda i: self.endpoints.prepare(i, method, path, params, json_body))
         try:
-            if resp.status >= 400:
-                await _read_answer(resp)  # raises the typed error
             yield resp
-        except wire.WireError as e:
-            raise self.endpoints.lost(idx, e) from None
+        except (httpx.TransportError, httpx.StreamError) as e:
+            raise self._stream_failed(e) from None
         finally:
-            resp.release()
+            await resp.aclose()
 
     @asynccontextmanager
-    async def websocket(
-        self, path: str, params: Params = None
-    ) -> AsyncIterator[wire.WebSocket]:
-        last_error = ""
+    async def websocket(self, path: str, params: Params = None) -> AsyncIterator[WebSocket]:
+        """An open WebSocket to ``path``; the handshake has the read timeout. While it is open
+        the client pings (every ``KEEPALIVE_SECONDS`` or a quarter of the read timeout, the
+        shorter); a manager that answers no ping within the read timeout ends it with
+        ConnectionLost. Server pings are answered by the library."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+
         eps = self.endpoints
-        for idx in eps.order():
+        limit = self.read_timeout
+
+        async def attempt(idx: int) -> ClientConnection:
             url, path_qs = eps.target(idx, path, params)
-            headers = eps.signed(idx, "GET", path_qs, "application/octet-stream")
-            try:  # the handshake has the read timeout; the stream has none
-                ws = await asyncio.wait_for(
-                    self.http.websocket(url, headers=headers, max_size=0), self.read_timeout)
-            except wire.ConnectFailed as e:
-                last_error = str(e)
-                continue
-            except TimeoutError:
-                raise eps.timed_out(idx, self.read_timeout or 0) from None
-            except wire.HandshakeFailed as e:
-                raise handshake_error(e) from None
-            except wire.WireError as e:
-                raise eps.lost(idx, e) from None
-            eps.active = idx
+            scheme, host, _port, netloc, _ = split_url(url)
+            # websockets writes Host itself, without a default port: sign what it sends
+            sent_host = _ws_host(scheme, host, netloc)
+            headers = eps.signed(idx, "GET", path_qs, "application/octet-stream", host=sent_host)
             try:
-                yield ws
-            finally:
-                await ws.close()
-            return
-        raise eps.unreachable(last_error)
+                return await connect(
+                    "ws" + url[4:], additional_headers=headers, user_agent_header=USER_AGENT,
+                    ssl=network.ssl_context() if scheme == "https" else None,
+                    proxy=network.proxy_url(scheme, host), open_timeout=None,
+                    ping_interval=min(KEEPALIVE_SECONDS, limit / 4) if limit else KEEPALIVE_SECONDS,
+                    ping_timeout=limit, close_timeout=2.0, max_size=None, compression=None)
+            except InvalidStatus as e:
+                r = e.response
+                raise HandshakeFailed(r.status_code, r.reason_phrase, r.body or b"",
+                                      r.headers.get("Content-Type", "")) from None
+            except OSError as e:  # refused, unreachable, TLS: another endpoint may take it
+                raise ConnectFailed(f"cannot connect to {netloc}: {_reason(e)}") from None
+
+        ws = await self._first(attempt, limit)
+        try:
+            yield WebSocket(ws, self)
+        finally:
+            await ws.close()
 
     async def sse(self, path: str, params: Params = None) -> AsyncIterator[SSEMessage]:
-        """Messages of a ``text/event-stream`` answer until the server closes it."""
+        """Messages of a ``text/event-stream`` answer until the server closes it; a silence
+        longer than the read timeout (no event, no keep-alive) is ManagerTimeout."""
         eps = self.endpoints
 
         def build(idx: int) -> tuple[str, dict[str, str], None]:
@@ -215,19 +321,19 @@ class Connection:
             headers["Accept"] = "text/event-stream"
             return url, headers, None
 
-        _, resp = await self._first_answer("GET", build)
+        resp = await self._open_stream("GET", build)
         try:
-            if resp.status >= 300:
-                await _read_answer(resp)
             event, data, msg_id, retry = "message", [], None, None
+            lines = resp.aiter_lines()
             while True:
                 try:
-                    raw = await resp.readline()
-                except wire.WireError:
+                    line = await anext(lines)
+                except StopAsyncIteration:
                     return
-                if not raw:
-                    return
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                except httpx.TimeoutException as e:
+                    raise self._stream_failed(e) from None
+                except (httpx.TransportError, httpx.StreamError):
+                    return  # the stream broke: it ends here, as a server close would
                 if not line:
                     if data or event != "message":
                         yield SSEMessage(event, "\n".join(data), msg_id, retry)
@@ -249,13 +355,75 @@ class Connection:
                     except ValueError:
                         pass
         finally:
-            resp.release()
+            await resp.aclose()
 
 
+class WebSocket:
+    """An open execution stream: ``send_str``, and ``async for text in ws`` over the text
+    messages until the server closes it (binary messages are skipped). A stream that breaks
+    ends the iteration, as a close would; one whose manager stopped answering pings raises
+    ConnectionLost."""
 
-async def _read_answer(resp: wire.Response) -> Any:
-    text = await resp.text(errors="replace")
-    return decode_answer(resp.status, resp.reason or "", resp.content_type, text)
+    def __init__(self, ws: ClientConnection, conn: Connection) -> None:
+        self._ws = ws
+        self._conn = conn
+
+    async def send_str(self, text: str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as e:
+            raise self._conn._stream_failed(e) from None
+
+    def __aiter__(self) -> WebSocket:
+        return self
+
+    async def __anext__(self) -> str:
+        from websockets.exceptions import ConnectionClosed
+
+        while True:
+            try:
+                msg = await self._ws.recv()
+            except ConnectionClosed as e:
+                sent = e.sent
+                if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
+                    eps = self._conn.endpoints
+                    raise eps.lost(eps.active, "no answer to keep-alive pings within "
+                                   f"{self._conn.read_timeout or 0:g} s") from None
+                raise StopAsyncIteration from None
+            if isinstance(msg, str):
+                return msg
 
 
-__all__ = ["Connection", "SSEMessage", "encode_query", "problem_error", "session_path"]
+def answer_of(resp: httpx.Response) -> Any:
+    """The decoded body of a read answer; an error answer raises its typed error."""
+    text = resp.content.decode(resp.encoding or "utf-8", "replace")
+    ctype = resp.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+    return decode_answer(resp.status_code, resp.reason_phrase or "", ctype, text)
+
+
+def _netloc(url: str) -> str:
+    return split_url(url)[3]
+
+
+def _ws_host(scheme: str, host: str, netloc: str) -> str:
+    """The ``Host`` websockets sends for ``netloc``: the port left out when it is the
+    scheme's default."""
+    default = ":443" if scheme == "https" else ":80"
+    return netloc[: -len(default)] if netloc.endswith(default) else netloc
+
+
+def _reason(e: BaseException) -> str:
+    """A failure in words: the innermost cause that says something (httpx wraps the OS's and
+    the TLS library's errors, whose text names what went wrong)."""
+    text = str(e)
+    cause = e.__cause__ or e.__context__
+    while cause is not None and not text:
+        text = str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return text or type(e).__name__
+
+
+__all__ = ["Connection", "FilePart", "SSEMessage", "WebSocket", "answer_of", "encode_query",
+           "httpx", "problem_error", "session_path"]

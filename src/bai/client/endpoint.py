@@ -92,13 +92,15 @@ class Endpoints:
         return f"{scheme}://{netloc}{path_qs}", path_qs
 
     def signed(self, idx: int, method: str, path_qs: str, sign_type: str,
-               body: bytes | None = None) -> dict[str, str]:
-        """Signed headers; with ``body`` (b"" for none) the signature covers its hash too."""
+               body: bytes | None = None, host: str | None = None) -> dict[str, str]:
+        """Signed headers; with ``body`` (b"" for none) the signature covers its hash too.
+        ``host``: the ``Host`` header the request will carry (default: the endpoint's netloc)."""
         cfg = self.config
         headers = {"X-BackendAI-Domain": cfg.domain, "X-BackendAI-Version": API_VERSION}
         if cfg.access_key:
             headers.update(make_headers(cfg.access_key, cfg.secret_key, method, path_qs,
-                                        url_parts(cfg.endpoints[idx])[1], sign_type, body=body))
+                                        host or url_parts(cfg.endpoints[idx])[1], sign_type,
+                                        body=body))
         else:  # anonymous mode still carries the Date and the version
             from datetime import datetime
 

@@ -1,8 +1,10 @@
-"""HTTP/1.1 and WebSocket (RFC 6455) framing without any transport: bytes in, bytes out.
+"""HTTP/1.1 and WebSocket (RFC 6455) framing of the express path's blocking client
+(``bai.client.blocking``): bytes in, bytes out, and the URL helpers both transports share.
 
-Shared by the asyncio client (``bai.client.wire``) and the blocking one
-(``bai.client.blocking``), so both speak exactly the same wire. Stdlib only and cheap to import
-(no asyncio): ``backend.ai run`` loads it on its express path.
+Written here rather than taken from a library because of what ``backend.ai run`` may spend:
+stdlib only and cheap to import (no asyncio, no urllib.parse); httpx alone costs more CPU to
+import than the whole express run (docs/operations.md, "The client's transport"). The click
+path uses httpx and websockets (``bai.client.connection``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 import struct
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-CHUNK = 64 * 1024
 
 
 class WireError(Exception):
@@ -224,22 +225,3 @@ class Reassembly:
 
 def ws_close_code(payload: bytes) -> int:
     return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-
-
-def multipart_heads(parts, boundary: str) -> tuple[list[bytes], int]:
-    """Each part's head (boundary line and headers) and the whole body's length.
-
-    The file name is percent-encoded as aiohttp's ``FormData(quote_fields=True)`` does, which
-    the manager's upload handler undoes.
-    """
-    heads = []
-    total = 0
-    for p in parts:
-        head = (f"--{boundary}\r\n"
-                f"Content-Type: {p.content_type}\r\n"
-                f'Content-Disposition: form-data; name="{p.name}"; '
-                f'filename="{quote_plain(p.filename)}"\r\n\r\n').encode("latin-1")
-        heads.append(head)
-        total += len(head) + os.path.getsize(p.path) + 2
-    total += len(f"--{boundary}--\r\n")
-    return heads, total

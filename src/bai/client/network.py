@@ -1,5 +1,6 @@
 """How the client reaches a manager: TLS trust and proxies, the same for both transports
-(``bai.client.wire``, asyncio, and ``bai.client.blocking``, the express path).
+(``bai.client.connection`` on httpx and websockets, and ``bai.client.blocking``, the express
+path).
 
 * ``https://`` endpoints are verified against the system's CA store, or against the bundle in
   ``BAI_CA_BUNDLE`` (a PEM file; OpenSSL's own ``SSL_CERT_FILE``/``SSL_CERT_DIR`` work too);
@@ -48,9 +49,9 @@ def ssl_context(env: Any = None) -> ssl.SSLContext:
     return ctx
 
 
-def proxy_for(scheme: str, host: str, env: Any = None) -> tuple[str, int, str | None] | None:
-    """(proxy host, port, ``Proxy-Authorization`` value or None) for a connection to ``host``
-    over ``scheme``, or None to connect directly."""
+def proxy_url(scheme: str, host: str, env: Any = None) -> str | None:
+    """The ``http://`` URL of the proxy for a connection to ``host`` over ``scheme`` (user
+    info kept), or None to connect directly; ``ConnectFailed`` for a proxy of another kind."""
     env = os.environ if env is None else env
     if not any(env.get(v) or env.get(v.upper()) for v in _PROXY_VARS):
         return None
@@ -58,13 +59,23 @@ def proxy_for(scheme: str, host: str, env: Any = None) -> tuple[str, int, str | 
            or env.get("all_proxy") or env.get("ALL_PROXY"))
     if not url or _bypassed(host, env):
         return None
-    from urllib.parse import unquote, urlsplit
-
-    p = urlsplit(url if "://" in url else f"http://{url}")
-    if p.scheme not in ("http", ""):
+    url = url if "://" in url else f"http://{url}"
+    if not url.lower().startswith("http://"):
         from bai.client.http1 import ConnectFailed
 
         raise ConnectFailed(f"only http:// proxies are supported, not {url}")
+    return url
+
+
+def proxy_for(scheme: str, host: str, env: Any = None) -> tuple[str, int, str | None] | None:
+    """(proxy host, port, ``Proxy-Authorization`` value or None) for a connection to ``host``
+    over ``scheme``, or None to connect directly."""
+    url = proxy_url(scheme, host, env)
+    if url is None:
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    p = urlsplit(url)
     auth = None
     if p.username is not None:
         raw = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bai.client.bodies import BRIEF_QUERY
-from bai.client.connection import Connection, SSEMessage, session_path
+from bai.client.connection import Connection, FilePart, SSEMessage, session_path
 from bai.client.endpoint import create_timeout
 from bai.client.errors import ProtocolError, UsageError
 from bai.client.models import CreatedSession, CreateSpec, ExecFrame, HistoryEntry
-from bai.client.wire import FilePart, WSMsgType
 from bai.common.errors import BaiError, GraphQLError, SessionNotFound, error_from_problem
 from bai.common.ids import parse_uuid
 
@@ -186,13 +185,9 @@ class SessionAPI:
         path = f"/stream/session/{session_id}/execute"
         async with self.conn.websocket(path) as ws:
             await ws.send_str(json.dumps({"code": code, "mode": mode, "options": options or {}}))
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSED):
-                        break
-                    continue
+            async for text in ws:
                 try:
-                    raw = json.loads(msg.data)
+                    raw = json.loads(text)
                 except ValueError:
                     continue
                 if not isinstance(raw, dict) or "status" not in raw:
@@ -258,7 +253,7 @@ class SessionAPI:
         params = {"owner_access_key": owner} if owner else None
         async with self.conn.streamed("GET", session_path(name, "/download"), params=params,
                                       json_body={"files": list(files)}) as resp:
-            return await receive(resp.iter_chunks(), resp.headers.get("content-type", ""),
+            return await receive(resp.aiter_bytes(), resp.headers.get("content-type", ""),
                                  Path(dest))
 
     async def logs(self, name: str, *, owner: str | None = None) -> str:

@@ -11,19 +11,19 @@ whole. Memory stays constant whatever the size.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bai.client import wire
-from bai.client.connection import Connection
-from bai.client.endpoint import decode_answer
-from bai.client.errors import UsageError
+from bai.client.connection import Connection, answer_of, httpx
+from bai.client.errors import ConnectionLost, UsageError
 
 TUS = {"Tus-Resumable": "1.0.0"}
 #: how often a broken transfer is taken up again
 RETRIES = 5
+#: reads of a file sent as a body (fewer, larger writes move a GiB faster)
+FILE_CHUNK = 1024 * 1024
 
 Progress = Callable[[int], None]
 
@@ -105,36 +105,39 @@ class VFolderAPI:
         offset, tries = 0, 0
         while offset < size:
             try:
-                resp = await self.conn.http.request(
+                resp = await self._http.request(
                     "PATCH", url, headers={**TUS, "Upload-Offset": str(offset),
-                                           "Content-Type": "application/offset+octet-stream"},
-                    file_range=(str(local), offset, size - offset))
-                try:
-                    text = await resp.text(errors="replace")
-                finally:
-                    resp.release()
-                if resp.status == 409 and resp.headers.get("upload-offset"):
-                    offset = int(resp.headers.get("upload-offset"))
+                                           "Content-Type": "application/offset+octet-stream",
+                                           "Content-Length": str(size - offset)},
+                    content=_file_range(local, offset, size - offset), timeout=self._timeout)
+                if resp.status_code == 409 and resp.headers.get("upload-offset"):
+                    offset = int(resp.headers["upload-offset"])
                     continue
-                decode_answer(resp.status, resp.reason or "", resp.content_type, text)
+                answer_of(resp)
                 offset = int(resp.headers.get("upload-offset") or size)
                 if progress:
                     progress(offset)
-            except wire.WireError:
+            except httpx.TransportError as e:
                 tries += 1
                 if tries > RETRIES:
-                    raise
+                    raise _broken(e) from None
                 offset = await self._offset(url)
         return size
 
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        return self.conn.http
+
+    @property
+    def _timeout(self) -> httpx.Timeout:
+        """Each silence of a transfer is bounded by the read timeout; sending is not."""
+        return httpx.Timeout(self.conn.read_timeout, connect=10.0, write=None)
+
     async def _offset(self, url: str) -> int:
-        resp = await self.conn.http.request("HEAD", url, headers=TUS)
-        try:
-            if resp.status >= 300:
-                decode_answer(resp.status, resp.reason or "", resp.content_type, "")
-            return int(resp.headers.get("upload-offset") or 0)
-        finally:
-            resp.release()
+        resp = await self._http.request("HEAD", url, headers=TUS, timeout=self._timeout)
+        if resp.status_code >= 300:
+            answer_of(resp)
+        return int(resp.headers.get("upload-offset") or 0)
 
     async def download(self, name: str, remote: str, local: Path,
                        progress: Progress | None = None) -> int:
@@ -150,29 +153,30 @@ class VFolderAPI:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             while True:
-                headers = {"Range": f"bytes={got}-"} if got else {}
+                # identity: byte ranges of the file itself, never of a compressed form
+                headers = {"Accept-Encoding": "identity"}
+                if got:
+                    headers["Range"] = f"bytes={got}-"
                 try:
-                    resp = await self.conn.http.request("GET", url, headers=headers)
-                    try:
-                        if resp.status >= 300:
-                            text = await resp.text(errors="replace")
-                            decode_answer(resp.status, resp.reason or "", resp.content_type, text)
-                        if resp.status == 200 and got:
+                    async with self._http.stream("GET", url, headers=headers,
+                                                 timeout=self._timeout) as resp:
+                        if resp.status_code >= 300:
+                            await resp.aread()
+                            answer_of(resp)
+                        if resp.status_code == 200 and got:
                             os.ftruncate(fd, 0)
                             os.lseek(fd, 0, os.SEEK_SET)
                             got = 0
-                        async for chunk in resp.iter_chunks():
+                        async for chunk in resp.aiter_raw():
                             _write_all(fd, chunk)
                             got += len(chunk)
                             if progress:
                                 progress(got)
-                    finally:
-                        resp.release()
                     break
-                except wire.WireError:
+                except httpx.TransportError as e:
                     tries += 1
                     if tries > RETRIES:
-                        raise
+                        raise _broken(e) from None
             os.close(fd)
             fd = -1
             os.replace(tmp, local)
@@ -182,6 +186,22 @@ class VFolderAPI:
             if tmp.exists():
                 tmp.unlink()
         return got
+
+
+async def _file_range(path: Path, offset: int, length: int) -> AsyncIterator[bytes]:
+    """``length`` bytes of ``path`` from ``offset``, in chunks (constant memory)."""
+    with open(path, "rb") as f:  # noqa: ASYNC230 - a local file, read in chunks
+        f.seek(offset)
+        left = length
+        while left > 0 and (data := f.read(min(FILE_CHUNK, left))):
+            left -= len(data)
+            yield data
+    if left > 0:
+        raise OSError(f"{path} became shorter while it was sent")
+
+
+def _broken(e: Exception) -> ConnectionLost:
+    return ConnectionLost(f"the transfer broke {RETRIES + 1} times: {e or type(e).__name__}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

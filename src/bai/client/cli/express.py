@@ -4,7 +4,8 @@ click, asyncio or rich.
 ``backend.ai run --rm -c 'print(1)' python`` is the command people time. Through click and the
 asyncio SDK the client alone spends ~120 ms of CPU (click ~45 ms, asyncio ~60 ms to import);
 this path parses the few options it knows by hand, speaks the same signed wire through the
-blocking client (``bai.client.blocking``, framing shared with ``bai.client.wire``) and prints
+blocking client (``bai.client.blocking``, the same timeouts, proxies and TLS as the click
+path's ``bai.client.connection``) and prints
 exactly what ``bai.client.cli.run`` prints.
 
 It takes only: IMAGE, ``-c/--code``, ``--rm``, ``-t/--name/--client-token``, ``-e/--env``,
@@ -383,7 +384,10 @@ class Express:
         try:
             ws.send_str(json.dumps({"code": self.plan["code"], "mode": "query", "options": {}}))
             while True:
-                kind, data = ws.receive()
+                try:
+                    kind, data = ws.receive()
+                except ReadTimeout as e:
+                    raise self.eps.timed_out(self.eps.active, e.seconds) from None
                 if kind != "text":
                     if kind in ("error", "close"):
                         break

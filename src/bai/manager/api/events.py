@@ -36,6 +36,7 @@ from aiohttp import HttpVersion11, web
 from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.common.events import SERVER_CLOSE, SessionEvent
 from bai.common.status import TERMINAL, SessionStatus
+from bai.common.streams import KEEPALIVE_SECONDS  # silence before a keep-alive comment
 from bai.manager.api.middleware import caller_of
 from bai.manager.context import Caller
 from bai.manager.store import tables as t
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds the client waits before reconnecting (seconds, not milliseconds: client-protocol 8.2).
 RETRY_SECONDS = 5
-#: Seconds of silence after which a keep-alive comment is sent (and the session re-checked).
-KEEPALIVE_SECONDS = 15.0
 #: Bytes in a stream's transport buffer above which its events queue instead (a slow client).
 HIGH_WATER = 64 * 1024
 #: Queued writes after which a client that stopped reading is disconnected (it may reconnect).

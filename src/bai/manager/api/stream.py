@@ -36,6 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from bai.common.errors import BaiError, FilesTooLarge, InvalidAPIParameters
+from bai.common.streams import KEEPALIVE_SECONDS
 from bai.manager.api.middleware import caller_of
 from bai.manager.api.models import DownloadFiles, ListFiles
 from bai.manager.api.params import body_of
@@ -168,6 +169,7 @@ async def execute(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     sid = sess["id"]
     await _touch(root, sid)
+    pinger = asyncio.create_task(_keep_alive(ws))
     try:
         async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
             up = asyncio.create_task(_pump_up(ws, upstream, root, sid))
@@ -189,10 +191,24 @@ async def execute(request: web.Request) -> web.WebSocketResponse:
         if not ws.closed:
             await ws.send_str(_error_frame("bai: the manager failed while relaying; see its log"))
     finally:
+        pinger.cancel()
         await _touch(root, sid)
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def _keep_alive(ws: web.WebSocketResponse) -> None:
+    """A ping every ``KEEPALIVE_SECONDS`` while the stream is open, so a client sees a live
+    manager during a long silent execution (and proxies keep the connection). A missing pong
+    is not held against the client: the official one answers only while it reads, and it
+    blocks while the user types input."""
+    while not ws.closed:
+        await asyncio.sleep(KEEPALIVE_SECONDS)
+        try:
+            await ws.ping()
+        except (ConnectionResetError, RuntimeError):
+            return
 
 
 async def upload(request: web.Request) -> web.Response:
