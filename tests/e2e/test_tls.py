@@ -175,3 +175,23 @@ def test_the_client_goes_through_https_proxy_unless_no_proxy_says_otherwise(tls_
     r = cli(tls_manager, *args, BAI_CA_BUNDLE=tls_manager["ca"],
             HTTPS_PROXY=f"http://127.0.0.1:{free_port()}")
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_the_dashboard_login_cookie_is_secure_over_tls(tls_manager):
+    import http.client
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=tls_manager["ca"])
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_manager["port"], context=ctx, timeout=60)
+    password = json.loads((tls_manager["home"] / "keys.json").read_text())["admin"]["password"]
+    try:
+        conn.request("POST", "/dashboard/api/login",
+                     body=json.dumps({"email": "admin@bai.local", "password": password}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200
+    attrs = [a.strip().lower() for a in resp.headers["Set-Cookie"].split(";")]
+    assert "secure" in attrs and "httponly" in attrs and "samesite=strict" in attrs

@@ -66,6 +66,10 @@ class AdminAPI:
         return await self._call("PATCH", f"/admin/users/{_seg(email)}", "user",
                                 {"is_active": active})
 
+    async def set_user_password(self, email: str, password: str) -> dict[str, Any]:
+        return await self._call("PATCH", f"/admin/users/{_seg(email)}", "user",
+                                {"password": password})
+
     # keypairs
     async def keypairs(self, user: str | None = None) -> list[dict[str, Any]]:
         return await self._call("GET", "/admin/keypairs", "keypairs",

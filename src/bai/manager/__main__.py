@@ -88,6 +88,16 @@ def init(config: str | None, keys_out: str | None, keys_in: str | None) -> None:
         result = asyncio.run(_init(settings, keys))
     except BaiError as e:
         raise click.ClickException(str(e)) from None
+    if keys_out and Path(keys_out).is_file():
+        # a restart: the dashboard passwords made by the first init are only in this file
+        try:
+            before = json.loads(Path(keys_out).read_text())
+        except (OSError, ValueError):
+            before = {}
+        for who, entry in result.items():
+            old = before.get(who) if isinstance(before, dict) else None
+            if "password" not in entry and isinstance(old, dict) and old.get("password"):
+                entry["password"] = old["password"]
     text = json.dumps(result, indent=2)
     if keys_out:
         path = Path(keys_out)

@@ -29,8 +29,8 @@ def settle_gc() -> None:
 
 def create_app(settings: ManagerSettings) -> web.Application:
     from bai.manager.api import (
-        admin, events, gql, internal, middleware, openapi, ops, root, session, storage, stream,
-        vfolder,
+        admin, dashboard, events, gql, internal, middleware, openapi, ops, root, session,
+        storage, stream, vfolder,
     )
     from bai.manager.services.root import ManagerRoot
     from bai.ops.http import OpsListener, instrument, observe
@@ -44,7 +44,7 @@ def create_app(settings: ManagerSettings) -> web.Application:
     app[ROOT] = manager
     instrument(app)
     for module in (root, session, stream, events, gql, admin, internal, ops, vfolder, storage,
-                   openapi):
+                   openapi, dashboard):
         module.setup(app)
     listener = None
     if settings.ops_port is not None:

@@ -271,6 +271,27 @@ def user_activate(email: str) -> None:
     _user_active(email, True)
 
 
+@user.command("set-password", epilog="""\b
+Examples:
+  backend.ai admin user set-password alice@example.com            (asks twice)
+  printf '%s\\n' "$PW" | backend.ai admin user set-password alice@example.com --password-stdin""")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of standard input (no prompt).")
+@output_option
+def user_set_password(email: str, password_stdin: bool) -> None:
+    """Set or reset the dashboard password of the user EMAIL (at least 8 characters); their
+    browser logins end. Users change their own on the dashboard."""
+    if password_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise UsageError("the password is empty")
+    item = _call(lambda a: a.set_user_password(email, password))
+    _show_one(item, f"The password of {email} is set.")
+
+
 @admin.group()
 def keypair() -> None:
     """Keypairs (access key + secret key) that sign requests."""

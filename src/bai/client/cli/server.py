@@ -341,6 +341,8 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
                f"({meta['runtime']} runtime)")
     click.echo(f"state: {state}; client configuration: {cfg} "
                f"(profile 'default' = admin, 'user' = a user keypair)")
+    click.echo(f"dashboard: {endpoint}/dashboard/ (log in as admin@bai.local or user@bai.local; "
+               f"their passwords are in {keys_path})")
     gaps = _isolation_gaps(state / "bai.db")
     if gaps:
         click.echo("isolation NOT enforced on this host: " + "; ".join(gaps)

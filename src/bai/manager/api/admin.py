@@ -10,7 +10,7 @@
 | DELETE /admin/aliases/{alias} | | {"alias"} |
 | GET /admin/users | | {"users": [...]} |
 | POST /admin/users | {email, username?, domain?, group?, role?} | 201 {"user"} |
-| PATCH /admin/users/{email} | {is_active} | {"user"} |
+| PATCH /admin/users/{email} | {is_active?, password?} | {"user"} (a password ends the user's browser logins) |
 | GET /admin/keypairs[?user=email] | | {"keypairs": [...]} (never the secret keys) |
 | POST /admin/keypairs | {user, is_admin?, resource_policy?} | 201 {"keypair"} with secret_key, shown once |
 | PATCH /admin/keypairs/{ak} | {is_active?, is_admin?, resource_policy?} | {"keypair"} |
@@ -111,13 +111,24 @@ async def users_create(request: web.Request) -> web.Response:
 async def users_update(request: web.Request) -> web.Response:
     body = await fields_of(request, m.UpdateUser)
     active = svc.parse_bool(body, "is_active")
-    if active is None:
-        raise InvalidAPIParameters("give is_active: true or false")
+    password = body.get("password")
+    if active is None and password is None:
+        raise InvalidAPIParameters("give is_active: true or false, or password")
     email = request.match_info["email"]
-    if not active and request["caller"].user_email == email:
+    if active is False and request["caller"].user_email == email:
         raise Forbidden("Refusing to deactivate the user this request is signed by.",
                         title="That would lock you out.")
-    return web.json_response({"user": await _write(request, svc.set_user_active, email, active)})
+
+    async def update(conn: Any) -> dict[str, Any]:
+        from bai.manager.services import web_login
+
+        if password is not None:
+            await web_login.set_for(conn, email, password)
+        if active is not None:
+            return await svc.set_user_active(conn, email, active)
+        return next(u for u in await svc.list_users(conn) if u["email"] == email)
+
+    return web.json_response({"user": await _write(request, update)})
 
 
 async def keypairs_list(request: web.Request) -> web.Response:

@@ -13,6 +13,14 @@ version probe (``GET /`` without ``Authorization``), the cluster-internal ``/int
 token ``request-upload``/``request-download`` handed out), the health probes ``/health/live|ready``, ``/openapi.json`` and
 ``OPTIONS``; it stores the ``Caller`` in
 ``request["caller"]``.
+
+A request without ``Authorization`` that carries the dashboard's login cookie is authenticated
+by that cookie instead (``services/web_login.py``): the caller is the login's keypair. Such a
+request may change nothing unless it also carries the login's CSRF token (``X-BAI-CSRF``, or
+``csrf=`` in the query of a WebSocket, which a browser cannot give headers) and, when the
+browser names an ``Origin``, comes from this server's own origin: every method but GET and HEAD,
+and every WebSocket upgrade (a WebSocket runs code), needs both. A signed request ignores the
+cookie, so keypair clients are unchanged.
 """
 
 from __future__ import annotations
@@ -97,6 +105,8 @@ def needs_auth(request: web.Request) -> bool:
     path = request.path
     if path.startswith(("/internal/", "/storage/")) or path in ("/health/live", "/health/ready", "/openapi.json"):
         return False
+    if path.startswith("/dashboard") and path not in _DASHBOARD_AUTHED:
+        return False  # the page and its static files; /dashboard/api/login checks itself
     if path == "/" and request.method in ("GET", "HEAD") and "Authorization" not in request.headers:
         return False
     return True
@@ -116,12 +126,51 @@ def signed_request(request: web.Request) -> auth.SignedRequest:
     )
 
 
+#: dashboard routes that need a login (the others under /dashboard are public)
+_DASHBOARD_AUTHED = frozenset({
+    "/dashboard/api/me", "/dashboard/api/logout", "/dashboard/api/password",
+    "/dashboard/api/stats",
+})
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a cross-site browser request (browsers send Origin on those)
+    return origin == f"{request.scheme}://{request.host}"
+
+
+async def cookie_caller(request: web.Request, token: str) -> Caller:
+    """The caller of a request authenticated by the login cookie (see the module text)."""
+    from bai.common.errors import Forbidden
+    from bai.manager.app import ROOT
+    from bai.manager.services import web_login
+
+    async with request.app[ROOT].store.connect() as conn:
+        caller, csrf = await web_login.authenticate(conn, token)
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method not in _SAFE_METHODS or upgrade:
+        given = request.headers.get(web_login.CSRF_HEADER) or (
+            request.query.get("csrf") if upgrade else None)
+        if not web_login.csrf_ok(csrf, given) or not same_origin(request):
+            raise Forbidden(
+                f"A request authenticated by the login cookie needs the {web_login.CSRF_HEADER} "
+                "header of its login and this server's origin.", title="CSRF check failed.")
+    return caller
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     if needs_auth(request):
         from bai.manager.app import ROOT
+        from bai.manager.services.web_login import COOKIE
 
         root = request.app[ROOT]
+        token = request.cookies.get(COOKIE)
+        if token and "Authorization" not in request.headers:
+            request[CALLER_KEY] = await cookie_caller(request, token)
+            return await handler(request)
         req = signed_request(request)
         async with root.store.connect() as conn:
             caller = await auth.authenticate(

@@ -141,6 +141,22 @@ class CreateUser(Body):
 
 class UpdateUser(Body):
     is_active: bool | None = None
+    #: sets (or resets) the user's dashboard password; their browser sessions end
+    password: text(1024) | None = None
+
+
+class Login(Body):
+    """``POST /dashboard/api/login``."""
+
+    email: text(128) | None = None
+    password: text(1025) | None = None
+
+
+class ChangePassword(Body):
+    """``POST /dashboard/api/password``: the caller's own password."""
+
+    current_password: text(1025) | None = None
+    new_password: text(1024) | None = None
 
 
 class CreateKeypair(Body):

@@ -34,7 +34,10 @@ AUTH = ("Backend.AI HMAC-SHA256 request signature: "
         "with `Date` and `X-BackendAI-Version` (see the client protocol reference).")
 #: routes anyone may call unsigned
 PUBLIC = {("GET", "/"), ("GET", "/health/live"), ("GET", "/health/ready"),
-          ("GET", "/openapi.json")}
+          ("GET", "/openapi.json"), ("GET", "/dashboard"), ("GET", "/dashboard/"),
+          ("GET", "/dashboard/static"), ("POST", "/dashboard/api/login")}
+COOKIE = ("The dashboard's login (POST /dashboard/api/login): the bai_session cookie; a request "
+          "that may change state also sends the login's X-BAI-CSRF header.")
 
 
 def _body_models() -> dict[str, type[BaseModel]]:
@@ -121,10 +124,14 @@ def build(app: web.Application) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {"backendai-hmac": {
-                "type": "apiKey", "in": "header", "name": "Authorization", "description": AUTH}},
+            "securitySchemes": {
+                "backendai-hmac": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                   "description": AUTH},
+                "bai-session": {"type": "apiKey", "in": "cookie", "name": "bai_session",
+                                "description": COOKIE},
+            },
         },
-        "security": [{"backendai-hmac": []}],
+        "security": [{"backendai-hmac": []}, {"bai-session": []}],
     }
 
 

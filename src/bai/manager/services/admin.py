@@ -222,6 +222,7 @@ async def list_users(conn: AsyncConnection) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         item = _jsonable(row)
+        item["has_password"] = item.pop("password_hash", None) is not None  # never the hash
         item["groups"] = sorted(groups.get(row["id"], []))
         item["keypairs"] = int(counts.get(row["id"], 0))
         out.append(item)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.auth import generate_keypair
+from bai.manager.services import passwords
 from bai.manager.services.images import default_images
 from bai.manager.store.engine import Store
 from bai.manager.store.tables import (
@@ -60,6 +61,13 @@ async def _ensure_user(conn: AsyncConnection, email: str, username: str, role: s
     await _ensure(conn, group_members,
                   sa.and_(group_members.c.group_id == group_id, group_members.c.user_id == uid),
                   {"group_id": group_id, "user_id": uid})
+    out: dict[str, str] = {}
+    if (await conn.execute(sa.select(users.c.password_hash).where(users.c.id == uid))).scalar() is None:
+        # a dashboard password for the fresh install's admin and user (server start says where
+        # it is kept: <state>/keys.json); one set later (admin user set-password) is kept
+        out["password"] = passwords.generate()
+        await conn.execute(sa.update(users).where(users.c.id == uid).values(
+            password_hash=passwords.hash_password(out["password"])))
     row = (await conn.execute(
         sa.select(keypairs.c.access_key, keypairs.c.secret_key)
         .where(keypairs.c.user_id == uid, keypairs.c.is_admin == is_admin)
@@ -70,8 +78,8 @@ async def _ensure_user(conn: AsyncConnection, email: str, username: str, role: s
         await conn.execute(sa.insert(keypairs).values(
             access_key=ak, secret_key=sk, user_id=uid, is_admin=is_admin,
             resource_policy="default"))
-        return {"access_key": ak, "secret_key": sk}
-    return {"access_key": row.access_key, "secret_key": row.secret_key}
+        return {"access_key": ak, "secret_key": sk, **out}
+    return {"access_key": row.access_key, "secret_key": row.secret_key, **out}
 
 
 async def bootstrap(
@@ -83,7 +91,8 @@ async def bootstrap(
     user_keys: tuple[str, str] | None = None,
     image_list: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Create the defaults that are missing; returns the admin's and the user's keypairs.
+    """Create the defaults that are missing; returns the admin's and the user's keypairs (with
+    a ``password`` for the dashboard where this call gave the user their first one).
     ``max_sessions`` is the default policy's concurrent sessions per keypair (0 = unlimited)."""
     async with store.begin() as conn:
         await _ensure(conn, domains, domains.c.name == "default",

@@ -101,6 +101,8 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False, default="user"),
     sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    #: scrypt hash for the dashboard's login (services/passwords.py); NULL = keypairs only
+    sa.Column("password_hash", sa.String(256), nullable=True),
 )
 
 group_members = sa.Table(
@@ -127,6 +129,21 @@ keypairs = sa.Table(
     ),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("last_used", UTCDateTime, nullable=True),
+)
+
+#: One logged-in browser (migration 0006): the cookie carries a random token, the table its
+#: SHA-256; the browser acts as ``access_key`` (the user's keypair chosen at login).
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", UUID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+              index=True),
+    sa.Column("access_key", sa.String(32), sa.ForeignKey("keypairs.access_key", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
 )
 
 scaling_groups = sa.Table(

@@ -1,0 +1,200 @@
+"""The web dashboard: its page and static files, and the login routes behind it.
+
+| method & path | auth | answer |
+| --- | --- | --- |
+| GET /dashboard/ | none | the page (``bai/manager/dashboard/index.html``); the rest of the UI is ES modules under /dashboard/static/ |
+| POST /dashboard/api/login | {email, password} | {"user": ..., "csrf"} and the ``bai_session`` cookie (HttpOnly, SameSite=Strict, Secure over TLS) |
+| POST /dashboard/api/logout | cookie + CSRF | {} and the cookie cleared |
+| GET /dashboard/api/me | cookie or keypair | who is logged in, the CSRF token, the policy, images and slot names the launcher offers |
+| POST /dashboard/api/password | cookie + CSRF (or keypair) | {current_password, new_password}: the caller's own password |
+| GET /dashboard/api/stats?hours=H | admin | queue length and utilisation over the last H hours (``services/cluster_history.py``) |
+
+The page talks to the same API as the CLI (``/session``, ``/admin/gql``, ``/events/session``,
+``/admin/*``) with the cookie; ``api/middleware.py`` says how cookie requests are checked (CSRF
+token, origin). Every response under /dashboard carries a strict Content-Security-Policy: no
+inline script, nothing from another origin (sites are air-gapped; no CDN is ever needed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bai.common.errors import BaiError, Forbidden, InvalidAPIParameters
+from bai.manager.api import models as m
+from bai.manager.api.middleware import caller_of, require_admin, same_origin
+from bai.manager.api.params import fields_of
+from bai.manager.app import ROOT
+from bai.manager.services import web_login
+
+STATIC = Path(__file__).resolve().parent.parent / "dashboard"
+
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+        "object-src 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class TooManyLogins(BaiError):
+    code = "too-many-requests"
+    status = 429
+    title = "Too many failed logins."
+
+
+class LoginThrottle:
+    """At most ``LIMIT`` failed logins per email in ``WINDOW`` seconds (per manager process);
+    the scrypt cost already slows each guess, this bounds how many an attacker gets."""
+
+    LIMIT, WINDOW = 10, 300.0
+
+    def __init__(self) -> None:
+        self.failures: dict[str, deque[float]] = {}
+
+    def check(self, email: str, now: float) -> None:
+        recent = self.failures.get(email.lower())
+        while recent and recent[0] < now - self.WINDOW:
+            recent.popleft()
+        if recent is not None and len(recent) >= self.LIMIT:
+            raise TooManyLogins(f"Wait {int(recent[0] + self.WINDOW - now) + 1} s before trying "
+                                "again, or ask an admin to reset the password.",
+                                data={"field": "password"})
+
+    def failed(self, email: str, now: float) -> None:
+        if len(self.failures) > 100_000:
+            self.failures.clear()
+        self.failures.setdefault(email.lower(), deque()).append(now)
+
+
+THROTTLE: web.AppKey = web.AppKey("login_throttle", LoginThrottle)
+
+
+def _user(caller: Any) -> dict[str, Any]:
+    return {"email": caller.user_email, "role": caller.role, "is_admin": caller.is_admin,
+            "access_key": caller.access_key, "domain": caller.domain_name,
+            "resource_policy": caller.resource_policy}
+
+
+def _set_cookie(request: web.Request, resp: web.StreamResponse, value: str, max_age: int) -> None:
+    resp.set_cookie(web_login.COOKIE, value, max_age=max_age, path="/", httponly=True,
+                    samesite="Strict", secure=request.secure)
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def to_page(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/dashboard/")
+
+
+async def login(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        # a cross-site HTML form cannot send JSON: this (and the origin check) stops login CSRF
+        raise InvalidAPIParameters("send the login as application/json")
+    if not same_origin(request):
+        raise Forbidden("Log in from this server's own page.", title="CSRF check failed.")
+    email, password = web_login.parse_credentials(await fields_of(request, m.Login))
+    throttle = request.app[THROTTLE]
+    now = time.monotonic()
+    throttle.check(email, now)
+    try:
+        async with request.app[ROOT].store.begin() as conn:
+            ws = await web_login.login(conn, email, password)
+    except BaiError:
+        throttle.failed(email, now)
+        raise
+    resp = web.json_response({"user": _user(ws.caller), "csrf": ws.csrf})
+    _set_cookie(request, resp, ws.token, int(web_login.LIFETIME.total_seconds()))
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    caller_of(request)  # the middleware checked the cookie and the CSRF token
+    token = request.cookies.get(web_login.COOKIE)
+    if token:
+        async with request.app[ROOT].store.begin() as conn:
+            await web_login.logout(conn, token)
+    resp = web.json_response({})
+    resp.del_cookie(web_login.COOKIE, path="/")
+    return resp
+
+
+async def me(request: web.Request) -> web.Response:
+    import sqlalchemy as sa
+
+    from bai.manager.services import admin as admin_svc
+    from bai.manager.store import tables as t
+
+    caller = caller_of(request)
+    csrf = None
+    token = request.cookies.get(web_login.COOKIE)
+    async with request.app[ROOT].store.connect() as conn:
+        if token and "Authorization" not in request.headers:
+            csrf = (await conn.execute(sa.select(t.web_sessions.c.csrf_token).where(
+                t.web_sessions.c.token_hash == web_login.token_hash(token)))).scalar()
+        policy = next((p for p in await admin_svc.list_policies(conn)
+                       if p["name"] == caller.resource_policy), None)
+        images = [{"name": i["name"], "aliases": i["aliases"], "min_slots": i["min_slots"],
+                   "service_ports": i["service_ports"]}
+                  for i in await admin_svc.list_images(conn)]
+        slots: set[str] = set()
+        for (avail,) in (await conn.execute(sa.select(t.agents.c.available_slots)
+                                            .where(t.agents.c.status == "ALIVE"))).all():
+            slots.update(avail or {})
+    return web.json_response({"user": _user(caller), "csrf": csrf, "policy": policy,
+                              "images": images, "slots": sorted(slots)},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def password(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    body = await fields_of(request, m.ChangePassword)
+    token = request.cookies.get(web_login.COOKIE) if "Authorization" not in request.headers else None
+    async with request.app[ROOT].store.begin() as conn:
+        await web_login.change_own(conn, caller, body.get("current_password"),
+                                   body.get("new_password"), token)
+    return web.json_response({})
+
+
+async def stats(request: web.Request) -> web.Response:
+    from bai.manager.services import cluster_history
+
+    require_admin(request)
+    try:
+        hours = float(request.query.get("hours", "6"))
+    except ValueError:
+        raise InvalidAPIParameters("hours must be a number", data={"field": "hours"}) from None
+    if not 0 < hours <= cluster_history.MAX_HOURS:
+        raise InvalidAPIParameters(f"hours must be in (0, {cluster_history.MAX_HOURS}]",
+                                   data={"field": "hours"})
+    async with request.app[ROOT].store.connect() as conn:
+        return web.json_response(await cluster_history.history(conn, hours))
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/dashboard"):
+        for k, v in HEADERS.items():
+            response.headers.setdefault(k, v)
+
+
+def setup(app: web.Application) -> None:
+    app[THROTTLE] = LoginThrottle()
+    r = app.router
+    r.add_get("/dashboard", to_page)
+    r.add_get("/dashboard/", page)
+    r.add_static("/dashboard/static/", STATIC, show_index=False, follow_symlinks=False)
+    r.add_post("/dashboard/api/login", login)
+    r.add_post("/dashboard/api/logout", logout)
+    r.add_get("/dashboard/api/me", me)
+    r.add_post("/dashboard/api/password", password)
+    r.add_get("/dashboard/api/stats", stats)
+    app.on_response_prepare.append(_security_headers)
