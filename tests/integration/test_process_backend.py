@@ -193,3 +193,53 @@ async def test_without_bwrap_kernels_still_run_and_the_gaps_are_reported(tmp_pat
         for inst in await b.list():
             await b.destroy(inst.kernel_id)
         await b.stop()
+
+
+async def test_destroy_answers_before_the_folder_is_removed(backend: ProcessBackend,
+                                                            monkeypatch) -> None:
+    """The folder leaves the kernel's place at once; unmounting and removing it, and then
+    releasing the kernel's uid, happen after destroy answered (and a restart finishes them)."""
+    import threading
+
+    from bai.agent.backends import process
+
+    gate = threading.Event()
+    real = process.remove_folder
+
+    def slow_remove(folder: Path) -> None:
+        gate.wait(60)
+        real(folder)
+
+    s = spec()
+    inst = await backend.create(s)
+    uid = inst.labels.get("bai.uid")
+    monkeypatch.setattr(process, "remove_folder", slow_remove)
+    answer = await backend.destroy(s.kernel_id)
+    assert answer is not None and answer.state == InstanceState.EXITED
+    assert not inst.workdir.exists()
+    assert [i.kernel_id for i in await backend.list()] == []
+    with pytest.raises(Exception, match="no kernel"):
+        await backend.inspect(s.kernel_id)
+    assert await backend.destroy(s.kernel_id) is None  # idempotent meanwhile
+    trash = backend.root / process.TRASH_DIR
+    assert [f.name for f in trash.iterdir()] == [s.kernel_id]
+    if uid and backend.uids is not None:
+        assert int(uid) in backend.uids.held()  # not handed out while its files remain
+    gate.set()
+    for _ in range(600):
+        if not any(trash.iterdir()):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(trash.iterdir())
+    if uid and backend.uids is not None:
+        assert int(uid) not in backend.uids.held()
+    # what a stopped agent left in the trash is removed by the next one before it starts
+    leftover = trash / "left-behind"
+    (leftover / "work").mkdir(parents=True)
+    await backend.stop()
+    again = ProcessBackend(backend.settings)
+    await again.start(backend._on_exit)
+    try:
+        assert not leftover.exists()
+    finally:
+        await again.stop()

@@ -91,6 +91,8 @@ LOG_TAIL = 1024 * 1024
 OOM_GRACE_SECONDS = 1.0
 #: a claimed runner's replacement starts this long after the claim (see RunnerPool.refill)
 POOL_REFILL_DELAY = 0.05
+#: destroyed kernels' folders until they are removed, beside theirs (``_remove``)
+TRASH_DIR = ".removing"
 
 
 def exit_status(returncode: int) -> int:
@@ -244,6 +246,8 @@ class ProcessBackend(RuntimeBackend):
         self._on_exit: ExitCallback | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._probed = False
+        #: folders of destroyed kernels still being removed (``_remove(later=True)``)
+        self._removals: set[asyncio.Task[None]] = set()
         self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled,
                                self._forget_pooled)
 
@@ -289,9 +293,21 @@ class ProcessBackend(RuntimeBackend):
                 self.as_user = (pw.pw_uid, pw.pw_gid)
                 self.user_name = pw.pw_name
 
+    @property
+    def _trash(self) -> Path:
+        """Where a destroyed kernel's folder waits for its removal (never listed: no labels)."""
+        return self.root / TRASH_DIR
+
+    def _sweep_trash(self) -> None:
+        """Remove what a previous agent left half removed (before any uid is handed out)."""
+        if self._trash.is_dir():
+            for folder in self._trash.iterdir():
+                remove_folder(folder)
+
     async def start(self, on_exit: ExitCallback) -> None:
         await self._probe()
         await asyncio.to_thread(self._sweep_pool)
+        await asyncio.to_thread(self._sweep_trash)
         self._on_exit = on_exit
         for inst in await self.list():
             k = self._kernels[inst.kernel_id]
@@ -308,6 +324,8 @@ class ProcessBackend(RuntimeBackend):
             self._monitor = None
         # pooled runners are no kernels: they end with the agent
         await self.pool.close()
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
         if self.uids is not None:
             self.uids.close()  # the kernels keep running; the next agent adopts their uids
 
@@ -814,25 +832,44 @@ class ProcessBackend(RuntimeBackend):
             if not exited_before:
                 inst.exit_code, inst.exit_reason = (137, "oom-killed") if oom else (None, "killed")
             inst.state = InstanceState.EXITED
-            await self._remove(kernel_id)
+            await self._remove(kernel_id, later=True)
         self._locks.pop(kernel_id, None)
         return inst
 
-    async def _remove(self, kernel_id: str) -> None:
+    async def _remove(self, kernel_id: str, later: bool = False) -> None:
+        """Kill what is left of the kernel, remove its cgroup and folder, release its uid.
+        ``later``: the folder is moved out of the kernel's place at once and removed (and the
+        uid released) after this returns: unmounting a work dir's filesystem takes 0.1-0.3 s,
+        which a destroy (and a batch job's end: its slots) need not wait for."""
         k = self._kernels.pop(kernel_id, None)
         cg = k.cgroup if k is not None and k.cgroup is not None else (
             self.cgroups.open(kernel_id) if self.cgroups is not None else None)
+        folder = self.root / kernel_id
 
-        def remove() -> None:  # one thread hop for the lot
+        def release(folder: Path) -> None:
+            remove_folder(folder)
+            if k is not None:
+                self._release_uid(k)  # nothing of the kernel runs or stays any more
+
+        def remove() -> Path | None:  # one thread hop for the lot
             if k is not None:
                 self._kill(k)
             if cg is not None:
                 cg.remove()
-            remove_folder(self.root / kernel_id)
-            if k is not None:
-                self._release_uid(k)  # nothing of the kernel runs any more
+            if later:
+                with contextlib.suppress(OSError):
+                    self._trash.mkdir(mode=0o700, exist_ok=True)
+                    gone = self._trash / kernel_id
+                    folder.rename(gone)
+                    return gone
+            release(folder)
+            return None
 
-        await asyncio.to_thread(remove)
+        gone = await asyncio.to_thread(remove)
+        if gone is not None:
+            task = asyncio.create_task(asyncio.to_thread(release, gone))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
 
     # --- reading state ---------------------------------------------------------------------
 
