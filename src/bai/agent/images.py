@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bai.common.services import DEFAULT_SERVICES
+
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -267,7 +269,7 @@ def registration(recipe: Recipe, meta: dict[str, Any]) -> dict[str, Any]:
         "runtimes": "docker",
         "labels": image_labels(recipe, meta),
         "min_slots": {k: str(_bytes(v)) if k == "mem" else v for k, v in recipe.min_slots.items()},
-        "service_ports": [],
+        "service_ports": [dict(p) for p in DEFAULT_SERVICES],
         "aliases": list(recipe.aliases),
     }
 

@@ -186,7 +186,8 @@ class KernelRegistry:
         rec.instance = inst
         rec.status = "RUNNING"
         held.flush()
-        self.emit("kernel_started", spec, container_id=inst.container_id, service_ports=[])
+        # the session's service ports are the manager's (image + user), not reported here
+        self.emit("kernel_started", spec, container_id=inst.container_id)
         if inst.state == InstanceState.EXITED:
             rec.pending_exit = inst
         if rec.pending_exit is not None:

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 import bai
+from bai.agent import apps
 from bai.agent.backends import make_backend
 from bai.agent.backends.base import KernelSpec, RuntimeBackend
 from bai.agent.execution import relay
@@ -326,6 +327,12 @@ async def execute(request: web.Request) -> web.StreamResponse:
     return await relay(request, _agent(request).backend, rec)
 
 
+async def service(request: web.Request) -> web.StreamResponse:
+    """An app of the kernel as a WebSocket (``agent/apps.py``)."""
+    rec = _running(request)
+    return await apps.serve(request, _agent(request).backend, rec)
+
+
 async def stats(request: web.Request) -> web.Response:
     agent = _agent(request)
     rec = agent.registry.get(request.match_info["kid"])
@@ -395,6 +402,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_delete("/v1/kernels/{kid}", destroy_kernel)
     app.router.add_post("/v1/kernels/{kid}/upload", upload)
     app.router.add_get("/v1/kernels/{kid}/execute", execute)
+    app.router.add_get("/v1/kernels/{kid}/service", service)
     app.router.add_get("/v1/kernels/{kid}/stats", stats)
     app.router.add_get("/v1/kernels/{kid}/logs", logs)
     app.router.add_get("/v1/kernels/{kid}/files", files)

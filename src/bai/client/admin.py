@@ -42,6 +42,9 @@ class AdminAPI:
     async def register_image(self, spec: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/admin/images", "image", spec)
 
+    async def update_image(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("PATCH", f"/admin/images/{_seg(name)}", "image", spec)
+
     async def forget_image(self, name: str) -> dict[str, Any]:
         return await self._call("DELETE", f"/admin/images/{_seg(name)}", "image")
 

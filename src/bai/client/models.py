@@ -73,6 +73,8 @@ class CreateSpec:
     startup_command: str | None = None
     #: an array spec (``start --array``): bai's own key, sent only when set
     array: str | None = None
+    #: the user's own services (``--service NAME:PORT``): bai's own key, sent only when set
+    services: list[dict[str, Any]] | None = None
 
     def to_body(self) -> dict[str, Any]:
         from bai.client.bodies import create_session
@@ -91,6 +93,8 @@ class CreateSpec:
         )
         if self.array is not None:
             body["array"] = self.array
+        if self.services:
+            body["config"]["service_ports"] = list(self.services)
         return body
 
 

@@ -43,6 +43,7 @@ LIST_QUERY = (
 DETAIL_QUERY = (
     "query($id: UUID!) {  compute_session(id: $id) {    name id main_kernel_id image tag"
     " created_at terminated_at status status_info status_data occupying_slots mounts idle_checks"
+    " service_ports"
     " containers { id cluster_role cluster_idx cluster_hostname session_id image registry status"
     " status_info status_data status_changed agent container_id resource_opts occupied_slots"
     " preopen_ports live_stat last_stat id } dependencies { name id }  }}"

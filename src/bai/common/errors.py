@@ -159,6 +159,17 @@ class VFolderPermissionDenied(Forbidden):
     title = "The storage folder does not allow this."
 
 
+class AppNotFound(NotFound):
+    code = "app-not-found"
+    title = "The session offers no such app."
+
+
+class AppUnavailable(BaiError):
+    code = "app-unavailable"
+    status = 502
+    title = "The app does not answer inside the session."
+
+
 class ServiceUnavailable(BaiError):
     code = "service-unavailable"
     status = 503

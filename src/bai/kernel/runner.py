@@ -18,6 +18,7 @@ import sys
 import time
 
 from bai.kernel import SOCKET_NAME, STATE_DIR
+from bai.kernel import services
 
 #: how long output is collected before it goes out as one frame
 COALESCE_SECONDS = 0.02
@@ -195,6 +196,10 @@ class Runner:
         #: until an execution asks for one: a Python start (~20 ms of CPU) saved per job
         self.lazy_worker = not pooled and given(self.config.get("startup_command"))
         self.aux: dict[int, tuple[str, subprocess.Popen, list[Output]]] = {}
+        #: shells on a pseudo-terminal (op "pty"), by pid: the connection told of their exit
+        self.ptys: dict[int, tuple[subprocess.Popen, Connection]] = {}
+        #: services bai started (op "service"), by name
+        self.services: dict[str, subprocess.Popen] = {}
         self.exit_code: int | None = None
         #: the socket the agent bound and handed over (None: bind .bai/runner.sock ourselves)
         self.listen_fd = listen_fd
@@ -288,9 +293,11 @@ class Runner:
         self.worker_ctl = parent
         self.sel.register(parent, selectors.EVENT_READ, ("worker-ctl", parent))
 
-    def _start_aux(self, name: str, command: str) -> None:
-        proc, outs = self.spawn(["/bin/sh", "-c", command], "aux")
+    def _start_aux(self, name: str, command) -> subprocess.Popen:
+        argv = command if isinstance(command, list) else ["/bin/sh", "-c", command]
+        proc, outs = self.spawn(argv, "aux")
         self.aux[proc.pid] = (name, proc, outs)
+        return proc
 
     # --- main loop -----------------------------------------------------------------------
 
@@ -360,6 +367,9 @@ class Runner:
         self.queue = collections.deque(e for e in self.queue if e.conn is not conn)
         if self.current is not None and self.current.conn is conn:
             self._interrupt()  # an execution whose client went away is stopped
+        for pid, (_proc, owner) in list(self.ptys.items()):
+            if owner is conn:  # its terminal's user went away
+                self._signal_group(pid, signal.SIGHUP)
 
     def _read_conn(self, conn: Connection) -> None:
         try:
@@ -398,6 +408,18 @@ class Runner:
                 self._to_worker({"op": "input", "text": str(msg.get("text", ""))})
         elif op == "interrupt":
             self._interrupt()
+        elif op == "connect":
+            error = services.connect(conn.sock, msg)
+            if error is not None:
+                conn.send(error)
+        elif op == "pty":
+            proc, error = services.start_pty(conn.sock, msg, self.workdir, self.env)
+            if error is not None:
+                conn.send(error)
+            else:
+                self.ptys[proc.pid] = (proc, conn)
+        elif op == "service":
+            self._service(conn, msg)
         elif op == "shutdown":
             self._shutdown(0, write_exit=False)
 
@@ -421,6 +443,39 @@ class Runner:
             self._start_aux("bootstrap", self.config["bootstrap_script"])
         self._maybe_ready()
         conn.send({"status": "claimed", "pid": os.getpid(), "ready": self.ready})
+
+    def _service(self, conn: Connection, msg: dict) -> None:
+        """Start a service bai knows (once; a finished one is started again)."""
+        name = str(msg.get("name") or "")
+        running = self.services.get(name)
+        if running is not None and running.poll() is None:
+            conn.send({"status": "running"})
+            return
+        try:
+            port = int(msg.get("port"))
+        except (TypeError, ValueError):
+            conn.send({"status": "error", "error": "service %s: no port" % name})
+            return
+        argv = services.service_argv(name, port, self.workdir, self.env)
+        if argv is None:
+            conn.send({"status": "error", "error": "bai does not know how to start %r" % name})
+            return
+        if name == "jupyter" and services.jupyter_missing(argv, self.env):
+            conn.send({"status": "error", "error": "jupyter is not installed in this image "
+                       "(Debian's jupyter-notebook package provides it)"})
+            return
+        env = self.env
+        if msg.get("token"):
+            env = dict(self.env, JUPYTER_TOKEN=str(msg["token"]))
+        saved, self.env = self.env, env
+        try:
+            self.services[name] = self._start_aux("service:" + name, argv)
+        except OSError as exc:
+            conn.send({"status": "error", "error": "cannot start %s: %s" % (name, exc)})
+            return
+        finally:
+            self.env = saved
+        conn.send({"status": "started"})
 
     # --- executions ----------------------------------------------------------------------
 
@@ -664,6 +719,10 @@ class Runner:
             elif self.current is not None and self.current.proc is not None \
                     and pid == self.current.proc.pid:
                 self._step_done(self.current.proc.wait())
+            elif pid in self.ptys:
+                proc, conn = self.ptys.pop(pid)
+                conn.send({"status": "exited", "exit_code": exit_status(proc.wait())})
+                self._close_conn(conn)
             elif pid in self.aux:
                 name, proc, outs = self.aux.pop(pid)
                 code = exit_status(proc.wait())
@@ -701,6 +760,7 @@ class Runner:
         if self.current is not None and self.current.proc is not None:
             procs.append(self.current.proc)
         procs.extend(p for _, p, _ in self.aux.values())
+        procs.extend(p for p, _ in self.ptys.values())
         for proc in procs:
             self._signal_group(proc.pid, signal.SIGKILL)
         for conn in list(self.connections.values()):

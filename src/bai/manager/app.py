@@ -29,7 +29,7 @@ def settle_gc() -> None:
 
 def create_app(settings: ManagerSettings) -> web.Application:
     from bai.manager.api import (
-        admin, dashboard, events, gql, internal, middleware, openapi, ops, root, session,
+        admin, apps, dashboard, events, gql, internal, middleware, openapi, ops, root, session,
         storage, stream, vfolder,
     )
     from bai.manager.services.root import ManagerRoot
@@ -43,7 +43,7 @@ def create_app(settings: ManagerSettings) -> web.Application:
     )
     app[ROOT] = manager
     instrument(app)
-    for module in (root, session, stream, events, gql, admin, internal, ops, vfolder, storage,
+    for module in (root, session, stream, apps, events, gql, admin, internal, ops, vfolder, storage,
                    openapi, dashboard):
         module.setup(app)
     listener = None

@@ -136,6 +136,7 @@ def image_list() -> None:
     _show_list(items, [
         ("name", "Name", _s), ("runtimes", "Runtimes", _s), ("architecture", "Arch", _s),
         ("min_slots", "Min Resources", _slots_text), ("labels", "Labels", _s),
+        ("service_ports", "Services", _services_text),
         ("aliases", "Aliases", _s),
     ], "No images are registered.")
 
@@ -152,13 +153,17 @@ Example:
               help="Minimum resources a session of this image needs (repeatable).")
 @click.option("--arch", "architecture", default=None, help="CPU architecture [x86_64].")
 @click.option("--registry", default=None, help="Registry the image comes from.")
+@click.option("--service", "services", multiple=True, metavar="NAME:PROTOCOL:PORT",
+              help="A service sessions of the image offer (http, tcp; NAME:pty for a terminal;"
+                   " repeatable), e.g. jupyter:http:8081.")
 @output_option
 def image_register(name: str, runtimes: tuple[str, ...], labels: tuple[str, ...],
                    min_slots: tuple[str, ...], architecture: str | None,
-                   registry: str | None) -> None:
+                   registry: str | None, services: tuple[str, ...]) -> None:
     """Register an image NAME (with a tag, e.g. python:3.12-debian12)."""
     spec: dict[str, Any] = {"name": name, "labels": _pairs(labels, "--label"),
-                            "min_slots": _slots(min_slots, "--min")}
+                            "min_slots": _slots(min_slots, "--min"),
+                            "service_ports": _service_specs(services)}
     if runtimes:
         spec["runtimes"] = list(runtimes)
     if architecture:
@@ -167,6 +172,64 @@ def image_register(name: str, runtimes: tuple[str, ...], labels: tuple[str, ...]
         spec["registry"] = registry
     item = _call(lambda a: a.register_image(spec))
     _show_one(item, f"Image {name} is registered.")
+
+
+@image.command("update", epilog="""\b
+Examples:
+  backend.ai admin image update python:3.11-debian12 --service jupyter:http:8081 \\
+      --service terminal:pty
+  backend.ai admin image update python:3.11-debian12 --no-services
+  backend.ai admin image update python:3.11-debian12 --label gpu= --min mem=256m""")
+@click.argument("name")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Set an image label (KEY= removes it; repeatable).")
+@click.option("--min", "min_slots", multiple=True, metavar="SLOT=AMOUNT",
+              help="Minimum resources (replaces them; repeatable).")
+@click.option("--service", "services", multiple=True, metavar="NAME:PROTOCOL:PORT",
+              help="The services sessions of the image offer (replaces them; repeatable).")
+@click.option("--no-services", is_flag=True, help="Sessions of the image offer no services.")
+@output_option
+def image_update(name: str, labels: tuple[str, ...], min_slots: tuple[str, ...],
+                 services: tuple[str, ...], no_services: bool) -> None:
+    """Change the labels, minimum resources or services of the image NAME (sessions that
+    exist keep what they had)."""
+    spec: dict[str, Any] = {}
+    if labels:
+        spec["labels"] = dict(_raw_pairs(labels, "--label"))
+    if min_slots:
+        spec["min_slots"] = _slots(min_slots, "--min")
+    if services or no_services:
+        spec["service_ports"] = _service_specs(services)
+    if not spec:
+        raise UsageError("nothing to change: give --label, --min, --service or --no-services")
+    item = _call(lambda a: a.update_image(name, spec))
+    _show_one(item, f"Image {name} is updated.")
+
+
+def _raw_pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} {v!r}: write KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+def _services_text(ports: Any) -> str:
+    return ", ".join(
+        f"{p.get('name')}:{p.get('protocol')}"
+        + "".join(f":{n}" for n in p.get("ports") or [])
+        for p in ports or [] if isinstance(p, dict)) or "-"
+
+
+def _service_specs(values: tuple[str, ...]) -> list[dict[str, Any]]:
+    from bai.common.services import ServiceSpecError, parse_spec
+
+    try:
+        return [parse_spec(v, default_protocol="tcp") for v in values]
+    except ServiceSpecError as e:
+        raise UsageError(f"--service: {e}") from None
 
 
 @image.command("forget", epilog="Example:\n\n  backend.ai admin image forget python:3.12-debian12")

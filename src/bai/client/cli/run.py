@@ -76,6 +76,13 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
                          help="Mount a storage folder (repeatable): at /home/work/NAME, or at "
                               "PATH (relative: under /home/work); ':ro' read-only "
                               "(e.g. -m data, -m data:/data:ro, -m data:ro; NAME=PATH too)."),
+            click.option("--service", "services", multiple=True, metavar="NAME:PORT",
+                         help="A service your program will open on PORT inside the session, "
+                              "reachable with 'backend.ai app SESSION NAME' (NAME:PROTOCOL:PORT "
+                              "for tcp; repeatable)."),
+            click.option("--preopen", "preopen", multiple=True, metavar="PORT",
+                         help="A port to offer as the app named PORT (the official client's "
+                              "--preopen; repeatable)."),
             click.option("--tag", default=None, help="A free-form tag for the session."),
             click.option("-g", "--group", default=None,
                          help="Project/group to run in [default: BACKEND_GROUP or 'default']."),
@@ -158,6 +165,7 @@ def build_spec(image: str, kw: dict[str, Any], *, start: bool) -> Any:
     )
     if kw["architecture"]:
         spec.architecture = kw["architecture"]
+    spec.services = _services(kw["services"])
     if start:
         # a session that may not start before a given time: return once it is queued
         spec.enqueue_only = spec.enqueue_only or bool(kw["starts_at"])
@@ -175,7 +183,19 @@ def build_spec(image: str, kw: dict[str, Any], *, start: bool) -> Any:
                 raise SystemExit(2) from None
             spec.array = kw["array"].strip()
             spec.enqueue_only = True  # an array is queued, never waited for
+    if kw["preopen"]:
+        spec.preopen_ports = [str(p) for p in kw["preopen"]]
     return spec
+
+
+def _services(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    from bai.common.services import ServiceSpecError, parse_spec
+
+    try:
+        return [parse_spec(s) for s in specs] or None
+    except ServiceSpecError as e:
+        click.echo(f"Error: --service: {e}", err=True)
+        raise SystemExit(2) from None
 
 
 async def create_and_wait(api: Any, spec: Any, out: Output) -> Any:

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | GET /admin/images | | {"images": [{name, registry, runtimes, architecture, labels, min_slots, service_ports, aliases}]} |
 | POST /admin/images | {name, registry?, runtimes?, architecture?, labels?, min_slots?, service_ports?} | 201 {"image"} |
+| PATCH /admin/images/{name} | {labels?, min_slots?, service_ports?} | {"image"} (labels merged, an empty value removes one) |
 | DELETE /admin/images/{name} | | {"image"} (its aliases go too) |
 | GET /admin/aliases | | {"aliases": [{alias, target}]} |
 | POST /admin/aliases | {alias, target} | 201 {"alias"} (replaces an existing alias) |
@@ -80,6 +81,12 @@ async def images_list(request: web.Request) -> web.Response:
 async def images_register(request: web.Request) -> web.Response:
     body = await fields_of(request, m.RegisterImage)
     return web.json_response({"image": await _write(request, svc.register_image, body)}, status=201)
+
+
+async def images_update(request: web.Request) -> web.Response:
+    body = await fields_of(request, m.UpdateImage)
+    return web.json_response(
+        {"image": await _write(request, svc.update_image, request.match_info["name"], body)})
 
 
 async def images_forget(request: web.Request) -> web.Response:
@@ -218,6 +225,7 @@ def _admin_only(handler):
 ROUTES = [
     ("GET", "/admin/images", images_list),
     ("POST", "/admin/images", images_register),
+    ("PATCH", "/admin/images/{name:.+}", images_update),
     ("DELETE", "/admin/images/{name:.+}", images_forget),
     ("GET", "/admin/aliases", aliases_list),
     ("POST", "/admin/aliases", aliases_set),

@@ -38,6 +38,13 @@ class Body(BaseModel):
 # ---------------------------------------------------------------- sessions
 
 
+class ServicePort(Body):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: Name
+    protocol: text(16) = "tcp"
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = []
+
+
 class SessionConfig(Body):
     mounts: list[text(256)] | None = None
     #: {folder: path}; a path may end in ``:ro``/``:rw`` (``bai.common.mounts``)
@@ -50,6 +57,8 @@ class SessionConfig(Body):
     scalingGroup: Name | None = None
     scaling_group: Name | None = None
     preopen_ports: list[str | int] | None = None
+    #: bai's own: services the user's program opens (``--service NAME:PORT``)
+    service_ports: list[ServicePort] | None = None
     agentList: list[Name] | None = None
 
 
@@ -109,18 +118,17 @@ class DestroySessions(Body):
 # ---------------------------------------------------------------- admin
 
 
-class ServicePort(Body):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    name: Name
-    protocol: text(16) = "tcp"
-    ports: list[Annotated[int, Field(ge=1, le=65535)]]
-
-
 class RegisterImage(Body):
     name: text(256)
     registry: text(128) | None = None
     runtimes: list[text(16)] | text(64) | None = None
     architecture: text(32) | None = None
+    labels: dict[text(256), Scalar] | None = None
+    min_slots: Slots | None = None
+    service_ports: list[ServicePort] | None = None
+
+
+class UpdateImage(Body):
     labels: dict[text(256), Scalar] | None = None
     min_slots: Slots | None = None
     service_ports: list[ServicePort] | None = None

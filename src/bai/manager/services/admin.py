@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bai.common import services
 from bai.common.auth import generate_keypair
 from bai.common.errors import BaiError, InvalidAPIParameters, NotFound
 from bai.common.resources import ResourceSlot, parse_request, parse_size
@@ -143,9 +144,7 @@ async def register_image(conn: AsyncConnection, body: Mapping[str, Any]) -> dict
     labels = body.get("labels") or {}
     if not isinstance(labels, Mapping):
         raise InvalidAPIParameters("'labels' must be an object of strings")
-    ports = body.get("service_ports") or []
-    if not isinstance(ports, list):
-        raise InvalidAPIParameters("'service_ports' must be a list of {name, protocol, ports}")
+    ports = _service_ports(body.get("service_ports") or [])
     values = dict(
         name=name,
         registry=_text(body, "registry", required=False, default=None)
@@ -158,6 +157,41 @@ async def register_image(conn: AsyncConnection, body: Mapping[str, Any]) -> dict
     )
     await conn.execute(t.images.insert().values(**values))
     return (await _image(conn, name))
+
+
+def _service_ports(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise InvalidAPIParameters("'service_ports' must be a list of {name, protocol, ports}")
+    try:
+        return services.normalize_all(raw)
+    except services.ServiceSpecError as e:
+        raise InvalidAPIParameters(str(e), data={"field": "service_ports"}) from None
+
+
+async def update_image(conn: AsyncConnection, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Change an image's labels (merged; an empty value removes one), minimum resources or
+    service ports (replaced). Sessions created before keep what they had."""
+    await _image(conn, name)
+    row = (await conn.execute(sa.select(t.images).where(t.images.c.name == name))).mappings().one()
+    values: dict[str, Any] = {}
+    if body.get("labels") is not None:
+        if not isinstance(body["labels"], Mapping):
+            raise InvalidAPIParameters("'labels' must be an object of strings")
+        labels = dict(row["labels"] or {})
+        for k, v in body["labels"].items():
+            if v in (None, ""):
+                labels.pop(str(k), None)
+            else:
+                labels[str(k)] = str(v)
+        values["labels"] = labels
+    if body.get("min_slots") is not None:
+        values["min_slots"] = _slots(body.get("min_slots"), "min_slots")
+    if body.get("service_ports") is not None:
+        values["service_ports"] = _service_ports(body["service_ports"])
+    if not values:
+        raise InvalidAPIParameters("nothing to change: give labels, min_slots or service_ports")
+    await conn.execute(t.images.update().where(t.images.c.name == name).values(**values))
+    return await _image(conn, name)
 
 
 def _named(items: list[dict[str, Any]], name: str) -> tuple[dict[str, Any] | None, str]:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import UnknownImage
+from bai.common.services import DEFAULT_SERVICES
 from bai.manager.store.tables import image_aliases, images
 
 HOST_PYTHON = "/usr/bin/python3"
@@ -56,7 +57,7 @@ def default_images() -> list[dict[str, Any]]:
             "architecture": platform.machine() or "x86_64",
             "labels": {"bai.process.interpreter": interpreter},
             "min_slots": dict(MIN_SLOTS),
-            "service_ports": [],
+            "service_ports": [dict(p) for p in DEFAULT_SERVICES],
             "aliases": ["python"],
         }
     ]

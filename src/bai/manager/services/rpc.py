@@ -143,3 +143,11 @@ class AgentClient:
         kw.setdefault("heartbeat", 30)
         kw.setdefault("max_msg_size", 64 * 1024 * 1024)
         return self.session.ws_connect(url, **kw)
+
+    async def service_connect(self, address: str, kernel_id: str, params: dict[str, str]):
+        """The agent's WebSocket to an app of the kernel (``agent/apps.py``); its first frame
+        says ``ready`` or carries the problem. Opening may wait for a service to start."""
+        url = address.rstrip("/") + f"/v1/kernels/{kernel_id}/service"
+        return await self.session.ws_connect(
+            url, params=params, timeout=aiohttp.ClientWSTimeout(ws_close=10),
+            heartbeat=30, max_msg_size=4 * 1024 * 1024)

@@ -96,6 +96,9 @@ class CreateRequest:
     tag: str | None = None
     callback_url: str | None = None
     mounts: list[MountRequest] = field(default_factory=list)
+    #: the user's own services (config.service_ports) and the official client's preopen ports
+    services: list[Any] = field(default_factory=list)
+    preopen_ports: list[Any] = field(default_factory=list)
     #: bai's ``array`` field: the indices of an array of sessions NAME-INDEX, or None
     array: list[int] | None = None
 
@@ -162,6 +165,8 @@ def parse_create(params: Any, now: datetime) -> CreateRequest:
         mounts=parse_mounts(config.get("mounts"), config.get("mount_map"),
                             config.get("mount_options")),
         array=_array(params.get("array")),
+        services=list(config.get("service_ports") or []),
+        preopen_ports=list(config.get("preopen_ports") or []),
     )
 
 

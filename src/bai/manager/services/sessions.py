@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bai.common import services
 from bai.common.arrays import INDEX_VAR, element_name
 from bai.common.errors import (
     BaiError,
@@ -69,6 +70,15 @@ def name_taken(err: Exception) -> bool:
     """Whether an IntegrityError is the live-name index refusing a second session of a name."""
     text = str(err)
     return "ix_sessions_unique_live_name" in text or "sessions.access_key, sessions.name" in text
+
+
+def _services(image: dict, req: CreateRequest) -> list[dict]:
+    """The image's services plus the user's own (``--service``, ``--preopen``)."""
+    try:
+        return services.session_services(image.get("service_ports") or [], req.services,
+                                         req.preopen_ports)
+    except services.ServiceSpecError as e:
+        raise InvalidAPIParameters(str(e), data={"field": "service_ports"}) from None
 
 
 class SessionService:
@@ -183,7 +193,7 @@ class SessionService:
             "bootstrap_script": req.bootstrap_script,
             "resource_opts": req.resource_opts, "requested_slots": requested.to_json(),
             "occupying_slots": {}, "scaling_group": sgroup,
-            "service_ports": list(image.get("service_ports") or []), "mounts": mounts,
+            "service_ports": _services(image, req), "mounts": mounts,
             "agent_ids": [], "callback_url": req.callback_url,
             "idle_timeout": owner["idle_timeout"], "abusing_reports": [], "attempt": 0,
         }

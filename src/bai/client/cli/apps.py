@@ -1,0 +1,280 @@
+"""``backend.ai app``, ``apps`` and ``shell``: reach what runs inside a session.
+
+* ``app SESSION APP [-b [HOST:]PORT]`` listens on a local port (127.0.0.1:8080 by default, as the
+  official client) and turns each TCP connection into one signed WebSocket to the manager
+  (``/stream/session/{x}/tcpproxy?app=APP``), relayed to the service in the session. It prints
+  the local URL and runs until Ctrl-C.
+* ``apps SESSION`` lists the session's apps (``/stream/session/{x}/apps``).
+* ``shell SESSION`` opens a shell on a pseudo-terminal in the session
+  (``/stream/session/{x}/pty``): the local terminal in raw mode, window size changes sent
+  along, Ctrl-C delivered to the remote program; the exit code is the shell's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from bai.client.cli.context import get_ctx, output_option, owner_option
+from bai.client.errors import UsageError
+
+CHUNK = 256 * 1024
+
+
+def _path(session: str, what: str) -> str:
+    return f"/stream/session/{quote(session, safe='')}/{what}"
+
+
+def _params(owner: str | None, **more: str) -> dict[str, str]:
+    out = {k: v for k, v in more.items() if v is not None}
+    if owner:
+        out["owner_access_key"] = owner
+    return out
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError(f"-b/--bind {bind!r}: give [HOST:]PORT, e.g. 127.0.0.1:8888") from None
+    if not 0 <= number <= 65535:
+        raise UsageError(f"-b/--bind {bind!r}: the port must be within 0-65535")
+    return host or "127.0.0.1", number
+
+
+@click.command("apps", epilog="Example:\n\n  backend.ai apps nb")
+@click.argument("session")
+@owner_option
+@output_option
+def apps(session: str, owner: str | None) -> None:
+    """List the apps (services) SESSION offers, for 'backend.ai app'."""
+    ctx = get_ctx()
+    items = ctx.run(lambda conn: conn.request("GET", _path(session, "apps"),
+                                              params=_params(owner)))
+    if ctx.output_format == "json":
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo(f"Session {session} offers no apps.")
+        return
+    width = max(len(i["name"]) for i in items)
+    for i in items:
+        ports = ",".join(str(p) for p in i.get("ports") or []) or "-"
+        click.echo(f"{i['name']:<{width}}  {i['protocol']:<7}  port {ports}")
+
+
+class Tunnel:
+    """The local end: one WebSocket to the manager per accepted connection."""
+
+    def __init__(self, conn: Any, session: str, app: str, owner: str | None):
+        self.conn = conn
+        self.session = session
+        self.app = app
+        self.owner = owner
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from bai.client.wire import WSMsgType
+        from bai.common.errors import BaiError
+
+        try:
+            async with self.conn.websocket(
+                    _path(self.session, "tcpproxy"),
+                    params=_params(self.owner, app=self.app)) as ws:
+
+                async def up() -> None:
+                    while data := await reader.read(CHUNK):
+                        await ws.send_bytes(data)
+
+                async def down() -> None:
+                    async for msg in ws:
+                        if msg.type == WSMsgType.BINARY:
+                            writer.write(msg.data)
+                            await writer.drain()
+                        elif msg.type == WSMsgType.ERROR:
+                            break
+
+                tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except BaiError as e:
+            from bai.client.cli.main import describe
+
+            click.echo(f"Error: {describe(e)}", err=True)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@click.command("app", epilog="""\b
+Examples:
+  backend.ai app nb jupyter -b 127.0.0.1:8888
+  backend.ai app web 8000 -b 9000       (a port opened with start --preopen 8000)""")
+@click.argument("session")
+@click.argument("app_name", metavar="APP")
+@click.option("-b", "--bind", default="127.0.0.1:8080", show_default=True, metavar="[HOST:]PORT",
+              help="Local address and port to listen on.")
+@owner_option
+def app(session: str, app_name: str, bind: str, owner: str | None) -> None:
+    """Reach the app APP of SESSION on a local port (until Ctrl-C)."""
+    host, port = parse_bind(bind)
+    ctx = get_ctx()
+
+    async def main(conn: Any) -> None:
+        from bai.common.errors import AppNotFound, BaiError
+
+        items = await conn.request("GET", _path(session, "apps"), params=_params(owner))
+        info = next((i for i in items or [] if i.get("name") == app_name), None)
+        if info is None:
+            names = ", ".join(i["name"] for i in items or []) or "none"
+            raise AppNotFound(f"session {session} offers no app {app_name!r}; it offers: {names}")
+        tunnel = Tunnel(conn, session, app_name, owner)
+        try:
+            server = await asyncio.start_server(tunnel.handle, host, port)
+        except OSError as e:
+            raise BaiError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port
+        template = info.get("url_template") or "tcp://{host}:{port}"
+        url = template.format(protocol="tcp", host=host, port=bound)
+        click.echo(f"The app {app_name} of session {session} is at: {url}")
+        click.echo("Press Ctrl-C to close the tunnel.", err=True)
+        sys.stdout.flush()
+        try:
+            await _until_signalled()
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        click.echo("Tunnel closed.", err=True)
+
+    ctx.run(main)
+
+
+@click.command("shell", epilog="Example:\n\n  backend.ai shell nb")
+@click.argument("session")
+@owner_option
+def shell(session: str, owner: str | None) -> None:
+    """Open an interactive shell in SESSION (exits with the shell's exit code)."""
+    ctx = get_ctx()
+    code = ctx.run(lambda conn: _shell(conn, session, owner))
+    raise SystemExit(code)
+
+
+def _winsize() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+        return size.lines, size.columns
+    except OSError:
+        return 24, 80
+
+
+async def _shell(conn: Any, session: str, owner: str | None) -> int:
+    from bai.client.wire import WSMsgType
+
+    loop = asyncio.get_running_loop()
+    rows, cols = _winsize()
+    params = _params(owner, rows=str(rows), cols=str(cols), term=os.environ.get("TERM"))
+    stdin = sys.stdin.fileno()
+    is_tty = os.isatty(stdin)
+    code: int | None = None
+    async with conn.websocket(_path(session, "pty"), params=params) as ws:
+        saved = None
+        if is_tty:
+            import termios
+            import tty
+
+            saved = termios.tcgetattr(stdin)
+            tty.setraw(stdin)
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                data = os.read(stdin, CHUNK)
+            except OSError:
+                data = b""
+            queue.put_nowait(data)
+            if not data:
+                loop.remove_reader(stdin)
+
+        try:
+            loop.add_reader(stdin, readable)
+        except OSError:  # a regular file or /dev/null: epoll cannot watch it
+            async def pump_file() -> None:
+                while data := await asyncio.to_thread(os.read, stdin, CHUNK):
+                    queue.put_nowait(data)
+                queue.put_nowait(b"")
+
+            asyncio.ensure_future(pump_file())
+
+        def resized() -> None:
+            r, c = _winsize()
+            asyncio.ensure_future(
+                ws.send_str(json.dumps({"type": "resize", "rows": r, "cols": c})))
+
+        loop.add_signal_handler(signal.SIGWINCH, resized)
+
+        async def up() -> None:
+            while True:
+                data = await queue.get()
+                if not data:  # stdin ended (not a terminal): Ctrl-D for the remote shell
+                    await ws.send_bytes(b"\x04")
+                    return
+                await ws.send_bytes(data)
+
+        async def down() -> None:
+            nonlocal code
+            out = sys.stdout.buffer
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    out.write(msg.data)
+                    out.flush()
+                elif msg.type == WSMsgType.TEXT:
+                    with contextlib.suppress(ValueError, TypeError):
+                        said = json.loads(msg.data)
+                        if said.get("type") == "exit":
+                            code = said.get("exit_code")
+                            return
+
+        sender = asyncio.ensure_future(up())
+        try:
+            await down()
+        finally:
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+            loop.remove_signal_handler(signal.SIGWINCH)
+            with contextlib.suppress(Exception):
+                loop.remove_reader(stdin)
+            if saved is not None:
+                import termios
+
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+    if code is None:
+        click.echo("\r\nError: the connection to the session's shell was lost", err=True)
+        return 1
+    return int(code)

@@ -1,0 +1,253 @@
+"""Apps (issue 15): service ports, the tunnel (bai's CLI and the official client), jupyter,
+a user's own web server, the errors a user meets, and attacks by a normal user.
+
+One stack for the module; sessions as the normal user (``user=True``) unless an admin's is the
+point. The tunnels run as subprocesses (``apps_support.tunnel``) that are always ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from apps_support import get, tunnel
+from official import OFFICIAL_EXE, make_official
+from stacks import CLI, Stack, free_port, start_stack
+
+SMALL = ["-r", "cpu=0.5", "-r", "mem=256m"]
+PAGE = "bai-apps-page-7f3a"
+
+
+@pytest.fixture(scope="module")
+def apps_stack():
+    st = start_stack("cpu=8", "mem=8g")
+    st.cli("start", "-t", "apweb", "--service", "web:8000", "--preopen", "8001", *SMALL,
+           "python", user=True)
+    # the user's own web server, in the background of the session
+    st.cli("run", "-t", "apweb", "-c",
+           f"open('index.html', 'w').write('{PAGE}')\n"
+           "import subprocess, sys\n"
+           "for port in ('8000', '8001'):\n"
+           "    subprocess.Popen([sys.executable, '-m', 'http.server', port], start_new_session=True,"
+           " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n", "python", user=True)
+    st.cli("start", "-t", "apadm", *SMALL, "python")  # the admin's
+    yield st
+    st.stop()
+    shutil.rmtree(st.home, ignore_errors=True)
+
+
+def app_cmd(st: Stack, *args: str) -> tuple[list[str], dict[str, str], str]:
+    return [CLI, "app", *args], st.user_env, str(st.home)
+
+
+def test_service_ports_are_listed_everywhere(apps_stack):
+    st = apps_stack
+    apps = json.loads(st.cli("--output", "json", "apps", "apweb", user=True).stdout)
+    assert {a["name"]: (a["protocol"], a["ports"]) for a in apps} == {
+        "jupyter": ("http", [8081]), "terminal": ("pty", []), "web": ("http", [8000]),
+        "8001": ("preopen", [8001])}
+    ps = st.cli("ps", "-f", "name,service_ports", user=True).stdout
+    assert "web=protocol=http, ports=8000" in ps, ps
+    info = json.loads(st.cli("--output", "json", "info", "apweb", user=True).stdout)["items"][0]
+    assert set(info["service_ports"]) == {"jupyter", "terminal", "web", "8001"}, info
+
+
+def test_a_users_http_server_is_reachable_through_app(apps_stack):
+    with tunnel(*app_cmd(apps_stack, "apweb", "web", "-b", f"127.0.0.1:{free_port()}")) as (url, _):
+        assert url.startswith("http://127.0.0.1:")
+        status, body = get(url + "index.html")
+        assert status == 200 and body.decode() == PAGE
+        # several connections at once, each its own WebSocket
+        for _ in range(3):
+            assert get(url + "index.html")[1].decode() == PAGE
+
+
+@pytest.mark.skipif(not OFFICIAL_EXE, reason="BAI_OFFICIAL_CLIENT is not set")
+def test_the_official_client_tunnels_unchanged(apps_stack, tmp_path):
+    st = apps_stack
+    official = make_official(st.endpoint, st.keys()["user"], tmp_path)
+    listed = official("apps", "apweb", "-l")
+    said = listed.stdout + listed.stderr  # it prints this list on stderr
+    assert "services: jupyter, terminal, web, 8001" in said, said
+    port = free_port()
+    argv = [OFFICIAL_EXE, "app", "apweb", "8001", "-b", f"127.0.0.1:{port}"]
+    with tunnel(argv, official.env(), str(official.workdir)) as (url, _):
+        assert url == f"http://127.0.0.1:{port}/"
+        assert get(url + "index.html")[1].decode() == PAGE
+
+
+def test_errors_are_one_line_and_fail(apps_stack):
+    st = apps_stack
+    unknown = st.cli("app", "apweb", "nope", "-b", str(free_port()), user=True, check=False)
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().splitlines() == [
+        "Error: session apweb offers no app 'nope'; it offers: jupyter, terminal, web, 8001"]
+    busy = free_port()
+    with tunnel(*app_cmd(st, "apweb", "web", "-b", f"127.0.0.1:{busy}")):
+        taken = st.cli("app", "apweb", "web", "-b", f"127.0.0.1:{busy}", user=True, check=False)
+    assert taken.returncode != 0
+    lines = taken.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{busy}" in lines[0], taken.stderr
+    st.cli("start", "-t", "apgone", *SMALL, "python", user=True)
+    st.cli("rm", "apgone", user=True)
+    gone = st.cli("app", "apgone", "web", "-b", str(free_port()), user=True, check=False)
+    assert gone.returncode != 0
+    assert len(gone.stderr.strip().splitlines()) == 1 and "not RUNNING" in gone.stderr, gone.stderr
+    nothing = st.cli("start", "-t", "apbad", "--service", "x:99999", "python", user=True,
+                     check=False)
+    assert nothing.returncode == 2 and "outside 1-65535" in nothing.stderr, nothing.stderr
+
+
+def test_another_users_session_cannot_be_reached(apps_stack):
+    st = apps_stack
+    other = st.cli("app", "apadm", "terminal", "-b", str(free_port()), user=True, check=False)
+    assert other.returncode != 0 and "no such session: apadm" in other.stderr, other.stderr
+    sid = json.loads(st.cli("--output", "json", "info", "apadm").stdout)["items"][0]["session_id"]
+    # by id, through the raw signed wire: refused before any upgrade
+    assert asyncio.run(_raw_status(st, f"/stream/session/{sid}/tcpproxy", {"app": "terminal"})) == 404
+    assert asyncio.run(_raw_status(st, f"/stream/session/{sid}/pty", {})) == 404
+    assert asyncio.run(_raw_status(st, f"/stream/session/{sid}/apps", {})) == 404
+    admins = st.keys()["admin"]["access_key"]
+    assert asyncio.run(_raw_status(st, "/stream/session/apadm/tcpproxy",
+                                   {"app": "terminal", "owner_access_key": admins})) == 403
+
+
+async def _raw_status(st: Stack, path: str, params: dict[str, str]) -> int:
+    """The status a signed WebSocket handshake of the normal user gets."""
+    from bai.client.config import ClientConfig
+    from bai.client.connection import Connection
+    from bai.common.errors import BaiError
+
+    keys = st.keys()["user"]
+    cfg = ClientConfig((st.endpoint,), access_key=keys["access_key"],
+                       secret_key=keys["secret_key"])
+    async with Connection(cfg) as conn:
+        try:
+            async with conn.websocket(path, params=params):
+                return 101
+        except BaiError as e:
+            return e.status
+
+
+def _sandboxed() -> bool:
+    return os.geteuid() == 0 and shutil.which("bwrap") is not None
+
+
+@pytest.mark.skipif(not _sandboxed(), reason="the process sandbox (root + bubblewrap) gives "
+                    "each session its own loopback; without it sessions share the host's")
+def test_a_declared_port_never_reaches_the_host_or_another_session(apps_stack):
+    """The port is dialled inside the session's own network namespace: declaring the manager's
+    port, or the port of another session's web server, reaches nothing."""
+    st = apps_stack
+    name = f"apatk-{uuid.uuid4().hex[:6]}"
+    st.cli("start", "-t", name, "--service", f"mgr:tcp:{st.port}", "--service", "peer:8000",
+           *SMALL, "python", user=True)
+    for app in ("mgr", "peer"):
+        with tunnel(*app_cmd(st, name, app, "-b", f"127.0.0.1:{free_port()}")) as (url, proc):
+            base = url.replace("tcp://", "http://")
+            try:
+                status, body = get(base + "/", deadline=10)
+            except AssertionError:
+                status, body = 0, b""  # the connection was cut: nothing answered
+            assert PAGE.encode() not in body and status != 200, (app, status, body[:200])
+    st.cli("rm", name, user=True)
+
+
+def _has_jupyter() -> bool:
+    return shutil.which("jupyter-notebook") is not None
+
+
+@pytest.fixture(scope="module")
+def jupyter(apps_stack):
+    if not _has_jupyter():
+        pytest.skip("jupyter-notebook is not installed (scripts/install.sh installs it as root)")
+    st = apps_stack
+    st.cli("start", "-t", "apnb", "-r", "cpu=1", "-r", "mem=1g", "python", user=True)
+    with tunnel(*app_cmd(st, "apnb", "jupyter", "-b", f"127.0.0.1:{free_port()}"),
+                deadline=120) as (url, _):
+        parts = urlsplit(url)
+        token = parse_qs(parts.query)["token"][0]
+        yield f"{parts.scheme}://{parts.netloc}", token, url
+
+
+def test_jupyter_needs_its_token(jupyter):
+    base, _token, _url = jupyter
+    status, _ = get(base + "/api/contents", deadline=120)
+    assert status == 403
+
+
+def test_jupyter_runs_a_notebook_made_through_its_rest_api(jupyter):
+    base, token, _ = jupyter
+    assert asyncio.run(_run_in_notebook(base, token, "print(6*7)")) == "42\n"
+
+
+async def _run_in_notebook(base: str, token: str, code: str) -> str:
+    import aiohttp
+
+    headers = {"Authorization": f"token {token}"}
+    notebook = {"type": "notebook", "content": {
+        "cells": [{"cell_type": "code", "source": code, "metadata": {}, "outputs": [],
+                   "execution_count": None}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.put(f"{base}/api/contents/answer.ipynb", json=notebook) as resp:
+            assert resp.status in (200, 201), await resp.text()
+        async with http.post(f"{base}/api/sessions", json={
+                "path": "answer.ipynb", "type": "notebook", "kernel": {"name": "python3"}}) as resp:
+            assert resp.status == 201, await resp.text()
+            kernel_id = (await resp.json())["kernel"]["id"]
+        ws_url = base.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+        msg_id = uuid.uuid4().hex
+        async with http.ws_connect(ws_url) as ws:
+            await ws.send_json({
+                "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                           "msg_type": "execute_request", "version": "5.3", "date": ""},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                "content": {"code": code, "silent": False, "store_history": True,
+                            "user_expressions": {}, "allow_stdin": False,
+                            "stop_on_error": True}})
+            out = ""
+            async with asyncio.timeout(120):
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    if data.get("parent_header", {}).get("msg_id") != msg_id:
+                        continue
+                    if data["msg_type"] == "stream":
+                        out += data["content"]["text"]
+                    if data["msg_type"] == "status" and \
+                            data["content"]["execution_state"] == "idle":
+                        return out
+    raise AssertionError("the kernel never became idle")
+
+
+def _browser() -> str | None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return None
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+@pytest.mark.skipif(_browser() is None, reason="needs Debian's chromium and Python playwright")
+def test_chromium_shows_the_notebook_list(jupyter):
+    from playwright.sync_api import sync_playwright
+
+    base, token, url = jupyter
+    get(f"{base}/api/contents?token={token}", deadline=120)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_browser(), headless=True,
+                                    args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url, timeout=120_000)
+            page.wait_for_selector("#notebook_list", timeout=120_000)
+            assert "answer.ipynb" in page.content() or page.locator("#notebook_list").count() == 1
+        finally:
+            browser.close()
