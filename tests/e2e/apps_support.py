@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
+import queue
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,17 +25,23 @@ def tunnel(argv: list[str], env: dict[str, str], cwd: str, deadline: float = 60
     is interrupted (Ctrl-C) and reaped when the block ends, whatever happened."""
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:  # a thread: select() on a buffered pipe misses lines already read
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
         seen = ""
         end = time.monotonic() + deadline
         while time.monotonic() < end:
-            ready, _, _ = select.select([proc.stdout], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            if line is None:
                 break
             seen += line
             found = URL.search(line)
