@@ -97,8 +97,9 @@ def test_launch_pending_to_running_live_terminate_logout(page, small):
         small.cli("rm", "web-blocker", check=False)
 
 
-def test_second_user_sees_none_of_the_first_users_sessions(page, small):
+def test_second_user_sees_none_of_the_first_users_sessions_or_folders(page, small):
     small.cli("start", "--enqueue-only", "-t", "mine-only", "-r", "cpu=1", "python", user=True)
+    small.cli("vfolder", "create", "mine-folder", user=True)
     small.cli("admin", "user", "create", "second@example.com")
     small.cli("admin", "keypair", "create", "second@example.com")
     small.cli("admin", "user", "set-password", "second@example.com", "--password-stdin",
@@ -111,6 +112,10 @@ def test_second_user_sees_none_of_the_first_users_sessions(page, small):
         page.goto(f"{small.endpoint}/dashboard/#/sessions?tab=all")
         page.wait_for_selector("#session-count:text-is('0 sessions')", timeout=WAIT_MS)
         assert page.locator("#sessions tr[data-session-id]").count() == 0
+        page.goto(f"{small.endpoint}/dashboard/#/folders")
+        page.wait_for_selector("#folders td:text-is('No folders yet.')", timeout=WAIT_MS)
+        page.goto(f"{small.endpoint}/dashboard/#/folders?name=mine-folder")
+        page.wait_for_selector("main .error", timeout=WAIT_MS)
         page.goto(f"{small.endpoint}/dashboard/#/session/{victim}")
         page.wait_for_selector("main .error", timeout=WAIT_MS)
         assert "mine-only" not in page.text_content("main")
@@ -195,3 +200,45 @@ def test_keyboard_reaches_every_main_view(page, small):
     assert {"#/sessions", "#/launch", "#/folders", "#/account"} <= seen
     status, _, _ = call(small, "GET", "/dashboard/")
     assert status == 200
+
+
+def test_folder_upload_with_progress_is_seen_inside_a_session(page, small, tmp_path):
+    hello = tmp_path / "hello.txt"
+    hello.write_text("hello from the browser\n")
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (20 * 4096))  # 20 MiB: three 8 MiB requests
+    page_login(page, small, "user@bai.local", password(small, "user"))
+    page.click("nav a[href='#/folders']")
+    page.fill("#folder-create [name=name]", "webdata")
+    page.click("#folder-create button[type=submit]")
+    page.click("#folders tr[data-folder=webdata] a", timeout=WAIT_MS)
+    page.set_input_files("#upload-input", [str(hello), str(big)])
+    page.wait_for_selector("#uploads li:has-text('big.bin: done')", timeout=WAIT_MS)
+    page.wait_for_selector("#files tr[data-file='hello.txt']", timeout=WAIT_MS)
+    page.wait_for_selector("#files tr[data-file='big.bin']", timeout=WAIT_MS)
+    shot(page, "folder")
+    code = ("import os; print(open('/home/work/webdata/hello.txt').read().strip(), "
+            "os.path.getsize('/home/work/webdata/big.bin'))")
+    out = small.cli("run", "--rm", "-m", "webdata", "-r", "cpu=1", "-c", code, "python",
+                    user=True, timeout=300).stdout
+    assert f"hello from the browser {20 * 1024 * 1024}" in out
+    with page.expect_download(timeout=WAIT_MS) as got:
+        page.click("button[aria-label='Download hello.txt']")
+    assert open(got.value.path()).read() == "hello from the browser\n"
+    page.click("button[aria-label='Delete big.bin']")
+    page.wait_for_selector("#files tr[data-file='big.bin']", state="detached", timeout=WAIT_MS)
+
+
+def test_an_upload_over_the_folders_quota_is_refused_next_to_the_upload(page, small, tmp_path):
+    small.cli("vfolder", "create", "tiny", "--quota", "1m", user=True)
+    blob = tmp_path / "too-big.bin"
+    blob.write_bytes(b"x" * (2 * 1024 * 1024))
+    page_login(page, small, "user@bai.local", password(small, "user"))
+    page.goto(f"{small.endpoint}/dashboard/#/folders?name=tiny")
+    page.wait_for_selector("#files", timeout=WAIT_MS)
+    page.set_input_files("#upload-input", str(blob))
+    err = page.wait_for_selector("#upload-error:visible", timeout=WAIT_MS)
+    assert "quota" in err.text_content().lower()
+    assert page.locator("#files tr[data-file='too-big.bin']").count() == 0
+    listed = small.cli("vfolder", "ls", "tiny", user=True).stdout
+    assert "too-big.bin" not in listed

@@ -184,6 +184,14 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     if request.path.startswith("/dashboard"):
         for k, v in HEADERS.items():
             response.headers.setdefault(k, v)
+        storage = getattr(request.app[ROOT].settings, "storage_url", None)
+        if storage:  # uploads and downloads go to the storage endpoint, maybe elsewhere
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(storage)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            response.headers["Content-Security-Policy"] = HEADERS["Content-Security-Policy"].replace(
+                "connect-src 'self'", f"connect-src 'self' {origin}")
 
 
 def setup(app: web.Application) -> None:
