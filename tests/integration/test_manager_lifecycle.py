@@ -309,6 +309,18 @@ async def test_starts_at_keeps_pending(manager):
     assert row["status"] == "PENDING" and row["status_info"].startswith("starts-at:")
 
 
+async def test_only_sessions_that_may_start_now_kick_the_scheduler(manager, monkeypatch):
+    """A session queued for later waits for the timer's pass (no pass over the queue for
+    each); one that may start now is placed by the pass its enqueue kicks."""
+    me = await caller(manager)
+    kicks = []
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: kicks.append(1))
+    await manager.sessions.create(me, body("later2", starts_at="1h", enqueueOnly=True))
+    assert kicks == []
+    await manager.sessions.create(me, body("now2", enqueueOnly=True))
+    assert kicks
+
+
 async def test_deadline_and_idle_timeout(manager):
     me = await caller(manager)
     manager.fake.auto_start = False

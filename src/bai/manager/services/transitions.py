@@ -297,7 +297,11 @@ async def record_enqueued(
                           reason="enqueued", status="PENDING")
         outbox.events.append(ev)
         outbox.notify(row, [ev])
-    outbox.kick_scheduler = True
+    # A pass places what can start now. Sessions that may not start yet (``starts_at`` ahead)
+    # get their line from the next timer pass instead: queueing thousands of them for later
+    # then costs no pass over the whole queue each.
+    if any(row.get("starts_at") is None or row["starts_at"] <= at for row in rows):
+        outbox.kick_scheduler = True
 
 
 #: ids per ``IN (...)`` list (SQLite allows 32,766 parameters per statement)
