@@ -416,3 +416,28 @@ async def test_a_quota_is_refused_in_one_line_where_images_cannot_be_made(env, t
                       status=400)
     assert "quota" in data["msg"] and data["data"]["field"] == "quota"
     assert list((tmp_path / "state" / "vfolders").iterdir()) == []
+
+
+async def test_pages_of_a_big_folder(env, tmp_path):
+    root, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "many"}, status=201)
+    folder = _folder_dir(root, tmp_path)
+    names = [f"f{i:03d}" for i in range(57)]
+    for n in reversed(names):
+        (folder / n).write_bytes(b"")
+    seen = []
+    for off in range(0, 60, 10):  # small pages: the heap; the last ones: a whole sort
+        page = await call(user, "GET", "/folders/many/files",
+                          {"path": ".", "offset": off, "limit": 10})
+        assert page["total"] == 57 and page["offset"] == off
+        seen += [i["name"] for i in page["items"]]
+    assert seen == names
+    loose = []
+    for off in range(0, 60, 20):
+        page = await call(user, "GET", "/folders/many/files",
+                          {"path": ".", "offset": off, "limit": 20, "order": "none"})
+        assert page["total"] == -1
+        loose += [i["name"] for i in page["items"]]
+    assert sorted(loose) == names and len(loose) == 57
+    await call(user, "GET", "/folders/many/files", {"order": "size"}, status=400)

@@ -26,6 +26,8 @@ CASES = {
                                 "--cpu-jobs", "2", "--submit", "2", "--queue", "4",
                                 "--listing", "1", "--wait-seconds", "0.5"],
                                "first page: ps vs squeue"),
+    "vfolder.py": (["--size-mib", "4", "--files", "50", "--runs", "1"],
+                   "vfolder ls first page (API"),
     "memory.py": (["--sessions", "40", "--kernels", "1", "--runtime", "dummy"],
                   "agent RSS with 1 running kernels"),
 }

@@ -60,8 +60,8 @@ class VFolderAPI:
         await self.conn.request("DELETE", _p(name))
 
     async def files(self, name: str, path: str = ".", *, offset: int = 0,
-                    limit: int | None = 1000) -> dict[str, Any]:
-        body: dict[str, Any] = {"path": path, "offset": offset}
+                    limit: int | None = 1000, order: str = "name") -> dict[str, Any]:
+        body: dict[str, Any] = {"path": path, "offset": offset, "order": order}
         if limit is not None:
             body["limit"] = limit
         return await self.conn.request("GET", _p(name) + "/files", json_body=body)

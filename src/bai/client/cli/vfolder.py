@@ -188,8 +188,11 @@ def delete(name) -> None:
               help="Skip this many entries (sorted by name).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True,
               help="Show at most this many entries.")
+@click.option("-U", "--unsorted", is_flag=True,
+              help="In the directory's own order: the first page of a huge folder at once "
+              "(no total is counted).")
 @output_option
-def ls(name, path, offset, limit) -> None:
+def ls(name, path, offset, limit, unsorted) -> None:
     """List the files in PATH of folder NAME (one page).
 
     \b
@@ -197,7 +200,8 @@ def ls(name, path, offset, limit) -> None:
       backend.ai vfolder ls data
       backend.ai vfolder ls data sub/dir --offset 1000
     """
-    got = _call(lambda api: api.files(name, path, offset=offset, limit=limit))
+    got = _call(lambda api: api.files(name, path, offset=offset, limit=limit,
+                                      order="none" if unsorted else "name"))
     items = got.get("items", [])
     out = get_ctx().output
     if out.is_json:
@@ -210,7 +214,9 @@ def ls(name, path, offset, limit) -> None:
                 datetime.fromtimestamp(f["mtime"]).strftime("%Y-%m-%d %H:%M:%S"), f["mode"]]
                for f in items])
     total = got.get("total", len(items))
-    if offset + len(items) < total:
+    if total < 0 and len(items) == limit:
+        out.note(f"({len(items)} entries shown; next: --offset {offset + len(items)} -U)")
+    elif offset + len(items) < total:
         out.note(f"({len(items)} of {total} entries shown; next: --offset {offset + len(items)})")
 
 

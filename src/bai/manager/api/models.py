@@ -8,7 +8,7 @@ are bounded by their columns, integers by 32-bit columns, floats are finite.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -257,6 +257,8 @@ class FolderFiles(Body):
     path: FolderPath | None = None
     offset: Count | None = None
     limit: Count | None = None
+    #: "name" (default) or "none": the directory's own order, without reading past the page
+    order: Literal["name", "none"] | None = None
 
 
 class RenameFolder(Body):

@@ -74,7 +74,8 @@ async def files(request: web.Request) -> web.Response:
     body = await body_of(request, m.FolderFiles)
     path = body.path or request.query.get("path") or "."
     got = await _folders(request).list_files(request["caller"], _name(request), path,
-                                             offset=body.offset, limit=body.limit)
+                                             offset=body.offset, limit=body.limit,
+                                             order=body.order or "name")
     if isinstance(got, list):  # the official client's form: every entry, as a JSON string
         return web.json_response({"files": json.dumps(got), "folder_path": path})
     return web.json_response({"files": json.dumps(got.entries), "items": got.entries,

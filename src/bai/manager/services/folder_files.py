@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import os
 import shutil
 import stat
@@ -165,18 +166,36 @@ class Page:
     offset: int
 
 
-def list_dir(folder: Path, rel: str = ".", *, offset: int = 0, limit: int | None = None) -> Page:
-    """One page of a folder's entries, sorted by name. Names are read whole (a sort needs them)
-    but only the page is stat-ed: the first page of 100,000 files costs one ``getdents`` pass."""
+def list_dir(folder: Path, rel: str = ".", *, offset: int = 0, limit: int | None = None,
+             order: str = "name") -> Page:
+    """One page of a folder's entries, sorted by name (``order="none"``: in the directory's
+    own order, which stays the same while it is unchanged). Only the page is stat-ed. Sorted:
+    every name is read (a sort needs them) but only the first ``offset + limit`` are ordered
+    (a heap, O(n log k)); unsorted: reading stops after the page, so the first page costs the
+    same in a folder of any size (``total`` is then -1: not counted)."""
     parts = parts_of(rel or ".", allow_root=True)
     limit = PAGE if limit is None else max(0, min(limit, MAX_PAGE))
     with pinned(folder) as root, directory(root, parts) as dfd:
-        names = sorted(os.listdir(dfd))
+        if order == "none":
+            names, total = [], -1
+            with os.scandir(dfd) as it:
+                for i, entry in enumerate(it):
+                    if i >= offset + limit:
+                        break
+                    if i >= offset:
+                        names.append(entry.name)
+            page_names = names
+        else:
+            names = os.listdir(dfd)
+            total = len(names)
+            want = offset + limit
+            head = heapq.nsmallest(want, names) if want < total // 2 else sorted(names)
+            page_names = head[offset:want]
         page = []
-        for name in names[offset:offset + limit]:
+        for name in page_names:
             with contextlib.suppress(FileNotFoundError):
                 page.append(_entry(name, os.stat(name, dir_fd=dfd, follow_symlinks=False)))
-    return Page(page, len(names), offset)
+    return Page(page, total, offset)
 
 
 def list_all(folder: Path, rel: str = ".") -> list[dict[str, Any]]:

@@ -326,12 +326,13 @@ class FolderService:
         return a, self.hosts.path(a.row["host"], a.row["relpath"])
 
     async def list_files(self, caller: Caller, name: str, path: str, *,
-                         offset: int | None = None, limit: int | None = None):
+                         offset: int | None = None, limit: int | None = None,
+                         order: str = "name"):
         _, folder = await self._folder(caller, name)
         if offset is None and limit is None:
             return await asyncio.to_thread(ff.list_all, folder, path or ".")
         return await asyncio.to_thread(ff.list_dir, folder, path or ".",
-                                       offset=offset or 0, limit=limit)
+                                       offset=offset or 0, limit=limit, order=order)
 
     async def mkdir(self, caller: Caller, name: str, path: Any, *, parents: bool,
                     exist_ok: bool) -> None:
