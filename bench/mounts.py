@@ -7,10 +7,10 @@ of an interactive session (then removes it), interleaving the kinds so that load
 each alike. Session start is PENDING -> RUNNING from the manager's session history (scheduling,
 the agent's create, the runner's start-up), the same span as hello_world.py's create->RUNNING.
 
-Kinds: no folder; 1 folder; ``--folders`` folders (one ``:ro``). A session with folders never
-takes a pre-started runner (its sandbox is made with the folders), so the stack runs with the
-process pool off (cold starts on both sides: the mount's own cost) and, in a second part, with
-the default pool (what a session without folders gets: the price of starting cold).
+Kinds: no folder; 1 folder; ``--folders`` folders (one ``:ro``), all under /home/work. Two
+parts: pre-started runners off (cold starts: the folders are ``bwrap --bind`` arguments of the
+new sandbox) and the default pool (the agent attaches the folders to a pre-started runner's
+running sandbox, ``agent/mounts.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,56 @@ import statistics
 from harness import EmbeddedStack, line, print_conditions
 
 TARGET = "<= 10 ms (median, added by mounting)"
+
+
+def agent_side(runs: int, nfolders: int) -> None:
+    """What the agent does per session for its folders, timed in-process (steady under load,
+    unlike whole starts): resolve (walk beneath the root, ACL check) and, as root, attach to a
+    work dir with shared propagation (a pre-started runner's path) and detach again."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from harness import figures
+
+    from bai.agent.mounts import attach, detach_below, make_shared, resolve
+
+    with tempfile.TemporaryDirectory(prefix="bai-bench-mnt-") as tmp:
+        root, work = Path(tmp) / "storage", Path(tmp) / "work"
+        work.mkdir()
+        specs = []
+        for i in range(nfolders):
+            (root / "u" / f"f{i}").mkdir(parents=True)
+            specs.append({"name": f"f{i}", "host": "local", "relpath": f"u/f{i}",
+                          "kernel_path": f"/home/work/f{i}", "mode": "ro" if i == 0 else "rw"})
+        roots = {"local": str(root)}
+        can_attach = os.geteuid() == 0
+        if can_attach:
+            make_shared(work)
+        res, att = [], []
+        try:
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                found = resolve(roots, specs)
+                t1 = time.perf_counter()
+                if can_attach:
+                    for m in found:
+                        attach(m, work, "/home/work")
+                    att.append((time.perf_counter() - t1) * 1000)
+                    detach_below(work / "f0")
+                    for m in found[1:]:
+                        detach_below(work / m.target.rsplit("/", 1)[-1])
+                res.append((t1 - t0) * 1000)
+        finally:
+            detach_below(work)
+    print(f"== agent side, {nfolders} folders, {runs} rounds (in-process)")
+    print(line(f"resolve {nfolders} folders (walk + ACL)", res))
+    if att:
+        print(line(f"attach {nfolders} folders (shared work dir)", att))
+    print(f"per folder: resolve {figures(res)['median'] / nfolders:.3f} ms"
+          + (f", attach {figures(att)['median'] / nfolders:.3f} ms" if att else
+             " (attach needs root: not measured)"), flush=True)
+    print()
 
 
 async def start_spans(stack: EmbeddedStack, names: list[str]) -> dict[str, float]:
@@ -97,6 +147,7 @@ def main() -> None:
     ap.add_argument("--no-pool-part", action="store_true",
                     help="only the part with pre-started runners off")
     args = ap.parse_args()
+    agent_side(max(args.runs, 50), max(2, args.folders))
     part(args.runtime, False, args.runs, args.warmup, max(2, args.folders))
     if not args.no_pool_part:
         part(args.runtime, True, args.runs, args.warmup, max(2, args.folders))

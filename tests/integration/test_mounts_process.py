@@ -15,6 +15,7 @@ from bai.agent.backends.base import Instance, KernelCreationFailed, KernelSpec
 from bai.agent.backends.process import ProcessBackend
 from bai.agent.settings import AgentSettings
 from bai.testing.contract import run
+from tests.integration.test_process_pool import pooled_ready, shut
 
 needs_sandbox = pytest.mark.skipif(
     shutil.which("bwrap") is None or os.geteuid() != 0,
@@ -34,8 +35,7 @@ def mount(relpath: str = "u1/data", target: str = "/home/work/data", mode: str =
             "kernel_path": target, "mode": mode}
 
 
-@pytest.fixture
-async def stack(tmp_path: Path):
+async def started(tmp_path: Path, pool_size: int):
     root = tmp_path / "storage"
     (root / "u1" / "data").mkdir(parents=True)
     os.chmod(tmp_path, 0o700)
@@ -45,12 +45,23 @@ async def stack(tmp_path: Path):
 
     b = ProcessBackend(AgentSettings.load(
         None, scratch_root=str(tmp_path / "scratch"), monitor_interval=0.1,
-        process_pool_size=0, storage_roots={"local": str(root)}))
+        process_pool_size=pool_size, storage_roots={"local": str(root)}))
     await b.start(ignore)
+    return b, root
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    b, root = await started(tmp_path, 0)  # every kernel cold: folders are bwrap binds
     yield b, root
-    for inst in await b.list():
-        await b.destroy(inst.kernel_id)
-    await b.stop()
+    await shut(b)
+
+
+@pytest.fixture
+async def pooled(tmp_path: Path):
+    b, root = await started(tmp_path, 1)  # folders attached to a pre-started runner
+    yield b, root
+    await shut(b)
 
 
 async def py(b: ProcessBackend, s: KernelSpec, code: str) -> tuple[str, str, int | None]:
@@ -164,3 +175,32 @@ async def test_refused_mounts_fail_the_create_and_leave_nothing(stack, m, said) 
     assert await b.list() == []
     assert os.listdir(b.root) in ([], [".pool"]) or not [
         d for d in os.listdir(b.root) if not d.startswith(".")]
+
+
+
+@needs_sandbox
+async def test_a_pooled_runner_takes_the_folders_and_its_removal_keeps_them(pooled) -> None:
+    b, root = pooled
+    (root / "u1/data/keep.txt").write_text("keep")
+    for mode in ("rw", "ro"):
+        await pooled_ready(b)
+        s = spec(mount(mode=mode), mount(target="/home/work/sub/again", mode="rw"))
+        inst = await b.create(s)
+        assert inst.labels.get("bai.pooled") == "1"  # not a cold start
+        out, err, rc = await py(b, s, (
+            "import errno\n"
+            "try:\n"
+            "    _ = open('data/w.txt', 'w').write('pooled')\n"
+            "    print('wrote')\n"
+            "except OSError as e:\n"
+            "    print(errno.errorcode[e.errno])\n"
+            "print(open('sub/again/keep.txt').read())"))
+        assert rc == 0, err
+        assert out.split() == (["wrote", "keep"] if mode == "rw" else ["EROFS", "keep"])
+        await b.destroy(s.kernel_id)
+        # the kernel's folder went, through its mounts: the storage folder is intact
+        assert not (b.root / s.kernel_id).exists()
+        assert sorted(os.listdir(root / "u1/data")) == ["keep.txt", "w.txt"]
+        assert (root / "u1/data/keep.txt").read_text() == "keep"
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if str(b.root) in line and "/work/" in line.split()[4]]

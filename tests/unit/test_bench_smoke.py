@@ -30,6 +30,8 @@ CASES = {
                    "vfolder ls first page (API"),
     "memory.py": (["--sessions", "40", "--kernels", "1", "--runtime", "dummy"],
                   "agent RSS with 1 running kernels"),
+    "mounts.py": (["--runs", "1", "--warmup", "0", "--folders", "2", "--no-pool-part"],
+                  "PENDING->RUNNING, 2 folders"),
 }
 
 

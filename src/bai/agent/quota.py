@@ -79,12 +79,20 @@ class WorkdirQuota:
 
 def remove_folder(folder: Path) -> None:
     """``shutil.rmtree`` of a kernel's or pooled runner's folder, its work dir's filesystem
-    unmounted first (else the loop device and the image would outlive it)."""
+    and every storage folder bound beneath it unmounted first (else the loop device and the
+    image would outlive it, and the removal would reach into the storage folders). Where a
+    mount stays, nothing is removed (logged)."""
+    from bai.agent.mounts import detach_below, mounts_below
+
     work, image = folder / "work", folder / IMAGE
-    if image.exists():
-        if os.path.ismount(work):
-            umount = shutil.which("umount", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
-            with contextlib.suppress(QuotaError, OSError, subprocess.SubprocessError):
-                _run(umount or "umount", "-l", str(work))
-        image.unlink(missing_ok=True)
+    if os.path.ismount(work):
+        umount = shutil.which("umount", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+        with contextlib.suppress(QuotaError, OSError, subprocess.SubprocessError):
+            _run(umount or "umount", "-l", str(work))
+    detach_below(folder)
+    left = mounts_below(folder)
+    if left:
+        log.error("not removing %s: still mounted beneath it: %s", folder, ", ".join(left))
+        return
+    image.unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)

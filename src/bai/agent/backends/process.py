@@ -57,7 +57,8 @@ from bai.agent.backends.base import (
 from bai.agent.backends import sandbox as sandboxing
 from bai.agent.quota import QuotaError, WorkdirQuota, remove_folder
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
-from bai.agent.mounts import HostMount, MountRefused
+from bai.agent.mounts import HostMount, MountRefused, make_shared
+from bai.agent.mounts import attach as attach_folder
 from bai.agent.mounts import resolve as resolve_mounts
 from bai.agent.backends.process_pool import (
     PooledRunner,
@@ -412,6 +413,11 @@ class ProcessBackend(RuntimeBackend):
         return folders
 
     @staticmethod
+    def _attach_folders(workdir: Path, folders: list[HostMount]) -> None:
+        for m in folders:
+            attach_folder(m, workdir, sandboxing.WORKDIR)
+
+    @staticmethod
     def _link_folders(workdir: Path, folders: list[HostMount]) -> None:
         """Without a sandbox the kernel sees the host: its folders are links in its work dir."""
         for m in folders:
@@ -428,6 +434,12 @@ class ProcessBackend(RuntimeBackend):
         uid = self.uids.take(f"pool {folder.name}") if self.uids is not None else None
         try:
             self._make_folder(folder, interp, uid, self.settings.disk_quota)
+            if self.sandbox.active and self.sandbox.privileged:
+                try:  # so that a session's folders can join its sandbox later
+                    make_shared(folder / "work")
+                except OSError as e:
+                    log.warning("pooled runner %s: its work dir cannot take folders later "
+                                "(sessions with folders start cold): %s", folder.name, e)
             procs: list[str] = []
             if cgroup_name is not None and self.cgroups is not None:
                 procs = self.cgroups.create(cgroup_name, None, None,
@@ -468,7 +480,8 @@ class ProcessBackend(RuntimeBackend):
             for name in self.cgroups.names(self.pool.cgroup_prefix):
                 self._remove_pool_cgroup(name)
 
-    async def _start_pooled(self, spec: KernelSpec, k: _Kernel, runner: PooledRunner) -> Instance:
+    async def _start_pooled(self, spec: KernelSpec, k: _Kernel, runner: PooledRunner,
+                            folders: list[HostMount]) -> Instance:
         """Make a pooled runner this kernel's (see process_pool.py); PoolMiss if it cannot be."""
         # Its launcher joins the pool cgroup by that cgroup's path, so the cgroup (and folder)
         # are renamed only once the runner answers, which it does after (the socket, bound by
@@ -509,6 +522,11 @@ class ProcessBackend(RuntimeBackend):
             except (OSError, psutil.Error, subprocess.CalledProcessError) as e:
                 raise PoolMiss(f"cannot set the memory rlimit: {e}") from None
         self._write_labels(k)
+        if folders:  # before the claim: the session's code finds them in place
+            try:
+                await asyncio.to_thread(self._attach_folders, k.workdir, folders)
+            except (OSError, MountRefused) as e:
+                raise PoolMiss(f"cannot add the storage folders: {e}") from None
         inside = self._inside(k.workdir)
         try:
             answer = await claim_runner(self._socket(k), str(inside),
@@ -712,18 +730,20 @@ class ProcessBackend(RuntimeBackend):
         # its place: two interpreters a job instead of one
         command_only = (spec.session_type.upper() == "BATCH"
                         and (spec.startup_command or "").strip() not in ("", "*"))
-        # a session with storage folders starts cold too: they cannot be added to a pooled
-        # runner's sandbox
-        runner = None if spec.mounts or startup_fixed(spec.environ) or other_quota \
+        folders = await asyncio.to_thread(self._folders, spec)
+        # storage folders join a pooled runner's sandbox only under its work dir, as root
+        attachable = not folders or (self.sandbox.privileged and self.sandbox.active and all(
+            m.target.startswith(sandboxing.WORKDIR + "/") for m in folders))
+        runner = None if not attachable or startup_fixed(spec.environ) or other_quota \
             or command_only else self.pool.take(interp)
         try:
-            return await self._create_kernel(spec, interp, runner)
+            return await self._create_kernel(spec, interp, runner, folders)
         finally:
             if not command_only:
                 self.pool.refill(interp, self.cgroups is not None, POOL_REFILL_DELAY)
 
-    async def _create_kernel(self, spec: KernelSpec, interp: str,
-                             runner: PooledRunner | None) -> Instance:
+    async def _create_kernel(self, spec: KernelSpec, interp: str, runner: PooledRunner | None,
+                             folders: list[HostMount]) -> Instance:
         kdir = self.root / spec.kernel_id
         k = _Kernel(spec.kernel_id, kdir, {
             "bai.kernel_id": spec.kernel_id,
@@ -739,19 +759,19 @@ class ProcessBackend(RuntimeBackend):
         try:
             if runner is not None:
                 try:
-                    return await self._start_pooled(spec, k, runner)
+                    return await self._start_pooled(spec, k, runner, folders)
                 except PoolMiss as e:
                     log.warning("kernel %s starts cold: %s", spec.kernel_id, e)
                     await self._undo_pooled(k)
                     if runner.cgroup_name is not None:
                         await asyncio.to_thread(self._remove_pool_cgroup, runner.cgroup_name)
-            return await self._start(spec, k, interp)
+            return await self._start(spec, k, interp, folders)
         finally:
             k.starting = False
 
-    async def _start(self, spec: KernelSpec, k: _Kernel, interp: str) -> Instance:
+    async def _start(self, spec: KernelSpec, k: _Kernel, interp: str,
+                     folders: list[HostMount]) -> Instance:
         kdir = k.kdir
-        folders = await asyncio.to_thread(self._folders, spec)
         uid = None
         if self.uids is not None:
             try:
