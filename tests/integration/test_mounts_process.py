@@ -204,3 +204,31 @@ async def test_a_pooled_runner_takes_the_folders_and_its_removal_keeps_them(pool
         assert (root / "u1/data/keep.txt").read_text() == "keep"
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
                 if str(b.root) in line and "/work/" in line.split()[4]]
+
+
+async def test_without_the_sandbox_rw_folders_are_links_and_ro_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    (root / "u1" / "data").mkdir(parents=True)
+
+    async def ignore(inst: Instance) -> None:
+        pass
+
+    b = ProcessBackend(AgentSettings.load(
+        None, scratch_root=str(tmp_path / "scratch"), monitor_interval=0.1, process_pool_size=0,
+        process_sandbox=False, storage_roots={"local": str(root)}))
+    await b.start(ignore)
+    try:
+        s = spec(mount())
+        inst = await b.create(s)
+        out, err, rc = await py(b, s, "_ = open('data/x.txt', 'w').write('linked')")
+        assert rc == 0, err
+        assert (root / "u1/data/x.txt").read_text() == "linked"
+        await b.destroy(s.kernel_id)
+        assert (root / "u1/data/x.txt").read_text() == "linked"  # removal kept the folder
+        assert inst.workdir.parent.exists() is False
+        with pytest.raises(KernelCreationFailed, match="read-only mount needs the process sandbox"):
+            await b.create(spec(mount(mode="ro")))
+        with pytest.raises(KernelCreationFailed, match="only appear under /home/work"):
+            await b.create(spec(mount(target="/data")))
+    finally:
+        await shut(b)
