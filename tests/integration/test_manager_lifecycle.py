@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from decimal import Decimal
 
@@ -307,6 +308,30 @@ async def test_starts_at_keeps_pending(manager):
     await manager.scheduler.run_pass()
     row = await manager.sessions.resolve(me, ans["sessionId"])
     assert row["status"] == "PENDING" and row["status_info"].startswith("starts-at:")
+
+
+async def test_a_quiet_queue_skips_timer_passes_until_something_changes(manager, monkeypatch):
+    """Sessions that wait for later: timer passes are skipped (the loop still ticks) until a
+    kick, or a waiting session's starts_at comes."""
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)
+    me = await caller(manager)
+    await manager.sessions.create(me, body("quiet1", starts_at="1h", enqueueOnly=True))
+    soon = await manager.sessions.create(me, body("quiet2", starts_at="3s", enqueueOnly=True))
+    sched = manager.scheduler
+    await sched.run_pass()
+    passes, tick = sched.passes, sched.last_tick
+    deadline = time.monotonic() + 60
+    while sched.last_tick < tick + 1.0 and time.monotonic() < deadline:  # 5 timer ticks
+        await asyncio.sleep(0.1)
+    assert sched.last_tick >= tick + 1.0 and sched.passes == passes  # ticking, no pass
+    sched.kick()
+    while sched.passes == passes and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sched.passes > passes
+    # quiet2's starts_at comes: a timer pass places it, with nothing kicked
+    await wait_status(manager, uuid.UUID(soon["sessionId"]), {"RUNNING"}, timeout=60)
 
 
 async def test_only_sessions_that_may_start_now_kick_the_scheduler(manager, monkeypatch):

@@ -1,7 +1,10 @@
 """The scheduler's I/O loop: load once, ``decide`` in memory, write in batches.
 
 A pass runs when kicked (enqueue, termination, agent change) and on a timer
-(``settings.schedule_interval``). Kicks that arrive during a pass coalesce into one more pass.
+(``settings.schedule_interval``). Kicks that arrive during a pass coalesce into one more pass. A
+timer pass is skipped while it would find what the last one found (``_quiet``): nothing kicked
+since, the last pass placed and cancelled nothing, no waiting session's ``starts_at`` has come;
+at least every ``QUIET_MAX`` s one runs all the same (lines and estimates, changes nothing kicks).
 Placements are written in chunks (``PLACE_CHUNK``), set-based: each chunk's sessions and agents are
 locked, each agent takes what still fits it (a placement another replica won is refused and
 retried by the next pass), PENDING -> SCHEDULED -> PREPARING in one transaction, then one create
@@ -45,6 +48,8 @@ EVENT_POSITIONS = 100
 REFRESH_DEEP = 2.0
 #: not a session of the queue the pass read (one that arrived since)
 _ABSENT = object()
+#: seconds a quiet queue goes without a timer pass at most (see ``SchedulerLoop._quiet``)
+QUIET_MAX = 10.0
 
 
 def pending_event(sid: Any, name: str, access_key: str, info: str,
@@ -73,6 +78,11 @@ class SchedulerLoop:
         self._deep_task: asyncio.Task | None = None
         #: seconds between those background writes
         self.refresh_deep = REFRESH_DEEP
+        #: what the last pass found: time.monotonic() at its start, whether it changed
+        #: nothing, the earliest ``starts_at`` still ahead (see ``_quiet``)
+        self._last_pass_at = float("-inf")
+        self._settled = False
+        self._next_due: Any = None
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced)."""
@@ -88,8 +98,11 @@ class SchedulerLoop:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            kicked = self._wake.is_set()
             self._wake.clear()
             self.last_tick = time.monotonic()
+            if not kicked and self._quiet():
+                continue
             try:
                 await self.run_pass()
             except asyncio.CancelledError:
@@ -98,13 +111,26 @@ class SchedulerLoop:
                 log.exception("scheduling pass failed")
                 await asyncio.sleep(0.5)
 
+    def _quiet(self) -> bool:
+        """Whether a timer pass now would decide what the last one did: it placed and
+        cancelled nothing, nothing kicked since (the caller knows), no waiting session's
+        ``starts_at`` has come, and it began less than ``QUIET_MAX`` s ago. (5,000 sessions
+        queued for later then cost no pass over them every ``schedule_interval``.)"""
+        if not self._settled or time.monotonic() - self._last_pass_at > QUIET_MAX:
+            return False
+        return self._next_due is None or utcnow() < self._next_due
+
     async def run_pass(self) -> Decision:
         """One pass: decide, write placements and reasons, start the placed kernels."""
         t0 = time.perf_counter()
+        self._last_pass_at, self._settled = time.monotonic(), False
         async with self.root.store.connect() as conn:
             inp = await load_input(
                 conn, idle_slack=self.root.settings.idle_check_interval + RELEASE_ALLOWANCE)
         decision = decide(inp) if inp.pending else Decision()
+        self._next_due = min((p.starts_at for p in inp.pending
+                              if p.starts_at is not None and p.starts_at > inp.now), default=None)
+        self._settled = not decision.assignments and not decision.cancels
         await self._write(inp, decision)
         self.passes += 1
         self.last_pass_seconds = time.perf_counter() - t0
