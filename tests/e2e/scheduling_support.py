@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,19 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from stacks import CLI, Stack, free_port, start_stack
 
-__all__ = ["ExtraAgent", "Stack", "start_stack"]  # start_stack: re-exported for the test modules
+__all__ = ["ExtraAgent", "Stack", "stack", "start_stack"]  # re-exported for the test modules
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """A stack of the module's own (4 CPUs, 4 GiB): ``from scheduling_support import stack``."""
+    st = start_stack("cpu=4", "mem=4g")
+    yield st
+    st.stop()
+    shutil.rmtree(st.home, ignore_errors=True)
 
 
 class ExtraAgent:

@@ -4,18 +4,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from scheduling_support import session, start_stack, wait_for
-
-
-@pytest.fixture(scope="module")
-def stack():
-    st = start_stack("cpu=4", "mem=4g")
-    yield st
-    st.stop()
-    shutil.rmtree(st.home, ignore_errors=True)
+from scheduling_support import session, stack, wait_for  # noqa: F401 - stack: the fixture
 
 
 def test_three_elements_run_and_each_prints_its_index(stack):

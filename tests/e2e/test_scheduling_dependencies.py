@@ -13,21 +13,17 @@ run and their exit codes decide the result).
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from scheduling_support import history, parse_time, session, start_stack, wait_for
+from scheduling_support import (  # noqa: F401 - stack: the fixture
+    history,
+    parse_time,
+    session,
+    stack,
+    wait_for,
+)
 
 FINAL = ("TERMINATED", "CANCELLED", "ERROR")
-
-
-@pytest.fixture(scope="module")
-def stack():
-    st = start_stack("cpu=4", "mem=4g")
-    yield st
-    st.stop()
-    shutil.rmtree(st.home, ignore_errors=True)
 
 
 def batch(stack, name: str, command: str, *extra: str) -> None:

@@ -9,21 +9,11 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import pytest
 
+from agent_support import TOKEN, manager  # noqa: F401 - manager: the fixture
 from bai.agent.server import Agent
 from bai.agent.settings import AgentSettings
 from bai.testing.fake_manager import FakeManager
-
-TOKEN = "secret-token"
-
-
-@pytest.fixture
-async def manager():
-    m = FakeManager(TOKEN)
-    await m.start()
-    yield m
-    await m.stop()
 
 
 async def started(manager: FakeManager, tmp_path: Path, token: str) -> Agent:

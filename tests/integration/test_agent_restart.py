@@ -7,33 +7,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import aiohttp
-import pytest
 
+from agent_support import HEADERS, TOKEN, manager  # noqa: F401 - manager: the fixture
+from stacks import free_port
 from bai.testing.fake_manager import FakeManager
-
-TOKEN = "restart-token"
-HEADERS = {"X-BAI-Cluster-Token": TOKEN}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-async def manager():
-    m = FakeManager(TOKEN)
-    await m.start()
-    yield m
-    await m.stop()
 
 
 async def run(http: aiohttp.ClientSession, address: str, kid: str, code: str) -> str:

@@ -13,20 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent_support import HEADERS, TOKEN, manager  # noqa: F401 - manager: the fixture
 from bai.agent.server import Agent
 from bai.agent.settings import AgentSettings
 from bai.testing.fake_manager import FakeManager
-
-TOKEN = "secret-token"
-HEADERS = {"X-BAI-Cluster-Token": TOKEN}
-
-
-@pytest.fixture
-async def manager():
-    m = FakeManager(TOKEN)
-    await m.start()
-    yield m
-    await m.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -97,39 +98,52 @@ async def wait_ready(client: TestClient, want: int, timeout: float = 60) -> dict
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.postgres
-async def test_readiness_goes_false_while_the_database_is_unreachable(database):
-    url, name = database
-    relay = Relay((url.host, url.port or 5432))
+async def outage(target: tuple[str, int], settings_for: Callable[[int], ManagerSettings],
+                 broken: str) -> dict:
+    """A manager that reaches ``target`` (its database or its event bus) through a relay:
+    ready; 503 naming ``broken`` while the relay is cut (alive all along, the other dependency
+    ok); ready again once it is back. Answers the readiness body seen during the outage."""
+    other = {"database": "event_bus", "event_bus": "database"}[broken]
+    relay = Relay(target)
     await relay.resume()
-    db_url = url.set(host="127.0.0.1", port=relay.port, database=name)
-    settings = ManagerSettings(db_url=db_url.render_as_string(hide_password=False),
-                               schedule_interval=0.5)
-    client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
+    client = TestClient(TestServer(create_app(settings_for(relay.port)), host="127.0.0.1",
+                                   port=0))
     await client.start_server()
     try:
         body = await wait_ready(client, 200)
         assert body == {"ready": True, "checks": {
             "database": "ok", "event_bus": "ok", "scheduler": "ok"}}
-        live = await client.get("/health/live")
-        assert live.status == 200
+        assert (await client.get("/health/live")).status == 200
 
         await relay.cut()
-        body = await wait_ready(client, 503)
-        assert body["ready"] is False and body["checks"]["database"] != "ok"
-        assert body["checks"]["event_bus"] == "ok"
-        assert "127.0.0.1" not in str(body) and name not in str(body)  # no DSN details leak
+        down = await wait_ready(client, 503)
+        assert down["ready"] is False and down["checks"][broken] != "ok"
+        assert down["checks"][other] == "ok"
         assert (await client.get("/health/live")).status == 200  # alive, only not ready
 
         await relay.resume()
         body = await wait_ready(client, 200)
-        assert body["checks"]["database"] == "ok"
+        assert body["checks"][broken] == "ok"
+        return down
     finally:
         with contextlib.suppress(Exception):
             await relay.resume()
         await client.close()
         with contextlib.suppress(Exception):
             await relay.cut()
+
+
+@pytest.mark.postgres
+async def test_readiness_goes_false_while_the_database_is_unreachable(database):
+    url, name = database
+
+    def settings(port: int) -> ManagerSettings:
+        db_url = url.set(host="127.0.0.1", port=port, database=name)
+        return ManagerSettings(db_url=db_url.render_as_string(hide_password=False),
+                               schedule_interval=0.5)
+
+    down = await outage((url.host, url.port or 5432), settings, "database")
+    assert "127.0.0.1" not in str(down) and name not in str(down)  # no DSN details leak
 
 
 @pytest.mark.redis
@@ -137,26 +151,14 @@ async def test_readiness_goes_false_while_the_event_bus_is_unreachable(tmp_path)
     if not REDIS_URL:
         pytest.skip("BAI_TEST_REDIS_URL not set")
     url = sa.make_url(REDIS_URL.replace("redis://", "postgresql://", 1))  # host/port parsing
-    relay = Relay((url.host, url.port or 6379))
-    await relay.resume()
-    settings = ManagerSettings(
-        db_url=f"sqlite+aiosqlite:///{tmp_path}/t.db", schedule_interval=0.5,
-        redis_url=f"redis://127.0.0.1:{relay.port}/{url.database or 0}")
-    client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=0))
-    await client.start_server()
-    try:
-        await wait_ready(client, 200)
-        await relay.cut()
-        body = await wait_ready(client, 503)
-        assert body["checks"]["event_bus"] != "ok" and body["checks"]["database"] == "ok"
-        await relay.resume()
-        await wait_ready(client, 200)
-    finally:
-        with contextlib.suppress(Exception):
-            await relay.resume()
-        await client.close()
-        with contextlib.suppress(Exception):
-            await relay.cut()
+
+    def settings(port: int) -> ManagerSettings:
+        return ManagerSettings(db_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
+                               schedule_interval=0.5,
+                               redis_url=f"redis://127.0.0.1:{port}/{url.database or 0}")
+
+    down = await outage((url.host, url.port or 6379), settings, "event_bus")
+    assert "127.0.0.1" not in str(down) and str(tmp_path) not in str(down)
 
 
 async def test_readiness_follows_the_scheduler_loop(tmp_path, monkeypatch):
