@@ -51,6 +51,7 @@ def test_the_service_images_run_a_manager_and_an_agent(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", DOCKER_HOST)
     manager, agent = service_images.build(log=lambda _: None)
     state = tempfile.mkdtemp(prefix="bai-image-state-")
+    os.chown(state, service_images.MANAGER_UID, service_images.MANAGER_UID)  # as docs say
     port, ops, agent_port = free_port(), free_port(), free_port()
     names = [f"bai-test-manager-{port}", f"bai-test-agent-{port}"]
     try:
@@ -73,6 +74,12 @@ def test_the_service_images_run_a_manager_and_an_agent(monkeypatch):
         assert status == 200
         assert 'bai_manager_agents{status="ALIVE"} 1.0' in text
         assert 'agent="in-a-container"' in text
+        # the manager runs unprivileged (fails when the image runs it as root)
+        r = docker("exec", names[0], "sh", "-c", "id -u; id -g; stat -c %u /var/lib/bai")
+        uid = str(service_images.MANAGER_UID)
+        assert r.stdout.split() == [uid, uid, uid], r.stdout
+        r = docker("exec", names[0], "grep", "^Uid:", "/proc/1/status")  # the manager itself
+        assert r.stdout.split()[1:] == [uid] * 4, r.stdout
     finally:
         for name in names:
             docker("rm", "-f", name, check=False)

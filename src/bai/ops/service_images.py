@@ -11,7 +11,8 @@ How: the base is the kernel image that ``scripts/build-images.sh`` makes from De
 checkout is installed with its ``server`` extra into a folder by the host's pip (the host is the
 same Debian release, so binary wheels match the image's Python), which a two-line build copies to
 ``/opt/bai``, with ``bai-manager`` and ``bai-agent`` on ``PATH``. The manager image serves on
-``0.0.0.0:8091`` after migrating ``BAI_MANAGER_DB_URL`` (default: SQLite under ``/var/lib/bai``);
+``0.0.0.0:8091`` after migrating ``BAI_MANAGER_DB_URL`` (default: SQLite under ``/var/lib/bai``),
+as the unprivileged uid ``MANAGER_UID`` (10001), which owns ``/var/lib/bai``;
 both read their settings from ``BAI_MANAGER_*`` / ``BAI_AGENT_*`` variables or a mounted
 ``--config`` file (docs/configuration.md).
 """
@@ -34,12 +35,23 @@ DOCKERFILE = """\
 FROM {base}
 COPY site /opt/bai/site
 COPY bin /usr/local/bin
-ENV PYTHONPATH=/opt/bai/site PYTHONUNBUFFERED=1 BAI_MANAGER_STATE_DIR=/var/lib/bai \\
+{user}ENV PYTHONPATH=/opt/bai/site PYTHONUNBUFFERED=1 BAI_MANAGER_STATE_DIR=/var/lib/bai \\
     BAI_MANAGER_DB_URL=sqlite+aiosqlite:////var/lib/bai/bai.db
 LABEL org.opencontainers.image.title="{name}" org.opencontainers.image.version="{version}"
 WORKDIR /var/lib/bai
 CMD {cmd}
 """
+#: the uid and gid the manager's image runs as (no passwd entry: nothing in it needs one)
+MANAGER_UID = 10001
+#: the manager needs no privilege: it runs as MANAGER_UID, owning its state folder (made by the
+#: COPY, which needs no RUN step and so no container during the build). The agent stays root:
+#: its runtimes start kernels (sandboxes, mounts, the docker socket).
+USERS = {
+    "bai-manager": (f"COPY --chown={MANAGER_UID}:{MANAGER_UID} state /var/lib/bai\n"
+                    f"USER {MANAGER_UID}:{MANAGER_UID}\n"
+                    "ENV HOME=/var/lib/bai USER=bai LOGNAME=bai\n"),
+    "bai-agent": "",
+}
 #: what each image runs unless told otherwise
 COMMANDS = {
     "bai-manager": '["sh", "-c", "bai-manager migrate && exec bai-manager serve"]',
@@ -76,11 +88,13 @@ def build(*, log=print) -> list[str]:
             path.write_text(WRAPPER.format(module=module))
             path.chmod(0o755)
         shutil.rmtree(ctx / "site" / "bin", ignore_errors=True)
+        (ctx / "state").mkdir()
         names = []
         for name, cmd in COMMANDS.items():
             tag = f"{name}:{VERSION}"
             (ctx / "Dockerfile").write_text(
-                DOCKERFILE.format(base=base, name=name, version=VERSION, cmd=cmd))
+                DOCKERFILE.format(base=base, name=name, version=VERSION, cmd=cmd,
+                                  user=USERS[name]))
             _run(["docker", "build", "-q", "-t", tag, str(ctx)],
                  env={**_environ(), "DOCKER_BUILDKIT": "0"}, stdout=subprocess.DEVNULL)
             log(tag)
