@@ -88,7 +88,7 @@ def main() -> None:
     for label, samples in cpu.items():
         print(line(f"{label}: process CPU", samples))
     base = statistics.median(cpu["bai.client.blocking (express path)"])
-    print(f"   (medians over the express path's blocking client: "
+    print("   (medians over the express path's blocking client: "
           + ", ".join(f"{k.strip()} +{statistics.median(v) - base:.0f} ms"
                       for k, v in cpu.items() if not k.startswith("bai.")) + ")")
 
