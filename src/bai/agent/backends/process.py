@@ -54,6 +54,7 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
+from bai.agent.backends import outbound
 from bai.agent.backends import sandbox as sandboxing
 from bai.agent.quota import QuotaError, WorkdirQuota, remove_folder
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
@@ -240,6 +241,8 @@ class ProcessBackend(RuntimeBackend):
         self.sandbox = sandboxing.Sandbox()
         #: work dirs of their own size (root with loop devices only)
         self.quota: WorkdirQuota | None = None
+        #: slirp4netns & co. for kernels whose policy allows outbound network (root + sandbox)
+        self.outbound: dict[str, str] | None = None
         #: kernel uids (root with the sandbox only)
         self.uids: SandboxUids | None = None
         self._kernels: dict[str, _Kernel] = {}
@@ -274,6 +277,7 @@ class ProcessBackend(RuntimeBackend):
             os.chmod(self.root, 0o700)  # kernels never walk the host's paths: only the agent
             self.user_name = "work"
             if self.sandbox.privileged:
+                self.outbound = await asyncio.to_thread(outbound.tools)
                 self.uids = SandboxUids(self.settings.sandbox_uid_first,
                                         self.settings.sandbox_uid_count,
                                         Path(self.settings.sandbox_uid_lock_dir))
@@ -362,16 +366,18 @@ class ProcessBackend(RuntimeBackend):
 
     def _launch(self, kdir: Path, interp: str, procs: list[str], uid: int | None,
                 env: dict[str, str], mem_rlimit_kib: int | None = None,
-                pooled: bool = False, mounts: Sequence[HostMount] = ()
-                ) -> subprocess.Popen[bytes]:
-        """Start the runner of ``kdir``: the agent binds its socket and hands it over."""
+                pooled: bool = False, mounts: Sequence[HostMount] = (),
+                info_fd: int | None = None) -> subprocess.Popen[bytes]:
+        """Start the runner of ``kdir``: the agent binds its socket and hands it over
+        (``info_fd``: bwrap writes its child's pid there, see ``outbound.py``)."""
         work = kdir / "work"
         listener = bind_listener(kdir)
         filt = self.sandbox.seccomp_memfd() if self.sandbox.active else None
         try:
             if self.sandbox.active:
                 prefix: list[str] | None = self.sandbox.argv(interp, work, uid,
-                                                             seccomp_fd=filt, mounts=mounts)
+                                                             seccomp_fd=filt, mounts=mounts,
+                                                             info_fd=info_fd)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work
@@ -385,7 +391,8 @@ class ProcessBackend(RuntimeBackend):
                     argv, env=env, cwd=kdir if self.sandbox.active else work,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    pass_fds=(listener.fileno(),) + (() if filt is None else (filt,)))
+                    pass_fds=(listener.fileno(),) + tuple(
+                        fd for fd in (filt, info_fd) if fd is not None))
         finally:
             listener.close()  # the runner holds it now: when it ends, connecting fails
             if filt is not None:
@@ -623,7 +630,11 @@ class ProcessBackend(RuntimeBackend):
             "seccomp": "bai" if sb.active and sb.seccomp is not None else None,
             "process_group": True,
             "user": "per-kernel uid" if self.uids is not None else self.user_name,
-            "gaps": sb.gaps(),
+            "outbound": "slirp4netns" if self.outbound is not None else None,
+            "gaps": sb.gaps() + ([] if self.outbound is not None or not sb.active else [
+                "outbound: sessions whose policy allows outbound network get none ("
+                + ("slirp4netns, nsenter or ip not found: install Debian's slirp4netns"
+                   if sb.privileged else "not root") + ")"]),
         }
 
     # --- watching --------------------------------------------------------------------------
@@ -682,6 +693,9 @@ class ProcessBackend(RuntimeBackend):
             kill_tree(pid)
         if k.cgroup is not None:
             k.cgroup.kill_all()
+        slirp = int(k.labels.get("bai.slirp_pid") or 0)
+        if slirp and proc_start_time(slirp) == k.labels.get("bai.slirp_start"):
+            outbound.stop(slirp)
         if k.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 k.popen.wait(timeout=5)
@@ -734,8 +748,9 @@ class ProcessBackend(RuntimeBackend):
         # storage folders join a pooled runner's sandbox only under its work dir, as root
         attachable = not folders or (self.sandbox.privileged and self.sandbox.active and all(
             m.target.startswith(sandboxing.WORKDIR + "/") for m in folders))
+        # outbound network: pooled runners have none (it is attached at start, outbound.py)
         runner = None if not attachable or startup_fixed(spec.environ) or other_quota \
-            or command_only else self.pool.take(interp)
+            or command_only or (spec.network and self.outbound) else self.pool.take(interp)
         try:
             return await self._create_kernel(spec, interp, runner, folders)
         finally:
@@ -803,18 +818,41 @@ class ProcessBackend(RuntimeBackend):
             procs = k.cgroup.procs_files()
             k.labels["bai.cgroup"] = self.cgroups.version
         env = build_environ(spec, self._inside(k.workdir), self.user_name, self.sandbox.active)
+        # outbound network (the policy's allow_outbound): bwrap says its child's pid here
+        info_r, info_w = os.pipe() if spec.network and self.outbound else (None, None)
         try:
             k.popen = self._launch(
                 kdir, interp, procs, uid, env,
                 mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None,
-                mounts=folders)
+                mounts=folders, info_fd=info_w)
         except OSError as e:
+            if info_r is not None:
+                os.close(info_r)
             raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
+        finally:
+            if info_w is not None:
+                os.close(info_w)
         k.labels["bai.pid"] = str(k.popen.pid)
         k.labels["bai.pid_start"] = proc_start_time(k.popen.pid) or ""
         k.labels["bai.namespaces"] = self._namespaces_label()
+        if info_r is not None:
+            try:
+                await asyncio.to_thread(self._give_outbound, k, info_r)
+            finally:
+                os.close(info_r)
         self._write_labels(k)
         return await self._wait_ready(k)
+
+    def _give_outbound(self, k: _Kernel, info_r: int) -> None:
+        """Outbound network for kernel ``k`` (``outbound.py``); the kernel fails without it."""
+        assert self.outbound is not None
+        try:
+            pid = outbound.child_pid(info_r)
+            slirp = outbound.attach(self.outbound, pid, k.kdir / "slirp.out")
+        except (OSError, ValueError, TimeoutError, subprocess.SubprocessError) as e:
+            raise KernelCreationFailed(f"outbound network could not be set up: {e}") from None
+        k.labels["bai.slirp_pid"] = str(slirp.pid)
+        k.labels["bai.slirp_start"] = proc_start_time(slirp.pid) or ""
 
     async def _wait_ready(self, k: _Kernel) -> Instance:
         kdir = k.kdir

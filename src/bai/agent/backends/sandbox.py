@@ -132,7 +132,7 @@ class Sandbox:
 
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
              network: bool = False, seccomp_fd: int | None = None,
-             mounts: Sequence[HostMount] = ()) -> list[str]:
+             mounts: Sequence[HostMount] = (), info_fd: int | None = None) -> list[str]:
         """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox;
         ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
         ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``."""
@@ -162,6 +162,8 @@ class Sandbox:
                  "--chdir", WORKDIR]
         if seccomp_fd is not None:
             argv += ["--seccomp", str(seccomp_fd)]
+        if info_fd is not None:  # the child's pid (outbound.py attaches slirp4netns to it)
+            argv += ["--info-fd", str(info_fd)]
         argv.append("--")
         if uid is not None:
             argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",

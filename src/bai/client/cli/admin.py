@@ -438,8 +438,11 @@ def policy() -> None:
 
 def _policy_spec(max_sessions: int | None, slots: tuple[str, ...], idle_timeout: int | None,
                  pids_limit: int | None = None, disk_quota: str | None = None,
-                 min_slots: tuple[str, ...] = ()) -> dict[str, Any]:
+                 min_slots: tuple[str, ...] = (),
+                 outbound: bool | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {}
+    if outbound is not None:
+        spec["allow_outbound"] = outbound
     if max_sessions is not None:
         spec["max_concurrent_sessions"] = max_sessions
     if slots:
@@ -470,6 +473,9 @@ _policy_options = [
     click.option("--min-slots", multiple=True, metavar="SLOT=AMOUNT",
                  help="The least a session may ask for, e.g. --min-slots cpu=0.1 "
                       "--min-slots mem=64m (repeatable)."),
+    click.option("--outbound/--no-outbound", "outbound", default=None,
+                 help="Whether sessions get outbound network (never this host's addresses; "
+                      "default: none)."),
 ]
 
 
@@ -489,7 +495,8 @@ def policy_list() -> None:
         ("total_resource_slots", "Total Resources", _slots_text),
         ("idle_timeout", "Idle Timeout (s)", _s), ("pids_limit", "Pids", _s),
         ("disk_quota", "Disk Quota", _size_text),
-        ("min_resource_slots", "Minimum", _slots_text), ("keypairs", "Keypairs", _s),
+        ("min_resource_slots", "Minimum", _slots_text),
+        ("allow_outbound", "Outbound", _s), ("keypairs", "Keypairs", _s),
     ], "No resource policies.")
 
 
@@ -502,10 +509,10 @@ Example:
 @output_option
 def policy_create(name: str, max_sessions: int | None, slots: tuple[str, ...],
                   idle_timeout: int | None, pids_limit: int | None, disk_quota: str | None,
-                  min_slots: tuple[str, ...]) -> None:
+                  min_slots: tuple[str, ...], outbound: bool | None) -> None:
     """Create the keypair resource policy NAME."""
     spec = {"name": name, **_policy_spec(max_sessions, slots, idle_timeout, pids_limit,
-                                         disk_quota, min_slots)}
+                                         disk_quota, min_slots, outbound)}
     item = _call(lambda a: a.create_policy(spec))
     _show_one(item, f"Resource policy {name} is created.")
 
@@ -516,12 +523,13 @@ def policy_create(name: str, max_sessions: int | None, slots: tuple[str, ...],
 @output_option
 def policy_update(name: str, max_sessions: int | None, slots: tuple[str, ...],
                   idle_timeout: int | None, pids_limit: int | None, disk_quota: str | None,
-                  min_slots: tuple[str, ...]) -> None:
+                  min_slots: tuple[str, ...], outbound: bool | None) -> None:
     """Change the policy NAME (applies from the next scheduling pass)."""
-    spec = _policy_spec(max_sessions, slots, idle_timeout, pids_limit, disk_quota, min_slots)
+    spec = _policy_spec(max_sessions, slots, idle_timeout, pids_limit, disk_quota, min_slots,
+                        outbound)
     if not spec:
         raise UsageError("nothing to change: give --max-sessions, --slots, --idle-timeout, "
-                         "--pids-limit, --disk-quota or --min-slots")
+                         "--pids-limit, --disk-quota, --min-slots or --outbound/--no-outbound")
     item = _call(lambda a: a.update_policy(name, spec))
     _show_one(item, f"Resource policy {name} is updated.")
 

@@ -17,7 +17,7 @@
 | PATCH /admin/keypairs/{ak} | {is_active?, is_admin?, resource_policy?} | {"keypair"} |
 | DELETE /admin/keypairs/{ak} | | {"keypair"} (refused while it has sessions that did not end) |
 | GET /admin/resource-policies | | {"resource_policies": [...]} |
-| POST /admin/resource-policies | {name, max_concurrent_sessions?, total_resource_slots?, idle_timeout?, pids_limit?, disk_quota?, min_resource_slots?} | 201 {"resource_policy"} |
+| POST /admin/resource-policies | {name, max_concurrent_sessions?, total_resource_slots?, idle_timeout?, pids_limit?, disk_quota?, min_resource_slots?, allow_outbound?} | 201 {"resource_policy"} |
 | PATCH /admin/resource-policies/{name} | same fields | {"resource_policy"} |
 | GET /admin/scaling-groups | | {"scaling_groups": [...]} (with alive_agents) |
 | POST /admin/scaling-groups | {name, scheduler?: fifo|lifo|drf, agent_selection?: concentrated|dispersed} | 201 {"scaling_group"} |

@@ -189,6 +189,8 @@ class UpdatePolicy(Body):
     #: bytes, or a size such as "4g" (``services.admin._size`` parses it)
     disk_quota: Annotated[int, Field(ge=0, le=2**63 - 1)] | text(32) | None = None
     min_resource_slots: Slots | None = None
+    #: sessions of the policy's keypairs get outbound network
+    allow_outbound: StrictBool | None = None
 
 
 class CreatePolicy(UpdatePolicy):

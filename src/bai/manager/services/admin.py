@@ -404,6 +404,7 @@ async def create_policy(conn: AsyncConnection, body: Mapping[str, Any], default_
         pids_limit=_int(body, "pids_limit", 0),
         disk_quota=_size(body, "disk_quota", 0),
         min_resource_slots=_slots(body.get("min_resource_slots"), "min_resource_slots"),
+        allow_outbound=bool(body.get("allow_outbound") or False),
     ))
     return await _policy(conn, name)
 
@@ -419,10 +420,12 @@ async def update_policy(conn: AsyncConnection, name: str, body: Mapping[str, Any
     for key in ("total_resource_slots", "min_resource_slots"):
         if body.get(key) is not None:
             values[key] = _slots(body[key], key)
+    if body.get("allow_outbound") is not None:
+        values["allow_outbound"] = bool(body["allow_outbound"])
     if not values:
         raise InvalidAPIParameters(
             "nothing to change: give max_concurrent_sessions, total_resource_slots, "
-            "idle_timeout, pids_limit, disk_quota or min_resource_slots")
+            "idle_timeout, pids_limit, disk_quota, min_resource_slots or allow_outbound")
     p = t.keypair_resource_policies
     await conn.execute(p.update().where(p.c.name == name).values(**values))
     if "idle_timeout" in values:

@@ -76,16 +76,18 @@ def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str
 
 
 async def policy_limits(conn: AsyncConnection, access_keys: set[str]) -> dict[str, dict[str, int]]:
-    """``{access_key: {"pids_limit", "disk_quota"}}`` from each keypair's resource policy."""
+    """``{access_key: {"pids_limit", "disk_quota", "allow_outbound"}}`` from each keypair's
+    resource policy."""
     if not access_keys:
         return {}
     kp, pol = keypairs, keypair_resource_policies
     rows = (await conn.execute(
-        sa.select(kp.c.access_key, pol.c.pids_limit, pol.c.disk_quota)
+        sa.select(kp.c.access_key, pol.c.pids_limit, pol.c.disk_quota, pol.c.allow_outbound)
         .join(pol, pol.c.name == kp.c.resource_policy)
         .where(kp.c.access_key.in_(sorted(access_keys)))
     )).all()
-    return {r.access_key: {"pids_limit": r.pids_limit, "disk_quota": r.disk_quota} for r in rows}
+    return {r.access_key: {"pids_limit": r.pids_limit, "disk_quota": r.disk_quota,
+                           "allow_outbound": int(bool(r.allow_outbound))} for r in rows}
 
 class Lifecycle:
     def __init__(self, root: ManagerRoot) -> None:
@@ -228,7 +230,8 @@ class Lifecycle:
             "environ": environ,
             "startup_command": row.get("startup_command"),
             "bootstrap_script": row.get("bootstrap_script"),
-            "network": False,
+            # outbound network (the policy's allow_outbound; agent: backends/outbound.py)
+            "network": bool((limits or {}).get("allow_outbound")),
             "cluster_role": kernel.get("cluster_role") or "main",
             "cluster_idx": kernel.get("cluster_idx") or 0,
             "pids_limit": int((limits or {}).get("pids_limit") or 0),

@@ -88,6 +88,8 @@ keypair_resource_policies = sa.Table(
     sa.Column("disk_quota", sa.BigInteger, nullable=False, server_default="0"),
     #: the least a session may request per slot, e.g. {"cpu": "0.1", "mem": "67108864"}
     sa.Column("min_resource_slots", sa.JSON, nullable=False, server_default="{}"),
+    #: sessions get outbound network (user-mode, never this host's addresses); false: none
+    sa.Column("allow_outbound", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 users = sa.Table(
