@@ -82,6 +82,8 @@ def test_launch_pending_to_running_live_terminate_logout(page, small):
         page.click("#sessions a:text-is('web-1')")
         page.wait_for_selector("#session-status .st-running", timeout=WAIT_MS)
         page.wait_for_selector("#session-events li:has-text('session_started')", timeout=WAIT_MS)
+        app = page.wait_for_selector("#session-apps li[data-app=jupyter]", timeout=WAIT_MS)
+        assert "backend.ai app web-1 jupyter" in app.text_content()
         shot(page, "session")
         page.click("#terminate")
         page.wait_for_selector("#session-status :is(.st-terminating, .st-terminated)",

@@ -28,6 +28,8 @@ CASES = {
                                "first page: ps vs squeue"),
     "vfolder.py": (["--size-mib", "4", "--files", "50", "--runs", "1"],
                    "vfolder ls first page (API"),
+    "dashboard.py": (["--sessions", "60", "--loads", "1", "--changes", "1", "--dashboards", "2"],
+                     "open dashboards"),
     "memory.py": (["--sessions", "40", "--kernels", "1", "--runtime", "dummy"],
                   "agent RSS with 1 running kernels"),
     "mounts.py": (["--runs", "1", "--warmup", "0", "--folders", "2", "--no-pool-part"],

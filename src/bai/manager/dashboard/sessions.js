@@ -267,10 +267,23 @@ export async function sessionView(root, id) {
       logBox.textContent = `(no console log: ${e.message})`;
     }
   };
-  const renderApps = () => {
-    const ports = info.servicePorts || [];
-    replace(appsBox, ports.length
-      ? h('ul', { class: 'apps' }, ports.map((p) => h('li', {}, h('span', {}, `${p.name} (${p.protocol})`))))
+  // The apps the session offers (GET /stream/session/{id}/apps, once it runs). The tunnel is
+  // TCP over a WebSocket, which a browser tab cannot use as a web address: the page names the
+  // command that opens one on the user's machine (backend.ai app) instead.
+  const renderApps = async () => {
+    if (s.status !== 'RUNNING') {
+      replace(appsBox, h('p', { class: 'muted' }, 'Apps open once the session runs.'));
+      return;
+    }
+    let apps = [];
+    try { apps = await api('GET', `/stream/session/${id}/apps`); } catch (e) {
+      replace(appsBox, h('p', { class: 'muted' }, `No apps: ${e.message}`));
+      return;
+    }
+    replace(appsBox, apps.length
+      ? h('ul', { class: 'apps' }, apps.map((a) => h('li', { class: 'card', dataset: { app: a.name } },
+        h('strong', {}, a.name), ` (${a.protocol}, port ${(a.ports || []).join(', ')}) `,
+        h('code', {}, `backend.ai app ${s.name} ${a.name} -b 8080`))))
       : h('p', { class: 'muted' }, 'This session offers no apps.'));
   };
   renderHead(); renderFacts(); renderApps();
@@ -289,7 +302,8 @@ export async function sessionView(root, id) {
       renderHead(); renderFacts();
       loadHistory().catch(() => {});
       if (name === 'session_started' || FINAL.has(s.status)) {
-        api('GET', `/session/${id}`).then((x) => { Object.assign(info, x); renderFacts(); renderApps(); }).catch(() => {});
+        api('GET', `/session/${id}`).then((x) => { Object.assign(info, x); renderFacts(); }).catch(() => {});
+        renderApps();
         loadLog();
       }
     }

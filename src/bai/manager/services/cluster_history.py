@@ -34,14 +34,14 @@ def series(rows: Iterable[Mapping[str, Any]], capacity: Mapping[str, Decimal], s
     queue = [0] * buckets
     used = {slot: [Decimal(0)] * buckets for slot in capacity}
     for row in rows:
-        left_queue = row["scheduled_at"] or row["terminated_at"] or end
+        left_queue = row["scheduled_at"] or row["terminated_at"]  # None: waits still
         held_from = row["scheduled_at"]
-        held_to = row["terminated_at"] or end
+        held_to = row["terminated_at"]  # None: holds still
         slots = ResourceSlot.from_json(row["requested_slots"] or {})
         for i, at in enumerate(times):
-            if row["created_at"] <= at < left_queue:
+            if row["created_at"] <= at and (left_queue is None or at < left_queue):
                 queue[i] += 1
-            if held_from is not None and held_from <= at < held_to:
+            if held_from is not None and held_from <= at and (held_to is None or at < held_to):
                 for slot in used:
                     used[slot][i] += slots.get(slot, Decimal(0))
     util = {slot: [float(min(v / capacity[slot], Decimal(1))) if capacity[slot] else 0.0

@@ -2,16 +2,21 @@
 memory-hard KDF, so no extra dependency. Stored as ``scrypt$N$r$p$salt$hash`` (base64), so
 the cost can be raised later and old hashes still verify.
 
-Hashing costs ~50 ms and 16 MiB: callers run it in a thread (``asyncio.to_thread``), never on
-the event loop.
+Hashing costs ~50 ms and 16 MiB: the manager runs it off the event loop, in ONE thread of its
+own (``verify_async`` / ``hash_async``): glibc keeps a freed 16 MiB block in the arena of the
+thread that used it, so scrypt on the default pool's many threads grew the manager by ~16 MiB
+per thread (bench/dashboard.py: +48 MB after 3 logins); one thread bounds that to one block,
+and queues logins (a brake on guessing too).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 from bai.common.errors import InvalidAPIParameters
 
@@ -74,3 +79,15 @@ def _verify(password: str, stored: str) -> bool:
 def generate() -> str:
     """A password for a fresh install's users (``backend.ai server start`` shows where)."""
     return secrets.token_urlsafe(12)
+
+
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrypt")
+
+
+async def verify_async(password: str, stored: str | None) -> bool:
+    return await asyncio.get_running_loop().run_in_executor(_POOL, verify_password, password,
+                                                            stored)
+
+
+async def hash_async(password: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(_POOL, hash_password, password)

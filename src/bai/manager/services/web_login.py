@@ -13,7 +13,6 @@ has an account.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -66,8 +65,7 @@ async def login(conn: AsyncConnection, email: str, password: str,
     now = now or datetime.now(timezone.utc)
     row = (await conn.execute(sa.select(t.users.c.id, t.users.c.password_hash, t.users.c.is_active)
                               .where(t.users.c.email == email))).first()
-    ok = await asyncio.to_thread(passwords.verify_password, password,
-                                 row.password_hash if row is not None else None)
+    ok = await passwords.verify_async(password, row.password_hash if row is not None else None)
     if row is None or not ok or not row.is_active:
         raise login_refused()
     access_key = await _keypair_for(conn, row.id)
@@ -115,7 +113,7 @@ async def _set_hash(conn: AsyncConnection, user_id: uuid.UUID, password: str,
                     keep_token: str | None) -> None:
     """Store a new hash and end the user's other browser sessions (a reset locks out whoever
     knew the old password)."""
-    digest = await asyncio.to_thread(passwords.hash_password, password)
+    digest = await passwords.hash_async(password)
     await conn.execute(t.users.update().where(t.users.c.id == user_id).values(password_hash=digest))
     ends = t.web_sessions.delete().where(t.web_sessions.c.user_id == user_id)
     if keep_token is not None:
@@ -132,8 +130,7 @@ async def change_own(conn: AsyncConnection, caller: Caller, current: object, new
     if row is None:
         raise NotFound("the caller's user is gone", title="Unknown user.")
     if row.password_hash is not None:
-        ok = isinstance(current, str) and await asyncio.to_thread(
-            passwords.verify_password, current, row.password_hash)
+        ok = isinstance(current, str) and await passwords.verify_async(current, row.password_hash)
         if not ok:
             raise Forbidden("The current password is wrong.", title="Wrong password.",
                             data={"field": "current_password"})
