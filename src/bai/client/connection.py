@@ -27,6 +27,7 @@ sends keep-alives on them (``bai.common.streams``), so only a stalled manager re
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import sys
 import types
@@ -358,42 +359,57 @@ class Connection:
             await resp.aclose()
 
 
+class WSMsgType(enum.IntEnum):
+    TEXT = 1
+    BINARY = 2
+
+
+@dataclass(frozen=True)
+class WSMessage:
+    type: WSMsgType
+    data: str | bytes
+
+
 class WebSocket:
-    """An open execution stream: ``send_str``, and ``async for text in ws`` over the text
-    messages until the server closes it (binary messages are skipped). A stream that breaks
-    ends the iteration, as a close would; one whose manager stopped answering pings raises
-    ConnectionLost."""
+    """An open WebSocket stream: ``send_str``/``send_bytes``, and ``async for msg in ws`` over
+    its text and binary messages (``WSMessage``) until the server closes it. A stream that
+    breaks ends the iteration, as a close would; one whose manager stopped answering pings
+    raises ConnectionLost."""
 
     def __init__(self, ws: ClientConnection, conn: Connection) -> None:
         self._ws = ws
         self._conn = conn
 
     async def send_str(self, text: str) -> None:
+        await self._send(text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def _send(self, message: str | bytes) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            await self._ws.send(text)
+            await self._ws.send(message)
         except ConnectionClosed as e:
             raise self._conn._stream_failed(e) from None
 
     def __aiter__(self) -> WebSocket:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> WSMessage:
         from websockets.exceptions import ConnectionClosed
 
-        while True:
-            try:
-                msg = await self._ws.recv()
-            except ConnectionClosed as e:
-                sent = e.sent
-                if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
-                    eps = self._conn.endpoints
-                    raise eps.lost(eps.active, "no answer to keep-alive pings within "
-                                   f"{self._conn.read_timeout or 0:g} s") from None
-                raise StopAsyncIteration from None
-            if isinstance(msg, str):
-                return msg
+        try:
+            msg = await self._ws.recv()
+        except ConnectionClosed as e:
+            sent = e.sent
+            if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
+                eps = self._conn.endpoints
+                raise eps.lost(eps.active, "no answer to keep-alive pings within "
+                               f"{self._conn.read_timeout or 0:g} s") from None
+            raise StopAsyncIteration from None
+        return WSMessage(WSMsgType.TEXT if isinstance(msg, str) else WSMsgType.BINARY, msg)
 
 
 def answer_of(resp: httpx.Response) -> Any:
@@ -425,5 +441,5 @@ def _reason(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-__all__ = ["Connection", "FilePart", "SSEMessage", "WebSocket", "answer_of", "encode_query",
-           "httpx", "problem_error", "session_path"]
+__all__ = ["Connection", "FilePart", "SSEMessage", "WSMessage", "WSMsgType", "WebSocket",
+           "answer_of", "encode_query", "httpx", "problem_error", "session_path"]

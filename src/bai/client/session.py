@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bai.client.bodies import BRIEF_QUERY
-from bai.client.connection import Connection, FilePart, SSEMessage, session_path
+from bai.client.connection import Connection, FilePart, SSEMessage, WSMsgType, session_path
 from bai.client.endpoint import create_timeout
 from bai.client.errors import ProtocolError, UsageError
 from bai.client.models import CreatedSession, CreateSpec, ExecFrame, HistoryEntry
@@ -186,9 +186,11 @@ class SessionAPI:
         path = f"/stream/session/{session_id}/execute"
         async with self.conn.websocket(path) as ws:
             await ws.send_str(json.dumps({"code": code, "mode": mode, "options": options or {}}))
-            async for text in ws:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
                 try:
-                    raw = json.loads(text)
+                    raw = json.loads(msg.data)
                 except ValueError:
                     continue
                 if not isinstance(raw, dict) or "status" not in raw:

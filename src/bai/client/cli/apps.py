@@ -82,7 +82,7 @@ class Tunnel:
         self.owner = owner
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from bai.client.wire import WSMsgType
+        from bai.client.connection import WSMsgType
         from bai.common.errors import BaiError
 
         try:
@@ -99,8 +99,6 @@ class Tunnel:
                         if msg.type == WSMsgType.BINARY:
                             writer.write(msg.data)
                             await writer.drain()
-                        elif msg.type == WSMsgType.ERROR:
-                            break
 
                 tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -194,7 +192,7 @@ def _winsize() -> tuple[int, int]:
 
 
 async def _shell(conn: Any, session: str, owner: str | None) -> int:
-    from bai.client.wire import WSMsgType
+    from bai.client.connection import WSMsgType
 
     loop = asyncio.get_running_loop()
     rows, cols = _winsize()
