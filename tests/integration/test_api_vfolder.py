@@ -3,13 +3,17 @@ name rules, and ``resolve_mounts`` (the contract the session create uses) with i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import subprocess
+import uuid
 
 import pytest
 import sqlalchemy as sa
-from api_support import OTHER, USER, ApiRoot, Signed, call, make_app, seed, start_client
+from api_support import ADMIN, OTHER, USER, ApiRoot, Signed, call, make_app, seed, start_client
+from pg_support import private_store
 
 from bai.common.errors import InvalidAPIParameters, VFolderNotFound, VFolderPermissionDenied
 from bai.manager.api import storage, vfolder
@@ -20,18 +24,22 @@ from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
 
 
-@pytest.fixture
-async def env(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def env(request, tmp_path):
     settings = ManagerSettings(db_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
                                state_dir=str(tmp_path / "state"))
-    root = ApiRoot(settings)
-    s = await seed(root.store)
-    root.folders = FolderService(root)
-    await root.folders.start()
-    client = await start_client(make_app(root, vfolder, storage))
-    yield root, s, client
-    await client.close()
-    await root.store.close()
+    async with contextlib.AsyncExitStack() as stack:
+        root = ApiRoot(settings)
+        if request.param == "postgres":
+            await root.store.close()
+            root.store = await stack.enter_async_context(private_store("vf"))
+        s = await seed(root.store)
+        root.folders = FolderService(root)
+        await root.folders.start()
+        client = await start_client(make_app(root, vfolder, storage))
+        yield root, s, client
+        await client.close()
+        await root.store.close()
 
 
 async def test_create_list_and_the_directory(env, tmp_path):
@@ -402,6 +410,11 @@ async def test_a_quota_holds_against_uploads_and_direct_writes(env, tmp_path):
         await call(user, "DELETE", "/folders/q/delete-files", {"files": ["a.bin", "direct.bin"]})
         await _upload(client, user, "q", "c.bin", b"fits")
         await call(user, "POST", "/folders/q/clone", {"target_name": "q2"}, status=201)
+        # after a reboot the loop mount is gone: the manager's start mounts it again
+        subprocess.run(["umount", str(folder)], check=True)
+        assert not os.path.ismount(folder)
+        await root.folders.start()
+        assert os.path.ismount(folder) and (folder / "c.bin").read_bytes() == b"fits"
     finally:
         await call(user, "DELETE", "/folders/q", status=204)
         await user.request("DELETE", "/folders/q2")
@@ -441,3 +454,37 @@ async def test_pages_of_a_big_folder(env, tmp_path):
         loose += [i["name"] for i in page["items"]]
     assert sorted(loose) == names and len(loose) == 57
     await call(user, "GET", "/folders/many/files", {"order": "size"}, status=400)
+
+
+async def test_group_folders(env):
+    """An admin makes a folder of a group; its members reach it with the folder's permission,
+    others do not."""
+    root, s, client = env
+    admin, user, other = Signed(client, ADMIN), Signed(client, USER), Signed(client, OTHER)
+    gid = uuid.uuid4()
+    async with root.store.begin() as conn:
+        await conn.execute(t.groups.insert().values(id=gid, name="lab", domain_name="default",
+                                                    total_resource_slots={}))
+        await conn.execute(t.group_members.insert().values(group_id=gid,
+                                                           user_id=s.users[USER[0]]))
+    await call(user, "POST", "/folders", {"name": "shared", "group": "lab"}, status=403)
+    made = await call(admin, "POST", "/folders", {"name": "shared", "group": "lab",
+                                                  "permission": "ro"}, status=201)
+    assert made["ownership_type"] == "group" and made["group"] == gid.hex
+    await call(admin, "POST", "/folders", {"name": "x", "group": "nolab"}, status=404)
+    listed = await call(user, "GET", "/folders")
+    assert [(f["name"], f["ownership_type"], f["permission"], f["is_owner"])
+            for f in listed] == [("shared", "group", "ro", False)]
+    await call(user, "POST", "/folders/shared/request-upload", {"path": "a", "size": 1},
+               status=403)
+    await call(user, "DELETE", "/folders/shared", status=403)
+    await call(other, "GET", "/folders/shared", status=404)
+    async with root.store.connect() as conn:
+        got = await vf.resolve_mounts(conn, s.users[USER[0]], ["shared"])
+        assert got[0].mode == "ro"
+        with pytest.raises(VFolderNotFound):  # a session of another group does not see it
+            await vf.resolve_mounts(conn, s.users[USER[0]], ["shared"], group_id=s.group_id)
+    # an admin lists every folder with all=true, a user only their own
+    assert "shared" in [f["name"] for f in await call(admin, "GET", "/folders", {"all": True})]
+    assert [f["name"] for f in await call(other, "GET", "/folders", {"all": True})] == []
+    await call(admin, "DELETE", "/folders/shared", status=404)  # not a member: not reached

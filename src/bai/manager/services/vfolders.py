@@ -127,45 +127,38 @@ class Access:
                 "(needs wd, read-write-delete)", data={"permission": self.permission})
 
 
-async def user_groups(conn: AsyncConnection, user_id: uuid.UUID) -> list[uuid.UUID]:
-    rows = await conn.execute(
-        sa.select(t.group_members.c.group_id).where(t.group_members.c.user_id == user_id))
-    return [r[0] for r in rows]
-
 
 async def accessible(conn: AsyncConnection, user_id: uuid.UUID, *,
                      name: str | None = None, folder_id: uuid.UUID | None = None,
                      group_id: uuid.UUID | None = None) -> list[Access]:
     """Every folder ``user_id`` reaches (optionally only those of one name or id), own folders
-    first, then group folders, then shared ones. ``group_id`` limits group folders to that
-    group (a session mounts only its own group's folders)."""
-    v = t.vfolders
-
-    def narrowed(q):
-        if name is not None:
-            q = q.where(v.c.name == name)
-        if folder_id is not None:
-            q = q.where(v.c.id == folder_id)
-        return q.where(v.c.status == "ready").order_by(v.c.name, v.c.created_at)
-
-    out: list[Access] = []
-    rows = await conn.execute(narrowed(sa.select(v).where(v.c.user_id == user_id)))
-    out += [Access(dict(r._mapping), r.permission, True, "owner") for r in rows]
-    groups = await user_groups(conn, user_id)
+    first, then group folders, then shared ones; one query. ``group_id`` limits group folders
+    to that group (a session mounts only its own group's folders)."""
+    v, p, gm = t.vfolders, t.vfolder_permissions, t.group_members
+    groups = sa.select(gm.c.group_id).where(gm.c.user_id == user_id)
     if group_id is not None:
-        groups = [g for g in groups if g == group_id]
-    if groups:
-        rows = await conn.execute(narrowed(sa.select(v).where(v.c.group_id.in_(groups))))
-        out += [Access(dict(r._mapping), r.permission, False, "group") for r in rows]
-    p = t.vfolder_permissions
-    rows = await conn.execute(narrowed(
-        sa.select(v, p.c.permission.label("shared_permission"))
-        .join(p, p.c.vfolder_id == v.c.id).where(p.c.user_id == user_id)))
-    for r in rows:
+        groups = groups.where(gm.c.group_id == group_id)
+    member = v.c.group_id.in_(groups.scalar_subquery())
+    q = (sa.select(v, p.c.permission.label("shared_permission"), member.label("is_member"))
+         .outerjoin(p, sa.and_(p.c.vfolder_id == v.c.id, p.c.user_id == user_id))
+         .where(v.c.status == "ready",
+                sa.or_(v.c.user_id == user_id, member, p.c.user_id.is_not(None))))
+    if name is not None:
+        q = q.where(v.c.name == name)
+    if folder_id is not None:
+        q = q.where(v.c.id == folder_id)
+    out: list[tuple[int, Access]] = []
+    for r in await conn.execute(q):
         m = dict(r._mapping)
-        shared = m.pop("shared_permission")
-        out.append(Access(m, shared, False, "shared"))
-    return out
+        shared, is_member = m.pop("shared_permission"), m.pop("is_member")
+        if m["user_id"] == user_id:
+            out.append((0, Access(m, m["permission"], True, "owner")))
+        elif m["group_id"] is not None and is_member:
+            out.append((1, Access(m, m["permission"], False, "group")))
+        elif shared is not None:
+            out.append((2, Access(m, shared, False, "shared")))
+    out.sort(key=lambda x: (x[0], x[1].row["name"], x[1].row["created_at"]))
+    return [a for _, a in out]
 
 
 def _as_id(text: str) -> uuid.UUID | None:
