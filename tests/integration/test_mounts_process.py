@@ -3,6 +3,7 @@ mount flag, writes land at once and outlive the kernel; nothing outside the stor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -15,7 +16,7 @@ from bai.agent.backends.base import Instance, KernelCreationFailed, KernelSpec
 from bai.agent.backends.process import ProcessBackend
 from bai.agent.settings import AgentSettings
 from bai.testing.contract import run
-from tests.integration.test_process_pool import pooled_ready, shut
+from tests.integration.test_process_pool import shut
 
 needs_sandbox = pytest.mark.skipif(
     shutil.which("bwrap") is None or os.geteuid() != 0,
@@ -35,7 +36,7 @@ def mount(relpath: str = "u1/data", target: str = "/home/work/data", mode: str =
             "kernel_path": target, "mode": mode}
 
 
-async def started(tmp_path: Path, pool_size: int):
+async def started(tmp_path: Path, pool_size: int, **settings: object):
     root = tmp_path / "storage"
     (root / "u1" / "data").mkdir(parents=True)
     os.chmod(tmp_path, 0o700)
@@ -45,7 +46,7 @@ async def started(tmp_path: Path, pool_size: int):
 
     b = ProcessBackend(AgentSettings.load(
         None, scratch_root=str(tmp_path / "scratch"), monitor_interval=0.1,
-        process_pool_size=pool_size, storage_roots={"local": str(root)}))
+        process_pool_size=pool_size, storage_roots={"local": str(root)}, **settings))
     await b.start(ignore)
     return b, root
 
@@ -57,9 +58,12 @@ async def stack(tmp_path: Path):
     await shut(b)
 
 
-@pytest.fixture
-async def pooled(tmp_path: Path):
-    b, root = await started(tmp_path, 1)  # folders attached to a pre-started runner
+@pytest.fixture(params=["quota", "no-quota"])
+async def pooled(tmp_path: Path, request):
+    # folders attached to a pre-started runner; its work dir a filesystem of its own, or a
+    # plain folder bound onto itself (whose removal must not reach through the binds)
+    extra = {"disk_quota": 0} if request.param == "no-quota" else {}
+    b, root = await started(tmp_path, 1, **extra)
     yield b, root
     await shut(b)
 
@@ -178,12 +182,20 @@ async def test_refused_mounts_fail_the_create_and_leave_nothing(stack, m, said) 
 
 
 
+async def pool_ready(b: ProcessBackend, timeout: float = 60.0) -> None:
+    """Until a pre-started runner waits (generous: CI machines are loaded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not b.pool.idle.get(b.settings.process_interpreter):
+        assert asyncio.get_running_loop().time() < deadline, "no runner was pre-started"
+        await asyncio.sleep(0.05)
+
+
 @needs_sandbox
 async def test_a_pooled_runner_takes_the_folders_and_its_removal_keeps_them(pooled) -> None:
     b, root = pooled
     (root / "u1/data/keep.txt").write_text("keep")
     for mode in ("rw", "ro"):
-        await pooled_ready(b)
+        await pool_ready(b)
         s = spec(mount(mode=mode), mount(target="/home/work/sub/again", mode="rw"))
         inst = await b.create(s)
         assert inst.labels.get("bai.pooled") == "1"  # not a cold start
@@ -198,12 +210,21 @@ async def test_a_pooled_runner_takes_the_folders_and_its_removal_keeps_them(pool
         assert rc == 0, err
         assert out.split() == (["wrote", "keep"] if mode == "rw" else ["EROFS", "keep"])
         await b.destroy(s.kernel_id)
-        # the kernel's folder went, through its mounts: the storage folder is intact
         assert not (b.root / s.kernel_id).exists()
-        assert sorted(os.listdir(root / "u1/data")) == ["keep.txt", "w.txt"]
-        assert (root / "u1/data/keep.txt").read_text() == "keep"
-    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                if str(b.root) in line and "/work/" in line.split()[4]]
+
+    def left() -> list[str]:  # the kernels' folders (removed in the background) and mounts
+        trash = b.root / ".removing"
+        return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if str(b.root) in line and "/work/" in line.split()[4]] + (
+            os.listdir(trash) if trash.is_dir() else [])
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while left():
+        assert asyncio.get_running_loop().time() < deadline, left()
+        await asyncio.sleep(0.1)
+    # the kernels' folders went, through their mounts: the storage folder is intact
+    assert sorted(os.listdir(root / "u1/data")) == ["keep.txt", "w.txt"]
+    assert (root / "u1/data/keep.txt").read_text() == "keep"
 
 
 async def test_without_the_sandbox_rw_folders_are_links_and_ro_is_refused(tmp_path: Path) -> None:
