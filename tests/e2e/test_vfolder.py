@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -192,7 +193,11 @@ except OSError as e:
     out = vst.cli("run", "--rm", *SMALL, "-m", "small", "-c",
                   'open("small/ok", "w").write("ok"); print("FINE")', "python", **u).stdout
     assert "FINE" in out
-    vst.cli("vfolder", "delete", "small", **u)
+    # refused (409) while the last session is still ending; then gone
+    deadline = time.monotonic() + 60
+    while (proc := vst.cli("vfolder", "delete", "small", check=False, **u)).returncode:
+        assert "mounted in" in proc.stderr and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.5)
 
 
 @pytest.mark.official_client

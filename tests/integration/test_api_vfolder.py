@@ -488,3 +488,19 @@ async def test_group_folders(env):
     assert "shared" in [f["name"] for f in await call(admin, "GET", "/folders", {"all": True})]
     assert [f["name"] for f in await call(other, "GET", "/folders", {"all": True})] == []
     await call(admin, "DELETE", "/folders/shared", status=404)  # not a member: not reached
+
+
+async def test_a_mounted_folder_is_not_deleted(env):
+    root, s, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    async with root.store.connect() as conn:
+        mounts = [m.to_json() for m in await vf.resolve_mounts(conn, s.users[USER[0]], ["data"])]
+    from api_support import add_session
+
+    await add_session(root.store, s, name="uses-it", status="RUNNING", mounts=mounts)
+    data = await call(user, "DELETE", "/folders/data", status=409)
+    assert "mounted in 1 session" in data["msg"]
+    async with root.store.begin() as conn:
+        await conn.execute(sa.update(t.sessions).values(status="TERMINATED"))
+    await call(user, "DELETE", "/folders/data", status=204)

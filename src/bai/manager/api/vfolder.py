@@ -78,8 +78,8 @@ async def files(request: web.Request) -> web.Response:
                                              order=body.order or "name")
     if isinstance(got, list):  # the official client's form: every entry, as a JSON string
         return web.json_response({"files": json.dumps(got), "folder_path": path})
-    return web.json_response({"files": json.dumps(got.entries), "items": got.entries,
-                              "total": got.total, "offset": got.offset, "folder_path": path})
+    return web.json_response({"items": got.entries, "total": got.total, "offset": got.offset,
+                              "folder_path": path})
 
 
 async def mkdir(request: web.Request) -> web.Response:

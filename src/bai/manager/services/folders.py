@@ -23,11 +23,18 @@ from bai.common.errors import (
     BaiError, Forbidden, InvalidAPIParameters, NotFound, VFolderAlreadyExists, VFolderNotFound,
     VFolderPermissionDenied,
 )
+from bai.common.status import FINAL
 from bai.manager.context import Caller
 from bai.manager.services import folder_files as ff
 from bai.manager.services import vfolders as vf
 from bai.manager.services.storage import StorageHosts, StorageTokens, relpath_of
 from bai.manager.store import tables as t
+
+
+class VFolderMounted(BaiError):
+    code = "vfolder-mounted"
+    status = 409
+    title = "The folder is mounted in a session."
 
 
 class FolderService:
@@ -223,8 +230,24 @@ class FolderService:
             else:
                 a = await vf.find(conn, caller.user_id, name)
             self._require_owner(caller, a, "delete")
+            await self._not_mounted(conn, a)
             await conn.execute(sa.delete(t.vfolders).where(t.vfolders.c.id == a.id))
         await asyncio.to_thread(self.hosts.remove_folder, a.row["host"], a.row["relpath"])
+
+    async def _not_mounted(self, conn, a: vf.Access) -> None:
+        """Refuse while a session that has not ended has the folder mounted (its files would
+        vanish under it); ERROR sessions count as ended."""
+        s = t.sessions
+        ended = [str(x) for x in FINAL] + ["ERROR"]
+        rows = await conn.execute(sa.select(s.c.name, s.c.mounts)
+                                  .where(s.c.status.not_in(ended)))
+        users = [name for name, mounts in rows
+                 if any(isinstance(m, dict) and m.get("relpath") == a.row["relpath"]
+                        and m.get("host") == a.row["host"] for m in (mounts or []))]
+        if users:
+            raise VFolderMounted(
+                f"folder {a.name!r} is mounted in {len(users)} session(s) that have not ended; "
+                "remove them first", data={"sessions": len(users)})
 
     async def _users_by_email(self, conn, emails: list[str]) -> dict[str, uuid.UUID]:
         if not isinstance(emails, list) or not emails or not all(
