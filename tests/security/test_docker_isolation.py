@@ -10,6 +10,7 @@ Needs ``BAI_TEST_DOCKER_HOST`` and the test image (``scripts/build-images.sh``);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -57,10 +58,10 @@ def healthy(st: Stack) -> None:
     assert proc.stdout.strip() == "hello world"
 
 
-def workdir_of(st: Stack, session: str) -> Path:
-    """The host path of a session's work dir, from the container's labels."""
+def container_of(st: Stack, session: str) -> tuple[str, dict]:
+    """The id and the kernel labels of a session's container (a claimed standby's are on file)."""
 
-    async def find() -> str:
+    async def find() -> tuple[str, dict]:
         async with aiodocker.Docker(url=st.engine) as d:  # type: ignore[attr-defined]
             for c in await d.containers.list(filters=json.dumps({"label": ["ai.bai.backend"]})):
                 labels = c._container["Labels"]
@@ -69,10 +70,15 @@ def workdir_of(st: Stack, session: str) -> Path:
                 if "ai.bai.pool" in labels and claim.exists():  # a claimed standby
                     labels = json.loads(claim.read_text())
                 if labels.get("ai.bai.session_name") == session:
-                    return labels["ai.bai.workdir"]
+                    return c._container["Id"], labels
         raise AssertionError(f"no container of session {session}")
 
-    return Path(asyncio.run(find()))
+    return asyncio.run(find())
+
+
+def workdir_of(st: Stack, session: str) -> Path:
+    """The host path of a session's work dir, from the container's labels."""
+    return Path(container_of(st, session)[1]["ai.bai.workdir"])
 
 
 def test_session_code_has_no_root_no_capability_and_cannot_touch_the_runner(dstack: Stack):
@@ -268,3 +274,87 @@ def test_a_session_cannot_make_namespaces_or_use_kernel_facilities(dstack: Stack
     assert_seccomp_held(out)
     assert f"filters ['{1 + int(iso['engine_seccomp'])}']" in out, out
     healthy(dstack)
+
+
+@contextlib.contextmanager
+def default_policy(st: Stack, *options: str):
+    """The default policy changed by ``options`` for the block, then as it was."""
+    [before] = [p for p in json.loads(st.cli("admin", "policy", "list", "--output",
+                                             "json").stdout) if p["name"] == "default"]
+    st.cli("admin", "policy", "update", "default", *options)
+    try:
+        yield
+    finally:
+        st.cli("admin", "policy", "update", "default", "--pids-limit", str(before["pids_limit"]),
+               "--disk-quota", str(before["disk_quota"]))
+
+
+def test_a_fork_bomb_stops_at_the_pids_limit_inside_the_agents_cgroup(dstack: Stack):
+    with default_policy(dstack, "--pids-limit", "64"):
+        name = unique("forks")
+        try:
+            out = run(dstack, name, (
+                "import os, time\n"
+                "n = 0\n"
+                "while n < 400:\n"  # bounded: with no limit at all it stops here
+                "    try:\n"
+                "        pid = os.fork()\n"
+                "    except OSError as e:\n"
+                "        print('stopped', n, e.errno)\n"
+                "        break\n"
+                "    if pid == 0:\n"
+                "        time.sleep(120)\n"
+                "        os._exit(0)\n"
+                "    n += 1\n"
+                "else:\n"
+                "    print('FORKED', n)\n"
+                "print('cgroup', [l.strip() for l in open('/proc/1/cgroup') if 'pids' in l])\n"))
+            pid = container_pid(dstack, name)
+            host_view = Path(f"/proc/{pid}/cgroup").read_text()
+        finally:
+            dstack.cli("rm", name, user=True, check=False)
+    assert "FORKED" not in out and "stopped" in out, out
+    assert int(out.split("stopped", 1)[1].split()[0]) < 64, out
+    # the container is under the agent's cgroup, whose pids.max caps all kernels together
+    lines = host_view.splitlines()
+    pids_line = ([line for line in lines if ":pids:" in line]
+                 or [line for line in lines if line.startswith("0::")])[0]
+    assert "/bai/" in pids_line, host_view
+    healthy(dstack)
+
+
+def test_a_session_cannot_write_past_its_disk_quota(dstack: Stack):
+    with default_policy(dstack, "--disk-quota", "32m"):
+        name = unique("fill")
+        try:
+            out = run(dstack, name, (
+                "import errno, os\n"
+                "n = 0\n"
+                "try:\n"
+                "    with open('/home/work/fill', 'wb') as f:\n"
+                "        while n < 256 * 2**20:\n"
+                "            f.write(b'x' * 2**20)\n"
+                "            f.flush()\n"
+                "            n += 2**20\n"
+                "    print('WROTE', n)\n"
+                "except OSError as e:\n"
+                "    print('stopped', n, errno.errorcode[e.errno])\n"
+                "os.unlink('/home/work/fill')\n"
+                "open('/home/work/after', 'w').write('ok')\n"
+                "print('writes again')\n"))
+        finally:
+            dstack.cli("rm", name, user=True, check=False)
+    assert "WROTE" not in out and "ENOSPC" in out and "writes again" in out, out
+    assert int(out.split("stopped", 1)[1].split()[0]) <= 32 * 2**20, out
+    healthy(dstack)
+
+
+def container_pid(st: Stack, session: str) -> int:
+    """The host pid of the main process of a session's container."""
+    cid = container_of(st, session)[0]
+
+    async def pid() -> int:
+        async with aiodocker.Docker(url=st.engine) as d:  # type: ignore[attr-defined]
+            return int((await d.containers.container(cid).show())["State"]["Pid"])
+
+    return asyncio.run(pid())

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -55,6 +56,8 @@ from aiodocker.exceptions import DockerError
 
 import bai.kernel
 from bai.agent import seccomp, statefiles
+from bai.agent.backends.cgroup import CgroupDriver, host_pids_cap
+from bai.agent.quota import QuotaError, WorkdirQuota
 from bai.agent.backends import docker_folder
 from bai.agent.backends.base import (
     ExitCallback,
@@ -135,9 +138,19 @@ class DockerBackend(RuntimeBackend):
         pool_size: int = 3,
         uids: SandboxUids | None = None,
         storage_roots: dict[str, str] | None = None,
+        disk_quota: int = 0,
+        cgroup_parent: str = "",
+        pids_total: int = -1,
     ) -> None:
         self.scratch_root = Path(scratch_root).absolute()
         self.agent_id = agent_id
+        #: bytes of a work dir (its own filesystem, agent/quota.py; 0 = no quota) and the tool
+        self.disk_quota = disk_quota
+        self.quota: WorkdirQuota | None = None
+        #: the cgroup every container is put under (the process runtime's ``cgroup_parent``),
+        #: whose pids.max is ``pids_total`` (``host_pids_cap``)
+        self.cgroup_parent = cgroup_parent
+        self.pids_total = pids_total
         self.docker_host = docker_host or os.environ.get("DOCKER_HOST") or None
         self.pids_limit = pids_limit
         self.pull_timeout = pull_timeout
@@ -184,6 +197,9 @@ class DockerBackend(RuntimeBackend):
             uids=SandboxUids(settings.sandbox_uid_first, settings.sandbox_uid_count,
                              Path(settings.sandbox_uid_lock_dir)),
             storage_roots=settings.storage_roots,
+            disk_quota=settings.disk_quota,
+            cgroup_parent=settings.cgroup_parent,
+            pids_total=settings.pids_total,
         )
 
     # -- connection and watching ---------------------------------------------------------------
@@ -222,6 +238,20 @@ class DockerBackend(RuntimeBackend):
             "engine_seccomp": any("seccomp" in str(o) for o in info.get("SecurityOptions") or []),
         }
         self.scratch_root.mkdir(parents=True, exist_ok=True)
+        if self.disk_quota > 0:
+            self.quota = await asyncio.to_thread(WorkdirQuota.detect)
+        if self.cgroup_parent and info.get("CgroupDriver") == "cgroupfs" and os.geteuid() == 0:
+            await asyncio.to_thread(self._cap_parent, info)
+
+    def _cap_parent(self, info: dict[str, Any]) -> None:
+        """Containers go under ``/<cgroup_parent>`` (cgroupfs driver: a path; the systemd
+        driver would want a slice, left to the engine), its pids.max capping them all."""
+        driver = CgroupDriver.detect("/sys/fs/cgroup", self.cgroup_parent)
+        cap = host_pids_cap(self.pids_total)
+        capped = driver is not None and cap is not None and driver.cap_pids(cap)
+        self.site = dataclasses.replace(self.site, cgroup_parent="/" + self.cgroup_parent)
+        self._engine["cgroup_parent"] = "/" + self.cgroup_parent
+        self._engine["pids_total"] = cap if capped else None
 
     async def start(self, on_exit: ExitCallback) -> None:
         await self.connect()
@@ -265,6 +295,7 @@ class DockerBackend(RuntimeBackend):
             "user": "a uid per kernel, no capabilities, no-new-privileges",
             "workdir_nosuid": self.nosuid,
             "pids_limit": self.pids_limit,
+            "disk_quota": "loop-ext4" if self.quota is not None else False,
             "seccomp": "bai+engine" if self.seccomp.program is not None else "engine",
             "gaps": [] if self.seccomp.program is not None else [
                 "seccomp: kernels may create user namespaces where the engine's profile "
@@ -375,10 +406,16 @@ class DockerBackend(RuntimeBackend):
             raise KernelNotFound(f"invalid kernel id {kernel_id!r}")
         return self.scratch_root / kernel_id / WORK_DIR
 
-    async def make_folder(self, home: Path, uid: int) -> None:
-        """The kernel's (or a standby's) host folder (``docker_folder``)."""
+    async def make_folder(self, home: Path, uid: int, quota: int | None = None) -> None:
+        """The kernel's (or a standby's) host folder (``docker_folder``), its work dir a
+        filesystem of ``quota`` bytes (default: the agent's ``disk_quota``) where the host can."""
+        nbytes = self.disk_quota if quota is None else quota
         try:
-            mounted = await asyncio.to_thread(docker_folder.make, home, uid)
+            mounted = await asyncio.to_thread(docker_folder.make, home, uid,
+                                              self.quota if nbytes > 0 else None, nbytes)
+        except QuotaError as e:  # a host that can make quotas never runs a kernel without one
+            await asyncio.to_thread(docker_folder.remove, home)
+            raise KernelCreationFailed(str(e)) from None
         except PermissionError as e:
             await asyncio.to_thread(docker_folder.remove, home)
             raise KernelCreationFailed(
@@ -445,7 +482,9 @@ class DockerBackend(RuntimeBackend):
                   "startup_command": spec.startup_command}
         self._reported.discard(spec.kernel_id)
         shape = shape_of(limits)
-        if not poolable(spec):
+        # a standby's work dir was made with the agent's disk_quota: another size is created
+        other_quota = self.quota is not None and spec.disk_quota not in (0, self.disk_quota)
+        if not poolable(spec) or other_quota:
             return await self._create_container(spec, workdir, limits, config)
         inst = None
         entry = self.pool.take(spec.image, shape)
@@ -486,7 +525,7 @@ class DockerBackend(RuntimeBackend):
         uid = await self.take_uid(f"kernel {spec.kernel_id}")
         try:
             await self.remove_folder(workdir)  # what a failed earlier try may have left
-            await self.make_folder(workdir.parent, uid)
+            await self.make_folder(workdir.parent, uid, spec.disk_quota or self.disk_quota)
             statefiles.write_text(run_dir_of(workdir), "runner.json", json.dumps(config))
             network = (self.network_mode or "none") if spec.network else "none"
             config = self.site.kernel_config(spec, workdir, uid, network, folders)

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from bai.agent.backends.docker_spec import RUN_DIR, WORK_DIR
+from bai.agent.quota import IMAGE, WorkdirQuota
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -38,17 +39,23 @@ def _mount(source: str | None, target: str, flags: int) -> None:
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def make(home: Path, uid: int) -> bool:
+def make(home: Path, uid: int, quota: WorkdirQuota | None = None, nbytes: int = 0) -> bool:
     """Make ``home`` with ``work/`` (owned by ``uid``) and ``run/``; True when ``work/`` is
-    mounted ``nosuid,nodev`` (False where the agent may not mount: not root)."""
+    mounted ``nosuid,nodev`` (False where the agent may not mount: not root). With ``quota``,
+    ``work/`` is a filesystem of ``nbytes`` (``agent/quota.py``, mounted ``nosuid,nodev``);
+    raises QuotaError where it cannot be made."""
     home.mkdir(mode=0o700)
     os.chmod(home, 0o700)  # whatever the umask
     work, run = home / WORK_DIR, home / RUN_DIR
     work.mkdir(mode=0o755)
     run.mkdir(mode=0o700)
-    os.chmod(work, 0o755)
     os.chmod(run, 0o700)
+    if quota is not None:
+        quota.attach(work, nbytes)
+    os.chmod(work, 0o755)
     os.chown(work, uid, uid)
+    if quota is not None:
+        return True
     try:
         _mount(str(work), str(work), MS_BIND)
     except OSError as e:
@@ -74,6 +81,8 @@ def remove(home: Path) -> None:
     """Unmount ``home/work`` and remove ``home`` (never following a link inside). Idempotent."""
     with contextlib.suppress(OSError):
         unmount(home / WORK_DIR)
+    with contextlib.suppress(OSError):
+        (home / IMAGE).unlink()  # a quota's image (its loop device went with the unmount)
     shutil.rmtree(home, ignore_errors=True)
 
 

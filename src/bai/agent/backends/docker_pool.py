@@ -246,7 +246,9 @@ class StandbyPool:
             os.rename(entry.workdir.parent, workdir.parent)
             renamed = True
             statefiles.write_text(run_dir_of(workdir), "runner.json", json.dumps(config))
-            if shape != entry.shape:
+            # the policy's pids limit as well (a standby has the agent's pids_limit)
+            if shape != entry.shape or limits.get("PidsLimit", self.backend.pids_limit) \
+                    != self.backend.pids_limit:
                 await docker._query_json(
                     f"containers/{entry.container_id}/update", method="POST",
                     data=json.dumps(limits))

@@ -75,6 +75,9 @@ class ContainerSite:
     pids_limit: int
     #: the agent puts the seccomp filter in each kernel's run/ (SECCOMP_FILE): the runner loads it
     seccomp: bool = False
+    #: the engine's CgroupParent for every container ("": the engine's default), e.g. "/bai":
+    #: the agent's cgroup, whose pids.max caps all kernels of the host together
+    cgroup_parent: str = ""
 
     def kernel_labels(self, spec: KernelSpec, workdir: Path, uid: int) -> dict[str, str]:
         return {
@@ -104,6 +107,7 @@ class ContainerSite:
                 f"{self.kernel_package}:{KERNEL_PKG_TARGET}:ro",
             ],
             "NetworkMode": network_mode,
+            **({"CgroupParent": self.cgroup_parent} if self.cgroup_parent else {}),
             "PidsLimit": self.pids_limit,
             "CapDrop": ["ALL"],
             "CapAdd": RUNNER_CAPS,
