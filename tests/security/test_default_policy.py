@@ -188,3 +188,21 @@ def test_a_disk_fill_stops_at_the_quota_and_the_next_session_writes(fresh):
         assert after.stdout == "ok\n"
     finally:
         fresh.cli("admin", "policy", "update", "default", "--disk-quota", "4g")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),
+                    reason="this host cannot make work-dir quotas (no root or loop devices)")
+def test_a_quota_that_cannot_be_made_fails_the_session_with_its_reason(make_stack, tmp_path):
+    """On a host that makes quotas, a work dir whose filesystem cannot be made (here: mkfs
+    fails) never runs without its quota: the session ends with the reason, in one line."""
+    bad = tmp_path / "bin"
+    bad.mkdir()
+    (bad / "mkfs.ext4").write_text("#!/bin/sh\necho 'mkfs: no space for inode tables' >&2\n"
+                                   "exit 1\n")
+    (bad / "mkfs.ext4").chmod(0o755)
+    st = make_stack("cpu=2", "mem=2g", env={"PATH": f"{bad}:{os.environ['PATH']}"})
+    proc = st.cli("run", "--rm", "-c", "print('RAN')", "python", user=True, check=False,
+                  timeout=180)
+    assert proc.returncode != 0 and "RAN" not in proc.stdout, proc
+    assert "quota could not be made" in proc.stdout + proc.stderr, proc
+    assert "no space for inode tables" in proc.stdout + proc.stderr, proc

@@ -346,8 +346,8 @@ class ProcessBackend(RuntimeBackend):
         if self.quota is not None and quota > 0:
             try:
                 self.quota.attach(work, quota)
-            except QuotaError as e:  # the session runs, without the quota (said in the log)
-                log.warning("kernel folder %s: %s", kdir.name, e)
+            except QuotaError as e:  # a host that can make quotas never runs a kernel without
+                raise KernelCreationFailed(str(e)) from None
         if self.sandbox.active:
             os.chmod(kdir, 0o700)
             os.chmod(work, 0o700)
