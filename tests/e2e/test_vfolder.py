@@ -233,3 +233,16 @@ def test_a_broken_file_path_in_a_session_mount_is_refused(vst):
     proc = vst.cli("run", "--rm", *SMALL, "-m", "../etc", "-c", "print(1)", "python",
                    user=True, check=False)
     one_line_error(proc)
+
+
+def test_storage_tokens_never_reach_the_log(vst, tmp_path):
+    """A token is a capability for a day: the access log shows /storage/* without its query."""
+    f = tmp_path / "t.txt"
+    f.write_text("t")
+    if "data" not in names(vst, user=True):
+        vst.cli("vfolder", "create", "data", user=True)
+    vst.cli("vfolder", "upload", "data", str(f), "-d", "tokens", user=True)
+    (tmp_path / "x").mkdir()
+    vst.cli("vfolder", "download", "data", "tokens/t.txt", "-b", str(tmp_path / "x"), user=True)
+    log = (vst.state / "manager.log").read_text()
+    assert "/storage/upload" in log and "token=" not in log

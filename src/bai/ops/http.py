@@ -71,9 +71,11 @@ def observe(metrics: HttpMetrics) -> Callable[..., Awaitable[web.StreamResponse]
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(elapsed)
             quiet = request.path.startswith(("/internal/", "/health/"))
+            # a storage token in the query is a capability: never written to a log
+            shown = request.path if request.path.startswith("/storage/") else request.path_qs
             access_log.log(
                 logging.DEBUG if quiet else logging.INFO,
-                '%s "%s %s" %s %.1fms', request.remote, request.method, request.path_qs, status,
+                '%s "%s %s" %s %.1fms', request.remote, request.method, shown, status,
                 elapsed * 1000,
                 extra={"remote": request.remote, "method": request.method,
                        "path": request.path, "route": route, "status": status,
