@@ -22,6 +22,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from bai.client.cli.server import _write_toml
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 CLI = str(VENV_BIN / "backend.ai") if (VENV_BIN / "backend.ai").exists() else "backend.ai"
@@ -305,8 +307,7 @@ class ManagerProcess(Daemons):
                   "cluster_token": self.token, "state_dir": str(self.dir),
                   "log_level": "WARNING", "default_max_sessions": 0, **self.settings}
         toml = self.dir / "manager.toml"
-        toml.write_text("[manager]\n" + "".join(f"{k} = {json.dumps(v)}\n"
-                                                for k, v in values.items()))
+        _write_toml(toml, "manager", values)  # TOML: settings may hold tables
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         init = subprocess.run([sys.executable, "-m", "bai.manager", "init", "--config", str(toml),
                                "--keys-out", str(self.dir / "keys.json")],

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from bai.client.cli.server import _write_toml
 from stacks import CLI, Stack, free_port, start_stack
 
 __all__ = ["ExtraAgent", "Stack", "stack", "start_stack"]  # re-exported for the test modules
@@ -40,8 +41,8 @@ class ExtraAgent:
         values = {**base, "agent_id": agent_id, "port": free_port(),
                   "scratch_root": str(stack.state / f"kernels-{agent_id}"), **settings}
         self.config = stack.state / f"agent-{agent_id}.toml"
-        self.config.write_text("[agent]\n" + "".join(
-            f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+        # TOML, not JSON: the agent's settings hold tables (storage_roots)
+        _write_toml(self.config, "agent", values)
         self.log = stack.state / f"agent-{agent_id}.log"
         self.agent_id = agent_id
         self._env = {**stack.env, **(env or {})}
