@@ -49,3 +49,19 @@ def assert_seccomp_held(out: str) -> None:
     assert "DONE" not in out and "fork works" in out and "a thread works" in out, out
     for name in DENIED:
         assert f"{name} EPERM" in out, out
+
+
+#: who the kernel's code is: whoami, id -un, getpass and its home (must all name one account)
+WHOAMI = """
+import getpass, os, pwd, subprocess
+print("whoami", subprocess.run(["whoami"], capture_output=True, text=True).stdout.strip())
+print("id", subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip())
+print("getpass", getpass.getuser())
+print("home", pwd.getpwuid(os.getuid()).pw_dir)
+"""
+
+
+def assert_named(out: str) -> None:
+    said = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert said["whoami"] and said["whoami"] == said["id"] == said["getpass"], out
+    assert said["home"] == "/home/work", out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiodocker
 import pytest
-from attacks import SECCOMP_ATTACK, assert_seccomp_held
+from attacks import SECCOMP_ATTACK, WHOAMI, assert_named, assert_seccomp_held
 from stacks import Stack, start_stack
 
 from bai.testing.docker import docker_host_or_skip
@@ -358,3 +358,11 @@ def container_pid(st: Stack, session: str) -> int:
             return int((await d.containers.container(cid).show())["State"]["Pid"])
 
     return asyncio.run(pid())
+
+
+def test_the_kernels_uid_has_a_name(dstack: Stack):
+    name = unique("whoami")
+    try:
+        assert_named(run(dstack, name, WHOAMI))
+    finally:
+        dstack.cli("rm", name, user=True, check=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 import bai.kernel
 import pytest
 
-from attacks import SECCOMP_ATTACK, assert_seccomp_held
+from attacks import SECCOMP_ATTACK, WHOAMI, assert_named, assert_seccomp_held
 from stacks import Stack
 
 
@@ -306,6 +306,11 @@ def test_a_session_cannot_make_namespaces_or_use_kernel_facilities(stack: Stack)
             print(argv[0], p.returncode, p.stderr.strip()[:80])
     """).stdout
     assert " 0 " not in tools and tools.count("\n") >= 3, tools
+
+
+@needs_sandbox
+def test_the_kernels_uid_has_a_name(stack: Stack) -> None:
+    assert_named(run_as_user(stack, WHOAMI).stdout)
 
 
 @needs_sandbox

@@ -375,9 +375,11 @@ class ProcessBackend(RuntimeBackend):
         filt = self.sandbox.seccomp_memfd() if self.sandbox.active else None
         try:
             if self.sandbox.active:
-                prefix: list[str] | None = self.sandbox.argv(interp, work, uid,
-                                                             seccomp_fd=filt, mounts=mounts,
-                                                             info_fd=info_fd)
+                if uid is not None:  # the kernel's account (whoami), in its root-only folder
+                    sandboxing.write_accounts(kdir, uid, self.user_name)
+                prefix: list[str] | None = self.sandbox.argv(
+                    interp, work, uid, seccomp_fd=filt, mounts=mounts, info_fd=info_fd,
+                    accounts=kdir if uid is not None else None)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work

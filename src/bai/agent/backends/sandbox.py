@@ -132,7 +132,8 @@ class Sandbox:
 
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
              network: bool = False, seccomp_fd: int | None = None,
-             mounts: Sequence[HostMount] = (), info_fd: int | None = None) -> list[str]:
+             mounts: Sequence[HostMount] = (), info_fd: int | None = None,
+             accounts: Path | None = None) -> list[str]:
         """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox;
         ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
         ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``."""
@@ -144,6 +145,9 @@ class Sandbox:
         if not self.privileged:
             argv.append("--unshare-user")
         argv += _system_binds()
+        if accounts is not None:  # the kernel's own account (write_accounts) over the host's
+            argv += ["--ro-bind", str(accounts / "passwd"), "/etc/passwd",
+                     "--ro-bind", str(accounts / "group"), "/etc/group"]
         argv += interpreter_binds(interpreter)
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--tmpfs", "/tmp"]
         for d in _PARENTS:
@@ -177,6 +181,25 @@ class Sandbox:
         fd = seccomp_filter.memfd(self.seccomp)
         os.set_inheritable(fd, True)
         return fd
+
+
+def write_accounts(folder: Path, uid: int, name: str = "work") -> None:
+    """``folder/passwd`` and ``folder/group``: the host's, plus ``name`` (or ``name<uid>`` where
+    the host has a ``name``) for the kernel's ``uid`` with home ``/home/work``, so ``whoami``,
+    ``id -un`` and ``getpass`` work inside the sandbox (bound read-only over ``/etc``'s)."""
+    for file, line in (("passwd", "{n}:x:{u}:{u}:bai kernel:" + WORKDIR + ":/bin/sh\n"),
+                       ("group", "{n}:x:{u}:\n")):
+        try:
+            host = Path("/etc", file).read_text()
+        except OSError:
+            host = ""
+        names = {entry.split(":", 1)[0] for entry in host.splitlines()}
+        own = name if name not in names else f"{name}{uid}"
+        text = host + ("" if not host or host.endswith("\n") else "\n") + line.format(n=own, u=uid)
+        fd = os.open(folder / file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o644)
+            f.write(text)
 
 
 def _try(sb: Sandbox, interpreter: str, privileged: bool) -> str:
