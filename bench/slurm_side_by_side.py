@@ -333,6 +333,8 @@ class Table:
 
         ratio = "-" if not slurm else f"{bai / slurm:.2f}"
         verdict = ""
+        if slurm == 0 and bai > 0:  # Slurm below what /proc shows: bai is behind by any ratio
+            ratio, verdict = "∞", " MISSED"
         if slurm:
             limit = float(target.split()[-1].rstrip("×"))
             ok = bai / slurm >= limit if higher_is_better else bai / slurm <= limit
