@@ -33,6 +33,8 @@ from bai.manager.api.stream import _target, _touch
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 4 * 1024 * 1024
+#: an open tunnel with traffic keeps its session from the idle timeout
+TOUCH_EVERY = 30.0
 #: used when the cluster has no shared token (one manager only): tokens differ per process
 _FALLBACK_SECRET = secrets.token_hex(32)
 
@@ -111,9 +113,15 @@ async def _open_upstream(root: Any, address: str, kernel_id: str, params: dict[s
     return upstream
 
 
-async def _pipe(src: Any, dst: Any) -> None:
-    """Frames of one WebSocket onto the other, as they are, until ``src`` closes."""
+async def _pipe(src: Any, dst: Any, touch: Any) -> None:
+    """Frames of one WebSocket onto the other, as they are, until ``src`` closes; traffic
+    counts as the session's activity (at most every TOUCH_EVERY seconds)."""
+    loop = asyncio.get_running_loop()
+    touched = loop.time()
     async for msg in src:
+        if loop.time() - touched > TOUCH_EVERY:
+            touched = loop.time()
+            await touch()
         if msg.type == aiohttp.WSMsgType.BINARY:
             await dst.send_bytes(msg.data)
         elif msg.type == aiohttp.WSMsgType.TEXT:
@@ -130,8 +138,11 @@ async def _relay(request: web.Request, root: Any, sess: dict[str, Any], address:
         await ws.prepare(request)
         await _touch(root, sess["id"])
 
-        tasks = [asyncio.ensure_future(_pipe(ws, upstream)),
-                 asyncio.ensure_future(_pipe(upstream, ws))]
+        def touch():
+            return _touch(root, sess["id"])
+
+        tasks = [asyncio.ensure_future(_pipe(ws, upstream, touch)),
+                 asyncio.ensure_future(_pipe(upstream, ws, touch))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

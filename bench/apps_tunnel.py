@@ -1,0 +1,184 @@
+"""Benchmark: the apps tunnel (issue 15) against the same service on plain loopback.
+
+    python bench/apps_tunnel.py [--requests 300] [--gib 1] [--connections 100]
+
+An embedded stack (``backend.ai server start``, process runtime) and one session that runs a small
+server (stdlib): HTTP/1.1 keep-alive answering ``ok`` on one port, and on another a TCP source
+that sends ``--gib`` GiB and closes. The same server code also runs on the host's loopback: the
+direct baseline. ``backend.ai app`` tunnels to the session's ports (client -> manager -> agent ->
+the service in the session's network namespace); the figures:
+
+* added latency per small HTTP request (one keep-alive connection, median of ``--requests``
+  through the tunnel minus the direct median); target <= 1 ms;
+* bulk throughput of ``--gib`` GiB through the tunnel vs direct; target >= 50 %;
+* manager memory per held connection: RSS with ``--connections`` tunnelled connections open
+  (each has done one request) minus RSS before, divided by their number; target <= 100 KB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from harness import CLI, EmbeddedStack, free_port, line, print_conditions, rss_mb
+
+SERVER = r'''
+import http.server, socket, socketserver, sys, threading
+web, blob, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+class Blob(socketserver.BaseRequestHandler):
+    def handle(self):
+        chunk, left = b"x" * (1 << 20), size
+        while left > 0:
+            self.request.sendall(chunk[:left]); left -= len(chunk)
+class T(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+threading.Thread(target=T(("127.0.0.1", blob), Blob).serve_forever, daemon=True).start()
+S(("127.0.0.1", web), H).serve_forever()
+'''
+
+
+def wait_port(port: int, deadline: float = 60) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wait_served(port: int, deadline: float = 120) -> None:
+    """Until a request through ``port`` is answered (the session's server may still start)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/")
+            if conn.getresponse().read() == b"ok":
+                conn.close()
+                return
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.5)
+
+
+def latencies(port: int, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    out = []
+    for i in range(n + 20):
+        t = time.perf_counter()
+        conn.request("GET", "/")
+        body = conn.getresponse().read()
+        if i >= 20:  # the first ones warm up (and start the tunnel's WebSocket)
+            out.append((time.perf_counter() - t) * 1000)
+        assert body == b"ok", body
+    conn.close()
+    return out
+
+
+def throughput(port: int, size: int) -> float:
+    """MB/s reading ``size`` bytes from ``port``."""
+    got = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        t = time.perf_counter()
+        while chunk := s.recv(1 << 20):
+            got += len(chunk)
+        took = time.perf_counter() - t
+    if got != size:
+        raise RuntimeError(f"read {got} of {size} bytes")
+    return size / took / 1e6
+
+
+def tunnel(stack: EmbeddedStack, app: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([CLI, "app", "bench", app, "-b", f"127.0.0.1:{port}"], env=stack.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_port(port)
+    return proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--connections", type=int, default=100)
+    args = ap.parse_args()
+    size = int(args.gib * 2**30)
+    print_conditions("apps tunnel vs direct loopback", requests=args.requests, bytes=size,
+                     connections=args.connections)
+    procs: list[subprocess.Popen] = []
+    web, blob = free_port(), free_port()
+    procs.append(subprocess.Popen([sys.executable, "-c", SERVER, str(web), str(blob), str(size)]))
+    with EmbeddedStack(slots=["cpu=8", "mem=8g"]) as stack:
+        try:
+            stack.cli("start", "-t", "bench", "--service", "web:8000", "--service",
+                      "blob:tcp:8002", "-r", "cpu=2", "-r", "mem=1g", "python")
+            stack.cli("run", "-t", "bench", "-c",
+                      "import subprocess, sys\n"
+                      f"subprocess.Popen([sys.executable, '-c', {SERVER!r}, '8000', '8002', "
+                      f"'{size}'], start_new_session=True)\n", "python")
+            wait_port(web)
+            tweb, tblob = free_port(), free_port()
+            procs += [tunnel(stack, "web", tweb), tunnel(stack, "blob", tblob)]
+            wait_served(tweb)
+
+            direct = latencies(web, args.requests)
+            through = latencies(tweb, args.requests)
+            print(line("small HTTP request, direct", direct))
+            print(line("small HTTP request, through the tunnel", through))
+            added = sorted(through)[len(through) // 2] - sorted(direct)[len(direct) // 2]
+            print(f"{'added latency (median)':<38} {added:.2f} ms  target <= 1 ms")
+
+            d = throughput(blob, size)
+            t = throughput(tblob, size)
+            print(f"{'bulk, direct':<38} {d:8.0f} MB/s")
+            print(f"{'bulk, through the tunnel':<38} {t:8.0f} MB/s  ({t / d:.0%} of direct;"
+                  " target >= 50 %)")
+
+            manager = stack.pid("manager")
+            before = rss_mb(manager)
+            held = []
+            for _ in range(args.connections):
+                c = http.client.HTTPConnection("127.0.0.1", tweb, timeout=60)
+                c.request("GET", "/")
+                assert c.getresponse().read() == b"ok"
+                held.append(c)
+            time.sleep(1)
+            after = rss_mb(manager)
+            per = (after - before) * 1024 / max(1, len(held))
+            print(f"{'manager RSS':<38} {before:.1f} MB -> {after:.1f} MB with {len(held)} "
+                  f"connections held: {per:.0f} KB each (target <= 100 KB)")
+            for c in held:
+                c.close()
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGINT) if p.pid != os.getpid() and \
+                        os.getpgid(p.pid) == p.pid else p.terminate()
+                    try:
+                        p.wait(10)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+
+
+if __name__ == "__main__":
+    main()
