@@ -75,7 +75,7 @@ export async function adminView(root) {
       plot(`Cluster utilisation, last ${st.hours} h`, st.times, util, { max: 1, unit: '%' }),
       plot(`Queue length, last ${st.hours} h`, st.times, [{ name: 'pending sessions', values: st.queue }]));
   };
-  hours.addEventListener('change', loadPlots);
+  hours.addEventListener('change', () => loadPlots().catch((e) => flash(e.message, 'error')));
   replace(root, h('h1', {}, 'Cluster'),
     h('section', {}, h('h2', {}, 'Agents'), agentsBox),
     h('section', {}, h('div', { class: 'title-row' }, h('h2', {}, 'Utilisation and queue'), hours), plotsBox),

@@ -25,11 +25,14 @@ export function follow(query, onEvent, { onReconnect, onClose } = {}) {
       es.addEventListener(name, (e) => {
         let data = {};
         try { data = JSON.parse(e.data); } catch { /* the server sends JSON only */ }
-        onEvent(name, data);
+        Promise.resolve().then(() => onEvent(name, data)).catch(() => { /* the view shows what it could */ });
       });
     }
     es.addEventListener('server_close', () => { es.close(); if (onClose) onClose(); });
-    es.onopen = () => { if (again && onReconnect) onReconnect(); again = false; };
+    es.onopen = () => {
+      if (again && onReconnect) Promise.resolve().then(onReconnect).catch(() => {});
+      again = false;
+    };
     es.onerror = () => {
       // the server's retry field is in seconds (the official client's unit); browsers read
       // milliseconds, so reconnect on our own schedule instead
