@@ -164,6 +164,49 @@ async def test_a_shared_storage_host_carries_a_folder_between_agent_hosts(cluste
     assert [p.read_text() for p in found] == ["from bai-kernel and a2"]
 
 
+async def test_apps_tunnel_from_the_manager_host_to_an_agent_host(cluster: Cluster):
+    """apps in cluster mode: the manager relays to the agent on its own host, which reaches
+    the service inside the session (a user's web server; a shell on a pty with its exit)."""
+    from bai.client.connection import Connection, WSMsgType
+
+    ids = await create_sessions(cluster, "apps", 1,
+                                services=[{"name": "web", "protocol": "http", "ports": [8000]}])
+    sid = next(iter(ids.values()))
+    await run_code(cluster, sid, "open('index.html', 'w').write('cluster-app-page')\n"
+                   "import subprocess, sys\n"
+                   "subprocess.Popen([sys.executable, '-m', 'http.server', '8000'], "
+                   "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)")
+
+    async def fetch() -> bytes:
+        got = b""
+        async with Connection(cluster.client_config()) as conn:
+            async with conn.websocket(f"/stream/session/{sid}/tcpproxy",
+                                      params={"app": "web"}) as ws:
+                await ws.send_bytes(b"GET /index.html HTTP/1.0\r\n\r\n")
+                async for msg in ws:
+                    if msg.type == WSMsgType.BINARY:
+                        got += msg.data
+        return got
+
+    async def served() -> bool:
+        try:
+            return b"cluster-app-page" in await fetch()
+        except Exception:  # the server is not up yet: the app answers 502
+            return False
+
+    await cluster.wait(served, 60, "the session's web server never answered through the tunnel")
+    out, code = b"", None
+    async with Connection(cluster.client_config()) as conn:
+        async with conn.websocket(f"/stream/session/{sid}/pty", params={"rows": "24"}) as ws:
+            await ws.send_bytes(b"echo hi$((1+1)); exit 4\n")
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    out += msg.data
+                else:
+                    code = json.loads(msg.data).get("exit_code")
+    assert b"hi2" in out and code == 4, (out, code)
+
+
 async def test_unplugged_agent_host_loses_its_sessions_and_comes_back_clean(cluster: Cluster):
     ids = await create_sessions(cluster, "cut", 6)
     placed = await placements(cluster, ids.values())
