@@ -226,13 +226,15 @@ async def test_destroy_answers_before_the_folder_is_removed(backend: ProcessBack
     if uid and backend.uids is not None:
         assert int(uid) in backend.uids.held()  # not handed out while its files remain
     gate.set()
-    for _ in range(600):
-        if not any(trash.iterdir()):
+    def held() -> bool:
+        return bool(uid) and backend.uids is not None and int(uid) in backend.uids.held()
+
+    for _ in range(600):  # the uid is released right after the files go: wait for both
+        if not any(trash.iterdir()) and not held():
             break
         await asyncio.sleep(0.05)
     assert not any(trash.iterdir())
-    if uid and backend.uids is not None:
-        assert int(uid) not in backend.uids.held()
+    assert not held()
     # what a stopped agent left in the trash is removed by the next one before it starts
     leftover = trash / "left-behind"
     (leftover / "work").mkdir(parents=True)
