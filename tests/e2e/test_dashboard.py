@@ -201,6 +201,12 @@ def test_keyboard_reaches_every_main_view(page, small):
         page.keyboard.press("Tab")
         seen.add(page.evaluate("document.activeElement && document.activeElement.getAttribute('href')"))
     assert {"#/sessions", "#/launch", "#/folders", "#/account"} <= seen
+    # the open list waits on its event stream: it asks the API nothing while nothing happens
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.wait_for_timeout(6000)
+    polled = [u for u in asked if "/admin/gql" in u or ("/session" in u and "/events/" not in u)]
+    assert not polled, polled
     status, _, _ = call(small, "GET", "/dashboard/")
     assert status == 200
 

@@ -158,7 +158,8 @@ async def me(request: web.Request) -> web.Response:
 async def password(request: web.Request) -> web.Response:
     caller = caller_of(request)
     body = await fields_of(request, m.ChangePassword)
-    token = request.cookies.get(web_login.COOKIE) if "Authorization" not in request.headers else None
+    signed = "Authorization" in request.headers
+    token = None if signed else request.cookies.get(web_login.COOKIE)
     async with request.app[ROOT].store.begin() as conn:
         await web_login.change_own(conn, caller, body.get("current_password"),
                                    body.get("new_password"), token)
@@ -190,7 +191,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
             parts = urlsplit(storage)
             origin = f"{parts.scheme}://{parts.netloc}"
-            response.headers["Content-Security-Policy"] = HEADERS["Content-Security-Policy"].replace(
+            policy = HEADERS["Content-Security-Policy"]
+            response.headers["Content-Security-Policy"] = policy.replace(
                 "connect-src 'self'", f"connect-src 'self' {origin}")
 
 

@@ -50,7 +50,8 @@ def series(rows: Iterable[Mapping[str, Any]], capacity: Mapping[str, Decimal], s
             "capacity": {k: str(v) for k, v in capacity.items()}}
 
 
-async def history(conn: AsyncConnection, hours: float, now: datetime | None = None) -> dict[str, Any]:
+async def history(conn: AsyncConnection, hours: float,
+                  now: datetime | None = None) -> dict[str, Any]:
     end = now or datetime.now(timezone.utc)
     start = end - timedelta(hours=hours)
     s = t.sessions

@@ -106,7 +106,8 @@ def csrf_ok(expected: str, given: str | None) -> bool:
 
 
 async def logout(conn: AsyncConnection, token: str) -> None:
-    await conn.execute(t.web_sessions.delete().where(t.web_sessions.c.token_hash == token_hash(token)))
+    w = t.web_sessions
+    await conn.execute(w.delete().where(w.c.token_hash == token_hash(token)))
 
 
 async def _set_hash(conn: AsyncConnection, user_id: uuid.UUID, password: str,
