@@ -413,3 +413,61 @@ def usage(folder: Path, limit: int = 100_000) -> tuple[int, int]:
                     os.close(fd)
                 break
     return files, size
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy what folder ``src`` holds into the empty folder ``dst``, walking both by
+    descriptors: a folder that a session swaps for a link while the copy runs is skipped, never
+    followed (``shutil.copytree`` walks by path and would follow it); links are copied as
+    links, FIFOs and devices are left out."""
+    with pinned(src) as s, pinned(dst) as d:
+        stack = [(os.dup(s), os.dup(d))]
+        while stack:
+            sfd, dfd = stack.pop()
+            try:
+                for name in os.listdir(sfd):
+                    _copy_entry(sfd, dfd, name, stack)
+            finally:
+                os.close(sfd)
+                os.close(dfd)
+
+
+def _copy_entry(sfd: int, dfd: int, name: str, stack: list[tuple[int, int]]) -> None:
+    try:
+        st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+    elif stat.S_ISDIR(st.st_mode):
+        try:
+            child = os.open(name, O_DIR, dir_fd=sfd)
+        except OSError:  # gone, or a link by now
+            return
+        try:
+            os.mkdir(name, 0o755, dir_fd=dfd)
+            os.chmod(name, 0o755, dir_fd=dfd, follow_symlinks=False)
+            stack.append((child, os.open(name, O_DIR, dir_fd=dfd)))
+        except BaseException:
+            os.close(child)
+            raise
+    elif stat.S_ISREG(st.st_mode):
+        try:
+            fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                          dir_fd=sfd)
+        except OSError:
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fin).st_mode):
+                return
+            fout = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+            try:
+                os.fchmod(fout, 0o644)
+                while os.sendfile(fout, fin, None, 1 << 30):
+                    pass
+            finally:
+                os.close(fout)
+        finally:
+            os.close(fin)

@@ -9,9 +9,9 @@ directory is removed, so a failure leaves nothing half-made.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -326,15 +326,14 @@ class FolderService:
         src = self.hosts.path(a.row["host"], a.row["relpath"])
 
         def fill(dst: Path) -> None:
-            with ff.pinned(src):  # the source's own directory must not be a link
-                try:
-                    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
-                except (shutil.Error, OSError) as e:
-                    if "No space left" in str(e) or "quota" in str(e).lower():
-                        raise ff.FolderQuotaExceeded(
-                            f"folder {a.name!r} does not fit in its quota "
-                            f"({a.row['quota']:,} bytes) as a copy") from None
-                    raise BaiError(f"cloning {a.name!r} failed: {str(e)[:300]}") from None
+            try:
+                ff.copy_tree(src, dst)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ff.FolderQuotaExceeded(
+                        f"folder {a.name!r} does not fit in its quota "
+                        f"({a.row['quota']:,} bytes) as a copy") from None
+                raise BaiError(f"cloning {a.name!r} failed: {e.strerror}") from None
 
         return await self._make(
             caller, name=target, host=host,
