@@ -75,15 +75,21 @@ def test_a_new_user_keeps_data_across_sessions(vst, tmp_path):
     out = vst.cli("run", "--rm", *SMALL, "-m", "data", "-c",
                   'print(open("data/train.csv").read())', "python", **u).stdout
     assert "a,b\n1,2" in out
+    vst.cli("vfolder", "mkdir", "data", "made", **u)
+    # what the manager made (an upload, a folder) a session may change, as its own files
     vst.cli("run", "--rm", *SMALL, "-m", "data", "-c",
-            'open("data/out.txt", "w").write("written in a session\\n")', "python", **u)
+            'open("data/out.txt", "w").write("written in a session\\n"); '
+            'open("data/train.csv", "a").write("3,4\\n"); '
+            'open("data/made/x", "w").write("x")', "python", **u)
     dl = tmp_path / "dl"
     dl.mkdir()
     vst.cli("vfolder", "download", "data", "out.txt", "-b", str(dl), **u)
     assert (dl / "out.txt").read_bytes() == b"written in a session\n"
     listed = json.loads(vst.cli("--output", "json", "vfolder", "ls", "data", **u).stdout)
-    assert sorted(i["name"] for i in listed["items"]) == ["out.txt", "train.csv"]
-    assert listed["total"] == 2
+    assert sorted(i["name"] for i in listed["items"]) == ["made", "out.txt", "train.csv"]
+    assert listed["total"] == 3
+    vst.cli("vfolder", "download", "data", "train.csv", "-b", str(dl), **u)
+    assert (dl / "train.csv").read_text() == "a,b\n1,2\n3,4\n"
     info = json.loads(vst.cli("--output", "json", "vfolder", "info", "data", **u).stdout)
     assert info["name"] == "data" and info["permission"] == "rw" and info["is_owner"]
 

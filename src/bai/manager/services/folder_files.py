@@ -27,6 +27,12 @@ from typing import Any
 from bai.common.errors import BaiError, InvalidAPIParameters, NotFound
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: what the manager makes in a folder is writable by every kernel uid that mounts it (the agent
+#: gives folders a default ACL to the same end): only kernels that bind the folder and root reach
+#: it at all, the storage root above it is closed (0700). Modes are set explicitly, whatever the
+#: server's umask (the embedded default runs with 077).
+DIR_MODE = 0o777
+FILE_MODE = 0o666
 #: the hidden name an upload is written under until it is whole (beside its target)
 UPLOAD_PREFIX = ".bai-upload-"
 #: listing page size when none is asked for, and the most one page may hold
@@ -115,8 +121,8 @@ def parent_of(root_fd: int, parts: tuple[str, ...], *, create: bool = False) -> 
                     raise oserror(FileNotFoundError(errno.ENOENT, "missing"), parts[:i + 1]) \
                         from None
                 try:
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                    os.chmod(name, 0o755, dir_fd=fd, follow_symlinks=False)
+                    os.mkdir(name, DIR_MODE, dir_fd=fd)
+                    os.chmod(name, DIR_MODE, dir_fd=fd, follow_symlinks=False)
                 except FileExistsError:
                     pass
                 except OSError as e:
@@ -213,8 +219,8 @@ def mkdir(folder: Path, rel: str, *, parents: bool = False, exist_ok: bool = Fal
     parts = parts_of(rel)
     with pinned(folder) as root, parent_of(root, parts, create=parents) as pfd:
         try:
-            os.mkdir(parts[-1], 0o755, dir_fd=pfd)
-            os.chmod(parts[-1], 0o755, dir_fd=pfd, follow_symlinks=False)
+            os.mkdir(parts[-1], DIR_MODE, dir_fd=pfd)
+            os.chmod(parts[-1], DIR_MODE, dir_fd=pfd, follow_symlinks=False)
         except FileExistsError:
             st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
             if not (exist_ok and stat.S_ISDIR(st.st_mode)):
@@ -335,13 +341,14 @@ def open_upload(folder: Path, rel: str, upload_id: str, offset: int) -> tuple[in
         keep = os.dup(pfd)
     try:
         fd = os.open(UPLOAD_PREFIX + upload_id,
-                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=keep)
+                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
+                     dir_fd=keep)
     except OSError as e:
         os.close(keep)
         raise oserror(e, parts) from None
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        os.fchmod(fd, 0o644)  # whatever the server's umask: sessions read what was uploaded
+        os.fchmod(fd, FILE_MODE)  # whatever the server's umask
     if not stat.S_ISREG(st.st_mode) or st.st_size != offset:
         os.close(fd)
         os.close(keep)
@@ -446,8 +453,8 @@ def _copy_entry(sfd: int, dfd: int, name: str, stack: list[tuple[int, int]]) -> 
         except OSError:  # gone, or a link by now
             return
         try:
-            os.mkdir(name, 0o755, dir_fd=dfd)
-            os.chmod(name, 0o755, dir_fd=dfd, follow_symlinks=False)
+            os.mkdir(name, DIR_MODE, dir_fd=dfd)
+            os.chmod(name, DIR_MODE, dir_fd=dfd, follow_symlinks=False)
             stack.append((child, os.open(name, O_DIR, dir_fd=dfd)))
         except BaseException:
             os.close(child)
@@ -462,9 +469,9 @@ def _copy_entry(sfd: int, dfd: int, name: str, stack: list[tuple[int, int]]) -> 
             if not stat.S_ISREG(os.fstat(fin).st_mode):
                 return
             fout = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+                           | os.O_CLOEXEC, FILE_MODE, dir_fd=dfd)
             try:
-                os.fchmod(fout, 0o644)
+                os.fchmod(fout, FILE_MODE | (os.fstat(fin).st_mode & 0o111))
                 while os.sendfile(fout, fin, None, 1 << 30):
                     pass
             finally:
