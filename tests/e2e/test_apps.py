@@ -260,3 +260,35 @@ def test_chromium_shows_the_notebook_list(jupyter):
                                    timeout=120_000)
         finally:
             browser.close()
+
+
+def test_a_service_that_does_not_answer_is_one_line_per_connection(apps_stack, tmp_path):
+    import subprocess
+    import time
+
+    st = apps_stack
+    st.cli("start", "-t", "apidle", "--service", "idle:8123", *SMALL, "python", user=True)
+    port = free_port()
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([CLI, "app", "apidle", "idle", "-b", f"127.0.0.1:{port}"],
+                                env=st.user_env, cwd=str(st.home), stdout=out, stderr=out)
+    try:
+        said = ""
+        for _ in range(60):
+            try:
+                get(f"http://127.0.0.1:{port}/", deadline=5)
+            except AssertionError:
+                pass
+            said = log.read_text()
+            if "Error:" in said:
+                break
+            time.sleep(1)
+        errors = [x for x in said.splitlines() if x.startswith("Error:")]
+        assert errors and errors[0] == (
+            "Error: nothing answers on port 8123 inside the session (Connection refused)"), said
+        assert proc.poll() is None  # the tunnel stays for the next connection
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        st.cli("rm", "apidle", user=True, check=False)

@@ -173,7 +173,7 @@ def problem_error(status: int, reason: str, body: Any, text: str = "") -> Except
 def handshake_error(e: Any) -> Exception:
     """A refused WebSocket upgrade (``HandshakeFailed``): the server's problem JSON if sent."""
     body: Any = None
-    if e.content_type.endswith("json"):
+    if e.content_type.split(";")[0].strip().endswith("json"):  # "...+json; charset=utf-8"
         try:
             body = json.loads(e.body.decode("utf-8", "replace"))
         except ValueError:
