@@ -25,7 +25,17 @@ def vst():
     st = start_stack("cpu=4", "mem=4g")
     yield st
     st.stop()
+    _unmount_below(st.home)  # quota folders' filesystems, should a test have left one
     shutil.rmtree(st.home, ignore_errors=True)
+
+
+def _unmount_below(root) -> None:
+    import subprocess
+
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p.startswith(str(root) + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 @pytest.fixture(scope="module")
