@@ -20,11 +20,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("keypair_resource_policies") as batch:
-        batch.add_column(sa.Column("pids_limit", sa.Integer(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("disk_quota", sa.BigInteger(), nullable=False,
+    # ALTER TABLE ADD COLUMN, never batch mode: on SQLite batch mode copies and drops the
+    # table, which the foreign keys of rows that refer to it refuse (an upgrade failed)
+    table = "keypair_resource_policies"
+    op.add_column(table, sa.Column("pids_limit", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column(table, sa.Column("disk_quota", sa.BigInteger(), nullable=False,
                                    server_default="0"))
-        batch.add_column(sa.Column("min_resource_slots", sa.JSON(), nullable=False,
+    op.add_column(table, sa.Column("min_resource_slots", sa.JSON(), nullable=False,
                                    server_default="{}"))
 
 

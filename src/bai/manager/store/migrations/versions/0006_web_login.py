@@ -19,8 +19,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("password_hash", sa.String(256), nullable=True))
+    # ALTER TABLE ADD COLUMN, never batch mode: on SQLite batch mode copies and drops the
+    # table, which the foreign keys of rows that refer to it refuse (an upgrade failed)
+    op.add_column("users", sa.Column("password_hash", sa.String(256), nullable=True))
     op.create_table(
         "web_sessions",
         sa.Column("token_hash", sa.String(64), nullable=False),

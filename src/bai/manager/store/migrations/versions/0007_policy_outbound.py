@@ -18,9 +18,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("keypair_resource_policies") as batch:
-        batch.add_column(sa.Column("allow_outbound", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
+    # ALTER TABLE ADD COLUMN, never batch mode: on SQLite batch mode copies and drops the
+    # table, which the foreign keys of rows that refer to it refuse (an upgrade failed)
+    op.add_column("keypair_resource_policies",
+                  sa.Column("allow_outbound", sa.Boolean(), nullable=False,
+                            server_default=sa.false()))
 
 
 def downgrade() -> None:
