@@ -318,8 +318,10 @@ def test_start_json(fake, capsys):
 
 
 def test_session_name_length_is_checked_locally(fake, capsys):
-    r = invoke(capsys, "start", "-t", "abc", "python")
+    r = invoke(capsys, "start", "-t", "a", "python")
     assert r.code == 2 and fake.requests == []
+    r = invoke(capsys, "start", "--output", "json", "-t", "nb", "python")  # short names are fine
+    assert r.code == 0 and json.loads(r.out)["name"] == "nb"
 
 
 # -- events, rm, history, info, logs ------------------------------------------------------------

@@ -58,7 +58,7 @@ def create_options(start: bool) -> Callable[[Callable[..., Any]], Callable[..., 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = [
             click.option("-t", "--name", "--client-token", "name", default=None,
-                         help="Session name: 4-64 letters, digits, '_', '-' or '.', starting and ending"
+                         help="Session name: 2-64 letters, digits, '_', '-' or '.', starting and ending"
                                  " with a letter, digit or '_' (default pysdk-<random>)."),
             click.option("--type", "sess_type", type=click.Choice(["interactive", "batch"]),
                          default="interactive", show_default=True, help="Session type."),
