@@ -257,7 +257,22 @@ class EmbeddedStack(Daemons):
         for pid in pids_mentioning(str(self.home)):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        unmount_below(self.home)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def unmount_below(folder: Path) -> None:
+    """Lazily unmount every filesystem mounted below ``folder`` (kernels' work-dir quota
+    filesystems: the agent unmounts only what it removes, and rmtree cannot remove a mount
+    point), deepest first."""
+    prefix = str(folder.resolve()) + "/"
+    try:
+        mounts = [line.split()[1].encode().decode("unicode_escape")
+                  for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
 
 
 @contextlib.contextmanager
