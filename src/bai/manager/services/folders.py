@@ -40,9 +40,12 @@ class VFolderMounted(BaiError):
 class FolderService:
     def __init__(self, root) -> None:
         self.root = root
-        self.store = root.store
         self.hosts: StorageHosts = StorageHosts.from_settings(root.settings)
         self.tokens = StorageTokens.from_settings(root.settings)
+
+    @property
+    def store(self):
+        return self.root.store  # read at each use: tests and tools swap the root's store
 
     async def start(self) -> None:
         """Make the host roots; mount the filesystems of quota folders again (after a
