@@ -66,10 +66,12 @@ def test_slot_overrides_and_mock_devices() -> None:
     assert slots == {"cpu": Decimal(3), "mem": Decimal(4 * 2**30),
                      "cuda.device": Decimal(2), "cuda.shares": Decimal("1.5")}
     devices = MockCudaDevices(2)
-    assert devices.allocate("a", Decimal(1)) == [0]
-    assert devices.allocate("b", Decimal(1)) == [1]
+    assert [g.index for g in devices.allocate("a", Decimal(1))] == [0]
+    assert [g.index for g in devices.allocate("b", Decimal(1))] == [1]
     with pytest.raises(ValueError):
         devices.allocate("c", Decimal(1))
     devices.release("a")
-    assert devices.allocate("c", Decimal(1)) == [0]
-    assert MockCudaDevices.environ([0, 1]) == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    grants = devices.allocate("c", Decimal(1))
+    assert [g.index for g in grants] == [0]
+    assert devices.environ(grants)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert devices.nodes(grants) == []  # a mock has no device nodes

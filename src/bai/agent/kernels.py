@@ -31,7 +31,7 @@ from bai.agent.backends.base import (
     RuntimeBackend,
 )
 from bai.agent.manager_link import ManagerLink
-from bai.agent.resources.accelerator import MockCudaDevices
+from bai.agent.resources.accelerator import AllocationError, CudaDevices
 from bai.common.errors import AgentError, KernelNotFound
 from bai.common.events import KernelEvent
 from bai.common.resources import ResourceSlot
@@ -107,7 +107,7 @@ class KernelRegistry:
         backend: RuntimeBackend,
         link: ManagerLink,
         capacity: ResourceSlot,
-        devices: MockCudaDevices | None = None,
+        devices: CudaDevices | None = None,
     ):
         self.agent_id = agent_id
         self.backend = backend
@@ -203,10 +203,22 @@ class KernelRegistry:
             slot, (req, free) = next(iter(short.items()))
             raise KernelCreationFailed(
                 f"not enough {slot} on agent {self.agent_id}: {req} requested, {free} free")
+        if self.devices is not None:
+            self._pick_devices(rec, self.devices)
+
+    def _pick_devices(self, rec: KernelRecord, devices: CudaDevices) -> None:
+        """Concrete GPUs for the kernel, written into its spec (environment, device nodes and
+        ``accelerators``, which the runtime's labels keep for an agent restart)."""
         n = rec.spec.slots.get("cuda.device", Decimal(0))
-        if self.devices is not None and n > 0:
-            indices = self.devices.allocate(rec.kernel_id, n)
-            rec.spec.environ = {**rec.spec.environ, **MockCudaDevices.environ(indices)}
+        shares = Decimal(0) if devices.mock else rec.spec.slots.get("cuda.shares", Decimal(0))
+        try:
+            grants = devices.allocate(rec.kernel_id, n, shares)
+        except AllocationError as e:
+            raise KernelCreationFailed(f"{e} on agent {self.agent_id}") from None
+        if grants:
+            rec.spec.environ = {**rec.spec.environ, **devices.environ(grants)}
+            rec.spec.device_nodes = devices.nodes(grants)
+            rec.spec.accelerators = [g.to_json() for g in grants]
 
     # --- termination -----------------------------------------------------------------------
 
@@ -299,9 +311,8 @@ class KernelRegistry:
         spec = spec_from_labels(inst)
         rec = KernelRecord(spec, status="RUNNING", instance=inst)
         rec.uploaded = read_uploaded(inst)
-        devices = spec.environ.get("CUDA_VISIBLE_DEVICES", "")
-        if self.devices is not None and devices:
-            self.devices.restore(spec.kernel_id, [int(x) for x in devices.split(",") if x.isdigit()])
+        if self.devices is not None and spec.accelerators:
+            self.devices.restore(spec.kernel_id, spec.accelerators)
         self.records[spec.kernel_id] = rec
         return rec
 

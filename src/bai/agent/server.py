@@ -27,8 +27,7 @@ from bai.agent.kernels import KernelRegistry
 from bai.agent.metrics import AgentMetrics
 from bai.agent.manager_link import TOKEN_HEADER, ManagerLink
 from bai.agent.recovery import drop_unknown, recover
-from bai.agent.resources import detect_slots
-from bai.agent.resources.accelerator import MockCudaDevices
+from bai.agent.resources import accelerator_slots, detect_accelerator, detect_slots
 from bai.agent.settings import AgentSettings
 from bai.agent.transfer import SIZE_HEADER, Download, Upload
 from bai.agent.workdir import list_dir
@@ -61,8 +60,9 @@ class Agent:
         self.backend = backend or make_backend(settings)
         self.link = ManagerLink(settings.managers, settings.cluster_token, session=http)
         self.capacity = detect_slots(settings)
-        cuda = self.capacity.get("cuda.device", Decimal(0))
-        devices = MockCudaDevices(int(cuda)) if cuda > 0 else None
+        devices, self.accelerator_gaps = detect_accelerator(settings)
+        self.capacity.update(accelerator_slots(devices))
+        self.devices = devices
         self.registry = KernelRegistry(settings.agent_id, self.backend, self.link,
                                        self.capacity, devices)
         self.address = settings.address
@@ -123,11 +123,31 @@ class Agent:
             "runtime": self.backend.name,
             "address": self.address,
             "available_slots": self.capacity.to_json(),
-            "isolation": self.backend.isolation(),
+            "isolation": self._isolation(),
+            "accelerators": self._accelerators(),
             "version": bai.__version__,
             "scaling_group": self.settings.scaling_group,
             "architecture": platform.machine(),
         }
+
+    def _isolation(self) -> dict[str, Any]:
+        iso = dict(self.backend.isolation())
+        if self.accelerator_gaps:
+            iso["gaps"] = [*iso.get("gaps", []), *self.accelerator_gaps]
+        if self.devices is not None:  # the models (``admin agent list``); use is in the slots
+            iso["accelerators"] = [
+                f"cuda:{g.index} {g.name}" + (f" {g.memory // 2**30}g" if g.memory else "")
+                for g in self.devices.gpus]
+        return iso
+
+    def _accelerators(self) -> list[dict[str, Any]]:
+        """Each GPU with the shares its kernels hold (``admin agent list``)."""
+        d = self.devices
+        if d is None:
+            return []
+        return [{"index": g.index, "name": g.name, "uuid": g.uuid, "memory": g.memory,
+                 "mock": d.mock, "shares": str(d.per), "used_shares": str(d.used(g.index))}
+                for g in d.gpus]
 
     async def heartbeat(self) -> dict[str, Any] | None:
         sent = self.registry.live_ids()

@@ -65,8 +65,17 @@ class AgentSettings(TomlSettings):
     # resource slot overrides (decimal strings; mem accepts sizes such as 4g)
     slot_cpu: str | None = Field(None, description="cores to offer (default: host cores)")
     slot_mem: str | None = Field(None, description="memory to offer (default: host memory)")
-    slot_cuda_device: str | None = Field(None, description="mock accelerator: whole devices")
-    slot_cuda_shares: str | None = Field(None, description="mock accelerator: fractional shares")
+    slot_cuda_device: str | None = Field(
+        None, description="MOCK accelerator for tests: whole fake devices (replaces detection)")
+    slot_cuda_shares: str | None = Field(
+        None, description="MOCK accelerator for tests: fractional shares (replaces detection)")
+    cuda_detect: bool = Field(
+        True, description="find NVIDIA GPUs through NVML (extra 'gpu': nvidia-ml-py)")
+    cuda_shares_per_device: int = Field(
+        4, ge=1, description="cuda.shares one GPU counts (4: cuda.shares=2 is half a GPU)")
+    cuda_mps_pipe_dir: str = Field(
+        "", description="CUDA_MPS_PIPE_DIRECTORY of the MPS control daemon that enforces "
+                        "cuda.shares (empty: the default /tmp/nvidia-mps)")
     # process runtime
     process_interpreter: str = Field(
         "/usr/bin/python3",

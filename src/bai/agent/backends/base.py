@@ -73,6 +73,11 @@ class KernelSpec:
     disk_quota: int = 0
     #: storage folders to bind: ``[{name, host, relpath, kernel_path, mode}]`` (``agent/mounts.py``)
     mounts: list[dict[str, str]] = field(default_factory=list)
+    #: GPUs (or shares of one) the agent picked: ``[{kind, index, uuid, shares, whole}]``
+    #: (``agent/resources/accelerator.py``; kept in the labels so a restart rebuilds them)
+    accelerators: list[dict[str, str]] = field(default_factory=list)
+    #: host device nodes the kernel may open (its ``/dev/nvidiaN`` + control nodes)
+    device_nodes: list[str] = field(default_factory=list)
 
     def pids_max(self, default: int) -> int:
         """The kernel's pids cap: the policy's, or the agent's ``default`` when it sets none."""

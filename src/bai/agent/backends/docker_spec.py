@@ -124,6 +124,14 @@ class ContainerSite:
         ``folders`` bound (read-only ones with the read-only mount flag)."""
         host_config = {**self.host_config(workdir, network_mode), **limits_of(spec),
                        "PidsLimit": spec.pids_max(self.pids_limit)}
+        if spec.device_nodes:  # only this kernel's GPUs (+ control nodes) in its device cgroup
+            host_config["Devices"] = [{"PathOnHost": n, "PathInContainer": n,
+                                       "CgroupPermissions": "rwm"} for n in spec.device_nodes]
+            if spec.environ.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"):
+                # an MPS client reaches the host's MPS server through its pipe folder and IPC
+                pipe = spec.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps"
+                host_config["Binds"] = [*host_config["Binds"], f"{pipe}:{pipe}:rw"]
+                host_config["IpcMode"] = "host"
         if folders:
             host_config["Mounts"] = [
                 {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only,
@@ -202,7 +210,8 @@ def poolable(spec: KernelSpec) -> bool:
     ``PYTHON*``, loader, ...) are what the standby's runner and worker started with."""
     env = kernel_env(spec)
     # (nor storage folders: they are bound when a container is made)
-    return not spec.network and not spec.mounts and all(env[k] == STANDBY_ENV.get(k) for k in startup_fixed(env))
+    # (nor GPUs: a container's devices are fixed when it is made)
+    return not spec.network and not spec.mounts and not spec.device_nodes and all(env[k] == STANDBY_ENV.get(k) for k in startup_fixed(env))
 
 
 def limits_of(spec: KernelSpec) -> dict[str, Any]:

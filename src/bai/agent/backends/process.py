@@ -101,6 +101,18 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def gpu_binds(spec: KernelSpec) -> list[str]:
+    """What a kernel's sandbox binds for its GPUs: its device nodes and, for a share, the MPS
+    control daemon's pipe folder and /dev/shm, through which MPS clients reach their server
+    (NVIDIA's MPS needs the host's IPC; the MPS server then holds the kernel to its share)."""
+    binds = list(spec.device_nodes)
+    mps = spec.environ.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+    if binds and mps:
+        binds.append(spec.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps")
+        binds.append("/dev/shm")
+    return [b for b in binds if os.path.exists(b)]
+
+
 class PoolMiss(Exception):
     """A pooled runner could not be made the kernel's: the kernel starts cold instead."""
 
@@ -367,7 +379,8 @@ class ProcessBackend(RuntimeBackend):
     def _launch(self, kdir: Path, interp: str, procs: list[str], uid: int | None,
                 env: dict[str, str], mem_rlimit_kib: int | None = None,
                 pooled: bool = False, mounts: Sequence[HostMount] = (),
-                info_fd: int | None = None) -> subprocess.Popen[bytes]:
+                info_fd: int | None = None, devices: Sequence[str] = ()
+                ) -> subprocess.Popen[bytes]:
         """Start the runner of ``kdir``: the agent binds its socket and hands it over
         (``info_fd``: bwrap writes its child's pid there, see ``outbound.py``)."""
         work = kdir / "work"
@@ -379,7 +392,7 @@ class ProcessBackend(RuntimeBackend):
                     sandboxing.write_accounts(kdir, uid, self.user_name)
                 prefix: list[str] | None = self.sandbox.argv(
                     interp, work, uid, seccomp_fd=filt, mounts=mounts, info_fd=info_fd,
-                    accounts=kdir if uid is not None else None)
+                    accounts=kdir if uid is not None else None, devices=devices)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work
@@ -752,7 +765,8 @@ class ProcessBackend(RuntimeBackend):
             m.target.startswith(sandboxing.WORKDIR + "/") for m in folders))
         # outbound network: pooled runners have none (it is attached at start, outbound.py)
         runner = None if not attachable or startup_fixed(spec.environ) or other_quota \
-            or command_only or (spec.network and self.outbound) else self.pool.take(interp)
+            or command_only or (spec.network and self.outbound) or spec.device_nodes \
+            else self.pool.take(interp)
         try:
             return await self._create_kernel(spec, interp, runner, folders)
         finally:
@@ -826,7 +840,7 @@ class ProcessBackend(RuntimeBackend):
             k.popen = self._launch(
                 kdir, interp, procs, uid, env,
                 mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None,
-                mounts=folders, info_fd=info_w)
+                mounts=folders, info_fd=info_w, devices=gpu_binds(spec))
         except OSError as e:
             if info_r is not None:
                 os.close(info_r)

@@ -133,8 +133,9 @@ class Sandbox:
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
              network: bool = False, seccomp_fd: int | None = None,
              mounts: Sequence[HostMount] = (), info_fd: int | None = None,
-             accounts: Path | None = None) -> list[str]:
-        """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox;
+             accounts: Path | None = None, devices: Sequence[str] = ()) -> list[str]:
+        """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox
+        (``devices``: host device nodes or MPS folders the kernel may open, its GPUs');
         ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
         ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``."""
         assert self.bwrap is not None
@@ -150,6 +151,8 @@ class Sandbox:
                      "--ro-bind", str(accounts / "group"), "/etc/group"]
         argv += interpreter_binds(interpreter)
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--tmpfs", "/tmp"]
+        for node in devices:  # over the minimal /dev: only this kernel's GPUs
+            argv += ["--dev-bind", node, node]
         for d in _PARENTS:
             argv += ["--perms", "0755", "--dir", d]
         argv += ["--bind", str(workdir), WORKDIR]

@@ -638,8 +638,15 @@ def agent_list() -> None:
         ("scaling_group", "Scaling Group", _s),
         ("available_slots", "Capacity", _slots_text), ("occupied_slots", "Occupied", _slots_text),
         ("last_heartbeat", "Last Heartbeat", _s),
+        ("isolation", "Accelerators", _accelerators),
         ("isolation", "Isolation Gaps", _isolation_gaps),
     ], "No agents.")
+
+
+def _accelerators(isolation: object) -> str:
+    """The GPUs an agent reported (``cuda:0 NVIDIA H200 139g``; a mock says so)."""
+    acc = isolation.get("accelerators") if isinstance(isolation, dict) else None
+    return ", ".join(str(a) for a in acc) if acc else "none"
 
 
 def _isolation_gaps(isolation: object) -> str:
