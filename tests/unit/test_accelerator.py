@@ -138,6 +138,11 @@ def test_shares_are_packed_best_fit_so_whole_devices_stay_free() -> None:
     d.release("w")
     # best fit: device 0 (2 free) rather than the empty device 1
     assert idx(d.allocate("f", shares=Decimal("1.5"))) == [(0, Decimal("1.5"))]
+    # best fit, not first fit: the device with the least room that takes it
+    d1 = CudaDevices(gpus(2))
+    d1.restore("p", [{"kind": "cuda", "index": "1", "uuid": "GPU-1", "shares": "3"}])
+    assert idx(d1.allocate("q", shares=Decimal(1))) == [(1, 1)]
+    assert idx(d1.allocate("r", shares=Decimal(1))) == [(0, 1)]
     # more than one device's worth: whole devices, then the rest best-fit
     d2 = CudaDevices(gpus(2))
     assert idx(d2.allocate("g", shares=Decimal(6))) == [(0, 4), (1, 2)]
