@@ -34,6 +34,13 @@ else
   export PYTHONPATH=$repo/src  # a machine that has bai's dependencies already
 fi
 py=$(command -v python3)
+dry_slots=() dry_env=()
+if [ "${GPU_CHECK_DRY:-}" = 1 ]; then  # no GPU here: the script's plumbing only, on a mock
+  export PYTHONPATH=$repo/scripts/gpu/dry:$PYTHONPATH
+  dry_slots=(--slots cuda.device=1 --slots cuda.shares=4 --slots cpu=8 --slots mem=32g)
+  dry_env=(-e "PYTHONPATH=$repo/scripts/gpu/dry")
+  nvidia-smi() { echo "GPU 0: dry run (UUID: none)"; [ "$1" = -L ] || echo 143771; }
+fi
 bai() { "$py" -m bai.client.cli.main "$@"; }
 "$py" -c 'import bai, torch, pynvml' || { echo "bai, torch or nvidia-ml-py missing"; exit 2; }
 nvidia-smi -L 2>&1 | tee "$OUT/nvidia-smi.txt"
@@ -45,6 +52,9 @@ export CUDA_MPS_PIPE_DIRECTORY=$work/mps/pipe CUDA_MPS_LOG_DIRECTORY=$work/mps/l
 mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
 if [ -n "$mps" ]; then
   PATH=$(dirname "$mps"):$PATH
+  # EXCLUSIVE_PROCESS would let only the MPS server hold a context (the bypass below fails);
+  # an operator's setting: the device tool's machines must be left as they are, so only read it
+  check INFO "compute mode: $(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>&1 | head -1)"
   if "$mps" -d; then check INFO "MPS control daemon started ($mps)"
   else check FAIL "MPS control daemon did not start ($mps)"; fi
 else
@@ -62,8 +72,13 @@ cleanup() {
   echo "took $(( $(date +%s) - t0 )) s"
 }
 trap cleanup EXIT
-bai server start --port 18091 --agent-port 16011 --timeout 90 >"$OUT/server-start.txt" 2>&1 \
+bai server start --port 18091 --agent-port 16011 --timeout 90 "${dry_slots[@]}" >"$OUT/server-start.txt" 2>&1 \
   || { cat "$OUT/server-start.txt"; check FAIL "server start"; exit 1; }
+
+# the python that holds torch, as an image (the default "python" is /usr/bin/python3)
+bai admin image register torch:3.12-gpu --runtime process \
+  --label "bai.process.interpreter=$py" >"$OUT/image.txt" 2>&1 || cat "$OUT/image.txt"
+img=torch:3.12-gpu
 
 # --- 1. detection -----------------------------------------------------------------------------
 bai admin agent list | tee "$OUT/agents.txt"
@@ -80,23 +95,23 @@ total_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i
             | awk '{printf "%d", $1/1024}')
 
 # --- 2. a whole device --------------------------------------------------------------------------
-bai run --rm -r cpu=2 -r mem=8g -r cuda.device=1 \
-  -c 'import torch; print("NAME", torch.cuda.get_device_name())' python >"$OUT/device.txt" 2>&1
+bai run --rm "${dry_env[@]}" -r cpu=2 -r mem=8g -r cuda.device=1 \
+  -c 'import torch; print("NAME", torch.cuda.get_device_name())' "$img" >"$OUT/device.txt" 2>&1
 name=$(grep -m1 '^NAME' "$OUT/device.txt" | cut -d' ' -f2-)
 check "$(grep -q H200 <<<"$name" && echo PASS || echo FAIL)" "cuda.device=1: torch.cuda.get_device_name() = ${name:-$(tail -3 "$OUT/device.txt" | tr '\n' ' ')}"
 
 # --- 3. two halves at once, 4. a third waits ----------------------------------------------------
 cp scripts/gpu/probe_memory.py "$work/probe_memory.py"
 for i in 1 2; do
-  (cd "$work" && bai run --rm -t "half$i" -r cpu=2 -r mem=8g -r cuda.shares=2 \
-     --exec "python probe_memory.py $(( total_gib + 8 )) 45" probe_memory.py \
+  (cd "$work" && bai run --rm "${dry_env[@]}" -t "half$i" -r cpu=2 -r mem=8g -r cuda.shares=2 \
+     --exec "python probe_memory.py $(( total_gib + 8 )) 45" "$img" probe_memory.py \
      >"$OUT/half$i.txt" 2>&1) &
 done
 # the third, once both halves hold their shares
 for _ in $(seq 60); do
   [ "$(bai ps -f name,status 2>/dev/null | grep -c 'half[12].*RUNNING')" = 2 ] && break; sleep 2
 done
-bai start -t third -r cpu=1 -r mem=2g -r cuda.shares=2 --enqueue-only python \
+bai start -t third -r cpu=1 -r mem=2g -r cuda.shares=2 --enqueue-only "$img" \
   >"$OUT/third-start.txt" 2>&1
 sleep 5
 bai ps -f name,status,status_info,occupying_slots | tee "$OUT/ps-while-full.txt"
@@ -113,4 +128,11 @@ for _ in $(seq 60); do
 done
 check "$([ -n "$started" ] && echo PASS || echo FAIL)" "third session started once the halves ended"
 bai rm third >/dev/null 2>&1
+
+# --- 5. attack: a share session that drops its MPS settings and goes to the device directly -----
+(cd "$work" && bai run --rm "${dry_env[@]}" -t bypass -r cpu=2 -r mem=8g -r cuda.shares=2 \
+   --exec "env -u CUDA_MPS_PINNED_DEVICE_MEM_LIMIT -u CUDA_MPS_ACTIVE_THREAD_PERCENTAGE -u CUDA_MPS_PIPE_DIRECTORY python probe_memory.py $(( total_gib + 8 )) 1" \
+   "$img" probe_memory.py >"$OUT/bypass.txt" 2>&1)
+got=$(grep -m1 '^ALLOCATED' "$OUT/bypass.txt" | cut -d' ' -f2)
+check "$([ -n "$got" ] && [ "$got" -gt $(( ${total_gib:-140} / 2 + 1 )) ] && echo FAIL || echo PASS)" "bypass attack: a share session without its MPS settings allocated ${got:-nothing} GiB ($(grep -m1 -E '^(REFUSED|NOT-REFUSED)' "$OUT/bypass.txt" || tail -1 "$OUT/bypass.txt"))"
 exit $failed

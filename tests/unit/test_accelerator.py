@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -21,49 +20,7 @@ from bai.agent.resources.accelerator import (
     detect_nvidia,
 )
 from bai.agent.settings import AgentSettings
-
-GIB = 2**30
-
-
-class NvmlError(Exception):
-    pass
-
-
-class FakeNvml:
-    """Behaves as pynvml does for the calls the agent makes: a host with ``gpus`` (name,
-    memory), or one whose driver is missing (``init_error``)."""
-
-    def __init__(self, gpus: list[tuple[str, int]], init_error: bool = False):
-        self.gpus = gpus
-        self.init_error = init_error
-        self.shut = False
-
-    def nvmlInit(self) -> None:
-        if self.init_error:
-            raise NvmlError("Driver Not Loaded")
-
-    def nvmlShutdown(self) -> None:
-        self.shut = True
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        if not 0 <= i < len(self.gpus):
-            raise NvmlError("Invalid Argument")
-        return i
-
-    def nvmlDeviceGetUUID(self, h: int) -> str:
-        return f"GPU-fake-{h}"
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return self.gpus[h][0].encode()  # older nvidia-ml-py answers bytes
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
-        return SimpleNamespace(total=self.gpus[h][1], used=0, free=self.gpus[h][1])
-
-    def nvmlDeviceGetMinorNumber(self, h: int) -> int:
-        return h
+from bai.testing.fake_nvml import GIB, FakeNvml
 
 
 def two_h200() -> FakeNvml:
@@ -74,8 +31,8 @@ def test_detection_reads_model_memory_uuid_index() -> None:
     nvml = two_h200()
     found = detect_nvidia(nvml)
     assert found.reason == ""
-    assert found.gpus == [Gpu(0, "GPU-fake-0", "NVIDIA H200", 140 * GIB, "/dev/nvidia0"),
-                          Gpu(1, "GPU-fake-1", "NVIDIA H200", 140 * GIB, "/dev/nvidia1")]
+    assert found.gpus == [Gpu(0, "GPU-fake-0", "NVIDIA H200", 140 * GIB, "/dev/nvidia0", 3),
+                          Gpu(1, "GPU-fake-1", "NVIDIA H200", 140 * GIB, "/dev/nvidia1", 3)]
     assert nvml.shut
 
 
@@ -98,6 +55,11 @@ def test_detected_gpus_offer_devices_and_shares_only_where_mps_enforces(
     devices, gaps = detect_accelerator(s, two_h200())
     assert devices is not None and not devices.mock and gaps == []
     assert accelerator_slots(devices) == {"cuda.device": Decimal(2), "cuda.shares": Decimal(8)}
+    # GPUs in DEFAULT compute mode: offered, but the gap (a session can go around MPS) is said
+    open_gpus = FakeNvml([("NVIDIA H200", 140 * GIB)], compute_mode=0)
+    devices, gaps = detect_accelerator(s, open_gpus)
+    assert accelerator_slots(devices) == {"cuda.device": Decimal(1), "cuda.shares": Decimal(4)}
+    assert len(gaps) == 1 and "bypass MPS" in gaps[0] and "GPU 0" in gaps[0]
     monkeypatch.setattr("shutil.which", lambda name: None)  # no MPS on this host
     devices, gaps = detect_accelerator(s, two_h200())
     assert accelerator_slots(devices) == {"cuda.device": Decimal(2)}
@@ -204,6 +166,11 @@ def test_sandbox_and_container_see_only_the_kernels_gpus(tmp_path: Path) -> None
     hc = site.kernel_config(spec, tmp_path / "work", 2_000_001, "none")["HostConfig"]
     assert [d["PathOnHost"] for d in hc["Devices"]] == [str(node), str(tmp_path / "absent")]
     assert f"{tmp_path}:{tmp_path}:rw" in hc["Binds"] and hc["IpcMode"] == "host"
+    assert "DeviceRequests" not in hc  # no GPU UUID in the spec: nothing to ask the toolkit
+    spec.accelerators = [{"kind": "cuda", "index": "1", "uuid": "GPU-1", "shares": "2"}]
+    hc = site.kernel_config(spec, tmp_path / "work", 2_000_001, "none")["HostConfig"]
+    assert hc["DeviceRequests"] == [{"Driver": "nvidia", "DeviceIDs": ["GPU-1"],
+                                     "Capabilities": [["gpu"]]}]
     spec.device_nodes = []
     assert "Devices" not in site.kernel_config(spec, tmp_path / "w", 2_000_001, "none")[
         "HostConfig"]

@@ -127,6 +127,13 @@ class ContainerSite:
         if spec.device_nodes:  # only this kernel's GPUs (+ control nodes) in its device cgroup
             host_config["Devices"] = [{"PathOnHost": n, "PathInContainer": n,
                                        "CgroupPermissions": "rwm"} for n in spec.device_nodes]
+            # the driver's libraries come with the NVIDIA container toolkit (docker --gpus);
+            # an engine without it refuses the create, naming the driver, rather than giving a
+            # container without a usable GPU
+            uuids = [a["uuid"] for a in spec.accelerators if a.get("uuid")]
+            if uuids:
+                host_config["DeviceRequests"] = [{"Driver": "nvidia", "DeviceIDs": uuids,
+                                                  "Capabilities": [["gpu"]]}]
             if spec.environ.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"):
                 # an MPS client reaches the host's MPS server through its pipe folder and IPC
                 pipe = spec.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps"

@@ -11,6 +11,7 @@ import psutil
 
 from bai.agent.resources.accelerator import (
     CudaDevices,
+    bypass_gap,
     MockCudaDevices,
     detect_nvidia,
     mps_gap,
@@ -53,8 +54,9 @@ def detect_accelerator(settings: AgentSettings, nvml: object = None
     if not found.gpus:
         return None, []
     gap = mps_gap(found.gpus)
+    gaps = [gap] if gap else [g for g in [bypass_gap(found.gpus)] if g]
     return CudaDevices(found.gpus, settings.cuda_shares_per_device, shares_enforced=not gap,
-                       mps_pipe_dir=settings.cuda_mps_pipe_dir), ([gap] if gap else [])
+                       mps_pipe_dir=settings.cuda_mps_pipe_dir), gaps
 
 
 def accelerator_slots(devices: CudaDevices | None) -> dict[str, Decimal]:

@@ -42,6 +42,8 @@ class Gpu:
     memory: int  # bytes
     #: its device node (``/dev/nvidia<minor>``)
     node: str = ""
+    #: NVML's compute mode (3: EXCLUSIVE_PROCESS, where only the MPS server holds a context)
+    compute_mode: int = 0
 
 
 @dataclass
@@ -77,10 +79,14 @@ def detect_nvidia(nvml: Any = None) -> Detection:
                 minor = int(nvml.nvmlDeviceGetMinorNumber(h))
             except Exception:
                 minor = i
+            try:
+                mode = int(nvml.nvmlDeviceGetComputeMode(h))
+            except Exception:
+                mode = 0
             gpus.append(Gpu(index=i, uuid=_text(nvml.nvmlDeviceGetUUID(h)),
                             name=_text(nvml.nvmlDeviceGetName(h)),
                             memory=int(nvml.nvmlDeviceGetMemoryInfo(h).total),
-                            node=f"/dev/nvidia{minor}"))
+                            node=f"/dev/nvidia{minor}", compute_mode=mode))
     except Exception as e:
         return Detection(reason=f"NVML could not list devices ({e})")
     finally:
@@ -89,6 +95,18 @@ def detect_nvidia(nvml: Any = None) -> Detection:
         except Exception:
             pass
     return Detection(gpus=gpus, reason="" if gpus else "NVML reports no GPU")
+
+
+EXCLUSIVE_PROCESS = 3  # pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS
+
+
+def bypass_gap(gpus: list[Gpu]) -> str:
+    """Where a share session could go around MPS (empty: it cannot)."""
+    open_ = [str(g.index) for g in gpus if g.compute_mode != EXCLUSIVE_PROCESS]
+    if not open_:
+        return ""
+    return (f"cuda.shares: a session can bypass MPS and its share on GPU {', '.join(open_)} "
+            "(compute mode not EXCLUSIVE_PROCESS: nvidia-smi -c EXCLUSIVE_PROCESS closes it)")
 
 
 def mps_gap(gpus: list[Gpu]) -> str:
