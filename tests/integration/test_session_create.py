@@ -47,3 +47,15 @@ async def test_create_answers_from_the_events_and_with_the_row_it_wrote(manager)
                    "servicePorts": list(row["service_ports"] or []), "created": True}
     assert row["status"] == "RUNNING"
 
+
+
+async def test_a_gpu_slot_no_agent_offers_is_refused_naming_what_is_offered(
+        manager):  # noqa: F811
+    me = await caller(manager)
+    with pytest.raises(QuotaExceeded) as e:
+        await manager.sessions.create(me, body("gpu-1", resources={"cuda.shares": "1"}))
+    assert "no agent offers cuda.shares" in str(e.value), str(e.value)
+    assert "offered there: cpu, mem" in str(e.value)
+    async with manager.store.begin() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(sessions))
+                ).scalar() == 0

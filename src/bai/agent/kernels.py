@@ -288,7 +288,19 @@ class KernelRegistry:
             raw = await asyncio.wait_for(self.backend.stats(rec.kernel_id), 5)
         except Exception:
             return None
-        return {"status": "terminated", **raw}
+        return {"status": "terminated", **raw, **self.device_stats(rec)}
+
+    def device_stats(self, rec: KernelRecord) -> dict[str, Any]:
+        """The GPUs the kernel holds, as its statistics name them (``info``, ``--stats``)."""
+        if self.devices is None or not rec.spec.accelerators:
+            return {}
+        names = {g.index: g.name for g in self.devices.gpus}
+        shown = []
+        for a in rec.spec.accelerators:
+            i = int(a["index"])
+            part = "" if a.get("whole") == "1" else f" ({a['shares']}/{self.devices.per} shares)"
+            shown.append(f"cuda:{i} {names.get(i, '')}{part}".replace("  ", " "))
+        return {"cuda_devices": ", ".join(shown)}
 
     def _forget(self, rec: KernelRecord, exit_code: int | None,
                 stats: dict[str, Any] | None) -> dict[str, Any]:

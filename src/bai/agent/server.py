@@ -357,7 +357,8 @@ async def stats(request: web.Request) -> web.Response:
     agent = _agent(request)
     rec = agent.registry.get(request.match_info["kid"])
     raw = await agent.backend.stats(rec.kernel_id) if rec.instance is not None else {}
-    return web.json_response({"status": rec.status.lower(), **raw})
+    return web.json_response({"status": rec.status.lower(), **raw,
+                              **agent.registry.device_stats(rec)})
 
 
 async def logs(request: web.Request) -> web.Response:

@@ -371,6 +371,13 @@ class SessionService:
         if caps and not any(req.fits_in(c) for c in caps):
             for slot, want in sorted(req.items()):
                 largest = max((c.get(slot, Decimal(0)) for c in caps), default=Decimal(0))
+                if largest == 0:  # (a GPU slot on a cluster without GPUs, say)
+                    offered = sorted({k for c in caps for k, v in c.items() if v > 0})
+                    raise QuotaExceeded(
+                        f"no agent offers {slot} in resource group {sgroup}; the slots "
+                        f"offered there: {', '.join(offered) or 'none'}",
+                        data={"slot": slot, "requested": str(want), "offered": offered},
+                    )
                 if want > largest:
                     raise QuotaExceeded(
                         f"{slot} requested {fmt_amount(slot, want)}, but the largest agent in "
