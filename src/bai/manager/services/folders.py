@@ -23,6 +23,7 @@ from bai.common.errors import (
     BaiError, Forbidden, InvalidAPIParameters, NotFound, VFolderAlreadyExists, VFolderNotFound,
     VFolderPermissionDenied,
 )
+from bai.common import zerocopy
 from bai.common.status import FINAL
 from bai.manager.context import Caller
 from bai.manager.services import folder_files as ff
@@ -439,14 +440,29 @@ class FolderService:
         return claims, offset
 
     async def write_upload(self, claims: dict, offset: int, body) -> int:
-        """Append ``body`` (an aiohttp stream, or None) at ``offset``; the upload becomes the
-        file under its real name once ``size`` bytes arrived. Returns the new offset."""
+        """Append ``body`` (an aiohttp stream, the rest of a body still in its socket, or
+        None) at ``offset``; the upload becomes the file under its real name once ``size``
+        bytes arrived. Returns the new offset."""
         folder = await self._claimed(claims, write=True)
         size = int(claims["size"])
         fd, pfd = await asyncio.to_thread(ff.open_upload, folder, claims["path"],
                                           claims["upload"], offset)
         try:
-            if body is not None:
+            if isinstance(body, zerocopy.SocketBody):
+                if offset + body.length > size:
+                    raise InvalidAPIParameters(
+                        f"more bytes than the {size:,} announced", data={"size": size})
+                try:
+                    moved = await zerocopy.body_to_file(body, fd)
+                except (TimeoutError, ConnectionError):
+                    raise ConnectionResetError("the upload's connection broke") from None
+                except OSError as e:
+                    await asyncio.to_thread(ff.drop_upload, pfd, claims["upload"])
+                    raise ff.oserror(e, ff.parts_of(claims["path"])) from None
+                offset += moved
+                if moved < body.length:
+                    raise ConnectionResetError("the client closed the connection mid-upload")
+            elif body is not None:
                 buf = bytearray()
                 while True:
                     chunk = await body.read(CHUNK)
@@ -459,7 +475,7 @@ class FolderService:
                             continue
                     if buf:  # one thread hop per MiB, not per network read
                         try:
-                            await asyncio.to_thread(_write_all, fd, bytes(buf))
+                            await asyncio.to_thread(_write_all, fd, buf)  # untouched meanwhile
                         except OSError as e:
                             await asyncio.to_thread(ff.drop_upload, pfd, claims["upload"])
                             raise ff.oserror(e, ff.parts_of(claims["path"])) from None

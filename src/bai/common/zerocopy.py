@@ -1,0 +1,148 @@
+"""Bytes from a socket into a file without passing them through Python: ``splice(2)`` moves
+them from the socket into a pipe and from the pipe into the file, inside the kernel (Linux).
+A GiB through Python's reads costs a copy into a ``bytes`` per read, and through an HTTP
+server's stream several more; this is the one copy into the page cache that ``cp`` makes too.
+The standard library has ``os.splice`` but no loop around it for a socket: this is that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import select
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+#: pipe capacity asked for (the kernel's default is 64 KiB; 1 MiB is the unprivileged maximum)
+PIPE_SIZE = 1024 * 1024
+#: seconds without a byte from the peer before the transfer is given up
+IDLE_TIMEOUT = 120.0
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+AVAILABLE = hasattr(os, "splice")
+
+
+def splice_in(sock_fd: int, file_fd: int, count: int, *, idle: float = IDLE_TIMEOUT,
+              stop: threading.Event | None = None) -> int:
+    """Move up to ``count`` bytes from the socket ``sock_fd`` (blocking or not) to ``file_fd``
+    at its position; returns how many moved, fewer than ``count`` only when the peer closed
+    the connection. Raises ``TimeoutError`` after ``idle`` seconds without a byte (or once
+    ``stop`` is set), and the ``OSError`` of a failed write (``EDQUOT``, ``ENOSPC``); every
+    byte taken from the socket is in the file by then, except on such a write error."""
+    if not AVAILABLE:
+        return _copy_in(sock_fd, file_fd, count, idle, stop)
+    r, w = os.pipe()
+    try:
+        try:
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default pipe size: more calls, same bytes
+        poll = select.poll()
+        poll.register(sock_fd, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+        moved, deadline = 0, time.monotonic() + idle
+        while moved < count:
+            try:
+                n = os.splice(sock_fd, w, min(count - moved, PIPE_SIZE),
+                              flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except (BlockingIOError, InterruptedError):
+                _wait(poll, deadline, stop)
+                continue
+            if n == 0:  # the peer closed the connection
+                break
+            moved += n
+            deadline = time.monotonic() + idle
+            while n:
+                n -= os.splice(r, file_fd, n, flags=os.SPLICE_F_MOVE)
+        return moved
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _wait(poll: select.poll, deadline: float, stop: threading.Event | None) -> None:
+    """Wait (in steps of a second, so that ``stop`` is seen) until the socket is readable."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or (stop is not None and stop.is_set()):
+            raise TimeoutError("no bytes from the peer")
+        if poll.poll(min(left, 1.0) * 1000):
+            return
+
+
+def _copy_in(sock_fd: int, file_fd: int, count: int, idle: float,
+             stop: threading.Event | None) -> int:
+    """The same through a reused buffer where ``splice`` is missing."""
+    poll = select.poll()
+    poll.register(sock_fd, select.POLLIN)
+    buf = memoryview(bytearray(PIPE_SIZE))
+    moved, deadline = 0, time.monotonic() + idle
+    while moved < count:
+        try:
+            n = os.readv(sock_fd, [buf[:min(count - moved, PIPE_SIZE)]])
+        except (BlockingIOError, InterruptedError):
+            _wait(poll, deadline, stop)
+            continue
+        if n == 0:
+            break
+        moved += n
+        deadline = time.monotonic() + idle
+        view = buf[:n]
+        while view:
+            view = view[os.write(file_fd, view):]
+    return moved
+
+
+@dataclass
+class SocketBody:
+    """The rest of a request body, still in its socket: ``head`` arrived already (the server
+    had read it with the headers), ``left`` more bytes are to come from ``fd``, a descriptor of
+    the connection's socket that the caller owns and closes."""
+
+    head: list[bytes]
+    fd: int
+    left: int
+
+    @property
+    def length(self) -> int:
+        return sum(map(len, self.head)) + self.left
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _transfers() -> ThreadPoolExecutor:
+    """Threads of their own: a transfer holds one for as long as it runs, which must not
+    starve the default executor's short file operations."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="bai-transfer")
+    return _pool
+
+
+def _body_to_file(body: SocketBody, file_fd: int, stop: threading.Event) -> int:
+    moved = 0
+    for chunk in body.head:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(file_fd, view):]
+        moved += len(chunk)
+    return moved + splice_in(body.fd, file_fd, body.left, stop=stop)
+
+
+async def body_to_file(body: SocketBody, file_fd: int) -> int:
+    """Write the whole body to ``file_fd`` at its position in a transfer thread; returns the
+    bytes written (fewer than ``body.length`` when the peer went away). Cancelled, it stops
+    the thread and waits for it, so that the caller may close the descriptors."""
+    stop = threading.Event()
+    fut = asyncio.get_running_loop().run_in_executor(_transfers(), _body_to_file, body,
+                                                     file_fd, stop)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait([fut])
+        raise
