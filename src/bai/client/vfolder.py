@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 from bai.client.connection import Connection
 from bai.client.endpoint import decode_answer
 from bai.client.errors import ConnectionLost, UsageError
+from bai.common import zerocopy
 
 TUS = {"Tus-Resumable": "1.0.0"}
 #: how often a broken transfer is taken up again
@@ -143,7 +144,7 @@ class VFolderAPI:
             while True:
                 try:
                     status, headers, text, got = await asyncio.to_thread(
-                        _get_into, url, fd, got, self.conn.read_timeout, progress)
+                        _get_into, url, fd, self.conn.read_timeout, progress)
                     _answer(status, headers, text)
                     break
                 except (OSError, http.client.HTTPException) as e:
@@ -214,9 +215,11 @@ def _head(url: str, timeout: float | None) -> tuple[int, dict[str, str], str]:
         conn.close()
 
 
-def _get_into(url: str, fd: int, got: int, timeout: float | None,
+def _get_into(url: str, fd: int, timeout: float | None,
               progress: Progress | None) -> tuple[int, dict[str, str], str, int]:
-    """GET the file into ``fd`` from byte ``got`` on (a 200 answer starts it over)."""
+    """GET the file into ``fd`` from what ``fd`` holds on (a 200 answer starts it over);
+    returns the answer and the bytes ``fd`` holds."""
+    got = os.lseek(fd, 0, os.SEEK_END)  # what a broken try wrote is kept, not sent again
     conn, target = _connection(url, timeout)
     try:
         # identity: byte ranges of the file itself, never of a compressed form
@@ -231,12 +234,30 @@ def _get_into(url: str, fd: int, got: int, timeout: float | None,
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             got = 0
+        left = resp.length
+        if (left is not None and zerocopy.AVAILABLE
+                and not isinstance(conn, http.client.HTTPSConnection)):
+            # what the response's reader holds past the headers (a few KiB at most), then the
+            # rest by splice(2) from the socket to the file, never through Python
+            head = resp.read1(min(left, FILE_CHUNK))
+            _write_all(fd, head)
+            got += len(head)
+            start = got
+            moved = zerocopy.splice_in(
+                resp.fp.fileno(), fd, left - len(head), idle=timeout or zerocopy.IDLE_TIMEOUT,
+                progress=progress and (lambda n: progress(start + n)))
+            got += moved
+            if moved < left - len(head):
+                raise http.client.IncompleteRead(b"", left - len(head) - moved)
+            return resp.status, _lower(resp), "", got
         buf = memoryview(bytearray(FILE_CHUNK))
         while n := resp.readinto(buf):
             _write_all(fd, buf[:n])
             got += n
             if progress:
                 progress(got)
+        if resp.length:  # http.client ends a body cut short quietly
+            raise http.client.IncompleteRead(b"", resp.length)
         return resp.status, _lower(resp), "", got
     finally:
         conn.close()

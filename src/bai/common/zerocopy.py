@@ -14,6 +14,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,14 +27,16 @@ AVAILABLE = hasattr(os, "splice")
 
 
 def splice_in(sock_fd: int, file_fd: int, count: int, *, idle: float = IDLE_TIMEOUT,
-              stop: threading.Event | None = None) -> int:
+              stop: threading.Event | None = None,
+              progress: Callable[[int], None] | None = None) -> int:
     """Move up to ``count`` bytes from the socket ``sock_fd`` (blocking or not) to ``file_fd``
     at its position; returns how many moved, fewer than ``count`` only when the peer closed
     the connection. Raises ``TimeoutError`` after ``idle`` seconds without a byte (or once
     ``stop`` is set), and the ``OSError`` of a failed write (``EDQUOT``, ``ENOSPC``); every
-    byte taken from the socket is in the file by then, except on such a write error."""
+    byte taken from the socket is in the file by then, except on such a write error.
+    ``progress`` hears the bytes moved so far after each step."""
     if not AVAILABLE:
-        return _copy_in(sock_fd, file_fd, count, idle, stop)
+        return _copy_in(sock_fd, file_fd, count, idle, stop, progress)
     r, w = os.pipe()
     try:
         try:
@@ -56,6 +59,8 @@ def splice_in(sock_fd: int, file_fd: int, count: int, *, idle: float = IDLE_TIME
             deadline = time.monotonic() + idle
             while n:
                 n -= os.splice(r, file_fd, n, flags=os.SPLICE_F_MOVE)
+            if progress:
+                progress(moved)
         return moved
     finally:
         os.close(r)
@@ -73,7 +78,7 @@ def _wait(poll: select.poll, deadline: float, stop: threading.Event | None) -> N
 
 
 def _copy_in(sock_fd: int, file_fd: int, count: int, idle: float,
-             stop: threading.Event | None) -> int:
+             stop: threading.Event | None, progress: Callable[[int], None] | None) -> int:
     """The same through a reused buffer where ``splice`` is missing."""
     poll = select.poll()
     poll.register(sock_fd, select.POLLIN)
@@ -92,6 +97,8 @@ def _copy_in(sock_fd: int, file_fd: int, count: int, idle: float,
         view = buf[:n]
         while view:
             view = view[os.write(file_fd, view):]
+        if progress:
+            progress(moved)
     return moved
 
 
