@@ -15,7 +15,6 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 #: pipe capacity asked for (the kernel's default is 64 KiB; 1 MiB is the unprivileged maximum)
@@ -117,18 +116,6 @@ class SocketBody:
         return sum(map(len, self.head)) + self.left
 
 
-_pool: ThreadPoolExecutor | None = None
-
-
-def _transfers() -> ThreadPoolExecutor:
-    """Threads of their own: a transfer holds one for as long as it runs, which must not
-    starve the default executor's short file operations."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="bai-transfer")
-    return _pool
-
-
 def _body_to_file(body: SocketBody, file_fd: int, stop: threading.Event) -> int:
     moved = 0
     for chunk in body.head:
@@ -140,12 +127,31 @@ def _body_to_file(body: SocketBody, file_fd: int, stop: threading.Event) -> int:
 
 
 async def body_to_file(body: SocketBody, file_fd: int) -> int:
-    """Write the whole body to ``file_fd`` at its position in a transfer thread; returns the
-    bytes written (fewer than ``body.length`` when the peer went away). Cancelled, it stops
-    the thread and waits for it, so that the caller may close the descriptors."""
+    """Write the whole body to ``file_fd`` at its position in a thread of its own (a transfer
+    holds it as long as it runs, which must not starve the default executor's short file
+    operations; a daemon, so that a stalled peer never holds up the process's exit); returns
+    the bytes written (fewer than ``body.length`` when the peer went away). Cancelled, it
+    stops the thread and waits for it, so that the caller may close the descriptors."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[int] = loop.create_future()
     stop = threading.Event()
-    fut = asyncio.get_running_loop().run_in_executor(_transfers(), _body_to_file, body,
-                                                     file_fd, stop)
+
+    def settle(result: int | None, exc: BaseException | None) -> None:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(exc)
+
+    def run() -> None:
+        try:
+            result, exc = _body_to_file(body, file_fd, stop), None
+        except BaseException as e:  # handed to the awaiting task
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=run, name="bai-transfer", daemon=True).start()
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
