@@ -5,9 +5,11 @@ official client calls it with a plain HTTP client, as it calls Backend.AI's stor
 * ``/storage/upload``: the tus 1.0.0 core protocol (``OPTIONS``, ``HEAD`` for the offset,
   ``PATCH`` appends at ``Upload-Offset``), which the official client speaks through
   ``aiotusclient``; the upload is created by ``request-upload`` (the token names it), so the
-  creation extension is not needed. A small handler of our own: the Python tus servers on PyPI
-  are framework plug-ins (Flask, FastAPI) that keep uploads in their own store, and ours must
-  write beside the target inside the folder, through descriptors, within the folder's quota.
+  creation extension is not needed. On plain TCP the body goes from the socket to the file
+  by ``splice`` (``bai.common.zerocopy``), and the connection closes after it. A small
+  handler of our own: the Python tus servers on PyPI are framework plug-ins (Flask,
+  FastAPI) that keep uploads in their own store, and ours must write beside the target
+  inside the folder, through descriptors, within the folder's quota.
 * ``/storage/download``: the file, sent by ``sendfile`` from a descriptor opened without
   following links (``Range``/``If-Range`` as the official client resumes with).
 """
