@@ -7,7 +7,9 @@ page of ``vfolder ls`` in a folder of many files.
 One embedded stack (``backend.ai server start``, process runtime) in a private HOME; the test
 file, the copies and the storage host all live under that HOME (one disk). Bytes go client ->
 manager (the storage endpoint is the manager's) -> the folder; the agent is not on the path (its
-RSS is shown to say so). Memory: the highest RSS seen every 50 ms while a transfer runs.
+RSS is shown to say so). Memory: the highest RSS seen every 50 ms while a transfer runs. The
+same commands with a 1-byte file give the fixed cost of a command (start-up, sign-in, the
+ticket), and the throughput net of it says how fast the bytes themselves move.
 Targets (issue 14): transfers >= 70 % of cp's throughput in constant memory; first page of
 ``ls`` over 100,000 files <= 100 ms.
 """
@@ -103,11 +105,26 @@ def transfers(st: EmbeddedStack, size_mib: int) -> None:
         down = size_mib / timed_cli(st, down_peak, "vfolder", "download", "bench", "big.bin",
                                     "-b", str(dl))
     same = subprocess.run(["cmp", str(src), str(dl / "big.bin")]).returncode == 0
+    # the command's fixed cost (start-up, sign-in, the ticket): the same with one byte
+    (work / "one.bin").write_bytes(b"1")
+    fixed_up, fixed_down = [], []
+    with PeakRss({}) as none:
+        for i in range(3):
+            fixed_up.append(timed_cli(st, none, "vfolder", "upload", "bench", str(work / "one.bin")))
+            (dl / str(i)).mkdir()
+            fixed_down.append(timed_cli(st, none, "vfolder", "download", "bench", "one.bin", "-b",
+                                        str(dl / str(i))))
+    t_up, t_down = size_mib / up, size_mib / down
     print(f"cp of {size_mib} MiB (same disk, best of 2)         {cp:8.0f} MiB/s")
     print(f"backend.ai vfolder upload                 {up:8.0f} MiB/s  "
           f"{up / cp:5.0%} of cp  target >= 70 %")
     print(f"backend.ai vfolder download               {down:8.0f} MiB/s  "
           f"{down / cp:5.0%} of cp  target >= 70 %  (byte for byte: {same})")
+    for what, took, fixed in (("upload", t_up, min(fixed_up)),
+                              ("download", t_down, min(fixed_down))):
+        net = size_mib / (took - fixed) if took > fixed else float("inf")
+        print(f"  {what:<8} net of the command's fixed {fixed * 1000:4.0f} ms (1 byte, best of "
+              f"3): {net:6.0f} MiB/s  {net / cp:5.0%} of cp")
     for what, peak in (("upload", up_peak.peak), ("download", down_peak.peak)):
         print(f"peak RSS during {what:<8}: client {peak['client']:.0f} MB, manager "
               f"{peak['manager']:.0f} MB (idle {idle['manager']:.0f}), agent "
