@@ -73,6 +73,17 @@ def test_a_kernel_container_runs_as_its_uid_with_no_capability_and_no_host_netwo
             SITE.kernel_config(spec(), Path("/scratch/k-1/work"), 2_000_001, shared)
 
 
+def test_an_outbound_kernels_runner_waits_for_the_agent_before_anything_of_the_kernel_runs():
+    """A kernel whose policy allows outbound network: the container has no engine network and
+    its runner waits for a claim (bai.kernel --pooled) until the agent attached slirp4netns."""
+    s = spec(network=True)
+    plain = SITE.kernel_config(s, Path("/scratch/k-1/work"), 2_000_001, "none")
+    gated = SITE.kernel_config(s, Path("/scratch/k-1/work"), 2_000_001, "none", gated=True)
+    assert gated["Cmd"] == [*plain["Cmd"], "--pooled"]
+    assert gated["HostConfig"] == plain["HostConfig"]
+    assert gated["HostConfig"]["NetworkMode"] == "none"
+
+
 def test_only_kernels_a_started_interpreter_can_become_are_pooled():
     assert poolable(spec())
     assert poolable(spec(environ={"LANG": "C.UTF-8", "PYTHONPATH": "/x", "FOO": "1"}))

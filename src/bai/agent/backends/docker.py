@@ -10,8 +10,13 @@ What a kernel container looks like:
   idempotent even when two requests race), labels ``ai.bai.*`` (kernel, session, agent, work dir,
   slots, ...) from which ``list()`` rebuilds everything after an agent restart;
 * limits: ``cpu`` -> ``NanoCpus``, ``mem`` -> ``Memory`` = ``MemorySwap`` (no swap), ``PidsLimit``;
-  ``NetworkMode=none`` unless the spec asks for network and the agent was given a network
-  (``network_mode``; never the host's or another container's);
+* network: ``NetworkMode=none``. A kernel whose policy allows outbound network (the spec's
+  ``network``) gets user-mode networking, as in the process runtime (``outbound.py``): its
+  runner starts gated (``--pooled``: nothing of the kernel runs), the agent puts ``unreachable``
+  routes for this host's addresses into the container's network namespace and attaches
+  ``slirp4netns --disable-host-loopback`` to it, then hands the runner its kernel (a ``claim``);
+  slirp4netns is stopped when the kernel is destroyed. An operator's ``network_mode`` (never the
+  host's or another container's) replaces this;
 * a user of its own: the runner starts as the container's root with only CAP_SETUID and
   CAP_SETGID, binds its socket and opens its log, then becomes the kernel's uid for good (from
   ``sandbox_uids``: one per kernel, never shared) before anything of the kernel runs; every
@@ -48,6 +53,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +64,7 @@ import bai.kernel
 from bai.agent import seccomp, statefiles
 from bai.agent.backends.cgroup import CgroupDriver, host_pids_cap
 from bai.agent.quota import QuotaError, WorkdirQuota
-from bai.agent.backends import docker_folder
+from bai.agent.backends import docker_folder, outbound
 from bai.agent.backends.base import (
     ExitCallback,
     Instance,
@@ -67,8 +73,14 @@ from bai.agent.backends.base import (
     KernelSpec,
     RuntimeBackend,
 )
-from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited, kill
-from bai.agent.backends.docker_pool import StandbyPool, StandbyUnusable
+from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited, in_container, kill
+from bai.agent.backends.docker_pool import (
+    StandbyPool,
+    StandbyUnusable,
+    process_environ,
+    send_claim,
+    wait_listening,
+)
 from bai.agent.backends.docker_spec import (
     KERNEL_PREFIX,
     L_AGENT,
@@ -95,7 +107,7 @@ from bai.agent.backends.docker_spec import (
 )
 from bai.agent.mounts import MountRefused
 from bai.agent.mounts import resolve as resolve_mounts
-from bai.agent.runner_channel import ping_runner
+from bai.agent.runner_channel import RunnerUnavailable, ping_runner
 from bai.agent.sandbox_uids import SandboxUids, UidsExhausted
 from bai.common.errors import KernelNotFound
 
@@ -103,6 +115,9 @@ log = logging.getLogger(__name__)
 
 #: the kernel's labels of claimed standbys: <scratch_root>/.claims/<kernel_id>.json
 CLAIMS_DIR = ".claims"
+#: in a kernel's folder (root's): the pid of its slirp4netns (``outbound.remember``) and its output
+SLIRP_PID = "slirp.pid"
+SLIRP_OUT = "slirp.out"
 #: the most of kernel.log that logs() returns (its end)
 LOG_TAIL_BYTES = 1 << 20
 #: kernels' uids when the agent's settings do not say (the settings' defaults)
@@ -168,6 +183,8 @@ class DockerBackend(RuntimeBackend):
         self.storage_roots = dict(storage_roots or {})
         #: whether work dirs could be mounted nosuid,nodev (the agent runs as root)
         self.nosuid = True
+        #: slirp4netns & co. for kernels whose policy allows outbound network (root only)
+        self.outbound: dict[str, str] | None = None
         self._docker: aiodocker.Docker | None = None
         self._on_exit: ExitCallback | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -238,6 +255,8 @@ class DockerBackend(RuntimeBackend):
             "engine_seccomp": any("seccomp" in str(o) for o in info.get("SecurityOptions") or []),
         }
         self.scratch_root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self.outbound = await asyncio.to_thread(outbound.tools)
         if self.disk_quota > 0:
             self.quota = await asyncio.to_thread(WorkdirQuota.detect)
         if self.cgroup_parent and info.get("CgroupDriver") == "cgroupfs" and os.geteuid() == 0:
@@ -292,14 +311,19 @@ class DockerBackend(RuntimeBackend):
             "runtime": "docker",
             "namespaces": True,
             "network": self.network_mode or "none",
+            "outbound": self.network_mode or ("slirp4netns" if self.outbound else None),
             "user": "a uid per kernel, no capabilities, no-new-privileges",
             "workdir_nosuid": self.nosuid,
             "pids_limit": self.pids_limit,
             "disk_quota": "loop-ext4" if self.quota is not None else False,
             "seccomp": "bai+engine" if self.seccomp.program is not None else "engine",
-            "gaps": [] if self.seccomp.program is not None else [
+            "gaps": ([] if self.seccomp.program is not None else [
                 "seccomp: kernels may create user namespaces where the engine's profile "
-                f"allows it ({self.seccomp.reason})"],
+                f"allows it ({self.seccomp.reason})"]) + (
+                [] if self.outbound is not None or self.network_mode else [
+                    "outbound: sessions whose policy allows outbound network get none ("
+                    + ("slirp4netns, nsenter or ip not found: install Debian's slirp4netns"
+                       if os.geteuid() == 0 else "not root") + ")"]),
             "standby_pool": self.pool.size if not self.pool.disabled else 0,
             **self._engine,
         }
@@ -528,9 +552,11 @@ class DockerBackend(RuntimeBackend):
             await self.make_folder(workdir.parent, uid, spec.disk_quota or self.disk_quota)
             statefiles.write_text(run_dir_of(workdir), "runner.json", json.dumps(config))
             network = (self.network_mode or "none") if spec.network else "none"
-            config = self.site.kernel_config(spec, workdir, uid, network, folders)
+            # outbound network (the policy's allow_outbound): set up before the runner goes on
+            gated = spec.network and not self.network_mode and self.outbound is not None
             container = await self.docker.containers.create(
-                config, name=self.container_name(spec.kernel_id)
+                self.site.kernel_config(spec, workdir, uid, network, folders, gated=gated),
+                name=self.container_name(spec.kernel_id)
             )
         except BaseException as e:
             self.uids.release(uid)
@@ -542,20 +568,25 @@ class DockerBackend(RuntimeBackend):
                     f"the container could not be created: {_docker_message(e)}"
                 ) from e
             raise
-        await self._ready_or_remove(spec.kernel_id, container, workdir, uid, start=True)
+        await self._ready_or_remove(spec.kernel_id, container, workdir, uid, start=True,
+                                    claim=config if gated else None)
         return await self.inspect(spec.kernel_id)
 
     async def _ready_or_remove(self, kernel_id: str, container: Any, workdir: Path, uid: int,
-                               start: bool = False) -> None:
-        """(Start and) wait for the runner; on any failure remove the container and its folder
-        and give its uid back."""
+                               start: bool = False, claim: dict[str, Any] | None = None) -> None:
+        """(Start and) wait for the runner; ``claim``: the runner is gated, give the container
+        outbound network and then the runner this config. On any failure remove the container
+        and its folder and give its uid back."""
         try:
             if start:
                 await container.start()
+            if claim is not None:
+                await self._give_outbound(container, workdir, claim)
             await self._wait_ready(kernel_id, container, workdir)
         except BaseException as e:
             self._destroying.add(kernel_id)
             try:
+                await asyncio.to_thread(outbound.forget, workdir.parent / SLIRP_PID)
                 with contextlib.suppress(DockerError):
                     await container.delete(force=True, v=True)
                 await self.remove_folder(workdir)
@@ -568,6 +599,31 @@ class DockerBackend(RuntimeBackend):
                     f"the container could not be started: {_docker_message(e)}"
                 ) from e
             raise
+
+    async def _give_outbound(self, container: Any, workdir: Path, config: dict[str, Any]) -> None:
+        """Outbound network for the started, gated container (``outbound.py``: the blocking
+        routes, then slirp4netns), then the runner's kernel: nothing of the kernel ran before.
+        The kernel fails with the reason when any of it fails."""
+        assert self.outbound is not None
+        home = workdir.parent
+        try:
+            await wait_listening(container, run_dir_of(workdir), self.ready_timeout)
+            info = await container.show()
+            pid, cid = int((info.get("State") or {}).get("Pid") or 0), info.get("Id") or ""
+            if not in_container(pid, cid):
+                raise OSError("the agent cannot see the container's processes")
+            slirp = await asyncio.to_thread(outbound.attach, self.outbound, pid, home / SLIRP_OUT)
+            outbound.remember(slirp, home / SLIRP_PID)
+            # what the engine gave the container: the kernel's environment, the image's, PATH
+            env = await asyncio.to_thread(process_environ, pid, cid)
+        except (OSError, ValueError, RuntimeError, TimeoutError, NotImplementedError,
+                StandbyUnusable, subprocess.SubprocessError, DockerError) as e:
+            raise KernelCreationFailed(
+                f"outbound network could not be set up: {_docker_message(e)}") from None
+        try:
+            await send_claim(run_dir_of(workdir) / bai.kernel.SOCKET_NAME, env, config)
+        except (OSError, TimeoutError, StandbyUnusable, RunnerUnavailable) as e:
+            raise KernelCreationFailed(f"the kernel runner did not start: {e}") from None
 
     # -- claimed standbys' labels --------------------------------------------------------------
 
@@ -663,6 +719,7 @@ class DockerBackend(RuntimeBackend):
             workdir = Path(
                 inst.workdir if inst is not None else self.workdir_of(kernel_id)
             )
+            await asyncio.to_thread(outbound.forget, workdir.parent / SLIRP_PID)
             await self.remove_folder(workdir)
             self._drop_claim(kernel_id)
             self._reported.add(kernel_id)

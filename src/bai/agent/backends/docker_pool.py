@@ -197,19 +197,7 @@ class StandbyPool:
                     await create
                 raise
             await container.start()
-            # the runner's socket appears once it accepts connections
-            sock = run_dir_of(workdir) / bai.kernel.SOCKET_NAME
-            deadline = time.monotonic() + START_TIMEOUT
-            delay = 0.005
-            while not sock.exists():
-                if delay >= 0.04:  # not there at once: make sure it is still alive
-                    state = (await container.show()).get("State") or {}
-                    if not state.get("Running"):
-                        raise RuntimeError(f"it exited with code {state.get('ExitCode')}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"its runner did not listen within {START_TIMEOUT:g} s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+            await wait_listening(container, run_dir_of(workdir), START_TIMEOUT)
             info = await container.show()
         except BaseException:
             await asyncio.shield(self._remove(name, workdir, uid))
@@ -318,6 +306,23 @@ class StandbyPool:
             doomed.append((info["Id"], Path(labels.get(L_WORKDIR) or "/"), None))
         await asyncio.gather(*(self._remove(*d) for d in doomed), return_exceptions=True)
         return len(doomed)
+
+
+async def wait_listening(container: Any, run_dir: Path, timeout: float) -> None:
+    """Until the runner of a started ``container`` accepts connections (its socket appears in
+    ``run_dir``); raises RuntimeError when the container exits or ``timeout`` passes first."""
+    sock = run_dir / bai.kernel.SOCKET_NAME
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not sock.exists():
+        if delay >= 0.04:  # not there at once: make sure it is still alive
+            state = (await container.show()).get("State") or {}
+            if not state.get("Running"):
+                raise RuntimeError(f"it exited with code {state.get('ExitCode')}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"its runner did not listen within {timeout:g} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def set_hostname(pid: int, container_id: str, name: str) -> None:

@@ -119,9 +119,12 @@ class ContainerSite:
         }
 
     def kernel_config(self, spec: KernelSpec, workdir: Path, uid: int,
-                      network_mode: str, folders: Sequence[HostMount] = ()) -> dict[str, Any]:
+                      network_mode: str, folders: Sequence[HostMount] = (),
+                      gated: bool = False) -> dict[str, Any]:
         """The container created for a kernel that runs as ``uid``, with its storage
-        ``folders`` bound (read-only ones with the read-only mount flag)."""
+        ``folders`` bound (read-only ones with the read-only mount flag); ``gated``: its runner
+        waits for a claim (``--pooled``) before anything of the kernel runs, so the agent can
+        set up the container's network first (``DockerBackend._give_outbound``)."""
         host_config = {**self.host_config(workdir, network_mode), **limits_of(spec),
                        "PidsLimit": spec.pids_max(self.pids_limit)}
         if spec.device_nodes:  # only this kernel's GPUs (+ control nodes) in its device cgroup
@@ -145,7 +148,7 @@ class ContainerSite:
                  "BindOptions": {"Propagation": "rprivate"}} for m in folders]
         return {
             "Image": spec.image,
-            "Cmd": runner_argv(uid, self.seccomp),
+            "Cmd": [*runner_argv(uid, self.seccomp), *(["--pooled"] if gated else [])],
             "Entrypoint": [],
             "Env": [f"{k}={v}" for k, v in kernel_env(spec).items()],
             "WorkingDir": WORK_TARGET,

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from bai.agent.backends.process_pool import proc_start_time
+
 #: never reachable from a kernel, besides this host's own addresses
 ALWAYS_BLOCKED = ("169.254.0.0/16", "127.0.0.0/8", "0.0.0.0/8")
 TOOLS = ("slirp4netns", "nsenter", "ip")
@@ -94,3 +96,19 @@ def attach(found: dict[str, str], pid: int, log: Path, timeout: float = 30.0) ->
 def stop(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, 9)
+
+
+def remember(slirp: subprocess.Popen, path: Path) -> None:
+    """Write ``slirp``'s pid and start time to ``path`` (in a root-only folder of the agent),
+    for ``forget`` after an agent restart as well."""
+    path.write_text(f"{slirp.pid} {proc_start_time(slirp.pid) or ''}\n")
+
+
+def forget(path: Path) -> None:
+    """Stop the slirp4netns that ``remember`` wrote to ``path`` (if it is still that process)."""
+    try:
+        pid, _, start = path.read_text().strip().partition(" ")
+    except OSError:
+        return
+    if pid.isdigit() and start and proc_start_time(int(pid)) == start:
+        stop(int(pid))
