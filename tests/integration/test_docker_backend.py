@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import time
 import uuid
@@ -338,3 +340,47 @@ async def test_no_free_uid_refuses_the_kernel_and_leaves_nothing(engine: str, tm
         assert int(out) == uids.first
     finally:
         await finish(b)
+
+
+needs_outbound = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("slirp4netns", "nsenter", "ip")),
+    reason="outbound network needs root, slirp4netns, nsenter and ip (scripts/install.sh)")
+
+
+@needs_outbound
+async def test_an_outbound_kernel_has_its_network_before_its_bootstrap_and_loses_it_at_destroy(
+        backend: DockerBackend):
+    """A kernel whose policy allows outbound network (the spec's ``network``): slirp4netns's
+    tap0 and the blocking routes are there when its bootstrap script, the first of its code,
+    runs; its slirp4netns ends with the kernel."""
+    assert backend.isolation()["outbound"] == "slirp4netns"
+    spec = make_spec(network=True, bootstrap_script="cat /proc/net/dev /proc/net/route > net.txt")
+    inst = await backend.create(spec)
+    home = inst.workdir.parent
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "tap0" not in seen and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        seen = (inst.workdir / "net.txt").read_text() if (inst.workdir / "net.txt").exists() \
+            else ""
+    assert "tap0" in seen, seen  # the bootstrap saw the network: set up before it ran
+    out, _, _ = await run(inst, "print(open('/proc/net/dev').read(), "
+                                "open('/etc/resolv.conf').read())")
+    assert "tap0" in out and "nameserver 10.0.2.3" in out, out  # slirp4netns's DNS
+    pid, start = (home / "slirp.pid").read_text().split()
+    assert proc_start_time(int(pid)) == start
+    await backend.destroy(spec.kernel_id)
+    assert proc_start_time(int(pid)) != start
+
+
+@needs_outbound
+async def test_an_outbound_kernel_whose_network_cannot_be_set_up_fails_and_leaves_nothing(
+        backend: DockerBackend):
+    assert backend.outbound is not None
+    backend.outbound = {**backend.outbound, "ip": "/bin/false"}  # the blocking routes fail
+    spec = make_spec(network=True)
+    with pytest.raises(KernelCreationFailed, match="outbound network could not be set up"):
+        await backend.create(spec)
+    with pytest.raises(KernelNotFound):
+        await backend.inspect(spec.kernel_id)
+    assert not backend.workdir_of(spec.kernel_id).parent.exists()

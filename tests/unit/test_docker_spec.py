@@ -80,7 +80,7 @@ def test_an_outbound_kernels_runner_waits_for_the_agent_before_anything_of_the_k
     plain = SITE.kernel_config(s, Path("/scratch/k-1/work"), 2_000_001, "none")
     gated = SITE.kernel_config(s, Path("/scratch/k-1/work"), 2_000_001, "none", gated=True)
     assert gated["Cmd"] == [*plain["Cmd"], "--pooled"]
-    assert gated["HostConfig"] == plain["HostConfig"]
+    assert gated["HostConfig"] == {**plain["HostConfig"], "Dns": ["10.0.2.3"]}  # slirp's
     assert gated["HostConfig"]["NetworkMode"] == "none"
 
 

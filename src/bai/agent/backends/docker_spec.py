@@ -44,6 +44,9 @@ RUN_DIR = "run"  # the runner's socket, config, log and exit status: root's, 070
 #: in RUN_DIR: the compiled seccomp filter (``agent/seccomp.py``) the runner loads
 SECCOMP_FILE = "seccomp.bpf"
 
+#: the DNS forwarder of slirp4netns (``outbound.py``) in a container with outbound network
+SLIRP_DNS = "10.0.2.3"
+
 KERNEL_PREFIX = "bai-kernel-"
 STANDBY_PREFIX = "bai-standby-"
 #: the runner starts as the container's root with only these capabilities, binds its socket in
@@ -142,6 +145,8 @@ class ContainerSite:
                 pipe = spec.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps"
                 host_config["Binds"] = [*host_config["Binds"], f"{pipe}:{pipe}:rw"]
                 host_config["IpcMode"] = "host"
+        if gated:  # slirp4netns answers DNS there (the host's resolvers may be on its loopback)
+            host_config["Dns"] = [SLIRP_DNS]
         if folders:
             host_config["Mounts"] = [
                 {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only,
