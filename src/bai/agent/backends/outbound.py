@@ -110,5 +110,11 @@ def forget(path: Path) -> None:
         pid, _, start = path.read_text().strip().partition(" ")
     except OSError:
         return
-    if pid.isdigit() and start and proc_start_time(int(pid)) == start:
-        stop(int(pid))
+    if not (pid.isdigit() and start and proc_start_time(int(pid)) == start):
+        return
+    stop(int(pid))
+    deadline = time.monotonic() + 5
+    while proc_start_time(int(pid)) == start and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # the agent's own child: reap it
+            os.waitpid(int(pid), os.WNOHANG)
+        time.sleep(0.01)
