@@ -3,10 +3,12 @@ name rules, and ``resolve_mounts`` (the contract the session create uses) with i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
 import os
+import socket
 import subprocess
 import uuid
 
@@ -378,6 +380,19 @@ needs_images = pytest.mark.skipif(
 
 
 @needs_images
+def _raw_patch(base, token: str, size: int) -> bytes:
+    """A tus PATCH of ``size`` bytes over a plain socket, sent whole before the answer is
+    read; returns the answer's status line."""
+    with socket.create_connection((base.host, base.port), timeout=60) as s:
+        s.sendall(f"PATCH /storage/upload?token={token} HTTP/1.1\r\nHost: x\r\n"
+                  f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Length: {size}\r\n"
+                  "Content-Type: application/offset+octet-stream\r\n\r\n".encode())
+        block = os.urandom(2**20)
+        for _ in range(size // 2**20):
+            s.sendall(block)
+        return s.makefile("rb").readline()
+
+
 async def test_a_quota_holds_against_uploads_and_direct_writes(env, tmp_path):
     root, _, client = env
     user = Signed(client, USER)
@@ -398,6 +413,14 @@ async def test_a_quota_holds_against_uploads_and_direct_writes(env, tmp_path):
                      "Content-Type": "application/offset+octet-stream"})
         body = await resp.json()
         assert resp.status == 413 and body["title"] == "Disk quota exceeded.", body
+        assert sorted(os.listdir(folder)) == ["a.bin"]
+        # the same from a client that sends the whole body before it reads: the answer
+        # reaches it (a server that stops reading and closes would reset the connection)
+        ticket = await call(user, "POST", "/folders/q/request-upload",
+                            {"path": "b.bin", "size": 19 * 2**20})
+        status = await asyncio.to_thread(_raw_patch, client.make_url("/"), ticket["token"],
+                                         19 * 2**20)
+        assert status.startswith(b"HTTP/1.1 413"), status
         assert sorted(os.listdir(folder)) == ["a.bin"]
         # a write from inside a session lands in the same filesystem: the kernel stops it
         with pytest.raises(OSError) as err, open(folder / "direct.bin", "wb") as f:

@@ -27,15 +27,17 @@ AVAILABLE = hasattr(os, "splice")
 
 def splice_in(sock_fd: int, file_fd: int, count: int, *, idle: float = IDLE_TIMEOUT,
               stop: threading.Event | None = None,
-              progress: Callable[[int], None] | None = None) -> int:
+              progress: Callable[[int], None] | None = None,
+              taken: Callable[[int], None] | None = None) -> int:
     """Move up to ``count`` bytes from the socket ``sock_fd`` (blocking or not) to ``file_fd``
     at its position; returns how many moved, fewer than ``count`` only when the peer closed
     the connection. Raises ``TimeoutError`` after ``idle`` seconds without a byte (or once
     ``stop`` is set), and the ``OSError`` of a failed write (``EDQUOT``, ``ENOSPC``); every
     byte taken from the socket is in the file by then, except on such a write error.
-    ``progress`` hears the bytes moved so far after each step."""
+    ``progress`` hears the bytes moved so far after each step, ``taken`` the bytes taken
+    from the socket so far (ahead of ``progress`` by what the pipe holds)."""
     if not AVAILABLE:
-        return _copy_in(sock_fd, file_fd, count, idle, stop, progress)
+        return _copy_in(sock_fd, file_fd, count, idle, stop, progress, taken)
     r, w = os.pipe()
     try:
         try:
@@ -55,6 +57,8 @@ def splice_in(sock_fd: int, file_fd: int, count: int, *, idle: float = IDLE_TIME
             if n == 0:  # the peer closed the connection
                 break
             moved += n
+            if taken:
+                taken(moved)
             deadline = time.monotonic() + idle
             while n:
                 n -= os.splice(r, file_fd, n, flags=os.SPLICE_F_MOVE)
@@ -77,7 +81,8 @@ def _wait(poll: select.poll, deadline: float, stop: threading.Event | None) -> N
 
 
 def _copy_in(sock_fd: int, file_fd: int, count: int, idle: float,
-             stop: threading.Event | None, progress: Callable[[int], None] | None) -> int:
+             stop: threading.Event | None, progress: Callable[[int], None] | None,
+             taken: Callable[[int], None] | None) -> int:
     """The same through a reused buffer where ``splice`` is missing."""
     poll = select.poll()
     poll.register(sock_fd, select.POLLIN)
@@ -92,6 +97,8 @@ def _copy_in(sock_fd: int, file_fd: int, count: int, idle: float,
         if n == 0:
             break
         moved += n
+        if taken:
+            taken(moved)
         deadline = time.monotonic() + idle
         view = buf[:n]
         while view:
@@ -110,6 +117,8 @@ class SocketBody:
     head: list[bytes]
     fd: int
     left: int
+    #: of ``left``, the bytes taken from the socket so far
+    taken: int = 0
 
     @property
     def length(self) -> int:
@@ -123,15 +132,33 @@ def _body_to_file(body: SocketBody, file_fd: int, stop: threading.Event) -> int:
         while view:
             view = view[os.write(file_fd, view):]
         moved += len(chunk)
-    return moved + splice_in(body.fd, file_fd, body.left, stop=stop)
+    return moved + splice_in(body.fd, file_fd, body.left, stop=stop,
+                             taken=lambda n: setattr(body, "taken", n))
+
+
+def _discard(body: SocketBody, stop: threading.Event) -> int:
+    with open(os.devnull, "wb") as sink:
+        return splice_in(body.fd, sink.fileno(), body.left - body.taken, idle=10.0, stop=stop)
+
+
+async def discard(body: SocketBody) -> None:
+    """Read what the peer still sends of the body and drop it (at most 10 s without a byte),
+    so that an early error answer reaches a client still sending, not a reset connection."""
+    with contextlib.suppress(OSError):
+        await _in_thread(_discard, body)
 
 
 async def body_to_file(body: SocketBody, file_fd: int) -> int:
-    """Write the whole body to ``file_fd`` at its position in a thread of its own (a transfer
-    holds it as long as it runs, which must not starve the default executor's short file
-    operations; a daemon, so that a stalled peer never holds up the process's exit); returns
-    the bytes written (fewer than ``body.length`` when the peer went away). Cancelled, it
-    stops the thread and waits for it, so that the caller may close the descriptors."""
+    """Write the whole body to ``file_fd`` at its position; returns the bytes written (fewer
+    than ``body.length`` when the peer went away)."""
+    return await _in_thread(_body_to_file, body, file_fd)
+
+
+async def _in_thread(fn: Callable[..., int], body: SocketBody, *args: object) -> int:
+    """``fn(body, *args, stop)`` in a thread of its own (a transfer holds it as long as it
+    runs, which must not starve the default executor's short file operations; a daemon, so
+    that a stalled peer never holds up the process's exit). Cancelled, it stops the thread
+    and waits for it, so that the caller may close the descriptors."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[int] = loop.create_future()
     stop = threading.Event()
@@ -145,7 +172,7 @@ async def body_to_file(body: SocketBody, file_fd: int) -> int:
 
     def run() -> None:
         try:
-            result, exc = _body_to_file(body, file_fd, stop), None
+            result, exc = fn(body, *args, stop), None
         except BaseException as e:  # handed to the awaiting task
             result, exc = None, e
         with contextlib.suppress(RuntimeError):  # the loop is gone

@@ -60,6 +60,10 @@ async def tus_patch(request: web.Request) -> web.Response:
     if asked != offset:
         return web.Response(status=409, headers={**TUS, "Upload-Offset": str(offset)},
                             text=f"Upload-Offset is {offset}, not {asked}")
+    if offset + (request.content_length or 0) > int(claims["size"]):
+        # refused before any byte is read: aiohttp drains the body after the answer
+        raise InvalidAPIParameters(f"more bytes than the {int(claims['size']):,} announced",
+                                   data={"size": int(claims["size"])})
     raw = _socket_body(request)
     if raw is None:
         new = await folders.write_upload(claims, offset, request.content)
@@ -68,7 +72,8 @@ async def tus_patch(request: web.Request) -> web.Response:
     try:
         new = await folders.write_upload(claims, offset, raw)
         resp = web.Response(status=204, headers={**TUS, "Upload-Offset": str(new)})
-    except BaiError as exc:
+    except BaiError as exc:  # quota, or more bytes than announced
+        await zerocopy.discard(raw)
         resp = problem_response(exc.status, exc.to_problem())
     except BaseException:
         if request.transport is not None:
