@@ -773,11 +773,14 @@ async def test_deep_new_sessions_get_their_reason_and_event_from_the_background_
         assert [info[n].split(":")[0] for n in names] == [
             "insufficient-resources"] * 2 + ["enqueued"] * 2, info
         await manager.scheduler.flush_deep()
-        got = []  # wait for the four (generously: a loaded machine), then for any extra one
-        while (ev := await sub.get(timeout=10 if len(got) < len(names) else 0.5)) is not None:
+        got = []  # wait for all four (generously: a loaded machine), then for any extra one
+        while (ev := await sub.get(
+                timeout=10 if {n for n, _ in got} != set(names) else 0.5)) is not None:
             if ev.name == "session_pending" and ev.session_id in ids:
                 got.append((ids[ev.session_id], ev.payload()["queuePosition"]))
-    assert sorted(got) == [(n, i + 1) for i, n in enumerate(names)]
+    # the manager's own timer pass may run beside the test's and repeat a head line's event:
+    # each session's events must all name its position
+    assert sorted(set(got)) == [(n, i + 1) for i, n in enumerate(names)]
     for i, n in enumerate(names):
         assert f"position {i + 1} in queue" in (await manager.sessions.resolve(me, n))["status_info"]
     # the background write is the lines' last word: the next pass changes nothing, sends nothing
