@@ -66,6 +66,23 @@ def list_hosts() -> None:
     click.echo(f"Usable hosts: {', '.join(got['allowed'])}")
 
 
+def _transfer(out, pairs, move, describe) -> None:
+    """Move each (local file, folder path) pair in turn: a line per file, or one JSON list."""
+
+    async def go(api) -> list[dict[str, Any]]:
+        done = []
+        for local, path in pairs:
+            size = await move(api, local, path)
+            done.append({"file": str(local), "path": path, "size": size})
+            if not out.is_json:
+                out.note(describe(local, path, size))
+        return done
+
+    done = _call(go)
+    if out.is_json:
+        out.json(done)
+
+
 @vfolder.command()
 @click.argument("name")
 @click.argument("host", required=False)
@@ -317,19 +334,9 @@ def upload(name, filenames, base_dir, recursive, dst) -> None:
     prefix = PurePosixPath(dst) if dst else None
     out = get_ctx().output
 
-    async def go(api) -> list[dict[str, Any]]:
-        done = []
-        for local, remote in files:
-            target = str(prefix / remote) if prefix else remote
-            size = await api.upload(name, local, target)
-            done.append({"file": str(local), "path": target, "size": size})
-            if not out.is_json:
-                out.note(f"Uploaded {local} to {name}:{target} ({_size(size)})")
-        return done
-
-    done = _call(go)
-    if out.is_json:
-        out.json(done)
+    pairs = [(local, str(prefix / remote) if prefix else remote) for local, remote in files]
+    _transfer(out, pairs, lambda api, local, target: api.upload(name, local, target),
+              lambda local, target, size: f"Uploaded {local} to {name}:{target} ({_size(size)})")
 
 
 @vfolder.command()
@@ -354,18 +361,9 @@ def download(name, filenames, base_dir) -> None:
             raise UsageError(f"{local} already exists; remove it or use --base-dir")
         targets.append((remote, local))
 
-    async def go(api) -> list[dict[str, Any]]:
-        done = []
-        for remote, local in targets:
-            size = await api.download(name, remote, local)
-            done.append({"path": remote, "file": str(local), "size": size})
-            if not out.is_json:
-                out.note(f"Downloaded {name}:{remote} to {local} ({_size(size)})")
-        return done
-
-    done = _call(go)
-    if out.is_json:
-        out.json(done)
+    pairs = [(local, remote) for remote, local in targets]
+    _transfer(out, pairs, lambda api, local, remote: api.download(name, remote, local),
+              lambda local, remote, size: f"Downloaded {name}:{remote} to {local} ({_size(size)})")
 
 
 @vfolder.command()
