@@ -6,6 +6,7 @@ logging out, or a password change, ends the login."""
 from __future__ import annotations
 
 import base64
+import http.client as httpclient
 import json
 import os
 
@@ -170,3 +171,40 @@ def test_guessing_is_throttled(stack):
     status, _, body = call(stack, "POST", "/dashboard/api/login",
                            {"email": email, "password": "right-pass-1"})
     assert status == 429 and body["title"] == "Too many failed logins."
+
+
+TRAVERSALS = [
+    "/dashboard/static/../../../../../../etc/passwd",
+    "/dashboard/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/dashboard/static/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "/dashboard/static/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/dashboard/static//etc/passwd",
+    "/dashboard/static/%2fetc%2fpasswd",
+    "/dashboard/static/../api/dashboard.py",
+    "/dashboard/static/%2e%2e/api/dashboard.py",
+    "/dashboard/static/..%5capi%5cdashboard.py",
+    "/dashboard/static/app.js%00.py",
+    "/dashboard/static/../../manager/app.py",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_the_static_files_route_serves_nothing_outside_the_dashboard(stack, path):
+    """Raw paths (http.client sends them as written, no normalising) that try to climb out of
+    the dashboard's folder: to the host's /etc/passwd or to the manager's own source."""
+    conn = httpclient.HTTPConnection("127.0.0.1", stack.port, timeout=60)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert b"root:" not in body and b"import " not in body, (path, resp.status, body[:200])
+    assert resp.status in (400, 403, 404), (path, resp.status)
+
+
+def test_the_static_files_route_still_serves_the_dashboard(stack):
+    """The guard of the attacks above: the same route does serve a file that is there."""
+    status, headers, _ = call(stack, "GET", "/dashboard/static/app.js")
+    assert status == 200 and "javascript" in headers["Content-Type"]

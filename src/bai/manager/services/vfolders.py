@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bai.common.errors import (
     InvalidAPIParameters, VFolderNotFound, VFolderPermissionDenied,
 )
+from bai.common.mounts import kernel_path
 from bai.common.resources import parse_size
 from bai.manager.store import tables as t
 
@@ -41,8 +41,6 @@ _PERMISSION_ALIASES = {
 USAGE_MODES = ("general", "model", "data")
 #: a folder name: what a directory name and a mount name may safely be
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-#: where a folder appears in a container when no path is given
-KERNEL_HOME = "/home/work"
 
 
 def checked_name(name: Any, what: str = "folder name") -> str:
@@ -227,19 +225,6 @@ def parse_mount_spec(text: str) -> MountSpec:
     return MountSpec(parts[0], parts[1] if len(parts) == 2 and parts[1] else None, mode)  # type: ignore[arg-type]
 
 
-def kernel_path_of(name: str, path: str | None) -> str:
-    """Where a folder appears in the session: an absolute path, or one relative to
-    ``/home/work``; never ``..``, never ``/home/work`` itself."""
-    raw = path if path else name
-    p = PurePosixPath(raw if raw.startswith("/") else f"{KERNEL_HOME}/{raw}")
-    if ".." in p.parts or "\x00" in raw:
-        raise InvalidAPIParameters(f"invalid mount path {raw!r}: '..' is not allowed")
-    norm = str(p)
-    if norm in ("/", KERNEL_HOME):
-        raise InvalidAPIParameters(f"invalid mount path {raw!r}: mount below {KERNEL_HOME}")
-    return norm
-
-
 async def resolve_mounts(conn: AsyncConnection, user_id: uuid.UUID,
                          specs: Sequence[MountSpec | str], *,
                          group_id: uuid.UUID | None = None) -> list[ResolvedMount]:
@@ -261,7 +246,7 @@ async def resolve_mounts(conn: AsyncConnection, user_id: uuid.UUID,
         if spec.mode not in (None, "ro", "rw"):
             raise InvalidAPIParameters(f"invalid mount mode {spec.mode!r}: use ro or rw")
         mode = spec.mode or ("rw" if may_write(access.permission) else "ro")
-        path = kernel_path_of(spec.name, spec.kernel_path)
+        path = kernel_path(spec.name, spec.kernel_path)  # the one rule for mount paths
         if path in paths:
             raise InvalidAPIParameters(f"two mounts at {path}")
         paths.add(path)
