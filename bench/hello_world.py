@@ -15,6 +15,13 @@ p90 and p99 of the whole command, split by the manager's session history timesta
 Without ``--runtime`` it measures the process runtime, and the docker runtime as well when
 ``DOCKER_HOST`` is set (the docker engine must hold the image ``python:3.11-debian12``).
 Targets: process median <= 150 ms, docker median <= 600 ms.
+
+    python bench/hello_world.py --isolation-cost [--runs 20]
+
+measures what the sandbox costs (issue 12: "hello-world latency stays within 10 %"): two
+process-runtime stacks side by side, one as installed (bubblewrap, own uid, seccomp, cgroups) and
+one with ``BAI_AGENT_PROCESS_SANDBOX=0`` (kernels as the server's user, no sandbox), their runs
+interleaved one by one so that both see the same load; it prints both and the ratio.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import asyncio
 import os
 import resource
+import statistics
 import subprocess
 import time
 from datetime import datetime
@@ -99,12 +107,48 @@ def measure(runtime: str, runs: int, warmup: int) -> None:
     print(flush=True)
 
 
+def isolation_cost(runs: int, warmup: int) -> None:
+    stacks = {"sandbox": EmbeddedStack(), "no sandbox": EmbeddedStack(
+        extra_env={"BAI_AGENT_PROCESS_SANDBOX": "0"})}
+    try:
+        for st in stacks.values():
+            st.start()
+        print_conditions("hello world: the sandbox's cost, interleaved", runtime="process",
+                         db="SQLite (embedded)", runs=runs, warmup=warmup,
+                         compared="as installed vs BAI_AGENT_PROCESS_SANDBOX=0",
+                         command=f"{os.path.basename(CLI)} run --rm -c 'print(1)' python")
+        gaps = {k: st.cli("admin", "agent", "list", check=False).stdout for k, st in stacks.items()}
+        walls: dict[str, list[float]] = {k: [] for k in stacks}
+        tag = f"hwi{os.getpid()}"
+        for i in range(warmup + runs):
+            for k, st in (stacks.items() if i % 2 else reversed(stacks.items())):
+                wall = run_once(st, f"{tag}-{i}-{len(walls[k])}")[2]
+                if i >= warmup:
+                    walls[k].append(wall)
+        for k in stacks:
+            print(line(f"whole command, {k}", walls[k]))
+        med = {k: statistics.median(v) for k, v in walls.items()}
+        print(f"sandbox / no sandbox (medians): {med['sandbox'] / med['no sandbox']:.2f} "
+              "(issue 12: within 1.10)")
+        for k, text in gaps.items():
+            print(f"agent list, {k}:\n" + "\n".join("  " + ln for ln in text.splitlines()))
+        print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    finally:
+        for st in stacks.values():
+            st.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runtime", choices=["process", "docker"], default=None)
+    ap.add_argument("--isolation-cost", action="store_true",
+                    help="process runtime with and without the sandbox, interleaved")
     args = ap.parse_args()
+    if args.isolation_cost:
+        isolation_cost(args.runs, args.warmup)
+        return
     runtimes = [args.runtime] if args.runtime else (
         ["process", "docker"] if os.environ.get("DOCKER_HOST") else ["process"])
     for runtime in runtimes:
