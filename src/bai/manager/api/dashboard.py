@@ -83,11 +83,6 @@ def _user(caller: Any) -> dict[str, Any]:
             "resource_policy": caller.resource_policy}
 
 
-def _set_cookie(request: web.Request, resp: web.StreamResponse, value: str, max_age: int) -> None:
-    resp.set_cookie(web_login.COOKIE, value, max_age=max_age, path="/", httponly=True,
-                    samesite="Strict", secure=request.secure)
-
-
 async def page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -96,29 +91,51 @@ async def to_page(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/dashboard/")
 
 
-async def login(request: web.Request) -> web.Response:
-    if request.content_type != "application/json":
-        # a cross-site HTML form cannot send JSON: this (and the origin check) stops login CSRF
-        raise InvalidAPIParameters("send the login as application/json")
-    if not same_origin(request):
-        raise Forbidden("Log in from this server's own page.", title="CSRF check failed.")
-    email, password = web_login.parse_credentials(await fields_of(request, m.Login))
+async def attempt_login(request: web.Request, email: str, password: str) -> web_login.WebSession:
+    """One password login (the dashboard's and the official client's session mode), counted
+    by the login limiter."""
     throttle = request.app[THROTTLE]
     now = time.monotonic()
     throttle.check(email, now)
     try:
         async with request.app[ROOT].store.begin() as conn:
-            ws = await web_login.login(conn, email, password)
+            return await web_login.login(conn, email, password)
     except BaiError:
         throttle.failed(email, now)
         raise
+
+
+def set_cookie(request: web.Request, resp: web.StreamResponse, ws: web_login.WebSession) -> None:
+    resp.set_cookie(web_login.COOKIE, ws.token, max_age=int(web_login.LIFETIME.total_seconds()),
+                    path="/", httponly=True, samesite="Strict", secure=request.secure)
+
+
+async def credentials(request: web.Request) -> tuple[str, str]:
+    """The email and password of a login request (the dashboard's or the client's)."""
+    if request.content_type != "application/json":
+        # a cross-site HTML form cannot send JSON: this (and the origin check) stops login CSRF
+        raise InvalidAPIParameters("send the login as application/json")
+    if not same_origin(request):
+        raise Forbidden("Log in from this server's own page or client.",
+                        title="CSRF check failed.")
+    return web_login.parse_credentials(await fields_of(request, m.Login))
+
+
+async def login(request: web.Request) -> web.Response:
+    email, password = await credentials(request)
+    ws = await attempt_login(request, email, password)
     resp = web.json_response({"user": _user(ws.caller), "csrf": ws.csrf})
-    _set_cookie(request, resp, ws.token, int(web_login.LIFETIME.total_seconds()))
+    set_cookie(request, resp, ws)
     return resp
 
 
 async def logout(request: web.Request) -> web.Response:
     caller_of(request)  # the middleware checked the cookie and the CSRF token
+    return await end_login(request)
+
+
+async def end_login(request: web.Request) -> web.Response:
+    """Delete the cookie's login (if any) and clear the cookie."""
     token = request.cookies.get(web_login.COOKIE)
     if token:
         async with request.app[ROOT].store.begin() as conn:

@@ -107,6 +107,8 @@ def needs_auth(request: web.Request) -> bool:
         return False
     if path.startswith("/dashboard") and path not in _DASHBOARD_AUTHED:
         return False  # the page and its static files; /dashboard/api/login checks itself
+    if path.startswith(("/func/", "/server/")):
+        return False  # the official client's session mode: api/webserver.py checks the cookie
     if path == "/" and request.method in ("GET", "HEAD") and "Authorization" not in request.headers:
         return False
     return True

@@ -154,9 +154,11 @@ class UpdateUser(Body):
 
 
 class Login(Body):
-    """``POST /dashboard/api/login``."""
+    """``POST /dashboard/api/login`` (``email``) and ``POST /server/login`` (the official
+    client's session mode sends the email as ``username``)."""
 
     email: text(128) | None = None
+    username: text(128) | None = None
     password: text(1025) | None = None
 
 
