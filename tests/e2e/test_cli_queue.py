@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import signal
+import sys
 import time
 
 import pytest
@@ -80,6 +81,55 @@ def test_first_10_then_all_and_format(small):
         assert not {i["name"] for i in user["items"]} & set(names)
     finally:
         small.cli("rm", "blocker", *names, check=False)
+
+
+PS_ARGS = [(), ("--all",), ("--detail", "--limit", "3"), ("--name-only", "--offset", "2"),
+           ("--output", "json", "--all-statuses", "-a"), ("-f", "id,status,dependencies,"
+           "occupying_slots,created_at,mounts,service_ports"), ("--dead",),
+           ("-s", "pending", "--order", "name"), ("--filter", 'name ilike "ps-%"'),
+           ("-s", "NOPE"), ("--running", "--dead"), ("-f", "bogus"), ("--filter", "name ~~"),
+           ("--limit", "0")]
+#: what the express path leaves to click (click's own message for a bad --limit)
+PS_TO_CLICK = {("--limit", "0")}
+
+
+def _ps(stack, args, express: bool, user: bool):
+    env = {**(stack.user_env if user else stack.env), "BAI_CLI_EXPRESS": "1" if express else "0"}
+    # -X importtime: proof of the path taken (click imported or not), on stderr apart
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                           "from bai.client.cli.main import main; main()", "ps", *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+    imports = [ln for ln in proc.stderr.splitlines() if ln.startswith("import time:")]
+    err = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith("import time:"))
+    return (proc.returncode, proc.stdout, err), any(ln.split("|")[-1].strip() == "click"
+                                                    for ln in imports)
+
+
+def test_ps_on_the_express_path_prints_what_the_click_path_prints(small):
+    """``ps`` without click (the pre-serialised listing route) and through click (GraphQL):
+    byte for byte the same output, notes and exit code, for an admin and for a user (not
+    ``idle_checks``: its seconds left move between the two calls)."""
+    small.cli("start", "-t", "ps-blocker", "-r", "cpu=2", "python")
+    names = [f"ps-{i}" for i in range(4)]
+    for n in names:
+        small.cli("start", "--enqueue-only", "-t", n, "-r", "cpu=2", "python")
+    small.cli("start", "--enqueue-only", "-t", "ps-mine", "-r", "cpu=2", "python", user=True)
+    try:
+        for user in (False, True):
+            for args in PS_ARGS:
+                for _ in range(10):  # a scheduling pass may change a line between the two
+                    fast, fast_click = _ps(small, args, True, user)
+                    slow, slow_click = _ps(small, args, False, user)
+                    if fast == slow:
+                        break
+                    time.sleep(1)
+                assert fast == slow, (args, user)
+                assert slow_click and fast_click == (args in PS_TO_CLICK), (args, user)
+        code, out, _ = _ps(small, ("--all", "--name-only"), True, True)[0]
+        assert code == 0 and "ps-mine" in out and "ps-0" not in out  # a user's own only
+    finally:
+        small.cli("rm", "ps-blocker", *names, check=False)
+        small.cli("rm", "ps-mine", check=False, user=True)
 
 
 def wait_for(what, predicate, timeout: float = 180.0):

@@ -294,3 +294,39 @@ def test_express_start_imports_neither_click_nor_asyncio(fake):  # noqa: F811
                          env=env, timeout=60).stdout
     assert "is enqueued" in out and "CODE 0" in out
     assert "HEAVY []" in out
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--all"], ["-a", "--detail"], ["--name-only", "--offset", "3"], ["--output", "JSON"],
+    ["-s", "pending", "--order=name", "--limit=5"], ["-f", "id,status", "--access-key", "AK"],
+    ["--filter", 'name == "x"', "--running"], ["--dead", "--all-statuses"],  # ps says no itself
+])
+def test_ps_parse_takes_every_option(args, monkeypatch):
+    from bai.client.cli.express_ps import parse as parse_ps
+
+    monkeypatch.delenv("BAI_CLI_EXPRESS", raising=False)
+    assert parse_ps(args) is not None
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["-as", "pending"], ["-spending"], ["--limit", "0"], ["--limit", "x"],
+    ["--offset", "-1"], ["--output", "yaml"], ["name"], ["--all=yes"], ["--limit"],
+])
+def test_ps_parse_leaves_everything_else_to_click(args, monkeypatch):
+    from bai.client.cli.express_ps import parse as parse_ps
+
+    monkeypatch.delenv("BAI_CLI_EXPRESS", raising=False)
+    assert parse_ps(args) is None
+    monkeypatch.setenv("BAI_CLI_EXPRESS", "0")
+    assert parse_ps([]) is None
+
+
+def test_ps_against_a_manager_without_the_route_goes_through_click(fake, capsys,  # noqa: F811
+                                                                    monkeypatch):
+    """The fake manager (like an older one) answers 404 to GET /session/_/list: ``ps`` then
+    lists through GraphQL, as before."""
+    monkeypatch.delenv("BAI_CLI_EXPRESS", raising=False)
+    r = invoke(capsys, "ps")
+    assert r.code == 0, r.err
+    paths = [(q.method, q.raw_path.split("?")[0]) for q in fake.requests]
+    assert paths[0] == ("GET", "/session/_/list") and ("POST", "/admin/gql") in paths[1:]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 
 from bai.client.blocking import BlockingHTTP
 from bai.client.endpoint import (
@@ -94,9 +93,10 @@ def _off() -> bool:
 
 
 def _parse(args: list[str], flags: dict[str, str], values: dict[str, str],
-           plan: dict[str, Any]) -> dict[str, Any] | None:
+           plan: dict[str, Any], image: bool = True) -> dict[str, Any] | None:
     """``plan`` filled from ``args`` (``flags`` set True, ``values`` take one argument, the
-    ``REPEATED`` ones collect), with its one IMAGE; None for anything else (click's business)."""
+    ``REPEATED`` ones collect), with its one IMAGE (none unless ``image``); None for anything
+    else (click's business)."""
     positional = []
     i = 0
     while i < len(args):
@@ -120,9 +120,10 @@ def _parse(args: list[str], flags: dict[str, str], values: dict[str, str],
                 plan[values[opt]] = value
         else:
             return None
-    if len(positional) != 1:
+    if len(positional) != int(image):
         return None
-    plan["image"] = positional[0]
+    if image:
+        plan["image"] = positional[0]
     return plan
 
 
@@ -191,9 +192,9 @@ class Express:
             sys.stderr.flush()
 
     def request(self, method: str, path: str, json_body: Any = None,
-                timeout: float | None | object = ...) -> Any:
+                timeout: float | None | object = ..., params: Any = None) -> Any:
         def send(idx: int) -> Any:
-            url, headers, data = self.eps.prepare(idx, method, path, None, json_body)
+            url, headers, data = self.eps.prepare(idx, method, path, params, json_body)
             return self.http.request(method, url, headers=headers, body=data, timeout=timeout)
 
         ans = self.on_endpoints(send)
@@ -442,6 +443,8 @@ class StatusWatcher:
     is quick costs nothing here."""
 
     def __init__(self, express: Express, name: str) -> None:
+        import threading
+
         self.express = express
         self.name = name
         self._stop = threading.Event()

@@ -7,17 +7,26 @@ same ``-f`` values and the same ``--output json`` keys work with both clients.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any
+
+# ``typing``, ``dataclasses`` and ``decimal`` cost ~10 ms to import and ``ps`` (express path)
+# imports this module: annotations are never evaluated, ``decimal`` only for slot amounts.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
 class Field:
-    name: str
-    header: str
-    kind: str = "default"  # default | nested | slots | deps
-    json_key: str | None = None
+    __slots__ = ("header", "json_key", "kind", "name")
+
+    def __init__(self, name: str, header: str, kind: str = "default",
+                 json_key: str | None = None) -> None:
+        self.name = name
+        self.header = header
+        self.kind = kind  # default | nested | slots | deps
+        self.json_key = json_key
+
+    def __repr__(self) -> str:
+        return f"Field({self.name!r}, {self.header!r}, {self.kind!r}, {self.json_key!r})"
 
     @property
     def key(self) -> str:
@@ -100,6 +109,8 @@ def _decode(value: Any) -> Any:
 
 
 def _fmt_amount(slot: str, v: Any) -> str:
+    from decimal import Decimal, InvalidOperation
+
     from bai.common.resources import format_size
 
     try:

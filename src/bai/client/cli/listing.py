@@ -11,13 +11,8 @@ from typing import Any
 import click
 
 from bai.client.cli.context import get_ctx, output_option
-from bai.client.cli.fields import DEFAULT_FIELDS, DETAIL_EXTRA, FIELDS, format_cell, item_to_json
-from bai.client.errors import UsageError
-
-FIRST_PAGE = 10
-#: rows per request of ``--all`` (the manager answers up to 10,000): one round trip for most
-#: listings (each request pays the GraphQL parse, the count and the client's signing again)
-PAGE = 5000
+from bai.client.cli.ps_plan import FIRST_PAGE, PAGE, choose_fields, json_document, rest_note, \
+    status_set, table_of
 
 EPILOG = """\b
 Status filters (newest status change first):
@@ -42,54 +37,6 @@ Examples:
   backend.ai admin session list --format id,status,occupying_slots
   backend.ai --output json ps --access-key AKIA...   (admins: another user's sessions)
 """
-
-
-def status_set(running: bool, dead: bool, status: str | None, all_statuses: bool) -> list[str]:
-    from bai.common.status import LIST_ALL, LIST_DEAD, LIST_DEFAULT, LIST_RUNNING, parse_statuses
-
-    given = [opt for opt, on in (("--running", running), ("--dead", dead),
-                                 ("--status", status is not None),
-                                 ("--all-statuses", all_statuses)) if on]
-    if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} exclude each other: give one of them")
-    if status is not None and not status.strip():
-        raise UsageError("--status needs a status name (or ALL)")
-    if all_statuses or (status and status.strip().upper() == "ALL"):
-        return [str(s) for s in LIST_ALL]
-    if dead:
-        return [str(s) for s in LIST_DEAD]
-    if running:
-        return [str(s) for s in LIST_RUNNING]
-    if status:
-        known, unknown = parse_statuses(status)
-        if unknown or not known:
-            names = ", ".join(str(s) for s in LIST_ALL)
-            bad = ", ".join(unknown) or repr(status)
-            raise UsageError(f"unknown status {bad} for --status (known: {names}, ALL)")
-        return [str(s) for s in known]
-    return [str(s) for s in LIST_DEFAULT]
-
-
-def choose_fields(fmt: str | None, name_only: bool, detail: bool, is_admin: bool) -> list[str]:
-    from bai.client.cli.fields import parse_format
-
-    if fmt is not None:
-        try:
-            fields = parse_format(fmt)
-        except ValueError as e:
-            raise UsageError(
-                f"unknown field {e.args[0]!r} for --format (see 'backend.ai ps --help' for the list)"
-            ) from None
-        if not fields:
-            raise UsageError("--format needs at least one field name")
-        return fields
-    owner = ["access_key"] if is_admin else []
-    if name_only:
-        return ["name", *owner]
-    fields = ["name", *owner, *DEFAULT_FIELDS[1:]]
-    if detail:
-        fields += list(DETAIL_EXTRA)
-    return fields
 
 
 @click.command(epilog=EPILOG)
@@ -149,15 +96,12 @@ def ps(running, dead, status, all_statuses, show_all, name_only, detail, fmt, ac
 
     fields, items, total = cli.run(body)
     if out.is_json:
-        out.json({"count": len(items), "total_count": total,
-                  "items": [item_to_json(it) for it in items]})
+        out.json(json_document(items, total))
         return
     if not items:
         out.warn("No matching sessions.")
         return
-    specs = [FIELDS[f] for f in fields]
-    rows = [[format_cell(s, it.get(s.name)) for s in specs] for it in items]
-    out.table([s.header for s in specs], rows)
-    rest = total - offset - len(items)
-    if rest > 0:
-        out.warn(f"({len(items)} of {total} shown; {rest} more: use --all to list them)")
+    out.table(*table_of(fields, items))
+    note = rest_note(total, offset, len(items))
+    if note:
+        out.warn(note)

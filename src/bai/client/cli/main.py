@@ -1,7 +1,8 @@
 """Entry point of ``backend.ai`` / ``bai`` and the error boundary.
 
-``backend.ai run [--rm] -c CODE IMAGE`` and ``backend.ai start --enqueue-only ...`` take the
-express path (``bai.client.cli.express``: no click, no asyncio); every other command line goes through the click group of
+``backend.ai run [--rm] -c CODE IMAGE``, ``backend.ai start --enqueue-only ...`` and
+``backend.ai ps ...`` take the express path (``bai.client.cli.express``, ``express_ps``: no click,
+no asyncio); every other command line goes through the click group of
 ``bai.client.cli.root``, imported only then. Every failure ends here as one line on stderr and
 a non-zero exit code: 2 for usage mistakes (found before any request), 1 for everything else.
 ``BAI_DEBUG=1`` prints the traceback as well.
@@ -47,7 +48,13 @@ def _echo_err(text: str) -> None:
 
 
 def _invoke(args: list[str]) -> int:
-    if args[:1] in (["run"], ["start"]):
+    if args[:1] == ["ps"]:
+        from bai.client.cli import express_ps
+
+        code = express_ps.main(args[1:])
+        if code is not None:
+            return code
+    elif args[:1] in (["run"], ["start"]):
         from bai.client.cli import express
 
         plan = (express.parse if args[0] == "run" else express.parse_start)(args[1:])

@@ -14,31 +14,7 @@ from typing import Any
 
 import click
 
-
-def _plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    cells = [list(headers)] + [list(r) for r in rows]
-    ncol = len(headers)
-    # a cell may span several lines; width is that of its longest line
-    widths = [
-        max(len(line) for row in cells for line in (row[i].split("\n") or [""]))
-        for i in range(ncol)
-    ]
-    out: list[str] = []
-
-    def emit(row: list[str]) -> None:
-        parts = [c.split("\n") for c in row]
-        height = max(len(p) for p in parts)
-        for h in range(height):
-            line = "  ".join(
-                (p[h] if h < len(p) else "").ljust(widths[i]) for i, p in enumerate(parts)
-            )
-            out.append(line.rstrip())
-
-    emit(cells[0])
-    out.append("  ".join("-" * w for w in widths))
-    for row in cells[1:]:
-        emit(row)
-    return "\n".join(out)
+from bai.client.cli.table import plain_table as _plain_table
 
 
 class Output:

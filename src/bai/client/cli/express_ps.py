@@ -1,0 +1,149 @@
+"""The express path of ``backend.ai ps``: every option of the click command (``bai.client.cli.
+listing``), without click, asyncio, httpx or rich, through the manager's pre-serialised listing
+(``GET /session/_/list``: rows already made, one statement) instead of GraphQL.
+
+Same output as the click path, byte for byte: the plain table (stdout not a terminal; rich's
+table on a terminal, imported only then), ``--output json`` the same document, the same notes
+on stderr, the same one-line errors. One round trip: the route says whether the caller is an
+admin, so the owner column is asked for and dropped for users instead of asking first.
+
+Anything it does not take (``--help``, bundled or attached short options, a bad ``--limit``,
+values click would reject) answers None from ``parse`` and the command goes through click; so
+does a manager without the route (404/405: an older bai or another manager), where the click
+path lists through GraphQL. ``BAI_CLI_EXPRESS=0`` turns the path off.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bai.client.cli.express import Express, _off, _parse
+from bai.client.cli.ps_plan import FIRST_PAGE, choose_fields, json_document, rest_note, \
+    status_set, table_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+FLAGS = {"--running": "running", "--dead": "dead", "--all-statuses": "all_statuses",
+         "-a": "show_all", "--all": "show_all", "--name-only": "name_only", "--detail": "detail"}
+VALUES = {"-s": "status", "--status": "status", "-f": "fmt", "--format": "fmt",
+          "--access-key": "access_key", "--limit": "limit", "--offset": "offset",
+          "--filter": "filter", "--order": "order", "--output": "output"}
+OUTPUTS = {"table": "table", "console": "table", "json": "json"}
+ROUTE = "/session/_/list"
+#: rows per request (the most the manager gives): rows come made, so one request is cheapest
+EXPRESS_PAGE = 10_000
+
+
+class NoRoute(Exception):
+    """The manager does not serve ``GET /session/_/list``."""
+
+
+def _whole(value: Any, least: int) -> int | None:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= least else None
+
+
+def parse(args: list[str]) -> dict[str, Any] | None:
+    """The options of ``ps`` (after the word ``ps``) if the express path takes them."""
+    if _off():
+        return None
+    plan = _parse(args, FLAGS, VALUES, {
+        "running": False, "dead": False, "all_statuses": False, "show_all": False,
+        "name_only": False, "detail": False, "status": None, "fmt": None, "access_key": None,
+        "limit": None, "offset": "0", "filter": None, "order": None, "output": "table",
+    }, image=False)
+    if plan is None:
+        return None
+    plan["output"] = OUTPUTS.get(str(plan["output"]).lower())
+    if plan["limit"] is not None:
+        plan["limit"] = _whole(plan["limit"], 1)
+        if plan["limit"] is None:
+            return None  # click says what is wrong with it
+    plan["offset"] = _whole(plan["offset"], 0)
+    if plan["offset"] is None or plan["output"] is None:
+        return None
+    return plan
+
+
+def fetch(express: Express, plan: dict[str, Any], statuses: list[str]
+          ) -> tuple[list[str], list[dict[str, Any]], int]:
+    """(fields, items as GraphQL would give them, total) in as few pages as ``ps`` needs."""
+    fmt = plan["fmt"]
+    # the owner column is for admins: ask for it, drop it if the answer says "not an admin"
+    fields = choose_fields(fmt, plan["name_only"], plan["detail"], fmt is None)
+    want = None if plan["show_all"] else (plan["limit"] or FIRST_PAGE)
+    items: list[dict[str, Any]] = []
+    pos, total = plan["offset"], 0
+    while True:
+        page = EXPRESS_PAGE if want is None else min(EXPRESS_PAGE, want - len(items))
+        params = {"fields": ",".join(fields), "status": ",".join(statuses), "limit": page,
+                  "offset": pos, "access_key": plan["access_key"], "filter": plan["filter"],
+                  "order": plan["order"]}
+        try:
+            answer = express.request("GET", ROUTE, params=params)
+        except Exception as e:
+            if getattr(e, "status", None) in (404, 405) and not items:
+                raise NoRoute from None
+            raise
+        got = [dict(zip(fields, row, strict=True)) for row in answer["items"]]
+        total = int(answer["total_count"])
+        items.extend(got)
+        pos += len(got)
+        if not got or pos >= total or (want is not None and len(items) >= want):
+            break
+    if fmt is None and not answer.get("is_admin"):
+        fields.remove("access_key")
+        for it in items:
+            del it["access_key"]
+    return fields, items, total
+
+
+def show(plan: dict[str, Any], fields: list[str], items: list[dict[str, Any]],
+         total: int) -> None:
+    out = sys.stdout
+    if plan["output"] == "json":
+        import json
+
+        out.write(json.dumps(json_document(items, total), indent=2, ensure_ascii=False,
+                             default=str) + "\n")
+        return
+    if not items:
+        sys.stderr.write("No matching sessions.\n")
+        return
+    headers, rows = table_of(fields, items)
+    if out.isatty():  # rich's table, as the click path draws it
+        from bai.client.cli.output import Output
+
+        Output("table").table(headers, rows)
+    else:
+        from bai.client.cli.table import plain_table
+
+        out.write(plain_table(headers, rows) + "\n")
+    note = rest_note(total, plan["offset"], len(items))
+    if note:
+        out.flush()
+        sys.stderr.write(note + "\n")
+
+
+def main(args: list[str]) -> int | None:
+    """``ps ARGS``' exit code, or None when the click path is to run it."""
+    plan = parse(args)
+    if plan is None:
+        return None
+    statuses = status_set(plan["running"], plan["dead"], plan["status"], plan["all_statuses"])
+    if plan["fmt"] is not None:  # validate before any request
+        choose_fields(plan["fmt"], plan["name_only"], plan["detail"], False)
+    express = Express({"quiet": True})
+    try:
+        fields, items, total = fetch(express, plan, statuses)
+    except NoRoute:
+        return None
+    finally:
+        express.http.close()
+    show(plan, fields, items, total)
+    return 0
