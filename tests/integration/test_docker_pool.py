@@ -6,8 +6,10 @@ OOM reporting -- and standbys must never outlive the backend that made them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -19,13 +21,15 @@ from test_docker_backend import (
     MiB,
     finish,
     make_spec,
+    needs_outbound,
     run,
     started_backend,
     wait_for,
 )
 
-from bai.agent.backends.base import Instance, InstanceState
-from bai.agent.backends.docker import L_POOL, DockerBackend
+from bai.agent.backends.base import Instance, InstanceState, KernelCreationFailed
+from bai.agent.backends.process_pool import proc_start_time
+from bai.agent.backends.docker import INTERRUPTED, L_POOL, DockerBackend
 from bai.agent.backends.docker_spec import run_dir_of
 from bai.agent.runner_channel import ping_runner
 from bai.testing.docker import docker_host_or_skip, test_image
@@ -240,11 +244,160 @@ async def test_a_standby_that_died_is_not_claimed(backend: DockerBackend, engine
 async def test_kernels_a_started_interpreter_cannot_become_are_created(backend: DockerBackend):
     await backend.create(make_spec())
     await pool_ready(backend)
-    with_network = await backend.create(make_spec(network=True))
-    assert L_POOL not in with_network.labels
     fixed_seed = await backend.create(make_spec(environ={"PYTHONHASHSEED": "0", "LANG": "C"}))
     assert L_POOL not in fixed_seed.labels
     out, _, _ = await run(fixed_seed, "import os, sys; print(sys.flags.hash_randomization, "
                                       "os.environ['LANG'])")
     assert out.split() == ["0", "C"]  # honoured: only a fresh interpreter can
     assert len(backend.pool.ready[test_image()]) == 1
+
+
+@needs_outbound
+async def test_an_outbound_kernel_takes_a_standby_with_its_network_before_its_bootstrap(
+        backend: DockerBackend, engine: str):
+    """A kernel whose policy allows outbound network takes a standby (its runner is held back
+    as a made outbound container's is): tap0, the blocking routes and slirp's DNS are there
+    when its bootstrap, the first of its code, runs; its slirp4netns ends with it."""
+    await backend.create(make_spec())
+    await pool_ready(backend)
+    spec = make_spec(network=True,
+                     bootstrap_script="cat /proc/net/dev /proc/net/route > net.txt")
+    inst = await backend.create(spec)
+    info = await container_of(engine, spec.kernel_id)
+    assert info is not None and info["Config"]["Labels"].get(L_POOL) == spec.image  # a standby
+    assert info["HostConfig"]["NetworkMode"] == "none"
+    await wait_for(lambda: "tap0" in ((inst.workdir / "net.txt").read_text()
+                                      if (inst.workdir / "net.txt").exists() else ""),
+                   timeout=60)  # the bootstrap saw the network: set up before it ran
+    routes = (inst.workdir / "net.txt").read_text()
+    out, _, _ = await run(inst, "print(open('/etc/resolv.conf').read())")
+    assert "nameserver 10.0.2.3" in out, out
+    home = inst.workdir.parent
+    pid, start = (home / "slirp.pid").read_text().split()
+    assert proc_start_time(int(pid)) == start
+    # the same blocking routes as a made outbound container's (outbound.attach): unreachable
+    # entries beside tap0's default route
+    assert "tap0" in routes and routes.count("\n") > 3, routes
+    await backend.destroy(spec.kernel_id)
+    assert proc_start_time(int(pid)) != start
+    assert not home.exists()
+
+
+@needs_outbound
+async def test_an_outbound_standby_whose_network_fails_is_removed_and_the_kernel_fails(
+        backend: DockerBackend, engine: str):
+    await backend.create(make_spec())
+    await pool_ready(backend)
+    (entry,) = backend.pool.ready[test_image()]
+    assert backend.outbound is not None
+    backend.outbound = {**backend.outbound, "ip": "/bin/false"}  # the blocking routes fail
+    spec = make_spec(network=True)
+    with pytest.raises(KernelCreationFailed, match="outbound network could not be set up"):
+        await backend.create(spec)
+    assert await container_of(engine, spec.kernel_id) is None
+    assert entry.name not in [c["Names"][0].lstrip("/") for c in await standbys(
+        engine, backend.agent_id)]
+    assert not backend.workdir_of(spec.kernel_id).parent.exists()
+
+
+# -- an agent that dies between a held-back runner's start and its claim ------------------------
+
+DIES = r'''
+import asyncio, json, os, sys, types
+from bai.agent.backends import docker_pool
+from bai.agent.backends.base import KernelSpec
+from bai.agent.backends.docker import DockerBackend
+
+where, engine, scratch, agent_id, spec, warm = sys.argv[1:7]
+
+
+def die(*args, **kwargs):
+    os._exit(17)  # the agent dies here: no clean-up of any kind
+
+
+async def dying(*args, **kwargs):
+    die()
+
+
+async def main():
+    b = DockerBackend(scratch_root=scratch, agent_id=agent_id, docker_host=engine,
+                      pool_size=0 if where == "outbound-start" else 1)
+
+    async def ignore(inst):
+        pass
+
+    await b.start(ignore)
+    if where == "outbound-start":  # a container made for an outbound kernel, runner held back
+        b.outbound = b.outbound or {}  # gated even where slirp4netns is absent: it dies first
+        b._give_outbound = dying
+    else:
+        warm_spec = KernelSpec.from_json(json.loads(warm))
+        await b.create(warm_spec)
+        while not b.pool.ready.get(warm_spec.image):
+            await asyncio.sleep(0.05)
+        if where == "claim-send":  # renamed to the kernel's, its runner not yet claimed
+            docker_pool.send_claim = dying
+        else:  # "claim-rename": the folder is the kernel's, the container still a standby's
+            docker_pool.statefiles = types.SimpleNamespace(write_text=die)
+    await b.create(KernelSpec.from_json(json.loads(spec)))
+    os._exit(0)
+
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.parametrize("where", ["outbound-start", "claim-send", "claim-rename"])
+async def test_an_agent_that_dies_before_a_held_back_runner_is_claimed(
+        engine: str, tmp_path: Path, where: str):
+    """The agent process dies after a container whose runner waits for its claim was started
+    (an outbound kernel's made container, a standby being claimed) and before the claim: the
+    next agent never adopts it as running; it ends it with a reason (recovery reports that)
+    and removes it; a standby claimed halfway leaves no folder behind."""
+    agent_id = f"dies-{uuid.uuid4().hex[:10]}"
+    scratch = tmp_path / "scratch"
+    spec = make_spec(network=where == "outbound-start")
+    warm = make_spec()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DIES, where, engine, str(scratch), agent_id,
+        json.dumps(spec.to_json()), json.dumps(warm.to_json()),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 17, out.decode()
+    if where != "claim-rename":
+        info = await container_of(engine, spec.kernel_id)
+        assert info is not None and info["State"]["Running"]  # what the dead agent left
+        assert "--pooled" in info["Config"]["Cmd"]
+
+    exits: list[Instance] = []
+
+    async def on_exit(inst: Instance) -> None:
+        exits.append(inst)
+
+    after = new_backend(engine, scratch, agent_id, pool_size=0)
+    await after.start(on_exit)
+    try:
+        found = {i.kernel_id: i for i in await after.list()}
+        if where == "claim-rename":
+            assert spec.kernel_id not in found
+            assert not (scratch / spec.kernel_id).exists()
+        else:
+            inst = found[spec.kernel_id]
+            assert inst.state is InstanceState.EXITED and inst.exit_reason == INTERRUPTED, inst
+            assert [e.exit_reason for e in exits if e.kernel_id == spec.kernel_id] \
+                == [INTERRUPTED]
+            await after.destroy(spec.kernel_id)  # what recovery does with an ended kernel
+            assert await container_of(engine, spec.kernel_id) is None
+            assert not (scratch / spec.kernel_id).exists()
+        assert not (scratch / ".claims" / f"{spec.kernel_id}.json").exists()
+        assert [c for c in await standbys(engine, agent_id)
+                if c["Names"][0].startswith("/bai-standby-")] == []
+        # the kernel the dead agent had made fully is adopted as it was
+        if where != "outbound-start":
+            kept = found[warm.kernel_id]
+            assert kept.state is InstanceState.RUNNING
+            out, _, _ = await run(kept, "print('still here')")
+            assert out.strip() == "still here"
+    finally:
+        await finish(after)
+    assert not [line for line in open("/proc/self/mountinfo") if str(scratch) in line]

@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from attacks import (
 )
 from stacks import Stack, start_stack
 
+from bai.manager.services.bootstrap import USER_EMAIL
 from bai.testing.docker import docker_host_or_skip
 
 pytestmark = [pytest.mark.docker,
@@ -388,3 +390,110 @@ def test_the_kernels_uid_has_a_name(dstack: Stack):
         assert_named(run(dstack, name, WHOAMI))
     finally:
         dstack.cli("rm", name, user=True, check=False)
+
+
+# -- storage folders in sessions that take a standby container (docker_pool) -----------------
+
+
+def standby_listening(st: Stack) -> bool:
+    """Whether a standby container of the stack's agent has its runner listening."""
+
+    async def look() -> bool:
+        async with aiodocker.Docker(url=st.engine) as d:  # type: ignore[attr-defined]
+            for c in await d.containers.list(filters=json.dumps({"label": ["ai.bai.pool"]})):
+                if not c._container["Names"][0].startswith("/bai-standby-"):
+                    continue
+                work = Path(c._container["Labels"].get("ai.bai.workdir", "/nonexistent"))
+                if str(work).startswith(str(st.state)) and (work.parent / "run/runner.sock"
+                                                            ).exists():
+                    return True
+        return False
+
+    return asyncio.run(look())
+
+
+def start_from_standby(st: Stack, prefix: str, *args: str, user: bool = True) -> str:
+    """Start a session (``args``: its mounts) that took a standby container, as the agent
+    does when one is ready (a few tries: one may be taken by another start meanwhile)."""
+    for _ in range(5):
+        for _ in range(600):  # up to 60 s for the pool to refill
+            if standby_listening(st):
+                break
+            time.sleep(0.1)
+        name = unique(prefix)
+        st.cli("start", "-t", name, *args, "python", user=user, timeout=180)
+        kid = container_of(st, name)[1]["ai.bai.kernel_id"]
+        if (st.state / "kernels" / ".claims" / f"{kid}.json").exists():
+            return name
+        st.cli("rm", name, user=user, check=False)
+    raise AssertionError("no session took a standby container in 5 tries")
+
+
+def test_folders_of_a_standby_session_no_other_session_sees_ro_holds_nothing_left(dstack: Stack):
+    """Sessions with folders take standby containers (their folders are attached at the claim).
+    As the normal user: the admin's folder (never shared) is seen by no session of the user, not
+    at its path, not in the mount table; a ``ro`` share is EROFS from inside; a session without
+    folders sees none; after the sessions end, no mount of theirs is left on the host."""
+    admin_folder, mine, shared = unique("adm"), unique("usr"), unique("shr")
+    dstack.cli("vfolder", "create", admin_folder)
+    dstack.cli("vfolder", "create", mine, user=True)
+    dstack.cli("vfolder", "create", shared)
+    names = []
+    try:
+        dstack.cli("run", "--rm", "-c", "print(1)", "python")  # the pool follows this image
+        admins = start_from_standby(dstack, "adm", "-m", admin_folder, user=False)
+        names.append((admins, False))
+        run(dstack, admins, f"_ = open('{admin_folder}/secret.txt', 'w').write('s3cret')",
+            user=False)
+        dstack.cli("run", "--rm", "-m", shared, "-c",
+                   f"_ = open('{shared}/in.txt', 'w').write('shared data')", "python")
+        dstack.cli("vfolder", "share", shared, USER_EMAIL, "--permission", "ro")
+        user_session = start_from_standby(dstack, "usr", "-m", mine, "-m", shared)
+        names.append((user_session, True))
+        plain = start_from_standby(dstack, "plain")
+        names.append((plain, True))
+        look = (
+            "import glob, json, os\n"
+            "def attempt(act):\n"
+            "    try:\n"
+            "        act()\n"
+            "        return 'WROTE'\n"
+            "    except OSError as e:\n"
+            "        return e.errno\n"
+            "d = %r\n"
+            "print(json.dumps({'listing': sorted(os.listdir('/home/work')),\n"
+            "  'mounts': [l.split()[4] for l in open('/proc/self/mountinfo')],\n"
+            "  'found': glob.glob('/home/work/**/secret.txt', recursive=True)\n"
+            "           + glob.glob('/proc/*/root/home/work/**/secret.txt', recursive=True),\n"
+            "  'read': open(d + '/in.txt').read() if os.path.isdir(d) else None,\n"
+            "  'writes': [attempt(a) for a in (lambda: open(d + '/new', 'w'),\n"
+            "             lambda: open(d + '/in.txt', 'a'), lambda: os.remove(d + '/in.txt'),\n"
+            "             lambda: os.mkdir(d + '/sub'))] if os.path.isdir(d) else []}))\n"
+            % shared)
+        got = json.loads(run(dstack, user_session, look))
+        assert admin_folder not in got["listing"] and got["found"] == [], got
+        assert not any(admin_folder in m for m in got["mounts"]), got["mounts"]
+        assert mine in got["listing"] and got["read"] == "shared data", got
+        assert got["writes"] == [30] * 4, got["writes"]  # EROFS: the mount's flag
+        bare = json.loads(run(dstack, plain, look))
+        assert bare["found"] == [] and bare["read"] is None, bare
+        assert not any(f"/home/work/{n}" in bare["mounts"] for n in (admin_folder, mine, shared))
+        listed = json.loads(dstack.cli("vfolder", "ls", shared, "--output", "json").stdout)
+        assert sorted(f["name"] for f in listed["items"]) == ["in.txt"]
+    finally:
+        for name, user in names:
+            dstack.cli("rm", name, user=user, check=False)
+    kernels = str(dstack.state / "kernels")
+
+    def left() -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        return [p for p in points if p.startswith(kernels + "/") and "/.pool/" not in p]
+
+    for _ in range(300):  # destroys finish in the background
+        if not left():
+            break
+        time.sleep(0.1)
+    # what is left is the work dirs of the module's other live sessions, never a folder
+    assert not [p for p in left() if p.count("/work/")], left()
+    healthy(dstack)

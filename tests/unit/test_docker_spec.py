@@ -45,6 +45,15 @@ def test_a_standby_differs_from_a_kernel_container_only_in_what_a_claim_supplies
     standby = SITE.standby_config(s.image, shape_of(limits_of(s)), Path("/scratch/k-1/work"),
                                   2_000_001)
     assert standby["HostConfig"] == kernel["HostConfig"]
+    # one whose work dir can take storage folders at the claim: bound rslave, nothing else
+    attachable = SITE.standby_config(s.image, shape_of(limits_of(s)),
+                                     Path("/scratch/k-1/work"), 2_000_001, attachable=True)
+    binds = attachable["HostConfig"].pop("Binds")
+    assert "/scratch/k-1/work:/home/work:rw,rslave" in binds
+    assert sorted(binds) == sorted(b.replace("work:rw", "work:rw,rslave")
+                                   for b in kernel["HostConfig"]["Binds"])
+    assert {**attachable["HostConfig"], "Binds": kernel["HostConfig"]["Binds"]} \
+        == kernel["HostConfig"]
     assert standby["Cmd"] == [*kernel["Cmd"], "--pooled"]  # bai.kernel: waits for a claim
     assert kernel["HostConfig"]["NanoCpus"] == 500_000_000
     assert kernel["HostConfig"]["Memory"] == kernel["HostConfig"]["MemorySwap"] == 256 * MiB
@@ -87,7 +96,9 @@ def test_an_outbound_kernels_runner_waits_for_the_agent_before_anything_of_the_k
 def test_only_kernels_a_started_interpreter_can_become_are_pooled():
     assert poolable(spec())
     assert poolable(spec(environ={"LANG": "C.UTF-8", "PYTHONPATH": "/x", "FOO": "1"}))
-    assert not poolable(spec(network=True))
+    # outbound network and storage folders are attached at the claim (DockerBackend decides)
+    assert poolable(spec(network=True))
+    assert poolable(spec(mounts=[{"name": "d", "kernel_path": "/home/work/d"}]))
     for fixed in ({"LANG": "de_DE.UTF-8"}, {"LC_ALL": "C"}, {"PYTHONHASHSEED": "0"},
                   {"TZ": "UTC"}, {"LD_PRELOAD": "/x.so"}):
         assert not poolable(spec(environ=fixed)), fixed

@@ -75,6 +75,7 @@ from bai.agent.backends.base import (
 )
 from bai.agent.backends.docker_cgroup import cgroup_of, cgroup_stats, exited, in_container, kill
 from bai.agent.backends.docker_pool import (
+    Standby,
     StandbyPool,
     StandbyUnusable,
     process_environ,
@@ -94,9 +95,12 @@ from bai.agent.backends.docker_spec import (
     LABEL,
     RUN_DIR,
     SECCOMP_FILE,
+    SLIRP_DNS,
     STANDBY_PREFIX,
     WORK_DIR,
+    WORK_TARGET,
     ContainerSite,
+    attachable_folders,
     hostname_of,
     kernel_env,
     kernel_of_name,
@@ -105,7 +109,8 @@ from bai.agent.backends.docker_spec import (
     run_dir_of,
     shape_of,
 )
-from bai.agent.mounts import MountRefused
+from bai.agent.mounts import HostMount, MountRefused
+from bai.agent.mounts import attach as attach_folder
 from bai.agent.mounts import resolve as resolve_mounts
 from bai.agent.runner_channel import RunnerUnavailable, ping_runner
 from bai.agent.sandbox_uids import SandboxUids, UidsExhausted
@@ -118,6 +123,8 @@ CLAIMS_DIR = ".claims"
 #: in a kernel's folder (root's): the pid of its slirp4netns (``outbound.remember``) and its output
 SLIRP_PID = "slirp.pid"
 SLIRP_OUT = "slirp.out"
+#: why a kernel ended whose runner an earlier agent held back and never handed its claim
+INTERRUPTED = "creation-interrupted-by-agent-restart"
 #: the most of kernel.log that logs() returns (its end)
 LOG_TAIL_BYTES = 1 << 20
 #: kernels' uids when the agent's settings do not say (the settings' defaults)
@@ -282,6 +289,10 @@ class DockerBackend(RuntimeBackend):
         else:
             if stale:
                 log.info("removed %d standby container(s) an earlier agent left behind", stale)
+        try:
+            await self._settle_interrupted()
+        except (DockerError, OSError) as e:
+            log.warning("could not settle kernels an earlier agent left half-made: %s", e)
         # Exits that happened while nobody watched (agent down) are reported first.
         await self._rescan()
         for inst in await self.list():  # kernels that outlived an agent keep their uids
@@ -290,6 +301,63 @@ class DockerBackend(RuntimeBackend):
             asyncio.create_task(self._watch_events(), name="docker-events"),
             asyncio.create_task(self._rescan_loop(), name="docker-rescan"),
         ]
+
+    async def _settle_interrupted(self) -> None:
+        """Kernels an earlier agent left half-made: it died between the start of a container
+        whose runner waits for a claim (an outbound kernel's, or a standby it was claiming) and
+        the claim, so nothing of the kernel ran and its runner never will. Each is ended here
+        (killed, reason ``INTERRUPTED``): recovery reports it ended with that reason and removes
+        it, as it does any kernel that ended while no agent watched; never adopted as running.
+        A claimed standby's folder whose container was never renamed (it went with the
+        standbys ``remove_stale`` removed) is removed with its claim file."""
+        named = set()
+        for inst in await self.list():
+            named.add(inst.kernel_id)
+            if inst.state is not InstanceState.RUNNING:
+                continue
+            container = await self._find(inst.kernel_id)
+            if "--pooled" not in ((container._container.get("Config") or {}).get("Cmd") or []):
+                continue
+            if await self._claimed_runner(inst, container):
+                continue
+            log.warning("kernel %s: its runner never got its claim (the agent stopped before "
+                        "it was sent); ending it", inst.kernel_id)
+            statefiles.write_text(run_dir_of(inst.workdir), "exit.json",
+                                  json.dumps({"reason": INTERRUPTED}))
+            await self._kill(inst.kernel_id, container, inst)
+            await self._wait_engine_exited(container)
+        claims = self.scratch_root / CLAIMS_DIR
+        for path in (claims.glob("*.json") if claims.is_dir() else []):
+            kid = path.stem
+            if kid not in named and not kid.startswith("."):
+                log.warning("kernel %s: its standby was never renamed (the agent stopped "
+                            "mid-claim); removing its folder", kid)
+                await self.remove_folder(self.workdir_of(kid))
+                self._drop_claim(kid)
+
+    async def _claimed_runner(self, inst: Instance, container: Any) -> bool:
+        """Whether the held-back runner of a running ``inst`` took its claim (it answers as not
+        pooled); waits for a runner still starting up to ``ready_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        while True:
+            pong = await ping_runner(inst.runner_socket) if inst.runner_socket.exists() else None
+            if pong is not None:
+                return not pong.get("pooled")
+            state = (await container.show()).get("State") or {}
+            if not state.get("Running") or loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    async def _wait_engine_exited(self, container: Any, timeout: float = 30.0) -> None:
+        """Until the engine records the container as no longer running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            with contextlib.suppress(DockerError):
+                if not ((await container.show()).get("State") or {}).get("Running"):
+                    return
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -506,33 +574,58 @@ class DockerBackend(RuntimeBackend):
                   "startup_command": spec.startup_command}
         self._reported.discard(spec.kernel_id)
         shape = shape_of(limits)
+        try:
+            folders = await asyncio.to_thread(resolve_mounts, self.storage_roots, spec.mounts)
+        except MountRefused as e:
+            raise KernelCreationFailed(str(e)) from None
+        # outbound network (the policy's allow_outbound) is attached at the claim; an
+        # operator's network_mode is the engine's, fixed when a container is made
+        gated = spec.network and not self.network_mode and self.outbound is not None
         # a standby's work dir was made with the agent's disk_quota: another size is created
         other_quota = self.quota is not None and spec.disk_quota not in (0, self.disk_quota)
-        if not poolable(spec) or other_quota:
-            return await self._create_container(spec, workdir, limits, config)
+        if not poolable(spec) or other_quota or (spec.network and self.network_mode) \
+                or not attachable_folders(folders):
+            return await self._create_container(spec, workdir, limits, config, folders)
         inst = None
-        entry = self.pool.take(spec.image, shape)
+        entry = self.pool.take(spec.image, shape, folders=bool(folders))
         if entry is not None:
             try:
-                inst = await self._claim(spec, entry, workdir, limits, config)
+                inst = await self._claim(spec, entry, workdir, limits, config, folders, gated)
             except StandbyUnusable as e:
                 log.info("kernel %s: standby %s unusable (%s); creating a container",
                          spec.kernel_id, entry.name, e)
         if inst is None:
-            inst = await self._create_container(spec, workdir, limits, config)
+            inst = await self._create_container(spec, workdir, limits, config, folders)
         self.pool.want(spec.image, shape)  # refill in the background
         return inst
 
-    async def _claim(self, spec: KernelSpec, entry: Any, workdir: Path, limits: dict[str, Any],
-                     config: dict[str, Any]) -> Instance:
-        """The kernel takes over a standby container (see ``docker_pool``)."""
+    async def _claim(self, spec: KernelSpec, entry: Standby, workdir: Path,
+                     limits: dict[str, Any], config: dict[str, Any],
+                     folders: list[HostMount], gated: bool) -> Instance:
+        """The kernel takes over a standby container (see ``docker_pool``), with its storage
+        ``folders`` and, if ``gated``, outbound network attached before the runner goes on."""
         self._write_claim(spec.kernel_id, self.site.kernel_labels(spec, workdir, entry.uid))
+
+        async def prepare(entry: Standby, workdir: Path) -> None:
+            try:
+                if folders:
+                    await asyncio.to_thread(self._attach_folders, entry, workdir, folders)
+                if gated:
+                    await self._attach_outbound(entry, workdir)
+            except BaseException as e:
+                await asyncio.to_thread(outbound.forget, workdir.parent / SLIRP_PID)
+                if isinstance(e, OSError | MountRefused | subprocess.SubprocessError
+                              | RuntimeError | TimeoutError | ValueError):
+                    raise StandbyUnusable(f"{type(e).__name__}: {e}") from e
+                raise
+
         try:
             await self.pool.claim(
                 entry, kernel_name=self.container_name(spec.kernel_id), workdir=workdir,
                 shape=shape_of(limits),
                 limits={**limits, "PidsLimit": spec.pids_max(self.pids_limit)},
-                hostname=hostname_of(spec), env=kernel_env(spec), config=config)
+                hostname=hostname_of(spec), env=kernel_env(spec), config=config,
+                prepare=prepare if folders or gated else None)
         except BaseException:
             self._drop_claim(spec.kernel_id)
             raise
@@ -540,12 +633,39 @@ class DockerBackend(RuntimeBackend):
         await self._ready_or_remove(spec.kernel_id, container, workdir, entry.uid)
         return await self.inspect(spec.kernel_id)
 
+    def _attach_folders(self, entry: Standby, workdir: Path, folders: list[HostMount]) -> None:
+        """Bind ``folders`` beneath a claimed standby's work dir on the host (``agent/mounts``:
+        nosuid, nodev, read-only for ``ro``, set before they are attached), then check that the
+        container sees each at its path, read-only where asked; raises StandbyUnusable where
+        not (the caller removes the standby: its folder's removal detaches them)."""
+        for m in folders:
+            attach_folder(m, workdir, WORK_TARGET)
+        seen = docker_folder.seen_in(entry.pid, entry.container_id)
+        for m in folders:
+            opts = seen.get(m.target)
+            if opts is None or (m.read_only and "ro" not in opts) \
+                    or not {"nosuid", "nodev"} <= opts:
+                why = (f"folder {m.name!r} did not reach the container" if opts is None else
+                       f"folder {m.name!r} is mounted {','.join(sorted(opts))} in it")
+                self.pool._no_folders(why)
+                raise StandbyUnusable(why)
+
+    async def _attach_outbound(self, entry: Standby, workdir: Path) -> None:
+        """Outbound network for a claimed standby (its runner is still held back), as
+        ``_give_outbound`` does for a container made for the kernel."""
+        assert self.outbound is not None
+        home = workdir.parent
+        if not in_container(entry.pid, entry.container_id):
+            raise OSError("the standby's process is not the container's")
+        slirp = await asyncio.to_thread(outbound.attach, self.outbound, entry.pid,
+                                        home / SLIRP_OUT)
+        outbound.remember(slirp, home / SLIRP_PID)
+        if entry.resolv_path:  # what a made container gets from Dns=[SLIRP_DNS]
+            await asyncio.to_thread(Path(entry.resolv_path).write_text,
+                                    f"nameserver {SLIRP_DNS}\n")
+
     async def _create_container(self, spec: KernelSpec, workdir: Path, limits: dict[str, Any],
-                                config: dict[str, Any]) -> Instance:
-        try:
-            folders = await asyncio.to_thread(resolve_mounts, self.storage_roots, spec.mounts)
-        except MountRefused as e:
-            raise KernelCreationFailed(str(e)) from None
+                                config: dict[str, Any], folders: list[HostMount]) -> Instance:
         uid = await self.take_uid(f"kernel {spec.kernel_id}")
         try:
             await self.remove_folder(workdir)  # what a failed earlier try may have left

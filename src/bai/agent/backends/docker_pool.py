@@ -27,8 +27,19 @@ claim changes, and how:
   ``<scratch_root>/.claims/<kernel_id>.json`` (outside the work dir, out of the kernel's reach) and
   the container keeps ``ai.bai.pool`` -- see ``DockerBackend._labels_of``.
 
-Only kernels without network are pooled (``NetworkMode=none``, where the hostname is all the UTS
-namespace holds); anything a claim cannot do falls back to creating the container as before.
+* storage folders: a standby's ``work/`` is a shared mount of its own (``mounts.make_shared``)
+  bound ``rslave`` at ``/home/work``; the claim binds each folder beneath it on the host
+  (``mounts.attach``: walked with ``O_NOFOLLOW`` beneath its storage root, cloned detached,
+  ``nosuid,nodev`` and for ``ro`` read-only before it is attached), and checks in the
+  container's own mount table that each arrived (read-only where asked) before the runner takes
+  the claim. Only folders under ``/home/work``; others, or an engine that will not bind
+  ``rslave``, mean a container made for the kernel;
+* outbound network: standbys start with ``NetworkMode=none`` and a held-back runner, as an
+  outbound kernel's container does; the claim attaches ``outbound.attach`` (unreachable routes,
+  slirp4netns) and points ``/etc/resolv.conf`` at slirp's DNS before the runner takes the claim.
+
+Only ``NetworkMode=none`` kernels are pooled (where the hostname is all the UTS namespace holds);
+anything a claim cannot do falls back to creating the container as before.
 Standbys that a previous agent left behind are removed when the backend starts, and the ones this
 backend made when it stops.
 """
@@ -45,6 +56,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +65,7 @@ from aiodocker.exceptions import DockerError
 
 import bai.kernel
 from bai.agent import statefiles
+from bai.agent.backends import docker_folder
 from bai.agent.backends.docker_cgroup import in_container
 from bai.agent.backends.docker_spec import (
     L_POOL,
@@ -96,6 +109,10 @@ class Standby:
     shape: Shape
     pid: int
     hostname_path: str
+    #: the engine's /etc/resolv.conf of the container (outbound kernels get slirp's DNS)
+    resolv_path: str = ""
+    #: its work dir is a shared mount bound rslave: storage folders can join at the claim
+    attachable: bool = False
 
 
 class StandbyPool:
@@ -111,6 +128,9 @@ class StandbyPool:
         self.failed_until: dict[str, float] = {}
         #: why claims are off on this host, once found out (e.g. the agent cannot setns)
         self.disabled = "" if size > 0 else "docker_pool_size is 0"
+        #: why standbys cannot take storage folders, once found out (not root, the engine
+        #: refuses rslave, folders never reach the container)
+        self.no_folders = "" if os.geteuid() == 0 else "the agent does not run as root"
         #: image -> standby starts in progress
         self._fills: dict[str, set[asyncio.Task[None]]] = {}
         self._starting: dict[str, tuple[Path, int]] = {}
@@ -119,20 +139,19 @@ class StandbyPool:
 
     # -- taking and refilling ----------------------------------------------------------------
 
-    def take(self, image: str, shape: Shape) -> Standby | None:
+    def take(self, image: str, shape: Shape, folders: bool = False) -> Standby | None:
         """A ready standby of ``image``: one of the same shape, else one whose limits an update
-        can set (both limits given on both sides), else None."""
+        can set (both limits given on both sides), else None; with ``folders``, only one that
+        can take storage folders."""
         if self.disabled:
             return None
-        entries = self.ready.get(image) or []
-        for i, e in enumerate(entries):
-            if e.shape == shape:
-                return entries.pop(i)
-        if None not in shape:
-            for i, e in enumerate(entries):
-                if None not in e.shape:
-                    return entries.pop(i)
-        return None
+        entries = [e for e in self.ready.get(image) or [] if e.attachable or not folders]
+        found = next((e for e in entries if e.shape == shape), None)
+        if found is None and None not in shape:
+            found = next((e for e in entries if None not in e.shape), None)
+        if found is not None:
+            self.ready[image].remove(found)
+        return found
 
     def want(self, image: str, shape: Shape) -> None:
         """Note a request for ``image``; refill its pool in the background."""
@@ -184,19 +203,21 @@ class StandbyPool:
         self.root.mkdir(mode=0o700, exist_ok=True)
         uid = await self.backend.take_uid(f"standby {token}")
         self._starting[name] = (workdir, uid)
-        docker = self.backend.docker
         try:
             await self.backend.make_folder(workdir.parent, uid)
-            config = self.backend.site.standby_config(image, shape, workdir, uid)
-            # a create cancelled midway may still complete in the engine: let it, then remove
-            create = asyncio.ensure_future(docker.containers.create(config, name=name))
+            attachable = not self.no_folders and await asyncio.to_thread(self._share, workdir)
             try:
-                container = await asyncio.shield(create)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await create
-                raise
-            await container.start()
+                container = await self._create_started(
+                    self.backend.site.standby_config(image, shape, workdir, uid, attachable),
+                    name)
+            except DockerError as e:
+                if not attachable:
+                    raise
+                container = await self._create_started(
+                    self.backend.site.standby_config(image, shape, workdir, uid), name)
+                # e.g. the engine runs in a mount namespace where the work dir is not shared
+                self._no_folders(f"the engine refuses an rslave bind ({e})")
+                attachable = False
             await wait_listening(container, run_dir_of(workdir), START_TIMEOUT)
             info = await container.show()
         except BaseException:
@@ -214,17 +235,55 @@ class StandbyPool:
             shape=shape,
             pid=int((info.get("State") or {}).get("Pid") or 0),
             hostname_path=info.get("HostnamePath") or "",
+            resolv_path=info.get("ResolvConfPath") or "",
+            attachable=attachable,
         )
+
+    async def _create_started(self, config: dict[str, Any], name: str) -> Any:
+        """Create and start container ``name``; one that does not start is removed (the caller
+        removes it on anything else)."""
+        # a create cancelled midway may still complete in the engine: let it, then remove
+        create = asyncio.ensure_future(self.backend.docker.containers.create(config, name=name))
+        try:
+            container = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await create
+            raise
+        try:
+            await container.start()
+        except DockerError:
+            with contextlib.suppress(DockerError):
+                await container.delete(force=True, v=True)
+            raise
+        return container
+
+    def _share(self, workdir: Path) -> bool:
+        """Make a standby's work dir a shared mount (folders join it at the claim)."""
+        try:
+            docker_folder.make_shared(workdir)
+            return True
+        except OSError as e:
+            self._no_folders(f"its work dir cannot be a shared mount ({e})")
+            return False
+
+    def _no_folders(self, why: str) -> None:
+        if not self.no_folders:
+            self.no_folders = why
+            log.warning("standby containers cannot take storage folders: %s (sessions with "
+                        "folders start in a container made for them)", why)
 
     # -- claiming ----------------------------------------------------------------------------
 
     async def claim(self, entry: Standby, *, kernel_name: str, workdir: Path, shape: Shape,
                     limits: dict[str, Any], hostname: str, env: dict[str, str],
-                    config: dict[str, Any]) -> None:
+                    config: dict[str, Any],
+                    prepare: Callable[[Standby, Path], Awaitable[None]] | None = None) -> None:
         """Turn ``entry`` into the kernel's container: ``env`` is the kernel's container
         environment (the image's and the engine's variables are added here, as the engine would
-        have). Raises ``StandbyUnusable`` (with the container and ``workdir`` removed) when
-        anything fails before the runner took the claim."""
+        have); ``prepare(entry, workdir)`` runs last before the runner gets the claim (storage
+        folders, outbound network). Raises ``StandbyUnusable`` (with the container and
+        ``workdir`` removed) when anything fails before the runner took the claim."""
         docker = self.backend.docker
         renamed = False
         try:
@@ -247,6 +306,8 @@ class StandbyPool:
             if entry.hostname_path:
                 with contextlib.suppress(OSError):
                     Path(entry.hostname_path).write_text(hostname + "\n")
+            if prepare is not None:
+                await prepare(entry, workdir)
             # what the engine gave the container (PATH, the image's variables), then the kernel's
             base = await asyncio.to_thread(process_environ, entry.pid, entry.container_id)
             await send_claim(run_dir_of(workdir) / bai.kernel.SOCKET_NAME,

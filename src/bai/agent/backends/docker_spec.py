@@ -99,13 +99,18 @@ class ContainerSite:
             L_SPEC: json.dumps(spec.to_json()),
         }
 
-    def host_config(self, workdir: Path, network_mode: str) -> dict[str, Any]:
+    def host_config(self, workdir: Path, network_mode: str,
+                    work_propagation: str = "") -> dict[str, Any]:
+        """``work_propagation``: the work dir's bind propagation (``rslave`` for a standby whose
+        work dir is a shared mount, so that folders the agent binds beneath it at a claim
+        reach the running container; ``docker_pool``); "": the engine's default (rprivate)."""
         if network_mode == "host" or network_mode.startswith("container:"):
             raise KernelCreationFailed(f"network mode {network_mode} would share a network "
                                        "namespace with the host or another container")
         return {
             "Binds": [
-                f"{workdir}:{WORK_TARGET}:rw",
+                f"{workdir}:{WORK_TARGET}:rw" + (f",{work_propagation}" if work_propagation
+                                                   else ""),
                 f"{run_dir_of(workdir)}:{RUN_TARGET}:rw",
                 f"{self.kernel_package}:{KERNEL_PKG_TARGET}:ro",
             ],
@@ -163,11 +168,13 @@ class ContainerSite:
             "HostConfig": host_config,
         }
 
-    def standby_config(self, image: str, shape: Shape, workdir: Path, uid: int) -> dict[str, Any]:
+    def standby_config(self, image: str, shape: Shape, workdir: Path, uid: int,
+                       attachable: bool = False) -> dict[str, Any]:
         """A standby container of ``image`` with limits ``shape``, work dir ``workdir`` and
         ``uid``: what ``kernel_config`` gives minus what a claim supplies (name, labels,
-        hostname, env)."""
-        host_config = self.host_config(workdir, "none")
+        hostname, env, storage folders, outbound network). ``attachable``: ``workdir`` is a
+        shared mount, bound ``rslave``: folders bound beneath it on the host appear inside."""
+        host_config = self.host_config(workdir, "none", "rslave" if attachable else "")
         cpu, mem = shape
         if cpu is not None:
             host_config["NanoCpus"] = cpu
@@ -220,13 +227,20 @@ def kernel_env(spec: KernelSpec) -> dict[str, str]:
 
 
 def poolable(spec: KernelSpec) -> bool:
-    """Whether a standby can become this kernel: no network (a standby has none) nor folders, and an
-    environment whose variables that a running interpreter cannot take on later (locale,
-    ``PYTHON*``, loader, ...) are what the standby's runner and worker started with."""
+    """Whether a standby can become this kernel as far as the spec goes: no GPUs (a container's
+    devices are fixed when it is made) and an environment whose variables that a running
+    interpreter cannot take on later (locale, ``PYTHON*``, loader, ...) are what the standby's
+    runner and worker started with. Storage folders and outbound network are attached at the
+    claim where the agent can (``DockerBackend._create`` decides)."""
     env = kernel_env(spec)
-    # (nor storage folders: they are bound when a container is made)
-    # (nor GPUs: a container's devices are fixed when it is made)
-    return not spec.network and not spec.mounts and not spec.device_nodes and all(env[k] == STANDBY_ENV.get(k) for k in startup_fixed(env))
+    return not spec.device_nodes and all(env[k] == STANDBY_ENV.get(k)
+                                         for k in startup_fixed(env))
+
+
+def attachable_folders(folders: Sequence[HostMount]) -> bool:
+    """Whether ``folders`` can join a running standby: each beneath the work dir (the one mount
+    of the container whose propagation the agent controls)."""
+    return all(m.target.startswith(WORK_TARGET + "/") for m in folders)
 
 
 def limits_of(spec: KernelSpec) -> dict[str, Any]:
