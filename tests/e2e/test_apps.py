@@ -292,3 +292,135 @@ def test_a_service_that_does_not_answer_is_one_line_per_connection(apps_stack, t
         proc.terminate()
         proc.wait(20)
         st.cli("rm", "apidle", user=True, check=False)
+
+
+ECHO = r'''
+import socket, threading
+ls = socket.create_server(("127.0.0.1", 8003))
+def serve(c):
+    while data := c.recv(1 << 20):
+        c.sendall(data)
+    c.close()
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+@pytest.fixture(scope="module")
+def echo_session(apps_stack):
+    st = apps_stack
+    st.cli("start", "-t", "apecho", "--service", "echo:tcp:8003", *SMALL, "python", user=True)
+    st.cli("run", "-t", "apecho", "-c",
+           "import subprocess, sys\n"
+           f"subprocess.Popen([sys.executable, '-c', {ECHO!r}], start_new_session=True)\n",
+           "python", user=True)
+    yield st
+    st.cli("rm", "apecho", user=True, check=False)
+
+
+def _echo_through(port: int, payload: bytes, half_close: bool) -> bytes:
+    """Send ``payload`` to the echo service at ``port`` while reading the echo back; with
+    ``half_close`` the end of the sending side is what ends the echo (it must pass every hop),
+    else the reader stops after as many bytes as were sent."""
+    import socket
+    import threading
+    import time
+
+    end = time.monotonic() + 60
+    while True:  # the session's server may still start
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(b"ping")
+            if sock.recv(4) == b"ping":
+                break
+            sock.close()
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise AssertionError("the echo service never answered through the tunnel")
+        time.sleep(0.5)
+
+    def send() -> None:
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    got = bytearray()
+    while half_close or len(got) < len(payload):
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        got += data
+    sender.join(60)
+    sock.close()
+    return bytes(got)
+
+
+def test_bulk_bytes_pass_intact_both_ways_and_the_end_too(echo_session):
+    """bai's CLI (the raw upgrade on every hop): 24 MiB out and back, ended by a half-close."""
+    payload = os.urandom(24 << 20)
+    port = free_port()
+    with tunnel(*app_cmd(echo_session, "apecho", "echo", "-b", f"127.0.0.1:{port}")):
+        got = _echo_through(port, payload, half_close=True)
+    assert len(got) == len(payload) and got == payload
+
+
+@pytest.mark.skipif(not OFFICIAL_EXE, reason="BAI_OFFICIAL_CLIENT is not set")
+def test_bulk_bytes_pass_intact_through_the_official_clients_websocket(echo_session, tmp_path):
+    st = echo_session
+    official = make_official(st.endpoint, st.keys()["user"], tmp_path)
+    payload = os.urandom(8 << 20)
+    port = free_port()
+    with tunnel([OFFICIAL_EXE, "app", "apecho", "echo", "-b", f"127.0.0.1:{port}"],
+                official.env(), str(official.workdir)):
+        got = _echo_through(port, payload, half_close=False)
+    assert got == payload
+
+
+def test_open_app_stream_gives_a_byte_stream_to_the_service(echo_session):
+    """The manager's coroutine the browser proxy builds on (``open_app_stream``), with the
+    stack's own agent: the bytes reach the session's service and come back; an unknown app
+    is refused before any byte."""
+    from types import SimpleNamespace
+
+    import aiohttp
+
+    from bai.common.errors import AppNotFound
+    from bai.manager.api.apps import open_app_stream
+
+    st = echo_session
+    token = json.loads((st.state / "server.json").read_text())["cluster_token"]
+    address = f"http://127.0.0.1:{st.agent_port}"
+
+    info = json.loads(st.cli("--output", "json", "info", "apecho", user=True).stdout)["items"][0]
+    sid = str(info.get("session_id") or info.get("id"))
+
+    async def go() -> bytes:
+        async with aiohttp.ClientSession(headers={"X-BAI-Cluster-Token": token}) as http:
+            async with http.get(address + "/v1/kernels") as resp:
+                kernels = (await resp.json())["kernels"]
+        kid = next(k["kernel_id"] for k in kernels if k.get("session_id") == sid
+                   and k.get("status") == "RUNNING")
+
+        async def kernel_target(sess):
+            return address, kid
+
+        root = SimpleNamespace(settings=SimpleNamespace(cluster_token=token),
+                               agents=SimpleNamespace(kernel_target=kernel_target))
+        sess = {"id": "x", "name": "apecho",
+                "service_ports": [{"name": "echo", "protocol": "tcp", "ports": [8003]}]}
+        with pytest.raises(AppNotFound):
+            await open_app_stream(root, sess, "nope")
+        reader, writer = await open_app_stream(root, sess, "echo")
+        try:
+            writer.write(b"hello through the manager")
+            writer.write_eof()
+            return await asyncio.wait_for(reader.read(), 60)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    assert asyncio.run(go()) == b"hello through the manager"

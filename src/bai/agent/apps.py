@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from bai.agent.backends.base import Instance, RuntimeBackend
+from bai.common import rawstream
 from bai.common.errors import AppUnavailable, BaiError, InvalidAPIParameters
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,13 @@ async def _open(request: web.Request, backend: RuntimeBackend, rec: Any
 
 
 async def serve(request: web.Request, backend: RuntimeBackend, rec: Any) -> web.StreamResponse:
-    """Upgrade, then a first TEXT frame: ``{"type": "ready"}``, or ``{"type": "error",
+    """A raw upgrade (``Upgrade: tcp``, ``bai.common.rawstream``) for a port: a refusal is
+    the HTTP answer itself (problem JSON), else 101 and the service's bytes as they are.
+    A WebSocket (pty, or a manager that asks for one): upgrade, then a first TEXT frame: ``{"type": "ready"}``, or ``{"type": "error",
     "status", "problem"}`` and the end (so the manager can answer its client with the problem
     before upgrading that connection), then the relay."""
+    if rawstream.wants_raw(request.headers) and request.query.get("protocol") != "pty":
+        return await _serve_raw(request, backend, rec)
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
     await ws.prepare(request)
     try:
@@ -195,6 +200,23 @@ async def serve(request: web.Request, backend: RuntimeBackend, rec: Any) -> web.
         return await _relay_pty(ws, *pty)
     assert sock is not None
     return await _relay_socket(ws, sock)
+
+
+async def _serve_raw(request: web.Request, backend: RuntimeBackend, rec: Any
+                     ) -> web.StreamResponse:
+    sock, _ = await _open(request, backend, rec)  # a refusal: the problem answer
+    assert sock is not None
+    try:
+        conn, tail, resp = await rawstream.take_over(request)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await rawstream.relay(conn, sock, tail)
+    finally:
+        rawstream.close(sock)
+        rawstream.close(conn)
+    return resp
 
 
 async def _relay_socket(ws: web.WebSocketResponse, sock: socket.socket) -> web.WebSocketResponse:
@@ -216,28 +238,12 @@ async def _relay_socket(ws: web.WebSocketResponse, sock: socket.socket) -> web.W
         while data := await reader.read(CHUNK):
             await ws.send_bytes(data)
 
-    await _both(up(), down())
+    await rawstream.first_ends(up(), down())
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
     await ws.close()
     return ws
-
-
-async def _both(*coros: Any) -> list[Any]:
-    """Run the pumps until the first ends (either side closed), then stop the others."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException) and not isinstance(
-                r, (asyncio.CancelledError, ConnectionError, OSError)):
-            log.warning("app relay ended with %r", r)
-    return results
 
 
 async def _relay_pty(ws: web.WebSocketResponse, master: int, chan: socket.socket,
@@ -281,7 +287,7 @@ async def _relay_pty(ws: web.WebSocketResponse, master: int, chan: socket.socket
             while data := await reader.read(CHUNK):
                 await ws.send_bytes(data)
 
-    results = await _both(up(), down())
+    results = await rawstream.first_ends(up(), down())
     client_left = results[0] is None
     code: int | None = None
     if not client_left:

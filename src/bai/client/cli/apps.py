@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from typing import Any
 from urllib.parse import quote
@@ -73,38 +74,62 @@ def apps(session: str, owner: str | None) -> None:
 
 
 class Tunnel:
-    """The local end: one WebSocket to the manager per accepted connection."""
+    """The local end: each accepted connection becomes one tunnelled connection to the manager:
+    a raw byte stream after an ``Upgrade: tcp`` (``bai.common.rawstream``: the bytes never
+    enter Python) where the endpoint is plain HTTP without a proxy and the manager offers it,
+    else a WebSocket (BINARY frames), as the official client's."""
 
     def __init__(self, conn: Any, session: str, app: str, owner: str | None):
         self.conn = conn
         self.session = session
         self.app = app
         self.owner = owner
+        self.raw = True
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from bai.client.connection import WSMsgType
+    async def _open_raw(self) -> Any:
+        """The manager's raw stream, or None where it cannot be had (then the WebSocket)."""
+        from bai.client import network
+        from bai.client.endpoint import USER_AGENT
+        from bai.client.http1 import ConnectFailed, HandshakeFailed, split_url
+        from bai.common import rawstream
+
+        eps = self.conn.endpoints
+        path, params = _path(self.session, "tcpproxy"), _params(self.owner, app=self.app)
+
+        async def attempt(idx: int) -> Any:
+            url, path_qs = eps.target(idx, path, params)
+            scheme, host, port, netloc, _ = split_url(url)
+            if scheme != "http" or network.proxy_url(scheme, host):
+                return None
+            headers = eps.signed(idx, "GET", path_qs, "application/octet-stream", host=netloc)
+            headers["User-Agent"] = USER_AGENT
+            try:
+                got = await rawstream.open_upgraded(host, port, path_qs, netloc, headers,
+                                                    timeout=None)
+            except OSError as e:
+                raise ConnectFailed(f"cannot connect to {netloc}: {e.strerror or e}") from None
+            if isinstance(got, rawstream.Refused):
+                if got.status == 400:  # a manager without the raw upgrade: the WebSocket
+                    return None
+                raise HandshakeFailed(got.status, got.reason, got.body, got.content_type)
+            return got
+
+        return await self.conn._first(attempt, self.conn.read_timeout)
+
+    async def handle(self, client: socket.socket) -> None:
+        from bai.common import rawstream
         from bai.common.errors import BaiError
 
         try:
-            async with self.conn.websocket(
-                    _path(self.session, "tcpproxy"),
-                    params=_params(self.owner, app=self.app)) as ws:
-
-                async def up() -> None:
-                    while data := await reader.read(CHUNK):
-                        await ws.send_bytes(data)
-
-                async def down() -> None:
-                    async for msg in ws:
-                        if msg.type == WSMsgType.BINARY:
-                            writer.write(msg.data)
-                            await writer.drain()
-
-                tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            raw = await self._open_raw() if self.raw else None
+            if raw is None:
+                self.raw = False
+                await self._handle_ws(client)
+                return
+            try:
+                await rawstream.relay(client, raw.sock, b"", raw.tail)
+            finally:
+                rawstream.close(raw.sock)
         except BaiError as e:
             from bai.client.cli.main import describe
 
@@ -112,9 +137,76 @@ class Tunnel:
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            rawstream.close(client)
+
+    async def _handle_ws(self, client: socket.socket) -> None:
+        from bai.client.connection import WSMsgType
+
+        loop = asyncio.get_running_loop()
+        async with self.conn.websocket(
+                _path(self.session, "tcpproxy"),
+                params=_params(self.owner, app=self.app)) as ws:
+
+            async def up() -> None:
+                while data := await loop.sock_recv(client, CHUNK):
+                    await ws.send_bytes(data)
+
+            async def down() -> None:
+                async for msg in ws:
+                    if msg.type == WSMsgType.BINARY:
+                        await loop.sock_sendall(client, msg.data)
+
+            tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (as ``asyncio.start_server``)."""
+    out: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, addr in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            s = socket.socket(family, kind, proto)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(128)
+            s.setblocking(False)
+            port = port or s.getsockname()[1]  # port 0: the others on the same one
+    except OSError:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+async def serve(listeners: list[socket.socket], handle: Any) -> None:
+    """Accept on every listener, each connection handled in its own task, until cancelled."""
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task] = set()
+
+    async def accept(ls: socket.socket) -> None:
+        while True:
+            conn, _ = await loop.sock_accept(ls)
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.ensure_future(handle(conn))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    loops = [asyncio.ensure_future(accept(ls)) for ls in listeners]
+    try:
+        await asyncio.gather(*loops)
+    finally:
+        for t in [*loops, *running]:
+            t.cancel()
+        await asyncio.gather(*loops, *running, return_exceptions=True)
 
 
 async def _until_signalled() -> None:
@@ -153,21 +245,24 @@ def app(session: str, app_name: str, bind: str, owner: str | None) -> None:
             raise AppNotFound(f"session {session} offers no app {app_name!r}; it offers: {names}")
         tunnel = Tunnel(conn, session, app_name, owner)
         try:
-            server = await asyncio.start_server(tunnel.handle, host, port)
+            listeners = listen(host, port)
         except OSError as e:
             raise BaiError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        bound = server.sockets[0].getsockname()[1] if server.sockets else port
+        bound = listeners[0].getsockname()[1] if listeners else port
         template = info.get("url_template") or "tcp://{host}:{port}"
         url = template.format(protocol="tcp", host=host, port=bound)
         click.echo(f"The app {app_name} of session {session} is at: {url}")
         click.echo("Press Ctrl-C to close the tunnel.", err=True)
         sys.stdout.flush()
+        server = asyncio.ensure_future(serve(listeners, tunnel.handle))
         try:
             await _until_signalled()
         finally:
-            server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+            server.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(server, 2)
+            for ls in listeners:
+                ls.close()
         click.echo("Tunnel closed.", err=True)
 
     ctx.run(main)

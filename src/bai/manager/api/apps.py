@@ -2,9 +2,13 @@
 
 * ``GET /stream/session/{x}/apps``: ``[{"name", "protocol", "ports", "url_template"?}]``, the
   session's service ports (its image's and the user's own, ``bai.common.services``).
-* ``GET /stream/session/{x}/tcpproxy?app=NAME`` (WebSocket): one TCP connection of the client's
-  local port, BINARY frames both ways, relayed to the agent's ``/v1/kernels/{kid}/service``
-  (``agent/apps.py``) and on to the service inside the session's sandbox.
+* ``GET /stream/session/{x}/tcpproxy?app=NAME``: one TCP connection of the client's local port:
+  a WebSocket (BINARY frames both ways: the official client) or, asked with ``Upgrade: tcp``
+  by bai's CLI, the raw bytes (``bai.common.rawstream``); on to the agent's
+  ``/v1/kernels/{kid}/service`` (``agent/apps.py``) always as a raw upgraded stream, and to the
+  service inside the session's sandbox. Between raw ends the bytes move by ``splice``.
+* ``open_app_stream(root, sess, app)``: the same stream to the agent as a (reader, writer), for
+  routes that proxy an app themselves (the browser's).
 * ``GET /stream/session/{x}/pty?rows=R&cols=C`` (WebSocket, bai's ``shell``): a new shell on a
   pseudo-terminal; BINARY frames are the terminal's bytes, TEXT frames control
   (``{"type": "resize", "rows", "cols"}`` up, ``{"type": "exit", "exit_code"}`` down, last).
@@ -22,17 +26,21 @@ import json
 import logging
 import secrets
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from bai.common import services
+from bai.common import rawstream, services
 from bai.common.errors import AgentError, AppNotFound, BaiError, error_from_problem
 from bai.manager.api.stream import _target, _touch
+from bai.ops.logs import REQUEST_ID, REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 4 * 1024 * 1024
+#: largest read from the agent's stream sent as one WebSocket frame
+CHUNK = 1024 * 1024
 #: an open tunnel with traffic keeps its session from the idle timeout
 TOUCH_EVERY = 30.0
 #: used when the cluster has no shared token (one manager only): tokens differ per process
@@ -70,16 +78,138 @@ def _app(sess: dict[str, Any], name: str) -> dict[str, Any]:
     return services.normalize(entry)
 
 
-async def tcpproxy(request: web.Request) -> web.StreamResponse:
-    root, sess, address, kernel_id = await _target(request)
-    entry = _app(sess, request.query.get("app", ""))
+def _params(root: Any, kernel_id: str, entry: dict[str, Any]) -> dict[str, str]:
     params = {"name": entry["name"], "protocol": entry["protocol"]}
     if entry["ports"]:
         params["port"] = str(entry["ports"][0])
     token = _token(root, kernel_id, entry)
     if token:
         params["token"] = token
-    return await _relay(request, root, sess, address, kernel_id, params)
+    return params
+
+
+async def _open_raw(root: Any, address: str, kernel_id: str, params: dict[str, str]
+                    ) -> rawstream.Raw:
+    """The agent's raw byte stream to the service (``Upgrade: tcp``); its refusal raised
+    as the problem it carries. Opening may wait for a service to start."""
+    from bai.manager.services.rpc import TOKEN_HEADER
+
+    base = urlsplit(address)
+    host, port = base.hostname or "127.0.0.1", base.port or 80
+    target = base.path.rstrip("/") + f"/v1/kernels/{kernel_id}/service?" + urlencode(params)
+    netloc = base.netloc
+    headers = {TOKEN_HEADER: root.settings.cluster_token or ""}
+    rid = REQUEST_ID.get()
+    if rid is not None:
+        headers[REQUEST_ID_HEADER] = rid
+    try:
+        # no read limit: the agent answers once the service listens (jupyter: up to 90 s)
+        got = await rawstream.open_upgraded(host, port, target, netloc, headers, timeout=None)
+    except (OSError, ConnectionError) as e:
+        raise AgentError(f"agent at {address} is unreachable: {e}") from None
+    if isinstance(got, rawstream.Raw):
+        return got
+    try:
+        body = json.loads(got.body) if got.body else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        raise error_from_problem(got.status, body)
+    raise AgentError(f"the session's agent refused the app: HTTP {got.status}")
+
+
+async def open_app_stream(root: Any, sess: dict[str, Any], app: str
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A byte stream to the app ``app`` of ``sess`` (see /work/wt/CONTRACTS.md): the caller
+    has already checked the caller may use the session. Starts a service bai starts (jupyter)
+    on first use. Raises the ``BaiError`` of a refusal before any byte; the caller closes
+    ``writer``. Traffic does not touch the session (``stream._touch``)."""
+    address, kernel_id = await root.agents.kernel_target(sess)
+    entry = _app(sess, app)
+    up = await _open_raw(root, address, kernel_id, _params(root, kernel_id, entry))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2 ** 16, loop=loop)
+    if up.tail:
+        reader.feed_data(up.tail)
+    try:
+        transport, protocol = await loop.create_connection(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sock=up.sock)
+    except BaseException:
+        up.sock.close()
+        raise
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def app_token(root: Any, sess: dict[str, Any], app: str) -> str | None:
+    """The secret bai gave the service ``app`` of ``sess`` it starts (jupyter's token), or
+    None for a service without one."""
+    _address, kernel_id = await root.agents.kernel_target(sess)
+    return _token(root, kernel_id, _app(sess, app))
+
+
+async def tcpproxy(request: web.Request) -> web.StreamResponse:
+    """One tunnelled TCP connection: a WebSocket (the official client) or, for bai's CLI, the
+    raw upgrade (``bai.common.rawstream``); either way a raw stream on to the agent."""
+    root, sess, address, kernel_id = await _target(request)
+    entry = _app(sess, request.query.get("app", ""))
+    up = await _open_raw(root, address, kernel_id, _params(root, kernel_id, entry))
+    await _touch(root, sess["id"])
+
+    def touch():
+        return _touch(root, sess["id"])
+
+    try:
+        # raw only for a signed request: a browser (cookie) cannot ask for it anyway
+        if rawstream.wants_raw(request.headers) and request.headers.get("Authorization"):
+            conn, tail, resp = await rawstream.take_over(request)
+            try:
+                await rawstream.relay(conn, up.sock, tail, up.tail, touch=touch,
+                                      touch_every=TOUCH_EVERY)
+            finally:
+                rawstream.close(conn)
+            return resp
+        return await _relay_ws(request, up, touch, sess["id"])
+    finally:
+        rawstream.close(up.sock)
+        await _touch(root, sess["id"])
+
+
+async def _relay_ws(request: web.Request, up: rawstream.Raw, touch: Any, sid: Any
+                    ) -> web.WebSocketResponse:
+    """The client's WebSocket (BINARY frames) to and from the agent's raw stream."""
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+    await ws.prepare(request)
+    loop = asyncio.get_running_loop()
+    sock = up.sock
+    touched = [loop.time()]
+
+    async def traffic() -> None:
+        if loop.time() - touched[0] > TOUCH_EVERY:
+            touched[0] = loop.time()
+            await touch()
+
+    async def upward() -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await loop.sock_sendall(sock, msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await loop.sock_sendall(sock, msg.data.encode())
+            else:
+                break
+            await traffic()
+
+    async def downward() -> None:
+        if up.tail:
+            await ws.send_bytes(up.tail)
+        while data := await loop.sock_recv(sock, CHUNK):
+            await ws.send_bytes(data)
+            await traffic()
+
+    await rawstream.first_ends(upward(), downward(), quiet=(BaiError,),
+                              what=f" of session {sid}")
+    if not ws.closed:
+        await ws.close()
+    return ws
 
 
 async def pty(request: web.Request) -> web.StreamResponse:
@@ -141,17 +271,8 @@ async def _relay(request: web.Request, root: Any, sess: dict[str, Any], address:
         def touch():
             return _touch(root, sess["id"])
 
-        tasks = [asyncio.ensure_future(_pipe(ws, upstream, touch)),
-                 asyncio.ensure_future(_pipe(upstream, ws, touch))]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            for r in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(r, BaseException) and not isinstance(
-                        r, (asyncio.CancelledError, ConnectionError, BaiError)):
-                    log.warning("app relay of session %s ended with %r", sess["id"], r)
+        await rawstream.first_ends(_pipe(ws, upstream, touch), _pipe(upstream, ws, touch),
+                                  quiet=(BaiError,), what=f" of session {sess['id']}")
     finally:
         await upstream.close()
         await _touch(root, sess["id"])
