@@ -48,8 +48,8 @@ async def make(tmp_path: Path, **settings) -> ProcessBackend:
         exits.append(inst)
 
     settings.setdefault("process_pool_size", 1)  # one runner waits: the tests name it
-    b = ProcessBackend(AgentSettings.load(None, scratch_root=str(tmp_path),
-                                          monitor_interval=0.1, **settings))
+    settings.setdefault("monitor_interval", 0.1)
+    b = ProcessBackend(AgentSettings.load(None, scratch_root=str(tmp_path), **settings))
     await b.start(on_exit)
     b.exits = exits  # type: ignore[attr-defined]
     return b
@@ -340,22 +340,101 @@ async def test_a_pooled_runner_that_dies_while_starting_is_dropped_and_the_kerne
         await shut(b)
 
 
-async def test_a_batch_command_starts_cold_without_a_python_worker(
-        backend: ProcessBackend) -> None:
-    """A batch session whose work is its startup command leaves the pool alone and its runner
-    starts no Python worker (one interpreter a job, not two); the command's exit ends it."""
-    await pooled_ready(backend)
-    waiting = list(backend.pool.idle[backend.settings.process_interpreter])
-    s = spec(session_type="BATCH", startup_command="sleep 1; exit 4")
-    inst = await backend.create(s)
-    assert "bai.pooled" not in inst.labels
-    assert backend.pool.idle[backend.settings.process_interpreter] == waiting
-    tree = descendants(int(inst.labels["bai.pid"]))  # launcher, sandbox, runner, command
-    assert any(b"bai.kernel" in c for c in tree), tree
-    assert not any(b"worker.py" in c for c in tree), tree
+async def wait_exits(b: ProcessBackend, n: int = 1) -> list[Instance]:
     for _ in range(600):
-        if backend.exits:  # type: ignore[attr-defined]
+        if len(b.exits) >= n:  # type: ignore[attr-defined]
             break
         await asyncio.sleep(0.1)
-    assert [(i.kernel_id, i.exit_code) for i in backend.exits] == \
-        [(s.kernel_id, 4)]  # type: ignore[attr-defined]
+    return list(b.exits)  # type: ignore[attr-defined]
+
+
+async def test_a_batch_command_runs_in_the_sandbox_without_any_python(
+        backend: ProcessBackend) -> None:
+    """A batch session whose work is its startup command leaves the pool alone and runs no
+    Python at all: the sandbox runs the command itself; its output lands in the kernel's log
+    and its exit status is the kernel's."""
+    await pooled_ready(backend)
+    waiting = list(backend.pool.idle[backend.settings.process_interpreter])
+    s = spec(session_type="BATCH",
+             startup_command="echo out-$FOO pp-$PYTHONPATH; echo err >&2; "
+                             "while [ ! -e go ]; do sleep 0.05; done; exit 4",
+             environ={"FOO": "bar", "PYTHONPATH": "/mine"})
+    inst = await backend.create(s)
+    assert "bai.pooled" not in inst.labels and inst.labels.get("bai.direct") == "1"
+    assert backend.pool.idle[backend.settings.process_interpreter] == waiting
+    for _ in range(200):  # (a process just started may show an empty command line)
+        tree = descendants(int(inst.labels["bai.pid"]))  # launcher, sandbox, command
+        if any(c.endswith(b"exit 4\x00") for c in tree):
+            break
+        await asyncio.sleep(0.05)
+    assert any(c.endswith(b"exit 4\x00") for c in tree), tree
+    assert not any(b"bai.kernel" in c or b"worker.py" in c or b"python" in c.split(b"\0")[0]
+                   for c in tree), tree
+    (inst.workdir / "go").touch()
+    [ended] = await wait_exits(backend)
+    assert (ended.kernel_id, ended.exit_code, ended.exit_reason) == \
+        (s.kernel_id, 4, "self-terminated")
+    said = await backend.logs(s.kernel_id)
+    assert "out-bar pp-/mine\n" in said and "err" in said, said
+
+
+async def test_a_batch_command_keeps_its_runner_when_asked(tmp_path: Path) -> None:
+    """``process_direct_command = false``: the runner runs the command, but starts no Python
+    worker (one interpreter a job, not two); the command's exit ends it."""
+    b = await make(tmp_path, process_direct_command=False)
+    try:
+        s = spec(session_type="BATCH", startup_command="sleep 1; exit 4")
+        inst = await b.create(s)
+        assert "bai.pooled" not in inst.labels and "bai.direct" not in inst.labels
+        tree = descendants(int(inst.labels["bai.pid"]))  # launcher, sandbox, runner, command
+        assert any(b"bai.kernel" in c for c in tree), tree
+        assert not any(b"worker.py" in c for c in tree), tree
+        assert [(i.kernel_id, i.exit_code) for i in await wait_exits(b)] == [(s.kernel_id, 4)]
+    finally:
+        await shut(b)
+
+
+async def test_a_batch_command_that_ends_while_no_agent_watches_keeps_its_status(
+        tmp_path: Path) -> None:
+    """The launcher writes the command's exit status where the kernel cannot reach: an agent
+    started after the command ended reports it as the kernel's."""
+    b = await make(tmp_path, process_pool_size=0)
+    s = spec(session_type="BATCH",
+             startup_command="while [ ! -e go ]; do sleep 0.05; done; exit 5")
+    inst = await b.create(s)
+    await b.stop()  # the kernel goes on without an agent
+    (inst.workdir / "go").touch()
+    for _ in range(600):
+        if (tmp_path / s.kernel_id / "exit.json").exists():
+            break
+        await asyncio.sleep(0.05)
+    second = await make(tmp_path, process_pool_size=0)
+    try:
+        [found] = await second.list()
+        assert (found.kernel_id, found.state, found.exit_code, found.exit_reason) == \
+            (s.kernel_id, InstanceState.EXITED, 5, "self-terminated")
+    finally:
+        await shut(second)
+
+
+async def test_an_ended_kernel_is_reported_without_waiting_for_the_monitor(
+        tmp_path: Path) -> None:
+    """The event loop watches each launcher (a pidfd): a kernel's end is reported when it
+    happens, with the monitor's tick an hour away; a runner's as a command's."""
+    b = await make(tmp_path, monitor_interval=3600)
+    try:
+        direct = spec(session_type="BATCH", startup_command="exit 3")
+        runner = spec()
+        await asyncio.gather(b.create(direct), b.create(runner))
+        channel = await b.open_channel(await b.inspect(runner.kernel_id))
+        try:
+            await run(channel, {"mode": "query", "code": "import os; os._exit(6)"})
+        except Exception:
+            pass
+        finally:
+            await channel.close()
+        ended = await wait_exits(b, 2)
+        assert sorted((i.kernel_id, i.exit_code) for i in ended) == sorted(
+            [(direct.kernel_id, 3), (runner.kernel_id, 6)]), ended
+    finally:
+        await shut(b)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import bai.kernel
@@ -323,3 +325,67 @@ def test_the_agent_reports_the_promises_it_keeps(stack: Stack) -> None:
     assert gaps == [] and agent["isolation"]["sandbox"] == "bubblewrap"
     assert agent["isolation"]["seccomp"] == "bai"
     assert "Isolation Gaps" in stack.cli("admin", "agent", "list").stdout
+
+
+def wait_logged(stack: Stack, name: str, mark: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    said = ""
+    while time.monotonic() < deadline:
+        said = stack.cli("logs", name, user=True, check=False).stdout
+        if mark in said:
+            return said
+        time.sleep(0.5)
+    raise AssertionError(f"{name} never printed {mark}: {said}")
+
+
+@needs_sandbox
+def test_a_command_only_batch_job_is_held_as_tightly(stack: Stack) -> None:
+    """A batch job whose work is its startup command runs with no Python runner (the sandbox
+    runs the command itself): the same attacks fail from there. The job prints, then waits
+    so that its log can be read."""
+    tag = uuid.uuid4().hex[:8]
+    secrets = [str(p) for p in secrets_of(stack) if p.exists()]
+    targets = [str(stack.state / f"planted-{tag}"), str(stack.home / f"planted-{tag}"),
+               f"/usr/local/planted-{tag}", f"/etc/planted-{tag}"]
+    attack = SECCOMP_ATTACK + textwrap.dedent(f"""
+        import socket
+        for p in {secrets!r}:
+            try:
+                print("READ", p, len(open(p, "rb").read()))
+            except OSError as e:
+                print("refused-read", p, type(e).__name__)
+        for p in {targets!r}:
+            try:
+                open(p, "a").write("x")
+                print("WROTE", p)
+            except OSError as e:
+                print("refused-write", p, type(e).__name__)
+        for port in ({stack.port}, {stack.agent_port}):
+            s = socket.socket()
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", port))
+                print("CONNECTED", port)
+            except OSError as e:
+                print("refused-connect", port, type(e).__name__)
+        print("uid", os.getuid())
+    """)
+    name = f"cmd-attack-{tag}"
+    command = f"python3 -c {shlex.quote(attack)}; echo attacks-{tag}-done; sleep 600"
+    stack.cli("start", "-t", name, "--type", "batch", "-c", command, "python", user=True)
+    try:
+        out = wait_logged(stack, name, f"attacks-{tag}-done")
+        # no runner: the sandbox (bwrap) runs the command line itself
+        launched = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in os.listdir("/proc")
+                    if pid.isdigit() and os.path.exists(f"/proc/{pid}/cmdline")]
+        assert any(c.split(b"\0")[0].endswith(b"bwrap") and f"attacks-{tag}-done".encode()
+                   in c for c in launched)
+    finally:
+        stack.cli("rm", name, user=True, check=False)
+    assert_seccomp_held(out)
+    assert "READ" not in out and out.count("refused-read") == len(secrets), out
+    assert "WROTE" not in out and out.count("refused-write") == len(targets), out
+    assert "CONNECTED" not in out and out.count("refused-connect") == 2, out
+    assert "uid 0\n" not in out and "uid " in out, out
+    for p in targets:
+        assert not os.path.exists(p), p

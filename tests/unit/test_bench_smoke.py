@@ -32,6 +32,8 @@ CASES = {
                      "open dashboards"),
     "memory.py": (["--sessions", "40", "--kernels", "1", "--runtime", "dummy"],
                   "agent RSS with 1 running kernels"),
+    "agent_jobs.py": (["--jobs", "2", "--rounds", "1", "--idle-seconds", "0.2"],
+                      "machine CPU ms/job"),
     "mounts.py": (["--runs", "1", "--warmup", "0", "--folders", "2", "--no-pool-part"],
                   "PENDING->RUNNING, 2 folders"),
 }

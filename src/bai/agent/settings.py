@@ -103,6 +103,9 @@ class AgentSettings(TomlSettings):
                        "cgroup_parent); 0 = half of the host's pid_max, -1 = no cap")
     process_pool_size: int = Field(
         2, description="kernel runners kept pre-started per interpreter (0: start each cold)")
+    process_direct_command: bool = Field(
+        True, description="a batch session whose work is its startup command runs that command "
+                          "in the sandbox itself, without the Python runner (false: with it)")
     kernel_ready_timeout: float = Field(30.0, description="seconds for a runner to answer")
     monitor_interval: float = Field(0.5, description="seconds between kernel liveness checks")
     # docker runtime

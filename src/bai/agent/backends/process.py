@@ -89,6 +89,15 @@ LAUNCHER = (
     'ulim="$1"; shift; while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; '
     'shift; if [ "$ulim" != "-" ]; then ulimit -v "$ulim" || exit 125; fi; exec "$@"'
 )
+#: a command run without the runner (``direct_command``): the launcher waits for the sandbox
+#: and writes the command's exit status into the kernel's root-only folder (``EXIT_FILE``), where
+#: an agent restarted meanwhile finds it; the exit code is its own
+LAUNCHER_DIRECT = (
+    'ulim="$1"; st="$2"; shift 2; while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; '
+    'shift; done; shift; if [ "$ulim" != "-" ]; then ulimit -v "$ulim" || exit 125; fi; '
+    '"$@"; rc=$?; echo "{\\"exit_code\\": $rc}" > "$st"; exit $rc'
+)
+EXIT_FILE = "exit.json"
 LOG_TAIL = 1024 * 1024
 OOM_GRACE_SECONDS = 1.0
 #: a claimed runner's replacement starts this long after the claim (see RunnerPool.refill)
@@ -153,6 +162,27 @@ def build_environ(spec: KernelSpec, workdir: Path, user: str,
     return env
 
 
+def command_environ(env: dict[str, str]) -> dict[str, str]:
+    """What the runner gives the commands it starts (``Runner._child_env``): the kernel's
+    environment without the runner's own ``PYTHONPATH``, the session's one restored."""
+    env = dict(env)
+    user_pythonpath = env.pop("BAI_KERNEL_PYTHONPATH", None)
+    env.pop("PYTHONPATH", None)
+    if user_pythonpath:
+        env["PYTHONPATH"] = user_pythonpath
+    return env
+
+
+def given(command: str | None) -> bool:
+    """A bootstrap script or startup command to run (``*`` and blanks are none)."""
+    return (command or "").strip() not in ("", "*")
+
+
+def direct_command(spec: KernelSpec) -> list[str]:
+    """The startup command of a command-only job, as the runner would start it."""
+    return ["/bin/sh", "-c", str(spec.startup_command)]
+
+
 def runner_config(spec: KernelSpec) -> dict[str, Any]:
     """``runner.json``: what the runner does once started (a pooled one gets it in the claim)."""
     return {"bootstrap_script": spec.bootstrap_script, "startup_command": spec.startup_command}
@@ -168,13 +198,21 @@ def build_command(
     mem_rlimit_kib: int | None = None,
     sandbox: list[str] | None = None,
     listen_fd: int | None = None,
+    command: list[str] | None = None,
+    status_file: Path | None = None,
 ) -> list[str]:
     """The command line that starts a kernel: launcher (cgroups, rlimit) -> the ``sandbox``
     prefix (bwrap + setpriv, see sandbox.py) or unshare [+ setpriv] -> runner. With
     ``listen_fd`` the runner serves the socket the agent bound and hands it (an inherited fd),
-    and accepts only connections of the agent's uid."""
-    argv = ["/bin/sh", "-c", LAUNCHER, "bai-launch",
-            str(mem_rlimit_kib) if mem_rlimit_kib else "-", *procs_files, "--"]
+    and accepts only connections of the agent's uid. With ``command`` (a command-only batch
+    job) that command runs in the runner's place, in the same sandbox, and the launcher writes
+    its exit status to ``status_file``."""
+    ulim = str(mem_rlimit_kib) if mem_rlimit_kib else "-"
+    if command is not None:
+        argv = ["/bin/sh", "-c", LAUNCHER_DIRECT, "bai-launch", ulim, str(status_file),
+                *procs_files, "--"]
+    else:
+        argv = ["/bin/sh", "-c", LAUNCHER, "bai-launch", ulim, *procs_files, "--"]
     if sandbox is not None:
         argv += sandbox
     else:
@@ -183,6 +221,8 @@ def build_command(
         if as_user is not None:
             argv += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}",
                      "--clear-groups"]
+    if command is not None:
+        return argv + command
     argv += [interpreter, "-m", "bai.kernel", "--workdir", str(workdir)]
     if listen_fd is not None:
         argv += ["--listen-fd", str(listen_fd), "--agent-uid", str(os.geteuid())]
@@ -264,6 +304,9 @@ class ProcessBackend(RuntimeBackend):
         self._probed = False
         #: folders of destroyed kernels still being removed (``_remove(later=True)``)
         self._removals: set[asyncio.Task[None]] = set()
+        #: pidfds of the launchers this agent started, by kernel (``_watch_exit``)
+        self._pidfds: dict[str, int] = {}
+        self._checks: set[asyncio.Task[None]] = set()
         self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled,
                                self._forget_pooled)
 
@@ -339,6 +382,8 @@ class ProcessBackend(RuntimeBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
             self._monitor = None
+        for kernel_id in list(self._pidfds):
+            self._unwatch_exit(kernel_id)
         # pooled runners are no kernels: they end with the agent
         await self.pool.close()
         if self._removals:
@@ -379,12 +424,14 @@ class ProcessBackend(RuntimeBackend):
     def _launch(self, kdir: Path, interp: str, procs: list[str], uid: int | None,
                 env: dict[str, str], mem_rlimit_kib: int | None = None,
                 pooled: bool = False, mounts: Sequence[HostMount] = (),
-                info_fd: int | None = None, devices: Sequence[str] = ()
+                info_fd: int | None = None, devices: Sequence[str] = (),
+                command: list[str] | None = None, output_fd: int | None = None
                 ) -> subprocess.Popen[bytes]:
         """Start the runner of ``kdir``: the agent binds its socket and hands it over
-        (``info_fd``: bwrap writes its child's pid there, see ``outbound.py``)."""
+        (``info_fd``: bwrap writes its child's pid there, see ``outbound.py``); or, with
+        ``command``, that command in the runner's place, its output to ``output_fd``."""
         work = kdir / "work"
-        listener = bind_listener(kdir)
+        listener = bind_listener(kdir) if command is None else None
         filt = self.sandbox.seccomp_memfd() if self.sandbox.active else None
         try:
             if self.sandbox.active:
@@ -396,20 +443,23 @@ class ProcessBackend(RuntimeBackend):
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work
+            listen_fd = listener.fileno() if listener is not None else None
             argv = build_command(interp, inside, procs, namespaces=self.namespaces,
                                  as_user=self.as_user, mem_rlimit_kib=mem_rlimit_kib,
-                                 sandbox=prefix, listen_fd=listener.fileno())
+                                 sandbox=prefix, listen_fd=listen_fd, command=command,
+                                 status_file=kdir / EXIT_FILE)
             if pooled:
                 argv.append("--pooled")
-            with open(kdir / "runner.out", "ab") as out:
+            with (open(kdir / "runner.out", "ab") if output_fd is None
+                  else contextlib.nullcontext(output_fd)) as out:
                 return subprocess.Popen(
                     argv, env=env, cwd=kdir if self.sandbox.active else work,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    pass_fds=(listener.fileno(),) + tuple(
-                        fd for fd in (filt, info_fd) if fd is not None))
+                    pass_fds=tuple(fd for fd in (listen_fd, filt, info_fd) if fd is not None))
         finally:
-            listener.close()  # the runner holds it now: when it ends, connecting fails
+            if listener is not None:
+                listener.close()  # the runner holds it now: when it ends, connecting fails
             if filt is not None:
                 os.close(filt)  # the launcher has its own copy for bwrap
 
@@ -654,16 +704,46 @@ class ProcessBackend(RuntimeBackend):
 
     # --- watching --------------------------------------------------------------------------
 
+    def _watch_exit(self, k: _Kernel) -> None:
+        """Report ``k``'s end as soon as its launcher ends (a pidfd the event loop watches), not
+        at the monitor's next tick: a batch job's slots are free again at once. Where pidfds are
+        missing (Linux < 5.3) the monitor alone notices."""
+        if k.popen is None or k.kernel_id in self._pidfds:
+            return
+        try:
+            fd = os.pidfd_open(k.popen.pid)
+        except (AttributeError, OSError):
+            return
+        self._pidfds[k.kernel_id] = fd
+        asyncio.get_running_loop().add_reader(fd, self._launcher_ended, k)
+
+    def _unwatch_exit(self, kernel_id: str) -> None:
+        fd = self._pidfds.pop(kernel_id, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def _launcher_ended(self, k: _Kernel) -> None:
+        self._unwatch_exit(k.kernel_id)
+        if k.reported or k.destroying or k.starting:
+            return
+        task = asyncio.create_task(self._check_one(k))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check_one(self, k: _Kernel) -> None:
+        if k.reported or k.destroying or k.starting:
+            return
+        try:
+            await self._check(k)
+        except Exception:  # one broken kernel must not stop watching the others
+            log.exception("checking kernel %s failed", k.kernel_id)
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.monitor_interval)
             for k in list(self._kernels.values()):
-                if k.reported or k.destroying or k.starting:
-                    continue
-                try:
-                    await self._check(k)
-                except Exception:  # one broken kernel must not stop watching the others
-                    log.exception("checking kernel %s failed", k.kernel_id)
+                await self._check_one(k)
 
     async def _check(self, k: _Kernel) -> None:
         oom = k.cgroup is not None and k.cgroup.oom_kills() > 0
@@ -690,16 +770,32 @@ class ProcessBackend(RuntimeBackend):
         returncode = k.popen.poll() if k.popen is not None else None
         code: int | None = exit_status(returncode) if returncode is not None else None
         reason = "killed"
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            # the kernel can write this file: read without following links, and bounded
-            raw = statefiles.read_tail(k.workdir / bai.kernel.STATE_DIR, "exit.json", 4096)
-            data = json.loads(raw)
-            code, reason = int(data["exit_code"]), str(data.get("reason") or "self-terminated")
+        if k.labels.get("bai.direct"):
+            # no runner: the launcher (the agent's child) ended with the command's status, or
+            # wrote it to the kernel's root-only folder (an agent restarted meanwhile reads it)
+            if returncode is None:
+                with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                    returncode = int(json.loads((k.kdir / EXIT_FILE).read_text())["exit_code"])
+                    code = returncode
+            if returncode is not None and returncode >= 0:
+                reason = "self-terminated"
+        else:
+            code, reason = self._runner_exit(k, code, reason)
         if k.cgroup is not None and k.cgroup.oom_kills() > 0:
             code, reason = 137, "oom-killed"
         elif reason == "killed" and code is not None and code < 128:
             reason = "self-terminated"
         k.exit = (code, reason)
+
+    @staticmethod
+    def _runner_exit(k: _Kernel, code: int | None, reason: str) -> tuple[int | None, str]:
+        """The exit status the runner wrote (``exit.json`` in the work dir), if any."""
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            # the kernel can write this file: read without following links, and bounded
+            raw = statefiles.read_tail(k.workdir / bai.kernel.STATE_DIR, "exit.json", 4096)
+            data = json.loads(raw)
+            code, reason = int(data["exit_code"]), str(data.get("reason") or "self-terminated")
+        return code, reason
 
     def _kill(self, k: _Kernel) -> None:
         """Blocking: SIGKILL the whole kernel and wait until it is gone."""
@@ -757,8 +853,12 @@ class ProcessBackend(RuntimeBackend):
         # a batch job's work is its startup command: started cold, its runner runs no Python
         # worker (see bai.kernel.runner), while a pooled one has one and another is made in
         # its place: two interpreters a job instead of one
-        command_only = (spec.session_type.upper() == "BATCH"
-                        and (spec.startup_command or "").strip() not in ("", "*"))
+        command_only = spec.session_type.upper() == "BATCH" and given(spec.startup_command)
+        # ... and with nothing else for a runner to do, no runner at all: the sandbox runs the
+        # command itself (a bootstrap script, or outbound network, which is attached to a
+        # sandbox that waits for it, keep the runner)
+        direct = (command_only and self.settings.process_direct_command
+                  and not given(spec.bootstrap_script) and not (spec.network and self.outbound))
         folders = await asyncio.to_thread(self._folders, spec)
         # storage folders join a pooled runner's sandbox only under its work dir, as root
         attachable = not folders or (self.sandbox.privileged and self.sandbox.active and all(
@@ -768,13 +868,13 @@ class ProcessBackend(RuntimeBackend):
             or command_only or (spec.network and self.outbound) or spec.device_nodes \
             else self.pool.take(interp)
         try:
-            return await self._create_kernel(spec, interp, runner, folders)
+            return await self._create_kernel(spec, interp, runner, folders, direct)
         finally:
             if not command_only:
                 self.pool.refill(interp, self.cgroups is not None, POOL_REFILL_DELAY)
 
     async def _create_kernel(self, spec: KernelSpec, interp: str, runner: PooledRunner | None,
-                             folders: list[HostMount]) -> Instance:
+                             folders: list[HostMount], direct: bool = False) -> Instance:
         kdir = self.root / spec.kernel_id
         k = _Kernel(spec.kernel_id, kdir, {
             "bai.kernel_id": spec.kernel_id,
@@ -790,18 +890,22 @@ class ProcessBackend(RuntimeBackend):
         try:
             if runner is not None:
                 try:
-                    return await self._start_pooled(spec, k, runner, folders)
+                    inst = await self._start_pooled(spec, k, runner, folders)
+                    self._watch_exit(k)
+                    return inst
                 except PoolMiss as e:
                     log.warning("kernel %s starts cold: %s", spec.kernel_id, e)
                     await self._undo_pooled(k)
                     if runner.cgroup_name is not None:
                         await asyncio.to_thread(self._remove_pool_cgroup, runner.cgroup_name)
-            return await self._start(spec, k, interp, folders)
+            inst = await self._start(spec, k, interp, folders, direct)
+            self._watch_exit(k)
+            return inst
         finally:
             k.starting = False
 
     async def _start(self, spec: KernelSpec, k: _Kernel, interp: str,
-                     folders: list[HostMount]) -> Instance:
+                     folders: list[HostMount], direct: bool = False) -> Instance:
         kdir = k.kdir
         uid = None
         if self.uids is not None:
@@ -812,10 +916,29 @@ class ProcessBackend(RuntimeBackend):
             k.labels["bai.uid"] = str(uid)
         await asyncio.to_thread(self._make_folder, kdir, interp, None,
                                 spec.disk_quota or self.settings.disk_quota)
+        if direct:
+            k.labels["bai.direct"] = "1"
         self._write_labels(k)
         state = k.workdir / bai.kernel.STATE_DIR
         # a fresh work dir that no kernel code has seen yet: the agent writes, then hands it over
-        (state / "runner.json").write_text(json.dumps(runner_config(spec)))
+        if not direct:
+            (state / "runner.json").write_text(json.dumps(runner_config(spec)))
+            return await self._start_runner(spec, k, interp, folders, uid)
+        # the command's output goes where the runner would have written it (logs() reads it)
+        log_fd = os.open(state / "kernel.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            return await self._start_runner(spec, k, interp, folders, uid, log_fd)
+        finally:
+            os.close(log_fd)
+
+    async def _start_runner(self, spec: KernelSpec, k: _Kernel, interp: str,
+                            folders: list[HostMount], uid: int | None,
+                            log_fd: int | None = None) -> Instance:
+        """Hand the work dir over and start the kernel: its runner, or with ``log_fd`` its
+        command alone (output to that file)."""
+        kdir = k.kdir
+        direct = log_fd is not None
         owner = (uid, uid) if uid is not None else self.as_user
         if owner is not None:
             for p in [k.workdir, *k.workdir.rglob("*")]:
@@ -834,13 +957,16 @@ class ProcessBackend(RuntimeBackend):
             procs = k.cgroup.procs_files()
             k.labels["bai.cgroup"] = self.cgroups.version
         env = build_environ(spec, self._inside(k.workdir), self.user_name, self.sandbox.active)
+        if direct:
+            env = command_environ(env)
         # outbound network (the policy's allow_outbound): bwrap says its child's pid here
         info_r, info_w = os.pipe() if spec.network and self.outbound else (None, None)
         try:
             k.popen = self._launch(
                 kdir, interp, procs, uid, env,
                 mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None,
-                mounts=folders, info_fd=info_w, devices=gpu_binds(spec))
+                mounts=folders, info_fd=info_w, devices=gpu_binds(spec),
+                command=direct_command(spec) if direct else None, output_fd=log_fd)
         except OSError as e:
             if info_r is not None:
                 os.close(info_r)
@@ -857,6 +983,8 @@ class ProcessBackend(RuntimeBackend):
             finally:
                 os.close(info_r)
         self._write_labels(k)
+        if direct:  # nothing to wait for: the command runs (or already ran)
+            return self._instance(k)
         return await self._wait_ready(k)
 
     def _give_outbound(self, k: _Kernel, info_r: int) -> None:
@@ -915,6 +1043,7 @@ class ProcessBackend(RuntimeBackend):
         ``later``: the folder is moved out of the kernel's place at once and removed (and the
         uid released) after this returns: unmounting a work dir's filesystem takes 0.1-0.3 s,
         which a destroy (and a batch job's end: its slots) need not wait for."""
+        self._unwatch_exit(kernel_id)
         k = self._kernels.pop(kernel_id, None)
         cg = k.cgroup if k is not None and k.cgroup is not None else (
             self.cgroups.open(kernel_id) if self.cgroups is not None else None)

@@ -1,0 +1,130 @@
+"""Issue 13, the agent's side: machine CPU and wall time per trivial batch job, two bai stacks
+side by side in one run (rounds alternate), e.g. this tree against an older one.
+
+    python bench/agent_jobs.py [--jobs 200] [--rounds 3] [--baseline SRC] [--baseline-env K=V]
+
+Each side is ``backend.ai server start --slots cpu=64`` (process runtime, sandbox in force) in a
+private HOME. ``--baseline SRC`` runs the other side from another source tree (its ``src`` folder
+first on ``PYTHONPATH``: e.g. a ``git worktree`` of main); ``--baseline-env K=V`` (repeatable)
+runs it with these environment variables instead or as well (e.g.
+``BAI_AGENT_PROCESS_DIRECT_COMMAND=0``). Per round and side: N jobs ``true`` as one array
+(``backend.ai start --array 1-N --type batch -c true python``), the clock from the submission
+until none is live (polled every 0.1 s); CPU from /proc: the whole machine's, the manager's, the
+agent's own, and what the agent's children used (kernels: launcher, sandbox, command); then the
+idle CPU of the pre-started runners over ``--idle-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+
+from harness import EmbeddedStack, cpu_seconds, figures, print_conditions
+from slurm_side_by_side import Bai, machine_cpu_s, timed_cmd, wait_drained, CLI
+
+
+def measure(bai: Bai, n: int, timeout: float) -> dict[str, float]:
+    stack = bai.stack
+    mgr, agent = stack.pid("manager"), stack.pid("agent")
+    c0 = machine_cpu_s()
+    m0, a0, k0 = cpu_seconds(mgr), cpu_seconds(agent, children=False), cpu_seconds(agent)
+    t0 = time.perf_counter()
+    timed_cmd([CLI, "start", "--array", f"1-{n}", "-t", f"j-{uuid.uuid4().hex[:6]}",
+               "--type", "batch", "-c", "true", "python"], stack.env)
+    wait_drained(bai.live, timeout)
+    wall = time.perf_counter() - t0
+    agent_self = cpu_seconds(agent, children=False) - a0
+    return {
+        "jobs/s": n / wall,
+        "machine CPU ms/job": (machine_cpu_s() - c0) * 1000 / n,
+        "manager ms/job": (cpu_seconds(mgr) - m0) * 1000 / n,
+        "agent ms/job": agent_self * 1000 / n,
+        "kernels ms/job": ((cpu_seconds(agent) - k0) - agent_self) * 1000 / n,
+    }
+
+
+def idle_runners(stack: EmbeddedStack, seconds: float) -> tuple[int, float]:
+    """(pre-started runners, their CPU ms over ``seconds`` of idling)."""
+    import psutil
+
+    below = psutil.Process(stack.pid("agent")).children(recursive=True)
+    pids = [p.pid for p in below if _interpreter(p.pid)]  # runners and their workers
+
+    def total() -> float:
+        out = 0.0
+        for p in pids:
+            with contextlib.suppress(OSError):
+                out += cpu_seconds(p, children=False)
+        return out
+
+    before = total()
+    time.sleep(seconds)
+    runners = sum(1 for p in pids if b"--pooled" in _interpreter(p))
+    return runners, (total() - before) * 1000
+
+
+def _interpreter(pid: int) -> bytes:
+    """The command line of ``pid`` if it is a Python interpreter, else b""."""
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"python" in os.path.basename(argv.split(b"\0")[0]):
+            return argv
+    return b""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=200, help="jobs per round and side")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", default=None, metavar="SRC",
+                    help="a source tree (its src/ goes first on PYTHONPATH) for the other side")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="K=V")
+    ap.add_argument("--idle-seconds", type=float, default=5.0)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args()
+    base_env = dict(kv.split("=", 1) for kv in args.baseline_env)
+    if args.baseline:
+        base_env["PYTHONPATH"] = str(Path(args.baseline, "src").resolve())
+    with contextlib.ExitStack() as daemons:
+        sides = {}
+        if base_env:
+            sides["before"] = daemons.enter_context(
+                EmbeddedStack(runtime="process", slots=["cpu=64"], extra_env=base_env))
+        sides["after"] = daemons.enter_context(EmbeddedStack(runtime="process", slots=["cpu=64"]))
+        for name, stack in sides.items():
+            if "isolation NOT enforced" in stack.start_output:
+                print(f"   {name}: sandbox NOT in force; figures do not count")
+        print_conditions("bai agent: trivial batch jobs, side by side",
+                         sides=", ".join(sides), before=base_env or "-", jobs=args.jobs,
+                         rounds=args.rounds, submit="one array per round (start --array)")
+        bais = {k: Bai(s) for k, s in sides.items()}
+        for b in bais.values():  # warm-up
+            measure(b, 10, args.timeout)
+        results: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+        for r in range(args.rounds):
+            for name, b in bais.items():
+                results[name].append(measure(b, args.jobs, args.timeout))
+                print(f"   round {r + 1} {name}: " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in results[name][-1].items())
+                    + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+        idle = {k: idle_runners(s, args.idle_seconds) for k, s in sides.items()}
+        keys = list(next(iter(results.values()))[0])
+        print(f"\n{'median of rounds':<22}" + "".join(f"{k:>12}" for k in sides)
+              + ("       after/before" if len(sides) == 2 else ""))
+        for key in keys:
+            med = {k: figures([x[key] for x in v])["median"] for k, v in results.items()}
+            ratio = (f"{med['after'] / med['before']:>19.2f}"
+                     if len(sides) == 2 and med["before"] else "")
+            print(f"{key:<22}" + "".join(f"{med[k]:>12.1f}" for k in sides) + ratio)
+        for k, (n, ms) in idle.items():
+            print(f"   {k}: {n} pre-started runners, {ms:.0f} ms CPU over "
+                  f"{args.idle_seconds:.0f} s idle")
+        print(f"   load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
