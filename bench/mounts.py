@@ -10,7 +10,8 @@ the agent's create, the runner's start-up), the same span as hello_world.py's cr
 Kinds: no folder; 1 folder; ``--folders`` folders (one ``:ro``), all under /home/work. Two
 parts: pre-started runners off (cold starts: the folders are ``bwrap --bind`` arguments of the
 new sandbox) and the default pool (the agent attaches the folders to a pre-started runner's
-running sandbox, ``agent/mounts.py``).
+running sandbox, ``agent/mounts.py``; in docker, to a standby container's work dir,
+``docker_pool.py``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def one(stack: EmbeddedStack, name: str, mounts: list[str]) -> None:
 
 
 def part(runtime: str, pool: bool, runs: int, warmup: int, nfolders: int) -> None:
-    env = {} if pool else {"BAI_AGENT_PROCESS_POOL_SIZE": "0"}
+    env = {} if pool else {"BAI_AGENT_PROCESS_POOL_SIZE": "0", "BAI_AGENT_DOCKER_POOL_SIZE": "0"}
     with EmbeddedStack(runtime=runtime, extra_env=env) as stack:
         print_conditions(
             f"session start with storage folders ({runtime} runtime, "
