@@ -2,14 +2,16 @@
 of the same file on the same disk, with the memory of the client and the daemons; and the first
 page of ``vfolder ls`` in a folder of many files.
 
-    python bench/vfolder.py [--size-mib 1024] [--files 100000] [--runs 10]
+    python bench/vfolder.py [--size-mib 1024] [--files 100000] [--runs 10] [--rounds 3]
+                            [--before OTHER_CHECKOUT/src] [--skip-listing]
 
 One embedded stack (``backend.ai server start``, process runtime) in a private HOME; the test
 file, the copies and the storage host all live under that HOME (one disk). Bytes go client ->
 manager (the storage endpoint is the manager's) -> the folder; the agent is not on the path (its
 RSS is shown to say so). Memory: the highest RSS seen every 50 ms while a transfer runs. The
 same commands with a 1-byte file give the fixed cost of a command (start-up, sign-in, the
-ticket), and the throughput net of it says how fast the bytes themselves move.
+ticket). Clients compared round by round: the express path, the click path
+(``BAI_CLI_EXPRESS=0``) and, with ``--before``, another checkout's CLI.
 Targets (issue 14): transfers >= 70 % of cp's throughput in constant memory; first page of
 ``ls`` over 100,000 files <= 100 ms.
 """
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -59,11 +62,13 @@ class PeakRss:
         self._t.join()
 
 
-def timed_cli(st: EmbeddedStack, peak: PeakRss, *args: str) -> float:
+def timed_cli(st: EmbeddedStack, peak: PeakRss | None, *args: str,
+              env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([CLI, *args], env=st.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    peak.add("client", proc.pid)
+    proc = subprocess.Popen([CLI, *args], env={**st.env, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if peak is not None:
+        peak.add("client", proc.pid)
     out, err = proc.communicate()
     took = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -82,55 +87,79 @@ def write_file(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def transfers(st: EmbeddedStack, size_mib: int) -> None:
+def clients(before: str | None) -> dict[str, dict[str, str]]:
+    """The CLI variants compared, by the environment each runs with: this checkout's express
+    path, its click path (``BAI_CLI_EXPRESS=0``: same transfer code, click + asyncio + httpx
+    imported), and optionally another checkout's ``src`` (``--before``) on PYTHONPATH."""
+    out = {"express": {}, "click path": {"BAI_CLI_EXPRESS": "0"}}
+    if before:
+        out["before"] = {"PYTHONPATH": str(Path(before).resolve())}
+    return out
+
+
+def transfers(st: EmbeddedStack, size_mib: int, rounds: int, before: str | None) -> None:
+    """Rounds of: cp, then each client's upload and download of the same file, alternating,
+    so that every figure of a round met the same load; best and median of the rounds."""
     work = st.home / "work"
     work.mkdir()
     src = work / "big.bin"
     write_file(src, size_mib * MiB)
-    cp_times = []
-    for i in range(2):
-        t0 = time.perf_counter()
-        subprocess.run(["cp", str(src), str(work / f"copy{i}.bin")], check=True)
-        cp_times.append(time.perf_counter() - t0)
-        (work / f"copy{i}.bin").unlink()
-    cp = size_mib / min(cp_times)
     st.cli("vfolder", "create", "bench")
     daemons = {"manager": st.pid("manager"), "agent": st.pid("agent")}
     idle = {k: rss_mb(p) for k, p in daemons.items()}
-    with PeakRss(daemons) as up_peak:
-        up = size_mib / timed_cli(st, up_peak, "vfolder", "upload", "bench", str(src))
-    dl = work / "dl"
-    dl.mkdir()
-    with PeakRss(daemons) as down_peak:
-        down = size_mib / timed_cli(st, down_peak, "vfolder", "download", "bench", "big.bin",
-                                    "-b", str(dl))
-    same = subprocess.run(["cmp", str(src), str(dl / "big.bin")]).returncode == 0
-    # the command's fixed cost (start-up, sign-in, the ticket): the same with one byte
+    variants = clients(before)
+    cp: list[float] = []
+    up: dict[str, list[float]] = {v: [] for v in variants}
+    down: dict[str, list[float]] = {v: [] for v in variants}
+    fixed: dict[str, list[float]] = {v: [] for v in variants}
+    same: dict[str, bool] = {}
+    peaks: dict[str, dict[str, float]] = {}
     (work / "one.bin").write_bytes(b"1")
-    fixed_up, fixed_down = [], []
-    with PeakRss({}) as none:
-        for i in range(3):
-            fixed_up.append(timed_cli(st, none, "vfolder", "upload", "bench", str(work / "one.bin")))
-            (dl / str(i)).mkdir()
-            fixed_down.append(timed_cli(st, none, "vfolder", "download", "bench", "one.bin", "-b",
-                                        str(dl / str(i))))
-    t_up, t_down = size_mib / up, size_mib / down
-    print(f"cp of {size_mib} MiB (same disk, best of 2)         {cp:8.0f} MiB/s")
-    print(f"backend.ai vfolder upload                 {up:8.0f} MiB/s  "
-          f"{up / cp:5.0%} of cp  target >= 70 %")
-    print(f"backend.ai vfolder download               {down:8.0f} MiB/s  "
-          f"{down / cp:5.0%} of cp  target >= 70 %  (byte for byte: {same})")
-    for what, took, fixed in (("upload", t_up, min(fixed_up)),
-                              ("download", t_down, min(fixed_down))):
-        net = size_mib / (took - fixed) if took > fixed else float("inf")
-        print(f"  {what:<8} net of the command's fixed {fixed * 1000:4.0f} ms (1 byte, best of "
-              f"3): {net:6.0f} MiB/s  {net / cp:5.0%} of cp")
-    for what, peak in (("upload", up_peak.peak), ("download", down_peak.peak)):
-        print(f"peak RSS during {what:<8}: client {peak['client']:.0f} MB, manager "
-              f"{peak['manager']:.0f} MB (idle {idle['manager']:.0f}), agent "
-              f"{peak['agent']:.0f} MB (idle {idle['agent']:.0f}; not on the path)")
-    for p in (src, dl / "big.bin"):
-        p.unlink()
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run(["cp", str(src), str(work / "copy.bin")], check=True)
+        cp.append(time.perf_counter() - t0)
+        (work / "copy.bin").unlink()
+        for v, env in variants.items():
+            with PeakRss(daemons) as up_peak:
+                up[v].append(timed_cli(st, up_peak, "vfolder", "upload", "bench", str(src),
+                                       env=env))
+            dl = work / f"dl-{r}-{v.replace(' ', '-')}"
+            dl.mkdir()
+            with PeakRss(daemons) as down_peak:
+                down[v].append(timed_cli(st, down_peak, "vfolder", "download", "bench",
+                                         "big.bin", "-b", str(dl), env=env))
+            if v not in same:
+                same[v] = subprocess.run(["cmp", str(src), str(dl / "big.bin")]).returncode == 0
+                peaks[v] = {"upload client": up_peak.peak["client"],
+                            "download client": down_peak.peak["client"],
+                            "manager": max(up_peak.peak["manager"], down_peak.peak["manager"])}
+            (dl / "big.bin").unlink()
+            # the command's fixed cost (start-up, sign-in, the ticket): the same with one byte
+            fixed[v].append(timed_cli(st, None, "vfolder", "upload", "bench",
+                                      str(work / "one.bin"), env=env))
+            one = dl / "one"
+            one.mkdir()
+            fixed[v].append(timed_cli(st, None, "vfolder", "download", "bench", "one.bin",
+                                      "-b", str(one), env=env))
+    cp_best = size_mib / min(cp)
+    print(f"{rounds} rounds of {size_mib} MiB; in each: cp, then each client's upload and "
+          "download (alternating)")
+    print(f"cp (same disk)                    best {cp_best:6.0f} MiB/s  median "
+          f"{size_mib / statistics.median(cp):6.0f} MiB/s")
+    for v in variants:
+        for what, times in (("upload", up[v]), ("download", down[v])):
+            # each round's own ratio to that round's cp: the load moved between rounds
+            ratios = [cp[i] / times[i] for i in range(rounds)]
+            print(f"{v:<10} {what:<8}  best {size_mib / min(times):6.0f} MiB/s  "
+                  f"ratio to cp: median {statistics.median(ratios):4.0%}  best "
+                  f"{max(ratios):4.0%}  target >= 70 %")
+        print(f"{v:<10} fixed cost of a command (1 byte up/down): median "
+              f"{statistics.median(fixed[v]) * 1000:4.0f} ms; byte for byte: {same[v]}; "
+              f"peak RSS client {peaks[v]['upload client']:.0f}/{peaks[v]['download client']:.0f}"
+              f" MB (up/down), manager {peaks[v]['manager']:.0f} MB (idle "
+              f"{idle['manager']:.0f})")
+    src.unlink()
 
 
 async def api_first_page(st: EmbeddedStack, runs: int, order: str) -> list[float]:
@@ -178,12 +207,17 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the transferred file")
     ap.add_argument("--files", type=int, default=100_000, help="files in the listed folder")
     ap.add_argument("--runs", type=int, default=10, help="listings timed")
+    ap.add_argument("--rounds", type=int, default=3, help="transfer rounds (cp + each client)")
+    ap.add_argument("--before", default=None, metavar="SRC",
+                    help="also time the CLI of another checkout: its src folder (PYTHONPATH)")
+    ap.add_argument("--skip-listing", action="store_true", help="transfers only")
     a = ap.parse_args()
     print_conditions("storage folders", size_mib=a.size_mib, files=a.files, runs=a.runs,
                      runtime="process", path="CLI -> manager (storage endpoint) -> folder")
     with EmbeddedStack() as st:
-        transfers(st, a.size_mib)
-        listing(st, a.files, a.runs)
+        transfers(st, a.size_mib, a.rounds, a.before)
+        if not a.skip_listing:
+            listing(st, a.files, a.runs)
 
 
 if __name__ == "__main__":

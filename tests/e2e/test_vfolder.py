@@ -116,6 +116,21 @@ def test_file_commands(vst, tmp_path):
     vst.cli("vfolder", "mv", "work", "tree/y.txt", "out/deep", **u)
     ls = json.loads(vst.cli("--output", "json", "vfolder", "ls", "work", "out/deep", **u).stdout)
     assert [i["name"] for i in ls["items"]] == ["y.txt"]
+    # a folder back, recursively (streamed file by file), byte for byte
+    (src / "sub" / "deep").mkdir()
+    (src / "sub" / "deep" / "z.bin").write_bytes(os.urandom(100_000))
+    vst.cli("vfolder", "upload", "-r", "work", str(src / "sub"), "-d", "tree", **u)
+    back = tmp_path / "back"
+    back.mkdir()
+    got = json.loads(vst.cli("--output", "json", "vfolder", "download", "-r", "work", "tree/sub",
+                             "-b", str(back), **u).stdout)
+    assert sorted(g["path"] for g in got) == ["tree/sub/deep/z.bin", "tree/sub/x.txt"]
+    assert (back / "sub" / "x.txt").read_text() == "x"
+    assert (back / "sub" / "deep" / "z.bin").read_bytes() == \
+        (src / "sub" / "deep" / "z.bin").read_bytes()
+    again = vst.cli("vfolder", "download", "-r", "work", "tree/sub", "-b", str(back), check=False,
+                    **u)
+    assert again.returncode == 2 and "already exists" in again.stderr
     vst.cli("vfolder", "rm", "-r", "work", "tree", **u)
     vst.cli("vfolder", "clone", "work", "work2", **u)
     vst.cli("vfolder", "rename", "work2", "work3", **u)

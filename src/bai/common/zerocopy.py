@@ -7,7 +7,6 @@ The standard library has ``os.splice`` but no loop around it for a socket: this 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -15,7 +14,6 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 #: pipe capacity asked for (the kernel's default is 64 KiB; 1 MiB is the unprivileged maximum)
 PIPE_SIZE = 1024 * 1024
@@ -108,17 +106,18 @@ def _copy_in(sock_fd: int, file_fd: int, count: int, idle: float,
     return moved
 
 
-@dataclass
 class SocketBody:
     """The rest of a request body, still in its socket: ``head`` arrived already (the server
     had read it with the headers), ``left`` more bytes are to come from ``fd``, a descriptor of
-    the connection's socket that the caller owns and closes."""
+    the connection's socket that the caller owns and closes. (A plain class: ``dataclasses``
+    costs ~8 ms to import, on every CLI transfer.)"""
 
-    head: list[bytes]
-    fd: int
-    left: int
-    #: of ``left``, the bytes taken from the socket so far
-    taken: int = 0
+    def __init__(self, head: list[bytes], fd: int, left: int, taken: int = 0) -> None:
+        self.head = head
+        self.fd = fd
+        self.left = left
+        #: of ``left``, the bytes taken from the socket so far
+        self.taken = taken
 
     @property
     def length(self) -> int:
@@ -159,8 +158,11 @@ async def _in_thread(fn: Callable[..., int], body: SocketBody, *args: object) ->
     runs, which must not starve the default executor's short file operations; a daemon, so
     that a stalled peer never holds up the process's exit). Cancelled, it stops the thread
     and waits for it, so that the caller may close the descriptors."""
+    import asyncio  # here: the CLI's blocking transfers (``bai.client.vfolder_wire``) need
+    # ``splice_in`` without paying ~50 ms for asyncio
+
     loop = asyncio.get_running_loop()
-    fut: asyncio.Future[int] = loop.create_future()
+    fut = loop.create_future()
     stop = threading.Event()
 
     def settle(result: int | None, exc: BaseException | None) -> None:

@@ -1,8 +1,9 @@
 """Entry point of ``backend.ai`` / ``bai`` and the error boundary.
 
-``backend.ai run [--rm] -c CODE IMAGE``, ``backend.ai start --enqueue-only ...`` and
-``backend.ai ps ...`` take the express path (``bai.client.cli.express``, ``express_ps``: no click,
-no asyncio); every other command line goes through the click group of
+``backend.ai run [--rm] -c CODE IMAGE``, ``backend.ai start --enqueue-only ...``,
+``backend.ai ps ...`` and ``vfolder upload``/``download`` take the express path
+(``bai.client.cli.express``, ``express_ps``, ``vfolder_express``: no click, no asyncio); every
+other command line goes through the click group of
 ``bai.client.cli.root``, imported only then. Every failure ends here as one line on stderr and
 a non-zero exit code: 2 for usage mistakes (found before any request), 1 for everything else.
 ``BAI_DEBUG=1`` prints the traceback as well.
@@ -60,6 +61,12 @@ def _invoke(args: list[str]) -> int:
         plan = (express.parse if args[0] == "run" else express.parse_start)(args[1:])
         if plan is not None:
             return express.run(plan, "run" if args[0] == "run" else "start")
+    if "vfolder" in args[:5]:
+        from bai.client.cli import vfolder_express
+
+        vplan = vfolder_express.parse(args)
+        if vplan is not None:
+            return vfolder_express.run(vplan)
     from bai.client.cli.root import cli
 
     rv = cli.main(args, prog_name="backend.ai", standalone_mode=False)

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from bai.client.cli.table import plain_table as _plain_table
+from bai.client.units import humanize_bytes  # noqa: F401 - re-exported
 
 
 class Output:
@@ -72,14 +73,6 @@ class Output:
 
     def warn(self, text: str) -> None:
         click.echo(text, err=True)
-
-
-def humanize_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def stats_rows(stats: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -8,13 +8,12 @@ Mount one into a session with ``backend.ai run -m NAME ...``; it appears at ``/h
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import click
 
 from bai.client.cli.context import get_ctx, output_option
-from bai.client.errors import UsageError
 
 
 def _call(fn: Callable[[Any], Any]) -> Any:
@@ -64,23 +63,6 @@ def list_hosts() -> None:
         return
     click.echo(f"Default vfolder host: {got['default']}")
     click.echo(f"Usable hosts: {', '.join(got['allowed'])}")
-
-
-def _transfer(out, pairs, move, describe) -> None:
-    """Move each (local file, folder path) pair in turn: a line per file, or one JSON list."""
-
-    async def go(api) -> list[dict[str, Any]]:
-        done = []
-        for local, path in pairs:
-            size = await move(api, local, path)
-            done.append({"file": str(local), "path": path, "size": size})
-            if not out.is_json:
-                out.note(describe(local, path, size))
-        return done
-
-    done = _call(go)
-    if out.is_json:
-        out.json(done)
 
 
 @vfolder.command()
@@ -287,30 +269,14 @@ def mv(name, src, dst) -> None:
     _done(f"Moved {src} to {dst} in {name}.")
 
 
-def _local_files(sources: tuple[Path, ...], base: Path | None,
-                 recursive: bool) -> list[tuple[Path, str]]:
-    """(local file, its path in the folder) for each file to upload."""
-    out: list[tuple[Path, str]] = []
-    for src in sources:
-        if not src.exists():
-            raise UsageError(f"no such file: {src}")
-        root = base or src.parent
-        if src.is_dir():
-            if not recursive:
-                raise UsageError(f"{src} is a folder: upload it with -r")
-            for p in sorted(src.rglob("*")):
-                if p.is_file() and not p.is_symlink():
-                    out.append((p, _rel(p, root)))
-        else:
-            out.append((src, _rel(src, root)))
-    return out
+def _express(ctx_fn: str, *args: Any, **kw: Any) -> None:
+    """Carry out upload/download as the express path does (``vfolder_express``: one
+    implementation for both paths), with the output format and profile click parsed."""
+    from bai.client.cli import vfolder_express
 
-
-def _rel(p: Path, root: Path) -> str:
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        raise UsageError(f"{p} is not inside the base folder {root}") from None
+    ctx = get_ctx()
+    getattr(vfolder_express, ctx_fn)(*args, as_json=ctx.output.is_json, profile=ctx.profile,
+                                     **kw)
 
 
 @vfolder.command()
@@ -330,13 +296,7 @@ def upload(name, filenames, base_dir, recursive, dst) -> None:
       backend.ai vfolder upload data ./train.csv
       backend.ai vfolder upload -r data ./images
     """
-    files = _local_files(filenames, base_dir, recursive)
-    prefix = PurePosixPath(dst) if dst else None
-    out = get_ctx().output
-
-    pairs = [(local, str(prefix / remote) if prefix else remote) for local, remote in files]
-    _transfer(out, pairs, lambda api, local, target: api.upload(name, local, target),
-              lambda local, target, size: f"Uploaded {local} to {name}:{target} ({_size(size)})")
+    _express("upload", name, list(filenames), base_dir, recursive, dst)
 
 
 @vfolder.command()
@@ -344,26 +304,20 @@ def upload(name, filenames, base_dir, recursive, dst) -> None:
 @click.argument("filenames", nargs=-1, required=True)
 @click.option("-b", "--base-dir", type=Path, default=None,
               help="Local folder to download into [default: the current folder].")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Download folders with what they hold (into a local folder of the same "
+              "name; links in them are left out).")
 @output_option
-def download(name, filenames, base_dir) -> None:
-    """Download files of folder NAME (streamed, resumed after a broken connection).
+def download(name, filenames, base_dir, recursive) -> None:
+    """Download files (with -r, folders) of folder NAME (streamed, resumed after a broken
+    connection).
 
     \b
     Example:
       backend.ai vfolder download data out.txt
+      backend.ai vfolder download -r data results
     """
-    base = base_dir or Path.cwd()
-    out = get_ctx().output
-    targets = []
-    for remote in filenames:
-        local = base / PurePosixPath(remote).name
-        if local.exists():
-            raise UsageError(f"{local} already exists; remove it or use --base-dir")
-        targets.append((remote, local))
-
-    pairs = [(local, remote) for remote, local in targets]
-    _transfer(out, pairs, lambda api, local, remote: api.download(name, remote, local),
-              lambda local, remote, size: f"Downloaded {name}:{remote} to {local} ({_size(size)})")
+    _express("download", name, list(filenames), base_dir, recursive=recursive)
 
 
 @vfolder.command()
