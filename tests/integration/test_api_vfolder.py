@@ -527,3 +527,71 @@ async def test_a_mounted_folder_is_not_deleted(env):
     async with root.store.begin() as conn:
         await conn.execute(sa.update(t.sessions).values(status="TERMINATED"))
     await call(user, "DELETE", "/folders/data", status=204)
+
+
+def _parts(folder) -> list:
+    """The parts of unfinished uploads (``.bai-upload-`` + 32 hex digits) under ``folder``."""
+    return sorted(p for p in folder.rglob(".bai-upload-*") if len(p.name) == 12 + 32)
+
+
+async def test_abandoned_upload_parts_are_swept_after_the_expiry(env, tmp_path):
+    import time
+
+    root, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    folder = _folder_dir(root, tmp_path)
+    tus = {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
+
+    async def half_upload(path: str) -> str:
+        ticket = await call(user, "POST", "/folders/data/request-upload", {"path": path,
+                                                                           "size": 10})
+        resp = await client.request("PATCH", "/storage/upload?token=" + ticket["token"],
+                                    data=b"01234", headers={**tus, "Upload-Offset": "0"})
+        assert resp.status == 204
+        return ticket["token"]
+
+    token = await half_upload("half.bin")
+    await half_upload("sub/deeper/half.bin")
+    parts = _parts(folder)
+    assert len(parts) == 2
+    # what stays: a whole file, a session's own folder and link named like parts (the link
+    # leads out of the folder: neither it nor its target is touched)
+    await _upload(client, user, "data", "whole.bin", b"whole")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x")
+    os.symlink(outside, folder / ".bai-upload-link")
+    (folder / ".bai-upload-dir").mkdir()
+    old = time.time() - 3 * 3600
+    for p in (outside, folder / "whole.bin", folder / ".bai-upload-dir", *parts):
+        os.utime(p, (old, old))
+    os.utime(folder / ".bai-upload-link", (old, old), follow_symlinks=False)
+    used = (await call(user, "GET", "/folders/data"))["used_bytes"]
+    root.settings.upload_part_expiry = 4 * 3600.0  # not expired yet
+    assert await root.folders.sweep_parts() == 0 and _parts(folder) == parts
+    root.settings.upload_part_expiry = 3600.0
+    assert await root.folders.sweep_parts() == 2
+    assert _parts(folder) == []
+    assert outside.read_bytes() == b"x" and (folder / ".bai-upload-link").is_symlink()
+    assert (folder / ".bai-upload-dir").is_dir() and (folder / "whole.bin").read_bytes() == b"whole"
+    assert (await call(user, "GET", "/folders/data"))["used_bytes"] < used  # no longer counted
+    # the abandoned upload, taken up again, starts over
+    resp = await client.request("HEAD", "/storage/upload?token=" + token,
+                                headers={"Tus-Resumable": "1.0.0"})
+    assert resp.status == 200 and resp.headers["Upload-Offset"] == "0"
+    # the manager's own loop with a small expiry: a fresh part goes once it is a second old
+    await half_upload("late.bin")
+    assert len(_parts(folder)) == 1
+    root.settings.upload_part_expiry = 1.0
+    task = asyncio.create_task(root.folders.sweep_loop())
+    try:
+        for _ in range(600):
+            if not _parts(folder):
+                break
+            await asyncio.sleep(0.1)
+        assert _parts(folder) == []
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert (folder / "whole.bin").read_bytes() == b"whole"

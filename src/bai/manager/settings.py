@@ -70,6 +70,10 @@ class ManagerSettings(TomlSettings):
     storage_url: str | None = Field(
         None, description="base URL clients reach the storage endpoint (/storage/upload, "
         "/storage/download) at; unset: the URL the client reached the API at")
+    upload_part_expiry: float = Field(
+        86400.0, description="seconds after its last write that the part of an unfinished "
+        "upload (.bai-upload-* beside its target) is removed, so that abandoned uploads stop "
+        "counting against the folder's quota; 0 = never (swept every expiry/4, at most hourly)")
     default_storage_host: str = Field(
         "local", description="the host of a folder created without one")
     session_file_max: int = Field(

@@ -381,6 +381,39 @@ def drop_upload(parent_fd: int, upload_id: str) -> None:
         os.unlink(UPLOAD_PREFIX + upload_id, dir_fd=parent_fd)
 
 
+def sweep_parts(folder: Path, cutoff: float) -> int:
+    """Remove the parts of uploads (``.bai-upload-*`` regular files) last written before
+    ``cutoff`` (a ``time.time()``) anywhere in the folder, walked from descriptors without
+    following links; returns how many were removed. A part being written is fresh; a part
+    whose upload is taken up again after the sweep starts over (HEAD answers 0)."""
+    try:
+        with pinned(folder) as root:
+            return _sweep(root, cutoff)
+    except BaiError:
+        return 0  # the storage is not available now: the next sweep tries again
+
+
+def _sweep(root: int, cutoff: float) -> int:
+    removed = 0
+    pending: list[tuple[str, ...]] = [()]
+    while pending:
+        parts = pending.pop()
+        try:
+            with directory(root, parts) as dfd, os.scandir(dfd) as it:
+                for entry in it:
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((*parts, entry.name))
+                        elif (entry.name.startswith(UPLOAD_PREFIX)
+                              and entry.is_file(follow_symlinks=False)
+                              and entry.stat(follow_symlinks=False).st_mtime < cutoff):
+                            os.unlink(entry.name, dir_fd=dfd)
+                            removed += 1
+        except (OSError, BaiError):
+            continue  # gone or replaced meanwhile (sessions write here too)
+    return removed
+
+
 def open_file(folder: Path, rel: str) -> int:
     """A read descriptor on a regular file of the folder (links and folders refused)."""
     parts = parts_of(rel)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import secrets
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from bai.manager.services import folder_files as ff
 from bai.manager.services import vfolders as vf
 from bai.manager.services.storage import StorageHosts, StorageTokens, relpath_of
 from bai.manager.store import tables as t
+
+log = logging.getLogger(__name__)
 
 
 class VFolderMounted(BaiError):
@@ -60,6 +64,39 @@ class FolderService:
         for host, relpath in rows:
             if host in self.hosts.hosts:
                 await asyncio.to_thread(self.hosts.remount, host, relpath)
+
+    async def sweep_parts(self, now: float | None = None) -> int:
+        """Remove the parts of uploads nobody wrote to for ``upload_part_expiry`` seconds
+        (abandoned tus uploads), in every folder of this manager's storage hosts; returns how
+        many were removed."""
+        expiry = float(getattr(self.root.settings, "upload_part_expiry", DEFAULT_PART_EXPIRY))
+        if expiry <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - expiry
+        async with self.store.connect() as conn:
+            rows = (await conn.execute(sa.select(t.vfolders.c.host, t.vfolders.c.relpath))).all()
+        removed = 0
+        for host, relpath in rows:
+            if host in self.hosts.hosts:
+                removed += await asyncio.to_thread(ff.sweep_parts,
+                                                   self.hosts.path(host, relpath), cutoff)
+        return removed
+
+    async def sweep_loop(self) -> None:
+        """``sweep_parts`` every expiry/4 (at least every second, at most hourly) while the
+        manager runs."""
+        expiry = float(getattr(self.root.settings, "upload_part_expiry", DEFAULT_PART_EXPIRY))
+        if expiry <= 0:
+            return
+        while True:
+            try:
+                removed = await self.sweep_parts()
+                if removed:
+                    log.info("removed %d abandoned upload part(s) older than %g s", removed,
+                             expiry)
+            except Exception:  # noqa: BLE001 - a failed sweep waits for the next one
+                log.exception("sweeping abandoned upload parts failed")
+            await asyncio.sleep(max(1.0, min(expiry / 4, 3600.0)))
 
     # ------------------------------------------------------------ hosts
 
@@ -506,5 +543,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 #: seconds an upload token lasts (resumes included), and a download token
 UPLOAD_TTL = 24 * 3600.0
+#: seconds an unfinished upload's part is kept after its last write (setting
+#: ``upload_part_expiry``)
+DEFAULT_PART_EXPIRY = 24 * 3600.0
 DOWNLOAD_TTL = 3600.0
 CHUNK = 1024 * 1024

@@ -54,6 +54,7 @@ class ManagerRoot:
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.watchdogs.run(), name="watchdogs"),
+            asyncio.create_task(self.folders.sweep_loop(), name="upload-part-sweeper"),
         ]
         self.scheduler_task = self._tasks[0]
         self._started = True
