@@ -424,3 +424,40 @@ def test_open_app_stream_gives_a_byte_stream_to_the_service(echo_session):
             await writer.wait_closed()
 
     assert asyncio.run(go()) == b"hello through the manager"
+
+
+@pytest.mark.skipif(not OFFICIAL_EXE, reason="BAI_OFFICIAL_CLIENT is not set")
+def test_the_official_clients_arg_and_env_are_refused_in_words(apps_stack, tmp_path):
+    """``app --arg/--env`` of the official client: no service of bai takes them; each
+    connection is refused and the client prints why (not dropped silently)."""
+    import subprocess
+    import time
+
+    st = apps_stack
+    official = make_official(st.endpoint, st.keys()["user"], tmp_path)
+    for extra, word in ((["--arg", "--NotebookApp.token=x"], "--arg"), (["--env", "A=1"], "--env")):
+        port = free_port()
+        log = tmp_path / f"app{port}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([OFFICIAL_EXE, "app", "apweb", "web", *extra, "-b",
+                                     f"127.0.0.1:{port}"], env=official.env(),
+                                    cwd=str(official.workdir), stdout=out, stderr=out)
+        try:
+            said = ""
+            for _ in range(60):
+                try:
+                    get(f"http://127.0.0.1:{port}/index.html", deadline=5)
+                except (AssertionError, OSError):
+                    pass
+                said = log.read_text()
+                if "takes no" in said:
+                    break
+                time.sleep(1)
+            assert f"app web takes no {word}" in said, said
+            assert "status=400" in said, said
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    # bai's own listing says the same thing the reference does: nothing to customise
+    listed = official("apps", "apweb")
+    assert "does not have customizable arguments" in listed.stdout + listed.stderr

@@ -234,3 +234,39 @@ async def test_a_database_with_rows_in_every_table_upgrades_to_head(store, base)
         counts = {name: (await conn.execute(
             sa.text(f'SELECT count(*) FROM "{name}"'))).scalar() for name in seeded}
     assert counts == seeded
+
+
+async def test_an_older_installs_default_images_get_their_services(store):
+    """Before apps, the default images were registered without services and bootstrap keeps
+    existing rows: the upgrade (0008) gives bai's default images (process and docker) the
+    default services, once; an admin's own services and other images stay as they were."""
+    from alembic import command
+
+    from bai.common.services import DEFAULT_SERVICES
+    from bai.manager.store.engine import alembic_config
+
+    cfg = alembic_config()
+    mine = [{"name": "lab", "protocol": "http", "ports": [9999]}]
+    rows = {
+        "python:3.11-debian12": ({"bai.process.interpreter": "/usr/bin/python3"}, []),
+        "python:3.11-debian12-docker": ({"ai.bai.rootfs.sha256": "ab"}, []),
+        "python:custom": ({"bai.process.interpreter": "/usr/bin/python3"}, mine),
+        "someones/image:1": ({"ai.backend.runtime-type": "python"}, []),
+    }
+
+    def seed(conn) -> None:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+        for name, (labels, ports) in rows.items():
+            conn.execute(t.images.insert().values(
+                name=name, registry="local", architecture="x86_64", labels=labels,
+                min_slots={}, service_ports=ports, created_at=datetime(2026, 1, 1, tzinfo=UTC)))
+
+    async with store.begin() as conn:
+        await conn.run_sync(seed)
+    await store.migrate()
+    async with store.connect() as conn:
+        got = dict((await conn.execute(sa.select(t.images.c.name, t.images.c.service_ports))).all())
+    assert got == {"python:3.11-debian12": DEFAULT_SERVICES,
+                   "python:3.11-debian12-docker": DEFAULT_SERVICES,
+                   "python:custom": mine, "someones/image:1": []}

@@ -32,7 +32,13 @@ import aiohttp
 from aiohttp import web
 
 from bai.common import rawstream, services
-from bai.common.errors import AgentError, AppNotFound, BaiError, error_from_problem
+from bai.common.errors import (
+    AgentError,
+    AppNotFound,
+    BaiError,
+    InvalidAPIParameters,
+    error_from_problem,
+)
 from bai.manager.api.stream import _target, _touch
 from bai.ops.logs import REQUEST_ID, REQUEST_ID_HEADER
 
@@ -152,6 +158,9 @@ async def tcpproxy(request: web.Request) -> web.StreamResponse:
     raw upgrade (``bai.common.rawstream``); either way a raw stream on to the agent."""
     root, sess, address, kernel_id = await _target(request)
     entry = _app(sess, request.query.get("app", ""))
+    refused = _settings_given(request, entry)
+    if refused is not None:
+        return refused
     up = await _open_raw(root, address, kernel_id, _params(root, kernel_id, entry))
     await _touch(root, sess["id"])
 
@@ -172,6 +181,28 @@ async def tcpproxy(request: web.Request) -> web.StreamResponse:
     finally:
         rawstream.close(up.sock)
         await _touch(root, sess["id"])
+
+
+def _settings_given(request: web.Request, entry: dict[str, Any]) -> web.Response | None:
+    """The official client's ``--arg``/``--env`` (query ``arguments``/``envs``, JSON objects)
+    refused in words: no service of bai takes them (jupyter runs with bai's own settings, a
+    user's server with the ones it was started with). The client shows only the status and
+    the headers of a refused WebSocket, so the sentence is in ``X-BAI-Refused`` too."""
+    given = [k for k in ("arguments", "envs") if request.query.get(k, "").strip() not in ("", "{}")]
+    if not given:
+        return None
+    name = entry["name"]
+    how = ("bai starts it with its own settings" if name in services.STARTED_BY_BAI
+           else "it is a server started in the session, with the options it was started with")
+    text = (f"app {name} takes no {' or '.join('--arg' if k == 'arguments' else '--env' for k in given)}: "
+            f"{how}; start your own server in the session with the options you need "
+            "(start --service NAME:PORT) and open that app")
+    exc = InvalidAPIParameters(text, data={"app": name, "given": given})
+    from bai.manager.api.middleware import problem_response
+
+    resp = problem_response(exc.status, exc.to_problem())
+    resp.headers["X-BAI-Refused"] = text
+    return resp
 
 
 async def _relay_ws(request: web.Request, up: rawstream.Raw, touch: Any, sid: Any
