@@ -277,3 +277,25 @@ def test_storage_tokens_never_reach_the_log(vst, tmp_path):
     vst.cli("vfolder", "download", "data", "tokens/t.txt", "-b", str(tmp_path / "x"), user=True)
     log = (vst.state / "manager.log").read_text()
     assert "/storage/upload" in log and "token=" not in log
+
+
+def test_deleting_a_user_removes_their_folders(vst, tmp_path):
+    vst.cli("admin", "user", "create", "carol@example.org")
+    keys = json.loads(vst.cli("--output", "json", "admin", "keypair", "create",
+                              "carol@example.org").stdout)
+    env = {k: v for k, v in vst.env.items() if k != "BAI_PROFILE"}
+    env.update({"BAI_CONFIG": str(vst.home / "none.toml"), "BACKEND_ENDPOINT": vst.endpoint,
+                "BACKEND_ACCESS_KEY": keys["access_key"],
+                "BACKEND_SECRET_KEY": keys["secret_key"]})
+    f = tmp_path / "c.txt"
+    f.write_text("carol's")
+    made = json.loads(as_bob(vst, env, "--output", "json", "vfolder", "create", "cdata").stdout)
+    as_bob(vst, env, "vfolder", "upload", "cdata", str(f))
+    folder = vst.state / "vfolders" / made["id"].replace("-", "")[:2] / made["id"].replace("-", "")
+    assert (folder / "c.txt").read_text() == "carol's"
+    out = vst.cli("admin", "user", "delete", "carol@example.org").stdout
+    assert out.strip() == "User carol@example.org is deleted (1 folder removed)."
+    assert not folder.exists()
+    assert "carol@example.org" not in vst.cli("admin", "user", "list").stdout
+    one_line_error(as_bob(vst, env, "vfolder", "list", check=False))
+    one_line_error(vst.cli("admin", "user", "delete", "carol@example.org", check=False))

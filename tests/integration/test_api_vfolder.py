@@ -18,7 +18,7 @@ from api_support import ADMIN, OTHER, USER, ApiRoot, Signed, call, make_app, see
 from pg_support import private_store
 
 from bai.common.errors import InvalidAPIParameters, VFolderNotFound, VFolderPermissionDenied
-from bai.manager.api import storage, vfolder
+from bai.manager.api import admin, storage, vfolder
 from bai.manager.services import vfolders as vf
 from bai.manager.services.folders import FolderService
 from bai.manager.services.storage import FolderImages
@@ -38,7 +38,7 @@ async def env(request, tmp_path):
         s = await seed(root.store)
         root.folders = FolderService(root)
         await root.folders.start()
-        client = await start_client(make_app(root, vfolder, storage))
+        client = await start_client(make_app(root, vfolder, storage, admin))
         yield root, s, client
         await client.close()
         await root.store.close()
@@ -595,3 +595,53 @@ async def test_abandoned_upload_parts_are_swept_after_the_expiry(env, tmp_path):
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert (folder / "whole.bin").read_bytes() == b"whole"
+
+
+async def test_deleting_a_user_removes_their_folders_from_disk(env, tmp_path):
+    from api_support import add_session
+
+    root, s, client = env
+    user, other, admin = Signed(client, USER), Signed(client, OTHER), Signed(client, ADMIN)
+    for name in ("mine", "lent"):
+        await call(user, "POST", "/folders", {"name": name}, status=201)
+    await _upload(client, user, "mine", "deep/a.txt", b"data")
+    await call(user, "POST", "/folders/lent/share", {"permission": "rw",
+                                                     "emails": ["other@example.org"]}, status=201)
+    await call(other, "POST", "/folders", {"name": "theirs"}, status=201)
+    await call(other, "POST", "/folders/theirs/share", {"permission": "ro",
+                                                        "emails": ["user@example.org"]}, status=201)
+    v = t.vfolders
+    async with root.store.connect() as conn:
+        rows = (await conn.execute(sa.select(v.c.name, v.c.host, v.c.relpath))).all()
+    dirs = {name: root.folders.hosts.path(host, relpath) for name, host, relpath in rows}
+    assert all(d.is_dir() for d in dirs.values())
+    # refused while the user has a session that has not ended, and while another's session
+    # mounts a folder of theirs (shared): nothing is removed
+    await add_session(root.store, s, name="theirs-running", status="RUNNING")
+    data = await call(admin, "DELETE", "/admin/users/user@example.org", status=409)
+    assert "not ended" in data["msg"]
+    async with root.store.begin() as conn:
+        await conn.execute(sa.update(t.sessions).values(status="TERMINATED"))
+        lent = [m.to_json() for m in await vf.resolve_mounts(conn, s.users[OTHER[0]], ["lent"])]
+    await add_session(root.store, s, access_key=OTHER[0], name="uses-lent", status="RUNNING",
+                      mounts=lent)
+    data = await call(admin, "DELETE", "/admin/users/user@example.org", status=409)
+    assert "mounted in 1 session" in data["msg"]
+    assert all(d.is_dir() for d in dirs.values())
+    async with root.store.begin() as conn:
+        await conn.execute(sa.update(t.sessions).values(status="TERMINATED"))
+    # an admin cannot delete the user they sign as; an unknown user is a 404
+    await call(admin, "DELETE", "/admin/users/admin@example.org", status=403)
+    await call(admin, "DELETE", "/admin/users/nobody@example.org", status=404)
+    await call(user, "DELETE", "/admin/users/other@example.org", status=403)  # not an admin
+    got = await call(admin, "DELETE", "/admin/users/user@example.org")
+    assert got["user"]["email"] == "user@example.org" and got["removed_folders"] == 2
+    assert not dirs["mine"].exists() and not dirs["lent"].exists()
+    assert (dirs["theirs"]).is_dir()  # another's folder, only shared with them, stays
+    async with root.store.connect() as conn:
+        left = (await conn.execute(sa.select(v.c.name))).scalars().all()
+        gone = (await conn.execute(sa.select(sa.func.count()).select_from(t.users).where(
+            t.users.c.email == "user@example.org"))).scalar()
+    assert left == ["theirs"] and gone == 0
+    assert [f["name"] for f in await call(other, "GET", "/folders")] == ["theirs"]
+    await call(user, "GET", "/folders", status=401)  # their keypair went with them

@@ -73,6 +73,11 @@ class AdminAPI:
         return await self._call("PATCH", f"/admin/users/{_seg(email)}", "user",
                                 {"password": password})
 
+    async def delete_user(self, email: str) -> dict[str, Any]:
+        """The deleted user, with ``removed_folders``: how many folders of theirs went."""
+        answer = await self.conn.request("DELETE", f"/admin/users/{_seg(email)}")
+        return {**_unwrap(answer, "user"), "removed_folders": answer.get("removed_folders", 0)}
+
     # keypairs
     async def keypairs(self, user: str | None = None) -> list[dict[str, Any]]:
         return await self._call("GET", "/admin/keypairs", "keypairs",

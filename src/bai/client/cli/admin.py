@@ -334,6 +334,18 @@ def user_activate(email: str) -> None:
     _user_active(email, True)
 
 
+@user.command("delete", epilog="Example:\n\n  backend.ai admin user delete bob@example.com")
+@click.argument("email")
+@output_option
+def user_delete(email: str) -> None:
+    """Delete the user EMAIL with their keypairs, the records of their ended sessions and the
+    storage folders they own, files included (irreversible; refused while they have a session
+    that has not ended). 'deactivate' keeps everything."""
+    item = _call(lambda a: a.delete_user(email))
+    n = item["removed_folders"]
+    _show_one(item, f"User {email} is deleted ({n} folder{'' if n == 1 else 's'} removed).")
+
+
 @user.command("set-password", epilog="""\b
 Examples:
   backend.ai admin user set-password alice@example.com            (asks twice)

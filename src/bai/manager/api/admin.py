@@ -12,6 +12,7 @@
 | GET /admin/users | | {"users": [...]} |
 | POST /admin/users | {email, username?, domain?, group?, role?} | 201 {"user"} |
 | PATCH /admin/users/{email} | {is_active?, password?} | {"user"} (a password ends the user's browser logins) |
+| DELETE /admin/users/{email} | | {"user", "removed_folders"}: with their keypairs, ended sessions' records and owned folders (records and directories); refused while they have a session that did not end |
 | GET /admin/keypairs[?user=email] | | {"keypairs": [...]} (never the secret keys) |
 | POST /admin/keypairs | {user, is_admin?, resource_policy?} | 201 {"keypair"} with secret_key, shown once |
 | PATCH /admin/keypairs/{ak} | {is_active?, is_admin?, resource_policy?} | {"keypair"} |
@@ -157,6 +158,17 @@ async def keypairs_update(request: web.Request) -> web.Response:
     return web.json_response({"keypair": kp})
 
 
+async def users_delete(request: web.Request) -> web.Response:
+    email = request.match_info["email"]
+    if request["caller"].user_email == email:
+        raise Forbidden("Refusing to delete the user this request is signed by.",
+                        title="That would lock you out.")
+    root = _root(request)
+    user, places = await _write(request, svc.delete_user, email, root.folders)
+    await root.folders.remove_directories(places)  # the records are gone: nobody reaches them
+    return web.json_response({"user": user, "removed_folders": len(places)})
+
+
 async def keypairs_delete(request: web.Request) -> web.Response:
     ak = request.match_info["access_key"]
     _not_self(request, ak, "delete")
@@ -233,6 +245,7 @@ ROUTES = [
     ("GET", "/admin/users", users_list),
     ("POST", "/admin/users", users_create),
     ("PATCH", "/admin/users/{email}", users_update),
+    ("DELETE", "/admin/users/{email}", users_delete),
     ("GET", "/admin/keypairs", keypairs_list),
     ("POST", "/admin/keypairs", keypairs_create),
     ("PATCH", "/admin/keypairs/{access_key}", keypairs_update),

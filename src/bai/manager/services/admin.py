@@ -304,6 +304,38 @@ async def set_user_active(conn: AsyncConnection, email: str, active: bool) -> di
     return next(u for u in await list_users(conn) if u["email"] == email)
 
 
+async def _live_sessions(conn: AsyncConnection, which: Any) -> int:
+    """How many sessions matching ``which`` have not ended."""
+    s = t.sessions
+    return (await conn.execute(sa.select(sa.func.count()).select_from(s).where(
+        which, s.c.status.not_in([str(x) for x in FINAL])))).scalar_one()
+
+
+async def delete_user(conn: AsyncConnection, email: str, folders: Any
+                      ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Delete a user with their keypairs, browser logins, group memberships, the shares they
+    were given, the records of their ended sessions and the folders they own (refused while
+    they have a session that has not ended, or one of their folders is mounted in one).
+    Returns the user and the (host, relpath) of their folders, whose directories the caller
+    removes once this transaction committed (``folders.remove_directories``)."""
+    user = await _user(conn, email)
+    uid = user["id"]
+    s = t.sessions
+    live = await _live_sessions(conn, s.c.user_id == uid)
+    if live:
+        raise Conflict(f"the user {email} has {live} session(s) that have not ended; "
+                       "remove them or deactivate the user instead")
+    shown = next(u for u in await list_users(conn) if u["email"] == email)
+    places = await folders.take_user_folders(conn, uid)
+    await conn.execute(s.delete().where(s.c.user_id == uid))
+    await conn.execute(t.vfolder_permissions.delete().where(t.vfolder_permissions.c.user_id == uid))
+    await conn.execute(t.web_sessions.delete().where(t.web_sessions.c.user_id == uid))
+    await conn.execute(t.keypairs.delete().where(t.keypairs.c.user_id == uid))
+    await conn.execute(t.group_members.delete().where(t.group_members.c.user_id == uid))
+    await conn.execute(t.users.delete().where(t.users.c.id == uid))
+    return shown, places
+
+
 _KEYPAIR_COLUMNS = [
     t.keypairs.c.access_key, t.keypairs.c.is_admin, t.keypairs.c.is_active,
     t.keypairs.c.resource_policy, t.keypairs.c.created_at, t.keypairs.c.last_used,
@@ -364,8 +396,7 @@ async def update_keypair(conn: AsyncConnection, access_key: str, body: Mapping[s
 async def delete_keypair(conn: AsyncConnection, access_key: str) -> dict[str, Any]:
     kp = await _keypair(conn, access_key)
     s = t.sessions
-    live = (await conn.execute(sa.select(sa.func.count()).select_from(s).where(
-        s.c.access_key == access_key, s.c.status.not_in([str(x) for x in FINAL])))).scalar_one()
+    live = await _live_sessions(conn, s.c.access_key == access_key)
     if live:
         raise Conflict(f"the keypair {access_key} has {live} session(s) that have not ended; "
                        "remove them or deactivate the keypair instead")

@@ -278,17 +278,50 @@ class FolderService:
     async def _not_mounted(self, conn, a: vf.Access) -> None:
         """Refuse while a session that has not ended has the folder mounted (its files would
         vanish under it); ERROR sessions count as ended."""
-        s = t.sessions
-        ended = [str(x) for x in FINAL] + ["ERROR"]
-        rows = await conn.execute(sa.select(s.c.name, s.c.mounts)
-                                  .where(s.c.status.not_in(ended)))
-        users = [name for name, mounts in rows
-                 if any(isinstance(m, dict) and m.get("relpath") == a.row["relpath"]
-                        and m.get("host") == a.row["host"] for m in (mounts or []))]
+        users = await self._mounted_in(conn, [(a.row["host"], a.row["relpath"])])
         if users:
             raise VFolderMounted(
-                f"folder {a.name!r} is mounted in {len(users)} session(s) that have not ended; "
-                "remove them first", data={"sessions": len(users)})
+                f"folder {a.name!r} is mounted in {users} session(s) that have not ended; "
+                "remove them first", data={"sessions": users})
+
+    @staticmethod
+    async def _mounted_in(conn, places: list[tuple[str, str]]) -> int:
+        """How many sessions that have not ended mount one of the folders at ``places``
+        ((host, relpath) pairs)."""
+        s = t.sessions
+        ended = [str(x) for x in FINAL] + ["ERROR"]
+        wanted = set(places)
+        rows = await conn.execute(sa.select(s.c.mounts).where(s.c.status.not_in(ended)))
+        return sum(1 for (mounts,) in rows
+                   if any(isinstance(m, dict) and (m.get("host"), m.get("relpath")) in wanted
+                          for m in (mounts or [])))
+
+    async def take_user_folders(self, conn, user_id: uuid.UUID) -> list[tuple[str, str]]:
+        """Delete the records of the folders a user owns (with their shares), in the caller's
+        transaction; refused while one is mounted in a session that has not ended (theirs or,
+        shared, another's). Returns their (host, relpath), whose directories
+        ``remove_directories`` removes once the transaction committed."""
+        v = t.vfolders
+        rows = (await conn.execute(sa.select(v.c.id, v.c.host, v.c.relpath).where(
+            v.c.user_id == user_id, v.c.ownership_type == "user"))).all()
+        places = [(host, relpath) for _, host, relpath in rows]
+        users = await self._mounted_in(conn, places) if places else 0
+        if users:
+            raise VFolderMounted(
+                f"a folder of this user is mounted in {users} session(s) that have not ended; "
+                "remove them first", data={"sessions": users})
+        ids = [fid for fid, _, _ in rows]
+        if ids:
+            await conn.execute(sa.delete(t.vfolder_permissions)
+                               .where(t.vfolder_permissions.c.vfolder_id.in_(ids)))
+            await conn.execute(sa.delete(v).where(v.c.id.in_(ids)))
+        return places
+
+    async def remove_directories(self, places: list[tuple[str, str]]) -> None:
+        """Remove the directories (and quota filesystems) of folders whose records are gone."""
+        for host, relpath in places:
+            if host in self.hosts.hosts:
+                await asyncio.to_thread(self.hosts.remove_folder, host, relpath)
 
     async def _users_by_email(self, conn, emails: list[str]) -> dict[str, uuid.UUID]:
         if not isinstance(emails, list) or not emails or not all(
