@@ -461,3 +461,47 @@ def test_the_official_clients_arg_and_env_are_refused_in_words(apps_stack, tmp_p
     # bai's own listing says the same thing the reference does: nothing to customise
     listed = official("apps", "apweb")
     assert "does not have customizable arguments" in listed.stdout + listed.stderr
+
+
+def _image_has_jupyter(engine: str, image: str) -> bool | None:
+    """Whether the docker test image has jupyter-notebook (None: cannot tell)."""
+    import subprocess
+
+    if shutil.which("docker") is None:
+        return None
+    try:
+        proc = subprocess.run(["docker", "run", "--rm", "--network", "none", image, "sh", "-c",
+                               "command -v jupyter-notebook"], env={**os.environ,
+                              "DOCKER_HOST": engine}, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.returncode == 0
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(os.geteuid() != 0, reason="the docker agent runs as root")
+def test_jupyter_of_a_docker_session_runs_a_notebook_through_the_tunnel():
+    """The docker test image (scripts/build-images.sh) has Debian's jupyter-notebook: a docker
+    session's jupyter starts on first use and runs a cell through the tunnel; without the
+    token it refuses."""
+    from bai.testing.docker import docker_host_or_skip, test_image
+
+    engine = asyncio.run(docker_host_or_skip())
+    has = _image_has_jupyter(engine, test_image())
+    if not has:
+        pytest.skip(f"the docker test image {test_image()} has no jupyter-notebook"
+                    if has is False else "no docker CLI to look into the test image"
+                    " (scripts/build-images.sh builds it with jupyter)")
+    st = start_stack("cpu=4", "mem=4g", runtime="docker", env={"DOCKER_HOST": engine})
+    try:
+        st.cli("start", "-t", "dknb", "-r", "cpu=1", "-r", "mem=1g", "python", user=True)
+        with tunnel(*app_cmd(st, "dknb", "jupyter", "-b", f"127.0.0.1:{free_port()}"),
+                    deadline=120) as (url, _):
+            parts = urlsplit(url)
+            token = parse_qs(parts.query)["token"][0]
+            base = f"{parts.scheme}://{parts.netloc}"
+            assert get(base + "/api/contents", deadline=120)[0] == 403
+            assert asyncio.run(_run_in_notebook(base, token, "print(6*7)")) == "42\n"
+    finally:
+        st.stop()
+        shutil.rmtree(st.home, ignore_errors=True)

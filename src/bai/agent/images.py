@@ -9,7 +9,7 @@ Usage (root; needs ``debootstrap`` and a ``docker`` CLI talking to the engine in
 
 ``scripts/build-images.sh`` runs the same with the project's venv.
 
-How: ``debootstrap --variant=minbase --include=python3 bookworm`` from the Debian mirror this
+How: ``debootstrap --variant=minbase --include=python3,...,jupyter-notebook bookworm`` from the Debian mirror this
 machine's apt uses (``/etc/apt/sources.list`` or ``sources.list.d``; override with
 ``BAI_DEBIAN_MIRROR``), apt caches removed, packed as a tarball cached under ``$BAI_IMAGE_CACHE``
 (default ``~/.cache/bai/images``) with a ``.json`` describing it, so a second build is instant. The
@@ -56,8 +56,12 @@ class Recipe:
 
     key: str
     suite: str = "bookworm"
-    #: python-is-python3: `python script.py` works, as users of the seeds' examples expect
-    include: tuple[str, ...] = ("python3", "python-is-python3")
+    #: python-is-python3: `python script.py` works, as users of the seeds' examples expect;
+    #: jupyter-notebook: the `jupyter` app (issue 15). debootstrap resolves no virtual
+    #: packages: python3-zmq needs python3-cffi-backend's, and a dependency
+    #: libboost-regex1.74.0's, named here
+    include: tuple[str, ...] = ("python3", "python-is-python3", "jupyter-notebook",
+                                "python3-cffi-backend", "libboost-regex1.74.0")
     aliases: tuple[str, ...] = ("python",)
     #: minimum slots a session of this image needs (image labels ai.backend.resource.min.*)
     min_slots: dict[str, str] = field(default_factory=lambda: {"cpu": "0.1", "mem": "64m"})
