@@ -333,6 +333,17 @@ async def _admin_conn():
     return await asyncpg.connect(PG_DSN.replace("postgresql+asyncpg://", "postgresql://"))
 
 
+async def new_database(prefix: str) -> str:
+    """A fresh, empty PostgreSQL database on the CI server; its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await _admin_conn()
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
 async def _drop_database(name: str) -> None:
     conn = await _admin_conn()
     try:
@@ -380,12 +391,7 @@ async def make_cluster(*hosts: str, heartbeat_timeout: float = 4.0) -> Cluster:
             bridge = parts[1]
         elif parts[0] == "host":
             addrs[parts[1]] = parts[3]
-    db_name = f"bai_cluster_{uuid.uuid4().hex[:10]}"
-    conn = await _admin_conn()
-    try:
-        await conn.execute(f'CREATE DATABASE "{db_name}"')
-    finally:
-        await conn.close()
+    db_name = await new_database("bai_cluster")
     cl = Cluster(tag=tag, work=work, bridge=bridge, hosts=addrs, db_name=db_name,
                  heartbeat_timeout=heartbeat_timeout)
     try:

@@ -1,4 +1,5 @@
-"""Pure parts of the dashboard: password hashes, the login throttle, the plots' series."""
+"""Pure parts of the dashboard: password hashes, the plots' series (the login limiter is in the
+database: tests/integration/test_login_limiter.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from decimal import Decimal
 import pytest
 
 from bai.common.errors import InvalidAPIParameters
-from bai.manager.api.dashboard import LoginThrottle, TooManyLogins
 from bai.manager.services import passwords
 from bai.manager.services.cluster_history import series
 
@@ -28,17 +28,6 @@ def test_a_hash_verifies_its_password_only_and_is_salted():
 def test_a_new_password_is_checked(bad):
     with pytest.raises(InvalidAPIParameters):
         passwords.check_new(bad)
-
-
-def test_the_throttle_refuses_after_ten_failures_then_forgets():
-    t = LoginThrottle()
-    for i in range(10):
-        t.check("A@x", 100.0 + i)
-        t.failed("a@X", 100.0 + i)
-    with pytest.raises(TooManyLogins):
-        t.check("a@x", 120.0)
-    t.check("other@x", 120.0)
-    t.check("a@x", 100.0 + 9 + LoginThrottle.WINDOW + 1)  # the window has passed
 
 
 def test_series_counts_the_queue_and_what_running_sessions_held():

@@ -17,14 +17,12 @@ inline script, nothing from another origin (sites are air-gapped; no CDN is ever
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bai.common.errors import BaiError, Forbidden, InvalidAPIParameters
+from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.manager.api import models as m
 from bai.manager.api.middleware import caller_of, require_admin, same_origin
 from bai.manager.api.params import fields_of
@@ -44,39 +42,6 @@ HEADERS = {
 }
 
 
-class TooManyLogins(BaiError):
-    code = "too-many-requests"
-    status = 429
-    title = "Too many failed logins."
-
-
-class LoginThrottle:
-    """At most ``LIMIT`` failed logins per email in ``WINDOW`` seconds (per manager process);
-    the scrypt cost already slows each guess, this bounds how many an attacker gets."""
-
-    LIMIT, WINDOW = 10, 300.0
-
-    def __init__(self) -> None:
-        self.failures: dict[str, deque[float]] = {}
-
-    def check(self, email: str, now: float) -> None:
-        recent = self.failures.get(email.lower())
-        while recent and recent[0] < now - self.WINDOW:
-            recent.popleft()
-        if recent is not None and len(recent) >= self.LIMIT:
-            raise TooManyLogins(f"Wait {int(recent[0] + self.WINDOW - now) + 1} s before trying "
-                                "again, or ask an admin to reset the password.",
-                                data={"field": "password"})
-
-    def failed(self, email: str, now: float) -> None:
-        if len(self.failures) > 100_000:
-            self.failures.clear()
-        self.failures.setdefault(email.lower(), deque()).append(now)
-
-
-THROTTLE: web.AppKey = web.AppKey("login_throttle", LoginThrottle)
-
-
 def _user(caller: Any) -> dict[str, Any]:
     return {"email": caller.user_email, "role": caller.role, "is_admin": caller.is_admin,
             "access_key": caller.access_key, "domain": caller.domain_name,
@@ -93,16 +58,8 @@ async def to_page(request: web.Request) -> web.StreamResponse:
 
 async def attempt_login(request: web.Request, email: str, password: str) -> web_login.WebSession:
     """One password login (the dashboard's and the official client's session mode), counted
-    by the login limiter."""
-    throttle = request.app[THROTTLE]
-    now = time.monotonic()
-    throttle.check(email, now)
-    try:
-        async with request.app[ROOT].store.begin() as conn:
-            return await web_login.login(conn, email, password)
-    except BaiError:
-        throttle.failed(email, now)
-        raise
+    by the login limiter that every manager replica shares."""
+    return await web_login.throttled_login(request.app[ROOT].store, email, password)
 
 
 def set_cookie(request: web.Request, resp: web.StreamResponse, ws: web_login.WebSession) -> None:
@@ -214,7 +171,6 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def setup(app: web.Application) -> None:
-    app[THROTTLE] = LoginThrottle()
     r = app.router
     r.add_get("/dashboard", to_page)
     r.add_get("/dashboard/", page)

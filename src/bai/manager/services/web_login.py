@@ -9,6 +9,12 @@ active one), so a cookie request reaches exactly what that keypair's signed requ
 users and keypairs); ``logout`` deletes the row. Every refusal of a login is the same answer
 (unknown email, wrong password, no password set, deactivated user) so that nobody learns who
 has an account.
+
+``throttled_login`` bounds guessing: at most ``LIMIT`` failed logins per email in ``WINDOW``,
+counted in ``login_failures``, so every manager replica sees the same count. An attempt is
+written (and committed) before its password is checked and deleted again when it succeeds, so
+attempts running at once on several replicas count against each other too: no replica can let
+more than the limit through.
 """
 
 from __future__ import annotations
@@ -23,16 +29,26 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bai.common.errors import AuthFailed, Forbidden, InvalidAPIParameters, NotFound
+from bai.common.errors import AuthFailed, BaiError, Forbidden, InvalidAPIParameters, NotFound
 from bai.manager.context import Caller
 from bai.manager.services import passwords
 from bai.manager.services.auth import load_keypair
 from bai.manager.store import tables as t
+from bai.manager.store.engine import Store
 
 COOKIE = "bai_session"
 CSRF_HEADER = "X-BAI-CSRF"
 #: a browser session lasts this long after login (then the page asks to log in again)
 LIFETIME = timedelta(hours=12)
+#: at most LIMIT failed logins per email in WINDOW (the scrypt cost slows each guess, this
+#: bounds how many an attacker gets), counted across every manager replica
+LIMIT, WINDOW = 10, timedelta(minutes=5)
+
+
+class TooManyLogins(BaiError):
+    code = "too-many-requests"
+    status = 429
+    title = "Too many failed logins."
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,37 @@ async def login(conn: AsyncConnection, email: str, password: str,
         token_hash=token_hash(token), user_id=row.id, access_key=access_key, csrf_token=csrf,
         created_at=now, expires_at=expires))
     return WebSession(token, csrf, record.caller(), expires)
+
+
+async def throttled_login(store: Store, email: str, password: str,
+                          now: datetime | None = None) -> WebSession:
+    """``login`` behind the limiter (see the module text)."""
+    now = now or datetime.now(timezone.utc)
+    key, f = email.lower(), t.login_failures
+    async with store.begin() as conn:
+        await conn.execute(f.delete().where(f.c.failed_at < now - WINDOW))
+        attempt = (await conn.execute(f.insert().values(email=key, failed_at=now))
+                   ).inserted_primary_key[0]
+    failed = False  # only a refused password leaves its row behind
+    try:
+        async with store.connect() as conn:
+            count, oldest = (await conn.execute(
+                sa.select(sa.func.count(), sa.func.min(f.c.failed_at))
+                .where(f.c.email == key, f.c.failed_at >= now - WINDOW))).one()
+        if count > LIMIT:
+            wait = int(((oldest or now) + WINDOW - now).total_seconds()) + 1
+            raise TooManyLogins(f"Wait {max(wait, 1)} s before trying again, or ask an admin "
+                                "to reset the password.", data={"field": "password"})
+        try:
+            async with store.begin() as conn:
+                return await login(conn, email, password, now)
+        except BaiError as e:
+            failed = e.status < 500
+            raise
+    finally:
+        if not failed:
+            async with store.begin() as conn:
+                await conn.execute(f.delete().where(f.c.id == attempt))
 
 
 async def authenticate(conn: AsyncConnection, token: str,

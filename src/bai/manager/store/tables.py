@@ -148,6 +148,18 @@ web_sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
 )
 
+#: failed password logins, one row each, for the limiter every manager replica shares
+#: (``services/web_login.py``: at most ``LIMIT`` per email in ``WINDOW``)
+login_failures = sa.Table(
+    "login_failures",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("email", sa.String(128), nullable=False),
+    sa.Column("failed_at", UTCDateTime, nullable=False, index=True),
+    sa.Index("ix_login_failures_email_failed_at", "email", "failed_at"),
+)
+
 scaling_groups = sa.Table(
     "scaling_groups",
     metadata,
