@@ -64,6 +64,7 @@ class PeakRss:
 
 def timed_cli(st: EmbeddedStack, peak: PeakRss | None, *args: str,
               env: dict[str, str] | None = None) -> float:
+    os.sync()  # every timed command starts without a backlog of dirty pages (as cp does)
     t0 = time.perf_counter()
     proc = subprocess.Popen([CLI, *args], env={**st.env, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -116,6 +117,7 @@ def transfers(st: EmbeddedStack, size_mib: int, rounds: int, before: str | None)
     peaks: dict[str, dict[str, float]] = {}
     (work / "one.bin").write_bytes(b"1")
     for r in range(rounds):
+        os.sync()
         t0 = time.perf_counter()
         subprocess.run(["cp", str(src), str(work / "copy.bin")], check=True)
         cp.append(time.perf_counter() - t0)
