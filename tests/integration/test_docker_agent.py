@@ -24,6 +24,13 @@ from bai.testing.fake_manager import FakeManager
 pytestmark = pytest.mark.docker
 
 TOKEN = "docker-agent-token"
+#: the agent's own start after a ``code`` given to ``Agent.start``
+HAND_OVER = ("\nimport runpy, sys\nsys.argv = ['bai.agent', 'serve']\n"
+             "runpy.run_module('bai.agent', run_name='__main__')\n")
+#: an agent that never hands a claimed standby's runner its kernel (it waits at that step)
+HOLD_CLAIM = ("import asyncio\nfrom bai.agent.backends import docker_pool\n"
+              "async def hold(*args, **kwargs):\n    await asyncio.Event().wait()\n"
+              "docker_pool.send_claim = hold\n")
 
 
 class Agent:
@@ -39,8 +46,10 @@ class Agent:
                     "BAI_AGENT_HEARTBEAT_INTERVAL": "0.2"}
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bai.agent", "serve"], env=self.env,
+    def start(self, code: str = "") -> None:
+        """``code``: run before the agent (e.g. a patch that holds a step back)."""
+        argv = ["-c", code + HAND_OVER] if code else ["-m", "bai.agent", "serve"]
+        self.proc = subprocess.Popen([sys.executable, *argv], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @property
@@ -156,3 +165,50 @@ async def test_kill_9_and_restart_keeps_containers(setup) -> None:
     async with http.delete(f"{agent.address}/v1/kernels/{kept}") as r:
         assert r.status == 200
     await wait_until(lambda: gone(engine, kept))
+
+
+async def test_an_agent_killed_before_a_standby_claim_fails_the_kernel_with_a_reason(
+        setup) -> None:
+    """``kill -9`` of the agent while a kernel's standby is renamed to it but its runner has
+    not got the claim (held there): the restarted agent never adopts it as running; the
+    manager hears ``kernel_terminated`` with the reason and the container goes."""
+    from bai.agent.backends.docker import INTERRUPTED
+
+    manager, agent, http, engine = setup
+    agent.kill()
+    before = len(manager.heartbeats)
+    agent.start(HOLD_CLAIM)
+    await manager.wait_for(lambda m: len(m.heartbeats) > before + 1, timeout=30)
+    await create(manager, http, agent)  # the pool follows this image
+    held = ""
+    for _ in range(5):  # a standby may not be ready yet: then the kernel is made and starts
+        await wait_until(lambda: standbys_of(engine, agent.agent_id), timeout=60)
+        await asyncio.sleep(0.5)  # its runner listening: the agent's pool has it
+        kid = str(uuid.uuid4())
+        body = {"kernel_id": kid, "session_id": str(uuid.uuid4()), "session_name": "held",
+                "image": test_image(), "slots": {"cpu": "0.5", "mem": str(256 * 2**20)}}
+        async with http.post(agent.address + "/v1/kernels", json=body) as r:
+            assert r.status == 202
+        claimed = False  # a standby renamed to the kernel's (a made container has no pool label)
+        for _ in range(300):
+            found = await containers_of(engine, kid)
+            claimed = any("ai.bai.pool" in (c._container.get("Labels") or {}) for c in found)
+            if claimed or "kernel_started" in manager.event_names(kid):
+                break
+            await asyncio.sleep(0.1)
+        if claimed:  # its claim is held: it never gets past it
+            held = kid
+            break
+        await manager.wait_for(lambda m: "kernel_started" in m.event_names(kid), timeout=60)
+    assert held, "no create took a standby in 5 tries"
+
+    agent.kill()  # between the standby's rename and its runner's claim
+    agent.start()
+    await manager.wait_for(lambda m: "kernel_terminated" in m.event_names(held), timeout=60)
+    (ev,) = [e for e in manager.events
+             if e["kernel_id"] == held and e["name"] == "kernel_terminated"]
+    assert INTERRUPTED in json.dumps(ev), ev
+    assert "kernel_started" not in manager.event_names(held)
+    await wait_until(lambda: gone(engine, held))
+    await manager.wait_for(lambda m: held not in (m.heartbeats[-1]["kernels"] or []),
+                           timeout=30)
