@@ -174,7 +174,9 @@ def jupyter(apps_stack):
                 deadline=120) as (url, _):
         parts = urlsplit(url)
         token = parse_qs(parts.query)["token"][0]
-        yield f"{parts.scheme}://{parts.netloc}", token, url
+        # jupyter answers under its base_url (/app/SESSION_ID/jupyter/, the app proxy's path)
+        base_path = parts.path.rsplit("/tree", 1)[0]
+        yield f"{parts.scheme}://{parts.netloc}{base_path}", token, url
 
 
 def test_jupyter_needs_its_token(jupyter):

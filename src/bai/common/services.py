@@ -129,13 +129,21 @@ def service_token(secret: str, kernel_id: str, name: str) -> str:
     return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()[:48]
 
 
-def app_info(entry: Mapping[str, Any], token: str | None = None) -> dict[str, Any]:
+def app_path(session_id: Any, name: str) -> str:
+    """Where a service bai starts answers inside the session and on the app proxy
+    (``kernel/services.py`` gives jupyter this ``base_url``)."""
+    return f"/app/{session_id}/{name}/"
+
+
+def app_info(entry: Mapping[str, Any], token: str | None = None,
+             session_id: Any = None) -> dict[str, Any]:
     """One item of ``GET /stream/session/{x}/apps`` (the official client reads ``name`` and
     ``url_template``)."""
     out: dict[str, Any] = {"name": entry["name"], "protocol": entry["protocol"],
                            "ports": list(entry.get("ports") or [])}
     if entry["name"] in STARTED_BY_BAI and token:
-        out["url_template"] = "http://{host}:{port}/tree?token=" + token
+        base = app_path(session_id, entry["name"]) if session_id else "/"
+        out["url_template"] = "http://{host}:{port}" + base + "tree?token=" + token
     elif entry["protocol"] in ("http", "preopen"):
         out["url_template"] = "http://{host}:{port}/"
     return out

@@ -125,6 +125,16 @@ def start_pty(conn_sock: socket.socket, msg: dict, cwd: str, env: dict):
     return proc, None
 
 
+def base_url(name: str, env: dict) -> str:
+    """The path a service bai starts answers under: ``/app/SESSION_ID/NAME/``, the path the
+    manager's app proxy serves it at (``manager/api/webapps.py``; the CLI tunnel's URL names it
+    too), or ``/`` when the session's id is unknown."""
+    sid = str(env.get("BACKENDAI_SESSION_ID") or "")
+    if len(sid) == 36 and all(c in "0123456789abcdef-" for c in sid):
+        return "/app/%s/%s/" % (sid, name)
+    return "/"
+
+
 def service_argv(name: str, port: int, cwd: str, env: dict) -> list | None:
     """How bai starts a service it knows (None: it does not know ``name``)."""
     if name == "jupyter":
@@ -134,6 +144,7 @@ def service_argv(name: str, port: int, cwd: str, env: dict) -> list | None:
         return argv + [
             "--no-browser", "--ip=127.0.0.1", "--port=%d" % port, "--port-retries=0",
             "--notebook-dir=%s" % cwd, "--NotebookApp.password=",
+            "--NotebookApp.base_url=%s" % base_url(name, env),
             # the token (JUPYTER_TOKEN) guards it; the Host header is whatever the user's
             # local end of the tunnel is called
             "--NotebookApp.allow_remote_access=True",

@@ -30,7 +30,7 @@ def settle_gc() -> None:
 def create_app(settings: ManagerSettings) -> web.Application:
     from bai.manager.api import (
         admin, apps, dashboard, events, gql, internal, middleware, openapi, ops, root, session,
-        storage, stream, vfolder, webserver,
+        storage, stream, vfolder, webapps, webserver,
     )
     from bai.manager.services.root import ManagerRoot
     from bai.ops.http import OpsListener, instrument, observe
@@ -44,7 +44,7 @@ def create_app(settings: ManagerSettings) -> web.Application:
     app[ROOT] = manager
     instrument(app)
     for module in (root, session, stream, apps, events, gql, admin, internal, ops, vfolder, storage,
-                   openapi, dashboard, webserver):
+                   openapi, dashboard, webserver, webapps):
         module.setup(app)
     listener = None
     if settings.ops_port is not None:

@@ -62,6 +62,15 @@ class ManagerSettings(TomlSettings):
     ops_port: int | None = Field(
         None, description="port of that listener; unset: none (then /metrics on the API "
         "needs an admin keypair); 0: any free port")
+    app_proxy_host: str = Field(
+        "127.0.0.1", description="address of the app proxy: sessions' Jupyter and web apps "
+        "opened from the dashboard, on an origin of their own (api/webapps.py)")
+    app_proxy_port: int | None = Field(
+        None, description="port of the app proxy; unset: none (the dashboard shows the "
+        "`backend.ai app` command instead); 0: any free port")
+    app_proxy_url: str | None = Field(
+        None, description="base URL browsers reach the app proxy at (behind a reverse proxy "
+        "or in a cluster); unset: the dashboard's host name with app_proxy_port")
     storage_hosts: dict[str, str] = Field(
         default_factory=dict,
         description="storage hosts of folders: name -> the path where the manager and every agent "

@@ -26,6 +26,8 @@ import click
 
 DEFAULT_PORT = 8091
 DEFAULT_AGENT_PORT = 6011
+#: the manager's app proxy: Jupyter and web apps opened from the dashboard, on their own origin
+DEFAULT_APP_PORT = 8093
 
 
 def _state_dir(value: str | None) -> Path:
@@ -245,16 +247,18 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     meta.setdefault("slots", {})
     # every port before anything starts, so that a busy one leaves nothing half-started: a
     # port given on the command line must be free; otherwise a busy one is replaced
+    meta.setdefault("app_port", DEFAULT_APP_PORT)
+    keys = ("port", "agent_port", "app_port")
     for key, pid_file, option, who in (("port", manager_pid, "--port", "the manager"),
-                                       ("agent_port", agent_pid, "--agent-port", "the agent")):
+                                       ("agent_port", agent_pid, "--agent-port", "the agent"),
+                                       ("app_port", manager_pid, None, "the app proxy")):
         if _pid_alive(pid_file) or _port_free(meta[key]):
             continue
-        if changed[key] is not None:
+        if changed.get(key) is not None:
             _fail(f"port {meta[key]} is in use by another program; choose one with {option}")
-        other = meta["agent_port" if key == "port" else "port"]
-        chosen = _next_free_port(meta[key], {other})
+        chosen = _next_free_port(meta[key], {meta[k] for k in keys if k != key})
         click.echo(f"port {meta[key]} is in use by another program: {who} listens on {chosen}"
-                   f" instead ({option} chooses)")
+                   + (f" instead ({option} chooses)" if option else " instead"))
         meta[key] = chosen
     meta_path.write_text(json.dumps(meta, indent=2))
     os.chmod(meta_path, 0o600)
@@ -267,6 +271,7 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         "db_url": f"sqlite+aiosqlite:///{state / 'bai.db'}",
         "cluster_token": meta["cluster_token"],
         "state_dir": str(state),
+        "app_proxy_port": meta["app_port"],
     })
     agent_values: dict[str, object] = {
         "agent_id": "local",
@@ -342,7 +347,8 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     click.echo(f"state: {state}; client configuration: {cfg} "
                f"(profile 'default' = admin, 'user' = a user keypair)")
     click.echo(f"dashboard: {endpoint}/dashboard/ (log in as admin@bai.local or user@bai.local; "
-               f"their passwords are in {keys_path})")
+               f"their passwords are in {keys_path}); its apps (Jupyter) open on "
+               f"http://127.0.0.1:{meta['app_port']}/app/ (the app proxy)")
     gaps = _isolation_gaps(state / "bai.db")
     if gaps:
         click.echo("isolation NOT enforced on this host: " + "; ".join(gaps)

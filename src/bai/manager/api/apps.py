@@ -71,7 +71,7 @@ async def list_apps(request: web.Request) -> web.Response:
             entry = services.normalize(raw)
         except services.ServiceSpecError:
             continue
-        out.append(services.app_info(entry, _token(root, kernel_id, entry)))
+        out.append(services.app_info(entry, _token(root, kernel_id, entry), sess["id"]))
     return web.json_response(out)
 
 

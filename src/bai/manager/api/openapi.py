@@ -36,7 +36,7 @@ AUTH = ("Backend.AI HMAC-SHA256 request signature: "
 PUBLIC = {("GET", "/"), ("GET", "/health/live"), ("GET", "/health/ready"),
           ("GET", "/openapi.json"), ("GET", "/dashboard"), ("GET", "/dashboard/"),
           ("GET", "/dashboard/static"), ("POST", "/dashboard/api/login"),
-          ("POST", "/server/login")}
+          ("POST", "/server/login"), ("GET", "/dashboard/terminal")}
 COOKIE = ("The dashboard's login (POST /dashboard/api/login): the bai_session cookie; a request "
           "that may change state also sends the login's X-BAI-CSRF header.")
 

@@ -229,6 +229,27 @@ function showServerError(form, e) {
 
 // ------------------------------------------------------------------ one session
 
+// Open an app of a session in a new tab: the terminal is our own page; a web app gets a ticket
+// for the app proxy. The tab is opened at the click (no popup blocker) and loses its opener
+// before it leaves for the app's origin.
+function openButton(id, a) {
+  if (a.protocol === 'pty') {
+    return h('a', { class: 'button small', id: `open-${a.name}`, target: '_blank', rel: 'noopener',
+      href: `/dashboard/terminal?session=${encodeURIComponent(id)}` }, 'Open terminal');
+  }
+  if (a.protocol !== 'http' && a.protocol !== 'preopen') return '';
+  return h('button', { type: 'button', class: 'small', id: `open-${a.name}`, onclick: async () => {
+    const tab = window.open('', '_blank');
+    try {
+      const { url } = await api('POST', `/stream/session/${id}/apps/${encodeURIComponent(a.name)}/ticket`);
+      if (tab) { tab.opener = null; tab.location.href = url; } else location.assign(url);
+    } catch (e) {
+      if (tab) tab.close();
+      flash(`Cannot open ${a.name}: ${e.message}`, 'error');
+    }
+  } }, `Open ${a.name}`);
+}
+
 export async function sessionView(root, id) {
   const info = await api('GET', `/session/${id}`);
   const s = { id, name: info.sessionName, status: info.status, status_info: info.statusInfo,
@@ -267,9 +288,10 @@ export async function sessionView(root, id) {
       logBox.textContent = `(no console log: ${e.message})`;
     }
   };
-  // The apps the session offers (GET /stream/session/{id}/apps, once it runs). The tunnel is
-  // TCP over a WebSocket, which a browser tab cannot use as a web address: the page names the
-  // command that opens one on the user's machine (backend.ai app) instead.
+  // The apps the session offers (GET /stream/session/{id}/apps, once it runs). A web app
+  // (jupyter, a user's http service) opens in a new tab on the manager's app proxy, another
+  // origin (api/webapps.py): a one-use ticket signs that tab in to that app only. The terminal
+  // is bai's own page (terminal.html) on this origin. The CLI command stays for a local port.
   const renderApps = async () => {
     if (s.status !== 'RUNNING') {
       replace(appsBox, h('p', { class: 'muted' }, 'Apps open once the session runs.'));
@@ -283,6 +305,7 @@ export async function sessionView(root, id) {
     replace(appsBox, apps.length
       ? h('ul', { class: 'apps' }, apps.map((a) => h('li', { class: 'card', dataset: { app: a.name } },
         h('strong', {}, a.name), ` (${a.protocol}, port ${(a.ports || []).join(', ')}) `,
+        openButton(id, a), ' ',
         h('code', {}, `backend.ai app ${s.name} ${a.name} -b 8080`))))
       : h('p', { class: 'muted' }, 'This session offers no apps.'));
   };
