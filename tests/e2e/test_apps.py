@@ -501,7 +501,8 @@ def test_jupyter_of_a_docker_session_runs_a_notebook_through_the_tunnel():
                     deadline=120) as (url, _):
             parts = urlsplit(url)
             token = parse_qs(parts.query)["token"][0]
-            base = f"{parts.scheme}://{parts.netloc}"
+            # jupyter answers under its base_url (/app/SESSION_ID/jupyter/)
+            base = f"{parts.scheme}://{parts.netloc}{parts.path.rsplit('/tree', 1)[0]}"
             assert get(base + "/api/contents", deadline=120)[0] == 403
             assert asyncio.run(_run_in_notebook(base, token, "print(6*7)")) == "42\n"
     finally:

@@ -43,7 +43,6 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timezone
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -54,6 +53,7 @@ from bai.common import services
 from bai.common.errors import (
     BaiError, Forbidden, InvalidAPIParameters, ServiceUnavailable, SessionNotFound,
 )
+from bai.manager.api.apps import app_token, open_app_stream
 from bai.manager.api.middleware import caller_of
 from bai.manager.api.stream import _touch
 
@@ -170,78 +170,6 @@ class Refused(Exception):
     def __init__(self, status: int, title: str, msg: str) -> None:
         super().__init__(msg)
         self.status, self.title, self.msg = status, title, msg
-
-
-async def _open_stream(root: Any, sess: dict[str, Any], app: str):
-    from bai.manager.api import apps
-
-    opener = getattr(apps, "open_app_stream", None)
-    if opener is not None:
-        return await opener(root, sess, app)
-    return await _open_via_relay(root, sess, app)
-
-
-async def _open_via_relay(root: Any, sess: dict[str, Any], app: str):
-    """The tunnel's WebSocket to the agent as a byte stream (until ``open_app_stream``)."""
-    import socket
-
-    import aiohttp
-
-    from bai.manager.api import apps
-
-    address, kernel_id = await root.agents.kernel_target(sess)
-    entry = apps._app(sess, app)
-    params = {"name": entry["name"], "protocol": entry["protocol"]}
-    if entry["ports"]:
-        params["port"] = str(entry["ports"][0])
-    token = apps._token(root, kernel_id, entry)
-    if token:
-        params["token"] = token
-    upstream = await apps._open_upstream(root, address, kernel_id, params)
-    mine, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=mine)
-    r2, w2 = await asyncio.open_connection(sock=theirs)
-
-    async def up():
-        try:
-            while data := await r2.read(CHUNK):
-                await upstream.send_bytes(data)
-        finally:
-            await upstream.close()
-
-    async def down():
-        try:
-            async for msg in upstream:
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    break
-                w2.write(msg.data)
-                await w2.drain()
-        finally:
-            w2.close()
-
-    async def both():
-        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    task = asyncio.ensure_future(both())
-    _RELAYS.add(task)
-    task.add_done_callback(_RELAYS.discard)
-    return reader, writer
-
-
-_RELAYS: set[asyncio.Task] = set()
-
-
-async def _token_of(root: Any, sess: dict[str, Any], app: str) -> str | None:
-    from bai.manager.api import apps
-
-    getter = getattr(apps, "app_token", None)
-    if getter is not None:
-        return await getter(root, sess, app)
-    if app not in services.STARTED_BY_BAI:
-        return None
-    _address, kernel_id = await root.agents.kernel_target(sess)
-    return services.service_token(apps._secret(root), kernel_id, app)
 
 
 class AppProxy:
@@ -401,8 +329,8 @@ class AppProxy:
 
     async def _forward(self, conn, req, reader, writer, sess, app) -> bool:
         try:
-            up_reader, up_writer = await _open_stream(self.root, sess, app)
-            token = await _token_of(self.root, sess, app)
+            up_reader, up_writer = await open_app_stream(self.root, sess, app)
+            token = await app_token(self.root, sess, app)
         except BaiError as e:
             raise Refused(e.status, e.title or "App unavailable.", str(e)) from None
         await _touch(self.root, sess["id"])
