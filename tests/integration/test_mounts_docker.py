@@ -102,6 +102,8 @@ async def warm(tmp_path: Path):
 async def claimed(b, spec):
     """Create ``spec`` from a standby (waits until one is ready); asserts it was claimed."""
     await wait_for(lambda: bool(b.pool.ready.get(test_image())), timeout=60)
+    if b.pool.no_folders.startswith("the engine refuses an rslave bind"):
+        pytest.skip(f"standbys cannot take folders on this host: {b.pool.no_folders}")
     inst = await b.create(spec)
     assert L_POOL in inst.labels, f"not from a standby ({b.pool.no_folders or 'no reason'})"
     return inst
