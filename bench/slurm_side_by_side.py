@@ -258,6 +258,24 @@ class Bai:
 
             await asyncio.gather(*(worker() for _ in range(min(in_flight, n))))
 
+    def statements(self) -> float | None:
+        """The manager's ``bai_manager_sql_statements_total`` (admin keypair), None if absent."""
+        async def scrape() -> str:
+            from bai.client.config import ClientConfig
+            from bai.client.connection import Connection
+
+            async with Connection(ClientConfig.load(env=self.stack.env)) as conn:
+                return str(await conn.request("GET", "/metrics"))
+
+        try:
+            text = asyncio.run(scrape())
+        except Exception:  # noqa: BLE001 - a figure on the side, never a failure
+            return None
+        for line in text.splitlines():
+            if line.startswith("bai_manager_sql_statements_total "):
+                return float(line.split()[-1])
+        return None
+
     def fill(self, n: int, tag: str) -> None:
         """``n`` sessions that wait (2 hours), as arrays (one request per 10,000)."""
         from bai.common.arrays import MAX_ARRAY
@@ -430,10 +448,15 @@ def main() -> None:  # noqa: PLR0915 - one row after the other, as the table rea
                     loops("sbatch -Q --wrap true -o /dev/null", n, senv)
                     wait_drained(slurm.live, args.timeout)
                 else:
+                    st0 = bai.statements()
                     bai.create_many(n, f"b{n}-{uuid.uuid4().hex[:6]}", later=False)
                     wait_drained(bai.live, args.timeout)
                 rate[side] = n / (time.perf_counter() - t0)
                 cpu[side] = (machine_cpu_s() - c0) * 1000 / n
+                if side == "bai" and st0 is not None:
+                    st1 = bai.statements()
+                    if st1 is not None:  # create -> schedule -> start -> end, and the timers
+                        print(f"   bai, {n:,} jobs: {(st1 - st0) / n:.1f} SQL statements per job")
             if not is_cpu:
                 table.add(f"{n:,} trivial batch jobs to completion", rate.get("slurm"),
                           rate["bai"], "jobs/s", "≥ 2", True)

@@ -102,6 +102,9 @@ def test_metrics_follow_a_session_from_start_to_end(ops_stack):
                  agent="local", resource_group="default", slot="cpu") > 0
     assert value(running, "bai_manager_scheduler_placements_total") >= placed0 + 1
     assert value(running, "bai_manager_scheduler_pass_duration_seconds_count") > 0
+    # a create, a placement and a start are statements: the counter the benches divide by jobs
+    assert value(running, "bai_manager_sql_statements_total") \
+        >= value(before, "bai_manager_sql_statements_total") + 5
     assert total(running, "bai_manager_api_requests_total", method="POST", route="/session") >= 1
     assert total(running, "bai_manager_api_request_duration_seconds_count",
                  method="POST", route="/session") >= 1

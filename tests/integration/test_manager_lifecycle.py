@@ -302,6 +302,83 @@ async def test_batch_result_and_dependency_cancel(manager):
     assert await occupied(manager) == ResourceSlot()
 
 
+async def test_a_batch_end_writes_and_tells_what_two_steps_would(manager):
+    """The end of a batch job is one walk (RUNNING -> TERMINATING -> TERMINATED, the result
+    and the exit code in the same statements): two history rows, the kernel's exit code,
+    slots given back, and the events in order, each with the exit code."""
+    me = await caller(manager)
+    manager.fake.exit_codes = {"job-3": 3}
+    async with manager.bus.subscribe() as sub:
+        ans = await manager.sessions.create(me, body("job-3", type="batch", startupCommand="false"))
+        sid = uuid.UUID(ans["sessionId"])
+        row = await wait_status(manager, sid, {"TERMINATED"})
+        got = []
+        while (ev := await sub.get(timeout=10 if not got or got[-1][0] != "session_terminated"
+                                   else 0.5)) is not None:
+            if ev.session_id == str(sid) and ev.name in (
+                    "session_failure", "session_terminating", "kernel_terminating",
+                    "session_terminated", "kernel_terminated"):
+                got.append((ev.name, ev.payload().get("exitCode")))
+    assert row["result"] == "FAILURE" and row["occupying_slots"] == {}
+    assert row["terminated_at"] is not None and row["status_info"] == "task-finished"
+    assert (await history(manager, sid))[-2:] == [
+        ("RUNNING", "TERMINATING", "task-finished"), ("TERMINATING", "TERMINATED", "task-finished")]
+    async with manager.store.connect() as conn:
+        kernel = (await conn.execute(sa.select(kernels).where(
+            kernels.c.id == row["main_kernel_id"]))).mappings().one()
+    assert kernel["exit_code"] == 3 and kernel["status"] == "TERMINATED"
+    assert got[0] == ("session_failure", 3), got
+    assert {"session_terminating", "session_terminated"} <= {n for n, _ in got}
+    assert all(code == 3 for _, code in got), got
+    assert await occupied(manager) == ResourceSlot()
+
+
+async def test_kernel_ends_reported_together_move_together(manager, monkeypatch):
+    """Three batch kernels end in one report of their agent (two exit 0, one exit 5): they
+    move in groups, none one by one, each with its own result, exit code, history, events
+    (result first) and slots given back."""
+    me = await caller(manager)
+    ids = {}
+    for name in ("end-a", "end-b", "end-c"):
+        ans = await manager.sessions.create(me, body(name, type="batch", startupCommand="true",
+                                                     resources={"cpu": "0.5"}))
+        ids[name] = uuid.UUID(ans["sessionId"])
+        await wait_status(manager, ids[name], {"RUNNING"}, timeout=60)
+    lifecycle = manager.sessions.lifecycle
+    one_by_one = []
+    original = lifecycle._apply_logged
+
+    async def recorded(ev):
+        one_by_one.append(ev.name)
+        await original(ev)
+
+    monkeypatch.setattr(lifecycle, "_apply_logged", recorded)
+    specs = {s["session_name"]: s for s in manager.fake.kernels.values()}
+    codes = {"end-a": 0, "end-b": 0, "end-c": 5}
+    async with manager.bus.subscribe() as sub:
+        await manager.agents.handle_events([
+            manager.fake._ev("kernel_terminated", specs[n], reason="self-terminated",
+                             exit_code=code) for n, code in codes.items()])
+        got: dict[str, list] = {}
+        while (ev := await sub.get(timeout=5 if sum(map(len, got.values())) < 15 else 0.5)):
+            got.setdefault(ev.session_name, []).append((ev.name, ev.payload().get("exitCode")))
+    assert one_by_one == []
+    for name, code in codes.items():
+        row = await wait_status(manager, ids[name], {"TERMINATED"})
+        assert row["result"] == ("SUCCESS" if code == 0 else "FAILURE")
+        assert (await history(manager, ids[name]))[-2:] == [
+            ("RUNNING", "TERMINATING", "task-finished"),
+            ("TERMINATING", "TERMINATED", "task-finished")]
+        async with manager.store.connect() as conn:
+            assert (await conn.execute(sa.select(kernels.c.exit_code).where(
+                kernels.c.id == row["main_kernel_id"]))).scalar() == code
+        names = [n for n, _ in got[name]]
+        assert names[0] == ("session_success" if code == 0 else "session_failure"), got[name]
+        assert names.index("session_terminating") < names.index("session_terminated")
+        assert all(c == code for _, c in got[name]), got[name]
+    assert await occupied(manager) == ResourceSlot()
+
+
 async def test_starts_at_keeps_pending(manager):
     me = await caller(manager)
     ans = await manager.sessions.create(me, body("later", starts_at="1h", enqueueOnly=True))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bai.common.resources import ResourceSlot
 from bai.manager.store.tables import agents, sessions, utcnow
@@ -51,6 +51,10 @@ class _State:
         fanout = getattr(m.root.bus, "fanout", None)
         subs.add_metric([], len(fanout) if fanout is not None else 0)
         yield subs
+        sql = CounterMetricFamily("bai_manager_sql_statements",
+                                  "SQL statements this manager sent to the database")
+        sql.add_metric([], getattr(m.root.store, "statements", 0))
+        yield sql
         if snap is None:
             return
         g = GaugeMetricFamily("bai_manager_sessions", "Sessions by status and resource group",

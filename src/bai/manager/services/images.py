@@ -72,15 +72,12 @@ async def list_images(conn: AsyncConnection) -> tuple[list[str], dict[str, str]]
 async def resolve_image(conn: AsyncConnection, ref: str) -> dict[str, Any]:
     """The image row for a canonical name or an alias; ``UnknownImage`` lists what exists."""
     ref = (ref or "").strip()
-    row = (await conn.execute(sa.select(images).where(images.c.name == ref))).mappings().first()
-    if row is None:
-        target = (
-            await conn.execute(sa.select(image_aliases.c.target).where(image_aliases.c.alias == ref))
-        ).scalar()
-        if target:
-            row = (
-                await conn.execute(sa.select(images).where(images.c.name == target))
-            ).mappings().first()
+    # one statement (a create runs it): the image of that name, and the alias's target; the
+    # name wins over an alias of the same spelling
+    target = sa.select(image_aliases.c.target).where(image_aliases.c.alias == ref)
+    found = (await conn.execute(sa.select(images).where(
+        sa.or_(images.c.name == ref, images.c.name == target.scalar_subquery())))).mappings().all()
+    row = next((r for r in found if r["name"] == ref), found[0] if found else None)
     if row is None:
         names, aliases = await list_images(conn)
         listing = ", ".join(names) or "none"

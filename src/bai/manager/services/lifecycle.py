@@ -26,6 +26,7 @@ from bai.common.status import FINAL, SessionStatus, SessionType
 from bai.manager.services import callbacks
 from bai.manager.services.kernel_events import (
     EVENT_TARGET,
+    Decision,
     decide,
     next_step,
     walk,
@@ -65,6 +66,8 @@ WALK_COLUMNS = tuple(sessions.c[name] for name in (
     "id", "name", "access_key", "status", "main_kernel_id", "callback_url", "service_ports"))
 #: statuses a starting session walks through on progress events (RUNNING is the end)
 _WALKING = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)
+#: where a kernel's end may be one walk (``_apply_ends``)
+_ENDING = tuple(st for st in S if st not in FINAL)
 
 
 def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -88,6 +91,50 @@ async def policy_limits(conn: AsyncConnection, access_keys: set[str]) -> dict[st
     )).all()
     return {r.access_key: {"pids_limit": r.pids_limit, "disk_quota": r.disk_quota,
                            "allow_outbound": int(bool(r.allow_outbound))} for r in rows}
+
+
+def _by_kernel(run: list[KernelEvent]) -> dict[uuid.UUID, KernelEvent]:
+    """The events of a run by kernel id (ids that are not UUIDs left out)."""
+    by_kid: dict[uuid.UUID, KernelEvent] = {}
+    for ev in run:
+        try:
+            by_kid[uuid.UUID(str(ev.kernel_id))] = ev
+        except ValueError:
+            continue
+    return by_kid
+
+
+async def _kernel_sessions(conn: AsyncConnection, by_kid: Mapping[uuid.UUID, Any],
+                           statuses: Any, columns: Any
+                           ) -> tuple[dict[uuid.UUID, uuid.UUID], dict[uuid.UUID, dict]]:
+    """({kernel id: session id}, {session id: its row, locked}) for the kernels of a run whose
+    sessions are in ``statuses``."""
+    kernel_rows = {}
+    for chunk in in_lists(list(by_kid)):
+        res = await conn.execute(
+            sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(chunk)))
+        kernel_rows.update({r.id: r.session_id for r in res})
+    rows = {r["id"]: r for r in await lock_sessions(
+        conn, list(set(kernel_rows.values())), statuses, columns)}
+    return kernel_rows, rows
+
+
+def _one_walk(d: Decision, row: Mapping[str, Any], kid: uuid.UUID
+              ) -> list[tuple[SessionStatus, str]] | None:
+    """``d``'s moves as one walk for ``transit_many`` when that writes exactly what the moves
+    one by one would: a chain from the session's status, of the main kernel, each with the
+    kernel's exit code and no info or status data of its own, nothing else to do. Else None."""
+    moves = d.moves
+    if (not moves or d.walk or d.destroy_orphan is not None or row["main_kernel_id"] != kid
+            or moves[0].src != S(row["status"])):
+        return None
+    src = moves[0].src
+    for m in moves:
+        if (m.src != src or m.info is not None or m.status_data is not None
+                or m.exit_code != d.kernel_exit_code):
+            return None
+        src = m.to
+    return [(m.to, m.reason) for m in moves]
 
 class Lifecycle:
     def __init__(self, root: ManagerRoot) -> None:
@@ -377,22 +424,29 @@ class Lifecycle:
         """Apply a batch of agent events in order (``coalesce_progress`` already applied).
 
         Runs of progress events of distinct kernels are applied together, set-based, in one
-        transaction (``_apply_progress``); any other event one by one, in its place.
+        transaction (``_apply_progress``), so are runs of ``kernel_terminated`` (``_apply_ends``);
+        any other event one by one, in its place.
         """
         run: list[KernelEvent] = []
         in_run: set[str] = set()
+        kind = None  # "progress" | "terminated": what the run holds
+
+        async def apply_run() -> None:
+            if run:
+                await (self._apply_progress if kind == "progress" else self._apply_ends)(run)
+
         for ev in events:
-            if ev.name not in EVENT_TARGET or ev.kernel_id in in_run:
-                if run:
-                    await self._apply_progress(run)
-                run, in_run = [], set()
-            if ev.name in EVENT_TARGET:
+            ev_kind = ("progress" if ev.name in EVENT_TARGET else
+                       "terminated" if ev.name == "kernel_terminated" else None)
+            if ev_kind != kind or ev.kernel_id in in_run:
+                await apply_run()
+                run, in_run, kind = [], set(), ev_kind
+            if ev_kind is not None:
                 run.append(ev)
                 in_run.add(ev.kernel_id)
             else:
                 await self._apply_logged(ev)
-        if run:
-            await self._apply_progress(run)
+        await apply_run()
 
     async def _apply_logged(self, ev: KernelEvent) -> None:
         try:
@@ -406,22 +460,11 @@ class Lifecycle:
         if len(run) == 1:
             await self._apply_logged(run[0])
             return
-        by_kid: dict[uuid.UUID, KernelEvent] = {}
-        for ev in run:
-            try:
-                by_kid[uuid.UUID(str(ev.kernel_id))] = ev
-            except ValueError:
-                continue
+        by_kid = _by_kernel(run)
         rest: list[KernelEvent] = []
         try:
             async with self.tx() as (conn, outbox):
-                kernel_rows = {}
-                for chunk in in_lists(list(by_kid)):
-                    res = await conn.execute(
-                        sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(chunk)))
-                    kernel_rows.update({r.id: r.session_id for r in res})
-                rows = {r["id"]: r for r in await lock_sessions(
-                    conn, list(set(kernel_rows.values())), _WALKING, WALK_COLUMNS)}
+                kernel_rows, rows = await _kernel_sessions(conn, by_kid, _WALKING, WALK_COLUMNS)
                 groups: dict[tuple[SessionStatus, SessionStatus, str], list[dict]] = {}
                 seen: set[uuid.UUID] = set()
                 for kid, ev in by_kid.items():
@@ -446,6 +489,52 @@ class Lifecycle:
                         await self._started_details(conn, moved)
         except Exception:
             log.exception("applying %d progress events together failed; one by one", len(run))
+            rest = list(run)
+        for ev in rest:
+            await self._apply_logged(ev)
+
+    async def _apply_ends(self, run: list[KernelEvent]) -> None:
+        """``kernel_terminated`` of distinct kernels: the ends that are one walk each
+        (``_one_walk``: a batch job's RUNNING -> TERMINATING -> TERMINATED) move together, one
+        compare-and-set per (walk, exit code, result, agent), in one transaction; the rest (and
+        sessions with a webhook, whose calls keep their order) go one by one."""
+        if len(run) == 1:
+            await self._apply_logged(run[0])
+            return
+        by_kid = _by_kernel(run)
+        rest: list[KernelEvent] = []
+        try:
+            async with self.tx() as (conn, outbox):
+                kernel_rows, rows = await _kernel_sessions(conn, by_kid, _ENDING,
+                                                           tuple(sessions.c))
+                groups: dict[tuple, list[tuple[dict[str, Any], Decision]]] = {}
+                for kid, ev in by_kid.items():
+                    row = rows.get(kernel_rows.get(kid))
+                    d = decide(ev, row, row["main_kernel_id"] == kid) if row is not None else None
+                    path = _one_walk(d, row, kid) if d is not None else None
+                    if path is None or row.get("callback_url"):
+                        rest.append(ev)
+                        continue
+                    res_key = (d.result.result, d.result.event, d.result.reason,
+                               d.result.exit_code) if d.result is not None else None
+                    key = (d.moves[0].src, tuple(path), d.kernel_exit_code, res_key, ev.agent_id)
+                    groups.setdefault(key, []).append(({**row, "_event": ev}, d))
+                for (src, path, exit_code, _res, agent_id), group in groups.items():
+                    d0 = group[0][1]
+                    values = {"result": d0.result.result.value} if d0.result is not None else None
+                    first = len(outbox.events)
+                    moved = await transit_many(conn, [r for r, _ in group], src, list(path),
+                                               cause=f"agent:{agent_id}", outbox=outbox,
+                                               exit_code=exit_code, values=values)
+                    moved_ids = {r["id"] for r in moved}
+                    rest.extend(r["_event"] for r, _ in group if r["id"] not in moved_ids)
+                    if d0.result is not None:  # each session's result before its steps
+                        outbox.events[first:first] = [
+                            SessionEvent(d.result.event, str(r["id"]), r["name"], r["access_key"],
+                                         reason=d.result.reason, exit_code=d.result.exit_code)
+                            for r, d in group if r["id"] in moved_ids]
+        except Exception:
+            log.exception("applying %d kernel ends together failed; one by one", len(run))
             rest = list(run)
         for ev in rest:
             await self._apply_logged(ev)
@@ -490,10 +579,9 @@ class Lifecycle:
             if row is None:
                 return True
             d = decide(ev, row, row["main_kernel_id"] == kid)
-            if d.kernel_exit_code is not None:
-                await conn.execute(
-                    sa.update(kernels).where(kernels.c.id == kid).values(exit_code=d.kernel_exit_code)
-                )
+            chain = _one_walk(d, row, kid)
+            if chain is not None:  # e.g. a batch job's end: 6 statements instead of 13
+                return await self._walk_moves(conn, outbox, d, row, chain, cause)
             if d.destroy_orphan is not None:
                 self._destroy_orphan(kernel, ev, d.destroy_orphan)
             if d.walk:
@@ -520,7 +608,29 @@ class Lifecycle:
                                     status_data=move.status_data, exit_code=move.exit_code)
                 if row is None:
                     return False
+            if d.kernel_exit_code is not None:
+                # after the session's row (as every transition locks them: the session, then
+                # its kernel), so that it cannot deadlock with one (PostgreSQL)
+                await conn.execute(
+                    sa.update(kernels).where(kernels.c.id == kid).values(exit_code=d.kernel_exit_code)
+                )
             return True
+
+    async def _walk_moves(self, conn: AsyncConnection, outbox: Outbox, d: Decision,
+                          row: dict[str, Any], path: list[tuple[SessionStatus, str]],
+                          cause: str) -> bool:
+        """``d``'s moves as one compare-and-set along ``path`` (``_one_walk``), the batch
+        result and the kernel's exit code in the same statements; False on a lost race."""
+        values = {"result": d.result.result.value} if d.result is not None else None
+        if d.result is not None:
+            result_ev = SessionEvent(d.result.event, str(row["id"]), row["name"],
+                                     row["access_key"], reason=d.result.reason,
+                                     exit_code=d.result.exit_code)
+            outbox.events.append(result_ev)
+            outbox.notify(row, [result_ev])
+        moved = await transit_many(conn, [row], d.moves[0].src, path, cause=cause,
+                                   outbox=outbox, exit_code=d.kernel_exit_code, values=values)
+        return bool(moved)
 
     async def destroy_kernel_quietly(self, session_id, reason: str) -> None:
         """Ask the agent to drop the session's kernel, without any status change."""

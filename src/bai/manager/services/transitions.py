@@ -197,6 +197,9 @@ async def transit(
         kernel_vals["exit_code"] = exit_code
     if values:
         vals.update(values)
+    releases = expected in OCCUPYING and to not in OCCUPYING
+    if releases:  # in the same statement as the status
+        vals["occupying_slots"] = {}
 
     res = await conn.execute(
         sa.update(sessions)
@@ -206,16 +209,11 @@ async def transit(
     if res.rowcount != 1:
         return None
 
-    was_occupying, now_occupying = expected in OCCUPYING, to in OCCUPYING
     agent_ids = list(row.get("agent_ids") or [])
-    if was_occupying and not now_occupying:
+    if releases:
         occupying = row.get("occupying_slots") or {}
         if occupying and agent_ids:
             await release_on_agent(conn, agent_ids[0], occupying)
-        await conn.execute(
-            sa.update(sessions).where(sessions.c.id == session_id).values(occupying_slots={})
-        )
-        vals["occupying_slots"] = {}
         outbox.kick_scheduler = True
     if to in FINAL or to is S.PENDING:
         outbox.kick_scheduler = True
@@ -356,13 +354,17 @@ async def transit_many(
     cause: str,
     outbox: Outbox,
     now: datetime | None = None,
+    exit_code: int | None = None,
+    values: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Move sessions that are in ``expected`` along ``path`` ([(status, reason), ...]; they end
     in the last status), with the writes and events ``transit`` makes for each step.
 
     One compare-and-set per chunk decides which rows move; the moved rows are returned (a row
     another writer changed meanwhile is left out, and the caller re-reads it). Leaving an
-    occupying status for one that is not releases the slots, summed per agent.
+    occupying status for one that is not releases the slots, summed per agent. ``exit_code``
+    goes on the main kernels and into the events as ``transit`` puts it; ``values`` are more
+    columns of the sessions set in the same statement.
     """
     expected = S(expected)
     steps = [(S(st), reason) for st, reason in path]
@@ -386,6 +388,10 @@ async def transit_many(
     releases = expected in OCCUPYING and to not in OCCUPYING
     if releases:
         vals["occupying_slots"] = {}
+    if exit_code is not None:
+        kernel_vals["exit_code"] = exit_code
+    if values:
+        vals.update(values)
 
     by_id = {r["id"]: r for r in rows}
     moved: list[dict[str, Any]] = []
@@ -418,13 +424,15 @@ async def transit_many(
     if to in FINAL or to is S.PENDING:
         outbox.kick_scheduler = True
 
-    await _record_walk(conn, moved, expected, steps, cause=cause, outbox=outbox, now=now)
+    await _record_walk(conn, moved, expected, steps, cause=cause, outbox=outbox, now=now,
+                       exit_code=exit_code)
     return moved
 
 
 async def _record_walk(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]],
                        expected: SessionStatus, steps: Sequence[tuple[SessionStatus, str]], *,
-                       cause: str, outbox: Outbox, now: datetime) -> None:
+                       cause: str, outbox: Outbox, now: datetime,
+                       exit_code: int | None = None) -> None:
     """History rows (one ``executemany``) and events of ``rows`` having walked ``steps``."""
     walk, src = [], expected.value
     for dst, why in steps:
@@ -437,7 +445,8 @@ async def _record_walk(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]],
         for src, dst_text, dst, why in walk:
             history.append({"session_id": sid, "from_status": src, "to_status": dst_text,
                             "reason": why, "cause": cause, "at": now})
-            evs = step_events(sid_text, r["name"], r["access_key"], kid_text, dst, why)
+            evs = step_events(sid_text, r["name"], r["access_key"], kid_text, dst, why,
+                              exit_code)
             events.extend(evs)
             if r.get("callback_url"):
                 outbox.notify(r, evs)

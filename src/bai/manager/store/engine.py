@@ -46,6 +46,14 @@ class Store:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._write_lock: asyncio.Lock | None = None
+        #: SQL statements sent so far (an ``executemany`` counts once): what a job costs the
+        #: database, in ``bai_manager_sql_statements_total``
+        self.statements = 0
+
+        @event.listens_for(self.engine.sync_engine, "before_cursor_execute")
+        def _count(*_args: object) -> None:  # pragma: no cover - driver hook
+            self.statements += 1
+
         if self.is_sqlite:
             self._setup_sqlite(self.engine)
 
