@@ -6,6 +6,12 @@ stop with ``ENOSPC`` at the quota; the kernel enforces it and nothing a session 
 (project quotas would need a kernel built with ``CONFIG_QUOTA``, which some hosts lack, and
 btrfs qgroups are escaped by a nested subvolume any user may create).
 
+Each size's empty filesystem is made once by ``mkfs.ext4`` (``TEMPLATES`` beside the work dirs'
+folders) and copied for each work dir (its written blocks only, ``copy_file_range``); the image is
+attached to a loop device and mounted by system calls (``LOOP_CONFIGURE`` with autoclear,
+``mount(2)``; ``umount2(MNT_DETACH)`` to remove): no process is started per work dir. Where a
+call fails the tools do it as before (``mkfs.ext4``, ``mount -o loop``, ``umount -l``).
+
 Needs root, ``mkfs.ext4`` (e2fsprogs, in every Debian), ``mount`` and loop devices. Where any is
 missing ``WorkdirQuota.detect()`` answers None: work dirs stay plain folders and the agent reports
 ``disk_quota: false`` in its isolation (docs/security.md says what is lost).
@@ -14,10 +20,16 @@ missing ``WorkdirQuota.detect()`` answers None: work dirs stay plain folders and
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import logging
 import os
 import shutil
+import struct
 import subprocess
+import threading
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -25,6 +37,16 @@ log = logging.getLogger(__name__)
 IMAGE = "work.img"
 #: ext4 wants a few MiB for itself; a smaller quota is raised to this
 MIN_BYTES = 16 * 1024**2
+#: empty filesystems, one per size, copied for each work dir (beside the kernels' folders)
+TEMPLATES = ".quota-templates"
+MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard")
+#: <linux/loop.h>, <sys/mount.h>
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_AUTOCLEAR = 4
+MS_NOSUID, MS_NODEV, MS_NOATIME = 2, 4, 1024
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class QuotaError(Exception):
@@ -37,9 +59,77 @@ def _run(*argv: str) -> None:
         raise QuotaError(f"{argv[0]} failed: {(proc.stderr or proc.stdout).strip()[:300]}")
 
 
+def copy_sparse(src: Path, dst_fd: int) -> None:
+    """Copy ``src`` into the empty file ``dst_fd``: its data extents only, holes stay holes."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        os.ftruncate(dst_fd, size)
+        off = 0
+        while off < size:
+            try:
+                data = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole is left
+                    return
+                raise
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            while data < hole:
+                n = os.copy_file_range(fd, dst_fd, hole - data, data, data)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"short copy of {src}")
+                data += n
+            off = hole
+    finally:
+        os.close(fd)
+
+
+def loop_mount(image: Path, target: Path) -> None:
+    """What ``mount -o loop,nosuid,nodev,noatime IMAGE TARGET`` does, by system calls: a free
+    loop device gets the image (autoclear: it is released when the filesystem is unmounted, or
+    at once if the mount fails), then ``mount(2)``. OSError when any step fails."""
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(16):  # another process may take the free device first
+            n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            dev = f"/dev/loop{n}"
+            lfd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                img = os.open(image, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    info = struct.pack("=5Q4I", 0, 0, 0, 0, 0, 0, 0, 0, LO_FLAGS_AUTOCLEAR)
+                    config = struct.pack("=II", img, 0) + info + bytes(160 + 16 + 64)
+                    try:
+                        fcntl.ioctl(lfd, LOOP_CONFIGURE, config)
+                    except OSError as e:
+                        if e.errno == errno.EBUSY:
+                            continue
+                        raise
+                finally:
+                    os.close(img)
+                if _libc.mount(dev.encode(), str(target).encode(), b"ext4",
+                               MS_NOSUID | MS_NODEV | MS_NOATIME, None) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"mount {dev} on {target}: {os.strerror(err)}")
+                return
+            finally:
+                os.close(lfd)
+        raise OSError(errno.EBUSY, "no free loop device")
+    finally:
+        os.close(ctl)
+
+
+def detach(target: Path) -> None:
+    """``umount -l TARGET`` by a system call (OSError when it fails)."""
+    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
 class WorkdirQuota:
     def __init__(self, mkfs: str, mount: str, umount: str) -> None:
         self.mkfs, self.mount, self.umount = mkfs, mount, umount
+        self._lock = threading.Lock()
 
     @classmethod
     def detect(cls) -> WorkdirQuota | None:
@@ -54,20 +144,52 @@ class WorkdirQuota:
     def attach(self, workdir: Path, nbytes: int) -> None:
         """Make the empty folder ``workdir`` a filesystem of ``nbytes``; raises QuotaError."""
         image = workdir.parent / IMAGE
+        size = max(nbytes, MIN_BYTES)
         fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.ftruncate(fd, max(nbytes, MIN_BYTES))
+            made = self._from_template(workdir.parent.parent, size, fd)
+            if not made:
+                os.ftruncate(fd, size)
         finally:
             os.close(fd)
         try:
-            _run(self.mkfs, "-q", "-F", "-m", "0", "-O", "^has_journal",
-                 "-E", "lazy_itable_init=1,nodiscard", str(image))
-            _run(self.mount, "-o", "loop,nosuid,nodev,noatime", str(image), str(workdir))
+            if not made:
+                _run(self.mkfs, *MKFS_OPTIONS, str(image))
+            try:
+                loop_mount(image, workdir)
+            except OSError as e:
+                log.debug("loop mount by system calls failed (%s): mount -o loop", e)
+                _run(self.mount, "-o", "loop,nosuid,nodev,noatime", str(image), str(workdir))
         except (QuotaError, OSError, subprocess.SubprocessError) as e:
             image.unlink(missing_ok=True)
             raise QuotaError(f"the work dir quota could not be made: {e}") from None
         with contextlib.suppress(OSError):
             (workdir / "lost+found").rmdir()
+
+    def _from_template(self, folder: Path, size: int, fd: int) -> bool:
+        """Copy the empty filesystem of ``size`` (made once in ``folder/TEMPLATES``) into the
+        image ``fd``; False where that cannot be done (the caller runs mkfs.ext4 instead)."""
+        templates = folder / TEMPLATES
+        template = templates / f"{size}.img"
+        try:
+            with self._lock:
+                if not template.is_file():
+                    templates.mkdir(mode=0o700, exist_ok=True)
+                    tmp = templates / f".{uuid.uuid4().hex}.tmp"
+                    try:
+                        with open(tmp, "xb") as f:
+                            f.truncate(size)
+                        _run(self.mkfs, *MKFS_OPTIONS, str(tmp))
+                        tmp.rename(template)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+            copy_sparse(template, fd)
+            return True
+        except (QuotaError, OSError, subprocess.SubprocessError) as e:
+            log.warning("work dir quota: no copy of an empty filesystem (%s): mkfs.ext4", e)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            return False
 
     def size_of(self, workdir: Path) -> int | None:
         """The quota a work dir was made with (None: none)."""
@@ -86,9 +208,12 @@ def remove_folder(folder: Path) -> None:
 
     work, image = folder / "work", folder / IMAGE
     if os.path.ismount(work):
-        umount = shutil.which("umount", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
-        with contextlib.suppress(QuotaError, OSError, subprocess.SubprocessError):
-            _run(umount or "umount", "-l", str(work))
+        try:
+            detach(work)
+        except OSError:
+            umount = shutil.which("umount", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+            with contextlib.suppress(QuotaError, OSError, subprocess.SubprocessError):
+                _run(umount or "umount", "-l", str(work))
     detach_below(folder)
     left = mounts_below(folder)
     if left:
