@@ -438,3 +438,31 @@ async def test_an_ended_kernel_is_reported_without_waiting_for_the_monitor(
             [(direct.kernel_id, 3), (runner.kernel_id, 6)]), ended
     finally:
         await shut(b)
+
+
+async def test_the_pool_follows_the_agents_free_slots(tmp_path: Path) -> None:
+    """Pre-started runners: one per free whole CPU slot, at most process_pool_size; more start
+    when slots come free again, none while the slots are taken."""
+    from bai.common.resources import ResourceSlot
+
+    b = await make(tmp_path, process_pool_size=3)
+    interp = b.settings.process_interpreter
+    try:
+        b.slots_free(ResourceSlot({"cpu": Decimal(1), "mem": Decimal(2**30)}))
+        for _ in range(400):
+            if len(b.pool.idle.get(interp) or []) >= 1 and interp not in b.pool._filling:
+                break
+            await asyncio.sleep(0.025)
+        await asyncio.sleep(0.3)  # (nothing more may start)
+        assert len(b.pool.idle[interp]) == 1 and b.pool.target() == 1
+        b.slots_free(ResourceSlot({"cpu": Decimal("64.5")}))
+        assert b.pool.target() == 3
+        for _ in range(400):
+            if len(b.pool.idle[interp]) == 3:
+                break
+            await asyncio.sleep(0.025)
+        assert len(b.pool.idle[interp]) == 3
+        b.slots_free(ResourceSlot({"cpu": Decimal(0)}))
+        assert b.pool.target() == 0 and b.pool.take(interp) is not None  # surplus stays usable
+    finally:
+        await shut(b)

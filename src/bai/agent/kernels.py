@@ -155,7 +155,12 @@ class KernelRegistry:
         self.ended.pop(spec.kernel_id, None)
         rec = self.records[spec.kernel_id] = KernelRecord(spec)
         rec.task = asyncio.create_task(self._create(rec))
+        self.tell_free()
         return rec
+
+    def tell_free(self) -> None:
+        """Tell the backend what is free now (it sizes its pre-started capacity by it)."""
+        self.backend.slots_free(self.capacity - self.occupied())
 
     async def _create(self, rec: KernelRecord) -> None:
         spec = rec.spec
@@ -306,7 +311,8 @@ class KernelRegistry:
                 stats: dict[str, Any] | None) -> dict[str, Any]:
         rec.status = "TERMINATED" if rec.status != "ERROR" else "ERROR"
         rec.exit_code = exit_code
-        self.records.pop(rec.kernel_id, None)
+        if self.records.pop(rec.kernel_id, None) is not None:
+            self.tell_free()
         if self.devices is not None:
             self.devices.release(rec.kernel_id)
         answer = {"kernel_id": rec.kernel_id, "exit_code": exit_code, "stats": stats,

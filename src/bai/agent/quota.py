@@ -130,6 +130,9 @@ class WorkdirQuota:
     def __init__(self, mkfs: str, mount: str, umount: str) -> None:
         self.mkfs, self.mount, self.umount = mkfs, mount, umount
         self._lock = threading.Lock()
+        #: where the empty filesystems are kept (None: ``TEMPLATES`` beside the folder of the
+        #: work dir's folder)
+        self.template_dir: Path | None = None
 
     @classmethod
     def detect(cls) -> WorkdirQuota | None:
@@ -147,7 +150,8 @@ class WorkdirQuota:
         size = max(nbytes, MIN_BYTES)
         fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            made = self._from_template(workdir.parent.parent, size, fd)
+            made = self._from_template(
+                self.template_dir or workdir.parent.parent / TEMPLATES, size, fd)
             if not made:
                 os.ftruncate(fd, size)
         finally:
@@ -166,10 +170,9 @@ class WorkdirQuota:
         with contextlib.suppress(OSError):
             (workdir / "lost+found").rmdir()
 
-    def _from_template(self, folder: Path, size: int, fd: int) -> bool:
-        """Copy the empty filesystem of ``size`` (made once in ``folder/TEMPLATES``) into the
-        image ``fd``; False where that cannot be done (the caller runs mkfs.ext4 instead)."""
-        templates = folder / TEMPLATES
+    def _from_template(self, templates: Path, size: int, fd: int) -> bool:
+        """Copy the empty filesystem of ``size`` (made once in ``templates``) into the image
+        ``fd``; False where that cannot be done (the caller runs mkfs.ext4 instead)."""
         template = templates / f"{size}.img"
         try:
             with self._lock:

@@ -85,8 +85,10 @@ class Agent:
         """Listen, recover kernels, and begin heartbeats and event delivery."""
         if not self.settings.cluster_token:
             log.warning("no cluster_token is set: every request to this agent will be refused")
+        self.registry.tell_free()  # before the backend pre-starts anything
         await self.backend.start(self.registry.on_exit)
         await recover(self.registry, self.backend)
+        self.registry.tell_free()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)

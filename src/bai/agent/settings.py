@@ -102,7 +102,8 @@ class AgentSettings(TomlSettings):
         0, description="most processes/threads of all kernels together (pids.max of "
                        "cgroup_parent); 0 = half of the host's pid_max, -1 = no cap")
     process_pool_size: int = Field(
-        2, description="kernel runners kept pre-started per interpreter (0: start each cold)")
+        4, description="most kernel runners kept pre-started per interpreter, and never more "
+                       "than the agent's free whole CPU slots (0: start each cold)")
     process_direct_command: bool = Field(
         True, description="a batch session whose work is its startup command runs that command "
                           "in the sandbox itself, without the Python runner (false: with it)")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -159,6 +159,10 @@ class RuntimeBackend(abc.ABC):
     @abc.abstractmethod
     async def logs(self, kernel_id: str) -> str:
         """What the kernel's main process printed outside executions."""
+
+    def slots_free(self, free: Mapping[str, Decimal]) -> None:
+        """What the agent has free now (the registry says so after each change): a backend may
+        keep pre-started capacity in proportion. Default: nothing to do."""
 
     async def open_channel(self, instance: Instance) -> RunnerChannel:
         """A conversation with the instance's runner (default: its unix socket).

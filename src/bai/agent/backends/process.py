@@ -38,7 +38,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from bai.agent.backends.base import (
 )
 from bai.agent.backends import outbound
 from bai.agent.backends import sandbox as sandboxing
-from bai.agent.quota import QuotaError, WorkdirQuota, remove_folder
+from bai.agent.quota import TEMPLATES, QuotaError, WorkdirQuota, remove_folder
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
 from bai.agent.mounts import HostMount, MountRefused, make_shared
 from bai.agent.mounts import attach as attach_folder
@@ -309,6 +310,10 @@ class ProcessBackend(RuntimeBackend):
         self._checks: set[asyncio.Task[None]] = set()
         self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled,
                                self._forget_pooled)
+        #: the agent's free whole CPU slots (``slots_free``; until told: the host's cores, an
+        #: agent's CPU slots by default)
+        self._free_cpu: int | None = os.cpu_count()
+        self.pool.room = lambda: self._free_cpu
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -319,6 +324,8 @@ class ProcessBackend(RuntimeBackend):
         self.root.mkdir(parents=True, exist_ok=True)
         if self.settings.disk_quota > 0:
             self.quota = await asyncio.to_thread(WorkdirQuota.detect)
+            if self.quota is not None:  # (one place for kernels' and pooled runners' folders)
+                self.quota.template_dir = self.root / TEMPLATES
         if self.settings.process_cgroups:
             self.cgroups = await asyncio.to_thread(
                 CgroupDriver.detect, "/sys/fs/cgroup", self.settings.cgroup_parent)
@@ -392,6 +399,16 @@ class ProcessBackend(RuntimeBackend):
             self.uids.close()  # the kernels keep running; the next agent adopts their uids
 
     # --- pooled runners (see process_pool.py) ----------------------------------------------
+
+    def slots_free(self, free: Mapping[str, Decimal]) -> None:
+        """Pre-started runners: at most one per free whole CPU slot (``process_pool_size`` at
+        most); more are started when slots come free again."""
+        cpu = free.get("cpu")
+        before = self.pool.target()
+        self._free_cpu = max(0, int(cpu)) if cpu is not None else None
+        if self._monitor is not None and self.pool.target() > before:
+            for interp in {self.settings.process_interpreter, *self.pool.idle}:
+                self.pool.refill(interp, self.cgroups is not None, POOL_REFILL_DELAY)
 
     def _make_folder(self, kdir: Path, interp: str, uid: int | None, quota: int = 0) -> None:
         """A kernel's (or pooled runner's) folder: root-only when sandboxed, its work dir owned

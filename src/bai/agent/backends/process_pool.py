@@ -117,7 +117,11 @@ class RunnerPool:
 
     ``spawn(interpreter, folder, cgroup_name)`` starts one and ``forget(runner)`` removes what
     else it holds once it is killed (its cgroup; the backend knows how); the pool keeps at most
-    ``size`` idle per interpreter that kernels have asked for.
+    ``size`` idle per interpreter that kernels have asked for, and no more than ``room()`` (the
+    agent's free whole CPU slots, when the backend was told them; None: no such bound). Idle
+    runners are blocked in ``select``/``readline`` (no CPU); surplus ones (slots taken since)
+    stay until claimed: a pool that shrank and grew with each job would start runners nobody
+    claims while batch jobs come and go.
     """
 
     def __init__(self, root: Path, size: int,
@@ -128,6 +132,7 @@ class RunnerPool:
         #: each sweeps only its own scratch root's leftovers
         self.cgroup_prefix = f"{CGROUP_PREFIX}{hashlib.sha1(str(root).encode()).hexdigest()[:8]}-"
         self.size = size
+        self.room: Callable[[], int | None] = lambda: None
         self.spawn = spawn
         self.forget = forget
         self.idle: dict[str, list[PooledRunner]] = {}
@@ -149,7 +154,7 @@ class RunnerPool:
         After a claim the refill waits ``delay`` first, so that starting the next runner does
         not compete with the kernel that was just handed out while it reports ready; a start
         that fails is logged and left (the next create starts cold)."""
-        if self.size <= 0 or interpreter in self._filling:
+        if interpreter in self._filling or len(self.idle.get(interpreter) or ()) >= self.target():
             return
         self._filling[interpreter] = asyncio.get_running_loop().create_task(
             self._fill(interpreter, with_cgroup, delay))
@@ -158,7 +163,7 @@ class RunnerPool:
         try:
             await asyncio.sleep(delay)
             queue = self.idle.setdefault(interpreter, [])
-            while len(queue) < self.size:
+            while len(queue) < self.target():
                 spawn = asyncio.ensure_future(
                     asyncio.to_thread(self._spawn_one, interpreter, with_cgroup))
                 try:
@@ -173,6 +178,11 @@ class RunnerPool:
                 queue.append(runner)
         finally:
             self._filling.pop(interpreter, None)
+
+    def target(self) -> int:
+        """How many idle runners of one interpreter the pool keeps now."""
+        room = self.room()
+        return max(0, self.size if room is None else min(self.size, room))
 
     def _spawn_one(self, interpreter: str, with_cgroup: bool) -> PooledRunner | None:
         rid = uuid.uuid4().hex[:16]
