@@ -508,3 +508,26 @@ def test_jupyter_of_a_docker_session_runs_a_notebook_through_the_tunnel():
     finally:
         st.stop()
         shutil.rmtree(st.home, ignore_errors=True)
+
+
+def test_the_terminal_app_is_a_raw_shell_on_the_local_port(apps_stack):
+    """``app SESSION terminal`` (a pty service) through bai's CLI: the local port carries the
+    shell's terminal bytes both ways (the manager relays the agent's pty WebSocket; bai's CLI
+    asks for the raw upgrade first and takes the WebSocket when refused)."""
+    import socket
+    import time
+
+    port = free_port()
+    with tunnel(*app_cmd(apps_stack, "apweb", "terminal", "-b", f"127.0.0.1:{port}")):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        try:
+            sock.sendall(b"echo hi-$((6*7))\n")
+            seen, end = b"", time.monotonic() + 60
+            while b"hi-42" not in seen and time.monotonic() < end:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                seen += data
+            assert b"hi-42" in seen, seen
+        finally:
+            sock.close()

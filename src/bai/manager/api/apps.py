@@ -161,6 +161,8 @@ async def tcpproxy(request: web.Request) -> web.StreamResponse:
     refused = _settings_given(request, entry)
     if refused is not None:
         return refused
+    if entry["protocol"] == "pty":  # a raw shell on the local port: the agent's pty WebSocket
+        return await _relay(request, root, sess, address, kernel_id, _params(root, kernel_id, entry))
     up = await _open_raw(root, address, kernel_id, _params(root, kernel_id, entry))
     await _touch(root, sess["id"])
 
@@ -307,7 +309,7 @@ async def _relay(request: web.Request, root: Any, sess: dict[str, Any], address:
     finally:
         await upstream.close()
         await _touch(root, sess["id"])
-        if not ws.closed:
+        if ws.prepared and not ws.closed:  # not prepared: not a WebSocket request (400)
             await ws.close()
     return ws
 
