@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from bai.common import rawstream
+from bai.ops.upgrade import take_over
 
 
 async def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -127,7 +128,7 @@ async def test_upgrade_takes_the_connection_both_ways(mode):
         if not rawstream.wants_raw(request.headers):
             raise web.HTTPBadRequest()
         seen["token"] = request.headers.get("X-Token", "")
-        sock, tail, resp = await rawstream.take_over(request)
+        sock, tail, resp = await take_over(request)
         try:
             await loop.sock_sendall(sock, b"hello;")
             data = tail + await _read_all(sock)

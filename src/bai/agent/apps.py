@@ -34,6 +34,7 @@ from aiohttp import WSMsgType, web
 from bai.agent.backends.base import Instance, RuntimeBackend
 from bai.common import rawstream
 from bai.common.errors import AppUnavailable, BaiError, InvalidAPIParameters
+from bai.ops.upgrade import take_over
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ async def _serve_raw(request: web.Request, backend: RuntimeBackend, rec: Any
     sock, _ = await _open(request, backend, rec)  # a refusal: the problem answer
     assert sock is not None
     try:
-        conn, tail, resp = await rawstream.take_over(request)
+        conn, tail, resp = await take_over(request)
     except BaseException:
         sock.close()
         raise

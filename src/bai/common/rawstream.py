@@ -10,8 +10,8 @@ The client sends nothing before it read the 101 (aiohttp's C parser drops bytes 
 the same read as the head of an upgrade other than WebSocket); the server may send at once.
 The official client keeps its WebSocket to the manager.
 
-* ``take_over(request)``: the server's end (aiohttp): answers 101 and returns the connection's
-  socket (a duplicate of the descriptor, non-blocking) and the bytes already received.
+* ``bai.ops.upgrade.take_over(request)``: the server's end (aiohttp, a server dependency: not
+  here, ``bai.common`` is part of the client): answers 101 and returns the connection's socket.
 * ``open_upgraded(...)``: the client's end: connects, sends the request, reads the answer's head;
   a ``Raw`` (socket, bytes after the head) on 101, else ``Refused`` (status, headers, body).
 * ``relay(a, b)``: both directions between two sockets until both ended; bytes move through a
@@ -48,29 +48,6 @@ def wants_raw(headers: Any) -> bool:
     """Whether a request asks for the raw upgrade."""
     return (headers.get("Upgrade", "").strip().lower() == UPGRADE
             and "upgrade" in headers.get("Connection", "").lower())
-
-
-async def take_over(request: Any) -> tuple[socket.socket, bytes, Any]:
-    """Answer ``101`` to an aiohttp ``request`` and take its connection: (a non-blocking
-    duplicate of its socket, bytes that came after the request, the response the handler
-    returns). aiohttp stops reading the connection and closes its own descriptor once the
-    handler returns (``force_close``); the caller closes the duplicate."""
-    from aiohttp import web
-
-    resp = web.StreamResponse(status=101, headers={"Connection": "Upgrade", "Upgrade": UPGRADE})
-    resp.force_close()
-    transport = request.transport
-    if transport is None or transport.get_extra_info("socket") is None:
-        raise ConnectionResetError("the client went away")
-    transport.pause_reading()
-    await resp.prepare(request)  # aiohttp sends a response's head at once (not buffered)
-    sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
-    sock.setblocking(False)
-    proto = request.protocol
-    tail = bytes(getattr(proto, "_message_tail", b"") or b"")
-    if tail:
-        proto._message_tail = b""
-    return sock, tail, resp
 
 
 @dataclass

@@ -41,6 +41,7 @@ from bai.common.errors import (
 )
 from bai.manager.api.stream import _target, _touch
 from bai.ops.logs import REQUEST_ID, REQUEST_ID_HEADER
+from bai.ops.upgrade import take_over
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ async def tcpproxy(request: web.Request) -> web.StreamResponse:
     try:
         # raw only for a signed request: a browser (cookie) cannot ask for it anyway
         if rawstream.wants_raw(request.headers) and request.headers.get("Authorization"):
-            conn, tail, resp = await rawstream.take_over(request)
+            conn, tail, resp = await take_over(request)
             try:
                 await rawstream.relay(conn, up.sock, tail, up.tail, touch=touch,
                                       touch_every=TOUCH_EVERY)
