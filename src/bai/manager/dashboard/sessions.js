@@ -154,7 +154,7 @@ export async function launchView(root) {
   const accels = me.slots.filter((k) => k !== 'cpu' && k !== 'mem').map((k) =>
     h('input', { name: k, type: 'number', min: '0', step: k.endsWith('.device') ? '1' : 'any', value: '0', dataset: { slot: k } }));
   const command = h('input', { name: 'startup_command', autocomplete: 'off', placeholder: 'e.g. python main.py' });
-  const mounts = h('input', { name: 'mounts', autocomplete: 'off', placeholder: 'folder names, comma separated' });
+  const mounts = mountRows();
   const commandField = field('Startup command (batch)', command);
   commandField.hidden = true;
   type.addEventListener('change', () => { commandField.hidden = type.value !== 'batch'; });
@@ -167,8 +167,8 @@ export async function launchView(root) {
       field('Image or alias', image), field('Type', type), field('Name', name, 'Letters, digits, - and _; unique among your live sessions.'),
       field('CPU cores', cpu), field('Memory', mem, 'e.g. 512m, 2g'),
       accels.map((a) => field(a.name, a)),
-      field('Storage folders to mount', mounts, 'Mounted under /home/work/NAME.'),
       commandField),
+    mounts.box,
     h('p', { class: 'hint', id: 'idle-hint' }, idle),
     h('p', { class: 'form-error', role: 'alert', hidden: true }),
     h('button', { type: 'submit' }, 'Launch'));
@@ -193,8 +193,9 @@ export async function launchView(root) {
     const body = { image: image.value.trim(), type: type.value, enqueueOnly: true, reuseIfExists: false, config: { resources } };
     if (name.value) body.name = name.value;
     if (type.value === 'batch') body.startupCommand = command.value;
-    const folders = mounts.value.split(',').map((x) => x.trim()).filter(Boolean);
-    if (folders.length) body.config.mounts = folders;
+    const asked = mounts.read(form);
+    if (!asked) return;
+    if (asked.mounts.length) Object.assign(body.config, asked);
     const button = form.querySelector('button[type=submit]');
     button.disabled = true;
     try {
@@ -210,6 +211,67 @@ export async function launchView(root) {
   image.focus();
 }
 
+// The launcher's storage folders: one row per folder (name, mount path, read-only), as the
+// CLI's -m NAME:PATH:ro; sent as config.mounts, config.mount_map and config.mount_options.
+function mountRows() {
+  const rows = h('div', { id: 'mount-rows' });
+  let seq = 0;
+  const add = () => {
+    const i = seq++;
+    const name = h('input', { name: `mount-name-${i}`, autocomplete: 'off', placeholder: 'folder name', dataset: { mount: 'name' } });
+    const path = h('input', { name: `mount-path-${i}`, autocomplete: 'off', placeholder: '/home/work/NAME', dataset: { mount: 'path' } });
+    const ro = h('input', { name: `mount-ro-${i}`, type: 'checkbox', dataset: { mount: 'ro' } });
+    const remove = h('button', { type: 'button', class: 'link', 'aria-label': `Remove folder row ${i + 1}` }, 'Remove');
+    const row = h('div', { class: 'mount-row', dataset: { row: String(i) } },
+      field('Folder', name), field('Mount path', path, 'Optional; a relative path goes under /home/work.'),
+      h('label', { class: 'check' }, ro, ' Read-only'), remove);
+    remove.addEventListener('click', () => row.remove());
+    rows.append(row);
+    return name;
+  };
+  add();
+  const more = h('button', { type: 'button', class: 'small', id: 'add-mount' }, 'Add a folder');
+  more.addEventListener('click', () => add().focus());
+  const box = h('fieldset', { class: 'mounts' }, h('legend', {}, 'Storage folders to mount'),
+    h('p', { class: 'hint' }, 'Each folder is mounted at /home/work/NAME unless you give a path.'), rows, more);
+  // {mounts, mount_map, mount_options} of the rows, or null after showing an error next to a field
+  const read = (form) => {
+    const out = { mounts: [], mount_map: {}, mount_options: {} };
+    for (const row of rows.querySelectorAll('.mount-row')) {
+      const [name, path, ro] = ['name', 'path', 'ro'].map((k) => row.querySelector(`[data-mount=${k}]`));
+      const n = name.value.trim();
+      const p = path.value.trim();
+      if (!n) {
+        if (p || ro.checked) return showFieldError(form, name.name, 'Name the folder to mount here.') && null;
+        continue;
+      }
+      if (out.mounts.includes(n)) return showFieldError(form, name.name, `${n} is already mounted above.`) && null;
+      if (p.split('/').includes('..')) return showFieldError(form, path.name, 'A mount path may not contain "..".') && null;
+      out.mounts.push(n);
+      if (p) out.mount_map[n] = p;
+      if (ro.checked) out.mount_options[n] = { permission: 'ro' };
+    }
+    return out;
+  };
+  return { box, read };
+}
+
+// The field of the folder row a refusal names (its path when the refusal is about where or how it
+// is mounted), else the first row's folder field.
+function mountField(form, msg) {
+  for (const row of form.querySelectorAll('.mount-row')) {
+    const name = row.querySelector('[data-mount=name]');
+    const n = name.value.trim().toLowerCase();
+    if (!n) continue;
+    const esc = n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    if (!new RegExp(`(^|[\\s'":])${esc}($|[\\s'":,.])`).test(msg)) continue;
+    const where = /mount(ed)? (at|path)|cannot mount|inside the other|mode/.test(msg);
+    return where ? row.querySelector('[data-mount=path]').name : name.name;
+  }
+  const first = form.querySelector('.mount-row [data-mount=name]');
+  return first ? first.name : null;
+}
+
 // Put a refusal of POST /session next to the field it is about.
 function showServerError(form, e) {
   if (!(e instanceof ApiError)) return formError(form, e.message);
@@ -219,7 +281,7 @@ function showServerError(form, e) {
   let target = null;
   if (e.code === 'image-not-found' || f === 'image' || f === 'lang') target = 'image';
   else if (e.code === 'session-already-exists' || f === 'name' || f === 'session_name') target = 'name';
-  else if (f.includes('mount') || e.code.includes('vfolder') || msg.includes('folder')) target = 'mounts';
+  else if (f.includes('mount') || e.code.includes('vfolder') || msg.includes('folder')) target = mountField(form, msg);
   else if (f.startsWith('config.resources') || msg.includes('resource') || msg.includes('slot')) {
     const slot = f.split('.').slice(2).join('.');
     target = slot || ['cpu', 'mem', ...state.me.slots].find((k) => msg.includes(`'${k}'`) || msg.includes(` ${k} `) || msg.includes(`${k}:`)) || 'cpu';
