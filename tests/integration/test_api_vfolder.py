@@ -645,3 +645,67 @@ async def test_deleting_a_user_removes_their_folders_from_disk(env, tmp_path):
     assert left == ["theirs"] and gone == 0
     assert [f["name"] for f in await call(other, "GET", "/folders")] == ["theirs"]
     await call(user, "GET", "/folders", status=401)  # their keypair went with them
+
+
+def _send_local(path: str, message: bytes, fds: list[int]) -> dict:
+    """One request on the local upload socket; the manager's JSON answer."""
+    from bai.common import zerocopy
+
+    addr, dfd = zerocopy.unix_address(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(addr)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        socket.send_fds(sock, [message], fds)
+        return json.loads(sock.makefile("rb").readline())
+
+
+async def test_a_local_client_hands_its_file_over_and_nothing_else(env, tmp_path):
+    from bai.client import vfolder_wire as wire
+    from bai.common.errors import BaiError
+
+    root, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    folder = _folder_dir(root, tmp_path)
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 * 2**20 + 5))
+    ticket = await call(user, "POST", "/folders/data/request-upload",
+                        {"path": "in/src.bin", "size": src.stat().st_size})
+    sock_path = ticket["local_socket"]
+    assert os.path.basename(sock_path) == "storage.sock"
+    got = await asyncio.to_thread(wire.upload_local, sock_path, ticket["token"], src)
+    assert got == src.stat().st_size
+    assert (folder / "in" / "src.bin").read_bytes() == src.read_bytes() and _parts(folder) == []
+
+    async def refused(token: str, fds: list[int], offset: int = 0) -> dict:
+        msg = json.dumps({"token": token, "offset": offset}).encode()
+        return await asyncio.to_thread(_send_local, sock_path, msg, fds)
+
+    ticket = await call(user, "POST", "/folders/data/request-upload", {"path": "x", "size": 4})
+    r, w = os.pipe()
+    try:  # a pipe, a socket: only a regular file's bytes are copied
+        os.write(w, b"pipe")
+        assert (await refused(ticket["token"], [r]))["status"] == 400
+        with socket.socket() as s:
+            assert (await refused(ticket["token"], [s.fileno()]))["status"] == 400
+    finally:
+        os.close(r)
+        os.close(w)
+    assert (await refused(ticket["token"], []))["status"] == 400  # no descriptor
+    with open(src, "rb") as f:
+        assert (await refused(ticket["token"] + "x", [f.fileno()]))["status"] == 401
+        dl = await call(user, "POST", "/folders/data/request-download", {"path": "in/src.bin"})
+        assert (await refused(dl["token"], [f.fileno()]))["status"] == 401  # not an upload
+        assert (await refused(ticket["token"], [f.fileno()], offset=2))["status"] == 409
+    bad = await asyncio.to_thread(_send_local, sock_path, b"not json", [])
+    assert bad["status"] == 400
+    assert not (folder / "x").exists() and _parts(folder) == []
+    # another user's folder stays out of reach: their token is needed, not a path
+    with pytest.raises(BaiError):
+        await asyncio.to_thread(wire.upload_local, sock_path, "forged.token", src)
+    # a path that is no socket here (another machine's manager): the PATCH takes over
+    assert await asyncio.to_thread(wire.upload_local, str(tmp_path / "none.sock"),
+                                   ticket["token"], src) is None

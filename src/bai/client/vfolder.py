@@ -96,7 +96,7 @@ class VFolderAPI:
                                          json_body={"path": remote, "size": size})
         url = wire.with_token(ticket["url"], ticket["token"])
         return await asyncio.to_thread(wire.upload, url, local, size, self.conn.read_timeout,
-                                       progress)
+                                       progress, ticket.get("local_socket"), ticket["token"])
 
     async def download(self, name: str, remote: str, local: Path,
                        progress: Progress | None = None) -> int:

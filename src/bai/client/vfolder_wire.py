@@ -200,11 +200,58 @@ def get_into(url: str, fd: int, timeout: float | None,
         ex.close()
 
 
+def upload_local(socket_path: str, token: str, local: str | os.PathLike) -> int | None:
+    """Hand the file to a manager on this machine (its storage unix socket, ``local_socket``
+    of the ticket): it copies the file inside the kernel. Returns the offset the upload
+    reached, or None when the socket cannot be used (another machine's path, no access, a
+    broken connection: the PATCH takes over, resuming where this ended); the manager's refusal
+    of the upload itself (quota, token) is raised."""
+    import json
+    import socket
+
+    try:
+        f = open(local, "rb")  # noqa: SIM115 - closed below, after the manager answered
+    except OSError:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        addr, dfd = zerocopy.unix_address(socket_path)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(addr)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        socket.send_fds(sock, [json.dumps({"token": token, "offset": 0}).encode()],
+                        [f.fileno()])
+        sock.settimeout(None)  # the answer comes when the copy is done (a local disk's pace)
+        raw = sock.makefile("rb").readline(1 << 20)
+        answer = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
+        f.close()
+    if not isinstance(answer, dict):
+        return None
+    if "offset" in answer:
+        return int(answer["offset"])
+    from bai.client.endpoint import problem_error
+
+    raise problem_error(int(answer.get("status") or 500), "", answer)
+
+
 def upload(url: str, local: str | os.PathLike, size: int, timeout: float | None,
-           progress: Progress | None = None) -> int:
+           progress: Progress | None = None, local_socket: str | None = None,
+           token: str = "") -> int:
     """Send ``size`` bytes of ``local`` to the upload the ticket's ``url`` (token included)
-    names, resuming after a broken connection; returns ``size``."""
+    names, resuming after a broken connection; returns ``size``. With the ticket's
+    ``local_socket`` (a manager on this machine), the file is handed over there first."""
     offset, tries = 0, 0
+    if local_socket and size > 0:
+        offset = upload_local(local_socket, token, local) or 0
+        if offset and progress:
+            progress(offset)
     while offset < size:
         try:
             status, headers, text = patch(url, local, offset, size - offset, timeout)

@@ -188,3 +188,14 @@ async def _in_thread(fn: Callable[..., int], body: SocketBody, *args: object) ->
         with contextlib.suppress(Exception):
             await asyncio.wait([fut])
         raise
+
+
+def unix_address(path: str) -> tuple[str, int | None]:
+    """An address ``bind``/``connect`` take for the unix socket ``path`` (``sun_path`` holds
+    107 bytes: a longer one is reached through a descriptor on its folder, valid in this
+    process only), and that descriptor, which the caller closes after the call."""
+    if len(os.fsencode(path)) < 100:
+        return path, None
+    folder, name = os.path.split(path)
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dfd}/{name}", dfd

@@ -176,7 +176,8 @@ def folder_path(name: str) -> str:
     return "/folders/" + quote_plain(name)
 
 
-def _ticket(mgr: Manager, name: str, op: str, body: dict[str, Any]) -> str:
+def _ticket(mgr: Manager, name: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The manager's ticket, with ``address``: its storage URL with the token."""
     from bai.client.vfolder_wire import with_token
 
     got = mgr.request("POST", f"{folder_path(name)}/request-{op}", body)
@@ -184,7 +185,7 @@ def _ticket(mgr: Manager, name: str, op: str, body: dict[str, Any]) -> str:
         from bai.client.errors import ProtocolError
 
         raise ProtocolError(f"the manager's request-{op} answer names no storage URL and token")
-    return with_token(str(got["url"]), str(got["token"]))
+    return {**got, "address": with_token(str(got["url"]), str(got["token"]))}
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -258,8 +259,9 @@ def upload(name: str, sources: list[Any], base: Any, recursive: bool, dst: str, 
         for local, remote in files:
             target = str(prefix / remote) if prefix else remote
             size = local.stat().st_size
-            url = _ticket(mgr, name, "upload", {"path": target, "size": size})
-            wire.upload(url, local, size, mgr.read_timeout)
+            ticket = _ticket(mgr, name, "upload", {"path": target, "size": size})
+            wire.upload(ticket["address"], local, size, mgr.read_timeout,
+                        local_socket=ticket.get("local_socket"), token=str(ticket["token"]))
             report.add(local, target, size,
                        f"Uploaded {local} to {name}:{target} ({humanize_bytes(size)})")
     finally:
@@ -345,8 +347,8 @@ def download(name: str, remotes: list[str], base: Any, *, as_json: bool,
 def _download_one(mgr: Manager, name: str, remote: str, local: Any, report: Report) -> None:
     from bai.client import vfolder_wire as wire
 
-    url = _ticket(mgr, name, "download", {"path": remote})
-    size = wire.download(url, local, mgr.read_timeout)
+    ticket = _ticket(mgr, name, "download", {"path": remote})
+    size = wire.download(ticket["address"], local, mgr.read_timeout)
     report.add(local, remote, size, f"Downloaded {name}:{remote} to {local} "
                                     f"({humanize_bytes(size)})")
 

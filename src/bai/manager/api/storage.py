@@ -17,8 +17,12 @@ official client calls it with a plain HTTP client, as it calls Backend.AI's stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import os
 import socket
+import stat
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -28,6 +32,10 @@ from bai.common import zerocopy
 from bai.common.errors import BaiError, InvalidAPIParameters
 from bai.manager.api.middleware import problem_response
 from bai.manager.app import ROOT
+from bai.manager.services.folder_files import UploadOffsetMismatch
+from bai.manager.services.folders import LocalBody
+
+log = logging.getLogger(__name__)
 
 TUS = {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0"}
 
@@ -163,7 +171,136 @@ async def download(request: web.Request) -> web.StreamResponse:
         os.close(fd)
 
 
+#: the unix socket of local uploads, in the manager's state folder
+LOCAL_SOCKET = "storage.sock"
+LOCAL = web.AppKey("storage_local", object)
+
+
+class LocalUploads:
+    """Uploads from a client on this machine: it passes a descriptor of its file on a unix
+    socket in the state folder (``SCM_RIGHTS``), with the upload's token, and the manager
+    copies the file inside the kernel (``copy_file_range``), one copy as ``cp`` makes, where
+    the tus PATCH over TCP costs a send, a receive and a copy. Only what the client could open
+    itself arrives (its own descriptor); the token is checked as for a PATCH; a descriptor of
+    anything but a regular file is refused. Clients that cannot reach the socket (another
+    machine, no access to the state folder) use the PATCH."""
+
+    def __init__(self, folders, path: str) -> None:
+        self.folders, self.path = folders, path
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dfd = None
+        try:
+            addr, dfd = zerocopy.unix_address(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                if not _answers(addr):
+                    os.unlink(addr)  # a stale socket of a manager that stopped
+            sock.bind(addr)
+            os.chmod(addr, 0o666)  # who may reach it is the state folder's business
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            log.info("no local uploads at %s: %s", self.path, e)
+            return
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        self.sock = sock
+        self.task = asyncio.create_task(self._serve(), name="storage-local-uploads")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        if self.sock is not None:
+            self.sock.close()
+            with contextlib.suppress(OSError):
+                addr, dfd = zerocopy.unix_address(self.path)
+                try:
+                    os.unlink(addr)
+                finally:
+                    if dfd is not None:
+                        os.close(dfd)
+        self.sock = self.task = None
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            asyncio.create_task(self._one(conn))
+
+    async def _one(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            conn.settimeout(30.0)
+            msg, fds, _, _ = await asyncio.to_thread(socket.recv_fds, conn, 65536, 1)
+            try:
+                answer = {"offset": await self._upload(msg, fds)}
+            except BaiError as e:
+                answer = {"status": e.status, **e.to_problem()}
+            await asyncio.to_thread(conn.sendall, (json.dumps(answer) + "\n").encode())
+        except (OSError, ValueError) as e:
+            log.info("a local upload failed: %s", e)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+
+    async def _upload(self, msg: bytes, fds: list[int]) -> int:
+        try:
+            req = json.loads(msg)
+            token, offset = str(req["token"]), int(req["offset"])
+        except (ValueError, KeyError, TypeError):
+            raise InvalidAPIParameters("a local upload sends {token, offset} as JSON") from None
+        claims, at = await self.folders.upload_state(token)
+        if len(fds) != 1 or not stat.S_ISREG(os.fstat(fds[0]).st_mode):
+            raise InvalidAPIParameters("a local upload passes one descriptor of a regular file")
+        if offset != at:
+            raise UploadOffsetMismatch(f"the upload is at {at} bytes, not {offset}",
+                                       data={"offset": at})
+        return await self.folders.write_upload(claims, at, LocalBody(fds[0], at))
+
+
+def _answers(addr: str) -> bool:
+    """Whether a server listens at the unix socket ``addr``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(addr)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+async def _start_local(app: web.Application) -> None:
+    root = app[ROOT]
+    if root.settings.state_dir in ("", "."):
+        return  # no state folder of its own (tests, tools): uploads take the PATCH
+    path = os.path.join(os.path.abspath(os.path.expanduser(root.settings.state_dir)),
+                        LOCAL_SOCKET)
+    local = LocalUploads(root.folders, path)
+    app[LOCAL] = local
+    await local.start()
+    if local.sock is not None:
+        root.folders.local_socket = path
+
+
+async def _stop_local(app: web.Application) -> None:
+    local = app.get(LOCAL)
+    if local is not None:
+        app[ROOT].folders.local_socket = None
+        await local.stop()
+
+
 def setup(app: web.Application) -> None:
+    app.on_startup.append(_start_local)
+    app.on_cleanup.append(_stop_local)
     r = app.router
     r.add_route("OPTIONS", "/storage/upload", tus_options)
     r.add_route("HEAD", "/storage/upload", tus_head)

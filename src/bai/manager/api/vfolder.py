@@ -95,7 +95,11 @@ async def request_upload(request: web.Request) -> web.Response:
     body = await body_of(request, m.RequestUpload)
     token = await _folders(request).request_upload(request["caller"], _name(request),
                                                    body.path, body.size)
-    return web.json_response({"token": token, "url": storage_url(request, "upload")})
+    answer = {"token": token, "url": storage_url(request, "upload")}
+    local = _folders(request).local_socket
+    if local:  # bai's CLI on the manager's machine passes its file there (api/storage.py)
+        answer["local_socket"] = local
+    return web.json_response(answer)
 
 
 async def request_download(request: web.Request) -> web.Response:

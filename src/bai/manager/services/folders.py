@@ -47,6 +47,8 @@ class FolderService:
         self.root = root
         self.hosts: StorageHosts = StorageHosts.from_settings(root.settings)
         self.tokens = StorageTokens.from_settings(root.settings)
+        #: the unix socket of local uploads (``api/storage.py``), while it listens
+        self.local_socket: str | None = None
 
     @property
     def store(self):
@@ -532,6 +534,13 @@ class FolderService:
                 offset += moved
                 if moved < body.length:
                     raise ConnectionResetError("the client closed the connection mid-upload")
+            elif isinstance(body, LocalBody):
+                try:
+                    moved = await asyncio.to_thread(body.copy_to, fd, size - offset)
+                except OSError as e:
+                    await asyncio.to_thread(ff.drop_upload, pfd, claims["upload"])
+                    raise ff.oserror(e, ff.parts_of(claims["path"])) from None
+                offset += moved
             elif body is not None:
                 buf = bytearray()
                 while True:
@@ -565,6 +574,32 @@ class FolderService:
         folder = await self._claimed(claims, write=False)
         fd = await asyncio.to_thread(ff.open_file, folder, claims["path"])
         return fd, ff.parts_of(claims["path"])[-1]
+
+
+class LocalBody:
+    """The rest of an upload read from a file the client handed over (a descriptor passed on
+    the storage endpoint's unix socket, ``api/storage.py``): copied inside the kernel from
+    ``offset`` of that file, as ``cp`` copies."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd = fd
+        self.offset = offset
+
+    def copy_to(self, out_fd: int, most: int) -> int:
+        """Copy up to ``most`` bytes (fewer when the file is shorter); returns how many."""
+        moved = 0
+        while moved < most:
+            want = min(most - moved, 1 << 30)
+            try:
+                n = os.copy_file_range(self.fd, out_fd, want, self.offset + moved)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                n = os.sendfile(out_fd, self.fd, self.offset + moved, want)
+            if n == 0:
+                break
+            moved += n
+        return moved
 
 
 def _write_all(fd: int, data: bytes) -> None:
