@@ -647,17 +647,20 @@ async def test_deleting_a_user_removes_their_folders_from_disk(env, tmp_path):
     await call(user, "GET", "/folders", status=401)  # their keypair went with them
 
 
+@contextlib.contextmanager
+def _local_conn(path: str):
+    """A connection to the manager's local storage socket."""
+    from bai.client.vfolder_wire import _connect_local
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        _connect_local(sock, path)
+        sock.settimeout(60.0)
+        yield sock
+
+
 def _send_local(path: str, message: bytes, fds: list[int]) -> dict:
     """One request on the local upload socket; the manager's JSON answer."""
-    from bai.common import zerocopy
-
-    addr, dfd = zerocopy.unix_address(path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(addr)
-        finally:
-            if dfd is not None:
-                os.close(dfd)
+    with _local_conn(path) as sock:
         socket.send_fds(sock, [message], fds)
         return json.loads(sock.makefile("rb").readline())
 
@@ -709,3 +712,105 @@ async def test_a_local_client_hands_its_file_over_and_nothing_else(env, tmp_path
     # a path that is no socket here (another machine's manager): the PATCH takes over
     assert await asyncio.to_thread(wire.upload_local, str(tmp_path / "none.sock"),
                                    ticket["token"], src) is None
+
+
+def _ask_local(path: str, message: bytes) -> tuple[dict, int]:
+    """One download request on the local socket: the manager's answer and how many
+    descriptors came with it (closed here)."""
+    with _local_conn(path) as sock:
+        sock.sendall(message)
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 4)
+        for fd in fds:
+            os.close(fd)
+        return json.loads(msg), len(fds)
+
+
+async def test_a_local_client_gets_a_descriptor_of_the_folders_file_and_nothing_else(
+        env, tmp_path):
+    from bai.client import vfolder_wire as wire
+
+    root, _, client = env
+    user = Signed(client, USER)
+    await call(user, "POST", "/folders", {"name": "data"}, status=201)
+    folder = _folder_dir(root, tmp_path)
+    (folder / "in").mkdir()
+    data = os.urandom(3 * 2**20 + 5)
+    (folder / "in" / "f.bin").write_bytes(data)
+    ticket = await call(user, "POST", "/folders/data/request-download", {"path": "in/f.bin"})
+    sock_path, token = ticket["local_socket"], ticket["token"]
+
+    def local_into(path, token: str, head: bytes = b"") -> int | None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, head)
+            return wire.download_local(sock_path, token, fd, 30.0)
+        finally:
+            os.close(fd)
+
+    got = tmp_path / "got.bin"
+    assert await asyncio.to_thread(local_into, got, token) == len(data)
+    assert got.read_bytes() == data
+    # a part already there (a broken try) is kept and the rest copied after it
+    assert await asyncio.to_thread(local_into, got, token, data[:2**20 + 3]) == len(data)
+    assert got.read_bytes() == data
+    # the whole download through the descriptor, no HTTP needed (a dead URL)
+    whole = tmp_path / "whole.bin"
+    assert await asyncio.to_thread(wire.download, "http://127.0.0.1:9/storage/download?token=x",
+                                   whole, 30.0, None, sock_path, token) == len(data)
+    assert whole.read_bytes() == data
+
+    async def refused(message: bytes, status: int) -> None:
+        answer, fds = await asyncio.to_thread(_ask_local, sock_path, message)
+        assert (answer.get("status"), fds) == (status, 0), answer
+
+    def asking(token: str) -> bytes:
+        return json.dumps({"op": "download", "token": token}).encode()
+
+    await refused(asking(token + "x"), 401)  # forged
+    await refused(asking(token[:-3] + ("AAA" if token[-3:] != "AAA" else "BBB")), 401)
+    await refused(asking(""), 401)
+    up = await call(user, "POST", "/folders/data/request-upload", {"path": "u", "size": 4})
+    await refused(asking(up["token"]), 401)  # an upload's token is no download's
+    await refused(b"[1]", 400)
+    # another user reaches nothing of this folder: no ticket, and the token is the user's own
+    resp = await Signed(client, OTHER).request("POST", "/folders/data/request-download",
+                                               {"path": "in/f.bin"})
+    assert resp.status == 404
+    # what the token named is replaced after the ticket was given: never followed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.bin").write_bytes(b"secret")
+    (folder / "in" / "f.bin").unlink()
+    os.symlink(outside / "f.bin", folder / "in" / "f.bin")  # a link to a file outside
+    await refused(asking(token), 400)
+    (folder / "in" / "f.bin").unlink()
+    os.rename(folder / "in", folder / "in.old")
+    os.symlink(outside, folder / "in")  # a link on the way, to a folder holding f.bin
+    await refused(asking(token), 400)
+    os.unlink(folder / "in")
+    os.rename(folder / "in.old", folder / "in")
+    (folder / "in" / "f.bin").mkdir()  # a folder
+    await refused(asking(token), 400)
+    (folder / "in" / "f.bin").rmdir()
+    os.mkfifo(folder / "in" / "f.bin")  # a FIFO: refused, no one waits on it
+    await refused(asking(token), 400)
+    # the client's side takes HTTP then, which refuses the same
+    assert await asyncio.to_thread(local_into, tmp_path / "no.bin", token) is None
+    assert (tmp_path / "no.bin").read_bytes() == b"" and (outside / "f.bin").read_bytes() == b"secret"
+
+
+def test_a_descriptor_goes_only_where_it_gives_no_more_than_reading():
+    from types import SimpleNamespace
+
+    mine, other = os.geteuid(), os.geteuid() + 4242
+
+    def st(uid: int, mode: int):
+        return SimpleNamespace(st_uid=uid, st_mode=0o100000 | mode)
+
+    assert storage.may_hold(st(mine, 0o600), mine)  # the manager's own user
+    assert storage.may_hold(st(mine, 0o666), 0)  # root
+    assert storage.may_hold(st(mine, 0o644), other)
+    assert not storage.may_hold(st(other, 0o444), other)  # its owner could chmod it
+    assert not storage.may_hold(st(mine, 0o664), other)  # group-writable
+    assert not storage.may_hold(st(mine, 0o646), other)  # world-writable
+    assert not storage.may_hold(st(mine, 0o644), None)  # a peer of unknown user

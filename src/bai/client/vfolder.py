@@ -108,4 +108,4 @@ class VFolderAPI:
                                          json_body={"path": remote})
         url = wire.with_token(ticket["url"], ticket["token"])
         return await asyncio.to_thread(wire.download, url, local, self.conn.read_timeout,
-                                       progress)
+                                       progress, ticket.get("local_socket"), ticket["token"])

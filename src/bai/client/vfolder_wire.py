@@ -200,6 +200,17 @@ def get_into(url: str, fd: int, timeout: float | None,
         ex.close()
 
 
+def _connect_local(sock, socket_path: str) -> None:
+    """Connect ``sock`` to the manager's storage unix socket ``socket_path``."""
+    addr, dfd = zerocopy.unix_address(socket_path)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(addr)
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+
+
 def upload_local(socket_path: str, token: str, local: str | os.PathLike) -> int | None:
     """Hand the file to a manager on this machine (its storage unix socket, ``local_socket``
     of the ticket): it copies the file inside the kernel. Returns the offset the upload
@@ -215,13 +226,7 @@ def upload_local(socket_path: str, token: str, local: str | os.PathLike) -> int 
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        addr, dfd = zerocopy.unix_address(socket_path)
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(addr)
-        finally:
-            if dfd is not None:
-                os.close(dfd)
+        _connect_local(sock, socket_path)
         socket.send_fds(sock, [json.dumps({"token": token, "offset": 0}).encode()],
                         [f.fileno()])
         sock.settimeout(None)  # the answer comes when the copy is done (a local disk's pace)
@@ -275,17 +280,60 @@ def upload(url: str, local: str | os.PathLike, size: int, timeout: float | None,
     return size
 
 
+def download_local(socket_path: str, token: str, fd: int, timeout: float | None) -> int | None:
+    """Copy the ticket's file from a manager on this machine (its storage unix socket,
+    ``local_socket`` of the ticket) into ``fd`` after what it holds: the manager hands over a
+    read-only descriptor of the file, copied inside the kernel. Returns the size of the file
+    once ``fd`` holds it whole, or None when this way cannot be used (another machine's path,
+    a refusal, a broken copy: the HTTP download takes over, resuming after what was copied)."""
+    import json
+    import socket
+    import stat
+
+    got = os.lseek(fd, 0, os.SEEK_END)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds: list[int] = []
+    try:
+        _connect_local(sock, socket_path)
+        sock.sendall(json.dumps({"op": "download", "token": token}).encode())
+        sock.settimeout(timeout)
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 1)
+        answer = json.loads(msg)
+        if not isinstance(answer, dict) or "size" not in answer or len(fds) != 1:
+            return None
+        st = os.fstat(fds[0])
+        size = int(answer["size"])
+        if not stat.S_ISREG(st.st_mode) or got > size:
+            return None
+        got += zerocopy.copy_range(fds[0], fd, got, size - got)
+        return size if got == size else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        for f in fds:
+            os.close(f)
+        sock.close()
+
+
 def download(url: str, local: str | os.PathLike, timeout: float | None,
-             progress: Progress | None = None) -> int:
+             progress: Progress | None = None, local_socket: str | None = None,
+             token: str = "") -> int:
     """The file of the ticket's ``url`` into ``local`` (which must not exist: checked by the
-    caller), through a hidden ``.NAME.bai-part`` beside it; returns its size."""
+    caller), through a hidden ``.NAME.bai-part`` beside it; returns its size. With the
+    ticket's ``local_socket`` (a manager on this machine), the file is copied from the
+    descriptor it hands over, and HTTP only takes up what that did not bring."""
     local = os.fspath(local)
     folder, name = os.path.split(local)
     tmp = os.path.join(folder, f".{name}.bai-part")
     got, tries = 0, 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        while True:
+        whole = download_local(local_socket, token, fd, timeout) if local_socket else None
+        if whole is not None:
+            got = whole
+            if progress:
+                progress(got)
+        while whole is None:
             try:
                 status, headers, text, got = get_into(url, fd, timeout, progress)
                 answer(status, headers, text)

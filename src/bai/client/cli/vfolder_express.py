@@ -348,7 +348,8 @@ def _download_one(mgr: Manager, name: str, remote: str, local: Any, report: Repo
     from bai.client import vfolder_wire as wire
 
     ticket = _ticket(mgr, name, "download", {"path": remote})
-    size = wire.download(ticket["address"], local, mgr.read_timeout)
+    size = wire.download(ticket["address"], local, mgr.read_timeout,
+                         local_socket=ticket.get("local_socket"), token=str(ticket["token"]))
     report.add(local, remote, size, f"Downloaded {name}:{remote} to {local} "
                                     f"({humanize_bytes(size)})")
 

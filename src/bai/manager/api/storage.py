@@ -23,13 +23,14 @@ import logging
 import os
 import socket
 import stat
+import struct
 from email.utils import formatdate
 from urllib.parse import quote
 
 from aiohttp import web
 
 from bai.common import zerocopy
-from bai.common.errors import BaiError, InvalidAPIParameters
+from bai.common.errors import BaiError, Forbidden, InvalidAPIParameters
 from bai.manager.api.middleware import problem_response
 from bai.manager.app import ROOT
 from bai.manager.services.folder_files import UploadOffsetMismatch
@@ -183,7 +184,8 @@ class LocalUploads:
     the tus PATCH over TCP costs a send, a receive and a copy. Only what the client could open
     itself arrives (its own descriptor); the token is checked as for a PATCH; a descriptor of
     anything but a regular file is refused. Clients that cannot reach the socket (another
-    machine, no access to the state folder) use the PATCH."""
+    machine, no access to the state folder) use the PATCH. Downloads the other way round:
+    ``{"op": "download", "token"}`` gets a read-only descriptor of the file (``_download``)."""
 
     def __init__(self, folders, path: str) -> None:
         self.folders, self.path = folders, path
@@ -236,24 +238,35 @@ class LocalUploads:
 
     async def _one(self, conn: socket.socket) -> None:
         fds: list[int] = []
+        out = None  # the descriptor a download hands over
         try:
             conn.settimeout(30.0)
             msg, fds, _, _ = await asyncio.to_thread(socket.recv_fds, conn, 65536, 1)
             try:
-                answer = {"offset": await self._upload(msg, fds)}
+                req = _request(msg)
+                if req.get("op") == "download":
+                    out = await self._download(req, _peer_uid(conn))
+                    answer = {"size": os.fstat(out).st_size}
+                else:
+                    answer = {"offset": await self._upload(req, fds)}
             except BaiError as e:
                 answer = {"status": e.status, **e.to_problem()}
-            await asyncio.to_thread(conn.sendall, (json.dumps(answer) + "\n").encode())
+            line = (json.dumps(answer) + "\n").encode()
+            if out is None:
+                await asyncio.to_thread(conn.sendall, line)
+            else:
+                await asyncio.to_thread(socket.send_fds, conn, [line], [out])
         except (OSError, ValueError) as e:
-            log.info("a local upload failed: %s", e)
+            log.info("a local transfer failed: %s", e)
         finally:
             for fd in fds:
                 os.close(fd)
+            if out is not None:
+                os.close(out)
             conn.close()
 
-    async def _upload(self, msg: bytes, fds: list[int]) -> int:
+    async def _upload(self, req: dict, fds: list[int]) -> int:
         try:
-            req = json.loads(msg)
             token, offset = str(req["token"]), int(req["offset"])
         except (ValueError, KeyError, TypeError):
             raise InvalidAPIParameters("a local upload sends {token, offset} as JSON") from None
@@ -264,6 +277,50 @@ class LocalUploads:
             raise UploadOffsetMismatch(f"the upload is at {at} bytes, not {offset}",
                                        data={"offset": at})
         return await self.folders.write_upload(claims, at, LocalBody(fds[0], at))
+
+    async def _download(self, req: dict, peer: int | None) -> int:
+        """A read-only descriptor of the token's file, opened as the HTTP download opens it
+        (the token and the folder's access checked now, no link followed on the way, a
+        regular file only), for the client to copy with ``copy_file_range``. Refused where
+        the descriptor would give the peer more than reading: its owner could reopen it for
+        writing through ``/proc/self/fd`` (or ``fchmod`` it), as could anyone where it is
+        group- or world-writable; those clients use the HTTP download."""
+        fd, _ = await self.folders.open_download(str(req.get("token") or ""))
+        if not may_hold(os.fstat(fd), peer):
+            os.close(fd)
+            raise Forbidden("this file is downloaded over HTTP (its descriptor would let "
+                            "this client write it)")
+        return fd
+
+
+def _request(msg: bytes) -> dict:
+    try:
+        req = json.loads(msg)
+    except ValueError:
+        req = None
+    if not isinstance(req, dict):
+        raise InvalidAPIParameters("a local transfer sends one JSON object")
+    return req
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of the unix socket ``conn``."""
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", raw)[1]
+
+
+def may_hold(st: os.stat_result, peer: int | None) -> bool:
+    """Whether a read-only descriptor of the file ``st`` lets the user ``peer`` do no more
+    than read it: root and the manager's own user reach the state folder anyway; anyone else
+    must neither own the file nor find it group- or world-writable."""
+    if peer is None:
+        return False
+    if peer in (0, os.geteuid()):
+        return True
+    return st.st_uid != peer and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _answers(addr: str) -> bool:

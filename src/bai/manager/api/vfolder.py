@@ -95,9 +95,13 @@ async def request_upload(request: web.Request) -> web.Response:
     body = await body_of(request, m.RequestUpload)
     token = await _folders(request).request_upload(request["caller"], _name(request),
                                                    body.path, body.size)
-    answer = {"token": token, "url": storage_url(request, "upload")}
+    return _ticket(request, token, "upload")
+
+
+def _ticket(request: web.Request, token: str, op: str) -> web.Response:
+    answer = {"token": token, "url": storage_url(request, op)}
     local = _folders(request).local_socket
-    if local:  # bai's CLI on the manager's machine passes its file there (api/storage.py)
+    if local:  # bai's CLI on the manager's machine passes file descriptors there (api/storage.py)
         answer["local_socket"] = local
     return web.json_response(answer)
 
@@ -106,7 +110,7 @@ async def request_download(request: web.Request) -> web.Response:
     body = await body_of(request, m.RequestDownload)
     token = await _folders(request).request_download(request["caller"], _name(request),
                                                      body.path)
-    return web.json_response({"token": token, "url": storage_url(request, "download")})
+    return _ticket(request, token, "download")
 
 
 async def rename_file(request: web.Request) -> web.Response:

@@ -587,19 +587,7 @@ class LocalBody:
 
     def copy_to(self, out_fd: int, most: int) -> int:
         """Copy up to ``most`` bytes (fewer when the file is shorter); returns how many."""
-        moved = 0
-        while moved < most:
-            want = min(most - moved, 1 << 30)
-            try:
-                n = os.copy_file_range(self.fd, out_fd, want, self.offset + moved)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                n = os.sendfile(out_fd, self.fd, self.offset + moved, want)
-            if n == 0:
-                break
-            moved += n
-        return moved
+        return zerocopy.copy_range(self.fd, out_fd, self.offset, most)
 
 
 def _write_all(fd: int, data: bytes) -> None:
