@@ -248,6 +248,59 @@ async def test_execute_proxy_relays_frames_and_input(env):
                           "options": None, "files": None}
 
 
+async def _run_stream(client, user, first: dict, stdin: str | None = None,
+                      destroy: bool = True) -> list[dict]:
+    """``GET /stream/session/_/run``: every frame the manager sent, in order."""
+    path = "/stream/session/_/run"
+    ws = await client.ws_connect(path, headers=user.headers("GET", path, "application/octet-stream"))
+    await ws.send_str(json.dumps(first))
+    frames = []
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+        frames.append(json.loads(msg.data))
+        if frames[-1].get("status") == "waiting-input":
+            await ws.send_str(stdin or "")
+        if frames[-1].get("status") == "finished" or frames[-1].get("ended"):
+            if not destroy:
+                break
+            await ws.send_str(json.dumps({"destroy": True}))
+    await ws.close()
+    return frames
+
+
+async def test_the_run_stream_creates_runs_and_destroys_in_one_connection(env):
+    root, client, user, _, received = env
+    body = {"name": "run-1", "image": "python", "config": {"resources": {}}, "type": "interactive"}
+    frames = await _run_stream(client, user, {"create": body, "code": "input()", "mode": "query",
+                                              "options": {}}, stdin="world")
+    assert frames[0]["httpStatus"] == 201 and frames[0]["created"]["status"] == "RUNNING"
+    assert received["first"] == {"code": "input()", "mode": "query", "options": {}}
+    assert frames[-2] == {"status": "finished", "console": [["stdout", "hi world\n"]],
+                          "exitCode": 0, "options": None, "files": None}
+    assert frames[-1] == {"destroyed": {"stats": {"status": "terminated"}}}
+    resp = await user.request("GET", "/session/run-1")
+    assert (await resp.json())["status"] == "TERMINATED"
+    # without the destroy step the session stays
+    frames = await _run_stream(client, user, {"create": {**body, "name": "run-2"}, "code": "1",
+                                              "mode": "query", "options": {}}, destroy=False)
+    assert frames[-1]["status"] == "finished"
+    resp = await user.request("GET", "/session/run-2")
+    assert (await resp.json())["status"] == "RUNNING"
+
+
+async def test_the_run_stream_answers_a_refused_create_as_post_session_does(env):
+    _, client, user, _, _ = env
+    body = {"name": "run-bad", "image": "no-such-image", "config": {"resources": {}}}
+    frames = await _run_stream(client, user, {"create": body, "code": "1"})
+    resp = await user.request("POST", "/session", body)
+    assert frames == [{"problem": await resp.json(), "httpStatus": resp.status}]
+    assert resp.status >= 400
+    frames = await _run_stream(client, user, {"create": {"name": 5}, "code": "1"})
+    assert frames[0]["httpStatus"] == 400 and frames[0]["problem"]["title"]
+
+
 async def test_a_silent_execution_stream_carries_keep_alive_pings(env, monkeypatch):
     """While the code waits (here for input) the manager pings, so a client can tell a silent
     execution from a stalled manager (fails when the manager sends nothing)."""

@@ -59,9 +59,10 @@ def test_parse_can_be_turned_off(monkeypatch):
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _both(fake, capsys, monkeypatch, *args, stdin=None):  # noqa: F811
+def _both(fake, capsys, monkeypatch, *args, stdin=None, stream=False):  # noqa: F811
     """Run ``args`` through the express path and then through click; both results and the
-    requests each sent (the fake's random session ids blanked out)."""
+    requests each sent (the fake's random session ids blanked out). ``stream``: the fake
+    serves the run stream (which only the express path takes)."""
     from bai.client.cli import root
 
     def not_click(*a, **kw):
@@ -70,6 +71,7 @@ def _both(fake, capsys, monkeypatch, *args, stdin=None):  # noqa: F811
     out = []
     for express in ("1", "0"):
         monkeypatch.setenv("BAI_CLI_EXPRESS", express)
+        fake.knobs["run_stream"] = stream
         fake.requests.clear()
         with monkeypatch.context() as m:
             if express == "1":
@@ -156,6 +158,51 @@ def test_express_unreachable_and_failover(fake, capsys, monkeypatch):  # noqa: F
     monkeypatch.setenv("BACKEND_ENDPOINT", f"http://127.0.0.1:9,{fake.endpoint}")
     r = invoke(capsys, "run", "python", "-c", "1")
     assert r.code == 0 and r.out == "hello world\n"
+
+
+def test_the_run_stream_carries_what_the_three_requests_carry(fake, capsys,  # noqa: F811
+                                                              monkeypatch):
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "strm01",
+                                     "-e", "K=v=1", "python", "-c", "print(1)", stream=True)
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err) == (0, "hello world\n", r1.err)
+    assert [s[:2] for s in sent1] == [("GET", "/stream/session/_/run")]
+    assert [s[0] for s in sent2] == ["POST", "GET", "DELETE"]
+    assert sent1[0][2] == sent2[0][2] and sent1[0][4]  # the create body; signed
+    assert sent1[0][3] == [*sent2[1][3], '{"destroy": true}']  # the code, then destroy
+    # without --rm the session stays: no destroy step
+    (r1, sent1), (r2, _) = _both(fake, capsys, monkeypatch, "run", "-t", "strm02", "python",
+                                 "-c", "print(1)", stream=True)
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    assert len(sent1) == 1 and len(sent1[0][3]) == 1
+
+
+def test_the_run_stream_input_exit_code_and_early_end(fake, capsys, monkeypatch):  # noqa: F811
+    fake.knobs["ws_frames"] = [
+        {"status": "waiting-input", "console": [["stdout", "name? "]],
+         "options": {"is_password": False}},
+        {"status": "finished", "console": [["stderr", "bye\n"]], "exitCode": 3},
+    ]
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-q", "python",
+                                     "-c", "input()", stdin="Alice\n", stream=True)
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err) == (3, "name? ", "bye\n")
+    assert sent1[0][3][1:] == ["Alice", '{"destroy": true}']
+    fake.knobs["ws_frames"] = [{"status": "continued", "console": [["stdout", "x"]]}, "CLOSE"]
+    (r1, sent1), (r2, _) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "early2",
+                                 "python", "-c", "1", stream=True)
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    assert r1.code == 1 and "ended before it finished" in r1.err
+
+
+@pytest.mark.parametrize("status", ["ERROR", "PENDING", "unknown-image"])
+def test_the_run_stream_reports_what_did_not_start_like_click(fake, capsys,  # noqa: F811
+                                                              monkeypatch, status):
+    fake.knobs["create_status"] = status
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "notrun2",
+                                     "python", "-c", "1", stream=True)
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    assert r1.code == (0 if status == "PENDING" else 1)
+    assert sent1[0][:2] == ("GET", "/stream/session/_/run")
+    assert [s[:2] for s in sent1[1:]] == [s[:2] for s in sent2[1:]]
 
 
 def test_express_run_imports_neither_click_nor_asyncio(fake):  # noqa: F811

@@ -71,6 +71,7 @@ class FakeManager:
             "sse_events": [("session_enqueued", {"sessionName": "s1"}),
                            ("session_started", {"sessionName": "s1"})],
             "forbid_admin": False,
+            "run_stream": False,  # serve GET /stream/session/_/run (create+execute+destroy)
             "bulk_destroy": True,
             "stall": (),  # path prefixes the fake takes and never answers (until it stops)
             "mute": (),  # path prefixes whose stream's head goes out, then nothing (no pong)
@@ -114,6 +115,7 @@ class FakeManager:
         r.add_post("/session/_/destroy", self.destroy_many)
         r.add_get("/session/{name}/history", self.history)
         r.add_get("/session/{name}/logs", self.logs)
+        r.add_get("/stream/session/_/run", self.run_stream)
         r.add_get("/stream/session/{sid}/execute", self.execute)
         r.add_get("/session/{name}/download", self.logs)  # only ever muted (knobs["mute"])
         r.add_get("/events/session", self.events)
@@ -207,13 +209,17 @@ class FakeManager:
     async def create(self, request: web.Request) -> web.Response:
         body = await request.json()
         request["rec"].body = body
+        answer, status = self._create(body)
+        return web.json_response(answer, status=status)
+
+    def _create(self, body: dict) -> tuple[dict, int]:
         status = self.knobs["create_status"]
         if status == "unknown-image":
-            return web.json_response({
+            return {
                 "type": "https://api.backend.ai/probs/image-not-found", "title": "Unknown image.",
                 "msg": f"unknown image {body['image']!r}; available images: python:3.11-debian12;"
                        " aliases: python -> python:3.11-debian12",
-                "data": {"available": ["python:3.11-debian12"]}}, status=404)
+                "data": {"available": ["python:3.11-debian12"]}}, 404
         sid = str(uuid.uuid4())
         pending = status in ("PENDING", "TIMEOUT")
         sess = {**make_session(99, status="PENDING" if pending else status),
@@ -222,8 +228,8 @@ class FakeManager:
                 "status_info": "insufficient-resources: cpu requested 2, free 0"
                 if status in ("PENDING", "TIMEOUT") else "oom-killed" if status == "ERROR" else None}
         self.sessions.insert(0, sess)
-        return web.json_response({"sessionId": sid, "sessionName": body["name"], "status": status,
-                                  "servicePorts": [], "created": True}, status=201)
+        return {"sessionId": sid, "sessionName": body["name"], "status": status,
+                "servicePorts": [], "created": True}, 201
 
     async def upload(self, request: web.Request) -> web.Response:
         reader = await request.multipart()
@@ -271,6 +277,42 @@ class FakeManager:
             await ws.send_str(json.dumps(frame))
             if frame["status"] == "waiting-input":
                 request["rec"].ws_in.append(await ws.receive_str())
+        await ws.close()
+        return ws
+
+    async def run_stream(self, request: web.Request) -> web.StreamResponse:
+        """The manager's run stream: the create body and the code in the first frame (recorded
+        as the body and the first ``ws_in``), the execute frames, then ``{"destroy": true}``."""
+        if not self.knobs["run_stream"]:  # an older manager: the try is not recorded
+            self.requests.remove(request["rec"])
+            return web.json_response({"type": "https://api.backend.ai/probs/not-found",
+                                      "title": "Not found."}, status=404)
+        rec = request["rec"]
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        first = json.loads(await ws.receive_str())
+        rec.body = first.pop("create")
+        rec.ws_in.append(json.dumps(first))
+        answer, status = self._create(rec.body)
+        if status >= 300:
+            await ws.send_str(json.dumps({"problem": answer, "httpStatus": status}))
+            await ws.close()
+            return ws
+        await ws.send_str(json.dumps({"created": answer, "httpStatus": status}))
+        if answer["status"] != "RUNNING":
+            await ws.close()
+            return ws
+        for frame in self.knobs["ws_frames"]:
+            if frame == "CLOSE":
+                await ws.send_str(json.dumps({"ended": True}))
+                break
+            await ws.send_str(json.dumps(frame))
+            if frame["status"] == "waiting-input":
+                rec.ws_in.append(await ws.receive_str())
+        msg = await ws.receive()
+        if msg.type == web.WSMsgType.TEXT:
+            rec.ws_in.append(msg.data)
+            await ws.send_str(json.dumps({"destroyed": self.knobs["destroy_answer"]}))
         await ws.close()
         return ws
 

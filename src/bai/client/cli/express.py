@@ -185,6 +185,8 @@ class Express:
         self.eps = Endpoints(self.config)
         self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10,
                                  read_timeout=read_timeout())
+        #: the run stream while it is open (``create_on_stream``)
+        self.stream: Any = None
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -257,8 +259,11 @@ class Express:
                               group=self.config.group)
         watcher = StatusWatcher(self, name) if not self.quiet else None
         try:
-            answer = self.request("POST", "/session", body, timeout=create_timeout(body))
+            answer = self.create_on_stream(body)
+            if answer is None:  # a manager without the run stream: one request a step
+                answer = self.request("POST", "/session", body, timeout=create_timeout(body))
         except KeyboardInterrupt:
+            self.close_stream()
             if plan["remove"]:  # queued (or started meanwhile): cancel or terminate it
                 self.cancel_after_interrupt(name)
             raise
@@ -273,6 +278,7 @@ class Express:
         name = str(answer.get("sessionName") or name)
         status = str(answer.get("status", "RUNNING"))
         if status in NOT_STARTED or status in FAILED:
+            self.close_stream()
             return self.not_running(answer, name)
         verb = "is ready" if answer.get("created", True) else "is reused (already running)"
         self.note(f"✓ Session {name} {verb} ({sid}).")
@@ -280,6 +286,7 @@ class Express:
         try:
             return self.execute(sid, name)
         except KeyboardInterrupt:
+            self.close_stream()
             if plan["remove"]:
                 removed = True
                 self.cancel_after_interrupt(name)
@@ -287,7 +294,87 @@ class Express:
         finally:
             if plan["remove"] and not removed:
                 self.note(f"⋯ Cleaning up the session {name}...")
-                self.request("DELETE", session_path(name))
+                self.destroy(name)
+
+    # -- the run stream: create, execute and destroy on one connection ------------------------
+
+    def create_on_stream(self, body: dict) -> dict | None:
+        """``POST /session``'s answer, asked on the manager's run stream
+        (``GET /stream/session/_/run``), which then runs the code at once if the session
+        started; None when the manager does not open that stream (the steps then go one
+        request each). A refusal raises what ``POST /session`` would have raised."""
+        def open_ws(idx: int) -> Any:
+            url, path_qs = self.eps.target(idx, "/stream/session/_/run", None)
+            headers = self.eps.signed(idx, "GET", path_qs, "application/octet-stream")
+            try:
+                return self.http.websocket(url, headers=headers)
+            except HandshakeFailed:
+                return None  # an older manager (404), or a refusal the requests will explain
+
+        ws = self.on_endpoints(open_ws)
+        if ws is None:
+            return None
+        self.stream = ws
+        try:
+            ws.send_str(json.dumps({"create": body, "code": self.plan["code"], "mode": "query",
+                                    "options": {}}))
+        except WireError as e:
+            raise self.eps.lost(self.eps.active, e) from None
+        frame = self.stream_frame(ws)
+        if frame is None:
+            raise self.eps.lost(self.eps.active, WireError("the run stream closed"))
+        if "created" not in frame:
+            self.stream_refused(frame)
+        return frame["created"]
+
+    def stream_frame(self, ws: Any) -> dict | None:
+        """The next JSON object on a stream (execute frames, the run stream's steps); None
+        when the stream ended."""
+        while True:
+            try:
+                kind, data = ws.receive()
+            except ReadTimeout as e:
+                raise self.eps.timed_out(self.eps.active, e.seconds) from None
+            if kind != "text":
+                if kind in ("error", "close"):
+                    return None
+                continue
+            try:
+                raw = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(raw, dict):
+                return raw
+
+    def stream_refused(self, frame: dict) -> None:
+        """A ``{"problem", "httpStatus"}`` frame raised as the request's answer would be."""
+        self.close_stream()
+        status = frame.get("httpStatus")
+        decode_answer(status if isinstance(status, int) and status >= 300 else 500, "",
+                      "application/problem+json", json.dumps(frame.get("problem")))
+
+    def close_stream(self) -> None:
+        ws, self.stream = self.stream, None
+        if ws is not None:
+            ws.close()
+
+    def destroy(self, name: str) -> None:
+        """``DELETE /session/{name}``: on the run stream while it is open."""
+        ws = self.stream
+        if ws is not None and not ws.closed:
+            frame = None
+            try:
+                ws.send_str('{"destroy": true}')
+                frame = self.stream_frame(ws)
+            except WireError:
+                pass
+            if frame is not None:
+                self.close_stream()
+                if "destroyed" not in frame:
+                    self.stream_refused(frame)
+                return
+        self.close_stream()
+        self.request("DELETE", session_path(name))
 
     def start(self) -> int:
         """``start --enqueue-only``/``--starts-at``: queue the session and say why it waits,
@@ -379,25 +466,23 @@ class Express:
             pass
 
     def execute(self, sid: str, name: str) -> int:
-        ws = self.websocket(f"/stream/session/{sid}/execute")
+        """The code's output as it comes: on the run stream (where it already runs) or on
+        ``/stream/session/{sid}/execute``."""
+        ws = self.stream
+        own = ws is None
         exit_code: int | None = None
         finished = False
+        if own:
+            ws = self.websocket(f"/stream/session/{sid}/execute")
         try:
-            ws.send_str(json.dumps({"code": self.plan["code"], "mode": "query", "options": {}}))
+            if own:
+                ws.send_str(json.dumps({"code": self.plan["code"], "mode": "query",
+                                        "options": {}}))
             while True:
-                try:
-                    kind, data = ws.receive()
-                except ReadTimeout as e:
-                    raise self.eps.timed_out(self.eps.active, e.seconds) from None
-                if kind != "text":
-                    if kind in ("error", "close"):
-                        break
-                    continue
-                try:
-                    raw = json.loads(data)
-                except ValueError:
-                    continue
-                if not isinstance(raw, dict) or "status" not in raw:
+                raw = self.stream_frame(ws)
+                if raw is None or (raw.get("ended") is True and not own):
+                    break  # (the run stream says so when the agent's stream ended early)
+                if "status" not in raw:
                     continue
                 print_console(raw.get("console") or [], raw.get("files") or [])
                 status = str(raw.get("status", ""))
@@ -410,7 +495,8 @@ class Express:
                     exit_code = code if isinstance(code, int) else None
                     break
         finally:
-            ws.close()
+            if own:
+                ws.close()
         if not finished:
             return self.ended_early(sid, name)
         exit_code = exit_code or 0
@@ -487,4 +573,5 @@ def run(plan: dict[str, Any], command: str = "run") -> int:
     try:
         return express.start() if command == "start" else express.run()
     finally:
+        express.close_stream()
         express.http.close()

@@ -73,6 +73,15 @@ def _http_problem(exc: web.HTTPException) -> web.Response:
     return problem_response(exc.status, body)
 
 
+def unexpected_problem() -> dict:
+    """The 500 problem of a failure nobody foresaw (its traceback goes to the log)."""
+    return {
+        "type": PROBLEM_BASE + "internal-server-error",
+        "title": "Internal server error.",
+        "msg": "The manager failed unexpectedly; its log has the details.",
+    }
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
@@ -89,14 +98,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return problem_response(
-            500,
-            {
-                "type": PROBLEM_BASE + "internal-server-error",
-                "title": "Internal server error.",
-                "msg": "The manager failed unexpectedly; its log has the details.",
-            },
-        )
+        return problem_response(500, unexpected_problem())
 
 
 def needs_auth(request: web.Request) -> bool:

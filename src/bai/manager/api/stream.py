@@ -149,20 +149,6 @@ async def _pump_up(ws: web.WebSocketResponse, upstream: Any, root: Any, sid: Any
             break
 
 
-async def _pump_down(ws: web.WebSocketResponse, upstream: Any, root: Any, sid: Any) -> None:
-    """Agent -> client, each frame normalised; activity noted when an execution step ends."""
-    async for msg in upstream:
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            frame = client_frame(msg.data)
-            await ws.send_str(frame)
-            if '"finished"' in frame or '"waiting-input"' in frame:
-                await _touch(root, sid)
-        elif msg.type == aiohttp.WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
-        else:
-            break
-
-
 async def execute(request: web.Request) -> web.WebSocketResponse:
     root, sess, address, kernel_id = await _target(request)  # refusals happen before the upgrade
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
@@ -172,16 +158,7 @@ async def execute(request: web.Request) -> web.WebSocketResponse:
     pinger = asyncio.create_task(_keep_alive(ws))
     try:
         async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
-            up = asyncio.create_task(_pump_up(ws, upstream, root, sid))
-            down = asyncio.create_task(_pump_down(ws, upstream, root, sid))
-            done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            for task in (*done, *pending):
-                try:
-                    await task
-                except (asyncio.CancelledError, ConnectionResetError):
-                    pass
+            await _relay(ws, upstream, root, sid)
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
         log.warning("execute stream of session %s: agent %s failed: %s", sid, address, exc)
         if not ws.closed:
@@ -196,6 +173,135 @@ async def execute(request: web.Request) -> web.WebSocketResponse:
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def _relay(ws: web.WebSocketResponse, upstream: Any, root: Any, sid: Any,
+                 *, until_finished: bool = False) -> bool:
+    """Client <-> agent until either side ends (or, with ``until_finished``, until the agent's
+    ``finished`` frame went down): whether that frame went down. Agent frames go down
+    normalised (``client_frame``); activity is noted when an execution step ends, except on
+    the run stream (its session was created a moment ago, and ends or is touched after)."""
+    finished = False
+
+    async def down() -> None:
+        nonlocal finished
+        async for msg in upstream:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                frame = client_frame(msg.data)
+                await ws.send_str(frame)
+                step = '"finished"' in frame or '"waiting-input"' in frame
+                if step and not until_finished:
+                    await _touch(root, sid)
+                if '"finished"' in frame and json.loads(frame).get("status") == "finished":
+                    finished = True
+                    if until_finished:
+                        return
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+            else:
+                return
+
+    tasks = {asyncio.create_task(_pump_up(ws, upstream, root, sid)), asyncio.create_task(down())}
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task in (*done, *pending):
+        try:
+            await task
+        except (asyncio.CancelledError, ConnectionResetError):
+            pass
+    return finished
+
+
+def _problem_frame(exc: BaseException) -> str:
+    """A failed step of ``run`` as the frame ``{"problem", "httpStatus"}``: what the request of
+    that step (``POST /session``, ``DELETE /session/{x}``) would have answered."""
+    from bai.manager.api.middleware import unexpected_problem
+
+    if isinstance(exc, BaiError):
+        return json.dumps({"problem": exc.to_problem(), "httpStatus": exc.status})
+    log.error("run stream failed", exc_info=exc)
+    return json.dumps({"problem": unexpected_problem(), "httpStatus": 500})
+
+
+def _asks_destroy(text: str) -> bool:
+    try:
+        step = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(step, dict) and step.get("destroy") is True
+
+
+async def run(request: web.Request) -> web.WebSocketResponse:
+    """``GET /stream/session/_/run`` (WebSocket): ``backend.ai run [--rm] -c CODE`` in one
+    connection instead of three requests (create, execute, destroy), each step as the request
+    it replaces would answer it:
+
+    1. client: ``{"create": <POST /session body>, "code", "mode", "options"}``; server:
+       ``{"created": <its answer>, "httpStatus"}`` or ``{"problem", "httpStatus"}`` (and closes).
+    2. if the session is RUNNING, the code runs at once: the frames of
+       ``/stream/session/{x}/execute`` down, stdin frames up, until the ``finished`` frame (or
+       ``{"ended": true}`` when the agent's stream ended without it).
+    3. client: ``{"destroy": true}``; server: ``{"destroyed": <DELETE's answer>}`` or a
+       problem frame, and closes. A client that closes instead keeps its session.
+    """
+    from bai.manager.api.models import CreateSession
+    from bai.manager.api.params import validate
+    from bai.manager.app import ROOT
+
+    root = request.app[ROOT]
+    caller = caller_of(request)
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
+    await ws.prepare(request)
+    pinger = asyncio.create_task(_keep_alive(ws))
+    try:
+        first = await ws.receive()
+        if first.type != aiohttp.WSMsgType.TEXT:
+            return ws
+        try:
+            step = json.loads(first.data)
+            if not isinstance(step, dict):
+                raise InvalidAPIParameters("the first frame must be a JSON object")
+            params = validate(CreateSession, step.get("create")).model_dump(exclude_unset=True)
+            answer = await root.sessions.create(caller, params)
+        except Exception as exc:  # noqa: BLE001 - the client hears it as POST /session would
+            await ws.send_str(_problem_frame(exc))
+            return ws
+        await ws.send_str(json.dumps({"created": answer,
+                                      "httpStatus": 201 if answer.get("created") else 200}))
+        if answer.get("status") != "RUNNING":
+            return ws
+        sid = answer["sessionId"]
+        try:
+            sess = await root.sessions.resolve(caller, sid)
+            address, kernel_id = await root.agents.kernel_target(sess)
+            async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
+                await upstream.send_str(json.dumps({k: step.get(k) for k in
+                                                    ("code", "mode", "options")}))
+                finished = await _relay(ws, upstream, root, sess["id"], until_finished=True)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
+            log.warning("run stream of session %s failed: %s", sid, exc)
+            await ws.send_str(_error_frame(f"bai: the session's agent cannot run the code: {exc}"))
+            finished = True
+        if ws.closed:
+            return ws
+        if not finished:
+            await ws.send_str(json.dumps({"ended": True}))
+        nxt = await ws.receive()
+        if nxt.type != aiohttp.WSMsgType.TEXT or not _asks_destroy(nxt.data):
+            await _touch(root, sess["id"])  # the session stays: its last activity was now
+            return ws
+        try:
+            result = await root.sessions.destroy(caller, sid)
+        except Exception as exc:  # noqa: BLE001 - as DELETE /session/{x} would answer
+            await ws.send_str(_problem_frame(exc))
+            return ws
+        await ws.send_str(json.dumps({"destroyed": result}))
+        return ws
+    finally:
+        pinger.cancel()
+        if not ws.closed:
+            await ws.close()
 
 
 async def _keep_alive(ws: web.WebSocketResponse) -> None:
@@ -322,6 +428,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
+    app.router.add_get("/stream/session/_/run", run)
     app.router.add_get("/stream/session/{session}/execute", execute)
     app.router.add_post("/session/{session}/upload", upload)
     app.router.add_get("/session/{session}/files", list_files)
