@@ -68,3 +68,22 @@ def test_the_lock_dir_is_private(tmp_path: Path) -> None:
     uids = SandboxUids(FIRST, 1, tmp_path / "locks", proc=tmp_path / "noproc")
     uids.take("k")
     assert (tmp_path / "locks").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_burst_of_takes_scans_proc_once(tmp_path: Path, monkeypatch) -> None:
+    """/proc is read once for the takes of ``BUSY_TTL`` s (a burst of kernels starting), and
+    again once that has passed."""
+    from bai.agent import sandbox_uids
+
+    scans = []
+    real = sandbox_uids.uids_with_processes
+    monkeypatch.setattr(sandbox_uids, "uids_with_processes",
+                        lambda proc: scans.append(proc) or real(proc))
+    clock = [1000.0]
+    monkeypatch.setattr(sandbox_uids.time, "monotonic", lambda: clock[0])
+    uids = SandboxUids(FIRST, 10, tmp_path / "locks", proc=tmp_path / "noproc")
+    got = {uids.take(f"k{i}") for i in range(5)}
+    assert len(got) == 5 and len(scans) == 1
+    clock[0] += sandbox_uids.BUSY_TTL + 0.1
+    uids.take("k5")
+    assert len(scans) == 2

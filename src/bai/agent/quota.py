@@ -12,6 +12,15 @@ attached to a loop device and mounted by system calls (``LOOP_CONFIGURE`` with a
 ``mount(2)``; ``umount2(MNT_DETACH)`` to remove): no process is started per work dir. Where a
 call fails the tools do it as before (``mkfs.ext4``, ``mount -o loop``, ``umount -l``).
 
+A work dir's filesystem that its kernel left (nearly) empty is kept for the next work dir of its
+size (``recycle`` / ``reuse``: at most ``SPARES_MAX``, beside the work dirs' folders in
+``SPARES``) instead of being unmounted and a copy mounted again: mount and unmount cost a job
+more CPU than anything else the agent does for it (and wall time: both wait for the kernel's
+mount lock). What the kernel wrote is removed first (the filesystem must hold at most
+``RECYCLE_MAX_FILES`` files and ``RECYCLE_MAX_BYTES``, see there), its root is made root's, mode 0700, without extended attributes (ACLs),
+as a fresh one; the caller recycles only when every process of the kernel is known gone (its
+cgroup removed), so nothing still holds a file of it.
+
 Needs root, ``mkfs.ext4`` (e2fsprogs, in every Debian), ``mount`` and loop devices. Where any is
 missing ``WorkdirQuota.detect()`` answers None: work dirs stay plain folders and the agent reports
 ``disk_quota: false`` in its isolation (docs/security.md says what is lost).
@@ -39,6 +48,18 @@ IMAGE = "work.img"
 MIN_BYTES = 16 * 1024**2
 #: empty filesystems, one per size, copied for each work dir (beside the kernels' folders)
 TEMPLATES = ".quota-templates"
+#: emptied filesystems kept for the next work dirs (``WorkdirQuota.recycle``)
+SPARES = ".quota-spares"
+SPARES_MAX = 16
+#: a used filesystem is recycled only when it holds at most this many files (its root, the
+#: ext4 reserved inodes and lost+found apart) and bytes, and its image takes at most
+#: ``RECYCLE_MAX_GROWTH`` more on the host's disk than the empty one (what was written and
+#: removed again); else it is unmounted and its image removed
+RECYCLE_MAX_FILES = 64
+RECYCLE_MAX_BYTES = 4 * 1024**2
+RECYCLE_MAX_GROWTH = 32 * 1024**2
+#: inodes of an empty filesystem as mkfs.ext4 makes it (10 reserved, root, lost+found, ...)
+_EXT4_FIRST_INO = 11
 MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard")
 #: <linux/loop.h>, <sys/mount.h>
 LOOP_CTL_GET_FREE = 0x4C82
@@ -133,6 +154,9 @@ class WorkdirQuota:
         #: where the empty filesystems are kept (None: ``TEMPLATES`` beside the folder of the
         #: work dir's folder)
         self.template_dir: Path | None = None
+        #: where recycled filesystems wait (None: none are kept), and those kept, by size
+        self.spare_dir: Path | None = None
+        self._spares: dict[int, list[Path]] = {}
 
     @classmethod
     def detect(cls) -> WorkdirQuota | None:
@@ -194,12 +218,119 @@ class WorkdirQuota:
                 os.ftruncate(fd, 0)
             return False
 
+    def reuse(self, folder: Path, nbytes: int) -> bool:
+        """Make the absent ``folder`` a kept one (``recycle``) whose ``work`` is an empty
+        filesystem of ``nbytes``, mode 0700, root's; False where none of that size is kept."""
+        size = max(nbytes, MIN_BYTES)
+        while True:
+            with self._lock:
+                kept = self._spares.get(size)
+                spare = kept.pop() if kept else None
+            if spare is None:
+                return False
+            try:
+                spare.rename(folder)
+                return True
+            except OSError as e:
+                log.warning("kept work dir filesystem %s unusable (%s): removed", spare, e)
+                remove_folder(spare)
+
+    def recycle(self, folder: Path) -> bool:
+        """Keep the filesystem of ``folder/work`` for another work dir (``reuse``), emptied,
+        and remove the rest of ``folder``; False (``folder`` then still to be removed, as
+        ``remove_folder`` does) where it is not kept: no spares wanted, not a filesystem of
+        this quota, not a private mount, something else mounted beneath ``folder``, enough
+        kept already, more than a few files or MiB written. The caller makes sure nothing of
+        the kernel runs any more."""
+        work, image = folder / "work", folder / IMAGE
+        if self.spare_dir is None or not _only_private_mount(folder, work):
+            return False
+        try:
+            st = os.stat(image, follow_symlinks=False)
+            template = (self.template_dir or folder.parent.parent / TEMPLATES) / f"{st.st_size}.img"
+            blank = os.stat(template).st_blocks
+            fs = os.statvfs(work)
+        except OSError:
+            return False
+        with self._lock:
+            if sum(map(len, self._spares.values())) >= SPARES_MAX:
+                return False
+        if (st.st_blocks - blank) * 512 > RECYCLE_MAX_GROWTH \
+                or (fs.f_blocks - fs.f_bfree) * fs.f_frsize > RECYCLE_MAX_BYTES \
+                or fs.f_files - fs.f_ffree > _EXT4_FIRST_INO + 1 + RECYCLE_MAX_FILES:
+            return False
+        try:
+            _empty(work)
+            os.chown(work, 0, 0, follow_symlinks=False)
+            os.chmod(work, 0o700, follow_symlinks=False)
+            for attr in os.listxattr(work, follow_symlinks=False):
+                os.removexattr(work, attr, follow_symlinks=False)
+            if os.listdir(work) or os.listxattr(work, follow_symlinks=False):
+                return False
+            for entry in os.scandir(folder):
+                if entry.name not in ("work", IMAGE):
+                    _remove_entry(entry)
+            self.spare_dir.mkdir(mode=0o700, exist_ok=True)
+            spare = self.spare_dir / uuid.uuid4().hex
+            folder.rename(spare)
+        except OSError as e:
+            log.debug("work dir filesystem of %s not kept: %s", folder, e)
+            return False
+        with self._lock:
+            self._spares.setdefault(st.st_size, []).append(spare)
+        return True
+
+    def drop_spares(self) -> None:
+        """Unmount and remove every kept filesystem (and what a previous agent kept)."""
+        with self._lock:
+            self._spares = {}
+        if self.spare_dir is not None and self.spare_dir.is_dir():
+            for folder in self.spare_dir.iterdir():
+                remove_folder(folder)
+
     def size_of(self, workdir: Path) -> int | None:
         """The quota a work dir was made with (None: none)."""
         try:
             return (workdir.parent / IMAGE).stat().st_size
         except OSError:
             return None
+
+
+def _only_private_mount(folder: Path, work: Path) -> bool:
+    """Whether ``work`` is the only mount at or beneath ``folder``, and a private one (not in
+    a peer group: nothing mounted there elsewhere would show up in it)."""
+    top, point = os.path.abspath(folder), os.path.abspath(work)
+    found = False
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                at = fields[4].decode("unicode_escape")
+                if at != top and not at.startswith(top + "/"):
+                    continue
+                if at != point or found:
+                    return False
+                optional = fields[6:fields.index(b"-")]
+                if any(o.startswith((b"shared:", b"master:")) for o in optional):
+                    return False
+                found = True
+    except (OSError, ValueError):
+        return False
+    return found
+
+
+def _remove_entry(entry: os.DirEntry) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path)
+    else:
+        os.unlink(entry.path)
+
+
+def _empty(folder: Path) -> None:
+    """Remove everything in ``folder`` (not following links; OSError when anything stays)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            _remove_entry(entry)
 
 
 def remove_folder(folder: Path) -> None:

@@ -7,7 +7,9 @@ meanwhile:
 
 * ``take(owner)`` picks a uid of the range that is not the server's, has no ``/etc/passwd`` entry
   (a real account), owns no live process (``/proc/<pid>`` belongs to its process's uid: a kernel
-  of an agent that died still counts), and whose lock file ``<lock_dir>/<uid>`` no other holder
+  of an agent that died still counts; the scan of ``/proc`` serves the takes of ``BUSY_TTL``
+  s: a uid that owned no process then gets none meanwhile, as only its holder starts any, and
+  it has none until it is taken), and whose lock file ``<lock_dir>/<uid>`` no other holder
   has ``flock``-ed. The lock is held until ``release(uid)`` (or the process ends), so agents on
   one host that share ``lock_dir`` never pick the same uid;
 * ``adopt(uid, owner)`` takes a known uid back after an agent restart (kernels that outlived the
@@ -29,7 +31,12 @@ import fcntl
 import os
 import pwd
 import threading
+import time
 from pathlib import Path
+
+#: seconds one scan of /proc for uids with processes serves ``take`` (a burst of kernels
+#: starting scans once, not once each)
+BUSY_TTL = 1.0
 
 
 class UidsExhausted(Exception):
@@ -61,6 +68,8 @@ class SandboxUids:
         self._held: dict[int, tuple[int, str]] = {}  # uid -> (lock fd, owner)
         self._next = first
         self._mutex = threading.Lock()
+        #: (time.monotonic() of the scan, uids with processes then)
+        self._busy: tuple[float, set[int]] = (float("-inf"), set())
 
     def _prepare(self) -> None:
         self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -90,7 +99,10 @@ class SandboxUids:
         """A uid that nothing else uses, held for ``owner`` until ``release``."""
         with self._mutex:
             self._prepare()
-            busy = uids_with_processes(self.proc)
+            scanned, busy = self._busy
+            if time.monotonic() - scanned > BUSY_TTL:
+                busy = uids_with_processes(self.proc)
+                self._busy = (time.monotonic(), busy)
             for i in range(self.count):
                 uid = self.first + (self._next - self.first + i) % self.count
                 if uid in self._held or uid in busy or uid == os.getuid() or self._account(uid):

@@ -124,7 +124,9 @@ class KernelCgroup:
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Remove the cgroup's folders; True when none is left (nothing runs in it any more)."""
+        gone = True
         for d in self.dirs.values():
             delay = 0.001
             for _ in range(60):
@@ -138,6 +140,8 @@ class KernelCgroup:
                     delay = min(delay * 2, 0.02)
             else:
                 log.warning("could not remove cgroup %s", d)
+                gone = False
+        return gone
 
 
 def host_pids_cap(setting: int, pid_max_file: str | Path = "/proc/sys/kernel/pid_max") -> int | None:

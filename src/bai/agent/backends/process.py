@@ -57,7 +57,7 @@ from bai.agent.backends.base import (
 )
 from bai.agent.backends import outbound
 from bai.agent.backends import sandbox as sandboxing
-from bai.agent.quota import TEMPLATES, QuotaError, WorkdirQuota, remove_folder
+from bai.agent.quota import SPARES, TEMPLATES, QuotaError, WorkdirQuota, remove_folder
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError, KernelCgroup, host_pids_cap
 from bai.agent.mounts import HostMount, MountRefused, make_shared
 from bai.agent.mounts import attach as attach_folder
@@ -335,6 +335,10 @@ class ProcessBackend(RuntimeBackend):
         self.sandbox = await asyncio.to_thread(
             sandboxing.probe, self.settings.bwrap_path, self.settings.process_sandbox,
             self.cgroups is not None, self.settings.process_interpreter)
+        if self.quota is not None and self.cgroups is not None and self.sandbox.active:
+            # work dir filesystems are kept for the next kernels only where a kernel's end is
+            # known complete (its cgroup removed) and kernels see nothing but their own
+            self.quota.spare_dir = self.root / SPARES
         if self.sandbox.active:
             os.chmod(self.root, 0o700)  # kernels never walk the host's paths: only the agent
             self.user_name = "work"
@@ -366,10 +370,13 @@ class ProcessBackend(RuntimeBackend):
         return self.root / TRASH_DIR
 
     def _sweep_trash(self) -> None:
-        """Remove what a previous agent left half removed (before any uid is handed out)."""
+        """Remove what a previous agent left half removed (before any uid is handed out), and
+        the work dir filesystems it kept."""
         if self._trash.is_dir():
             for folder in self._trash.iterdir():
                 remove_folder(folder)
+        if self.quota is not None:
+            self.quota.drop_spares()
 
     async def start(self, on_exit: ExitCallback) -> None:
         await self._probe()
@@ -395,6 +402,8 @@ class ProcessBackend(RuntimeBackend):
         await self.pool.close()
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
+        if self.quota is not None:
+            await asyncio.to_thread(self.quota.drop_spares)
         if self.uids is not None:
             self.uids.close()  # the kernels keep running; the next agent adopts their uids
 
@@ -415,13 +424,16 @@ class ProcessBackend(RuntimeBackend):
         by the kernel's uid (a filesystem of ``quota`` bytes where the host allows, see
         ``agent/quota.py``); the ``.bai/bin`` interpreter links outside the sandbox only."""
         work = kdir / "work"
-        kdir.mkdir(parents=True)
-        work.mkdir()
-        if self.quota is not None and quota > 0:
-            try:
-                self.quota.attach(work, quota)
-            except QuotaError as e:  # a host that can make quotas never runs a kernel without
-                raise KernelCreationFailed(str(e)) from None
+        if self.quota is not None and quota > 0 and self.quota.reuse(kdir, quota):
+            pass  # an emptied filesystem a kernel left (``WorkdirQuota.recycle``)
+        else:
+            kdir.mkdir(parents=True)
+            work.mkdir()
+            if self.quota is not None and quota > 0:
+                try:
+                    self.quota.attach(work, quota)
+                except QuotaError as e:  # a host that can make quotas never runs a kernel
+                    raise KernelCreationFailed(str(e)) from None   # without one
         if self.sandbox.active:
             os.chmod(kdir, 0o700)
             os.chmod(work, 0o700)
@@ -1066,16 +1078,22 @@ class ProcessBackend(RuntimeBackend):
             self.cgroups.open(kernel_id) if self.cgroups is not None else None)
         folder = self.root / kernel_id
 
+        ended = False  # every process of the kernel known gone (its cgroup removed)
+
         def release(folder: Path) -> None:
-            remove_folder(folder)
+            # the work dir's filesystem, emptied, serves the next kernel where nothing of
+            # this one can still hold a file of it
+            if not (ended and self.quota is not None and self.quota.recycle(folder)):
+                remove_folder(folder)
             if k is not None:
                 self._release_uid(k)  # nothing of the kernel runs or stays any more
 
         def remove() -> Path | None:  # one thread hop for the lot
+            nonlocal ended
             if k is not None:
                 self._kill(k)
             if cg is not None:
-                cg.remove()
+                ended = cg.remove()
             if later:
                 with contextlib.suppress(OSError):
                     self._trash.mkdir(mode=0o700, exist_ok=True)
