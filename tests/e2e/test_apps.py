@@ -531,3 +531,176 @@ def test_the_terminal_app_is_a_raw_shell_on_the_local_port(apps_stack):
             assert b"hi-42" in seen, seen
         finally:
             sock.close()
+
+
+# --- the local path: manager, agent and CLI on one machine hand the service's socket on -----
+
+HANDED = "its socket handed to a local client (no relay)"
+
+
+def _handed(st: Stack) -> int:
+    """How many tunnelled connections the manager served by handing the socket over."""
+    return (st.state / "manager.log").read_text(errors="replace").count(HANDED)
+
+
+def test_the_local_path_hands_the_services_socket_over_and_bytes_pass_intact(echo_session):
+    """bai's CLI on the machine of the manager and the agent: the manager hands it the socket
+    the kernel's runner connected (no relay on the way); 24 MiB out and back, ended by a
+    half-close."""
+    st = echo_session
+    before = _handed(st)
+    payload = os.urandom(24 << 20)
+    port = free_port()
+    with tunnel(*app_cmd(st, "apecho", "echo", "-b", f"127.0.0.1:{port}")):
+        got = _echo_through(port, payload, half_close=True)
+    assert len(got) == len(payload) and got == payload
+    assert _handed(st) > before, "the manager relayed: the local path was not taken"
+
+
+@pytest.mark.parametrize("absent", ["storage.sock", "agent-apps.sock"])
+def test_the_relay_takes_over_where_a_unix_socket_is_absent(echo_session, absent):
+    """Without the manager's unix socket (the CLI cannot reach it: another machine) or the
+    agent's (an agent elsewhere), the same tunnel goes through the relays, bytes intact."""
+    st = echo_session
+    path = st.state / absent
+    away = path.with_name(absent + ".away")
+    path.rename(away)
+    try:
+        before = _handed(st)
+        payload = os.urandom(4 << 20)
+        port = free_port()
+        with tunnel(*app_cmd(st, "apecho", "echo", "-b", f"127.0.0.1:{port}")):
+            got = _echo_through(port, payload, half_close=True)
+        assert got == payload
+        assert _handed(st) == before
+    finally:
+        away.rename(path)
+
+
+async def _local_ticket(st: Stack, session: str, app: str, who: str = "user",
+                        **params: str) -> tuple[int, bytes]:
+    """The signed raw upgrade of bai's CLI with ``X-BAI-Local: fd``: (status, body)."""
+    from bai.client.config import ClientConfig
+    from bai.client.connection import Connection
+    from bai.client.http1 import split_url
+    from bai.common import rawstream
+
+    keys = st.keys()[who]
+    cfg = ClientConfig((st.endpoint,), access_key=keys["access_key"],
+                       secret_key=keys["secret_key"])
+    async with Connection(cfg) as conn:
+        eps = conn.endpoints
+        url, path_qs = eps.target(0, f"/stream/session/{session}/tcpproxy", {"app": app, **params})
+        _, host, port, netloc, _ = split_url(url)
+        headers = eps.signed(0, "GET", path_qs, "application/octet-stream", host=netloc)
+        headers["X-BAI-Local"] = "fd"
+        got = await rawstream.open_upgraded(host, port, path_qs, netloc, headers, timeout=60)
+    if isinstance(got, rawstream.Raw):
+        got.sock.close()
+        return 101, b""
+    return got.status, got.body
+
+
+def _ask(path: Path, msg: dict) -> tuple[dict, list[int]]:
+    """One request on a unix socket: (the answer, the kinds of descriptors that came)."""
+    import socket
+    import stat
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    try:
+        sock.connect(str(path))
+        sock.sendall(json.dumps(msg).encode() + b"\n")
+        data, fds, _, _ = socket.recv_fds(sock, 65536, 1)
+    finally:
+        sock.close()
+    kinds = [stat.S_IFMT(os.fstat(fd).st_mode) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    return json.loads(data.partition(b"\n")[0]), kinds
+
+
+def test_a_local_ticket_is_only_for_the_owners_session_and_only_once(echo_session):
+    """Another user gets no ticket for a session not theirs (by name, id or owner), a made-up
+    ticket gets no descriptor, and a ticket opens one connection only."""
+    import stat
+
+    st = echo_session
+    sid = json.loads(st.cli("--output", "json", "info", "apadm").stdout)["items"][0]["session_id"]
+    admins = st.keys()["admin"]["access_key"]
+    for session, params, status in (("apadm", {}, 404), (sid, {}, 404),
+                                    ("apadm", {"owner_access_key": admins}, 403)):
+        got, body = asyncio.run(_local_ticket(st, session, "terminal", **params))
+        assert got == status and b"ticket" not in body, (session, got, body[:200])
+    got, body = asyncio.run(_local_ticket(st, "apecho", "echo"))
+    assert got == 200, (got, body[:200])
+    offer = json.loads(body)
+    path = Path(offer["local_socket"])
+    forged, kinds = _ask(path, {"op": "app", "ticket": offer["ticket"][:-2] + "xx"})
+    assert kinds == [] and forged.get("status") and forged.get("fallback"), forged
+    answer, kinds = _ask(path, {"op": "app", "ticket": offer["ticket"]})
+    assert answer == {"ok": True} and kinds == [stat.S_IFSOCK], answer
+    again, kinds = _ask(path, {"op": "app", "ticket": offer["ticket"]})
+    assert kinds == [] and again.get("status"), again
+
+
+def _agent_request(st: Stack, token: str) -> dict:
+    info = json.loads(st.cli("--output", "json", "info", "apecho", user=True).stdout)["items"][0]
+    return {"cluster_token": token, "kernel_id": info["main_kernel_id"],
+            "query": {"name": "echo", "protocol": "tcp", "port": "8003"}}
+
+
+def test_the_agents_apps_socket_answers_only_the_manager(echo_session):
+    """The agent's apps socket is its user's alone (0600); a wrong cluster token gets no
+    descriptor; the right request does (the manager's)."""
+    import stat
+
+    st = echo_session
+    path = st.state / "agent-apps.sock"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = json.loads((st.state / "server.json").read_text())["cluster_token"]
+    wrong, kinds = _ask(path, _agent_request(st, token[:-2] + "xx"))
+    assert kinds == [] and wrong.get("status") == 401, wrong
+    right, kinds = _ask(path, _agent_request(st, token))
+    assert right == {"ok": True} and kinds == [stat.S_IFSOCK], right
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the attack as another user")
+def test_another_os_user_gets_nothing_from_the_agents_apps_socket(echo_session):
+    """A normal user of the machine who even knows the cluster token and finds the socket
+    open to all (a mode set by mistake) gets no descriptor: the agent checks its peer."""
+    import stat
+    import subprocess
+    import sys
+
+    st = echo_session
+    path = st.state / "agent-apps.sock"
+    token = json.loads((st.state / "server.json").read_text())["cluster_token"]
+    probe = (
+        "import json, os, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.settimeout(30)\n"
+        "s.connect(sys.argv[1])\n"
+        "try:\n"
+        "    s.sendall(sys.argv[2].encode() + b'\\n')\n"
+        "except BrokenPipeError:\n"
+        "    pass\n"
+        "data, fds, _, _ = socket.recv_fds(s, 65536, 1)\n"
+        "print(json.dumps({'fds': len(fds), 'answer': data.decode()}))\n")
+    hidden = [p for p in (st.home, st.state) if p.stat().st_mode & 0o005 != 0o005]
+    modes = {p: p.stat().st_mode for p in [*hidden, path]}
+    try:
+        for p in hidden:
+            p.chmod(modes[p] | 0o005)
+        path.chmod(0o666)
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        out = subprocess.run([python, "-c", probe, str(path),
+                              json.dumps(_agent_request(st, token))],
+                             user=65534, group=65534, capture_output=True, text=True, timeout=60)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(stat.S_IMODE(mode))
+    assert out.returncode == 0, out.stderr
+    said = json.loads(out.stdout)
+    assert said["fds"] == 0 and '"status": 401' in said["answer"], said
+

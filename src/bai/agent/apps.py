@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,8 @@ async def start_service(instance: Instance, name: str, port: int, token: str,
         await asyncio.sleep(0.2)
 
 
-def _int(request: web.Request, key: str, default: int | None = None) -> int:
-    raw = request.query.get(key)
+def _int(query: Mapping[str, str], key: str, default: int | None = None) -> int:
+    raw = query.get(key)
     if raw is None and default is not None:
         return default
     try:
@@ -154,28 +155,28 @@ def _int(request: web.Request, key: str, default: int | None = None) -> int:
         raise InvalidAPIParameters(f"{key} must be a whole number") from None
 
 
-async def _open(request: web.Request, backend: RuntimeBackend, rec: Any
+async def _open(query: Mapping[str, str], backend: RuntimeBackend, rec: Any
                 ) -> tuple[socket.socket | None, tuple[int, socket.socket, bytes] | None]:
     """The descriptor of the service the query names: (socket, None) or (None, pty)."""
     if backend.name == "dummy":
         raise AppUnavailable("the dummy runtime runs nothing: it has no apps")
     instance = rec.instance
-    protocol = request.query.get("protocol", "tcp")
+    protocol = query.get("protocol", "tcp")
     if protocol == "pty":
         answer, fd, chan, rest = await call_runner(instance, {
-            "op": "pty", "rows": _int(request, "rows", 24), "cols": _int(request, "cols", 80),
-            "term": request.query.get("term", "xterm-256color")})
+            "op": "pty", "rows": _int(query, "rows", 24), "cols": _int(query, "cols", 80),
+            "term": query.get("term", "xterm-256color")})
         try:
             return None, (_checked(answer, fd, stat.S_IFCHR), chan, rest)
         except BaseException:
             chan.close()
             raise
-    port = _int(request, "port")
+    port = _int(query, "port")
     if not 1 <= port <= 65535:
         raise InvalidAPIParameters("port must be within 1-65535")
-    if request.query.get("token"):
-        return await start_service(instance, request.query.get("name", ""), port,
-                                   request.query["token"], lambda: rec.status == "RUNNING"), None
+    if query.get("token"):
+        return await start_service(instance, query.get("name", ""), port,
+                                   query["token"], lambda: rec.status == "RUNNING"), None
     return await open_port(instance, port), None
 
 
@@ -190,7 +191,7 @@ async def serve(request: web.Request, backend: RuntimeBackend, rec: Any) -> web.
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
     await ws.prepare(request)
     try:
-        sock, pty = await _open(request, backend, rec)
+        sock, pty = await _open(request.query, backend, rec)
     except BaiError as e:
         await ws.send_str(json.dumps({"type": "error", "status": e.status,
                                       "problem": e.to_problem()}))
@@ -205,7 +206,7 @@ async def serve(request: web.Request, backend: RuntimeBackend, rec: Any) -> web.
 
 async def _serve_raw(request: web.Request, backend: RuntimeBackend, rec: Any
                      ) -> web.StreamResponse:
-    sock, _ = await _open(request, backend, rec)  # a refusal: the problem answer
+    sock, _ = await _open(request.query, backend, rec)  # a refusal: the problem answer
     assert sock is not None
     try:
         conn, tail, resp = await take_over(request)
@@ -313,3 +314,127 @@ async def _relay_pty(ws: web.WebSocketResponse, master: int, chan: socket.socket
             await ws.send_str(json.dumps({"type": "exit", "exit_code": code}))
         await ws.close()
     return ws
+
+
+class LocalApps:
+    """The agent's unix socket (``apps_socket`` in its settings) for a manager on the same
+    machine: one JSON line ``{"cluster_token", "kernel_id", "query"}`` (``query`` as the
+    ``/service`` route's, ports only) is answered ``{"ok": true}`` with the descriptor of the
+    socket the kernel's runner connected inside the session's network namespace
+    (``SCM_RIGHTS``, the same ``_open`` as the route), or a problem object and no descriptor.
+    Why: the manager hands that socket on to bai's CLI of the same machine, which splices its
+    client to the service with no relay in the manager or here (bench/apps_tunnel.py, 1 GiB:
+    24 % of direct with three relays; see docs/internals.md). Only the manager may ask: the
+    socket is 0600, the peer must run as root or as the agent's user (``SO_PEERCRED``) and
+    present the cluster token."""
+
+    def __init__(self, path: str, cluster_token: str, registry: Any, backend: RuntimeBackend
+                 ) -> None:
+        self.path, self.cluster_token = path, cluster_token
+        self.registry, self.backend = registry, backend
+        self.boot_id = rawstream.boot_id()
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> bool:
+        """Listen at ``path`` (a stale socket of a stopped agent is replaced); False where
+        it cannot (the manager then relays as it does for another machine's agent)."""
+        from bai.common import zerocopy
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dfd = None
+        try:
+            addr, dfd = zerocopy.unix_address(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr)
+            old = os.umask(0o177)
+            try:
+                sock.bind(addr)
+            finally:
+                os.umask(old)
+            os.chmod(addr, 0o600)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            log.warning("no local apps socket at %s: %s", self.path, e)
+            return False
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        self.sock = sock
+        self.task = asyncio.create_task(self._serve(), name="agent-local-apps")
+        return True
+
+    async def stop(self) -> None:
+        from bai.common import zerocopy
+
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        if self.sock is not None:
+            self.sock.close()
+            zerocopy.remove_unix(self.path)
+        self.sock = self.task = None
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(self.sock)
+                task = asyncio.create_task(self._one(conn))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for t in running:
+                t.cancel()
+
+    async def _one(self, conn: socket.socket) -> None:
+        from bai.common.auth import cluster_token_ok
+        from bai.common.errors import AuthFailed, SessionNotRunning
+
+        loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
+        try:
+            conn.setblocking(False)
+            try:
+                buf = b""
+                async with asyncio.timeout(RUNNER_TIMEOUT):
+                    while b"\n" not in buf and len(buf) < 65536:
+                        data = await loop.sock_recv(conn, 65536)
+                        if not data:
+                            return
+                        buf += data
+                if not rawstream.trusted_peer(conn):  # the request read first: answered
+                    raise AuthFailed("only the agent's own user may use its apps socket")
+                try:
+                    req = json.loads(buf.partition(b"\n")[0])
+                    query = {str(k): str(v) for k, v in dict(req["query"]).items()}
+                    kernel_id, token = str(req["kernel_id"]), req.get("cluster_token")
+                except (ValueError, KeyError, TypeError):
+                    raise InvalidAPIParameters("send {cluster_token, kernel_id, query}") from None
+                if not cluster_token_ok(self.cluster_token, token if isinstance(token, str)
+                                        else None):
+                    raise AuthFailed("missing or wrong cluster token")
+                if query.get("protocol") == "pty":
+                    raise InvalidAPIParameters("a pty is relayed, not handed over")
+                rec = self.registry.get(kernel_id)
+                if rec.status != "RUNNING" or rec.instance is None:
+                    raise SessionNotRunning(f"kernel {rec.kernel_id} is {rec.status}")
+                sock, _ = await _open(query, self.backend, rec)
+            except BaiError as e:
+                line = json.dumps({"status": e.status, **e.to_problem()}).encode() + b"\n"
+                await loop.sock_sendall(conn, line)
+                return
+            assert sock is not None
+            conn.setblocking(True)
+            conn.settimeout(RUNNER_TIMEOUT)
+            await asyncio.to_thread(socket.send_fds, conn, [b'{"ok": true}\n'], [sock.fileno()])
+        except (OSError, asyncio.TimeoutError) as e:
+            log.info("a local app request failed: %s", e)
+        finally:
+            if sock is not None:
+                sock.close()
+            conn.close()

@@ -72,6 +72,7 @@ class Agent:
         if settings.ops_port is not None:
             self._ops = OpsListener(settings.ops_host, settings.ops_port, self.render_metrics,
                                     self.readiness)
+        self.local_apps: apps.LocalApps | None = None
         self._runner: web.AppRunner | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -96,6 +97,11 @@ class Agent:
         if not self.settings.public_address:
             port = self._runner.addresses[0][1]
             self.address = f"http://{self.settings.host}:{port}"
+        if self.settings.apps_socket:
+            local = apps.LocalApps(self.settings.apps_socket, self.settings.cluster_token, self.registry,
+                                   self.backend)
+            if await local.start():
+                self.local_apps = local
         self.link.start()
         if self._ops is not None:
             await self._ops.start()
@@ -111,6 +117,9 @@ class Agent:
             self._heartbeat_task = None
         if self._ops is not None:
             await self._ops.stop()
+        if self.local_apps is not None:
+            await self.local_apps.stop()
+            self.local_apps = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -120,7 +129,11 @@ class Agent:
     # --- heartbeats ------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
+        local = {}
+        if self.local_apps is not None:  # a manager of this machine takes sockets there
+            local = {"apps_socket": self.local_apps.path, "boot_id": self.local_apps.boot_id}
         return {
+            **local,
             "agent_id": self.agent_id,
             "runtime": self.backend.name,
             "address": self.address,

@@ -60,6 +60,10 @@ class AgentSettings(TomlSettings):
         description="storage host name -> the folder where this agent sees it (a local folder, "
                     "or a shared filesystem every agent of the group mounts at the same path); "
                     "session folders are bound from beneath it")
+    apps_socket: str = Field(
+        "", description="unix socket where a manager of the same machine takes the connected "
+                        "socket of a session's service (SCM_RIGHTS) and hands it to bai's CLI, "
+                        "so the apps tunnel relays nothing; empty: the manager relays")
     scaling_group: str = Field("default", description="resource group this agent belongs to")
     heartbeat_interval: float = Field(3.0, description="seconds between heartbeats")
     # resource slot overrides (decimal strings; mem accepts sizes such as 4g)

@@ -16,6 +16,9 @@ The official client keeps its WebSocket to the manager.
   a ``Raw`` (socket, bytes after the head) on 101, else ``Refused`` (status, headers, body).
 * ``relay(a, b)``: both directions between two sockets until both ended; bytes move through a
   pipe with ``splice(2)`` where Linux has it (they never enter Python), else ``recv``/``send``.
+* ``boot_id()``, ``peer_uid(sock)``, ``trusted_peer(sock)``: for the local path, where the
+  agent, the manager and bai's CLI share one machine and hand the service's connected socket
+  on by ``SCM_RIGHTS`` instead of relaying its bytes (``manager/api/apps.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +46,31 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTUNREACH)
+
+
+def boot_id() -> str:
+    """This kernel's boot id: two processes that read the same one can pass descriptors over
+    a unix socket whose path both see (empty where it cannot be read)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end of the unix socket ``sock``."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", raw)[1]
+
+
+def trusted_peer(sock: socket.socket) -> bool:
+    """Whether the other end of the unix socket ``sock`` runs as root or as this process's
+    own user (the manager and the agent of one machine trust nobody else)."""
+    return peer_uid(sock) in (0, os.geteuid())
 
 
 def wants_raw(headers: Any) -> bool:

@@ -201,6 +201,17 @@ def unix_address(path: str) -> tuple[str, int | None]:
     return f"/proc/self/fd/{dfd}/{name}", dfd
 
 
+def remove_unix(path: str) -> None:
+    """Remove the unix socket ``path`` (long paths too, as ``unix_address``); gone is fine."""
+    with contextlib.suppress(OSError):
+        addr, dfd = unix_address(path)
+        try:
+            os.unlink(addr)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+
+
 def copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     """Copy up to ``count`` bytes of the file ``src_fd`` from ``offset`` to ``dst_fd`` at its
     position, inside the kernel (``copy_file_range``, ``sendfile`` across filesystems), as

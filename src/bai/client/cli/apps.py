@@ -4,6 +4,8 @@
   official client) and turns each TCP connection into one signed WebSocket to the manager
   (``/stream/session/{x}/tcpproxy?app=APP``), relayed to the service in the session. It prints
   the local URL and runs until Ctrl-C.
+  Where the manager and the session's agent run on this machine too, the connection is
+  spliced to the service's own socket, handed over by the manager (``take_local``): no relay.
 * ``apps SESSION`` lists the session's apps (``/stream/session/{x}/apps``).
 * ``shell SESSION`` opens a shell on a pseudo-terminal in the session
   (``/stream/session/{x}/pty``): the local terminal in raw mode, window size changes sent
@@ -85,9 +87,12 @@ class Tunnel:
         self.app = app
         self.owner = owner
         self.raw = True
+        #: ask for the service's socket itself (manager and agent on this machine)
+        self.local = True
 
     async def _open_raw(self) -> Any:
-        """The manager's raw stream, or None where it cannot be had (then the WebSocket)."""
+        """The manager's raw stream, a ``LocalTicket`` (asked with ``self.local``: the local
+        path, see ``manager/api/apps.py``), or None where it cannot be had (the WebSocket)."""
         from bai.client import network
         from bai.client.endpoint import USER_AGENT
         from bai.client.http1 import ConnectFailed, HandshakeFailed, split_url
@@ -103,12 +108,16 @@ class Tunnel:
                 return None
             headers = eps.signed(idx, "GET", path_qs, "application/octet-stream", host=netloc)
             headers["User-Agent"] = USER_AGENT
+            if self.local:
+                headers[LOCAL_HEADER] = "fd"
             try:
                 got = await rawstream.open_upgraded(host, port, path_qs, netloc, headers,
                                                     timeout=None)
             except OSError as e:
                 raise ConnectFailed(f"cannot connect to {netloc}: {e.strerror or e}") from None
             if isinstance(got, rawstream.Refused):
+                if got.status == 200 and self.local:
+                    return _ticket(got.body)
                 if got.status == 400:  # a manager without the raw upgrade: the WebSocket
                     return None
                 raise HandshakeFailed(got.status, got.reason, got.body, got.content_type)
@@ -122,6 +131,11 @@ class Tunnel:
 
         try:
             raw = await self._open_raw() if self.raw else None
+            if isinstance(raw, LocalTicket):
+                if await self._handle_local(client, raw):
+                    return
+                self.local = False  # this machine's way is closed: the relay from now on
+                raw = await self._open_raw()
             if raw is None:
                 self.raw = False
                 await self._handle_ws(client)
@@ -138,6 +152,29 @@ class Tunnel:
             pass
         finally:
             rawstream.close(client)
+
+    async def _handle_local(self, client: socket.socket, ticket: LocalTicket) -> bool:
+        """The local path: the service's socket from the manager's unix socket, spliced to
+        ``client`` here, nothing relayed on the way. False where it cannot be taken (the
+        caller asks for the relay); a refusal of the service itself is raised."""
+        from bai.common import rawstream
+
+        got = await asyncio.to_thread(take_local, ticket)
+        if got is None:
+            return False
+        service, chan = got
+        loop = asyncio.get_running_loop()
+
+        async def touch() -> None:  # the session's activity, as the manager's relay counts it
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(chan, b".")
+
+        try:
+            await rawstream.relay(client, service, touch=touch, touch_every=TOUCH_EVERY)
+        finally:
+            rawstream.close(service)
+            chan.close()
+        return True
 
     async def _handle_ws(self, client: socket.socket) -> None:
         from bai.client.connection import WSMsgType
@@ -161,6 +198,66 @@ class Tunnel:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+#: sent by bai's CLI with its raw upgrade: the service's socket itself, where it can be had
+LOCAL_HEADER = "X-BAI-Local"
+#: the CLI tells the manager of traffic (the session's activity) at most this often
+TOUCH_EVERY = 30.0
+
+
+class LocalTicket:
+    """The manager's answer to ``X-BAI-Local``: its unix socket and a single-use ticket."""
+
+    def __init__(self, path: str, ticket: str) -> None:
+        self.path, self.ticket = path, ticket
+
+
+def _ticket(body: bytes) -> LocalTicket | None:
+    try:
+        got = json.loads(body)
+        return LocalTicket(str(got["local_socket"]), str(got["ticket"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def take_local(ticket: LocalTicket) -> tuple[socket.socket, socket.socket] | None:
+    """Blocking: (the service's connected socket, the open unix connection to the manager),
+    or None where the local path cannot be taken (no such socket here: another machine; a
+    ticket refused); a refusal of the service itself is raised as its problem."""
+    from bai.common import zerocopy
+    from bai.common.errors import error_from_problem
+
+    chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds: list[int] = []
+    try:
+        addr, dfd = zerocopy.unix_address(ticket.path)
+        try:
+            chan.settimeout(10.0)
+            chan.connect(addr)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        chan.sendall(json.dumps({"op": "app", "ticket": ticket.ticket}).encode())
+        chan.settimeout(150.0)  # a service bai starts (jupyter) may take 90 s
+        msg, fds, _, _ = socket.recv_fds(chan, 65536, 1)
+        answer = json.loads(msg.partition(b"\n")[0]) if msg else None
+        if isinstance(answer, dict) and answer.get("ok") is True and len(fds) == 1:
+            service = socket.socket(fileno=fds.pop())
+            service.setblocking(False)
+            chan.setblocking(False)
+            return service, chan
+        if (isinstance(answer, dict) and isinstance(answer.get("status"), int)
+                and not answer.get("fallback")):
+            chan.close()
+            raise error_from_problem(answer["status"], answer)
+    except (OSError, ValueError):
+        pass
+    finally:
+        for fd in fds:
+            os.close(fd)
+    chan.close()
+    return None
 
 
 def listen(host: str, port: int) -> list[socket.socket]:

@@ -283,6 +283,8 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         "scratch_root": str(state / "kernels"),
         # the storage host ``local`` of the manager's folders (issue 14)
         "storage_roots": {"local": str(state / "vfolders")},
+        # the manager takes a service's socket there for bai's CLI (apps tunnel, no relay)
+        "apps_socket": str(state / "agent-apps.sock"),
     }
     agent_values.update({f"slot_{k.replace('.', '_')}": v for k, v in meta["slots"].items()})
     _write_toml(agent_toml, "agent", agent_values)

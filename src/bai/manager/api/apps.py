@@ -13,6 +13,21 @@
   pseudo-terminal; BINARY frames are the terminal's bytes, TEXT frames control
   (``{"type": "resize", "rows", "cols"}`` up, ``{"type": "exit", "exit_code"}`` down, last).
 
+* The local path (bai's CLI, the manager and the session's agent on one machine): bai's CLI
+  sends ``X-BAI-Local: fd`` with its raw upgrade; where the agent said in its heartbeats that
+  it serves an apps socket on this machine's boot (``note_local_agent``), the answer is
+  ``200 {"local_socket", "ticket"}`` instead of the 101: the ticket (random, single use, good
+  for ``TICKET_SECONDS``) names what this request was allowed to open. The CLI sends
+  ``{"op": "app", "ticket"}`` on the manager's unix socket (the one of folder transfers,
+  ``api/storage.py``); ``serve_local`` takes the socket the kernel's runner connected inside
+  the session's network namespace from the agent's apps socket (``agent/apps.py``
+  ``LocalApps``) and hands it on (``SCM_RIGHTS``), so the CLI splices its client to the
+  service with nothing relayed here or in the agent. Why: with three relays 1 GiB moved at
+  24 % of direct on a quiet machine (bench/apps_tunnel.py); see docs/internals.md. The CLI
+  then writes a byte on that unix connection every ``TOUCH_EVERY`` seconds of traffic (the
+  session's activity) and closes it at the end. Anything that fails on the way (no socket, a
+  used ticket, another machine): the CLI asks again without the header and gets the relay.
+
 Only the session's owner (or an admin naming it with ``owner_access_key``) gets past ``_target``;
 every refusal (unknown session or app, a session that is not running, a service that does not
 answer) is a problem answer before the upgrade. The relay reaches nothing but the named
@@ -22,9 +37,15 @@ session's own loopback: the agent asks that kernel's runner for the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import secrets
+import socket
+import stat
+import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -50,6 +71,17 @@ MAX_FRAME = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
 #: an open tunnel with traffic keeps its session from the idle timeout
 TOUCH_EVERY = 30.0
+#: bai's CLI asks with this header (value ``fd``) for the service's socket itself
+LOCAL_HEADER = "X-BAI-Local"
+#: a ticket of the local path is used at once, once
+TICKET_SECONDS = 30.0
+#: how long the agent may take to hand a socket over (a service bai starts: up to 90 s)
+AGENT_ANSWER_SECONDS = 120.0
+#: agent address -> its apps socket, for agents of this machine (``note_local_agent``)
+LOCAL_AGENTS = web.AppKey("apps_local_agents", dict)
+#: ticket -> what it opens (``_Opens``), single use
+TICKETS = web.AppKey("apps_local_tickets", dict)
+_BOOT_ID = rawstream.boot_id()
 #: used when the cluster has no shared token (one manager only): tokens differ per process
 _FALLBACK_SECRET = secrets.token_hex(32)
 
@@ -156,23 +188,30 @@ async def app_token(root: Any, sess: dict[str, Any], app: str) -> str | None:
 
 async def tcpproxy(request: web.Request) -> web.StreamResponse:
     """One tunnelled TCP connection: a WebSocket (the official client) or, for bai's CLI, the
-    raw upgrade (``bai.common.rawstream``); either way a raw stream on to the agent."""
+    raw upgrade (``bai.common.rawstream``); either way a raw stream on to the agent. bai's
+    CLI on this machine may get a ticket for the service's socket instead (``_local_offer``)."""
     root, sess, address, kernel_id = await _target(request)
     entry = _app(sess, request.query.get("app", ""))
     refused = _settings_given(request, entry)
     if refused is not None:
         return refused
+    params = _params(root, kernel_id, entry)
     if entry["protocol"] == "pty":  # a raw shell on the local port: the agent's pty WebSocket
-        return await _relay(request, root, sess, address, kernel_id, _params(root, kernel_id, entry))
-    up = await _open_raw(root, address, kernel_id, _params(root, kernel_id, entry))
+        return await _relay(request, root, sess, address, kernel_id, params)
+    # raw only for a signed request: a browser (cookie) cannot ask for it anyway
+    raw = rawstream.wants_raw(request.headers) and bool(request.headers.get("Authorization"))
+    if raw and request.headers.get(LOCAL_HEADER) == "fd":
+        offer = _local_offer(request, sess, address, kernel_id, params)
+        if offer is not None:
+            return offer
+    up = await _open_raw(root, address, kernel_id, params)
     await _touch(root, sess["id"])
 
     def touch():
         return _touch(root, sess["id"])
 
     try:
-        # raw only for a signed request: a browser (cookie) cannot ask for it anyway
-        if rawstream.wants_raw(request.headers) and request.headers.get("Authorization"):
+        if raw:
             conn, tail, resp = await take_over(request)
             try:
                 await rawstream.relay(conn, up.sock, tail, up.tail, touch=touch,
@@ -184,6 +223,134 @@ async def tcpproxy(request: web.Request) -> web.StreamResponse:
     finally:
         rawstream.close(up.sock)
         await _touch(root, sess["id"])
+
+
+@dataclass(frozen=True)
+class _Opens:
+    """What a ticket of the local path opens: checked when it was handed out."""
+    deadline: float
+    session_id: Any
+    session: str
+    app: str
+    kernel_id: str
+    params: dict[str, str]
+    agent_socket: str
+
+
+class _LocalPathBroken(AgentError):
+    """The local path cannot be taken (the CLI asks again for the relay)."""
+
+
+def note_local_agent(app: web.Application, payload: dict[str, Any]) -> None:
+    """Remember, from an agent's heartbeat, the apps socket it serves when it runs on this
+    machine (the same boot id: descriptors can pass), keyed by its address."""
+    agents = app.get(LOCAL_AGENTS)
+    if agents is None:
+        return
+    address, path = str(payload.get("address") or ""), payload.get("apps_socket")
+    if isinstance(path, str) and path and _BOOT_ID and payload.get("boot_id") == _BOOT_ID:
+        agents[address] = path
+    else:
+        agents.pop(address, None)
+
+
+def _local_offer(request: web.Request, sess: dict[str, Any], address: str, kernel_id: str,
+                 params: dict[str, str]) -> web.Response | None:
+    """A ticket for the service's socket where the local path can be taken: this manager
+    serves its unix socket and the session's agent its apps socket on this machine."""
+    from bai.manager.api.storage import LOCAL
+
+    local = request.app.get(LOCAL)
+    agent_socket = request.app[LOCAL_AGENTS].get(address)
+    if (local is None or getattr(local, "sock", None) is None or "app" not in local.ops
+            or not agent_socket or not os.path.exists(agent_socket)):
+        return None
+    tickets: dict[str, _Opens] = request.app[TICKETS]
+    now = time.monotonic()
+    for old in [t for t, o in tickets.items() if o.deadline < now]:
+        del tickets[old]
+    ticket = secrets.token_urlsafe(32)
+    tickets[ticket] = _Opens(now + TICKET_SECONDS, sess["id"], str(sess["name"]),
+                             params["name"], kernel_id, params, agent_socket)
+    return web.json_response({"local_socket": local.path, "ticket": ticket},
+                             headers={"Cache-Control": "no-store"})
+
+
+def _from_agent(path: str, cluster_token: str, kernel_id: str, params: dict[str, str]) -> int:
+    """Blocking: the descriptor of the socket the kernel's runner connected to the service,
+    from the agent's apps socket at ``path``; its refusal raised as the problem it carries."""
+    from bai.common import zerocopy
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds: list[int] = []
+    try:
+        sock.settimeout(10.0)
+        addr, dfd = zerocopy.unix_address(path)
+        try:
+            sock.connect(addr)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        if not rawstream.trusted_peer(sock):  # not the agent: it gets no cluster token
+            raise _LocalPathBroken(f"{path} is served by another user")
+        sock.sendall(json.dumps({"cluster_token": cluster_token, "kernel_id": kernel_id,
+                                 "query": params}).encode() + b"\n")
+        sock.settimeout(AGENT_ANSWER_SECONDS)  # a service bai starts may take 90 s
+        msg, fds, _, _ = socket.recv_fds(sock, 65536, 1)
+        answer = json.loads(msg.partition(b"\n")[0]) if msg else None
+    except (OSError, ValueError) as e:
+        raise _LocalPathBroken(f"the agent's apps socket {path}: {e}") from None
+    finally:
+        sock.close()
+    try:
+        if (isinstance(answer, dict) and answer.get("ok") is True and len(fds) == 1
+                and stat.S_ISSOCK(os.fstat(fds[0]).st_mode)):
+            return fds.pop()
+        if isinstance(answer, dict) and isinstance(answer.get("status"), int):
+            if answer["status"] == 401:  # this manager is not one the agent trusts here
+                raise _LocalPathBroken(str(answer.get("title") or "refused"))
+            raise error_from_problem(answer["status"], answer)
+        raise _LocalPathBroken("the agent handed over nothing usable")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def serve_local(app: web.Application, conn: socket.socket, req: dict[str, Any]) -> None:
+    """``{"op": "app", "ticket"}`` on the manager's unix socket: ``{"ok": true}`` with the
+    service's socket, or a problem (``"fallback": true`` where the relay may still work)."""
+    from bai.manager.app import ROOT
+
+    root = app[ROOT]
+    opens = app[TICKETS].pop(str(req.get("ticket") or ""), None)
+    fd = None
+    try:
+        try:
+            if opens is None or opens.deadline < time.monotonic():
+                raise _LocalPathBroken("an unknown, used or expired ticket")
+            fd = await asyncio.to_thread(_from_agent, opens.agent_socket,
+                                         root.settings.cluster_token or "", opens.kernel_id,
+                                         opens.params)
+        except BaiError as e:
+            answer = {"status": e.status, **e.to_problem()}
+            if isinstance(e, _LocalPathBroken):
+                log.info("local app path not taken: %s", e)
+                answer["fallback"] = True
+            await asyncio.to_thread(conn.sendall, json.dumps(answer).encode() + b"\n")
+            return
+        await asyncio.to_thread(socket.send_fds, conn, [b'{"ok": true}\n'], [fd])
+    finally:
+        if fd is not None:
+            os.close(fd)
+    log.info("app %s of session %s: its socket handed to a local client (no relay)",
+             opens.app, opens.session)
+    await _touch(root, opens.session_id)
+    conn.setblocking(False)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(OSError):
+        while await loop.sock_recv(conn, 256):  # a byte per TOUCH_EVERY s of traffic
+            await _touch(root, opens.session_id)
+    await _touch(root, opens.session_id)
 
 
 def _settings_given(request: web.Request, entry: dict[str, Any]) -> web.Response | None:
@@ -316,6 +483,11 @@ async def _relay(request: web.Request, root: Any, sess: dict[str, Any], address:
 
 
 def setup(app: web.Application) -> None:
+    from bai.manager.api.storage import LOCAL_OPS
+
+    app[LOCAL_AGENTS] = {}
+    app[TICKETS] = {}
+    app.setdefault(LOCAL_OPS, {})["app"] = serve_local
     app.router.add_get("/stream/session/{session}/apps", list_apps)
     app.router.add_get("/stream/session/{session}/tcpproxy", tcpproxy)
     app.router.add_get("/stream/session/{session}/pty", pty)

@@ -11,6 +11,7 @@ from aiohttp import web
 from bai.common.auth import cluster_token_ok
 from bai.common.errors import AuthFailed, InvalidAPIParameters
 from bai.common.events import KernelEvent
+from bai.manager.api.apps import note_local_agent
 from bai.manager.api.params import json_object
 from bai.manager.app import ROOT
 from bai.manager.services.rpc import TOKEN_HEADER
@@ -24,7 +25,9 @@ def _check_token(request: web.Request) -> None:
 
 async def heartbeat(request: web.Request) -> web.Response:
     _check_token(request)
-    return web.json_response(await request.app[ROOT].agents.heartbeat(await json_object(request)))
+    body = await json_object(request)
+    note_local_agent(request.app, body)
+    return web.json_response(await request.app[ROOT].agents.heartbeat(body))
 
 
 async def events(request: web.Request) -> web.Response:

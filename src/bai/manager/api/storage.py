@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
 import stat
-import struct
 from email.utils import formatdate
 from urllib.parse import quote
 
 from aiohttp import web
 
 from bai.common import zerocopy
+from bai.common.rawstream import peer_uid
 from bai.common.errors import BaiError, Forbidden, InvalidAPIParameters
 from bai.manager.api.middleware import problem_response
 from bai.manager.app import ROOT
@@ -175,6 +176,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 #: the unix socket of local uploads, in the manager's state folder
 LOCAL_SOCKET = "storage.sock"
 LOCAL = web.AppKey("storage_local", object)
+#: what other routes serve on the same socket: op -> ``async handler(app, conn, req)``
+LOCAL_OPS = web.AppKey("storage_local_ops", dict)
 
 
 class LocalUploads:
@@ -187,8 +190,10 @@ class LocalUploads:
     machine, no access to the state folder) use the PATCH. Downloads the other way round:
     ``{"op": "download", "token"}`` gets a read-only descriptor of the file (``_download``)."""
 
-    def __init__(self, folders, path: str) -> None:
+    def __init__(self, folders, path: str, ops: dict | None = None) -> None:
         self.folders, self.path = folders, path
+        #: other routes' requests on this socket: op -> ``async handler(conn, req)``
+        self.ops = dict(ops or {})
         self.sock: socket.socket | None = None
         self.task: asyncio.Task | None = None
 
@@ -221,13 +226,7 @@ class LocalUploads:
                 await self.task
         if self.sock is not None:
             self.sock.close()
-            with contextlib.suppress(OSError):
-                addr, dfd = zerocopy.unix_address(self.path)
-                try:
-                    os.unlink(addr)
-                finally:
-                    if dfd is not None:
-                        os.close(dfd)
+            zerocopy.remove_unix(self.path)
         self.sock = self.task = None
 
     async def _serve(self) -> None:
@@ -244,8 +243,11 @@ class LocalUploads:
             msg, fds, _, _ = await asyncio.to_thread(socket.recv_fds, conn, 65536, 1)
             try:
                 req = _request(msg)
+                if (other := self.ops.get(req.get("op"))) is not None:
+                    await other(conn, req)  # it answers; the connection is closed below
+                    return
                 if req.get("op") == "download":
-                    out = await self._download(req, _peer_uid(conn))
+                    out = await self._download(req, peer_uid(conn))
                     answer = {"size": os.fstat(out).st_size}
                 else:
                     answer = {"offset": await self._upload(req, fds)}
@@ -303,15 +305,6 @@ def _request(msg: bytes) -> dict:
     return req
 
 
-def _peer_uid(conn: socket.socket) -> int | None:
-    """The user id of the process at the other end of the unix socket ``conn``."""
-    try:
-        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (OSError, AttributeError):
-        return None
-    return struct.unpack("3i", raw)[1]
-
-
 def may_hold(st: os.stat_result, peer: int | None) -> bool:
     """Whether a read-only descriptor of the file ``st`` lets the user ``peer`` do no more
     than read it: root and the manager's own user reach the state folder anyway; anyone else
@@ -341,7 +334,8 @@ async def _start_local(app: web.Application) -> None:
         return  # no state folder of its own (tests, tools): uploads take the PATCH
     path = os.path.join(os.path.abspath(os.path.expanduser(root.settings.state_dir)),
                         LOCAL_SOCKET)
-    local = LocalUploads(root.folders, path)
+    local = LocalUploads(root.folders, path, {
+        op: functools.partial(handler, app) for op, handler in app.get(LOCAL_OPS, {}).items()})
     app[LOCAL] = local
     await local.start()
     if local.sock is not None:
