@@ -238,7 +238,8 @@ async def run(request: web.Request) -> web.WebSocketResponse:
     it replaces would answer it:
 
     1. client: ``{"create": <POST /session body>, "code", "mode", "options"}``; server:
-       ``{"created": <its answer>, "httpStatus"}`` or ``{"problem", "httpStatus"}`` (and closes).
+       ``{"created": <its answer>, "httpStatus"}`` (``servicePorts`` as requested: the session
+       is not read again once it started) or ``{"problem", "httpStatus"}`` (and closes).
     2. if the session is RUNNING, the code runs at once: the frames of
        ``/stream/session/{x}/execute`` down, stdin frames up, until the ``finished`` frame (or
        ``{"ended": true}`` when the agent's stream ended without it).
@@ -263,22 +264,21 @@ async def run(request: web.Request) -> web.WebSocketResponse:
             if not isinstance(step, dict):
                 raise InvalidAPIParameters("the first frame must be a JSON object")
             params = validate(CreateSession, step.get("create")).model_dump(exclude_unset=True)
-            answer = await root.sessions.create(caller, params)
+            answer, row = await root.sessions.create_row(caller, params, reread=False)
         except Exception as exc:  # noqa: BLE001 - the client hears it as POST /session would
             await ws.send_str(_problem_frame(exc))
             return ws
         await ws.send_str(json.dumps({"created": answer,
                                       "httpStatus": 201 if answer.get("created") else 200}))
-        if answer.get("status") != "RUNNING":
+        if answer.get("status") != "RUNNING" or row is None:
             return ws
-        sid = answer["sessionId"]
+        sid = row["id"]
         try:
-            sess = await root.sessions.resolve(caller, sid)
-            address, kernel_id = await root.agents.kernel_target(sess)
+            address, kernel_id = await root.agents.kernel_target(row)
             async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
                 await upstream.send_str(json.dumps({k: step.get(k) for k in
                                                     ("code", "mode", "options")}))
-                finished = await _relay(ws, upstream, root, sess["id"], until_finished=True)
+                finished = await _relay(ws, upstream, root, sid, until_finished=True)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
             log.warning("run stream of session %s failed: %s", sid, exc)
             await ws.send_str(_error_frame(f"bai: the session's agent cannot run the code: {exc}"))
@@ -289,10 +289,10 @@ async def run(request: web.Request) -> web.WebSocketResponse:
             await ws.send_str(json.dumps({"ended": True}))
         nxt = await ws.receive()
         if nxt.type != aiohttp.WSMsgType.TEXT or not _asks_destroy(nxt.data):
-            await _touch(root, sess["id"])  # the session stays: its last activity was now
+            await _touch(root, sid)  # the session stays: its last activity was now
             return ws
         try:
-            result = await root.sessions.destroy(caller, sid)
+            result = await root.sessions.destroy_row(caller, row)
         except Exception as exc:  # noqa: BLE001 - as DELETE /session/{x} would answer
             await ws.send_str(_problem_frame(exc))
             return ws

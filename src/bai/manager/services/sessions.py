@@ -92,10 +92,17 @@ class SessionService:
     # -- create -------------------------------------------------------------------------------
 
     async def create(self, caller: Caller, params: dict) -> dict:
+        return (await self.create_row(caller, params))[0]
+
+    async def create_row(self, caller: Caller, params: dict, *,
+                         reread: bool = True) -> tuple[dict, dict | None]:
+        """``create``'s answer and the session's row as it settled (None for an array).
+        Without ``reread`` a session the events said is settled is not read again: its row is
+        the one written, with the status the events told (the run stream needs no more)."""
         now = utcnow()
         req = parse_create(params, now)
         if req.array is not None:
-            return await self._enqueue_array(caller, req, now)
+            return await self._enqueue_array(caller, req, now), None
         sid = uuid.uuid4()
         # only this session's events: the subscription exists before the row does
         async with self.root.bus.subscribe(str(sid)) as sub:
@@ -108,10 +115,10 @@ class SessionService:
                     raise
                 row, reused = await self._enqueue(caller, req, now, sid)
             if reused is not None:
-                return reused
+                return reused, row
             if req.enqueue_only:
-                return self._answer(row, created=True)
-            return await self._wait(sub, row, req.max_wait)
+                return self._answer(row, created=True), row
+            return await self._wait(sub, row, req.max_wait, reread)
 
     async def _enqueue(self, caller: Caller, req: CreateRequest, now: datetime,
                        sid: uuid.UUID) -> tuple[dict, dict | None]:
@@ -225,7 +232,8 @@ class SessionService:
             self.root.request_ids.note(row["id"])
         await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at)
 
-    async def _wait(self, sub, row: dict, max_wait: float) -> dict:
+    async def _wait(self, sub, row: dict, max_wait: float,
+                    reread: bool = True) -> tuple[dict, dict]:
         """Until the session settles (or ``max_wait`` passes): the answer of the create call.
 
         Every transition's event carries the session's new status, so the wait follows the
@@ -242,7 +250,7 @@ class SessionService:
             if deadline is not None:
                 left = deadline - loop.time()
                 if left <= 0:
-                    return {**self._answer(row, created=True), "status": "TIMEOUT"}
+                    return {**self._answer(row, created=True), "status": "TIMEOUT"}, row
                 timeout = min(timeout, left)
             ev = await sub.get(timeout)  # (the subscription is this session's only)
             if ev is not None and ev.status is not None:
@@ -250,10 +258,11 @@ class SessionService:
                 continue
             row, stale = await self._fresh(sid), False
             status = str(row["status"])
-        if stale:  # once, now that it has settled
+        if stale and reread:  # once, now that it has settled
             row = await self._fresh(sid)
             status = str(row["status"])
-        return {**self._answer(row, created=True), "status": status}
+        row = {**row, "status": status}
+        return {**self._answer(row, created=True), "status": status}, row
 
     async def _fresh(self, sid: uuid.UUID) -> dict:
         async with self.root.store.connect() as conn:
@@ -483,6 +492,11 @@ class SessionService:
     async def destroy(self, caller: Caller, name_or_id: str, owner_access_key: str | None = None,
                       forced: bool = False, recursive: bool = False) -> dict:
         row = await self.resolve(caller, name_or_id, owner_access_key)
+        return await self.destroy_row(caller, row, forced, recursive)
+
+    async def destroy_row(self, caller: Caller, row: dict, forced: bool = False,
+                          recursive: bool = False) -> dict:
+        """``destroy`` of a session already looked up (``row``: at least its id)."""
         stats = await self._terminate(caller, row, forced, recursive)
         if stats.get("status") == "terminating":
             stats = await self._await_final(row["id"], stats)
