@@ -117,3 +117,101 @@ async def test_counts_past_the_end_and_refuses_what_it_does_not_know(env):
         problem = await call(admin, "GET", f"/session/_/list?{query}", status=400)
         assert problem["type"] and problem["title"], problem
         assert word in json.dumps(problem).lower(), (query, problem)
+
+
+# -- render=table: ps's table made by the manager, kept as bytes until a session changes ----------
+
+def _table_query(fields, **params) -> str:
+    pairs = {"fields": ",".join(fields), "render": "table", **params}
+    return "&".join(f"{k}={quote(str(v), safe=',')}" for k, v in pairs.items())
+
+
+async def _table(who: Signed, fields, expect: int = 200, **params):
+    resp = await who.request("GET", f"/session/_/list?{_table_query(fields, **params)}", None)
+    text = await resp.text()
+    assert resp.status == expect, text
+    return resp, text
+
+
+@pytest.mark.parametrize("keypair", [ADMIN, USER])
+async def test_the_rendered_table_is_the_one_the_cli_makes_of_the_rows(env, keypair):
+    from bai.common.sessionfields import table_of
+    from bai.common.texttable import plain_table
+
+    root, s, client = env
+    await _sessions(root, s)
+    who = Signed(client, keypair)
+    from bai.common.sessionfields import FIELDS as COLUMNS
+
+    # every column ps shows (not idle_checks: its seconds left move between the two calls)
+    shown = [f for f in FIELDS if f in COLUMNS and f != "idle_checks"]
+    for fields in (shown, ["name", "access_key", "status"]):
+        status = "PENDING,RUNNING,TERMINATED"
+        rows = await call(who, "GET", f"/session/_/list?{_table_query(fields, status=status)}"
+                          .replace("&render=table", ""))
+        resp, text = await _table(who, fields, status=status, user_drops="access_key")
+        kept = [f for f in fields if keypair == ADMIN or f != "access_key"]
+        items = [{f: v for f, v in zip(fields, r, strict=True) if f in kept}
+                 for r in rows["items"]]
+        assert text == plain_table(*table_of(kept, items)) + "\n"
+        assert resp.headers["X-BAI-Count"] == str(len(items))
+        assert resp.headers["X-BAI-Total-Count"] == str(rows["total_count"])
+        assert (keypair == ADMIN) == ("Owner Access Key" in text)
+
+
+async def test_a_new_changed_or_ended_session_shows_in_the_very_next_table(env):
+    root, s, client = env
+    await _sessions(root, s)
+    admin = Signed(client, ADMIN)
+    fields, status = ["name", "status"], "PENDING,RUNNING"
+    cache = client.app.get(session.LISTING_CACHE)
+    _, before = await _table(admin, fields, status=status)
+    hits = cache.hits
+    assert (await _table(admin, fields, status=status))[1] == before
+    if root.store.is_sqlite:
+        assert cache.hits == hits + 1  # the second answer came from the cache
+    await add_session(root.store, s, name="newcomer", status="PENDING")
+    _, after = await _table(admin, fields, status=status)
+    assert "newcomer" in after and "newcomer" not in before
+    async with root.store.begin() as conn:
+        await conn.execute(t.sessions.update().where(t.sessions.c.name == "newcomer")
+                           .values(status="TERMINATED"))
+    _, ended = await _table(admin, fields, status=status)
+    assert "newcomer" not in ended
+    async with root.store.begin() as conn:
+        await conn.execute(t.sessions.update().where(t.sessions.c.name == "second")
+                           .values(name="renamed"))
+    assert "renamed" in (await _table(admin, fields, status=status))[1]
+
+
+async def test_a_cached_table_never_reaches_another_caller(env):
+    root, s, client = env
+    await _sessions(root, s)
+    admin, user, other = Signed(client, ADMIN), Signed(client, USER), Signed(client, OTHER)
+    status = "PENDING,RUNNING,TERMINATED"
+    _, everyone = await _table(admin, ["name"], status=status)
+    assert "theirs" in everyone and "first" in everyone
+    _, mine = await _table(user, ["name"], status=status)
+    assert "theirs" not in mine and "first" in mine
+    _, theirs = await _table(other, ["name"], status=status)
+    assert "theirs" in theirs and "first" not in theirs
+    # an admin's table of another keypair, then that keypair asked by a user: refused
+    await _table(admin, ["name"], status=status, access_key=OTHER[0])
+    resp, text = await _table(user, ["name"], 403, status=status, access_key=OTHER[0])
+    assert "theirs" not in text
+
+
+async def test_a_table_takes_up_to_max_table_rows_and_refuses_bad_renders(env):
+    from bai.manager.services.listing import MAX_TABLE
+
+    root, s, client = env
+    await _sessions(root, s)
+    admin = Signed(client, ADMIN)
+    resp, text = await _table(admin, ["name"], status="PENDING", limit=MAX_TABLE)
+    assert resp.headers["X-BAI-Count"] == "2" and "first" in text
+    await _table(admin, ["name"], 400, limit=MAX_TABLE + 1)
+    await _table(admin, ["name", "session_id"], 400)
+    _, none = await _table(admin, ["name"], status="SUSPENDED")
+    assert none == ""
+    problem = await call(admin, "GET", "/session/_/list?fields=name&render=html", status=400)
+    assert problem["type"] and "render" in problem["msg"]

@@ -58,6 +58,9 @@ def test_a_client_only_install_runs_without_the_server_stack(client_venv: Path,
     py = env_dir / "bin" / "python"
     r = _run([str(env_dir / "bin" / "backend.ai"), "--help"])
     assert r.returncode == 0, r.stderr
+    # the launcher is packaging/bin/backend.ai, not pip's wrapper (which imports re)
+    launcher = (env_dir / "bin" / "backend.ai").read_text()
+    assert launcher.startswith(f"#!{env_dir}") and "import re" not in launcher, launcher
     assert "Usage" in r.stdout and "run" in r.stdout
     probe = ("import importlib.util, json; print(json.dumps([m for m in %r "
              "if importlib.util.find_spec(m)]))" % (SERVER_ONLY,))

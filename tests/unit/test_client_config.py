@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bai.client.cli.fields import format_slots, item_to_json, parse_format
+from bai.common.sessionfields import format_slots, item_to_json, parse_format
 from bai.client.cli.output import _plain_table, stats_rows
 from bai.client.config import ClientConfig
 from bai.client.errors import ConfigError

@@ -9,10 +9,10 @@ path uses httpx and websockets (``bai.client.connection``).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import struct
+
+# ``base64`` and ``hashlib`` (OpenSSL) are imported by the WebSocket handshake only: ``ps``
+# imports this module for its URL helpers.
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -149,12 +149,17 @@ def charset_of(headers: dict[str, str]) -> str:
 
 def ws_handshake(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
     """(key, headers) of a client upgrade request."""
+    import base64
+
     key = base64.b64encode(os.urandom(16)).decode()
     return key, {**(headers or {}), "Upgrade": "websocket", "Connection": "Upgrade",
                  "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
 
 
 def ws_accept_ok(key: str, raw_headers: list[tuple[str, str]]) -> bool:
+    import base64
+    import hashlib
+
     accept = {k.lower(): v for k, v in raw_headers}.get("sec-websocket-accept", "")
     return accept == base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
 
@@ -176,16 +181,16 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
         head.append(0x80 | n)
     elif n < 1 << 16:
         head.append(0x80 | 126)
-        head += struct.pack("!H", n)
+        head += n.to_bytes(2, "big")
     else:
         head.append(0x80 | 127)
-        head += struct.pack("!Q", n)
+        head += n.to_bytes(8, "big")
     mask = os.urandom(4)
     return bytes(head) + mask + unmask(payload, mask)
 
 
 def ws_close_payload(code: int) -> bytes:
-    return struct.pack("!H", code if code != 1005 else 1000)
+    return (code if code != 1005 else 1000).to_bytes(2, "big")
 
 
 def ws_length(b2: int) -> int:
@@ -196,10 +201,8 @@ def ws_length(b2: int) -> int:
 
 def ws_payload_length(b2: int, ext: bytes) -> int:
     """The payload length from the second header byte and its extended-length bytes."""
-    if len(ext) == 2:
-        return struct.unpack("!H", ext)[0]
-    if len(ext) == 8:
-        return struct.unpack("!Q", ext)[0]
+    if len(ext) in (2, 8):
+        return int.from_bytes(ext, "big")
     return b2 & 0x7F
 
 
@@ -224,4 +227,4 @@ class Reassembly:
 
 
 def ws_close_code(payload: bytes) -> int:
-    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+    return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005

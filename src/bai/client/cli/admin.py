@@ -26,7 +26,7 @@ def _call(fn: Callable[[Any], Any]) -> Any:
 
 
 def _slots_text(value: Any) -> str:
-    from bai.client.cli.fields import format_slots
+    from bai.common.sessionfields import format_slots
 
     return format_slots(value)
 

@@ -23,6 +23,7 @@ import os
 import sys
 
 from bai.client.blocking import BlockingHTTP
+from bai.client.cli.argv import express_off, parse_options
 from bai.client.endpoint import (
     USER_AGENT,
     Endpoints,
@@ -43,8 +44,6 @@ FLAGS = {"--rm": "remove", "-q": "quiet", "--quiet": "quiet"}
 VALUES = {"-c": "code", "--code": "code", "-t": "name", "--name": "name",
           "--client-token": "name", "-e": "env", "--env": "env", "-m": "mounts",
           "--mount": "mounts", "-v": "mounts", "--volume": "mounts"}
-#: the options that may be given more than once
-REPEATED = ("env", "mounts")
 #: ``start``'s: a queued session is reported without waiting for it
 START_FLAGS = {"--enqueue-only": "enqueue", "-q": "quiet", "--quiet": "quiet"}
 START_VALUES = {"-t": "name", "--name": "name", "--client-token": "name", "-e": "env",
@@ -88,60 +87,22 @@ def check_code(code: str | None) -> str | None:
     return code
 
 
-def _off() -> bool:
-    return os.environ.get("BAI_CLI_EXPRESS", "1") in ("0", "no", "false")
-
-
-def _parse(args: list[str], flags: dict[str, str], values: dict[str, str],
-           plan: dict[str, Any], image: bool = True) -> dict[str, Any] | None:
-    """``plan`` filled from ``args`` (``flags`` set True, ``values`` take one argument, the
-    ``REPEATED`` ones collect), with its one IMAGE (none unless ``image``); None for anything
-    else (click's business)."""
-    positional = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if not arg.startswith("-") or arg == "-":
-            positional.append(arg)
-            continue
-        opt, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if opt in flags and not eq:
-            plan[flags[opt]] = True
-        elif opt in values:
-            if not eq:
-                if i >= len(args):
-                    return None  # click says what is missing
-                value = args[i]
-                i += 1
-            if values[opt] in REPEATED:
-                plan[values[opt]].append(value)
-            else:
-                plan[values[opt]] = value
-        else:
-            return None
-    if len(positional) != int(image):
-        return None
-    if image:
-        plan["image"] = positional[0]
-    return plan
-
-
 def parse(args: list[str]) -> dict[str, Any] | None:
     """The options of ``run`` (after the word ``run``) if the express path takes them."""
-    if _off():
+    if express_off():
         return None
-    plan = _parse(args, FLAGS, VALUES, {"code": None, "name": None, "env": [], "mounts": [],
-                                        "remove": False, "quiet": False, "image": None})
+    plan = parse_options(args, FLAGS, VALUES, {
+        "code": None, "name": None, "env": [], "mounts": [], "remove": False, "quiet": False,
+        "image": None})
     return plan if plan is not None and plan["code"] is not None else None
 
 
 def parse_start(args: list[str]) -> dict[str, Any] | None:
     """The options of ``start`` if the express path takes them: a session that is only queued
     (``--enqueue-only`` or ``--starts-at``), with no more than ``START_VALUES`` say."""
-    if _off():
+    if express_off():
         return None
-    plan = _parse(args, START_FLAGS, START_VALUES, {
+    plan = parse_options(args, START_FLAGS, START_VALUES, {
         "name": None, "env": [], "quiet": False, "image": None, "type": "interactive",
         "startup": None, "starts_at": None, "enqueue": False, "remove": False})
     if plan is None or plan["type"] not in ("interactive", "batch"):

@@ -10,64 +10,31 @@ admin, so the owner column is asked for and dropped for users instead of asking 
 Anything it does not take (``--help``, bundled or attached short options, a bad ``--limit``,
 values click would reject) answers None from ``parse`` and the command goes through click; so
 does a manager without the route (404/405: an older bai or another manager), where the click
-path lists through GraphQL. ``BAI_CLI_EXPRESS=0`` turns the path off.
+path lists through GraphQL. ``BAI_CLI_EXPRESS=0`` turns the path off. The plain table to a
+pipe or a file is first tried leaner still (``bai.client.cli.ps_rendered``: the manager renders
+it); what that path cannot do alone comes here.
 """
 
 from __future__ import annotations
 
 import sys
 
-from bai.client.cli.express import Express, _off, _parse
+from bai.client.cli.express import Express
+from bai.client.cli.ps_rendered import ROUTE, parse
 from bai.client.cli.ps_plan import FIRST_PAGE, choose_fields, json_document, rest_note, \
-    status_set, table_of
+    status_set
+from bai.common.sessionfields import table_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FLAGS = {"--running": "running", "--dead": "dead", "--all-statuses": "all_statuses",
-         "-a": "show_all", "--all": "show_all", "--name-only": "name_only", "--detail": "detail"}
-VALUES = {"-s": "status", "--status": "status", "-f": "fmt", "--format": "fmt",
-          "--access-key": "access_key", "--limit": "limit", "--offset": "offset",
-          "--filter": "filter", "--order": "order", "--output": "output"}
-OUTPUTS = {"table": "table", "console": "table", "json": "json"}
-ROUTE = "/session/_/list"
 #: rows per request (the most the manager gives): rows come made, so one request is cheapest
 EXPRESS_PAGE = 10_000
 
 
 class NoRoute(Exception):
     """The manager does not serve ``GET /session/_/list``."""
-
-
-def _whole(value: Any, least: int) -> int | None:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        return None
-    return n if n >= least else None
-
-
-def parse(args: list[str]) -> dict[str, Any] | None:
-    """The options of ``ps`` (after the word ``ps``) if the express path takes them."""
-    if _off():
-        return None
-    plan = _parse(args, FLAGS, VALUES, {
-        "running": False, "dead": False, "all_statuses": False, "show_all": False,
-        "name_only": False, "detail": False, "status": None, "fmt": None, "access_key": None,
-        "limit": None, "offset": "0", "filter": None, "order": None, "output": "table",
-    }, image=False)
-    if plan is None:
-        return None
-    plan["output"] = OUTPUTS.get(str(plan["output"]).lower())
-    if plan["limit"] is not None:
-        plan["limit"] = _whole(plan["limit"], 1)
-        if plan["limit"] is None:
-            return None  # click says what is wrong with it
-    plan["offset"] = _whole(plan["offset"], 0)
-    if plan["offset"] is None or plan["output"] is None:
-        return None
-    return plan
 
 
 def fetch(express: Express, plan: dict[str, Any], statuses: list[str]
@@ -121,7 +88,7 @@ def show(plan: dict[str, Any], fields: list[str], items: list[dict[str, Any]],
 
         Output("table").table(headers, rows)
     else:
-        from bai.client.cli.table import plain_table
+        from bai.common.texttable import plain_table
 
         out.write(plain_table(headers, rows) + "\n")
     note = rest_note(total, plan["offset"], len(items))

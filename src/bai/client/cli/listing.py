@@ -12,7 +12,8 @@ import click
 
 from bai.client.cli.context import get_ctx, output_option
 from bai.client.cli.ps_plan import FIRST_PAGE, PAGE, choose_fields, json_document, rest_note, \
-    status_set, table_of
+    status_set
+from bai.common.sessionfields import table_of
 
 EPILOG = """\b
 Status filters (newest status change first):

@@ -50,6 +50,11 @@ def _echo_err(text: str) -> None:
 
 def _invoke(args: list[str]) -> int:
     if args[:1] == ["ps"]:
+        from bai.client.cli import ps_rendered
+
+        code = ps_rendered.main(args[1:])
+        if code is not None:
+            return code
         from bai.client.cli import express_ps
 
         code = express_ps.main(args[1:])

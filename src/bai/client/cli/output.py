@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from bai.client.cli.table import plain_table as _plain_table
+from bai.common.texttable import plain_table as _plain_table
 from bai.client.units import humanize_bytes  # noqa: F401 - re-exported
 
 

@@ -9,8 +9,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-from bai.client.errors import UsageError
-
 FIRST_PAGE = 10
 #: rows per request of ``--all`` (the manager answers up to 10,000): one round trip for most
 #: listings (each request pays the query, the count and the client's signing again)
@@ -18,6 +16,7 @@ PAGE = 5000
 
 
 def status_set(running: bool, dead: bool, status: str | None, all_statuses: bool) -> list[str]:
+    from bai.client.errors import UsageError
     from bai.common.status import LIST_ALL, LIST_DEAD, LIST_DEFAULT, LIST_RUNNING, parse_statuses
 
     given = [opt for opt, on in (("--running", running), ("--dead", dead),
@@ -44,11 +43,11 @@ def status_set(running: bool, dead: bool, status: str | None, all_statuses: bool
 
 
 def choose_fields(fmt: str | None, name_only: bool, detail: bool, is_admin: bool) -> list[str]:
-    from bai.client.cli.fields import parse_format
-
-    from bai.client.cli.fields import DEFAULT_FIELDS, DETAIL_EXTRA
+    from bai.common.sessionfields import DEFAULT_FIELDS, DETAIL_EXTRA, parse_format
 
     if fmt is not None:
+        from bai.client.errors import UsageError
+
         try:
             fields = parse_format(fmt)
         except ValueError as e:
@@ -69,28 +68,10 @@ def choose_fields(fmt: str | None, name_only: bool, detail: bool, is_admin: bool
 
 def json_document(items: list[dict[str, Any]], total: int) -> dict[str, Any]:
     """``--output json``: the official client's keys."""
-    from bai.client.cli.fields import item_to_json
+    from bai.common.sessionfields import item_to_json
 
     return {"count": len(items), "total_count": total,
             "items": [item_to_json(it) for it in items]}
-
-
-def table_of(fields: list[str], items: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows of cells) of the table."""
-    from bai.client.cli.fields import FIELDS, format_cell
-
-    specs = [FIELDS[f] for f in fields]
-    # a plain text value shows as it is (format_cell's answer for it): 5,000 rows of 11
-    # columns without 55,000 calls
-    plain = [s.kind == "default" and s.name != "idle_checks" for s in specs]
-    rows = []
-    for it in items:
-        row = []
-        for s, is_plain in zip(specs, plain, strict=True):
-            v = it.get(s.name)
-            row.append(v if is_plain and type(v) is str else format_cell(s, v))
-        rows.append(row)
-    return [s.header for s in specs], rows
 
 
 def rest_note(total: int, offset: int, shown: int) -> str | None:

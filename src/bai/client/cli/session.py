@@ -165,7 +165,7 @@ Examples:
 @output_option
 def info(session: str, owner: str | None) -> None:
     """Show everything about one session (by name or id)."""
-    from bai.client.cli.fields import FIELDS, Field, format_cell, item_to_json
+    from bai.common.sessionfields import FIELDS, Field, format_cell, item_to_json
 
     cli = get_ctx()
     out = cli.output

@@ -11,6 +11,9 @@ from bai.manager.api.models import CreateSession, DestroySessions
 from bai.manager.api.params import body_of, fields_of
 from bai.manager.app import ROOT
 
+#: the latest answers of ``GET /session/_/list`` (``listing.ListingCache``)
+LISTING_CACHE: web.AppKey = web.AppKey("listing_cache")
+
 
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").strip().lower() in ("1", "true", "yes", "on")
@@ -62,21 +65,29 @@ async def list_sessions(request: web.Request) -> web.Response:
     values, same visibility), but as rows already made: ``{"fields": [...], "items": [[...]],
     "total_count": N, "is_admin": bool}``. What ``backend.ai ps`` uses (one statement, no
     GraphQL per row); ``is_admin`` lets it drop the owner column for users without asking first.
+
+    ``render=table`` (``&user_drops=access_key``): ``ps``'s plain table itself, as text, the
+    fields in ``user_drops`` left out for users, the counts in ``X-BAI-Count`` and
+    ``X-BAI-Total-Count``, up to ``MAX_TABLE`` rows at once. Answers are kept as bytes until a
+    session (or what a listing reads) changes (``listing.ListingCache``).
     """
     from bai.manager.services import listing
 
     q = request.query
+    render = q.get("render") or None
+    if render not in (None, "table"):
+        raise InvalidAPIParameters(f"render must be 'table', not {render!r}")
     fields = [f.strip() for f in q.get("fields", "").split(",") if f.strip()] or ["id", "name"]
-    caller = request["caller"]
-    async with request.app[ROOT].store.connect() as conn:
-        items, total = await listing.list_rows(
-            conn, caller, fields, limit=_int(request, "limit", 10),
-            offset=_int(request, "offset", 0), status=q.get("status") or None,
-            access_key=q.get("access_key") or None, filter=q.get("filter") or None,
-            order=q.get("order") or None)
-    body = {"fields": fields, "items": items, "total_count": total, "is_admin": caller.is_admin}
-    return web.Response(text=json.dumps(body, separators=(",", ":")),
-                        content_type="application/json")
+    query = listing.ListQuery(
+        fields=tuple(fields), limit=_int(request, "limit", 10),
+        offset=_int(request, "offset", 0), status=q.get("status") or None,
+        access_key=q.get("access_key") or None, filter=q.get("filter") or None,
+        order=q.get("order") or None, render=render,
+        user_drops=tuple(f.strip() for f in q.get("user_drops", "").split(",") if f.strip()))
+    answer = await listing.list_answer(request.app[ROOT].store, request["caller"], query,
+                                       request.app.get(LISTING_CACHE))
+    return web.Response(body=answer.body, headers={"Content-Type": answer.content_type,
+                                                   **answer.headers})
 
 
 def session_info(row: dict, deps: list[dict]) -> dict:
@@ -165,6 +176,9 @@ async def rename(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    from bai.manager.services.listing import ListingCache
+
+    app[LISTING_CACHE] = ListingCache()
     r = app.router
     r.add_post("/session", create)
     r.add_post("/session/_/create", create)

@@ -29,6 +29,9 @@ from bai.manager.services.queryfilter import Field, parse_filter, parse_order
 from bai.manager.store import tables as t
 
 MAX_PAGE = 10_000
+#: rows of one rendered table (``render=table``): its columns are as wide as its widest cell,
+#: so ``ps --all`` asks for every row in one answer
+MAX_TABLE = 100_000
 
 _s = t.sessions
 _g = t.groups
@@ -130,9 +133,10 @@ class _Query:
 
 
 def _query(caller: Caller, *, limit: int, offset: int, status: str | None,
-           access_key: str | None, filter: str | None, order: str | None) -> _Query:
-    if limit < 0 or limit > MAX_PAGE:
-        raise InvalidAPIParameters(f"limit must be between 0 and {MAX_PAGE}, not {limit}")
+           access_key: str | None, filter: str | None, order: str | None,
+           max_limit: int = MAX_PAGE) -> _Query:
+    if limit < 0 or limit > max_limit:
+        raise InvalidAPIParameters(f"limit must be between 0 and {max_limit}, not {limit}")
     if offset < 0:
         raise InvalidAPIParameters(f"offset must not be negative, not {offset}")
     where = [status_clause(status)]
@@ -210,6 +214,7 @@ async def list_rows(
     filter: str | None = None,
     order: str | None = None,
     now: datetime | None = None,
+    max_limit: int = MAX_PAGE,
 ) -> tuple[list[list[Any]], int]:
     """One page as rows of ``fields`` (in that order), each value what GraphQL's
     ``compute_session_list`` would answer for it (DateTime as ISO text, JSONString as JSON text),
@@ -221,7 +226,7 @@ async def list_rows(
         raise InvalidAPIParameters(
             f"unknown field {unknown[0]!r}; known: {', '.join(LISTED_FIELDS)}, dependencies")
     q = _query(caller, limit=limit, offset=offset, status=status, access_key=access_key,
-               filter=filter, order=order)
+               filter=filter, order=order, max_limit=max_limit)
     plain = [f for f in fields if f != "dependencies"]
     names = sorted({c for f in plain for c in ROW_FIELDS[f][0]} | {"id"})
     cols = [_AS_TEXT[n] for n in names]
@@ -447,3 +452,132 @@ def container_fields(kernel: dict[str, Any], session: dict[str, Any]) -> dict[st
         "live_stat": None,
         "last_stat": kernel["last_stat"],
     }
+
+
+# -- GET /session/_/list: answers as ready bytes, cached while nothing they read changed ------------
+
+#: fields whose value depends on the time of the request: never cached
+_NOW_FIELDS = frozenset({"idle_checks"})
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """What ``GET /session/_/list`` was asked. ``render="table"``: ``ps``'s plain table as
+    text (``bai.common.sessionfields.table_of`` + ``bai.common.texttable.plain_table``, the
+    CLI's own code, so the bytes are those it would print), with ``user_drops`` (the owner
+    column) left out for callers who are not admins."""
+
+    fields: tuple[str, ...]
+    limit: int
+    offset: int = 0
+    status: str | None = None
+    access_key: str | None = None
+    filter: str | None = None
+    order: str | None = None
+    render: str | None = None
+    user_drops: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListAnswer:
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+
+
+class ListingCache:
+    """The latest answers of ``GET /session/_/list`` as the bytes sent, each valid while
+    ``Store.listing_changes`` is what it was when its query began (any write to a table the
+    listing reads, by this process, moves it). Keyed by the whole query and by whose sessions
+    it shows (the caller's own for a user), so an answer never reaches another caller than
+    the one it was made for. Only on SQLite: there this process is the only writer; PostgreSQL
+    may have other manager replicas writing, whose changes it would not see. Least recently
+    used answers go first past ``max_entries`` or ``max_bytes``."""
+
+    def __init__(self, max_entries: int = 16, max_bytes: int = 64 << 20) -> None:
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[int, ListAnswer]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, generation: int) -> ListAnswer | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != generation:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[1]
+
+    def put(self, key: tuple, generation: int, answer: ListAnswer) -> None:
+        self._drop(key)
+        if len(answer.body) > self.max_bytes:
+            return
+        self._entries[key] = (generation, answer)
+        self._bytes += len(answer.body)
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1].body)
+
+
+def render_table(fields: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """``ps``'s plain table of ``rows`` (as ``list_rows`` makes them) with its last newline;
+    empty for no rows (the CLI then says so on stderr)."""
+    if not rows:
+        return b""
+    from bai.common.sessionfields import table_of
+    from bai.common.texttable import plain_table
+
+    headers, cells = table_of(list(fields), [dict(zip(fields, r, strict=True)) for r in rows])
+    return (plain_table(headers, cells) + "\n").encode("utf-8")
+
+
+async def list_answer(store: Any, caller: Caller, q: ListQuery,
+                      cache: ListingCache | None = None) -> ListAnswer:
+    """The answer of ``GET /session/_/list`` for ``q``: rows as JSON (``{"fields", "items",
+    "total_count", "is_admin"}``) or, with ``render="table"``, the table as text with its
+    counts in ``X-BAI-Count`` and ``X-BAI-Total-Count``."""
+    fields = [f for f in q.fields if caller.is_admin or f not in q.user_drops] \
+        if q.render == "table" else list(q.fields)
+    if q.render == "table":
+        from bai.common.sessionfields import FIELDS as COLUMNS
+
+        unknown = [f for f in fields if f not in COLUMNS]
+        if unknown or not fields:
+            raise InvalidAPIParameters(
+                f"no column for field {unknown[0]!r} in a rendered table; known: "
+                f"{', '.join(COLUMNS)}" if unknown else "no field left to show")
+    owner = visible_access_key(caller, q.access_key)  # refused before any cached answer
+    key = (q.render, tuple(fields), q.limit, q.offset, q.status, owner, caller.is_admin,
+           q.filter, q.order)
+    if _NOW_FIELDS.intersection(fields) or not getattr(store, "is_sqlite", False):
+        cache = None
+    generation = store.listing_changes  # before the query: a change after it voids the answer
+    if cache is not None:
+        hit = cache.get(key, generation)
+        if hit is not None:
+            return hit
+    async with store.connect() as conn:
+        rows, total = await list_rows(
+            conn, caller, fields, limit=q.limit, offset=q.offset, status=q.status,
+            access_key=q.access_key, filter=q.filter, order=q.order,
+            max_limit=MAX_TABLE if q.render == "table" else MAX_PAGE)
+    if q.render == "table":
+        answer = ListAnswer(render_table(fields, rows), "text/plain; charset=utf-8",
+                            {"X-BAI-Count": str(len(rows)), "X-BAI-Total-Count": str(total)})
+    else:
+        body = {"fields": fields, "items": rows, "total_count": total,
+                "is_admin": caller.is_admin}
+        answer = ListAnswer(json.dumps(body, separators=(",", ":")).encode("utf-8"),
+                            "application/json; charset=utf-8", {})
+    if cache is not None:
+        cache.put(key, generation, answer)
+    return answer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_LISTED_WRITE = "bai_listed_write"
+#: the tables a session listing reads (``services/listing.py``): a statement that writes one
+#: of them changes ``Store.listing_changes``
+_LISTED_TABLES = re.compile(r"\b(sessions|session_dependencies|groups|users)\b", re.IGNORECASE)
 
 
 def _sqlite_path(url: sa.URL) -> str | None:
@@ -49,10 +54,23 @@ class Store:
         #: SQL statements sent so far (an ``executemany`` counts once): what a job costs the
         #: database, in ``bai_manager_sql_statements_total``
         self.statements = 0
+        #: changes this process made to the tables a session listing reads: one more when a
+        #: statement writes one of them, and again once its transaction has ended (``begin``),
+        #: so that a listing read between the two is not taken for the committed state. The
+        #: manager's cached listings (``services/listing.py``) hold while it is unchanged.
+        self.listing_changes = 0
 
         @event.listens_for(self.engine.sync_engine, "before_cursor_execute")
-        def _count(*_args: object) -> None:  # pragma: no cover - driver hook
+        def _count(conn, _cursor, statement, *_args: object) -> None:  # pragma: no cover
             self.statements += 1
+            # writes only (INSERT, UPDATE, DELETE, WITH ..., REPLACE): a regular expression
+            # on every SELECT would cost
+            head = statement[:1]
+            if head.isspace():
+                head = statement.lstrip()[:1]
+            if head in "IUDWRiudwr" and _LISTED_TABLES.search(statement):
+                self.listing_changes += 1
+                conn.info[_LISTED_WRITE] = True
 
         if self.is_sqlite:
             self._setup_sqlite(self.engine)
@@ -85,8 +103,12 @@ class Store:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A transaction: committed when the block ends, rolled back on an exception."""
         if not self.is_sqlite:
-            async with self.engine.connect() as conn, conn.begin():
-                yield conn
+            async with self.engine.connect() as conn:
+                try:
+                    async with conn.begin():
+                        yield conn
+                finally:
+                    self._ended(conn)
             return
         # SQLite has one writer at a time. This process's writers queue here, in order,
         # instead of in SQLite's busy handler, which sleeps up to 100 ms between retries:
@@ -95,8 +117,17 @@ class Store:
             self._write_lock = asyncio.Lock()
         async with self._write_lock, self.engine.connect() as conn:
             await conn.execution_options(bai_write=True)
-            async with conn.begin():
-                yield conn
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                self._ended(conn)
+
+    def _ended(self, conn: AsyncConnection) -> None:
+        """After a transaction (committed or rolled back): if it wrote a listed table, the
+        listings read while it was open are out of date."""
+        if conn.info.pop(_LISTED_WRITE, False):
+            self.listing_changes += 1
 
     def connect(self):
         """A connection for reads (``async with store.connect() as conn``)."""

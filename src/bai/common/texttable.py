@@ -1,5 +1,5 @@
 """The plain table of the CLI's text output (stdout not a terminal), without click or rich:
-the express path prints it too."""
+the express path prints it too, and the manager renders ``ps``'s table with it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,62 @@
+"""The leanest ``ps`` (``bai.client.cli.ps_rendered``): what it copies from heavier modules
+(the signature, the default statuses and fields, the query encoding) stays equal to them."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from hashlib import sha256
+from urllib.parse import quote
+
+import pytest
+
+from bai.client.cli import ps_rendered
+from bai.client.cli.ps_plan import choose_fields, status_set
+from bai.common.auth import make_headers, parse_authorization, sign
+
+
+@pytest.mark.parametrize("key", [b"", b"k", b"x" * 64, b"long" * 40])
+def test_hmac_is_the_standard_one(key):
+    assert ps_rendered.hmac_sha256(key, b"message") == hmac.new(key, b"message", sha256).digest()
+
+
+@pytest.mark.parametrize("secret", ["secret-key-000", "ü" * 50])
+def test_the_signature_is_bai_common_auths(secret):
+    date = ps_rendered.now_iso()
+    assert datetime.fromisoformat(date).utcoffset().total_seconds() == 0
+    path = "/session/_/list?fields=name%2Cid&status=PENDING&filter=name%20ilike%20%22a%2A%22"
+    mine = ps_rendered.signature(secret, "GET", path, date, "127.0.0.1:8091", "text/plain")
+    assert mine == sign(secret, "GET", path, date, "127.0.0.1:8091", "text/plain")
+
+
+def test_the_request_carries_the_headers_the_express_path_signs():
+    class Config:
+        access_key, secret_key, domain = "AKIATEST", "sk", "default"
+
+    raw = ps_rendered.request_bytes(Config, "/session/_/list?x=1", "h:1").decode()
+    headers = dict(line.split(": ", 1) for line in raw.split("\r\n")[1:] if line)
+    auth = parse_authorization(headers["Authorization"])
+    assert auth.access_key == "AKIATEST"
+    assert auth.signature == sign("sk", "GET", "/session/_/list?x=1", headers["Date"], "h:1",
+                                  "text/plain")
+    expected = make_headers("AKIATEST", "sk", "GET", "/p", "h:1", "text/plain", body=b"")
+    assert headers["X-BAI-Content-SHA256"] == expected["X-BAI-Content-SHA256"]
+
+
+def test_the_defaults_are_status_set_and_choose_fields_answers():
+    assert ps_rendered.DEFAULT_STATUSES == ",".join(status_set(False, False, None, False))
+    assert ps_rendered.DEFAULT_FIELDS == ",".join(choose_fields(None, False, False, True))
+
+
+@pytest.mark.parametrize("text", ["plain_name-1.x~", 'name ilike "%d"', "a,b*c/d", "ünï €"])
+def test_quote_is_urllib_quote(text):
+    assert ps_rendered.quote(text) == quote(text, safe="*")
+
+
+@pytest.mark.parametrize("url, want", [
+    ("http://127.0.0.1:8091", ("127.0.0.1", 8091, "127.0.0.1:8091", "")),
+    ("http://mgr/prefix/", ("mgr", 80, "mgr", "/prefix")),
+    ("https://mgr:443", None), ("http://u:p@mgr:1", None), ("http://[::1]:8091", None),
+])
+def test_only_plain_http_endpoints_are_taken(url, want):
+    assert ps_rendered._endpoint(url) == want
