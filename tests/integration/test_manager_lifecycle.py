@@ -398,8 +398,12 @@ async def test_a_quiet_queue_skips_timer_passes_until_something_changes(manager,
     soon = await manager.sessions.create(me, body("quiet2", starts_at="3s", enqueueOnly=True))
     sched = manager.scheduler
     await sched.run_pass()
-    passes, tick = sched.passes, sched.last_tick
     deadline = time.monotonic() + 60
+    for _ in range(2):  # a pass the loop began before (a kick of the fixture's) has ended
+        tick = sched.last_tick
+        while sched.last_tick == tick and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    passes, tick = sched.passes, sched.last_tick
     while sched.last_tick < tick + 1.0 and time.monotonic() < deadline:  # 5 timer ticks
         await asyncio.sleep(0.1)
     assert sched.last_tick >= tick + 1.0 and sched.passes == passes  # ticking, no pass
@@ -409,6 +413,47 @@ async def test_a_quiet_queue_skips_timer_passes_until_something_changes(manager,
     assert sched.passes > passes
     # quiet2's starts_at comes: a timer pass places it, with nothing kicked
     await wait_status(manager, uuid.UUID(soon["sessionId"]), {"RUNNING"}, timeout=60)
+
+
+async def test_a_fingerprint_look_places_what_freed_slots_or_a_new_agent_allow(manager,
+                                                                              monkeypatch):
+    """With no kick at all, the timer's look at the fingerprint sees slots freed on an agent and
+    a new agent, and its pass places the sessions that waited for them; while nothing changes,
+    looks find the same fingerprint and run no pass."""
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    monkeypatch.setattr(scheduling, "FULL_MAX", 3600.0)
+    me = await caller(manager)
+    big = await manager.sessions.create(me, body("big", resources={"cpu": "2"}))
+    assert big["status"] == "RUNNING"
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)  # nothing kicks from here on
+    w1 = await manager.sessions.create(me, body("waiter1", resources={"cpu": "1"},
+                                                enqueueOnly=True))
+    w2 = await manager.sessions.create(me, body("waiter2", resources={"cpu": "2"},
+                                                enqueueOnly=True))
+    sched = manager.scheduler
+    deadline = time.monotonic() + 60
+    while (not (await manager.sessions.resolve(me, "waiter2"))["status_info"]
+           and time.monotonic() < deadline):  # a timer pass saw them
+        await asyncio.sleep(0.05)
+    first = sched.skipped
+    while sched.skipped == first and time.monotonic() < deadline:  # then a look found no change
+        await asyncio.sleep(0.05)
+    passes, skipped = sched.passes, sched.skipped
+    while sched.skipped < skipped + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sched.skipped >= skipped + 2 and sched.passes == passes  # looked, no pass
+    row = await manager.sessions.resolve(me, "waiter1")
+    assert row["status"] == "PENDING"
+    await manager.sessions.destroy(me, "big")  # frees 2 cpu on agent-1: no kick
+    await wait_status(manager, uuid.UUID(w1["sessionId"]), {"RUNNING"}, timeout=60)
+    assert (await manager.sessions.resolve(me, "waiter2"))["status"] == "PENDING"
+    await manager.agents.heartbeat({  # a new agent joins (its kick goes nowhere)
+        "agent_id": "agent-2", "address": "http://127.0.0.1:2",
+        "available_slots": {"cpu": "2", "mem": str(4 * GIB)}})
+    row = await wait_status(manager, uuid.UUID(w2["sessionId"]), {"RUNNING"}, timeout=60)
+    assert row["agent_ids"] == ["agent-2"]
 
 
 async def test_only_sessions_that_may_start_now_kick_the_scheduler(manager, monkeypatch):

@@ -3,8 +3,13 @@
 A pass runs when kicked (enqueue, termination, agent change) and on a timer
 (``settings.schedule_interval``). Kicks that arrive during a pass coalesce into one more pass. A
 timer pass is skipped while it would find what the last one found (``_quiet``): nothing kicked
-since, the last pass placed and cancelled nothing, no waiting session's ``starts_at`` has come;
-at least every ``QUIET_MAX`` s one runs all the same (lines and estimates, changes nothing kicks).
+since, the last pass placed and cancelled nothing, no waiting session's ``starts_at`` has come.
+Every ``QUIET_MAX`` s the loop reads a fingerprint of what a pass decides on (``fingerprint``: the
+pending queue's size and latest change, what occupies slots, the agents' rows, the policies) and
+runs a pass only if it differs from the one the last timer pass read (a change nothing kicked:
+another replica, the database edited by hand); at least every ``FULL_MAX`` s one runs all the same
+(lines and estimates, which move with time). 5,200 sessions waiting for later then cost one small
+read every 10 s instead of a pass over all of them.
 Placements are written in chunks (``PLACE_CHUNK``), set-based: each chunk's sessions and agents are
 locked, each agent takes what still fits it (a placement another replica won is refused and
 retried by the next pass), PENDING -> SCHEDULED -> PREPARING in one transaction, then one create
@@ -23,11 +28,17 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from bai.common.events import SessionEvent
-from bai.common.status import SessionStatus
+from bai.common.status import OCCUPYING, SessionStatus
 from bai.manager.scheduler.decision import Decision, SchedulingInput, decide
 from bai.manager.services.schedule_input import RELEASE_ALLOWANCE, load_input
 from bai.manager.services.transitions import Outbox, place_many, transit
-from bai.manager.store.tables import sessions, utcnow
+from bai.manager.store.tables import (
+    agents,
+    keypair_resource_policies,
+    scaling_groups,
+    sessions,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from bai.manager.services.root import ManagerRoot
@@ -48,8 +59,41 @@ EVENT_POSITIONS = 100
 REFRESH_DEEP = 2.0
 #: not a session of the queue the pass read (one that arrived since)
 _ABSENT = object()
-#: seconds a quiet queue goes without a timer pass at most (see ``SchedulerLoop._quiet``)
+#: seconds a quiet queue goes without a look at its fingerprint (see ``SchedulerLoop._quiet``)
 QUIET_MAX = 10.0
+#: seconds a quiet queue goes without a timer pass at most, fingerprint unchanged or not
+FULL_MAX = 300.0
+
+_OCC = [str(s) for s in OCCUPYING]
+
+
+async def fingerprint(conn) -> tuple[Any, ...]:
+    """What a pass decides on, in a few small reads: equal fingerprints, equal decisions (but
+    for the time: ``starts_at`` and estimates). The pending queue by its size and latest status
+    change (a session that joins, leaves or comes back changes them; its line does not), what
+    occupies slots likewise (and its latest activity: the estimates), the agents' rows but for
+    their heartbeat, the keypair policies and the scaling groups."""
+    c = sessions.c
+    pending = c.status == str(S.PENDING)
+    occupying = c.status.in_(_OCC)
+    sums = (await conn.execute(sa.select(
+        sa.select(sa.func.count()).where(pending).scalar_subquery(),
+        sa.select(sa.func.max(c.status_changed)).where(pending).scalar_subquery(),
+        sa.select(sa.func.count()).where(occupying).scalar_subquery(),
+        sa.select(sa.func.max(c.status_changed)).where(occupying).scalar_subquery(),
+        sa.select(sa.func.max(c.last_activity_at)).where(occupying).scalar_subquery(),
+    ))).one()
+    a = agents.c
+    agent_rows = (await conn.execute(
+        sa.select(a.id, a.status, a.schedulable, a.address, a.scaling_group,
+                  sa.cast(a.available_slots, sa.Text), sa.cast(a.occupied_slots, sa.Text))
+        .order_by(a.id))).all()
+    policies = (await conn.execute(sa.select(keypair_resource_policies)
+                                   .order_by(keypair_resource_policies.c.name))).all()
+    groups = (await conn.execute(sa.select(scaling_groups)
+                                 .order_by(scaling_groups.c.name))).all()
+    return tuple(sums), tuple(map(tuple, agent_rows)), tuple(map(tuple, policies)), \
+        tuple(map(tuple, groups))
 
 
 def pending_event(sid: Any, name: str, access_key: str, info: str,
@@ -83,6 +127,11 @@ class SchedulerLoop:
         self._last_pass_at = float("-inf")
         self._settled = False
         self._next_due: Any = None
+        #: the fingerprint the last timer pass read before its queue (None: a kicked pass or
+        #: none), when the last pass ran over the queue, and how many looks found nothing new
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._last_full_at = float("-inf")
+        self.skipped = 0
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced)."""
@@ -104,7 +153,9 @@ class SchedulerLoop:
             if not kicked and self._quiet():
                 continue
             try:
-                await self.run_pass()
+                if not kicked and await self._unchanged():
+                    continue
+                await self.run_pass(look=not kicked)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -120,11 +171,29 @@ class SchedulerLoop:
             return False
         return self._next_due is None or utcnow() < self._next_due
 
-    async def run_pass(self) -> Decision:
-        """One pass: decide, write placements and reasons, start the placed kernels."""
-        t0 = time.perf_counter()
-        self._last_pass_at, self._settled = time.monotonic(), False
+    async def _unchanged(self) -> bool:
+        """Whether a timer pass now may be skipped: the last pass settled, its fingerprint is
+        known, read again it is the same, and a full pass ran within ``FULL_MAX`` s."""
+        if (not self._settled or self._fingerprint is None
+                or time.monotonic() - self._last_full_at > FULL_MAX):
+            return False
         async with self.root.store.connect() as conn:
+            if await fingerprint(conn) != self._fingerprint:
+                return False
+        self._last_pass_at = time.monotonic()  # the next look in QUIET_MAX s
+        self.skipped += 1
+        return True
+
+    async def run_pass(self, look: bool = False) -> Decision:
+        """One pass: decide, write placements and reasons, start the placed kernels. ``look``:
+        read the fingerprint first (a timer pass), which lets the loop skip the next ones while
+        it stays the same; a kicked pass (busy times) reads none."""
+        t0 = time.perf_counter()
+        self._last_pass_at = self._last_full_at = time.monotonic()
+        self._settled, self._fingerprint = False, None
+        async with self.root.store.connect() as conn:
+            # read before the queue: a change between the two shows as a new fingerprint
+            seen = await fingerprint(conn) if look else None
             inp = await load_input(
                 conn, idle_slack=self.root.settings.idle_check_interval + RELEASE_ALLOWANCE)
         decision = decide(inp) if inp.pending else Decision()
@@ -132,6 +201,7 @@ class SchedulerLoop:
                               if p.starts_at is not None and p.starts_at > inp.now), default=None)
         self._settled = not decision.assignments and not decision.cancels
         await self._write(inp, decision)
+        self._fingerprint = seen if self._settled else None
         self.passes += 1
         self.last_pass_seconds = time.perf_counter() - t0
         self.root.metrics.pass_done(self.last_pass_seconds, len(decision.assignments))
