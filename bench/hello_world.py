@@ -16,6 +16,12 @@ Without ``--runtime`` it measures the process runtime, and the docker runtime as
 ``DOCKER_HOST`` is set (the docker engine must hold the image ``python:3.11-debian12``).
 Targets: process median <= 150 ms, docker median <= 600 ms.
 
+    python bench/hello_world.py [--baseline DIR] [--vs-srun] [--runs 20]
+
+interleaves this checkout's whole command run by run with another checkout's (``DIR``, e.g.
+``git worktree add --detach /tmp/base main``) and/or with ``srun python3 -c 'print(1)'`` on the
+side-by-side bench's single-node Slurm (issue 13: bai <= 0.7x srun), and prints the ratios.
+
     python bench/hello_world.py --isolation-cost [--runs 20]
 
 measures what the sandbox costs (issue 12: "hello-world latency stays within 10 %"): two
@@ -138,6 +144,50 @@ def isolation_cost(runs: int, warmup: int) -> None:
             st.stop()
 
 
+def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool) -> None:
+    """This checkout's whole command, interleaved run by run with a baseline checkout's
+    (``--baseline DIR``: its ``src`` first on PYTHONPATH, for its daemons and its CLI) and/or
+    with ``srun python3 -c 'print(1)'`` on the side-by-side bench's single-node Slurm
+    (``--vs-srun``), the stacks as that bench starts them (process runtime, cpu=64)."""
+    import contextlib
+
+    from slurm_side_by_side import SlurmCluster, slurm_missing, timed_cmd
+
+    why = slurm_missing() if vs_srun else None
+    if why:
+        print(f"srun not measured: {why}")
+    with contextlib.ExitStack() as daemons:
+        slurm = daemons.enter_context(SlurmCluster()) if vs_srun and not why else None
+        sides: dict[str, tuple[list[str], dict[str, str]]] = {}
+        stack = daemons.enter_context(EmbeddedStack(runtime="process", slots=["cpu=64"]))
+        sides["bai"] = ([CLI, "run", "--rm", "-c", "print(1)", "python"], stack.env)
+        if baseline:
+            base = daemons.enter_context(EmbeddedStack(
+                runtime="process", slots=["cpu=64"],
+                extra_env={"PYTHONPATH": os.path.join(os.path.abspath(baseline), "src")}))
+            sides["bai baseline"] = ([CLI, "run", "--rm", "-c", "print(1)", "python"], base.env)
+        if slurm is not None:
+            sides["srun"] = (["srun", "python3", "-c", "print(1)"], slurm.env)
+        print_conditions("hello world, interleaved", runtime="process", db="SQLite (embedded)",
+                         runs=runs, warmup=warmup, baseline=baseline or "-",
+                         slurm=slurm.version() if slurm else "not measured",
+                         command=f"{os.path.basename(CLI)} run --rm -c 'print(1)' python")
+        walls: dict[str, list[float]] = {k: [] for k in sides}
+        order = list(sides)
+        for i in range(warmup + runs):
+            for k in (order if i % 2 else order[::-1]):
+                wall = timed_cmd(*sides[k])
+                if i >= warmup:
+                    walls[k].append(wall)
+        for k in order:
+            print(line(f"whole command, {k}", walls[k]))
+        med = {k: statistics.median(v) for k, v in walls.items()}
+        for k in order[1:]:
+            print(f"bai / {k} (medians): {med['bai'] / med[k]:.2f}"
+                  + (" (issue 13: <= 0.70)" if k == "srun" else ""))
+        print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -145,7 +195,14 @@ def main() -> None:
     ap.add_argument("--runtime", choices=["process", "docker"], default=None)
     ap.add_argument("--isolation-cost", action="store_true",
                     help="process runtime with and without the sandbox, interleaved")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="interleave with the checkout in DIR (e.g. a worktree of main)")
+    ap.add_argument("--vs-srun", action="store_true",
+                    help="interleave with srun on the side-by-side bench's Slurm")
     args = ap.parse_args()
+    if args.baseline or args.vs_srun:
+        compare(args.runs, args.warmup, args.baseline, args.vs_srun)
+        return
     if args.isolation_cost:
         isolation_cost(args.runs, args.warmup)
         return
