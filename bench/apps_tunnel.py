@@ -5,13 +5,18 @@
 An embedded stack (``backend.ai server start``, process runtime) and one session that runs a small
 server (stdlib): HTTP/1.1 keep-alive answering ``ok`` on one port, and on another a TCP source
 that sends ``--gib`` GiB and closes. The same server code also runs on the host's loopback: the
-direct baseline. ``backend.ai app`` tunnels to the session's ports (client -> manager -> agent ->
-the service in the session's network namespace); the figures:
+direct baseline. ``backend.ai app`` tunnels to the session's ports: on this one machine the
+manager hands the CLI the socket the kernel's runner connected (the local path, no relay); the
+relay path (client -> manager -> agent -> the service, as for an agent or a CLI elsewhere) is
+measured in the same run through a second tunnel started while the manager's unix socket is
+away. The figures:
 
 * added latency per small HTTP request (one keep-alive connection, median of ``--requests``
   through the tunnel minus the direct median); target <= 1 ms;
-* bulk throughput of ``--gib`` GiB through the tunnel vs direct, ``--rounds`` times in turns
-  (the median of the rounds' ratios: the load of a shared machine moves); target >= 50 %;
+* bulk throughput of ``--gib`` GiB through the tunnel (and the relay path) vs direct,
+  ``--rounds`` times in turns (the median of the rounds' ratios: the load of a shared machine
+  moves); target >= 50 %; with the CPU seconds per GiB of the manager, the agent and the CLI
+  together (what the load does not move much);
 * manager memory per held connection: RSS with ``--connections`` tunnelled connections open
   (each has done one request) minus RSS before, divided by their number; target <= 100 KB.
 """
@@ -27,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from harness import CLI, EmbeddedStack, free_port, line, print_conditions, rss_mb
+from harness import CLI, EmbeddedStack, cpu_seconds, free_port, line, print_conditions, rss_mb
 
 SERVER = r'''
 import http.server, socket, socketserver, sys, threading
@@ -141,7 +146,8 @@ def main() -> None:
                       f"'{size}'], start_new_session=True)\n", "python")
             wait_port(web)
             tweb, tblob = free_port(), free_port()
-            procs += [tunnel(stack, "web", tweb), tunnel(stack, "blob", tblob)]
+            blob_tunnel = tunnel(stack, "blob", tblob)
+            procs += [tunnel(stack, "web", tweb), blob_tunnel]
             wait_served(tweb)
 
             direct = latencies(web, args.requests)
@@ -151,19 +157,51 @@ def main() -> None:
             added = sorted(through)[len(through) // 2] - sorted(direct)[len(direct) // 2]
             print(f"{'added latency (median)':<38} {added:.2f} ms  target <= 1 ms")
 
+            # the relay path in the same run: a tunnel started while the manager's unix socket
+            # is away cannot take the local path and keeps to the relays
+            local_sock = stack.state / "storage.sock"
+            away = local_sock.with_name("storage.sock.away")
+            local_sock.rename(away)
+            try:
+                trelay = free_port()
+                relay_tunnel = tunnel(stack, "blob", trelay)
+                procs.append(relay_tunnel)
+                time.sleep(1)
+            finally:
+                away.rename(local_sock)
+            daemons = [stack.pid("manager"), stack.pid("agent")]
+
+            def timed(port: int, cli: subprocess.Popen | None) -> tuple[float, float]:
+                """(MB/s, CPU seconds per GiB of the manager, the agent and the CLI)."""
+                pids = daemons + ([cli.pid] if cli else [])
+                before = sum(cpu_seconds(p, children=False) for p in pids)
+                rate = throughput(port, size)
+                return rate, (sum(cpu_seconds(p, children=False) for p in pids) - before) / (
+                    size / 2**30)
+
             # direct and tunnelled in turns: on a shared machine the load moves between runs
-            pairs = []
+            rows = []
             for r in range(args.rounds):
-                d, t = throughput(blob, size), throughput(tblob, size)
-                pairs.append((d, t))
+                d, _ = timed(blob, None)
+                t, tcpu = timed(tblob, blob_tunnel)
+                x, xcpu = timed(trelay, relay_tunnel)
+                rows.append((d, t, x, tcpu, xcpu))
                 print(f"{f'bulk, round {r + 1} (load {os.getloadavg()[0]:.1f})':<38} direct "
-                      f"{d:6.0f} MB/s, tunnel {t:6.0f} MB/s: {t / d:.0%}")
-            d = sorted(p[0] for p in pairs)[len(pairs) // 2]
-            t = sorted(p[1] for p in pairs)[len(pairs) // 2]
-            ratio = sorted(p[1] / p[0] for p in pairs)[len(pairs) // 2]
+                      f"{d:6.0f} MB/s, tunnel {t:6.0f} MB/s: {t / d:.0%} (bai CPU {tcpu:.2f} s/GiB)"
+                      f"; relay path {x:6.0f} MB/s: {x / d:.0%} (bai CPU {xcpu:.2f} s/GiB)")
+
+            def med(values) -> float:
+                values = sorted(values)
+                return values[len(values) // 2]
+
+            d, t, x = (med(row[i] for row in rows) for i in range(3))
             print(f"{'bulk, direct (median)':<38} {d:8.0f} MB/s")
-            print(f"{'bulk, through the tunnel (median)':<38} {t:8.0f} MB/s  ({ratio:.0%} of direct,"
-                  " median of the rounds' ratios; target >= 50 %)")
+            print(f"{'bulk, through the tunnel (median)':<38} {t:8.0f} MB/s  "
+                  f"({med(r[1] / r[0] for r in rows):.0%} of direct, median of the rounds' ratios;"
+                  f" target >= 50 %); bai CPU {med(r[3] for r in rows):.2f} s/GiB")
+            print(f"{'bulk, the relay path (median)':<38} {x:8.0f} MB/s  "
+                  f"({med(r[2] / r[0] for r in rows):.0%} of direct: manager or agent elsewhere, "
+                  f"the official client); bai CPU {med(r[4] for r in rows):.2f} s/GiB")
 
             manager = stack.pid("manager")
             before = rss_mb(manager)
