@@ -285,6 +285,42 @@ async def test_agent_lost_errors_interactive_and_requeues_batch(manager):
     assert_legal(await history(manager, uuid.UUID(batch["sessionId"])))
 
 
+async def test_liveness_finds_a_lost_agents_kernels_whose_handling_was_interrupted(manager):
+    """check_liveness reads before it writes: nothing to mark and nothing stale -> no write,
+    no handling; an agent already LOST (marked, then the manager stopped before its sessions
+    were handled) whose kernel is still live is handled by the next check all the same."""
+    me = await caller(manager)
+    inter = await manager.sessions.create(me, body("inter", resources={"cpu": "1"}))
+    assert inter["status"] == "RUNNING"
+    assert await manager.agents.check_liveness() == []
+    row = await manager.sessions.resolve(me, "inter")
+    assert row["status"] == "RUNNING"
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(agents).where(agents.c.id == "agent-1")
+                           .values(status="LOST"))
+    assert await manager.agents.check_liveness() == []  # nothing newly lost ...
+    row = await wait_status(manager, uuid.UUID(inter["sessionId"]), {"ERROR"})
+    assert row["status_info"] == "agent-lost"  # ... but its session was handled
+
+
+async def test_the_watchdog_loop_notices_a_silent_agent_once_its_heartbeat_is_old(manager,
+                                                                                  monkeypatch):
+    """The loop checks liveness only once the oldest heartbeat it saw may be past the timeout
+    (the timeout as set now), with no periodic check to fall back on here."""
+    from bai.manager.services import watchdogs
+
+    monkeypatch.setattr(watchdogs, "CHECK_MAX", 3600.0)
+    me = await caller(manager)
+    inter = await manager.sessions.create(me, body("silent", resources={"cpu": "1"}))
+    assert inter["status"] == "RUNNING"
+    deadline = time.monotonic() + 60
+    while manager.agents.oldest_heartbeat is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the loop has checked once and knows the oldest heartbeat
+    manager.settings.heartbeat_timeout = 1.0  # the agent says nothing more
+    row = await wait_status(manager, uuid.UUID(inter["sessionId"]), {"ERROR"}, timeout=60)
+    assert row["status_info"] == "agent-lost"
+
+
 async def test_batch_result_and_dependency_cancel(manager):
     me = await caller(manager)
     manager.fake.exit_codes = {"job-ok": 0, "job-bad": 3}
@@ -466,6 +502,25 @@ async def test_only_sessions_that_may_start_now_kick_the_scheduler(manager, monk
     assert kicks == []
     await manager.sessions.create(me, body("now2", enqueueOnly=True))
     assert kicks
+
+
+async def test_the_watchdog_loop_checks_a_deadline_once_a_session_may_be_past_it(manager,
+                                                                                monkeypatch):
+    """After a check that found nothing in flight, a session entering a phase is checked once
+    its deadline (as set now) may have passed, with no periodic check to fall back on here."""
+    from bai.manager.services import watchdogs
+
+    monkeypatch.setattr(watchdogs, "CHECK_MAX", 3600.0)
+    monkeypatch.setattr(watchdogs, "ENTRY_SLACK", 0.0)
+    deadline = time.monotonic() + 60
+    while manager.watchdogs._deadlines_read is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the loop has checked once (nothing in flight then)
+    me = await caller(manager)
+    manager.fake.auto_start = False
+    manager.settings.deadline_preparing = 0.5
+    ans = await manager.sessions.create(me, body("stuck2", enqueueOnly=True))
+    row = await wait_status(manager, uuid.UUID(ans["sessionId"]), {"ERROR"}, timeout=60)
+    assert row["status_info"] == "preparing-timeout"
 
 
 async def test_deadline_and_idle_timeout(manager):

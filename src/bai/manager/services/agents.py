@@ -41,6 +41,9 @@ class AgentRegistry:
         #: agent id -> (what its last heartbeat said, when its row was last written in full)
         self._seen: dict[str, tuple[dict[str, Any], Any]] = {}
         self._appliers = asyncio.Semaphore(EVENT_APPLIERS)
+        #: the oldest ``last_heartbeat`` of the ALIVE agents at the last ``check_liveness``
+        #: (None: none alive, or not checked yet)
+        self.oldest_heartbeat: Any = None
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -162,32 +165,42 @@ class AgentRegistry:
             await self.root.sessions.lifecycle.apply_kernel_events(coalesce_progress(events))
 
     async def check_liveness(self) -> list[str]:
-        """Mark agents LOST whose last heartbeat is too old; end or requeue their sessions."""
+        """Mark agents LOST whose last heartbeat is too old; end or requeue their sessions.
+
+        One read finds the ALIVE agents past the deadline, the non-ALIVE ones that still hold
+        live kernels (lost earlier, handling interrupted), and the oldest heartbeat of the ALIVE
+        ones (``oldest_heartbeat``: no agent can be lost before it is ``heartbeat_timeout`` old,
+        which lets ``Watchdogs`` skip checks till then); the write transaction is opened only
+        when there is an agent to mark (it was opened on every check, every second)."""
         deadline = utcnow() - timedelta(seconds=self.root.settings.heartbeat_timeout)
-        async with self.root.store.begin() as conn:
-            lost = list(
-                (
-                    await conn.execute(
-                        sa.update(agents)
-                        .where(agents.c.status == AgentStatus.ALIVE.value,
-                               agents.c.last_heartbeat < deadline)
-                        .values(status=AgentStatus.LOST.value, status_changed=utcnow())
-                        .returning(agents.c.id)
-                    )
-                ).scalars()
-            )
-        # Sessions of agents lost earlier whose handling was interrupted are picked up too.
+        alive = AgentStatus.ALIVE.value
+        live_kernel = sa.exists().where(kernels.c.agent_id == agents.c.id,
+                                        kernels.c.status.in_(_LIVE_NAMES))
         async with self.root.store.connect() as conn:
-            stale = list(
-                (
-                    await conn.execute(
-                        sa.select(kernels.c.agent_id).distinct()
-                        .join(agents, agents.c.id == kernels.c.agent_id)
-                        .where(agents.c.status != AgentStatus.ALIVE.value,
-                               kernels.c.status.in_([str(s) for s in _LIVE]))
-                    )
-                ).scalars()
-            )
+            found = (await conn.execute(
+                sa.select(agents.c.id, agents.c.status).where(sa.or_(
+                    sa.and_(agents.c.status == alive, agents.c.last_heartbeat < deadline),
+                    sa.and_(agents.c.status != alive, live_kernel)))
+            )).all()
+            self.oldest_heartbeat = (await conn.execute(
+                sa.select(sa.func.min(agents.c.last_heartbeat)).where(agents.c.status == alive)
+            )).scalar()
+        if not found:
+            return []
+        stale = [aid for aid, status in found if status != alive]
+        lost: list[str] = []
+        if len(stale) < len(found):
+            async with self.root.store.begin() as conn:
+                lost = list(
+                    (
+                        await conn.execute(
+                            sa.update(agents)
+                            .where(agents.c.status == alive, agents.c.last_heartbeat < deadline)
+                            .values(status=AgentStatus.LOST.value, status_changed=utcnow())
+                            .returning(agents.c.id)
+                        )
+                    ).scalars()
+                )
         for agent_id in sorted(set(lost) | set(stale)):
             if agent_id in lost:
                 log.warning("agent %s lost: no heartbeat for %ss", agent_id,

@@ -7,15 +7,22 @@
 * Idle timeout: an interactive RUNNING session with no activity (``last_activity_at``, reset by
   ``SessionService.touch``) for its ``idle_timeout`` seconds (from the keypair's resource
   policy; 0 = never) is terminated with reason ``idle-timeout``.
-* Agent liveness: ``AgentRegistry.check_liveness`` every second.
+* Agent liveness: ``AgentRegistry.check_liveness``.
+
+The loop ticks every second but checks only what may be due: liveness once the oldest ALIVE
+heartbeat it last saw is ``heartbeat_timeout`` old (agents heartbeat every 3 s: a check every
+~12 s, not every second), deadlines once the oldest session of a phase may be past its deadline
+(``_deadline_due``), both at least every ``CHECK_MAX`` s. An idle manager then reads the database
+a few times a minute instead of three times a second; settings changed at run time count at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -32,11 +39,22 @@ S = SessionStatus
 
 DEADLINE_PHASES = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING, S.RESTARTING,
                    S.TERMINATING)
+#: seconds at most between two liveness checks, and between two deadline checks
+CHECK_MAX = 10.0
+#: seconds a session may have entered a phase before the deadline check that did not see it
+#: (its transaction began before the check's read and committed after it)
+ENTRY_SLACK = 5.0
 
 
 class Watchdogs:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
+        #: the last deadline check: when (utcnow, monotonic), and the oldest status change of
+        #: each phase then (absent: no session in it)
+        self._deadlines_read: Any = None
+        self._deadlines_at = float("-inf")
+        self._oldest: dict[str, Any] = {}
+        self._liveness_at = float("-inf")
 
     def deadline_for(self, status: SessionStatus) -> float:
         return float(getattr(self.root.settings, f"deadline_{status.value.lower()}"))
@@ -48,9 +66,11 @@ class Watchdogs:
             await asyncio.sleep(1.0)
             tick += 1
             for name, check in (
-                ("liveness", self.root.agents.check_liveness),
-                ("deadlines", self.check_deadlines),
+                ("liveness", self._liveness_due() and self._check_liveness),
+                ("deadlines", self._deadline_due() and self.check_deadlines),
             ):
+                if not check:
+                    continue
                 try:
                     await check()
                 except asyncio.CancelledError:
@@ -65,9 +85,36 @@ class Watchdogs:
                 except Exception:
                     log.exception("idle check failed")
 
+    def _liveness_due(self) -> bool:
+        """Whether an agent may be lost by now (or ``CHECK_MAX`` s went by)."""
+        oldest = self.root.agents.oldest_heartbeat
+        if oldest is None or time.monotonic() - self._liveness_at >= CHECK_MAX:
+            return True
+        return utcnow() >= oldest + timedelta(seconds=self.root.settings.heartbeat_timeout)
+
+    async def _check_liveness(self) -> None:
+        self._liveness_at = time.monotonic()
+        await self.root.agents.check_liveness()
+
+    def _deadline_due(self) -> bool:
+        """Whether a session may be past its phase's deadline by now: the oldest one of a
+        phase at the last check, or one that entered any phase since (``ENTRY_SLACK``)."""
+        read = self._deadlines_read
+        if read is None or time.monotonic() - self._deadlines_at >= CHECK_MAX:
+            return True
+        now = utcnow()
+        since = read - timedelta(seconds=ENTRY_SLACK)
+        for st in DEADLINE_PHASES:
+            limit = timedelta(seconds=self.deadline_for(st))
+            oldest = self._oldest.get(st.value)
+            if now >= since + limit or (oldest is not None and now >= oldest + limit):
+                return True
+        return False
+
     async def check_deadlines(self) -> int:
         """End every session that stayed too long in a transitional phase."""
         now = utcnow()
+        self._deadlines_read, self._deadlines_at = now, time.monotonic()
         cond = sa.or_(*[
             sa.and_(sessions.c.status == str(st),
                     sessions.c.status_changed < now - timedelta(seconds=self.deadline_for(st)))
@@ -77,6 +124,11 @@ class Watchdogs:
             overdue = (await conn.execute(
                 sa.select(sessions.c.id, sessions.c.status).where(cond)
             )).all()
+            self._oldest = dict((await conn.execute(
+                sa.select(sessions.c.status, sa.func.min(sessions.c.status_changed))
+                .where(sessions.c.status.in_([str(st) for st in DEADLINE_PHASES]))
+                .group_by(sessions.c.status)
+            )).all())
         lifecycle = self.root.sessions.lifecycle
         for sid, status in overdue:
             phase = S(status)
