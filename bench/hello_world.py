@@ -175,7 +175,10 @@ def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool) -> None
         walls: dict[str, list[float]] = {k: [] for k in sides}
         order = list(sides)
         for i in range(warmup + runs):
-            for k in (order if i % 2 else order[::-1]):
+            # the order turns each round, so that no side ever runs right after itself (its
+            # agent refills the runner pool after a run: the run after it would pay for that)
+            turn = i % len(order)
+            for k in order[turn:] + order[:turn]:
                 wall = timed_cmd(*sides[k])
                 if i >= warmup:
                     walls[k].append(wall)
