@@ -78,12 +78,13 @@ def timed_cli(st: EmbeddedStack, peak: PeakRss | None, *args: str,
 
 
 def write_file(path: Path, size: int) -> None:
-    block = os.urandom(4 * MiB)
+    # fresh random bytes in every block: with one 4 MiB block repeated, copies of the file
+    # (the CLI's download above all) ran 2-10x slower at random on this VM
     with open(path, "wb") as f:
         left = size
         while left > 0:
-            f.write(block[:min(left, len(block))])
-            left -= len(block)
+            f.write(os.urandom(min(left, 4 * MiB)))
+            left -= 4 * MiB
         f.flush()
         os.fsync(f.fileno())
 
