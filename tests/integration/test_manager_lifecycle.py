@@ -492,6 +492,28 @@ async def test_a_fingerprint_look_places_what_freed_slots_or_a_new_agent_allow(m
     assert row["agent_ids"] == ["agent-2"]
 
 
+async def test_a_fingerprint_look_still_places_a_session_whose_starts_at_came(manager,
+                                                                            monkeypatch):
+    """The fingerprint does not change when a waiting session's starts_at comes: a look with
+    the same fingerprint must not skip the pass that places it (nothing kicks here)."""
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    monkeypatch.setattr(scheduling, "FULL_MAX", 3600.0)
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    me = await caller(manager)
+    due = await manager.sessions.create(me, body("due-soon", starts_at="8s", enqueueOnly=True))
+    sched = manager.scheduler
+    deadline = time.monotonic() + 60
+    skipped = sched.skipped
+    while sched.skipped == skipped and time.monotonic() < deadline:  # a look found no change
+        await asyncio.sleep(0.05)
+    assert sched.skipped > skipped
+    row = await manager.sessions.resolve(me, "due-soon")
+    assert row["status"] == "PENDING" and row["status_info"].startswith("starts-at:")
+    await wait_status(manager, uuid.UUID(due["sessionId"]), {"RUNNING"}, timeout=60)
+
+
 async def test_only_sessions_that_may_start_now_kick_the_scheduler(manager, monkeypatch):
     """A session queued for later waits for the timer's pass (no pass over the queue for
     each); one that may start now is placed by the pass its enqueue kicks."""

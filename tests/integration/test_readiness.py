@@ -173,7 +173,7 @@ async def test_readiness_follows_the_scheduler_loop(tmp_path, monkeypatch):
         await wait_ready(client, 200)
         hung = asyncio.Event()
 
-        async def stuck_pass():
+        async def stuck_pass(look: bool = False):
             hung.set()
             await asyncio.Event().wait()
 

@@ -173,10 +173,13 @@ class SchedulerLoop:
 
     async def _unchanged(self) -> bool:
         """Whether a timer pass now may be skipped: the last pass settled, its fingerprint is
-        known, read again it is the same, and a full pass ran within ``FULL_MAX`` s."""
+        known, read again it is the same, no waiting session's ``starts_at`` has come, and a full
+        pass ran within ``FULL_MAX`` s."""
         if (not self._settled or self._fingerprint is None
                 or time.monotonic() - self._last_full_at > FULL_MAX):
             return False
+        if self._next_due is not None and utcnow() >= self._next_due:
+            return False  # a waiting session's starts_at has come: the fingerprint cannot tell
         async with self.root.store.connect() as conn:
             if await fingerprint(conn) != self._fingerprint:
                 return False
