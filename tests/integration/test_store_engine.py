@@ -181,6 +181,27 @@ async def test_concurrent_compare_and_set_has_one_winner(store):
     assert n == 1
 
 
+async def test_a_cancel_during_the_commit_reaches_the_caller_as_a_cancel(store):
+    # A task stopped while its commit was on the wire (ManagerRoot.stop during a scheduling
+    # pass): the caller must see the cancel itself. It saw MissingGreenlet from the listing
+    # count's look at the invalidated connection, the scheduler's loop took that for a failed
+    # pass, and the stop waited for that loop for ever (stop 24's CI, on PostgreSQL).
+    await store.migrate()
+    before = store.listing_changes
+
+    async def writer():
+        async with store.begin() as conn:
+            await conn.execute(t.domains.insert().values(name="cancelled-at-commit"))
+            asyncio.get_running_loop().call_soon(task.cancel)
+
+    task = asyncio.create_task(writer())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.listing_changes >= before  # counted or not, never an error
+    async with store.begin() as conn:  # the pool still gives working connections
+        assert (await conn.execute(sa.select(sa.literal(1)))).scalar() == 1
+
+
 def _any_value(col: sa.Column):
     """A value a column of this type accepts (the same string everywhere, so foreign keys match)."""
     kind = type(col.type).__name__.lower()

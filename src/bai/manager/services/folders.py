@@ -30,6 +30,7 @@ from bai.common.status import FINAL
 from bai.manager.context import Caller
 from bai.manager.services import folder_files as ff
 from bai.manager.services import vfolders as vf
+from bai.manager.services.loops import stopping as _stopping
 from bai.manager.services.storage import StorageHosts, StorageTokens, relpath_of
 from bai.manager.store import tables as t
 
@@ -97,6 +98,8 @@ class FolderService:
                     log.info("removed %d abandoned upload part(s) older than %g s", removed,
                              expiry)
             except Exception:  # noqa: BLE001 - a failed sweep waits for the next one
+                if _stopping():
+                    raise
                 log.exception("sweeping abandoned upload parts failed")
             await asyncio.sleep(max(1.0, min(expiry / 4, 3600.0)))
 

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from bai.common.events import SessionEvent
 from bai.common.status import OCCUPYING, SessionStatus
 from bai.manager.scheduler.decision import Decision, SchedulingInput, decide
+from bai.manager.services.loops import stopping as _stopping
 from bai.manager.services.schedule_input import RELEASE_ALLOWANCE, load_input
 from bai.manager.services.transitions import Outbox, place_many, transit
 from bai.manager.store.tables import (
@@ -159,6 +160,8 @@ class SchedulerLoop:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if _stopping():
+                    raise
                 log.exception("scheduling pass failed")
                 await asyncio.sleep(0.5)
 

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from bai.common.errors import BaiError
 from bai.common.status import SessionStatus, SessionType
+from bai.manager.services.loops import stopping as _stopping
 from bai.manager.services.transitions import load_session, transit
 from bai.manager.store.tables import sessions, utcnow
 
@@ -76,6 +77,8 @@ class Watchdogs:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    if _stopping():
+                        raise
                     log.exception("%s check failed", name)
             if tick % idle_every == 0:
                 try:
@@ -83,6 +86,8 @@ class Watchdogs:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    if _stopping():
+                        raise
                     log.exception("idle check failed")
 
     def _liveness_due(self) -> bool:

@@ -126,6 +126,11 @@ class Store:
     def _ended(self, conn: AsyncConnection) -> None:
         """After a transaction (committed or rolled back): if it wrote a listed table, the
         listings read while it was open are out of date."""
+        if conn.invalidated or conn.closed:
+            # a cancel cut the commit short: whether it wrote is unknown, so say it did
+            # (reading ``conn.info`` now would reconnect, and raise MissingGreenlet over the cancel)
+            self.listing_changes += 1
+            return
         if conn.info.pop(_LISTED_WRITE, False):
             self.listing_changes += 1
 
