@@ -133,6 +133,9 @@ class SchedulerLoop:
         self._fingerprint: tuple[Any, ...] | None = None
         self._last_full_at = float("-inf")
         self.skipped = 0
+        #: each waiting session's line as the last pass made it: id -> ((code, msg, position,
+        #: estimated start), the line) (see ``_write``)
+        self._lines: dict[uuid.UUID, tuple[tuple[Any, ...], str]] = {}
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced)."""
@@ -311,9 +314,23 @@ class SchedulerLoop:
         current = inp.current_info
         by_id: dict[uuid.UUID, Any] = {}  # made when a first event needs its session
         urgent, deep = [], {}
+        # A line is made of (code, msg, position, estimated start): where those are what the
+        # last pass found and the stored line is the one they made then, the line stands and
+        # is not made again (a pass over 5,200 sessions waiting for their starts_at made each
+        # one's line, an isoformat and an f-string, to find them all unchanged)
+        last, lines = self._lines, {}
         for sid, w in decision.waits.items():  # one lookup each: 10,000 of them a pass
             old = current.get(sid, _ABSENT)
-            if old is _ABSENT or old == w.info or (cancelled and sid in cancelled):
+            if old is _ABSENT or (cancelled and sid in cancelled):
+                continue
+            parts = (w.code, w.msg, w.position, w.estimated_start)
+            seen = last.get(sid)
+            if seen is not None and seen[0] == parts and seen[1] == old:
+                lines[sid] = seen
+                continue
+            info = w.info
+            lines[sid] = (parts, info)
+            if old == info:
                 continue
             if w.position > EVENT_POSITIONS and (old or "").split(":", 1)[0] == w.code:
                 deep[sid] = (w, None)  # moved only: no event
@@ -326,6 +343,7 @@ class SchedulerLoop:
         # this pass's view replaces the last one's: a line it did not find changed must not be
         # written from an older pass
         self._deep = deep
+        self._lines = lines
         if deep and (self._deep_task is None or self._deep_task.done()):
             self._deep_task = asyncio.create_task(self._refresh_deep())
         if urgent:
