@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import EmbeddedStack, cpu_seconds, figures, print_conditions
+from harness import EmbeddedStack, cpu_seconds, print_conditions, print_medians, print_rounds
 from slurm_side_by_side import Bai, machine_cpu_s, timed_cmd, wait_drained, CLI
 
 
@@ -108,18 +108,9 @@ def main() -> None:
         for r in range(args.rounds):
             for name, b in bais.items():
                 results[name].append(measure(b, args.jobs, args.timeout))
-                print(f"   round {r + 1} {name}: " + ", ".join(
-                    f"{k} {v:.1f}" for k, v in results[name][-1].items())
-                    + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+                print_rounds(results, r, name)
         idle = {k: idle_runners(s, args.idle_seconds) for k, s in sides.items()}
-        keys = list(next(iter(results.values()))[0])
-        print(f"\n{'median of rounds':<22}" + "".join(f"{k:>12}" for k in sides)
-              + ("       after/before" if len(sides) == 2 else ""))
-        for key in keys:
-            med = {k: figures([x[key] for x in v])["median"] for k, v in results.items()}
-            ratio = (f"{med['after'] / med['before']:>19.2f}"
-                     if len(sides) == 2 and med["before"] else "")
-            print(f"{key:<22}" + "".join(f"{med[k]:>12.1f}" for k in sides) + ratio)
+        print_medians(results, 22, 1)
         for k, (n, ms) in idle.items():
             print(f"   {k}: {n} pre-started runners, {ms:.0f} ms CPU over "
                   f"{args.idle_seconds:.0f} s idle")

@@ -60,6 +60,27 @@ def line(label: str, samples: Sequence[float], unit: str = "ms", *, target: str 
     return text + (f"  target {target}" if target else "")
 
 
+
+def print_rounds(results: dict[str, list[dict[str, float]]], r: int, name: str) -> None:
+    """One side's figures of round ``r`` (0-based), with the load average."""
+    print(f"   round {r + 1} {name}: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in results[name][-1].items())
+        + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def print_medians(results: dict[str, list[dict[str, float]]], width: int = 22,
+                  digits: int = 1) -> None:
+    """The median of the rounds of each figure and side, and after/before with two sides."""
+    sides = list(results)
+    keys = list(results[sides[0]][0])
+    print(f"\n{'median of rounds':<{width}}" + "".join(f"{k:>12}" for k in sides)
+          + ("       after/before" if len(sides) == 2 else ""))
+    for key in keys:
+        med = {k: figures([x[key] for x in v])["median"] for k, v in results.items()}
+        ratio = (f"{med['after'] / med['before']:>19.2f}"
+                 if len(sides) == 2 and med.get("before") else "")
+        print(f"{key:<{width}}" + "".join(f"{med[k]:>12.{digits}f}" for k in sides) + ratio)
+
 # -- conditions -------------------------------------------------------------------------------
 
 def _meminfo_mb() -> int:

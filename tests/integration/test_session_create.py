@@ -59,3 +59,56 @@ async def test_a_gpu_slot_no_agent_offers_is_refused_naming_what_is_offered(
     async with manager.store.begin() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(sessions))
                 ).scalar() == 0
+
+
+async def test_group_membership_and_resource_group_are_checked_in_the_create(
+        manager):  # noqa: F811
+    """The group (with the owner's membership) and the resource group (with its live agents'
+    capacities) are each read in one query: every refusal they gave stays."""
+    import uuid
+
+    from bai.common.errors import Forbidden, InvalidAPIParameters
+    from bai.manager.store.tables import agents, group_members, scaling_groups
+
+    me, admin = await caller(manager), await caller(manager, "admin")
+    gid = uuid.uuid4()
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.insert(groups).values(id=gid, name="other", domain_name="default",
+                                                    total_resource_slots={}))
+        # someone else's membership does not make the user a member
+        await conn.execute(sa.insert(group_members).values(group_id=gid, user_id=admin.user_id))
+        await conn.execute(sa.insert(scaling_groups).values(name="big"))
+        await conn.execute(sa.insert(scaling_groups).values(name="off", is_active=False))
+    for agent_id, sgroup, cpu in (("agent-lost", "default", "8"), ("agent-big", "big", "8")):
+        await manager.agents.heartbeat({
+            "agent_id": agent_id, "address": "http://127.0.0.1:1", "scaling_group": sgroup,
+            "available_slots": {"cpu": cpu, "mem": str(4 * 2**30)}})
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(agents).where(agents.c.id == "agent-lost")
+                           .values(status="LOST"))
+
+    later = {"enqueueOnly": True, "startsAt": "2h"}
+    with pytest.raises(Forbidden, match="is not a member of group 'other'"):
+        await manager.sessions.create(me, body("g-1", group="other", **later))
+    await manager.sessions.create(admin, body("g-2", group="other", **later))  # admins may
+    with pytest.raises(InvalidAPIParameters, match="unknown group 'nogroup'"):
+        await manager.sessions.create(admin, body("g-3", group="nogroup", **later))
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.insert(group_members).values(
+            group_id=gid, user_id=me.user_id))
+    await manager.sessions.create(me, body("g-4", group="other", **later))
+
+    for name in ("nope", "off"):
+        with pytest.raises(InvalidAPIParameters, match=f"unknown resource group .*'{name}'"):
+            await manager.sessions.create(me, body("sg-1", scalingGroup=name, **later))
+    # the LOST agent of 8 cores and the live one in another resource group do not count
+    with pytest.raises(QuotaExceeded, match="largest agent in resource group default has 2"):
+        await manager.sessions.create(me, body("sg-2", resources={"cpu": "4"}, **later))
+    await manager.sessions.create(me, body("sg-3", scalingGroup="big", resources={"cpu": "4"},
+                                           **later))
+    with pytest.raises(QuotaExceeded, match="largest agent in resource group big has 8"):
+        await manager.sessions.create(me, body("sg-4", scalingGroup="big",
+                                               resources={"cpu": "16"}, **later))
+    async with manager.store.connect() as conn:
+        names = set((await conn.execute(sa.select(sessions.c.name))).scalars())
+    assert names == {"g-2", "g-4", "sg-3"}

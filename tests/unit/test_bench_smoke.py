@@ -34,6 +34,7 @@ CASES = {
                   "agent RSS with 1 running kernels"),
     "agent_jobs.py": (["--jobs", "2", "--rounds", "1", "--idle-seconds", "0.2"],
                       "machine CPU ms/job"),
+    "session_create.py": (["--creates", "3", "--rounds", "1"], "manager CPU ms/create"),
     "apps_tunnel.py": (["--gib", "0.001", "--requests", "5", "--connections", "2", "--rounds", "1"],
                        "added latency (median)"),
     "mounts.py": (["--runs", "1", "--warmup", "0", "--folders", "2", "--no-pool-part"],

@@ -52,25 +52,28 @@ class KeypairRecord:
         )
 
 
+#: the keypair with its user (built once: every request runs it)
+_KEYPAIR = (
+    sa.select(
+        t.keypairs.c.access_key,
+        t.keypairs.c.secret_key,
+        t.keypairs.c.is_active,
+        t.keypairs.c.is_admin,
+        t.keypairs.c.resource_policy,
+        t.users.c.id.label("user_id"),
+        t.users.c.email,
+        t.users.c.is_active.label("user_active"),
+        t.users.c.domain_name,
+        t.users.c.role,
+    )
+    .select_from(t.keypairs.join(t.users, t.users.c.id == t.keypairs.c.user_id))
+    .where(t.keypairs.c.access_key == sa.bindparam("ak"))
+)
+
+
 async def load_keypair(conn: AsyncConnection, access_key: str) -> KeypairRecord | None:
     """The keypair with its user, or None when the access key is unknown."""
-    q = (
-        sa.select(
-            t.keypairs.c.access_key,
-            t.keypairs.c.secret_key,
-            t.keypairs.c.is_active,
-            t.keypairs.c.is_admin,
-            t.keypairs.c.resource_policy,
-            t.users.c.id.label("user_id"),
-            t.users.c.email,
-            t.users.c.is_active.label("user_active"),
-            t.users.c.domain_name,
-            t.users.c.role,
-        )
-        .select_from(t.keypairs.join(t.users, t.users.c.id == t.keypairs.c.user_id))
-        .where(t.keypairs.c.access_key == access_key)
-    )
-    row = (await conn.execute(q)).first()
+    row = (await conn.execute(_KEYPAIR, {"ak": access_key})).first()
     if row is None:
         return None
     return KeypairRecord(

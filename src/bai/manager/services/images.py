@@ -69,14 +69,19 @@ async def list_images(conn: AsyncConnection) -> tuple[list[str], dict[str, str]]
     return names, aliases
 
 
+#: the image of a name and the image an alias of that name points to (built once: a create runs it)
+_RESOLVE = sa.select(images).where(sa.or_(
+    images.c.name == sa.bindparam("ref"),
+    images.c.name == sa.select(image_aliases.c.target)
+    .where(image_aliases.c.alias == sa.bindparam("ref")).scalar_subquery()))
+
+
 async def resolve_image(conn: AsyncConnection, ref: str) -> dict[str, Any]:
     """The image row for a canonical name or an alias; ``UnknownImage`` lists what exists."""
     ref = (ref or "").strip()
     # one statement (a create runs it): the image of that name, and the alias's target; the
     # name wins over an alias of the same spelling
-    target = sa.select(image_aliases.c.target).where(image_aliases.c.alias == ref)
-    found = (await conn.execute(sa.select(images).where(
-        sa.or_(images.c.name == ref, images.c.name == target.scalar_subquery())))).mappings().all()
+    found = (await conn.execute(_RESOLVE, {"ref": ref})).mappings().all()
     row = next((r for r in found if r["name"] == ref), found[0] if found else None)
     if row is None:
         names, aliases = await list_images(conn)

@@ -64,6 +64,52 @@ _SETTLED_NAMES = frozenset(str(s) for s in SETTLED)
 #: How long destroy waits for an agent that answered "terminating" to finish.
 DESTROY_WAIT_SECONDS = 15.0
 _FINAL_NAMES = [str(s) for s in FINAL]
+_TERMINAL_NAMES = [str(s) for s in TERMINAL]
+
+# The create path's reads, built once with bound parameters: building a statement and its
+# cache key anew on every create cost more than running it.
+#: the keypair, its user and policy, and the policy's and domain's limits in one query
+_OWNER = (
+    sa.select(keypairs.c.access_key, keypairs.c.resource_policy, users.c.id.label("user_id"),
+              users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
+              keypairs.c.is_active,
+              keypair_resource_policies.c.total_resource_slots.label("policy_slots"),
+              keypair_resource_policies.c.min_resource_slots.label("policy_min_slots"),
+              domains.c.total_resource_slots.label("domain_slots"))
+    .select_from(keypairs)
+    .join(users, users.c.id == keypairs.c.user_id)
+    .join(keypair_resource_policies,
+          keypair_resource_policies.c.name == keypairs.c.resource_policy)
+    .outerjoin(domains, domains.c.name == users.c.domain_name)
+    .where(keypairs.c.access_key == sa.bindparam("ak"))
+)
+#: the live session of a name (at most one: the live-name index)
+_LIVE_BY_NAME = (
+    sa.select(sessions).where(
+        sessions.c.name == sa.bindparam("name"), sessions.c.access_key == sa.bindparam("ak"),
+        sessions.c.status.not_in(_TERMINAL_NAMES),
+    ).order_by(sessions.c.created_at.desc()).limit(1)
+)
+#: the group and whether the owner is a member of it, in one query
+_GROUP = (
+    sa.select(groups.c.id, groups.c.name, groups.c.is_active, groups.c.total_resource_slots,
+              group_members.c.user_id.label("member"))
+    .select_from(groups.outerjoin(group_members, sa.and_(
+        group_members.c.group_id == groups.c.id,
+        group_members.c.user_id == sa.bindparam("user_id"))))
+    .where(groups.c.name == sa.bindparam("name"),
+           groups.c.domain_name == sa.bindparam("domain"))
+)
+_INSERT_SESSIONS = sa.insert(sessions)
+_INSERT_KERNELS = sa.insert(kernels)
+#: the resource group with its live agents' capacities (one row per agent, or one without)
+_SCALING_GROUP = (
+    sa.select(scaling_groups.c.is_active, agents.c.id.label("agent_id"),
+              agents.c.available_slots)
+    .select_from(scaling_groups.outerjoin(agents, sa.and_(
+        agents.c.scaling_group == scaling_groups.c.name, agents.c.status == "ALIVE")))
+    .where(scaling_groups.c.name == sa.bindparam("name"))
+)
 
 
 def name_taken(err: Exception) -> bool:
@@ -178,12 +224,12 @@ class SessionService:
                 f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
                 f"not {req.domain!r}")
         group = await self._group(conn, owner, req.group, caller)
-        sgroup = await self._scaling_group(conn, req.scaling_group)
+        sgroup, caps = await self._scaling_group(conn, req.scaling_group)
         rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
         check_session_request(req.resources,
                               await self._slot_names(conn) if rare else KNOWN_SLOTS)
         requested = self._requested_slots(req.resources, image, owner)
-        await self._check_fit(conn, requested, sgroup, owner, group)
+        self._check_fit(requested, sgroup, caps, owner, group)
         dep_ids = [await self._dependency(conn, d, owner["access_key"])
                    for d in req.dependencies]
         mounts = await resolve_mounts(conn, {**owner, "group_id": group.id}, req.mounts)
@@ -218,8 +264,8 @@ class SessionService:
         at = utcnow()
         for row in rows:
             row.update(status_changed=at, last_activity_at=at)
-        await conn.execute(sa.insert(sessions), rows)
-        await conn.execute(sa.insert(kernels), [dict(
+        await conn.execute(_INSERT_SESSIONS, rows)
+        await conn.execute(_INSERT_KERNELS, [dict(
             id=row["main_kernel_id"], session_id=row["id"], image=row["image"],
             status=str(S.PENDING), status_info="enqueued", status_changed=at,
             created_at=row["created_at"], requested_slots=row["requested_slots"],
@@ -285,53 +331,31 @@ class SessionService:
         ak = owner_ak or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
-        # the keypair, its user and policy, and the policy's and domain's limits in one query
-        row = (await conn.execute(
-            sa.select(keypairs.c.access_key, keypairs.c.resource_policy, users.c.id.label("user_id"),
-                      users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
-                      keypairs.c.is_active,
-                      keypair_resource_policies.c.total_resource_slots.label("policy_slots"),
-                      keypair_resource_policies.c.min_resource_slots.label("policy_min_slots"),
-                      domains.c.total_resource_slots.label("domain_slots"))
-            .select_from(keypairs)
-            .join(users, users.c.id == keypairs.c.user_id)
-            .join(keypair_resource_policies,
-                  keypair_resource_policies.c.name == keypairs.c.resource_policy)
-            .outerjoin(domains, domains.c.name == users.c.domain_name)
-            .where(keypairs.c.access_key == ak)
-        )).mappings().first()
+        row = (await conn.execute(_OWNER, {"ak": ak})).mappings().first()
         if row is None or not row["is_active"]:
             raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
         return dict(row)
 
     async def _group(self, conn: AsyncConnection, owner: dict, name: str, caller: Caller):
-        """The group row (id, name, is_active, total_resource_slots) the session runs in."""
-        g = (await conn.execute(
-            sa.select(groups.c.id, groups.c.name, groups.c.is_active,
-                      groups.c.total_resource_slots)
-            .where(groups.c.name == name, groups.c.domain_name == owner["domain_name"])
-        )).first()
+        """The group row (id, name, is_active, total_resource_slots, member) the session runs in."""
+        g = (await conn.execute(_GROUP, {"user_id": owner["user_id"], "name": name,
+                                         "domain": owner["domain_name"]})).first()
         if g is None or not g.is_active:
             raise InvalidAPIParameters(
                 f"unknown group {name!r} in domain {owner['domain_name']!r}")
-        if not caller.is_admin:
-            member = (await conn.execute(
-                sa.select(group_members.c.user_id)
-                .where(group_members.c.group_id == g.id, group_members.c.user_id == owner["user_id"])
-            )).first()
-            if member is None:
-                raise Forbidden(f"user {owner['email']} is not a member of group {name!r}")
+        if not caller.is_admin and g.member is None:
+            raise Forbidden(f"user {owner['email']} is not a member of group {name!r}")
         return g
 
-    async def _scaling_group(self, conn: AsyncConnection, name: str | None) -> str:
+    async def _scaling_group(self, conn: AsyncConnection,
+                             name: str | None) -> tuple[str, list[ResourceSlot]]:
+        """The resource group's name and the capacities of its live agents."""
         name = name or "default"
-        row = (await conn.execute(
-            sa.select(scaling_groups.c.name, scaling_groups.c.is_active)
-            .where(scaling_groups.c.name == name)
-        )).first()
-        if row is None or not row.is_active:
+        rows = (await conn.execute(_SCALING_GROUP, {"name": name})).all()
+        if not rows or not rows[0].is_active:
             raise InvalidAPIParameters(f"unknown resource group (scaling group) {name!r}")
-        return name
+        return name, [ResourceSlot.from_json(r.available_slots) for r in rows
+                      if r.agent_id is not None]
 
     @staticmethod
     async def _slot_names(conn: AsyncConnection) -> set[str]:
@@ -370,13 +394,11 @@ class SessionService:
                           "policy": owner["resource_policy"]},
                 )
 
-    async def _check_fit(self, conn: AsyncConnection, req: ResourceSlot, sgroup: str,
-                         owner: dict, group: Any) -> None:
-        """Refuse a request that can never run: larger than every agent, or than a policy."""
-        caps = [ResourceSlot.from_json(r.available_slots) for r in (await conn.execute(
-            sa.select(agents.c.available_slots)
-            .where(agents.c.scaling_group == sgroup, agents.c.status == "ALIVE")
-        )).all()]
+    @staticmethod
+    def _check_fit(req: ResourceSlot, sgroup: str, caps: list[ResourceSlot], owner: dict,
+                   group: Any) -> None:
+        """Refuse a request that can never run: larger than every live agent of its resource
+        group (``caps``), or than a policy."""
         if caps and not any(req.fits_in(c) for c in caps):
             for slot, want in sorted(req.items()):
                 largest = max((c.get(slot, Decimal(0)) for c in caps), default=Decimal(0))
@@ -422,12 +444,8 @@ class SessionService:
         return found
 
     async def _live_by_name(self, conn: AsyncConnection, name: str, access_key: str) -> dict | None:
-        row = (await conn.execute(
-            sa.select(sessions).where(
-                sessions.c.name == name, sessions.c.access_key == access_key,
-                sessions.c.status.not_in([str(s) for s in TERMINAL]),
-            ).order_by(sessions.c.created_at.desc()).limit(1)
-        )).mappings().first()
+        row = (await conn.execute(_LIVE_BY_NAME, {"name": name, "ak": access_key})
+               ).mappings().first()
         return dict(row) if row else None
 
     async def _row(self, conn: AsyncConnection, sid: uuid.UUID) -> dict | None:

@@ -280,6 +280,9 @@ async def replace_kernel(
     return new_id
 
 
+_INSERT_HISTORY = sa.insert(session_history)
+
+
 async def record_enqueued(
     conn: AsyncConnection, rows: Sequence[Mapping[str, Any]], cause: str, outbox: Outbox,
     now: datetime | None = None,
@@ -287,7 +290,7 @@ async def record_enqueued(
     """The first history entry (None -> PENDING) and ``session_enqueued`` of each of ``rows``
     (sessions just written), the history in one statement."""
     at = now or utcnow()
-    await conn.execute(sa.insert(session_history), [dict(
+    await conn.execute(_INSERT_HISTORY, [dict(
         session_id=row["id"], from_status=None, to_status=str(S.PENDING), reason="enqueued",
         cause=cause, at=at) for row in rows])
     for row in rows:

@@ -1,0 +1,107 @@
+"""Issue 13, the manager's side of a submission: its CPU per ``POST /session`` and the SDK's
+creates/s, two bai stacks side by side in one run (rounds alternate), e.g. this tree against
+an older one.
+
+    python bench/session_create.py [--creates 400] [--rounds 3] [--in-flight 16]
+                                   [--baseline SRC] [--py-spy FILE]
+
+Each side is ``backend.ai server start --slots cpu=64`` (process runtime) in a private HOME, as
+in ``slurm_side_by_side.py``. ``--baseline SRC`` runs the other side from another source tree
+(its ``src`` folder first on ``PYTHONPATH``: e.g. a ``git worktree`` of main). Per round and
+side: N creates from the SDK (``SessionAPI.create``, ``enqueue_only``, a batch job ``true``
+that starts in 2 hours: the submission row of the side-by-side), ``--in-flight`` at once on
+one kept-alive connection; the clock from the first to the last answer; the manager's CPU
+(all its threads, from /proc) over the same span. ``--py-spy FILE`` records this tree's
+manager with py-spy (``pip install py-spy``) over its last round (a flame graph SVG, or
+``--py-spy-format raw`` for collapsed stacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from harness import EmbeddedStack, cpu_seconds, print_conditions, print_medians, print_rounds
+from slurm_side_by_side import Bai
+
+
+def measure(bai: Bai, n: int, in_flight: int) -> dict[str, float]:
+    mgr = bai.stack.pid("manager")
+    m0 = cpu_seconds(mgr)
+    t0 = time.perf_counter()
+    bai.create_many(n, f"c-{uuid.uuid4().hex[:6]}", later=True, in_flight=in_flight)
+    wall = time.perf_counter() - t0
+    return {
+        "creates/s": n / wall,
+        "manager CPU ms/create": (cpu_seconds(mgr) - m0) * 1000 / n,
+    }
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, out: str | None, fmt: str):
+    """py-spy recording ``pid`` while the block runs (nothing without ``out`` or py-spy)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not out or not Path(exe).exists():
+        if out:
+            print("   py-spy not found: no profile (pip install py-spy)")
+        yield
+        return
+    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--format", fmt,
+                             "--output", out, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # it attaches
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # writes the profile
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        print(f"   py-spy profile of this tree's manager (last round): {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--creates", type=int, default=400, help="creates per round and side")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--in-flight", type=int, default=16)
+    ap.add_argument("--baseline", default=None, metavar="SRC",
+                    help="a source tree (its src/ goes first on PYTHONPATH) for the other side")
+    ap.add_argument("--py-spy", default=None, metavar="FILE")
+    ap.add_argument("--py-spy-format", default="flamegraph", choices=["flamegraph", "raw"])
+    args = ap.parse_args()
+    with contextlib.ExitStack() as daemons:
+        sides = {}
+        if args.baseline:
+            env = {"PYTHONPATH": str(Path(args.baseline, "src").resolve())}
+            sides["before"] = daemons.enter_context(
+                EmbeddedStack(runtime="process", slots=["cpu=64"], extra_env=env))
+        sides["after"] = daemons.enter_context(EmbeddedStack(runtime="process", slots=["cpu=64"]))
+        print_conditions("bai manager: CPU per session create (SDK), side by side",
+                         sides=", ".join(sides), before=args.baseline or "-",
+                         creates=args.creates, rounds=args.rounds, in_flight=args.in_flight,
+                         request="enqueue_only batch 'true' starting in 2 h, SQLite")
+        bais = {k: Bai(s) for k, s in sides.items()}
+        for b in bais.values():  # warm-up
+            measure(b, 20, args.in_flight)
+        results: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+        for r in range(args.rounds):
+            for name, b in bais.items():
+                last = r == args.rounds - 1 and name == "after"
+                with py_spy(b.stack.pid("manager"), args.py_spy if last else None,
+                            args.py_spy_format):
+                    results[name].append(measure(b, args.creates, args.in_flight))
+                print_rounds(results, r, name)
+        print_medians(results, 24, 2)
+        print(f"   load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
