@@ -926,6 +926,35 @@ async def test_repeated_heartbeats_refresh_and_still_notice_changes(manager):
     assert (await agent_row())["available_slots"]["cpu"] == "3"
 
 
+async def test_a_heartbeat_that_says_nothing_new_is_one_transaction(manager, monkeypatch):
+    """The usual heartbeat refreshes last_heartbeat and reads the agent's kernels in one
+    transaction (no read connection of its own), and still answers which kernels to keep and
+    ends a RUNNING session whose kernel the agent no longer has."""
+    beat = {"agent_id": "agent-1", "address": "http://127.0.0.1:1",
+            "available_slots": {"cpu": "2", "mem": str(4 * GIB)}}
+    me = await caller(manager)
+    ans = await manager.sessions.create(me, body("kept", resources={"cpu": "1"}))
+    assert ans["status"] == "RUNNING"
+    kid = (await manager.sessions.resolve(me, "kept"))["main_kernel_id"]
+    await manager.agents.heartbeat({**beat, "kernels": [str(kid)]})  # the whole row, once
+    reads = []
+    real = manager.store.connect
+    monkeypatch.setattr(manager.store, "connect", lambda: reads.append(1) or real())
+    answer = await manager.agents.heartbeat({**beat, "kernels": [str(kid)]})
+    assert reads == [] and answer["known_kernels"] == [str(kid)]
+    monkeypatch.setattr(manager.store, "connect", real)
+    # settled a while, then missing from the agent's list: ended as kernel-lost
+    async with manager.store.begin() as conn:
+        old = (await conn.execute(sa.select(sessions.c.status_changed)
+                                  .where(sessions.c.name == "kept"))).scalar()
+        await conn.execute(sa.update(sessions).where(sessions.c.name == "kept").values(
+            status_changed=old.replace(year=old.year - 1)))
+    await manager.agents.heartbeat({**beat, "kernels": []})
+    row = await wait_status(manager, uuid.UUID(ans["sessionId"]), {"TERMINATED", "ERROR"},
+                            timeout=60)
+    assert "kernel-lost" in (row["status_info"] or "") + str(row["status_data"])
+
+
 async def test_deep_queue_lines_follow_a_shift_in_the_background(manager, monkeypatch):
     from bai.manager.services import scheduling
 

@@ -71,21 +71,31 @@ class AgentRegistry:
         # last_heartbeat (one UPDATE that also checks the agent is still ALIVE). The whole
         # row is compared and written again on any change and every FULL_HEARTBEAT_EVERY.
         seen = self._seen.get(agent_id)
-        if not (seen and seen[0] == values and (now - seen[1]).total_seconds() < FULL_HEARTBEAT_EVERY
-                and await self._touch(agent_id, now)):
+        rows = None
+        if seen and seen[0] == values and (now - seen[1]).total_seconds() < FULL_HEARTBEAT_EVERY:
+            rows = await self._touch(agent_id, now)
+        if rows is None:
             if await self._register(agent_id, values, now):
                 self.root.scheduler.kick()
             self._seen[agent_id] = (values, now)
-        known = await self._check_kernels(agent_id, payload.get("kernels"))
+        known = await self._check_kernels(agent_id, payload.get("kernels"), rows)
         return {"ok": True, "known_kernels": known}
 
-    async def _touch(self, agent_id: str, now) -> bool:
+    async def _touch(self, agent_id: str, now) -> list[Any] | None:
+        """The usual heartbeat's one transaction: refresh ``last_heartbeat`` if the agent is
+        still ALIVE, and then read its live kernels (``_check_kernels``); None if it is not
+        ALIVE. (Two transactions, the write and then the read, cost a third more.)"""
         async with self.root.store.begin() as conn:
-            res = await conn.execute(
-                sa.update(agents)
-                .where(agents.c.id == agent_id, agents.c.status == AgentStatus.ALIVE.value)
-                .values(last_heartbeat=now))
-        return res.rowcount == 1
+            res = await conn.execute(_TOUCH, {"_id": agent_id, "_at": now})
+            if res.rowcount != 1:
+                return None
+            return await self._live_kernels(conn, agent_id)
+
+    async def _live_kernels(self, conn, agent_id: str) -> list[Any]:
+        """This agent's live kernels: id, status, session, session status, main kernel, and
+        whether the session has been in its status for a while (``settled``)."""
+        settled = utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
+        return (await conn.execute(_LIVE_KERNELS, {"_agent": agent_id, "_settled": settled})).all()
 
     async def _register(self, agent_id: str, values: dict[str, Any], now) -> bool:
         """Write the agent's row from a heartbeat; True when the scheduler should look again
@@ -116,8 +126,10 @@ class AgentRegistry:
             await conn.execute(sa.update(agents).where(agents.c.id == agent_id).values(**values))
         return changed
 
-    async def _check_kernels(self, agent_id: str, reported: Any) -> list[str]:
-        """The heartbeat's answer about kernels, from one read of this agent's live kernels.
+    async def _check_kernels(self, agent_id: str, reported: Any,
+                             rows: list[Any] | None = None) -> list[str]:
+        """The heartbeat's answer about kernels, from one read of this agent's live kernels
+        (``rows``, when the heartbeat's transaction read them already).
 
         Returns the kernels this agent should keep (docs/internals.md): it drops the others,
         e.g. those of sessions that ended while its link was down. And when the heartbeat lists
@@ -125,19 +137,9 @@ class AgentRegistry:
         only kernels that have been RUNNING for a while count: a kernel that just started may
         not be in this heartbeat's list yet.
         """
-        settled = utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
-        # ids as stored (SQLite: hex text) rather than a uuid.UUID each: agents heartbeat
-        # every few seconds and each may hold hundreds of kernels
-        kid, sid, main = (sa.type_coerce(c, sa.String) for c in (
-            kernels.c.id, kernels.c.session_id, sessions.c.main_kernel_id))
-        async with self.root.store.connect() as conn:
-            rows = (await conn.execute(
-                sa.select(kid.label("id"), kernels.c.status, sid.label("session_id"),
-                          sessions.c.status.label("session_status"), main.label("main_kernel_id"),
-                          (sessions.c.status_changed < settled).label("settled"))
-                .join(sessions, sessions.c.id == kernels.c.session_id)
-                .where(kernels.c.agent_id == agent_id, kernels.c.status.in_(_LIVE_NAMES))
-            )).all()
+        if rows is None:
+            async with self.root.store.connect() as conn:
+                rows = await self._live_kernels(conn, agent_id)
         known = [_uuid_text(r.id) for r in rows if r.status != SessionStatus.TERMINATING.value]
         if not isinstance(reported, list):
             return known
@@ -174,17 +176,9 @@ class AgentRegistry:
         when there is an agent to mark (it was opened on every check, every second)."""
         deadline = utcnow() - timedelta(seconds=self.root.settings.heartbeat_timeout)
         alive = AgentStatus.ALIVE.value
-        live_kernel = sa.exists().where(kernels.c.agent_id == agents.c.id,
-                                        kernels.c.status.in_(_LIVE_NAMES))
         async with self.root.store.connect() as conn:
-            found = (await conn.execute(
-                sa.select(agents.c.id, agents.c.status).where(sa.or_(
-                    sa.and_(agents.c.status == alive, agents.c.last_heartbeat < deadline),
-                    sa.and_(agents.c.status != alive, live_kernel)))
-            )).all()
-            self.oldest_heartbeat = (await conn.execute(
-                sa.select(sa.func.min(agents.c.last_heartbeat)).where(agents.c.status == alive)
-            )).scalar()
+            found = (await conn.execute(_LOST_OR_STALE, {"_deadline": deadline})).all()
+            self.oldest_heartbeat = (await conn.execute(_OLDEST_HEARTBEAT)).scalar()
         if not found:
             return []
         stale = [aid for aid, status in found if status != alive]
@@ -248,6 +242,35 @@ _LIVE = (
 )
 _LIVE_NAMES = [s.value for s in _LIVE]
 
+
+# The heartbeat's statements, built once (an agent heartbeats every 3 s: building them each
+# time, and their cache keys, cost as much as running them).
+_TOUCH = (sa.update(agents)
+          .where(agents.c.id == sa.bindparam("_id"), agents.c.status == AgentStatus.ALIVE.value)
+          .values(last_heartbeat=sa.bindparam("_at")))
+# ids as stored (SQLite: hex text) rather than a uuid.UUID each: agents heartbeat every few
+# seconds and each may hold hundreds of kernels
+_KID, _SID, _MAIN = (sa.type_coerce(c, sa.String) for c in (
+    kernels.c.id, kernels.c.session_id, sessions.c.main_kernel_id))
+_LIVE_KERNELS = (
+    sa.select(_KID.label("id"), kernels.c.status, _SID.label("session_id"),
+              sessions.c.status.label("session_status"), _MAIN.label("main_kernel_id"),
+              (sessions.c.status_changed
+               < sa.bindparam("_settled", type_=sessions.c.status_changed.type)).label("settled"))
+    .join(sessions, sessions.c.id == kernels.c.session_id)
+    .where(kernels.c.agent_id == sa.bindparam("_agent"), kernels.c.status.in_(_LIVE_NAMES)))
+
+# check_liveness's: the ALIVE agents past the deadline and the others that still hold live
+# kernels; the oldest heartbeat of the ALIVE ones
+_LOST_OR_STALE = sa.select(agents.c.id, agents.c.status).where(sa.or_(
+    sa.and_(agents.c.status == AgentStatus.ALIVE.value,
+            agents.c.last_heartbeat < sa.bindparam("_deadline",
+                                                   type_=agents.c.last_heartbeat.type)),
+    sa.and_(agents.c.status != AgentStatus.ALIVE.value,
+            sa.exists().where(kernels.c.agent_id == agents.c.id,
+                              kernels.c.status.in_(_LIVE_NAMES)))))
+_OLDEST_HEARTBEAT = (sa.select(sa.func.min(agents.c.last_heartbeat))
+                     .where(agents.c.status == AgentStatus.ALIVE.value))
 
 #: the progress events of a starting kernel, in the order an agent reports them
 _PROGRESS_ORDER = {name: i for i, name in enumerate(

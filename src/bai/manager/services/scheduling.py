@@ -74,27 +74,33 @@ async def fingerprint(conn) -> tuple[Any, ...]:
     change (a session that joins, leaves or comes back changes them; its line does not), what
     occupies slots likewise (and its latest activity: the estimates), the agents' rows but for
     their heartbeat, the keypair policies and the scaling groups."""
-    c = sessions.c
-    pending = c.status == str(S.PENDING)
-    occupying = c.status.in_(_OCC)
-    sums = (await conn.execute(sa.select(
-        sa.select(sa.func.count()).where(pending).scalar_subquery(),
-        sa.select(sa.func.max(c.status_changed)).where(pending).scalar_subquery(),
-        sa.select(sa.func.count()).where(occupying).scalar_subquery(),
-        sa.select(sa.func.max(c.status_changed)).where(occupying).scalar_subquery(),
-        sa.select(sa.func.max(c.last_activity_at)).where(occupying).scalar_subquery(),
-    ))).one()
-    a = agents.c
-    agent_rows = (await conn.execute(
-        sa.select(a.id, a.status, a.schedulable, a.address, a.scaling_group,
-                  sa.cast(a.available_slots, sa.Text), sa.cast(a.occupied_slots, sa.Text))
-        .order_by(a.id))).all()
-    policies = (await conn.execute(sa.select(keypair_resource_policies)
-                                   .order_by(keypair_resource_policies.c.name))).all()
-    groups = (await conn.execute(sa.select(scaling_groups)
-                                 .order_by(scaling_groups.c.name))).all()
+    sums = (await conn.execute(_FP_SUMS)).one()
+    agent_rows = (await conn.execute(_FP_AGENTS)).all()
+    policies = (await conn.execute(_FP_POLICIES)).all()
+    groups = (await conn.execute(_FP_GROUPS)).all()
     return tuple(sums), tuple(map(tuple, agent_rows)), tuple(map(tuple, policies)), \
         tuple(map(tuple, groups))
+
+
+# The fingerprint's statements, built once (a look every QUIET_MAX s: building them each time,
+# and their cache keys, cost as much as running them)
+_c = sessions.c
+_pending = _c.status == str(S.PENDING)
+_occupying = _c.status.in_(_OCC)
+_FP_SUMS = sa.select(
+    sa.select(sa.func.count()).where(_pending).scalar_subquery(),
+    sa.select(sa.func.max(_c.status_changed)).where(_pending).scalar_subquery(),
+    sa.select(sa.func.count()).where(_occupying).scalar_subquery(),
+    sa.select(sa.func.max(_c.status_changed)).where(_occupying).scalar_subquery(),
+    sa.select(sa.func.max(_c.last_activity_at)).where(_occupying).scalar_subquery(),
+)
+_a = agents.c
+_FP_AGENTS = (sa.select(_a.id, _a.status, _a.schedulable, _a.address, _a.scaling_group,
+                        sa.cast(_a.available_slots, sa.Text), sa.cast(_a.occupied_slots, sa.Text))
+              .order_by(_a.id))
+_FP_POLICIES = sa.select(keypair_resource_policies).order_by(keypair_resource_policies.c.name)
+_FP_GROUPS = sa.select(scaling_groups).order_by(scaling_groups.c.name)
+del _c, _pending, _occupying, _a
 
 
 def pending_event(sid: Any, name: str, access_key: str, info: str,

@@ -46,6 +46,22 @@ CHECK_MAX = 10.0
 #: (its transaction began before the check's read and committed after it)
 ENTRY_SLACK = 5.0
 
+# The checks' statements, built once (they run every few seconds: building them each time, and
+# their cache keys, cost as much as running them). Deadlines take each phase's cut-off as
+# ``_cut_<phase>``.
+_OVERDUE = sa.select(sessions.c.id, sessions.c.status).where(sa.or_(*[
+    sa.and_(sessions.c.status == str(st),
+            sessions.c.status_changed < sa.bindparam(f"_cut_{st.value}",
+                                                     type_=sessions.c.status_changed.type))
+    for st in DEADLINE_PHASES]))
+_OLDEST_BY_PHASE = (sa.select(sessions.c.status, sa.func.min(sessions.c.status_changed))
+                    .where(sessions.c.status.in_([str(st) for st in DEADLINE_PHASES]))
+                    .group_by(sessions.c.status))
+_IDLE_CANDIDATES = (sa.select(sessions.c.id, sessions.c.idle_timeout, sessions.c.last_activity_at)
+                    .where(sessions.c.status == str(S.RUNNING),
+                           sessions.c.type == SessionType.INTERACTIVE.value,
+                           sessions.c.idle_timeout > 0))
+
 
 class Watchdogs:
     def __init__(self, root: ManagerRoot) -> None:
@@ -120,20 +136,11 @@ class Watchdogs:
         """End every session that stayed too long in a transitional phase."""
         now = utcnow()
         self._deadlines_read, self._deadlines_at = now, time.monotonic()
-        cond = sa.or_(*[
-            sa.and_(sessions.c.status == str(st),
-                    sessions.c.status_changed < now - timedelta(seconds=self.deadline_for(st)))
-            for st in DEADLINE_PHASES
-        ])
+        cuts = {f"_cut_{st.value}": now - timedelta(seconds=self.deadline_for(st))
+                for st in DEADLINE_PHASES}
         async with self.root.store.connect() as conn:
-            overdue = (await conn.execute(
-                sa.select(sessions.c.id, sessions.c.status).where(cond)
-            )).all()
-            self._oldest = dict((await conn.execute(
-                sa.select(sessions.c.status, sa.func.min(sessions.c.status_changed))
-                .where(sessions.c.status.in_([str(st) for st in DEADLINE_PHASES]))
-                .group_by(sessions.c.status)
-            )).all())
+            overdue = (await conn.execute(_OVERDUE, cuts)).all()
+            self._oldest = dict((await conn.execute(_OLDEST_BY_PHASE)).all())
         lifecycle = self.root.sessions.lifecycle
         for sid, status in overdue:
             phase = S(status)
@@ -162,12 +169,7 @@ class Watchdogs:
     async def check_idle(self) -> int:
         now = utcnow()
         async with self.root.store.connect() as conn:
-            rows = (await conn.execute(
-                sa.select(sessions.c.id, sessions.c.idle_timeout, sessions.c.last_activity_at)
-                .where(sessions.c.status == str(S.RUNNING),
-                       sessions.c.type == SessionType.INTERACTIVE.value,
-                       sessions.c.idle_timeout > 0)
-            )).all()
+            rows = (await conn.execute(_IDLE_CANDIDATES)).all()
         idle = [r.id for r in rows
                 if r.last_activity_at + timedelta(seconds=r.idle_timeout) <= now]
         for sid in idle:
