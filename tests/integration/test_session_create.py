@@ -112,3 +112,24 @@ async def test_group_membership_and_resource_group_are_checked_in_the_create(
     async with manager.store.connect() as conn:
         names = set((await conn.execute(sa.select(sessions.c.name))).scalars())
     assert names == {"g-2", "g-4", "sg-3"}
+
+
+async def test_a_live_name_blocks_only_its_own_keypair_and_only_while_live(
+        manager):  # noqa: F811
+    """The owner's live session of the name is looked up with the keypair (one query): another
+    keypair's session of that name, and an ended one, leave the name free."""
+    from bai.common.errors import SessionAlreadyExists
+
+    me, admin = await caller(manager), await caller(manager, "admin")
+    later = {"enqueueOnly": True, "startsAt": "2h"}
+    first = await manager.sessions.create(admin, body("twin", **later))
+    mine = await manager.sessions.create(me, body("twin", **later))  # another keypair's
+    assert mine["created"] and mine["sessionId"] != first["sessionId"]
+    with pytest.raises(SessionAlreadyExists) as e:
+        await manager.sessions.create(me, body("twin", reuseIfExists=False, **later))
+    assert e.value.data["existingSessionId"] == mine["sessionId"]
+    again = await manager.sessions.create(me, body("twin", reuseIfExists=True, **later))
+    assert again["sessionId"] == mine["sessionId"] and not again["created"]
+    await manager.sessions.destroy(me, "twin", forced=True)
+    anew = await manager.sessions.create(me, body("twin", reuseIfExists=False, **later))
+    assert anew["created"] and anew["sessionId"] != mine["sessionId"]

@@ -68,14 +68,23 @@ _TERMINAL_NAMES = [str(s) for s in TERMINAL]
 
 # The create path's reads, built once with bound parameters: building a statement and its
 # cache key anew on every create cost more than running it.
-#: the keypair, its user and policy, and the policy's and domain's limits in one query
+#: the id of the owner's live session of a name (at most one: the live-name index)
+_LIVE_ID = (
+    sa.select(sessions.c.id).where(
+        sessions.c.name == sa.bindparam("name"), sessions.c.access_key == keypairs.c.access_key,
+        sessions.c.status.not_in(_TERMINAL_NAMES),
+    ).order_by(sessions.c.created_at.desc()).limit(1).correlate(keypairs).scalar_subquery()
+)
+#: the keypair, its user and policy, the policy's and domain's limits, and the id of its live
+#: session of the name asked for, in one query
 _OWNER = (
     sa.select(keypairs.c.access_key, keypairs.c.resource_policy, users.c.id.label("user_id"),
               users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
               keypairs.c.is_active,
               keypair_resource_policies.c.total_resource_slots.label("policy_slots"),
               keypair_resource_policies.c.min_resource_slots.label("policy_min_slots"),
-              domains.c.total_resource_slots.label("domain_slots"))
+              domains.c.total_resource_slots.label("domain_slots"),
+              _LIVE_ID.label("live_id"))
     .select_from(keypairs)
     .join(users, users.c.id == keypairs.c.user_id)
     .join(keypair_resource_policies,
@@ -171,8 +180,9 @@ class SessionService:
         """Validate and write the new session ``sid`` PENDING: (row, None); or (existing row,
         answer) when ``reuseIfExists`` finds a live session of that name and image."""
         async with self.lifecycle.tx() as (conn, outbox):
-            owner = await self._owner(conn, caller, req.owner_access_key)
-            existing = await self._live_by_name(conn, req.name, owner["access_key"])
+            owner = await self._owner(conn, caller, req.owner_access_key, req.name)
+            existing = None if owner.pop("live_id") is None else await self._live_by_name(
+                conn, req.name, owner["access_key"])
             image = await resolve_image(conn, req.image)
             if existing is not None:
                 if req.reuse and existing["image"] == image["name"]:
@@ -195,6 +205,7 @@ class SessionService:
         names = [check_name(element_name(req.name, i)) for i in indices]
         async with self.lifecycle.tx() as (conn, outbox):
             owner = await self._owner(conn, caller, req.owner_access_key)
+            owner.pop("live_id")
             image = await resolve_image(conn, req.image)
             base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
             for chunk in in_lists(names):
@@ -327,11 +338,13 @@ class SessionService:
             "created": created,
         }
 
-    async def _owner(self, conn: AsyncConnection, caller: Caller, owner_ak: str | None) -> dict:
+    async def _owner(self, conn: AsyncConnection, caller: Caller, owner_ak: str | None,
+                     name: str | None = None) -> dict:
+        """The owner's keypair row; ``live_id``: the id of its live session named ``name``."""
         ak = owner_ak or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
-        row = (await conn.execute(_OWNER, {"ak": ak})).mappings().first()
+        row = (await conn.execute(_OWNER, {"ak": ak, "name": name})).mappings().first()
         if row is None or not row["is_active"]:
             raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
         return dict(row)
