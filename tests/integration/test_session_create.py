@@ -77,6 +77,14 @@ async def test_group_membership_and_resource_group_are_checked_in_the_create(
                                                     total_resource_slots={}))
         # someone else's membership does not make the user a member
         await conn.execute(sa.insert(group_members).values(group_id=gid, user_id=admin.user_id))
+        # a group of another domain is not the user's, member or not
+        await conn.execute(sa.insert(domains).values(name="elsewhere", total_resource_slots={}))
+        far = uuid.uuid4()
+        await conn.execute(sa.insert(groups).values(id=far, name="far", domain_name="elsewhere",
+                                                    total_resource_slots={}))
+        await conn.execute(sa.insert(group_members).values(group_id=far, user_id=me.user_id))
+        await conn.execute(sa.insert(groups).values(name="shut", domain_name="default",
+                                                    is_active=False, total_resource_slots={}))
         await conn.execute(sa.insert(scaling_groups).values(name="big"))
         await conn.execute(sa.insert(scaling_groups).values(name="off", is_active=False))
     for agent_id, sgroup, cpu in (("agent-lost", "default", "8"), ("agent-big", "big", "8")):
@@ -91,6 +99,10 @@ async def test_group_membership_and_resource_group_are_checked_in_the_create(
     with pytest.raises(Forbidden, match="is not a member of group 'other'"):
         await manager.sessions.create(me, body("g-1", group="other", **later))
     await manager.sessions.create(admin, body("g-2", group="other", **later))  # admins may
+    with pytest.raises(InvalidAPIParameters, match="unknown group 'far' in domain 'default'"):
+        await manager.sessions.create(me, body("g-far", group="far", **later))
+    with pytest.raises(InvalidAPIParameters, match="unknown group 'shut'"):
+        await manager.sessions.create(admin, body("g-shut", group="shut", **later))
     with pytest.raises(InvalidAPIParameters, match="unknown group 'nogroup'"):
         await manager.sessions.create(admin, body("g-3", group="nogroup", **later))
     async with manager.store.begin() as conn:

@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -75,8 +75,11 @@ _LIVE_ID = (
         sessions.c.status.not_in(_TERMINAL_NAMES),
     ).order_by(sessions.c.created_at.desc()).limit(1).correlate(keypairs).scalar_subquery()
 )
-#: the keypair, its user and policy, the policy's and domain's limits, and the id of its live
-#: session of the name asked for, in one query
+#: the group's columns a create reads
+_GROUP_COLS = (groups.c.id, groups.c.name, groups.c.is_active, groups.c.total_resource_slots)
+#: the keypair, its user and policy, the policy's and domain's limits, the id of its live
+#: session of the name asked for, and the group asked for in the user's domain with the user's
+#: membership, in one query
 _OWNER = (
     sa.select(keypairs.c.access_key, keypairs.c.resource_policy, users.c.id.label("user_id"),
               users.c.email, users.c.domain_name, keypair_resource_policies.c.idle_timeout,
@@ -84,12 +87,17 @@ _OWNER = (
               keypair_resource_policies.c.total_resource_slots.label("policy_slots"),
               keypair_resource_policies.c.min_resource_slots.label("policy_min_slots"),
               domains.c.total_resource_slots.label("domain_slots"),
-              _LIVE_ID.label("live_id"))
+              _LIVE_ID.label("live_id"), *(c.label(f"group_{c.name}") for c in _GROUP_COLS),
+              group_members.c.user_id.label("group_member"))
     .select_from(keypairs)
     .join(users, users.c.id == keypairs.c.user_id)
     .join(keypair_resource_policies,
           keypair_resource_policies.c.name == keypairs.c.resource_policy)
     .outerjoin(domains, domains.c.name == users.c.domain_name)
+    .outerjoin(groups, sa.and_(groups.c.name == sa.bindparam("group"),
+                               groups.c.domain_name == users.c.domain_name))
+    .outerjoin(group_members, sa.and_(group_members.c.group_id == groups.c.id,
+                                      group_members.c.user_id == users.c.id))
     .where(keypairs.c.access_key == sa.bindparam("ak"))
 )
 #: the live session of a name (at most one: the live-name index)
@@ -98,16 +106,6 @@ _LIVE_BY_NAME = (
         sessions.c.name == sa.bindparam("name"), sessions.c.access_key == sa.bindparam("ak"),
         sessions.c.status.not_in(_TERMINAL_NAMES),
     ).order_by(sessions.c.created_at.desc()).limit(1)
-)
-#: the group and whether the owner is a member of it, in one query
-_GROUP = (
-    sa.select(groups.c.id, groups.c.name, groups.c.is_active, groups.c.total_resource_slots,
-              group_members.c.user_id.label("member"))
-    .select_from(groups.outerjoin(group_members, sa.and_(
-        group_members.c.group_id == groups.c.id,
-        group_members.c.user_id == sa.bindparam("user_id"))))
-    .where(groups.c.name == sa.bindparam("name"),
-           groups.c.domain_name == sa.bindparam("domain"))
 )
 _INSERT_SESSIONS = sa.insert(sessions)
 _INSERT_KERNELS = sa.insert(kernels)
@@ -119,6 +117,14 @@ _SCALING_GROUP = (
         agents.c.scaling_group == scaling_groups.c.name, agents.c.status == "ALIVE")))
     .where(scaling_groups.c.name == sa.bindparam("name"))
 )
+
+
+class _Group(NamedTuple):
+    id: uuid.UUID
+    name: str
+    is_active: bool
+    total_resource_slots: Any
+    member: Any  # the owner's user id when a member, else None
 
 
 def name_taken(err: Exception) -> bool:
@@ -180,7 +186,7 @@ class SessionService:
         """Validate and write the new session ``sid`` PENDING: (row, None); or (existing row,
         answer) when ``reuseIfExists`` finds a live session of that name and image."""
         async with self.lifecycle.tx() as (conn, outbox):
-            owner = await self._owner(conn, caller, req.owner_access_key, req.name)
+            owner = await self._owner(conn, caller, req.owner_access_key, req.group, req.name)
             existing = None if owner.pop("live_id") is None else await self._live_by_name(
                 conn, req.name, owner["access_key"])
             image = await resolve_image(conn, req.image)
@@ -204,7 +210,7 @@ class SessionService:
         indices = req.array or []
         names = [check_name(element_name(req.name, i)) for i in indices]
         async with self.lifecycle.tx() as (conn, outbox):
-            owner = await self._owner(conn, caller, req.owner_access_key)
+            owner = await self._owner(conn, caller, req.owner_access_key, req.group)
             owner.pop("live_id")
             image = await resolve_image(conn, req.image)
             base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
@@ -234,7 +240,7 @@ class SessionService:
             raise InvalidAPIParameters(
                 f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
                 f"not {req.domain!r}")
-        group = await self._group(conn, owner, req.group, caller)
+        group = self._group(owner, req.group, caller)
         sgroup, caps = await self._scaling_group(conn, req.scaling_group)
         rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
         check_session_request(req.resources,
@@ -339,20 +345,28 @@ class SessionService:
         }
 
     async def _owner(self, conn: AsyncConnection, caller: Caller, owner_ak: str | None,
-                     name: str | None = None) -> dict:
-        """The owner's keypair row; ``live_id``: the id of its live session named ``name``."""
+                     group: str, name: str | None = None) -> dict:
+        """The owner's keypair row; ``live_id``: the id of its live session named ``name``;
+        ``group``: the group of that name in the owner's domain (``_group``)."""
         ak = owner_ak or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
-        row = (await conn.execute(_OWNER, {"ak": ak, "name": name})).mappings().first()
+        row = (await conn.execute(_OWNER, {"ak": ak, "name": name, "group": group})
+               ).mappings().first()
         if row is None or not row["is_active"]:
             raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
-        return dict(row)
+        owner = dict(row)
+        g = {c.name: owner.pop(f"group_{c.name}") for c in _GROUP_COLS}
+        owner["group"] = (None if g["id"] is None else
+                          _Group(**g, member=owner.pop("group_member")))
+        owner.pop("group_member", None)
+        return owner
 
-    async def _group(self, conn: AsyncConnection, owner: dict, name: str, caller: Caller):
-        """The group row (id, name, is_active, total_resource_slots, member) the session runs in."""
-        g = (await conn.execute(_GROUP, {"user_id": owner["user_id"], "name": name,
-                                         "domain": owner["domain_name"]})).first()
+    @staticmethod
+    def _group(owner: dict, name: str, caller: Caller) -> _Group:
+        """The group the session runs in (read with the owner): refused unless it is active
+        and, for a user who is not an admin, the user is a member."""
+        g = owner.pop("group")
         if g is None or not g.is_active:
             raise InvalidAPIParameters(
                 f"unknown group {name!r} in domain {owner['domain_name']!r}")
