@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -319,6 +320,44 @@ async def test_the_watchdog_loop_notices_a_silent_agent_once_its_heartbeat_is_ol
     manager.settings.heartbeat_timeout = 1.0  # the agent says nothing more
     row = await wait_status(manager, uuid.UUID(inter["sessionId"]), {"ERROR"}, timeout=60)
     assert row["status_info"] == "agent-lost"
+
+
+async def test_deadline_and_idle_checks_skip_while_no_session_changed_on_sqlite(manager,
+                                                                              monkeypatch):
+    """On SQLite (one writer, this manager) the periodic deadline check and the idle check are
+    skipped while no session was written since the last one and nothing it read is due; any
+    write to a session makes them due again. On PostgreSQL they stay periodic."""
+    from bai.manager.services import scheduling, watchdogs
+
+    monkeypatch.setattr(watchdogs, "CHECK_MAX", 0.0)  # the periodic check is due at every tick
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)  # the scheduler's timer writes nothing
+    dogs, sched = manager.watchdogs, manager.scheduler
+    me = await caller(manager)
+    await manager.sessions.create(me, body("later", starts_at="1h", enqueueOnly=True))
+    ans = await manager.sessions.create(me, body("idles", resources={"cpu": "1"}))
+    assert ans["status"] == "RUNNING"
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(sessions).where(sessions.c.name == "idles")
+                           .values(idle_timeout=3600))
+    await sched.run_pass()
+    await sched.flush_deep()
+    deadline = time.monotonic() + 60
+    for _ in range(2):  # a pass the loop began before has ended
+        tick = sched.last_tick
+        while sched.last_tick == tick and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    await dogs.check_deadlines()
+    await dogs.check_idle()
+    sqlite = manager.store.is_sqlite
+    assert dogs._deadline_due() is not sqlite and dogs._idle_due() is not sqlite
+    # a session the idle check read is due once its idle timeout has passed, write or not
+    next_idle = dogs._idle_next
+    dogs._idle_next = next_idle - timedelta(hours=2)
+    assert dogs._idle_due()
+    dogs._idle_next = next_idle
+    await manager.sessions.create(me, body("later2", starts_at="1h", enqueueOnly=True))
+    assert dogs._deadline_due() and dogs._idle_due()
 
 
 async def test_batch_result_and_dependency_cancel(manager):

@@ -14,6 +14,10 @@ heartbeat it last saw is ``heartbeat_timeout`` old (agents heartbeat every 3 s: 
 ~12 s, not every second), deadlines once the oldest session of a phase may be past its deadline
 (``_deadline_due``), both at least every ``CHECK_MAX`` s. An idle manager then reads the database
 a few times a minute instead of three times a second; settings changed at run time count at once.
+On SQLite, where this manager is the only writer and counts its writes to sessions
+(``Store.listing_changes``), the periodic deadline check and the idle check (every
+``idle_check_interval``) are skipped while no session was written since the last one and nothing
+it read may be due: 5,200 sessions waiting for later cost no such read.
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ class Watchdogs:
         self._deadlines_at = float("-inf")
         self._oldest: dict[str, Any] = {}
         self._liveness_at = float("-inf")
+        #: ``Store.listing_changes`` as the last deadline and idle checks began (SQLite: while
+        #: it stays the same, no session changed since, see ``_unwritten_since``); the
+        #: earliest moment a session the last idle check read may be idle (None: none)
+        self._deadlines_changes = self._idle_changes = -1
+        self._idle_next: Any = None
 
     def deadline_for(self, status: SessionStatus) -> float:
         return float(getattr(self.root.settings, f"deadline_{status.value.lower()}"))
@@ -96,7 +105,7 @@ class Watchdogs:
                     if _stopping():
                         raise
                     log.exception("%s check failed", name)
-            if tick % idle_every == 0:
+            if tick % idle_every == 0 and self._idle_due():
                 try:
                     await self.check_idle()
                 except asyncio.CancelledError:
@@ -105,6 +114,21 @@ class Watchdogs:
                     if _stopping():
                         raise
                     log.exception("idle check failed")
+
+    def _unwritten_since(self, changes: int) -> bool:
+        """Whether no session was written since ``Store.listing_changes`` read ``changes``:
+        on SQLite this manager is the only writer and counts its writes; elsewhere other
+        replicas write unseen, so never."""
+        store = self.root.store
+        return store.is_sqlite and store.listing_changes == changes
+
+    def _idle_due(self) -> bool:
+        """Whether the idle check may find something: always, but on SQLite while no session
+        was written since the last one (a session that starts, or whose activity moves, is a
+        write) and none that it read may be idle yet."""
+        if not self._unwritten_since(self._idle_changes):
+            return True
+        return self._idle_next is not None and utcnow() >= self._idle_next
 
     def _liveness_due(self) -> bool:
         """Whether an agent may be lost by now (or ``CHECK_MAX`` s went by)."""
@@ -121,8 +145,9 @@ class Watchdogs:
         """Whether a session may be past its phase's deadline by now: the oldest one of a
         phase at the last check, or one that entered any phase since (``ENTRY_SLACK``)."""
         read = self._deadlines_read
-        if read is None or time.monotonic() - self._deadlines_at >= CHECK_MAX:
-            return True
+        if read is None or (time.monotonic() - self._deadlines_at >= CHECK_MAX
+                            and not self._unwritten_since(self._deadlines_changes)):
+            return True  # the periodic check, unless (SQLite) no session changed since
         now = utcnow()
         since = read - timedelta(seconds=ENTRY_SLACK)
         for st in DEADLINE_PHASES:
@@ -136,6 +161,7 @@ class Watchdogs:
         """End every session that stayed too long in a transitional phase."""
         now = utcnow()
         self._deadlines_read, self._deadlines_at = now, time.monotonic()
+        self._deadlines_changes = self.root.store.listing_changes
         cuts = {f"_cut_{st.value}": now - timedelta(seconds=self.deadline_for(st))
                 for st in DEADLINE_PHASES}
         async with self.root.store.connect() as conn:
@@ -168,10 +194,12 @@ class Watchdogs:
 
     async def check_idle(self) -> int:
         now = utcnow()
+        self._idle_changes = self.root.store.listing_changes
         async with self.root.store.connect() as conn:
             rows = (await conn.execute(_IDLE_CANDIDATES)).all()
-        idle = [r.id for r in rows
-                if r.last_activity_at + timedelta(seconds=r.idle_timeout) <= now]
+        ends = [r.last_activity_at + timedelta(seconds=r.idle_timeout) for r in rows]
+        self._idle_next = min(ends, default=None)
+        idle = [r.id for r, end in zip(rows, ends, strict=True) if end <= now]
         for sid in idle:
             log.info("session %s idle: terminating", sid)
             self.root.sessions.lifecycle.spawn(
