@@ -155,6 +155,15 @@ async def wait_status(root, sid, statuses, timeout=10.0):
         await asyncio.sleep(0.05)
 
 
+async def two_ticks(sched) -> None:
+    """Until the scheduler's loop has ticked twice (up to 60 s): a pass it began before ended."""
+    deadline = time.monotonic() + 60
+    for _ in range(2):
+        tick = sched.last_tick
+        while sched.last_tick == tick and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
 async def occupied(root, agent_id="agent-1") -> ResourceSlot:
     async with root.store.connect() as conn:
         return ResourceSlot.from_json((await conn.execute(
@@ -342,11 +351,7 @@ async def test_deadline_and_idle_checks_skip_while_no_session_changed_on_sqlite(
                            .values(idle_timeout=3600))
     await sched.run_pass()
     await sched.flush_deep()
-    deadline = time.monotonic() + 60
-    for _ in range(2):  # a pass the loop began before has ended
-        tick = sched.last_tick
-        while sched.last_tick == tick and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+    await two_ticks(sched)  # a pass the loop began before has ended
     await dogs.check_deadlines()
     await dogs.check_idle()
     sqlite = manager.store.is_sqlite
@@ -473,11 +478,8 @@ async def test_a_quiet_queue_skips_timer_passes_until_something_changes(manager,
     soon = await manager.sessions.create(me, body("quiet2", starts_at="3s", enqueueOnly=True))
     sched = manager.scheduler
     await sched.run_pass()
+    await two_ticks(sched)  # a pass the loop began before (a kick of the fixture's) has ended
     deadline = time.monotonic() + 60
-    for _ in range(2):  # a pass the loop began before (a kick of the fixture's) has ended
-        tick = sched.last_tick
-        while sched.last_tick == tick and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
     passes, tick = sched.passes, sched.last_tick
     while sched.last_tick < tick + 1.0 and time.monotonic() < deadline:  # 5 timer ticks
         await asyncio.sleep(0.1)
@@ -1041,11 +1043,7 @@ async def test_a_pass_makes_no_line_that_stands_and_mends_one_changed_under_it(m
     sched = manager.scheduler
     await sched.run_pass()
     await sched.flush_deep()
-    deadline = time.monotonic() + 60
-    for _ in range(2):  # a pass the loop began before has ended
-        tick = sched.last_tick
-        while sched.last_tick == tick and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+    await two_ticks(sched)  # a pass the loop began before has ended
     lines = {n: (await manager.sessions.resolve(me, n))["status_info"] for n in names}
     assert all(v.startswith("starts-at: ") for v in lines.values()), lines
     made.clear()
