@@ -368,23 +368,39 @@ class Table:
             print("| " + " | ".join(r) + " |")
 
 
+def positive(text: str) -> int:
+    """A count of runs or jobs: every row needs at least one (0 made a row divide by zero)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def main() -> None:  # noqa: PLR0915 - one row after the other, as the table reads
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--install", action="store_true", help="apt-get install Slurm and munge")
     ap.add_argument("--no-slurm", action="store_true", help="bai only")
     ap.add_argument("--allow-gaps", action="store_true",
                     help="run even if bai's sandbox is not in force (figures do not count)")
-    ap.add_argument("--hello", type=int, default=20, help="hello world runs of each")
+    ap.add_argument("--hello", type=positive, default=20, help="hello world runs of each")
     ap.add_argument("--jobs", default="1000,5000", help="batch sizes, comma separated")
-    ap.add_argument("--cpu-jobs", type=int, default=300, help="jobs for the machine CPU row")
-    ap.add_argument("--submit", type=int, default=400, help="jobs per submission row")
+    ap.add_argument("--cpu-jobs", type=positive, default=300, help="jobs for the machine CPU row")
+    ap.add_argument("--submit", type=positive, default=400, help="jobs per submission row")
     ap.add_argument("--queue", type=int, default=5000, help="depth of the waiting queue")
-    ap.add_argument("--listing", type=int, default=10, help="listing runs of each")
+    ap.add_argument("--listing", type=positive, default=10, help="listing runs of each")
     ap.add_argument("--wait-seconds", type=float, default=20.0,
                     help="how long the controllers' CPU is taken while jobs wait")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per batch run")
     args = ap.parse_args()
-    sizes = [int(x) for x in args.jobs.split(",") if x]
+    try:
+        sizes = [positive(x) for x in args.jobs.split(",") if x]
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"argument --jobs: {e}")
+    if not sizes:
+        ap.error("argument --jobs: at least one batch size")
 
     # Ctrl-C and SIGTERM unwind through the `with` blocks, which stop every daemon
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

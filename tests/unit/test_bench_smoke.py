@@ -81,3 +81,16 @@ def test_percentiles_are_nearest_rank() -> None:
     assert percentile([5.0], 99) == 5.0
     f = figures([3, 1, 2, 4])
     assert f["median"] == 2.5 and f["min"] == 1 and f["max"] == 4 and f["n"] == 4
+
+
+@pytest.mark.parametrize("args, name", [(["--hello", "0"], "--hello"),
+                                        (["--submit", "0"], "--submit"),
+                                        (["--jobs", "0,5"], "--jobs"),
+                                        (["--listing", "many"], "--listing")])
+def test_the_side_by_side_refuses_a_count_it_cannot_run(args: list[str], name: str) -> None:
+    # --hello 0 ended in a KeyError and --submit 0 in a ZeroDivisionError, after the stacks started
+    done = subprocess.run([sys.executable, str(BENCH / "slurm_side_by_side.py"), "--no-slurm",
+                           *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"argument {name}:" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr
