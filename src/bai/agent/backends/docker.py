@@ -658,7 +658,7 @@ class DockerBackend(RuntimeBackend):
         if not in_container(entry.pid, entry.container_id):
             raise OSError("the standby's process is not the container's")
         slirp = await asyncio.to_thread(outbound.attach, self.outbound, entry.pid,
-                                        home / SLIRP_OUT)
+                                        home / SLIRP_OUT, own_loopback=False)
         outbound.remember(slirp, home / SLIRP_PID)
         if entry.resolv_path:  # what a made container gets from Dns=[SLIRP_DNS]
             await asyncio.to_thread(Path(entry.resolv_path).write_text,
@@ -732,7 +732,8 @@ class DockerBackend(RuntimeBackend):
             pid, cid = int((info.get("State") or {}).get("Pid") or 0), info.get("Id") or ""
             if not in_container(pid, cid):
                 raise OSError("the agent cannot see the container's processes")
-            slirp = await asyncio.to_thread(outbound.attach, self.outbound, pid, home / SLIRP_OUT)
+            slirp = await asyncio.to_thread(outbound.attach, self.outbound, pid, home / SLIRP_OUT,
+                                            own_loopback=False)  # the engine set up its lo
             outbound.remember(slirp, home / SLIRP_PID)
             # what the engine gave the container: the kernel's environment, the image's, PATH
             env = await asyncio.to_thread(process_environ, pid, cid)

@@ -66,9 +66,33 @@ def child_pid(info_fd: int, timeout: float = 30.0) -> int:
     return int(json.loads(data.decode())["child-pid"])
 
 
-def attach(found: dict[str, str], pid: int, log: Path, timeout: float = 30.0) -> subprocess.Popen:
+def wait_loopback(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the namespace of ``pid`` has its loopback address (bwrap's child gives it).
+
+    bwrap says its child's pid before the child sets up ``lo`` (an RTM_NEWADDR that must create
+    127.0.0.1). ``slirp4netns --configure`` brings ``lo`` up, and the kernel then gives it
+    127.0.0.1 itself: a child that came second, under load, died with ``loopback: Failed
+    RTM_NEWADDR`` (a session that never started). Raises OSError once ``pid`` is gone."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        with open(f"/proc/{pid}/net/fib_trie") as f:  # the local table lists it once added
+            if "127.0.0.1" in f.read():
+                return
+        if time.monotonic() >= deadline:
+            raise TimeoutError("the sandbox did not set up its loopback")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def attach(found: dict[str, str], pid: int, log: Path, timeout: float = 30.0, *,
+           own_loopback: bool = True) -> subprocess.Popen:
     """Block this host's addresses in the namespace of ``pid``, then start slirp4netns for it
-    and wait until it configured ``tap0``. Raises OSError/TimeoutError/CalledProcessError."""
+    and wait until it configured ``tap0``; first, with ``own_loopback`` (bwrap's child sets up
+    ``lo`` itself; a docker container's has it before it runs), until that is done. Raises
+    OSError/TimeoutError/CalledProcessError."""
+    if own_loopback:
+        wait_loopback(pid, timeout)
     routes = "".join(f"route add unreachable {net}\n" for net in blocked_networks())
     subprocess.run([found["nsenter"], f"--net=/proc/{pid}/ns/net", found["ip"], "-batch", "-"],
                    input=routes.encode(), check=True, capture_output=True, timeout=timeout)
