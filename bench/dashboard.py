@@ -85,8 +85,16 @@ def status_changes(page, st: EmbeddedStack, n: int, cookie: str, csrf: str) -> t
                                                             "X-BAI-CSRF": csrf})
         conn.getresponse().read()
         conn.close()
-        page.wait_for_function(f"window.__seen['{sid} CANCELLED'] !== undefined", timeout=60_000)
-        seen = page.evaluate(f"window.__seen['{sid} CANCELLED']") / 1000
+        # polled from here, not wait_for_function: its string predicate runs through eval once
+        # it has to wait, which the dashboard's CSP refuses (the run failed whenever the change
+        # took longer to arrive than the call); the page stamps the time it saw the change
+        key = f"{sid} CANCELLED"
+        deadline = time.monotonic() + 60
+        while (stamp := page.evaluate("key => window.__seen[key] ?? null", key)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dashboard never showed {key}")
+            time.sleep(0.005)
+        seen = stamp / 1000
         conn = http.client.HTTPConnection("127.0.0.1", st.port, timeout=60)
         conn.request("GET", f"/session/{sid}/history", headers={"Cookie": f"bai_session={cookie}"})
         hist = json.loads(conn.getresponse().read())["result"]
