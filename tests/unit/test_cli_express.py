@@ -326,6 +326,23 @@ def test_express_start_sends_and_prints_what_click_does(fake, capsys, monkeypatc
         assert r1.code == 1 and "did not start" in r1.err
 
 
+def test_a_create_that_says_why_it_waits_is_reported_without_asking_again(
+        fake, capsys, monkeypatch):  # noqa: F811
+    args = ("start", "--enqueue-only", "--type", "batch", "-c", "true", "-t", "queued2",
+            "--starts-at", "2h", "python")
+    fake.knobs["create_status"] = "PENDING"
+    asked = _both(fake, capsys, monkeypatch, *args)  # an answer without the line: a query
+    assert [s[:2] for s in asked[0][1]] == [("POST", "/session"), ("POST", "/admin/gql")]
+    fake.knobs["create_line"] = True
+    (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, *args)
+    assert [s[:2] for s in sent1] == [s[:2] for s in sent2] == [("POST", "/session")]
+    assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err)
+    # the same words as from the query
+    assert (r1.code, r1.out, r1.err) == (asked[0][0].code, asked[0][0].out, asked[0][0].err)
+    assert "is enqueued: PENDING - insufficient-resources" in r1.out
+    assert "(queue position 1)" in r1.out
+
+
 def test_express_start_imports_neither_click_nor_asyncio(fake):  # noqa: F811
     code = (
         "import sys\n"

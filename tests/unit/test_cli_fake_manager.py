@@ -72,6 +72,7 @@ class FakeManager:
                            ("session_started", {"sessionName": "s1"})],
             "forbid_admin": False,
             "run_stream": False,  # serve GET /stream/session/_/run (create+execute+destroy)
+            "create_line": False,  # enqueue-only answers carry statusInfo/statusData
             "bulk_destroy": True,
             "stall": (),  # path prefixes the fake takes and never answers (until it stops)
             "mute": (),  # path prefixes whose stream's head goes out, then nothing (no pong)
@@ -228,8 +229,13 @@ class FakeManager:
                 "status_info": "insufficient-resources: cpu requested 2, free 0"
                 if status in ("PENDING", "TIMEOUT") else "oom-killed" if status == "ERROR" else None}
         self.sessions.insert(0, sess)
-        return {"sessionId": sid, "sessionName": body["name"], "status": status,
-                "servicePorts": [], "created": True}, 201
+        answer = {"sessionId": sid, "sessionName": body["name"], "status": status,
+                  "servicePorts": [], "created": True}
+        if self.knobs["create_line"] and body.get("enqueueOnly") and status == "PENDING":
+            # as a manager that wrote the session's queue line in its create
+            answer.update(statusInfo=sess["status_info"],
+                          statusData=json.loads(sess["status_data"]))
+        return answer, 201
 
     async def upload(self, request: web.Request) -> web.Response:
         reader = await request.multipart()

@@ -8,8 +8,12 @@ bodies read whole.
 
 from __future__ import annotations
 
+import io
 import os
-import socket
+
+# ``_socket``, not ``socket``: the module imports ``enum`` and ``selectors`` (~2.5 ms of the
+# ~20 ms of CPU a ``backend.ai start --enqueue-only`` spends); TLS (``ssl``) loads it anyway.
+import _socket
 
 from bai.client import http1
 from bai.client.http1 import ConnectFailed, HandshakeFailed, ReadTimeout, WireError
@@ -20,11 +24,26 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+class _SocketReader(io.RawIOBase):
+    """``socket.makefile("rb")``'s raw layer: reads are ``recv_into`` (a timeout raises
+    TimeoutError, as there)."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self._sock.recv_into(b)
+
+
 class _Conn:
     def __init__(self, key: tuple[str, str, int], sock: Any) -> None:
         self.key = key
         self.sock = sock
-        self.rfile = sock.makefile("rb")
+        self.rfile = io.BufferedReader(_SocketReader(sock))
 
     def close(self) -> None:
         for closing in (self.rfile.close, self.sock.close):
@@ -32,6 +51,25 @@ class _Conn:
                 closing()
             except OSError:
                 pass
+
+
+def connect_tcp(host: bytes | str, port: int, timeout: float | None) -> Any:
+    """``socket.create_connection((host, port), timeout)`` on ``_socket``: the first address
+    that takes the connection; the first address's error if none does."""
+    errors = []
+    for family, kind, proto, _name, addr in _socket.getaddrinfo(host, port, 0,
+                                                                _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            return sock
+        except OSError as e:
+            errors.append(e)
+            sock.close()
+    if errors:
+        raise errors[0]
+    raise OSError("getaddrinfo returns an empty list")
 
 
 class Answer:
@@ -51,9 +89,10 @@ class Answer:
         return self.body.decode(http1.charset_of(self.headers), errors)
 
 
-def open_socket(scheme: str, host: str, port: int, timeout: float) -> socket.socket:
-    """A connected socket to ``host:port``, through the environment's proxy and with TLS for
-    ``https`` (``bai.client.network``)."""
+def open_socket(scheme: str, host: str, port: int, timeout: float, lean: bool = False) -> Any:
+    """A connected ``socket.socket`` to ``host:port``, through the environment's proxy and with
+    TLS for ``https`` (``bai.client.network``). ``lean``: a connection without TLS stays the
+    ``_socket.socket`` it was made as (no ``sendfile``/``makefile``; no ``socket`` import)."""
     proxy = None
     if any("proxy" in k.lower() for k in os.environ):  # else the module need not load
         from bai.client import network
@@ -62,7 +101,7 @@ def open_socket(scheme: str, host: str, port: int, timeout: float) -> socket.soc
     target = proxy[:2] if proxy else (host, port)
     # an ASCII host as bytes: getaddrinfo would load the idna codec for a str
     addr = target[0].encode("ascii") if target[0].isascii() else target[0]
-    sock = socket.create_connection((addr, target[1]), timeout=timeout)
+    sock = connect_tcp(addr, target[1], timeout)
     try:
         if proxy is not None:
             from bai.client import network
@@ -75,6 +114,13 @@ def open_socket(scheme: str, host: str, port: int, timeout: float) -> socket.soc
                     break
                 head += chunk
             network.connect_status(head, proxy, host, port)
+        if scheme == "https" or not lean:
+            import socket
+
+            # the same connection as a socket.socket, as create_connection gives it
+            family, kind, proto = sock.family, sock.type, sock.proto
+            sock = socket.socket(family, kind, proto, sock.detach())
+            sock.settimeout(timeout)
         if scheme == "https":
             from bai.client import network
 
@@ -106,14 +152,14 @@ class BlockingHTTP:
         if conn is not None:
             return conn
         try:
-            sock = open_socket(scheme, host, port, self.connect_timeout)
+            sock = open_socket(scheme, host, port, self.connect_timeout, lean=True)
             sock.settimeout(self.read_timeout)
         except TimeoutError:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from None
         except OSError as e:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         if scheme != "https":
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         return _Conn(key, sock)
 
     def _exchange(self, conn: _Conn, data: bytes) -> tuple[int, str, list[tuple[str, str]]]:

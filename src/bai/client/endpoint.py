@@ -7,11 +7,9 @@ only when one is raised.
 
 from __future__ import annotations
 
-import json
-from datetime import UTC
-
+from bai.client import jsonwire
 from bai.client.http1 import quote_plain, url_parts
-from bai.common.auth import API_VERSION, make_headers
+from bai.common.signing import API_VERSION, make_headers, now_iso
 
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
 TYPE_CHECKING = False
@@ -102,9 +100,7 @@ class Endpoints:
                                         host or url_parts(cfg.endpoints[idx])[1], sign_type,
                                         body=body))
         else:  # anonymous mode still carries the Date and the version
-            from datetime import datetime
-
-            headers["Date"] = datetime.now(UTC).isoformat()
+            headers["Date"] = now_iso()
         return headers
 
     def prepare(self, idx: int, method: str, path: str, params: Params, json_body: Any,
@@ -115,7 +111,7 @@ class Endpoints:
             sign_type, data, ctype = "multipart/form-data", None, None
         elif json_body is not None:
             sign_type, ctype = "application/json", "application/json"
-            data = json.dumps(json_body).encode("utf-8")
+            data = jsonwire.dumps(json_body).encode("utf-8")
         else:
             sign_type, data, ctype = "text/plain", None, "text/plain"
         headers = self.signed(idx, method, path_qs, sign_type,
@@ -148,7 +144,7 @@ def decode_answer(status: int, reason: str, content_type: str, text: str) -> Any
     body: Any = None
     if text:
         try:
-            body = json.loads(text)
+            body = jsonwire.loads(text)
         except ValueError:
             body = None
     if status >= 300:
@@ -175,7 +171,7 @@ def handshake_error(e: Any) -> Exception:
     body: Any = None
     if e.content_type.split(";")[0].strip().endswith("json"):  # "...+json; charset=utf-8"
         try:
-            body = json.loads(e.body.decode("utf-8", "replace"))
+            body = jsonwire.loads(e.body.decode("utf-8", "replace"))
         except ValueError:
             body = None
     return problem_error(e.status, e.reason, body, f"{e.status} {e.reason}")

@@ -19,6 +19,9 @@ class CreatedSession:
     service_ports: tuple[str, ...] = ()
     #: an array's elements: (session id, name, index) each
     elements: tuple[tuple[str, str, int], ...] = ()
+    #: (statusInfo, statusData) where the answer says why the session waits (an enqueue-only
+    #: create's, from a manager that sends them)
+    waits_on: tuple[str | None, Any] | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any], name: str) -> CreatedSession:
@@ -35,6 +38,8 @@ class CreatedSession:
             elements=tuple((str(e.get("sessionId")), str(e.get("sessionName")),
                             int(e.get("index", 0)))
                            for e in body.get("array") or [] if isinstance(e, dict)),
+            waits_on=(body.get("statusInfo"), body.get("statusData"))
+            if "statusInfo" in body else None,
         )
 
 

@@ -18,10 +18,10 @@ the click path, imported only then. ``BAI_CLI_EXPRESS=0`` turns the path off.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from bai.client import jsonwire
 from bai.client.blocking import BlockingHTTP
 from bai.client.cli.argv import express_off, parse_options
 from bai.client.endpoint import (
@@ -277,7 +277,7 @@ class Express:
             return None
         self.stream = ws
         try:
-            ws.send_str(json.dumps({"create": body, "code": self.plan["code"], "mode": "query",
+            ws.send_str(jsonwire.dumps({"create": body, "code": self.plan["code"], "mode": "query",
                                     "options": {}}))
         except WireError as e:
             raise self.eps.lost(self.eps.active, e) from None
@@ -301,7 +301,7 @@ class Express:
                     return None
                 continue
             try:
-                raw = json.loads(data)
+                raw = jsonwire.loads(data)
             except ValueError:
                 continue
             if isinstance(raw, dict):
@@ -312,7 +312,7 @@ class Express:
         self.close_stream()
         status = frame.get("httpStatus")
         decode_answer(status if isinstance(status, int) and status >= 300 else 500, "",
-                      "application/problem+json", json.dumps(frame.get("problem")))
+                      "application/problem+json", jsonwire.dumps(frame.get("problem")))
 
     def close_stream(self) -> None:
         ws, self.stream = self.stream, None
@@ -361,15 +361,18 @@ class Express:
             return self.not_running(answer, name)
         sid, name = str(answer["sessionId"]), str(answer.get("sessionName") or name)
         status, info, data = "PENDING", None, None
-        try:
-            gql = self.request("POST", "/admin/gql", {"query": BRIEF_QUERY, "variables": {
-                "id": sid}})
-            b = ((gql.get("data") or {}).get("compute_session") or {}) \
-                if isinstance(gql, dict) and not gql.get("errors") else {}
-            info, data = b.get("status_info"), b.get("status_data")
-            status = str(b.get("status") or status)
-        except Exception:  # noqa: BLE001, S110 - the create answer alone is enough to report
-            pass
+        if "statusInfo" in answer:  # the create answer says why it waits
+            info, data = answer["statusInfo"], answer.get("statusData")
+        else:  # an older manager: ask
+            try:
+                gql = self.request("POST", "/admin/gql", {"query": BRIEF_QUERY, "variables": {
+                    "id": sid}})
+                b = ((gql.get("data") or {}).get("compute_session") or {}) \
+                    if isinstance(gql, dict) and not gql.get("errors") else {}
+                info, data = b.get("status_info"), b.get("status_data")
+                status = str(b.get("status") or status)
+            except Exception:  # noqa: BLE001, S110 - the create answer alone is enough
+                pass
         from bai.client.cli.progress import describe_status
 
         text = describe_status(status, info, data)
@@ -437,7 +440,7 @@ class Express:
             ws = self.websocket(f"/stream/session/{sid}/execute")
         try:
             if own:
-                ws.send_str(json.dumps({"code": self.plan["code"], "mode": "query",
+                ws.send_str(jsonwire.dumps({"code": self.plan["code"], "mode": "query",
                                         "options": {}}))
             while True:
                 raw = self.stream_frame(ws)
@@ -487,26 +490,46 @@ def read_input(is_password: bool) -> str:
 class StatusWatcher:
     """While ``POST /session`` blocks: after the first poll delay, the click path's
     ``StartupWatcher`` runs in a thread of its own (with its own asyncio loop), so a create that
-    is quick costs nothing here."""
+    is quick costs nothing here. The thread is ``_thread``'s: ``threading`` imports
+    ``functools``, ``collections`` and ``_weakrefset`` (~2 ms of every ``run``)."""
 
     def __init__(self, express: Express, name: str) -> None:
-        import threading
+        import _thread
 
         self.express = express
         self.name = name
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="bai-startup-watcher",
-                                        daemon=True)
-        self._thread.start()
+        self._stopping = False
+        self._stop = _thread.allocate_lock()  # held until stop()
+        self._stop.acquire()
+        self._ended = _thread.allocate_lock()  # held until the thread has ended
+        self._ended.acquire()
+        _thread.start_new_thread(self._thread_main, ())
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
+        if not self._stopping:
+            self._stopping = True
+            self._stop.release()
+        if self._ended.acquire(timeout=5.0):
+            self._ended.release()
+
+    def stopped(self, timeout: float = -1) -> bool:
+        """True once ``stop()`` was called, waiting at most ``timeout`` seconds (-1: as long
+        as it takes)."""
+        if self._stop.acquire(timeout=timeout):
+            self._stop.release()
+            return True
+        return False
+
+    def _thread_main(self) -> None:
+        try:
+            self._main()
+        finally:
+            self._ended.release()
 
     def _main(self) -> None:
         from bai.client.cli.progress import FIRST_POLL_SECONDS
 
-        if self._stop.wait(FIRST_POLL_SECONDS):
+        if self.stopped(FIRST_POLL_SECONDS):
             return
 
         async def watch(api: Any) -> None:
@@ -519,7 +542,7 @@ class StatusWatcher:
             watcher = StartupWatcher(api, self.name, owner, Output("table", False))
             watcher.start(first_delay=0)
             try:
-                await asyncio.to_thread(self._stop.wait)
+                await asyncio.to_thread(self.stopped)
             finally:
                 await watcher.stop()
 

@@ -8,7 +8,7 @@ status line that updates in place; otherwise one line per change.
 
 from __future__ import annotations
 
-import json
+from bai.client import jsonwire
 
 # ``typing`` costs ~3 ms to import (the express ``start`` uses this module); annotations are
 # never evaluated here.
@@ -51,7 +51,7 @@ def describe_status(status: str, info: str | None, data: Any = None) -> str:
     extra = []
     if isinstance(data, str):
         try:
-            data = json.loads(data)
+            data = jsonwire.loads(data)
         except ValueError:
             data = None
     sched = data.get("scheduler") if isinstance(data, dict) else None

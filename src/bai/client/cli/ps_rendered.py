@@ -6,8 +6,7 @@ manager renders that very table (``GET /session/_/list?render=table``, with the 
 only parses the command line, reads the client configuration, signs one GET and copies the
 answer to fd 1: what a fresh process costs is then mostly Python's own start. It imports no
 ``json``, ``re``, ``enum``, ``typing``, ``socket`` module, ``hashlib`` (OpenSSL) or
-``datetime``: ``_socket`` and ``_sha256`` do, with the signature of ``bai.common.auth.sign``
-(a unit test holds the two equal).
+``datetime``: ``_socket`` and ``bai.common.signing`` (the builtin ``_sha256``) do.
 
 It takes every option of the express path (``parse``); it hands the command to the express
 path (``bai.client.cli.express_ps``, which says why a request failed, and pages) when it
@@ -23,6 +22,7 @@ import os
 import sys
 
 from bai.client.cli.argv import express_off, parse_options
+from bai.common.signing import API_VERSION, EMPTY_SHA256, now_iso, sign_day
 
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
 TYPE_CHECKING = False
@@ -46,8 +46,6 @@ DEFAULT_STATUSES = ("PENDING,SCHEDULED,PREPARING,PULLING,PREPARED,CREATING,RUNNI
 DEFAULT_FIELDS = ("name,access_key,id,group_name,main_kernel_id,image,type,status,status_info,"
                   "status_changed,result")
 USER_AGENT = "bai-client/0.1 (Backend.AI Client for Python 23.09.10 compatible)"
-API_VERSION = "v7.20230615"
-EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~")
 
 
@@ -118,55 +116,12 @@ def quote(text: str) -> str:
                    for c in text)
 
 
-def _sha256(data: bytes = b"") -> Any:
-    try:
-        from _sha256 import sha256  # Python 3.11: no OpenSSL to load (~2 ms)
-    except ImportError:
-        try:  # Python 3.12+ (not a module name of 3.11's standard library)
-            sha256 = __import__("_sha2").sha256
-        except ImportError:
-            from hashlib import sha256
-    return sha256(data)
-
-
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-
-
-def hmac_sha256(key: bytes, msg: bytes) -> bytes:
-    """RFC 2104 HMAC-SHA256 (``hmac.new(key, msg, hashlib.sha256).digest()``)."""
-    if len(key) > 64:
-        key = _sha256(key).digest()
-    key = key.ljust(64, b"\0")
-    inner = _sha256(key.translate(_IPAD))
-    inner.update(msg)
-    outer = _sha256(key.translate(_OPAD))
-    outer.update(inner.digest())
-    return outer.digest()
-
-
-def now_iso() -> str:
-    """``datetime.now(timezone.utc).isoformat()`` without ``datetime``."""
-    import time
-
-    us = time.time_ns() // 1000
-    secs, frac = divmod(us, 1_000_000)
-    t = time.gmtime(secs)
-    text = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
-            f"{t.tm_sec:02d}")
-    return text + (f".{frac:06d}" if frac else "") + "+00:00"
-
-
 def signature(secret_key: str, method: str, path_qs: str, date: str, host: str,
               content_type: str, body_sha256: str = EMPTY_SHA256) -> str:
     """``bai.common.auth.sign`` for a ``Date`` made by ``now_iso`` (UTC)."""
-    day = (date[0:4] + date[5:7] + date[8:10]).encode()
-    k1 = hmac_sha256(secret_key.encode(), day)
-    k2 = hmac_sha256(k1, host.encode())
-    msg = "\n".join([method.upper(), path_qs, date, f"host:{host}",
-                     f"content-type:{content_type.lower()}", f"x-backendai-version:{API_VERSION}",
-                     body_sha256])
-    return hmac_sha256(k2, msg.encode()).hex()
+    day = date[0:4] + date[5:7] + date[8:10]
+    return sign_day(secret_key, day, method, path_qs, date, host, content_type, API_VERSION,
+                    body_sha256)
 
 
 def request_bytes(config: Any, path_qs: str, netloc: str) -> bytes:

@@ -225,13 +225,16 @@ async def report_not_running(api: Any, created: Any, out: Output, max_wait: int,
 
     status = created.status
     info, data = None, None
-    try:
-        b = await api.brief(created.session_id)
-        info, data = b.get("status_info"), b.get("status_data")
-        if status == "TIMEOUT" or status not in FAILED:
-            status = str(b.get("status") or status)
-    except Exception:  # noqa: BLE001 - the create answer alone is enough to report
-        pass
+    if created.waits_on is not None and status == "PENDING":  # the create answer says why
+        info, data = created.waits_on
+    else:
+        try:
+            b = await api.brief(created.session_id)
+            info, data = b.get("status_info"), b.get("status_data")
+            if status == "TIMEOUT" or status not in FAILED:
+                status = str(b.get("status") or status)
+        except Exception:  # noqa: BLE001 - the create answer alone is enough to report
+            pass
     text = describe_status(status, info, data)
     timed_out = created.status == "TIMEOUT"
     cancelled = False

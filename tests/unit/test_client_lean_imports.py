@@ -1,0 +1,169 @@
+"""The express path's lean stand-ins for heavy standard modules stay equal to them
+(``bai.common.signing`` for hashlib/hmac/datetime, ``bai.client.jsonwire`` for json,
+``bai.client.blocking`` on ``_socket``), and the path does not import the heavy ones again."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from test_cli_fake_manager import fake  # noqa: F401
+
+from bai.client import jsonwire
+from bai.common import signing
+from bai.common.auth import make_headers, parse_authorization, sign, verify
+from bai.common.names import session_name_problem
+
+#: what the express ``run``/``start`` and their errors must not import (with its cost, under
+#: ``python -X importtime``): json and names' re (~5 ms: re, enum, functools, collections),
+#: socket (~2.5 ms: enum, selectors), hashlib and hmac (~2.5 ms: OpenSSL's _hashlib),
+#: datetime (~1 ms), typing (~3 ms), threading (~2 ms: functools, collections)
+HEAVY = ("json", "re", "enum", "socket", "selectors", "hashlib", "hmac", "_hashlib", "datetime",
+         "typing", "click", "asyncio", "threading")
+
+
+@pytest.mark.parametrize("key", [b"", b"k", b"x" * 64, b"x" * 65, b"long" * 40])
+def test_hmac_is_the_standard_one(key):
+    rng = random.Random(len(key))
+    for n in (0, 1, 63, 64, 65, 1000):
+        msg = rng.randbytes(n)
+        assert signing.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+    assert signing.EMPTY_SHA256 == hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize("ns", [0, 1_700_000_000_000_000_000, 1_700_000_000_123_456_789,
+                                1_700_000_000_000_000_999, 4_102_444_799_999_999_000])
+def test_now_iso_is_datetimes_isoformat(monkeypatch, ns):
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+    secs, us = divmod(ns // 1000, 1_000_000)
+    want = (datetime(1970, 1, 1, tzinfo=timezone.utc)
+            + timedelta(seconds=secs, microseconds=us)).isoformat()
+    assert signing.now_iso() == want
+
+
+def test_the_headers_sign_the_body_as_before():
+    sk, body = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", b'{"a": 1}'
+    h = make_headers("AKIATEST", sk, "POST", "/session", "127.0.0.1:1", "application/json",
+                     body=body)
+    auth = parse_authorization(h["Authorization"])
+    assert h["X-BAI-Content-SHA256"] == hashlib.sha256(body).hexdigest()
+    assert verify(sk, auth.signature, "POST", "/session", h["Date"], "127.0.0.1:1",
+                  "application/json", h["X-BackendAI-Version"], h["X-BAI-Content-SHA256"])
+    # a given time in another zone: the key is the UTC day of its Date
+    now = datetime(2026, 12, 7, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    h = make_headers("AKIATEST", sk, "GET", "/x", "h", "text/plain", now=now)
+    assert h["Date"] == now.isoformat()
+    assert h["Authorization"].endswith(":" + sign(sk, "GET", "/x", h["Date"], "h", "text/plain"))
+
+
+DOCS = [
+    {"a": 1, "b": [1.5, -0.0, 1e300, None, True, False], "ü": "é\n\"\\\t\x00\u2028😀"},
+    [], {}, "plain", "", 0, -7, 3.141592653589793, 1e-7, None, True, [[{"x": [None]}]],
+    {"startsAt": "2h", "enqueueOnly": True, "config": {"environ": {"K": "v=1"}}},
+    {1: "int key", 2.5: "float key", True: "bool key", None: "none key"},
+    [float("inf"), float("-inf")], ("a", "tuple"),
+]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=range(len(DOCS)))
+def test_jsonwire_dumps_and_loads_as_json(doc):
+    text = jsonwire.dumps(doc)
+    assert text == json.dumps(doc)
+    assert jsonwire.loads(text) == json.loads(text)
+    assert jsonwire.loads(f" \r\n\t{text}\n ") == json.loads(text)
+
+
+def test_jsonwire_nan_and_what_does_not_parse_as_json():
+    nan = jsonwire.loads(jsonwire.dumps([float("nan")]))[0]
+    assert nan != nan and jsonwire.dumps(float("nan")) == "NaN"
+    for bad in ("", "  ", "{", '{"a": 1} x', "[1,]", "\ufeff{}", "<html>", '"\x01"', "NaNx"):
+        with pytest.raises(json.JSONDecodeError) as caught:
+            jsonwire.loads(bad)
+        with pytest.raises(json.JSONDecodeError) as want:
+            json.loads(bad)
+        assert str(caught.value) == str(want.value)
+    assert jsonwire.loads(b'{"a": 1}') == {"a": 1}  # bytes: json's own
+    with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
+        jsonwire.dumps({"a": {1}})
+    circular: list = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        jsonwire.dumps(circular)
+
+
+@pytest.mark.parametrize("name, good", [
+    ("ab", True), ("pysdk-0123456789", True), ("a.b-c_d", True), ("_x_", True),
+    ("x" * 64, True), ("1" * 2, True),
+    ("a", False), ("-ab", False), ("ab-", False), ("a b", False), ("x" * 65, False),
+    ("ab.", False), ("é1", False), ("a\u0660", False), ("", False), (None, False),
+    # the old pattern's ``$`` took a name ending in one newline
+    ("ab\n", False), ("ab\n\n", False), ("\nab", False), ("ab\r", False),
+])
+def test_session_names(name, good):
+    assert (session_name_problem(name) is None) is good
+
+
+def _imports_of(args: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
+    """The output of ``main(args)`` in a fresh interpreter and the ``HEAVY`` modules it
+    imported."""
+    code = (
+        "import sys\n"
+        "from bai.client.cli.main import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n"
+        "    print('CODE', e.code)\n"
+        f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    env = {k: v for k, v in env.items() if "proxy" not in k.lower()}  # (those load more)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, env={**env, "BAI_CLI_EXPRESS": "1"}, timeout=60)
+    heavy = [line for line in done.stdout.splitlines() if line.startswith("HEAVY ")]
+    assert heavy, done.stdout + done.stderr
+    return done.stdout + done.stderr, eval(heavy[-1][6:])  # noqa: S307 - our own list's repr
+
+
+def test_express_start_and_run_import_no_heavy_module(fake):  # noqa: F811
+    fake.knobs["create_status"] = "PENDING"
+    out, heavy = _imports_of(["start", "-q", "--enqueue-only", "--type", "batch", "-c", "true",
+                              "--starts-at", "2h", "python"], dict(os.environ))
+    assert "is enqueued" in out and "CODE 0" in out
+    assert heavy == []
+    fake.knobs["create_status"] = "RUNNING"  # the fake's default
+    out, heavy = _imports_of(["run", "--rm", "-c", "print(1)", "python"], dict(os.environ))
+    assert "hello world" in out and "CODE 0" in out
+    assert heavy == []
+
+
+def test_an_unreachable_manager_is_said_without_heavy_modules(tmp_path):
+    with __import__("socket").socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "BAI_"))}
+    env.update({"HOME": str(tmp_path), "BACKEND_ENDPOINT": f"http://127.0.0.1:{port}",
+                "BACKEND_ACCESS_KEY": "AKIATEST", "BACKEND_SECRET_KEY": "sk"})
+    out, heavy = _imports_of(["start", "--enqueue-only", "--type", "batch", "-c", "true",
+                              "python"], env)
+    assert "cannot reach the manager" in out and "CODE 1" in out
+    assert heavy == []
+
+
+def test_the_websocket_handshake_is_base64_and_sha1():
+    import base64
+
+    from bai.client import http1
+
+    key, headers = http1.ws_handshake({"User-Agent": "x"})
+    assert len(base64.b64decode(key, validate=True)) == 16 and headers["Sec-WebSocket-Key"] == key
+    accept = base64.b64encode(hashlib.sha1(key.encode() + http1.WS_GUID).digest()).decode()
+    assert http1.ws_accept_ok(key, [("Sec-WebSocket-Accept", accept)])
+    # Another key's accept: changing its last characters can give back the same value.
+    wrong = base64.b64encode(hashlib.sha1(b"x" + key.encode() + http1.WS_GUID).digest()).decode()
+    assert wrong != accept
+    assert not http1.ws_accept_ok(key, [("sec-websocket-accept", wrong)])
