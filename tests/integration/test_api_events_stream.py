@@ -529,7 +529,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_others_carry_on(en
     fast = await sse(admin, "scope=session")
     stuck = await sse(admin, "scope=session")
     n = 3000
-    sent = [bus_event(i, admin.access_key, extra={"pad": "x" * 4000}) for i in range(n)]
+    sent = [bus_event(i, admin.access_key, extra={"pad": "x" * 12000}) for i in range(n)]
     reader = asyncio.create_task(read_sse(fast, None, limit=n))
     for i in range(0, n, 100):
         await root.bus.publish_many(sent[i:i + 100])

@@ -35,6 +35,7 @@ from bai.manager.store.tables import (
     keypair_resource_policies,
     session_history,
     sessions,
+    utcnow,
 )
 
 GIB = 2**30
@@ -156,11 +157,17 @@ async def wait_status(root, sid, statuses, timeout=10.0):
 
 
 async def two_ticks(sched) -> None:
-    """Until the scheduler's loop has ticked twice (up to 60 s): a pass it began before ended."""
+    """Until the scheduler's loop has woken twice, or waits for a kick with no timer due for a
+    while (up to 60 s): a pass it began before has ended."""
     deadline = time.monotonic() + 60
+
+    def asleep() -> bool:
+        left = (sched.sleeping_until or 0.0) - time.monotonic()
+        return left > 1.0 and not sched._wake.is_set()
+
     for _ in range(2):
         tick = sched.last_tick
-        while sched.last_tick == tick and time.monotonic() < deadline:
+        while sched.last_tick == tick and not asleep() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
 
@@ -313,56 +320,97 @@ async def test_liveness_finds_a_lost_agents_kernels_whose_handling_was_interrupt
     assert row["status_info"] == "agent-lost"  # ... but its session was handled
 
 
-async def test_the_watchdog_loop_notices_a_silent_agent_once_its_heartbeat_is_old(manager,
-                                                                                  monkeypatch):
-    """The loop checks liveness only once the oldest heartbeat it saw may be past the timeout
-    (the timeout as set now), with no periodic check to fall back on here."""
-    from bai.manager.services import watchdogs
-
-    monkeypatch.setattr(watchdogs, "CHECK_MAX", 3600.0)
+async def test_the_watchdog_loop_notices_a_silent_agent_once_its_heartbeat_is_old(manager):
+    """The loop checks liveness once the oldest heartbeat it saw may be past the timeout (the
+    timeout as set now: ``wake`` makes it look again), with no periodic check to fall back on."""
     me = await caller(manager)
     inter = await manager.sessions.create(me, body("silent", resources={"cpu": "1"}))
     assert inter["status"] == "RUNNING"
-    deadline = time.monotonic() + 60
-    while manager.agents.oldest_heartbeat is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # the loop has checked once and knows the oldest heartbeat
+    await manager.agents.check_liveness()  # the oldest heartbeat is known
+    assert manager.agents.oldest_heartbeat is not None
     manager.settings.heartbeat_timeout = 1.0  # the agent says nothing more
+    manager.watchdogs.wake()
     row = await wait_status(manager, uuid.UUID(inter["sessionId"]), {"ERROR"}, timeout=60)
     assert row["status_info"] == "agent-lost"
 
 
-async def test_deadline_and_idle_checks_skip_while_no_session_changed_on_sqlite(manager,
-                                                                              monkeypatch):
-    """On SQLite (one writer, this manager) the periodic deadline check and the idle check are
-    skipped while no session was written since the last one and nothing it read is due; any
-    write to a session makes them due again. On PostgreSQL they stay periodic."""
-    from bai.manager.services import scheduling, watchdogs
+async def until_sleeping(dogs, more_than: float, timeout: float = 60) -> float:
+    """Until the watchdog loop sleeps with more than ``more_than`` s to go (up to ``timeout``
+    s); returns the seconds it then had to go (0 if it never did)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = (dogs.sleeping_until or 0.0) - time.monotonic()
+        if left > more_than:
+            return left
+        await asyncio.sleep(0.05)
+    return 0.0
 
-    monkeypatch.setattr(watchdogs, "CHECK_MAX", 0.0)  # the periodic check is due at every tick
-    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)  # the scheduler's timer writes nothing
-    dogs, sched = manager.watchdogs, manager.scheduler
+
+async def checked(manager) -> None:
+    """The scheduler settled (its pass wrote the lines), then a deadline and an idle check
+    after it, and the watchdog loop told to look again."""
+    await manager.scheduler.run_pass()
+    await manager.scheduler.flush_deep()
+    await manager.watchdogs.check_deadlines()
+    await manager.watchdogs.check_idle()
+    manager.watchdogs.wake()
+
+
+async def test_an_idle_watchdog_loop_sleeps_until_a_check_is_due(manager):
+    """With sessions waiting for later and a beating agent: the loop sleeps until its next
+    liveness check (timeout as set now), not ticking; on SQLite the deadline and idle checks
+    are not due at all while no session is written, and the first write wakes the loop, which
+    then sleeps no longer than ``idle_check_interval``. On PostgreSQL (other replicas write
+    unseen) the idle check stays periodic."""
+    from bai.manager.services import watchdogs
+
+    dogs = manager.watchdogs
     me = await caller(manager)
     await manager.sessions.create(me, body("later", starts_at="1h", enqueueOnly=True))
-    ans = await manager.sessions.create(me, body("idles", resources={"cpu": "1"}))
-    assert ans["status"] == "RUNNING"
-    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
-    async with manager.store.begin() as conn:
-        await conn.execute(sa.update(sessions).where(sessions.c.name == "idles")
-                           .values(idle_timeout=3600))
-    await sched.run_pass()
-    await sched.flush_deep()
-    await two_ticks(sched)  # a pass the loop began before has ended
-    await dogs.check_deadlines()
-    await dogs.check_idle()
-    sqlite = manager.store.is_sqlite
-    assert dogs._deadline_due() is not sqlite and dogs._idle_due() is not sqlite
-    # a session the idle check read is due once its idle timeout has passed, write or not
-    next_idle = dogs._idle_next
-    dogs._idle_next = next_idle - timedelta(hours=2)
-    assert dogs._idle_due()
-    dogs._idle_next = next_idle
+    manager.settings.heartbeat_timeout = 3600
+    await checked(manager)
+    interval = manager.settings.idle_check_interval
+    if not manager.store.is_sqlite:
+        assert 0 < await until_sleeping(dogs, 0.2) <= interval + 0.5
+        return
+    assert await until_sleeping(dogs, 600) > 600
+    assert dogs._deadlines_in() == dogs._idle_in() == watchdogs._NEVER
+    assert dogs._liveness_in() > 600
+    wakes, idle_at = dogs.wakes, dogs._idle_at
     await manager.sessions.create(me, body("later2", starts_at="1h", enqueueOnly=True))
-    assert dogs._deadline_due() and dogs._idle_due()
+    deadline = time.monotonic() + 60
+    while (dogs.wakes == wakes or dogs._idle_at == idle_at) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert dogs.wakes > wakes and dogs._idle_at > idle_at  # the write woke it: an idle check
+    assert dogs._deadlines_in() < watchdogs._NEVER  # and a deadline check, in time
+    await dogs.check_deadlines()
+    assert dogs._deadlines_in() == watchdogs._NEVER  # none in flight, nothing written since
+
+
+async def test_with_no_agent_alive_the_watchdog_loop_does_not_tick(manager):
+    """No ALIVE agent: the next liveness check is due when one that became ALIVE after the last
+    check may be lost (``lost_after`` less ``ENTRY_SLACK``), not at every tick."""
+    from bai.manager.services import watchdogs
+
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(agents).values(status="LOST"))
+    manager.settings.heartbeat_timeout = 3600
+    await manager.agents.check_liveness()
+    assert manager.agents.oldest_heartbeat is None
+    dogs = manager.watchdogs
+    assert 600 < dogs._liveness_in() <= manager.agents.lost_after - watchdogs.ENTRY_SLACK
+    if manager.store.is_sqlite:  # (on PostgreSQL the idle check keeps it ticking)
+        await checked(manager)
+        assert 600 < await until_sleeping(dogs, 600) <= manager.agents.lost_after
+    # an agent that comes back is noticed as lost no later than its own heartbeat allows
+    await manager.agents.heartbeat(BEAT)
+    assert (await agent_row(manager))["status"] == "ALIVE"
+    manager.settings.heartbeat_timeout = 0.5
+    manager.watchdogs.wake()
+    deadline = time.monotonic() + 60
+    while (await agent_row(manager))["status"] != "LOST" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert (await agent_row(manager))["status"] == "LOST"
 
 
 async def test_batch_result_and_dependency_cancel(manager):
@@ -468,22 +516,23 @@ async def test_starts_at_keeps_pending(manager):
 
 
 async def test_a_quiet_queue_skips_timer_passes_until_something_changes(manager, monkeypatch):
-    """Sessions that wait for later: timer passes are skipped (the loop still ticks) until a
-    kick, or a waiting session's starts_at comes."""
+    """Sessions that wait for later: the loop's timer sleeps until the earliest starts_at, not
+    ticking every schedule_interval, and no pass runs until a kick, or that starts_at comes."""
     from bai.manager.services import scheduling
 
     monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)
     me = await caller(manager)
     await manager.sessions.create(me, body("quiet1", starts_at="1h", enqueueOnly=True))
-    soon = await manager.sessions.create(me, body("quiet2", starts_at="3s", enqueueOnly=True))
+    soon = await manager.sessions.create(me, body("quiet2", starts_at="8s", enqueueOnly=True))
+    due = time.monotonic() + 8
     sched = manager.scheduler
-    await sched.run_pass()
-    await two_ticks(sched)  # a pass the loop began before (a kick of the fixture's) has ended
     deadline = time.monotonic() + 60
-    passes, tick = sched.passes, sched.last_tick
-    while sched.last_tick < tick + 1.0 and time.monotonic() < deadline:  # 5 timer ticks
-        await asyncio.sleep(0.1)
-    assert sched.last_tick >= tick + 1.0 and sched.passes == passes  # ticking, no pass
+    while ((sched.sleeping_until or 0.0) - time.monotonic() <= 1.0  # (interval: 0.2 s)
+           and time.monotonic() < deadline):
+        await asyncio.sleep(0.02)
+    passes = sched.passes
+    assert 1.0 < sched.sleeping_until - time.monotonic()
+    assert sched.sleeping_until <= due + 1.0  # till quiet2's starts_at, not QUIET_MAX
     sched.kick()
     while sched.passes == passes and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -533,6 +582,39 @@ async def test_a_fingerprint_look_places_what_freed_slots_or_a_new_agent_allow(m
     assert row["agent_ids"] == ["agent-2"]
 
 
+async def test_on_sqlite_a_look_reads_nothing_while_only_heartbeats_were_written(manager,
+                                                                                 monkeypatch):
+    """A look at the fingerprint, on SQLite (this manager the only writer), sends no SQL while
+    no transaction but an agent's heartbeat (``last_heartbeat`` alone) ended since the last
+    read; after any other write it reads again. On PostgreSQL every look reads."""
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)  # the loop's timer: no look of its own
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    me = await caller(manager)
+    await manager.sessions.create(me, body("later", starts_at="1h", enqueueOnly=True))
+    sched, store = manager.scheduler, manager.store
+    await sched.run_pass(look=True)
+    await two_ticks(sched)  # a pass the loop began before has ended
+    await sched.run_pass(look=True)
+    assert await sched._unchanged()  # (reads if the pass wrote a line)
+
+    async def look() -> int:
+        n = store.statements
+        assert await sched._unchanged()  # nothing that a pass decides on changed
+        return store.statements - n
+
+    sqlite = store.is_sqlite
+    assert (await look() == 0) is sqlite
+    await manager.agents._touch("agent-1", utcnow(), read=False)  # a heartbeat's write
+    assert (await look() == 0) is sqlite
+    async with store.begin() as conn:
+        await conn.execute(sa.update(sessions).where(sessions.c.name == "later")
+                           .values(status_info=sessions.c.status_info))
+    assert await look() > 0
+    assert (await look() == 0) is sqlite
+
+
 async def test_a_fingerprint_look_still_places_a_session_whose_starts_at_came(manager,
                                                                             monkeypatch):
     """The fingerprint does not change when a waiting session's starts_at comes: a look with
@@ -573,7 +655,6 @@ async def test_the_watchdog_loop_checks_a_deadline_once_a_session_may_be_past_it
     its deadline (as set now) may have passed, with no periodic check to fall back on here."""
     from bai.manager.services import watchdogs
 
-    monkeypatch.setattr(watchdogs, "CHECK_MAX", 3600.0)
     monkeypatch.setattr(watchdogs, "ENTRY_SLACK", 0.0)
     deadline = time.monotonic() + 60
     while manager.watchdogs._deadlines_read is None and time.monotonic() < deadline:
@@ -945,55 +1026,155 @@ async def test_place_many_takes_what_fits_in_order_and_refuses_the_rest(manager)
     assert placed == [] and refused == 1
 
 
-async def test_repeated_heartbeats_refresh_and_still_notice_changes(manager):
-    beat = {"agent_id": "agent-1", "address": "http://127.0.0.1:1",
-            "available_slots": {"cpu": "2", "mem": str(4 * GIB)}}
+BEAT = {"agent_id": "agent-1", "address": "http://127.0.0.1:1",
+        "available_slots": {"cpu": "2", "mem": str(4 * GIB)}, "kernels": []}
 
-    async def agent_row():
-        async with manager.store.connect() as conn:
-            return (await conn.execute(sa.select(agents).where(agents.c.id == "agent-1"))).mappings().one()
 
-    before = (await agent_row())["last_heartbeat"]
+async def agent_row(root, agent_id="agent-1"):
+    async with root.store.connect() as conn:
+        return (await conn.execute(sa.select(agents).where(agents.c.id == agent_id))).mappings().one()
+
+
+def count_writes(monkeypatch, store) -> list:
+    """Each write transaction (``Store.begin``) from now on appends to the list returned."""
+    writes: list = []
+    real = store.begin
+    monkeypatch.setattr(store, "begin", lambda: writes.append(1) or real())
+    return writes
+
+
+async def test_an_unchanged_heartbeat_writes_last_heartbeat_only_every_touch_every(manager,
+                                                                                   monkeypatch):
+    """A heartbeat that says nothing new writes nothing while the stored last_heartbeat is
+    younger than touch_every, then writes it; on SQLite (this manager the only writer) it
+    sends no SQL at all while no transaction ended since its last read, and reads again
+    after any."""
+    from bai.manager.services import agents as agents_mod
+
+    reg = manager.agents
+    manager.settings.heartbeat_timeout = 3600  # written every 1,200 s: not in this test
+    await reg.heartbeat(BEAT)
+    before = (await agent_row(manager))["last_heartbeat"]
+    writes = count_writes(monkeypatch, manager.store)
+    for _ in range(5):
+        assert (await reg.heartbeat(BEAT))["known_kernels"] == []
+    assert writes == []
+    assert (await agent_row(manager))["last_heartbeat"] == before
+    if manager.store.is_sqlite:
+        # the manager's loops may end a transaction between two heartbeats: then one reads
+        deadline = time.monotonic() + 60
+        while True:
+            sent = manager.store.statements
+            await reg.heartbeat(BEAT)
+            if manager.store.statements == sent:
+                break
+            assert time.monotonic() < deadline, "every unchanged heartbeat sent SQL"
+        async with manager.store.begin():  # any transaction: the next heartbeat reads again
+            pass
+        sent = manager.store.statements
+        await reg.heartbeat(BEAT)
+        assert manager.store.statements > sent
+    monkeypatch.setattr(agents_mod, "TOUCH_SHARE", 0.0)  # due at once
     await asyncio.sleep(0.01)
-    await manager.agents.heartbeat(beat)  # says nothing new: only last_heartbeat moves
-    assert (await agent_row())["last_heartbeat"] > before
-    # another replica (or the liveness check) marked it LOST meanwhile: the same heartbeat revives it
+    await reg.heartbeat(BEAT)
+    assert writes and (await agent_row(manager))["last_heartbeat"] > before
+
+
+async def test_an_unchanged_heartbeat_rewrites_the_whole_row_now_and_then_on_postgresql_only(
+        manager, monkeypatch):
+    """Past FULL_HEARTBEAT_EVERY a heartbeat that says nothing new writes the agent's whole
+    row again on PostgreSQL (another replica may have written it); on SQLite this manager is
+    the only writer and writes nothing (the touch, not due here, finds a row it did not
+    write: no longer ALIVE)."""
+    from bai.manager.services import agents as agents_mod
+
+    reg = manager.agents
+    manager.settings.heartbeat_timeout = 3600  # last_heartbeat alone: not due in this test
+    await reg.heartbeat(BEAT)
+    monkeypatch.setattr(agents_mod, "FULL_HEARTBEAT_EVERY", 0.0)  # due at every heartbeat
+    writes = count_writes(monkeypatch, manager.store)
+    for _ in range(3):
+        assert (await reg.heartbeat(BEAT))["known_kernels"] == []
+    assert (writes == []) is manager.store.is_sqlite
+
+
+async def test_a_heartbeat_that_says_something_new_is_written_at_once(manager, monkeypatch):
+    """New capacity, isolation or a restarted agent (a new ``instance``) are written by the
+    heartbeat that says so, however recent the row; an agent marked LOST meanwhile (another
+    replica, the liveness check) is revived by its next heartbeat, unchanged or not."""
+    reg = manager.agents
+    manager.settings.heartbeat_timeout = 3600  # last_heartbeat alone: not due in this test
+    await reg.heartbeat(BEAT)
+    writes = count_writes(monkeypatch, manager.store)
+    more = {**BEAT, "available_slots": {"cpu": "3", "mem": str(4 * GIB)}}
+    await reg.heartbeat(more)
+    assert writes and (await agent_row(manager))["available_slots"]["cpu"] == "3"
+    await reg.heartbeat({**more, "isolation": {"sandbox": "bubblewrap"}})
+    assert (await agent_row(manager))["isolation"] == {"sandbox": "bubblewrap"}
+    more["isolation"] = {"sandbox": "bubblewrap"}
+    before = (await agent_row(manager))["last_heartbeat"]
+    await asyncio.sleep(0.01)
+    await reg.heartbeat({**more, "instance": "second-run"})
+    assert (await agent_row(manager))["last_heartbeat"] > before
     async with manager.store.begin() as conn:
         await conn.execute(sa.update(agents).where(agents.c.id == "agent-1").values(status="LOST"))
-    await manager.agents.heartbeat(beat)
-    assert (await agent_row())["status"] == "ALIVE"
-    # new capacity is written at once
-    await manager.agents.heartbeat({**beat, "available_slots": {"cpu": "3", "mem": str(4 * GIB)}})
-    assert (await agent_row())["available_slots"]["cpu"] == "3"
+    await reg.heartbeat({**more, "instance": "second-run"})
+    assert (await agent_row(manager))["status"] == "ALIVE"
 
 
-async def test_a_heartbeat_that_says_nothing_new_is_one_transaction(manager, monkeypatch):
-    """The usual heartbeat refreshes last_heartbeat and reads the agent's kernels in one
-    transaction (no read connection of its own), and still answers which kernels to keep and
-    ends a RUNNING session whose kernel the agent no longer has."""
-    beat = {"agent_id": "agent-1", "address": "http://127.0.0.1:1",
-            "available_slots": {"cpu": "2", "mem": str(4 * GIB)}}
+async def test_an_unchanged_heartbeat_still_answers_kernels_and_ends_lost_ones(manager,
+                                                                              monkeypatch):
+    """Between writes the heartbeat still answers which kernels to keep, and a RUNNING
+    session whose kernel the agent no longer lists ends as kernel-lost once settled, though
+    nothing is written meanwhile (the answer is not kept while such a kernel is missing)."""
+    from bai.manager.services.agents import AgentRegistry
+
+    manager.settings.heartbeat_timeout = 3600
     me = await caller(manager)
     ans = await manager.sessions.create(me, body("kept", resources={"cpu": "1"}))
     assert ans["status"] == "RUNNING"
-    kid = (await manager.sessions.resolve(me, "kept"))["main_kernel_id"]
-    await manager.agents.heartbeat({**beat, "kernels": [str(kid)]})  # the whole row, once
-    reads = []
-    real = manager.store.connect
-    monkeypatch.setattr(manager.store, "connect", lambda: reads.append(1) or real())
-    answer = await manager.agents.heartbeat({**beat, "kernels": [str(kid)]})
-    assert reads == [] and answer["known_kernels"] == [str(kid)]
-    monkeypatch.setattr(manager.store, "connect", real)
-    # settled a while, then missing from the agent's list: ended as kernel-lost
-    async with manager.store.begin() as conn:
-        old = (await conn.execute(sa.select(sessions.c.status_changed)
-                                  .where(sessions.c.name == "kept"))).scalar()
-        await conn.execute(sa.update(sessions).where(sessions.c.name == "kept").values(
-            status_changed=old.replace(year=old.year - 1)))
-    await manager.agents.heartbeat({**beat, "kernels": []})
+    kid = str((await manager.sessions.resolve(me, "kept"))["main_kernel_id"])
+    beat = {**BEAT, "kernels": [kid]}
+    await manager.agents.heartbeat(beat)
+    writes = count_writes(monkeypatch, manager.store)
+    for _ in range(3):
+        assert (await manager.agents.heartbeat(beat))["known_kernels"] == [kid]
+    assert writes == []
+    # the agent no longer lists it, while it has just started: kept for now
+    since = {"at": utcnow() - timedelta(days=1)}  # sessions in their status since before: settled
+    monkeypatch.setattr(AgentRegistry, "_settled_since", lambda self: since["at"])
+    for _ in range(3):
+        assert (await manager.agents.heartbeat(BEAT))["known_kernels"] == [kid]
+    assert (await manager.sessions.resolve(me, "kept"))["status"] == "RUNNING"
+    since["at"] = utcnow() + timedelta(days=1)  # time passed: settled now, nothing written
+    await manager.agents.heartbeat(BEAT)
     row = await wait_status(manager, uuid.UUID(ans["sessionId"]), {"TERMINATED", "ERROR"},
                             timeout=60)
     assert "kernel-lost" in (row["status_info"] or "") + str(row["status_data"])
+
+
+async def test_a_beating_agent_stays_alive_and_a_silent_one_is_lost_after_its_timeout(manager):
+    """The watchdog loop with last_heartbeat written every touch_every: an agent that keeps
+    beating, saying nothing new, is never LOST; once silent it is LOST, never before
+    heartbeat_timeout after its last heartbeat."""
+    me = await caller(manager)
+    ans = await manager.sessions.create(me, body("kept", resources={"cpu": "1"}))
+    assert ans["status"] == "RUNNING"
+    kid = str((await manager.sessions.resolve(me, "kept"))["main_kernel_id"])
+    beat = {**BEAT, "kernels": [kid]}
+    manager.settings.heartbeat_timeout = timeout = 2.0  # written every 2/3 s
+    end = time.monotonic() + 3 * manager.agents.lost_after
+    while time.monotonic() < end:
+        last = utcnow()
+        await manager.agents.heartbeat(beat)
+        await asyncio.sleep(0.1)
+    assert (await agent_row(manager))["status"] == "ALIVE"
+    assert (await manager.sessions.resolve(me, "kept"))["status"] == "RUNNING"
+    row = await wait_status(manager, uuid.UUID(ans["sessionId"]), {"ERROR"}, timeout=60)
+    assert row["status_info"] == "agent-lost"
+    lost = await agent_row(manager)
+    assert lost["status"] == "LOST"
+    assert lost["status_changed"] >= last + timedelta(seconds=timeout)
 
 
 async def test_deep_queue_lines_follow_a_shift_in_the_background(manager, monkeypatch):

@@ -171,6 +171,18 @@ async def test_readiness_follows_the_scheduler_loop(tmp_path, monkeypatch):
     root = app[ROOT]
     try:
         await wait_ready(client, 200)
+        # a loop that waits for work is ready however long ago it last woke (its timer may
+        # be minutes away: sessions for later, nothing else to do)
+        from bai.manager.services import scheduling
+
+        monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)
+        deadline = time.monotonic() + 60
+        while ((root.scheduler.sleeping_until or 0.0) - time.monotonic() < 600
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.05)
+        root.scheduler.last_tick -= 3600
+        status, body = await ready_state(client)
+        assert status == 200 and body["checks"]["scheduler"] == "ok", body
         hung = asyncio.Event()
 
         async def stuck_pass(look: bool = False):
@@ -178,6 +190,7 @@ async def test_readiness_follows_the_scheduler_loop(tmp_path, monkeypatch):
             await asyncio.Event().wait()
 
         monkeypatch.setattr(root.scheduler, "run_pass", stuck_pass)
+        root.scheduler.kick()
         await asyncio.wait_for(hung.wait(), 30)
         root.scheduler.last_tick -= 3600  # the stuck pass began an hour ago
         body = await wait_ready(client, 503)

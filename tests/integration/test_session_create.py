@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from test_manager_lifecycle import body, caller, manager  # noqa: F401
 
-from bai.common.errors import QuotaExceeded
+from bai.common.errors import InvalidAPIParameters, QuotaExceeded
 from bai.manager.store.tables import (
     domains,
     groups,
@@ -47,6 +47,18 @@ async def test_create_answers_from_the_events_and_with_the_row_it_wrote(manager)
                    "servicePorts": list(row["service_ports"] or []), "created": True}
     assert row["status"] == "RUNNING"
 
+
+
+@pytest.mark.parametrize("name", ["ab\n", "ab\r\nX-Injected: 1", "a" * 65])
+async def test_a_name_with_a_line_break_or_too_long_is_refused_and_writes_nothing(
+        manager, name):  # noqa: F811
+    # a session name is printed in every listing and log line: a user's name must not start
+    # a line of its own there
+    me = await caller(manager)
+    with pytest.raises(InvalidAPIParameters, match="invalid session name"):
+        await manager.sessions.create(me, body(name, enqueueOnly=True))
+    async with manager.store.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(sessions))).scalar() == 0
 
 
 async def test_a_gpu_slot_no_agent_offers_is_refused_naming_what_is_offered(

@@ -173,9 +173,12 @@ class ManagerMetrics:
         task = getattr(self.root, "scheduler_task", None)
         if task is None or task.done():
             return "not running"
-        # a pass runs at least every schedule_interval; allow for long passes under load
+        # the loop waits for a kick or its timer, or runs a pass; allow for long passes (and a
+        # late timer) under load
         limit = max(10 * self.root.settings.schedule_interval, 60.0)
-        if time.monotonic() - sched.last_tick > limit:
+        now = time.monotonic()
+        waits = sched.sleeping_until
+        if (now - sched.last_tick > limit) if waits is None else (now - waits > limit):
             return f"no pass began for more than {limit:.0f} s"
         return "ok"
 

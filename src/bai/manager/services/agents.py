@@ -2,10 +2,13 @@
 
 * ``heartbeat(payload)`` registers an agent on first contact, revives a LOST one, and keeps its
   capacity (``available_slots``), address and isolation up to date. New capacity kicks the
-  scheduler.
+  scheduler. A heartbeat that says nothing new writes ``last_heartbeat`` only every
+  ``touch_every`` (a third of the timeout), and on SQLite sends no SQL at all while nothing
+  was written since its last read.
 * ``check_liveness()`` marks agents LOST after ``settings.heartbeat_timeout`` without a
-  heartbeat; their sessions are handled by ``Lifecycle.agent_lost`` (interactive -> ERROR
-  ``agent-lost``, batch -> PENDING again), which releases their slots once.
+  heartbeat (``lost_after`` since the stored one, which lags by up to ``touch_every``); their
+  sessions are handled by ``Lifecycle.agent_lost`` (interactive -> ERROR ``agent-lost``, batch
+  -> PENDING again), which releases their slots once.
 * ``handle_events(events)`` applies kernel events in order (idempotent), a batch's progress
   events set-based (``Lifecycle.apply_kernel_events``).
 * ``kernel_target(session_row)`` gives the (agent address, kernel id) of a RUNNING session.
@@ -38,8 +41,8 @@ class AgentRegistry:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
         self.rpc = AgentClient(root.settings.cluster_token)
-        #: agent id -> (what its last heartbeat said, when its row was last written in full)
-        self._seen: dict[str, tuple[dict[str, Any], Any]] = {}
+        #: agent id -> what its heartbeats said, and when its row was last written
+        self._seen: dict[str, _Seen] = {}
         self._appliers = asyncio.Semaphore(EVENT_APPLIERS)
         #: the oldest ``last_heartbeat`` of the ALIVE agents at the last ``check_liveness``
         #: (None: none alive, or not checked yet)
@@ -47,6 +50,20 @@ class AgentRegistry:
 
     async def close(self) -> None:
         await self.rpc.close()
+
+    @property
+    def touch_every(self) -> float:
+        """Seconds at most between two writes of an agent's ``last_heartbeat`` while its
+        heartbeats say nothing new (a share of ``heartbeat_timeout``, as set now)."""
+        return self.root.settings.heartbeat_timeout * TOUCH_SHARE
+
+    @property
+    def lost_after(self) -> float:
+        """Seconds after its stored ``last_heartbeat`` that an agent is LOST: the timeout
+        plus ``touch_every``, the most the stored value may lag behind the agent's last
+        heartbeat. A silent agent is lost between ``heartbeat_timeout`` and that after its
+        last heartbeat, never before."""
+        return self.root.settings.heartbeat_timeout + self.touch_every
 
     async def heartbeat(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         agent_id = str(payload.get("agent_id") or "").strip()
@@ -67,35 +84,90 @@ class AgentRegistry:
             "isolation": dict(payload.get("isolation") or {}),
             "version": str(payload.get("version") or ""),
         }
-        # The usual heartbeat says what the last one said: then it only refreshes
-        # last_heartbeat (one UPDATE that also checks the agent is still ALIVE). The whole
-        # row is compared and written again on any change and every FULL_HEARTBEAT_EVERY.
+        instance = str(payload.get("instance") or "")  # a restarted agent: its row again
+        reported = payload.get("kernels")
+        report = tuple(sorted(str(k) for k in reported)) if isinstance(reported, list) else None
+        # The usual heartbeat says what the last one said. Then last_heartbeat is written only
+        # every touch_every (check_liveness allows for the lag), with a read of the agent's
+        # status and kernels between; on SQLite, while no transaction ended since that read,
+        # the answer is the last one and no SQL is sent. The whole row is compared and
+        # written again on any change (capacity, address, isolation, a restart) at once, and on
+        # PostgreSQL, where other replicas write the row too, every FULL_HEARTBEAT_EVERY (on
+        # SQLite this manager wrote it, and the touch finds a row it did not: no longer ALIVE).
         seen = self._seen.get(agent_id)
-        rows = None
-        if seen and seen[0] == values and (now - seen[1]).total_seconds() < FULL_HEARTBEAT_EVERY:
-            rows = await self._touch(agent_id, now)
-        if rows is None:
+        found = None
+        if (seen is not None and seen.values == values and seen.instance == instance
+                and (self.root.store.is_sqlite
+                     or (now - seen.full_at).total_seconds() < FULL_HEARTBEAT_EVERY)):
+            quiet = self._quiet(seen, report)
+            if (now - seen.touched_at).total_seconds() >= self.touch_every:
+                found = await self._touch(agent_id, now, quiet is None)
+                if found is not None:
+                    seen.touched_at = now
+                    if quiet is not None:  # the kernels were not read again: still the same
+                        seen.quiet = (found[1], report, quiet)
+                        return {"ok": True, "known_kernels": list(quiet)}
+            elif quiet is not None:
+                return {"ok": True, "known_kernels": list(quiet)}
+            else:
+                found = await self._read(agent_id)
+        if found is None:
             if await self._register(agent_id, values, now):
                 self.root.scheduler.kick()
-            self._seen[agent_id] = (values, now)
-        known = await self._check_kernels(agent_id, payload.get("kernels"), rows)
+            seen = self._seen[agent_id] = _Seen(values, instance, now)
+            found = await self._read(agent_id) or ([], None)
+        rows, mark = found
+        known, settled = await self._check_kernels(agent_id, reported, rows)
+        seen.quiet = (mark, report, tuple(known)) if settled and mark is not None else None
         return {"ok": True, "known_kernels": known}
 
-    async def _touch(self, agent_id: str, now) -> list[Any] | None:
-        """The usual heartbeat's one transaction: refresh ``last_heartbeat`` if the agent is
-        still ALIVE, and then read its live kernels (``_check_kernels``); None if it is not
-        ALIVE. (Two transactions, the write and then the read, cost a third more.)"""
+    def _quiet(self, seen: _Seen, report: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """The last answer, where it holds without a read: on SQLite (this process is the
+        only writer), no transaction ended since it was read and the agent reports the same
+        kernels. None otherwise."""
+        q = seen.quiet
+        if q is None or q[0] != self.root.store.transactions or q[1] != report:
+            return None
+        return q[2]
+
+    def _mark(self) -> int | None:
+        store = self.root.store
+        return store.transactions if store.is_sqlite else None
+
+    async def _touch(self, agent_id: str, now, read: bool = True) -> tuple[list[Any], int | None] | None:
+        """Refresh ``last_heartbeat`` if the agent is still ALIVE, and then (``read``) read
+        its live kernels, in one transaction; None if it is not ALIVE. With the rows, the
+        ``Store.transactions`` they hold for (SQLite; None elsewhere)."""
         async with self.root.store.begin() as conn:
             res = await conn.execute(_TOUCH, {"_id": agent_id, "_at": now})
+            self.root.store.heartbeat_only(conn)
             if res.rowcount != 1:
                 return None
-            return await self._live_kernels(conn, agent_id)
+            rows = await self._live_kernels(conn, agent_id) if read else []
+            mark = self._mark()
+        # this transaction's own end is the one more (SQLite: no other writer runs meanwhile)
+        return rows, (None if mark is None else mark + 1)
+
+    async def _read(self, agent_id: str) -> tuple[list[Any], int | None] | None:
+        """The agent's live kernels in one read that also checks it is ALIVE (None if not),
+        with the ``Store.transactions`` they hold for (SQLite; None elsewhere)."""
+        mark = self._mark()
+        settled = self._settled_since()
+        async with self.root.store.connect() as conn:
+            rows = (await conn.execute(_ALIVE_AND_KERNELS,
+                                       {"_agent": agent_id, "_settled": settled})).all()
+        if not rows or rows[0].agent_status != AgentStatus.ALIVE.value:
+            return None
+        return [r for r in rows if r.id is not None], mark
+
+    def _settled_since(self):
+        return utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
 
     async def _live_kernels(self, conn, agent_id: str) -> list[Any]:
         """This agent's live kernels: id, status, session, session status, main kernel, and
         whether the session has been in its status for a while (``settled``)."""
-        settled = utcnow() - timedelta(seconds=max(10.0, 3 * self.root.settings.schedule_interval))
-        return (await conn.execute(_LIVE_KERNELS, {"_agent": agent_id, "_settled": settled})).all()
+        return (await conn.execute(_LIVE_KERNELS, {"_agent": agent_id,
+                                                   "_settled": self._settled_since()})).all()
 
     async def _register(self, agent_id: str, values: dict[str, Any], now) -> bool:
         """Write the agent's row from a heartbeat; True when the scheduler should look again
@@ -127,9 +199,10 @@ class AgentRegistry:
         return changed
 
     async def _check_kernels(self, agent_id: str, reported: Any,
-                             rows: list[Any] | None = None) -> list[str]:
+                             rows: list[Any]) -> tuple[list[str], bool]:
         """The heartbeat's answer about kernels, from one read of this agent's live kernels
-        (``rows``, when the heartbeat's transaction read them already).
+        (``rows``), and whether it holds as long as nothing is written (no RUNNING kernel
+        missing from the agent's list, which may count as lost once settled).
 
         Returns the kernels this agent should keep (docs/internals.md): it drops the others,
         e.g. those of sessions that ended while its link was down. And when the heartbeat lists
@@ -137,22 +210,23 @@ class AgentRegistry:
         only kernels that have been RUNNING for a while count: a kernel that just started may
         not be in this heartbeat's list yet.
         """
-        if rows is None:
-            async with self.root.store.connect() as conn:
-                rows = await self._live_kernels(conn, agent_id)
         known = [_uuid_text(r.id) for r in rows if r.status != SessionStatus.TERMINATING.value]
         if not isinstance(reported, list):
-            return known
+            return known, True
         present = {str(k) for k in reported}
+        steady = True
         for r in rows:
             if (r.session_status == SessionStatus.RUNNING.value and r.main_kernel_id == r.id
-                    and r.settled and _uuid_text(r.id) not in present):
+                    and _uuid_text(r.id) not in present):
+                steady = False
+                if not r.settled:
+                    continue
                 log.warning("agent %s no longer has kernel %s: ending its session", agent_id,
                             _uuid_text(r.id))
                 await self.root.sessions.lifecycle.apply_kernel_event(KernelEvent(
                     "kernel_terminated", agent_id, _uuid_text(r.id), _uuid_text(r.session_id),
                     reason="kernel-lost"))
-        return known
+        return known, steady
 
     async def handle_events(self, events: list[KernelEvent]) -> None:
         """Apply agent events in order; on the cluster bus, queue them for one replica."""
@@ -171,10 +245,10 @@ class AgentRegistry:
 
         One read finds the ALIVE agents past the deadline, the non-ALIVE ones that still hold
         live kernels (lost earlier, handling interrupted), and the oldest heartbeat of the ALIVE
-        ones (``oldest_heartbeat``: no agent can be lost before it is ``heartbeat_timeout`` old,
+        ones (``oldest_heartbeat``: no agent can be lost before it is ``lost_after`` old,
         which lets ``Watchdogs`` skip checks till then); the write transaction is opened only
         when there is an agent to mark (it was opened on every check, every second)."""
-        deadline = utcnow() - timedelta(seconds=self.root.settings.heartbeat_timeout)
+        deadline = utcnow() - timedelta(seconds=self.lost_after)
         alive = AgentStatus.ALIVE.value
         async with self.root.store.connect() as conn:
             found = (await conn.execute(_LOST_OR_STALE, {"_deadline": deadline})).all()
@@ -231,8 +305,26 @@ def _uuid_text(raw: Any) -> str:
 #: agent event batches applied at one time
 EVENT_APPLIERS = 4
 
-#: how often a heartbeat that says nothing new still rewrites the agent's whole row (seconds)
+#: how often a heartbeat that says nothing new still rewrites the agent's whole row (seconds;
+#: PostgreSQL, where other replicas may have written it since)
 FULL_HEARTBEAT_EVERY = 30.0
+#: the share of ``heartbeat_timeout`` after which such a heartbeat writes ``last_heartbeat``
+#: (15 s: every 5 s, every other heartbeat of an agent that beats every 3 s)
+TOUCH_SHARE = 1 / 3
+
+
+class _Seen:
+    """What this replica knows of an agent from its heartbeats."""
+
+    __slots__ = ("values", "instance", "full_at", "touched_at", "quiet")
+
+    def __init__(self, values: dict[str, Any], instance: str, now: Any) -> None:
+        self.values = values  #: the row as the last heartbeat said it
+        self.instance = instance  #: the agent's run (a new one after a restart)
+        self.full_at = self.touched_at = now  #: the whole row, last_heartbeat last written
+        #: (Store.transactions, reported kernels, known kernels) of the last answer, which
+        #: holds while no transaction ended since (SQLite); None: read again
+        self.quiet: tuple[int, tuple[str, ...] | None, tuple[str, ...]] | None = None
 
 _LIVE = (
     SessionStatus.SCHEDULED, SessionStatus.PREPARING, SessionStatus.PULLING,
@@ -252,13 +344,25 @@ _TOUCH = (sa.update(agents)
 # seconds and each may hold hundreds of kernels
 _KID, _SID, _MAIN = (sa.type_coerce(c, sa.String) for c in (
     kernels.c.id, kernels.c.session_id, sessions.c.main_kernel_id))
+#: a live kernel's columns in the heartbeat's reads: id, status, session, session status,
+#: main kernel, and whether the session has been in its status for a while (``settled``)
+_KERNEL_COLUMNS = (
+    _KID.label("id"), kernels.c.status, _SID.label("session_id"),
+    sessions.c.status.label("session_status"), _MAIN.label("main_kernel_id"),
+    (sessions.c.status_changed
+     < sa.bindparam("_settled", type_=sessions.c.status_changed.type)).label("settled"))
 _LIVE_KERNELS = (
-    sa.select(_KID.label("id"), kernels.c.status, _SID.label("session_id"),
-              sessions.c.status.label("session_status"), _MAIN.label("main_kernel_id"),
-              (sessions.c.status_changed
-               < sa.bindparam("_settled", type_=sessions.c.status_changed.type)).label("settled"))
+    sa.select(*_KERNEL_COLUMNS)
     .join(sessions, sessions.c.id == kernels.c.session_id)
     .where(kernels.c.agent_id == sa.bindparam("_agent"), kernels.c.status.in_(_LIVE_NAMES)))
+# the usual heartbeat's read between two writes: the agent's status (ALIVE?) and its live
+# kernels, one row each (the kernel's columns NULL when it has none)
+_ALIVE_AND_KERNELS = (
+    sa.select(agents.c.status.label("agent_status"), *_KERNEL_COLUMNS)
+    .select_from(agents.outerjoin(
+        kernels.join(sessions, sessions.c.id == kernels.c.session_id),
+        sa.and_(kernels.c.agent_id == agents.c.id, kernels.c.status.in_(_LIVE_NAMES))))
+    .where(agents.c.id == sa.bindparam("_agent")))
 
 # check_liveness's: the ALIVE agents past the deadline and the others that still hold live
 # kernels; the oldest heartbeat of the ALIVE ones

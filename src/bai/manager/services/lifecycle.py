@@ -154,13 +154,8 @@ class Lifecycle:
         await self.flush(outbox)
 
     async def flush(self, outbox: Outbox) -> None:
-        if outbox.events:
-            try:
-                await self.root.bus.publish_many(outbox.events)
-            except Exception:  # the database already has the truth; clients may miss events
-                log.exception("publishing %d events failed", len(outbox.events))
-        if outbox.kick_scheduler:
-            self.root.scheduler.kick()
+        # the callbacks are queued before the first await, in the order the transactions
+        # committed: a later transaction's flush must not queue its callbacks first
         if outbox.callbacks:
             for item in outbox.callbacks:
                 self._callbacks.put_nowait(item)
@@ -168,23 +163,33 @@ class Lifecycle:
                 self._callback_worker = asyncio.create_task(self._deliver_callbacks())
                 self._bg.add(self._callback_worker)
                 self._callback_worker.add_done_callback(self._bg.discard)
+        if outbox.events:
+            try:
+                await self.root.bus.publish_many(outbox.events)
+            except Exception:  # the database already has the truth; clients may miss events
+                log.exception("publishing %d events failed", len(outbox.events))
+        if outbox.kick_scheduler:
+            self.root.scheduler.kick()
 
     async def _deliver_callbacks(self) -> None:
         """POST lifecycle notifications one at a time, in order, only to allowed destinations
-        (``services/callbacks.py``); failures and refusals are only logged."""
-        allow = callbacks.parse_networks(self.root.settings.callback_allow)
-        async with self.root.store.connect() as conn:
-            agent_ips = callbacks.agent_ips(
-                (await conn.execute(sa.select(agents.c.address))).scalars())
-        async with callbacks.session(allow, agent_ips) as http:
-            while not self._callbacks.empty():
-                url, body = self._callbacks.get_nowait()
-                try:
-                    status = await callbacks.post(http, url, body, allow, agent_ips)
-                    if status >= 400:
-                        log.warning("session callback %s answered %s", url, status)
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
-                    log.warning("session callback %s failed: %s", url, e)
+        (``services/callbacks.py``); failures and refusals are only logged. The queue is looked
+        at last with no await before the return: what ``flush`` queued while the HTTP session
+        closed is delivered too, not left until the next flush."""
+        while not self._callbacks.empty():
+            allow = callbacks.parse_networks(self.root.settings.callback_allow)
+            async with self.root.store.connect() as conn:
+                agent_ips = callbacks.agent_ips(
+                    (await conn.execute(sa.select(agents.c.address))).scalars())
+            async with callbacks.session(allow, agent_ips) as http:
+                while not self._callbacks.empty():
+                    url, body = self._callbacks.get_nowait()
+                    try:
+                        status = await callbacks.post(http, url, body, allow, agent_ips)
+                        if status >= 400:
+                            log.warning("session callback %s answered %s", url, status)
+                    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                        log.warning("session callback %s failed: %s", url, e)
 
     def spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

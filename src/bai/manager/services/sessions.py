@@ -36,6 +36,7 @@ from bai.manager.scheduler.decision import fmt_amount
 from bai.manager.services.images import DEFAULT_REQUEST, resolve_image
 from bai.manager.services.lifecycle import Lifecycle
 from bai.manager.services.mounts import resolve as resolve_mounts
+from bai.manager.services.scheduling import first_lines
 from bai.manager.services.session_params import CreateRequest, check_name, parse_create
 from bai.manager.services.transitions import in_lists, record_enqueued
 from bai.manager.store.tables import (
@@ -56,6 +57,7 @@ from bai.manager.store.tables import (
 
 if TYPE_CHECKING:
     from bai.manager.services.root import ManagerRoot
+    from bai.manager.services.scheduling import Appended
 
 S = SessionStatus
 #: Statuses the create call stops waiting at.
@@ -178,7 +180,11 @@ class SessionService:
             if reused is not None:
                 return reused, row
             if req.enqueue_only:
-                return self._answer(row, created=True), row
+                answer = self._answer(row, created=True)
+                if row["status_data"]:  # the create wrote its queue line (``first_lines``):
+                    # what a query would read now, so ``start --enqueue-only`` need not ask
+                    answer.update(statusInfo=row["status_info"], statusData=row["status_data"])
+                return answer, row
             return await self._wait(sub, row, req.max_wait, reread)
 
     async def _enqueue(self, caller: Caller, req: CreateRequest, now: datetime,
@@ -200,7 +206,9 @@ class SessionService:
                 )
             base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
             row = self._new_row(base, sid, req.name, req.environ)
-            await self._write(conn, outbox, caller, [row], dep_ids)
+            lined = await self._write(conn, outbox, caller, [row], dep_ids)
+        if lined is not None:
+            self.root.scheduler.appended(lined)
         return row, None
 
     async def _enqueue_array(self, caller: Caller, req: CreateRequest, now: datetime) -> dict:
@@ -227,7 +235,9 @@ class SessionService:
             rows = [self._new_row(base, uuid.uuid4(), name,
                                   {**req.environ, INDEX_VAR: str(i)})
                     for name, i in zip(names, indices)]
-            await self._write(conn, outbox, caller, rows, dep_ids)
+            lined = await self._write(conn, outbox, caller, rows, dep_ids)
+        if lined is not None:
+            self.root.scheduler.appended(lined)
         return {**self._answer(rows[0], created=True),
                 "array": [{"sessionId": str(r["id"]), "sessionName": r["name"], "index": i}
                           for r, i in zip(rows, indices)]}
@@ -275,12 +285,16 @@ class SessionService:
                 "main_kernel_id": uuid.uuid4()}
 
     async def _write(self, conn: AsyncConnection, outbox: Any, caller: Caller, rows: list[dict],
-                     dep_ids: list[uuid.UUID]) -> None:
-        """Insert ``rows`` PENDING with their kernels, dependencies and first history entry."""
+                     dep_ids: list[uuid.UUID]) -> Appended | None:
+        """Insert ``rows`` PENDING with their kernels, dependencies and first history entry;
+        sessions that wait for a ``starts_at`` ahead with their first line where it is known
+        now (``first_lines``): what the scheduler loop is told once they committed."""
         # the sessions become PENDING as they are written, after the checks
         at = utcnow()
         for row in rows:
             row.update(status_changed=at, last_activity_at=at)
+        lined = await first_lines(conn, rows, at,
+                                  self.root.scheduler.sole_group(rows[0]["scaling_group"]))
         await conn.execute(_INSERT_SESSIONS, rows)
         await conn.execute(_INSERT_KERNELS, [dict(
             id=row["main_kernel_id"], session_id=row["id"], image=row["image"],
@@ -294,6 +308,10 @@ class SessionService:
         for row in rows:
             self.root.request_ids.note(row["id"])
         await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at)
+        if lined is None:
+            return None
+        outbox.events.extend(lined[1])  # session_pending after session_enqueued
+        return lined[0]
 
     async def _wait(self, sub, row: dict, max_wait: float,
                     reread: bool = True) -> tuple[dict, dict]:

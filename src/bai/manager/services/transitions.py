@@ -299,8 +299,8 @@ async def record_enqueued(
         outbox.events.append(ev)
         outbox.notify(row, [ev])
     # A pass places what can start now. Sessions that may not start yet (``starts_at`` ahead)
-    # get their line from the next timer pass instead: queueing thousands of them for later
-    # then costs no pass over the whole queue each.
+    # kick none: their line comes from their create (``scheduling.first_lines``) or the next
+    # timer pass, so queueing thousands of them for later costs no pass over the queue each.
     if any(row.get("starts_at") is None or row["starts_at"] <= at for row in rows):
         outbox.kick_scheduler = True
 

@@ -1,0 +1,179 @@
+"""SQLite statements in one trip to aiosqlite's thread.
+
+SQLAlchemy's aiosqlite adapter makes a statement cost several trips between the event loop and
+the thread that owns the ``sqlite3`` connection: one to make a cursor, one to execute, one to
+fetch the rows, one to close the cursor (a SELECT 4, an INSERT 3). Each trip is a queued call, a
+future, a wake-up of the loop through its self-pipe and a greenlet switch; a session create ran
+~34 of them. Here a statement is one function run on that thread: cursor, execute (or
+executemany), fetch every row, read ``description``, ``rowcount`` and ``lastrowid``, close; the
+loop gets all of it back in one answer. ``COMMIT`` and ``ROLLBACK`` stay one trip each, and the
+pool's reset of a connection whose last statement left no transaction open (after a commit, say)
+costs none: SQLite would do nothing with it.
+
+Nothing else changes: the SQL sent, the errors (the ``sqlite3`` exceptions, wrapped by SQLAlchemy
+into ``IntegrityError`` and the rest as before), transactions, savepoints and ``BEGIN IMMEDIATE``
+(all plain statements), the busy timeout (SQLite's, on that thread), and a cancel (the awaiting
+task sees ``CancelledError``; the statement ends on the thread, and SQLAlchemy invalidates the
+connection as before). Server-side cursors (``stream``) keep SQLAlchemy's own cursor.
+
+``dbapi()`` gives the DBAPI object to pass as ``create_async_engine(..., module=...)``, or None
+where the installed SQLAlchemy or aiosqlite is not the one this was written against (then the
+stock adapter runs).
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.util.concurrency import await_only
+
+
+def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple:
+    """On the SQLite thread: the whole statement, rows included."""
+    cur = conn.cursor()
+    try:
+        if many:
+            cur.executemany(operation, parameters)
+        elif parameters is None:
+            cur.execute(operation)
+        else:
+            cur.execute(operation, parameters)
+        description = cur.description
+        rows = cur.fetchall() if description else ()
+        # read after the fetch, as the stock adapter does: a RETURNING statement counts its rows
+        # as they are stepped
+        return description, rows, cur.rowcount, cur.lastrowid, conn.in_transaction
+    finally:
+        cur.close()
+
+
+class OneHopCursor:
+    """A DBAPI cursor whose ``execute`` is one trip to the thread; the rows are then local."""
+
+    server_side = False
+    __slots__ = ("_adapt_connection", "_rows", "arraysize", "description", "lastrowid",
+                 "rowcount")
+
+    def __init__(self, adapt_connection: Any) -> None:
+        self._adapt_connection = adapt_connection
+        self._rows: collections.deque = collections.deque()
+        self.arraysize = 1
+        self.description = None
+        self.rowcount = -1
+        self.lastrowid = None
+
+    def _go(self, operation: str, parameters: Any, many: bool) -> None:
+        adapt = self._adapt_connection
+        try:
+            aio = adapt._connection
+            result = await_only(aio._execute(_run, aio._conn, operation, parameters, many))
+        except BaseException as error:
+            adapt._idle = False  # whatever the thread did, the next rollback undoes it
+            if isinstance(error, Exception):
+                adapt._handle_exception(error)
+            raise
+        self.description, rows, self.rowcount, self.lastrowid, in_tx = result
+        if self.description is not None and _COUNTS_HIDDEN_WITH_ROWS:
+            self.rowcount = self.lastrowid = -1
+        self._rows = collections.deque(rows)
+        adapt._idle = not in_tx
+
+    def execute(self, operation: str, parameters: Any = None) -> None:
+        self._go(operation, parameters, False)
+
+    def executemany(self, operation: str, seq_of_parameters: Any) -> None:
+        self._go(operation, seq_of_parameters, True)
+
+    async def _async_soft_close(self) -> None:
+        """Nothing to close on the thread: the cursor there closed with the statement."""
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        pass
+
+    def __enter__(self) -> OneHopCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self):
+        while self._rows:
+            yield self._rows.popleft()
+
+    def fetchone(self) -> Any:
+        return self._rows.popleft() if self._rows else None
+
+    def fetchmany(self, size: int | None = None) -> Sequence[Any]:
+        rr = self._rows
+        return [rr.popleft() for _ in range(min(self.arraysize if size is None else size,
+                                                len(rr)))]
+
+    def fetchall(self) -> Sequence[Any]:
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+
+_DBAPI = None
+#: SQLAlchemy 2.0's stock cursor says -1 for ``rowcount`` and ``lastrowid`` of a statement that
+#: returns rows (RETURNING); 2.1's passes sqlite3's on. The layer says what the stock one would.
+_COUNTS_HIDDEN_WITH_ROWS = False
+
+
+def dbapi() -> Any:
+    """The DBAPI module object for ``create_async_engine(module=...)`` (made once), or None."""
+    global _DBAPI, _COUNTS_HIDDEN_WITH_ROWS
+    if _DBAPI is not None:
+        return _DBAPI
+    try:
+        import aiosqlite
+        from sqlalchemy.dialects.sqlite import aiosqlite as sa_aiosqlite
+    except ImportError:  # pragma: no cover - the server extra brings both
+        return None
+    stock_conn = getattr(sa_aiosqlite, "AsyncAdapt_aiosqlite_connection", None)
+    stock_dbapi = getattr(sa_aiosqlite, "AsyncAdapt_aiosqlite_dbapi", None)
+    if (stock_conn is None or stock_dbapi is None
+            or not hasattr(aiosqlite.Connection, "_execute")
+            or not hasattr(stock_conn, "_handle_exception")):
+        return None  # pragma: no cover - another SQLAlchemy or aiosqlite: keep the stock adapter
+    try:
+        from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_cursor
+    except ImportError:  # pragma: no cover
+        AsyncAdapt_dbapi_cursor = ()
+    _COUNTS_HIDDEN_WITH_ROWS = not issubclass(sa_aiosqlite.AsyncAdapt_aiosqlite_cursor,
+                                              AsyncAdapt_dbapi_cursor)
+
+    class OneHopConnection(stock_conn):
+        #: True while the last word from the thread is that no transaction is open, so that a
+        #: rollback (the pool's reset on every return) has nothing to undo
+        _idle = False
+
+        def cursor(self, server_side: bool = False):
+            if server_side:
+                self._idle = False  # statements we do not see: assume a transaction
+                return super().cursor(server_side=True)
+            return OneHopCursor(self)
+
+        def commit(self) -> None:
+            super().commit()
+            self._idle = True
+
+        def rollback(self) -> None:
+            if self._idle:
+                return
+            super().rollback()
+            self._idle = True
+
+    class OneHopDBAPI(stock_dbapi):
+        def connect(self, *arg: Any, **kw: Any):
+            stock = super().connect(*arg, **kw)
+            return OneHopConnection(self, stock._connection)
+
+    _DBAPI = OneHopDBAPI(aiosqlite, sqlite3)
+    return _DBAPI

@@ -1,0 +1,173 @@
+"""Sessions queued for later get their first queue line from their create; the scheduler's look
+then needs no pass over the queue for them, and runs one for anything else."""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import sqlalchemy as sa
+from test_manager_lifecycle import body, caller, manager, two_ticks  # noqa: F401
+
+from bai.manager.store.tables import sessions, utcnow
+
+
+def position(line: str) -> int:
+    return int(re.search(r"position (\d+) in queue", line).group(1))
+
+
+async def lines(root, me, names) -> dict[str, str]:
+    return {n: (await root.sessions.resolve(me, n))["status_info"] for n in names}
+
+
+async def looking(manager, monkeypatch, name: str):
+    """The loop looks every 0.3 s and nothing kicks; once a session for later (``name``) is
+    queued and a look kept the fingerprint a pass read: (scheduler, caller, ``until``)."""
+    from bai.manager.services import scheduling
+
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    monkeypatch.setattr(scheduling, "FULL_MAX", 3600.0)
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    manager.settings.heartbeat_timeout = 3600  # the fake agent is never lost (a change)
+    sched = manager.scheduler
+    me = await caller(manager)
+    await manager.sessions.create(me, body(name, starts_at="1h", enqueueOnly=True))
+    deadline = time.monotonic() + 60
+
+    async def until(cond) -> None:
+        while not cond() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert cond()
+
+    skipped = sched.skipped
+    await until(lambda: sched.skipped > skipped)  # a pass read the fingerprint, a look kept it
+    return sched, me, until
+
+
+async def test_sessions_for_later_get_from_their_create_the_line_and_event_a_pass_would_make(
+        manager, monkeypatch):
+    """A single create and an array for later: each session's line (reason, position behind the
+    queue, estimate) and its ``session_pending`` event come with the create; the pass after
+    finds every line standing and sends nothing."""
+    from bai.manager.services.scheduling import SchedulerLoop
+
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    monkeypatch.setattr(SchedulerLoop, "_quiet", lambda self: True)  # no pass but this test's
+    await two_ticks(manager.scheduler)  # a pass the loop began before has ended
+    me = await caller(manager)
+    await manager.sessions.create(me, body("holder", resources={"cpu": "2"}, enqueueOnly=True))
+    await manager.scheduler.run_pass()  # places it
+    waiter = await manager.sessions.create(me, body("waiter", resources={"cpu": "1"},
+                                                    enqueueOnly=True))
+    assert "statusInfo" not in waiter  # its line is the pass's to make: the CLI asks for it
+    await manager.scheduler.run_pass()
+    assert position((await manager.sessions.resolve(me, "waiter"))["status_info"]) == 1
+    async with manager.bus.subscribe() as sub:
+        one = await manager.sessions.create(me, body("later-a", starts_at="1h", enqueueOnly=True))
+        arr = await manager.sessions.create(me, body("later-arr", starts_at="2h", array="1-3",
+                                                     enqueueOnly=True))
+        pending = {}
+        while (ev := await sub.get(timeout=5 if len(pending) < 4 else 0.5)):
+            if ev.name == "session_pending":
+                pending[ev.session_name] = ev.payload()
+    names = ["later-a", *(e["sessionName"] for e in arr["array"])]
+    made = await lines(manager, me, names)
+    assert made["later-a"].startswith("starts-at: scheduled to start at "), made
+    assert position(made["later-a"]) == 2
+    # the array's elements in the order a pass takes them (one create: by id), behind later-a
+    by_id = sorted(arr["array"], key=lambda e: e["sessionId"])
+    assert [position(made[e["sessionName"]]) for e in by_id] == [3, 4, 5], made
+    assert set(pending) == set(names)
+    for name in names:
+        assert pending[name]["reason"] == "starts-at"
+        assert pending[name]["queuePosition"] == position(made[name])
+        assert pending[name]["statusInfo"] == made[name]
+    # the create's answer says why it waits, as a query reads it (start --enqueue-only asks no more)
+    row = await manager.sessions.resolve(me, "later-a")
+    assert (one["statusInfo"], one["statusData"]) == (made["later-a"], row["status_data"])
+    assert one["statusData"]["scheduler"]["position"] == 2
+    async with manager.bus.subscribe() as sub:
+        await manager.scheduler.run_pass()
+        await manager.scheduler.flush_deep()
+        assert await sub.get(timeout=1.0) is None  # no line changed: no event
+    assert await lines(manager, me, names) == made
+
+
+async def test_a_look_needs_no_pass_after_creates_for_later_and_runs_one_after_anything_else(
+        manager, monkeypatch):
+    """With nothing kicking, looks at the fingerprint absorb creates of sessions for later
+    (no pass); a create for later together with a session that left the queue unseen (another
+    replica, or by hand) is not theirs alone: a pass runs and moves the lines behind it."""
+    from bai.manager.services import scheduling
+
+    sched, me, until = await looking(manager, monkeypatch, "first")
+    passes, absorbed, skipped = sched.passes, sched.absorbed, sched.skipped
+    await manager.sessions.create(me, body("second", starts_at="1h", enqueueOnly=True))
+    await manager.sessions.create(me, body("arr", starts_at="1h", array="1-3", enqueueOnly=True))
+    await until(lambda: sched.absorbed >= absorbed + 2 and sched.skipped > skipped)
+    assert sched.passes == passes  # looked, no pass
+    names = ["first", "second", "arr-1", "arr-2", "arr-3"]
+    before = await lines(manager, me, names)
+    assert sorted(position(v) for v in before.values()) == [1, 2, 3, 4, 5], before
+    # no look while these two happen: the look after sees both at once
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)
+    await manager.sessions.create(me, body("third", starts_at="1h", enqueueOnly=True))
+    async with manager.store.begin() as conn:  # every line behind it moves up one
+        await conn.execute(sa.update(sessions).where(sessions.c.name == "first").values(
+            status="CANCELLED", status_changed=utcnow()))
+    passes, skipped = sched.passes, sched.skipped
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    await until(lambda: sched.passes > passes or sched.skipped > skipped)
+    assert sched.passes > passes  # the next look ran a pass (it did not keep the fingerprint)
+    await sched.flush_deep()
+    after = await lines(manager, me, [*names[1:], "third"])
+    assert position(after["third"]) == 5
+    for name in names[1:]:
+        assert position(after[name]) == position(before[name]) - 1, (before, after)
+
+
+async def test_with_sessions_pending_in_another_group_a_pass_makes_the_first_line(
+        manager, monkeypatch):
+    """Positions count per scaling group: while another group has sessions pending, a create
+    for later writes no line of its own (a pass makes it, its position in its own group)."""
+    from bai.manager.services.scheduling import SchedulerLoop
+    from bai.manager.store.tables import scaling_groups
+
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    monkeypatch.setattr(SchedulerLoop, "_quiet", lambda self: True)  # no pass but this test's
+    await two_ticks(manager.scheduler)
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.insert(scaling_groups).values(name="other"))
+    await manager.agents.heartbeat({
+        "agent_id": "agent-other", "address": "http://127.0.0.1:2", "scaling_group": "other",
+        "available_slots": {"cpu": "2", "mem": str(4 * 2**30)}})
+    me = await caller(manager)
+    await manager.sessions.create(me, body("elsewhere", starts_at="1h", enqueueOnly=True,
+                                           scaling_group="other"))
+    await manager.scheduler.run_pass()
+    await manager.sessions.create(me, body("here", starts_at="1h", enqueueOnly=True))
+    assert (await manager.sessions.resolve(me, "here"))["status_info"] == "enqueued"
+    await manager.scheduler.run_pass()
+    got = await lines(manager, me, ["elsewhere", "here"])
+    assert [position(got[n]) for n in ("elsewhere", "here")] == [1, 1], got
+
+
+async def test_a_create_that_missed_a_session_of_the_queue_is_not_absorbed(manager, monkeypatch):
+    """A create that counted the queue without a session committed beside it (PostgreSQL:
+    two creates at once) wrote a position one too small: the look runs a pass."""
+    import dataclasses
+
+    from bai.manager.services import scheduling
+
+    sched, me, until = await looking(manager, monkeypatch, "one")
+    real = sched.appended
+    notes = []
+    monkeypatch.setattr(sched, "appended", lambda n: notes.append(n) or real(
+        dataclasses.replace(n, seen=n.seen - 1) if len(notes) == 2 else n))
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)  # both seen by one look
+    await manager.sessions.create(me, body("two", starts_at="1h", enqueueOnly=True))
+    await manager.sessions.create(me, body("three", starts_at="1h", enqueueOnly=True))
+    passes, skipped = sched.passes, sched.skipped
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    await until(lambda: sched.passes > passes or sched.skipped > skipped)
+    assert sched.passes > passes and len(notes) == 2

@@ -1,0 +1,226 @@
+"""The store's SQLite layer (``store/sqlite_onehop.py``): one trip to SQLite's thread per
+statement, with every result a caller reads (rows, ``rowcount``, ``lastrowid``, RETURNING,
+errors) the same as SQLAlchemy's stock aiosqlite adapter gives; the stock adapter runs the same
+script beside it as the reference."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+import aiosqlite
+import pytest
+import sqlalchemy as sa
+
+from bai.manager.store.engine import Store
+
+pytestmark = pytest.mark.skipif(
+    __import__("bai.manager.store.sqlite_onehop", fromlist=["dbapi"]).dbapi() is None,
+    reason="the installed SQLAlchemy or aiosqlite is not the one the layer was written for "
+           "(the stock adapter runs)")
+
+items = sa.Table("items", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                 sa.Column("name", sa.String, unique=True, nullable=False),
+                 sa.Column("n", sa.Integer, nullable=False))
+
+
+@pytest.fixture
+def trips(monkeypatch):
+    """Counts calls queued to aiosqlite's thread."""
+    count = [0]
+    queue = aiosqlite.Connection._execute
+
+    async def counted(self, fn, *args, **kwargs):
+        count[0] += 1
+        return await queue(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return count
+
+
+async def _script(store: Store) -> list:
+    """Every kind of statement the manager sends, and what a caller reads back from each."""
+    seen: list = []
+    async with store.begin() as conn:
+        await conn.run_sync(items.metadata.create_all)
+    async with store.begin() as conn:
+        r = await conn.execute(items.insert().values(name="a", n=1))
+        seen.append(("insert", r.rowcount, r.lastrowid, tuple(r.inserted_primary_key)))
+        r = await conn.execute(items.insert(), [{"name": f"m{i}", "n": i} for i in range(5)])
+        seen.append(("executemany", r.rowcount))
+        r = await conn.execute(items.insert().values(name="r", n=7).returning(items.c.id, items.c.n))
+        seen.append(("insert returning", list(r.keys()), r.all()))
+        r = await conn.execute(items.update().where(items.c.n >= 3).values(n=items.c.n + 10))
+        seen.append(("update", r.rowcount))
+        r = await conn.execute(items.update().where(items.c.name == "nobody").values(n=0))
+        seen.append(("update none", r.rowcount))
+        r = await conn.execute(items.update().where(items.c.n > 12).values(n=0)
+                               .returning(items.c.name))
+        seen.append(("update returning", sorted(r.scalars().all()), r.rowcount))
+        r = await conn.execute(items.delete().where(items.c.n == 0))
+        seen.append(("delete", r.rowcount))
+        r = await conn.execute(sa.select(items.c.name, items.c.n).order_by(items.c.id))
+        seen.append(("select", list(r.keys()), r.all()))
+        r = await conn.execute(sa.select(items).where(items.c.name == "nobody"))
+        seen.append(("select none", r.first()))
+        r = await conn.execute(sa.text("SELECT count(*) AS c FROM items"))
+        seen.append(("text", r.scalar_one()))
+        r = await conn.exec_driver_sql("SELECT name FROM items WHERE n = ?", (1,))
+        seen.append(("driver sql", r.all()))
+        with pytest.raises(sa.exc.IntegrityError) as err:
+            async with conn.begin_nested():
+                await conn.execute(items.insert().values(name="m9", n=1))
+                await conn.execute(items.insert().values(name="a", n=2))
+        seen.append(("integrity", type(err.value.orig), str(err.value.orig)))
+        with pytest.raises(sa.exc.IntegrityError) as err:
+            await conn.execute(items.insert().values(name=None, n=2))
+        seen.append(("not null", type(err.value.orig), str(err.value.orig)))
+        with pytest.raises(sa.exc.OperationalError) as err:
+            await conn.execute(sa.text("SELECT x FROM nowhere"))
+        seen.append(("operational", type(err.value.orig), str(err.value.orig)))
+        with pytest.raises(sa.exc.ProgrammingError) as err:
+            await conn.exec_driver_sql("SELECT ?", (1, 2))
+        seen.append(("programming", type(err.value.orig)))
+        async with conn.begin_nested():
+            await conn.execute(items.insert().values(name="saved", n=3))
+        r = await conn.execute(sa.select(sa.func.count()).select_from(items))
+        seen.append(("after savepoints", r.scalar()))
+    with pytest.raises(sa.exc.IntegrityError):
+        async with store.begin() as conn:
+            await conn.execute(items.insert().values(name="gone", n=1))
+            await conn.execute(items.insert().values(name="a", n=1))
+    async with store.connect() as conn:
+        r = await conn.execute(sa.select(items.c.name).order_by(items.c.name))
+        seen.append(("committed", r.scalars().all()))
+    return seen
+
+
+async def test_every_result_is_the_stock_adapters(tmp_path, trips):
+    results, counts = {}, {}
+    for one_hop in (False, True):
+        store = Store(f"sqlite+aiosqlite:///{tmp_path}/{one_hop}.db", one_hop=one_hop)
+        try:
+            trips[0] = 0
+            results[one_hop] = await _script(store)
+            counts[one_hop] = trips[0]
+        finally:
+            await store.close()
+    assert results[True] == results[False]
+    got = dict((r[0], r[1:]) for r in results[True])
+    assert got["insert"] == (1, 1, (1,))
+    assert got["executemany"] == (5,) and got["update"] == (3,) and got["update none"] == (0,)
+    assert got["insert returning"] == (["id", "n"], [(7, 7)])
+    assert got["update returning"][0] == ["m3", "m4", "r"]  # its rowcount: as stock says
+    assert got["delete"] == (4,) and got["select none"] == (None,)
+    assert got["select"] == (["name", "n"], [("a", 1), ("m1", 1), ("m2", 2)])
+    assert got["integrity"] == (sqlite3.IntegrityError, "UNIQUE constraint failed: items.name")
+    assert got["operational"] == (sqlite3.OperationalError, "no such table: nowhere")
+    assert got["committed"] == (["a", "m1", "m2", "saved"],)
+    assert counts[True] < counts[False] / 2, counts
+
+
+async def test_a_statement_is_one_trip_to_the_thread(tmp_path, trips):
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    try:
+        async with store.begin() as conn:
+            await conn.execute(sa.select(sa.literal(1)))  # BEGIN IMMEDIATE, then this
+            trips[0] = 0
+            assert (await conn.execute(sa.select(sa.literal(2)))).scalar() == 2
+            assert trips[0] == 1
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+            await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+            assert trips[0] == 3
+            trips[0] = 0
+        pooled = not isinstance(store.engine.pool, sa.pool.NullPool)  # (SQLAlchemy < 2.0.38)
+        assert trips[0] == 1 or not pooled  # the commit; the pool's reset has nothing to undo
+        trips[0] = 0
+        async with store.connect() as conn:  # a read: BEGIN, SELECT, ROLLBACK
+            assert (await conn.execute(sa.text("SELECT x FROM t"))).scalar() == 1
+        assert trips[0] == 3 or not pooled
+    finally:
+        await store.close()
+
+
+async def test_a_read_returned_to_the_pool_is_rolled_back(tmp_path):
+    # the reset after a read that left its transaction open is not skipped: the next use of
+    # the pooled connection begins afresh and sees what was committed since
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/p.db")
+    try:
+        async with store.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+        for i in range(3):
+            async with store.connect() as conn:
+                assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == i
+            async with store.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+    finally:
+        await store.close()
+
+
+def _slow_on_connect(store: Store, entered: threading.Event) -> None:
+    @sa.event.listens_for(store.engine.sync_engine, "connect")
+    def _add(dbapi_conn, _record):
+        def slow() -> int:
+            entered.set()
+            time.sleep(0.5)
+            return 1
+        dbapi_conn.create_function("slow", 0, slow)
+
+
+async def test_a_cancel_during_a_statement_reaches_the_caller_and_writes_nothing(tmp_path):
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    entered = threading.Event()
+    _slow_on_connect(store, entered)
+    try:
+        async with store.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+
+        async def writer():
+            async with store.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+                await conn.execute(sa.text("SELECT slow()"))
+
+        task = asyncio.create_task(writer())
+        assert await asyncio.to_thread(entered.wait, 30)  # the statement runs on the thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with store.begin() as conn:  # the lock is free again and nothing was written
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 0
+            await conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+        async with store.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT x FROM t"))).all() == [(2,)]
+    finally:
+        await store.close()
+
+
+async def test_a_writer_of_another_store_waits_for_the_lock_on_the_thread(tmp_path):
+    # two stores on one file (two manager processes): the second writer waits in SQLite's busy
+    # handler, on its own thread, while the event loop goes on and lets the first one commit
+    url = f"sqlite+aiosqlite:///{tmp_path}/b.db"
+    first, second = Store(url), Store(url)
+    try:
+        async with first.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+        holding = asyncio.Event()
+
+        async def hold():
+            async with first.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+                holding.set()
+                await asyncio.sleep(0.5)
+
+        async def wait_then_write():
+            await holding.wait()
+            async with second.begin() as conn:  # BEGIN IMMEDIATE waits for the first commit
+                n = (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar()
+                await conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+            return n
+
+        _, n = await asyncio.gather(hold(), wait_then_write())
+        assert n == 1
+    finally:
+        await first.close()
+        await second.close()
