@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from bai.agent.quota import (IMAGE, RECYCLE_MAX_BYTES, RECYCLE_MAX_FILES, SPARES, TEMPLATES,
-                            WorkdirQuota, remove_folder)
+from bai.agent.quota import (IMAGE, MIN_BYTES, PREZEROED, RECYCLE_MAX_BYTES, RECYCLE_MAX_FILES,
+                            SPARES, TEMPLATES, WorkdirQuota, remove_folder)
 
 QUOTA = WorkdirQuota.detect()
 pytestmark = pytest.mark.skipif(QUOTA is None, reason="needs root, mkfs.ext4 and loop devices")
@@ -137,3 +139,105 @@ def test_kept_filesystems_are_unmounted_when_dropped(tmp_path: Path) -> None:
     quota.drop_spares()
     assert not kept.exists() and not loops_of(kept / IMAGE)
     assert not quota.reuse(tmp_path / "k2", 32 * 2**20)
+
+
+def test_a_burst_of_64_work_dir_filesystems_is_kept_for_the_next(tmp_path: Path) -> None:
+    """64 one-CPU jobs on 64 slots end together: each filesystem is kept for the next burst,
+    which then mounts none (a fresh one costs a copy, a loop device and a mount, and its end an
+    unmount)."""
+    quota = _recycler(tmp_path)
+    folders = [tmp_path / f"k{i}" for i in range(64)]
+    try:
+        for k in folders:
+            (k / "work").mkdir(parents=True)
+            quota.attach(k / "work", 32 * 2**20)
+        assert all([quota.recycle(k) for k in folders])
+        quota.mkfs = "/nonexistent/mkfs.ext4"
+        quota.template_dir = tmp_path / "no-templates"  # a copy would fail: none is made
+        assert all(quota.reuse(tmp_path / f"n{i}", 32 * 2**20) for i in range(64))
+        assert not quota.reuse(tmp_path / "n64", 32 * 2**20)
+    finally:
+        for k in tmp_path.iterdir():
+            if k.name.startswith(("k", "n")):
+                remove_folder(k)
+        quota.drop_spares()
+
+
+def test_mounts_beneath_a_folder_with_odd_characters_are_found(tmp_path: Path) -> None:
+    """A folder whose path mountinfo escapes (a space, a backslash): its work dir filesystem is
+    recycled, and a folder bound beneath another one's work dir is unmounted before the removal
+    (its files untouched) and stops that one's recycling."""
+    quota = _recycler(tmp_path)
+    odd, bound = tmp_path / "k 1\\x", tmp_path / "k 2\\x"
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "keep").write_text("a user's file")
+    try:
+        for k in (odd, bound):
+            (k / "work").mkdir(parents=True)
+            quota.attach(k / "work", 32 * 2**20)
+        (bound / "work" / "data").mkdir()
+        subprocess.run(["mount", "--bind", str(storage), str(bound / "work" / "data")], check=True)
+        assert quota.recycle(odd)
+        assert not quota.recycle(bound)
+        assert (bound / "work" / "data" / "keep").exists()
+        remove_folder(bound)
+        assert not bound.exists() and not loops_of(bound / IMAGE)
+        assert (storage / "keep").read_text() == "a user's file"
+    finally:
+        for k in (odd, bound):
+            if k.exists():
+                remove_folder(k)
+        quota.drop_spares()
+
+
+def _zeroed_groups(image: Path) -> tuple[int, int]:
+    """(block groups, those whose inode table is marked zeroed) of the ext4 image."""
+    out = subprocess.run(["dumpe2fs", str(image)], capture_output=True, text=True).stdout
+    groups = [line for line in out.splitlines()
+              if line.startswith("Group ") and line.split()[1][:-1].isdigit()]
+    return len(groups), sum("ITABLE_ZEROED" in line for line in groups)
+
+
+def _mkfs_knows_prezeroed(tmp_path: Path) -> bool:
+    assert QUOTA is not None
+    probe = tmp_path / "probe.img"
+    with open(probe, "xb") as f:
+        f.truncate(MIN_BYTES)
+    return subprocess.run([QUOTA.mkfs, "-q", "-F", "-E", PREZEROED, str(probe)],
+                          capture_output=True).returncode == 0
+
+
+def test_an_empty_filesystem_is_made_with_its_inode_tables_marked_zeroed(
+        tmp_path: Path) -> None:
+    """The images are sparse (holes read as zeros): marked so, the kernel does not zero each
+    work dir's inode tables again in the background (ext4lazyinit) after its mount."""
+    if shutil.which("dumpe2fs") is None or not _mkfs_knows_prezeroed(tmp_path):
+        pytest.skip("needs mkfs.ext4 >= 1.47 (assume_storage_prezeroed) and dumpe2fs")
+    quota = _recycler(tmp_path)
+    k = tmp_path / "k"
+    (k / "work").mkdir(parents=True)
+    quota.attach(k / "work", 256 * 2**20)
+    try:
+        groups, zeroed = _zeroed_groups(tmp_path / TEMPLATES / f"{256 * 2**20}.img")
+        assert groups > 1 and zeroed == groups
+    finally:
+        remove_folder(k)
+
+
+def test_a_mkfs_without_the_prezeroed_option_still_makes_work_dirs(tmp_path: Path) -> None:
+    assert QUOTA is not None
+    old = tmp_path / "old-mkfs"
+    old.write_text(f'#!/bin/sh\ncase "$*" in *{PREZEROED}*) echo "Bad option(s)" >&2; '
+                   f'exit 1;; esac\nexec {QUOTA.mkfs} "$@"\n')
+    old.chmod(0o755)
+    quota = _recycler(tmp_path)
+    quota.mkfs = str(old)
+    k = tmp_path / "k"
+    (k / "work").mkdir(parents=True)
+    quota.attach(k / "work", 32 * 2**20)
+    try:
+        assert os.path.ismount(k / "work")
+        (k / "work" / "f").write_text("x")
+    finally:
+        remove_folder(k)

@@ -75,3 +75,40 @@ def test_slot_overrides_and_mock_devices() -> None:
     assert [g.index for g in grants] == [0]
     assert devices.environ(grants)["CUDA_VISIBLE_DEVICES"] == "0"
     assert devices.nodes(grants) == []  # a mock has no device nodes
+
+
+async def test_the_monitor_sleeps_while_there_is_no_kernel_and_watches_one_added() -> None:
+    """With no kernel the process backend's monitor waits for one instead of ticking every
+    ``monitor_interval`` (an idle agent's wake-ups); a kernel added is checked at its ticks."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from bai.agent.backends.process import ProcessBackend, _Watched
+
+    class Counted(_Watched):
+        looks = 0
+
+        def values(self):
+            Counted.looks += 1
+            return super().values()
+
+    checked: list[str] = []
+
+    async def check_one(k) -> None:
+        checked.append(k)
+
+    fake = SimpleNamespace(_kernels=Counted(), settings=SimpleNamespace(monitor_interval=0.01),
+                           _check_one=check_one)
+    task = asyncio.create_task(ProcessBackend._watch(fake))
+    try:
+        await asyncio.sleep(0.3)  # 30 ticks' worth
+        assert Counted.looks == 0
+        fake._kernels["k1"] = "kernel-1"
+        deadline = time.monotonic() + 30
+        while not checked and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert checked and checked[0] == "kernel-1"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -72,3 +72,12 @@ def test_add_then_sub_is_identity(a, b):
 def test_json_roundtrip(a):
     a = ResourceSlot(a)
     assert ResourceSlot.from_json(a.to_json()).nonzero() == a.nonzero()
+
+
+@given(st.lists(slots, max_size=6))
+def test_total_is_the_sum_of_each_slot_over_every_key(parts):
+    total = ResourceSlot.total(parts)
+    assert isinstance(total, ResourceSlot)
+    assert set(total) == {k for p in parts for k in p}
+    for k, v in total.items():
+        assert v == sum((p.get(k, Decimal(0)) for p in parts), Decimal(0))

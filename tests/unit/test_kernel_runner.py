@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -274,3 +275,46 @@ def test_a_startup_command_kernel_starts_its_interpreter_only_when_asked(tmp_pat
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("python", PYTHONS, ids=lambda p: Path(p).name)
+def test_an_interrupt_before_the_code_runs_stops_only_that_run(python: str) -> None:
+    """The runner sends SIGINT as soon as the worker says "started" when the client asked
+    earlier (or went away). Arriving while the worker still parses the snippet, it must end
+    that run, not the interpreter (in CI it came there and ended the whole kernel)."""
+    import bai.kernel.worker as worker
+
+    ours, theirs = socket.socketpair()
+    # SIGINT at its default, as the runner leaves it (its own handler does not survive exec):
+    # CI's pytest runs where SIGINT is ignored, and an ignored one would never reach the worker
+    proc = subprocess.Popen([python, worker.__file__, str(theirs.fileno())],
+                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    theirs.close()
+    control = ours.makefile("rwb")
+
+    def say(msg: dict) -> None:
+        control.write(json.dumps(msg).encode() + b"\n")
+        control.flush()
+
+    def hear() -> dict:
+        line = control.readline()
+        assert line, "the worker went away: %r" % (proc.communicate(timeout=10),)
+        return json.loads(line)
+
+    try:
+        assert hear()["op"] == "ready"
+        # a snippet that takes the worker most of a second to parse, and nothing to run
+        say({"op": "run", "code": "x = 1\n" * 150_000})
+        assert hear()["op"] == "started"
+        proc.send_signal(signal.SIGINT)
+        assert hear() == {"op": "done", "exit_code": 1}
+        say({"op": "run", "code": "y = 2"})
+        assert hear()["op"] == "started"
+        assert hear() == {"op": "done", "exit_code": 0}
+    finally:
+        ours.close()
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert b"KeyboardInterrupt" in err

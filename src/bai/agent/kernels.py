@@ -130,7 +130,7 @@ class KernelRegistry:
         return list(self.records)
 
     def occupied(self) -> ResourceSlot:
-        return ResourceSlot.total(ResourceSlot(r.spec.slots) for r in self.records.values())
+        return ResourceSlot.total(r.spec.slots for r in self.records.values())
 
     def listing(self) -> list[dict[str, Any]]:
         out = [r.to_json() for r in self.records.values()]
@@ -200,8 +200,7 @@ class KernelRegistry:
 
     def _reserve(self, rec: KernelRecord) -> None:
         """Refuse what does not fit this node (the manager should never ask) and pick devices."""
-        others = ResourceSlot.total(
-            ResourceSlot(r.spec.slots) for r in self.records.values() if r is not rec)
+        others = ResourceSlot.total(r.spec.slots for r in self.records.values() if r is not rec)
         wanted = ResourceSlot(rec.spec.slots)
         short = wanted.shortfall(self.capacity - others)
         if short:

@@ -180,19 +180,40 @@ def _mount(source: str | None, target: str, flags: int) -> None:
            f"mount {target}")
 
 
+def _escaped(path: str) -> bytes:
+    """``path`` as /proc/self/mountinfo writes it (space, tab, newline and backslash octal)."""
+    return (os.fsencode(path).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+            .replace(b"\t", b"\\011").replace(b"\n", b"\\012"))
+
+
+def mountinfo_below(folder: Path | str) -> list[tuple[str, list[bytes]]]:
+    """(mount point, the line's fields) of each mount at or beneath ``folder`` in this mount
+    namespace, in mountinfo's order; OSError when mountinfo cannot be read. Only the lines that
+    name ``folder`` are parsed: a host has hundreds of mounts, a kernel's folder one or two."""
+    top = os.path.abspath(folder)
+    mark = b" " + _escaped(top)
+    with open("/proc/self/mountinfo", "rb") as f:
+        data = f.read()
+    if mark not in data:
+        return []
+    out = []
+    for line in data.split(b"\n"):
+        if mark not in line:
+            continue
+        fields = line.split(b" ")
+        point = fields[4].decode("unicode_escape")  # \040 etc. are octal
+        if point == top or point.startswith(top + "/"):
+            out.append((point, fields))
+    return out
+
+
 def mounts_below(folder: Path) -> list[str]:
     """The mount points at or beneath ``folder`` in this mount namespace, deepest first."""
-    top = os.path.abspath(folder)
-    out = []
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                point = line.split(b" ")[4].decode("unicode_escape")  # \040 etc. are octal
-                if point == top or point.startswith(top + "/"):
-                    out.append(point)
+        found = mountinfo_below(folder)
     except OSError:
         return []
-    return sorted(set(out), key=lambda p: -p.count("/"))
+    return sorted({point for point, _ in found}, key=lambda p: -p.count("/"))
 
 
 def detach_below(folder: Path) -> None:

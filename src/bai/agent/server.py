@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import uuid
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
@@ -75,6 +76,9 @@ class Agent:
         self.local_apps: apps.LocalApps | None = None
         self._runner: web.AppRunner | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        #: this run of the agent, in its heartbeats: a manager writes a restarted agent's row
+        #: at once, though it says what its previous run said
+        self.instance = uuid.uuid4().hex
 
     @property
     def agent_id(self) -> str:
@@ -135,6 +139,7 @@ class Agent:
         return {
             **local,
             "agent_id": self.agent_id,
+            "instance": self.instance,
             "runtime": self.backend.name,
             "address": self.address,
             "available_slots": self.capacity.to_json(),

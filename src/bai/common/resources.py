@@ -28,6 +28,9 @@ KNOWN_SLOTS = ("cpu", "mem", "cuda.device", "cuda.shares")
 INTEGRAL_SLOTS = frozenset({"cuda.device"})
 
 
+_ZERO = Decimal(0)
+
+
 class ResourceSlot(dict[str, Decimal]):
     """A mapping of slot name to Decimal amount with element-wise arithmetic."""
 
@@ -66,10 +69,13 @@ class ResourceSlot(dict[str, Decimal]):
 
     @classmethod
     def total(cls, slots: Iterable[Mapping[str, Decimal]]) -> ResourceSlot:
-        acc = cls()
+        """The element-wise sum (every key of any of ``slots``), in one dict: an agent sums
+        its live kernels' slots at each kernel's start and end."""
+        acc: dict[str, Decimal] = {}
         for s in slots:
-            acc = acc + s
-        return acc
+            for k, v in s.items():
+                acc[k] = acc.get(k, _ZERO) + v
+        return cls(acc)
 
 
 def _fmt_decimal(v: Decimal) -> str:

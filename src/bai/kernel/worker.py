@@ -16,6 +16,7 @@ import io
 import json
 import linecache
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -90,8 +91,18 @@ def _print_traceback() -> None:
     traceback.print_exception(etype, value, tb.tb_next if tb is not None else None)
 
 
+def _sigint(how: int) -> None:
+    """Hold SIGINT back (``SIG_BLOCK``) or let it in (``SIG_UNBLOCK``; one held back arrives now).
+
+    An interrupt is for the user's code: arriving while this module parses the snippet or tells
+    the runner it is done, it would raise where nothing catches it and end the interpreter."""
+    signal.pthread_sigmask(how, {signal.SIGINT})
+
+
 def run_code(code: str, ns: dict, filename: str) -> int:
-    """Run one snippet in ``ns``; return its exit code (0 ok, 1 exception, n for SystemExit)."""
+    """Run one snippet in ``ns``; return its exit code (0 ok, 1 exception, n for SystemExit).
+
+    Called with SIGINT held back; it is let in only while the snippet itself runs."""
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     try:
         tree = ast.parse(code, filename, "exec")
@@ -103,6 +114,7 @@ def run_code(code: str, ns: dict, filename: str) -> int:
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = tree.body.pop()
     try:
+        _sigint(signal.SIG_UNBLOCK)
         exec(compile(tree, filename, "exec"), ns)
         if last is not None:
             value = eval(compile(ast.Expression(last.value), filename, "eval"), ns)
@@ -110,6 +122,7 @@ def run_code(code: str, ns: dict, filename: str) -> int:
                 print(repr(value))
                 ns["_"] = value
     except SystemExit as exc:
+        _sigint(signal.SIG_BLOCK)
         if exc.code is None:
             return 0
         if isinstance(exc.code, int):
@@ -117,8 +130,11 @@ def run_code(code: str, ns: dict, filename: str) -> int:
         sys.stderr.write(str(exc.code) + "\n")
         return 1
     except BaseException:
+        _sigint(signal.SIG_BLOCK)
         _print_traceback()
         return 1
+    finally:
+        _sigint(signal.SIG_BLOCK)
     return 0
 
 
@@ -159,7 +175,6 @@ def main() -> None:
             pass
     try:  # die with the runner even where no PID namespace does that for us
         import ctypes
-        import signal
 
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except Exception:
@@ -178,13 +193,17 @@ def main() -> None:
     module = types.ModuleType("__main__")
     module.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = module
+    _sigint(signal.SIG_BLOCK)  # let in only while the user's code runs, or between runs
     control.send({"op": "ready", "pid": os.getpid()})
     counter = 0
     while True:
-        try:
+        try:  # an interrupt for a run that has just finished lands here, and is dropped
+            _sigint(signal.SIG_UNBLOCK)
             msg = control.receive()
         except KeyboardInterrupt:
             continue
+        finally:
+            _sigint(signal.SIG_BLOCK)
         if msg is None:
             return
         if msg.get("op") == "bind":
@@ -194,7 +213,10 @@ def main() -> None:
             continue
         counter += 1
         control.send({"op": "started"})  # from here on a SIGINT is meant for this run
-        code = run_code(str(msg.get("code", "")), module.__dict__, "<code-%d>" % counter)
+        try:
+            code = run_code(str(msg.get("code", "")), module.__dict__, "<code-%d>" % counter)
+        except KeyboardInterrupt:  # a second one, while the first's traceback was printed
+            code = 1
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

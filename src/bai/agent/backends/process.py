@@ -246,6 +246,20 @@ def bind_listener(folder: Path) -> socket.socket:
     return sock
 
 
+class _Watched(dict):
+    """The kernels the monitor watches, with an event set whenever one is added: with none,
+    the monitor waits for it instead of ticking every ``monitor_interval`` (120 wake-ups a
+    minute of an idle agent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added = asyncio.Event()
+
+    def __setitem__(self, key: str, value: _Kernel) -> None:
+        super().__setitem__(key, value)
+        self.added.set()
+
+
 class _Kernel:
     """What the backend tracks about one kernel."""
 
@@ -298,7 +312,7 @@ class ProcessBackend(RuntimeBackend):
         self.outbound: dict[str, str] | None = None
         #: kernel uids (root with the sandbox only)
         self.uids: SandboxUids | None = None
-        self._kernels: dict[str, _Kernel] = {}
+        self._kernels = _Watched()
         self._locks: dict[str, asyncio.Lock] = {}
         self._on_exit: ExitCallback | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -770,6 +784,9 @@ class ProcessBackend(RuntimeBackend):
 
     async def _watch(self) -> None:
         while True:
+            if not self._kernels:  # nothing to watch: no tick till a kernel is added
+                self._kernels.added.clear()
+                await self._kernels.added.wait()
             await asyncio.sleep(self.settings.monitor_interval)
             for k in list(self._kernels.values()):
                 await self._check_one(k)
@@ -888,7 +905,7 @@ class ProcessBackend(RuntimeBackend):
         # sandbox that waits for it, keep the runner)
         direct = (command_only and self.settings.process_direct_command
                   and not given(spec.bootstrap_script) and not (spec.network and self.outbound))
-        folders = await asyncio.to_thread(self._folders, spec)
+        folders = await asyncio.to_thread(self._folders, spec) if spec.mounts else []
         # storage folders join a pooled runner's sandbox only under its work dir, as root
         attachable = not folders or (self.sandbox.privileged and self.sandbox.active and all(
             m.target.startswith(sandboxing.WORKDIR + "/") for m in folders))
@@ -936,15 +953,19 @@ class ProcessBackend(RuntimeBackend):
     async def _start(self, spec: KernelSpec, k: _Kernel, interp: str,
                      folders: list[HostMount], direct: bool = False) -> Instance:
         kdir = k.kdir
-        uid = None
-        if self.uids is not None:
-            try:
-                uid = await asyncio.to_thread(self.uids.take, f"kernel {spec.kernel_id}")
-            except UidsExhausted as e:
-                raise KernelCreationFailed(str(e)) from None
-            k.labels["bai.uid"] = str(uid)
-        await asyncio.to_thread(self._make_folder, kdir, interp, None,
-                                spec.disk_quota or self.settings.disk_quota)
+
+        def prepare() -> int | None:  # one thread hop: the uid, then the folder
+            uid = None
+            if self.uids is not None:
+                try:
+                    uid = self.uids.take(f"kernel {spec.kernel_id}")
+                except UidsExhausted as e:
+                    raise KernelCreationFailed(str(e)) from None
+                k.labels["bai.uid"] = str(uid)
+            self._make_folder(kdir, interp, None, spec.disk_quota or self.settings.disk_quota)
+            return uid
+
+        uid = await asyncio.to_thread(prepare)
         if direct:
             k.labels["bai.direct"] = "1"
         self._write_labels(k)
@@ -1043,7 +1064,7 @@ class ProcessBackend(RuntimeBackend):
 
     def _write_labels(self, k: _Kernel) -> None:
         tmp = k.kdir / "labels.json.tmp"
-        tmp.write_text(json.dumps(k.labels, indent=1))
+        tmp.write_text(json.dumps(k.labels))  # (indented, json takes its Python encoder)
         tmp.replace(k.kdir / "labels.json")
 
     async def destroy(self, kernel_id: str) -> Instance | None:
@@ -1063,15 +1084,16 @@ class ProcessBackend(RuntimeBackend):
             if not exited_before:
                 inst.exit_code, inst.exit_reason = (137, "oom-killed") if oom else (None, "killed")
             inst.state = InstanceState.EXITED
-            await self._remove(kernel_id, later=True)
+            await self._remove(kernel_id, later=True, killed=True)
         self._locks.pop(kernel_id, None)
         return inst
 
-    async def _remove(self, kernel_id: str, later: bool = False) -> None:
+    async def _remove(self, kernel_id: str, later: bool = False, killed: bool = False) -> None:
         """Kill what is left of the kernel, remove its cgroup and folder, release its uid.
         ``later``: the folder is moved out of the kernel's place at once and removed (and the
         uid released) after this returns: unmounting a work dir's filesystem takes 0.1-0.3 s,
-        which a destroy (and a batch job's end: its slots) need not wait for."""
+        which a destroy (and a batch job's end: its slots) need not wait for. ``killed``: the
+        caller has just killed the kernel (``_kill`` waited until it was gone)."""
         self._unwatch_exit(kernel_id)
         k = self._kernels.pop(kernel_id, None)
         cg = k.cgroup if k is not None and k.cgroup is not None else (
@@ -1090,7 +1112,7 @@ class ProcessBackend(RuntimeBackend):
 
         def remove() -> Path | None:  # one thread hop for the lot
             nonlocal ended
-            if k is not None:
+            if k is not None and not killed:
                 self._kill(k)
             if cg is not None:
                 ended = cg.remove()

@@ -28,6 +28,7 @@ host cannot keep; ``server start`` prints them and agents report them in their h
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -86,6 +87,7 @@ def interpreter_binds(interpreter: str) -> list[str]:
     return out
 
 
+@functools.cache
 def kernel_package() -> str:
     """The host folder of ``bai/kernel`` (the runner's code)."""
     import bai.kernel
