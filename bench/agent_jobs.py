@@ -1,17 +1,23 @@
 """Issue 13, the agent's side: machine CPU and wall time per trivial batch job, two bai stacks
 side by side in one run (rounds alternate), e.g. this tree against an older one.
 
-    python bench/agent_jobs.py [--jobs 200] [--rounds 3] [--baseline SRC] [--baseline-env K=V]
+    python bench/agent_jobs.py [--jobs 200] [--rounds 3] [--sdk] [--baseline SRC]
+                               [--baseline-env K=V]
 
 Each side is ``backend.ai server start --slots cpu=64`` (process runtime, sandbox in force) in a
 private HOME. ``--baseline SRC`` runs the other side from another source tree (its ``src`` folder
 first on ``PYTHONPATH``: e.g. a ``git worktree`` of main); ``--baseline-env K=V`` (repeatable)
 runs it with these environment variables instead or as well (e.g.
 ``BAI_AGENT_PROCESS_DIRECT_COMMAND=0``). Per round and side: N jobs ``true`` as one array
-(``backend.ai start --array 1-N --type batch -c true python``), the clock from the submission
+(``backend.ai start --array 1-N --type batch -c true python``; ``--sdk``: one SDK create each, 16
+in flight, as ``slurm_side_by_side.py``'s batch rows submit), the clock from the submission
 until none is live (polled every 0.1 s); CPU from /proc: the whole machine's, the manager's, the
-agent's own, and what the agent's children used (kernels: launcher, sandbox, command); then the
-idle CPU of the pre-started runners over ``--idle-seconds``.
+agent's own, what the agent's children used (kernels: launcher, sandbox, command) and the host
+kernel's own threads (loop devices, file systems, network namespaces' teardown, RCU: what the jobs
+set going there, plus whatever else the machine does meanwhile); "bai ms/job" adds those to the
+client's (the CLI, or this process while it submits through the SDK). On a shared machine the
+whole machine's figure counts others' work too: compare "bai". Then the idle CPU of the
+pre-started runners over ``--idle-seconds``.
 """
 
 from __future__ import annotations
@@ -26,25 +32,56 @@ from pathlib import Path
 from harness import EmbeddedStack, cpu_seconds, print_conditions, print_medians, print_rounds
 from slurm_side_by_side import Bai, machine_cpu_s, timed_cmd, wait_drained, CLI
 
+#: ``flags`` of /proc/PID/stat: a kernel thread
+PF_KTHREAD = 0x00200000
 
-def measure(bai: Bai, n: int, timeout: float) -> dict[str, float]:
+
+def kernel_threads() -> dict[tuple[int, str], int]:
+    """CPU ticks of each of the host kernel's own threads, by (pid, start time)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[6]) & PF_KTHREAD:
+                out[(int(pid), fields[19])] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def measure(bai: Bai, n: int, timeout: float, sdk: bool = False) -> dict[str, float]:
     stack = bai.stack
     mgr, agent = stack.pid("manager"), stack.pid("agent")
-    c0 = machine_cpu_s()
+    c0, kt0 = machine_cpu_s(), kernel_threads()
     m0, a0, k0 = cpu_seconds(mgr), cpu_seconds(agent, children=False), cpu_seconds(agent)
+    cli0 = os.times()
     t0 = time.perf_counter()
-    timed_cmd([CLI, "start", "--array", f"1-{n}", "-t", f"j-{uuid.uuid4().hex[:6]}",
-               "--type", "batch", "-c", "true", "python"], stack.env)
+    if sdk:  # as slurm_side_by_side's rows: one POST /session each, 16 in flight
+        bai.create_many(n, f"j-{uuid.uuid4().hex[:6]}", later=False)
+    else:
+        timed_cmd([CLI, "start", "--array", f"1-{n}", "-t", f"j-{uuid.uuid4().hex[:6]}",
+                   "--type", "batch", "-c", "true", "python"], stack.env)
+    sdk_cpu = os.times()
     wait_drained(bai.live, timeout)
     wall = time.perf_counter() - t0
+    cli1 = os.times()
     agent_self = cpu_seconds(agent, children=False) - a0
-    return {
+    kt1 = kernel_threads()
+    threads = sum(t - kt0.get(k, 0) for k, t in kt1.items()) / os.sysconf("SC_CLK_TCK")
+    out = {
         "jobs/s": n / wall,
         "machine CPU ms/job": (machine_cpu_s() - c0) * 1000 / n,
         "manager ms/job": (cpu_seconds(mgr) - m0) * 1000 / n,
         "agent ms/job": agent_self * 1000 / n,
         "kernels ms/job": ((cpu_seconds(agent) - k0) - agent_self) * 1000 / n,
+        "kernel threads ms/job": threads * 1000 / n,
+        # the CLI (a child), or this process while it submitted through the SDK
+        "client ms/job": (cli1.children_user + cli1.children_system - cli0.children_user
+                          - cli0.children_system + sdk_cpu.user + sdk_cpu.system - cli0.user
+                          - cli0.system) * 1000 / n,
     }
+    out["bai ms/job"] = sum(v for k, v in out.items() if k not in ("jobs/s", "machine CPU ms/job"))
+    return out
 
 
 def idle_runners(stack: EmbeddedStack, seconds: float) -> tuple[int, float]:
@@ -85,6 +122,9 @@ def main() -> None:
     ap.add_argument("--baseline-env", action="append", default=[], metavar="K=V")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--sdk", action="store_true",
+                    help="submit each job with its own SDK create (16 in flight), as "
+                         "slurm_side_by_side's batch rows do, instead of one array")
     args = ap.parse_args()
     base_env = dict(kv.split("=", 1) for kv in args.baseline_env)
     if args.baseline:
@@ -100,14 +140,16 @@ def main() -> None:
                 print(f"   {name}: sandbox NOT in force; figures do not count")
         print_conditions("bai agent: trivial batch jobs, side by side",
                          sides=", ".join(sides), before=base_env or "-", jobs=args.jobs,
-                         rounds=args.rounds, submit="one array per round (start --array)")
+                         rounds=args.rounds,
+                         submit="SDK creates, 16 in flight" if args.sdk
+                         else "one array per round (start --array)")
         bais = {k: Bai(s) for k, s in sides.items()}
         for b in bais.values():  # warm-up
             measure(b, 10, args.timeout)
         results: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
         for r in range(args.rounds):
             for name, b in bais.items():
-                results[name].append(measure(b, args.jobs, args.timeout))
+                results[name].append(measure(b, args.jobs, args.timeout, args.sdk))
                 print_rounds(results, r, name)
         idle = {k: idle_runners(s, args.idle_seconds) for k, s in sides.items()}
         print_medians(results, 22, 1)

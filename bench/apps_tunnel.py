@@ -17,6 +17,10 @@ away. The figures:
   ``--rounds`` times in turns (the median of the rounds' ratios: the load of a shared machine
   moves); target >= 50 %; with the CPU seconds per GiB of the manager, the agent and the CLI
   together (what the load does not move much);
+* the bound: the same bytes through the least a userspace proxy can do on this machine (a process
+  of its own, one blocking thread per direction, ``splice(2)`` through a pipe: no byte enters
+  Python) from a loopback port to the direct server, in the same rounds. Two loopback TCP hops
+  and a third busy process cost what they cost whatever the proxy; bai's tunnel is put beside it;
 * manager memory per held connection: RSS with ``--connections`` tunnelled connections open
   (each has done one request) minus RSS before, divided by their number; target <= 100 KB.
 """
@@ -24,6 +28,7 @@ away. The figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import signal
@@ -50,13 +55,36 @@ class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
 class Blob(socketserver.BaseRequestHandler):
     def handle(self):
         chunk, left = b"x" * (1 << 20), size
-        while left > 0:
-            self.request.sendall(chunk[:left]); left -= len(chunk)
+        try:
+            while left > 0:
+                self.request.sendall(chunk[:left]); left -= len(chunk)
+        except OSError:  # the reader went away (wait_port only connects)
+            pass
 class T(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
 threading.Thread(target=T(("127.0.0.1", blob), Blob).serve_forever, daemon=True).start()
 S(("127.0.0.1", web), H).serve_forever()
+'''
+
+# the least a userspace proxy does: accept, connect, splice each direction in a blocking thread
+BOUND = r'''
+import contextlib, fcntl, os, socket, sys, threading
+listen, target = int(sys.argv[1]), int(sys.argv[2])
+def pump(a, b):
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+    with contextlib.suppress(OSError):  # a peer gone (the bench's wait_port) ends it
+        while n := os.splice(a.fileno(), w, 1 << 20, flags=os.SPLICE_F_MOVE):
+            while n:
+                n -= os.splice(r, b.fileno(), n, flags=os.SPLICE_F_MOVE)
+        b.shutdown(socket.SHUT_WR)
+ls = socket.create_server(("127.0.0.1", listen))
+while True:
+    c, _ = ls.accept()
+    s = socket.create_connection(("127.0.0.1", target))
+    for a, b in ((c, s), (s, c)):
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()
 '''
 
 
@@ -122,6 +150,21 @@ def tunnel(stack: EmbeddedStack, app: str, port: int) -> subprocess.Popen:
     return proc
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """End the servers and tunnels: a tunnel (its own session) as Ctrl-C does, others with
+    SIGTERM; killed if still there after 10 s."""
+    for p in procs:
+        if p.poll() is None:
+            if os.getpgid(p.pid) == p.pid:
+                os.killpg(p.pid, signal.SIGINT)
+            else:
+                p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300)
@@ -136,97 +179,104 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     web, blob = free_port(), free_port()
     procs.append(subprocess.Popen([sys.executable, "-c", SERVER, str(web), str(blob), str(size)]))
-    with EmbeddedStack(slots=["cpu=8", "mem=8g"]) as stack:
+    # the servers end even when the stack does not start (left running, they kept the caller's
+    # pipes open and the bench smoke test waited for them)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(stop_all, procs)
+        stack = cleanup.enter_context(EmbeddedStack(slots=["cpu=8", "mem=8g"]))
+        cleanup.callback(stop_all, procs)  # the tunnels end before the stack
+        stack.cli("start", "-t", "bench", "--service", "web:8000", "--service",
+                  "blob:tcp:8002", "-r", "cpu=2", "-r", "mem=1g", "python")
+        stack.cli("run", "-t", "bench", "-c",
+                  "import subprocess, sys\n"
+                  f"subprocess.Popen([sys.executable, '-c', {SERVER!r}, '8000', '8002', "
+                  f"'{size}'], start_new_session=True)\n", "python")
+        wait_port(web)
+        tweb, tblob = free_port(), free_port()
+        blob_tunnel = tunnel(stack, "blob", tblob)
+        procs += [tunnel(stack, "web", tweb), blob_tunnel]
+        wait_served(tweb)
+
+        direct = latencies(web, args.requests)
+        through = latencies(tweb, args.requests)
+        print(line("small HTTP request, direct", direct))
+        print(line("small HTTP request, through the tunnel", through))
+        added = sorted(through)[len(through) // 2] - sorted(direct)[len(direct) // 2]
+        print(f"{'added latency (median)':<38} {added:.2f} ms  target <= 1 ms")
+
+        # the relay path in the same run: a tunnel started while the manager's unix socket
+        # is away cannot take the local path and keeps to the relays
+        local_sock = stack.state / "storage.sock"
+        away = local_sock.with_name("storage.sock.away")
+        local_sock.rename(away)
         try:
-            stack.cli("start", "-t", "bench", "--service", "web:8000", "--service",
-                      "blob:tcp:8002", "-r", "cpu=2", "-r", "mem=1g", "python")
-            stack.cli("run", "-t", "bench", "-c",
-                      "import subprocess, sys\n"
-                      f"subprocess.Popen([sys.executable, '-c', {SERVER!r}, '8000', '8002', "
-                      f"'{size}'], start_new_session=True)\n", "python")
-            wait_port(web)
-            tweb, tblob = free_port(), free_port()
-            blob_tunnel = tunnel(stack, "blob", tblob)
-            procs += [tunnel(stack, "web", tweb), blob_tunnel]
-            wait_served(tweb)
-
-            direct = latencies(web, args.requests)
-            through = latencies(tweb, args.requests)
-            print(line("small HTTP request, direct", direct))
-            print(line("small HTTP request, through the tunnel", through))
-            added = sorted(through)[len(through) // 2] - sorted(direct)[len(direct) // 2]
-            print(f"{'added latency (median)':<38} {added:.2f} ms  target <= 1 ms")
-
-            # the relay path in the same run: a tunnel started while the manager's unix socket
-            # is away cannot take the local path and keeps to the relays
-            local_sock = stack.state / "storage.sock"
-            away = local_sock.with_name("storage.sock.away")
-            local_sock.rename(away)
-            try:
-                trelay = free_port()
-                relay_tunnel = tunnel(stack, "blob", trelay)
-                procs.append(relay_tunnel)
-                time.sleep(1)
-            finally:
-                away.rename(local_sock)
-            daemons = [stack.pid("manager"), stack.pid("agent")]
-
-            def timed(port: int, cli: subprocess.Popen | None) -> tuple[float, float]:
-                """(MB/s, CPU seconds per GiB of the manager, the agent and the CLI)."""
-                pids = daemons + ([cli.pid] if cli else [])
-                before = sum(cpu_seconds(p, children=False) for p in pids)
-                rate = throughput(port, size)
-                return rate, (sum(cpu_seconds(p, children=False) for p in pids) - before) / (
-                    size / 2**30)
-
-            # direct and tunnelled in turns: on a shared machine the load moves between runs
-            rows = []
-            for r in range(args.rounds):
-                d, _ = timed(blob, None)
-                t, tcpu = timed(tblob, blob_tunnel)
-                x, xcpu = timed(trelay, relay_tunnel)
-                rows.append((d, t, x, tcpu, xcpu))
-                print(f"{f'bulk, round {r + 1} (load {os.getloadavg()[0]:.1f})':<38} direct "
-                      f"{d:6.0f} MB/s, tunnel {t:6.0f} MB/s: {t / d:.0%} (bai CPU {tcpu:.2f} s/GiB)"
-                      f"; relay path {x:6.0f} MB/s: {x / d:.0%} (bai CPU {xcpu:.2f} s/GiB)")
-
-            def med(values) -> float:
-                values = sorted(values)
-                return values[len(values) // 2]
-
-            d, t, x = (med(row[i] for row in rows) for i in range(3))
-            print(f"{'bulk, direct (median)':<38} {d:8.0f} MB/s")
-            print(f"{'bulk, through the tunnel (median)':<38} {t:8.0f} MB/s  "
-                  f"({med(r[1] / r[0] for r in rows):.0%} of direct, median of the rounds' ratios;"
-                  f" target >= 50 %); bai CPU {med(r[3] for r in rows):.2f} s/GiB")
-            print(f"{'bulk, the relay path (median)':<38} {x:8.0f} MB/s  "
-                  f"({med(r[2] / r[0] for r in rows):.0%} of direct: manager or agent elsewhere, "
-                  f"the official client); bai CPU {med(r[4] for r in rows):.2f} s/GiB")
-
-            manager = stack.pid("manager")
-            before = rss_mb(manager)
-            held = []
-            for _ in range(args.connections):
-                c = http.client.HTTPConnection("127.0.0.1", tweb, timeout=60)
-                c.request("GET", "/")
-                assert c.getresponse().read() == b"ok"
-                held.append(c)
+            trelay = free_port()
+            relay_tunnel = tunnel(stack, "blob", trelay)
+            procs.append(relay_tunnel)
             time.sleep(1)
-            after = rss_mb(manager)
-            per = (after - before) * 1024 / max(1, len(held))
-            print(f"{'manager RSS':<38} {before:.1f} MB -> {after:.1f} MB with {len(held)} "
-                  f"connections held: {per:.0f} KB each (target <= 100 KB)")
-            for c in held:
-                c.close()
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGINT) if p.pid != os.getpid() and \
-                        os.getpgid(p.pid) == p.pid else p.terminate()
-                    try:
-                        p.wait(10)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+            away.rename(local_sock)
+        daemons = [stack.pid("manager"), stack.pid("agent")]
+        tbound = free_port()
+        bound = subprocess.Popen([sys.executable, "-c", BOUND, str(tbound), str(blob)])
+        procs.append(bound)
+        wait_port(tbound)
+
+        def timed(port: int, cli: subprocess.Popen | None,
+                  pids: list[int] | None = None) -> tuple[float, float]:
+            """(MB/s, CPU seconds per GiB of ``pids``: by default the manager, the agent
+            and the CLI)."""
+            if pids is None:
+                pids = daemons + ([cli.pid] if cli else [])
+            before = sum(cpu_seconds(p, children=False) for p in pids)
+            rate = throughput(port, size)
+            return rate, (sum(cpu_seconds(p, children=False) for p in pids) - before) / (
+                size / 2**30)
+
+        # direct and tunnelled in turns: on a shared machine the load moves between runs
+        rows = []
+        for r in range(args.rounds):
+            d, _ = timed(blob, None)
+            t, tcpu = timed(tblob, blob_tunnel)
+            x, xcpu = timed(trelay, relay_tunnel)
+            b, bcpu = timed(tbound, None, [bound.pid])
+            rows.append((d, t, x, tcpu, xcpu, b))
+            print(f"{f'bulk, round {r + 1} (load {os.getloadavg()[0]:.1f})':<38} direct "
+                  f"{d:6.0f} MB/s, tunnel {t:6.0f} MB/s: {t / d:.0%} (bai CPU {tcpu:.2f} s/GiB)"
+                  f"; relay path {x:6.0f} MB/s: {x / d:.0%} (bai CPU {xcpu:.2f} s/GiB)"
+                  f"; bound {b:6.0f} MB/s: {b / d:.0%} (its CPU {bcpu:.2f} s/GiB)")
+
+        def med(values) -> float:
+            values = sorted(values)
+            return values[len(values) // 2]
+
+        d, t, x, b = (med(row[i] for row in rows) for i in (0, 1, 2, 5))
+        print(f"{'bulk, direct (median)':<38} {d:8.0f} MB/s")
+        print(f"{'bulk, through the tunnel (median)':<38} {t:8.0f} MB/s  "
+              f"({med(r[1] / r[0] for r in rows):.0%} of direct, median of the rounds' ratios;"
+              f" target >= 50 %); bai CPU {med(r[3] for r in rows):.2f} s/GiB")
+        print(f"{'bulk, the relay path (median)':<38} {x:8.0f} MB/s  "
+              f"({med(r[2] / r[0] for r in rows):.0%} of direct: manager or agent elsewhere, "
+              f"the official client); bai CPU {med(r[4] for r in rows):.2f} s/GiB")
+        print(f"{'bulk, the bound (median)':<38} {b:8.0f} MB/s  "
+              f"({med(r[5] / r[0] for r in rows):.0%} of direct: the least a userspace proxy "
+              f"does here); bai's tunnel at {med(r[1] / r[5] for r in rows):.0%} of it")
+
+        manager = stack.pid("manager")
+        before = rss_mb(manager)
+        held = []
+        for _ in range(args.connections):
+            c = http.client.HTTPConnection("127.0.0.1", tweb, timeout=60)
+            c.request("GET", "/")
+            assert c.getresponse().read() == b"ok"
+            held.append(c)
+        time.sleep(1)
+        after = rss_mb(manager)
+        per = (after - before) * 1024 / max(1, len(held))
+        print(f"{'manager RSS':<38} {before:.1f} MB -> {after:.1f} MB with {len(held)} "
+              f"connections held: {per:.0f} KB each (target <= 100 KB)")
+        for c in held:
+            c.close()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import sys
 import subprocess
 import time
 import uuid
+from math import nan
 from pathlib import Path
 
 from harness import EmbeddedStack, cpu_seconds, print_conditions, print_medians, print_rounds
@@ -35,14 +36,18 @@ from slurm_side_by_side import Bai
 
 def measure(bai: Bai, n: int, in_flight: int) -> dict[str, float]:
     mgr = bai.stack.pid("manager")
+    s0 = bai.statements()
     m0 = cpu_seconds(mgr)
     t0 = time.perf_counter()
     bai.create_many(n, f"c-{uuid.uuid4().hex[:6]}", later=True, in_flight=in_flight)
     wall = time.perf_counter() - t0
-    return {
+    out = {
         "creates/s": n / wall,
         "manager CPU ms/create": (cpu_seconds(mgr) - m0) * 1000 / n,
     }
+    s1 = bai.statements()  # (the scrape's own few statements included)
+    out["SQL statements/create"] = (s1 - s0) / n if s0 is not None and s1 is not None else nan
+    return out
 
 
 @contextlib.contextmanager
