@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import uuid
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
+import sqlalchemy as sa
 from api_support import ADMIN, USER, ApiRoot, Signed, make_app, seed, start_client
 from aiohttp import web
 
-from bai.common.auth import BODY_HASH_HEADER
+from bai.common.auth import BODY_HASH_HEADER, make_headers
 from bai.manager.api import gql, root
+from bai.manager.services import auth
+from bai.manager.services.auth import KeypairCache
 from bai.manager.settings import ManagerSettings
+from bai.manager.store import tables as t
 
 
 class Boom:
@@ -31,14 +38,19 @@ class Boom:
 
 
 @pytest.fixture
-async def client(tmp_path):
+async def served(tmp_path):
     settings = ManagerSettings(db_url=f"sqlite+aiosqlite:///{tmp_path}/t.db", clock_skew_seconds=900)
     api_root = ApiRoot(settings)
     await seed(api_root.store)
     client = await start_client(make_app(api_root, root, gql, Boom))
-    yield client
+    yield client, api_root
     await client.close()
     await api_root.store.close()
+
+
+@pytest.fixture
+async def client(served):
+    return served[0]
 
 
 async def problem(resp, status: int) -> dict:
@@ -110,3 +122,92 @@ async def test_errors_are_problem_objects(client):
                              headers=c.headers("POST", "/admin/gql", "application/json"))
     body = await problem(resp, 400)
     assert "JSON" in body["msg"]
+
+
+async def _write(store, statement) -> None:
+    async with store.begin() as conn:
+        await conn.execute(statement)
+
+
+async def test_a_keypair_read_stands_until_keypairs_or_users_are_written(served):
+    client, api_root = served
+    store, c = api_root.store, Signed(client, USER)
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+    before = store.statements
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+    assert store.statements == before  # the keypair was not read again
+    keypair = t.keypairs.c.access_key == USER[0]
+    await _write(store, sa.update(t.keypairs).where(keypair).values(is_active=False))
+    body = await problem(await c.request("GET", "/manager/announcement"), 401)
+    assert body["title"] == "Inactive keypair."
+    await _write(store, sa.update(t.keypairs).where(keypair).values(is_active=True))
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+    await _write(store, sa.update(t.users).where(t.users.c.email == "user@example.org")
+                 .values(is_active=False))
+    body = await problem(await c.request("GET", "/manager/announcement"), 401)
+    assert body["title"] == "Inactive user."
+    await _write(store, sa.update(t.users).values(is_active=True))
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+    await _write(store, sa.update(t.keypairs).where(keypair).values(secret_key="a-new-secret"))
+    body = await problem(await c.request("GET", "/manager/announcement"), 401)
+    assert body["title"] == "Credential/signature mismatch."
+    assert (await Signed(client, (USER[0], "a-new-secret")).request(
+        "GET", "/manager/announcement")).status == 200
+    # a write outside ``Store.begin`` (its statement alone moves the count)
+    async with store.connect() as conn:
+        await conn.execute(sa.update(t.keypairs).where(keypair).values(secret_key=USER[1]))
+        await conn.commit()
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+
+
+async def test_a_keypair_read_while_a_write_is_open_is_read_again_after_its_commit(served):
+    # the read sees the row as it was committed (WAL), after the write's statement moved the
+    # count: only the count's move at the commit tells that what was read is out of date
+    client, api_root = served
+    c = Signed(client, USER)
+    async with api_root.store.begin() as conn:
+        await conn.execute(sa.update(t.keypairs).where(t.keypairs.c.access_key == USER[0])
+                           .values(is_active=False))
+        assert (await c.request("GET", "/manager/announcement")).status == 200
+    body = await problem(await c.request("GET", "/manager/announcement"), 401)
+    assert body["title"] == "Inactive keypair."
+
+
+async def test_other_tables_written_keep_the_keypairs_read(served):
+    client, api_root = served
+    c = Signed(client, USER)
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+    await _write(api_root.store, sa.update(t.groups).values(description="x"))
+    before = api_root.store.statements
+    assert (await c.request("GET", "/manager/announcement")).status == 200
+    assert api_root.store.statements == before
+
+
+async def test_without_sqlite_every_request_reads_its_keypair():
+    # PostgreSQL: other replicas may write the keypairs, which this process would not see
+    reads = []
+    record = {"access_key": USER[0], "secret_key": USER[1], "is_active": True,
+              "is_admin": False, "resource_policy": "default", "user_id": uuid.uuid4(),
+              "email": "user@example.org", "user_active": True, "domain_name": "default",
+              "role": "user"}
+
+    class Conn:
+        async def execute(self, *_args):
+            reads.append(1)
+            return SimpleNamespace(first=lambda: SimpleNamespace(**record))
+
+    class Store:
+        is_sqlite, auth_changes = False, 0
+
+        @contextlib.asynccontextmanager
+        async def connect(self):
+            yield Conn()
+
+    cache = KeypairCache()
+    for n in (1, 2):
+        now = datetime.now(timezone.utc)
+        h = make_headers(USER[0], USER[1], "GET", "/", "h", "text/plain", now=now)
+        req = auth.SignedRequest("GET", "/", "h", "text/plain", h["Authorization"], h["Date"],
+                                 h["X-BackendAI-Version"], h.get(BODY_HASH_HEADER))
+        caller = await auth.authenticate(Store(), req, skew_seconds=900, cache=cache)
+        assert caller.access_key == USER[0] and len(reads) == n

@@ -176,10 +176,9 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
             request[CALLER_KEY] = await cookie_caller(request, token)
             return await handler(request)
         req = signed_request(request)
-        async with root.store.connect() as conn:
-            caller = await auth.authenticate(
-                conn, req, skew_seconds=root.settings.clock_skew_seconds
-            )
+        caller = await auth.authenticate(root.store, req,
+                                         skew_seconds=root.settings.clock_skew_seconds,
+                                         cache=root.keypairs)
         if req.body_sha256 is not None:
             # the signature covers this hash: the body must be the one signed (JSON bodies
             # only: a body past MAX_JSON_BYTES is a 413 before it is hashed)

@@ -29,6 +29,10 @@ _READ_VERSION = sa.text("SELECT version_num FROM alembic_version")
 #: the tables a session listing reads (``services/listing.py``): a statement that writes one
 #: of them changes ``Store.listing_changes``
 _LISTED_TABLES = re.compile(r"\b(sessions|session_dependencies|groups|users)\b", re.IGNORECASE)
+_AUTH_WRITE = "bai_auth_write"
+#: the tables authentication reads (``services/auth.py``): a statement that writes one of them
+#: changes ``Store.auth_changes``
+_AUTH_TABLES = re.compile(r"\b(keypairs|users)\b", re.IGNORECASE)
 
 
 def _sqlite_path(url: sa.URL) -> str | None:
@@ -70,6 +74,9 @@ class Store:
         #: so that a listing read between the two is not taken for the committed state. The
         #: manager's cached listings (``services/listing.py``) hold while it is unchanged.
         self.listing_changes = 0
+        #: the same for the tables authentication reads (``_AUTH_TABLES``): the keypairs it
+        #: read stand while this is unchanged (``services/auth.py``, ``KeypairCache``)
+        self.auth_changes = 0
         #: transactions this process ended through ``begin()`` (any of them may have written):
         #: on SQLite, where this process is the only writer, the database is as it was while
         #: this stays the same (an agent's unchanged heartbeat then needs no read)
@@ -90,9 +97,13 @@ class Store:
             head = statement[:1]
             if head.isspace():
                 head = statement.lstrip()[:1]
-            if head in "IUDWRiudwr" and _LISTED_TABLES.search(statement):
-                self.listing_changes += 1
-                conn.info[_LISTED_WRITE] = True
+            if head in "IUDWRiudwr":
+                if _LISTED_TABLES.search(statement):
+                    self.listing_changes += 1
+                    conn.info[_LISTED_WRITE] = True
+                if _AUTH_TABLES.search(statement):
+                    self.auth_changes += 1
+                    conn.info[_AUTH_WRITE] = True
 
         if self.is_sqlite:
             self._setup_sqlite(self.engine)
@@ -153,10 +164,13 @@ class Store:
             # a cancel cut the commit short: whether it wrote is unknown, so say it did
             # (reading ``conn.info`` now would reconnect, and raise MissingGreenlet over the cancel)
             self.changes += 1
+            self.auth_changes += 1
             self._listed_write()
             return
         if not conn.info.pop(_HEARTBEAT_ONLY, False):
             self.changes += 1
+        if conn.info.pop(_AUTH_WRITE, False):
+            self.auth_changes += 1
         if conn.info.pop(_LISTED_WRITE, False):
             self._listed_write()
 
