@@ -76,13 +76,44 @@ _RESOLVE = sa.select(images).where(sa.or_(
     .where(image_aliases.c.alias == sa.bindparam("ref")).scalar_subquery()))
 
 
-async def resolve_image(conn: AsyncConnection, ref: str) -> dict[str, Any]:
-    """The image row for a canonical name or an alias; ``UnknownImage`` lists what exists."""
+class ImageCache:
+    """Image rows as ``resolve_image`` found them by the name or alias asked for, each valid
+    while ``Store.image_changes`` is what it was when its read began (any write to ``images``
+    or ``image_aliases`` by this process moves it). Only on SQLite, where this process is the
+    only writer (as ``auth.KeypairCache``). Past ``max_entries`` it starts over."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._rows: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def get(self, ref: str, generation: int) -> dict[str, Any] | None:
+        entry = self._rows.get(ref)
+        return dict(entry[1]) if entry is not None and entry[0] == generation else None
+
+    def put(self, ref: str, generation: int, row: dict[str, Any]) -> None:
+        if len(self._rows) >= self.max_entries:
+            self._rows.clear()
+        self._rows[ref] = (generation, dict(row))
+
+
+async def resolve_image(conn: AsyncConnection, ref: str, store: Any = None,
+                        cache: ImageCache | None = None) -> dict[str, Any]:
+    """The image row for a canonical name or an alias; ``UnknownImage`` lists what exists.
+    With ``store`` and ``cache`` (SQLite only), a name resolved since the last write to the
+    images is not read again (a create runs this)."""
     ref = (ref or "").strip()
-    # one statement (a create runs it): the image of that name, and the alias's target; the
-    # name wins over an alias of the same spelling
+    if cache is not None and not getattr(store, "is_sqlite", False):
+        cache = None
+    generation = store.image_changes if cache is not None else 0
+    hit = cache.get(ref, generation) if cache is not None else None
+    if hit is not None:
+        return hit
+    # one statement: the image of that name, and the alias's target; the name wins over an
+    # alias of the same spelling
     found = (await conn.execute(_RESOLVE, {"ref": ref})).mappings().all()
     row = next((r for r in found if r["name"] == ref), found[0] if found else None)
+    if row is not None and cache is not None and store.image_changes == generation:
+        cache.put(ref, generation, row)
     if row is None:
         names, aliases = await list_images(conn)
         listing = ", ".join(names) or "none"

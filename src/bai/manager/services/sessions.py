@@ -33,7 +33,7 @@ from bai.common.resources import KNOWN_SLOTS, ResourceSlot, check_session_reques
 from bai.common.status import FINAL, TERMINAL, SessionStatus
 from bai.manager.context import Caller
 from bai.manager.scheduler.decision import fmt_amount
-from bai.manager.services.images import DEFAULT_REQUEST, resolve_image
+from bai.manager.services.images import DEFAULT_REQUEST, ImageCache, resolve_image
 from bai.manager.services.lifecycle import Lifecycle
 from bai.manager.services.mounts import resolve as resolve_mounts
 from bai.manager.services.scheduling import first_lines
@@ -148,6 +148,8 @@ class SessionService:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
         self.lifecycle = Lifecycle(root)
+        #: the images creates resolved (SQLite: valid until a write to the images)
+        self.images = ImageCache()
 
     async def close(self) -> None:
         await self.lifecycle.close()
@@ -195,7 +197,7 @@ class SessionService:
             owner = await self._owner(conn, caller, req.owner_access_key, req.group, req.name)
             existing = None if owner.pop("live_id") is None else await self._live_by_name(
                 conn, req.name, owner["access_key"])
-            image = await resolve_image(conn, req.image)
+            image = await resolve_image(conn, req.image, self.root.store, self.images)
             if existing is not None:
                 if req.reuse and existing["image"] == image["name"]:
                     return existing, self._answer(existing, created=False)
@@ -220,7 +222,7 @@ class SessionService:
         async with self.lifecycle.tx() as (conn, outbox):
             owner = await self._owner(conn, caller, req.owner_access_key, req.group)
             owner.pop("live_id")
-            image = await resolve_image(conn, req.image)
+            image = await resolve_image(conn, req.image, self.root.store, self.images)
             base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
             for chunk in in_lists(names):
                 taken = (await conn.execute(

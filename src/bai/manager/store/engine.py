@@ -33,6 +33,10 @@ _AUTH_WRITE = "bai_auth_write"
 #: the tables authentication reads (``services/auth.py``): a statement that writes one of them
 #: changes ``Store.auth_changes``
 _AUTH_TABLES = re.compile(r"\b(keypairs|users)\b", re.IGNORECASE)
+_IMAGE_WRITE = "bai_image_write"
+#: the tables an image name is resolved with (``services/images.py``): a statement that writes
+#: one of them changes ``Store.image_changes``
+_IMAGE_TABLES = re.compile(r"\b(images|image_aliases)\b", re.IGNORECASE)
 
 
 def _sqlite_path(url: sa.URL) -> str | None:
@@ -77,6 +81,8 @@ class Store:
         #: the same for the tables authentication reads (``_AUTH_TABLES``): the keypairs it
         #: read stand while this is unchanged (``services/auth.py``, ``KeypairCache``)
         self.auth_changes = 0
+        #: the same for the images and their aliases (``_IMAGE_TABLES``, ``ImageCache``)
+        self.image_changes = 0
         #: transactions this process ended through ``begin()`` (any of them may have written):
         #: on SQLite, where this process is the only writer, the database is as it was while
         #: this stays the same (an agent's unchanged heartbeat then needs no read)
@@ -104,6 +110,9 @@ class Store:
                 if _AUTH_TABLES.search(statement):
                     self.auth_changes += 1
                     conn.info[_AUTH_WRITE] = True
+                if _IMAGE_TABLES.search(statement):
+                    self.image_changes += 1
+                    conn.info[_IMAGE_WRITE] = True
 
         if self.is_sqlite:
             self._setup_sqlite(self.engine)
@@ -165,12 +174,15 @@ class Store:
             # (reading ``conn.info`` now would reconnect, and raise MissingGreenlet over the cancel)
             self.changes += 1
             self.auth_changes += 1
+            self.image_changes += 1
             self._listed_write()
             return
         if not conn.info.pop(_HEARTBEAT_ONLY, False):
             self.changes += 1
         if conn.info.pop(_AUTH_WRITE, False):
             self.auth_changes += 1
+        if conn.info.pop(_IMAGE_WRITE, False):
+            self.image_changes += 1
         if conn.info.pop(_LISTED_WRITE, False):
             self._listed_write()
 
