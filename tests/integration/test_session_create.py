@@ -157,3 +157,21 @@ async def test_a_live_name_blocks_only_its_own_keypair_and_only_while_live(
     await manager.sessions.destroy(me, "twin", forced=True)
     anew = await manager.sessions.create(me, body("twin", reuseIfExists=False, **later))
     assert anew["created"] and anew["sessionId"] != mine["sessionId"]
+
+
+async def test_an_enqueue_only_create_subscribes_to_no_events(manager):  # noqa: F811
+    # it answers as soon as the row is written: a subscription (on a cluster, to the shared
+    # bus) would only cost; a create that waits subscribes before its row exists
+    me = await caller(manager)
+    subscribed = []
+    subscribe = manager.bus.subscribe
+
+    def counting(*args, **kw):
+        subscribed.append(args)
+        return subscribe(*args, **kw)
+
+    manager.bus.subscribe = counting
+    ans = await manager.sessions.create(me, body("quiet-1", enqueueOnly=True, startsAt="2h"))
+    assert ans["status"] == "PENDING" and subscribed == []
+    ans = await manager.sessions.create(me, body("waits-1"))
+    assert ans["status"] == "RUNNING" and subscribed == [(ans["sessionId"],)]

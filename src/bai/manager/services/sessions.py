@@ -9,6 +9,7 @@ RUNNING, ERROR, CANCELLED or TERMINATED (or answers ``TIMEOUT`` after ``maxWaitS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -169,8 +170,10 @@ class SessionService:
         if req.array is not None:
             return await self._enqueue_array(caller, req, now), None
         sid = uuid.uuid4()
-        # only this session's events: the subscription exists before the row does
-        async with self.root.bus.subscribe(str(sid)) as sub:
+        # only this session's events: the subscription exists before the row does (none for
+        # an enqueue-only create, which answers without waiting for any)
+        async with (contextlib.nullcontext() if req.enqueue_only
+                    else self.root.bus.subscribe(str(sid))) as sub:
             # A create of the same name on another replica may commit between our check and our
             # insert: the unique index refuses ours, and the second try finds theirs.
             try:
