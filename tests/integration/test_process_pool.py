@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bai.agent.backends.base import Instance, InstanceState, KernelSpec
 from bai.agent.backends.cgroup import CgroupDriver, CgroupError
-from bai.agent.backends.process import ProcessBackend
-from bai.agent.backends.process_pool import POOL_DIR, startup_fixed
+from bai.agent.backends import sandbox as sandboxing
+from bai.agent.backends.process import ProcessBackend, block_pipe
+from bai.agent.backends.process_pool import POOL_DIR, kill_tree, startup_fixed
 from bai.agent.settings import AgentSettings
 from bai.testing.contract import run
 
@@ -370,12 +374,70 @@ async def test_a_batch_command_runs_in_the_sandbox_without_any_python(
     assert any(c.endswith(b"exit 4\x00") for c in tree), tree
     assert not any(b"bai.kernel" in c or b"worker.py" in c or b"python" in c.split(b"\0")[0]
                    for c in tree), tree
+    if backend.sandbox.active:  # bwrap starts it alone: no launcher shell before it
+        assert not any(b"bai-launch" in c for c in tree), tree
     (inst.workdir / "go").touch()
     [ended] = await wait_exits(backend)
     assert (ended.kernel_id, ended.exit_code, ended.exit_reason) == \
         (s.kernel_id, 4, "self-terminated")
     said = await backend.logs(s.kernel_id)
     assert "out-bar pp-/mine\n" in said and "err" in said, said
+
+
+@needs_cgroups
+async def test_a_batch_command_runs_in_its_cgroups_and_reports_oom(
+        backend: ProcessBackend) -> None:
+    """Started without a launcher, the sandbox joins the kernel's cgroups before the command
+    runs: the command's processes are there, and its memory limit holds (OOM reported)."""
+    s = spec("64m", session_type="BATCH",
+             startup_command="while [ ! -e go ]; do sleep 0.05; done; "
+                             "python3 -c 'x = bytearray(512 * 2**20); print(\"survived\")'")
+    inst = await backend.create(s)
+    assert inst.labels.get("bai.direct") == "1"
+    cg = backend.cgroups.open(s.kernel_id)
+    for _ in range(200):
+        tree = {int(p.pid) for p in psutil.Process(int(inst.labels["bai.pid"])).children(
+            recursive=True) if b"go ]" in Path(f"/proc/{p.pid}/cmdline").read_bytes()}
+        if tree:
+            break
+        await asyncio.sleep(0.05)
+    assert tree and tree <= cg.pids(), (tree, cg.pids())
+    (inst.workdir / "go").touch()
+    [ended] = await wait_exits(backend)
+    assert (ended.kernel_id, ended.exit_code, ended.exit_reason) == \
+        (s.kernel_id, 137, "oom-killed")
+    assert "survived" not in await backend.logs(s.kernel_id)
+
+
+def test_a_bare_sandbox_never_runs_the_command_when_the_agent_is_gone_before_it_joined(
+        tmp_path: Path) -> None:
+    """``block_pipe``: an agent that dies before ``_join`` closes its end unwritten; the
+    sandbox then waits for good rather than run the command outside the kernel's cgroups."""
+    sb = sandboxing.probe("bwrap", True, False, "/usr/bin/python3")
+    if not sb.active:
+        pytest.skip(f"no sandbox here: {sb.reason}")
+    (tmp_path / "work").mkdir()
+    block, agent_end = block_pipe()
+    argv = sb.argv("/usr/bin/python3", tmp_path / "work", None, block_fd=block)
+    sandbox = subprocess.Popen(argv + ["/bin/sh", "-c", f"touch {sandboxing.WORKDIR}/ran"],
+                               pass_fds=(block,), start_new_session=True)
+    os.close(block)
+    os.close(agent_end)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            sandbox.wait(timeout=1)
+        assert not (tmp_path / "work" / "ran").exists()
+    finally:
+        kill_tree(sandbox.pid)
+        sandbox.wait()
+
+
+async def test_a_batch_command_killed_by_a_signal_reports_it(backend: ProcessBackend) -> None:
+    """The sandbox's exit status says a signal as the shell would (128 + its number)."""
+    s = spec(session_type="BATCH", startup_command="kill -9 $$")
+    await backend.create(s)
+    [ended] = await wait_exits(backend)
+    assert (ended.kernel_id, ended.exit_code) == (s.kernel_id, 137)
 
 
 async def test_a_batch_command_keeps_its_runner_when_asked(tmp_path: Path) -> None:
@@ -404,8 +466,9 @@ async def test_a_batch_command_that_ends_while_no_agent_watches_keeps_its_status
     inst = await b.create(s)
     await b.stop()  # the kernel goes on without an agent
     (inst.workdir / "go").touch()
+    status = tmp_path / s.kernel_id / "exit.json"  # (made at the start, the code at the end)
     for _ in range(600):
-        if (tmp_path / s.kernel_id / "exit.json").exists():
+        if status.exists() and sandboxing.json_exit_code(status.read_text()) is not None:
             break
         await asyncio.sleep(0.05)
     second = await make(tmp_path, process_pool_size=0)

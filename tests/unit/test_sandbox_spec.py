@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 
 from bai.agent import seccomp
-from bai.agent.backends.sandbox import WORKDIR, Sandbox, interpreter_binds, probe
+from bai.agent.backends.sandbox import (
+    WORKDIR,
+    Sandbox,
+    interpreter_binds,
+    json_exit_code,
+    probe,
+)
 
 FILTER = b"\0" * 8
 
@@ -105,3 +111,24 @@ def test_folders_are_bound_after_the_work_dir_read_only_ones_read_only() -> None
         i = argv.index(parent)
         assert argv[i - 3:i] == ["--perms", "0755", "--dir"]
         assert i < argv.index("/data/in/b")
+
+
+def test_a_bare_sandbox_waits_on_its_block_fd_and_says_its_status() -> None:
+    argv = Sandbox(bwrap="bwrap", privileged=True).argv("/usr/bin/python3", Path("/w"), 1234,
+                                                        block_fd=7, status_fd=8)
+    head = argv[:argv.index("--")]
+    assert head[head.index("--block-fd") + 1] == "7"
+    assert head[head.index("--json-status-fd") + 1] == "8"
+    plain = Sandbox(bwrap="bwrap", privileged=True).argv("/usr/bin/python3", Path("/w"), 1234)
+    assert "--block-fd" not in plain and "--json-status-fd" not in plain
+
+
+def test_the_exit_code_bwrap_or_a_launcher_wrote() -> None:
+    started = '{ "child-pid": 12, "mnt-namespace": 4026532515 }\n'
+    assert json_exit_code(started) is None  # still running, or killed
+    assert json_exit_code(started + '{ "exit-code": 3 }\n') == 3
+    assert json_exit_code(started + '{ "exit-code": 137 }') == 137
+    assert json_exit_code('{"exit_code": 5}\n') == 5  # an older agent's launcher
+    for bad in ("", "garbage", '{ "exit-code": "3" }', '{ "exit-code": true }', "[1]",
+                started + '{ "exit-code": 3'):
+        assert json_exit_code(bad) is None, bad

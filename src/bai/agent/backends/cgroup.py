@@ -6,7 +6,8 @@ cpuacct (usage) and pids (``pids.max``). v2: one folder ``/sys/fs/cgroup/<parent
 with ``memory.max``, ``memory.swap.max``, ``cpu.max``, ``pids.max``.
 
 A kernel process joins by writing its pid to every ``cgroup.procs`` of ``procs_files()`` before it
-execs (the backend's launcher does that), so everything it forks is accounted. OOM kills show up in
+execs (the backend's launcher does that; for a bare sandbox the agent, while the sandbox waits),
+so everything it forks is accounted. OOM kills show up in
 ``oom_kills()`` (v1 ``memory.oom_control`` / v2 ``memory.events``).
 """
 

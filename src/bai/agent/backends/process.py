@@ -90,15 +90,18 @@ LAUNCHER = (
     'ulim="$1"; shift; while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; '
     'shift; if [ "$ulim" != "-" ]; then ulimit -v "$ulim" || exit 125; fi; exec "$@"'
 )
-#: a command run without the runner (``direct_command``): the launcher waits for the sandbox
-#: and writes the command's exit status into the kernel's root-only folder (``EXIT_FILE``), where
-#: an agent restarted meanwhile finds it; the exit code is its own
+#: a command run without the runner (``direct_command``) where the sandbox cannot start bare
+#: (``_launch``: an rlimit, no sandbox): the launcher waits for the sandbox and writes the
+#: command's exit status into the kernel's root-only folder (``EXIT_FILE``, as a bare sandbox's
+#: bwrap does), where an agent restarted meanwhile finds it; the exit code is its own
 LAUNCHER_DIRECT = (
     'ulim="$1"; st="$2"; shift 2; while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; '
     'shift; done; shift; if [ "$ulim" != "-" ]; then ulimit -v "$ulim" || exit 125; fi; '
     '"$@"; rc=$?; echo "{\\"exit_code\\": $rc}" > "$st"; exit $rc'
 )
 EXIT_FILE = "exit.json"
+#: how long a bare sandbox may take to say its child's pid (``_join``)
+JOIN_TIMEOUT = 30.0
 LOG_TAIL = 1024 * 1024
 OOM_GRACE_SECONDS = 1.0
 #: a claimed runner's replacement starts this long after the claim (see RunnerPool.refill)
@@ -121,6 +124,21 @@ def gpu_binds(spec: KernelSpec) -> list[str]:
         binds.append(spec.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps")
         binds.append("/dev/shm")
     return [b for b in binds if os.path.exists(b)]
+
+
+def block_pipe() -> tuple[int, int]:
+    """(``bwrap --block-fd``, the agent's end to unblock it): a pipe whose first fd is opened
+    again read-write (through ``/proc``), so that its holder is a writer too and never reads
+    an end of file: only a byte written to the second fd lets it go on."""
+    r, w = os.pipe()
+    try:
+        rw = os.open(f"/proc/self/fd/{r}", os.O_RDWR | os.O_CLOEXEC)
+    except BaseException:
+        os.close(w)
+        raise
+    finally:
+        os.close(r)
+    return rw, w
 
 
 class PoolMiss(Exception):
@@ -472,39 +490,99 @@ class ProcessBackend(RuntimeBackend):
                 ) -> subprocess.Popen[bytes]:
         """Start the runner of ``kdir``: the agent binds its socket and hands it over
         (``info_fd``: bwrap writes its child's pid there, see ``outbound.py``); or, with
-        ``command``, that command in the runner's place, its output to ``output_fd``."""
+        ``command``, that command in the runner's place, its output to ``output_fd``.
+
+        A command in the sandbox (no rlimit, no outbound network) starts without the launcher:
+        bwrap itself writes the exit status (``--json-status-fd``) and waits, set up, until the
+        agent has moved it into the kernel's cgroups (``_join``): one program fewer a job."""
         work = kdir / "work"
         listener = bind_listener(kdir) if command is None else None
         filt = self.sandbox.seccomp_memfd() if self.sandbox.active else None
+        bare = (command is not None and self.sandbox.active and info_fd is None
+                and not mem_rlimit_kib)
+        #: the child's copies of the bare sandbox's fds (closed here once it holds them)
+        given: list[int] = []
+        status_fd = block_r = block_w = info_r = info_w = None
         try:
+            if bare:
+                status_fd = os.open(kdir / EXIT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                    | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                given.append(status_fd)
+                if procs:
+                    block_r, block_w = block_pipe()
+                    info_r, info_w = os.pipe()
+                    given += [block_r, info_w]
             if self.sandbox.active:
                 if uid is not None:  # the kernel's account (whoami), in its root-only folder
                     sandboxing.write_accounts(kdir, uid, self.user_name)
                 prefix: list[str] | None = self.sandbox.argv(
-                    interp, work, uid, seccomp_fd=filt, mounts=mounts, info_fd=info_fd,
-                    accounts=kdir if uid is not None else None, devices=devices)
+                    interp, work, uid, seccomp_fd=filt, mounts=mounts,
+                    info_fd=info_w if bare else info_fd,
+                    accounts=kdir if uid is not None else None, devices=devices,
+                    block_fd=block_r, status_fd=status_fd)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work
             listen_fd = listener.fileno() if listener is not None else None
-            argv = build_command(interp, inside, procs, namespaces=self.namespaces,
-                                 as_user=self.as_user, mem_rlimit_kib=mem_rlimit_kib,
-                                 sandbox=prefix, listen_fd=listen_fd, command=command,
-                                 status_file=kdir / EXIT_FILE)
+            if bare:
+                assert prefix is not None and command is not None
+                argv = prefix + command
+            else:
+                argv = build_command(interp, inside, procs, namespaces=self.namespaces,
+                                     as_user=self.as_user, mem_rlimit_kib=mem_rlimit_kib,
+                                     sandbox=prefix, listen_fd=listen_fd, command=command,
+                                     status_file=kdir / EXIT_FILE)
             if pooled:
                 argv.append("--pooled")
             with (open(kdir / "runner.out", "ab") if output_fd is None
                   else contextlib.nullcontext(output_fd)) as out:
-                return subprocess.Popen(
+                popen = subprocess.Popen(
                     argv, env=env, cwd=kdir if self.sandbox.active else work,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=tuple(fd for fd in (listen_fd, filt, info_fd) if fd is not None))
+                    start_new_session=True, pass_fds=tuple(
+                        fd for fd in (listen_fd, filt, info_fd, *given) if fd is not None))
+        except BaseException:
+            for fd in (block_w, info_r):
+                if fd is not None:
+                    os.close(fd)
+            raise
         finally:
             if listener is not None:
                 listener.close()  # the runner holds it now: when it ends, connecting fails
             if filt is not None:
                 os.close(filt)  # the launcher has its own copy for bwrap
+            for fd in given:
+                os.close(fd)
+        if block_w is not None and info_r is not None:
+            self._join(popen, info_r, block_w, procs)
+        return popen
+
+    @staticmethod
+    def _join(popen: subprocess.Popen[bytes], info_r: int, block_w: int,
+              procs: list[str]) -> None:
+        """Move a bare sandbox (``_launch``), waiting on its block fd, into the kernel's cgroups
+        and let it go on: its child (bwrap's, the kernel's PID namespace init; everything of the
+        kernel descends from it) joins every ``procs`` file before it runs anything of the
+        kernel's. Where that fails the sandbox is killed (OSError). Where the agent dies first
+        the sandbox waits for good: its block fd is a reader and writer of its pipe, so it never
+        reads an end of file (and never runs outside the cgroups); destroy kills it."""
+        try:
+            pid = outbound.child_pid(info_r, JOIN_TIMEOUT)
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, str(pid).encode())
+                finally:
+                    os.close(fd)
+            os.write(block_w, b"\0")
+        except (OSError, ValueError, TimeoutError) as e:
+            kill_tree(popen.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=5)
+            raise OSError(f"the sandbox could not join the kernel's cgroups: {e}") from None
+        finally:
+            os.close(info_r)
+            os.close(block_w)
 
     def _folders(self, spec: KernelSpec) -> list[HostMount]:
         """The kernel's storage folders on this host (``agent/mounts.py``); refused ones, and
@@ -817,11 +895,12 @@ class ProcessBackend(RuntimeBackend):
         code: int | None = exit_status(returncode) if returncode is not None else None
         reason = "killed"
         if k.labels.get("bai.direct"):
-            # no runner: the launcher (the agent's child) ended with the command's status, or
-            # wrote it to the kernel's root-only folder (an agent restarted meanwhile reads it)
+            # no runner: the launcher or bare sandbox (the agent's child) ended with the
+            # command's status, or wrote it to the kernel's root-only folder (an agent
+            # restarted meanwhile reads it)
             if returncode is None:
-                with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                    returncode = int(json.loads((k.kdir / EXIT_FILE).read_text())["exit_code"])
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    returncode = sandboxing.json_exit_code((k.kdir / EXIT_FILE).read_text())
                     code = returncode
             if returncode is not None and returncode >= 0:
                 reason = "self-terminated"
@@ -996,31 +1075,38 @@ class ProcessBackend(RuntimeBackend):
         if not self.sandbox.active:
             self._link_folders(k.workdir, folders)
         mem = spec.slots.get("mem") or None
-        procs: list[str] = []
-        if self.cgroups is not None:
-            try:
-                k.cgroup = await asyncio.to_thread(
-                    self.cgroups.create, spec.kernel_id, mem, spec.slots.get("cpu") or None,
-                    spec.pids_max(self.settings.pids_limit))
-            except CgroupError as e:
-                raise KernelCreationFailed(str(e)) from None
-            procs = k.cgroup.procs_files()
-            k.labels["bai.cgroup"] = self.cgroups.version
         env = build_environ(spec, self._inside(k.workdir), self.user_name, self.sandbox.active)
         if direct:
             env = command_environ(env)
         # outbound network (the policy's allow_outbound): bwrap says its child's pid here
         info_r, info_w = os.pipe() if spec.network and self.outbound else (None, None)
+
+        def spawn() -> subprocess.Popen[bytes]:  # one thread hop: the cgroup, then the start
+            procs: list[str] = []
+            if self.cgroups is not None:
+                try:
+                    k.cgroup = self.cgroups.create(
+                        spec.kernel_id, mem, spec.slots.get("cpu") or None,
+                        spec.pids_max(self.settings.pids_limit))
+                except CgroupError as e:
+                    raise KernelCreationFailed(str(e)) from None
+                procs = k.cgroup.procs_files()
+                k.labels["bai.cgroup"] = self.cgroups.version
+            try:
+                return self._launch(
+                    kdir, interp, procs, uid, env,
+                    mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None,
+                    mounts=folders, info_fd=info_w, devices=gpu_binds(spec),
+                    command=direct_command(spec) if direct else None, output_fd=log_fd)
+            except OSError as e:
+                raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
+
         try:
-            k.popen = self._launch(
-                kdir, interp, procs, uid, env,
-                mem_rlimit_kib=int(mem) // 1024 if (mem and k.cgroup is None) else None,
-                mounts=folders, info_fd=info_w, devices=gpu_binds(spec),
-                command=direct_command(spec) if direct else None, output_fd=log_fd)
-        except OSError as e:
+            k.popen = await asyncio.to_thread(spawn)
+        except BaseException:
             if info_r is not None:
                 os.close(info_r)
-            raise KernelCreationFailed(f"cannot start the kernel: {e}") from None
+            raise
         finally:
             if info_w is not None:
                 os.close(info_w)

@@ -5,6 +5,8 @@ A kernel runs as::
     launcher (root: joins the kernel's cgroups, ulimit) -> bwrap (namespaces, mounts)
       -> setpriv (the kernel's own uid/gid, no groups, no capabilities, no_new_privs) -> runner
 
+(a batch command's sandbox starts bare, without the launcher: see ``ProcessBackend._launch``).
+
 Inside, the kernel sees:
 
 * ``/usr`` (and the ``/bin``, ``/lib*``, ``/sbin`` links) and ``/etc`` read-only, its
@@ -29,6 +31,7 @@ host cannot keep; ``server start`` prints them and agents report them in their h
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pwd
 import shutil
@@ -135,11 +138,15 @@ class Sandbox:
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
              network: bool = False, seccomp_fd: int | None = None,
              mounts: Sequence[HostMount] = (), info_fd: int | None = None,
-             accounts: Path | None = None, devices: Sequence[str] = ()) -> list[str]:
+             accounts: Path | None = None, devices: Sequence[str] = (),
+             block_fd: int | None = None, status_fd: int | None = None) -> list[str]:
         """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox
         (``devices``: host device nodes or MPS folders the kernel may open, its GPUs');
         ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
-        ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``."""
+        ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``.
+        ``block_fd``: the sandbox waits, set up, until it can read a byte there before it runs
+        anything of the kernel's; ``status_fd``: bwrap writes its child's pid there and, when
+        the sandbox ends, its exit code (``--json-status-fd``, see ``json_exit_code``)."""
         assert self.bwrap is not None
         argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--hostname", "bai-kernel"]
@@ -173,6 +180,10 @@ class Sandbox:
             argv += ["--seccomp", str(seccomp_fd)]
         if info_fd is not None:  # the child's pid (outbound.py attaches slirp4netns to it)
             argv += ["--info-fd", str(info_fd)]
+        if block_fd is not None:
+            argv += ["--block-fd", str(block_fd)]
+        if status_fd is not None:
+            argv += ["--json-status-fd", str(status_fd)]
         argv.append("--")
         if uid is not None:
             argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
@@ -186,6 +197,21 @@ class Sandbox:
         fd = seccomp_filter.memfd(self.seccomp)
         os.set_inheritable(fd, True)
         return fd
+
+
+def json_exit_code(text: str) -> int | None:
+    """The exit code in what ``bwrap --json-status-fd`` wrote (one JSON object a line, the
+    last ``{"exit-code": N}`` once the sandbox ended), or in a launcher's ``{"exit_code": N}``;
+    None where neither is there (the sandbox still runs, or was killed)."""
+    for line in reversed(text.splitlines()):
+        try:
+            said = json.loads(line)
+            code = said.get("exit-code", said.get("exit_code"))
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    return None
 
 
 def write_accounts(folder: Path, uid: int, name: str = "work") -> None:
