@@ -432,6 +432,19 @@ def test_a_bare_sandbox_never_runs_the_command_when_the_agent_is_gone_before_it_
         sandbox.wait()
 
 
+async def test_a_kernel_s_account_is_given_in_memory(backend: ProcessBackend) -> None:
+    """whoami works in the sandbox; its passwd and group are no files on the host's disk."""
+    if not (backend.sandbox.active and backend.sandbox.privileged):
+        pytest.skip("no uid of its own here: the kernel keeps the agent's account")
+    s = spec(session_type="BATCH", startup_command="whoami; id -gn; ls -l /etc/passwd")
+    inst = await backend.create(s)
+    await wait_exits(backend)
+    said = await backend.logs(s.kernel_id)
+    assert said.startswith("work\nwork\n-rw-r--r--") and " root root " in said, said
+    assert not any((tmp / name).exists() for tmp in (inst.workdir.parent,)
+                   for name in ("passwd", "group"))
+
+
 async def test_a_batch_command_killed_by_a_signal_reports_it(backend: ProcessBackend) -> None:
     """The sandbox's exit status says a signal as the shell would (128 + its number)."""
     s = spec(session_type="BATCH", startup_command="kill -9 $$")

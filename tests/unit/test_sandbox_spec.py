@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from bai.agent import seccomp
+from bai.agent.backends import sandbox
 from bai.agent.backends.sandbox import (
     WORKDIR,
     Sandbox,
@@ -132,3 +133,26 @@ def test_the_exit_code_bwrap_or_a_launcher_wrote() -> None:
     for bad in ("", "garbage", '{ "exit-code": "3" }', '{ "exit-code": true }', "[1]",
                 started + '{ "exit-code": 3'):
         assert json_exit_code(bad) is None, bad
+
+
+def test_a_kernel_s_account_is_added_to_the_host_s(tmp_path: Path, monkeypatch) -> None:
+    etc = {"passwd": tmp_path / "passwd", "group": tmp_path / "group"}
+    etc["passwd"].write_text("root:x:0:0:root:/root:/bin/bash\nwork:x:1000:1000::/h:/bin/sh")
+    etc["group"].write_text("root:x:0:\n")
+    real = sandbox._host_accounts
+    monkeypatch.setattr(sandbox, "_host_accounts",
+                        lambda path: real(str(etc[Path(path).name])))
+    passwd, group = sandbox.accounts(2_000_001)
+    assert passwd.splitlines()[-1] == "work2000001:x:2000001:2000001:bai kernel:/home/work:/bin/sh"
+    assert passwd.startswith("root:x:0:0:") and passwd.count("\n") == 3
+    assert group == "root:x:0:\nwork:x:2000001:\n"  # no "work" group on this host
+    etc["group"].write_text("root:x:0:\nwork:x:1000:\n")  # the host's files change: read again
+    assert sandbox.accounts(2_000_001)[1].splitlines()[-1] == "work2000001:x:2000001:"
+
+
+def test_accounts_reach_the_sandbox_as_data_not_host_files() -> None:
+    argv = Sandbox(bwrap="bwrap", privileged=True).argv("/usr/bin/python3", Path("/w"), 1234,
+                                                        accounts=(5, 6))
+    head = " ".join(argv[:argv.index("--")])
+    assert "--perms 0644 --ro-bind-data 5 /etc/passwd" in head
+    assert "--perms 0644 --ro-bind-data 6 /etc/group" in head

@@ -500,25 +500,30 @@ class ProcessBackend(RuntimeBackend):
         filt = self.sandbox.seccomp_memfd() if self.sandbox.active else None
         bare = (command is not None and self.sandbox.active and info_fd is None
                 and not mem_rlimit_kib)
-        #: the child's copies of the bare sandbox's fds (closed here once it holds them)
-        given: list[int] = []
+        #: fds the child inherits (closed here once it holds them)
+        inherited: list[int] = []
         status_fd = block_r = block_w = info_r = info_w = None
+        account_fds: tuple[int, int] | None = None
         try:
+            if self.sandbox.active and uid is not None:
+                # the kernel's account (whoami): in memory, no file on the host's disk
+                passwd, group = sandboxing.accounts(uid, self.user_name)
+                inherited.append(sandboxing.data_memfd(passwd.encode()))
+                inherited.append(sandboxing.data_memfd(group.encode()))
+                account_fds = (inherited[-2], inherited[-1])
             if bare:
                 status_fd = os.open(kdir / EXIT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                given.append(status_fd)
+                inherited.append(status_fd)
                 if procs:
                     block_r, block_w = block_pipe()
                     info_r, info_w = os.pipe()
-                    given += [block_r, info_w]
+                    inherited += [block_r, info_w]
             if self.sandbox.active:
-                if uid is not None:  # the kernel's account (whoami), in its root-only folder
-                    sandboxing.write_accounts(kdir, uid, self.user_name)
                 prefix: list[str] | None = self.sandbox.argv(
                     interp, work, uid, seccomp_fd=filt, mounts=mounts,
                     info_fd=info_w if bare else info_fd,
-                    accounts=kdir if uid is not None else None, devices=devices,
+                    accounts=account_fds, devices=devices,
                     block_fd=block_r, status_fd=status_fd)
                 inside = Path(sandboxing.WORKDIR)
             else:
@@ -540,7 +545,7 @@ class ProcessBackend(RuntimeBackend):
                     argv, env=env, cwd=kdir if self.sandbox.active else work,
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, pass_fds=tuple(
-                        fd for fd in (listen_fd, filt, info_fd, *given) if fd is not None))
+                        fd for fd in (listen_fd, filt, info_fd, *inherited) if fd is not None))
         except BaseException:
             for fd in (block_w, info_r):
                 if fd is not None:
@@ -551,7 +556,7 @@ class ProcessBackend(RuntimeBackend):
                 listener.close()  # the runner holds it now: when it ends, connecting fails
             if filt is not None:
                 os.close(filt)  # the launcher has its own copy for bwrap
-            for fd in given:
+            for fd in inherited:
                 os.close(fd)
         if block_w is not None and info_r is not None:
             self._join(popen, info_r, block_w, procs)

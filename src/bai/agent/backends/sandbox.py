@@ -138,14 +138,16 @@ class Sandbox:
     def argv(self, interpreter: str, workdir: Path, uid: int | None,
              network: bool = False, seccomp_fd: int | None = None,
              mounts: Sequence[HostMount] = (), info_fd: int | None = None,
-             accounts: Path | None = None, devices: Sequence[str] = (),
+             accounts: tuple[int, int] | None = None, devices: Sequence[str] = (),
              block_fd: int | None = None, status_fd: int | None = None) -> list[str]:
         """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox
         (``devices``: host device nodes or MPS folders the kernel may open, its GPUs');
         ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
-        ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``.
-        ``block_fd``: the sandbox waits, set up, until it can read a byte there before it runs
-        anything of the kernel's; ``status_fd``: bwrap writes its child's pid there and, when
+        ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``;
+        ``accounts``: inherited fds holding the kernel's passwd and group (``accounts``,
+        ``data_memfd``), put read-only over the host's. ``block_fd``: the sandbox waits, set
+        up, until it can read a byte there before it runs anything of the kernel's;
+        ``status_fd``: bwrap writes its child's pid there and, when
         the sandbox ends, its exit code (``--json-status-fd``, see ``json_exit_code``)."""
         assert self.bwrap is not None
         argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -155,9 +157,9 @@ class Sandbox:
         if not self.privileged:
             argv.append("--unshare-user")
         argv += _system_binds()
-        if accounts is not None:  # the kernel's own account (write_accounts) over the host's
-            argv += ["--ro-bind", str(accounts / "passwd"), "/etc/passwd",
-                     "--ro-bind", str(accounts / "group"), "/etc/group"]
+        if accounts is not None:  # the kernel's own account (``accounts``) over the host's
+            argv += ["--perms", "0644", "--ro-bind-data", str(accounts[0]), "/etc/passwd",
+                     "--perms", "0644", "--ro-bind-data", str(accounts[1]), "/etc/group"]
         argv += interpreter_binds(interpreter)
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--tmpfs", "/tmp"]
         for node in devices:  # over the minimal /dev: only this kernel's GPUs
@@ -214,23 +216,53 @@ def json_exit_code(text: str) -> int | None:
     return None
 
 
-def write_accounts(folder: Path, uid: int, name: str = "work") -> None:
-    """``folder/passwd`` and ``folder/group``: the host's, plus ``name`` (or ``name<uid>`` where
-    the host has a ``name``) for the kernel's ``uid`` with home ``/home/work``, so ``whoami``,
-    ``id -un`` and ``getpass`` work inside the sandbox (bound read-only over ``/etc``'s)."""
+#: the host's /etc/passwd and /etc/group as last read, by (path, its stat): ``accounts``
+_HOST_FILES: dict[str, tuple[tuple[int, int, int], str, set[str]]] = {}
+
+
+def _host_accounts(path: str) -> tuple[str, set[str]]:
+    """The text of ``path`` (a host account file; "" where unreadable) and its names, read
+    again only when the file changed."""
+    try:
+        st = os.stat(path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _HOST_FILES.get(path)
+        if known is not None and known[0] == key:
+            return known[1], known[2]
+        text = Path(path).read_text()
+    except OSError:
+        return "", set()
+    names = {entry.split(":", 1)[0] for entry in text.splitlines()}
+    _HOST_FILES[path] = (key, text, names)
+    return text, names
+
+
+def accounts(uid: int, name: str = "work") -> tuple[str, str]:
+    """(passwd, group) for the sandbox: the host's, plus ``name`` (or ``name<uid>`` where the
+    host has a ``name``) for the kernel's ``uid`` with home ``/home/work``, so ``whoami``,
+    ``id -un`` and ``getpass`` work inside (bwrap puts them read-only over ``/etc``'s)."""
+    out = []
     for file, line in (("passwd", "{n}:x:{u}:{u}:bai kernel:" + WORKDIR + ":/bin/sh\n"),
                        ("group", "{n}:x:{u}:\n")):
-        try:
-            host = Path("/etc", file).read_text()
-        except OSError:
-            host = ""
-        names = {entry.split(":", 1)[0] for entry in host.splitlines()}
+        host, names = _host_accounts(f"/etc/{file}")
         own = name if name not in names else f"{name}{uid}"
-        text = host + ("" if not host or host.endswith("\n") else "\n") + line.format(n=own, u=uid)
-        fd = os.open(folder / file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(fd, 0o644)
-            f.write(text)
+        out.append(host + ("" if not host or host.endswith("\n") else "\n")
+                   + line.format(n=own, u=uid))
+    return out[0], out[1]
+
+
+def data_memfd(data: bytes) -> int:
+    """An inheritable in-memory file holding ``data``, positioned at its start (what ``bwrap
+    --ro-bind-data FD`` reads); the caller closes it."""
+    fd = os.memfd_create("bai-data", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)  # (a memfd takes it whole)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _try(sb: Sandbox, interpreter: str, privileged: bool) -> str:
