@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bai.common.auth import make_headers
 from bai.manager.api import middleware
 from bai.manager.app import ROOT
-from bai.manager.services.auth import KeypairCache
+from bai.manager.services.auth import keypair_cache
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
 from bai.manager.store.engine import Store
@@ -100,7 +100,7 @@ class ApiRoot:
     def __init__(self, settings: ManagerSettings) -> None:
         self.settings = settings
         self.store = Store(settings.db_url)
-        self.keypairs = KeypairCache()
+        self.keypairs = keypair_cache()
 
 
 def make_app(root: Any, *modules: Any) -> web.Application:

@@ -17,7 +17,7 @@ from aiohttp import web
 from bai.common.auth import BODY_HASH_HEADER, make_headers
 from bai.manager.api import gql, root
 from bai.manager.services import auth
-from bai.manager.services.auth import KeypairCache
+from bai.manager.services.auth import keypair_cache
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
 
@@ -197,13 +197,13 @@ async def test_without_sqlite_every_request_reads_its_keypair():
             return SimpleNamespace(first=lambda: SimpleNamespace(**record))
 
     class Store:
-        is_sqlite, auth_changes = False, 0
+        is_sqlite, cache_changes = False, {"keypairs": 0}
 
         @contextlib.asynccontextmanager
         async def connect(self):
             yield Conn()
 
-    cache = KeypairCache()
+    cache = keypair_cache()
     for n in (1, 2):
         now = datetime.now(timezone.utc)
         h = make_headers(USER[0], USER[1], "GET", "/", "h", "text/plain", now=now)

@@ -7,7 +7,7 @@ import pytest
 from api_support import ApiRoot, seed
 
 from bai.common.errors import UnknownImage
-from bai.manager.services.images import ImageCache, resolve_image
+from bai.manager.services.images import image_cache, resolve_image
 from bai.manager.settings import ManagerSettings
 from bai.manager.store import tables as t
 
@@ -36,7 +36,7 @@ async def test_names_aliases_and_unknown(store):
 
 
 async def test_a_resolved_name_stands_until_the_images_are_written(store):
-    cache = ImageCache()
+    cache = image_cache()
     async with store.connect() as conn:
         await resolve_image(conn, "py", store, cache)
         before = store.statements
@@ -64,7 +64,7 @@ async def test_a_resolved_name_stands_until_the_images_are_written(store):
 
 async def test_a_resolved_name_is_read_again_on_every_create_without_sqlite(store):
     # PostgreSQL: another replica may write the images, which this process would not see
-    cache = ImageCache()
+    cache = image_cache()
     store.is_sqlite = False
     try:
         async with store.connect() as conn:
@@ -77,7 +77,7 @@ async def test_a_resolved_name_is_read_again_on_every_create_without_sqlite(stor
 
 
 async def test_a_name_resolved_while_a_write_is_open_is_read_again_after_its_commit(store):
-    cache = ImageCache()
+    cache = image_cache()
     async with store.begin() as writing:
         await writing.execute(t.image_aliases.update().where(t.image_aliases.c.alias == "py")
                               .values(target="r:4"))

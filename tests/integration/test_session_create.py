@@ -9,9 +9,11 @@ from test_manager_lifecycle import body, caller, manager  # noqa: F401
 
 from bai.common.errors import InvalidAPIParameters, QuotaExceeded
 from bai.manager.store.tables import (
+    agents,
     domains,
     groups,
     keypair_resource_policies,
+    scaling_groups,
     sessions,
 )
 
@@ -80,7 +82,7 @@ async def test_group_membership_and_resource_group_are_checked_in_the_create(
     import uuid
 
     from bai.common.errors import Forbidden, InvalidAPIParameters
-    from bai.manager.store.tables import agents, group_members, scaling_groups
+    from bai.manager.store.tables import group_members
 
     me, admin = await caller(manager), await caller(manager, "admin")
     gid = uuid.uuid4()
@@ -175,3 +177,44 @@ async def test_an_enqueue_only_create_subscribes_to_no_events(manager):  # noqa:
     assert ans["status"] == "PENDING" and subscribed == []
     ans = await manager.sessions.create(me, body("waits-1"))
     assert ans["status"] == "RUNNING" and subscribed == [(ans["sessionId"],)]
+
+
+async def test_a_resource_group_read_by_a_create_stands_until_its_agents_or_it_change(
+        manager):  # noqa: F811
+    me = await caller(manager)
+    store = manager.store
+    later = {"enqueueOnly": True, "startsAt": "2h"}
+    async with store.begin() as conn:
+        await conn.execute(sa.insert(scaling_groups).values(name="lone"))
+    await manager.agents.heartbeat({
+        "agent_id": "agent-lone", "address": "http://127.0.0.1:1", "scaling_group": "lone",
+        "available_slots": {"cpu": "8", "mem": str(4 * 2**30)}})
+    await manager.sessions.create(me, body("lone-0", scalingGroup="lone", **later))
+
+    # one statement fewer for the second create, which finds the group as the first read it
+    # (a write to the agents in between, e.g. a heartbeat, makes it read again: tried anew)
+    saved = []
+    for i in range(3):
+        s0 = store.statements
+        await manager.sessions.create(me, body(f"lone-a{i}", scalingGroup="lone", **later))
+        s1 = store.statements
+        await manager.sessions.create(me, body(f"lone-b{i}", scalingGroup="lone", **later))
+        saved.append((s1 - s0) - (store.statements - s1))
+        async with store.begin() as conn:  # the next try's first create reads the group
+            await conn.execute(sa.update(scaling_groups).where(scaling_groups.c.name == "x")
+                               .values(is_active=False))
+    assert max(saved) == (1 if store.is_sqlite else 0)
+
+    # what the group offers as its agents change, and the group itself
+    await manager.sessions.create(me, body("lone-c", scalingGroup="lone", **later))
+    async with store.begin() as conn:
+        await conn.execute(sa.update(agents).where(agents.c.id == "agent-lone")
+                           .values(available_slots={"cpu": "2", "mem": str(4 * 2**30)}))
+    with pytest.raises(QuotaExceeded, match="largest agent in resource group lone has 2"):
+        await manager.sessions.create(me, body("lone-1", scalingGroup="lone",
+                                               resources={"cpu": "4"}, **later))
+    async with store.begin() as conn:
+        await conn.execute(sa.update(scaling_groups).where(scaling_groups.c.name == "lone")
+                           .values(is_active=False))
+    with pytest.raises(InvalidAPIParameters, match="unknown resource group .*'lone'"):
+        await manager.sessions.create(me, body("lone-2", scalingGroup="lone", **later))

@@ -24,6 +24,7 @@ from bai.common import auth as hmac_auth
 from bai.common.errors import AuthFailed
 from bai.manager.context import Caller
 from bai.manager.store import tables as t
+from bai.manager.store.cached import Cached
 
 if TYPE_CHECKING:
     from bai.manager.store.engine import Store
@@ -185,46 +186,29 @@ def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: Sign
     return record.caller()
 
 
-class KeypairCache:
-    """Keypairs as ``load_keypair`` read them, each valid while ``Store.auth_changes`` is what
-    it was when its read began (any write to ``keypairs`` or ``users`` by this process moves
-    it: a deactivated keypair or user, a new secret key, a changed role). Only on SQLite:
-    there this process is the only writer; PostgreSQL may have other manager replicas writing,
-    whose changes it would not see. Unknown access keys are not kept (anyone can send those);
-    past ``max_entries`` the cache starts over. (A kept key answers without a read, an unknown
-    one after it: the time can tell that a key someone already holds is in use, never its
-    secret.)"""
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[int, KeypairRecord]] = {}
-
-    def get(self, access_key: str, generation: int) -> KeypairRecord | None:
-        entry = self._entries.get(access_key)
-        return entry[1] if entry is not None and entry[0] == generation else None
-
-    def put(self, generation: int, record: KeypairRecord) -> None:
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[record.access_key] = (generation, record)
+def keypair_cache() -> Cached:
+    """The keypairs ``authenticate`` read (``store/cached.py``): valid until a write to
+    ``keypairs`` or ``users`` (a deactivated keypair or user, a new secret key, a changed
+    role). Unknown access keys are not kept (anyone can send those). A kept key answers
+    without a read, an unknown one after it: the time can tell that a key someone already
+    holds is in use, never its secret."""
+    return Cached("keypairs", 4096)
 
 
 async def authenticate(
     store: Store, req: SignedRequest, *, skew_seconds: float, now: datetime | None = None,
-    cache: KeypairCache | None = None,
+    cache: Cached | None = None,
 ) -> Caller:
-    """Authenticate one signed request (client-protocol section 2.1); with ``cache`` (used on
-    SQLite only), a keypair read since the last write to ``keypairs`` or ``users`` is not
-    read again (the signature and the flags are checked on every request all the same)."""
+    """Authenticate one signed request (client-protocol section 2.1); with ``cache``
+    (``keypair_cache``), a keypair read since the last write to ``keypairs`` or ``users`` is
+    not read again (the signature and the flags are checked on every request all the same)."""
     header = check_headers(req)
     check_date(req.date, now or datetime.now(timezone.utc), skew_seconds)
-    if not store.is_sqlite:
-        cache = None
-    generation = store.auth_changes  # before the read: a write after it voids what it read
+    generation = cache.generation(store) if cache is not None else None
     record = cache.get(header.access_key, generation) if cache is not None else None
     if record is None:
         async with store.connect() as conn:
             record = await load_keypair(conn, header.access_key)
-        if cache is not None and record is not None and store.auth_changes == generation:
-            cache.put(generation, record)
+        if cache is not None and record is not None:
+            cache.put(header.access_key, generation, record)
     return verify(record, header, req)

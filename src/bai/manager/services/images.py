@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import UnknownImage
 from bai.common.services import DEFAULT_SERVICES
+from bai.manager.store.cached import Cached
 from bai.manager.store.tables import image_aliases, images
 
 HOST_PYTHON = "/usr/bin/python3"
@@ -76,44 +77,29 @@ _RESOLVE = sa.select(images).where(sa.or_(
     .where(image_aliases.c.alias == sa.bindparam("ref")).scalar_subquery()))
 
 
-class ImageCache:
-    """Image rows as ``resolve_image`` found them by the name or alias asked for, each valid
-    while ``Store.image_changes`` is what it was when its read began (any write to ``images``
-    or ``image_aliases`` by this process moves it). Only on SQLite, where this process is the
-    only writer (as ``auth.KeypairCache``). Past ``max_entries`` it starts over."""
-
-    def __init__(self, max_entries: int = 256) -> None:
-        self.max_entries = max_entries
-        self._rows: dict[str, tuple[int, dict[str, Any]]] = {}
-
-    def get(self, ref: str, generation: int) -> dict[str, Any] | None:
-        entry = self._rows.get(ref)
-        return dict(entry[1]) if entry is not None and entry[0] == generation else None
-
-    def put(self, ref: str, generation: int, row: dict[str, Any]) -> None:
-        if len(self._rows) >= self.max_entries:
-            self._rows.clear()
-        self._rows[ref] = (generation, dict(row))
+def image_cache() -> Cached:
+    """The images ``resolve_image`` found, by the name or alias asked for (``store/cached.py``):
+    valid until a write to ``images`` or ``image_aliases``. An unknown image is never kept (its
+    refusal lists what exists, read then)."""
+    return Cached("images", 256)
 
 
 async def resolve_image(conn: AsyncConnection, ref: str, store: Any = None,
-                        cache: ImageCache | None = None) -> dict[str, Any]:
+                        cache: Cached | None = None) -> dict[str, Any]:
     """The image row for a canonical name or an alias; ``UnknownImage`` lists what exists.
-    With ``store`` and ``cache`` (SQLite only), a name resolved since the last write to the
-    images is not read again (a create runs this)."""
+    With ``store`` and ``cache`` (``image_cache``), a name resolved since the last write to
+    the images is not read again (a create runs this). The row is the caller's to change."""
     ref = (ref or "").strip()
-    if cache is not None and not getattr(store, "is_sqlite", False):
-        cache = None
-    generation = store.image_changes if cache is not None else 0
+    generation = cache.generation(store) if cache is not None else None
     hit = cache.get(ref, generation) if cache is not None else None
     if hit is not None:
-        return hit
+        return dict(hit)
     # one statement: the image of that name, and the alias's target; the name wins over an
     # alias of the same spelling
     found = (await conn.execute(_RESOLVE, {"ref": ref})).mappings().all()
     row = next((r for r in found if r["name"] == ref), found[0] if found else None)
-    if row is not None and cache is not None and store.image_changes == generation:
-        cache.put(ref, generation, row)
+    if row is not None and cache is not None:
+        cache.put(ref, generation, dict(row))
     if row is None:
         names, aliases = await list_images(conn)
         listing = ", ".join(names) or "none"

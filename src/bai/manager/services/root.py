@@ -14,7 +14,7 @@ import logging
 from bai.manager.eventbus import EventBus, make_bus
 from bai.manager.metrics import ManagerMetrics
 from bai.manager.services.agents import AgentRegistry
-from bai.manager.services.auth import KeypairCache
+from bai.manager.services.auth import keypair_cache
 from bai.manager.services.sessions import SessionService
 from bai.manager.settings import ManagerSettings
 from bai.manager.store.engine import Store
@@ -42,7 +42,7 @@ class ManagerRoot:
         #: the create request of each session still waiting to be placed (logs follow it)
         self.request_ids = RequestIds()
         #: keypairs authentication read (SQLite: valid until a write to keypairs or users)
-        self.keypairs = KeypairCache()
+        self.keypairs = keypair_cache()
         self.scheduler_task: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
         self._started = False

@@ -34,12 +34,13 @@ from bai.common.resources import KNOWN_SLOTS, ResourceSlot, check_session_reques
 from bai.common.status import FINAL, TERMINAL, SessionStatus
 from bai.manager.context import Caller
 from bai.manager.scheduler.decision import fmt_amount
-from bai.manager.services.images import DEFAULT_REQUEST, ImageCache, resolve_image
+from bai.manager.services.images import DEFAULT_REQUEST, image_cache, resolve_image
 from bai.manager.services.lifecycle import Lifecycle
 from bai.manager.services.mounts import resolve as resolve_mounts
 from bai.manager.services.scheduling import first_lines
 from bai.manager.services.session_params import CreateRequest, check_name, parse_create
 from bai.manager.services.transitions import in_lists, record_enqueued
+from bai.manager.store.cached import Cached
 from bai.manager.store.tables import (
     agents,
     domains,
@@ -150,7 +151,10 @@ class SessionService:
         self.root = root
         self.lifecycle = Lifecycle(root)
         #: the images creates resolved (SQLite: valid until a write to the images)
-        self.images = ImageCache()
+        self.images = image_cache()
+        #: the resource groups creates ran in, each with its live agents' capacities
+        #: (SQLite: valid until a write to ``scaling_groups`` or ``agents``)
+        self.scaling_groups = Cached("scaling_groups", 256)
 
     async def close(self) -> None:
         await self.lifecycle.close()
@@ -401,11 +405,17 @@ class SessionService:
                              name: str | None) -> tuple[str, list[ResourceSlot]]:
         """The resource group's name and the capacities of its live agents."""
         name = name or "default"
-        rows = (await conn.execute(_SCALING_GROUP, {"name": name})).all()
-        if not rows or not rows[0].is_active:
-            raise InvalidAPIParameters(f"unknown resource group (scaling group) {name!r}")
-        return name, [ResourceSlot.from_json(r.available_slots) for r in rows
-                      if r.agent_id is not None]
+        cache = self.scaling_groups
+        generation = cache.generation(self.root.store)
+        caps = cache.get(name, generation)
+        if caps is None:
+            rows = (await conn.execute(_SCALING_GROUP, {"name": name})).all()
+            if not rows or not rows[0].is_active:
+                raise InvalidAPIParameters(f"unknown resource group (scaling group) {name!r}")
+            caps = tuple(ResourceSlot.from_json(r.available_slots) for r in rows
+                         if r.agent_id is not None)
+            cache.put(name, generation, caps)
+        return name, list(caps)
 
     @staticmethod
     async def _slot_names(conn: AsyncConnection) -> set[str]:

@@ -29,14 +29,17 @@ _READ_VERSION = sa.text("SELECT version_num FROM alembic_version")
 #: the tables a session listing reads (``services/listing.py``): a statement that writes one
 #: of them changes ``Store.listing_changes``
 _LISTED_TABLES = re.compile(r"\b(sessions|session_dependencies|groups|users)\b", re.IGNORECASE)
-_AUTH_WRITE = "bai_auth_write"
-#: the tables authentication reads (``services/auth.py``): a statement that writes one of them
-#: changes ``Store.auth_changes``
-_AUTH_TABLES = re.compile(r"\b(keypairs|users)\b", re.IGNORECASE)
-_IMAGE_WRITE = "bai_image_write"
-#: the tables an image name is resolved with (``services/images.py``): a statement that writes
-#: one of them changes ``Store.image_changes``
-_IMAGE_TABLES = re.compile(r"\b(images|image_aliases)\b", re.IGNORECASE)
+_CACHE_WRITES = "bai_cache_writes"
+#: what the manager keeps read in memory (``store/cached.py``), by name, and the tables it is
+#: read from: a statement that writes one of them changes ``Store.cache_changes[name]``
+CACHED_TABLES = {
+    # a keypair with its user (``services/auth.py``)
+    "keypairs": re.compile(r"\b(keypairs|users)\b", re.IGNORECASE),
+    # an image by its name or alias (``services/images.py``)
+    "images": re.compile(r"\b(images|image_aliases)\b", re.IGNORECASE),
+    # a resource group with its live agents' capacities (``services/sessions.py``)
+    "scaling_groups": re.compile(r"\b(scaling_groups|agents)\b", re.IGNORECASE),
+}
 
 
 def _sqlite_path(url: sa.URL) -> str | None:
@@ -78,11 +81,9 @@ class Store:
         #: so that a listing read between the two is not taken for the committed state. The
         #: manager's cached listings (``services/listing.py``) hold while it is unchanged.
         self.listing_changes = 0
-        #: the same for the tables authentication reads (``_AUTH_TABLES``): the keypairs it
-        #: read stand while this is unchanged (``services/auth.py``, ``KeypairCache``)
-        self.auth_changes = 0
-        #: the same for the images and their aliases (``_IMAGE_TABLES``, ``ImageCache``)
-        self.image_changes = 0
+        #: the same for the tables of each name of ``CACHED_TABLES``: what was read from them
+        #: stands while its count is unchanged (``store/cached.py``)
+        self.cache_changes = dict.fromkeys(CACHED_TABLES, 0)
         #: transactions this process ended through ``begin()`` (any of them may have written):
         #: on SQLite, where this process is the only writer, the database is as it was while
         #: this stays the same (an agent's unchanged heartbeat then needs no read)
@@ -107,12 +108,10 @@ class Store:
                 if _LISTED_TABLES.search(statement):
                     self.listing_changes += 1
                     conn.info[_LISTED_WRITE] = True
-                if _AUTH_TABLES.search(statement):
-                    self.auth_changes += 1
-                    conn.info[_AUTH_WRITE] = True
-                if _IMAGE_TABLES.search(statement):
-                    self.image_changes += 1
-                    conn.info[_IMAGE_WRITE] = True
+                for name, tables in CACHED_TABLES.items():
+                    if tables.search(statement):
+                        self.cache_changes[name] += 1
+                        conn.info.setdefault(_CACHE_WRITES, set()).add(name)
 
         if self.is_sqlite:
             self._setup_sqlite(self.engine)
@@ -173,16 +172,14 @@ class Store:
             # a cancel cut the commit short: whether it wrote is unknown, so say it did
             # (reading ``conn.info`` now would reconnect, and raise MissingGreenlet over the cancel)
             self.changes += 1
-            self.auth_changes += 1
-            self.image_changes += 1
+            for name in self.cache_changes:
+                self.cache_changes[name] += 1
             self._listed_write()
             return
         if not conn.info.pop(_HEARTBEAT_ONLY, False):
             self.changes += 1
-        if conn.info.pop(_AUTH_WRITE, False):
-            self.auth_changes += 1
-        if conn.info.pop(_IMAGE_WRITE, False):
-            self.image_changes += 1
+        for name in conn.info.pop(_CACHE_WRITES, ()):
+            self.cache_changes[name] += 1
         if conn.info.pop(_LISTED_WRITE, False):
             self._listed_write()
 
