@@ -615,6 +615,33 @@ async def test_on_sqlite_a_look_reads_nothing_while_only_heartbeats_were_written
     assert (await look() == 0) is sqlite
 
 
+async def test_a_queue_waiting_only_for_starts_at_needs_no_full_pass(manager, monkeypatch):
+    """Past ``FULL_MAX``, a look stands for the full pass while every waiting session waits for
+    its ``starts_at`` (its line does not move with time), reading the fingerprint even on SQLite
+    (an edit by hand); once one waits for slots (its estimate moves), the full pass runs."""
+    from bai.manager.services import scheduling
+
+    me = await caller(manager)
+    big = await manager.sessions.create(me, body("big", resources={"cpu": "2"}))  # fills agent-1
+    assert big["status"] == "RUNNING"
+    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)  # the loop's timer: no look of its own
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    await manager.sessions.create(me, body("later", starts_at="1h", enqueueOnly=True))
+    sched, store = manager.scheduler, manager.store
+    await sched.run_pass(look=True)
+    await two_ticks(sched)  # a pass the loop began before has ended
+    await sched.run_pass(look=True)
+    monkeypatch.setattr(scheduling, "FULL_MAX", 0.0)  # a full pass is due at every look
+    n = store.statements
+    assert await sched._unchanged()  # no pass: the look stands for it
+    assert store.statements > n  # and it read the fingerprint, on SQLite too
+    await manager.sessions.create(me, body("waiter", resources={"cpu": "1"}, enqueueOnly=True))
+    await sched.run_pass(look=True)
+    row = await manager.sessions.resolve(me, "waiter")
+    assert row["status"] == "PENDING" and not row["status_info"].startswith("starts-at")
+    assert not await sched._unchanged()  # its estimate moves with time: the full pass runs
+
+
 async def test_a_fingerprint_look_still_places_a_session_whose_starts_at_came(manager,
                                                                             monkeypatch):
     """The fingerprint does not change when a waiting session's starts_at comes: a look with
