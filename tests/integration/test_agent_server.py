@@ -310,3 +310,38 @@ async def test_batch_create_refuses_a_body_without_a_list(make_agent, http):
         assert r.status == 400
         problem = await r.json()
     assert problem["type"].endswith("invalid-api-params") and "kernels" in problem["title"] + problem.get("msg", "")
+
+
+async def test_an_agent_with_nothing_new_to_say_beats_as_seldom_as_the_manager_allows(
+        manager: FakeManager, make_agent):
+    """After a heartbeat that said what the last answered one did, the agent waits the answer's
+    ``idle_interval`` (at most twice ``heartbeat_interval``); after one that says something
+    new, one the manager did not answer, or without the advice, ``heartbeat_interval``."""
+    agent = await make_agent(heartbeat_interval=100.0)  # the loop's own beat: its first only
+    await manager.wait_for(lambda m: m.heartbeats)
+    assert agent.beat_every == 100.0  # nothing to compare with yet
+    await agent.heartbeat()
+    assert agent.beat_every == 100.0  # the same, but the manager gave no advice
+    manager.idle_interval = 150.0
+    await agent.heartbeat()
+    assert agent.beat_every == 150.0
+    manager.idle_interval = 1000.0
+    await agent.heartbeat()
+    assert agent.beat_every == 200.0  # at most twice heartbeat_interval
+    manager.idle_interval = 10.0
+    await agent.heartbeat()
+    assert agent.beat_every == 100.0  # at least heartbeat_interval
+    manager.idle_interval = 150.0
+    agent.capacity["cpu"] += 1  # something new: the next one soon
+    await agent.heartbeat()
+    assert agent.beat_every == 100.0
+    await agent.heartbeat()
+    assert agent.beat_every == 150.0
+    agent.link.endpoints = ["http://127.0.0.1:1"]  # no manager answers
+    await agent.heartbeat()
+    assert agent.beat_every == 100.0
+    agent.link.endpoints = [manager.url]
+    await agent.heartbeat()
+    assert agent.beat_every == 100.0  # answered, but after one that was not
+    await agent.heartbeat()
+    assert agent.beat_every == 150.0

@@ -1180,10 +1180,13 @@ async def test_an_unchanged_heartbeat_still_answers_kernels_and_ends_lost_ones(m
     assert "kernel-lost" in (row["status_info"] or "") + str(row["status_data"])
 
 
-async def test_a_beating_agent_stays_alive_and_a_silent_one_is_lost_after_its_timeout(manager):
+@pytest.mark.parametrize("seldom", [False, True], ids=["often", "as-allowed"])
+async def test_a_beating_agent_stays_alive_and_a_silent_one_is_lost_after_its_timeout(manager,
+                                                                                      seldom):
     """The watchdog loop with last_heartbeat written every touch_every: an agent that keeps
-    beating, saying nothing new, is never LOST; once silent it is LOST, never before
-    heartbeat_timeout after its last heartbeat."""
+    beating, saying nothing new, is never LOST, also when it beats only as seldom as the
+    answers allow (``idle_interval``); once silent it is LOST, never before heartbeat_timeout
+    after its last heartbeat."""
     me = await caller(manager)
     ans = await manager.sessions.create(me, body("kept", resources={"cpu": "1"}))
     assert ans["status"] == "RUNNING"
@@ -1193,8 +1196,9 @@ async def test_a_beating_agent_stays_alive_and_a_silent_one_is_lost_after_its_ti
     end = time.monotonic() + 3 * manager.agents.lost_after
     while time.monotonic() < end:
         last = utcnow()
-        await manager.agents.heartbeat(beat)
-        await asyncio.sleep(0.1)
+        wait = (await manager.agents.heartbeat(beat))["idle_interval"]
+        assert 0 < wait < timeout
+        await asyncio.sleep(wait if seldom else 0.1)
     assert (await agent_row(manager))["status"] == "ALIVE"
     assert (await manager.sessions.resolve(me, "kept"))["status"] == "RUNNING"
     row = await wait_status(manager, uuid.UUID(ans["sessionId"]), {"ERROR"}, timeout=60)

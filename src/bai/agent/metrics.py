@@ -89,7 +89,7 @@ class AgentMetrics:
     def registered(self) -> bool:
         if self.last_heartbeat_ok is None:
             return False
-        limit = max(3 * self.agent.settings.heartbeat_interval, 10.0)
+        limit = max(3 * self.agent.beat_every, 10.0)
         return time.monotonic() - self.last_heartbeat_ok <= limit
 
     async def refresh(self) -> None:

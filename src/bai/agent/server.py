@@ -3,7 +3,9 @@ backend, kernel registry and manager link.
 
 Every route checks the cluster token (``X-BAI-Cluster-Token``); errors are problem JSON.
 ``Agent.start()`` recovers kernels from the backend's labels, then heartbeats every
-``heartbeat_interval``; ``Agent.stop()`` leaves kernels running (a restarted agent adopts them).
+``heartbeat_interval``, and while it has nothing new to say as seldom as the manager's last answer
+allows (its ``idle_interval``, at most twice ``heartbeat_interval``: ``Agent.beat_every``);
+``Agent.stop()`` leaves kernels running (a restarted agent adopts them).
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class Agent:
         #: this run of the agent, in its heartbeats: a manager writes a restarted agent's row
         #: at once, though it says what its previous run said
         self.instance = uuid.uuid4().hex
+        #: seconds until the next heartbeat (``_beat_after``), and the last heartbeat a manager
+        #: answered (None: the last one got no answer)
+        self.beat_every = settings.heartbeat_interval
+        self._answered: dict[str, Any] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -171,11 +177,26 @@ class Agent:
 
     async def heartbeat(self) -> dict[str, Any] | None:
         sent = self.registry.live_ids()
-        answer = await self.link.heartbeat({**self.info(), "kernels": sent})
+        payload = {**self.info(), "kernels": sent}
+        answer = await self.link.heartbeat(payload)
         self.metrics.heartbeat_answered(answer)
+        self.beat_every = self._beat_after(payload, answer)
         if answer and isinstance(answer.get("known_kernels"), list):
             await drop_unknown(self.registry, sent, answer["known_kernels"])
         return answer
+
+    def _beat_after(self, payload: dict[str, Any], answer: dict[str, Any] | None) -> float:
+        """Seconds until the next heartbeat: ``heartbeat_interval``; when this one said what
+        the last one did and both were answered, the answer's ``idle_interval`` (the manager's
+        liveness rule holds with a heartbeat that often; an idle agent's heartbeats were most
+        of an idle manager's CPU), between one and two ``heartbeat_interval``."""
+        every = self.settings.heartbeat_interval
+        quiet = answer is not None and payload == self._answered
+        self._answered = payload if answer is not None else None
+        allowed = answer.get("idle_interval") if quiet and answer else None
+        if not isinstance(allowed, (int, float)) or isinstance(allowed, bool):
+            return every
+        return min(max(every, float(allowed)), 2 * every)
 
     async def render_metrics(self) -> web.Response:
         await self.metrics.refresh()
@@ -190,7 +211,7 @@ class Agent:
                 await self.heartbeat()
             except Exception:
                 log.exception("heartbeat failed")
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            await asyncio.sleep(self.beat_every)
 
 
 # --- HTTP API ------------------------------------------------------------------------------

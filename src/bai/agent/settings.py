@@ -65,7 +65,9 @@ class AgentSettings(TomlSettings):
                         "socket of a session's service (SCM_RIGHTS) and hands it to bai's CLI, "
                         "so the apps tunnel relays nothing; empty: the manager relays")
     scaling_group: str = Field("default", description="resource group this agent belongs to")
-    heartbeat_interval: float = Field(3.0, description="seconds between heartbeats")
+    heartbeat_interval: float = Field(
+        3.0, description="seconds between heartbeats (while the agent has nothing new to say, "
+                         "as seldom as the manager allows, at most twice this)")
     # resource slot overrides (decimal strings; mem accepts sizes such as 4g)
     slot_cpu: str | None = Field(None, description="cores to offer (default: host cores)")
     slot_mem: str | None = Field(None, description="memory to offer (default: host memory)")

@@ -1,7 +1,8 @@
 """A stand-in manager for agent tests: records heartbeats and events on loopback.
 
 ``known_kernels`` (when not None) is put into every heartbeat answer, like a real manager telling
-the agent which of its kernels to keep. ``fail_events`` makes the events route answer 503 so
+the agent which of its kernels to keep; ``idle_interval`` (when not None) likewise, the seconds
+the agent may wait between heartbeats while it has nothing new to say. ``fail_events`` makes the events route answer 503 so
 retries can be observed.
 """
 
@@ -21,6 +22,7 @@ class FakeManager:
         self.heartbeats: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.known_kernels: list[str] | None = None
+        self.idle_interval: float | None = None
         self.fail_events = False
         self.refused = 0
         self._changed = asyncio.Condition()
@@ -55,6 +57,8 @@ class FakeManager:
         answer: dict[str, Any] = {"ok": True}
         if self.known_kernels is not None:
             answer["known_kernels"] = list(self.known_kernels)
+        if self.idle_interval is not None:
+            answer["idle_interval"] = self.idle_interval
         return web.json_response(answer)
 
     async def _events(self, request: web.Request) -> web.Response:
