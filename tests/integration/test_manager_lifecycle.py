@@ -1104,7 +1104,33 @@ async def test_an_unchanged_heartbeat_writes_last_heartbeat_only_every_touch_eve
     monkeypatch.setattr(agents_mod, "TOUCH_SHARE", 0.0)  # due at once
     await asyncio.sleep(0.01)
     await reg.heartbeat(BEAT)
+    if manager.store.is_sqlite:  # a heartbeat that sent no SQL: the liveness check writes it
+        await reg.check_liveness()
     assert writes and (await agent_row(manager))["last_heartbeat"] > before
+
+
+async def test_on_sqlite_the_liveness_check_writes_the_time_of_a_quiet_heartbeat(manager):
+    """On SQLite a heartbeat that says nothing new, while nothing was written since its last
+    read, sends no SQL at all, not even every touch_every: the liveness check writes its time
+    before it reads."""
+    if not manager.store.is_sqlite:
+        pytest.skip("PostgreSQL writes last_heartbeat every touch_every")
+    reg, store = manager.agents, manager.store
+    manager.settings.heartbeat_timeout = 0.03  # touch_every 0.01 s: due at every heartbeat
+    await reg.heartbeat(BEAT)
+    deadline = time.monotonic() + 60
+    while True:  # the manager's loops may end a transaction between two: then one reads
+        await asyncio.sleep(0.02)
+        sent = store.statements
+        await reg.heartbeat(BEAT)
+        if store.statements == sent:
+            break
+        assert time.monotonic() < deadline, "every unchanged heartbeat sent SQL"
+    heard = reg._seen["agent-1"].heard_at
+    assert (await agent_row(manager))["last_heartbeat"] < heard
+    manager.settings.heartbeat_timeout = 3600  # the check marks nobody LOST
+    await reg.check_liveness()
+    assert (await agent_row(manager))["last_heartbeat"] == heard
 
 
 async def test_an_unchanged_heartbeat_rewrites_the_whole_row_now_and_then_on_postgresql_only(

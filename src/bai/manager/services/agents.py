@@ -3,8 +3,9 @@
 * ``heartbeat(payload)`` registers an agent on first contact, revives a LOST one, and keeps its
   capacity (``available_slots``), address and isolation up to date. New capacity kicks the
   scheduler. A heartbeat that says nothing new writes ``last_heartbeat`` only every
-  ``touch_every`` (a third of the timeout), and on SQLite sends no SQL at all while nothing
-  was written since its last read. The answer tells the agent how seldom it may beat while it
+  ``touch_every`` (a third of the timeout); on SQLite it sends no SQL at all while nothing
+  was written since its last read, and its time is written by the next liveness check
+  (``_write_heard``: one write per check, not one per heartbeat). The answer tells the agent how seldom it may beat while it
   has nothing new to say (``idle_interval``: ``touch_every``): an idle agent's heartbeats were
   most of an idle manager's CPU (~1.2 ms each, 20 a minute).
 * ``check_liveness()`` marks agents LOST after ``settings.heartbeat_timeout`` without a
@@ -70,9 +71,8 @@ class AgentRegistry:
     async def heartbeat(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The answer to an agent's heartbeat (docs/internals.md), with ``idle_interval``: the
         seconds it may wait before the next one while it has nothing new to say,
-        ``touch_every`` (each such heartbeat then writes ``last_heartbeat``, and the liveness
-        rule is the same as with more of them: LOST ``heartbeat_timeout`` to ``lost_after``
-        after the last one)."""
+        ``touch_every`` (the liveness rule is the same as with more of them: LOST
+        ``heartbeat_timeout`` to ``lost_after`` after the last one)."""
         answer = await self._heartbeat(payload)
         answer["idle_interval"] = self.touch_every
         return answer
@@ -112,6 +112,12 @@ class AgentRegistry:
                 and (self.root.store.is_sqlite
                      or (now - seen.full_at).total_seconds() < FULL_HEARTBEAT_EVERY)):
             quiet = self._quiet(seen, report)
+            if self.root.store.is_sqlite:
+                seen.heard_at = now
+                if quiet is not None:
+                    # the answer holds and the agent is ALIVE (nothing was written since the
+                    # read that said so): its time is written when the liveness check needs it
+                    return {"ok": True, "known_kernels": list(quiet)}
             if (now - seen.touched_at).total_seconds() >= self.touch_every:
                 found = await self._touch(agent_id, now, quiet is None)
                 if found is not None:
@@ -259,7 +265,9 @@ class AgentRegistry:
         live kernels (lost earlier, handling interrupted), and the oldest heartbeat of the ALIVE
         ones (``oldest_heartbeat``: no agent can be lost before it is ``lost_after`` old,
         which lets ``Watchdogs`` skip checks till then); the write transaction is opened only
-        when there is an agent to mark (it was opened on every check, every second)."""
+        when there is an agent to mark (it was opened on every check, every second). On
+        SQLite the heartbeats this process answered without SQL are written first."""
+        await self._write_heard()
         deadline = utcnow() - timedelta(seconds=self.lost_after)
         alive = AgentStatus.ALIVE.value
         async with self.root.store.connect() as conn:
@@ -287,6 +295,25 @@ class AgentRegistry:
                             self.root.settings.heartbeat_timeout)
             await self.root.sessions.lifecycle.agent_lost(agent_id)
         return lost
+
+    async def _write_heard(self) -> None:
+        """SQLite: write ``last_heartbeat`` of the agents whose heartbeats only this process
+        knows of (``_Seen.heard_at``: quiet ones, which send no SQL), in one transaction that
+        keeps their answers standing."""
+        store = self.root.store
+        heard = [(aid, seen) for aid, seen in self._seen.items()
+                 if seen.heard_at is not None and seen.heard_at > seen.touched_at]
+        if not heard:
+            return
+        before = store.transactions
+        async with store.begin() as conn:
+            await conn.execute(_TOUCH, [{"_id": aid, "_at": seen.heard_at} for aid, seen in heard])
+            store.heartbeat_only(conn)
+        for _, seen in heard:
+            seen.touched_at = seen.heard_at
+            q = seen.quiet
+            if q is not None and q[0] == before and store.transactions == before + 1:
+                seen.quiet = (store.transactions, q[1], q[2])  # only this one ended since
 
     async def kernel_target(self, session_row: Mapping[str, Any]) -> tuple[str, str]:
         """(agent address, kernel id) of a RUNNING session's main kernel."""
@@ -328,12 +355,15 @@ TOUCH_SHARE = 1 / 3
 class _Seen:
     """What this replica knows of an agent from its heartbeats."""
 
-    __slots__ = ("values", "instance", "full_at", "touched_at", "quiet")
+    __slots__ = ("values", "instance", "full_at", "touched_at", "heard_at", "quiet")
 
     def __init__(self, values: dict[str, Any], instance: str, now: Any) -> None:
         self.values = values  #: the row as the last heartbeat said it
         self.instance = instance  #: the agent's run (a new one after a restart)
         self.full_at = self.touched_at = now  #: the whole row, last_heartbeat last written
+        #: SQLite: the last quiet heartbeat, not written yet if later than ``touched_at``
+        #: (``AgentRegistry._write_heard``, before each liveness check)
+        self.heard_at: Any = None
         #: (Store.transactions, reported kernels, known kernels) of the last answer, which
         #: holds while no transaction ended since (SQLite); None: read again
         self.quiet: tuple[int, tuple[str, ...] | None, tuple[str, ...]] | None = None
