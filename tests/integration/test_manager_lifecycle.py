@@ -334,6 +334,29 @@ async def test_the_watchdog_loop_notices_a_silent_agent_once_its_heartbeat_is_ol
     assert row["status_info"] == "agent-lost"
 
 
+async def test_on_sqlite_a_beating_agent_puts_the_next_liveness_check_off(manager):
+    """On SQLite, while nothing but heartbeats was written since the last liveness check, the
+    next one is due when the oldest heartbeat heard since of the agents ALIVE then may be too
+    old: each heartbeat puts it off, without a check. On PostgreSQL (other replicas) it stays
+    where the check's read put it."""
+    manager.settings.heartbeat_timeout = 2.0
+    await manager.agents.heartbeat(BEAT)
+    await manager.watchdogs._check_liveness()
+    due = manager.watchdogs._liveness_in()
+    await asyncio.sleep(0.3)
+    await manager.agents.heartbeat(BEAT)
+    later = manager.watchdogs._liveness_in()
+    assert (later > due) is manager.store.is_sqlite
+    # an agent that joins after the check, then falls silent, is lost while agent-1 beats on
+    await manager.agents.heartbeat({**BEAT, "agent_id": "agent-2"})
+    deadline = time.monotonic() + 60
+    while (await agent_row(manager, "agent-2"))["status"] != "LOST":
+        assert time.monotonic() < deadline, "a silent agent that joined late was never lost"
+        await manager.agents.heartbeat(BEAT)
+        await asyncio.sleep(0.1)
+    assert (await agent_row(manager))["status"] == "ALIVE"
+
+
 async def until_sleeping(dogs, more_than: float, timeout: float = 60) -> float:
     """Until the watchdog loop sleeps with more than ``more_than`` s to go (up to ``timeout``
     s); returns the seconds it then had to go (0 if it never did)."""

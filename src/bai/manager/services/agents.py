@@ -50,6 +50,10 @@ class AgentRegistry:
         #: the oldest ``last_heartbeat`` of the ALIVE agents at the last ``check_liveness``
         #: (None: none alive, or not checked yet)
         self.oldest_heartbeat: Any = None
+        #: the ALIVE agents and their ``last_heartbeat`` at the last ``check_liveness`` read,
+        #: and ``Store.changes`` as it began (``oldest_heard``)
+        self._alive_read: dict[str, Any] = {}
+        self._alive_changes = -1
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -270,9 +274,11 @@ class AgentRegistry:
         await self._write_heard()
         deadline = utcnow() - timedelta(seconds=self.lost_after)
         alive = AgentStatus.ALIVE.value
+        self._alive_changes = self.root.store.changes
         async with self.root.store.connect() as conn:
             found = (await conn.execute(_LOST_OR_STALE, {"_deadline": deadline})).all()
-            self.oldest_heartbeat = (await conn.execute(_OLDEST_HEARTBEAT)).scalar()
+            self._alive_read = dict((await conn.execute(_ALIVE_HEARTBEATS)).all())
+        self.oldest_heartbeat = min(self._alive_read.values(), default=None)
         if not found:
             return []
         stale = [aid for aid, status in found if status != alive]
@@ -295,6 +301,24 @@ class AgentRegistry:
                             self.root.settings.heartbeat_timeout)
             await self.root.sessions.lifecycle.agent_lost(agent_id)
         return lost
+
+    def oldest_heard(self) -> Any:
+        """On SQLite, while nothing but heartbeats was written since the last
+        ``check_liveness`` read (then no agent became ALIVE since): the oldest last heartbeat of
+        the agents ALIVE at that read, as this process heard them since; None otherwise, or with
+        none ALIVE. No agent can be lost before it is ``lost_after`` old: a beating agent then
+        costs the watchdogs no check at all."""
+        store = self.root.store
+        if not store.is_sqlite or store.changes != self._alive_changes:
+            return None
+        oldest = None
+        for aid, at in self._alive_read.items():
+            seen = self._seen.get(aid)
+            if seen is not None:
+                at = max(x for x in (at, seen.touched_at, seen.heard_at) if x is not None)
+            if oldest is None or at < oldest:
+                oldest = at
+        return oldest
 
     async def _write_heard(self) -> None:
         """SQLite: write ``last_heartbeat`` of the agents whose heartbeats only this process
@@ -407,7 +431,7 @@ _ALIVE_AND_KERNELS = (
     .where(agents.c.id == sa.bindparam("_agent")))
 
 # check_liveness's: the ALIVE agents past the deadline and the others that still hold live
-# kernels; the oldest heartbeat of the ALIVE ones
+# kernels; the heartbeat of each ALIVE one
 _LOST_OR_STALE = sa.select(agents.c.id, agents.c.status).where(sa.or_(
     sa.and_(agents.c.status == AgentStatus.ALIVE.value,
             agents.c.last_heartbeat < sa.bindparam("_deadline",
@@ -415,7 +439,7 @@ _LOST_OR_STALE = sa.select(agents.c.id, agents.c.status).where(sa.or_(
     sa.and_(agents.c.status != AgentStatus.ALIVE.value,
             sa.exists().where(kernels.c.agent_id == agents.c.id,
                               kernels.c.status.in_(_LIVE_NAMES)))))
-_OLDEST_HEARTBEAT = (sa.select(sa.func.min(agents.c.last_heartbeat))
+_ALIVE_HEARTBEATS = (sa.select(agents.c.id, agents.c.last_heartbeat)
                      .where(agents.c.status == AgentStatus.ALIVE.value))
 
 #: the progress events of a starting kernel, in the order an agent reports them

@@ -16,7 +16,10 @@ find something next:
 * liveness: when the oldest ALIVE heartbeat it saw is ``AgentRegistry.lost_after`` old, or an
   agent that became ALIVE after its read (its heartbeat is no older than the read, less
   ``ENTRY_SLACK``) may be: one agent beating every 3 s costs a read every ~15 s, no agent at all
-  the same;
+  the same. On SQLite, while nothing but heartbeats was written since the read, when the oldest
+  heartbeat this manager heard since of the agents ALIVE then is that old
+  (``AgentRegistry.oldest_heard``): a beating agent costs no check, only a wake-up each
+  ``lost_after`` to see that it beat;
 * deadlines: when the oldest session of a phase it saw may be past its deadline, or one that
   entered a phase after its read may be. On SQLite, where this manager is the only writer and
   counts its writes to sessions (``Store.listing_changes``), no session entered a phase while
@@ -198,6 +201,10 @@ class Watchdogs:
         read = self._liveness_read
         if read is None:
             return 0.0
+        heard = self.root.agents.oldest_heard()
+        if heard is not None:  # SQLite, no agent became ALIVE since: as their heartbeats say
+            return self._until(read, self._liveness_at,
+                               heard + timedelta(seconds=self.root.agents.lost_after))
         since = read - timedelta(seconds=ENTRY_SLACK)
         oldest = self.root.agents.oldest_heartbeat
         base = since if oldest is None else min(oldest, since)
