@@ -351,6 +351,8 @@ class Table:
         def fmt(v: float | None) -> str:
             if v is None:
                 return "-"
+            if v < 1:  # the CPU row: 0.05 % of a core is not "0.0 %"
+                return f"{v:.3f} {unit}"
             return f"{v:,.1f} {unit}" if v < 100 else f"{v:,.0f} {unit}"
 
         ratio = "-" if not slurm else f"{bai / slurm:.2f}"
