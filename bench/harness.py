@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bai.client.cli.server import _write_toml
+from bai.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -158,28 +158,6 @@ def shell_loops(command: str, n: int, env: dict[str, str], parallel: int) -> tup
     if any(codes):
         raise RuntimeError(f"a loop of {command!r} failed")
     return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-
-
-def free_port() -> int:
-    """A loopback port free now, drawn at random below the kernel's ephemeral range.
-
-    A port from ``bind(port 0)`` is an ephemeral one: until the daemon binds it, any process's
-    outgoing connection may take it (the bench smoke test runs every script at once, and CI
-    once lost a manager's port that way). Ports below the range are only ever taken by a bind.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(200):
-        port = random.randrange(10000, low) if low > 11000 else 0
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free port")
 
 
 def free_port_pair() -> tuple[int, int]:
