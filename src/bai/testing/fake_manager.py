@@ -2,8 +2,8 @@
 
 ``known_kernels`` (when not None) is put into every heartbeat answer, like a real manager telling
 the agent which of its kernels to keep; ``idle_interval`` (when not None) likewise, the seconds
-the agent may wait between heartbeats while it has nothing new to say. ``fail_events`` makes the events route answer 503 so
-retries can be observed.
+the agent may wait between heartbeats while it has nothing new to say. ``fail_events`` makes
+the events route answer 503 so retries can be observed.
 """
 
 from __future__ import annotations

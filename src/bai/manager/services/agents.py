@@ -5,9 +5,9 @@
   scheduler. A heartbeat that says nothing new writes ``last_heartbeat`` only every
   ``touch_every`` (a third of the timeout); on SQLite it sends no SQL at all while nothing
   was written since its last read, and its time is written by the next liveness check
-  (``_write_heard``: one write per check, not one per heartbeat). The answer tells the agent how seldom it may beat while it
-  has nothing new to say (``idle_interval``: ``touch_every``): an idle agent's heartbeats were
-  most of an idle manager's CPU (~1.2 ms each, 20 a minute).
+  (``_write_heard``: one write per check, not one per heartbeat). The answer tells the agent
+  how seldom it may beat while it has nothing new to say (``idle_interval``: ``touch_every``):
+  an idle agent's heartbeats were most of an idle manager's CPU (~1.2 ms each, 20 a minute).
 * ``check_liveness()`` marks agents LOST after ``settings.heartbeat_timeout`` without a
   heartbeat (``lost_after`` since the stored one, which lags by up to ``touch_every``); their
   sessions are handled by ``Lifecycle.agent_lost`` (interactive -> ERROR ``agent-lost``, batch
@@ -47,9 +47,6 @@ class AgentRegistry:
         #: agent id -> what its heartbeats said, and when its row was last written
         self._seen: dict[str, _Seen] = {}
         self._appliers = asyncio.Semaphore(EVENT_APPLIERS)
-        #: the oldest ``last_heartbeat`` of the ALIVE agents at the last ``check_liveness``
-        #: (None: none alive, or not checked yet)
-        self.oldest_heartbeat: Any = None
         #: the ALIVE agents and their ``last_heartbeat`` at the last ``check_liveness`` read,
         #: and ``Store.changes`` as it began (``oldest_heard``)
         self._alive_read: dict[str, Any] = {}
@@ -278,7 +275,6 @@ class AgentRegistry:
         async with self.root.store.connect() as conn:
             found = (await conn.execute(_LOST_OR_STALE, {"_deadline": deadline})).all()
             self._alive_read = dict((await conn.execute(_ALIVE_HEARTBEATS)).all())
-        self.oldest_heartbeat = min(self._alive_read.values(), default=None)
         if not found:
             return []
         stale = [aid for aid, status in found if status != alive]
@@ -301,6 +297,12 @@ class AgentRegistry:
                             self.root.settings.heartbeat_timeout)
             await self.root.sessions.lifecycle.agent_lost(agent_id)
         return lost
+
+    @property
+    def oldest_heartbeat(self) -> Any:
+        """The oldest ``last_heartbeat`` of the ALIVE agents at the last ``check_liveness``
+        (None: none alive, or not checked yet)."""
+        return min(self._alive_read.values(), default=None)
 
     def oldest_heard(self) -> Any:
         """On SQLite, while nothing but heartbeats was written since the last

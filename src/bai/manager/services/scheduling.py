@@ -16,8 +16,8 @@ until the earliest ``starts_at``, which the timer wakes for). On SQLite, where t
 the only writer, a look reads nothing while no transaction but heartbeats' ended since the last
 read (``Store.changes``), but for one every ``FULL_MAX`` s (an edit by hand). 5,200 sessions
 waiting for later then cost a wake-up every 10 s (PostgreSQL: and one small read) instead of a
-pass over all of them (one every 5 minutes took ~80 ms: ~16 ms of CPU a minute). Sessions created for later in a ``fifo`` group
-get their first line from their create (``first_lines``: behind the whole queue), and a look that
+pass over all of them (one every 5 minutes took ~80 ms: ~16 ms of CPU a minute). Sessions
+created for later in a ``fifo`` group get their first line from their create (``first_lines``: behind the whole queue), and a look that
 finds the fingerprint changed by such creates alone (``SchedulerLoop._absorb``) runs no pass:
 an array of 5,000 for later costs no pass over the queue, nor a line and an event each from one.
 Placements are written in chunks (``PLACE_CHUNK``), set-based: each chunk's sessions and agents are
