@@ -125,22 +125,69 @@ async def test_a_statement_is_one_trip_to_the_thread(tmp_path, trips):
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/s.db")
     try:
         async with store.begin() as conn:
-            await conn.execute(sa.select(sa.literal(1)))  # BEGIN IMMEDIATE, then this
             trips[0] = 0
-            assert (await conn.execute(sa.select(sa.literal(2)))).scalar() == 2
+            await conn.execute(sa.select(sa.literal(1)))  # BEGIN IMMEDIATE goes with this
             assert trips[0] == 1
+            assert (await conn.execute(sa.select(sa.literal(2)))).scalar() == 2
+            assert trips[0] == 2
             await conn.execute(sa.text("CREATE TABLE t (x)"))
             await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
-            assert trips[0] == 3
+            assert trips[0] == 4
             trips[0] = 0
         pooled = not isinstance(store.engine.pool, sa.pool.NullPool)  # (SQLAlchemy < 2.0.38)
         assert trips[0] == 1 or not pooled  # the commit; the pool's reset has nothing to undo
         trips[0] = 0
-        async with store.connect() as conn:  # a read: BEGIN, SELECT, ROLLBACK
+        async with store.connect() as conn:  # a read: BEGIN with the SELECT, ROLLBACK
             assert (await conn.execute(sa.text("SELECT x FROM t"))).scalar() == 1
-        assert trips[0] == 3 or not pooled
+        assert trips[0] == 2 or not pooled
+        # a transaction that sent nothing: no BEGIN, no COMMIT or ROLLBACK; and the next one
+        # begins once
+        trips[0] = 0
+        async with store.begin():
+            pass
+        assert trips[0] == 0 or not pooled
+        async with store.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+        trips[0] = 0
+        with pytest.raises(LookupError):  # the same, rolled back
+            async with store.begin():
+                raise LookupError
+        assert trips[0] == 0 or not pooled
+        async with store.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t VALUES (3)"))
+        async with store.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 3
     finally:
         await store.close()
+
+
+async def test_a_begin_that_fails_fails_the_first_statement(tmp_path):
+    # BEGIN IMMEDIATE goes with the transaction's first statement: the lock it could not take
+    # is that statement's error, and the transaction wrote nothing
+    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
+    first = Store(url)
+    second = Store(url)
+
+    @sa.event.listens_for(second.engine.sync_engine, "connect")
+    def _impatient(dbapi_conn, _record):  # after the store's own busy_timeout
+        dbapi_conn.cursor().execute("PRAGMA busy_timeout=50")
+
+    try:
+        async with first.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+        async with first.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+            with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                async with second.begin() as other:
+                    await other.execute(sa.text("INSERT INTO t VALUES (2)"))
+        async with second.begin() as conn:  # the lock is free: the same connection goes on
+            await conn.execute(sa.text("INSERT INTO t VALUES (3)"))
+        async with first.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT x FROM t ORDER BY x"))).all() == [
+                (1,), (3,)]
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_read_returned_to_the_pool_is_rolled_back(tmp_path):

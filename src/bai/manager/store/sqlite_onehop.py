@@ -10,6 +10,13 @@ loop gets all of it back in one answer. ``COMMIT`` and ``ROLLBACK`` stay one tri
 pool's reset of a connection whose last statement left no transaction open (after a commit, say)
 costs none: SQLite would do nothing with it.
 
+A ``BEGIN`` (``BEGIN IMMEDIATE`` for writers, ``store/engine.py``) answers nothing a caller
+reads, so it is not sent alone: it goes ahead of the transaction's first statement, in that
+statement's trip (a write transaction one trip fewer). A transaction that sends no statement
+sends no ``BEGIN`` either, and its ``COMMIT`` or ``ROLLBACK`` costs no trip. What a failing
+``BEGIN`` raises (``database is locked`` after the busy timeout) is then raised by that first
+statement.
+
 Nothing else changes: the SQL sent, the errors (the ``sqlite3`` exceptions, wrapped by SQLAlchemy
 into ``IntegrityError`` and the rest as before), transactions, savepoints and ``BEGIN IMMEDIATE``
 (all plain statements), the busy timeout (SQLite's, on that thread), and a cancel (the awaiting
@@ -31,8 +38,16 @@ from typing import Any
 from sqlalchemy.util.concurrency import await_only
 
 
-def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> tuple:
-    """On the SQLite thread: the whole statement, rows included."""
+#: what a transaction's ``BEGIN`` is sent as (``store/engine.py``): held for the next trip
+_BEGINS = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
+
+
+def _run(conn: sqlite3.Connection, ahead: list[str], operation: str, parameters: Any,
+         many: bool) -> tuple:
+    """On the SQLite thread: the statements held ``ahead`` (a ``BEGIN``), then the whole
+    statement, rows included."""
+    for held in ahead:
+        conn.execute(held).close()
     cur = conn.cursor()
     try:
         if many:
@@ -67,9 +82,16 @@ class OneHopCursor:
 
     def _go(self, operation: str, parameters: Any, many: bool) -> None:
         adapt = self._adapt_connection
+        if operation in _BEGINS and not parameters and not many:
+            adapt._ahead.append(operation)  # sent with the next statement
+            self.description, self.rowcount, self.lastrowid = None, -1, None
+            self._rows.clear()
+            return
+        ahead, adapt._ahead = adapt._ahead, []
         try:
             aio = adapt._connection
-            result = await_only(aio._execute(_run, aio._conn, operation, parameters, many))
+            result = await_only(aio._execute(_run, aio._conn, ahead, operation, parameters,
+                                             many))
         except BaseException as error:
             adapt._idle = False  # whatever the thread did, the next rollback undoes it
             if isinstance(error, Exception):
@@ -154,17 +176,28 @@ def dbapi() -> Any:
         #: rollback (the pool's reset on every return) has nothing to undo
         _idle = False
 
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            #: a ``BEGIN`` not sent yet: it goes with the next statement
+            self._ahead: list[str] = []
+
         def cursor(self, server_side: bool = False):
             if server_side:
+                if self._ahead:  # that cursor's statements go their own way: BEGIN first
+                    OneHopCursor(self).execute("SELECT 1")
                 self._idle = False  # statements we do not see: assume a transaction
                 return super().cursor(server_side=True)
             return OneHopCursor(self)
 
         def commit(self) -> None:
+            self._ahead.clear()  # a BEGIN with nothing after it: nothing to commit
+            if self._idle:
+                return
             super().commit()
             self._idle = True
 
         def rollback(self) -> None:
+            self._ahead.clear()
             if self._idle:
                 return
             super().rollback()
