@@ -1,6 +1,7 @@
 """The express path's lean stand-ins for heavy standard modules stay equal to them
 (``bai.common.signing`` for hashlib/hmac/datetime, ``bai.client.jsonwire`` for json,
-``bai.client.blocking`` on ``_socket``), and the path does not import the heavy ones again."""
+``bai.client.blocking`` on ``_socket``), and the path does not import the heavy ones again;
+``lean_import`` loads the path's modules as ``importlib`` would, from the same byte code."""
 
 from __future__ import annotations
 
@@ -167,3 +168,153 @@ def test_the_websocket_handshake_is_base64_and_sha1():
     wrong = base64.b64encode(hashlib.sha1(b"x" + key.encode() + http1.WS_GUID).digest()).decode()
     assert wrong != accept
     assert not http1.ws_accept_ok(key, [("sec-websocket-accept", wrong)])
+
+
+# -- lean_import: the express path's modules without importlib's search ----------------------
+
+_ATTRS = (
+    "import sys\n"
+    "def attrs(name):\n"
+    "    m = sys.modules[name]\n"
+    "    parent, _, leaf = name.rpartition('.')\n"
+    "    s = m.__spec__\n"
+    "    return {'keys': sorted(vars(m)), 'file': m.__file__, 'cached': m.__cached__,\n"
+    "            'package': m.__package__, 'path': getattr(m, '__path__', None),\n"
+    "            'loader': (type(m.__loader__).__name__, m.__loader__.name, m.__loader__.path),\n"
+    "            'spec': (s.name, s.origin, s.cached, s.parent, s.has_location,\n"
+    "                     s.submodule_search_locations, s.loader is m.__loader__),\n"
+    "            'in parent': getattr(sys.modules[parent], leaf) is m,\n"
+    "            'co_filename': [f.__code__.co_filename for f in vars(m).values()\n"
+    "                            if getattr(f, '__module__', None) == name\n"
+    "                            and hasattr(f, '__code__')][:1]}\n"
+)
+
+
+def test_the_express_start_loads_its_modules_as_importlib_does(fake):  # noqa: F811
+    fake.knobs["create_status"] = "PENDING"
+    from bai.client.cli.main import EXPRESS_MODULES
+
+    names = [*EXPRESS_MODULES, "bai.client.cli.progress"]
+    code = _ATTRS + (
+        "from bai.client.cli import main\n"
+        "try:\n"
+        "    main.main(['start', '-q', '--enqueue-only', '--starts-at', '2h', 'python'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('LEAN', main.LEAN_LOADED)\n"
+        f"print('ATTRS', {{n: attrs(n) for n in {names!r}}})\n"
+    )
+    # byte code written by the first run (ordinary imports) is what the second one reads
+    env = {k: v for k, v in os.environ.items()
+           if "proxy" not in k.lower() and k != "PYTHONDONTWRITEBYTECODE"}
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env=env, timeout=60)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
+                 if line.startswith(("LEAN ", "ATTRS ")))
+    assert eval(lines["LEAN"]) == names, done.stdout + done.stderr  # noqa: S307
+    lean = eval(lines["ATTRS"])  # noqa: S307 - our own dict's repr
+    plain = subprocess.run(
+        [sys.executable, "-c", _ATTRS + "import importlib\n"
+         f"for n in {names!r}:\n    importlib.import_module(n)\n"
+         f"print({{n: attrs(n) for n in {names!r}}})\n"],
+        capture_output=True, text=True, check=True, env=env, timeout=60)
+    assert lean == eval(plain.stdout)  # noqa: S307
+    assert lean["bai.common"]["path"] and lean["bai.client.cli.express"]["co_filename"]
+
+
+def _package(root, name: str, files: dict[str, str]) -> None:
+    for rel, text in {"__init__.py": "", **files}.items():
+        path = root / name / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _lean(monkeypatch, root, names: tuple[str, ...]) -> list[str]:
+    """The modules ``lean_import(names)`` loaded itself (the package imported first)."""
+    from bai.client.cli import main
+
+    monkeypatch.syspath_prepend(str(root))
+    for name in list(sys.modules):
+        if name.startswith(names[0].split(".")[0]):
+            monkeypatch.delitem(sys.modules, name)
+    __import__(names[0].rpartition(".")[0])
+    monkeypatch.setattr(main, "LEAN_LOADED", [])
+    main.lean_import(names)
+    return main.LEAN_LOADED
+
+
+def _set_mtime(path, seconds: int) -> None:
+    os.utime(path, (seconds, seconds))
+
+
+def test_lean_import_reads_the_byte_code_importlib_would_read(tmp_path, monkeypatch):
+    import py_compile
+
+    _package(tmp_path, "leanpkg1", {"a.py": "X = 'a'\ndef f():\n    pass\n",
+                                    "sub/__init__.py": "Y = 'sub'\n"})
+    for rel in ("a.py", "sub/__init__.py"):
+        src = tmp_path / "leanpkg1" / rel
+        # compiled elsewhere: the code's file name is put right, as importlib does
+        py_compile.compile(str(src), dfile="/elsewhere/x.py", doraise=True)
+    assert _lean(monkeypatch, tmp_path, ("leanpkg1.a", "leanpkg1.sub")) == ["leanpkg1.a",
+                                                                           "leanpkg1.sub"]
+    pkg = sys.modules["leanpkg1"]
+    assert pkg.a.X == "a" and pkg.sub.Y == "sub" and pkg.sub is sys.modules["leanpkg1.sub"]
+    assert pkg.a.f.__code__.co_filename == str(tmp_path / "leanpkg1" / "a.py")
+    assert pkg.sub.__path__ == [str(tmp_path / "leanpkg1" / "sub")]
+    _package(tmp_path, "leanpkg1", {"sub/c.py": "Z = 1\n"})  # the package's own imports work
+    assert __import__("leanpkg1.sub.c").sub.c.Z == 1
+    main = sys.modules["bai.client.cli.main"]
+    main.lean_import(("leanpkg1.a",))  # already imported: left as it is
+    assert main.LEAN_LOADED == ["leanpkg1.a", "leanpkg1.sub"]
+
+
+@pytest.mark.parametrize("change", ["source newer", "same time, other size", "other magic",
+                                    "hash-based", "no byte code", "not a module"])
+def test_lean_import_leaves_to_importlib_what_it_should_not_read(tmp_path, monkeypatch,
+                                                                  change):
+    import importlib.util
+    import py_compile
+
+    name = f"leanpkg_{change.replace(' ', '_').replace(',', '')}"
+    _package(tmp_path, name, {"a.py": "X = 'old'\n"})
+    src = tmp_path / name / "a.py"
+    _set_mtime(src, 1_700_000_000)
+    mode = (py_compile.PycInvalidationMode.CHECKED_HASH if change == "hash-based"
+            else py_compile.PycInvalidationMode.TIMESTAMP)
+    cached = py_compile.compile(str(src), doraise=True, invalidation_mode=mode)
+    want = "old"
+    if change == "source newer":
+        src.write_text("X = 'new'\n")  # as long as before
+        want = "new"
+    elif change == "same time, other size":
+        src.write_text("X = 'newer'\n")
+        _set_mtime(src, 1_700_000_000)
+        want = "newer"
+    elif change == "other magic":
+        data = bytearray(open(cached, "rb").read())
+        data[0] ^= 1
+        open(cached, "wb").write(bytes(data))
+    elif change == "no byte code":
+        os.remove(cached)
+    elif change == "not a module":
+        src.unlink()
+        with pytest.raises(ModuleNotFoundError):
+            _lean(monkeypatch, tmp_path, (f"{name}.a",))
+        return
+    assert importlib.util.cache_from_source(str(src)) == cached
+    assert _lean(monkeypatch, tmp_path, (f"{name}.a",)) == []
+    assert sys.modules[f"{name}.a"].X == want
+    assert sys.modules[name].a is sys.modules[f"{name}.a"]
+
+
+def test_a_module_that_fails_is_not_left_half_imported(tmp_path, monkeypatch):
+    import py_compile
+
+    _package(tmp_path, "leanpkg_fails", {"a.py": "X = 1\nraise RuntimeError('boom')\n"})
+    py_compile.compile(str(tmp_path / "leanpkg_fails" / "a.py"), doraise=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        _lean(monkeypatch, tmp_path, ("leanpkg_fails.a",))
+    assert "leanpkg_fails.a" not in sys.modules
+    assert not hasattr(sys.modules["leanpkg_fails"], "a")
