@@ -16,11 +16,13 @@ Without ``--runtime`` it measures the process runtime, and the docker runtime as
 ``DOCKER_HOST`` is set (the docker engine must hold the image ``python:3.11-debian12``).
 Targets: process median <= 150 ms, docker median <= 600 ms.
 
-    python bench/hello_world.py [--baseline DIR] [--vs-srun] [--runs 20]
+    python bench/hello_world.py [--baseline DIR] [--vs-srun] [--runs 20] [--block N]
 
 interleaves this checkout's whole command run by run with another checkout's (``DIR``, e.g.
 ``git worktree add --detach /tmp/base main``) and/or with ``srun python3 -c 'print(1)'`` on the
-side-by-side bench's single-node Slurm (issue 13: bai <= 0.7x srun), and prints the ratios.
+side-by-side bench's single-node Slurm (issue 13: bai <= 0.7x srun), and prints the ratios
+(and the daemons' CPU per run of each bai side). ``--block N``: N runs of a side in a row per
+round, back to back as a loop of runs goes (each then pays for what the one before left to do).
 
     python bench/hello_world.py --isolation-cost [--runs 20]
 
@@ -144,7 +146,8 @@ def isolation_cost(runs: int, warmup: int) -> None:
             st.stop()
 
 
-def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool) -> None:
+def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool,
+            block: int = 1) -> None:
     """This checkout's whole command, interleaved run by run with a baseline checkout's
     (``--baseline DIR``: its ``src`` first on PYTHONPATH, for its daemons and its CLI) and/or
     with ``srun python3 -c 'print(1)'`` on the side-by-side bench's single-node Slurm
@@ -160,6 +163,7 @@ def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool) -> None
         slurm = daemons.enter_context(SlurmCluster()) if vs_srun and not why else None
         sides: dict[str, tuple[list[str], dict[str, str]]] = {}
         stack = daemons.enter_context(EmbeddedStack(runtime="process", slots=["cpu=64"]))
+        base = None
         sides["bai"] = ([CLI, "run", "--rm", "-c", "print(1)", "python"], stack.env)
         if baseline:
             base = daemons.enter_context(EmbeddedStack(
@@ -169,21 +173,33 @@ def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool) -> None
         if slurm is not None:
             sides["srun"] = (["srun", "python3", "-c", "print(1)"], slurm.env)
         print_conditions("hello world, interleaved", runtime="process", db="SQLite (embedded)",
-                         runs=runs, warmup=warmup, baseline=baseline or "-",
+                         runs=runs, warmup=warmup, baseline=baseline or "-", block=block,
                          slurm=slurm.version() if slurm else "not measured",
                          command=f"{os.path.basename(CLI)} run --rm -c 'print(1)' python")
         walls: dict[str, list[float]] = {k: [] for k in sides}
         order = list(sides)
-        for i in range(warmup + runs):
+        stacks = {"bai": stack, "bai baseline": base} if baseline else {"bai": stack}
+        cpu = {k: 0.0 for k in stacks}
+        for i in range(warmup + runs // block):
             # the order turns each round, so that no side ever runs right after itself (its
-            # agent refills the runner pool after a run: the run after it would pay for that)
+            # agent refills the runner pool after a run: the run after it would pay for that);
+            # with ``block`` > 1 each side runs that many times in a row (back to back, as a
+            # loop of runs does: each pays for what the one before it left to do)
             turn = i % len(order)
             for k in order[turn:] + order[:turn]:
-                wall = timed_cmd(*sides[k])
-                if i >= warmup:
-                    walls[k].append(wall)
+                st = stacks.get(k)
+                before = st and sum(cpu_seconds(st.pid(d)) for d in ("manager", "agent"))
+                for _ in range(block if i >= warmup else 1):
+                    wall = timed_cmd(*sides[k])
+                    if i >= warmup:
+                        walls[k].append(wall)
+                if st and i >= warmup:
+                    cpu[k] += sum(cpu_seconds(st.pid(d)) for d in ("manager", "agent")) - before
         for k in order:
             print(line(f"whole command, {k}", walls[k]))
+        for k in stacks:
+            print(f"CPU per run of the manager and agent (kernel runners they reaped included), "
+                  f"{k}: {cpu[k] * 1000 / max(1, len(walls[k])):.1f} ms")
         med = {k: statistics.median(v) for k, v in walls.items()}
         for k in order[1:]:
             print(f"bai / {k} (medians): {med['bai'] / med[k]:.2f}"
@@ -200,11 +216,13 @@ def main() -> None:
                     help="process runtime with and without the sandbox, interleaved")
     ap.add_argument("--baseline", metavar="DIR",
                     help="interleave with the checkout in DIR (e.g. a worktree of main)")
+    ap.add_argument("--block", type=int, default=1, metavar="N",
+                    help="with --baseline/--vs-srun: each side runs N times in a row per round")
     ap.add_argument("--vs-srun", action="store_true",
                     help="interleave with srun on the side-by-side bench's Slurm")
     args = ap.parse_args()
     if args.baseline or args.vs_srun:
-        compare(args.runs, args.warmup, args.baseline, args.vs_srun)
+        compare(args.runs, args.warmup, args.baseline, args.vs_srun, max(1, args.block))
         return
     if args.isolation_cost:
         isolation_cost(args.runs, args.warmup)
