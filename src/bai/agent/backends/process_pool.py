@@ -75,13 +75,34 @@ def proc_start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children, as the kernel lists them (``/proc/PID/task/TID/children``
+    of each thread): psutil's ``children()`` reads the stat of every process on the host to
+    find them (~5 ms with 300 processes, on the path of every destroy); psutil's where the
+    kernel keeps no such list (built without ``CONFIG_PROC_CHILDREN``)."""
+    if not PROC_CHILDREN:
+        with contextlib.suppress(psutil.Error):
+            return [c.pid for c in psutil.Process(pid).children()]
+        return []
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    found += [int(c) for c in f.read().split()]
+    return found
+
+
+#: whether the kernel lists each thread's children (``children``)
+PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid``'s children (a sandbox's PID namespace init among them: its namespace
     dies with it) and then ``pid``'s process group."""
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(pid).children():
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+    for child in children(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
