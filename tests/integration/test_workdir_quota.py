@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bai.agent.mounts import make_shared, mountinfo_below
 from bai.agent.quota import (IMAGE, MIN_BYTES, PREZEROED, RECYCLE_MAX_BYTES, RECYCLE_MAX_FILES,
                             SPARES, TEMPLATES, WorkdirQuota, remove_folder)
 
@@ -126,6 +127,45 @@ def test_a_work_dir_filesystem_with_much_written_is_not_recycled(tmp_path: Path)
     finally:
         for k in (many, big):
             remove_folder(k)
+
+
+def _propagation(work: Path) -> list[bytes]:
+    [(_, fields)] = mountinfo_below(work)
+    return [o for o in fields[6:fields.index(b"-")] if o.startswith((b"shared:", b"master:"))]
+
+
+def test_a_pooled_runner_s_shared_work_dir_filesystem_is_recycled_private(
+        tmp_path: Path) -> None:
+    """A pre-started runner's work dir is shared (``make_shared``, so that folders reach its
+    sandbox later): once its kernel is gone its filesystem is kept as any other's, and comes
+    back private; a mount that receives from another (a slave) is not kept."""
+    quota = _recycler(tmp_path)
+    pooled, slave, other = tmp_path / "k1", tmp_path / "k2", tmp_path / "k3"
+    peer = tmp_path / "peer"
+    try:
+        for k in (pooled, slave, other):
+            (k / "work").mkdir(parents=True)
+            quota.attach(k / "work", 32 * 2**20)
+        make_shared(pooled / "work")
+        (pooled / "work" / "f").write_text("the kernel's")
+        assert _propagation(pooled / "work")[0].startswith(b"shared:")
+        make_shared(other / "work")  # a peer outside the folder, then a slave of it
+        peer.mkdir()
+        subprocess.run(["mount", "--bind", str(other / "work"), str(peer)], check=True)
+        subprocess.run(["mount", "--make-slave", str(other / "work")], check=True)
+        assert _propagation(other / "work")[0].startswith(b"master:")
+        assert quota.recycle(pooled)
+        assert not quota.recycle(other)
+        assert quota.reuse(slave / "again", 32 * 2**20)
+        assert _propagation(slave / "again" / "work") == []
+        assert os.listdir(slave / "again" / "work") == []
+    finally:
+        if peer.exists():
+            subprocess.run(["umount", "-l", str(peer)], check=False)
+        for k in (pooled, slave, other):
+            if k.exists():
+                remove_folder(k)
+        quota.drop_spares()
 
 
 def test_kept_filesystems_are_unmounted_when_dropped(tmp_path: Path) -> None:

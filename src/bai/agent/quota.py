@@ -316,8 +316,10 @@ class WorkdirQuota:
 
 def _only_private_mount(folder: Path, work: Path) -> bool:
     """Whether ``work`` is the only mount at or beneath ``folder``, and a private one (not in
-    a peer group: nothing mounted there elsewhere would show up in it)."""
-    from bai.agent.mounts import mountinfo_below
+    a peer group: nothing mounted there elsewhere would show up in it). A pre-started runner's
+    work dir is shared in a peer group of its own (``mounts.make_shared``; its sandbox's copy
+    was a slave of it, gone with the sandbox): it is made private here, and then is one."""
+    from bai.agent.mounts import _MS_PRIVATE, _mount, mountinfo_below
 
     try:
         found = mountinfo_below(folder)
@@ -330,7 +332,14 @@ def _only_private_mount(folder: Path, work: Path) -> bool:
         optional = fields[6:fields.index(b"-")]
     except ValueError:
         return False
-    return not any(o.startswith((b"shared:", b"master:")) for o in optional)
+    if any(o.startswith(b"master:") for o in optional):
+        return False
+    if any(o.startswith(b"shared:") for o in optional):
+        try:
+            _mount(None, str(work), _MS_PRIVATE)
+        except OSError:
+            return False
+    return True
 
 
 def _remove_entry(entry: os.DirEntry) -> None:
