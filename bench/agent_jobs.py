@@ -18,12 +18,23 @@ set going there, plus whatever else the machine does meanwhile); "bai ms/job" ad
 client's (the CLI, or this process while it submits through the SDK). On a shared machine the
 whole machine's figure counts others' work too: compare "bai". Then the idle CPU of the
 pre-started runners over ``--idle-seconds``.
+
+Each side starts in a mount namespace of its own (where root may make one): one side's mounts
+(64 kept work dir filesystems) would otherwise be in the other's sandboxes' tables.
+Where cgroup v1's cpuacct (or cgroup v2) is writable, each side's daemons start in a cgroup of
+their own and make their kernels' cgroups under one of their own (``BAI_AGENT_CGROUP_PARENT``):
+"daemons+children" is everything the stack ran outside its kernels' cgroups (manager, agent,
+bwrap's processes while they set a sandbox up, before it joins the kernel's cgroups), "kernel
+cgroups" what ran in them (setpriv, the command); "bai, all ms/job" adds those two, the kernel
+threads and the client: the exact figure (the /proc one misses what bwrap's processes ran,
+which no one waits for).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import time
 import uuid
@@ -34,6 +45,75 @@ from slurm_side_by_side import Bai, machine_cpu_s, timed_cmd, wait_drained, CLI
 
 #: ``flags`` of /proc/PID/stat: a kernel thread
 PF_KTHREAD = 0x00200000
+CPUACCT_V1 = Path("/sys/fs/cgroup/cpuacct")
+CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x00020000, 0x4000, 1 << 18
+
+
+class CpuCgroup:
+    """A cgroup of ours whose CPU (with its children cgroups', also removed ones) is read:
+    cgroup v1's cpuacct or v2; ``path`` is its name under the hierarchy's root."""
+
+    def __init__(self, name: str) -> None:
+        v1 = (CPUACCT_V1 / "cpuacct.usage").exists()
+        self.root = CPUACCT_V1 if v1 else Path("/sys/fs/cgroup")
+        self.dir = self.root / name
+        self.dir.mkdir(exist_ok=True)
+        self.v1 = v1
+
+    def join(self, pid: int) -> None:
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def cpu_s(self) -> float:
+        if self.v1:
+            return int((self.dir / "cpuacct.usage").read_text()) / 1e9
+        stat = dict(line.split() for line in (self.dir / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"]) / 1e6
+
+    def remove(self) -> None:
+        """Remove it, and what the agent made of that name in v1's other hierarchies."""
+        tops = Path("/sys/fs/cgroup").glob(f"*/{self.dir.name}") if self.v1 else [self.dir]
+        for top in tops:
+            for d in sorted([*top.rglob("*"), top], key=lambda p: -len(p.parts)):
+                if d.is_dir():
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+
+
+def cpu_cgroups(tag: str) -> tuple[CpuCgroup, CpuCgroup] | None:
+    """(the daemons', the kernels' parent) for one side, or None where cgroups are not ours."""
+    try:
+        return CpuCgroup(f"bai-bench-{os.getpid()}-{tag}"), CpuCgroup(
+            f"bai-bench-{os.getpid()}-{tag}-kernels")
+    except OSError:
+        return None
+
+
+def own_mount_namespace() -> bool:
+    """Move this process into a mount namespace of its own (a private copy of its current
+    one), so that a stack started next keeps its mounts (work dir filesystems) from the other
+    side's table, as on a host with one agent: every sandbox copies its agent's table and bwrap
+    reads it for each of its mounts. False where that is refused (not root, threads)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return False
+    return libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+
+
+@contextlib.contextmanager
+def started_in(cg: CpuCgroup | None):
+    """What this process starts meanwhile starts in ``cg`` (it moves there and back)."""
+    if cg is None:
+        yield
+        return
+    home = Path(f"/proc/{os.getpid()}/cgroup").read_text()
+    cg.join(os.getpid())
+    try:
+        yield
+    finally:
+        for line in home.splitlines():
+            _, ctl, path = line.split(":", 2)
+            if (cg.v1 and "cpuacct" in ctl.split(",")) or (not cg.v1 and ctl == ""):
+                (cg.root / path.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def kernel_threads() -> dict[tuple[int, str], int]:
@@ -49,9 +129,11 @@ def kernel_threads() -> dict[tuple[int, str], int]:
     return out
 
 
-def measure(bai: Bai, n: int, timeout: float, sdk: bool = False) -> dict[str, float]:
+def measure(bai: Bai, n: int, timeout: float, sdk: bool = False,
+            cgs: tuple[CpuCgroup, CpuCgroup] | None = None) -> dict[str, float]:
     stack = bai.stack
     mgr, agent = stack.pid("manager"), stack.pid("agent")
+    g0 = [cg.cpu_s() for cg in cgs] if cgs else []
     c0, kt0 = machine_cpu_s(), kernel_threads()
     m0, a0, k0 = cpu_seconds(mgr), cpu_seconds(agent, children=False), cpu_seconds(agent)
     cli0 = os.times()
@@ -81,6 +163,12 @@ def measure(bai: Bai, n: int, timeout: float, sdk: bool = False) -> dict[str, fl
                           - cli0.system) * 1000 / n,
     }
     out["bai ms/job"] = sum(v for k, v in out.items() if k not in ("jobs/s", "machine CPU ms/job"))
+    if cgs:
+        daemons, kernels = ((cg.cpu_s() - g) * 1000 / n for cg, g in zip(cgs, g0))
+        out["daemons+children ms/job"] = daemons
+        out["kernel cgroups ms/job"] = kernels
+        out["bai, all ms/job"] = (daemons + kernels + out["kernel threads ms/job"]
+                                  + out["client ms/job"])
     return out
 
 
@@ -131,10 +219,18 @@ def main() -> None:
         base_env["PYTHONPATH"] = str(Path(args.baseline, "src").resolve())
     with contextlib.ExitStack() as daemons:
         sides = {}
-        if base_env:
-            sides["before"] = daemons.enter_context(
-                EmbeddedStack(runtime="process", slots=["cpu=64"], extra_env=base_env))
-        sides["after"] = daemons.enter_context(EmbeddedStack(runtime="process", slots=["cpu=64"]))
+        cgs = {}
+        for name, env in ([("before", base_env)] if base_env else []) + [("after", {})]:
+            cgs[name] = cpu_cgroups(name)
+            if cgs[name] is not None:
+                daemons.callback(cgs[name][1].remove)
+                daemons.callback(cgs[name][0].remove)
+                env = {**env, "BAI_AGENT_CGROUP_PARENT": cgs[name][1].dir.name}
+            if not own_mount_namespace() and base_env:
+                print(f"   {name}: in the mount namespace of the other side")
+            with started_in(cgs[name][0] if cgs[name] else None):
+                sides[name] = daemons.enter_context(
+                    EmbeddedStack(runtime="process", slots=["cpu=64"], extra_env=env))
         for name, stack in sides.items():
             if "isolation NOT enforced" in stack.start_output:
                 print(f"   {name}: sandbox NOT in force; figures do not count")
@@ -149,7 +245,7 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
         for r in range(args.rounds):
             for name, b in bais.items():
-                results[name].append(measure(b, args.jobs, args.timeout, args.sdk))
+                results[name].append(measure(b, args.jobs, args.timeout, args.sdk, cgs[name]))
                 print_rounds(results, r, name)
         idle = {k: idle_runners(s, args.idle_seconds) for k, s in sides.items()}
         print_medians(results, 22, 1)
