@@ -168,14 +168,19 @@ def test_a_pooled_runner_s_shared_work_dir_filesystem_is_recycled_private(
         quota.drop_spares()
 
 
-def test_kept_filesystems_are_unmounted_when_dropped(tmp_path: Path) -> None:
+def test_kept_filesystems_are_in_no_mount_table_and_gone_when_dropped(tmp_path: Path) -> None:
+    """A kept filesystem is held by the agent, detached: no mount table lists it (every
+    sandbox copies the agent's and reads it again for each of its mounts), its loop device
+    stays; dropped, both are gone."""
     quota = _recycler(tmp_path)
     k = tmp_path / "k"
     (k / "work").mkdir(parents=True)
     quota.attach(k / "work", 32 * 2**20)
     assert quota.recycle(k)
     (kept,) = (tmp_path / SPARES).iterdir()
-    assert os.path.ismount(kept / "work")
+    assert not os.path.ismount(kept / "work")
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+    assert loops_of(kept / IMAGE)
     quota.drop_spares()
     assert not kept.exists() and not loops_of(kept / IMAGE)
     assert not quota.reuse(tmp_path / "k2", 32 * 2**20)
