@@ -3,17 +3,22 @@ group, domain: read with the keypair and the group), and its wait for the sessio
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import sqlalchemy as sa
 from test_manager_lifecycle import body, caller, manager  # noqa: F401
+from test_sqlite_onehop import trips  # noqa: F401
 
 from bai.common.errors import InvalidAPIParameters, QuotaExceeded
 from bai.manager.store.tables import (
     agents,
     domains,
     groups,
+    kernels,
     keypair_resource_policies,
     scaling_groups,
+    session_history,
     sessions,
 )
 
@@ -218,3 +223,24 @@ async def test_a_resource_group_read_by_a_create_stands_until_its_agents_or_it_c
                            .values(is_active=False))
     with pytest.raises(InvalidAPIParameters, match="unknown resource group .*'lone'"):
         await manager.sessions.create(me, body("lone-2", scalingGroup="lone", **later))
+
+
+async def test_an_enqueue_only_create_on_sqlite_is_few_trips_to_its_thread(
+        manager, trips):  # noqa: F811
+    # BEGIN IMMEDIATE with the first read, the session, kernel and history with the commit
+    # (store/sqlite_onehop.py): the reads and one trip
+    if manager.store.engine.dialect.driver != "aiosqlite":
+        pytest.skip("SQLite's thread only")
+    me = await caller(manager)
+    later = {"enqueueOnly": True, "startsAt": "2h"}
+    await manager.sessions.create(me, body("trips-0", **later))  # what the caches keep
+    trips[0] = 0
+    ans = await manager.sessions.create(me, body("trips-1", **later))
+    assert trips[0] == 3  # the owner's read, the queue's (first_lines), the writes and COMMIT
+    sid = uuid.UUID(ans["sessionId"])
+    async with manager.store.connect() as conn:
+        got = (await conn.execute(sa.select(sessions.c.name, kernels.c.status, sa.func.count(
+            session_history.c.id)).join(kernels, kernels.c.session_id == sessions.c.id)
+            .join(session_history, session_history.c.session_id == sessions.c.id)
+            .where(sessions.c.id == sid).group_by(sessions.c.id, kernels.c.id))).all()
+    assert got == [("trips-1", "PENDING", 1)]

@@ -14,7 +14,7 @@ import aiosqlite
 import pytest
 import sqlalchemy as sa
 
-from bai.manager.store.engine import Store
+from bai.manager.store.engine import LATER, Store
 
 pytestmark = pytest.mark.skipif(
     __import__("bai.manager.store.sqlite_onehop", fromlist=["dbapi"]).dbapi() is None,
@@ -271,3 +271,56 @@ async def test_a_writer_of_another_store_waits_for_the_lock_on_the_thread(tmp_pa
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_write_whose_result_is_unread_goes_with_the_next_trip(tmp_path, trips):
+    later = items.insert().execution_options(**LATER)
+    stores = {one_hop: Store(f"sqlite+aiosqlite:///{tmp_path}/w{one_hop}.db", one_hop=one_hop)
+              for one_hop in (True, False)}
+    try:
+        seen = {}
+        for one_hop, store in stores.items():
+            async with store.begin() as conn:
+                await conn.run_sync(items.metadata.create_all)
+            async with store.begin() as conn:
+                await conn.execute(sa.select(sa.literal(1)))
+                trips[0] = 0
+                await conn.execute(later, [{"name": "a", "n": 1}])
+                await conn.execute(later, [{"name": f"m{i}", "n": i} for i in range(3)])
+                held = trips[0]
+                # a read sees them: they went first, in its trip
+                n = (await conn.execute(sa.select(sa.func.count()).select_from(items))).scalar()
+                read = trips[0]
+                await conn.execute(later, [{"name": "z", "n": 9}])
+                trips[0] = 0
+            seen[one_hop] = (n, trips[0])
+            if one_hop:
+                assert (held, read) == (0, 1)
+            # an error a held write meets is raised by the commit it went with, or by the next
+            # statement, and the transaction is rolled back
+            for ending in ("commit", "statement"):
+                with pytest.raises(sa.exc.IntegrityError) as err:
+                    async with store.begin() as conn:
+                        await conn.execute(items.insert().values(name=f"gone-{ending}", n=1))
+                        await conn.execute(later, [{"name": "a", "n": 2}])
+                        if ending == "statement":
+                            await conn.execute(sa.select(sa.literal(1)))
+                assert isinstance(err.value.orig, sqlite3.IntegrityError)
+                assert str(err.value.orig) == "UNIQUE constraint failed: items.name"
+            trips[0] = 0
+            with pytest.raises(LookupError):  # held writes a rollback drops: never sent
+                async with store.begin() as conn:
+                    await conn.execute(later, [{"name": "dropped", "n": 1}])
+                    raise LookupError
+            assert trips[0] == 0 or not one_hop
+            async with store.begin() as conn:  # the connection goes on
+                await conn.execute(later, [{"name": "after", "n": 1}])
+            async with store.connect() as conn:
+                seen[one_hop] += (sorted((await conn.execute(
+                    sa.select(items.c.name))).scalars().all()),)
+        assert seen[True][0] == seen[False][0] == 4
+        assert seen[True][1] == 1  # the commit, with the write held before it
+        assert seen[True][2] == seen[False][2] == ["a", "after", "m0", "m1", "m2", "z"]
+    finally:
+        for store in stores.values():
+            await store.close()

@@ -41,6 +41,7 @@ from bai.manager.services.scheduling import first_lines
 from bai.manager.services.session_params import CreateRequest, check_name, parse_create
 from bai.manager.services.transitions import in_lists, record_enqueued
 from bai.manager.store.cached import Cached
+from bai.manager.store.engine import LATER
 from bai.manager.store.tables import (
     agents,
     domains,
@@ -111,8 +112,11 @@ _LIVE_BY_NAME = (
         sessions.c.status.not_in(_TERMINAL_NAMES),
     ).order_by(sessions.c.created_at.desc()).limit(1)
 )
-_INSERT_SESSIONS = sa.insert(sessions)
-_INSERT_KERNELS = sa.insert(kernels)
+# a create's writes, their results unread: on SQLite they go with its commit, in one trip
+# (``store.engine.LATER``)
+_INSERT_SESSIONS = sa.insert(sessions).execution_options(**LATER)
+_INSERT_KERNELS = sa.insert(kernels).execution_options(**LATER)
+_INSERT_DEPENDENCIES = sa.insert(session_dependencies).execution_options(**LATER)
 #: the resource group with its live agents' capacities (one row per agent, or one without)
 _SCALING_GROUP = (
     sa.select(scaling_groups.c.is_active, agents.c.id.label("agent_id"),
@@ -313,7 +317,7 @@ class SessionService:
         deps = [dict(session_id=row["id"], depends_on=dep)
                 for row in rows for dep in dict.fromkeys(dep_ids)]
         if deps:
-            await conn.execute(sa.insert(session_dependencies), deps)
+            await conn.execute(_INSERT_DEPENDENCIES, deps)
         for row in rows:
             self.root.request_ids.note(row["id"])
         await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at)

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bai.common.events import SessionEvent
 from bai.common.resources import ResourceSlot
 from bai.common.status import FINAL, OCCUPYING, SessionStatus, check_transition
+from bai.manager.store.engine import LATER
 from bai.manager.store.tables import agents, kernels, session_history, sessions, utcnow
 
 S = SessionStatus
@@ -280,7 +281,8 @@ async def replace_kernel(
     return new_id
 
 
-_INSERT_HISTORY = sa.insert(session_history)
+#: (its result unread: on SQLite it goes with the commit, ``store.engine.LATER``)
+_INSERT_HISTORY = sa.insert(session_history).execution_options(**LATER)
 
 
 async def record_enqueued(

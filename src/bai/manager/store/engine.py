@@ -30,6 +30,10 @@ _READ_VERSION = sa.text("SELECT version_num FROM alembic_version")
 #: of them changes ``Store.listing_changes``
 _LISTED_TABLES = re.compile(r"\b(sessions|session_dependencies|groups|users)\b", re.IGNORECASE)
 _CACHE_WRITES = "bai_cache_writes"
+#: the execution options of a write whose result (rows, rowcount, lastrowid) nobody reads: on
+#: SQLite it goes with the transaction's next statement or its commit, in one trip to the
+#: thread, and its error (an IntegrityError) is raised there (``store/sqlite_onehop.py``)
+LATER = {"bai_later": True}
 #: what the manager keeps read in memory (``store/cached.py``), by name, and the tables it is
 #: read from: a statement that writes one of them changes ``Store.cache_changes[name]``
 CACHED_TABLES = {
@@ -54,6 +58,7 @@ class Store:
         self.url = sa.make_url(db_url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict = {"echo": echo}
+        one_hop_on = False
         if connect_args:
             kwargs["connect_args"] = dict(connect_args)
         if self.is_sqlite:
@@ -69,6 +74,7 @@ class Store:
 
                 if (module := sqlite_onehop.dbapi()) is not None:
                     kwargs["module"] = module
+                    one_hop_on = True
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
@@ -114,11 +120,17 @@ class Store:
                         conn.info.setdefault(_CACHE_WRITES, set()).add(name)
 
         if self.is_sqlite:
-            self._setup_sqlite(self.engine)
+            self._setup_sqlite(self.engine, one_hop_on)
 
     @staticmethod
-    def _setup_sqlite(engine: AsyncEngine) -> None:
+    def _setup_sqlite(engine: AsyncEngine, one_hop: bool) -> None:
         sync_engine = engine.sync_engine
+
+        if one_hop:
+            @event.listens_for(sync_engine, "before_cursor_execute")
+            def _later(_conn, cursor, _statement, _params, context, _many):  # pragma: no cover
+                if context is not None and context.execution_options.get("bai_later"):
+                    cursor.later = True
 
         @event.listens_for(sync_engine, "connect")
         def _on_connect(dbapi_conn, _record):  # pragma: no cover - driver hook

@@ -17,6 +17,15 @@ sends no ``BEGIN`` either, and its ``COMMIT`` or ``ROLLBACK`` costs no trip. Wha
 ``BEGIN`` raises (``database is locked`` after the busy timeout) is then raised by that first
 statement.
 
+A write whose results its caller never reads (no rows, ``rowcount`` or ``lastrowid``: the
+inserts of a new session) may be held the same way, if its statement carries the execution
+options ``store.engine.LATER`` (``sa.insert(t).execution_options(**LATER)``; the store's
+``before_cursor_execute`` sets the cursor's ``later``): it goes ahead of the next
+statement, or with the ``COMMIT``, in one trip (a create's three inserts and its commit: one).
+Its result says nothing (``rowcount`` -1); an error it meets (an ``IntegrityError``) is raised
+by the statement or the commit it went with, and the transaction is rolled back as before.
+Elsewhere (PostgreSQL, the stock adapter) the option changes nothing.
+
 Nothing else changes: the SQL sent, the errors (the ``sqlite3`` exceptions, wrapped by SQLAlchemy
 into ``IntegrityError`` and the rest as before), transactions, savepoints and ``BEGIN IMMEDIATE``
 (all plain statements), the busy timeout (SQLite's, on that thread), and a cancel (the awaiting
@@ -42,20 +51,43 @@ from sqlalchemy.util.concurrency import await_only
 _BEGINS = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
 
 
-def _run(conn: sqlite3.Connection, ahead: list[str], operation: str, parameters: Any,
-         many: bool) -> tuple:
-    """On the SQLite thread: the statements held ``ahead`` (a ``BEGIN``), then the whole
-    statement, rows included."""
-    for held in ahead:
-        conn.execute(held).close()
+def _execute(cur: sqlite3.Cursor, operation: str, parameters: Any, many: bool) -> None:
+    if many:
+        cur.executemany(operation, parameters)
+    elif parameters is None:
+        cur.execute(operation)
+    else:
+        cur.execute(operation, parameters)
+
+
+def _send(conn: sqlite3.Connection, ahead: list[tuple[str, Any, bool]]) -> None:
+    """On the SQLite thread: the statements held ``ahead``, in order."""
+    for operation, parameters, many in ahead:
+        cur = conn.cursor()
+        try:
+            _execute(cur, operation, parameters, many)
+        finally:
+            cur.close()
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _commit(conn: sqlite3.Connection, ahead: list[tuple[str, Any, bool]]) -> None:
+    _send(conn, ahead)
+    conn.commit()
+
+
+def _run(conn: sqlite3.Connection, ahead: list[tuple[str, Any, bool]], operation: str,
+         parameters: Any, many: bool) -> tuple:
+    """On the SQLite thread: the statements held ``ahead`` (a ``BEGIN``, writes), then the
+    whole statement, rows included."""
+    if ahead:
+        _send(conn, ahead)
     cur = conn.cursor()
     try:
-        if many:
-            cur.executemany(operation, parameters)
-        elif parameters is None:
-            cur.execute(operation)
-        else:
-            cur.execute(operation, parameters)
+        _execute(cur, operation, parameters, many)
         description = cur.description
         rows = cur.fetchall() if description else ()
         # read after the fetch, as the stock adapter does: a RETURNING statement counts its rows
@@ -70,9 +102,11 @@ class OneHopCursor:
 
     server_side = False
     __slots__ = ("_adapt_connection", "_rows", "arraysize", "description", "lastrowid",
-                 "rowcount")
+                 "rowcount", "later")
 
     def __init__(self, adapt_connection: Any) -> None:
+        #: the next statement is held (``LATER``; set by the store's ``before_cursor_execute``)
+        self.later = False
         self._adapt_connection = adapt_connection
         self._rows: collections.deque = collections.deque()
         self.arraysize = 1
@@ -82,10 +116,14 @@ class OneHopCursor:
 
     def _go(self, operation: str, parameters: Any, many: bool) -> None:
         adapt = self._adapt_connection
-        if operation in _BEGINS and not parameters and not many:
-            adapt._ahead.append(operation)  # sent with the next statement
+        if self.later or (operation in _BEGINS and not parameters and not many):
+            adapt._ahead.append((operation, parameters, many))  # sent with the next trip
             self.description, self.rowcount, self.lastrowid = None, -1, None
             self._rows.clear()
+            if self.later:
+                self.later = False
+                # SQLAlchemy's execute wants an await; this one returns at once, on the loop
+                await_only(_nothing())
             return
         ahead, adapt._ahead = adapt._ahead, []
         try:
@@ -178,22 +216,32 @@ def dbapi() -> Any:
 
         def __init__(self, *args: Any, **kw: Any) -> None:
             super().__init__(*args, **kw)
-            #: a ``BEGIN`` not sent yet: it goes with the next statement
-            self._ahead: list[str] = []
+            #: statements not sent yet (a ``BEGIN``, ``LATER`` writes): they go with the next
+            #: statement or the commit
+            self._ahead: list[tuple[str, Any, bool]] = []
 
         def cursor(self, server_side: bool = False):
             if server_side:
-                if self._ahead:  # that cursor's statements go their own way: BEGIN first
+                if self._ahead:  # that cursor's statements go their own way: the held first
                     OneHopCursor(self).execute("SELECT 1")
                 self._idle = False  # statements we do not see: assume a transaction
                 return super().cursor(server_side=True)
             return OneHopCursor(self)
 
         def commit(self) -> None:
-            self._ahead.clear()  # a BEGIN with nothing after it: nothing to commit
-            if self._idle:
+            ahead, self._ahead = self._ahead, []
+            if any(operation not in _BEGINS for operation, _, _ in ahead):
+                try:
+                    await_only(self._connection._execute(_commit, self._connection._conn, ahead))
+                except BaseException as error:
+                    self._idle = False  # the next rollback undoes what went through
+                    if isinstance(error, Exception):
+                        self._handle_exception(error)
+                    raise
+            elif self._idle:  # a BEGIN with nothing after it: nothing to commit
                 return
-            super().commit()
+            else:
+                super().commit()
             self._idle = True
 
         def rollback(self) -> None:
