@@ -171,3 +171,31 @@ async def test_a_create_that_missed_a_session_of_the_queue_is_not_absorbed(manag
     monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
     await until(lambda: sched.passes > passes or sched.skipped > skipped)
     assert sched.passes > passes and len(notes) == 2
+
+
+async def test_only_a_fifo_group_gives_a_create_for_later_its_line(manager, monkeypatch):
+    """The group's scheduler comes with its capacities (the create's resource-group read,
+    kept while the group is unchanged): a create for later in a lifo group writes no line (a
+    pass places it first), and once the group is fifo again its creates do."""
+    from bai.manager.services.scheduling import SchedulerLoop
+    from bai.manager.store.tables import scaling_groups
+
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    monkeypatch.setattr(SchedulerLoop, "_quiet", lambda self: True)  # no pass but this test's
+    await two_ticks(manager.scheduler)
+    me = await caller(manager)
+    await manager.scheduler.run_pass()  # what the loop knows of the queue: empty
+    await manager.sessions.create(me, body("fifo-0", starts_at="1h", enqueueOnly=True))
+
+    async def policy(name: str) -> None:
+        async with manager.store.begin() as conn:
+            await conn.execute(sa.update(scaling_groups).where(
+                scaling_groups.c.name == "default").values(scheduler=name))
+
+    await policy("lifo")
+    await manager.sessions.create(me, body("lifo-1", starts_at="1h", enqueueOnly=True))
+    await policy("fifo")
+    await manager.sessions.create(me, body("fifo-2", starts_at="1h", enqueueOnly=True))
+    got = await lines(manager, me, ["fifo-0", "lifo-1", "fifo-2"])
+    assert got["lifo-1"] == "enqueued", got
+    assert [position(got[n]) for n in ("fifo-0", "fifo-2")] == [1, 3], got

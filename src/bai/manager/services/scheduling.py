@@ -143,31 +143,22 @@ class Appended:
     due: datetime
 
 
-_FIRST_LINES = sa.select(
-    sa.select(scaling_groups.c.scheduler).where(scaling_groups.c.name == sa.bindparam("sg"))
-    .scalar_subquery(),
-    # all pending sessions, from the status index alone (by group it read each row: 4.4 ms
-    # with 5,000 waiting, on every create)
-    sa.select(sa.func.count()).where(sessions.c.status == str(S.PENDING)).scalar_subquery(),
-)
-
-
-async def first_lines(conn, rows: list[dict[str, Any]], at: datetime, sole_group: bool,
-                      ) -> tuple[Appended, list[SessionEvent]] | None:
+def first_lines(rows: list[dict[str, Any]], at: datetime, sole_group: bool, policy: str,
+                seen: int | None) -> tuple[Appended, list[SessionEvent]] | None:
     """The line a pass would make for each of ``rows`` (sessions of one create, about to be
-    written PENDING at ``at``), set on the rows, when all of them wait for a ``starts_at``
-    ahead in a ``fifo`` group that, as far as the scheduler loop knows, holds every pending
-    session (``sole_group``; ``SchedulerLoop.sole_group``): behind all of them (they were
-    created earlier), in the order a pass takes them, with one ``session_pending`` event each. The pass after
-    such creates then finds each line standing, and the loop's look skips it altogether
+    written PENDING at ``at`` in a group whose scheduler is ``policy``, behind the ``seen``
+    sessions pending), set on the rows, when all of them wait for a ``starts_at`` ahead in a
+    ``fifo`` group that, as far as the scheduler loop knows, holds every pending session
+    (``sole_group``; ``SchedulerLoop.sole_group``): behind all of them (they were created
+    earlier), in the order a pass takes them, with one ``session_pending`` event each. The pass
+    after such creates then finds each line standing, and the loop's look skips it altogether
     (``SchedulerLoop.appended``): 5,000 sessions queued for later (an array) cost no pass over
-    the queue, nor a line and an event each from it. None (the rows untouched) otherwise: a
-    pass makes their lines."""
-    if not sole_group or not rows or any(
+    the queue, nor a line and an event each from it. None (the rows untouched) otherwise, or
+    where ``seen`` was not read: a pass makes their lines."""
+    if seen is None or not sole_group or not rows or any(
             r["starts_at"] is None or r["starts_at"] <= at for r in rows):
         return None
     sgroup = rows[0]["scaling_group"]
-    policy, seen = (await conn.execute(_FIRST_LINES, {"sg": sgroup})).one()
     if policy != "fifo":  # lifo puts them first, drf anywhere: a pass places them
         return None
     events = []

@@ -105,6 +105,12 @@ _OWNER = (
                                       group_members.c.user_id == users.c.id))
     .where(keypairs.c.access_key == sa.bindparam("ak"))
 )
+#: the same with the number of pending sessions, for a create whose sessions wait for a
+#: ``starts_at`` ahead (their first lines, ``scheduling.first_lines``): on SQLite, read under
+#: the write lock that the inserts are written under
+_OWNER_AND_QUEUE = _OWNER.add_columns(
+    sa.select(sa.func.count()).where(sessions.c.status == str(S.PENDING)).correlate(None)
+    .scalar_subquery().label("pending"))
 #: the live session of a name (at most one: the live-name index)
 _LIVE_BY_NAME = (
     sa.select(sessions).where(
@@ -117,10 +123,11 @@ _LIVE_BY_NAME = (
 _INSERT_SESSIONS = sa.insert(sessions).execution_options(**LATER)
 _INSERT_KERNELS = sa.insert(kernels).execution_options(**LATER)
 _INSERT_DEPENDENCIES = sa.insert(session_dependencies).execution_options(**LATER)
-#: the resource group with its live agents' capacities (one row per agent, or one without)
+#: the resource group (its scheduler too) with its live agents' capacities (one row per
+#: agent, or one without)
 _SCALING_GROUP = (
-    sa.select(scaling_groups.c.is_active, agents.c.id.label("agent_id"),
-              agents.c.available_slots)
+    sa.select(scaling_groups.c.is_active, scaling_groups.c.scheduler,
+              agents.c.id.label("agent_id"), agents.c.available_slots)
     .select_from(scaling_groups.outerjoin(agents, sa.and_(
         agents.c.scaling_group == scaling_groups.c.name, agents.c.status == "ALIVE")))
     .where(scaling_groups.c.name == sa.bindparam("name"))
@@ -133,6 +140,12 @@ class _Group(NamedTuple):
     is_active: bool
     total_resource_slots: Any
     member: Any  # the owner's user id when a member, else None
+
+
+class _Queue(NamedTuple):
+    """What a create's first lines are made from (``scheduling.first_lines``)."""
+    scheduler: str  # the resource group's policy
+    pending: int | None  # sessions pending as the create read its owner (None: not read)
 
 
 def name_taken(err: Exception) -> bool:
@@ -205,7 +218,7 @@ class SessionService:
         """Validate and write the new session ``sid`` PENDING: (row, None); or (existing row,
         answer) when ``reuseIfExists`` finds a live session of that name and image."""
         async with self.lifecycle.tx() as (conn, outbox):
-            owner = await self._owner(conn, caller, req.owner_access_key, req.group, req.name)
+            owner = await self._owner(conn, caller, req, now, req.name)
             existing = None if owner.pop("live_id") is None else await self._live_by_name(
                 conn, req.name, owner["access_key"])
             image = await resolve_image(conn, req.image, self.root.store, self.images)
@@ -217,9 +230,9 @@ class SessionService:
                     f"({existing['status']}, image {existing['image']})",
                     data={"existingSessionId": str(existing["id"])},
                 )
-            base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
+            base, dep_ids, queue = await self._checked(conn, caller, req, now, owner, image)
             row = self._new_row(base, sid, req.name, req.environ)
-            lined = await self._write(conn, outbox, caller, [row], dep_ids)
+            lined = await self._write(conn, outbox, caller, [row], dep_ids, queue)
         if lined is not None:
             self.root.scheduler.appended(lined)
         return row, None
@@ -231,10 +244,10 @@ class SessionService:
         indices = req.array or []
         names = [check_name(element_name(req.name, i)) for i in indices]
         async with self.lifecycle.tx() as (conn, outbox):
-            owner = await self._owner(conn, caller, req.owner_access_key, req.group)
+            owner = await self._owner(conn, caller, req, now)
             owner.pop("live_id")
             image = await resolve_image(conn, req.image, self.root.store, self.images)
-            base, dep_ids = await self._checked(conn, caller, req, now, owner, image)
+            base, dep_ids, queue = await self._checked(conn, caller, req, now, owner, image)
             for chunk in in_lists(names):
                 taken = (await conn.execute(
                     sa.select(sessions.c.name, sessions.c.status).where(
@@ -248,7 +261,7 @@ class SessionService:
             rows = [self._new_row(base, uuid.uuid4(), name,
                                   {**req.environ, INDEX_VAR: str(i)})
                     for name, i in zip(names, indices)]
-            lined = await self._write(conn, outbox, caller, rows, dep_ids)
+            lined = await self._write(conn, outbox, caller, rows, dep_ids, queue)
         if lined is not None:
             self.root.scheduler.appended(lined)
         return {**self._answer(rows[0], created=True),
@@ -256,15 +269,16 @@ class SessionService:
                           for r, i in zip(rows, indices)]}
 
     async def _checked(self, conn: AsyncConnection, caller: Caller, req: CreateRequest,
-                       now: datetime, owner: dict, image: dict) -> tuple[dict, list[uuid.UUID]]:
-        """Every check of a create after the name's: the columns all its sessions share, and
-        the dependencies' ids."""
+                       now: datetime, owner: dict, image: dict,
+                       ) -> tuple[dict, list[uuid.UUID], _Queue]:
+        """Every check of a create after the name's: the columns all its sessions share, the
+        dependencies' ids and what their first lines are made from."""
         if req.domain and req.domain != owner["domain_name"]:
             raise InvalidAPIParameters(
                 f"user {owner['email']} belongs to domain {owner['domain_name']!r}, "
                 f"not {req.domain!r}")
         group = self._group(owner, req.group, caller)
-        sgroup, caps = await self._scaling_group(conn, req.scaling_group)
+        sgroup, caps, scheduler = await self._scaling_group(conn, req.scaling_group)
         rare = set(req.resources) - set(KNOWN_SLOTS)  # only those need the agents' names
         check_session_request(req.resources,
                               await self._slot_names(conn) if rare else KNOWN_SLOTS)
@@ -290,7 +304,7 @@ class SessionService:
             "agent_ids": [], "callback_url": req.callback_url,
             "idle_timeout": owner["idle_timeout"], "abusing_reports": [], "attempt": 0,
         }
-        return base, dep_ids
+        return base, dep_ids, _Queue(scheduler, owner.pop("pending", None))
 
     @staticmethod
     def _new_row(base: dict, sid: uuid.UUID, name: str, environ: dict[str, str]) -> dict:
@@ -298,7 +312,7 @@ class SessionService:
                 "main_kernel_id": uuid.uuid4()}
 
     async def _write(self, conn: AsyncConnection, outbox: Any, caller: Caller, rows: list[dict],
-                     dep_ids: list[uuid.UUID]) -> Appended | None:
+                     dep_ids: list[uuid.UUID], queue: _Queue) -> Appended | None:
         """Insert ``rows`` PENDING with their kernels, dependencies and first history entry;
         sessions that wait for a ``starts_at`` ahead with their first line where it is known
         now (``first_lines``): what the scheduler loop is told once they committed."""
@@ -306,8 +320,8 @@ class SessionService:
         at = utcnow()
         for row in rows:
             row.update(status_changed=at, last_activity_at=at)
-        lined = await first_lines(conn, rows, at,
-                                  self.root.scheduler.sole_group(rows[0]["scaling_group"]))
+        lined = first_lines(rows, at, self.root.scheduler.sole_group(rows[0]["scaling_group"]),
+                            queue.scheduler, queue.pending)
         await conn.execute(_INSERT_SESSIONS, rows)
         await conn.execute(_INSERT_KERNELS, [dict(
             id=row["main_kernel_id"], session_id=row["id"], image=row["image"],
@@ -375,14 +389,19 @@ class SessionService:
             "created": created,
         }
 
-    async def _owner(self, conn: AsyncConnection, caller: Caller, owner_ak: str | None,
-                     group: str, name: str | None = None) -> dict:
+    async def _owner(self, conn: AsyncConnection, caller: Caller, req: CreateRequest,
+                     now: datetime, name: str | None = None) -> dict:
         """The owner's keypair row; ``live_id``: the id of its live session named ``name``;
-        ``group``: the group of that name in the owner's domain (``_group``)."""
-        ak = owner_ak or caller.access_key
+        ``group``: the group ``req`` names in the owner's domain (``_group``); ``pending``:
+        the sessions pending, where the create's may get their first lines (they wait for a
+        ``starts_at`` ahead, in the only group with sessions pending: ``first_lines``)."""
+        ak = req.owner_access_key or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
-        row = (await conn.execute(_OWNER, {"ak": ak, "name": name, "group": group})
+        lines = (req.starts_at is not None and req.starts_at > now
+                 and self.root.scheduler.sole_group(req.scaling_group or "default"))
+        row = (await conn.execute(_OWNER_AND_QUEUE if lines else _OWNER,
+                                  {"ak": ak, "name": name, "group": req.group})
                ).mappings().first()
         if row is None or not row["is_active"]:
             raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
@@ -406,20 +425,20 @@ class SessionService:
         return g
 
     async def _scaling_group(self, conn: AsyncConnection,
-                             name: str | None) -> tuple[str, list[ResourceSlot]]:
-        """The resource group's name and the capacities of its live agents."""
+                             name: str | None) -> tuple[str, list[ResourceSlot], str]:
+        """The resource group's name, the capacities of its live agents and its scheduler."""
         name = name or "default"
         cache = self.scaling_groups
         generation = cache.generation(self.root.store)
-        caps = cache.get(name, generation)
-        if caps is None:
+        found = cache.get(name, generation)
+        if found is None:
             rows = (await conn.execute(_SCALING_GROUP, {"name": name})).all()
             if not rows or not rows[0].is_active:
                 raise InvalidAPIParameters(f"unknown resource group (scaling group) {name!r}")
-            caps = tuple(ResourceSlot.from_json(r.available_slots) for r in rows
-                         if r.agent_id is not None)
-            cache.put(name, generation, caps)
-        return name, list(caps)
+            found = (tuple(ResourceSlot.from_json(r.available_slots) for r in rows
+                           if r.agent_id is not None), rows[0].scheduler)
+            cache.put(name, generation, found)
+        return name, list(found[0]), found[1]
 
     @staticmethod
     async def _slot_names(conn: AsyncConnection) -> set[str]:
