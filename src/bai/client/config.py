@@ -110,7 +110,7 @@ class ClientConfig:
 
     @classmethod
     def load(cls, profile: str | None = None, env: dict[str, str] | None = None) -> ClientConfig:
-        env = dict(os.environ if env is None else env)
+        env = os.environ if env is None else env  # (read only: no copy of every variable)
         explicit = profile or env.get("BAI_PROFILE")
         profile = explicit or "default"
         values: dict[str, str] = {}

@@ -30,18 +30,20 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 #: the header that carries the body's SHA-256 (hex) in requests our client signs with it
 BODY_HASH_HEADER = "X-BAI-Content-SHA256"
 
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
+# RFC 2104's pads as 512-bit numbers: a key XORs with them in one operation (translation
+# tables, bytes(x ^ 0x36 for x in range(256)), cost a 512-step loop on every import)
+_IPAD = int.from_bytes(b"\x36" * 64, "big")
+_OPAD = int.from_bytes(b"\x5c" * 64, "big")
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     """RFC 2104 HMAC-SHA256 (``hmac.new(key, msg, hashlib.sha256).digest()``)."""
     if len(key) > 64:
         key = sha256(key).digest()
-    key = key.ljust(64, b"\0")
-    inner = sha256(key.translate(_IPAD))
+    padded = int.from_bytes(key.ljust(64, b"\0"), "big")
+    inner = sha256((padded ^ _IPAD).to_bytes(64, "big"))
     inner.update(msg)
-    outer = sha256(key.translate(_OPAD))
+    outer = sha256((padded ^ _OPAD).to_bytes(64, "big"))
     outer.update(inner.digest())
     return outer.digest()
 
