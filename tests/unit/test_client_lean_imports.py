@@ -251,9 +251,10 @@ def _set_mtime(path, seconds: int) -> None:
 def test_lean_import_reads_the_byte_code_importlib_would_read(tmp_path, monkeypatch):
     import py_compile
 
+    # (sub.py and sub/: the package is the one imported, by importlib too)
     _package(tmp_path, "leanpkg1", {"a.py": "X = 'a'\ndef f():\n    pass\n",
-                                    "sub/__init__.py": "Y = 'sub'\n"})
-    for rel in ("a.py", "sub/__init__.py"):
+                                    "sub/__init__.py": "Y = 'sub'\n", "sub.py": "Y = 'py'\n"})
+    for rel in ("a.py", "sub/__init__.py", "sub.py"):
         src = tmp_path / "leanpkg1" / rel
         # compiled elsewhere: the code's file name is put right, as importlib does
         py_compile.compile(str(src), dfile="/elsewhere/x.py", doraise=True)

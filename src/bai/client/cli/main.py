@@ -54,12 +54,12 @@ def lean_import(names: tuple[str, ...]) -> None:
             __import__(name)
             continue
         folder = f"{parent.__path__[0]}/{leaf}"
-        path, package = folder + ".py", None
+        path, package = folder + "/__init__.py", [folder]  # a package first, as importlib
         try:
             try:
                 st = os.stat(path)
-            except FileNotFoundError:
-                path, package = folder + "/__init__.py", [folder]
+            except (FileNotFoundError, NotADirectoryError):
+                path, package = folder + ".py", None
                 st = os.stat(path)
             cached = cache_from_source(path)
             with open(cached, "rb") as f:
