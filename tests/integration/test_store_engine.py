@@ -348,3 +348,39 @@ async def test_an_older_installs_default_images_get_their_services(store):
     assert got == {"python:3.11-debian12": DEFAULT_SERVICES,
                    "python:3.11-debian12-docker": DEFAULT_SERVICES,
                    "python:custom": mine, "someones/image:1": []}
+
+
+async def test_a_write_counts_as_a_change_of_the_tables_it_names_and_no_other(tmp_path):
+    # what the listings' and the caches' generations (Store.listing_changes, cache_changes)
+    # follow: one for each write that names their tables, again as its transaction ends; a
+    # read moves none. The same statement text twice counts twice (its tables are kept by text)
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/w.db")
+    try:
+        await store.migrate()
+
+        def counts():
+            return (store.listing_changes, dict(store.cache_changes))
+
+        base = counts()
+        writes = [
+            (sa.update(t.images).values(labels={}), 0, {"images": 2}),
+            (sa.update(t.scaling_groups).values(is_active=True), 0, {"scaling_groups": 2}),
+            (sa.delete(t.agents), 0, {"scaling_groups": 2}),
+            (sa.update(t.users).values(role="user"), 2, {"keypairs": 2}),
+            (sa.delete(t.session_dependencies), 2, {}),
+            (sa.update(t.vfolders).values(name="x"), 0, {}),
+            (sa.delete(t.images).where(t.images.c.name.in_(sa.select(t.users.c.email))), 2,
+             {"images": 2, "keypairs": 2}),
+            (sa.select(t.sessions, t.images, t.agents), 0, {}),
+        ]
+        for statement, listed, cached in writes * 2:
+            before = counts()
+            async with store.begin() as conn:
+                await conn.execute(statement)
+            after = counts()
+            assert after[0] - before[0] == listed, statement
+            assert {k: v - before[1][k] for k, v in after[1].items() if v != before[1][k]} == \
+                cached, statement
+        assert counts() != base
+    finally:
+        await store.close()

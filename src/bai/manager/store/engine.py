@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -44,6 +45,16 @@ CACHED_TABLES = {
     # a resource group with its live agents' capacities (``services/sessions.py``)
     "scaling_groups": re.compile(r"\b(scaling_groups|agents)\b", re.IGNORECASE),
 }
+
+
+@functools.lru_cache(maxsize=512)
+def _tables_written(statement: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether the write ``statement`` names a table a session listing reads, and the names of
+    ``CACHED_TABLES`` whose tables it names. Kept by statement: the same few texts come back
+    (statements built once, SQLAlchemy's compiled cache), and the expressions over a long
+    INSERT cost more than the rest of its bookkeeping."""
+    return (_LISTED_TABLES.search(statement) is not None,
+            tuple(name for name, tables in CACHED_TABLES.items() if tables.search(statement)))
 
 
 def _sqlite_path(url: sa.URL) -> str | None:
@@ -111,13 +122,13 @@ class Store:
             if head.isspace():
                 head = statement.lstrip()[:1]
             if head in "IUDWRiudwr":
-                if _LISTED_TABLES.search(statement):
+                listed, cached = _tables_written(statement)
+                if listed:
                     self.listing_changes += 1
                     conn.info[_LISTED_WRITE] = True
-                for name, tables in CACHED_TABLES.items():
-                    if tables.search(statement):
-                        self.cache_changes[name] += 1
-                        conn.info.setdefault(_CACHE_WRITES, set()).add(name)
+                for name in cached:
+                    self.cache_changes[name] += 1
+                    conn.info.setdefault(_CACHE_WRITES, set()).add(name)
 
         if self.is_sqlite:
             self._setup_sqlite(self.engine, one_hop_on)
