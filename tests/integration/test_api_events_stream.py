@@ -290,6 +290,39 @@ async def test_the_run_stream_creates_runs_and_destroys_in_one_connection(env):
     assert (await resp.json())["status"] == "RUNNING"
 
 
+async def test_the_run_stream_finds_its_kernel_where_the_scheduler_placed_it(env,
+                                                                          monkeypatch):
+    """The run stream's execute goes to the agent the scheduler just placed the kernel on,
+    without reading the kernel's row again; a placement is used once, and only while fresh."""
+    root, client, user, _, _ = env
+    placed: dict[str, str] = {}
+    keep = root.agents.placed
+    monkeypatch.setattr(root.agents, "placed",
+                        lambda kid, address: (placed.update({kid: address}), keep(kid, address)))
+    body = {"name": "run-placed", "image": "python", "config": {"resources": {}}}
+    frames = await _run_stream(client, user, {"create": body, "code": "input()", "mode": "query",
+                                              "options": {}}, stdin="x")
+    assert frames[-2]["status"] == "finished" and "destroyed" in frames[-1]
+    assert len(placed) == 1 and not root.agents._placed  # placed, then taken by the stream
+
+    def no_read():
+        raise AssertionError("the kernel's row was read")
+
+    row = {"status": "RUNNING", "name": "s", "main_kernel_id": "k-1"}
+    root.agents.placed("k-1", "http://agent:1")
+    monkeypatch.setattr(root.store, "connect", no_read)
+    assert await root.agents.kernel_target(row, just_placed=True) == ("http://agent:1", "k-1")
+    with pytest.raises(AssertionError):  # once only
+        await root.agents.kernel_target(row, just_placed=True)
+    root.agents.placed("k-1", "http://agent:1")
+    with pytest.raises(AssertionError):  # an ordinary ask reads (and drops the placement)
+        await root.agents.kernel_target(row)
+    monkeypatch.setattr("bai.manager.services.agents.PLACED_SECONDS", 0.0)
+    root.agents.placed("k-1", "http://agent:1")
+    with pytest.raises(AssertionError):  # too old
+        await root.agents.kernel_target(row, just_placed=True)
+
+
 async def test_the_run_stream_answers_a_refused_create_as_post_session_does(env):
     _, client, user, _, _ = env
     body = {"name": "run-bad", "image": "no-such-image", "config": {"resources": {}}}

@@ -274,7 +274,7 @@ async def run(request: web.Request) -> web.WebSocketResponse:
             return ws
         sid = row["id"]
         try:
-            address, kernel_id = await root.agents.kernel_target(row)
+            address, kernel_id = await root.agents.kernel_target(row, just_placed=True)
             async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
                 await upstream.send_str(json.dumps({k: step.get(k) for k in
                                                     ("code", "mode", "options")}))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,9 @@ class AgentRegistry:
         #: and ``Store.changes`` as it began (``oldest_heard``)
         self._alive_read: dict[str, Any] = {}
         self._alive_changes = -1
+        #: kernel id -> (its agent's address, when): where the scheduler of this process has
+        #: just placed each kernel (``placed``), for the run stream's ``kernel_target``
+        self._placed: dict[str, tuple[str, float]] = {}
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -341,12 +345,26 @@ class AgentRegistry:
             if q is not None and q[0] == before and store.transactions == before + 1:
                 seen.quiet = (store.transactions, q[1], q[2])  # only this one ended since
 
-    async def kernel_target(self, session_row: Mapping[str, Any]) -> tuple[str, str]:
-        """(agent address, kernel id) of a RUNNING session's main kernel."""
+    def placed(self, kernel_id: str, address: str) -> None:
+        """The scheduler placed ``kernel_id`` on the agent at ``address`` (just committed)."""
+        if len(self._placed) >= PLACED_MAX:  # kernels placed but never asked for
+            self._placed.clear()
+        self._placed[kernel_id] = (address, time.monotonic())
+
+    async def kernel_target(self, session_row: Mapping[str, Any],
+                            just_placed: bool = False) -> tuple[str, str]:
+        """(agent address, kernel id) of a RUNNING session's main kernel. ``just_placed``: the
+        session started a moment ago (the run stream, right after its create): where this
+        process placed its kernel less than ``PLACED_SECONDS`` ago, that placement answers
+        without a read (once)."""
         if session_row.get("status") != SessionStatus.RUNNING:
             raise SessionNotRunning(
                 f"session {session_row.get('name')} is {session_row.get('status')}, not RUNNING"
             )
+        kernel_id = str(session_row["main_kernel_id"])
+        hit = self._placed.pop(kernel_id, None)
+        if just_placed and hit is not None and time.monotonic() - hit[1] < PLACED_SECONDS:
+            return hit[0], kernel_id
         async with self.root.store.connect() as conn:
             row = (
                 await conn.execute(
@@ -369,6 +387,11 @@ def _uuid_text(raw: Any) -> str:
 
 #: agent event batches applied at one time
 EVENT_APPLIERS = 4
+#: placements kept for ``kernel_target`` (at most; past it they start over), and how long one
+#: stands: the run stream asks within milliseconds of the start (an agent restarted at another
+#: address within that time would be asked at its old one: the run then fails as it does when
+#: the agent goes away mid-run)
+PLACED_MAX, PLACED_SECONDS = 1024, 5.0
 
 #: how often a heartbeat that says nothing new still rewrites the agent's whole row (seconds;
 #: PostgreSQL, where other replicas may have written it since)

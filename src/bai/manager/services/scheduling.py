@@ -388,6 +388,7 @@ class SchedulerLoop:
             starts = await lifecycle.kernel_specs(conn, placed) if placed else []
         for address, specs in starts:
             for spec in specs:  # the create request's id goes on with the session to its agent
+                self.root.agents.placed(spec["kernel_id"], address)
                 rid = self.root.request_ids.pop(spec["session_id"])
                 spec["request_id"] = rid
                 log.info("session %s placed on %s (kernel %s)", spec["session_id"], address,
