@@ -384,3 +384,38 @@ async def test_a_write_counts_as_a_change_of_the_tables_it_names_and_no_other(tm
         assert counts() != base
     finally:
         await store.close()
+
+
+async def test_sqlite_writers_take_turns_on_one_connection_until_one_fails(tmp_path):
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/k.db")
+    pool = store.engine.sync_engine.pool
+    checkouts, out = [], set()
+
+    def checkout(dbapi_conn, *_):
+        checkouts.append(dbapi_conn)
+        out.add(id(dbapi_conn))
+
+    sa.event.listen(pool, "checkout", checkout)
+    sa.event.listen(pool, "checkin", lambda dbapi_conn, *_: out.discard(id(dbapi_conn)))
+    try:
+        async with store.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+        for i in range(3):
+            async with store.begin() as conn:
+                await conn.execute(sa.text(f"INSERT INTO t VALUES ({i})"))
+        async with store.connect() as conn:  # a read takes a connection of its own
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 3
+        assert len(checkouts) == 2 and checkouts[0] is not checkouts[1]
+        assert out == {id(checkouts[0])}  # the writers' connection, kept
+        with pytest.raises(LookupError):  # a failed write: its connection goes back
+            async with store.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO t VALUES (9)"))
+                raise LookupError
+        assert out == set()
+        async with store.begin() as conn:  # and the next writer connects (from the pool)
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 3
+            await conn.execute(sa.text("INSERT INTO t VALUES (4)"))
+        assert len(checkouts) == 3 and len(out) == 1
+    finally:
+        await store.close()
+    assert out == set()  # closed with the store

@@ -90,6 +90,8 @@ class Store:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._write_lock: asyncio.Lock | None = None
+        #: SQLite: the connection writers take turns on, between their transactions
+        self._writer: AsyncConnection | None = None
         #: SQL statements sent so far (an ``executemany`` counts once): what a job costs the
         #: database, in ``bai_manager_sql_statements_total``
         self.statements = 0
@@ -177,15 +179,30 @@ class Store:
         # SQLite has one writer at a time. This process's writers queue here, in order,
         # instead of in SQLite's busy handler, which sleeps up to 100 ms between retries:
         # with a thousand kernels starting at once that made a write cost seconds.
+        # They take turns on one connection, kept between them (a connection of the pool
+        # each time cost a checkout, a checkin and three more switches to SQLAlchemy's
+        # greenlet: half of what an empty transaction costs). A transaction that fails
+        # leaves it to be closed as before, and the next one connects afresh.
         if self._write_lock is None:
             self._write_lock = asyncio.Lock()
-        async with self._write_lock, self.engine.connect() as conn:
-            await conn.execution_options(bai_write=True)
+        async with self._write_lock:
+            conn, self._writer = self._writer, None
+            if conn is None:
+                conn = await self.engine.connect().start()
+                await conn.execution_options(bai_write=True)
+            kept = False
             try:
-                async with conn.begin():
-                    yield conn
+                try:
+                    async with conn.begin():
+                        yield conn
+                finally:
+                    self._ended(conn)
+                kept = not (conn.invalidated or conn.closed)
             finally:
-                self._ended(conn)
+                if kept:
+                    self._writer = conn
+                else:
+                    await conn.__aexit__(None, None, None)  # closed as ``async with`` would
 
     def _ended(self, conn: AsyncConnection) -> None:
         """After a transaction (committed or rolled back): if it wrote a listed table, the
@@ -254,6 +271,9 @@ class Store:
             )
 
     async def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
         await self.engine.dispose()
 
 
