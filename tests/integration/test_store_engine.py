@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import uuid
 from datetime import UTC, datetime
 
@@ -17,7 +19,7 @@ from bai.common.status import SessionStatus
 from bai.manager.services.bootstrap import bootstrap
 from bai.manager.services.transitions import Outbox, place_many, transit
 from bai.manager.store import tables as t
-from bai.manager.store.engine import Store
+from bai.manager.store.engine import LATER, Store
 
 S = SessionStatus
 
@@ -419,3 +421,71 @@ async def test_sqlite_writers_take_turns_on_one_connection_until_one_fails(tmp_p
     finally:
         await store.close()
     assert out == set()  # closed with the store
+
+
+async def test_an_insert_held_by_the_store_writes_what_sqlalchemy_writes(tmp_path, monkeypatch):
+    # Store.insert_later makes the parameters itself on SQLite's one-hop layer: the rows of a
+    # create's inserts (JSON, NULLs, UUIDs, aware datetimes) land as conn.execute lands them,
+    # counted the same, without SQLAlchemy's execution; what would take a Python-side default
+    # goes through conn.execute
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    now = datetime.now(UTC)
+    sid, kid, gid, uid = (uuid.uuid4() for _ in range(4))
+    session = dict(
+        id=sid, name="held", tag=None, type="batch", image="python:3.11", registry="local",
+        architecture="x86_64", domain_name="default", group_id=gid, user_id=uid,
+        access_key="AKIA", status="PENDING", status_info="enqueued",
+        status_data={"scheduler": {"position": 2, "note": "é"}}, created_at=now,
+        starts_at=None, startup_command="true", bootstrap_script=None, resource_opts={},
+        requested_slots={"cpu": "1", "mem": "268435456"}, occupying_slots={},
+        scaling_group="default", service_ports=[{"name": "x", "ports": [1]}], mounts=[],
+        agent_ids=[], callback_url=None, idle_timeout=0, abusing_reports=[], attempt=0,
+        environ={"A": "1"}, main_kernel_id=kid, status_changed=now, last_activity_at=now)
+    kernel = dict(id=kid, session_id=sid, image="python:3.11", status="PENDING",
+                  status_info="enqueued", status_changed=now, created_at=now,
+                  requested_slots={"cpu": "1"}, occupied_slots={"cpu": "1"})
+    history = [dict(session_id=sid, from_status=None, to_status="PENDING", reason="enqueued",
+                    cause="user:AKIA", at=now)] * 2
+    domain = [{"name": "d2"}]  # total_resource_slots and more from Python-side defaults
+    raw, counted, executed = {}, {}, []
+    real = AsyncConnection.execute
+
+    async def execute(self, statement, *args, **kw):
+        executed.append(statement)
+        return await real(self, statement, *args, **kw)
+
+    monkeypatch.setattr(AsyncConnection, "execute", execute)
+    for held in (False, True):
+        store = Store(f"sqlite+aiosqlite:///{tmp_path}/h{held}.db")
+        sa.event.listen(store.engine.sync_engine, "connect",  # rows without their owners
+                        lambda dbapi_conn, _: dbapi_conn.cursor().execute(
+                            "PRAGMA foreign_keys=OFF"))
+        try:
+            async with store.begin() as conn:
+                await conn.run_sync(t.metadata.create_all)
+            before = (store.statements, store.listing_changes, dict(store.cache_changes))
+            executed.clear()
+            async with store.begin() as conn:
+                for table, rows in ((t.sessions, [session]), (t.kernels, [kernel]),
+                                    (t.session_history, history), (t.domains, domain)):
+                    statement = sa.insert(table).execution_options(**LATER)
+                    if held:
+                        await store.insert_later(conn, statement, rows)
+                    else:
+                        await conn.execute(statement, rows)
+            counted[held] = (store.statements - before[0], store.listing_changes - before[1],
+                             {k: v - before[2][k] for k, v in store.cache_changes.items()})
+            if held:  # only the insert that takes a default went through conn.execute
+                assert [s.table.name for s in executed] == ["domains"]
+        finally:
+            await store.close()
+        with contextlib.closing(sqlite3.connect(tmp_path / f"h{held}.db")) as db:
+            raw[held] = {name: db.execute(f"SELECT * FROM {name}").fetchall()
+                         for name in ("sessions", "kernels", "session_history", "domains")}
+    for side in raw.values():  # (a domain's created_at: its default, the time of the insert)
+        side["domains"] = [r[:-1] for r in side["domains"]]
+    assert raw[True] == raw[False]
+    assert len(raw[True]["session_history"]) == 2 and len(raw[True]["domains"]) == 1
+    assert counted[True] == counted[False] == (5, 2, {"keypairs": 0, "images": 0,
+                                                      "scaling_groups": 0})  # BEGIN too

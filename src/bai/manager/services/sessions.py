@@ -322,8 +322,9 @@ class SessionService:
             row.update(status_changed=at, last_activity_at=at)
         lined = first_lines(rows, at, self.root.scheduler.sole_group(rows[0]["scaling_group"]),
                             queue.scheduler, queue.pending)
-        await conn.execute(_INSERT_SESSIONS, rows)
-        await conn.execute(_INSERT_KERNELS, [dict(
+        store = self.root.store
+        await store.insert_later(conn, _INSERT_SESSIONS, rows)
+        await store.insert_later(conn, _INSERT_KERNELS, [dict(
             id=row["main_kernel_id"], session_id=row["id"], image=row["image"],
             status=str(S.PENDING), status_info="enqueued", status_changed=at,
             created_at=row["created_at"], requested_slots=row["requested_slots"],
@@ -331,10 +332,10 @@ class SessionService:
         deps = [dict(session_id=row["id"], depends_on=dep)
                 for row in rows for dep in dict.fromkeys(dep_ids)]
         if deps:
-            await conn.execute(_INSERT_DEPENDENCIES, deps)
+            await store.insert_later(conn, _INSERT_DEPENDENCIES, deps)
         for row in rows:
             self.root.request_ids.note(row["id"])
-        await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at)
+        await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at, store=store)
         if lined is None:
             return None
         outbox.events.extend(lined[1])  # session_pending after session_enqueued

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bai.common.events import SessionEvent
 from bai.common.resources import ResourceSlot
 from bai.common.status import FINAL, OCCUPYING, SessionStatus, check_transition
-from bai.manager.store.engine import LATER
+from bai.manager.store.engine import LATER, Store
 from bai.manager.store.tables import agents, kernels, session_history, sessions, utcnow
 
 S = SessionStatus
@@ -287,14 +287,14 @@ _INSERT_HISTORY = sa.insert(session_history).execution_options(**LATER)
 
 async def record_enqueued(
     conn: AsyncConnection, rows: Sequence[Mapping[str, Any]], cause: str, outbox: Outbox,
-    now: datetime | None = None,
+    now: datetime | None = None, *, store: Store,
 ) -> None:
     """The first history entry (None -> PENDING) and ``session_enqueued`` of each of ``rows``
-    (sessions just written), the history in one statement."""
+    (sessions just written), the history in one statement (``Store.insert_later``)."""
     at = now or utcnow()
-    await conn.execute(_INSERT_HISTORY, [dict(
-        session_id=row["id"], from_status=None, to_status=str(S.PENDING), reason="enqueued",
-        cause=cause, at=at) for row in rows])
+    history = [dict(session_id=row["id"], from_status=None, to_status=str(S.PENDING),
+                    reason="enqueued", cause=cause, at=at) for row in rows]
+    await store.insert_later(conn, _INSERT_HISTORY, history)
     for row in rows:
         ev = SessionEvent("session_enqueued", str(row["id"]), row["name"], row["access_key"],
                           reason="enqueued", status="PENDING")

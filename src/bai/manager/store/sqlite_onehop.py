@@ -220,6 +220,11 @@ def dbapi() -> Any:
             #: statement or the commit
             self._ahead: list[tuple[str, Any, bool]] = []
 
+        def hold(self, operation: str, seq_of_parameters: list) -> None:
+            """Hold a write for the next trip, as a ``LATER`` statement's ``executemany`` is
+            (``Store.insert_later``: its caller made the parameters)."""
+            self._ahead.append((operation, seq_of_parameters, True))
+
         def cursor(self, server_side: bool = False):
             if server_side:
                 if self._ahead:  # that cursor's statements go their own way: the held first
