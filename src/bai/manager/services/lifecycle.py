@@ -68,6 +68,10 @@ WALK_COLUMNS = tuple(sessions.c[name] for name in (
 _WALKING = (S.SCHEDULED, S.PREPARING, S.PULLING, S.PREPARED, S.CREATING)
 #: where a kernel's end may be one walk (``_apply_ends``)
 _ENDING = tuple(st for st in S if st not in FINAL)
+#: a kernel's row and an agent's address by id, built once (a terminate and each kernel event
+#: read them; building the select anew, with its cache key, cost more than running it)
+_KERNEL_BY_ID = sa.select(kernels).where(kernels.c.id == sa.bindparam("_kid"))
+_AGENT_ADDRESS = sa.select(agents.c.address).where(agents.c.id == sa.bindparam("_aid"))
 
 
 def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -206,15 +210,13 @@ class Lifecycle:
     async def _kernel(self, conn: AsyncConnection, kernel_id) -> dict | None:
         if kernel_id is None:
             return None
-        row = (await conn.execute(sa.select(kernels).where(kernels.c.id == kernel_id))).mappings().first()
+        row = (await conn.execute(_KERNEL_BY_ID, {"_kid": kernel_id})).mappings().first()
         return dict(row) if row else None
 
     async def _agent_address(self, conn: AsyncConnection, agent_id: str | None) -> str | None:
         if not agent_id:
             return None
-        return (
-            await conn.execute(sa.select(agents.c.address).where(agents.c.id == agent_id))
-        ).scalar()
+        return (await conn.execute(_AGENT_ADDRESS, {"_aid": agent_id})).scalar()
 
     # -- starting -----------------------------------------------------------------------------
 

@@ -126,10 +126,13 @@ def step_events(sid: str, name: str, access_key: str, kid: str | None, to: Sessi
     return [kev, sess] if to in _KERNEL_FIRST else [sess, kev]
 
 
+#: a session's row by its id, built once: every transition reads one first, and building the
+#: select of the table's ~40 columns (and its cache key) anew each time cost more than running it
+_SESSION_BY_ID = sa.select(sessions).where(sessions.c.id == sa.bindparam("_sid"))
+
+
 async def load_session(conn: AsyncConnection, session_id: uuid.UUID) -> dict[str, Any] | None:
-    row = (
-        await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))
-    ).mappings().first()
+    row = (await conn.execute(_SESSION_BY_ID, {"_sid": session_id})).mappings().first()
     return dict(row) if row is not None else None
 
 
