@@ -484,6 +484,20 @@ async def test_a_batch_end_writes_and_tells_what_two_steps_would(manager):
     assert await occupied(manager) == ResourceSlot()
 
 
+def applied_one_by_one(manager, monkeypatch) -> list[str]:
+    """The names of the events the manager applies one by one from now on (not set-based)."""
+    lifecycle = manager.sessions.lifecycle
+    names: list[str] = []
+    original = lifecycle._apply_logged
+
+    async def recorded(ev):
+        names.append(ev.name)
+        await original(ev)
+
+    monkeypatch.setattr(lifecycle, "_apply_logged", recorded)
+    return names
+
+
 async def test_kernel_ends_reported_together_move_together(manager, monkeypatch):
     """Three batch kernels end in one report of their agent (two exit 0, one exit 5): they
     move in groups, none one by one, each with its own result, exit code, history, events
@@ -495,15 +509,7 @@ async def test_kernel_ends_reported_together_move_together(manager, monkeypatch)
                                                      resources={"cpu": "0.5"}))
         ids[name] = uuid.UUID(ans["sessionId"])
         await wait_status(manager, ids[name], {"RUNNING"}, timeout=60)
-    lifecycle = manager.sessions.lifecycle
-    one_by_one = []
-    original = lifecycle._apply_logged
-
-    async def recorded(ev):
-        one_by_one.append(ev.name)
-        await original(ev)
-
-    monkeypatch.setattr(lifecycle, "_apply_logged", recorded)
+    one_by_one = applied_one_by_one(manager, monkeypatch)
     specs = {s["session_name"]: s for s in manager.fake.kernels.values()}
     codes = {"end-a": 0, "end-b": 0, "end-c": 5}
     async with manager.bus.subscribe() as sub:
@@ -1024,6 +1030,46 @@ async def test_one_event_batch_starts_many_sessions_with_the_history_of_one(mana
             sa.select(kernels.c.session_id, kernels.c.container_id)
             .where(kernels.c.session_id.in_(ids)))).all())
     assert cids == {sid: f"c-many-{i}" for i, sid in enumerate(ids)}
+
+
+async def test_starts_and_ends_interleaved_in_one_batch_move_together(manager, monkeypatch):
+    """An agent's report interleaves its kernels' starts and ends (start a, start b, end a,
+    start c, end b, end c): the starts move together, then the ends, none one by one, each
+    session with the history and the events (in order) of one started and ended alone."""
+    me = await caller(manager)
+    names = ("mix-a", "mix-b", "mix-c")
+    ids = await _preparing(manager, me, names, type="batch", startupCommand="true")
+    specs = {s["session_name"]: s for s in manager.fake.kernels.values()}
+    one_by_one = applied_one_by_one(manager, monkeypatch)
+    start = {n: _progress_events(manager, specs[n]) for n in names}
+    end = {n: manager.fake._ev("kernel_terminated", specs[n], reason="self-terminated",
+                               exit_code=0 if n != "mix-b" else 4) for n in names}
+    batch = [*start["mix-a"], *start["mix-b"], end["mix-a"], *start["mix-c"], end["mix-b"],
+             end["mix-c"]]
+    async with manager.bus.subscribe() as sub:
+        await manager.agents.handle_events(batch)
+        got: dict[str, list] = {}
+        while (ev := await sub.get(timeout=5 if len(got.get("mix-c", ())) < 5 else 0.5)):
+            got.setdefault(ev.session_name, []).append(ev.name)
+    assert one_by_one == []
+    hist = {n: await history(manager, sid) for n, sid in zip(names, ids)}
+    assert hist["mix-a"] == hist["mix-b"] == hist["mix-c"]
+    assert_legal(hist["mix-a"])
+    assert [h[1] for h in hist["mix-a"]][-5:] == [
+        "PREPARED", "CREATING", "RUNNING", "TERMINATING", "TERMINATED"]
+    for n, sid in zip(names, ids):
+        row = await wait_status(manager, sid, {"TERMINATED"})
+        assert row["result"] == ("FAILURE" if n == "mix-b" else "SUCCESS")
+        seen = [e for e in got[n] if e.startswith("session_")]
+        assert seen == ["session_prepared", "session_creating", "session_started",
+                        "session_failure" if n == "mix-b" else "session_success",
+                        "session_terminating", "session_terminated"], seen
+    async with manager.store.connect() as conn:
+        cids = dict((await conn.execute(
+            sa.select(kernels.c.session_id, kernels.c.container_id)
+            .where(kernels.c.session_id.in_(ids)))).all())
+    assert cids == {sid: f"c-{n}" for n, sid in zip(names, ids)}
+    assert await occupied(manager) == ResourceSlot()
 
 
 async def test_an_event_batch_moves_only_sessions_still_starting(manager):

@@ -140,6 +140,33 @@ def _one_walk(d: Decision, row: Mapping[str, Any], kid: uuid.UUID
         src = m.to
     return [(m.to, m.reason) for m in moves]
 
+#: the kinds of runs ``runs`` makes, in the order it cycles through them
+_RUN_KINDS = ("progress", "terminated", "other")
+
+
+def _run_kind(ev: KernelEvent) -> int:
+    return 0 if ev.name in EVENT_TARGET else 1 if ev.name == "kernel_terminated" else 2
+
+
+def runs(events: list[KernelEvent]) -> list[tuple[str, list[KernelEvent]]]:
+    """The batch as runs (kind, events) to apply one after the other, each run of one kind
+    (``_RUN_KINDS``) and at most one event per kernel: each event goes to the first run of
+    its kind after the run of its kernel's previous event. A kernel's events keep their order
+    and those of distinct kernels commute (each decides about its own kernel's session only),
+    so this applies what the batch in its order would, in as few runs, each a transaction,
+    as the order of each kernel allows: an agent's report interleaves its kernels' starts and
+    ends (start a, end b, start c, end a, ...), which taken in turn were a run each."""
+    slots: dict[int, list[KernelEvent]] = {}
+    last: dict[str, int] = {}  # kernel -> the run of its latest event
+    for ev in events:
+        kind = _run_kind(ev)
+        after = last.get(ev.kernel_id, -1)
+        i = after + 1 + (kind - after - 1) % len(_RUN_KINDS)
+        slots.setdefault(i, []).append(ev)
+        last[ev.kernel_id] = i
+    return [(_RUN_KINDS[i % len(_RUN_KINDS)], slots[i]) for i in sorted(slots)]
+
+
 class Lifecycle:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
@@ -428,32 +455,18 @@ class Lifecycle:
     # -- agent events -------------------------------------------------------------------------
 
     async def apply_kernel_events(self, events: list[KernelEvent]) -> None:
-        """Apply a batch of agent events in order (``coalesce_progress`` already applied).
-
-        Runs of progress events of distinct kernels are applied together, set-based, in one
-        transaction (``_apply_progress``), so are runs of ``kernel_terminated`` (``_apply_ends``);
-        any other event one by one, in its place.
-        """
-        run: list[KernelEvent] = []
-        in_run: set[str] = set()
-        kind = None  # "progress" | "terminated": what the run holds
-
-        async def apply_run() -> None:
-            if run:
-                await (self._apply_progress if kind == "progress" else self._apply_ends)(run)
-
-        for ev in events:
-            ev_kind = ("progress" if ev.name in EVENT_TARGET else
-                       "terminated" if ev.name == "kernel_terminated" else None)
-            if ev_kind != kind or ev.kernel_id in in_run:
-                await apply_run()
-                run, in_run, kind = [], set(), ev_kind
-            if ev_kind is not None:
-                run.append(ev)
-                in_run.add(ev.kernel_id)
+        """Apply a batch of agent events (``coalesce_progress`` already applied) in ``runs``:
+        each run of progress events of distinct kernels is applied together, set-based, in one
+        transaction (``_apply_progress``), so is each run of ``kernel_terminated``
+        (``_apply_ends``); any other event one by one, in its place."""
+        for kind, run in runs(events):
+            if kind == "progress":
+                await self._apply_progress(run)
+            elif kind == "terminated":
+                await self._apply_ends(run)
             else:
-                await self._apply_logged(ev)
-        await apply_run()
+                for ev in run:
+                    await self._apply_logged(ev)
 
     async def _apply_logged(self, ev: KernelEvent) -> None:
         try:
