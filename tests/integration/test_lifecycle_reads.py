@@ -1,7 +1,8 @@
 """The reads every transition and kernel event makes (``transitions.load_session``,
-``Lifecycle._kernel``, ``Lifecycle._agent_address``) run statements built once: the rows they
-find on SQLite and PostgreSQL, and no select built per call (building one of the sessions
-table's ~40 columns, with its cache key, cost more than running it)."""
+``Lifecycle._kernel``, ``Lifecycle._agent_address``, and ``Lifecycle._kernel_at``: a kernel and
+its agent's address in one read) run statements built once: the rows they find on SQLite and
+PostgreSQL, and no select built per call (building one of the sessions table's ~40 columns,
+with its cache key, cost more than running it)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,12 @@ async def test_a_session_its_kernel_and_agent_are_read_by_statements_built_once(
         assert await lc._kernel(conn, uuid.uuid4()) is None
         assert await lc._agent_address(conn, "a-1") == "http://a-1:6001"
         assert await lc._agent_address(conn, "a-2") is None
+        kernel, address = await lc._kernel_at(conn, kid)
+        assert kernel == await lc._kernel(conn, kid) and address == "http://a-1:6001"
+        assert await lc._kernel_at(conn, uuid.uuid4()) == (None, None)
+        assert await lc._kernel_at(conn, None) == (None, None)
+    async with store.begin() as conn:  # a kernel whose agent is unknown (gone): no address
+        await conn.execute(sa.update(kernels).where(kernels.c.id == kid).values(agent_id="a-9"))
+    async with store.connect() as conn:
+        kernel, address = await lc._kernel_at(conn, kid)
+        assert kernel is not None and kernel["agent_id"] == "a-9" and address is None

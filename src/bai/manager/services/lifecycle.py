@@ -72,6 +72,10 @@ _ENDING = tuple(st for st in S if st not in FINAL)
 #: read them; building the select anew, with its cache key, cost more than running it)
 _KERNEL_BY_ID = sa.select(kernels).where(kernels.c.id == sa.bindparam("_kid"))
 _AGENT_ADDRESS = sa.select(agents.c.address).where(agents.c.id == sa.bindparam("_aid"))
+#: ... and both in one read, for what asks its agent to act on the kernel (``_kernel_at``)
+_KERNEL_AT = (sa.select(kernels, agents.c.address.label("_at_address"))
+              .select_from(kernels.outerjoin(agents, agents.c.id == kernels.c.agent_id))
+              .where(kernels.c.id == sa.bindparam("_kid")))
 
 
 def stats_reply(status: str, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -240,6 +244,17 @@ class Lifecycle:
         row = (await conn.execute(_KERNEL_BY_ID, {"_kid": kernel_id})).mappings().first()
         return dict(row) if row else None
 
+    async def _kernel_at(self, conn: AsyncConnection, kernel_id
+                         ) -> tuple[dict | None, str | None]:
+        """``_kernel`` and the address of its agent (None: no such kernel, or agent), one read."""
+        if kernel_id is None:
+            return None, None
+        row = (await conn.execute(_KERNEL_AT, {"_kid": kernel_id})).mappings().first()
+        if row is None:
+            return None, None
+        kernel = dict(row)
+        return kernel, kernel.pop("_at_address")
+
     async def _agent_address(self, conn: AsyncConnection, agent_id: str | None) -> str | None:
         if not agent_id:
             return None
@@ -372,8 +387,7 @@ class Lifecycle:
                                      cause=cause, outbox=outbox, row=row):
                         return stats_reply("cancelled")
                     continue
-                kernel = await self._kernel(conn, row["main_kernel_id"])
-                address = await self._agent_address(conn, kernel and kernel["agent_id"])
+                kernel, address = await self._kernel_at(conn, row["main_kernel_id"])
                 if status is S.TERMINATING and not forced:
                     pass  # someone else is terminating it: help by asking the agent again
                 elif status is S.ERROR:
@@ -656,8 +670,7 @@ class Lifecycle:
         """Ask the agent to drop the session's kernel, without any status change."""
         async with self.root.store.connect() as conn:
             row = await load_session(conn, session_id)
-            kernel = await self._kernel(conn, row and row["main_kernel_id"])
-            address = await self._agent_address(conn, kernel and kernel["agent_id"])
+            kernel, address = await self._kernel_at(conn, row and row["main_kernel_id"])
         if kernel is not None and address:
             with contextlib.suppress(BaiError):
                 await self.root.agents.rpc.destroy_kernel(address, str(kernel["id"]), reason)
@@ -732,8 +745,7 @@ class Lifecycle:
                     f"session {row['name'] if row else session_id} is "
                     f"{row['status'] if row else 'gone'}; only a RUNNING session can restart"
                 )
-            old = await self._kernel(conn, row["main_kernel_id"])
-            address = await self._agent_address(conn, old and old["agent_id"])
+            old, address = await self._kernel_at(conn, row["main_kernel_id"])
             new = await transit(conn, session_id, S.RUNNING, S.RESTARTING, reason="restarting",
                                 cause=cause, outbox=outbox, row=row)
             if new is None:
