@@ -244,3 +244,17 @@ async def test_an_enqueue_only_create_on_sqlite_is_few_trips_to_its_thread(
             .join(session_history, session_history.c.session_id == sessions.c.id)
             .where(sessions.c.id == sid).group_by(sessions.c.id, kernels.c.id))).all()
     assert got == [("trips-1", "PENDING", 1)]
+
+
+def test_the_create_reads_build_no_sql_per_execution():
+    # an expanding parameter (a list for IN) would have SQLAlchemy rewrite the statement's text
+    # on every execution; the live-name reads name the statuses they skip as literals
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from bai.manager.services import sessions as service
+
+    for statement in (service._OWNER, service._OWNER_AND_QUEUE, service._LIVE_BY_NAME):
+        for dialect in (sqlite.dialect(), postgresql.dialect()):
+            compiled = statement.compile(dialect=dialect)
+            assert not compiled.post_compile_params, compiled
+            assert "NOT IN ('CANCELLED', 'ERROR', 'TERMINATED')" in str(compiled)
