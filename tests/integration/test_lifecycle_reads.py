@@ -1,8 +1,9 @@
 """The reads every transition and kernel event makes (``transitions.load_session``,
 ``Lifecycle._kernel``, ``Lifecycle._agent_address``, and ``Lifecycle._kernel_at``: a kernel and
-its agent's address in one read) run statements built once: the rows they find on SQLite and
-PostgreSQL, and no select built per call (building one of the sessions table's ~40 columns,
-with its cache key, cost more than running it)."""
+its agent's address in one read; a run of agent events' sessions, ``_kernel_sessions``) run
+statements built once: the rows they find on SQLite and PostgreSQL, and no select built per
+call (building one of the sessions table's ~40 columns, with its cache key, cost more than
+running it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from pg_support import private_store
 from bai.manager.services import lifecycle as lifecycle_module
 from bai.manager.services import transitions
 from bai.manager.services.bootstrap import bootstrap
-from bai.manager.services.lifecycle import Lifecycle
+from bai.manager.services.lifecycle import (
+    _END_SELECT,
+    _WALK_SELECT,
+    Lifecycle,
+    _kernel_sessions,
+)
 from bai.manager.services.transitions import load_session
 from bai.manager.store.engine import Store
 from bai.manager.store.tables import agents, groups, kernels, keypairs, sessions, utcnow
@@ -85,3 +91,72 @@ async def test_a_session_its_kernel_and_agent_are_read_by_statements_built_once(
     async with store.connect() as conn:
         kernel, address = await lc._kernel_at(conn, kid)
         assert kernel is not None and kernel["agent_id"] == "a-9" and address is None
+
+
+class Counted:
+    """A connection that counts the statements run through it."""
+
+    def __init__(self, conn) -> None:
+        self.conn, self.statements = conn, 0
+
+    async def execute(self, *args, **kw):
+        self.statements += 1
+        return await self.conn.execute(*args, **kw)
+
+
+async def sessions_with_kernels(store, statuses):
+    """A session with a main kernel in each of ``statuses``: {status: (session id, kernel id)}."""
+    keys = await bootstrap(store, max_sessions=0)
+    made = {}
+    async with store.begin() as conn:
+        user = (await conn.execute(sa.select(keypairs.c.user_id, keypairs.c.access_key).where(
+            keypairs.c.access_key == keys["user"]["access_key"]))).first()
+        group = (await conn.execute(sa.select(groups.c.id).limit(1))).scalar()
+        for i, status in enumerate(statuses):
+            sid, kid = uuid.uuid4(), uuid.uuid4()
+            await conn.execute(sa.insert(sessions).values(
+                id=sid, name=f"s-{i}", access_key=user.access_key, user_id=user.user_id,
+                group_id=group, domain_name="default", image="python", type="BATCH",
+                status=status, main_kernel_id=kid, requested_slots={}, occupying_slots={},
+                created_at=utcnow()))
+            await conn.execute(sa.insert(kernels).values(
+                id=kid, session_id=sid, status=status, image="python", cluster_role="main",
+                cluster_idx=0, created_at=utcnow()))
+            made[status] = (sid, kid)
+    return made
+
+
+async def test_a_runs_sessions_are_one_statement_built_once(store, monkeypatch):
+    made = await sessions_with_kernels(store, ("CREATING", "RUNNING", "TERMINATED"))
+    by_kid = {kid: None for _, kid in made.values()} | {uuid.uuid4(): None}
+    monkeypatch.setattr(lifecycle_module, "sa", NoSelect())
+    async with store.connect() as conn:
+        counted = Counted(conn)
+        kernel_rows, rows = await _kernel_sessions(counted, by_kid, _END_SELECT)
+        assert counted.statements == 1
+        assert kernel_rows == {kid: sid for st, (sid, kid) in made.items() if st != "TERMINATED"}
+        assert {sid: (r["status"], r["main_kernel_id"], r["type"]) for sid, r in rows.items()} \
+            == {sid: (st, kid, "BATCH") for st, (sid, kid) in made.items() if st != "TERMINATED"}
+        kernel_rows, rows = await _kernel_sessions(counted, by_kid, _WALK_SELECT)
+        assert counted.statements == 2
+        sid, kid = made["CREATING"]
+        assert kernel_rows == {kid: sid} and list(rows) == [sid]
+        assert "_kid" not in rows[sid] and rows[sid]["name"] == "s-0"
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_the_sessions_are_locked_and_their_kernels_not(monkeypatch):
+    async with private_store("el") as store:
+        await store.migrate()
+        made = await sessions_with_kernels(store, ("RUNNING",))
+        sid, kid = made["RUNNING"]
+        async with store.begin() as conn:
+            await _kernel_sessions(conn, {kid: None}, _END_SELECT)
+            async with store.begin() as other:
+                await other.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+                await other.execute(sa.select(kernels.c.id).where(kernels.c.id == kid)
+                                    .with_for_update(nowait=True))
+            with pytest.raises(sa.exc.DBAPIError):
+                async with store.begin() as other:
+                    await other.execute(sa.select(sessions.c.id).where(sessions.c.id == sid)
+                                        .with_for_update(nowait=True))

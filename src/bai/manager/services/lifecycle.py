@@ -36,7 +36,6 @@ from bai.manager.services.transitions import (
     Outbox,
     in_lists,
     load_session,
-    lock_sessions,
     replace_kernel,
     transit,
     transit_many,
@@ -112,19 +111,36 @@ def _by_kernel(run: list[KernelEvent]) -> dict[uuid.UUID, KernelEvent]:
     return by_kid
 
 
+def _sessions_of_kernels(statuses: Any, columns: Any) -> sa.Select:
+    """The select of ``_kernel_sessions``: ``columns`` of the sessions in ``statuses`` of the
+    kernels ``_kids`` (an expanding parameter), each row with its kernel's id as ``_kid``,
+    the sessions' rows locked (PostgreSQL)."""
+    return (sa.select(kernels.c.id.label("_kid"), *columns)
+            .join_from(kernels, sessions, sessions.c.id == kernels.c.session_id)
+            .where(kernels.c.id.in_(sa.bindparam("_kids", expanding=True)),
+                   sessions.c.status.in_([str(st) for st in statuses]))
+            .with_for_update(of=sessions))
+
+
 async def _kernel_sessions(conn: AsyncConnection, by_kid: Mapping[uuid.UUID, Any],
-                           statuses: Any, columns: Any
+                           select: sa.Select
                            ) -> tuple[dict[uuid.UUID, uuid.UUID], dict[uuid.UUID, dict]]:
     """({kernel id: session id}, {session id: its row, locked}) for the kernels of a run whose
-    sessions are in ``statuses``."""
-    kernel_rows = {}
+    sessions are in the statuses of ``select`` (``_sessions_of_kernels``, built once): one
+    statement per ``in_lists`` chunk."""
+    kernel_rows: dict[uuid.UUID, uuid.UUID] = {}
+    rows: dict[uuid.UUID, dict] = {}
     for chunk in in_lists(list(by_kid)):
-        res = await conn.execute(
-            sa.select(kernels.c.id, kernels.c.session_id).where(kernels.c.id.in_(chunk)))
-        kernel_rows.update({r.id: r.session_id for r in res})
-    rows = {r["id"]: r for r in await lock_sessions(
-        conn, list(set(kernel_rows.values())), statuses, columns)}
+        for r in (await conn.execute(select, {"_kids": chunk})).mappings():
+            row = dict(r)
+            kernel_rows[row.pop("_kid")] = row["id"]
+            rows[row["id"]] = row
     return kernel_rows, rows
+
+
+#: what a run of progress events reads, what a run of ends reads (``_kernel_sessions``)
+_WALK_SELECT = _sessions_of_kernels(_WALKING, WALK_COLUMNS)
+_END_SELECT = _sessions_of_kernels(_ENDING, tuple(sessions.c))
 
 
 def _one_walk(d: Decision, row: Mapping[str, Any], kid: uuid.UUID
@@ -498,7 +514,7 @@ class Lifecycle:
         rest: list[KernelEvent] = []
         try:
             async with self.tx() as (conn, outbox):
-                kernel_rows, rows = await _kernel_sessions(conn, by_kid, _WALKING, WALK_COLUMNS)
+                kernel_rows, rows = await _kernel_sessions(conn, by_kid, _WALK_SELECT)
                 groups: dict[tuple[SessionStatus, SessionStatus, str], list[dict]] = {}
                 seen: set[uuid.UUID] = set()
                 for kid, ev in by_kid.items():
@@ -539,8 +555,7 @@ class Lifecycle:
         rest: list[KernelEvent] = []
         try:
             async with self.tx() as (conn, outbox):
-                kernel_rows, rows = await _kernel_sessions(conn, by_kid, _ENDING,
-                                                           tuple(sessions.c))
+                kernel_rows, rows = await _kernel_sessions(conn, by_kid, _END_SELECT)
                 groups: dict[tuple, list[tuple[dict[str, Any], Decision]]] = {}
                 for kid, ev in by_kid.items():
                     row = rows.get(kernel_rows.get(kid))
