@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 
+import pytest
 import sqlalchemy as sa
 from test_manager_lifecycle import body, caller, manager, two_ticks  # noqa: F401
 
@@ -199,3 +200,65 @@ async def test_only_a_fifo_group_gives_a_create_for_later_its_line(manager, monk
     got = await lines(manager, me, ["fifo-0", "lifo-1", "fifo-2"])
     assert got["lifo-1"] == "enqueued", got
     assert [position(got[n]) for n in ("fifo-0", "fifo-2")] == [1, 3], got
+
+
+async def test_a_create_for_later_counts_the_queue_unless_the_last_ones_count_stands(
+        manager, monkeypatch):
+    """On SQLite (this manager the only writer) a create for later takes the number of sessions
+    pending from the last such create while nothing wrote ``sessions`` since that committed:
+    no count. After any other write to them (a status change) and after a create that rolled
+    back it counts again; PostgreSQL counts every time. The lines are a count's either way."""
+    from sqlalchemy import event
+
+    from bai.manager.services import sessions as sessions_service
+    from bai.manager.services.scheduling import SchedulerLoop
+
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    monkeypatch.setattr(SchedulerLoop, "_quiet", lambda self: True)  # no pass but this test's
+    await two_ticks(manager.scheduler)
+    me = await caller(manager)
+    await manager.scheduler.run_pass()  # what the loop knows of the queue: empty
+    counted = []
+
+    def note(_conn, _cursor, statement, *_args) -> None:
+        if "AS pending" in statement and "keypairs.access_key" in statement:
+            counted.append(statement)
+
+    event.listen(manager.store.engine.sync_engine, "before_cursor_execute", note)
+    reads = []  # (the creates so far, the counts read so far) after each step
+
+    async def later(name: str, **kw) -> None:
+        await manager.sessions.create(me, body(name, starts_at="1h", enqueueOnly=True, **kw))
+        reads.append(len(counted))
+
+    await later("s-a")
+    await later("s-b")
+    await later("s-c", array="1-2")
+    async with manager.store.begin() as conn:  # a status change: s-a leaves the queue
+        await conn.execute(sa.update(sessions).where(sessions.c.name == "s-a").values(
+            status="CANCELLED", status_changed=utcnow()))
+    await later("s-d")
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("after the insert")
+
+    with monkeypatch.context() as m:  # s-e is written, then rolled back
+        m.setattr(sessions_service, "record_enqueued", broken)
+        with pytest.raises(RuntimeError):
+            await later("s-e")
+    reads.append(len(counted))
+    await later("s-f")
+    await later("s-g")
+    event.remove(manager.store.engine.sync_engine, "before_cursor_execute", note)
+    if manager.store.is_sqlite:
+        assert reads == [1, 1, 1, 2, 2, 3, 3], reads
+    else:
+        assert reads == [1, 2, 3, 4, 5, 6, 7], reads
+    names = ["s-b", "s-c-1", "s-c-2", "s-d", "s-f", "s-g"]
+    got = await lines(manager, me, names)
+    # (written behind s-a; no pass has moved them up since it left)
+    assert sorted(position(got[n]) for n in names[:3]) == [2, 3, 4], got
+    assert [position(got[n]) for n in names[3:]] == [4, 5, 6], got
+    async with manager.store.connect() as conn:
+        assert (await conn.execute(sa.select(sessions.c.name).where(
+            sessions.c.name == "s-e"))).first() is None

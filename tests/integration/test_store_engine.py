@@ -370,6 +370,8 @@ async def test_a_write_counts_as_a_change_of_the_tables_it_names_and_no_other(tm
             (sa.delete(t.agents), 0, {"scaling_groups": 2}),
             (sa.update(t.users).values(role="user"), 2, {"keypairs": 2}),
             (sa.delete(t.session_dependencies), 2, {}),
+            (sa.update(t.sessions).values(status_info="x"), 2, {"sessions": 2}),
+            (sa.delete(t.web_sessions), 0, {}),
             (sa.update(t.vfolders).values(name="x"), 0, {}),
             (sa.delete(t.images).where(t.images.c.name.in_(sa.select(t.users.c.email))), 2,
              {"images": 2, "keypairs": 2}),
@@ -487,5 +489,31 @@ async def test_an_insert_held_by_the_store_writes_what_sqlalchemy_writes(tmp_pat
         side["domains"] = [r[:-1] for r in side["domains"]]
     assert raw[True] == raw[False]
     assert len(raw[True]["session_history"]) == 2 and len(raw[True]["domains"]) == 1
-    assert counted[True] == counted[False] == (5, 2, {"keypairs": 0, "images": 0,
-                                                      "scaling_groups": 0})  # BEGIN too
+    assert counted[True] == counted[False] == (  # BEGIN too
+        5, 2, {"keypairs": 0, "images": 0, "scaling_groups": 0, "sessions": 2})
+
+
+async def test_after_commit_calls_once_a_transaction_committed_and_never_after_a_rollback(store):
+    # what a create keeps read for the next one (the sessions pending) goes by this: called
+    # after the commit with its end counted in cache_changes, nothing after a rollback
+    await store.migrate()
+    calls = []
+
+    def note(what: str) -> None:
+        calls.append((what, dict(store.cache_changes), store.transactions))
+
+    async with store.begin() as conn:
+        await conn.execute(sa.update(t.sessions).values(status_info="x"))
+        store.after_commit(conn, lambda: note("a"))
+        store.after_commit(conn, lambda: note("b"))
+        assert calls == []
+    assert [c[0] for c in calls] == ["a", "b"]
+    assert calls[0][1:] == (dict(store.cache_changes), store.transactions)
+    with pytest.raises(RuntimeError):
+        async with store.begin() as conn:
+            await conn.execute(sa.update(t.sessions).values(status_info="y"))
+            store.after_commit(conn, lambda: note("rolled back"))
+            raise RuntimeError("rollback")
+    async with store.begin() as conn:
+        await conn.execute(sa.update(t.sessions).values(status_info="z"))
+    assert [c[0] for c in calls] == ["a", "b"]

@@ -175,6 +175,9 @@ class SessionService:
         #: the resource groups creates ran in, each with its live agents' capacities
         #: (SQLite: valid until a write to ``scaling_groups`` or ``agents``)
         self.scaling_groups = Cached("scaling_groups", 256)
+        #: the number of sessions pending as the last create for later left it (SQLite: valid
+        #: until a write to ``sessions``): the next one's first lines need no count
+        self.pending = Cached("sessions", 1)
 
     async def close(self) -> None:
         await self.lifecycle.close()
@@ -318,7 +321,9 @@ class SessionService:
                      dep_ids: list[uuid.UUID], queue: _Queue) -> Appended | None:
         """Insert ``rows`` PENDING with their kernels, dependencies and first history entry;
         sessions that wait for a ``starts_at`` ahead with their first line where it is known
-        now (``first_lines``): what the scheduler loop is told once they committed."""
+        now (``first_lines``): what the scheduler loop is told once they committed. Where the
+        sessions pending were counted, their number once these committed is kept for the
+        next create (``self.pending``)."""
         # the sessions become PENDING as they are written, after the checks
         at = utcnow()
         for row in rows:
@@ -327,6 +332,10 @@ class SessionService:
                             queue.scheduler, queue.pending)
         store = self.root.store
         await store.insert_later(conn, _INSERT_SESSIONS, rows)
+        if queue.pending is not None and store.is_sqlite:
+            pending, now_pending = self.pending, queue.pending + len(rows)
+            store.after_commit(conn, lambda: pending.put(
+                None, pending.generation(store), now_pending))
         await store.insert_later(conn, _INSERT_KERNELS, [dict(
             id=row["main_kernel_id"], session_id=row["id"], image=row["image"],
             status=str(S.PENDING), status_info="enqueued", status_changed=at,
@@ -398,18 +407,24 @@ class SessionService:
         """The owner's keypair row; ``live_id``: the id of its live session named ``name``;
         ``group``: the group ``req`` names in the owner's domain (``_group``); ``pending``:
         the sessions pending, where the create's may get their first lines (they wait for a
-        ``starts_at`` ahead, in the only group with sessions pending: ``first_lines``)."""
+        ``starts_at`` ahead, in the only group with sessions pending: ``first_lines``), counted
+        unless the last such create's count still stands (``self.pending``: on SQLite, no write
+        to ``sessions`` since it committed; this transaction holds the write lock)."""
         ak = req.owner_access_key or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
         lines = (req.starts_at is not None and req.starts_at > now
                  and self.root.scheduler.sole_group(req.scaling_group or "default"))
-        row = (await conn.execute(_OWNER_AND_QUEUE if lines else _OWNER,
+        seen = (self.pending.get(None, self.pending.generation(self.root.store)) if lines
+                else None)
+        row = (await conn.execute(_OWNER_AND_QUEUE if lines and seen is None else _OWNER,
                                   {"ak": ak, "name": name, "group": req.group})
                ).mappings().first()
         if row is None or not row["is_active"]:
             raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
         owner = dict(row)
+        if seen is not None:
+            owner["pending"] = seen
         g = {c.name: owner.pop(f"group_{c.name}") for c in _GROUP_COLS}
         owner["group"] = (None if g["id"] is None else
                           _Group(**g, member=owner.pop("group_member")))

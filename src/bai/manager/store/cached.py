@@ -1,6 +1,7 @@
 """Values the manager keeps read from the database while the tables they come from are
 unchanged: the keypair a signed request names, the image a create names, the resource group a
-create runs in (``Cached``).
+create runs in, the number of sessions pending as the last create for later left it (``Cached``;
+that one is put by ``Store.after_commit``, once the create's own sessions are counted in).
 
 ``Store.cache_changes[name]`` counts the writes this process made to the tables of ``name``
 (``engine.CACHED_TABLES``): one more when a statement writes one of them and again once its

@@ -45,6 +45,8 @@ CACHED_TABLES = {
     "images": re.compile(r"\b(images|image_aliases)\b", re.IGNORECASE),
     # a resource group with its live agents' capacities (``services/sessions.py``)
     "scaling_groups": re.compile(r"\b(scaling_groups|agents)\b", re.IGNORECASE),
+    # the number of sessions pending, for a create's first lines (``services/sessions.py``)
+    "sessions": re.compile(r"\bsessions\b", re.IGNORECASE),
 }
 
 
@@ -115,6 +117,8 @@ class Store:
         #: called (no argument) after a transaction that wrote a listed table ended, if set
         #: (the watchdogs' wake-up on SQLite: ``services/watchdogs.py``)
         self.on_listing_change: Callable[[], None] | None = None
+        #: what to call once each open transaction has committed (``after_commit``)
+        self._committed: dict[AsyncConnection, list[Callable[[], None]]] = {}
 
         #: SQLite's one-hop layer: an insert held without SQLAlchemy's execution
         #: (``insert_later``), by statement and columns: (SQL, parameter names, their bind
@@ -226,6 +230,9 @@ class Store:
                         yield conn
                 finally:
                     self._ended(conn)
+                    committed = self._committed.pop(conn, ())
+                for fn in committed:
+                    fn()
             return
         # SQLite has one writer at a time. This process's writers queue here, in order,
         # instead of in SQLite's busy handler, which sleeps up to 100 ms between retries:
@@ -248,6 +255,9 @@ class Store:
                         yield conn
                 finally:
                     self._ended(conn)
+                    committed = self._committed.pop(conn, ())
+                for fn in committed:
+                    fn()
                 kept = not (conn.invalidated or conn.closed)
             finally:
                 if kept:
@@ -273,6 +283,12 @@ class Store:
             self.cache_changes[name] += 1
         if conn.info.pop(_LISTED_WRITE, False):
             self._listed_write()
+
+    def after_commit(self, conn: AsyncConnection, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the transaction open on ``conn`` has committed, right after its
+        end is counted (``cache_changes``) and before another transaction of this process
+        begins on SQLite (under the write lock); never if it rolls back or its end fails."""
+        self._committed.setdefault(conn, []).append(fn)
 
     @staticmethod
     def heartbeat_only(conn: AsyncConnection) -> None:
