@@ -136,9 +136,11 @@ async def create(c: Signed, name: str, **kw) -> dict:
     return body
 
 
-async def read_sse(resp, stop_after: str | None = "server_close", limit: int = 50) -> list[tuple[str, dict]]:
-    """Parse SSE messages until ``stop_after`` (or the end of the stream)."""
-    out, fields = [], {}
+async def read_sse(resp, stop_after: str | None = "server_close", limit: int = 50,
+                   out: list | None = None) -> list[tuple[str, dict]]:
+    """Parse SSE messages until ``stop_after`` (or the end of the stream), into ``out`` (a
+    list the caller may watch while this runs) when given."""
+    out, fields = [] if out is None else out, {}
     while len(out) < limit:
         line = await asyncio.wait_for(resp.content.readline(), 10)
         if not line:
@@ -563,10 +565,16 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_others_carry_on(en
     stuck = await sse(admin, "scope=session")
     n = 3000
     sent = [bus_event(i, admin.access_key, extra={"pad": "x" * 12000}) for i in range(n)]
-    reader = asyncio.create_task(read_sse(fast, None, limit=n))
+    seen: list = []
+    reader = asyncio.create_task(read_sse(fast, None, limit=n, out=seen))
     for i in range(0, n, 100):
         await root.bus.publish_many(sent[i:i + 100])
-        await asyncio.sleep(0.01)
+        # the reading client has read what was sent before more comes: however slow this
+        # machine is, only the one that stopped reading falls QUEUE_LIMIT writes behind
+        for _ in range(2400):
+            if len(seen) >= i + 100 or reader.done():
+                break
+            await asyncio.sleep(0.05)
     got = await asyncio.wait_for(reader, 120)
     assert [d["reason"] for _, d in got] == [str(i) for i in range(n)]
     for _ in range(200):  # the stuck one leaves the bus (its handler ends on its next turn)
