@@ -15,8 +15,8 @@ import contextlib
 import functools
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -224,15 +224,8 @@ class Store:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A transaction: committed when the block ends, rolled back on an exception."""
         if not self.is_sqlite:
-            async with self.engine.connect() as conn:
-                try:
-                    async with conn.begin():
-                        yield conn
-                finally:
-                    self._ended(conn)
-                    committed = self._committed.pop(conn, ())
-                for fn in committed:
-                    fn()
+            async with self.engine.connect() as conn, self._transaction(conn):
+                yield conn
             return
         # SQLite has one writer at a time. This process's writers queue here, in order,
         # instead of in SQLite's busy handler, which sleeps up to 100 ms between retries:
@@ -250,20 +243,27 @@ class Store:
                 await conn.execution_options(bai_write=True)
             kept = False
             try:
-                try:
-                    async with conn.begin():
-                        yield conn
-                finally:
-                    self._ended(conn)
-                    committed = self._committed.pop(conn, ())
-                for fn in committed:
-                    fn()
+                async with self._transaction(conn):
+                    yield conn
                 kept = not (conn.invalidated or conn.closed)
             finally:
                 if kept:
                     self._writer = conn
                 else:
                     await conn.__aexit__(None, None, None)  # closed as ``async with`` would
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """A transaction on ``conn``; its end counted (``_ended``), then, once it committed,
+        what ``after_commit`` asked for (nothing after a rollback)."""
+        try:
+            async with conn.begin():
+                yield
+        finally:
+            self._ended(conn)
+            committed = self._committed.pop(conn, ())
+        for fn in committed:
+            fn()
 
     def _ended(self, conn: AsyncConnection) -> None:
         """After a transaction (committed or rolled back): if it wrote a listed table, the
