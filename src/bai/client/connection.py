@@ -1,7 +1,10 @@
 """The transport of the click path: signed HTTP, WebSocket and SSE requests to the manager.
 
-HTTP goes through httpx, WebSockets through websockets (both maintained, pure Python). They
-were chosen over aiohttp, the server's HTTP library, by measurement: importing aiohttp costs
+HTTP goes through httpx, WebSockets through websockets (both maintained, pure Python), except
+plain requests (``request`` without files) to an endpoint reached without a proxy: those go
+over ``bai.client.http1_async``, keep-alive HTTP/1.1 on asyncio streams, an eighth of httpx's
+CPU per request (what an SDK submitting sessions in a loop spends). httpx and websockets were
+chosen over aiohttp, the server's HTTP library, by measurement: importing aiohttp costs
 about twice the CPU of importing both (docs/operations.md, "The client's transport"), and
 ``backend.ai ps`` spends most of its time importing. The express path of ``backend.ai run``
 keeps its own blocking client (``bai.client.blocking``) for the same reason, with the same
@@ -63,6 +66,7 @@ if TYPE_CHECKING:  # websockets is imported by the first WebSocket (only executi
     from websockets.asyncio.client import ClientConnection
 
 from bai.client import network
+from bai.client.blocking import Answer
 from bai.client.config import ClientConfig
 from bai.client.endpoint import (
     USER_AGENT,
@@ -74,7 +78,8 @@ from bai.client.endpoint import (
     read_timeout,
     session_path,
 )
-from bai.client.http1 import ConnectFailed, HandshakeFailed, quote_plain, split_url
+from bai.client.http1 import ConnectFailed, HandshakeFailed, WireError, quote_plain, split_url
+from bai.client.http1_async import AsyncHTTP
 from bai.common.streams import KEEPALIVE_SECONDS
 
 T = TypeVar("T")
@@ -110,11 +115,15 @@ class Connection:
     def __init__(self, config: ClientConfig):
         self.config = config
         self._http: httpx.AsyncClient | None = None
+        self._plain: AsyncHTTP | None = None
+        #: (scheme, host, port) of the endpoints reached without a proxy
+        self._direct: set[tuple[str, str, int]] = set()
         self.endpoints = Endpoints(config)
         self.read_timeout = read_timeout()
 
     async def __aenter__(self) -> Connection:
         self._http = self._client()
+        self._plain = AsyncHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10.0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -138,11 +147,16 @@ class Connection:
             if proxy is not None:
                 mounts[f"{scheme}://{host}:{port}"] = httpx.AsyncHTTPTransport(
                     verify=verify, proxy=proxy, retries=0)
+            else:
+                self._direct.add((scheme, host, port))
         return httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT}, verify=verify, trust_env=False, mounts=mounts,
             timeout=httpx.Timeout(None, connect=10.0), follow_redirects=False)
 
     async def close(self) -> None:
+        if self._plain is not None:
+            await self._plain.close()
+            self._plain = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -179,7 +193,7 @@ class Connection:
                 from bai.client.endpoint import handshake_error
 
                 raise handshake_error(e) from None
-            except (httpx.TransportError, httpx.StreamError) as e:
+            except (httpx.TransportError, httpx.StreamError, WireError) as e:
                 raise eps.lost(idx, _reason(e)) from None
             except Exception as e:
                 if type(e).__module__.startswith("websockets."):  # a handshake that went wrong
@@ -223,6 +237,10 @@ class Connection:
                                                         multipart=form is not None)
             if not signed:
                 headers = {}
+            if form is None and self._plain is not None:
+                if split_url(url)[:3] in self._direct:  # (Host: the netloc, as httpx sends)
+                    return answer_of(await self._plain.request(method, url, headers=headers,
+                                                               body=data))
             headers["Host"] = _netloc(url)
             with ExitStack() as files:
                 parts = None if form is None else [
@@ -412,8 +430,10 @@ class WebSocket:
         return WSMessage(WSMsgType.TEXT if isinstance(msg, str) else WSMsgType.BINARY, msg)
 
 
-def answer_of(resp: httpx.Response) -> Any:
+def answer_of(resp: httpx.Response | Answer) -> Any:
     """The decoded body of a read answer; an error answer raises its typed error."""
+    if isinstance(resp, Answer):
+        return decode_answer(resp.status, resp.reason, resp.content_type, resp.text("replace"))
     text = resp.content.decode(resp.encoding or "utf-8", "replace")
     ctype = resp.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
     return decode_answer(resp.status_code, resp.reason_phrase or "", ctype, text)
