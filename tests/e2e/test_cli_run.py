@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -25,6 +26,35 @@ def session_row(stack, name: str, user: bool = False) -> dict | None:
 def test_hello_world(stack):
     proc = stack.cli("run", "--rm", "-c", 'print("hello world")', "python")
     assert proc.stdout == "hello world\n"
+
+
+def all_sessions(stack) -> dict[str, str]:
+    proc = stack.cli("--output", "json", "ps", "--all", "--all-statuses", "-f", "name,status")
+    return {i["name"]: i["status"] for i in json.loads(proc.stdout)["items"]}
+
+
+def test_run_rm_twice_with_one_name_and_without_a_name(stack):
+    """``run --rm -t NAME`` back to back: each has ended (TERMINATED) when it returns, so the
+    next finds the name free (fails with "already exists" if the command returned while its
+    session was still TERMINATING). Without ``-t`` the command may return while its session
+    ends (the name is made up): it ends TERMINATED all the same."""
+    name = unique("again")
+    for _ in range(3):
+        assert stack.cli("run", "--rm", "-t", name, "-c", "print(1)", "python").stdout == "1\n"
+        returned = datetime.now(UTC)
+        ended = json.loads(stack.cli("--output", "json", "history", name).stdout)[-1]
+        assert ended["to"] == "TERMINATED"
+        assert datetime.fromisoformat(ended["at"]) <= returned  # before the command returned
+    before = set(all_sessions(stack))
+    assert stack.cli("run", "--rm", "-c", "print(2)", "python").stdout == "2\n"
+    deadline = time.monotonic() + 30
+    while True:
+        new = {n: st for n, st in all_sessions(stack).items() if n not in before}
+        assert len(new) == 1, new
+        if list(new.values()) == ["TERMINATED"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert list(new.values()) == ["TERMINATED"]
 
 
 def test_script_with_arguments(stack, tmp_path):

@@ -251,7 +251,7 @@ async def test_execute_proxy_relays_frames_and_input(env):
 
 
 async def _run_stream(client, user, first: dict, stdin: str | None = None,
-                      destroy: bool = True) -> list[dict]:
+                      destroy: bool | dict = True) -> list[dict]:
     """``GET /stream/session/_/run``: every frame the manager sent, in order."""
     path = "/stream/session/_/run"
     ws = await client.ws_connect(path, headers=user.headers("GET", path, "application/octet-stream"))
@@ -267,7 +267,8 @@ async def _run_stream(client, user, first: dict, stdin: str | None = None,
         if frames[-1].get("status") == "finished" or frames[-1].get("ended"):
             if not destroy:
                 break
-            await ws.send_str(json.dumps({"destroy": True}))
+            await ws.send_str(json.dumps(destroy if isinstance(destroy, dict)
+                                         else {"destroy": True}))
     await ws.close()
     return frames
 
@@ -290,6 +291,35 @@ async def test_the_run_stream_creates_runs_and_destroys_in_one_connection(env):
     assert frames[-1]["status"] == "finished"
     resp = await user.request("GET", "/session/run-2")
     assert (await resp.json())["status"] == "RUNNING"
+
+
+async def test_the_run_stream_answers_a_destroy_without_wait_once_it_is_terminating(env):
+    """``{"destroy": true, "wait": false}``: answered while the agent still destroys the
+    kernel (held here), the session TERMINATING; it ends TERMINATED once the agent is done.
+    Fails when the stream ignores ``wait`` (the answer waits for the held destroy)."""
+    root, client, user, _, _ = env
+    gate, destroy = asyncio.Event(), root.agents.rpc.destroy_kernel
+
+    async def held(*args):
+        await gate.wait()
+        return await destroy(*args)
+
+    root.agents.rpc.destroy_kernel = held
+    body = {"name": "run-early", "image": "python", "config": {"resources": {}}}
+    frames = await asyncio.wait_for(_run_stream(
+        client, user, {"create": body, "code": "input()", "mode": "query", "options": {}},
+        stdin="x", destroy={"destroy": True, "wait": False}), 10)
+    assert frames[-2]["status"] == "finished"
+    assert frames[-1] == {"destroyed": {"stats": {"status": "terminating"}}}
+    resp = await user.request("GET", "/session/run-early")
+    assert (await resp.json())["status"] == "TERMINATING"
+    gate.set()
+    for _ in range(200):
+        resp = await user.request("GET", "/session/run-early")
+        if (await resp.json())["status"] == "TERMINATED":
+            break
+        await asyncio.sleep(0.05)
+    assert (await resp.json())["status"] == "TERMINATED"
 
 
 async def test_the_run_stream_finds_its_kernel_where_the_scheduler_placed_it(env,

@@ -176,6 +176,22 @@ def test_the_run_stream_carries_what_the_three_requests_carry(fake, capsys,  # n
     assert len(sent1) == 1 and len(sent1[0][3]) == 1
 
 
+def test_only_a_made_up_name_lets_run_rm_end_before_the_session_has(fake, capsys,  # noqa: F811
+                                                                     monkeypatch):
+    """``run --rm`` without ``-t`` ends once the manager says the session is TERMINATING;
+    with ``-t NAME`` it waits until it has ended, so that the next ``run --rm -t NAME`` finds
+    the name free (the manager holds it until TERMINATED)."""
+    fake.knobs["destroy_answer"] = {"stats": {"status": "terminating"}}
+    (r1, sent1), (r2, _) = _both(fake, capsys, monkeypatch, "run", "--rm", "python", "-c",
+                                 "print(1)", stream=True)
+    assert (r1.code, r1.out) == (r2.code, r2.out) == (0, "hello world\n")
+    assert sent1[0][3][-1] == '{"destroy": true, "wait": false}'
+    for flag in ("-t", "--name", "--client-token"):
+        (r1, sent1), _ = _both(fake, capsys, monkeypatch, "run", "--rm", flag, "named01",
+                               "python", "-c", "print(1)", stream=True)
+        assert r1.code == 0 and sent1[0][3][-1] == '{"destroy": true}'
+
+
 def test_the_run_stream_input_exit_code_and_early_end(fake, capsys, monkeypatch):  # noqa: F811
     fake.knobs["ws_frames"] = [
         {"status": "waiting-input", "console": [["stdout", "name? "]],
@@ -185,7 +201,8 @@ def test_the_run_stream_input_exit_code_and_early_end(fake, capsys, monkeypatch)
     (r1, sent1), (r2, sent2) = _both(fake, capsys, monkeypatch, "run", "--rm", "-q", "python",
                                      "-c", "input()", stdin="Alice\n", stream=True)
     assert (r1.code, r1.out, r1.err) == (r2.code, r2.out, r2.err) == (3, "name? ", "bye\n")
-    assert sent1[0][3][1:] == ["Alice", '{"destroy": true}']
+    # a name the command made up: the destroy need not wait until the session has ended
+    assert sent1[0][3][1:] == ["Alice", '{"destroy": true, "wait": false}']
     fake.knobs["ws_frames"] = [{"status": "continued", "console": [["stdout", "x"]]}, "CLOSE"]
     (r1, sent1), (r2, _) = _both(fake, capsys, monkeypatch, "run", "--rm", "-t", "early2",
                                  "python", "-c", "1", stream=True)

@@ -255,7 +255,9 @@ class Express:
         finally:
             if plan["remove"] and not removed:
                 self.note(f"⋯ Cleaning up the session {name}...")
-                self.destroy(name)
+                # a name this command made up: nobody can ask for it again, so the command
+                # may end while the manager ends the session (as srun does)
+                self.destroy(name, wait=plan["name"] is not None)
 
     # -- the run stream: create, execute and destroy on one connection ------------------------
 
@@ -319,13 +321,15 @@ class Express:
         if ws is not None:
             ws.close()
 
-    def destroy(self, name: str) -> None:
-        """``DELETE /session/{name}``: on the run stream while it is open."""
+    def destroy(self, name: str, wait: bool = True) -> None:
+        """``DELETE /session/{name}``: on the run stream while it is open, there without
+        ``wait`` answered once the session is TERMINATING (its name is still taken until it
+        is TERMINATED)."""
         ws = self.stream
         if ws is not None and not ws.closed:
             frame = None
             try:
-                ws.send_str('{"destroy": true}')
+                ws.send_str('{"destroy": true}' if wait else '{"destroy": true, "wait": false}')
                 frame = self.stream_frame(ws)
             except WireError:
                 pass

@@ -224,12 +224,13 @@ def _problem_frame(exc: BaseException) -> str:
     return json.dumps({"problem": unexpected_problem(), "httpStatus": 500})
 
 
-def _asks_destroy(text: str) -> bool:
+def _destroy_step(text: str) -> dict | None:
+    """The client's ``{"destroy": true[, "wait": false]}`` step, or None for anything else."""
     try:
         step = json.loads(text)
     except ValueError:
-        return False
-    return isinstance(step, dict) and step.get("destroy") is True
+        return None
+    return step if isinstance(step, dict) and step.get("destroy") is True else None
 
 
 async def run(request: web.Request) -> web.WebSocketResponse:
@@ -244,7 +245,11 @@ async def run(request: web.Request) -> web.WebSocketResponse:
        ``/stream/session/{x}/execute`` down, stdin frames up, until the ``finished`` frame (or
        ``{"ended": true}`` when the agent's stream ended without it).
     3. client: ``{"destroy": true}``; server: ``{"destroyed": <DELETE's answer>}`` or a
-       problem frame, and closes. A client that closes instead keeps its session.
+       problem frame, and closes. A client that closes instead keeps its session. With
+       ``"wait": false`` the answer comes once the session is TERMINATING (its stats say
+       ``terminating``) and the manager ends it after (``Lifecycle.terminate``): as srun
+       returns while slurmd cleans up. The session keeps its name until TERMINATED, so the
+       CLI asks so only for a name it made up.
     """
     from bai.manager.api.models import CreateSession
     from bai.manager.api.params import validate
@@ -288,11 +293,13 @@ async def run(request: web.Request) -> web.WebSocketResponse:
         if not finished:
             await ws.send_str(json.dumps({"ended": True}))
         nxt = await ws.receive()
-        if nxt.type != aiohttp.WSMsgType.TEXT or not _asks_destroy(nxt.data):
+        ask = _destroy_step(nxt.data) if nxt.type == aiohttp.WSMsgType.TEXT else None
+        if ask is None:
             await _touch(root, sid)  # the session stays: its last activity was now
             return ws
         try:
-            result = await root.sessions.destroy_row(caller, row)
+            result = await root.sessions.destroy_row(caller, row,
+                                                     wait=ask.get("wait") is not False)
         except Exception as exc:  # noqa: BLE001 - as DELETE /session/{x} would answer
             await ws.send_str(_problem_frame(exc))
             return ws

@@ -58,6 +58,8 @@ S = SessionStatus
 MAX_RACE_RETRIES = 8
 #: A failed create RPC (agent unreachable) requeues the session this many times before ERROR.
 MAX_START_ATTEMPTS = 3
+#: seconds a manager that stops waits for the destroys it answered before they ended
+ENDING_GRACE_SECONDS = 10.0
 
 #: what applying progress events reads of each session (``service_ports``: written only when
 #: the agent reports other ports)
@@ -191,6 +193,8 @@ class Lifecycle:
     def __init__(self, root: ManagerRoot) -> None:
         self.root = root
         self._bg: set[asyncio.Task] = set()
+        #: destroys answered before they ended (``terminate(wait=False)``)
+        self._ending: set[asyncio.Task] = set()
         self._callbacks: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
         self._callback_worker: asyncio.Task | None = None
 
@@ -248,9 +252,11 @@ class Lifecycle:
         task.add_done_callback(self._bg.discard)
 
     async def close(self) -> None:
-        for task in list(self._bg):
+        if self._ending:  # answered as done: given the time a destroy that waits would have
+            await asyncio.wait(list(self._ending), timeout=ENDING_GRACE_SECONDS)
+        for task in [*self._bg, *self._ending]:
             task.cancel()
-        for task in list(self._bg):
+        for task in [*self._bg, *self._ending]:
             with contextlib.suppress(BaseException):
                 await task
 
@@ -382,13 +388,19 @@ class Lifecycle:
     # -- terminating --------------------------------------------------------------------------
 
     async def terminate(
-        self, session_id: uuid.UUID, *, reason: str, cause: str, forced: bool = False
+        self, session_id: uuid.UUID, *, reason: str, cause: str, forced: bool = False,
+        wait: bool = True,
     ) -> dict[str, Any]:
         """End a session whatever its status; returns the destroy answer's ``stats``.
 
         PENDING -> CANCELLED. ERROR -> TERMINATED. Anything else -> TERMINATING, the agent
         destroys the kernel, -> TERMINATED with the slots released. An unreachable agent leaves
         the session TERMINATING (the deadline ends it) unless ``forced``.
+
+        Without ``wait`` the answer comes once the session is TERMINATING (committed): the
+        agent's destroy and the move to TERMINATED go on in the background (``_ending``), as
+        they would after a destroy that waited; what fails there is logged, and the session
+        stays TERMINATING until its deadline ends it, as after a destroy that waited in vain.
         """
         for _ in range(MAX_RACE_RETRIES):
             async with self.tx() as (conn, outbox):
@@ -412,10 +424,24 @@ class Lifecycle:
                     if not await transit(conn, session_id, status, S.TERMINATING, reason=reason,
                                          cause=cause, outbox=outbox, row=row):
                         continue
-            return await self._destroy_on_agent(
-                session_id, kernel, address, reason=reason, cause=cause, forced=forced
-            )
+            ending = self._destroy_on_agent(
+                session_id, kernel, address, reason=reason, cause=cause, forced=forced)
+            if wait:
+                return await ending
+            task = asyncio.create_task(self._logged(ending, session_id), name=f"end-{session_id}")
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+            return stats_reply("terminating")
         raise SessionNotRunning("the session changed too often while terminating it; try again")
+
+    @staticmethod
+    async def _logged(ending, session_id: uuid.UUID) -> None:
+        """A destroy that goes on after its answer: a failure goes to the log (the session
+        stays TERMINATING; its deadline ends it)."""
+        try:
+            await ending
+        except Exception:
+            log.exception("ending session %s after its destroy was answered failed", session_id)
 
     async def _destroy_on_agent(
         self, session_id, kernel, address, *, reason: str, cause: str, forced: bool

@@ -615,10 +615,11 @@ class SessionService:
         return await self.destroy_row(caller, row, forced, recursive)
 
     async def destroy_row(self, caller: Caller, row: dict, forced: bool = False,
-                          recursive: bool = False) -> dict:
-        """``destroy`` of a session already looked up (``row``: at least its id)."""
-        stats = await self._terminate(caller, row, forced, recursive)
-        if stats.get("status") == "terminating":
+                          recursive: bool = False, wait: bool = True) -> dict:
+        """``destroy`` of a session already looked up (``row``: at least its id). Without
+        ``wait``, answered once the session is TERMINATING (``Lifecycle.terminate``)."""
+        stats = await self._terminate(caller, row, forced, recursive, wait)
+        if wait and stats.get("status") == "terminating":
             stats = await self._await_final(row["id"], stats)
         return {"stats": stats}
 
@@ -653,14 +654,15 @@ class SessionService:
         await asyncio.gather(*(settle(a, r) for a, r in found))
         return answers
 
-    async def _terminate(self, caller: Caller, row: dict, forced: bool, recursive: bool) -> dict:
+    async def _terminate(self, caller: Caller, row: dict, forced: bool, recursive: bool,
+                         wait: bool = True) -> dict:
         reason = "force-terminated" if forced else "user-requested"
         cause = f"user:{caller.access_key}"
         if recursive:
             for dep in await self._dependents(row["id"]):
                 await self.lifecycle.terminate(dep, reason=reason, cause=cause, forced=forced)
         return await self.lifecycle.terminate(row["id"], reason=reason, cause=cause,
-                                              forced=forced)
+                                              forced=forced, wait=wait)
 
     async def _await_final(self, sid: uuid.UUID, stats: dict) -> dict:
         loop = asyncio.get_running_loop()
