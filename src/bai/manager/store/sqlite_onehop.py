@@ -225,6 +225,11 @@ def dbapi() -> Any:
             (``Store.insert_later``: its caller made the parameters)."""
             self._ahead.append((operation, seq_of_parameters, True))
 
+        def hold_begin(self, operation: str) -> None:
+            """A transaction's ``BEGIN``, held for its first trip (``Store``'s begin hook
+            sends it here rather than through a cursor, which would hold it the same)."""
+            self._ahead.append((operation, None, False))
+
         def cursor(self, server_side: bool = False):
             if server_side:
                 if self._ahead:  # that cursor's statements go their own way: the held first
