@@ -99,6 +99,19 @@ async def test_answers_come_back_whole_over_kept_connections():
             await http.close()
 
 
+async def test_requests_beyond_the_connection_limit_wait_for_a_connection():
+    async with Server(echo) as srv:
+        http = AsyncHTTP(max_connections=3)
+        try:
+            answers = await asyncio.gather(*(http.request("GET", srv.url + f"/w{i}")
+                                             for i in range(10)))
+            assert [json.loads(a.body)["line"] for a in answers] == [
+                f"GET /w{i} HTTP/1.1" for i in range(10)]
+            assert srv.connections == 3
+        finally:
+            await http.close()
+
+
 async def test_chunked_answers_and_connection_close():
     async def chunked(head: bytes, body: bytes) -> bytes:
         if b"/close" in head:

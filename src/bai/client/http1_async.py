@@ -10,7 +10,8 @@ express path (``bai.client.blocking``): request head, status line, headers, body
 chunks or close.
 
 A connection carries one request at a time and goes back to the pool once its answer was read
-whole; any failure or cancellation closes it. A request is sent once: a connection that breaks
+whole; any failure or cancellation closes it. At most ``MAX_CONNECTIONS`` are open at once (as
+httpx's pool): further requests wait for one. A request is sent once: a connection that breaks
 after the request was written is ``WireError``, never a second try (the caller decides).
 """
 
@@ -24,6 +25,8 @@ from bai.client.http1 import ConnectFailed, WireError
 
 #: the longest answer head read (status line and headers)
 HEAD_LIMIT = 1 << 16
+#: connections open at once, all hosts together (httpx's default): more requests wait
+MAX_CONNECTIONS = 100
 
 
 class _Conn:
@@ -43,9 +46,10 @@ class AsyncHTTP:
     """Keep-alive connections per (scheme, host, port); ``await close()`` ends them."""
 
     def __init__(self, *, headers: dict[str, str] | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, max_connections: int = MAX_CONNECTIONS) -> None:
         self.default_headers = dict(headers or {})
         self.connect_timeout = connect_timeout
+        self._busy = asyncio.Semaphore(max_connections)  # a request holds one while it runs
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
 
     async def close(self) -> None:
@@ -86,6 +90,11 @@ class AsyncHTTP:
         """Send one request and read its whole answer. ``ConnectFailed`` when no connection
         could be made (nothing was sent), ``WireError`` when it broke after that. No time
         limit of its own beyond the connect timeout: the caller bounds the wait."""
+        async with self._busy:
+            return await self._request(method, url, headers, body)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str] | None,
+                       body: bytes | None) -> Answer:
         scheme, host, port, netloc, target = http1.split_url(url)
         conn = await self._connect(scheme, host, port)
         length = len(body) if body is not None else (
