@@ -16,6 +16,9 @@ import os
 # a tenth of what ``backend.ai run --rm -c`` spends on its own.
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: the environment variables that may name a proxy (``bai.client.network.proxy_url``)
+PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy",
+                   "ALL_PROXY")
 
 
 class WireError(Exception):

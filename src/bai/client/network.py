@@ -17,13 +17,14 @@ from __future__ import annotations
 import base64
 import os
 
+from bai.client.http1 import PROXY_VARIABLES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
     from typing import Any
 
 _contexts: dict[tuple[str | None, bool], Any] = {}
-_PROXY_VARS = ("https_proxy", "http_proxy", "all_proxy")
 
 
 def skip_verify(env: Any = None) -> bool:
@@ -53,7 +54,7 @@ def proxy_url(scheme: str, host: str, env: Any = None) -> str | None:
     """The ``http://`` URL of the proxy for a connection to ``host`` over ``scheme`` (user
     info kept), or None to connect directly; ``ConnectFailed`` for a proxy of another kind."""
     env = os.environ if env is None else env
-    if not any(env.get(v) or env.get(v.upper()) for v in _PROXY_VARS):
+    if not any(map(env.get, PROXY_VARIABLES)):
         return None
     url = (env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
            or env.get("all_proxy") or env.get("ALL_PROXY"))
