@@ -194,15 +194,21 @@ def test_the_express_start_loads_its_modules_as_importlib_does(fake):  # noqa: F
     fake.knobs["create_status"] = "PENDING"
     from bai.client.cli.main import EXPRESS_MODULES
 
-    names = [*EXPRESS_MODULES, "bai.client.cli.progress"]
+    # the program's way in (packaging/bin/backend.ai): bai.cli(), which ends with os._exit
+    names = ["bai.client", "bai.client.cli", "bai.client.cli.main", *EXPRESS_MODULES,
+             "bai.client.cli.progress"]
     code = _ATTRS + (
-        "from bai.client.cli import main\n"
-        "try:\n"
-        "    main.main(['start', '-q', '--enqueue-only', '--starts-at', '2h', 'python'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print('LEAN', main.LEAN_LOADED)\n"
-        f"print('ATTRS', {{n: attrs(n) for n in {names!r}}})\n"
+        "import os, bai\n"
+        "_exit = os._exit\n"
+        "def report(code):\n"
+        "    print('LEAN', bai.LEAN_LOADED)\n"
+        f"    print('ATTRS', {{n: attrs(n) for n in {names!r}}})\n"
+        "    sys.stdout.flush()\n"
+        "    _exit(code)\n"
+        "os._exit = report\n"
+        "sys.argv = ['backend.ai', 'start', '-q', '--enqueue-only', '--starts-at', '2h',"
+        " 'python']\n"
+        "bai.cli()\n"
     )
     # byte code written by the first run (ordinary imports) is what the second one reads
     env = {k: v for k, v in os.environ.items()
@@ -221,6 +227,7 @@ def test_the_express_start_loads_its_modules_as_importlib_does(fake):  # noqa: F
         capture_output=True, text=True, check=True, env=env, timeout=60)
     assert lean == eval(plain.stdout)  # noqa: S307
     assert lean["bai.common"]["path"] and lean["bai.client.cli.express"]["co_filename"]
+    assert lean["bai.client.cli"]["path"] and lean["bai.client.cli.main"]["co_filename"]
 
 
 def _package(root, name: str, files: dict[str, str]) -> None:
@@ -232,16 +239,16 @@ def _package(root, name: str, files: dict[str, str]) -> None:
 
 def _lean(monkeypatch, root, names: tuple[str, ...]) -> list[str]:
     """The modules ``lean_import(names)`` loaded itself (the package imported first)."""
-    from bai.client.cli import main
+    import bai
 
     monkeypatch.syspath_prepend(str(root))
     for name in list(sys.modules):
         if name.startswith(names[0].split(".")[0]):
             monkeypatch.delitem(sys.modules, name)
     __import__(names[0].rpartition(".")[0])
-    monkeypatch.setattr(main, "LEAN_LOADED", [])
-    main.lean_import(names)
-    return main.LEAN_LOADED
+    monkeypatch.setattr(bai, "LEAN_LOADED", [])
+    bai.lean_import(names)
+    return bai.LEAN_LOADED
 
 
 def _set_mtime(path, seconds: int) -> None:
@@ -266,9 +273,9 @@ def test_lean_import_reads_the_byte_code_importlib_would_read(tmp_path, monkeypa
     assert pkg.sub.__path__ == [str(tmp_path / "leanpkg1" / "sub")]
     _package(tmp_path, "leanpkg1", {"sub/c.py": "Z = 1\n"})  # the package's own imports work
     assert __import__("leanpkg1.sub.c").sub.c.Z == 1
-    main = sys.modules["bai.client.cli.main"]
-    main.lean_import(("leanpkg1.a",))  # already imported: left as it is
-    assert main.LEAN_LOADED == ["leanpkg1.a", "leanpkg1.sub"]
+    bai = sys.modules["bai"]
+    bai.lean_import(("leanpkg1.a",))  # already imported: left as it is
+    assert bai.LEAN_LOADED == ["leanpkg1.a", "leanpkg1.sub"]
 
 
 @pytest.mark.parametrize("change", ["source newer", "same time, other size", "other magic",
