@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from test_cli_fake_manager import fake, invoke  # noqa: F401
 
-from bai.client.cli.express import parse
+from bai.client.cli.express_run import parse
 from bai.client.config import ClientConfig, plain_toml
 from bai.client.http1 import quote_plain, url_parts
 
@@ -285,7 +285,7 @@ def test_client_config_is_an_immutable_value():
 
 
 def test_websocket_fragments_are_put_back_together():
-    from bai.client.http1 import Reassembly
+    from bai.client.websocket import Reassembly
 
     m = Reassembly()
     assert m.add(False, 0x1, b"he") is None

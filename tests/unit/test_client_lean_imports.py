@@ -158,16 +158,17 @@ def test_an_unreachable_manager_is_said_without_heavy_modules(tmp_path):
 def test_the_websocket_handshake_is_base64_and_sha1():
     import base64
 
-    from bai.client import http1
+    from bai.client import websocket
 
-    key, headers = http1.ws_handshake({"User-Agent": "x"})
+    key, headers = websocket.ws_handshake({"User-Agent": "x"})
     assert len(base64.b64decode(key, validate=True)) == 16 and headers["Sec-WebSocket-Key"] == key
-    accept = base64.b64encode(hashlib.sha1(key.encode() + http1.WS_GUID).digest()).decode()
-    assert http1.ws_accept_ok(key, [("Sec-WebSocket-Accept", accept)])
+    guid = websocket.WS_GUID
+    accept = base64.b64encode(hashlib.sha1(key.encode() + guid).digest()).decode()
+    assert websocket.ws_accept_ok(key, [("Sec-WebSocket-Accept", accept)])
     # Another key's accept: changing its last characters can give back the same value.
-    wrong = base64.b64encode(hashlib.sha1(b"x" + key.encode() + http1.WS_GUID).digest()).decode()
+    wrong = base64.b64encode(hashlib.sha1(b"x" + key.encode() + guid).digest()).decode()
     assert wrong != accept
-    assert not http1.ws_accept_ok(key, [("sec-websocket-accept", wrong)])
+    assert not websocket.ws_accept_ok(key, [("sec-websocket-accept", wrong)])
 
 
 # -- lean_import: the express path's modules without importlib's search ----------------------
@@ -190,24 +191,28 @@ _ATTRS = (
 )
 
 
-def test_the_express_start_loads_its_modules_as_importlib_does(fake):  # noqa: F811
-    fake.knobs["create_status"] = "PENDING"
-    from bai.client.cli.main import EXPRESS_MODULES
+@pytest.mark.parametrize("command", ["start", "run"])
+def test_the_express_paths_load_their_modules_as_importlib_does(fake, command):  # noqa: F811
+    from bai.client.cli.main import EXPRESS_MODULES, RUN_MODULES, START_MODULES
 
+    if command == "start":
+        fake.knobs["create_status"] = "PENDING"
+        argv, own = ["start", "-q", "--enqueue-only", "--starts-at", "2h", "python"], START_MODULES
+    else:
+        argv, own = ["run", "--rm", "-c", "print(1)", "python"], RUN_MODULES
     # the program's way in (packaging/bin/backend.ai): bai.cli(), which ends with os._exit
-    names = ["bai.client", "bai.client.cli", "bai.client.cli.main", *EXPRESS_MODULES,
-             "bai.client.cli.progress"]
+    names = ["bai.client", "bai.client.cli", "bai.client.cli.main", *EXPRESS_MODULES, *own]
     code = _ATTRS + (
         "import os, bai\n"
         "_exit = os._exit\n"
         "def report(code):\n"
         "    print('LEAN', bai.LEAN_LOADED)\n"
+        "    print('MODULES', sorted(sys.modules))\n"
         f"    print('ATTRS', {{n: attrs(n) for n in {names!r}}})\n"
         "    sys.stdout.flush()\n"
         "    _exit(code)\n"
         "os._exit = report\n"
-        "sys.argv = ['backend.ai', 'start', '-q', '--enqueue-only', '--starts-at', '2h',"
-        " 'python']\n"
+        f"sys.argv = ['backend.ai', *{argv!r}]\n"
         "bai.cli()\n"
     )
     # byte code written by the first run (ordinary imports) is what the second one reads
@@ -217,7 +222,7 @@ def test_the_express_start_loads_its_modules_as_importlib_does(fake):  # noqa: F
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, env=env, timeout=60)
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
-                 if line.startswith(("LEAN ", "ATTRS ")))
+                 if line.startswith(("LEAN ", "ATTRS ", "MODULES ")))
     assert eval(lines["LEAN"]) == names, done.stdout + done.stderr  # noqa: S307
     lean = eval(lines["ATTRS"])  # noqa: S307 - our own dict's repr
     plain = subprocess.run(
@@ -228,6 +233,9 @@ def test_the_express_start_loads_its_modules_as_importlib_does(fake):  # noqa: F
     assert lean == eval(plain.stdout)  # noqa: S307
     assert lean["bai.common"]["path"] and lean["bai.client.cli.express"]["co_filename"]
     assert lean["bai.client.cli"]["path"] and lean["bai.client.cli.main"]["co_filename"]
+    # the start loads nothing only run needs
+    assert command == "run" or not {"bai.client.websocket", "bai.client.cli.express_run",
+                                    "bai.client.cli.watcher"} & set(eval(lines["MODULES"]))
 
 
 def _package(root, name: str, files: dict[str, str]) -> None:

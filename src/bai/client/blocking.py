@@ -1,4 +1,5 @@
-"""A blocking HTTP/1.1 + WebSocket client on plain sockets (the express path of ``run``).
+"""A blocking HTTP/1.1 + WebSocket client on plain sockets (the express paths: ``run``,
+``start``, ``ps``, ``vfolder``; the WebSocket itself is ``bai.client.websocket``).
 
 The same requests as the click path's httpx/websockets transport (``bai.client.connection``),
 framed by ``bai.client.http1``, without asyncio: importing asyncio alone costs about as much CPU
@@ -22,6 +23,8 @@ from bai.client.http1 import ConnectFailed, HandshakeFailed, ReadTimeout, WireEr
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from bai.client.websocket import WebSocket
 
 
 class _SocketReader(_RawIOBase):
@@ -242,11 +245,13 @@ class BlockingHTTP:
         return Answer(status, reason, hdrs, data)
 
     def websocket(self, url: str, *, headers: dict[str, str] | None = None) -> WebSocket:
-        """Open a WebSocket; HandshakeFailed on any answer but 101."""
+        """Open a WebSocket (``bai.client.websocket``); HandshakeFailed on any answer but 101."""
+        from bai.client import websocket
+
         scheme, host, port, netloc, target = http1.split_url(url)
         conn = self._connect(scheme, host, port)
         conn.sock.settimeout(self.read_timeout)  # for the handshake; the stream has no limit
-        key, hdrs = http1.ws_handshake({**self.default_headers, **(headers or {})})
+        key, hdrs = websocket.ws_handshake({**self.default_headers, **(headers or {})})
         status, reason, raw = self._exchange(
             conn, http1.request_head("GET", target, netloc, hdrs, None))
         if status != 101:
@@ -257,104 +262,10 @@ class BlockingHTTP:
                 body = b""
             conn.close()
             raise HandshakeFailed(status, reason, body, http1.content_type_of(hmap))
-        if not http1.ws_accept_ok(key, raw):
+        if not websocket.ws_accept_ok(key, raw):
             conn.close()
             raise HandshakeFailed(status, "invalid Sec-WebSocket-Accept", b"", "")
         # the stream: the manager pings every KEEPALIVE_SECONDS (bai.common.streams), so a
         # silence as long as the read timeout is a stalled manager (ReadTimeout from receive)
         conn.sock.settimeout(self.read_timeout)
-        return WebSocket(conn)
-
-
-class WebSocket:
-    """A blocking client WebSocket: ``receive()`` answers ("text"|"binary"|"close"|"error", data)."""
-
-    def __init__(self, conn: _Conn) -> None:
-        self._conn = conn
-        self.closed = False
-        self._close_sent = False
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        self._conn.sock.sendall(http1.ws_frame(opcode, payload))
-
-    def send_str(self, text: str) -> None:
-        if self.closed:
-            raise WireError("the WebSocket is closed")
-        try:
-            self._send(0x1, text.encode("utf-8"))
-        except OSError as e:
-            raise WireError(f"sending failed: {e}") from None
-
-    def _read_exactly(self, n: int) -> bytes:
-        data = self._conn.rfile.read(n) if n else b""
-        if len(data) != n:
-            raise WireError("the connection closed inside a WebSocket frame")
-        return data
-
-    def _frame(self) -> tuple[bool, int, bytes]:
-        b1, b2 = self._read_exactly(2)
-        ext = http1.ws_length(b2)
-        n = http1.ws_payload_length(b2, self._read_exactly(ext))
-        mask = self._read_exactly(4) if b2 & 0x80 else None
-        payload = self._read_exactly(n)
-        if mask:
-            payload = http1.unmask(payload, mask)
-        return bool(b1 & 0x80), b1 & 0x0F, payload
-
-    def receive(self) -> tuple[str, Any]:
-        """The next message; ReadTimeout after the socket's timeout of silence (no message,
-        no ping)."""
-        if self.closed:
-            return "close", None
-        message = http1.Reassembly()
-        try:
-            while True:
-                fin, op, payload = self._frame()
-                if op == 0x9:  # ping: answer at once
-                    self._send(0xA, payload)
-                    continue
-                if op == 0xA:
-                    continue
-                if op == 0x8:
-                    self._finish(http1.ws_close_code(payload))
-                    return "close", None
-                whole = message.add(fin, op, payload)
-                if whole is not None:
-                    opcode, data = whole
-                    return ("text", data.decode("utf-8")) if opcode == 0x1 else ("binary", data)
-        except TimeoutError:
-            seconds = self._conn.sock.gettimeout()
-            self.closed = True
-            self._conn.close()
-            raise ReadTimeout(seconds) from None
-        except (OSError, UnicodeDecodeError, WireError, ValueError) as e:
-            self.closed = True
-            self._conn.close()
-            return "error", e
-
-    def _finish(self, code: int) -> None:
-        if not self._close_sent:
-            self._close_sent = True
-            try:
-                self._send(0x8, http1.ws_close_payload(code))
-            except OSError:
-                pass
-        self.closed = True
-        self._conn.close()
-
-    def close(self, code: int = 1000) -> None:
-        """Send a close frame and wait briefly for the server's, so it sees a clean close."""
-        if self.closed:
-            return
-        if not self._close_sent:
-            self._close_sent = True
-            try:
-                self._send(0x8, http1.ws_close_payload(code))
-                self._conn.sock.settimeout(2.0)
-                while self._frame()[1] != 0x8:
-                    pass
-            except (OSError, WireError, ValueError):
-                pass
-        self.closed = True
-        self._conn.close()
-
+        return websocket.WebSocket(conn)

@@ -1,5 +1,6 @@
-"""HTTP/1.1 and WebSocket (RFC 6455) framing of the express path's blocking client
-(``bai.client.blocking``): bytes in, bytes out, and the URL helpers both transports share.
+"""HTTP/1.1 framing of the express path's blocking client (``bai.client.blocking``): bytes
+in, bytes out, the wire's errors, and the URL helpers both transports share (the WebSocket's
+framing is ``bai.client.websocket``).
 
 Written here rather than taken from a library because of what ``backend.ai run`` may spend:
 stdlib only and cheap to import (no asyncio, no urllib.parse); httpx alone costs more CPU to
@@ -9,13 +10,6 @@ path uses httpx and websockets (``bai.client.connection``).
 
 from __future__ import annotations
 
-import os
-
-# The WebSocket handshake's base64 and SHA-1 come from ``binascii`` and the builtin ``_sha1``:
-# ``base64`` imports ``re`` (with enum, functools: ~4 ms) and ``hashlib`` OpenSSL (~2.5 ms),
-# a tenth of what ``backend.ai run --rm -c`` spends on its own.
-
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: the environment variables that may name a proxy (``bai.client.network.proxy_url``)
 PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy",
                    "ALL_PROXY")
@@ -147,92 +141,3 @@ def charset_of(headers: dict[str, str]) -> str:
         if k.lower() == "charset" and v:
             return v.strip('"')
     return "utf-8"
-
-
-# -- WebSocket --------------------------------------------------------------------------------
-
-def ws_handshake(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
-    """(key, headers) of a client upgrade request."""
-    from binascii import b2a_base64
-
-    key = b2a_base64(os.urandom(16), newline=False).decode()  # base64.b64encode
-    return key, {**(headers or {}), "Upgrade": "websocket", "Connection": "Upgrade",
-                 "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
-
-
-def ws_accept_ok(key: str, raw_headers: list[tuple[str, str]]) -> bool:
-    from binascii import b2a_base64
-
-    try:
-        from _sha1 import sha1
-    except ImportError:  # pragma: no cover - a build without the builtin digests
-        from hashlib import sha1
-    accept = {k.lower(): v for k, v in raw_headers}.get("sec-websocket-accept", "")
-    digest = sha1(key.encode() + WS_GUID).digest()
-    return accept == b2a_base64(digest, newline=False).decode()
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte ``mask`` (masking and unmasking are the same)."""
-    n = len(payload)
-    if not n:
-        return b""
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(
-        (mask * (n // 4 + 1))[:n], "big")).to_bytes(n, "big")
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, masked client frame."""
-    head = bytearray([0x80 | opcode])
-    n = len(payload)
-    if n < 126:
-        head.append(0x80 | n)
-    elif n < 1 << 16:
-        head.append(0x80 | 126)
-        head += n.to_bytes(2, "big")
-    else:
-        head.append(0x80 | 127)
-        head += n.to_bytes(8, "big")
-    mask = os.urandom(4)
-    return bytes(head) + mask + unmask(payload, mask)
-
-
-def ws_close_payload(code: int) -> bytes:
-    return (code if code != 1005 else 1000).to_bytes(2, "big")
-
-
-def ws_length(b2: int) -> int:
-    """How many extended-length bytes follow the second header byte (0, 2 or 8)."""
-    n = b2 & 0x7F
-    return 2 if n == 126 else 8 if n == 127 else 0
-
-
-def ws_payload_length(b2: int, ext: bytes) -> int:
-    """The payload length from the second header byte and its extended-length bytes."""
-    if len(ext) in (2, 8):
-        return int.from_bytes(ext, "big")
-    return b2 & 0x7F
-
-
-class Reassembly:
-    """A data message put back together from its fragments (opcodes 1/2, then 0s)."""
-
-    def __init__(self) -> None:
-        self.opcode = 0
-        self.parts: list[bytes] = []
-
-    def add(self, fin: bool, op: int, payload: bytes) -> tuple[int, bytes] | None:
-        """(opcode, data) once the message is whole, else None."""
-        if op in (0x1, 0x2):
-            self.opcode, self.parts = op, [payload]
-        elif op == 0x0:
-            self.parts.append(payload)
-        if not (fin and self.opcode):
-            return None
-        done = (self.opcode, b"".join(self.parts))
-        self.opcode, self.parts = 0, []
-        return done
-
-
-def ws_close_code(payload: bytes) -> int:
-    return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005

@@ -2,9 +2,9 @@
 
 ``backend.ai run [--rm] -c CODE IMAGE``, ``backend.ai start --enqueue-only ...``,
 ``backend.ai ps ...`` and ``vfolder upload``/``download`` take the express path
-(``bai.client.cli.express``, ``express_ps``, ``vfolder_express``: no click, no asyncio); every
-other command line goes through the click group of
-``bai.client.cli.root``, imported only then. Every failure ends here as one line on stderr and
+(``bai.client.cli.express_run``, ``express``, ``express_ps``, ``vfolder_express``: no click, no
+asyncio); every other command line goes through the click group of ``bai.client.cli.root``,
+imported only then. Every failure ends here as one line on stderr and
 a non-zero exit code: 2 for usage mistakes (found before any request), 1 for everything else.
 ``BAI_DEBUG=1`` prints the traceback as well.
 """
@@ -21,6 +21,9 @@ EXPRESS_MODULES = ("bai.client.jsonwire", "bai.client.http1", "bai.client.blocki
                    "bai.client.cli.argv", "bai.common", "bai.common.signing",
                    "bai.client.endpoint", "bai.client.cli.express", "bai.client.config",
                    "bai.common.names", "bai.client.bodies")
+#: and besides, each its own
+START_MODULES = ("bai.client.cli.progress",)
+RUN_MODULES = ("bai.client.websocket", "bai.client.cli.progress", "bai.client.cli.express_run")
 
 
 def describe(err: BaseException) -> str:
@@ -66,15 +69,24 @@ def _invoke(args: list[str]) -> int:
         code = express_ps.main(args[1:])
         if code is not None:
             return code
-    elif args[:1] in (["run"], ["start"]):
+    elif args[:1] == ["start"]:
         from bai import lean_import
 
-        lean_import(EXPRESS_MODULES + (("bai.client.cli.progress",) if args[0] == "start" else ()))
+        lean_import(EXPRESS_MODULES + START_MODULES)
         from bai.client.cli import express
 
-        plan = (express.parse if args[0] == "run" else express.parse_start)(args[1:])
+        plan = express.parse_start(args[1:])
         if plan is not None:
-            return express.run(plan, "run" if args[0] == "run" else "start")
+            return express.start(plan)
+    elif args[:1] == ["run"]:
+        from bai import lean_import
+
+        lean_import(EXPRESS_MODULES + RUN_MODULES)
+        from bai.client.cli import express_run
+
+        plan = express_run.parse(args[1:])
+        if plan is not None:
+            return express_run.run(plan)
     if "vfolder" in args[:5]:
         from bai.client.cli import vfolder_express
 

@@ -20,14 +20,8 @@ from typing import Any
 import click
 
 from bai.client.cli.context import get_ctx, output_option
-from bai.client.cli.express import (
-    FAILED,
-    NOT_STARTED,
-    check_code,
-    check_name,
-    parse_pairs,
-    print_console,
-)
+from bai.client.cli.express import FAILED, NOT_STARTED, check_name, parse_pairs
+from bai.client.cli.express_run import check_code, print_console
 from bai.client.cli.output import Output, stats_rows
 from bai.client.errors import UsageError
 
@@ -200,7 +194,7 @@ def _services(specs: tuple[str, ...]) -> list[dict[str, Any]] | None:
 
 async def create_and_wait(api: Any, spec: Any, out: Output) -> Any:
     """``POST /session`` with a live status display while it blocks."""
-    from bai.client.cli.progress import StartupWatcher
+    from bai.client.cli.watcher import StartupWatcher
 
     watcher = None
     if not spec.enqueue_only:
