@@ -13,9 +13,11 @@ does), the sides one after the other with the order turned each round:
   venv python -c pass   the same for the interpreter the CLI runs on (its site-packages)
   bai                   ``backend.ai start --enqueue-only --starts-at 2h --type batch -c true
                         python``: a session queued for later, nothing runs
-  bai baseline          (``--baseline DIR``) the same CLI with another checkout's ``src``
-                        first on PYTHONPATH (``git worktree add --detach /tmp/base main``),
-                        against the same manager: the client's code is what differs
+  bai baseline          (``--baseline DIR``) the other checkout's CLI: its launcher
+                        (``packaging/bin/backend.ai``) for this interpreter in a temporary
+                        folder, its ``src`` first on PYTHONPATH (``git worktree add --detach
+                        /tmp/base main``), against the same manager: the client's code is what
+                        differs (this venv's site-packages are on both paths)
 
 For each side it prints calls/s, the client's CPU per call (user+system of the loops and all
 they started, from ``getrusage(RUSAGE_CHILDREN)``: the shell's fork is in every side alike) and
@@ -30,11 +32,28 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 
 from harness import CLI, EmbeddedStack, cpu_seconds, figures, interpreter, print_conditions, \
     shell_loops
 
 LATER = "2h"
+
+
+def baseline_launcher(tree: str, folder: str) -> str:
+    """The ``backend.ai`` program of another checkout, as pip would install it for this
+    interpreter, written into ``folder``: this venv's launcher may ask for what the other
+    tree's ``bai`` lacks (``bai.cli()``, 9126022)."""
+    try:
+        with open(os.path.join(tree, "packaging", "bin", "backend.ai")) as f:
+            body = f.read().split("\n", 1)[1]
+    except OSError:  # older trees: pip's wrapper did this
+        body = "from bai.client.cli.main import main\n\nmain()\n"
+    path = os.path.join(folder, "backend.ai")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\n{body}")
+    os.chmod(path, 0o755)
+    return path
 
 
 def main() -> None:
@@ -49,7 +68,7 @@ def main() -> None:
     for name in ("calls", "loops", "rounds"):
         if getattr(args, name) < 1:
             ap.error(f"argument --{name}: must be at least 1")
-    with EmbeddedStack(runtime="process") as stack:
+    with EmbeddedStack(runtime="process") as stack, tempfile.TemporaryDirectory() as tmp:
         bai = (f"{shlex.quote(CLI)} start --enqueue-only --starts-at {LATER} --type batch "
                "-c true python")
         # (no python3 on PATH: this interpreter stands in, as the conditions say)
@@ -60,7 +79,8 @@ def main() -> None:
                  "bai": (bai, stack.env)}
         if args.baseline:
             src = os.path.join(os.path.abspath(args.baseline), "src")
-            sides["bai baseline"] = (bai, {**stack.env, "PYTHONPATH": src})
+            sides["bai baseline"] = (bai.replace(shlex.quote(CLI), shlex.quote(
+                baseline_launcher(args.baseline, tmp))), {**stack.env, "PYTHONPATH": src})
         print_conditions("CLI calls in shell loops", calls=args.calls, loops=args.loops,
                          rounds=args.rounds, baseline=args.baseline or "-",
                          python3=f"{python3} ({version})",
