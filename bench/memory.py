@@ -1,6 +1,8 @@
 """Benchmark 6: memory. Manager RSS with many sessions stored; agent RSS with many kernels.
 
     python bench/memory.py [--sessions 100000] [--kernels 100] [--runtime process|dummy]
+    python bench/memory.py --embedded [--jobs 300] [--submit 400] [--queue 5000]
+                           [--baseline SRC] [--env NAME=VALUE ...]
 
 Manager: a real manager daemon (SQLite) whose database holds ``--sessions`` sessions (lived-in
 status mix, one in eight PENDING so the scheduler's passes read them); its RSS is read after
@@ -8,13 +10,29 @@ start-up, after ten listings (``ps`` first page and a page of 100) and after a f
 scheduling passes. Agent: an embedded stack (``backend.ai server start``) with ``--kernels``
 sessions started through the API and RUNNING; the agent daemon's own RSS is read (kernel
 processes are separate and not counted). Targets: manager <= 200 MB; agent <= 150 MB.
+
+``--embedded``: the row of ``bench/slurm_side_by_side.py`` ("daemons' RSS, idle / N waiting"),
+the manager and the agent of ``backend.ai server start --slots cpu=64`` (process runtime,
+SQLite). Idle, then after what that script does before it reads the row: ``--jobs`` trivial
+batch jobs to completion, 2 x ``--submit`` SDK creates for later, arrays for later up to
+``--queue``, ``ps --all`` and ``ps``. Each daemon's RSS is printed with its make-up from
+``/proc/PID/smaps_rollup`` (anonymous = the interpreter's heap, private to the process;
+file-backed = libraries and mapped files, shared with other processes). ``--baseline SRC``
+starts a second stack from another source tree (its ``src`` first on ``PYTHONPATH``) beside
+this one and puts both through the same steps, phase by phase, so that the machine's load
+falls on both alike; ``--env`` sets a variable for this tree's daemons only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import sys
 import time
+import uuid
+from pathlib import Path
 
 from harness import (
     LIVED_IN_MIX,
@@ -84,12 +102,94 @@ def agent_rss(kernels: int, runtime: str) -> None:
               f"target <= 150 MB", flush=True)
 
 
+def make_up(pid: int) -> dict[str, float]:
+    """RSS, its anonymous (private heap) and file-backed parts, in MB."""
+    kb = {}
+    for row in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = row.split(":", 1)
+        kb[key] = int(value.split()[0])
+    return {"rss": kb["Rss"] / 1024, "anon": kb["Anonymous"] / 1024,
+            "file": (kb["Rss"] - kb["Anonymous"]) / 1024}
+
+
+def embedded_rss(args: argparse.Namespace) -> None:
+    from slurm_side_by_side import Bai, wait_drained
+
+    sides: dict[str, dict[str, str]] = {"after": dict(args.env)}
+    if args.baseline:
+        src = Path(args.baseline, "src").resolve()
+        if not (src / "bai").is_dir():
+            sys.exit(f"--baseline: no src/bai in {args.baseline}")
+        sides = {"before": {"PYTHONPATH": str(src)}, **sides}
+    print_conditions("daemons' RSS, embedded stack", jobs=args.jobs, submit=args.submit,
+                     queue=args.queue, baseline=args.baseline or "-",
+                     env=" ".join(f"{k}={v}" for k, v in args.env) or "-")
+    seen: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+
+    def read(phase: str) -> None:
+        for name, bai in bais.items():
+            for which in ("manager", "agent"):
+                seen.setdefault((name, which), {})[phase] = make_up(bai.stack.pid(which))
+        print(f"   {phase}: " + ", ".join(
+            f"{name} {sum(seen[(name, w)][phase]['rss'] for w in ('manager', 'agent')):.1f} MB"
+            for name in bais) + f" (load {os.getloadavg()[0]:.2f})", flush=True)
+
+    with contextlib.ExitStack() as daemons:
+        bais = {name: Bai(daemons.enter_context(EmbeddedStack(
+            runtime="process", slots=["cpu=64"], extra_env=env))) for name, env in sides.items()}
+        time.sleep(2)
+        read("idle")
+        for name, bai in bais.items():
+            t0 = time.perf_counter()
+            bai.create_many(args.jobs, f"j-{uuid.uuid4().hex[:6]}", later=False)
+            wait_drained(bai.live, 1800)
+            print(f"   {name}: {args.jobs} trivial jobs in {time.perf_counter() - t0:.1f} s",
+                  flush=True)
+        for name, bai in bais.items():
+            for _ in range(2):
+                bai.create_many(args.submit, f"s-{uuid.uuid4().hex[:6]}", later=True)
+            bai.fill(max(0, args.queue - 2 * args.submit), f"q-{uuid.uuid4().hex[:6]}")
+            for _ in range(3):
+                bai.stack.cli("ps", "--all")
+                bai.stack.cli("ps")
+        time.sleep(2)
+        waiting = max(args.queue, 2 * args.submit)
+        read(f"{waiting:,} waiting")
+    print(f"\n{'MB (RSS = anonymous + file-backed)':<40}" + "".join(f"{n:>22}" for n in sides)
+          + ("   after/before" if len(sides) == 2 else ""))
+    for phase in ("idle", f"{waiting:,} waiting"):
+        for which in ("manager", "agent", "both"):
+            parts = {n: {k: sum(seen[(n, w)][phase][k] for w in ("manager", "agent")
+                                if which in (w, "both")) for k in ("rss", "anon", "file")}
+                     for n in sides}
+            cells = "".join(f"{p['rss']:>8.1f} ={p['anon']:>6.1f} +{p['file']:>5.1f}"
+                            for p in parts.values())
+            ratio = (f"{parts['after']['rss'] / parts['before']['rss']:>15.2f}"
+                     if len(sides) == 2 else "")
+            print(f"{phase + ', ' + which:<40}{cells}{ratio}")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--kernels", type=int, default=100)
     ap.add_argument("--runtime", choices=["process", "dummy"], default="process")
+    ap.add_argument("--embedded", action="store_true",
+                    help="the side-by-side row: manager + agent of server start, idle and full")
+    ap.add_argument("--jobs", type=int, default=300, help="--embedded: trivial jobs run first")
+    ap.add_argument("--submit", type=int, default=400, help="--embedded: SDK creates, twice")
+    ap.add_argument("--queue", type=int, default=5000, help="--embedded: sessions waiting")
+    ap.add_argument("--baseline", metavar="SRC", help="--embedded: another checkout beside")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="--embedded: environment of this tree's daemons (repeatable)")
     args = ap.parse_args()
+    if args.embedded:
+        if min(args.jobs, args.submit, args.queue) < 0 or any("=" not in e for e in args.env):
+            sys.exit("--jobs, --submit, --queue >= 0; --env NAME=VALUE")
+        args.env = [tuple(e.split("=", 1)) for e in args.env]
+        embedded_rss(args)
+        return
     manager_rss(args.sessions)
     print()
     agent_rss(args.kernels, args.runtime)
