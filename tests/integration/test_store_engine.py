@@ -109,6 +109,55 @@ def test_a_manager_at_head_does_not_load_alembic(tmp_path):
     assert again.stdout.strip() == "False", again.stderr[-2000:]
 
 
+def test_a_manager_on_sqlite_does_not_load_postgresql(tmp_path):
+    # SQLAlchemy's PostgreSQL dialect and its drivers' modules: 2.4 MB of a manager on SQLite
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/lite.db"
+    code = ("import asyncio, sys\n"
+            "import bai.manager.app\n"
+            "from bai.manager.store import tables as t\n"
+            "from bai.manager.store.engine import Store\n"
+            "async def main():\n"
+            f"    s = Store({url!r})\n"
+            "    await s.migrate()\n"
+            "    async with s.begin() as conn:\n"
+            "        await conn.run_sync(t.metadata.create_all)\n"
+            "    await s.close()\n"
+            "asyncio.run(main())\n"
+            "print('sqlalchemy.dialects.postgresql' in sys.modules)\n")
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)  # upgraded
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert again.stdout.strip() == "False", again.stderr[-2000:]
+
+
+async def test_tables_make_the_live_name_index_partial_on_each_database(store):
+    # made by create_all (as tests make their schema): the index's WHERE is named for the
+    # database at hand only when the table is created
+    async with store.begin() as conn:
+        await conn.run_sync(t.metadata.create_all)
+    keys = await bootstrap(store)
+    async with store.begin() as conn:
+        uid = (await conn.execute(sa.select(t.users.c.id))).scalar()
+        gid = (await conn.execute(sa.select(t.groups.c.id))).scalar()
+
+    async def add(status: str) -> None:
+        async with store.begin() as conn:
+            await conn.execute(sa.insert(t.sessions).values(
+                id=uuid.uuid4(), name="twin", image="python", domain_name="default",
+                group_id=gid, user_id=uid, access_key=keys["user"]["access_key"],
+                status=status, status_data={}, requested_slots={}, occupying_slots={},
+                service_ports=[], mounts=[], environ={}, agent_ids=[],
+                main_kernel_id=uuid.uuid4(), resource_opts={}, abusing_reports=[]))
+
+    await add("TERMINATED")
+    await add("TERMINATED")  # ended sessions hold no name
+    await add("PENDING")
+    with pytest.raises(sa.exc.IntegrityError):
+        await add("RUNNING")
+
+
 async def test_sqlite_runs_in_wal_mode(tmp_path):
     s = Store(f"sqlite+aiosqlite:///{tmp_path}/wal.db")
     await s.migrate()
