@@ -118,3 +118,14 @@ async def test_the_queue_is_what_a_plain_read_gives_and_changes_are_never_hidden
     assert by_id[new].idle_timeout == 60
     # the untouched one is still the cached object
     assert by_id[ids[4]] is before[ids[4]]
+
+
+async def test_the_kept_queue_holds_one_copy_of_each_shared_value(store):
+    # the cache keeps a PendingSession per waiting session between passes: the owner, group,
+    # domain and type, each one value for thousands of sessions, are one string each
+    await add_sessions(store, 3, type="BATCH")
+    inp, _got = await loaded(store)
+    assert len(inp.pending) == 3
+    for field in ("access_key", "scaling_group", "domain_name", "kind"):
+        assert len({id(getattr(p, field)) for p in inp.pending}) == 1, field
+    assert not hasattr(inp.pending[0], "__dict__")  # slotted: no dict per session

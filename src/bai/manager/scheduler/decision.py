@@ -42,11 +42,12 @@ ZERO = Decimal(0)
 _NONE_EXTRA: tuple[int, ResourceSlot] = (0, ResourceSlot())
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingSession:
     """A waiting session as the scheduler sees it. Never changed once made (the queue cache
     shares them between passes; ``dataclasses.replace`` makes a changed copy); not frozen only
-    because a frozen dataclass takes ~4x as long to make, 10,000 at a time."""
+    because a frozen dataclass takes ~4x as long to make, 10,000 at a time. Slotted: the
+    queue cache keeps one per waiting session, ~50 bytes less each than with a ``__dict__``."""
 
     id: uuid.UUID
     name: str

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from sys import intern
 from typing import Any
 
 import sqlalchemy as sa
@@ -213,13 +214,15 @@ async def _pending(conn: AsyncConnection) -> tuple[
                 gid = groups_seen[raw_gid] = to_group(raw_gid)
             new_texts[rid] = text
             sid = read_id(rid)
+            # the owner, group, domain and type are a few values shared by thousands of kept
+            # sessions: one string each instead of a copy per row (~0.2 kB a session)
             new_parsed[rid] = p = PendingSession(
-                id=sid, name=name, access_key=access_key, user_id=None,
+                id=sid, name=name, access_key=intern(access_key), user_id=None,
                 created_at=read_time(created_at),
-                requested=parse_slots(requested, cache.slots), scaling_group=sgroup,
-                group_id=gid, domain_name=domain,
-                starts_at=read_time(starts_at) if starts_at is not None else None, kind=kind,
-                idle_timeout=idle_timeout or 0,
+                requested=parse_slots(requested, cache.slots), scaling_group=intern(sgroup),
+                group_id=gid, domain_name=intern(domain),
+                starts_at=read_time(starts_at) if starts_at is not None else None,
+                kind=intern(kind), idle_timeout=idle_timeout or 0,
             )
             if deps and sid in deps:
                 p = replace(p, dependencies=tuple(deps[sid]))
