@@ -155,3 +155,14 @@ async def test_uploads_belong_to_the_workdir_owner(tmp_path: Path) -> None:
     await write_file(work, "d/f.txt", _data())
     assert (work / "d").stat().st_uid == 65534
     assert (work / "d" / "f.txt").stat().st_uid == 65534
+
+
+def test_an_agent_imports_tarfile_only_to_write_a_download() -> None:
+    # 0.4 MB of an agent's memory for as long as it runs, for the downloads it may never serve
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport bai.agent.__main__, bai.agent.server, bai.agent.transfer\n"
+            "print('tarfile' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]

@@ -22,15 +22,18 @@ import io
 import os
 import secrets
 import stat
-import tarfile
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import bai.kernel
 from bai.agent.workdir import CONTAINER_WORKDIR, PathEscapes, checked_relative
 from bai.common.errors import FilesTooLarge, InvalidAPIParameters
+
+if TYPE_CHECKING:  # imported where a download writes its tar: 0.4 MB of an agent otherwise
+    import tarfile
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -166,6 +169,8 @@ class _Budget:
 
 
 def _info(arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+    import tarfile
+
     ti = tarfile.TarInfo(arcname)
     ti.mode = stat.S_IMODE(st.st_mode)
     ti.mtime = int(st.st_mtime)
@@ -175,6 +180,8 @@ def _info(arcname: str, st: os.stat_result) -> tarfile.TarInfo:
 
 def _add(tar: tarfile.TarFile, dir_fd: int, name: str, arcname: str, root: bool,
          budget: _Budget) -> None:
+    import tarfile
+
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     ti = _info(arcname, st)
     if stat.S_ISLNK(st.st_mode):
@@ -202,6 +209,8 @@ def _add(tar: tarfile.TarFile, dir_fd: int, name: str, arcname: str, root: bool,
 
 def _add_dir(tar: tarfile.TarFile, fd: int, arcname: str, root: bool, budget: _Budget,
              st: os.stat_result) -> None:
+    import tarfile
+
     ti = _info(arcname, st)
     ti.type = tarfile.DIRTYPE
     tar.addfile(ti)
@@ -213,6 +222,8 @@ def _add_dir(tar: tarfile.TarFile, fd: int, arcname: str, root: bool, budget: _B
 
 
 def _write_tar(target: Pinned, out: io.BufferedWriter, budget: _Budget) -> None:
+    import tarfile
+
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         if target.name is None:
             _add_dir(tar, target.dir_fd, ".", True, budget, os.fstat(target.dir_fd))
