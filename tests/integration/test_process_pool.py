@@ -280,6 +280,35 @@ async def test_a_runner_claimed_before_its_launcher_ran_is_still_the_kernel_s(
         await shut(b)
 
 
+async def test_a_pooled_runner_answers_while_it_waits_and_its_claim_does_not_ask_again(
+        backend: ProcessBackend, monkeypatch, caplog) -> None:
+    """The pool asks each new runner whether it listens while it waits there, so a kernel's
+    claim need not (one exchange fewer on the way to RUNNING); the kernel is the same."""
+    from bai.agent.backends import process
+
+    await pooled_ready(backend)
+    [runner] = backend.pool.idle[backend.settings.process_interpreter]
+    for _ in range(400):
+        if runner.answered:
+            break
+        await asyncio.sleep(0.025)
+    assert runner.answered
+    asked: list[Path] = []
+    wait = process.wait_runner_ready
+
+    async def recorded(path, *args, **kw):
+        asked.append(path)
+        return await wait(path, *args, **kw)
+
+    monkeypatch.setattr(process, "wait_runner_ready", recorded)
+    s = spec()
+    inst = await backend.create(s)
+    assert inst.labels.get("bai.pooled") == "1", caplog.text
+    assert runner.folder not in [p.parent for p in asked]  # (its replacement is asked)
+    out, code = await probe(backend, inst, "print(2 * 21)")
+    assert (out, code) == ("42\n", 0)
+
+
 async def test_an_agent_starting_leaves_another_agent_s_pooled_runners_alone(
         tmp_path: Path) -> None:
     first = await make(tmp_path / "one")

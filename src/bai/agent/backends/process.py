@@ -341,7 +341,7 @@ class ProcessBackend(RuntimeBackend):
         self._pidfds: dict[str, int] = {}
         self._checks: set[asyncio.Task[None]] = set()
         self.pool = RunnerPool(self.root, settings.process_pool_size, self._spawn_pooled,
-                               self._forget_pooled)
+                               self._forget_pooled, self._pooled_answers)
         #: the agent's free whole CPU slots (``slots_free``; until told: the host's cores, an
         #: agent's CPU slots by default)
         self._free_cpu: int | None = os.cpu_count()
@@ -678,15 +678,21 @@ class ProcessBackend(RuntimeBackend):
             for name in self.cgroups.names(self.pool.cgroup_prefix):
                 self._remove_pool_cgroup(name)
 
+    async def _pooled_answers(self, runner: PooledRunner) -> None:
+        """Until the pooled runner answers on its socket (``RunnerPool.probe``)."""
+        await wait_runner_ready(runner.folder / bai.kernel.SOCKET_NAME,
+                                self.settings.kernel_ready_timeout, runner.alive, "status")
+
     async def _start_pooled(self, spec: KernelSpec, k: _Kernel, runner: PooledRunner,
                             folders: list[HostMount]) -> Instance:
         """Make a pooled runner this kernel's (see process_pool.py); PoolMiss if it cannot be."""
         # Its launcher joins the pool cgroup by that cgroup's path, so the cgroup (and folder)
         # are renamed only once the runner answers, which it does after (the socket, bound by
-        # the agent, exists from the start).
+        # the agent, exists from the start). The pool asks each new runner while it waits
+        # there: only one that has not answered yet is asked now.
         try:
-            await wait_runner_ready(runner.folder / bai.kernel.SOCKET_NAME,
-                                    self.settings.kernel_ready_timeout, runner.alive, "status")
+            if not runner.answered:
+                await self._pooled_answers(runner)
         except (RunnerUnavailable, TimeoutError) as e:
             said = self._with_output(f"the pooled runner did not start: {e}", runner.folder)
             await asyncio.to_thread(self.pool.discard, runner)  # still the pool's: not moved

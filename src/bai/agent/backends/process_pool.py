@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -119,6 +119,9 @@ class PooledRunner:
         #: its own uid from spawn (sandboxed, as root): no other session can write its folder
         self.uid = uid
         self.pid_start = proc_start_time(popen.pid) or ""
+        #: it has answered on its socket: its launcher has joined its cgroup, and a claim need
+        #: not ask again (``RunnerPool.probe``)
+        self.answered = False
 
     @property
     def workdir(self) -> Path:
@@ -147,7 +150,8 @@ class RunnerPool:
 
     def __init__(self, root: Path, size: int,
                  spawn: Callable[[str, Path, str | None], PooledRunner],
-                 forget: Callable[[PooledRunner], None] = lambda runner: None) -> None:
+                 forget: Callable[[PooledRunner], None] = lambda runner: None,
+                 probe: Callable[[PooledRunner], Awaitable[None]] | None = None) -> None:
         self.root = root / POOL_DIR
         #: the cgroups of this pool's runners: agents on one host share the cgroup parent, and
         #: each sweeps only its own scratch root's leftovers
@@ -158,6 +162,10 @@ class RunnerPool:
         self.forget = forget
         self.idle: dict[str, list[PooledRunner]] = {}
         self._filling: dict[str, asyncio.Task[None]] = {}
+        #: waits until a new runner answers (raises if it does not): then it is ``answered``,
+        #: found out while it waits in the pool rather than when a kernel claims it
+        self.probe = probe
+        self._probes: set[asyncio.Task[None]] = set()
 
     def take(self, interpreter: str) -> PooledRunner | None:
         """The oldest live pooled runner of ``interpreter`` (ready or still starting), or None."""
@@ -197,8 +205,20 @@ class RunnerPool:
                 if runner is None:
                     return
                 queue.append(runner)
+                if self.probe is not None:
+                    task = asyncio.ensure_future(self._probe(runner, self.probe))
+                    self._probes.add(task)
+                    task.add_done_callback(self._probes.discard)
         finally:
             self._filling.pop(interpreter, None)
+
+    @staticmethod
+    async def _probe(runner: PooledRunner, probe: Callable[[PooledRunner], Awaitable[None]]
+                     ) -> None:
+        # a runner that does not answer is left to its claim, which asks again and discards it
+        with contextlib.suppress(Exception):
+            await probe(runner)
+            runner.answered = True
 
     def target(self) -> int:
         """How many idle runners of one interpreter the pool keeps now."""
@@ -223,6 +243,8 @@ class RunnerPool:
 
     async def close(self) -> None:
         """Stop refilling and discard every idle runner."""
+        for task in list(self._probes):
+            task.cancel()
         for task in list(self._filling.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
