@@ -190,6 +190,34 @@ def assert_legal(hist):
             assert SessionStatus(dst) in TRANSITIONS[SessionStatus(src)], (src, dst)
 
 
+async def test_a_placed_kernel_s_spec_follows_policy_and_image_changes(manager):
+    """What the placed kernel's spec takes from its keypair's policy and its image is read
+    again after they change (SQLite keeps them between placements while unwritten): fails
+    with a cache that outlives the write."""
+    from bai.manager.store.tables import images, keypairs
+
+    me = await caller(manager)
+
+    async def spec_of(name):
+        ans = await manager.sessions.create(me, body(name))
+        kid = next(k for k, v in manager.fake.kernels.items() if v["session_id"] == ans["sessionId"])
+        return manager.fake.kernels[kid]
+
+    first = await spec_of("spec-1")
+    assert first["pids_limit"] != 77 and first["image_labels"].get("spec.test") is None
+    async with manager.store.begin() as conn:
+        policy = (await conn.execute(sa.select(keypairs.c.resource_policy).where(
+            keypairs.c.access_key == me.access_key))).scalar()
+        await conn.execute(sa.update(keypair_resource_policies).where(
+            keypair_resource_policies.c.name == policy).values(pids_limit=77))
+        labels = (await conn.execute(sa.select(images.c.labels).where(
+            images.c.name == first["image"]))).scalar()
+        await conn.execute(sa.update(images).where(images.c.name == first["image"]).values(
+            labels={**(labels or {}), "spec.test": "1"}))
+    second = await spec_of("spec-2")
+    assert second["pids_limit"] == 77 and second["image_labels"]["spec.test"] == "1"
+
+
 async def test_create_runs_and_destroy_releases(manager):
     me = await caller(manager)
     ans = await manager.sessions.create(me, body("first", resources={"cpu": "1", "mem": "512m"}))

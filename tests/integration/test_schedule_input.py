@@ -129,3 +129,46 @@ async def test_the_kept_queue_holds_one_copy_of_each_shared_value(store):
     for field in ("access_key", "scaling_group", "domain_name", "kind"):
         assert len({id(getattr(p, field)) for p in inp.pending}) == 1, field
     assert not hasattr(inp.pending[0], "__dict__")  # slotted: no dict per session
+
+
+async def test_the_limits_a_pass_reads_are_kept_only_until_their_tables_are_written(store):
+    """With the store, a pass on SQLite reads the groups', domains' and resource groups' rows
+    and the keypairs' policies again only after a write to their tables; each change is seen
+    by the next pass (on PostgreSQL every pass reads). Fails with a cache that outlives a
+    write (the new limits unseen)."""
+    await add_sessions(store, 1)
+    key = store.keys["user"]["access_key"]
+
+    async def load():
+        before = store.statements
+        async with store.connect() as conn:
+            inp = await load_input(conn, store=store)
+        return inp, store.statements - before
+
+    def seen(inp):
+        return (inp.policies, inp.strategies, inp.keypairs[key].max_concurrent_sessions,
+                inp.keypairs[key].total_resource_slots,
+                {g: v[0] for g, v in inp.group_limits.items()},
+                {d: v[0] for d, v in inp.domain_limits.items()})
+
+    first, n1 = await load()
+    again, n2 = await load()
+    assert seen(again) == seen(first)
+    if store.is_sqlite:
+        assert n2 == n1 - 4
+    changes = [
+        (sa.update(t.keypair_resource_policies).values(max_concurrent_sessions=7,
+                                                       total_resource_slots={"cpu": "5"}),
+         lambda s: s[2] == 7 and s[3] == ResourceSlot({"cpu": Decimal(5)})),
+        (sa.update(t.groups).values(total_resource_slots={"cpu": "3"}),
+         lambda s: [v for v in s[4].values()] == [ResourceSlot({"cpu": Decimal(3)})]),
+        (sa.update(t.domains).values(total_resource_slots={"cpu": "4"}),
+         lambda s: s[5] == {"default": ResourceSlot({"cpu": Decimal(4)})}),
+        (sa.update(t.scaling_groups).values(scheduler="lifo", agent_selection="dispersed"),
+         lambda s: s[0] == {"default": "lifo"} and s[1] == {"default": "dispersed"}),
+    ]
+    for statement, shows in changes:
+        async with store.begin() as conn:
+            await conn.execute(statement)
+        inp, _ = await load()
+        assert shows(seen(inp)), (statement, seen(inp))

@@ -415,9 +415,15 @@ async def test_a_write_counts_as_a_change_of_the_tables_it_names_and_no_other(tm
         base = counts()
         writes = [
             (sa.update(t.images).values(labels={}), 0, {"images": 2}),
-            (sa.update(t.scaling_groups).values(is_active=True), 0, {"scaling_groups": 2}),
+            (sa.update(t.scaling_groups).values(is_active=True), 0,
+             {"scaling_groups": 2, "policies": 2}),
+            (sa.update(t.keypair_resource_policies).values(max_concurrent_sessions=3), 0,
+             {"policies": 2}),
+            (sa.update(t.domains).values(is_active=True), 0, {"policies": 2}),
+            (sa.update(t.keypairs).values(is_active=True), 0, {"keypairs": 2, "policies": 2}),
             (sa.delete(t.agents), 0, {"scaling_groups": 2}),
             (sa.update(t.users).values(role="user"), 2, {"keypairs": 2}),
+            (sa.update(t.groups).values(is_active=True), 2, {"policies": 2}),
             (sa.delete(t.session_dependencies), 2, {}),
             (sa.update(t.sessions).values(status_info="x"), 2, {"sessions": 2}),
             (sa.delete(t.web_sessions), 0, {}),
@@ -539,7 +545,7 @@ async def test_an_insert_held_by_the_store_writes_what_sqlalchemy_writes(tmp_pat
     assert raw[True] == raw[False]
     assert len(raw[True]["session_history"]) == 2 and len(raw[True]["domains"]) == 1
     assert counted[True] == counted[False] == (  # BEGIN too
-        5, 2, {"keypairs": 0, "images": 0, "scaling_groups": 0, "sessions": 2})
+        5, 2, {"keypairs": 0, "images": 0, "scaling_groups": 0, "sessions": 2, "policies": 2})
 
 
 async def test_after_commit_calls_once_a_transaction_committed_and_never_after_a_rollback(store):

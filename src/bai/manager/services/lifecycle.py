@@ -40,6 +40,7 @@ from bai.manager.services.transitions import (
     transit,
     transit_many,
 )
+from bai.manager.store.cached import Cached
 from bai.manager.store.tables import (
     agents,
     images,
@@ -195,6 +196,9 @@ class Lifecycle:
         self._bg: set[asyncio.Task] = set()
         #: destroys answered before they ended (``terminate(wait=False)``)
         self._ending: set[asyncio.Task] = set()
+        #: what ``kernel_specs`` read of the placed sessions' images and keypairs' policies
+        self._images = Cached("images", 64)
+        self._limits = Cached("policies", 256)
         self._callbacks: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
         self._callback_worker: asyncio.Task | None = None
 
@@ -288,13 +292,20 @@ class Lifecycle:
                            ) -> list[tuple[str, list[dict[str, Any]]]]:
         """The kernel specs of sessions just placed (``place_many``), grouped by agent address,
         for ``create_kernels`` once the transaction has committed."""
-        names = sorted({r["image"] for r in placed})
-        image_rows = {
-            r["name"]: dict(r) for r in (
-                await conn.execute(sa.select(images).where(images.c.name.in_(names)))
-            ).mappings()
-        } if names else {}
-        limits = await policy_limits(conn, {r["access_key"] for r in placed})
+        names = tuple(sorted({r["image"] for r in placed}))
+        keys = frozenset(r["access_key"] for r in placed)
+
+        async def read_images() -> dict[str, dict[str, Any]]:
+            return {r["name"]: dict(r) for r in (await conn.execute(
+                sa.select(images).where(images.c.name.in_(names)))).mappings()}
+
+        async def read_limits() -> dict[str, dict[str, int]]:
+            return await policy_limits(conn, set(keys))
+
+        # kept between placements while their tables are not written (SQLite, ``Cached``)
+        store = self.root.store
+        image_rows = await self._images.read(store, names, read_images) if names else {}
+        limits = await self._limits.read(store, keys, read_limits)
         by_address: dict[str, list[dict[str, Any]]] = {}
         for r in placed:
             kid = r.get("main_kernel_id")

@@ -29,6 +29,7 @@ from bai.manager.scheduler.decision import (
     PendingSession,
     SchedulingInput,
 )
+from bai.manager.store.cached import Cached
 from bai.manager.store.tables import (
     agents,
     domains,
@@ -62,6 +63,8 @@ class _QueueCache:
         self.slots: dict[str, ResourceSlot] = {}
         #: raw group id -> as its column's type reads it (a few groups)
         self.groups: dict[Any, Any] = {}
+        #: the limits and policies a pass reads (SQLite: valid until a write to their tables)
+        self.policies = Cached("policies", 64)
 
 
 _caches: weakref.WeakKeyDictionary[Any, _QueueCache] = weakref.WeakKeyDictionary()
@@ -234,7 +237,22 @@ async def _pending(conn: AsyncConnection) -> tuple[
     return pending, current_info, dep_views
 
 
-async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> SchedulingInput:
+async def _rows(conn: AsyncConnection, store: Any, key: Any, stmt: Any) -> list[Any]:
+    """The rows of ``stmt``, a read of the limits' and policies' tables: kept between passes
+    where ``store`` says nothing wrote them since (``Cached``)."""
+    async def read() -> list[Any]:
+        return (await conn.execute(stmt)).all()
+
+    return await _cache(conn).policies.read(store, key, read)
+
+
+_GROUP_LIMITS = sa.select(groups.c.id, groups.c.total_resource_slots)
+_DOMAIN_LIMITS = sa.select(domains.c.name, domains.c.total_resource_slots)
+_SCALING_GROUPS = sa.select(scaling_groups)
+
+
+async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0,
+                     store: Any = None) -> SchedulingInput:
     """Everything one pass needs, in a handful of queries.
 
     ``inp.current_info`` maps each pending session to its ``status_info`` now, so that the
@@ -243,14 +261,14 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
     ``idle_slack`` is how late the idle checker may notice an expired idle timeout.
 
     The pending queue's parsed form is kept between passes (``_QueueCache``): a pass parses
-    only the rows that are new or changed.
+    only the rows that are new or changed. With ``store`` (SQLite), the groups', domains' and
+    resource groups' rows and the keypairs' policies are read again only after a write to
+    their tables (a hello world's pass: 4 statements of 8).
     """
     now = now or utcnow()
     c = sessions.c
-    group_limit_rows = [
-        g for g in (await conn.execute(sa.select(groups.c.id, groups.c.total_resource_slots))).all()
-        if g.total_resource_slots
-    ]
+    group_limit_rows = [g for g in await _rows(conn, store, "groups", _GROUP_LIMITS)
+                        if g.total_resource_slots]
     pending, current_info, dep_views = await _pending(conn)
     agent_views = [
         AgentView(
@@ -260,7 +278,7 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
         )
         for r in (await conn.execute(sa.select(agents))).all()
     ]
-    sgroups = (await conn.execute(sa.select(scaling_groups))).all()
+    sgroups = await _rows(conn, store, "scaling_groups", _SCALING_GROUPS)
     inp = SchedulingInput(
         pending=pending, agents=agent_views, now=now,
         policies={g.name: g.scheduler for g in sgroups},
@@ -293,17 +311,15 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
         by_key[r.access_key] = (n + 1, acc + slots)
         by_group[r.group_id] = by_group.get(r.group_id, ResourceSlot()) + slots
         by_domain[r.domain_name] = by_domain.get(r.domain_name, ResourceSlot()) + slots
-    keys = {p.access_key for p in pending}
-    kp_rows = (
-        await conn.execute(
-            sa.select(keypairs.c.access_key, keypair_resource_policies)
-            .join(keypair_resource_policies,
-                  keypair_resource_policies.c.name == keypairs.c.resource_policy)
-            .where(keypairs.c.access_key.in_(keys))
-        )
-    ).mappings().all()
+    keys = frozenset(p.access_key for p in pending)
+    kp_rows = await _rows(conn, store, ("keypairs", keys), (
+        sa.select(keypairs.c.access_key, keypair_resource_policies)
+        .join(keypair_resource_policies,
+              keypair_resource_policies.c.name == keypairs.c.resource_policy)
+        .where(keypairs.c.access_key.in_(sorted(keys)))))
     kps = {}
-    for r in kp_rows:
+    for row in kp_rows:
+        r = row._mapping
         n, occ = by_key.get(r["access_key"], (0, ResourceSlot()))
         kps[r["access_key"]] = KeypairLimits(
             max_concurrent_sessions=r["max_concurrent_sessions"] or 0,
@@ -319,7 +335,7 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0) -> 
     }
     inp.domain_limits = {
         d.name: (ResourceSlot.from_json(d.total_resource_slots), by_domain.get(d.name, ResourceSlot()))
-        for d in (await conn.execute(sa.select(domains.c.name, domains.c.total_resource_slots))).all()
+        for d in await _rows(conn, store, "domains", _DOMAIN_LIMITS)
         if d.total_resource_slots
     }
     return inp

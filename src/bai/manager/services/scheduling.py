@@ -357,7 +357,8 @@ class SchedulerLoop:
             self._read_at_changes = self.root.store.changes
             seen = await fingerprint(conn) if look else None
             inp = await load_input(
-                conn, idle_slack=self.root.settings.idle_check_interval + RELEASE_ALLOWANCE)
+                conn, idle_slack=self.root.settings.idle_check_interval + RELEASE_ALLOWANCE,
+                store=self.root.store)
         decision = decide(inp) if inp.pending else Decision()
         self._next_due = min((p.starts_at for p in inp.pending
                               if p.starts_at is not None and p.starts_at > inp.now), default=None)

@@ -13,6 +13,7 @@ manager replicas writing, whose changes this process would not see, so there eve
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -42,3 +43,13 @@ class Cached:
         if len(self._values) >= self.max_entries:
             self._values.clear()
         self._values[key] = (generation, value)
+
+    async def read(self, store: Any, key: Any, read: Callable[[], Awaitable[Any]]) -> Any:
+        """The value kept for ``key`` if it still stands, else ``await read()`` (kept under
+        the generation taken before it). The value is shared: callers must not change it."""
+        generation = self.generation(store)
+        value = self.get(key, generation)
+        if value is None:
+            value = await read()
+            self.put(key, generation, value)
+        return value

@@ -47,6 +47,10 @@ CACHED_TABLES = {
     "scaling_groups": re.compile(r"\b(scaling_groups|agents)\b", re.IGNORECASE),
     # the number of sessions pending, for a create's first lines (``services/sessions.py``)
     "sessions": re.compile(r"\bsessions\b", re.IGNORECASE),
+    # what a scheduling pass reads of the limits and policies (``services/schedule_input.py``)
+    # and a placed kernel's spec of its keypair's policy (``services/lifecycle.py``)
+    "policies": re.compile(r"\b(groups|domains|scaling_groups|keypairs|"
+                           r"keypair_resource_policies)\b", re.IGNORECASE),
 }
 
 
