@@ -117,3 +117,29 @@ def test_stats_rows_both_versions():
     assert stats_rows(v2) == [("cpu_used", "1,520", "msec"), ("cpu_util", "12.50", "%")]
     assert stats_rows({"status": "x", "mem_max_bytes": 104857600}) == [
         ("mem_max_bytes", "100.0 MiB", "")]
+
+
+
+_PIECES = ["[default]", "[user]", "[a-b_c]", "[ x ]", "[[x]]", "[é]", "[]", "# note", "",
+           'endpoint = "http://h:1"', 'k = "v"', 'k="v"', 'a-b_C9 = "x y"', 'k = "a#b"',
+           'k = "a\\"b"', 'k = "a\\\\b"', "k = 'v'", 'k = ""', 'k é = "v"', 'ké = "v"',
+           'k\u0660 = "v"', 'K = "\u00e9"', 'k = "v" # c', "k =", 'k = "', '"k" = "v"']
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_plain_toml_reads_what_tomllib_reads_or_leaves_it_to_tomllib(seed):
+    import random
+    import tomllib
+
+    from bai.client.config import _bare, plain_toml
+
+    rng = random.Random(seed)
+    text = "\n".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 8)))
+    got = plain_toml(text)
+    if got is not None:
+        assert got == tomllib.loads(text), text
+    # a bare key's characters, as the first version checked them one by one
+    key = "".join(rng.choice("aZ09-_ .#é\u0660\u212a\t") for _ in range(rng.randint(0, 6)))
+    assert _bare(key) == all(c.isascii() and (c.isalnum() or c in "-_") for c in key), key
+    # what server start writes is read here, not by tomllib
+    assert plain_toml(TOML) == tomllib.loads(TOML)

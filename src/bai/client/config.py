@@ -63,15 +63,22 @@ def plain_toml(text: str) -> dict[str, Any] | None:
             continue
         key, eq, value = line.partition("=")
         key, value = key.strip(), value.strip()
+        inner = value[1:-1]
         if (not eq or not _bare(key) or key in table or len(value) < 2 or value[0] != '"'
-                or value[-1] != '"' or any(c in value[1:-1] for c in '"\\#')):
+                or value[-1] != '"' or '"' in inner or "\\" in inner or "#" in inner):
             return None
-        table[key] = value[1:-1]
+        table[key] = inner
     return data
 
 
+#: what a bare TOML key is made of
+_BARE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def _bare(key: str) -> bool:
-    return all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+    # every character one of _BARE (strip, not a loop in Python: ~100,000 instructions less
+    # on a command's configuration)
+    return not key.strip(_BARE)
 
 
 class ClientConfig:
