@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -266,6 +268,21 @@ def test_a_broken_file_path_in_a_session_mount_is_refused(vst):
     one_line_error(proc)
 
 
+# A client on another machine: a ticket, then the upload and download over HTTP with the token
+# in the URL (this machine's CLI hands files over the manager's unix socket instead).
+REMOTE_TRANSFER = """
+import sys
+from bai.client import vfolder_wire as wire
+from bai.client.cli.vfolder_express import Manager, _ticket
+src, dst = sys.argv[1:]
+mgr = Manager(None)
+up = _ticket(mgr, "data", "upload", {"path": "tokens/remote.txt", "size": 6})
+wire.upload(up["address"], src, 6, 30)
+down = _ticket(mgr, "data", "download", {"path": "tokens/remote.txt"})
+wire.download(down["address"], dst, 30)
+"""
+
+
 def test_storage_tokens_never_reach_the_log(vst, tmp_path):
     """A token is a capability for a day: the access log shows /storage/* without its query."""
     f = tmp_path / "t.txt"
@@ -275,8 +292,13 @@ def test_storage_tokens_never_reach_the_log(vst, tmp_path):
     vst.cli("vfolder", "upload", "data", str(f), "-d", "tokens", user=True)
     (tmp_path / "x").mkdir()
     vst.cli("vfolder", "download", "data", "tokens/t.txt", "-b", str(tmp_path / "x"), user=True)
+    (tmp_path / "r.txt").write_text("remote")
+    subprocess.run([sys.executable, "-c", REMOTE_TRANSFER, str(tmp_path / "r.txt"),
+                    str(tmp_path / "x" / "r.txt")], env=vst.user_env, check=True, timeout=60)
+    assert (tmp_path / "x" / "r.txt").read_text() == "remote"
     log = (vst.state / "manager.log").read_text()
-    assert "/storage/upload" in log and "token=" not in log
+    assert "/storage/upload" in log and "/storage/download" in log
+    assert "token=" not in log
 
 
 def test_deleting_a_user_removes_their_folders(vst, tmp_path):
