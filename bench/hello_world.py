@@ -9,8 +9,12 @@ p90 and p99 of the whole command, split by the manager's session history timesta
   client start    process launch -> the session row is written (PENDING)
   create->RUNNING PENDING -> RUNNING (scheduling, agent, runner start-up)
   execute         RUNNING -> TERMINATING (WebSocket execute of print(1))
-  destroy         TERMINATING -> TERMINATED
-  client exit     TERMINATED -> the process has exited
+  destroy         TERMINATING -> TERMINATED, or the command's end if that came first
+  client exit     the end of destroy -> the process has exited
+
+The runs give no ``-t``, as the issue's command: such a run ends once its session is
+TERMINATING (its name was made up), and the manager ends the session after; the last line
+says when TERMINATED came relative to the command's end (positive: after it).
 
 Without ``--runtime`` it measures the process runtime, and the docker runtime as well when
 ``DOCKER_HOST`` is set (the docker engine must hold the image ``python:3.11-debian12``).
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -64,17 +69,24 @@ async def histories(stack: EmbeddedStack, names: list[str]) -> dict[str, dict[st
     return out
 
 
-def run_once(stack: EmbeddedStack, name: str) -> tuple[float, float, float]:
-    """(launch epoch, exit epoch, wall ms) of one ``backend.ai run --rm``."""
+#: the session's name as ``run`` says it made it ready (on stderr)
+READY = re.compile(r"Session (\S+) is ready")
+
+
+def run_once(stack: EmbeddedStack, name: str | None = None) -> tuple[float, float, float, str]:
+    """(launch epoch, exit epoch, wall ms, the session's name) of one ``backend.ai run --rm``,
+    with ``-t name`` if given (a run without a name may end before its session has)."""
     launch = time.time()
     t0 = time.perf_counter()
-    proc = subprocess.run([CLI, "run", "--rm", "-t", name, "-c", "print(1)", "python"],
+    named = ["-t", name] if name else []
+    proc = subprocess.run([CLI, "run", "--rm", *named, "-c", "print(1)", "python"],
                           env=stack.env, capture_output=True, text=True)
     wall = (time.perf_counter() - t0) * 1000
     end = time.time()
-    if proc.returncode != 0 or proc.stdout.strip() != "1":
+    ready = READY.search(proc.stderr)
+    if proc.returncode != 0 or proc.stdout.strip() != "1" or ready is None:
         raise RuntimeError(f"run failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
-    return launch, end, wall
+    return launch, end, wall, ready.group(1)
 
 
 def measure(runtime: str, runs: int, warmup: int) -> None:
@@ -82,33 +94,38 @@ def measure(runtime: str, runs: int, warmup: int) -> None:
         print_conditions(f"hello world ({runtime} runtime)", runtime=runtime,
                          db="SQLite (embedded)", runs=runs, warmup=warmup,
                          command=f"{os.path.basename(CLI)} run --rm -c 'print(1)' python")
-        tag = f"hw{os.getpid()}"
-        for i in range(warmup):
-            run_once(stack, f"{tag}-w{i}")
+        for _ in range(warmup):
+            run_once(stack)
         names, walls, spans = [], [], []
         daemons = {"manager": stack.pid("manager"), "agent": stack.pid("agent")}
         cpu0 = {k: cpu_seconds(pid) for k, pid in daemons.items()}
         client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        for i in range(runs):
-            name = f"{tag}-{i}"
-            launch, end, wall = run_once(stack, name)
+        for _ in range(runs):
+            launch, end, wall, name = run_once(stack)
             names.append(name)
             walls.append(wall)
             spans.append((launch, end))
+        time.sleep(1.0)  # (the last sessions end after their commands)
         client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = {k: (cpu_seconds(pid) - cpu0[k]) * 1000 / runs for k, pid in daemons.items()}
         cpu["client"] = ((client1.ru_utime + client1.ru_stime)
                          - (client0.ru_utime + client0.ru_stime)) * 1000 / runs
         hist = asyncio.run(histories(stack, names))
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    after: list[float] = []
     for name, (launch, end) in zip(names, spans):
         h = hist[name]
-        marks = [launch, h["PENDING"], h["RUNNING"], h["TERMINATING"], h["TERMINATED"], end]
+        # the command may end while its session ends (its name was made up): the destroy
+        # phase ends with whichever came first, and the rest is told apart
+        ended = min(h["TERMINATED"], end)
+        marks = [launch, h["PENDING"], h["RUNNING"], h["TERMINATING"], ended, end]
         for label, a, b in zip(PHASES, marks, marks[1:]):
             phases[label].append((b - a) * 1000)
+        after.append((h["TERMINATED"] - end) * 1000)
     print(line("whole command", walls, target=TARGETS.get(runtime, "")))
     for label in PHASES:
         print(line(f"  {label}", phases[label]))
+    print(line("  (TERMINATED - the command's end)", after))
     print("CPU per run (user+system): " + ", ".join(f"{k} {v:.0f} ms" for k, v in cpu.items())
           + " (agent includes its reaped kernel runners)")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
@@ -127,10 +144,9 @@ def isolation_cost(runs: int, warmup: int) -> None:
                          command=f"{os.path.basename(CLI)} run --rm -c 'print(1)' python")
         gaps = {k: st.cli("admin", "agent", "list", check=False).stdout for k, st in stacks.items()}
         walls: dict[str, list[float]] = {k: [] for k in stacks}
-        tag = f"hwi{os.getpid()}"
         for i in range(warmup + runs):
             for k, st in (stacks.items() if i % 2 else reversed(stacks.items())):
-                wall = run_once(st, f"{tag}-{i}-{len(walls[k])}")[2]
+                wall = run_once(st)[2]
                 if i >= warmup:
                     walls[k].append(wall)
         for k in stacks:
