@@ -389,3 +389,25 @@ def test_a_command_only_batch_job_is_held_as_tightly(stack: Stack) -> None:
     assert "uid 0\n" not in out and "uid " in out, out
     for p in targets:
         assert not os.path.exists(p), p
+
+
+@needs_sandbox
+def test_a_planted_setpriv_on_the_session_s_path_never_runs_as_root(tmp_path: Path) -> None:
+    """bwrap is root with every capability until setpriv drops them: a session that sets its
+    PATH to a folder it fills (a storage folder, its work dir) must not get its own
+    ``setpriv`` run there in the real one's place (it ran as uid 0 with CapEff all set)."""
+    from bai.agent.backends import sandbox as sandboxing
+
+    sb = sandboxing.probe("bwrap", True, False, "/usr/bin/python3")
+    if not (sb.active and sb.privileged):
+        pytest.skip(f"no sandbox with its own uid here: {sb.reason}")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("setpriv", "sh"):
+        (work / name).write_text("#!/bin/sh\necho PLANTED uid=$(id -u)\n")
+        (work / name).chmod(0o755)
+    os.chown(work, 2_000_123, 2_000_123)
+    argv = sb.argv("/usr/bin/python3", work, 2_000_123) + ["/bin/sh", "-c", "echo uid=$(id -u)"]
+    done = subprocess.run(argv, env={"PATH": f"{sandboxing.WORKDIR}:.:/usr/bin:/bin"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "PLANTED" not in done.stdout and done.stdout == "uid=2000123\n", done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from bai.agent import seccomp
@@ -41,7 +42,7 @@ def test_the_sandbox_shows_the_system_read_only_and_only_the_work_dir_writable()
         assert flag in argv
     assert "--unshare-user" not in argv  # as root: real mounts, then setpriv to the kernel's uid
     tail = argv[argv.index("--") + 1:]
-    assert tail[:3] == ["setpriv", "--reuid=2000001", "--regid=2000001"]
+    assert tail[:3] == ["/usr/bin/setpriv", "--reuid=2000001", "--regid=2000001"]
     assert {"--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"} <= set(tail)
 
 
@@ -89,7 +90,7 @@ def test_the_filter_is_compiled_and_handed_to_bwrap_as_an_fd() -> None:
     try:
         argv = sb.argv("/usr/bin/python3", Path("/w"), 1234, seccomp_fd=fd)
         assert argv[argv.index("--seccomp") + 1] == str(fd)
-        assert argv.index("--seccomp") < argv.index("--") < argv.index("setpriv")
+        assert argv.index("--seccomp") < argv.index("--") < argv.index("/usr/bin/setpriv")
         assert os.pread(fd, len(program) + 1, 0) == program
     finally:
         os.close(fd)
@@ -156,3 +157,15 @@ def test_accounts_reach_the_sandbox_as_data_not_host_files() -> None:
     head = " ".join(argv[:argv.index("--")])
     assert "--perms 0644 --ro-bind-data 5 /etc/passwd" in head
     assert "--perms 0644 --ro-bind-data 6 /etc/group" in head
+
+
+def test_setpriv_is_run_by_a_path_the_session_cannot_change() -> None:
+    """bwrap (root, every capability) runs setpriv by an absolute path: never one found in
+    the PATH the session sets; one outside the system folders is bound read-only for it."""
+    elsewhere = Sandbox(bwrap="bwrap", privileged=True, setpriv="/opt/tools/setpriv").argv(
+        "/usr/bin/python3", Path("/w"), 1234)
+    assert binds(elsewhere)[sandbox.SETPRIV] == "--ro-bind /opt/tools/setpriv"
+    assert elsewhere[elsewhere.index("--") + 1] == sandbox.SETPRIV
+    sb = probe("bwrap", True, False, "/usr/bin/python3")
+    if sb.active and sb.privileged:
+        assert sb.setpriv == shutil.which("setpriv")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ INTERPRETER_LABEL = "bai.process.interpreter"
 #: the folder that holds the ``bai`` package, put on the runner's PYTHONPATH
 KERNEL_PYTHONPATH = str(Path(bai.kernel.__file__).resolve().parent.parent.parent)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-UNSHARE = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+UNSHARE = ["--pid", "--fork", "--kill-child", "--mount-proc"]  # (``unshare``'s options)
 #: joins the cgroups named before "--" and applies an optional ulimit, then execs the rest
 LAUNCHER = (
     'ulim="$1"; shift; while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; '
@@ -207,6 +208,16 @@ def runner_config(spec: KernelSpec) -> dict[str, Any]:
     return {"bootstrap_script": spec.bootstrap_script, "startup_command": spec.startup_command}
 
 
+@functools.cache
+def host_program(name: str) -> str:
+    """``name``'s absolute path on this host (the agent's ``PATH``, then the system folders),
+    or ``name`` where none is found. The launcher runs as root with the kernel's environment:
+    what it starts must never be looked up in the ``PATH`` the session sets."""
+    found = shutil.which(name, path=os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin", "/bin"]))
+    return os.path.abspath(found) if found else name
+
+
 def build_command(
     interpreter: str,
     workdir: Path,
@@ -236,10 +247,10 @@ def build_command(
         argv += sandbox
     else:
         if namespaces:
-            argv += UNSHARE
+            argv += [host_program("unshare"), *UNSHARE]
         if as_user is not None:
-            argv += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}",
-                     "--clear-groups"]
+            argv += [host_program("setpriv"), f"--reuid={as_user[0]}",
+                     f"--regid={as_user[1]}", "--clear-groups"]
     if command is not None:
         return argv + command
     argv += [interpreter, "-m", "bai.kernel", "--workdir", str(workdir)]
@@ -384,7 +395,7 @@ class ProcessBackend(RuntimeBackend):
         if self.settings.process_namespaces and shutil.which("unshare"):
             with contextlib.suppress(OSError):
                 proc = await asyncio.create_subprocess_exec(
-                    *UNSHARE, "true", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    host_program("unshare"), *UNSHARE, "true", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 self.namespaces = await proc.wait() == 0
         if self.settings.process_run_as:
             try:

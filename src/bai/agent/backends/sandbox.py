@@ -52,6 +52,8 @@ BIN = "/opt/bai/bin"
 SYSTEM_RO = ("/usr", "/etc")
 #: merged-/usr links (Debian 12) or, where they are folders, read-only binds
 SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: where the sandbox shows a setpriv that is not beneath its system folders
+SETPRIV = f"{LIB}/setpriv"
 #: the parents bwrap would otherwise make 0700 (unreadable for the kernel's uid)
 _PARENTS = ("/home", "/opt", "/opt/bai", LIB, f"{LIB}/bai", BIN)
 
@@ -112,6 +114,9 @@ class Sandbox:
     seccomp: bytes | None = None
     seccomp_reason: str = ""
     extra_gaps: list[str] = field(default_factory=list)
+    #: the host's setpriv (``probe``): bwrap, root with every capability still, runs it by
+    #: this absolute path, never looked up in the ``PATH`` the session sets
+    setpriv: str = "/usr/bin/setpriv"
 
     @property
     def active(self) -> bool:
@@ -186,9 +191,14 @@ class Sandbox:
             argv += ["--block-fd", str(block_fd)]
         if status_fd is not None:
             argv += ["--json-status-fd", str(status_fd)]
+        setpriv = self.setpriv
+        if uid is not None and not any(setpriv.startswith(d + "/")
+                                       for d in SYSTEM_RO + SYSTEM_LINKS):
+            argv += ["--ro-bind", setpriv, SETPRIV]  # (where the sandbox shows no host path)
+            setpriv = SETPRIV
         argv.append("--")
         if uid is not None:
-            argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            argv += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
         return argv
 
@@ -296,12 +306,13 @@ def probe(bwrap: str, enabled: bool, cgroups: bool, interpreter: str) -> Sandbox
     if path is None:
         return Sandbox(privileged=privileged, cgroups=cgroups,
                        reason=f"{bwrap} not found: install Debian's bubblewrap")
-    if privileged and shutil.which("setpriv") is None:
+    setpriv = shutil.which("setpriv")
+    if privileged and setpriv is None:
         return Sandbox(privileged=privileged, cgroups=cgroups,
                        reason="setpriv not found: install Debian's util-linux")
     filt = seccomp_filter.compiled()
     sb = Sandbox(bwrap=path, privileged=privileged, cgroups=cgroups, seccomp=filt.program,
-                 seccomp_reason=filt.reason)
+                 seccomp_reason=filt.reason, setpriv=os.path.abspath(setpriv or "setpriv"))
     why = _try(sb, interpreter, privileged)
     if why and sb.seccomp is not None:  # the filter, not the sandbox? then without it
         sb.seccomp, sb.seccomp_reason = None, f"bwrap refused the filter: {why}"
