@@ -462,14 +462,21 @@ def test_a_bare_sandbox_never_runs_the_command_when_the_agent_is_gone_before_it_
 
 
 async def test_a_kernel_s_account_is_given_in_memory(backend: ProcessBackend) -> None:
-    """whoami works in the sandbox; its passwd and group are no files on the host's disk."""
+    """whoami works in the sandbox; its passwd and group are no files on the host's disk; it
+    looks accounts up in them alone (no NSS module of the host's is loaded for them). A
+    command in the runner's place has no runner code in its sandbox."""
     if not (backend.sandbox.active and backend.sandbox.privileged):
         pytest.skip("no uid of its own here: the kernel keeps the agent's account")
-    s = spec(session_type="BATCH", startup_command="whoami; id -gn; ls -l /etc/passwd")
+    s = spec(session_type="BATCH", startup_command=(
+        "whoami; id -gn; ls -l /etc/passwd; grep -E '^(passwd|group):' /etc/nsswitch.conf; "
+        "echo runner-code: $(ls -A /opt/bai/lib/bai/kernel)."))
     inst = await backend.create(s)
     await wait_exits(backend)
     said = await backend.logs(s.kernel_id)
     assert said.startswith("work\nwork\n-rw-r--r--") and " root root " in said, said
+    if os.path.exists("/etc/nsswitch.conf"):
+        assert "\npasswd: files\ngroup: files\n" in said, said
+    assert "runner-code: .\n" in said, said
     assert not any((tmp / name).exists() for tmp in (inst.workdir.parent,)
                    for name in ("passwd", "group"))
 

@@ -159,6 +159,39 @@ def test_accounts_reach_the_sandbox_as_data_not_host_files() -> None:
     assert "--perms 0644 --ro-bind-data 6 /etc/group" in head
 
 
+def test_the_sandbox_looks_accounts_up_in_its_own_files_only(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """nsswitch.conf in the sandbox: the host's, its account databases in files alone (the
+    agent's passwd and group are the accounts there are); the rest as the host has it."""
+    conf = tmp_path / "nsswitch.conf"
+    conf.write_text("# passwd: ldap\npasswd:         files systemd\n group: compat [x=y] sss\n"
+                    "shadow: files systemd\ngshadow: files\nhosts: files dns\nnetgroup: nis")
+    real = sandbox._host_accounts
+    monkeypatch.setattr(sandbox, "_host_accounts", lambda path: real(
+        str(conf) if path == "/etc/nsswitch.conf" else path))
+    assert sandbox.nsswitch() == ("# passwd: ldap\npasswd: files\ngroup: files\n"
+                                  "shadow: files\ngshadow: files\nhosts: files dns\n"
+                                  "netgroup: nis\n")
+    conf.unlink()
+    assert sandbox.nsswitch() == ""  # no such file on the host: none in the sandbox either
+    argv = Sandbox(bwrap="bwrap", privileged=True).argv("/usr/bin/python3", Path("/w"), 1234,
+                                                        accounts=(5, 6), nsswitch_fd=7)
+    head = " ".join(argv[:argv.index("--")])
+    assert "--perms 0644 --ro-bind-data 7 /etc/nsswitch.conf" in head
+
+
+def test_a_sandbox_without_a_runner_binds_no_runner_code() -> None:
+    """A batch job's command runs in the runner's place: its sandbox has no runner code (one
+    mount fewer to make), and names setpriv by the path probe found (no PATH search)."""
+    sb = Sandbox(bwrap="bwrap", privileged=True, setpriv="/usr/bin/setpriv")
+    with_runner = binds(sb.argv("/usr/bin/python3", Path("/w"), 1234))
+    without = sb.argv("/usr/bin/python3", Path("/w"), 1234, runner=False)
+    assert with_runner[f"{sandbox.LIB}/bai/kernel"].startswith("--ro-bind ")
+    assert binds(without) == {k: v for k, v in with_runner.items()
+                              if k != f"{sandbox.LIB}/bai/kernel"}
+    assert without[without.index("--") + 1] == "/usr/bin/setpriv"
+
+
 def test_setpriv_is_run_by_a_path_the_session_cannot_change() -> None:
     """bwrap (root, every capability) runs setpriv by an absolute path: never one found in
     the PATH the session sets; one outside the system folders is bound read-only for it."""

@@ -515,6 +515,7 @@ class ProcessBackend(RuntimeBackend):
         inherited: list[int] = []
         status_fd = block_r = block_w = info_r = info_w = None
         account_fds: tuple[int, int] | None = None
+        nss_fd: int | None = None
         try:
             if self.sandbox.active and uid is not None:
                 # the kernel's account (whoami): in memory, no file on the host's disk
@@ -522,6 +523,10 @@ class ProcessBackend(RuntimeBackend):
                 inherited.append(sandboxing.data_memfd(passwd.encode()))
                 inherited.append(sandboxing.data_memfd(group.encode()))
                 account_fds = (inherited[-2], inherited[-1])
+                nss = sandboxing.nsswitch()
+                if nss:
+                    inherited.append(sandboxing.data_memfd(nss.encode()))
+                    nss_fd = inherited[-1]
             if bare:
                 status_fd = os.open(kdir / EXIT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -535,7 +540,8 @@ class ProcessBackend(RuntimeBackend):
                     interp, work, uid, seccomp_fd=filt, mounts=mounts,
                     info_fd=info_w if bare else info_fd,
                     accounts=account_fds, devices=devices,
-                    block_fd=block_r, status_fd=status_fd)
+                    block_fd=block_r, status_fd=status_fd, runner=command is None,
+                    nsswitch_fd=nss_fd)
                 inside = Path(sandboxing.WORKDIR)
             else:
                 prefix, inside = None, work

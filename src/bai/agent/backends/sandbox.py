@@ -9,9 +9,11 @@ A kernel runs as::
 
 Inside, the kernel sees:
 
-* ``/usr`` (and the ``/bin``, ``/lib*``, ``/sbin`` links) and ``/etc`` read-only, its
-  interpreter's prefix read-only when that is elsewhere, and the runner's code at
-  ``/opt/bai/lib/bai/kernel`` read-only; ``python``/``python3`` at ``/opt/bai/bin``;
+* ``/usr`` (and the ``/bin``, ``/lib*``, ``/sbin`` links) and ``/etc`` read-only (its
+  ``passwd``, ``group`` and ``nsswitch.conf`` the kernel's own, see ``accounts`` and
+  ``nsswitch``), its interpreter's prefix read-only when that is elsewhere, and the runner's
+  code at ``/opt/bai/lib/bai/kernel`` read-only (where a runner runs);
+  ``python``/``python3`` at ``/opt/bai/bin``;
 * its work dir at ``/home/work`` (``nosuid,nodev``; the only writable place besides its own
   ``/tmp``, ``/dev/shm`` and the storage folders it mounts rw, ``agent/mounts.py``), its own
   ``/proc`` (PID namespace: the kernel's processes only) and a minimal ``/dev``; no ``/sys``
@@ -144,16 +146,20 @@ class Sandbox:
              network: bool = False, seccomp_fd: int | None = None,
              mounts: Sequence[HostMount] = (), info_fd: int | None = None,
              accounts: tuple[int, int] | None = None, devices: Sequence[str] = (),
-             block_fd: int | None = None, status_fd: int | None = None) -> list[str]:
+             block_fd: int | None = None, status_fd: int | None = None,
+             runner: bool = True, nsswitch_fd: int | None = None) -> list[str]:
         """The bwrap (+ setpriv) prefix that runs the rest of the command in the sandbox
         (``devices``: host device nodes or MPS folders the kernel may open, its GPUs');
         ``seccomp_fd``: an inherited fd holding ``self.seccomp`` (see ``seccomp_memfd``);
         ``mounts`` (storage folders) are bound over the work dir, read-only ones ``--ro-bind``;
         ``accounts``: inherited fds holding the kernel's passwd and group (``accounts``,
-        ``data_memfd``), put read-only over the host's. ``block_fd``: the sandbox waits, set
+        ``data_memfd``), put read-only over the host's, and ``nsswitch_fd`` its
+        ``nsswitch.conf`` (``nsswitch``) over the host's. ``block_fd``: the sandbox waits, set
         up, until it can read a byte there before it runs anything of the kernel's;
         ``status_fd``: bwrap writes its child's pid there and, when
-        the sandbox ends, its exit code (``--json-status-fd``, see ``json_exit_code``)."""
+        the sandbox ends, its exit code (``--json-status-fd``, see ``json_exit_code``).
+        ``runner=False``: what runs is no runner (a batch job's command, ``direct_command``):
+        the runner's code is not bound (one mount fewer for bwrap to make)."""
         assert self.bwrap is not None
         argv = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--new-session", "--hostname", "bai-kernel"]
@@ -165,6 +171,9 @@ class Sandbox:
         if accounts is not None:  # the kernel's own account (``accounts``) over the host's
             argv += ["--perms", "0644", "--ro-bind-data", str(accounts[0]), "/etc/passwd",
                      "--perms", "0644", "--ro-bind-data", str(accounts[1]), "/etc/group"]
+        if nsswitch_fd is not None:
+            argv += ["--perms", "0644", "--ro-bind-data", str(nsswitch_fd),
+                     "/etc/nsswitch.conf"]
         argv += interpreter_binds(interpreter)
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--tmpfs", "/tmp"]
         for node in devices:  # over the minimal /dev: only this kernel's GPUs
@@ -179,8 +188,9 @@ class Sandbox:
                     made.add(str(parent))
                     argv += ["--perms", "0755", "--dir", str(parent)]
             argv += ["--ro-bind" if m.read_only else "--bind", m.source, m.target]
-        argv += ["--ro-bind", kernel_package(), f"{LIB}/bai/kernel",
-                 "--symlink", interpreter, f"{BIN}/python",
+        if runner:
+            argv += ["--ro-bind", kernel_package(), f"{LIB}/bai/kernel"]
+        argv += ["--symlink", interpreter, f"{BIN}/python",
                  "--symlink", interpreter, f"{BIN}/python3",
                  "--chdir", WORKDIR]
         if seccomp_fd is not None:
@@ -226,7 +236,8 @@ def json_exit_code(text: str) -> int | None:
     return None
 
 
-#: the host's /etc/passwd and /etc/group as last read, by (path, its stat): ``accounts``
+#: the host's /etc/passwd, /etc/group and /etc/nsswitch.conf as last read, by (path, its
+#: stat): ``accounts``, ``nsswitch``
 _HOST_FILES: dict[str, tuple[tuple[int, int, int], str, set[str]]] = {}
 
 
@@ -259,6 +270,25 @@ def accounts(uid: int, name: str = "work") -> tuple[str, str]:
         out.append(host + ("" if not host or host.endswith("\n") else "\n")
                    + line.format(n=own, u=uid))
     return out[0], out[1]
+
+
+#: the databases of ``nsswitch.conf`` that name accounts
+ACCOUNT_DATABASES = ("passwd", "group", "shadow", "gshadow")
+
+
+def nsswitch() -> str:
+    """The host's ``/etc/nsswitch.conf`` with every account database looked up in ``files``
+    alone ("" where the host has none): in the sandbox the passwd and group of ``accounts``
+    are all the accounts there are (the host's other sources, systemd's userdb, sssd, nslcd,
+    talk over sockets under ``/run`` and ``/var``, which the sandbox does not show), so a
+    lookup there loads no module for them. ``setpriv`` makes two before the kernel's own
+    program runs (its ``--reuid`` and ``--regid`` are tried as names first)."""
+    text, _ = _host_accounts("/etc/nsswitch.conf")
+    out = []
+    for line in text.splitlines():
+        db = line.split(":", 1)[0].strip() if ":" in line else ""
+        out.append(f"{db}: files" if db in ACCOUNT_DATABASES else line)
+    return "\n".join(out) + "\n" if out else ""
 
 
 def data_memfd(data: bytes) -> int:
