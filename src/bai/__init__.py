@@ -6,6 +6,8 @@ without importlib's search, and runs it. Importing ``bai`` costs anything else o
 functions' byte code (~90,000 instructions).
 """
 
+from __future__ import annotations  # the runner imports bai under Python 3.8 too
+
 __version__ = "0.1.0"
 
 #: the modules ``lean_import`` loaded itself (the others went through ``importlib``)
