@@ -326,3 +326,102 @@ async def test_a_write_whose_result_is_unread_goes_with_the_next_trip(tmp_path, 
     finally:
         for store in stores.values():
             await store.close()
+
+
+#: a read as conn.execute makes it, and as Store.first makes it without SQLAlchemy's execution
+_READS = {
+    "execute": lambda store, conn, statement: conn.execute(statement, {"x": 1}),
+    "first": lambda store, conn, statement: store.first(conn, statement, {"x": 1}),
+}
+_SLOW = sa.select(sa.func.slow().label("s"), sa.bindparam("x").label("x"))
+
+
+@pytest.mark.parametrize("read", list(_READS))
+async def test_a_read_whose_begin_fails_raises_what_sqlalchemy_raises(tmp_path, read):
+    # Store.first's errors are conn.execute's: a lock it cannot take is an OperationalError
+    # ("database is locked") wrapping sqlite3's, with the statement; the connection goes on
+    url = f"sqlite+aiosqlite:///{tmp_path}/l.db"
+    first, second = Store(url), Store(url)
+
+    @sa.event.listens_for(second.engine.sync_engine, "connect")
+    def _impatient(dbapi_conn, _record):
+        dbapi_conn.cursor().execute("PRAGMA busy_timeout=50")
+
+    statement = sa.select(sa.bindparam("x").label("x"))
+    try:
+        async with first.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+        async with first.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+            with pytest.raises(sa.exc.OperationalError, match="database is locked") as raised:
+                async with second.begin() as other:
+                    await _READS[read](second, other, statement)
+        assert type(raised.value.orig) is sqlite3.OperationalError
+        assert raised.value.statement == "SELECT ? AS x" and raised.value.params == (1,)
+        assert not raised.value.connection_invalidated
+        async with second.begin() as conn:  # the lock is free: the same connection goes on
+            assert (await second.first(conn, statement, {"x": 2})) == {"x": 2}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_cancel_during_a_read_reaches_the_caller_as_sqlalchemys_does(tmp_path):
+    # a read cancelled while on the thread: the caller sees the cancel, the connection is left
+    # as conn.execute leaves it, nothing was written and the store goes on
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    entered = threading.Event()
+    _slow_on_connect(store, entered)
+    left = {}
+    try:
+        async with store.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (x)"))
+        for read in _READS:
+            entered.clear()
+            connections = []
+
+            async def writer():
+                async with store.begin() as conn:
+                    connections.append(conn)
+                    await conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+                    try:
+                        await _READS[read](store, conn, _SLOW)
+                    finally:  # as the statement left it
+                        connections.append(conn.invalidated)
+
+            task = asyncio.create_task(writer())
+            assert await asyncio.to_thread(entered.wait, 30)  # the statement runs there
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            left[read] = (connections[1], connections[0].invalidated, connections[0].closed)
+            async with store.begin() as conn:  # the lock is free again, nothing was written
+                assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 0
+        assert left["first"] == left["execute"] == (True, False, True)
+        async with store.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+            assert await store.first(conn, sa.select(sa.bindparam("x").label("x")),
+                                     {"x": 3}) == {"x": 3}
+        async with store.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT x FROM t"))).all() == [(2,)]
+    finally:
+        await store.close()
+
+
+async def test_a_read_on_a_closed_connection_raises_what_sqlalchemy_raises(tmp_path):
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    statement = sa.select(sa.bindparam("x").label("x"))
+    raised = {}
+    try:
+        for read in _READS:
+            with pytest.raises(sa.exc.DBAPIError) as e:
+                async with store.begin() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+                    dbapi = conn.sync_connection.connection.dbapi_connection
+                    await dbapi._connection.close()  # the thread's sqlite3 connection is gone
+                    await _READS[read](store, conn, statement)
+            raised[read] = (type(e.value), type(e.value.orig), str(e.value.orig),
+                            e.value.connection_invalidated)
+        assert raised["first"] == raised["execute"]
+    finally:
+        await store.close()

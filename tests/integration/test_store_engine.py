@@ -572,3 +572,71 @@ async def test_after_commit_calls_once_a_transaction_committed_and_never_after_a
     async with store.begin() as conn:
         await conn.execute(sa.update(t.sessions).values(status_info="z"))
     assert [c[0] for c in calls] == ["a", "b"]
+
+
+async def test_a_read_by_the_store_gives_the_row_sqlalchemy_gives(store, monkeypatch):
+    # Store.first reads on SQLite's one-hop layer without SQLAlchemy's execution: the row of a
+    # create's owner and queue read, and of a session (JSON, NULLs, UUIDs, aware datetimes),
+    # is the one conn.execute gives, value for value and type for type, counted the same
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from bai.manager.services.sessions import _OWNER, _OWNER_AND_QUEUE
+
+    await store.migrate()
+    keys = await bootstrap(store)
+    ak = keys["user"]["access_key"]
+    now = datetime.now(UTC)
+    async with store.connect() as conn:
+        owner = (await conn.execute(sa.select(t.keypairs.c.user_id, t.users.c.domain_name)
+                                    .join(t.users, t.users.c.id == t.keypairs.c.user_id)
+                                    .where(t.keypairs.c.access_key == ak))).one()
+        gid = (await conn.execute(sa.select(t.groups.c.id))).scalars().first()
+    sid = uuid.uuid4()
+    async with store.begin() as conn:
+        await conn.execute(t.sessions.insert(), [dict(
+            id=sid, name="read", tag=None, type="batch", image="python:3.11",
+            registry="local", architecture="x86_64", domain_name=owner.domain_name,
+            group_id=gid, user_id=owner.user_id, access_key=ak, status="PENDING",
+            status_info="enqueued", status_data={"scheduler": {"note": "é", "n": 2}},
+            created_at=now, starts_at=None, startup_command=None, resource_opts={},
+            requested_slots={"cpu": "1"}, occupying_slots={}, scaling_group="default",
+            service_ports=[], mounts=[], agent_ids=[], callback_url=None, idle_timeout=0,
+            abusing_reports=[], attempt=0, environ={"A": "1"}, main_kernel_id=uuid.uuid4(),
+            status_changed=now, last_activity_at=now)])
+    reads = [(_OWNER_AND_QUEUE, {"ak": ak, "name": "read", "group": "default"}),
+             (_OWNER, {"ak": ak, "name": "other", "group": "nowhere"}),
+             (_OWNER, {"ak": "no-such-key", "name": None, "group": "default"}),
+             (sa.select(t.sessions).where(t.sessions.c.id == sa.bindparam("id")), {"id": sid})]
+    executed = []
+    real = AsyncConnection.execute
+
+    async def execute(self, statement, *args, **kw):
+        executed.append(statement)
+        return await real(self, statement, *args, **kw)
+
+    monkeypatch.setattr(AsyncConnection, "execute", execute)
+    for statement, params in reads:
+        async with store.begin() as conn:
+            before = store.statements
+            row = await store.first(conn, statement, params)
+            counted = store.statements - before
+            executed.clear()
+            expected = (await conn.execute(statement, params)).mappings().first()
+            assert store.statements - before == 2 * counted
+        if expected is None:
+            assert row is None
+            continue
+        expected = dict(expected)
+        assert row == expected
+        assert [type(v) for v in row.values()] == [type(v) for v in expected.values()]
+        assert list(row) == list(expected)
+    # (the last read: the session, its JSON, NULL, aware datetime and UUID as written)
+    assert row["status_data"]["scheduler"]["note"] == "é" and row["tag"] is None
+    assert row["created_at"] == now and row["id"] == sid
+    async with store.begin() as conn:
+        executed.clear()
+        owner_row = await store.first(conn, *reads[0])
+    assert owner_row["pending"] == 1 and owner_row["live_id"] == sid
+    assert owner_row["group_id"] == gid and owner_row["policy_slots"] is not None
+    # on SQLite the read took no conn.execute; on PostgreSQL it is conn.execute
+    assert len(executed) == (0 if store.is_sqlite else 1)

@@ -417,12 +417,11 @@ class SessionService:
                  and self.root.scheduler.sole_group(req.scaling_group or "default"))
         seen = (self.pending.get(None, self.pending.generation(self.root.store)) if lines
                 else None)
-        row = (await conn.execute(_OWNER_AND_QUEUE if lines and seen is None else _OWNER,
-                                  {"ak": ak, "name": name, "group": req.group})
-               ).mappings().first()
-        if row is None or not row["is_active"]:
+        owner = await self.root.store.first(
+            conn, _OWNER_AND_QUEUE if lines and seen is None else _OWNER,
+            {"ak": ak, "name": name, "group": req.group})
+        if owner is None or not owner["is_active"]:
             raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
-        owner = dict(row)
         if seen is not None:
             owner["pending"] = seen
         g = {c.name: owner.pop(f"group_{c.name}") for c in _GROUP_COLS}

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -129,6 +130,9 @@ class Store:
         #: processors), or None where it takes ``conn.execute``
         self._held: dict[tuple[Any, tuple[str, ...]], tuple[str, tuple, tuple] | None] = {}
         self._one_hop = one_hop_on
+        #: the same for a read (``first``), by statement: (SQL, parameters, column keys and
+        #: result processors), or None
+        self._read: dict[Any, tuple[str, tuple, tuple] | None] = {}
 
         @event.listens_for(self.engine.sync_engine, "before_cursor_execute")
         def _count(conn, _cursor, statement, *_args: object) -> None:  # pragma: no cover
@@ -180,6 +184,67 @@ class Store:
             processors, (r[k] for k in names), strict=True)) for r in rows]
         self._note(sync, sql)
         dbapi.hold(sql, params)
+
+    async def first(self, conn: AsyncConnection, statement: sa.Select,
+                    params: dict[str, Any]) -> dict[str, Any] | None:
+        """``(await conn.execute(statement, params)).mappings().first()`` as a dict (None
+        without a row). On SQLite's one-hop layer, in a transaction, the statement is compiled
+        once (SQLAlchemy's compiler) and sent in one trip to the thread, awaited here, without
+        SQLAlchemy's execution of it (a context, events, a result object, a switch to its
+        greenlet: ~0.24 ms of a create, bench/session_create.py). Its parameters are made by the
+        statement's own bind processors and its columns read by their types' own result
+        processors: the row is the one SQLAlchemy gives. Counted the same (``_note``); an
+        error goes through SQLAlchemy's own handler, which wraps it, or invalidates the
+        connection on a cancel or a disconnect, as for ``conn.execute``. Elsewhere (and for
+        a statement this cannot compile alone) it is ``conn.execute``."""
+        read = None
+        if self._one_hop and conn.in_transaction() and not conn.invalidated:
+            read = self._read.get(statement, False)
+            if read is False:
+                read = self._read[statement] = self._compile_read(statement)
+        sync = conn.sync_connection
+        if (read is None or sync is None or sync._echo
+                or any(fixed is _MISSING and name not in params for name, fixed, _ in read[1])):
+            row = (await conn.execute(statement, params)).mappings().first()
+            return None if row is None else dict(row)
+        sql, binds, columns = read
+        try:
+            values = tuple(v if p is None else p(v) for name, fixed, p in binds
+                           for v in (params.get(name, fixed),))
+        except BaseException as e:
+            await greenlet_spawn(_handle, sync, e, sql, params, None)
+        self._note(sync, sql)
+        try:
+            _, rows = await sync.connection.dbapi_connection.fetch(sql, values)
+        except BaseException as e:
+            await greenlet_spawn(_handle, sync, e, sql, values, _READ_CONTEXT)
+        if not rows:
+            return None
+        return {key: value if process is None else process(value)
+                for (key, process), value in zip(columns, rows[0], strict=True)}
+
+    def _compile_read(self, statement: sa.Select) -> tuple[str, tuple, tuple] | None:
+        """``first``'s SQL, its parameters (name, fixed value or ``_MISSING``, bind
+        processor) in the SQL's order, and its columns' keys and result processors; None
+        where it takes ``conn.execute``."""
+        try:
+            compiled = statement.compile(dialect=self.engine.dialect)
+        except sa.exc.CompileError:  # conn.execute says what is wrong
+            return None
+        names = compiled.positiontup
+        if (names is None or compiled.post_compile_params or compiled.literal_execute_params
+                or compiled.escaped_bind_names or not compiled._result_columns
+                or not compiled._ordered_columns or compiled.has_out_parameters):
+            return None
+        processors = compiled._bind_processors
+        binds = tuple((name, _MISSING if (b := compiled.binds[name]).required
+                       else b.effective_value, processors.get(name)) for name in names)
+        # as SQLAlchemy's result does (``get_result_processor``), by the column's type and
+        # the description's type code, which sqlite3 leaves None
+        dialect = self.engine.dialect
+        columns = tuple((c[0], c[3]._cached_result_processor(dialect, None))
+                        for c in compiled._result_columns)
+        return compiled.string, binds, columns
 
     def _compile_held(self, statement: sa.Insert,
                       keys: tuple[str, ...]) -> tuple[str, tuple, tuple] | None:
@@ -352,6 +417,34 @@ class Store:
             writer, self._writer = self._writer, None
             await writer.close()
         await self.engine.dispose()
+
+
+#: a parameter of ``Store.first``'s statement that its caller must give
+_MISSING = object()
+
+
+def _handle(sync: Any, error: BaseException, sql: str, params: Any, context: Any) -> None:
+    """In SQLAlchemy's greenlet (what it may close awaits there), with ``error`` the one being
+    handled (its handler reads ``sys.exc_info()``, which a greenlet keeps for itself): raise
+    what ``conn.execute`` raises for it."""
+    try:
+        raise error
+    except BaseException:
+        sync._handle_dbapi_exception(error, sql, params, None, context)
+
+
+class _ReadContext:
+    """What SQLAlchemy's error handler reads of an execution context, for ``Store.first``'s
+    statement: a single execution whose failure needs no more (as ``DefaultExecutionContext``)."""
+
+    executemany = False
+
+    @staticmethod
+    def handle_dbapi_exception(_e: BaseException) -> None:
+        pass
+
+
+_READ_CONTEXT = _ReadContext()
 
 
 def head_revision() -> str | None:

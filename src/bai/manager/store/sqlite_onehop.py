@@ -26,6 +26,10 @@ Its result says nothing (``rowcount`` -1); an error it meets (an ``IntegrityErro
 by the statement or the commit it went with, and the transaction is rolled back as before.
 Elsewhere (PostgreSQL, the stock adapter) the option changes nothing.
 
+A read may skip SQLAlchemy's execution too (``Store.first``, a create's owner read): it
+compiles the statement itself and awaits the connection's ``fetch``, the same one trip with
+what is held ahead of it, on the loop rather than in SQLAlchemy's greenlet.
+
 Nothing else changes: the SQL sent, the errors (the ``sqlite3`` exceptions, wrapped by SQLAlchemy
 into ``IntegrityError`` and the rest as before), transactions, savepoints and ``BEGIN IMMEDIATE``
 (all plain statements), the busy timeout (SQLite's, on that thread), and a cancel (the awaiting
@@ -125,15 +129,10 @@ class OneHopCursor:
                 # SQLAlchemy's execute wants an await; this one returns at once, on the loop
                 await_only(_nothing())
             return
-        ahead, adapt._ahead = adapt._ahead, []
         try:
-            aio = adapt._connection
-            result = await_only(aio._execute(_run, aio._conn, ahead, operation, parameters,
-                                             many))
+            result = await_only(adapt.trip(operation, parameters, many))
         except BaseException as error:
-            adapt._idle = False  # whatever the thread did, the next rollback undoes it
-            if isinstance(error, Exception):
-                adapt._handle_exception(error)
+            adapt.failed(error)
             raise
         self.description, rows, self.rowcount, self.lastrowid, in_tx = result
         if self.description is not None and _COUNTS_HIDDEN_WITH_ROWS:
@@ -229,6 +228,31 @@ def dbapi() -> Any:
             """A transaction's ``BEGIN``, held for its first trip (``Store``'s begin hook
             sends it here rather than through a cursor, which would hold it the same)."""
             self._ahead.append((operation, None, False))
+
+        def trip(self, operation: str, parameters: Any, many: bool):
+            """The awaitable of one trip: what is held, then ``operation``; its answer is
+            ``_run``'s."""
+            ahead, self._ahead = self._ahead, []
+            aio = self._connection
+            return aio._execute(_run, aio._conn, ahead, operation, parameters, many)
+
+        def failed(self, error: BaseException) -> None:
+            """After a trip that raised ``error``: raises what the stock adapter would
+            (``_handle_exception``), or returns for the caller to re-raise."""
+            self._idle = False  # whatever the thread did, the next rollback undoes it
+            if isinstance(error, Exception):
+                self._handle_exception(error)
+
+        async def fetch(self, operation: str, parameters: Any) -> tuple[Any, Sequence[Any]]:
+            """One statement in one trip, awaited on the loop rather than in SQLAlchemy's
+            greenlet (``Store.first``): its ``description`` and rows."""
+            try:
+                description, rows, _, _, in_tx = await self.trip(operation, parameters, False)
+            except BaseException as error:
+                self.failed(error)
+                raise
+            self._idle = not in_tx
+            return description, rows
 
         def cursor(self, server_side: bool = False):
             if server_side:
