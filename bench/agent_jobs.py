@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 
 from harness import EmbeddedStack, cpu_seconds, print_conditions, print_medians, print_rounds
-from slurm_side_by_side import Bai, machine_cpu_s, timed_cmd, wait_drained, CLI
+from slurm_side_by_side import Bai, machine_cpu_s, timed_cmd, wait_drained
 
 #: ``flags`` of /proc/PID/stat: a kernel thread
 PF_KTHREAD = 0x00200000
@@ -141,7 +141,7 @@ def measure(bai: Bai, n: int, timeout: float, sdk: bool = False,
     if sdk:  # as slurm_side_by_side's rows: one POST /session each, 16 in flight
         bai.create_many(n, f"j-{uuid.uuid4().hex[:6]}", later=False)
     else:
-        timed_cmd([CLI, "start", "--array", f"1-{n}", "-t", f"j-{uuid.uuid4().hex[:6]}",
+        timed_cmd([stack.launcher, "start", "--array", f"1-{n}", "-t", f"j-{uuid.uuid4().hex[:6]}",
                    "--type", "batch", "-c", "true", "python"], stack.env)
     sdk_cpu = os.times()
     wait_drained(bai.live, timeout)

@@ -34,26 +34,10 @@ import shutil
 import sys
 import tempfile
 
-from harness import CLI, EmbeddedStack, cpu_seconds, figures, interpreter, print_conditions, \
-    shell_loops
+from harness import CLI, EmbeddedStack, baseline_launcher, cpu_seconds, figures, interpreter, \
+    print_conditions, shell_loops
 
 LATER = "2h"
-
-
-def baseline_launcher(tree: str, folder: str) -> str:
-    """The ``backend.ai`` program of another checkout, as pip would install it for this
-    interpreter, written into ``folder``: this venv's launcher may ask for what the other
-    tree's ``bai`` lacks (``bai.cli()``, 9126022)."""
-    try:
-        with open(os.path.join(tree, "packaging", "bin", "backend.ai")) as f:
-            body = f.read().split("\n", 1)[1]
-    except OSError:  # older trees: pip's wrapper did this
-        body = "from bai.client.cli.main import main\n\nmain()\n"
-    path = os.path.join(folder, "backend.ai")
-    with open(path, "w") as f:
-        f.write(f"#!{sys.executable}\n{body}")
-    os.chmod(path, 0o755)
-    return path
 
 
 def main() -> None:

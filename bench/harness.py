@@ -225,6 +225,22 @@ def reset_pg(dsn: str) -> None:
     asyncio.run(clear_pg(dsn))
 
 
+def baseline_launcher(tree: str, folder: str) -> str:
+    """The ``backend.ai`` program of another checkout, as pip would install it for this
+    interpreter, written into ``folder``: this venv's launcher may ask for what the other
+    tree's ``bai`` lacks (``bai.cli()``, 2af2203)."""
+    try:
+        with open(os.path.join(tree, "packaging", "bin", "backend.ai")) as f:
+            body = f.read().split("\n", 1)[1]
+    except OSError:  # older trees: pip's wrapper did this
+        body = "from bai.client.cli.main import main\n\nmain()\n"
+    path = os.path.join(folder, "backend.ai")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\n{body}")
+    os.chmod(path, 0o755)
+    return path
+
+
 class Daemons:
     """``with X(...) as x``: ``start()`` on enter (``stop()`` if it fails), ``stop()`` on exit."""
 
@@ -268,6 +284,12 @@ class EmbeddedStack(Daemons):
                          **(extra_env or {})})
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.start_output = ""
+        #: the ``backend.ai`` program of this stack's tree: a stack run from another tree's
+        #: ``src`` (``extra_env`` PYTHONPATH, e.g. ``--baseline``) runs that tree's launcher,
+        #: since this venv's may ask for what the other ``bai`` lacks (``bai.cli()``)
+        src = (extra_env or {}).get("PYTHONPATH")
+        self.launcher = (baseline_launcher(os.path.dirname(os.path.abspath(src)), str(self.home))
+                         if src and os.path.isdir(os.path.join(src, "bai")) else CLI)
 
     @property
     def state(self) -> Path:
@@ -280,7 +302,8 @@ class EmbeddedStack(Daemons):
         return json.loads((self.state / "keys.json").read_text())
 
     def cli(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        proc = subprocess.run([CLI, *args], env=self.env, capture_output=True, text=True, **kw)
+        proc = subprocess.run([self.launcher, *args], env=self.env, capture_output=True,
+                              text=True, **kw)
         if check and proc.returncode != 0:
             raise RuntimeError(f"backend.ai {' '.join(args)} failed ({proc.returncode}):\n"
                                f"{proc.stdout}{proc.stderr}")

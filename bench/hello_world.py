@@ -45,7 +45,6 @@ import re
 import resource
 import statistics
 import subprocess
-import tempfile
 import time
 from datetime import datetime
 
@@ -163,22 +162,6 @@ def isolation_cost(runs: int, warmup: int) -> None:
             st.stop()
 
 
-class LauncherStack(EmbeddedStack):
-    """An embedded stack whose commands (``server start`` and ``stop`` too) run ``launcher``."""
-
-    def __init__(self, launcher: str, **kw) -> None:
-        super().__init__(**kw)
-        self.launcher = launcher
-
-    def cli(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        proc = subprocess.run([self.launcher, *args], env=self.env, capture_output=True,
-                              text=True, **kw)
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"backend.ai {' '.join(args)} failed ({proc.returncode}):\n"
-                               f"{proc.stdout}{proc.stderr}")
-        return proc
-
-
 def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool,
             block: int = 1) -> None:
     """This checkout's whole command, interleaved run by run with a baseline checkout's
@@ -187,7 +170,6 @@ def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool,
     (``--vs-srun``), the stacks as that bench starts them (process runtime, cpu=64)."""
     import contextlib
 
-    from cli_call import baseline_launcher
     from slurm_side_by_side import SlurmCluster, slurm_missing, timed_cmd
 
     why = slurm_missing() if vs_srun else None
@@ -199,14 +181,11 @@ def compare(runs: int, warmup: int, baseline: str | None, vs_srun: bool,
         stack = daemons.enter_context(EmbeddedStack(runtime="process", slots=["cpu=64"]))
         base = None
         sides["bai"] = ([CLI, "run", "--rm", "-c", "print(1)", "python"], stack.env)
-        if baseline:
-            # the other checkout's own launcher: this venv's may ask for what its bai lacks
-            launcher = baseline_launcher(baseline, daemons.enter_context(
-                tempfile.TemporaryDirectory()))
-            base = daemons.enter_context(LauncherStack(
-                launcher, runtime="process", slots=["cpu=64"],
+        if baseline:  # the stack runs the other checkout's own launcher (harness)
+            base = daemons.enter_context(EmbeddedStack(
+                runtime="process", slots=["cpu=64"],
                 extra_env={"PYTHONPATH": os.path.join(os.path.abspath(baseline), "src")}))
-            sides["bai baseline"] = ([launcher, "run", "--rm", "-c", "print(1)", "python"],
+            sides["bai baseline"] = ([base.launcher, "run", "--rm", "-c", "print(1)", "python"],
                                      base.env)
         if slurm is not None:
             sides["srun"] = (["srun", "python3", "-c", "print(1)"], slurm.env)
