@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bai.testing.ports import free_port
+from bai.testing.procs import kill_trees, pids_mentioning
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "backend.ai")
@@ -60,6 +61,9 @@ class Stack:
     def stop(self) -> None:
         subprocess.run([CLI, "server", "stop", "--terminate-sessions", "--state-dir", str(self.state)],
                        env=self.env, capture_output=True, timeout=60)
+        # A kernel outlives its agent by design (an agent that comes back finds it), so the
+        # sandboxes of an agent a test killed are still running: end them with the stack.
+        kill_trees(pids_mentioning(str(self.home)))
 
 
 def start_stack(*slots: str, runtime: str = "process", env: dict[str, str] | None = None) -> Stack:
@@ -93,4 +97,3 @@ def start_stack(*slots: str, runtime: str = "process", env: dict[str, str] | Non
     st.env = base
     st.user_env = {**base, "BAI_PROFILE": "user"}
     return st
-
