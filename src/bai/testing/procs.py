@@ -23,18 +23,16 @@ def pids_mentioning(text: str) -> list[int]:
 
 
 def kill_trees(pids: list[int]) -> None:
-    """SIGKILL ``pids`` and everything they started (their threads' ``children`` lists)."""
+    """SIGKILL ``pids`` and everything they started (the agent's ``children``, all the way
+    down)."""
+    from bai.agent.backends.process_pool import children
+
     todo, seen = list(pids), set()
     while todo:
         pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        for task in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
-                todo += [int(c) for c in task.read_text().split()]
-            except OSError:
-                continue
+        if pid not in seen:
+            seen.add(pid)
+            todo += children(pid)
     for pid in seen:
         try:
             os.kill(pid, signal.SIGKILL)
