@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
 from bai.common.auth import BODY_HASH_HEADER, make_headers, sign
 from bai.common.errors import AuthFailed
-from bai.manager.services.auth import KeypairRecord, SignedRequest, check_date, check_headers, verify
+from bai.manager.services.auth import (
+    KeypairRecord, SignedRequest, authenticate, check_date, check_headers, keypair_cache, verify,
+)
 
 AK, SK = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 NOW = datetime(2026, 11, 21, 5, 19, 26, tzinfo=timezone.utc)
@@ -144,3 +148,33 @@ def test_date_window():
 def test_sign_matches_make_headers():
     h = make_headers(AK, SK, "GET", "/", "h:1", "text/plain", now=NOW)
     assert h["Authorization"].endswith(sign(SK, "GET", "/", h["Date"], "h:1", "text/plain"))
+
+
+def test_a_kept_signing_key_serves_only_its_secret_and_day():
+    # the derived key is kept per (secret, day, host): after a good request, the same
+    # signature under another secret fails, and a request of the next day still passes
+    good = request()
+    verify(record(), check_headers(good), good)
+    with pytest.raises(AuthFailed) as err:
+        verify(record(secret_key=SK[::-1]), check_headers(good), good)
+    assert err.value.title == "Credential/signature mismatch."
+    for when in (NOW + timedelta(days=1), NOW - timedelta(days=1)):
+        h = make_headers(AK, SK, good.method, good.path_qs, good.host, good.content_type, now=when)
+        nxt = request(authorization=h["Authorization"], date=h["Date"])
+        assert verify(record(), check_headers(nxt), nxt).access_key == AK
+        day = when.strftime("%Y%m%d")
+        assert verify(record(), check_headers(nxt), nxt, day).access_key == AK
+
+
+def test_authenticate_signs_with_the_utc_day_of_a_date_with_an_offset():
+    # 08:30 in +09:00 is the previous day in UTC, the day the scheme signs with
+    date = "2026-11-21T08:30:00+09:00"
+    base = request()
+    sig = sign(SK, base.method, base.path_qs, date, base.host, base.content_type)
+    req = request(date=date, authorization=f"BackendAI signMethod=HMAC-SHA256, credential={AK}:{sig}")
+    store = SimpleNamespace(is_sqlite=True, cache_changes={"keypairs": 0})
+    cache = keypair_cache()
+    cache.put(AK, 0, record())  # kept: no database read
+    when = datetime(2026, 11, 20, 23, 31, tzinfo=timezone.utc)
+    caller = asyncio.run(authenticate(store, req, skew_seconds=900, now=when, cache=cache))
+    assert caller.access_key == AK

@@ -150,7 +150,9 @@ def mismatch() -> AuthFailed:
     )
 
 
-def check_date(date: str | None, now: datetime, skew_seconds: float) -> None:
+def check_date(date: str | None, now: datetime, skew_seconds: float) -> datetime:
+    """The ``Date`` header's time, or a refusal when it is missing, malformed or too far from
+    ``now``."""
     if not date:
         raise AuthFailed("The request carries no Date header.", title="Date header missing.")
     when = hmac_auth.parse_date(date)
@@ -162,10 +164,13 @@ def check_date(date: str | None, now: datetime, skew_seconds: float) -> None:
             f"{now.isoformat()}; check the client's clock.",
             title="Request date outside the allowed window.",
         )
+    return when
 
 
-def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: SignedRequest) -> Caller:
-    """Check a loaded keypair against the signed request; return the caller or refuse."""
+def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: SignedRequest,
+           day: str | None = None) -> Caller:
+    """Check a loaded keypair against the signed request; return the caller or refuse
+    (``day``: the UTC ``YYYYMMDD`` of its Date, where ``check_date`` has read it)."""
     ok = hmac_auth.verify(  # for an unknown key too, so that both take the same time
         record.secret_key if record is not None else _NO_SECRET,
         header.signature,
@@ -176,6 +181,7 @@ def verify(record: KeypairRecord | None, header: hmac_auth.AuthHeader, req: Sign
         req.content_type,
         req.version or "",
         req.body_sha256 or hmac_auth.EMPTY_SHA256,
+        day,
     )
     if record is None or not ok:
         raise mismatch()
@@ -203,7 +209,7 @@ async def authenticate(
     (``keypair_cache``), a keypair read since the last write to ``keypairs`` or ``users`` is
     not read again (the signature and the flags are checked on every request all the same)."""
     header = check_headers(req)
-    check_date(req.date, now or datetime.now(timezone.utc), skew_seconds)
+    when = check_date(req.date, now or datetime.now(timezone.utc), skew_seconds)
     generation = cache.generation(store) if cache is not None else None
     record = cache.get(header.access_key, generation) if cache is not None else None
     if record is None:
@@ -211,4 +217,5 @@ async def authenticate(
             record = await load_keypair(conn, header.access_key)
         if cache is not None and record is not None:
             cache.put(header.access_key, generation, record)
-    return verify(record, header, req)
+    day = when.astimezone(timezone.utc)
+    return verify(record, header, req, f"{day.year:04d}{day.month:02d}{day.day:02d}")
