@@ -69,7 +69,10 @@ def parse_json(raw: bytes) -> Any:
         value = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise _bad("", "the body must be JSON") from None
-    check_json(value)
+    # only a \u0000 escape makes a NUL (a raw one is no JSON), and each level of nesting opens
+    # a bracket: a body with neither cannot fail the walk (most bodies: it skips ~15 us)
+    if "\\u0000" in text or text.count("{") + text.count("[") >= MAX_DEPTH:
+        check_json(value)
     return value
 
 

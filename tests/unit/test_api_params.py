@@ -1,0 +1,47 @@
+"""The JSON checks of request bodies (``api/params.py``), the cheap path included: a body is
+walked for NULs and depth only where its text could hold either, so each case here is written
+as the wire has it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bai.common.errors import InvalidAPIParameters
+from bai.manager.api.params import MAX_DEPTH, parse_json
+
+
+@pytest.mark.parametrize("raw, field", [
+    (b'{"name": "a\\u0000b"}', "name"),
+    (b'{"config": {"environ": {"X": ["ok", "\\u0000"]}}}', "config.environ.X.1"),
+    (b'{"config": {"a\\u0000": 1}}', "config"),
+])
+def test_a_nul_anywhere_is_refused_naming_where(raw, field):
+    with pytest.raises(InvalidAPIParameters) as err:
+        parse_json(raw)
+    assert err.value.data == {"field": field}
+    assert "NUL" in str(err.value)
+
+
+def test_an_escaped_backslash_before_u0000_is_no_nul():
+    assert parse_json(b'{"cmd": "echo \\\\u0000"}') == {"cmd": "echo \\u0000"}
+
+
+def test_a_raw_nul_is_no_json():
+    with pytest.raises(InvalidAPIParameters, match="must be JSON"):
+        parse_json(b'{"name": "a\x00b"}')
+
+
+@pytest.mark.parametrize("opener, closer", [("[", "]"), ('{"a": ', "}")])
+def test_nesting_past_the_limit_is_refused_and_up_to_it_accepted(opener, closer):
+    deepest_allowed = opener * MAX_DEPTH + "1" + closer * MAX_DEPTH
+    assert parse_json(deepest_allowed.encode()) is not None
+    too_deep = opener * (MAX_DEPTH + 1) + "1" + closer * (MAX_DEPTH + 1)
+    with pytest.raises(InvalidAPIParameters, match="nested deeper"):
+        parse_json(too_deep.encode())
+
+
+def test_a_plain_body_parses_unchanged():
+    body = {"name": "c-1", "config": {"environ": {"A": "b"}, "mounts": []}, "enqueueOnly": True}
+    assert parse_json(json.dumps(body).encode()) == body
