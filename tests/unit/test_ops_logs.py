@@ -16,7 +16,11 @@ def restore_logging():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     touched = ["bai.one", "bai.two", "bai.two.child"]
+    knobs = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    kept = {k: getattr(logging, k) for k in knobs}
     yield
+    for k, v in kept.items():
+        setattr(logging, k, v)
     for h in list(root.handlers):
         root.removeHandler(h)
     for h in handlers:

@@ -39,6 +39,19 @@ class HttpMetrics:
             f"{prefix}_api_request_duration_seconds",
             "Time from a request's arrival to the end of its answer (streams: their lifetime)",
             ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
+        #: (method, route, status) -> its counter and histogram (``labels`` looks them up
+        #: under a lock: ~8 us of each request)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        key = (method, route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                          self.latency.labels(method, route))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
 
 def route_of(request: web.Request) -> str:
@@ -68,8 +81,7 @@ def observe(metrics: HttpMetrics) -> Callable[..., Awaitable[web.StreamResponse]
         finally:
             elapsed = time.perf_counter() - t0
             route = route_of(request)
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(elapsed)
+            metrics.observe(request.method, route, status, elapsed)
             quiet = request.path.startswith(("/internal/", "/health/"))
             # a storage token in the query is a capability: never written to a log
             shown = request.path if request.path.startswith("/storage/") else request.path_qs
