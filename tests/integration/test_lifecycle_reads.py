@@ -3,7 +3,8 @@
 its agent's address in one read; a run of agent events' sessions, ``_kernel_sessions``) run
 statements built once: the rows they find on SQLite and PostgreSQL, and no select built per
 call (building one of the sessions table's ~40 columns, with its cache key, cost more than
-running it)."""
+running it). The writes of a move whose results nobody reads (the kernel's mirror, the
+history) go with the transaction's commit on SQLite."""
 
 from __future__ import annotations
 
@@ -22,9 +23,17 @@ from bai.manager.services.lifecycle import (
     Lifecycle,
     _kernel_sessions,
 )
-from bai.manager.services.transitions import load_session
+from bai.manager.services.transitions import Outbox, load_session, transit, transit_many
 from bai.manager.store.engine import Store
-from bai.manager.store.tables import agents, groups, kernels, keypairs, sessions, utcnow
+from bai.manager.store.tables import (
+    agents,
+    groups,
+    kernels,
+    keypairs,
+    session_history,
+    sessions,
+    utcnow,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -142,6 +151,35 @@ async def test_a_runs_sessions_are_one_statement_built_once(store, monkeypatch):
         sid, kid = made["CREATING"]
         assert kernel_rows == {kid: sid} and list(rows) == [sid]
         assert "_kid" not in rows[sid] and rows[sid]["name"] == "s-0"
+
+
+async def test_a_moves_unread_writes_go_with_its_commit(store, trips):
+    """``transit`` and ``transit_many`` read back only their compare-and-set: on SQLite the
+    kernel's mirror and the history rows go with the commit (one trip to the thread a move,
+    and the commit: 3 trips here where they were 7), and on both databases they are written."""
+    made = await sessions_with_kernels(store, ("RUNNING", "CREATING"))
+    (ended, ended_kid), (started, started_kid) = made["RUNNING"], made["CREATING"]
+    async with store.begin() as conn:
+        rows = {sid: await load_session(conn, sid) for sid in (ended, started)}
+        trips[0] = 0
+        assert await transit(conn, ended, "RUNNING", "TERMINATING", reason="user-requested",
+                             cause="test", outbox=Outbox(), row=rows[ended]) is not None
+        moved = await transit_many(conn, [rows[started]], "CREATING",
+                                   [("RUNNING", "started")], cause="test", outbox=Outbox())
+        assert [r["id"] for r in moved] == [started]
+    if store.is_sqlite:
+        assert trips[0] == 3
+    async with store.connect() as conn:
+        kernel_status = dict((await conn.execute(sa.select(kernels.c.id, kernels.c.status)))
+                             .all())
+        history = (await conn.execute(
+            sa.select(session_history.c.session_id, session_history.c.from_status,
+                      session_history.c.to_status, session_history.c.reason)
+            .order_by(session_history.c.id))).all()
+    assert kernel_status == {ended_kid: "TERMINATING", started_kid: "RUNNING"}
+    assert [tuple(h) for h in history] == [
+        (ended, "RUNNING", "TERMINATING", "user-requested"),
+        (started, "CREATING", "RUNNING", "started")]
 
 
 @pytest.mark.postgres

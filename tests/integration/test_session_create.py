@@ -8,7 +8,6 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from test_manager_lifecycle import body, caller, manager  # noqa: F401
-from test_sqlite_onehop import trips  # noqa: F401
 
 from bai.common.errors import InvalidAPIParameters, QuotaExceeded
 from bai.manager.store.tables import (

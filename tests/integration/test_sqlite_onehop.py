@@ -10,7 +10,6 @@ import sqlite3
 import threading
 import time
 
-import aiosqlite
 import pytest
 import sqlalchemy as sa
 
@@ -24,20 +23,6 @@ pytestmark = pytest.mark.skipif(
 items = sa.Table("items", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                  sa.Column("name", sa.String, unique=True, nullable=False),
                  sa.Column("n", sa.Integer, nullable=False))
-
-
-@pytest.fixture
-def trips(monkeypatch):
-    """Counts calls queued to aiosqlite's thread."""
-    count = [0]
-    queue = aiosqlite.Connection._execute
-
-    async def counted(self, fn, *args, **kwargs):
-        count[0] += 1
-        return await queue(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    return count
 
 
 async def _script(store: Store) -> list:

@@ -41,6 +41,7 @@ from bai.manager.services.transitions import (
     transit_many,
 )
 from bai.manager.store.cached import Cached
+from bai.manager.store.engine import LATER
 from bai.manager.store.tables import (
     agents,
     images,
@@ -633,14 +634,15 @@ class Lifecycle:
         if ports:
             await conn.execute(
                 sa.update(sessions).where(sessions.c.id == sa.bindparam("_id"))
-                .values(service_ports=sa.bindparam("_ports", type_=sa.JSON)), ports)
+                .values(service_ports=sa.bindparam("_ports", type_=sa.JSON))
+                .execution_options(**LATER), ports)
         containers = {r["main_kernel_id"]: str(r["_event"].data["container_id"])
                       for r in moved if r["_event"].data.get("container_id")}
         for chunk in in_lists(list(containers)):  # one statement per chunk, not per kernel
             await conn.execute(
                 sa.update(kernels).where(kernels.c.id.in_(chunk))
                 .values(container_id=sa.case({k: containers[k] for k in chunk},
-                                             value=kernels.c.id)))
+                                             value=kernels.c.id)).execution_options(**LATER))
 
     async def apply_kernel_event(self, ev: KernelEvent) -> None:
         """Turn one agent observation into transitions (idempotent: repeats are skipped)."""

@@ -43,6 +43,9 @@ from bai.manager.store.tables import agents, kernels, session_history, sessions,
 
 S = SessionStatus
 
+#: (its result unread: on SQLite it goes with the commit, ``store.engine.LATER``)
+_INSERT_HISTORY = sa.insert(session_history).execution_options(**LATER)
+
 #: The session event a client sees when a session enters a status.
 SESSION_EVENT = {
     S.PENDING: "session_pending",
@@ -149,7 +152,8 @@ async def release_on_agent(conn: AsyncConnection, agent_id: str, amount: Mapping
     # Never below zero, whatever happened to the agent's records meanwhile.
     new = ResourceSlot({k: max(v, 0) for k, v in new.items()})
     await conn.execute(
-        sa.update(agents).where(agents.c.id == agent_id).values(occupied_slots=new.nonzero().to_json())
+        sa.update(agents).where(agents.c.id == agent_id)
+        .values(occupied_slots=new.nonzero().to_json()).execution_options(**LATER)
     )
 
 
@@ -222,16 +226,17 @@ async def transit(
     if to in FINAL or to is S.PENDING:
         outbox.kick_scheduler = True
 
+    # the kernel's mirror and the history are read by nobody here: on SQLite they go with the
+    # transaction's next statement or its commit (``LATER``)
     if row.get("main_kernel_id"):
         await conn.execute(
             sa.update(kernels).where(kernels.c.id == row["main_kernel_id"]).values(**kernel_vals)
+            .execution_options(**LATER)
         )
-    await conn.execute(
-        sa.insert(session_history).values(
-            session_id=session_id, from_status=str(expected), to_status=str(to),
-            reason=reason, cause=cause, at=now,
-        )
-    )
+    await conn.execute(_INSERT_HISTORY, [{
+        "session_id": session_id, "from_status": str(expected), "to_status": str(to),
+        "reason": reason, "cause": cause, "at": now,
+    }])
     new_row = {**row, **vals}
     evs = session_events(new_row, to, reason, exit_code)
     outbox.events.extend(evs)
@@ -282,10 +287,6 @@ async def replace_kernel(
         )
     )
     return new_id
-
-
-#: (its result unread: on SQLite it goes with the commit, ``store.engine.LATER``)
-_INSERT_HISTORY = sa.insert(session_history).execution_options(**LATER)
 
 
 async def record_enqueued(
@@ -413,8 +414,8 @@ async def transit_many(
         won = list(res.scalars())
         kids = [by_id[sid]["main_kernel_id"] for sid in won if by_id[sid].get("main_kernel_id")]
         if kids:
-            await conn.execute(
-                sa.update(kernels).where(kernels.c.id.in_(kids)).values(**kernel_vals))
+            await conn.execute(sa.update(kernels).where(kernels.c.id.in_(kids))
+                               .values(**kernel_vals).execution_options(**LATER))
         moved.extend({**by_id[sid], **vals} for sid in won)
     if not moved:
         return moved
@@ -458,7 +459,7 @@ async def _record_walk(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]],
             events.extend(evs)
             if r.get("callback_url"):
                 outbox.notify(r, evs)
-    await conn.execute(sa.insert(session_history), history)
+    await conn.execute(_INSERT_HISTORY, history)
 
 
 async def place_many(
@@ -545,14 +546,15 @@ async def place_many(
             await conn.execute(
                 sa.update(kernels).where(kernels.c.id.in_(chunk))
                 .values(status=to, status_info=info, status_changed=now, agent_id=agent_id,
-                        agent_address=address, occupied_slots=kernels.c.requested_slots))
+                        agent_address=address, occupied_slots=kernels.c.requested_slots)
+                .execution_options(**LATER))
     if moved != len(session_params):
         # the rows are locked: this means a writer that ignores the protocol; undo everything
         raise RuntimeError(f"placing {len(session_params)} sessions moved {moved}")
     touched = {p["_agents"][0] for p in session_params}
     await conn.execute(
         sa.update(agents).where(agents.c.id == sa.bindparam("_aid"))
-        .values(occupied_slots=sa.bindparam("_occ", type_=sa.JSON)),
+        .values(occupied_slots=sa.bindparam("_occ", type_=sa.JSON)).execution_options(**LATER),
         [{"_aid": a, "_occ": occupied[a].nonzero().to_json()} for a in sorted(touched)],
     )
     await _record_walk(conn, placed, S.PENDING, steps, cause="scheduler", outbox=outbox, now=now)
