@@ -67,6 +67,9 @@ def agent_app(received: dict) -> web.Application:
         first = json.loads((await ws.receive()).data)
         received["first"] = first
         await ws.send_str(json.dumps({"status": "continued", "console": None}))
+        if received.get("end_early"):  # as a kernel that died under the code
+            await ws.close()
+            return ws
         await ws.send_str(json.dumps({"status": "waiting-input", "console": [["stdout", "name? "]],
                                       "options": {"is_password": False}}))
         line = (await ws.receive()).data
@@ -252,7 +255,8 @@ async def test_execute_proxy_relays_frames_and_input(env):
 
 async def _run_stream(client, user, first: dict, stdin: str | None = None,
                       destroy: bool | dict = True) -> list[dict]:
-    """``GET /stream/session/_/run``: every frame the manager sent, in order."""
+    """``GET /stream/session/_/run``: every frame the manager sent, in order. A first frame
+    that asks for the destroy sends no destroy step after the ``finished`` frame."""
     path = "/stream/session/_/run"
     ws = await client.ws_connect(path, headers=user.headers("GET", path, "application/octet-stream"))
     await ws.send_str(json.dumps(first))
@@ -267,10 +271,22 @@ async def _run_stream(client, user, first: dict, stdin: str | None = None,
         if frames[-1].get("status") == "finished" or frames[-1].get("ended"):
             if not destroy:
                 break
+            if first.get("destroy") and frames[-1].get("status") == "finished":
+                continue
             await ws.send_str(json.dumps(destroy if isinstance(destroy, dict)
                                          else {"destroy": True}))
     await ws.close()
     return frames
+
+
+async def _status_after(user, name: str, wanted: str) -> str:
+    """The session's status once it is ``wanted``, or after 10 s."""
+    for _ in range(200):
+        resp = await user.request("GET", f"/session/{name}")
+        if (status := (await resp.json())["status"]) == wanted:
+            break
+        await asyncio.sleep(0.05)
+    return status
 
 
 async def test_the_run_stream_creates_runs_and_destroys_in_one_connection(env):
@@ -314,12 +330,29 @@ async def test_the_run_stream_answers_a_destroy_without_wait_once_it_is_terminat
     resp = await user.request("GET", "/session/run-early")
     assert (await resp.json())["status"] == "TERMINATING"
     gate.set()
-    for _ in range(200):
-        resp = await user.request("GET", "/session/run-early")
-        if (await resp.json())["status"] == "TERMINATED":
-            break
-        await asyncio.sleep(0.05)
-    assert (await resp.json())["status"] == "TERMINATED"
+    assert await _status_after(user, "run-early", "TERMINATED") == "TERMINATED"
+
+
+async def test_a_first_frame_that_asks_for_the_destroy_has_it_once_the_code_finished(env):
+    """``"destroy": true`` in the first frame (``run --rm``): ``created`` says
+    ``"destroys": true`` and the ``destroyed`` answer follows the ``finished`` frame with no
+    step from the client (fails: the read waits for a frame that never comes); after an early
+    end the manager waits for the client's step, and a client that closes keeps its session."""
+    root, client, user, _, received = env
+    body = {"name": "run-asks", "image": "python", "config": {"resources": {}}}
+    ask = {"code": "input()", "mode": "query", "options": {}, "destroy": True, "wait": False}
+    frames = await _run_stream(client, user, {"create": body, **ask}, stdin="x")
+    assert frames[0]["destroys"] is True and frames[0]["created"]["status"] == "RUNNING"
+    assert frames[-2]["status"] == "finished"
+    assert frames[-1] == {"destroyed": {"stats": {"status": "terminating"}}}
+    assert received["first"] == {"code": "input()", "mode": "query", "options": {}}
+    assert await _status_after(user, "run-asks", "TERMINATED") == "TERMINATED"
+    received["end_early"] = True
+    frames = await _run_stream(client, user, {"create": {**body, "name": "run-ended"}, **ask},
+                               destroy=False)
+    assert frames[-1] == {"ended": True}
+    resp = await user.request("GET", "/session/run-ended")
+    assert (await resp.json())["status"] == "RUNNING"
 
 
 async def test_the_run_stream_finds_its_kernel_where_the_scheduler_placed_it(env,

@@ -192,6 +192,19 @@ def test_only_a_made_up_name_lets_run_rm_end_before_the_session_has(fake, capsys
         assert r1.code == 0 and sent1[0][3][-1] == '{"destroy": true}'
 
 
+def test_an_older_run_stream_gets_the_destroy_step(fake, capsys, monkeypatch):  # noqa: F811
+    """A run stream that does not say it destroys (an older manager, which ignores what the
+    first frame asks) gets the destroy step once the code finished, as before."""
+    fake.knobs["stream_destroys"] = False
+    for args, step in ((("--rm",), '{"destroy": true, "wait": false}'),
+                       (("--rm", "-t", "older01"), '{"destroy": true}')):
+        (r1, sent1), (r2, _) = _both(fake, capsys, monkeypatch, "run", *args, "python", "-c",
+                                     "print(1)", stream=True)
+        assert (r1.code, r1.out) == (r2.code, r2.out) == (0, "hello world\n")
+        assert json.loads(sent1[0][3][0])["destroy"] is True  # asked, not heard
+        assert sent1[0][3][1:] == [step]
+
+
 def test_the_run_stream_input_exit_code_and_early_end(fake, capsys, monkeypatch):  # noqa: F811
     fake.knobs["ws_frames"] = [
         {"status": "waiting-input", "console": [["stdout", "name? "]],

@@ -72,6 +72,8 @@ class FakeManager:
                            ("session_started", {"sessionName": "s1"})],
             "forbid_admin": False,
             "run_stream": False,  # serve GET /stream/session/_/run (create+execute+destroy)
+            # the run stream takes the destroy the first frame asks for (False: an older one)
+            "stream_destroys": True,
             "create_line": False,  # enqueue-only answers carry statusInfo/statusData
             "bulk_destroy": True,
             "stall": (),  # path prefixes the fake takes and never answers (until it stops)
@@ -288,7 +290,9 @@ class FakeManager:
 
     async def run_stream(self, request: web.Request) -> web.StreamResponse:
         """The manager's run stream: the create body and the code in the first frame (recorded
-        as the body and the first ``ws_in``), the execute frames, then ``{"destroy": true}``."""
+        as the body and the first ``ws_in``), the execute frames, then ``{"destroy": true}``.
+        A destroy the first frame asks for (``stream_destroys``) is recorded as the step it
+        stands for once the code finished, and any step sent after it too."""
         if not self.knobs["run_stream"]:  # an older manager: the try is not recorded
             self.requests.remove(request["rec"])
             return web.json_response({"type": "https://api.backend.ai/probs/not-found",
@@ -298,27 +302,37 @@ class FakeManager:
         await ws.prepare(request)
         first = json.loads(await ws.receive_str())
         rec.body = first.pop("create")
+        asked = None
+        if self.knobs["stream_destroys"] and first.pop("destroy", None) is True:
+            asked = ('{"destroy": true, "wait": false}' if first.pop("wait", None) is False
+                     else '{"destroy": true}')
         rec.ws_in.append(json.dumps(first))
         answer, status = self._create(rec.body)
         if status >= 300:
             await ws.send_str(json.dumps({"problem": answer, "httpStatus": status}))
             await ws.close()
             return ws
-        await ws.send_str(json.dumps({"created": answer, "httpStatus": status}))
+        await ws.send_str(json.dumps({"created": answer, "httpStatus": status,
+                                      **({"destroys": True} if asked else {})}))
         if answer["status"] != "RUNNING":
             await ws.close()
             return ws
         for frame in self.knobs["ws_frames"]:
             if frame == "CLOSE":
                 await ws.send_str(json.dumps({"ended": True}))
+                asked = None  # the client's step then
                 break
             await ws.send_str(json.dumps(frame))
             if frame["status"] == "waiting-input":
                 rec.ws_in.append(await ws.receive_str())
+        if asked:
+            rec.ws_in.append(asked)
+            await ws.send_str(json.dumps({"destroyed": self.knobs["destroy_answer"]}))
         msg = await ws.receive()
         if msg.type == web.WSMsgType.TEXT:
             rec.ws_in.append(msg.data)
-            await ws.send_str(json.dumps({"destroyed": self.knobs["destroy_answer"]}))
+            if not asked:
+                await ws.send_str(json.dumps({"destroyed": self.knobs["destroy_answer"]}))
         await ws.close()
         return ws
 

@@ -97,6 +97,9 @@ class RunExpress(Express):
         super().__init__(plan)
         #: the run stream while it is open (``create_on_stream``)
         self.stream: Any = None
+        #: the manager destroys the session once the code has finished (``--rm`` asked so in
+        #: the run stream's first frame, and it said it would): no destroy step to send
+        self.stream_destroys = False
 
     def websocket(self, path: str) -> Any:
         def open_ws(idx: int) -> Any:
@@ -177,9 +180,11 @@ class RunExpress(Express):
         if ws is None:
             return None
         self.stream = ws
+        first = {"create": body, "code": self.plan["code"], "mode": "query", "options": {}}
+        if self.plan["remove"]:  # the destroy step asked for now (see destroy)
+            first.update(destroy=True, wait=self.plan["name"] is not None)
         try:
-            ws.send_str(jsonwire.dumps({"create": body, "code": self.plan["code"], "mode": "query",
-                                    "options": {}}))
+            ws.send_str(jsonwire.dumps(first))
         except WireError as e:
             raise self.eps.lost(self.eps.active, e) from None
         frame = self.stream_frame(ws)
@@ -187,6 +192,7 @@ class RunExpress(Express):
             raise self.eps.lost(self.eps.active, WireError("the run stream closed"))
         if "created" not in frame:
             self.stream_refused(frame)
+        self.stream_destroys = frame.get("destroys") is True
         return frame["created"]
 
     def stream_frame(self, ws: Any) -> dict | None:
@@ -227,12 +233,15 @@ class RunExpress(Express):
     def destroy(self, name: str, wait: bool = True) -> None:
         """``DELETE /session/{name}``: on the run stream while it is open, there without
         ``wait`` answered once the session is TERMINATING (its name is still taken until it
-        is TERMINATED)."""
+        is TERMINATED); only the answer is read where the manager destroys it on its own
+        (``stream_destroys``, after the code finished: ``wait`` was asked in the first frame)."""
         ws = self.stream
         if ws is not None and not ws.closed:
             frame = None
             try:
-                ws.send_str('{"destroy": true}' if wait else '{"destroy": true, "wait": false}')
+                if not self.stream_destroys:
+                    ws.send_str('{"destroy": true}' if wait else
+                                '{"destroy": true, "wait": false}')
                 frame = self.stream_frame(ws)
             except WireError:
                 pass
@@ -292,6 +301,7 @@ class RunExpress(Express):
             if own:
                 ws.close()
         if not finished:
+            self.stream_destroys = False  # the manager waits for the destroy step then
             return self.ended_early(sid, name)
         exit_code = exit_code or 0
         self.note(f"✓ Execution finished. (exit code = {exit_code})")

@@ -250,6 +250,11 @@ async def run(request: web.Request) -> web.WebSocketResponse:
        ``terminating``) and the manager ends it after (``Lifecycle.terminate``): as srun
        returns while slurmd cleans up. The session keeps its name until TERMINATED, so the
        CLI asks so only for a name it made up.
+
+    A first frame with ``"destroy": true`` (and ``"wait"``) asks for step 3 already: the
+    ``created`` frame then says ``"destroys": true``, and once the ``finished`` frame went
+    down the destroy starts without waiting for the client (``run --rm``: the client's
+    round trip off its wait); after ``{"ended": true}`` the client asks as in step 3.
     """
     from bai.manager.api.models import CreateSession
     from bai.manager.api.params import validate
@@ -273,8 +278,10 @@ async def run(request: web.Request) -> web.WebSocketResponse:
         except Exception as exc:  # noqa: BLE001 - the client hears it as POST /session would
             await ws.send_str(_problem_frame(exc))
             return ws
+        early = step.get("destroy") is True  # step 3 asked for in the first frame
         await ws.send_str(json.dumps({"created": answer,
-                                      "httpStatus": 201 if answer.get("created") else 200}))
+                                      "httpStatus": 201 if answer.get("created") else 200,
+                                      **({"destroys": True} if early else {})}))
         if answer.get("status") != "RUNNING" or row is None:
             return ws
         sid = row["id"]
@@ -292,8 +299,11 @@ async def run(request: web.Request) -> web.WebSocketResponse:
             return ws
         if not finished:
             await ws.send_str(json.dumps({"ended": True}))
-        nxt = await ws.receive()
-        ask = _destroy_step(nxt.data) if nxt.type == aiohttp.WSMsgType.TEXT else None
+        if early and finished:
+            ask = step
+        else:
+            nxt = await ws.receive()
+            ask = _destroy_step(nxt.data) if nxt.type == aiohttp.WSMsgType.TEXT else None
         if ask is None:
             await _touch(root, sid)  # the session stays: its last activity was now
             return ws
