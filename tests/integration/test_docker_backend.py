@@ -171,6 +171,15 @@ async def test_limits_memory_cpu_pids_and_no_network(backend: DockerBackend):
         assert stats["mem_cur_bytes"] > 0 and stats["cpu_used"] > 0
 
 
+async def reason_before_engine_oom(backend: DockerBackend, kernel_id: str) -> str:
+    """The exit reason of an exited kernel as the agent sees it while the engine's record says
+    no OOM: the engine handles its OOM event apart from the exit, ``OOMKilled`` may come after
+    the ``die`` event."""
+    info = (await backend._find(kernel_id))._container
+    info["State"]["OOMKilled"] = False
+    return backend._instance(info).exit_reason
+
+
 async def test_allocating_beyond_memory_is_reported_as_oom_killed(backend: DockerBackend):
     if backend.isolation()["engine"] != "docker":
         pytest.skip("Podman sets OOMKilled only when the container's main process is OOM-killed")
@@ -181,6 +190,7 @@ async def test_allocating_beyond_memory_is_reported_as_oom_killed(backend: Docke
     (seen,) = [e for e in backend.exits if e.kernel_id == inst.kernel_id]
     assert seen.exit_reason == "oom-killed" and seen.state is InstanceState.EXITED
     assert (await backend.inspect(inst.kernel_id)).exit_reason == "oom-killed"
+    assert await reason_before_engine_oom(backend, inst.kernel_id) == "oom-killed"
 
 
 async def test_destroying_a_kernel_that_ran_out_of_memory_inside_says_so(backend: DockerBackend):

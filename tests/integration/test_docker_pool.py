@@ -22,6 +22,7 @@ from test_docker_backend import (
     finish,
     make_spec,
     needs_outbound,
+    reason_before_engine_oom,
     run,
     started_backend,
     wait_for,
@@ -158,6 +159,7 @@ async def test_oom_in_a_claimed_kernel_is_reported(backend: DockerBackend):
     await wait_for(lambda: any(e.kernel_id == inst.kernel_id for e in backend.exits))
     (seen,) = [e for e in backend.exits if e.kernel_id == inst.kernel_id]
     assert seen.exit_reason == "oom-killed" and seen.state is InstanceState.EXITED
+    assert await reason_before_engine_oom(backend, inst.kernel_id) == "oom-killed"
     gone = await backend.destroy(inst.kernel_id)
     assert gone is not None and gone.exit_reason == "oom-killed"
 

@@ -20,7 +20,8 @@ Files under ``<workdir>/.bai/`` (the runner creates the folder):
   processes writing after an execution finished). Served as the kernel's logs.
 * ``exit.json`` - ``{"exit_code": n, "reason": "self-terminated"}`` written when the runner ends by
   itself (interpreter died, startup command finished), so an agent that was restarted meanwhile
-  can still learn the exit code.
+  can still learn the exit code. ``"reason": "oom-killed"`` when what ended it was SIGKILLed
+  (``n`` 137) while the OOM kill count of the runner's memory cgroup rose (``oom.py``).
 
 Transport (agent <-> runner): one JSON object per line (UTF-8, ``\\n``-terminated) in both
 directions over ``runner.sock``. Any number of connections; executions run one at a time (a second

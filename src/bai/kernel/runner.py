@@ -19,6 +19,7 @@ import time
 
 from bai.kernel import SOCKET_NAME, STATE_DIR
 from bai.kernel import services
+from bai.kernel.oom import OomCounter
 
 #: how long output is collected before it goes out as one frame
 COALESCE_SECONDS = 0.02
@@ -201,6 +202,7 @@ class Runner:
         #: services bai started (op "service"), by name
         self.services: dict[str, subprocess.Popen] = {}
         self.exit_code: int | None = None
+        self.oom = OomCounter()
         #: the socket the agent bound and handed over (None: bind .bai/runner.sock ourselves)
         self.listen_fd = listen_fd
         #: connections from any other uid are closed unread
@@ -746,7 +748,10 @@ class Runner:
 
     def _shutdown(self, code: int, write_exit: bool = True) -> None:
         if write_exit:
-            status = json.dumps({"exit_code": code, "reason": "self-terminated"})
+            # SIGKILLed (137) while the cgroup's OOM count rose: whatever the engine says later
+            oom = code == 137 and self.oom.rose()
+            status = json.dumps({"exit_code": code,
+                                 "reason": "oom-killed" if oom else "self-terminated"})
             try:
                 if self.exit_file is not None:
                     self.exit_file.write(status)

@@ -42,7 +42,10 @@ processes, the engine does it all (``docker_cgroup.py``).
 
 Exits are noticed from the engine's ``die`` events (with a periodic re-scan as a safety net, which
 also covers engines whose event stream breaks) and reported through ``on_exit`` once per
-container; a container the engine OOM-killed reports ``exit_reason="oom-killed"``.
+container; a kernel whose process the OOM killer took reports ``exit_reason="oom-killed"``: the
+runner says so in ``exit.json`` (it reads its cgroup's count, see ``bai.kernel.oom``), which the
+engine's ``OOMKilled`` need not show yet when the ``die`` event comes (it handles its OOM event
+and the exit apart); ``OOMKilled`` still counts where the runner itself was killed.
 """
 
 from __future__ import annotations
