@@ -15,7 +15,7 @@ plat=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
 # what the device image lacks of bai's server extra (and their own needs)
 need=(websockets "sqlalchemy[asyncio]" alembic aiosqlite pydantic pydantic-settings graphql-core redis aiodocker
-      pyseccomp asyncpg)
+      pyseccomp asyncpg uvloop)
 "$py" -m pip download -q "${plat[@]}" -d "$dest" "${need[@]}"
 # drop what the image already holds: two versions of one package stop the whole install
 for have in aiohttp aiosignal aiohappyeyeballs attrs frozenlist multidict propcache yarl idna \

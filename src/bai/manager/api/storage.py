@@ -25,6 +25,7 @@ import os
 import socket
 import stat
 from email.utils import formatdate
+from typing import BinaryIO
 from urllib.parse import quote
 
 from aiohttp import web
@@ -166,11 +167,25 @@ async def download(request: web.Request) -> web.StreamResponse:
         # where sendfile cannot be used, e.g. TLS); memory stays constant whatever the size
         if count > 0:
             with os.fdopen(os.dup(fd), "rb") as f:
-                await asyncio.get_running_loop().sendfile(transport, f, start, count)
+                try:
+                    await asyncio.get_running_loop().sendfile(transport, f, start, count)
+                except NotImplementedError:  # uvloop's loop (the manager's) has no sendfile
+                    await _write_range(resp, f, start, count)
         await resp.write_eof()
         return resp
     finally:
         os.close(fd)
+
+
+async def _write_range(resp: web.StreamResponse, f: BinaryIO, start: int, count: int) -> None:
+    """``count`` bytes of ``f`` from ``start`` through the response, a MiB at a time."""
+    f.seek(start)
+    while count > 0:
+        chunk = f.read(min(count, 1 << 20))
+        if not chunk:
+            raise ConnectionResetError("the file ended before its announced length")
+        await resp.write(chunk)
+        count -= len(chunk)
 
 
 #: the unix socket of local uploads, in the manager's state folder
