@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from test_manager_lifecycle import body, caller, manager  # noqa: F401
+from test_manager_lifecycle import body, caller, manager, two_ticks  # noqa: F401
 
 from bai.common.errors import InvalidAPIParameters, QuotaExceeded
 from bai.manager.store.tables import (
@@ -165,6 +165,59 @@ async def test_a_live_name_blocks_only_its_own_keypair_and_only_while_live(
     assert anew["created"] and anew["sessionId"] != mine["sessionId"]
 
 
+async def test_a_terminating_session_holds_its_name_for_a_create_whose_owner_is_known(
+        manager):  # noqa: F811
+    """A TERMINATING session's name is taken for a create (the live-name index lets it by):
+    also where the owner is known from the create before and the name is checked last."""
+    from bai.common.errors import SessionAlreadyExists
+
+    me = await caller(manager)
+    later = {"enqueueOnly": True, "startsAt": "2h"}
+    held = await manager.sessions.create(me, body("held", **later))
+    await manager.sessions.create(me, body("other", **later))  # the owner is known now
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(sessions).where(sessions.c.name == "held")
+                           .values(status="TERMINATING"))
+    with pytest.raises(SessionAlreadyExists) as e:
+        await manager.sessions.create(me, body("held", reuseIfExists=False, **later))
+    assert e.value.data["existingSessionId"] == held["sessionId"]
+    again = await manager.sessions.create(me, body("held", reuseIfExists=True, **later))
+    assert again["sessionId"] == held["sessionId"] and not again["created"]
+    # a check that fails answers as before: the name's session first
+    with pytest.raises(SessionAlreadyExists):
+        await manager.sessions.create(me, body("held", reuseIfExists=False,
+                                               resources={"cpu": "64"}, **later))
+    async with manager.store.connect() as conn:
+        n = (await conn.execute(sa.select(sa.func.count()).where(sessions.c.name == "held"))
+             ).scalar()
+    assert n == 1
+
+
+async def test_a_create_after_its_owners_rows_change_checks_them_anew(manager):  # noqa: F811
+    """What a create read of its owner (membership, policy, keypair) is not kept past a change
+    to those rows: the next create is refused as the change says."""
+    from bai.common.errors import Forbidden
+    from bai.manager.store.tables import group_members, keypairs
+
+    me = await caller(manager)
+    later = {"enqueueOnly": True, "startsAt": "2h"}
+    await manager.sessions.create(me, body("o-1", **later))
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.delete(group_members).where(group_members.c.user_id == me.user_id))
+    with pytest.raises(Forbidden, match="is not a member of group 'default'"):
+        await manager.sessions.create(me, body("o-2", **later))
+    admin = await caller(manager, "admin")
+    await manager.sessions.create(admin, body("o-3", **later))
+    await _limit(manager, keypair_resource_policies, {"cpu": "1"})
+    with pytest.raises(QuotaExceeded, match="keypair resource policy"):
+        await manager.sessions.create(admin, body("o-4", resources={"cpu": "2"}, **later))
+    async with manager.store.begin() as conn:
+        await conn.execute(sa.update(keypairs).where(keypairs.c.access_key == admin.access_key)
+                           .values(is_active=False))
+    with pytest.raises(InvalidAPIParameters, match="inactive keypair"):
+        await manager.sessions.create(admin, body("o-5", **later))
+
+
 async def test_an_enqueue_only_create_subscribes_to_no_events(manager):  # noqa: F811
     # it answers as soon as the row is written: a subscription (on a cluster, to the shared
     # bus) would only cost; a create that waits subscribes before its row exists
@@ -183,8 +236,20 @@ async def test_an_enqueue_only_create_subscribes_to_no_events(manager):  # noqa:
     assert ans["status"] == "RUNNING" and subscribed == [(ans["sessionId"],)]
 
 
+async def _no_passes(manager, monkeypatch) -> None:
+    """No scheduling pass from here on (one begun before has ended): none writes the sessions
+    between two creates, which then count only their own statements, and the second finds
+    the queue's length the first left."""
+    from bai.manager.services.scheduling import SchedulerLoop
+
+    monkeypatch.setattr(SchedulerLoop, "_quiet", lambda self: True)
+    monkeypatch.setattr(manager.scheduler, "kick", lambda: None)
+    await two_ticks(manager.scheduler)
+
+
 async def test_a_resource_group_read_by_a_create_stands_until_its_agents_or_it_change(
-        manager):  # noqa: F811
+        manager, monkeypatch):  # noqa: F811
+    await _no_passes(manager, monkeypatch)
     me = await caller(manager)
     store = manager.store
     later = {"enqueueOnly": True, "startsAt": "2h"}
@@ -225,17 +290,19 @@ async def test_a_resource_group_read_by_a_create_stands_until_its_agents_or_it_c
 
 
 async def test_an_enqueue_only_create_on_sqlite_is_few_trips_to_its_thread(
-        manager, trips):  # noqa: F811
-    # BEGIN IMMEDIATE with the first read, the session, kernel and history with the commit
-    # (store/sqlite_onehop.py): the reads and one trip
+        manager, trips, monkeypatch):  # noqa: F811
+    # the owner known from the create before (its tables unchanged), the whole transaction is
+    # one trip (store/sqlite_onehop.py): BEGIN IMMEDIATE, the session, kernel and history, the
+    # read of a live session of the name, COMMIT
     if manager.store.engine.dialect.driver != "aiosqlite":
         pytest.skip("SQLite's thread only")
+    await _no_passes(manager, monkeypatch)
     me = await caller(manager)
     later = {"enqueueOnly": True, "startsAt": "2h"}
     await manager.sessions.create(me, body("trips-0", **later))  # what the caches keep
     trips[0] = 0
     ans = await manager.sessions.create(me, body("trips-1", **later))
-    assert trips[0] == 2  # the owner's read (with the queue's length), the writes and COMMIT
+    assert trips[0] == 1
     sid = uuid.UUID(ans["sessionId"])
     async with manager.store.connect() as conn:
         got = (await conn.execute(sa.select(sessions.c.name, kernels.c.status, sa.func.count(

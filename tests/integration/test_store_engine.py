@@ -418,18 +418,20 @@ async def test_a_write_counts_as_a_change_of_the_tables_it_names_and_no_other(tm
             (sa.update(t.scaling_groups).values(is_active=True), 0,
              {"scaling_groups": 2, "policies": 2}),
             (sa.update(t.keypair_resource_policies).values(max_concurrent_sessions=3), 0,
-             {"policies": 2}),
-            (sa.update(t.domains).values(is_active=True), 0, {"policies": 2}),
-            (sa.update(t.keypairs).values(is_active=True), 0, {"keypairs": 2, "policies": 2}),
+             {"policies": 2, "owners": 2}),
+            (sa.update(t.domains).values(is_active=True), 0, {"policies": 2, "owners": 2}),
+            (sa.update(t.keypairs).values(is_active=True), 0,
+             {"keypairs": 2, "policies": 2, "owners": 2}),
             (sa.delete(t.agents), 0, {"scaling_groups": 2}),
-            (sa.update(t.users).values(role="user"), 2, {"keypairs": 2}),
-            (sa.update(t.groups).values(is_active=True), 2, {"policies": 2}),
+            (sa.update(t.users).values(role="user"), 2, {"keypairs": 2, "owners": 2}),
+            (sa.update(t.groups).values(is_active=True), 2, {"policies": 2, "owners": 2}),
+            (sa.delete(t.group_members), 0, {"owners": 2}),
             (sa.delete(t.session_dependencies), 2, {}),
             (sa.update(t.sessions).values(status_info="x"), 2, {"sessions": 2}),
             (sa.delete(t.web_sessions), 0, {}),
             (sa.update(t.vfolders).values(name="x"), 0, {}),
             (sa.delete(t.images).where(t.images.c.name.in_(sa.select(t.users.c.email))), 2,
-             {"images": 2, "keypairs": 2}),
+             {"images": 2, "keypairs": 2, "owners": 2}),
             (sa.select(t.sessions, t.images, t.agents), 0, {}),
         ]
         for statement, listed, cached in writes * 2:
@@ -545,7 +547,8 @@ async def test_an_insert_held_by_the_store_writes_what_sqlalchemy_writes(tmp_pat
     assert raw[True] == raw[False]
     assert len(raw[True]["session_history"]) == 2 and len(raw[True]["domains"]) == 1
     assert counted[True] == counted[False] == (  # BEGIN too
-        5, 2, {"keypairs": 0, "images": 0, "scaling_groups": 0, "sessions": 2, "policies": 2})
+        5, 2, {"keypairs": 0, "images": 0, "scaling_groups": 0, "owners": 2, "sessions": 2,
+               "policies": 2})
 
 
 async def test_after_commit_calls_once_a_transaction_committed_and_never_after_a_rollback(store):
@@ -572,6 +575,42 @@ async def test_after_commit_calls_once_a_transaction_committed_and_never_after_a
     async with store.begin() as conn:
         await conn.execute(sa.update(t.sessions).values(status_info="z"))
     assert [c[0] for c in calls] == ["a", "b"]
+
+
+async def test_commit_unless_commits_a_transaction_whose_read_finds_nothing(
+        store, trips):
+    # a create's last step (Store.commit_unless): the read sees what the transaction wrote;
+    # no row, committed (on SQLite's one-hop layer the writes, the read and the COMMIT are one
+    # trip); a row, the caller's raise rolls it all back; a held write's error is raised there
+    await store.migrate()
+    insert = sa.insert(t.domains).execution_options(**LATER)
+    named = sa.select(t.domains.c.name).where(t.domains.c.name == sa.bindparam("name"))
+    async with store.begin() as conn:  # (the writer connects)
+        await conn.execute(sa.select(sa.literal(1)))
+    committed = []
+    for name, look in (("d-a", "d-x"), ("d-b", "d-a"), ("d-c", "d-c")):
+        trips[0] = 0
+        try:
+            async with store.begin() as conn:
+                store.after_commit(conn, lambda name=name: committed.append(name))
+                await store.insert_later(conn, insert, [{"name": name, "total_resource_slots": {}}])
+                if await store.commit_unless(conn, named, {"name": look}) is not None:
+                    raise LookupError(look)
+        except LookupError:
+            pass
+        if store.is_sqlite and name == "d-a":
+            assert trips[0] == 1
+    with pytest.raises(sa.exc.IntegrityError):
+        async with store.begin() as conn:
+            await store.insert_later(conn, insert, [{"name": "d-a", "total_resource_slots": {}}])
+            await store.commit_unless(conn, named, {"name": "d-x"})
+    async with store.begin() as conn:  # the connection goes on
+        await store.insert_later(conn, insert, [{"name": "d-d", "total_resource_slots": {}}])
+        assert await store.commit_unless(conn, named, {"name": "d-x"}) is None
+    async with store.connect() as conn:
+        names = set((await conn.execute(sa.select(t.domains.c.name))).scalars())
+    assert names - {"default"} == {"d-a", "d-d"}
+    assert committed == ["d-a"]
 
 
 async def test_a_read_by_the_store_gives_the_row_sqlalchemy_gives(store, monkeypatch):

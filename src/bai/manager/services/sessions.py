@@ -2,8 +2,10 @@
 
 Creating validates everything before writing anything (image, slots, fit, policy, name), then
 writes the session PENDING with its kernel and ``None -> PENDING`` history in one transaction,
-publishes ``session_enqueued`` and kicks the scheduler. Unless ``enqueueOnly``, it waits for
-RUNNING, ERROR, CANCELLED or TERMINATED (or answers ``TIMEOUT`` after ``maxWaitSeconds > 0``).
+publishes ``session_enqueued`` and kicks the scheduler (on SQLite, with the owner known from an
+earlier create, the name is checked last, in the transaction, before its commit). Unless
+``enqueueOnly``, it waits for RUNNING, ERROR, CANCELLED or TERMINATED (or answers ``TIMEOUT``
+after ``maxWaitSeconds > 0``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,22 @@ _OWNER = (
 _OWNER_AND_QUEUE = _OWNER.add_columns(
     sa.select(sa.func.count()).where(sessions.c.status == str(S.PENDING)).correlate(None)
     .scalar_subquery().label("pending"))
+#: the id of the owner's live session of a name but ``sid``, read after ``sid`` was written
+#: (``Store.commit_unless``): the name check of a create whose owner was not read
+_LIVE_OTHER = (
+    sa.select(sessions.c.id).where(
+        sessions.c.name == sa.bindparam("name"), sessions.c.access_key == sa.bindparam("ak"),
+        sessions.c.status.not_in(_TERMINAL_SQL), sessions.c.id != sa.bindparam("sid"),
+    ).limit(1)
+)
+#: a create's ``live_id`` where its owner was not read (``SessionService._owner``)
+_UNREAD = object()
+
+
+class _NameSeen(Exception):
+    """A create's name check after its writes found the name taken: done again, read first."""
+
+
 #: the live session of a name (at most one: the live-name index)
 _LIVE_BY_NAME = (
     sa.select(sessions).where(
@@ -178,6 +196,9 @@ class SessionService:
         #: the number of sessions pending as the last create for later left it (SQLite: valid
         #: until a write to ``sessions``): the next one's first lines need no count
         self.pending = Cached("sessions", 1)
+        #: the owners creates read, by access key and group (``_owner``; SQLite: valid until a
+        #: write to their tables)
+        self.owners = Cached("owners", 1024)
 
     async def close(self) -> None:
         await self.lifecycle.close()
@@ -208,7 +229,7 @@ class SessionService:
             except sa.exc.IntegrityError as e:
                 if not name_taken(e):
                     raise
-                row, reused = await self._enqueue(caller, req, now, sid)
+                row, reused = await self._enqueue(caller, req, now, sid, fresh=True)
             if reused is not None:
                 return reused, row
             if req.enqueue_only:
@@ -220,25 +241,41 @@ class SessionService:
             return await self._wait(sub, row, req.max_wait, reread)
 
     async def _enqueue(self, caller: Caller, req: CreateRequest, now: datetime,
-                       sid: uuid.UUID) -> tuple[dict, dict | None]:
+                       sid: uuid.UUID, fresh: bool = False) -> tuple[dict, dict | None]:
         """Validate and write the new session ``sid`` PENDING: (row, None); or (existing row,
-        answer) when ``reuseIfExists`` finds a live session of that name and image."""
-        async with self.lifecycle.tx() as (conn, outbox):
-            owner = await self._owner(conn, caller, req, now, req.name)
-            existing = None if owner.pop("live_id") is None else await self._live_by_name(
-                conn, req.name, owner["access_key"])
-            image = await resolve_image(conn, req.image, self.root.store, self.images)
-            if existing is not None:
-                if req.reuse and existing["image"] == image["name"]:
-                    return existing, self._answer(existing, created=False)
-                raise SessionAlreadyExists(
-                    f"a session named {req.name!r} already exists "
-                    f"({existing['status']}, image {existing['image']})",
-                    data={"existingSessionId": str(existing["id"])},
-                )
-            base, dep_ids, queue = await self._checked(conn, caller, req, now, owner, image)
-            row = self._new_row(base, sid, req.name, req.environ)
-            lined = await self._write(conn, outbox, caller, [row], dep_ids, queue)
+        answer) when ``reuseIfExists`` finds a live session of that name and image.
+
+        Where the owner is known without a read (``_owner``; not ``fresh``), the name is
+        checked last, after the writes and with the commit (one trip on SQLite); a create
+        that finds it taken, or fails a check, is done again as before (``fresh``: the owner
+        and name read first), so that it answers as before, its name's session first."""
+        unread = False
+        try:
+            async with self.lifecycle.tx() as (conn, outbox):
+                owner = await self._owner(conn, caller, req, now, req.name, fresh)
+                live_id = owner.pop("live_id")
+                unread = live_id is _UNREAD
+                existing = None if live_id is None or unread else await self._live_by_name(
+                    conn, req.name, owner["access_key"])
+                image = await resolve_image(conn, req.image, self.root.store, self.images)
+                if existing is not None:
+                    if req.reuse and existing["image"] == image["name"]:
+                        return existing, self._answer(existing, created=False)
+                    raise SessionAlreadyExists(
+                        f"a session named {req.name!r} already exists "
+                        f"({existing['status']}, image {existing['image']})",
+                        data={"existingSessionId": str(existing["id"])},
+                    )
+                base, dep_ids, queue = await self._checked(conn, caller, req, now, owner, image)
+                row = self._new_row(base, sid, req.name, req.environ)
+                lined = await self._write(conn, outbox, caller, [row], dep_ids, queue)
+                if unread and await self.root.store.commit_unless(conn, _LIVE_OTHER, {
+                        "name": req.name, "ak": owner["access_key"], "sid": sid}) is not None:
+                    raise _NameSeen
+        except (BaiError, _NameSeen):
+            if not unread:
+                raise
+            return await self._enqueue(caller, req, now, sid, fresh=True)
         if lined is not None:
             self.root.scheduler.appended(lined)
         return row, None
@@ -403,31 +440,42 @@ class SessionService:
         }
 
     async def _owner(self, conn: AsyncConnection, caller: Caller, req: CreateRequest,
-                     now: datetime, name: str | None = None) -> dict:
+                     now: datetime, name: str | None = None, fresh: bool = False) -> dict:
         """The owner's keypair row; ``live_id``: the id of its live session named ``name``;
         ``group``: the group ``req`` names in the owner's domain (``_group``); ``pending``:
         the sessions pending, where the create's may get their first lines (they wait for a
         ``starts_at`` ahead, in the only group with sessions pending: ``first_lines``), counted
         unless the last such create's count still stands (``self.pending``: on SQLite, no write
-        to ``sessions`` since it committed; this transaction holds the write lock)."""
+        to ``sessions`` since it committed; this transaction holds the write lock).
+
+        Unless ``fresh``, an owner read before whose tables are unchanged since (``owners``,
+        SQLite) is not read again, where no count is needed: its ``live_id`` is then
+        ``_UNREAD`` (the name not checked) for a ``name``."""
         ak = req.owner_access_key or caller.access_key
         if ak != caller.access_key and not caller.is_admin:
             raise Forbidden("only an admin may act for another keypair (owner_access_key)")
+        store = self.root.store
         lines = (req.starts_at is not None and req.starts_at > now
                  and self.root.scheduler.sole_group(req.scaling_group or "default"))
-        seen = (self.pending.get(None, self.pending.generation(self.root.store)) if lines
-                else None)
-        owner = await self.root.store.first(
-            conn, _OWNER_AND_QUEUE if lines and seen is None else _OWNER,
-            {"ak": ak, "name": name, "group": req.group})
-        if owner is None or not owner["is_active"]:
-            raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
+        seen = self.pending.get(None, self.pending.generation(store)) if lines else None
+        generation = self.owners.generation(store)
+        if not fresh and not (lines and seen is None) and (
+                known := self.owners.get((ak, req.group), generation)) is not None:
+            owner = {**known, "live_id": None if name is None else _UNREAD}
+        else:
+            owner = await store.first(
+                conn, _OWNER_AND_QUEUE if lines and seen is None else _OWNER,
+                {"ak": ak, "name": name, "group": req.group})
+            if owner is None or not owner["is_active"]:
+                raise InvalidAPIParameters(f"unknown or inactive keypair {ak}")
+            g = {c.name: owner.pop(f"group_{c.name}") for c in _GROUP_COLS}
+            owner["group"] = (None if g["id"] is None else
+                              _Group(**g, member=owner.pop("group_member")))
+            owner.pop("group_member", None)
+            self.owners.put((ak, req.group), generation, {
+                k: v for k, v in owner.items() if k not in ("live_id", "pending")})
         if seen is not None:
             owner["pending"] = seen
-        g = {c.name: owner.pop(f"group_{c.name}") for c in _GROUP_COLS}
-        owner["group"] = (None if g["id"] is None else
-                          _Group(**g, member=owner.pop("group_member")))
-        owner.pop("group_member", None)
         return owner
 
     @staticmethod

@@ -46,6 +46,10 @@ CACHED_TABLES = {
     "images": re.compile(r"\b(images|image_aliases)\b", re.IGNORECASE),
     # a resource group with its live agents' capacities (``services/sessions.py``)
     "scaling_groups": re.compile(r"\b(scaling_groups|agents)\b", re.IGNORECASE),
+    # a create's owner: keypair, user, policy, domain, group and membership
+    # (``services/sessions.py``)
+    "owners": re.compile(r"\b(keypairs|users|keypair_resource_policies|domains|groups|"
+                         r"group_members)\b", re.IGNORECASE),
     # the number of sessions pending, for a create's first lines (``services/sessions.py``)
     "sessions": re.compile(r"\bsessions\b", re.IGNORECASE),
     # what a scheduling pass reads of the limits and policies (``services/schedule_input.py``)
@@ -197,6 +201,20 @@ class Store:
         error goes through SQLAlchemy's own handler, which wraps it, or invalidates the
         connection on a cancel or a disconnect, as for ``conn.execute``. Elsewhere (and for
         a statement this cannot compile alone) it is ``conn.execute``."""
+        return await self._first(conn, statement, params, False)
+
+    async def commit_unless(self, conn: AsyncConnection, statement: sa.Select,
+                            params: dict[str, Any]) -> dict[str, Any] | None:
+        """The transaction open on ``conn`` (``begin``) ends here: ``first``'s row of
+        ``statement``, read after all it wrote; if there is none, the transaction commits (on
+        SQLite's one-hop layer in the read's own trip, with the writes held before it: a
+        create's whole transaction is one trip), else it stays open for its caller to roll
+        back (raise). Nothing may be sent on ``conn`` after it. Elsewhere it is ``first``, and
+        the transaction commits as its block ends."""
+        return await self._first(conn, statement, params, True)
+
+    async def _first(self, conn: AsyncConnection, statement: sa.Select, params: dict[str, Any],
+                     commit: bool) -> dict[str, Any] | None:
         read = None
         if self._one_hop and conn.in_transaction() and not conn.invalidated:
             read = self._read.get(statement, False)
@@ -215,7 +233,7 @@ class Store:
             await greenlet_spawn(_handle, sync, e, sql, params, None)
         self._note(sync, sql)
         try:
-            _, rows = await sync.connection.dbapi_connection.fetch(sql, values)
+            _, rows = await sync.connection.dbapi_connection.fetch(sql, values, commit)
         except BaseException as e:
             await greenlet_spawn(_handle, sync, e, sql, values, _READ_CONTEXT)
         if not rows:

@@ -28,7 +28,10 @@ Elsewhere (PostgreSQL, the stock adapter) the option changes nothing.
 
 A read may skip SQLAlchemy's execution too (``Store.first``, a create's owner read): it
 compiles the statement itself and awaits the connection's ``fetch``, the same one trip with
-what is held ahead of it, on the loop rather than in SQLAlchemy's greenlet.
+what is held ahead of it, on the loop rather than in SQLAlchemy's greenlet. Such a read may end
+its transaction too (``Store.commit_unless``): the ``COMMIT`` follows it in the same trip where
+it found no row, and SQLAlchemy's commit then sends nothing (a create's whole transaction, one
+trip).
 
 Nothing else changes: the SQL sent, the errors (the ``sqlite3`` exceptions, wrapped by SQLAlchemy
 into ``IntegrityError`` and the rest as before), transactions, savepoints and ``BEGIN IMMEDIATE``
@@ -84,9 +87,10 @@ def _commit(conn: sqlite3.Connection, ahead: list[tuple[str, Any, bool]]) -> Non
 
 
 def _run(conn: sqlite3.Connection, ahead: list[tuple[str, Any, bool]], operation: str,
-         parameters: Any, many: bool) -> tuple:
+         parameters: Any, many: bool, commit_unless_rows: bool = False) -> tuple:
     """On the SQLite thread: the statements held ``ahead`` (a ``BEGIN``, writes), then the
-    whole statement, rows included."""
+    whole statement, rows included; then, with ``commit_unless_rows``, the ``COMMIT`` if it
+    found none."""
     if ahead:
         _send(conn, ahead)
     cur = conn.cursor()
@@ -94,6 +98,8 @@ def _run(conn: sqlite3.Connection, ahead: list[tuple[str, Any, bool]], operation
         _execute(cur, operation, parameters, many)
         description = cur.description
         rows = cur.fetchall() if description else ()
+        if commit_unless_rows and not rows:
+            conn.commit()
         # read after the fetch, as the stock adapter does: a RETURNING statement counts its rows
         # as they are stepped
         return description, rows, cur.rowcount, cur.lastrowid, conn.in_transaction
@@ -229,12 +235,15 @@ def dbapi() -> Any:
             sends it here rather than through a cursor, which would hold it the same)."""
             self._ahead.append((operation, None, False))
 
-        def trip(self, operation: str, parameters: Any, many: bool):
-            """The awaitable of one trip: what is held, then ``operation``; its answer is
+        def trip(self, operation: str, parameters: Any, many: bool,
+                 commit_unless_rows: bool = False):
+            """The awaitable of one trip: what is held, then ``operation`` (then the
+            ``COMMIT`` if it found no row, with ``commit_unless_rows``); its answer is
             ``_run``'s."""
             ahead, self._ahead = self._ahead, []
             aio = self._connection
-            return aio._execute(_run, aio._conn, ahead, operation, parameters, many)
+            return aio._execute(_run, aio._conn, ahead, operation, parameters, many,
+                                commit_unless_rows)
 
         def failed(self, error: BaseException) -> None:
             """After a trip that raised ``error``: raises what the stock adapter would
@@ -243,11 +252,15 @@ def dbapi() -> Any:
             if isinstance(error, Exception):
                 self._handle_exception(error)
 
-        async def fetch(self, operation: str, parameters: Any) -> tuple[Any, Sequence[Any]]:
+        async def fetch(self, operation: str, parameters: Any,
+                        commit_unless_rows: bool = False) -> tuple[Any, Sequence[Any]]:
             """One statement in one trip, awaited on the loop rather than in SQLAlchemy's
-            greenlet (``Store.first``): its ``description`` and rows."""
+            greenlet (``Store.first``): its ``description`` and rows. With
+            ``commit_unless_rows`` the transaction is committed in the same trip if it found
+            none (``Store.commit_unless``): SQLAlchemy's commit then sends nothing."""
             try:
-                description, rows, _, _, in_tx = await self.trip(operation, parameters, False)
+                description, rows, _, _, in_tx = await self.trip(operation, parameters, False,
+                                                                 commit_unless_rows)
             except BaseException as error:
                 self.failed(error)
                 raise
