@@ -133,6 +133,27 @@ async def test_dummy_kernel_lifecycle(make_agent, manager: FakeManager, http) ->
     assert terminated["reason"] == "user-requested"
 
 
+async def test_an_execute_asked_while_its_kernel_starts_runs_once_it_has(
+        make_agent, manager: FakeManager, http) -> None:
+    """An execute asked right after the create (the manager's run stream) waits for the
+    kernel's start and runs the code (fails: refused as not running); a kernel whose creation
+    fails is refused once it has."""
+    agent = await make_agent(dummy_create_delay=0.3)
+    body = kernel_body()
+    async with http.post(agent.address + "/v1/kernels", json=body) as r:
+        assert r.status == 202
+    assert agent.registry.get(body["kernel_id"]).instance is None
+    frames = await execute(http, agent, body["kernel_id"],
+                           {"code": "print(1)", "mode": "query", "options": {}})
+    assert frames[-1]["status"] == "finished" and console(frames, "stdout") == "print(1)\n"
+    failing = kernel_body(image_labels={"bai.dummy.fail": "image is not present"})
+    async with http.post(agent.address + "/v1/kernels", json=failing) as r:
+        assert r.status == 202
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await execute(http, agent, failing["kernel_id"], {"code": "1", "mode": "query"})
+    assert (await started(manager, failing["kernel_id"]))[-1] == "kernel_creation_failed"
+
+
 async def test_creation_failure_is_reported(make_agent, manager: FakeManager, http) -> None:
     agent = await make_agent()
     body = kernel_body(image_labels={"bai.dummy.fail": "image is not present"})

@@ -72,7 +72,11 @@ def agent_app(received: dict) -> web.Application:
             return ws
         await ws.send_str(json.dumps({"status": "waiting-input", "console": [["stdout", "name? "]],
                                       "options": {"is_password": False}}))
-        line = (await ws.receive()).data
+        msg = await ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:  # the manager closed it: the run is interrupted
+            received["interrupted"] = True
+            return ws
+        line = msg.data
         await ws.send_str(json.dumps({"status": "finished", "console": [["stdout", f"hi {line}\n"]],
                                       "exitCode": 0}))
         await ws.close()
@@ -353,6 +357,48 @@ async def test_a_first_frame_that_asks_for_the_destroy_has_it_once_the_code_fini
     assert frames[-1] == {"ended": True}
     resp = await user.request("GET", "/session/run-ended")
     assert (await resp.json())["status"] == "RUNNING"
+
+
+async def test_the_code_reaches_the_agent_once_it_took_the_create_and_waits_for_running(env):
+    """The run stream opens the agent's execute stream and sends the code once the agent has
+    taken the kernel's create request, before the session is RUNNING (fails: the code waits
+    for RUNNING); the client still hears ``created`` first, then the frames. A session that
+    ends in ERROR instead closes that stream (the run is interrupted) and says so alone."""
+    root, client, user, _, received = env
+    root.agents.rpc.auto_start = False
+    body = {"name": "run-soon", "image": "python", "config": {"resources": {}}}
+    first = {"create": body, "code": "input()", "mode": "query", "options": {}}
+    running = asyncio.ensure_future(_run_stream(client, user, first, stdin="x"))
+    for _ in range(200):
+        if "first" in received:
+            break
+        await asyncio.sleep(0.05)
+    assert received.pop("first") == {"code": "input()", "mode": "query", "options": {}}
+    resp = await user.request("GET", "/session/run-soon")
+    assert (await resp.json())["status"] == "PREPARING"
+    spec = root.agents.rpc.specs.pop(next(iter(root.agents.rpc.specs)))
+    await root.agents.rpc.start(spec)
+    frames = await asyncio.wait_for(running, 10)
+    assert frames[0]["created"]["status"] == "RUNNING"
+    assert [f.get("status") for f in frames[1:]] == [
+        "continued", "waiting-input", "finished", None]
+    assert frames[-2]["console"] == [["stdout", "hi x\n"]] and "destroyed" in frames[-1]
+    failing = asyncio.ensure_future(_run_stream(
+        client, user, {**first, "create": {**body, "name": "run-fails"}}))
+    for _ in range(200):
+        if "first" in received and root.agents.rpc.specs:
+            break
+        await asyncio.sleep(0.05)
+    spec = root.agents.rpc.specs.pop(next(iter(root.agents.rpc.specs)))
+    await root.agents.handle_events([root.agents.rpc._ev(
+        "kernel_creation_failed", spec, reason="no room", data={"error": "no room"})])
+    frames = await asyncio.wait_for(failing, 10)
+    assert [f["created"]["status"] for f in frames] == ["ERROR"]
+    for _ in range(200):
+        if received.get("interrupted"):
+            break
+        await asyncio.sleep(0.05)
+    assert received.get("interrupted") is True
 
 
 async def test_the_run_stream_finds_its_kernel_where_the_scheduler_placed_it(env,

@@ -11,6 +11,7 @@ allows (its ``idle_interval``, at most twice ``heartbeat_interval``: ``Agent.bea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 import uuid
@@ -340,6 +341,8 @@ def _running(request: web.Request):  # -> KernelRecord
     return rec
 
 
+#: how long an execute request waits for its kernel's creation to end (``execute``)
+CREATE_WAIT_SECONDS = 60.0
 #: what a transfer may carry when the manager does not say (its ``session_file_max``)
 DEFAULT_MAX_BYTES = 1024**3
 
@@ -384,6 +387,13 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def execute(request: web.Request) -> web.StreamResponse:
+    """The execute WebSocket (``execution.relay``). Asked for a kernel still being created
+    (the manager's run stream asks as soon as the create was taken, to run the code the moment
+    the kernel starts), it is opened once the creation has ended, if the kernel runs."""
+    rec = _agent(request).registry.get(request.match_info["kid"])
+    if rec.instance is None and rec.task is not None and not rec.task.done():
+        with contextlib.suppress(Exception):  # (_running says what became of it)
+            await asyncio.wait_for(asyncio.shield(rec.task), CREATE_WAIT_SECONDS)
     rec = _running(request)
     return await relay(request, _agent(request).backend, rec)
 

@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import secrets
+import uuid
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote
@@ -274,32 +275,38 @@ async def run(request: web.Request) -> web.WebSocketResponse:
             if not isinstance(step, dict):
                 raise InvalidAPIParameters("the first frame must be a JSON object")
             params = validate(CreateSession, step.get("create")).model_dump(exclude_unset=True)
-            answer, row = await root.sessions.create_row(caller, params, reread=False)
+            code = json.dumps({k: step.get(k) for k in ("code", "mode", "options")})
+            answer, row, upstream = await _create_running(root, caller, params, code)
         except Exception as exc:  # noqa: BLE001 - the client hears it as POST /session would
             await ws.send_str(_problem_frame(exc))
             return ws
-        early = step.get("destroy") is True  # step 3 asked for in the first frame
-        await ws.send_str(json.dumps({"created": answer,
-                                      "httpStatus": 201 if answer.get("created") else 200,
-                                      **({"destroys": True} if early else {})}))
-        if answer.get("status") != "RUNNING" or row is None:
-            return ws
-        sid = row["id"]
+        destroys = step.get("destroy") is True  # step 3 asked for in the first frame
         try:
-            address, kernel_id = await root.agents.kernel_target(row, just_placed=True)
-            async with root.agents.rpc.ws_connect(address, kernel_id) as upstream:
-                await upstream.send_str(json.dumps({k: step.get(k) for k in
-                                                    ("code", "mode", "options")}))
+            await ws.send_str(json.dumps({"created": answer,
+                                          "httpStatus": 201 if answer.get("created") else 200,
+                                          **({"destroys": True} if destroys else {})}))
+            if answer.get("status") != "RUNNING" or row is None:
+                return ws
+            sid = row["id"]
+            try:
+                if upstream is None:
+                    address, kernel_id = await root.agents.kernel_target(row, just_placed=True)
+                    upstream = await root.agents.rpc.ws_connect(address, kernel_id)
+                    await upstream.send_str(code)
                 finished = await _relay(ws, upstream, root, sid, until_finished=True)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
-            log.warning("run stream of session %s failed: %s", sid, exc)
-            await ws.send_str(_error_frame(f"bai: the session's agent cannot run the code: {exc}"))
-            finished = True
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, BaiError) as exc:
+                log.warning("run stream of session %s failed: %s", sid, exc)
+                await ws.send_str(
+                    _error_frame(f"bai: the session's agent cannot run the code: {exc}"))
+                finished = True
+        finally:
+            if upstream is not None:
+                await upstream.close()
         if ws.closed:
             return ws
         if not finished:
             await ws.send_str(json.dumps({"ended": True}))
-        if early and finished:
+        if destroys and finished:
             ask = step
         else:
             nxt = await ws.receive()
@@ -319,6 +326,55 @@ async def run(request: web.Request) -> web.WebSocketResponse:
         pinger.cancel()
         if not ws.closed:
             await ws.close()
+
+
+async def _create_running(root: Any, caller: Any, params: dict, code: str
+                          ) -> tuple[dict, dict | None, Any]:
+    """The run stream's create: ``create_row``'s answer and row, and the agent's execute
+    stream when it was opened while the session started. Once the agent has taken the
+    kernel's create request, the stream is asked for (the agent opens it when the kernel has
+    started) and given ``code``, so that the code runs while the manager records RUNNING; its
+    frames wait in the stream until the session is RUNNING (an answer other than RUNNING
+    closes it, and the code is interrupted). None: not opened (the session did not start
+    on this replica's placement, or the agent refused; the stream is then opened as before)."""
+    sid = uuid.uuid4()
+    accepted = root.agents.await_accepted(str(sid))
+    creating = asyncio.ensure_future(
+        root.sessions.create_row(caller, params, reread=False, sid=sid))
+    opening = None
+    try:
+        await asyncio.wait((creating, accepted), return_when=asyncio.FIRST_COMPLETED)
+        if accepted.done() and not creating.done():
+            opening = asyncio.ensure_future(_open_execute(root, *accepted.result(), code))
+        answer, row = await creating
+        if opening is not None and answer.get("status") == "RUNNING" and row is not None:
+            upstream, opening = await opening, None
+            return answer, row, upstream
+        return answer, row, None
+    finally:
+        accepted.cancel()
+        creating.cancel()  # (when this task was)
+        if opening is not None:
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                if (upstream := await opening) is not None:
+                    await upstream.close()
+
+
+async def _open_execute(root: Any, address: str, kernel_id: str, code: str) -> Any:
+    """The agent's execute stream of ``kernel_id``, given ``code``; None where it cannot be
+    opened (the kernel did not start: the session's answer says why)."""
+    try:
+        upstream = await root.agents.rpc.ws_connect(address, kernel_id)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        log.debug("execute stream of kernel %s not opened early: %s", kernel_id, exc)
+        return None
+    try:
+        await upstream.send_str(code)
+    except (aiohttp.ClientError, OSError, ConnectionResetError):
+        await upstream.close()
+        return None
+    return upstream
 
 
 async def _keep_alive(ws: web.WebSocketResponse) -> None:

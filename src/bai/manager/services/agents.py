@@ -55,6 +55,9 @@ class AgentRegistry:
         #: kernel id -> (its agent's address, when): where the scheduler of this process has
         #: just placed each kernel (``placed``), for the run stream's ``kernel_target``
         self._placed: dict[str, tuple[str, float]] = {}
+        #: session id -> what a run stream waits for: (address, kernel id) once the agent
+        #: took its kernel's create request (``start_accepted``)
+        self._accepting: dict[str, asyncio.Future[tuple[str, str]]] = {}
 
     async def close(self) -> None:
         await self.rpc.close()
@@ -344,6 +347,22 @@ class AgentRegistry:
             q = seen.quiet
             if q is not None and q[0] == before and store.transactions == before + 1:
                 seen.quiet = (store.transactions, q[1], q[2])  # only this one ended since
+
+    def await_accepted(self, session_id: str) -> asyncio.Future[tuple[str, str]]:
+        """A future of (agent address, kernel id) once the agent this process's scheduler
+        placed the session's kernel on has taken its create request; the caller cancels it
+        when done waiting (a session placed elsewhere, or never, resolves none)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._accepting[session_id] = fut
+        fut.add_done_callback(lambda _: self._accepting.pop(session_id, None))
+        return fut
+
+    def start_accepted(self, session_id: str, address: str, kernel_id: str) -> None:
+        """The agent at ``address`` took the create request of ``kernel_id``."""
+        fut = self._accepting.get(session_id)
+        if fut is not None and not fut.done():
+            self._placed.pop(kernel_id, None)  # the waiter needs no kernel_target
+            fut.set_result((address, kernel_id))
 
     def placed(self, kernel_id: str, address: str) -> None:
         """The scheduler placed ``kernel_id`` on the agent at ``address`` (just committed)."""

@@ -328,6 +328,7 @@ class Lifecycle:
         for spec in specs:
             err = refused.get(spec["kernel_id"])
             if err is None:
+                self.root.agents.start_accepted(spec["session_id"], address, spec["kernel_id"])
                 continue
             if not isinstance(err, BaiError):
                 err = AgentError(str(err.get("title") or "the agent refused the kernel"))

@@ -208,16 +208,17 @@ class SessionService:
     async def create(self, caller: Caller, params: dict) -> dict:
         return (await self.create_row(caller, params))[0]
 
-    async def create_row(self, caller: Caller, params: dict, *,
-                         reread: bool = True) -> tuple[dict, dict | None]:
+    async def create_row(self, caller: Caller, params: dict, *, reread: bool = True,
+                         sid: uuid.UUID | None = None) -> tuple[dict, dict | None]:
         """``create``'s answer and the session's row as it settled (None for an array).
         Without ``reread`` a session the events said is settled is not read again: its row is
-        the one written, with the status the events told (the run stream needs no more)."""
+        the one written, with the status the events told (the run stream needs no more).
+        ``sid``: the new session's id (the run stream's, which watches its start)."""
         now = utcnow()
         req = parse_create(params, now)
         if req.array is not None:
             return await self._enqueue_array(caller, req, now), None
-        sid = uuid.uuid4()
+        sid = sid or uuid.uuid4()
         # only this session's events: the subscription exists before the row does (none for
         # an enqueue-only create, which answers without waiting for any)
         async with (contextlib.nullcontext() if req.enqueue_only
