@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import random
 
+import pytest
 import uvloop
 from aiohttp import web
 from click.testing import CliRunner
@@ -37,9 +38,17 @@ class Sink:
         self.chunks.append(data)
 
 
-def test_a_range_is_written_exactly_without_sendfile():
-    data = bytes(range(256)) * 9000  # 2.2 MiB: more than one chunk
+def test_a_range_is_written_exactly_without_sendfile(tmp_path):
+    data = random.Random(7).randbytes(2_300_000)  # more than two chunks, no period
+    (tmp_path / "f").write_bytes(data)
     sink = Sink()
-    asyncio.run(storage._write_range(sink, io.BytesIO(data), 1000, len(data) - 2000))
+    with open(tmp_path / "f", "rb") as f:
+        asyncio.run(storage._write_range(sink, f, 1000, len(data) - 2000))
     assert b"".join(sink.chunks) == data[1000:-1000]
     assert len(sink.chunks) == 3
+
+
+def test_a_file_shorter_than_its_announced_range_breaks_the_answer(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    with open(tmp_path / "f", "rb") as f, pytest.raises(ConnectionResetError):
+        asyncio.run(storage._write_range(Sink(), f, 5, 10))

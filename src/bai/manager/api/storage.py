@@ -178,13 +178,15 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def _write_range(resp: web.StreamResponse, f: BinaryIO, start: int, count: int) -> None:
-    """``count`` bytes of ``f`` from ``start`` through the response, a MiB at a time."""
-    f.seek(start)
+    """``count`` bytes of ``f`` from ``start`` through the response, a MiB at a time, each read
+    on a worker thread (a cold disk would otherwise stall every request on the loop)."""
+    loop = asyncio.get_running_loop()
     while count > 0:
-        chunk = f.read(min(count, 1 << 20))
+        chunk = await loop.run_in_executor(None, os.pread, f.fileno(), min(count, 1 << 20), start)
         if not chunk:
             raise ConnectionResetError("the file ended before its announced length")
         await resp.write(chunk)
+        start += len(chunk)
         count -= len(chunk)
 
 
