@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import greenlet
 import pytest
 import sqlalchemy as sa
 from test_manager_lifecycle import body, caller, manager, two_ticks  # noqa: F401
@@ -301,8 +302,15 @@ async def test_an_enqueue_only_create_on_sqlite_is_few_trips_to_its_thread(
     later = {"enqueueOnly": True, "startsAt": "2h"}
     await manager.sessions.create(me, body("trips-0", **later))  # what the caches keep
     trips[0] = 0
-    ans = await manager.sessions.create(me, body("trips-1", **later))
+    switches = []
+    greenlet.settrace(lambda event, args: switches.append(event))
+    try:
+        ans = await manager.sessions.create(me, body("trips-1", **later))
+    finally:
+        greenlet.settrace(None)
     assert trips[0] == 1
+    # and none of SQLAlchemy's switches to its greenlet (its begin and commit send nothing)
+    assert switches == []
     sid = uuid.UUID(ans["sessionId"])
     async with manager.store.connect() as conn:
         got = (await conn.execute(sa.select(sessions.c.name, kernels.c.status, sa.func.count(

@@ -350,7 +350,7 @@ class Store:
         """A transaction on ``conn``; its end counted (``_ended``), then, once it committed,
         what ``after_commit`` asked for (nothing after a rollback)."""
         try:
-            async with conn.begin():
+            async with (_OneHopTransaction(conn) if self._one_hop else conn.begin()):
                 yield
         finally:
             self._ended(conn)
@@ -439,6 +439,36 @@ class Store:
 
 #: a parameter of ``Store.first``'s statement that its caller must give
 _MISSING = object()
+
+
+class _OneHopTransaction:
+    """``conn.begin()`` on SQLite's one-hop layer, where SQLAlchemy's switches to its greenlet
+    would wrap nothing that awaits: its begin (the ``BEGIN`` is held for the first trip) and an
+    end with nothing to send (``ends_quietly``: after ``Store.commit_unless``, say) run on the
+    loop; an end that sends goes through the greenlet as ``conn.begin()``'s does. The same
+    SQLAlchemy transaction either way (``sync_connection.begin()``, its context's enter and
+    exit)."""
+
+    __slots__ = ("_conn", "_tx")
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def __aenter__(self) -> None:
+        conn = self._conn
+        if conn.invalidated or conn.closed:  # beginning would connect again: awaits
+            self._tx = (await conn.begin().start(is_ctxmanager=True)).sync_transaction
+            return
+        self._tx = conn.sync_connection.begin()
+        self._tx.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        sync = self._conn.sync_connection
+        if (sync is not None and not sync.invalidated and not sync.closed
+                and sync.connection.dbapi_connection.ends_quietly()):
+            self._tx.__exit__(*exc)
+        else:
+            await greenlet_spawn(self._tx.__exit__, *exc)
 
 
 def _handle(sync: Any, error: BaseException, sql: str, params: Any, context: Any) -> None:

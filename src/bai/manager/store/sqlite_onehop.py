@@ -267,6 +267,12 @@ def dbapi() -> Any:
             self._idle = not in_tx
             return description, rows
 
+        def ends_quietly(self) -> bool:
+            """Whether the transaction's commit or rollback now sends nothing: no statement
+            held but its ``BEGIN``, and none open on the thread (``Store.commit_unless``
+            committed it, or it sent nothing)."""
+            return self._idle and all(operation in _BEGINS for operation, _, _ in self._ahead)
+
         def cursor(self, server_side: bool = False):
             if server_side:
                 if self._ahead:  # that cursor's statements go their own way: the held first
