@@ -109,8 +109,9 @@ def test_a_manager_at_head_does_not_load_alembic(tmp_path):
     assert again.stdout.strip() == "False", again.stderr[-2000:]
 
 
-def test_a_manager_on_sqlite_does_not_load_postgresql(tmp_path):
-    # SQLAlchemy's PostgreSQL dialect and its drivers' modules: 2.4 MB of a manager on SQLite
+def test_a_manager_on_sqlite_loads_neither_postgresql_nor_the_orm(tmp_path):
+    # SQLAlchemy's PostgreSQL dialect and its drivers' modules: 2.4 MB of a manager on SQLite;
+    # its ORM (which sqlalchemy.ext.asyncio's __init__ imports): 6 MB of any manager
     import subprocess
     import sys
 
@@ -126,10 +127,28 @@ def test_a_manager_on_sqlite_does_not_load_postgresql(tmp_path):
             "        await conn.run_sync(t.metadata.create_all)\n"
             "    await s.close()\n"
             "asyncio.run(main())\n"
-            "print('sqlalchemy.dialects.postgresql' in sys.modules)\n")
+            "print([m for m in ('sqlalchemy.dialects.postgresql', 'sqlalchemy.orm')"
+            " if m in sys.modules])\n")
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)  # upgraded
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert again.stdout.strip() == "False", again.stderr[-2000:]
+    assert again.stdout.strip() == "[]", again.stderr[-2000:]
+
+
+def test_the_asyncio_extension_is_whole_for_whoever_asks_it_for_more():
+    # the store loads sqlalchemy.ext.asyncio.engine without its package's __init__
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from bai.manager.store.engine import AsyncConnection, Store\n"
+            "from sqlalchemy.ext import asyncio as sa_async\n"
+            "from sqlalchemy.ext.asyncio import AsyncConnection as same, async_sessionmaker\n"
+            "from sqlalchemy.ext.asyncio.session import AsyncSession\n"
+            "print(same is AsyncConnection, sa_async.AsyncSession is AsyncSession,"
+            " async_sessionmaker.__module__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "True", "sqlalchemy.ext.asyncio.session"], \
+        done.stderr[-2000:]
 
 
 async def test_tables_make_the_live_name_index_partial_on_each_database(store):

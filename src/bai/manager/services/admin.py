@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common import services
 from bai.common.auth import generate_keypair
@@ -21,6 +20,7 @@ from bai.common.errors import BaiError, InvalidAPIParameters, NotFound
 from bai.common.resources import ResourceSlot, parse_request, parse_size
 from bai.common.status import FINAL
 from bai.manager.store import tables as t
+from bai.manager.store.engine import AsyncConnection
 
 ROLES = ("superadmin", "admin", "user")
 

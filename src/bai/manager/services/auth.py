@@ -18,13 +18,13 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common import auth as hmac_auth
 from bai.common.errors import AuthFailed
 from bai.manager.context import Caller
 from bai.manager.store import tables as t
 from bai.manager.store.cached import Cached
+from bai.manager.store.engine import AsyncConnection
 
 if TYPE_CHECKING:
     from bai.manager.store.engine import Store

@@ -9,12 +9,11 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.auth import generate_keypair
 from bai.manager.services import passwords
 from bai.manager.services.images import default_images
-from bai.manager.store.engine import Store
+from bai.manager.store.engine import AsyncConnection, Store
 from bai.manager.store.tables import (
     domains,
     group_members,

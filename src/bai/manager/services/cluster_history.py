@@ -16,10 +16,10 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.resources import ResourceSlot
 from bai.manager.store import tables as t
+from bai.manager.store.engine import AsyncConnection
 
 #: points per plot
 BUCKETS = 48

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import UnknownImage
 from bai.common.services import DEFAULT_SERVICES
 from bai.manager.store.cached import Cached
+from bai.manager.store.engine import AsyncConnection
 from bai.manager.store.tables import image_aliases, images
 
 HOST_PYTHON = "/usr/bin/python3"

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import AgentError, BaiError, SessionNotRunning
 from bai.common.events import KernelEvent, SessionEvent
@@ -41,7 +40,7 @@ from bai.manager.services.transitions import (
     transit_many,
 )
 from bai.manager.store.cached import Cached
-from bai.manager.store.engine import LATER
+from bai.manager.store.engine import LATER, AsyncConnection
 from bai.manager.store.tables import (
     agents,
     images,

@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import Forbidden, InvalidAPIParameters
 from bai.common.status import TERMINAL, SessionStatus, parse_statuses
@@ -27,6 +26,7 @@ from bai.manager.context import Caller
 from bai.manager.services.mounts import names as mount_names
 from bai.manager.services.queryfilter import Field, parse_filter, parse_order
 from bai.manager.store import tables as t
+from bai.manager.store.engine import AsyncConnection
 
 MAX_PAGE = 10_000
 #: rows of one rendered table (``render=table``): its columns are as wide as its widest cell,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from bai.common.mounts import MountRequest
 from bai.manager.services.vfolders import MountSpec, resolve_mounts
+from bai.manager.store.engine import AsyncConnection
 
 
 async def resolve(conn: AsyncConnection, owner: dict, requests: list[MountRequest]

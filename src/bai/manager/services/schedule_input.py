@@ -18,7 +18,6 @@ from sys import intern
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.resources import ResourceSlot
 from bai.common.status import OCCUPYING, SessionStatus
@@ -30,6 +29,7 @@ from bai.manager.scheduler.decision import (
     SchedulingInput,
 )
 from bai.manager.store.cached import Cached
+from bai.manager.store.engine import AsyncConnection
 from bai.manager.store.tables import (
     agents,
     domains,

@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common import services
 from bai.common.arrays import INDEX_VAR, element_name
@@ -43,7 +42,7 @@ from bai.manager.services.scheduling import first_lines
 from bai.manager.services.session_params import CreateRequest, check_name, parse_create
 from bai.manager.services.transitions import in_lists, record_enqueued
 from bai.manager.store.cached import Cached
-from bai.manager.store.engine import LATER
+from bai.manager.store.engine import LATER, AsyncConnection
 from bai.manager.store.tables import (
     agents,
     domains,

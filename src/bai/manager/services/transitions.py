@@ -33,12 +33,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.events import SessionEvent
 from bai.common.resources import ResourceSlot
 from bai.common.status import FINAL, OCCUPYING, SessionStatus, check_transition
-from bai.manager.store.engine import LATER, Store
+from bai.manager.store.engine import LATER, AsyncConnection, Store
 from bai.manager.store.tables import agents, kernels, session_history, sessions, utcnow
 
 S = SessionStatus

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import (
     InvalidAPIParameters, VFolderNotFound, VFolderPermissionDenied,
@@ -31,6 +30,7 @@ from bai.common.errors import (
 from bai.common.mounts import kernel_path
 from bai.common.resources import parse_size
 from bai.manager.store import tables as t
+from bai.manager.store.engine import AsyncConnection
 
 PERMISSIONS = ("ro", "rw", "wd")
 _PERMISSION_ALIASES = {

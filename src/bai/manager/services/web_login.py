@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bai.common.errors import AuthFailed, BaiError, Forbidden, InvalidAPIParameters, NotFound
 from bai.manager.context import Caller
 from bai.manager.services import passwords
 from bai.manager.services.auth import load_keypair
 from bai.manager.store import tables as t
-from bai.manager.store.engine import Store
+from bai.manager.store.engine import AsyncConnection, Store
 
 COOKIE = "bai_session"
 CSRF_HEADER = "X-BAI-CSRF"
