@@ -103,9 +103,14 @@ def _write_toml(path: Path, section: str, values: dict[str, object]) -> None:
 
 
 def _spawn(args: list[str], log: Path, pid_file: Path) -> subprocess.Popen:
+    # glibc's malloc gives each thread that allocates an arena of its own (up to 8 per core),
+    # whose freed pages it keeps: the manager's database and executor threads kept ~8 MB more
+    # with 5,000 sessions waiting (bench/memory.py --embedded)
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             args,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
