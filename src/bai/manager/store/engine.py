@@ -28,6 +28,9 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: each connection's page cache (SQLite's default: 2,000 KiB): the pages it holds are a copy of
+#: what the operating system's file cache holds too
+SQLITE_CACHE_KIB = 512
 _LISTED_WRITE = "bai_listed_write"
 _HEARTBEAT_ONLY = "bai_heartbeat_only"
 _REVISION_FILE = re.compile(r"(\d{4})_\w+\.py")
@@ -336,6 +339,7 @@ class Store:
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cur.close()
 
         @event.listens_for(sync_engine, "begin")
