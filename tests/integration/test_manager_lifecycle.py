@@ -1140,6 +1140,9 @@ async def test_place_many_takes_what_fits_in_order_and_refuses_the_rest(manager)
     for sid in (ids[0], ids[2]):
         row = await wait_status(manager, sid, {"SCHEDULED"}, timeout=0)
         assert row["agent_ids"] == ["agent-1"] and row["occupying_slots"] == row["requested_slots"]
+        # (the placement's statement is built once: each value comes from its parameters)
+        assert row["status_info"] == "scheduled" and row["status_data"] == {}
+        assert row["scheduled_at"] == row["status_changed"] is not None
         assert (await history(manager, sid))[-1] == ("PENDING", "SCHEDULED", "scheduled")
     assert (await wait_status(manager, ids[1], {"PENDING"}, timeout=0))["agent_ids"] == []
     assert [e.name for e in outbox.events] == ["session_scheduled", "session_scheduled"]

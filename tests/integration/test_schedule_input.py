@@ -15,6 +15,7 @@ from pg_support import private_store
 
 from bai.common.resources import ResourceSlot
 from bai.manager.services.bootstrap import bootstrap
+from bai.manager.services import schedule_input
 from bai.manager.services.schedule_input import load_input
 from bai.manager.store import tables as t
 from bai.manager.store.engine import Store
@@ -77,7 +78,13 @@ async def loaded(st: Store):
     return inp, got
 
 
-async def test_the_queue_is_what_a_plain_read_gives_and_changes_are_never_hidden(store):
+@pytest.mark.parametrize("short", [True, False], ids=["read-whole", "read-changed"])
+async def test_the_queue_is_what_a_plain_read_gives_and_changes_are_never_hidden(
+        store, short, monkeypatch):
+    # a short queue is read whole each time; a long one (here: any) by id, text and
+    # dependencies first, then what changed in full
+    if not short:
+        monkeypatch.setattr(schedule_input, "_READ_ALL_UNDER", 0)
     ids = await add_sessions(store, 6)
     await add_sessions(store, 2, requested_slots={"cpu": "0.5", "cuda.shares": "0.25"})
     first, got = await loaded(store)
@@ -118,6 +125,31 @@ async def test_the_queue_is_what_a_plain_read_gives_and_changes_are_never_hidden
     assert by_id[new].idle_timeout == 60
     # the untouched one is still the cached object
     assert by_id[ids[4]] is before[ids[4]]
+
+
+async def test_a_short_queue_is_read_in_one_statement(store):
+    """A pass over a short queue with a new session reads the queue in one statement (and
+    then the agents and what occupies slots; PostgreSQL: the limits too), and the dependencies
+    only once a pending session has some. Fails with the queue read by id first, then what
+    changed (6 on SQLite), or with the dependencies read each time."""
+    ids = await add_sessions(store, 2)
+
+    async def count():
+        before = store.statements
+        async with store.connect() as conn:
+            inp = await load_input(conn, store=store)
+        return inp, store.statements - before
+
+    await count()
+    await add_sessions(store, 1)
+    _inp, n = await count()
+    assert n == (4 if store.is_sqlite else 7)  # (SQLite: its BEGIN counts)
+    async with store.begin() as conn:
+        await conn.execute(sa.insert(t.session_dependencies).values(
+            session_id=ids[0], depends_on=ids[1]))
+    inp, with_deps = await count()
+    assert with_deps == n + 1
+    assert {p.id: p.dependencies for p in inp.pending}[ids[0]] == (ids[1],)
 
 
 async def test_the_kept_queue_holds_one_copy_of_each_shared_value(store):

@@ -136,6 +136,26 @@ _ROW_TEXT = functools.reduce(
 _RAW_ID = _raw(_c.id).label("raw_id")
 #: pending sessions read again in one query rather than by id when this many changed
 _REREAD_ALL = 500
+#: a queue the last pass found shorter than this is read in full in one query (its rows parsed
+#: only where their text changed): one trip instead of a short read and a read of what changed
+_READ_ALL_UNDER = 64
+_IS_PENDING = _c.status == str(S.PENDING)
+# ids and times read raw and made here: SQLAlchemy's per-value readers (a regular expression
+# per SQLite time) were half the CPU of a cold read of 10,000 sessions
+_FULL_COLS = (_RAW_ID, _ROW_TEXT, _raw(_c.requested_slots), _c.name, _c.access_key,
+              _raw(_c.created_at), _c.scaling_group, _c.domain_name, _raw(_c.starts_at), _c.type,
+              _c.idle_timeout, _raw(_c.group_id))
+#: whether a pending session depends on any (the dependencies are read only if one does)
+_HAS_DEPS = sa.exists().where(session_dependencies.c.session_id == _c.id).label("has_deps")
+_READ_SHORT = sa.select(_RAW_ID, _c.status_info, _ROW_TEXT, _HAS_DEPS).where(_IS_PENDING)
+_READ_FULL = sa.select(_c.status_info, _HAS_DEPS, *_FULL_COLS).where(_IS_PENDING)
+_d = session_dependencies.c
+_READ_DEPS = (
+    sa.select(_d.session_id, _d.depends_on, _c.name, _c.status, _c.result, _c.type)
+    .join(sessions, _c.id == _d.depends_on)
+    .where(_d.session_id.in_(sa.select(_c.id).where(_IS_PENDING).scalar_subquery()))
+)
+del _d
 
 
 async def _pending(conn: AsyncConnection) -> tuple[
@@ -143,48 +163,35 @@ async def _pending(conn: AsyncConnection) -> tuple[
     """The pending queue (dependencies attached), each session's ``status_info``, and the
     sessions they depend on.
 
-    Each pass reads three values per pending session (its raw id, status_info and row text);
-    only sessions that are new or changed are read in full and parsed (``_QueueCache``). With
-    nothing cached, one query reads them all in full.
+    Each pass reads four values per pending session (its raw id, status_info, row text and
+    whether it depends on any); only sessions that are new or changed are read in full and
+    parsed (``_QueueCache``). A short queue (``_READ_ALL_UNDER``) is read in full in one
+    query, and parsed likewise only where it changed. The dependencies are read only where a
+    pending session has some.
     """
     c = sessions.c
-    is_pending = c.status == str(S.PENDING)
     cache = _cache(conn)
-    # ids and times read raw and made here: SQLAlchemy's per-value readers (a regular
-    # expression per SQLite time) were half the CPU of a cold read of 10,000 sessions
-    full_cols = (_RAW_ID, _ROW_TEXT, _raw(c.requested_slots), c.name, c.access_key,
-                 _raw(c.created_at), c.scaling_group, c.domain_name, _raw(c.starts_at), c.type,
-                 c.idle_timeout, _raw(c.group_id))
+    texts, parsed = cache.texts, cache.parsed
     changed = None
-    if cache.texts:
-        rows = (await conn.execute(
-            sa.select(_RAW_ID, c.status_info, _ROW_TEXT).where(is_pending))).all()
-    else:  # nothing cached (a new manager, or an empty queue before): one full read
-        full = (await conn.execute(sa.select(c.status_info, *full_cols).where(is_pending))).all()
-        rows, changed = [], [r[1:] for r in full]
-        missing_info = {r[1]: r[0] for r in full}
+    if len(texts) < _READ_ALL_UNDER:
+        full = (await conn.execute(_READ_FULL)).all()
+        rows = [(r[2], r[0], r[3], r[1]) for r in full]
+        changed = [r[2:] for r in full]
+    else:
+        rows = (await conn.execute(_READ_SHORT)).all()
     deps: dict[uuid.UUID, list[uuid.UUID]] = {}
     dep_views: dict[uuid.UUID, DependencyView] = {}
-    if rows or changed:
-        d = session_dependencies.c
-        dep_rows = (
-            await conn.execute(
-                sa.select(d.session_id, d.depends_on, c.name, c.status, c.result, c.type)
-                .join(sessions, sessions.c.id == d.depends_on)
-                .where(d.session_id.in_(sa.select(c.id).where(is_pending).scalar_subquery()))
-            )
-        ).all()
-        for r in dep_rows:
+    if any(r[3] for r in rows):
+        for r in (await conn.execute(_READ_DEPS)).all():
             deps.setdefault(r.session_id, []).append(r.depends_on)
             dep_views[r.depends_on] = DependencyView(r.depends_on, r.name, r.status, r.result,
                                                      r.type)
-    texts, parsed = cache.texts, cache.parsed
     new_texts: dict[Any, str] = {}
     new_parsed: dict[Any, PendingSession] = {}
     pending: list[PendingSession] = []  # in no particular order (decide sorts)
     current_info: dict[Any, str | None] = {}
-    missing: dict[Any, str | None] = missing_info if changed is not None else {}
-    for rid, info, text in rows:
+    missing: dict[Any, str | None] = {}
+    for rid, info, text, _deps in rows:
         if texts.get(rid) == text:
             new_texts[rid] = text
             new_parsed[rid] = p = parsed[rid]
@@ -196,10 +203,10 @@ async def _pending(conn: AsyncConnection) -> tuple[
             missing[rid] = info
     if missing and changed is None:  # read the new or changed ones in full
         if len(missing) >= _REREAD_ALL:
-            changed = (await conn.execute(sa.select(*full_cols).where(is_pending))).all()
+            changed = (await conn.execute(sa.select(*_FULL_COLS).where(_IS_PENDING))).all()
         else:
             changed = (await conn.execute(
-                sa.select(*full_cols).where(is_pending, _RAW_ID.in_(list(missing))))).all()
+                sa.select(*_FULL_COLS).where(_IS_PENDING, _RAW_ID.in_(list(missing))))).all()
     if changed:
         groups_seen = cache.groups
         to_group = None
@@ -237,11 +244,12 @@ async def _pending(conn: AsyncConnection) -> tuple[
     return pending, current_info, dep_views
 
 
-async def _rows(conn: AsyncConnection, store: Any, key: Any, stmt: Any) -> list[Any]:
-    """The rows of ``stmt``, a read of the limits' and policies' tables: kept between passes
-    where ``store`` says nothing wrote them since (``Cached``)."""
+async def _rows(conn: AsyncConnection, store: Any, key: Any, stmt: Any,
+                params: dict[str, Any] | None = None) -> list[Any]:
+    """The rows of ``stmt`` (with ``params``), a read of the limits' and policies' tables:
+    kept between passes where ``store`` says nothing wrote them since (``Cached``)."""
     async def read() -> list[Any]:
-        return (await conn.execute(stmt)).all()
+        return (await conn.execute(stmt, params)).all()
 
     return await _cache(conn).policies.read(store, key, read)
 
@@ -249,6 +257,17 @@ async def _rows(conn: AsyncConnection, store: Any, key: Any, stmt: Any) -> list[
 _GROUP_LIMITS = sa.select(groups.c.id, groups.c.total_resource_slots)
 _DOMAIN_LIMITS = sa.select(domains.c.name, domains.c.total_resource_slots)
 _SCALING_GROUPS = sa.select(scaling_groups)
+# a pass's other statements, built once too (building one cost 0.1-0.2 ms, and its cache key)
+_KEYPAIR_LIMITS = (
+    sa.select(keypairs.c.access_key, keypair_resource_policies)
+    .join(keypair_resource_policies,
+          keypair_resource_policies.c.name == keypairs.c.resource_policy)
+    .where(keypairs.c.access_key.in_(sa.bindparam("keys", expanding=True))))
+_USAGE = (
+    sa.select(_c.access_key, _c.group_id, _c.domain_name,
+              _raw(_c.occupying_slots).label("occupying_slots"), _c.agent_ids,
+              _c.status, _c.type, _c.idle_timeout, _c.last_activity_at, _c.status_changed)
+    .where(_c.status.in_(_OCC)))
 
 
 async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0,
@@ -263,10 +282,9 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0,
     The pending queue's parsed form is kept between passes (``_QueueCache``): a pass parses
     only the rows that are new or changed. With ``store`` (SQLite), the groups', domains' and
     resource groups' rows and the keypairs' policies are read again only after a write to
-    their tables (a hello world's pass: 4 statements of 8).
+    their tables (a hello world's pass: 4 statements of 7).
     """
     now = now or utcnow()
-    c = sessions.c
     group_limit_rows = [g for g in await _rows(conn, store, "groups", _GROUP_LIMITS)
                         if g.total_resource_slots]
     pending, current_info, dep_views = await _pending(conn)
@@ -289,14 +307,7 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0,
     if not pending:
         return inp
     # What live sessions hold, per keypair / group / domain (occupying statuses only).
-    usage_rows = (
-        await conn.execute(
-            sa.select(c.access_key, c.group_id, c.domain_name,
-                      _raw(c.occupying_slots).label("occupying_slots"), c.agent_ids,
-                      c.status, c.type, c.idle_timeout, c.last_activity_at, c.status_changed)
-            .where(c.status.in_(_OCC))
-        )
-    ).all()
+    usage_rows = (await conn.execute(_USAGE)).all()
     by_key: dict[str, tuple[int, ResourceSlot]] = {}
     by_group: dict[Any, ResourceSlot] = {}
     by_domain: dict[str, ResourceSlot] = {}
@@ -312,11 +323,8 @@ async def load_input(conn: AsyncConnection, now=None, idle_slack: float = 0,
         by_group[r.group_id] = by_group.get(r.group_id, ResourceSlot()) + slots
         by_domain[r.domain_name] = by_domain.get(r.domain_name, ResourceSlot()) + slots
     keys = frozenset(p.access_key for p in pending)
-    kp_rows = await _rows(conn, store, ("keypairs", keys), (
-        sa.select(keypairs.c.access_key, keypair_resource_policies)
-        .join(keypair_resource_policies,
-              keypair_resource_policies.c.name == keypairs.c.resource_policy)
-        .where(keypairs.c.access_key.in_(sorted(keys)))))
+    kp_rows = await _rows(conn, store, ("keypairs", keys), _KEYPAIR_LIMITS,
+                          {"keys": sorted(keys)})
     kps = {}
     for row in kp_rows:
         r = row._mapping

@@ -26,6 +26,7 @@ against the table and gets its history row and events, as if made one by one in 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -343,14 +344,21 @@ async def lock_sessions(
     only (``MOVE_COLUMNS`` by default)."""
     wanted = [str(statuses)] if isinstance(statuses, str) else [str(s) for s in statuses]
     out: list[dict[str, Any]] = []
+    stmt = _lock_statement(tuple(columns))
     for chunk in in_lists(list(ids)):
-        res = await conn.execute(
-            sa.select(*columns)
-            .where(sessions.c.id.in_(chunk), sessions.c.status.in_(wanted))
-            .with_for_update()
-        )
+        res = await conn.execute(stmt, {"_ids": chunk, "_wanted": wanted})
         out.extend(dict(r) for r in res.mappings())
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _lock_statement(columns: tuple[Any, ...]) -> sa.Select:
+    """``lock_sessions``'s read of ``columns``, built once (a move's statement took 0.27 ms to
+    build, and its cache key more)."""
+    return (sa.select(*columns)
+            .where(sessions.c.id.in_(sa.bindparam("_ids", expanding=True)),
+                   sessions.c.status.in_(sa.bindparam("_wanted", expanding=True)))
+            .with_for_update())
 
 
 async def transit_many(
@@ -461,6 +469,21 @@ async def _record_walk(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]],
     await conn.execute(_INSERT_HISTORY, history)
 
 
+# place_many's statements, built once (building them took ~0.55 ms a placement)
+_LOCK_AGENTS = (
+    sa.select(agents.c.id, agents.c.occupied_slots, agents.c.available_slots, agents.c.status)
+    .where(agents.c.id.in_(sa.bindparam("_ids", expanding=True)))
+    .with_for_update())
+_PLACE_SESSIONS = (
+    sa.update(sessions)
+    .where(sessions.c.id.in_(sa.bindparam("_ids", expanding=True)),
+           sessions.c.status == S.PENDING.value)
+    .values(status=sa.bindparam("_to"), status_changed=sa.bindparam("_now"),
+            status_info=sa.bindparam("_info"), status_data=sa.bindparam("_data"),
+            scheduled_at=sa.bindparam("_now"), occupying_slots=sessions.c.requested_slots,
+            agent_ids=sa.bindparam("_agents")))
+
+
 async def place_many(
     conn: AsyncConnection,
     placements: Sequence[tuple[uuid.UUID, str, str]],
@@ -488,12 +511,7 @@ async def place_many(
     agent_ids = sorted({p[1] for p in placements})
     agent_rows = {}
     for chunk in in_lists(agent_ids):
-        res = await conn.execute(
-            sa.select(agents.c.id, agents.c.occupied_slots, agents.c.available_slots,
-                      agents.c.status)
-            .where(agents.c.id.in_(chunk))
-            .with_for_update()
-        )
+        res = await conn.execute(_LOCK_AGENTS, {"_ids": chunk})
         agent_rows.update({r.id: r for r in res})
     free = {
         a.id: ResourceSlot.from_json(a.available_slots) - ResourceSlot.from_json(a.occupied_slots)
@@ -534,12 +552,9 @@ async def place_many(
     moved = 0
     for agent_id, (address, sids, kids) in by_agent.items():
         for chunk in in_lists(sids):
-            res = await conn.execute(
-                sa.update(sessions)
-                .where(sessions.c.id.in_(chunk), sessions.c.status == S.PENDING.value)
-                .values(status=to, status_changed=now, status_info=info, status_data={},
-                        scheduled_at=now, occupying_slots=sessions.c.requested_slots,
-                        agent_ids=[agent_id]))
+            res = await conn.execute(_PLACE_SESSIONS, {
+                "_ids": chunk, "_to": to, "_now": now, "_info": info, "_data": {},
+                "_agents": [agent_id]})
             moved += res.rowcount
         for chunk in in_lists(kids):
             await conn.execute(
