@@ -424,3 +424,38 @@ def test_ps_against_a_manager_without_the_route_goes_through_click(fake, capsys,
     assert r.code == 0, r.err
     paths = [(q.method, q.raw_path.split("?")[0]) for q in fake.requests]
     assert paths[0] == ("GET", "/session/_/list") and ("POST", "/admin/gql") in paths[1:]
+
+
+@pytest.mark.parametrize("command, status", [
+    (("start", "--enqueue-only", "--starts-at", "2h", "-t", "queued3", "python"), "PENDING"),
+    (("run", "--rm", "-t", "run3", "-c", "print(1)", "python"), "RUNNING"),
+])
+def test_the_managers_unix_socket_carries_the_same_requests_as_its_port(
+        fake, capsys, monkeypatch, tmp_path, command, status):  # noqa: F811
+    """A profile's api_socket (``server start`` writes it): the express paths send there
+    what they send to the port, signed for the port's host, and print the same; a socket
+    that nothing answers at leaves them on the port."""
+    fake.serve_unix(str(tmp_path / "api.sock"))
+    fake.knobs["create_status"] = status
+    monkeypatch.delenv("BACKEND_ENDPOINT")
+    monkeypatch.setenv("BAI_CLI_EXPRESS", "1")
+    monkeypatch.setenv("BAI_CONFIG", str(tmp_path / "client.toml"))
+
+    def call(socket_line: str) -> tuple:
+        (tmp_path / "client.toml").write_text(
+            f'[default]\nendpoint = "{fake.endpoint}"\n{socket_line}')
+        fake.requests.clear()
+        r = invoke(capsys, *command)
+        sent = [(q.method, UUID.sub("<id>", f"{q.raw_path} {json.dumps(q.body)}"), q.ws_in,
+                 q.signature_ok, q.headers.get("Host"), q.headers.get("Content-Type"))
+                for q in fake.requests]
+        return (r.code, UUID.sub("<id>", r.out), UUID.sub("<id>", r.err)), sent, \
+            {q.unix for q in fake.requests}
+
+    by_port = call("")
+    by_socket = call(f'api_socket = "{tmp_path / "api.sock"}"\n')
+    assert by_port[2] == {False} and by_socket[2] == {True}
+    assert by_socket[:2] == by_port[:2] and by_port[0][0] == 0 and len(by_port[1]) >= 2
+    assert all(s[3] for s in by_socket[1])  # signed for the port's host, checked as such
+    gone = call(f'api_socket = "{tmp_path / "gone.sock"}"\n')
+    assert gone == by_port

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Recorded:
     parts: list[dict[str, Any]] = field(default_factory=list)
     ws_in: list[str] = field(default_factory=list)
     signature_ok: bool | None = None
+    unix: bool = False  # came over the unix socket (``serve_unix``), not TCP
 
 
 class FakeManager:
@@ -129,6 +131,13 @@ class FakeManager:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
+    def serve_unix(self, path: str) -> None:
+        """Serve the same wire on the unix socket ``path`` too (the manager's api_socket)."""
+        async def up() -> None:
+            await web.UnixSite(self._runner, path).start()  # type: ignore[arg-type]
+
+        asyncio.run_coroutine_threadsafe(up(), self._loop).result(10)  # type: ignore[arg-type]
+
     def stop(self) -> None:
         async def down() -> None:
             self._unstall.set()
@@ -140,6 +149,8 @@ class FakeManager:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         rec = Recorded(request.method, request.raw_path, dict(request.headers))
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        rec.unix = sock is not None and sock.family == socket.AF_UNIX
         auth = parse_authorization(request.headers.get("Authorization", ""))
         if auth is not None:
             body_hash = request.headers.get(BODY_HASH_HEADER)

@@ -45,6 +45,25 @@ def test_profiles_and_env_precedence(cfgfile):
     assert (over.access_key, over.secret_key, over.domain) == ("AKENV", "su", "d2")
 
 
+def test_the_api_socket_belongs_to_the_files_endpoint(tmp_path):
+    from bai.client.endpoint import Endpoints
+
+    p = tmp_path / "client.toml"
+    p.write_text('[default]\nendpoint = "http://127.0.0.1:8091"\n'
+                 'api_socket = "/run/bai/api.sock"\naccess_key = "AK"\nsecret_key = "s"\n')
+    cfg = ClientConfig.load(env={"BAI_CONFIG": str(p)})
+    assert cfg.api_socket == "/run/bai/api.sock"
+    assert Endpoints(cfg).local_sockets() == {("http", "127.0.0.1", 8091): "/run/bai/api.sock"}
+    # another manager named in the environment is not the one listening there
+    other = ClientConfig.load(env={"BAI_CONFIG": str(p), "BACKEND_ENDPOINT": "http://h:1"})
+    assert other.api_socket == "" and Endpoints(other).local_sockets() == {}
+    keys = ClientConfig.load(env={"BAI_CONFIG": str(p), "BACKEND_ACCESS_KEY": "AK2"})
+    assert keys.api_socket == "/run/bai/api.sock"
+    # the socket speaks what the port speaks: not for an https endpoint
+    tls = ClientConfig(endpoints=("https://127.0.0.1:8091",), api_socket="/run/bai/api.sock")
+    assert Endpoints(tls).local_sockets() == {}
+
+
 def test_missing_profile_and_bad_endpoint_are_clear(cfgfile, tmp_path):
     with pytest.raises(ConfigError, match="no profile 'nope'.*default, user"):
         ClientConfig.load("nope", env={"BAI_CONFIG": str(cfgfile)})

@@ -53,3 +53,37 @@ def test_quote_is_urllib_quote(text):
 ])
 def test_only_plain_http_endpoints_are_taken(url, want):
     assert ps_rendered._endpoint(url) == want
+
+
+def test_the_managers_unix_socket_is_asked_first_and_the_port_after(tmp_path):
+    """``fetch`` with the profile's api_socket: the answer comes from there (the port here
+    is closed); a socket nothing answers at leaves the port, as before (closed: None)."""
+    import socket
+    import threading
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    path = str(tmp_path / "api.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    got = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            got.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 6\r\n\r\ntable\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        answer_ = ps_rendered.fetch("127.0.0.1", port, b"GET / HTTP/1.1\r\n\r\n", path)
+    finally:
+        thread.join(10)
+        server.close()
+    assert answer_ is not None and answer_[0] == 200 and bytes(answer_[2]) == b"table\n"
+    assert got == [b"GET / HTTP/1.1\r\n\r\n"]
+    assert ps_rendered.fetch("127.0.0.1", port, b"GET / HTTP/1.1\r\n\r\n", path) is None

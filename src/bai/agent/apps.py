@@ -341,12 +341,12 @@ class LocalApps:
     async def start(self) -> bool:
         """Listen at ``path`` (a stale socket of a stopped agent is replaced); False where
         it cannot (the manager then relays as it does for another machine's agent)."""
-        from bai.common import zerocopy
+        from bai.common.unixsock import unix_address
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         dfd = None
         try:
-            addr, dfd = zerocopy.unix_address(self.path)
+            addr, dfd = unix_address(self.path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr)
             old = os.umask(0o177)
@@ -369,7 +369,7 @@ class LocalApps:
         return True
 
     async def stop(self) -> None:
-        from bai.common import zerocopy
+        from bai.common.unixsock import remove_unix
 
         if self.task is not None:
             self.task.cancel()
@@ -377,7 +377,7 @@ class LocalApps:
                 await self.task
         if self.sock is not None:
             self.sock.close()
-            zerocopy.remove_unix(self.path)
+            remove_unix(self.path)
         self.sock = self.task = None
 
     async def _serve(self) -> None:

@@ -76,6 +76,21 @@ def connect_tcp(host: bytes | str, port: int, timeout: float | None) -> Any:
     raise OSError("getaddrinfo returns an empty list")
 
 
+def connect_local(path: str, timeout: float | None) -> Any:
+    """A ``_socket`` connected to the unix socket ``path``; None where nothing answers there
+    (no such file, no access, a server that stopped)."""
+    from bai.common.unixsock import connect_unix
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        connect_unix(sock, path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 class Answer:
     """A whole answer: status, headers (lower-case names) and body."""
 
@@ -141,10 +156,14 @@ class BlockingHTTP:
     """Keep-alive connections to a few hosts; ``close()`` ends them."""
 
     def __init__(self, *, headers: dict[str, str] | None = None,
-                 connect_timeout: float = 10.0, read_timeout: float | None = None) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float | None = None,
+                 local: dict[tuple[str, str, int], str] | None = None) -> None:
         self.default_headers = dict(headers or {})
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout  # None: wait as long as the answer takes
+        #: (scheme, host, port) -> the unix socket where that server listens on this machine
+        #: too (``Endpoints.local_sockets``): tried first, whatever proxy the environment names
+        self.local = dict(local or {})
         self._idle: dict[tuple[str, str, int], _Conn] = {}
 
     def close(self) -> None:
@@ -157,6 +176,12 @@ class BlockingHTTP:
         conn = self._idle.pop(key, None)
         if conn is not None:
             return conn
+        path = self.local.get(key)
+        if path is not None:
+            sock = connect_local(path, self.connect_timeout)
+            if sock is not None:
+                sock.settimeout(self.read_timeout)
+                return _Conn(key, sock)
         try:
             sock = open_socket(scheme, host, port, self.connect_timeout, lean=True)
             sock.settimeout(self.read_timeout)

@@ -8,8 +8,10 @@ Sources, strongest first:
 2. a profile of the TOML file written by ``backend.ai server start``: ``$BAI_CONFIG``, else
    ``$XDG_CONFIG_HOME/bai/client.toml``, else ``~/.config/bai/client.toml``. Profiles are tables
    (``[default]`` = the admin keypair, ``[user]`` = a user keypair) with ``endpoint``,
-   ``access_key``, ``secret_key`` and optionally ``domain`` and ``group``. The profile is chosen
-   with ``--profile NAME`` or ``BAI_PROFILE`` (default ``default``);
+   ``access_key``, ``secret_key`` and optionally ``domain``, ``group`` and ``api_socket`` (the
+   unix socket where the manager of the first endpoint serves its API on this machine, which
+   the express paths reach it at; unused when ``BACKEND_ENDPOINT`` names the endpoints). The
+   profile is chosen with ``--profile NAME`` or ``BAI_PROFILE`` (default ``default``);
 3. built-in defaults (``http://127.0.0.1:8091``, domain and group ``default``).
 """
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8091"
 _FIELDS = ("endpoints", "access_key", "secret_key", "domain", "group", "profile", "source",
-           "extra")
+           "extra", "api_socket")
 
 
 def _error(msg: str) -> Exception:
@@ -90,9 +92,9 @@ class ClientConfig:
     def __init__(self, endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,), access_key: str = "",
                  secret_key: str = "", domain: str = "default", group: str = "default",
                  profile: str = "default", source: str = "defaults",
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None, api_socket: str = "") -> None:
         values = (tuple(endpoints), access_key, secret_key, domain, group, profile, source,
-                  dict(extra or {}))
+                  dict(extra or {}), api_socket)
         for name, value in zip(_FIELDS, values):
             object.__setattr__(self, name, value)
 
@@ -105,7 +107,7 @@ class ClientConfig:
         return all(getattr(self, f) == getattr(other, f) for f in _FIELDS)
 
     def __hash__(self) -> int:
-        return hash(tuple(getattr(self, f) for f in _FIELDS[:-1]))
+        return hash(tuple(getattr(self, f) for f in _FIELDS if f != "extra"))
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in _FIELDS if f != "secret_key")
@@ -153,6 +155,8 @@ class ClientConfig:
             if v is not None and v != "":
                 values[key] = v
                 source = "environment" if source == "defaults" else source + " + environment"
+                if key == "endpoint":  # the file's socket is its endpoint's manager's
+                    values.pop("api_socket", None)
         raw_endpoints = values.get("endpoint", DEFAULT_ENDPOINT)
         endpoints = tuple(e.strip().rstrip("/") for e in raw_endpoints.split(",") if e.strip())
         if not endpoints:
@@ -176,4 +180,5 @@ class ClientConfig:
             group=values.get("group", "default"),
             profile=profile,
             source=source,
+            api_socket=values.get("api_socket", ""),
         )

@@ -8,7 +8,7 @@ only when one is raised.
 from __future__ import annotations
 
 from bai.client import jsonwire
-from bai.client.http1 import quote_plain, url_parts
+from bai.client.http1 import quote_plain, split_url, url_parts
 from bai.common.signing import API_VERSION, make_headers, now_iso
 
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
@@ -79,6 +79,15 @@ class Endpoints:
     def order(self) -> list[int]:
         n = len(self.config.endpoints)
         return [(self.active + i) % n for i in range(n)]
+
+    def local_sockets(self) -> dict[tuple[str, str, int], str]:
+        """``BlockingHTTP``'s ``local``: the configuration's ``api_socket`` for the first
+        endpoint, a plain ``http`` one (the socket speaks what the port speaks)."""
+        cfg = self.config
+        if not cfg.api_socket or not cfg.endpoints[0].startswith("http://"):
+            return {}
+        scheme, host, port, _, _ = split_url(cfg.endpoints[0])
+        return {(scheme, host, port): cfg.api_socket}
 
     def target(self, idx: int, path: str, params: Params) -> tuple[str, str]:
         """(full URL, signed path+query) for ``path`` on endpoint ``idx``."""

@@ -23,6 +23,7 @@ from bai.client import http1
 from bai.client.blocking import _Conn, open_socket
 from bai.client.http1 import WireError
 from bai.common import zerocopy
+from bai.common.unixsock import connect_unix
 
 # ``typing`` costs ~3 ms to import; annotations are never evaluated here.
 TYPE_CHECKING = False
@@ -202,13 +203,8 @@ def get_into(url: str, fd: int, timeout: float | None,
 
 def _connect_local(sock, socket_path: str) -> None:
     """Connect ``sock`` to the manager's storage unix socket ``socket_path``."""
-    addr, dfd = zerocopy.unix_address(socket_path)
-    try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(addr)
-    finally:
-        if dfd is not None:
-            os.close(dfd)
+    sock.settimeout(CONNECT_TIMEOUT)
+    connect_unix(sock, socket_path)
 
 
 def upload_local(socket_path: str, token: str, local: str | os.PathLike) -> int | None:

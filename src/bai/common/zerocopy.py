@@ -190,28 +190,6 @@ async def _in_thread(fn: Callable[..., int], body: SocketBody, *args: object) ->
         raise
 
 
-def unix_address(path: str) -> tuple[str, int | None]:
-    """An address ``bind``/``connect`` take for the unix socket ``path`` (``sun_path`` holds
-    107 bytes: a longer one is reached through a descriptor on its folder, valid in this
-    process only), and that descriptor, which the caller closes after the call."""
-    if len(os.fsencode(path)) < 100:
-        return path, None
-    folder, name = os.path.split(path)
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return f"/proc/self/fd/{dfd}/{name}", dfd
-
-
-def remove_unix(path: str) -> None:
-    """Remove the unix socket ``path`` (long paths too, as ``unix_address``); gone is fine."""
-    with contextlib.suppress(OSError):
-        addr, dfd = unix_address(path)
-        try:
-            os.unlink(addr)
-        finally:
-            if dfd is not None:
-                os.close(dfd)
-
-
 def copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     """Copy up to ``count`` bytes of the file ``src_fd`` from ``offset`` to ``dst_fd`` at its
     position, inside the kernel (``copy_file_range``, ``sendfile`` across filesystems), as

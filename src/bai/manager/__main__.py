@@ -1,6 +1,7 @@
 """``bai-manager``: serve the manager, initialise or migrate its database.
 
-    bai-manager serve [--config F]                 run the API on settings.host:port
+    bai-manager serve [--config F]                 run the API on settings.host:port (and
+                                                   api_socket)
     bai-manager init  [--config F] [--keys-out F]  migrate + bootstrap; prints the keypairs
     bai-manager migrate [--config F]               bring the schema to the newest revision
 """
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
 import click
 
 from bai.common.errors import BaiError
+from bai.common.unixsock import listen_unix, remove_unix
 from bai.manager.settings import ManagerSettings
 
 
@@ -51,11 +55,29 @@ def serve(config: str | None) -> None:
         ssl_context = settings.ssl_context()
     except (ValueError, OSError) as e:  # OSError/ssl.SSLError: unreadable or mismatched files
         raise click.ClickException(f"invalid manager settings: {e}") from None
-    # libuv's loop: ~10% less CPU per create than asyncio's (bench/session_create.py); the
-    # event loop thread is what bounds the manager's requests per second
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                ssl_context=ssl_context, loop=uvloop.new_event_loop(),
-                print=lambda *_: None, access_log=None)
+    unix = _api_socket(settings.api_socket)
+    try:
+        # libuv's loop: ~10% less CPU per create than asyncio's (bench/session_create.py); the
+        # event loop thread is what bounds the manager's requests per second
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, sock=unix,
+                    ssl_context=ssl_context, loop=uvloop.new_event_loop(),
+                    print=lambda *_: None, access_log=None)
+    finally:
+        if unix is not None:
+            unix.close()
+            remove_unix(settings.api_socket)
+
+
+def _api_socket(path: str) -> socket.socket | None:
+    """The listening socket of ``api_socket``; None where none is set or it cannot listen
+    (then the CLI reaches the port, as any client does)."""
+    if not path:
+        return None
+    try:
+        return listen_unix(path)
+    except OSError as e:
+        logging.getLogger(__name__).warning("the API is not served at %s: %s", path, e)
+        return None
 
 
 async def _init(settings: ManagerSettings, keys: dict | None) -> dict:

@@ -17,6 +17,11 @@ class ManagerSettings(TomlSettings):
 
     host: str = Field("127.0.0.1", description="address the public API listens on")
     port: int = Field(8091, description="port of the public API")
+    api_socket: str = Field(
+        "", description="unix socket that serves the public API too (as the port does, TLS "
+        "included): bai's CLI on this machine sends its requests there when its client "
+        "configuration names it (api_socket), with less work than over TCP; who may connect "
+        "is its folder's business; empty: none")
     db_url: str = Field(
         "sqlite+aiosqlite:///bai.db",
         description="SQLAlchemy URL: sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db",

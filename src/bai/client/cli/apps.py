@@ -225,19 +225,14 @@ def take_local(ticket: LocalTicket) -> tuple[socket.socket, socket.socket] | Non
     """Blocking: (the service's connected socket, the open unix connection to the manager),
     or None where the local path cannot be taken (no such socket here: another machine; a
     ticket refused); a refusal of the service itself is raised as its problem."""
-    from bai.common import zerocopy
     from bai.common.errors import error_from_problem
+    from bai.common.unixsock import connect_unix
 
     chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     fds: list[int] = []
     try:
-        addr, dfd = zerocopy.unix_address(ticket.path)
-        try:
-            chan.settimeout(10.0)
-            chan.connect(addr)
-        finally:
-            if dfd is not None:
-                os.close(dfd)
+        chan.settimeout(10.0)
+        connect_unix(chan, ticket.path)
         chan.sendall(json.dumps({"op": "app", "ticket": ticket.ticket}).encode())
         chan.settimeout(150.0)  # a service bai starts (jupyter) may take 90 s
         msg, fds, _, _ = socket.recv_fds(chan, 65536, 1)

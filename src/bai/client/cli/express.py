@@ -95,7 +95,7 @@ class Express:
         self.config = ClientConfig.load(None)
         self.eps = Endpoints(self.config)
         self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10,
-                                 read_timeout=read_timeout())
+                                 read_timeout=read_timeout(), local=self.eps.local_sockets())
 
     def note(self, text: str) -> None:
         if not self.quiet:

@@ -262,7 +262,7 @@ class RunExpress(Express):
         self.note(cancel_note(name))
         self.http.close()
         self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=5,
-                                 read_timeout=CANCEL_SECONDS)
+                                 read_timeout=CANCEL_SECONDS, local=self.eps.local_sockets())
         try:
             self.request("DELETE", session_path(name))
         except Exception as e:  # noqa: BLE001 - say it and leave: the user asked to stop

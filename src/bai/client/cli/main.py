@@ -19,8 +19,8 @@ EXIT_USAGE = 2
 #: what the express ``run`` and ``start`` import in any case, each after what it imports
 EXPRESS_MODULES = ("bai.client.jsonwire", "bai.client.http1", "bai.client.blocking",
                    "bai.client.cli.argv", "bai.common", "bai.common.signing",
-                   "bai.client.endpoint", "bai.client.cli.express", "bai.client.config",
-                   "bai.common.names", "bai.client.bodies")
+                   "bai.common.unixsock", "bai.client.endpoint", "bai.client.cli.express",
+                   "bai.client.config", "bai.common.names", "bai.client.bodies")
 #: and besides, each its own
 START_MODULES = ("bai.client.cli.progress",)
 RUN_MODULES = ("bai.client.websocket", "bai.client.cli.progress", "bai.client.cli.express_run")

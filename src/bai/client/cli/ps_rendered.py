@@ -156,10 +156,23 @@ def _timeout() -> float | None:
     return value if value > 0 else None
 
 
-def fetch(host: str, port: int, request: bytes) -> tuple[int, dict[str, str], bytearray] | None:
-    """(status, headers, body) of one exchange, or None if no connection could be made."""
+def fetch(host: str, port: int, request: bytes,
+          local: str = "") -> tuple[int, dict[str, str], bytearray] | None:
+    """(status, headers, body) of one exchange, or None if no connection could be made;
+    ``local`` (the manager's ``api_socket``) is tried first."""
     import _socket
 
+    if local:
+        from bai.common.unixsock import connect_unix
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(10.0)
+            connect_unix(sock, local)
+        except OSError:
+            sock.close()
+        else:
+            return _exchange(sock, request)
     try:
         addrs = _socket.getaddrinfo(host.encode("ascii"), port, 0, _socket.SOCK_STREAM)
     except OSError:
@@ -172,15 +185,20 @@ def fetch(host: str, port: int, request: bytes) -> tuple[int, dict[str, str], by
         except OSError:
             sock.close()
             continue
-        try:
-            sock.settimeout(_timeout())
-            sock.sendall(request)
-            return read_answer(sock)
-        except (OSError, ValueError):
-            return None
-        finally:
-            sock.close()
+        return _exchange(sock, request)
     return None
+
+
+def _exchange(sock: Any, request: bytes) -> tuple[int, dict[str, str], bytearray] | None:
+    """``request`` on the connected ``sock`` and its answer (None if that failed); closes it."""
+    try:
+        sock.settimeout(_timeout())
+        sock.sendall(request)
+        return read_answer(sock)
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
 
 
 def read_answer(sock: Any) -> tuple[int, dict[str, str], bytearray]:
@@ -239,7 +257,7 @@ def main(args: list[str]) -> int | None:
         return None
     host, port, netloc, prefix = target
     path_qs = prefix + ROUTE + "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in query)
-    answer = fetch(host, port, request_bytes(config, path_qs, netloc))
+    answer = fetch(host, port, request_bytes(config, path_qs, netloc), config.api_socket)
     if answer is None:
         return None
     status, headers, body = answer

@@ -269,10 +269,14 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     os.chmod(meta_path, 0o600)
 
     endpoint = f"http://127.0.0.1:{meta['port']}"
+    # the API on a unix socket too: this machine's CLI sends its requests there (less work in
+    # the kernel than a TCP connection), other clients use the port
+    api_socket = str(state / "api.sock")
     manager_toml, agent_toml = state / "manager.toml", state / "agent.toml"
     _write_toml(manager_toml, "manager", {
         "host": "127.0.0.1",
         "port": meta["port"],
+        "api_socket": api_socket,
         "db_url": f"sqlite+aiosqlite:///{state / 'bai.db'}",
         "cluster_token": meta["cluster_token"],
         "state_dir": str(state),
@@ -344,6 +348,7 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     for profile, who in (("default", "admin"), ("user", "user")):
         body.append(f"[{profile}]")
         body.append(f"endpoint = {json.dumps(endpoint)}")
+        body.append(f"api_socket = {json.dumps(api_socket)}")
         body.append(f"access_key = {json.dumps(keys[who]['access_key'])}")
         body.append(f"secret_key = {json.dumps(keys[who]['secret_key'])}")
         body.append("")

@@ -131,7 +131,7 @@ class Manager:
         self.eps = Endpoints(self.config)
         self.read_timeout = read_timeout()
         self.http = BlockingHTTP(headers={"User-Agent": USER_AGENT}, connect_timeout=10,
-                                 read_timeout=self.read_timeout)
+                                 read_timeout=self.read_timeout, local=self.eps.local_sockets())
         #: the endpoints that answered (later requests to them may meet a closed keep-alive)
         self.answered: set[int] = set()
 

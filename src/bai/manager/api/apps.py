@@ -281,18 +281,13 @@ def _local_offer(request: web.Request, sess: dict[str, Any], address: str, kerne
 def _from_agent(path: str, cluster_token: str, kernel_id: str, params: dict[str, str]) -> int:
     """Blocking: the descriptor of the socket the kernel's runner connected to the service,
     from the agent's apps socket at ``path``; its refusal raised as the problem it carries."""
-    from bai.common import zerocopy
+    from bai.common.unixsock import connect_unix
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     fds: list[int] = []
     try:
         sock.settimeout(10.0)
-        addr, dfd = zerocopy.unix_address(path)
-        try:
-            sock.connect(addr)
-        finally:
-            if dfd is not None:
-                os.close(dfd)
+        connect_unix(sock, path)
         if not rawstream.trusted_peer(sock):  # not the agent: it gets no cluster token
             raise _LocalPathBroken(f"{path} is served by another user")
         sock.sendall(json.dumps({"cluster_token": cluster_token, "kernel_id": kernel_id,

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from bai.common import zerocopy
+from bai.common import unixsock, zerocopy
 from bai.common.rawstream import peer_uid
 from bai.common.errors import BaiError, Forbidden, InvalidAPIParameters
 from bai.manager.api.middleware import problem_response
@@ -215,25 +215,12 @@ class LocalUploads:
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        dfd = None
         try:
-            addr, dfd = zerocopy.unix_address(self.path)
-            with contextlib.suppress(FileNotFoundError):
-                if not _answers(addr):
-                    os.unlink(addr)  # a stale socket of a manager that stopped
-            sock.bind(addr)
-            os.chmod(addr, 0o666)  # who may reach it is the state folder's business
-            sock.listen(64)
-            sock.setblocking(False)
+            # who may reach it is the state folder's business
+            self.sock = unixsock.listen_unix(self.path)
         except OSError as e:
-            sock.close()
             log.info("no local uploads at %s: %s", self.path, e)
             return
-        finally:
-            if dfd is not None:
-                os.close(dfd)
-        self.sock = sock
         self.task = asyncio.create_task(self._serve(), name="storage-local-uploads")
 
     async def stop(self) -> None:
@@ -243,7 +230,7 @@ class LocalUploads:
                 await self.task
         if self.sock is not None:
             self.sock.close()
-            zerocopy.remove_unix(self.path)
+            unixsock.remove_unix(self.path)
         self.sock = self.task = None
 
     async def _serve(self) -> None:
@@ -331,18 +318,6 @@ def may_hold(st: os.stat_result, peer: int | None) -> bool:
     if peer in (0, os.geteuid()):
         return True
     return st.st_uid != peer and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _answers(addr: str) -> bool:
-    """Whether a server listens at the unix socket ``addr``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(addr)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 async def _start_local(app: web.Application) -> None:
