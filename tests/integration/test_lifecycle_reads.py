@@ -23,7 +23,13 @@ from bai.manager.services.lifecycle import (
     Lifecycle,
     _kernel_sessions,
 )
-from bai.manager.services.transitions import Outbox, load_session, transit, transit_many
+from bai.manager.services.transitions import (
+    Outbox,
+    load_session,
+    place_many,
+    transit,
+    transit_many,
+)
 from bai.manager.store.engine import Store
 from bai.manager.store.tables import (
     agents,
@@ -180,6 +186,37 @@ async def test_a_moves_unread_writes_go_with_its_commit(store, trips):
     assert [tuple(h) for h in history] == [
         (ended, "RUNNING", "TERMINATING", "user-requested"),
         (started, "CREATING", "RUNNING", "started")]
+
+
+async def test_a_placement_writes_the_sessions_with_its_commit(store, trips):
+    """``place_many`` reads the sessions and agents it places on; on SQLite, where its write
+    transaction holds the database from the first read, the sessions' update goes with the
+    commit (3 trips to the thread: the two reads and the commit; 4 with the update sent on its
+    own), and on both databases the sessions, kernels and agents are written."""
+    made = await sessions_with_kernels(store, ("PENDING", "CREATING"))
+    async with store.begin() as conn:
+        await conn.execute(sa.update(sessions).values(status="PENDING",
+                                                      requested_slots={"cpu": "1"}))
+        await conn.execute(sa.insert(agents).values(
+            id="a-1", address="http://a-1", available_slots={"cpu": "4"}, occupied_slots={}))
+    (one, kid), (two, _) = made.values()
+    trips[0] = 0
+    async with store.begin() as conn:
+        placed, refused = await place_many(
+            conn, [(one, "a-1", "http://a-1"), (two, "a-1", "http://a-1")], outbox=Outbox(),
+            then=[("PREPARING", "preparing")])
+    assert {r["id"] for r in placed} == {one, two} and refused == 0
+    if store.is_sqlite:
+        assert trips[0] == 3
+    async with store.connect() as conn:
+        rows = (await conn.execute(sa.select(sessions.c.status, sessions.c.agent_ids,
+                                             sessions.c.occupying_slots))).all()
+        kernel = (await conn.execute(sa.select(kernels.c.status, kernels.c.agent_id)
+                                     .where(kernels.c.id == kid))).one()
+        occupied = (await conn.execute(sa.select(agents.c.occupied_slots))).scalar()
+    assert [tuple(r) for r in rows] == [("PREPARING", ["a-1"], {"cpu": "1"})] * 2
+    assert tuple(kernel) == ("PREPARING", "a-1")
+    assert occupied == {"cpu": "2"}
 
 
 @pytest.mark.postgres
