@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from test_cli_fake_manager import fake, invoke  # noqa: F401
 
+from bai.client import http1
 from bai.client.cli.express_run import parse
 from bai.client.config import ClientConfig, plain_toml
 from bai.client.http1 import quote_plain, url_parts
@@ -259,6 +260,16 @@ def test_express_run_imports_neither_click_nor_asyncio(fake):  # noqa: F811
 def test_url_parts_agree_with_urlsplit(url):
     p = urlsplit(url)
     assert url_parts(url) == (p.scheme.lower(), p.netloc, p.path, p.query, p.hostname, p.port)
+
+
+def test_url_parts_stay_right_however_many_urls_are_asked():
+    """``url_parts`` keeps its answers (a client splits the same few URLs per request), as
+    many as it may: each answer is still its own URL's."""
+    urls = [f"http://h{i % 7}:{8000 + i}/p{i}?q={i}" for i in range(600)]
+    for url in urls + urls[::-1] + urls:
+        p = urlsplit(url)
+        assert url_parts(url) == (p.scheme, p.netloc, p.path, p.query, p.hostname, p.port)
+    assert len(http1._parts) <= 256
 
 
 @pytest.mark.parametrize("text", ["abc-DEF_1.2~", "a b", "ü", "x/y", "*", ""])

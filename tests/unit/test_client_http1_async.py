@@ -10,9 +10,11 @@ import pytest
 
 from bai.client.config import ClientConfig
 from bai.client.connection import Connection
-from bai.client.errors import ConnectionLost
+from bai.client.errors import ConnectionLost, ManagerTimeout
 from bai.client.http1 import ConnectFailed, WireError
 from bai.client.http1_async import AsyncHTTP
+from bai.client.models import CreateSpec
+from bai.client.session import SessionAPI
 from bai.testing.ports import free_port
 
 
@@ -201,3 +203,62 @@ async def test_a_cancelled_request_leaves_no_connection_behind():
             assert srv.connections == 2
         finally:
             await http.close()
+
+
+def sdk_config(url: str, tmp_path) -> ClientConfig:
+    return ClientConfig.load(env={"BACKEND_ENDPOINT": url, "BACKEND_ACCESS_KEY": "AK",
+                                  "BACKEND_SECRET_KEY": "SK", "HOME": str(tmp_path)})
+
+
+async def test_the_sdk_waits_for_an_answer_in_the_callers_task(tmp_path):
+    """A plain request is bounded by the read timeout in the caller's own task: no task per
+    request (asyncio.wait_for's task cost a create ~2 extra turns of the event loop)."""
+    seen: list[set[str]] = []
+
+    async def look(head: bytes, body: bytes) -> bytes:
+        seen.append({t.get_coro().__qualname__ for t in asyncio.all_tasks()})
+        return await echo(head, body)
+
+    async with Server(look) as srv:
+        async with Connection(sdk_config(srv.url, tmp_path)) as conn:
+            assert conn.read_timeout  # (a limit to keep)
+            answer = await conn.request("POST", "/session", json_body={"image": "python"})
+    assert answer["line"] == "POST /session HTTP/1.1"
+    assert seen == [{"test_the_sdk_waits_for_an_answer_in_the_callers_task", "Server._serve"}]
+
+
+async def test_the_sdk_times_out_a_silent_manager_and_does_not_read_its_late_answer(
+        tmp_path, monkeypatch):
+    gate = asyncio.Event()
+
+    async def slow(head: bytes, body: bytes) -> bytes:
+        if b"/slow" in head:
+            await gate.wait()
+        return await echo(head, body)
+
+    monkeypatch.setenv("BAI_READ_TIMEOUT", "0.2")
+    async with Server(slow) as srv:
+        async with Connection(sdk_config(srv.url, tmp_path)) as conn:
+            with pytest.raises(ManagerTimeout, match=r"did not answer within 0\.2 s"):
+                await conn.request("GET", "/slow")
+            gate.set()
+            assert (await conn.request("GET", "/next"))["line"] == "GET /next HTTP/1.1"
+            assert (await conn.request("GET", "/slow", timeout=None))["line"] == (
+                "GET /slow HTTP/1.1")
+        assert srv.connections == 2
+
+
+async def test_an_enqueue_only_create_has_the_connections_read_timeout(tmp_path, monkeypatch):
+    """``SessionAPI.create`` bounds an enqueue-only create by its connection's read timeout
+    (read once, when the connection was made), as every other request of the connection."""
+    async def slow(head: bytes, body: bytes) -> bytes:
+        await asyncio.sleep(1.0)
+        return json_answer({"sessionId": "3f1c1d2e-8a7b-4c1d-9e2f-0a1b2c3d4e5f"})
+
+    monkeypatch.setenv("BAI_READ_TIMEOUT", "0.2")
+    async with Server(slow) as srv:
+        async with Connection(sdk_config(srv.url, tmp_path)) as conn:
+            monkeypatch.setenv("BAI_READ_TIMEOUT", "0")  # no limit, for connections made now
+            with pytest.raises(ManagerTimeout, match=r"within 0\.2 s"):
+                await SessionAPI(conn).create(CreateSpec(image="python", name="s1",
+                                                         enqueue_only=True))

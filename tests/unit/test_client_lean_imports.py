@@ -31,13 +31,44 @@ HEAVY = ("json", "re", "enum", "socket", "selectors", "hashlib", "hmac", "_hashl
          "typing", "click", "asyncio", "threading")
 
 
+@pytest.fixture(params=["openssl", "builtin"])
+def digests(request, monkeypatch):
+    """Signing with OpenSSL's hashes (loaded, as in the SDK) and with the builtin SHA-256 (as
+    on the express path, where nothing loaded ``_hashlib``)."""
+    if request.param == "builtin":
+        monkeypatch.setitem(sys.modules, "_hashlib", None)
+        assert signing._openssl() is None
+    else:
+        assert signing._openssl() is not None
+    monkeypatch.setattr(signing, "_signing_keys", {})
+    return request.param
+
+
 @pytest.mark.parametrize("key", [b"", b"k", b"x" * 64, b"x" * 65, b"long" * 40])
-def test_hmac_is_the_standard_one(key):
+def test_hmac_is_the_standard_one(key, digests):
     rng = random.Random(len(key))
     for n in (0, 1, 63, 64, 65, 1000):
         msg = rng.randbytes(n)
         assert signing.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+        assert signing.sha256_hex(msg) == hashlib.sha256(msg).hexdigest()
     assert signing.EMPTY_SHA256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_each_secret_day_and_host_signs_with_its_own_key(digests):
+    """The signing key is kept per (secret, day, host): each signature, asked in any order,
+    is the one the scheme derives afresh."""
+    def fresh(sk: str, day: str, host: str, msg: str) -> str:
+        k1 = hmac.new(sk.encode(), day.encode(), hashlib.sha256).digest()
+        k2 = hmac.new(k1, host.encode(), hashlib.sha256).digest()
+        return hmac.new(k2, msg.encode(), hashlib.sha256).hexdigest()
+
+    cases = [(sk, day, host) for sk in ("S1", "S2") for day in ("20261207", "20261208")
+             for host in ("127.0.0.1:1", "127.0.0.1:2")]
+    for sk, day, host in cases + cases[::-1] + cases:
+        date = f"{day[:4]}-{day[4:6]}-{day[6:]}T23:59:59+00:00"
+        msg = signing.string_to_sign("GET", "/x", date, host, "text/plain", signing.API_VERSION)
+        assert signing.sign_day(sk, day, "GET", "/x", date, host, "text/plain") == (
+            fresh(sk, day, host, msg))
 
 
 @pytest.mark.parametrize("ns", [0, 1_700_000_000_000_000_000, 1_700_000_000_123_456_789,
@@ -334,3 +365,13 @@ def test_a_module_that_fails_is_not_left_half_imported(tmp_path, monkeypatch):
         _lean(monkeypatch, tmp_path, ("leanpkg_fails.a",))
     assert "leanpkg_fails.a" not in sys.modules
     assert not hasattr(sys.modules["leanpkg_fails"], "a")
+
+
+def test_now_iso_follows_the_clock_across_seconds(monkeypatch):
+    """``now_iso`` keeps the formatted second: each call still says its own time."""
+    for ns in (1_700_000_000_500_000_000, 1_700_000_000_999_999_000, 1_700_000_001_000_000_000,
+               1_700_000_001_000_001_000, 1_699_999_999_000_000_000, 1_700_000_000_000_000_000):
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        secs, us = divmod(ns // 1000, 1_000_000)
+        assert signing.now_iso() == (datetime(1970, 1, 1, tzinfo=timezone.utc)
+                                     + timedelta(seconds=secs, microseconds=us)).isoformat()

@@ -20,9 +20,16 @@ BRIEF_QUERY = (
 )
 
 
+_machine: str | None = None
+
+
 def machine() -> str:
-    """This machine's architecture as ``platform.machine()`` names it, without ``platform``."""
-    return os.uname().machine if hasattr(os, "uname") else ""
+    """This machine's architecture as ``platform.machine()`` names it, without ``platform``
+    (asked of the system once: ``CreateSpec`` asks on every instance)."""
+    global _machine
+    if _machine is None:
+        _machine = os.uname().machine if hasattr(os, "uname") else ""
+    return _machine
 
 
 def parse_mounts(values: tuple[str, ...] | list[str]) -> tuple[list[str], dict[str, str]]:

@@ -182,7 +182,8 @@ class Connection:
         eps = self.endpoints
         for idx in eps.order():
             try:
-                result = await asyncio.wait_for(attempt(idx), limit)
+                async with asyncio.timeout(limit):
+                    result = await attempt(idx)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError,
                     ConnectFailed) as e:
                 last_error = _reason(e)

@@ -39,10 +39,12 @@ def read_timeout() -> float | None:
     return value if value > 0 else None
 
 
-def create_timeout(body: dict) -> float | None:
+def create_timeout(body: dict, base: float | None | Any = ...) -> float | None:
     """The read timeout of ``POST /session``: it answers once the session started, after at
-    most ``maxWaitSeconds`` (unbounded when 0), or at once with ``enqueueOnly``."""
-    base = read_timeout()
+    most ``maxWaitSeconds`` (unbounded when 0), or at once with ``enqueueOnly``. ``base``: the
+    read timeout (default ``read_timeout()``)."""
+    if base is ...:
+        base = read_timeout()
     if base is None or body.get("enqueueOnly"):
         return base
     wait = float(body.get("maxWaitSeconds") or 0)

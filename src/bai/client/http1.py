@@ -54,6 +54,10 @@ def quote_plain(text: str, safe: str = "") -> str:
     return quote(text, safe=safe)
 
 
+#: ``url_parts``' answers by URL (a client asks again and again for the same few)
+_parts: dict[str, tuple[str, str, str, str, str | None, int | None]] = {}
+
+
 def url_parts(url: str) -> tuple[str, str, str, str, str | None, int | None]:
     """(scheme, netloc, path, query, host, port) as ``urllib.parse.urlsplit`` gives them.
 
@@ -61,6 +65,15 @@ def url_parts(url: str) -> tuple[str, str, str, str, str | None, int | None]:
     ~9 ms to import (it builds a dozen named tuples and loads ``ipaddress``), a tenth of what
     ``backend.ai run`` may spend. Anything else (user info, IPv6, fragments) goes to it.
     """
+    parts = _parts.get(url)
+    if parts is None:
+        if len(_parts) >= 256:
+            _parts.clear()
+        parts = _parts[url] = _url_parts(url)
+    return parts
+
+
+def _url_parts(url: str) -> tuple[str, str, str, str, str | None, int | None]:
     scheme, sep, rest = url.partition("://")
     netloc, slash, tail = rest.partition("/")
     host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
@@ -94,11 +107,13 @@ def request_head(method: str, target: str, netloc: str, headers: dict[str, str],
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def parse_status_line(raw: bytes) -> tuple[int, str]:
-    """(status, reason) of ``HTTP/1.1 200 OK``; WireError for anything else."""
+def parse_status_line(raw: bytes | str) -> tuple[int, str]:
+    """(status, reason) of ``HTTP/1.1 200 OK`` (bytes, or str decoded as latin-1); WireError
+    for anything else."""
     if not raw:
         raise WireError("the server closed the connection without an answer")
-    version, _, rest = raw.decode("latin-1").strip().partition(" ")
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    version, _, rest = text.strip().partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/") or not code.isdigit():
         raise WireError(f"not an HTTP answer: {raw[:80]!r}")

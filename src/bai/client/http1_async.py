@@ -129,13 +129,13 @@ class AsyncHTTP:
                     raise WireError("the server closed the connection without an answer"
                                     ) from None
                 raise WireError("the connection closed inside the answer's headers") from None
-            lines = raw.split(b"\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
             status, reason = http1.parse_status_line(lines[0])
             if status == 100:
                 continue
             headers: dict[str, str] = {}
             for line in lines[1:-2]:
-                name, _, value = line.decode("latin-1").partition(":")
+                name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             return status, reason, headers
 

@@ -150,7 +150,7 @@ class SessionAPI:
     async def create(self, spec: CreateSpec) -> CreatedSession:
         sent = spec.to_body()
         body = await self.conn.request("POST", "/session", json_body=sent,
-                                       timeout=create_timeout(sent))
+                                       timeout=create_timeout(sent, self.conn.read_timeout))
         if not isinstance(body, dict) or not parse_uuid(str(body.get("sessionId", ""))):
             raise ProtocolError("the manager's create answer carries no session id")
         return CreatedSession.from_json(body, spec.name)
