@@ -242,7 +242,14 @@ class Bai:
             con.close()
 
     def create_many(self, n: int, tag: str, later: bool, in_flight: int = 16) -> None:
-        asyncio.run(self._create_many(n, tag, later, in_flight))
+        """``n`` creates from the SDK, ``in_flight`` at once, as an SDK program runs them:
+        on ``bai.client.eventloop.run`` (uvloop where installed), asyncio's loop where the
+        ``bai`` on the path has no such runner (an older ``--baseline`` tree)."""
+        try:
+            from bai.client.eventloop import run
+        except ImportError:
+            run = asyncio.run
+        run(self._create_many(n, tag, later, in_flight))
 
     async def _create_many(self, n: int, tag: str, later: bool, in_flight: int) -> None:
         from bai.client.config import ClientConfig

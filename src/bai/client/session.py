@@ -8,6 +8,9 @@ SDK works against our manager and against an upstream one::
         created = await api.create(CreateSpec(image="python", name="s1"))
         async for frame in api.execute(created.session_id, code="print(1)"):
             ...
+
+The SDK runs on any asyncio event loop; ``bai.client.eventloop.run(main())`` runs a program on
+uvloop's where installed (less client CPU per request).
 """
 
 from __future__ import annotations
