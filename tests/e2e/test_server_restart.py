@@ -85,3 +85,38 @@ def test_the_daemons_run_with_two_malloc_arenas_unless_the_user_says(make_stack)
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert [arena_max(stack.state, d) for d in ("manager", "agent")] == ["1", "1"]
+
+
+def test_server_stop_ends_the_open_event_streams_instead_of_waiting_for_them(make_stack):
+    """A client that follows events (``backend.ai events``, the dashboard's EventSource) does
+    not hold the manager up at ``server stop``: its stream ends and the manager exits on its
+    SIGTERM, not killed after the stop's timeout. The stream of every session (``*``), which
+    no session's end closes."""
+    import queue
+    import threading
+
+    stack = make_stack("cpu=8", "mem=8g", runtime="dummy")
+    follow = subprocess.Popen([CLI, "events", "*", "--max-reconnects", "0"], env=stack.env,
+                              cwd=stack.home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout], daemon=True).start()
+    try:
+        seen = ""
+        for i in range(10):  # the stream is open once it carries a new session's events
+            stack.cli("start", "-t", f"watched-{i}", "-r", "cpu=0.1", "-r", "mem=64m", "python")
+            try:
+                while "session_started" not in seen:
+                    seen += lines.get(timeout=5)
+                break
+            except queue.Empty:
+                continue
+        assert "session_started" in seen, seen
+        stopped = server(stack, "stop", "--timeout", "30")
+        assert "did not stop" not in stopped.stderr, stopped.stderr
+        assert "bai stopped" in stopped.stdout
+        assert follow.wait(60) == 1  # the stream closed (no session of its ended)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()

@@ -52,6 +52,9 @@ QUEUE_LIMIT = 100_000
 #: How often a backed-up stream looks whether its client has read.
 DRAIN_POLL_SECONDS = 0.05
 _FINAL_NAMES = {str(s) for s in TERMINAL}
+#: The streams open now: the manager's shutdown ends them (aiohttp waits for the handlers
+#: still running before the cleanup closes the bus, and a stream's runs until it ends).
+STREAMS = web.AppKey("event_streams", set)
 _SCOPES = {"*", "session", "kernel"}
 
 
@@ -342,6 +345,8 @@ async def stream_session_events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     stream = LiveStream(request, resp, scopes, owner=owner_filter, session=target is not None)
     sid = uuid.UUID(str(target["id"])) if target is not None else None
+    streams = request.app[STREAMS]
+    streams.add(stream)
     try:
         async with root.bus.listen(stream, session_id=str(sid) if sid else None):
             await resp.write(_KEEPALIVE)  # sends the headers; events so far wait in the stream
@@ -364,6 +369,8 @@ async def stream_session_events(request: web.Request) -> web.StreamResponse:
     except Exception:  # headers are out: a problem body can no longer be sent, so end the stream
         log.exception("event stream for %s failed", request.rel_url)
         return resp
+    finally:
+        streams.discard(stream)
     transport = stream.transport
     if not stream.cut_off and transport is not None and not transport.is_closing():
         await resp.write_eof()
@@ -386,5 +393,15 @@ async def _replay(root: Any, stream: LiveStream, sid: uuid.UUID) -> None:
         stream.end()
 
 
+async def _end_streams(app: web.Application) -> None:
+    """At shutdown: every open stream ends as a stream does (the client may reconnect to
+    another manager), instead of holding the exit up until its next keep-alive finds the
+    client gone or aiohttp's shutdown timeout cancels it."""
+    for stream in list(app[STREAMS]):
+        stream.end()
+
+
 def setup(app: web.Application) -> None:
+    app[STREAMS] = set()
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/events/session", stream_session_events)
