@@ -19,10 +19,11 @@ URL = re.compile(r"(https?|tcp)://[^\s]+")
 
 
 @contextlib.contextmanager
-def tunnel(argv: list[str], env: dict[str, str], cwd: str, deadline: float = 60
-           ) -> Iterator[tuple[str, subprocess.Popen]]:
+def tunnel(argv: list[str], env: dict[str, str], cwd: str, deadline: float = 60,
+           said: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run ``argv`` (an ``app`` command) until it prints a URL: (url, process); the process
-    is interrupted (Ctrl-C) and reaped when the block ends, whatever happened."""
+    is interrupted (Ctrl-C) and reaped when the block ends, whatever happened. ``said``: a
+    list the lines it prints are appended to as they come (its errors per connection)."""
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -30,6 +31,8 @@ def tunnel(argv: list[str], env: dict[str, str], cwd: str, deadline: float = 60
     def read() -> None:  # a thread: select() on a buffered pipe misses lines already read
         for line in proc.stdout:
             lines.put(line)
+            if said is not None:
+                said.append(line)
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()

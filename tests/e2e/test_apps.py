@@ -144,19 +144,35 @@ def _sandboxed() -> bool:
                     "each session its own loopback; without it sessions share the host's")
 def test_a_declared_port_never_reaches_the_host_or_another_session(apps_stack):
     """The port is dialled inside the session's own network namespace: declaring the manager's
-    port, or the port of another session's web server, reaches nothing."""
+    port, or the port of another session's web server, reaches nothing: each connection is
+    cut and the tunnel says nothing answers on that port inside the session."""
+    import time
+    import urllib.error
+    import urllib.request
+
     st = apps_stack
     name = f"apatk-{uuid.uuid4().hex[:6]}"
     st.cli("start", "-t", name, "--service", f"mgr:tcp:{st.port}", "--service", "peer:8000",
            *SMALL, "python", user=True)
-    for app in ("mgr", "peer"):
-        with tunnel(*app_cmd(st, name, app, "-b", f"127.0.0.1:{free_port()}")) as (url, proc):
+    for app, port in (("mgr", st.port), ("peer", 8000)):
+        said: list[str] = []
+        with tunnel(*app_cmd(st, name, app, "-b", f"127.0.0.1:{free_port()}"),
+                    said=said) as (url, proc):
             base = url.replace("tcp://", "http://")
-            try:
-                status, body = get(base + "/", deadline=10)
-            except AssertionError:
-                status, body = 0, b""  # the connection was cut: nothing answered
-            assert PAGE.encode() not in body and status != 200, (app, status, body[:200])
+            for _ in range(3):  # the tunnel listens (it printed its URL): no retry for that
+                try:
+                    with urllib.request.urlopen(base + "/", timeout=30) as resp:
+                        status, body = resp.status, resp.read()
+                except urllib.error.HTTPError as e:
+                    status, body = e.code, e.read()
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    status, body = 0, b""  # the connection was cut: nothing answered
+                assert PAGE.encode() not in body and status != 200, (app, status, body[:200])
+            refused = f"Error: nothing answers on port {port} inside the session"
+            end = time.monotonic() + 30
+            while sum(x.startswith(refused) for x in said) < 3 and time.monotonic() < end:
+                time.sleep(0.1)
+            assert sum(x.startswith(refused) for x in said) == 3, (app, said)  # one each
     st.cli("rm", name, user=True)
 
 
@@ -266,7 +282,6 @@ def test_chromium_shows_the_notebook_list(jupyter):
 
 def test_a_service_that_does_not_answer_is_one_line_per_connection(apps_stack, tmp_path):
     import subprocess
-    import time
 
     st = apps_stack
     st.cli("start", "-t", "apidle", "--service", "idle:8123", *SMALL, "python", user=True)
@@ -276,16 +291,7 @@ def test_a_service_that_does_not_answer_is_one_line_per_connection(apps_stack, t
         proc = subprocess.Popen([CLI, "app", "apidle", "idle", "-b", f"127.0.0.1:{port}"],
                                 env=st.user_env, cwd=str(st.home), stdout=out, stderr=out)
     try:
-        said = ""
-        for _ in range(60):
-            try:
-                get(f"http://127.0.0.1:{port}/", deadline=5)
-            except AssertionError:
-                pass
-            said = log.read_text()
-            if "Error:" in said:
-                break
-            time.sleep(1)
+        said = _poke_until_said(port, log, "Error:")
         errors = [x for x in said.splitlines() if x.startswith("Error:")]
         assert errors and errors[0] == (
             "Error: nothing answers on port 8123 inside the session (Connection refused)"), said
@@ -428,12 +434,37 @@ def test_open_app_stream_gives_a_byte_stream_to_the_service(echo_session):
     assert asyncio.run(go()) == b"hello through the manager"
 
 
+def _poke_until_said(port: int, log: Path, words: str, deadline: float = 60) -> str:
+    """Connect to a tunnel's local port (again while it does not listen yet), send a GET and
+    wait until its log says ``words``: what the log says by then. The official client never
+    closes a local connection whose WebSocket was refused, so no answer is waited for (an
+    HTTP client would sit out its whole timeout); a new connection every 10 s without them."""
+    import socket
+    import time
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        with conn:
+            conn.sendall(b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            again = min(end, time.monotonic() + 10)
+            while time.monotonic() < again:
+                said = log.read_text()
+                if words in said:
+                    return said
+                time.sleep(0.2)
+    return log.read_text()
+
+
 @pytest.mark.skipif(not OFFICIAL_EXE, reason="BAI_OFFICIAL_CLIENT is not set")
 def test_the_official_clients_arg_and_env_are_refused_in_words(apps_stack, tmp_path):
     """``app --arg/--env`` of the official client: no service of bai takes them; each
     connection is refused and the client prints why (not dropped silently)."""
     import subprocess
-    import time
 
     st = apps_stack
     official = make_official(st.endpoint, st.keys()["user"], tmp_path)
@@ -445,16 +476,7 @@ def test_the_official_clients_arg_and_env_are_refused_in_words(apps_stack, tmp_p
                                      f"127.0.0.1:{port}"], env=official.env(),
                                     cwd=str(official.workdir), stdout=out, stderr=out)
         try:
-            said = ""
-            for _ in range(60):
-                try:
-                    get(f"http://127.0.0.1:{port}/index.html", deadline=5)
-                except (AssertionError, OSError):
-                    pass
-                said = log.read_text()
-                if "takes no" in said:
-                    break
-                time.sleep(1)
+            said = _poke_until_said(port, log, "takes no")
             assert f"app web takes no {word}" in said, said
             assert "status=400" in said, said
         finally:
