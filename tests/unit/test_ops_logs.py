@@ -96,3 +96,40 @@ def test_request_ids_remember_a_session_until_placed():
         REQUEST_ID.reset(token)
     assert ids.pop("s1") is None  # the oldest went first
     assert ids.pop("s3") == "r1" and ids.pop("s3") is None
+
+
+def test_request_ids_take_a_session_id_as_uuid_or_text():
+    import uuid
+
+    ids = RequestIds(limit=1000)
+    sids = [uuid.uuid4() for _ in range(1001)]
+    token = REQUEST_ID.set("r1")
+    try:
+        for sid in sids:
+            ids.note(sid)  # the create notes the row's UUID
+    finally:
+        REQUEST_ID.reset(token)
+    # the scheduler pops the kernel spec's text; past the limit a tenth of the oldest went
+    assert ids.pop(str(sids[0])) is None and ids.pop(str(sids[99])) is None
+    assert ids.pop(str(sids[100])) == "r1" and ids.pop(sids[-1]) == "r1"
+    assert ids.pop(str(sids[-1])) is None
+
+
+def test_request_ids_keep_a_waiting_session_in_under_100_bytes():
+    # one entry per waiting session, for as long as it waits (5,000 waiting: ~0.4 MB)
+    import tracemalloc
+    import uuid
+
+    texts = [str(uuid.uuid4()) for _ in range(5000)]
+    rid = "r" * 16
+    token = REQUEST_ID.set(rid)
+    tracemalloc.start()
+    try:
+        ids = RequestIds()
+        for text in texts:
+            ids.note(uuid.UUID(text))  # the row's UUID, gone once the create answered
+        size = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        REQUEST_ID.reset(token)
+    assert size / len(texts) < 100, size / len(texts)
