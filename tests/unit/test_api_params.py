@@ -45,3 +45,9 @@ def test_nesting_past_the_limit_is_refused_and_up_to_it_accepted(opener, closer)
 def test_a_plain_body_parses_unchanged():
     body = {"name": "c-1", "config": {"environ": {"A": "b"}, "mounts": []}, "enqueueOnly": True}
     assert parse_json(json.dumps(body).encode()) == body
+
+
+@pytest.mark.parametrize("raw", [b'{"a": NaN}', b'{"a": [1, Infinity]}', b'{"a": -Infinity}'])
+def test_nan_and_infinity_are_no_json(raw):
+    with pytest.raises(InvalidAPIParameters, match="must be JSON"):
+        parse_json(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -178,3 +179,13 @@ def test_authenticate_signs_with_the_utc_day_of_a_date_with_an_offset():
     when = datetime(2026, 11, 20, 23, 31, tzinfo=timezone.utc)
     caller = asyncio.run(authenticate(store, req, skew_seconds=900, now=when, cache=cache))
     assert caller.access_key == AK
+
+
+def test_a_kept_records_caller_is_made_once_and_is_its_own():
+    # a kept record answers every request of its keypair: its caller is made once, and a
+    # record read after a change (here: made admin) answers with the change
+    user = record()
+    assert user.caller() is user.caller()
+    admin = record(is_admin=True)
+    assert admin.caller().is_admin and not user.caller().is_admin
+    assert user.caller().user_id == user.user_id and user == dataclasses.replace(user)

@@ -8,7 +8,9 @@ import logging
 
 import pytest
 
-from bai.ops.logs import REQUEST_ID, RequestIds, configure, new_request_id, parse_levels
+from bai.ops.logs import (
+    REQUEST_ID, TEXT_FORMAT, RequestIds, TextFormatter, configure, new_request_id, parse_levels,
+)
 
 
 @pytest.fixture
@@ -83,6 +85,23 @@ def test_request_ids_offered_and_made():
     for bad in (None, "", "x" * 65, "has space", "quote\"", "new\nline"):
         made = new_request_id(bad)
         assert made != bad and len(made) == 16
+    made = [new_request_id() for _ in range(1000)]
+    assert len(set(made)) == 1000  # each request its own id
+    assert all(len(x) == 16 and int(x, 16) >= 0 for x in made)
+
+
+def test_text_lines_show_their_own_time(restore_logging):
+    """A line's time is written once a second and reused: each line still shows its own
+    second and milliseconds, as the stock formatter writes them."""
+    ours, stock = TextFormatter(TEXT_FORMAT), logging.Formatter(TEXT_FORMAT)
+    base = 1_700_000_000
+    for created in (base + 0.25, base + 0.75, base + 1.5, base + 1.999, base + 0.5, base + 60):
+        record = logging.LogRecord("bai.one", logging.INFO, "", 0, "at %s", (created,), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == stock.format(record)
+    dated = TextFormatter(TEXT_FORMAT, datefmt="%H:%M")
+    record = logging.LogRecord("bai.one", logging.INFO, "", 0, "x", (), None)
+    assert dated.formatTime(record, "%H:%M") == logging.Formatter().formatTime(record, "%H:%M")
 
 
 def test_request_ids_remember_a_session_until_placed():

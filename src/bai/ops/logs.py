@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -28,18 +29,25 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+#: made ids: this process's random half, then a count (no getrandom call per request)
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNT = itertools.count(1)
+
+
 def new_request_id(offered: str | None = None) -> str:
-    """The client's id when it is a short plain token, else a new one."""
+    """The client's id when it is a short plain token, else a new one: 16 hex digits, 8 of
+    them random per process (replicas apart) and 8 counting this process's requests."""
     if offered and _SANE_ID.match(offered):
         return offered
-    return os.urandom(8).hex()  # (uuid4's bits, a sixth of its cost)
+    return f"{_ID_PREFIX}{next(_ID_COUNT) & 0xFFFFFFFF:08x}"
 
 
 class RequestIdFilter(logging.Filter):
     """Gives every record a ``request_id`` (None outside a request) unless it has one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
+        # (not hasattr: a missing attribute formats an AttributeError for every record)
+        if "request_id" not in record.__dict__:
             record.request_id = REQUEST_ID.get()
         return True
 
@@ -67,6 +75,19 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    #: (second, its local time as text): a line's time is made once a second, not per line
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None or self.converter is not time.localtime:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        kept, text = self._second
+        if second != kept:
+            text = time.strftime(self.default_time_format, time.localtime(second))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         rid = getattr(record, "request_id", None)

@@ -35,8 +35,10 @@ from aiohttp import web
 from bai.common import auth as hmac_auth
 from bai.common.errors import PROBLEM_BASE, BaiError
 from bai.manager.api import params
+from bai.manager.app import ROOT
 from bai.manager.context import Caller
 from bai.manager.services import auth
+from bai.manager.services.web_login import COOKIE
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,6 @@ def same_origin(request: web.Request) -> bool:
 async def cookie_caller(request: web.Request, token: str) -> Caller:
     """The caller of a request authenticated by the login cookie (see the module text)."""
     from bai.common.errors import Forbidden
-    from bai.manager.app import ROOT
     from bai.manager.services import web_login
 
     async with request.app[ROOT].store.connect() as conn:
@@ -166,10 +167,9 @@ async def cookie_caller(request: web.Request, token: str) -> Caller:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    # (ROOT and COOKIE are imported with the module: an import statement in here costs each
+    # request a failed ``__path__`` look-up, its AttributeError formatted and dropped)
     if needs_auth(request):
-        from bai.manager.app import ROOT
-        from bai.manager.services.web_login import COOKIE
-
         root = request.app[ROOT]
         token = request.cookies.get(COOKIE)
         if token and "Authorization" not in request.headers:

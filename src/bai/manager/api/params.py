@@ -66,7 +66,7 @@ def parse_json(raw: bytes) -> Any:
     if not text.strip():
         return None
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = _DECODER.decode(text)  # json.loads with a keyword builds a decoder per call
     except (ValueError, RecursionError):
         raise _bad("", "the body must be JSON") from None
     # only a \u0000 escape makes a NUL (a raw one is no JSON), and each level of nesting opens
@@ -78,6 +78,10 @@ def parse_json(raw: bytes) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+#: NaN and Infinity are no JSON: refused
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 async def read_body(request: web.Request) -> bytes:

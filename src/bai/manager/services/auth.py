@@ -46,15 +46,21 @@ class KeypairRecord:
     role: str
 
     def caller(self) -> Caller:
-        return Caller(
-            access_key=self.access_key,
-            user_id=self.user_id,
-            user_email=self.user_email,
-            domain_name=self.domain_name,
-            is_admin=self.is_admin,
-            role=self.role,
-            resource_policy=self.resource_policy,
-        )
+        """The caller of this keypair: made once per record (both are frozen), since a kept
+        record answers every request of its keypair."""
+        kept = self.__dict__.get("_caller")
+        if kept is None:
+            kept = Caller(
+                access_key=self.access_key,
+                user_id=self.user_id,
+                user_email=self.user_email,
+                domain_name=self.domain_name,
+                is_admin=self.is_admin,
+                role=self.role,
+                resource_policy=self.resource_policy,
+            )
+            object.__setattr__(self, "_caller", kept)
+        return kept
 
 
 #: the keypair with its user (built once: every request runs it)
