@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bai.common.errors import InvalidAPIParameters
-from bai.manager.api.params import MAX_DEPTH, parse_json
+from bai.manager.api.params import MAX_DEPTH, _json_module, check_json, parse_json
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -51,3 +51,27 @@ def test_a_plain_body_parses_unchanged():
 def test_nan_and_infinity_are_no_json(raw):
     with pytest.raises(InvalidAPIParameters, match="must be JSON"):
         parse_json(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"name": "a\\ud800b"}', b'{"n": "\\ud83d\\ude00"}', b'{"x": 1e400, "y": -0, "z": 5e-324}',
+    b'{"x": 123456789012345678901234567890, "y": 9007199254740993.0}', b'{"a": 1, "a": 2}',
+    b'  {"name": "x"}  \n', b'{"\xc3\xa9": "\\u00e9\\/\\b\\f\\n\\r\\t\\"\\\\"}', b'[1, "2", null]',
+    b"[" * 300 + b"]" * 300, b"", b"  ", b'{"name": "x",}', b'{"c": 01}', b'{"name": "a\nb"}',
+    b'{"name": "\xff\xfe"}', b'\xef\xbb\xbf{"name": "x"}', b'{"name": "x"} x', b'{"a": "\\x"}',
+])
+def test_bodies_read_as_the_json_module_reads_them(raw):
+    """pydantic-core's reader goes first: each body here is accepted with the json module's
+    value or refused with its problem (the reader refuses some that the module accepts)."""
+    def outcome(read):
+        try:
+            return "value", repr(read(raw))
+        except InvalidAPIParameters as e:
+            return "problem", str(e), e.data
+
+    def json_module(data):
+        value = _json_module(data)
+        check_json(value)
+        return value
+
+    assert outcome(parse_json) == outcome(json_module)

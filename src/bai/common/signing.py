@@ -91,14 +91,16 @@ def now_iso() -> str:
 
 def parse_date(value: str) -> datetime | None:
     """A ``Date`` header as an aware datetime (UTC when it names no offset); None if invalid."""
-    from datetime import datetime, timezone
+    # (imported here, for the CLI's sake; ``from datetime import ...`` would cost each call a
+    # failed ``__path__`` look-up on the module, its AttributeError formatted and dropped)
+    import datetime
 
     try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        dt = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
     return dt
 
 

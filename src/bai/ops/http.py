@@ -80,18 +80,17 @@ def observe(metrics: HttpMetrics) -> Callable[..., Awaitable[web.StreamResponse]
             raise
         finally:
             elapsed = time.perf_counter() - t0
-            route = route_of(request)
-            metrics.observe(request.method, route, status, elapsed)
-            quiet = request.path.startswith(("/internal/", "/health/"))
-            # a storage token in the query is a capability: never written to a log
-            shown = request.path if request.path.startswith("/storage/") else request.path_qs
-            access_log.log(
-                logging.DEBUG if quiet else logging.INFO,
-                '%s "%s %s" %s %.1fms', request.remote, request.method, shown, status,
-                elapsed * 1000,
-                extra={"remote": request.remote, "method": request.method,
-                       "path": request.path, "route": route, "status": status,
-                       "duration_ms": round(elapsed * 1000, 3)})
+            route, method, path = route_of(request), request.method, request.path
+            metrics.observe(method, route, status, elapsed)
+            level = logging.DEBUG if path.startswith(("/internal/", "/health/")) else logging.INFO
+            if access_log.isEnabledFor(level):
+                # a storage token in the query is a capability: never written to a log
+                shown = path if path.startswith("/storage/") else request.path_qs
+                remote, ms = request.remote, elapsed * 1000
+                access_log.log(
+                    level, '%s "%s %s" %s %.1fms', remote, method, shown, status, ms,
+                    extra={"remote": remote, "method": method, "path": path, "route": route,
+                           "status": status, "duration_ms": round(ms, 3)})
             REQUEST_ID.reset(token)
 
     return observe_middleware

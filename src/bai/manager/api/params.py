@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from aiohttp import web
+from pydantic_core import from_json
 
 from bai.common.errors import InvalidAPIParameters
 
@@ -58,7 +59,24 @@ def check_json(value: Any) -> None:
 
 
 def parse_json(raw: bytes) -> Any:
-    """The JSON value of a request body (``None`` when it is empty), checked by ``check_json``."""
+    """The JSON value of a request body (``None`` when it is empty), checked by ``check_json``.
+
+    pydantic-core's parser reads it first (half the instructions of the json module's); where
+    it refuses (any body that is no JSON, and the few that are but that it reads otherwise: a
+    lone surrogate escape, nesting past 200) the json module decides, as it always did."""
+    try:
+        value = from_json(raw, allow_inf_nan=False)
+    except ValueError:
+        value = _json_module(raw)
+    # only a \u0000 escape makes a NUL (a raw one is no JSON), and each level of nesting opens
+    # a bracket: a body with neither cannot fail the walk (most bodies: it skips ~15 us). (In
+    # UTF-8 no byte of a longer character is ASCII: the bytes tell what the text would.)
+    if b"\\u0000" in raw or raw.count(b"{") + raw.count(b"[") >= MAX_DEPTH:
+        check_json(value)
+    return value
+
+
+def _json_module(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -66,14 +84,9 @@ def parse_json(raw: bytes) -> Any:
     if not text.strip():
         return None
     try:
-        value = _DECODER.decode(text)  # json.loads with a keyword builds a decoder per call
+        return _DECODER.decode(text)  # json.loads with a keyword builds a decoder per call
     except (ValueError, RecursionError):
         raise _bad("", "the body must be JSON") from None
-    # only a \u0000 escape makes a NUL (a raw one is no JSON), and each level of nesting opens
-    # a bracket: a body with neither cannot fail the walk (most bodies: it skips ~15 us)
-    if "\\u0000" in text or text.count("{") + text.count("[") >= MAX_DEPTH:
-        check_json(value)
-    return value
 
 
 def _no_constant(name: str) -> Any:
