@@ -69,22 +69,27 @@ def test_busy_default_ports_are_replaced_said_and_written_to_the_client_config(t
                 s.close()
 
 
-def arena_max(state: Path, daemon: str) -> str | None:
+def malloc_env(state: Path, daemon: str) -> dict[str, str]:
+    """The daemon's MALLOC_* variables."""
     pid = (state / f"{daemon}.pid").read_text().strip()
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next((e[17:].decode() for e in environ if e.startswith(b"MALLOC_ARENA_MAX=")), None)
+    return dict(e.decode().split("=", 1) for e in environ if e.startswith(b"MALLOC_"))
 
 
-def test_the_daemons_run_with_two_malloc_arenas_unless_the_user_says(make_stack):
-    # glibc's default (8 per core) kept ~8 MB more of a manager with 5,000 sessions waiting
+def test_the_daemons_run_with_two_malloc_arenas_and_fixed_thresholds_unless_the_user_says(make_stack):
+    # glibc's default (8 per core) kept ~8 MB more of a manager with 5,000 sessions waiting,
+    # its sliding thresholds ~11 MB more
+    fixed = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
+             "MALLOC_TRIM_THRESHOLD_": "131072"}
     stack = make_stack("cpu=1")
-    assert [arena_max(stack.state, d) for d in ("manager", "agent")] == ["2", "2"]
+    assert [malloc_env(stack.state, d) for d in ("manager", "agent")] == [fixed, fixed]
     server(stack, "stop")
     proc = subprocess.run([CLI, "server", "start", "--state-dir", str(stack.state)],
                           env={**stack.env, "MALLOC_ARENA_MAX": "1"}, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    assert [arena_max(stack.state, d) for d in ("manager", "agent")] == ["1", "1"]
+    assert [malloc_env(stack.state, d)["MALLOC_ARENA_MAX"] for d in ("manager", "agent")] == [
+        "1", "1"]
 
 
 def test_server_stop_ends_the_open_event_streams_instead_of_waiting_for_them(make_stack):
