@@ -28,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
+from typing import Any
 
 from aiohttp import web
+from pydantic_core import to_json
 
 from bai.common import auth as hmac_auth
 from bai.common.errors import PROBLEM_BASE, BaiError
@@ -54,6 +57,18 @@ _HTTP_CODES = {
     413: "request-too-large",
     415: "unsupported-media-type",
 }
+
+
+def json_answer(data: Any, status: int = 200) -> web.Response:
+    """``web.json_response`` written by pydantic-core (a fourth of ``json.dumps``'s
+    instructions): the same JSON value, without spaces and with UTF-8 text unescaped; the json
+    module writes what it refuses (a lone surrogate)."""
+    try:
+        body = to_json(data, inf_nan_mode="constants")
+    except ValueError:
+        body = json.dumps(data).encode()
+    return web.Response(body=body, status=status, content_type="application/json",
+                        charset="utf-8")
 
 
 def problem_response(status: int, body: dict) -> web.Response:

@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 
 from bai.common.errors import InvalidAPIParameters
+from bai.manager.api.middleware import json_answer
 from bai.manager.api.models import CreateSession, DestroySessions
 from bai.manager.api.params import body_of, fields_of
 from bai.manager.app import ROOT
@@ -26,7 +27,7 @@ def _owner(request: web.Request) -> str | None:
 async def create(request: web.Request) -> web.Response:
     params = await fields_of(request, CreateSession)
     answer = await request.app[ROOT].sessions.create(request["caller"], params)
-    return web.json_response(answer, status=201 if answer.get("created") else 200)
+    return json_answer(answer, status=201 if answer.get("created") else 200)
 
 
 async def destroy(request: web.Request) -> web.Response:
