@@ -125,3 +125,54 @@ def test_server_stop_ends_the_open_event_streams_instead_of_waiting_for_them(mak
         if follow.poll() is None:
             follow.kill()
             follow.wait()
+
+
+def test_the_ports_start_chose_are_held_until_the_daemons_serve_them(tmp_path, monkeypatch):
+    """Another stack starting at the same time cannot take a port between its choice and the
+    daemon's start: the manager would then fail (API) or run without its app proxy."""
+    import http.client
+    import json
+
+    from click.testing import CliRunner
+
+    from bai.client.cli import server as cli_server
+    from bai.testing.ports import free_port
+
+    state = tmp_path / "state"
+    for k in [k for k in os.environ if k.startswith(("BACKEND_", "BAI_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BAI_CONFIG", str(tmp_path / "client.toml"))
+    spawn, taken = cli_server._spawn, []
+
+    def racing_spawn(*args, **kw):  # another program binds the ports just before each spawn
+        meta = json.loads((state / "server.json").read_text())
+        for key in ("port", "agent_port", "app_port"):
+            thief = socket.socket()
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                thief.bind(("127.0.0.1", meta[key]))
+                thief.listen()
+                taken.append(thief)
+            except OSError:
+                thief.close()
+        return spawn(*args, **kw)
+
+    monkeypatch.setattr(cli_server, "_spawn", racing_spawn)
+    try:
+        result = CliRunner().invoke(cli_server.server, [
+            "start", "--state-dir", str(state), "--port", str(free_port()),
+            "--agent-port", str(free_port()), "--timeout", "60"])
+        assert [s.getsockname()[1] for s in taken] == [], result.output
+        assert result.exit_code == 0, result.output
+        meta = json.loads((state / "server.json").read_text())
+        conn = http.client.HTTPConnection("127.0.0.1", meta["app_port"], timeout=30)
+        conn.request("GET", "/app/nosuch/jupyter/")
+        answer = conn.getresponse()
+        # the proxy (not the thief) answers: no cookie of this app
+        assert answer.status == 401 and b"Not signed in to this app" in answer.read()
+    finally:
+        for s in taken:
+            s.close()
+        subprocess.run([CLI, "server", "stop", "--state-dir", str(state)], env=dict(os.environ),
+                       capture_output=True, timeout=120)

@@ -52,3 +52,33 @@ def test_jupyter_answers_under_the_app_proxys_path_and_the_cli_url_names_it():
     assert info["url_template"].format(host="h", port=1) == \
         f"http://h:1/app/{sid}/jupyter/tree?token=tok"
     assert common.app_path(sid, "jupyter") == services.base_url("jupyter", {"BACKENDAI_SESSION_ID": sid})
+
+
+async def test_a_busy_app_proxy_port_stops_the_start_instead_of_running_without_a_proxy():
+    import socket
+
+    import pytest
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        proxy = webapps.AppProxy(Root, "127.0.0.1", busy.getsockname()[1])
+        with pytest.raises(OSError, match="the app proxy cannot listen on 127.0.0.1:"):
+            await proxy.start()
+    finally:
+        busy.close()
+
+
+async def test_the_app_proxy_serves_an_inherited_socket_on_its_port():
+    import socket
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    proxy = webapps.AppProxy(Root, "127.0.0.1", None, sock=held)
+    await proxy.start()
+    try:
+        assert proxy.port == held.getsockname()[1]
+    finally:
+        await proxy.stop()

@@ -12,7 +12,7 @@ import signal
 
 from bai.agent.settings import AgentSettings
 from bai.common.errors import BaiError
-from bai.ops.argv import fail
+from bai.ops.argv import fail, inherited_socket
 from bai.ops.logs import configure
 
 
@@ -27,7 +27,9 @@ def serve(config: str | None, port: int | None = None, runtime: str | None = Non
     except ValueError as e:
         return fail(f"bai-agent: invalid settings: {e}", 2)
     try:
-        asyncio.run(_serve(settings))
+        # the port, where server start held it (else the agent binds host:port)
+        sock = inherited_socket("BAI_INHERITED_AGENT")
+        asyncio.run(_serve(settings, sock))
     except (OSError, BaiError) as e:
         return fail(f"bai-agent: {e}", 1)
     return 0
@@ -43,10 +45,10 @@ def serve_plain(config: str | None) -> int:
         return fail("\nAborted!", 1)
 
 
-async def _serve(settings: AgentSettings) -> None:
+async def _serve(settings: AgentSettings, sock: object = None) -> None:
     from bai.agent.server import Agent
 
-    agent = Agent(settings)
+    agent = Agent(settings, sock=sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -59,8 +59,11 @@ class Agent:
         backend: RuntimeBackend | None = None,
         *,
         http: aiohttp.ClientSession | None = None,
+        sock: Any = None,
     ):
         self.settings = settings
+        #: a listening socket inherited from who started the agent (server start), else None
+        self.sock = sock
         self.backend = backend or make_backend(settings)
         self.link = ManagerLink(settings.managers, settings.cluster_token, session=http)
         self.capacity = detect_slots(settings)
@@ -103,7 +106,8 @@ class Agent:
         self.registry.tell_free()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        site = (web.SockSite(self._runner, self.sock) if self.sock is not None
+                else web.TCPSite(self._runner, self.settings.host, self.settings.port))
         await site.start()
         if not self.settings.public_address:
             port = self._runner.addresses[0][1]

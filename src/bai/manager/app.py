@@ -27,7 +27,8 @@ def settle_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def create_app(settings: ManagerSettings) -> web.Application:
+def create_app(settings: ManagerSettings, app_proxy_sock: object = None) -> web.Application:
+    """The manager's app; ``app_proxy_sock``: the app proxy's listening socket, inherited."""
     from bai.manager.api import (
         admin, apps, dashboard, events, gql, internal, middleware, openapi, ops, root, session,
         storage, stream, vfolder, webapps, webserver,
@@ -42,6 +43,8 @@ def create_app(settings: ManagerSettings) -> web.Application:
         client_max_size=1024**3,
     )
     app[ROOT] = manager
+    if app_proxy_sock is not None:
+        app[webapps.INHERITED] = app_proxy_sock
     instrument(app)
     for module in (root, session, stream, apps, events, gql, admin, internal, ops, vfolder, storage,
                    openapi, dashboard, webserver, webapps):

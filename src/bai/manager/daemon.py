@@ -3,13 +3,14 @@ serves them; no click (``bai.manager.cli`` reads any other command line)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 
 from bai.common.unixsock import listen_unix, remove_unix
 from bai.manager.settings import ManagerSettings
-from bai.ops.argv import fail
+from bai.ops.argv import fail, inherited_socket
 
 
 class Refused(Exception):
@@ -35,6 +36,12 @@ def serve(config: str | None) -> None:
 
     settings = load_settings(config)
     try:
+        # the port and the app proxy's, where server start held them (else bound below)
+        tcp, app_proxy = inherited_socket("BAI_INHERITED_API"), inherited_socket(
+            "BAI_INHERITED_APP_PROXY")
+    except OSError as e:
+        raise Refused(str(e)) from None
+    try:
         configure(settings.log_level, settings.log_format, settings.log_levels)
         ssl_context = settings.ssl_context()
     except (ValueError, OSError) as e:  # OSError/ssl.SSLError: unreadable or mismatched files
@@ -43,9 +50,15 @@ def serve(config: str | None) -> None:
     try:
         # libuv's loop: ~10% less CPU per create than asyncio's (bench/session_create.py); the
         # event loop thread is what bounds the manager's requests per second
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, sock=unix,
+        socks = [s for s in (tcp, unix) if s is not None]
+        web.run_app(create_app(settings, app_proxy), host=None if tcp else settings.host,
+                    port=None if tcp else settings.port, sock=socks or None,
                     ssl_context=ssl_context, loop=uvloop.new_event_loop(),
                     print=lambda *_: None, access_log=None)
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        raise Refused(f"cannot listen: {e}") from None  # a busy port: one line
     finally:
         if unix is not None:
             unix.close()

@@ -37,6 +37,30 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def inherited_socket(name: str) -> Any:
+    """The listening TCP socket whose descriptor the environment variable ``name`` holds,
+    inherited from the process that started this daemon (``backend.ai server start`` binds
+    each port before it starts the daemons and hands it over, so that no other program takes
+    it in between), removed from the environment (children would inherit a number that means
+    nothing to them); None where unset. OSError where the descriptor is no such socket."""
+    value = os.environ.pop(name, None)
+    if value is None:
+        return None
+    import socket
+
+    try:
+        sock = socket.socket(fileno=int(value))
+    except ValueError:
+        raise OSError(f"{name}={value!r} is no descriptor") from None
+    except OSError as e:
+        raise OSError(f"{name}={value}: {e.strerror}") from None
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        sock.detach()
+        raise OSError(f"{name}={value}: descriptor {value} is no TCP socket")
+    sock.setblocking(False)
+    return sock
+
+
 def entry_points(package: str) -> tuple[Callable[..., Any], Callable[[str], Any]]:
     """``run`` and the module ``__getattr__`` of the ``__main__`` of the daemon ``package``
     (``bai.manager``, ``bai.agent``). ``run(args=None)`` serves the plain ``serve`` with the

@@ -76,25 +76,33 @@ def _toml_value(v: object) -> str:
     return json.dumps(str(v))
 
 
-def _port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port (bound as the daemons bind: SO_REUSEADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return not _port_open("127.0.0.1", port)
+def _hold(port: int) -> socket.socket | None:
+    """A socket listening on 127.0.0.1:port (bound as the daemons bind: SO_REUSEADDR), for the
+    daemon that serves the port to inherit, so that no other program takes the port between
+    this check and the daemon's start; None where the port is busy."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        if _port_open("127.0.0.1", port):  # not ours though bound (e.g. a redirect)
+            raise OSError
+        s.listen(128)
+    except OSError:
+        s.close()
+        return None
+    return s
 
 
-def _next_free_port(taken: int, avoid: set[int]) -> int:
-    """The first free port after ``taken`` (as Jupyter does), else one the system picks."""
+def _hold_next(taken: int) -> socket.socket:
+    """The first free port after ``taken`` (as Jupyter does), else one the system picks, held."""
     for port in range(taken + 1, min(taken + 100, 65536)):
-        if port not in avoid and _port_free(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s = _hold(port)
+        if s is not None:
+            return s
+    s = _hold(0)
+    if s is None:
+        raise OSError("no free port on 127.0.0.1")
+    return s
 
 
 def _write_toml(path: Path, section: str, values: dict[str, object]) -> None:
@@ -107,7 +115,10 @@ MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
               "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
-def _spawn(args: list[str], log: Path, pid_file: Path) -> subprocess.Popen:
+def _spawn(args: list[str], log: Path, pid_file: Path,
+           held: dict[str, socket.socket] | None = None) -> subprocess.Popen:
+    """Start a daemon; ``held``: the listening sockets (_hold) it inherits, each named by an
+    environment variable that holds its descriptor (bai.ops.argv.inherited_socket)."""
     # glibc's malloc gives each thread that allocates an arena of its own (up to 8 per core),
     # whose freed pages it keeps: the manager's database and executor threads kept ~8 MB more
     # with 5,000 sessions waiting (bench/memory.py --embedded). Its thresholds, fixed at their
@@ -115,7 +126,9 @@ def _spawn(args: list[str], log: Path, pid_file: Path) -> subprocess.Popen:
     # 5,000 sessions) raises the size it maps blocks from (to 32 MB at most) and twice that the
     # free memory it keeps at the top of its heap before giving it back: the manager kept
     # ~11 MB more with 5,000 sessions waiting. The user's environment wins.
-    env = {**MALLOC_ENV, **os.environ}
+    held = held or {}
+    env = {**MALLOC_ENV, **os.environ,
+           **{name: str(sock.fileno()) for name, sock in held.items()}}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             args,
@@ -125,6 +138,7 @@ def _spawn(args: list[str], log: Path, pid_file: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            pass_fds=[sock.fileno() for sock in held.values()],
         )
     pid_file.write_text(str(proc.pid))
     return proc
@@ -260,20 +274,30 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
     meta.setdefault("runtime", "process")
     meta.setdefault("slots", {})
     # every port before anything starts, so that a busy one leaves nothing half-started: a
-    # port given on the command line must be free; otherwise a busy one is replaced
+    # port given on the command line must be free; otherwise a busy one is replaced. Each is
+    # held (bound and listening) until its daemon, which inherits the socket, serves it: a
+    # port picked here and bound by the daemon later could be taken in between (by another
+    # stack starting at the same time), and then the daemon would fail or run without it
     meta.setdefault("app_port", DEFAULT_APP_PORT)
-    keys = ("port", "agent_port", "app_port")
+    held: dict[str, socket.socket] = {}
     for key, pid_file, option, who in (("port", manager_pid, "--port", "the manager"),
                                        ("agent_port", agent_pid, "--agent-port", "the agent"),
                                        ("app_port", manager_pid, None, "the app proxy")):
-        if _pid_alive(pid_file) or _port_free(meta[key]):
+        if _pid_alive(pid_file):
             continue
-        if changed.get(key) is not None:
-            _fail(f"port {meta[key]} is in use by another program; choose one with {option}")
-        chosen = _next_free_port(meta[key], {meta[k] for k in keys if k != key})
-        click.echo(f"port {meta[key]} is in use by another program: {who} listens on {chosen}"
-                   + (f" instead ({option} chooses)" if option else " instead"))
-        meta[key] = chosen
+        sock = _hold(meta[key])
+        if sock is None:
+            if changed.get(key) is not None:
+                _fail(f"port {meta[key]} is in use by another program; choose one with {option}")
+            try:
+                sock = _hold_next(meta[key])
+            except OSError as e:
+                _fail(f"port {meta[key]} is in use by another program and {e}")
+            chosen = sock.getsockname()[1]
+            click.echo(f"port {meta[key]} is in use by another program: {who} listens on {chosen}"
+                       + (f" instead ({option} chooses)" if option else " instead"))
+            meta[key] = chosen
+        held[key] = sock
     meta_path.write_text(json.dumps(meta, indent=2))
     os.chmod(meta_path, 0o600)
 
@@ -323,19 +347,25 @@ def start(state_dir, port, agent_port, runtime, slots, timeout) -> None:
         if init.returncode != 0:
             _fail("initialising the manager failed:\n" + (init.stderr or init.stdout).strip())
         os.chmod(keys_path, 0o600)
+        daemon_socks = {"BAI_INHERITED_API": held.pop("port"),
+                        "BAI_INHERITED_APP_PROXY": held.pop("app_port")}
         spawned["manager"] = (
             _spawn([py, "-m", "bai.manager", "serve", "--config", str(manager_toml)],
-                   manager_log, manager_pid),
+                   manager_log, manager_pid, daemon_socks),
             manager_log,
         )
+        for sock in daemon_socks.values():
+            sock.close()
     agent_since = None
     if not _pid_alive(agent_pid):
         agent_since = datetime.now(UTC)
+        sock = held.pop("agent_port")
         spawned["agent"] = (
             _spawn([py, "-m", "bai.agent", "serve", "--config", str(agent_toml)],
-                   agent_log, agent_pid),
+                   agent_log, agent_pid, {"BAI_INHERITED_AGENT": sock}),
             agent_log,
         )
+        sock.close()
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

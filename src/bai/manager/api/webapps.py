@@ -175,21 +175,28 @@ class Refused(Exception):
 class AppProxy:
     """The listener (``asyncio.start_server``); each connection is served by ``_serve``."""
 
-    def __init__(self, root: Any, host: str, port: int, ssl: Any = None) -> None:
+    def __init__(self, root: Any, host: str, port: int | None, ssl: Any = None,
+                 sock: Any = None) -> None:
         self.root, self.host, self.ssl = root, host, ssl
         self.port: int | None = port
+        #: a listening socket inherited from who started the manager (server start), else None
+        self.sock = sock
         self.server: asyncio.base_events.Server | None = None
         self.used: dict[str, float] = {}  # ticket nonces already traded, until they expire
         self.conns: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        try:
-            self.server = await asyncio.start_server(self._conn, self.host, self.port,
-                                                     ssl=self.ssl, reuse_address=True)
-        except OSError as e:  # the API still serves; the dashboard says there is no proxy
-            log.warning("app proxy: cannot listen on %s:%s: %s", self.host, self.port, e)
-            self.port = None
-            return
+        """Listen; OSError where the port is busy: the manager does not start without the
+        proxy it was told to run (as for its API port)."""
+        if self.sock is not None:
+            self.server = await asyncio.start_server(self._conn, sock=self.sock, ssl=self.ssl)
+        else:
+            try:
+                self.server = await asyncio.start_server(self._conn, self.host, self.port,
+                                                         ssl=self.ssl, reuse_address=True)
+            except OSError as e:
+                raise OSError(e.errno, f"the app proxy cannot listen on "
+                              f"{self.host}:{self.port}: {e.strerror}") from None
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -482,6 +489,8 @@ async def _splice(from_browser: bytes, from_app: bytes, reader, writer, up_reade
 # --- wiring -------------------------------------------------------------------------------
 
 PROXY: web.AppKey = web.AppKey("app_proxy", AppProxy)
+#: the app proxy's listening socket, where the manager inherited it (serve --app-proxy-fd)
+INHERITED: web.AppKey = web.AppKey("app_proxy_sock", object)
 
 
 async def terminal_page(request: web.Request) -> web.StreamResponse:
@@ -498,10 +507,11 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/dashboard/terminal", terminal_page)
     root = app[ROOT]
     settings = root.settings
-    if settings.app_proxy_port is None:
+    sock = app.get(INHERITED)
+    if settings.app_proxy_port is None and sock is None:
         return
     proxy = AppProxy(root, settings.app_proxy_host, settings.app_proxy_port,
-                     settings.ssl_context())
+                     settings.ssl_context(), sock)
     app[PROXY] = proxy
 
     async def start(_: web.Application) -> None:
