@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 
 import pytest
@@ -52,3 +53,57 @@ def test_a_file_shorter_than_its_announced_range_breaks_the_answer(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * 10)
     with open(tmp_path / "f", "rb") as f, pytest.raises(ConnectionResetError):
         asyncio.run(storage._write_range(Sink(), f, 5, 10))
+
+
+class Folders:
+    def __init__(self, path) -> None:
+        self.path = path
+
+    async def open_download(self, token):
+        return os.open(self.path, os.O_RDONLY), "f"
+
+
+class Root:
+    def __init__(self, path) -> None:
+        self.folders = Folders(path)
+
+
+def test_on_uvloop_downloads_go_straight_to_the_copy_after_the_first(tmp_path, monkeypatch):
+    import aiohttp
+
+    from bai.manager.app import ROOT
+
+    data = random.Random(8).randbytes(1_500_000)
+    (tmp_path / "f").write_bytes(data)
+    tries = []
+    no_sendfile = uvloop.Loop.sendfile
+
+    def sendfile(self, *a, **kw):  # uvloop's: AbstractEventLoop's NotImplementedError
+        tries.append(1)
+        return no_sendfile(self, *a, **kw)
+
+    monkeypatch.setattr(uvloop.Loop, "sendfile", sendfile, raising=False)
+    monkeypatch.setattr(storage, "_NO_SENDFILE", set(), raising=False)  # none found yet
+
+    async def main() -> list[bytes]:
+        app = web.Application()
+        app[ROOT] = Root(tmp_path / "f")
+        app.router.add_get("/storage/download", storage.download)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as http:
+                bodies = []
+                for headers in ({}, {"Range": "bytes=10-99"}, {}):
+                    async with http.get(f"http://127.0.0.1:{port}/storage/download?token=t",
+                                        headers=headers) as resp:
+                        bodies.append(await resp.read())
+                return bodies
+        finally:
+            await runner.cleanup()
+
+    assert uvloop.run(main()) == [data, data[10:100], data]
+    assert len(tries) == 1  # the first download found out; the others did not try again

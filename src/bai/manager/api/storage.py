@@ -144,6 +144,11 @@ def _byte_range(request: web.Request, size: int, mtime: str) -> tuple[int, int] 
     return start, end
 
 
+#: event loop classes without sendfile (uvloop's, the manager's, inherits AbstractEventLoop's,
+#: which raises NotImplementedError): found at the first download on one, not tried again
+_NO_SENDFILE: set[type] = set()
+
+
 async def download(request: web.Request) -> web.StreamResponse:
     fd, name = await _folders(request).open_download(request.query.get("token"))
     try:
@@ -166,11 +171,16 @@ async def download(request: web.Request) -> web.StreamResponse:
         # zero-copy from the descriptor to the socket (asyncio falls back to reads and writes
         # where sendfile cannot be used, e.g. TLS); memory stays constant whatever the size
         if count > 0:
+            loop = asyncio.get_running_loop()
             with os.fdopen(os.dup(fd), "rb") as f:
-                try:
-                    await asyncio.get_running_loop().sendfile(transport, f, start, count)
-                except NotImplementedError:  # uvloop's loop (the manager's) has no sendfile
+                if type(loop) in _NO_SENDFILE:
                     await _write_range(resp, f, start, count)
+                else:
+                    try:
+                        await loop.sendfile(transport, f, start, count)
+                    except NotImplementedError:
+                        _NO_SENDFILE.add(type(loop))
+                        await _write_range(resp, f, start, count)
         await resp.write_eof()
         return resp
     finally:
