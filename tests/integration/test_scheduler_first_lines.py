@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 
 import pytest
 import sqlalchemy as sa
-from test_manager_lifecycle import body, caller, manager, two_ticks  # noqa: F401
+from test_manager_lifecycle import body, caller, manager, two_ticks, wait_status  # noqa: F401
 
 from bai.manager.store.tables import sessions, utcnow
 
@@ -56,8 +57,12 @@ async def test_sessions_for_later_get_from_their_create_the_line_and_event_a_pas
     monkeypatch.setattr(SchedulerLoop, "_quiet", lambda self: True)  # no pass but this test's
     await two_ticks(manager.scheduler)  # a pass the loop began before has ended
     me = await caller(manager)
-    await manager.sessions.create(me, body("holder", resources={"cpu": "2"}, enqueueOnly=True))
+    holder = await manager.sessions.create(me, body("holder", resources={"cpu": "2"},
+                                                    enqueueOnly=True))
     await manager.scheduler.run_pass()  # places it
+    # its start moves the estimate of what waits for its slots (its idle timeout then counts
+    # from its start, not from its placement): the lines below are made after it
+    await wait_status(manager, uuid.UUID(holder["sessionId"]), {"RUNNING"}, timeout=60)
     waiter = await manager.sessions.create(me, body("waiter", resources={"cpu": "1"},
                                                     enqueueOnly=True))
     assert "statusInfo" not in waiter  # its line is the pass's to make: the CLI asks for it
