@@ -61,7 +61,6 @@ from bai.manager.store.tables import (
 
 if TYPE_CHECKING:
     from bai.manager.services.root import ManagerRoot
-    from bai.manager.services.scheduling import Appended
 
 S = SessionStatus
 #: Statuses the create call stops waiting at.
@@ -268,7 +267,7 @@ class SessionService:
                     )
                 base, dep_ids, queue = await self._checked(conn, caller, req, now, owner, image)
                 row = self._new_row(base, sid, req.name, req.environ)
-                lined = await self._write(conn, outbox, caller, [row], dep_ids, queue)
+                await self._write(conn, outbox, caller, [row], dep_ids, queue)
                 if unread and await self.root.store.commit_unless(conn, _LIVE_OTHER, {
                         "name": req.name, "ak": owner["access_key"], "sid": sid}) is not None:
                     raise _NameSeen
@@ -276,8 +275,6 @@ class SessionService:
             if not unread:
                 raise
             return await self._enqueue(caller, req, now, sid, fresh=True)
-        if lined is not None:
-            self.root.scheduler.appended(lined)
         return row, None
 
     async def _enqueue_array(self, caller: Caller, req: CreateRequest, now: datetime) -> dict:
@@ -304,9 +301,7 @@ class SessionService:
             rows = [self._new_row(base, uuid.uuid4(), name,
                                   {**req.environ, INDEX_VAR: str(i)})
                     for name, i in zip(names, indices)]
-            lined = await self._write(conn, outbox, caller, rows, dep_ids, queue)
-        if lined is not None:
-            self.root.scheduler.appended(lined)
+            await self._write(conn, outbox, caller, rows, dep_ids, queue)
         return {**self._answer(rows[0], created=True),
                 "array": [{"sessionId": str(r["id"]), "sessionName": r["name"], "index": i}
                           for r, i in zip(rows, indices)]}
@@ -355,12 +350,14 @@ class SessionService:
                 "main_kernel_id": uuid.uuid4()}
 
     async def _write(self, conn: AsyncConnection, outbox: Any, caller: Caller, rows: list[dict],
-                     dep_ids: list[uuid.UUID], queue: _Queue) -> Appended | None:
+                     dep_ids: list[uuid.UUID], queue: _Queue) -> None:
         """Insert ``rows`` PENDING with their kernels, dependencies and first history entry;
         sessions that wait for a ``starts_at`` ahead with their first line where it is known
-        now (``first_lines``): what the scheduler loop is told once they committed. Where the
-        sessions pending were counted, their number once these committed is kept for the
-        next create (``self.pending``)."""
+        now (``first_lines``): what the scheduler loop is told as they commit (in the same
+        step as the commit is counted, before this task awaits anything: a look of the loop
+        that reads them then finds them told, and runs no pass for them). Where the sessions
+        pending were counted, their number once these committed is kept for the next create
+        (``self.pending``)."""
         # the sessions become PENDING as they are written, after the checks
         at = utcnow()
         for row in rows:
@@ -385,10 +382,10 @@ class SessionService:
         for row in rows:
             self.root.request_ids.note(row["id"])
         await record_enqueued(conn, rows, f"user:{caller.access_key}", outbox, at, store=store)
-        if lined is None:
-            return None
-        outbox.events.extend(lined[1])  # session_pending after session_enqueued
-        return lined[0]
+        if lined is not None:
+            note = lined[0]
+            outbox.events.extend(lined[1])  # session_pending after session_enqueued
+            store.after_commit(conn, lambda: self.root.scheduler.appended(note))
 
     async def _wait(self, sub, row: dict, max_wait: float,
                     reread: bool = True) -> tuple[dict, dict]:
