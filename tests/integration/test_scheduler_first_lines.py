@@ -3,6 +3,7 @@ then needs no pass over the queue for them, and runs one for anything else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -43,6 +44,22 @@ async def looking(manager, monkeypatch, name: str):
     skipped = sched.skipped
     await until(lambda: sched.skipped > skipped)  # a pass read the fingerprint, a look kept it
     return sched, me, until
+
+
+@contextlib.asynccontextmanager
+async def no_look(sched, monkeypatch):
+    """No look at the fingerprint while the block runs, so that the next one sees all it did
+    at once. The loop keeps waking every QUIET_MAX s and does nothing (a longer QUIET_MAX
+    instead would let a loop that went to sleep meanwhile sleep that long); a look under way
+    as the block begins has ended two wake-ups later."""
+    held = True
+    quiet = sched._quiet
+    monkeypatch.setattr(sched, "_quiet", lambda: held or quiet())
+    await two_ticks(sched)
+    try:
+        yield
+    finally:
+        held = False
 
 
 async def test_sessions_for_later_get_from_their_create_the_line_and_event_a_pass_would_make(
@@ -103,8 +120,6 @@ async def test_a_look_needs_no_pass_after_creates_for_later_and_runs_one_after_a
     """With nothing kicking, looks at the fingerprint absorb creates of sessions for later
     (no pass); a create for later together with a session that left the queue unseen (another
     replica, or by hand) is not theirs alone: a pass runs and moves the lines behind it."""
-    from bai.manager.services import scheduling
-
     sched, me, until = await looking(manager, monkeypatch, "first")
     passes, absorbed, skipped = sched.passes, sched.absorbed, sched.skipped
     await manager.sessions.create(me, body("second", starts_at="1h", enqueueOnly=True))
@@ -114,14 +129,12 @@ async def test_a_look_needs_no_pass_after_creates_for_later_and_runs_one_after_a
     names = ["first", "second", "arr-1", "arr-2", "arr-3"]
     before = await lines(manager, me, names)
     assert sorted(position(v) for v in before.values()) == [1, 2, 3, 4, 5], before
-    # no look while these two happen: the look after sees both at once
-    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)
-    await manager.sessions.create(me, body("third", starts_at="1h", enqueueOnly=True))
-    async with manager.store.begin() as conn:  # every line behind it moves up one
-        await conn.execute(sa.update(sessions).where(sessions.c.name == "first").values(
-            status="CANCELLED", status_changed=utcnow()))
-    passes, skipped = sched.passes, sched.skipped
-    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    async with no_look(sched, monkeypatch):  # the look after sees both at once
+        await manager.sessions.create(me, body("third", starts_at="1h", enqueueOnly=True))
+        async with manager.store.begin() as conn:  # every line behind it moves up one
+            await conn.execute(sa.update(sessions).where(sessions.c.name == "first").values(
+                status="CANCELLED", status_changed=utcnow()))
+        passes, skipped = sched.passes, sched.skipped
     await until(lambda: sched.passes > passes or sched.skipped > skipped)
     assert sched.passes > passes  # the next look ran a pass (it did not keep the fingerprint)
     await sched.flush_deep()
@@ -180,18 +193,15 @@ async def test_a_create_that_missed_a_session_of_the_queue_is_not_absorbed(manag
     two creates at once) wrote a position one too small: the look runs a pass."""
     import dataclasses
 
-    from bai.manager.services import scheduling
-
     sched, me, until = await looking(manager, monkeypatch, "one")
     real = sched.appended
     notes = []
     monkeypatch.setattr(sched, "appended", lambda n: notes.append(n) or real(
         dataclasses.replace(n, seen=n.seen - 1) if len(notes) == 2 else n))
-    monkeypatch.setattr(scheduling, "QUIET_MAX", 3600.0)  # both seen by one look
-    await manager.sessions.create(me, body("two", starts_at="1h", enqueueOnly=True))
-    await manager.sessions.create(me, body("three", starts_at="1h", enqueueOnly=True))
-    passes, skipped = sched.passes, sched.skipped
-    monkeypatch.setattr(scheduling, "QUIET_MAX", 0.3)
+    async with no_look(sched, monkeypatch):  # both seen by one look
+        await manager.sessions.create(me, body("two", starts_at="1h", enqueueOnly=True))
+        await manager.sessions.create(me, body("three", starts_at="1h", enqueueOnly=True))
+        passes, skipped = sched.passes, sched.skipped
     await until(lambda: sched.passes > passes or sched.skipped > skipped)
     assert sched.passes > passes and len(notes) == 2
 
