@@ -162,6 +162,34 @@ async def test_a_look_between_a_create_s_commit_and_its_return_needs_no_pass(
     assert sched.passes == passes  # looked, no pass
 
 
+async def test_a_create_that_commits_while_a_look_reads_is_left_to_the_next_look(
+        manager, monkeypatch):
+    """A look read the fingerprint after one create for later and before another committed,
+    which told the loop before the look compared: the look absorbs the first, the next look
+    the second; no pass."""
+    from bai.manager.services import scheduling
+
+    sched, me, until = await looking(manager, monkeypatch, "first")
+    read, go = asyncio.Event(), asyncio.Event()
+    real = scheduling.fingerprint
+
+    async def held(conn):
+        seen = await real(conn)
+        if not read.is_set():
+            read.set()
+            await go.wait()
+        return seen
+
+    passes, absorbed = sched.passes, sched.absorbed
+    monkeypatch.setattr(scheduling, "fingerprint", held)
+    await manager.sessions.create(me, body("second", starts_at="1h", enqueueOnly=True))
+    await until(read.is_set)  # a look read "second"
+    await manager.sessions.create(me, body("arr", starts_at="1h", array="1-2", enqueueOnly=True))
+    go.set()
+    await until(lambda: sched.absorbed >= absorbed + 2)
+    assert sched.passes == passes
+
+
 async def test_with_sessions_pending_in_another_group_a_pass_makes_the_first_line(
         manager, monkeypatch):
     """Positions count per scaling group: while another group has sessions pending, a create

@@ -320,29 +320,33 @@ class SchedulerLoop:
         that creates wrote with their lines since (``appended``), each behind the whole queue
         of its group as it stood when it committed: then a pass now would make the lines they
         have and change nothing else, and need not run. Anything else (a session of another
-        replica, one that left, creates that overlapped) and a pass runs."""
+        replica, one that left, creates that overlapped) and a pass runs. The look may have
+        read the fingerprint before the last of those creates committed (they tell the loop as
+        they commit, while the look awaits its read): the first ones that explain it are
+        absorbed, and the later ones are left to the next look."""
         notes, self._appended = self._appended, []
         old = self._fingerprint
         if not notes or old is None or self._queue is None:
             return False
         counts, newest = dict(self._queue[0]), self._queue[1]
-        for n in notes:
+        sums = old[0]
+        added, latest = 0, sums[1]
+        for k, n in enumerate(notes, 1):
             if n.seen != sum(counts.values()) or not _only_group(counts, n.scaling_group) or (
                     newest is not None and n.created_at <= newest):
                 return False
             counts[n.scaling_group] = n.seen + n.count
             newest = n.created_at
-        sums = old[0]
-        latest = max(n.at for n in notes)
-        expected = ((sums[0] + sum(n.count for n in notes),
-                     latest if sums[1] is None else max(sums[1], latest), *sums[2:]), *old[1:])
-        if seen != expected:
-            return False
-        self._fingerprint, self._queue = seen, (counts, newest)
-        due = min(n.due for n in notes)
-        self._next_due = due if self._next_due is None else min(self._next_due, due)
-        self.absorbed += len(notes)
-        return True
+            added += n.count
+            latest = n.at if latest is None else max(latest, n.at)
+            if seen == ((sums[0] + added, latest, *sums[2:]), *old[1:]):
+                self._fingerprint, self._queue = seen, (counts, newest)
+                self._appended = notes[k:]
+                due = min(m.due for m in notes[:k])
+                self._next_due = due if self._next_due is None else min(self._next_due, due)
+                self.absorbed += k
+                return True
+        return False
 
     async def run_pass(self, look: bool = False) -> Decision:
         """One pass: decide, write placements and reasons, start the placed kernels. ``look``:
