@@ -70,3 +70,39 @@ def test_the_agent_loads_neither_click_nor_the_managers_modules():
             " or m.startswith('bai.manager')))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
+
+_NOT_INT = "port: Input should be a valid integer"
+_NOT_FLOAT = "heartbeat_interval: Input should be a valid number"
+
+
+@pytest.mark.parametrize("daemon, args, toml, env, problem", [
+    # the plain serve (no click), then click's (--config=FILE, another option)
+    ("manager", ["--config", "{f}"], "port = 'x'", {}, _NOT_INT),
+    ("manager", ["--config={f}"], "port = 'x'", {}, _NOT_INT),
+    ("manager", [], "", {"BAI_MANAGER_PORT": "x"}, _NOT_INT),
+    ("agent", ["--config", "{f}"], "port = 'x'\nheartbeat_interval = 'soon'", {},
+     f"{_NOT_INT}, unable to parse string as an integer; {_NOT_FLOAT}"),
+    ("agent", ["--config={f}"], "port = 'x'", {}, _NOT_INT),
+    ("agent", [], "", {"BAI_AGENT_PORT": "x"}, _NOT_INT),
+    ("agent", ["--port", "1"], "", {"BAI_AGENT_HEARTBEAT_INTERVAL": "soon"}, _NOT_FLOAT),
+])
+def test_invalid_settings_end_with_one_line_naming_each_field(tmp_path, daemon, args, toml,
+                                                              env, problem):
+    # not pydantic's report (a title, then two lines and a URL for each field): one line with
+    # each field and its problem; click's serve's exit status
+    import os
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[{daemon}]\n{toml}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", f"bai.{daemon}", "serve", *(a.format(f=bad) for a in args)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "BAI_MANAGER_STATE_DIR": str(tmp_path), **env})
+    assert done.returncode == (1 if daemon == "manager" else 2), done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    prefix = ("Error: invalid manager settings: " if daemon == "manager"
+              else "bai-agent: invalid settings: ")
+    assert done.stderr.startswith(prefix + problem), done.stderr

@@ -12,6 +12,7 @@ import signal
 
 from bai.agent.settings import AgentSettings
 from bai.common.errors import BaiError
+from bai.common.settings import settings_problem
 from bai.ops.argv import fail, inherited_socket
 from bai.ops.logs import configure
 
@@ -21,7 +22,7 @@ def serve(config: str | None, port: int | None = None, runtime: str | None = Non
     try:
         settings = AgentSettings.load(config, port=port, runtime=runtime)
     except Exception as e:  # pydantic / TOML errors: one clear line
-        return fail(f"bai-agent: invalid settings: {e}", 2)
+        return fail(f"bai-agent: invalid settings: {settings_problem(e)}", 2)
     try:
         configure(settings.log_level, settings.log_format, settings.log_levels)
     except ValueError as e:

@@ -29,3 +29,19 @@ class TomlSettings(BaseSettings):
                 merged[name] = getattr(env, name)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(merged)
+
+
+def settings_problem(e: Exception) -> str:
+    """Why a daemon's settings could not be read, in one line: each invalid field and its
+    problem (``port: Input should be a valid integer, ...; heartbeat_interval: ...``) for
+    pydantic's report, which takes a title and two lines and a URL for each field; the
+    message, on one line, for any other error (TOML syntax, an environment value that is no
+    JSON)."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        text = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                         for err in e.errors(include_url=False))
+    else:
+        text = str(e)
+    return " ".join(text.split())

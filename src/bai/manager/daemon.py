@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 
+from bai.common.settings import settings_problem
 from bai.common.unixsock import listen_unix, remove_unix
 from bai.manager.settings import ManagerSettings
 from bai.ops.argv import fail, inherited_socket
@@ -23,7 +24,7 @@ def load_settings(config: str | None) -> ManagerSettings:
     except FileNotFoundError:
         raise Refused(f"config file not found: {config}") from None
     except Exception as e:  # pydantic / TOML errors: one line
-        raise Refused(f"invalid manager settings: {e}".splitlines()[0]) from None
+        raise Refused(f"invalid manager settings: {settings_problem(e)}") from None
 
 
 def serve(config: str | None) -> None:
