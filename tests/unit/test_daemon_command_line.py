@@ -87,6 +87,13 @@ _NOT_FLOAT = "heartbeat_interval: Input should be a valid number"
     ("agent", ["--config={f}"], "port = 'x'", {}, _NOT_INT),
     ("agent", [], "", {"BAI_AGENT_PORT": "x"}, _NOT_INT),
     ("agent", ["--port", "1"], "", {"BAI_AGENT_HEARTBEAT_INTERVAL": "soon"}, _NOT_FLOAT),
+    # a port no socket has (was a traceback from bind once the daemon started)
+    ("manager", [], "", {"BAI_MANAGER_PORT": "-5"}, "port: Input should be greater than"),
+    ("manager", ["--config", "{f}"], "app_proxy_port = 70000", {},
+     "app_proxy_port: Input should be less than"),
+    ("agent", [], "", {"BAI_AGENT_PORT": "70000"}, "port: Input should be less than"),
+    ("agent", ["--port", "-1"], "", {}, "port: Input should be greater than"),
+    ("agent", [], "", {"BAI_AGENT_OPS_PORT": "-1"}, "ops_port: Input should be greater than"),
 ])
 def test_invalid_settings_end_with_one_line_naming_each_field(tmp_path, daemon, args, toml,
                                                               env, problem):
@@ -106,3 +113,21 @@ def test_invalid_settings_end_with_one_line_naming_each_field(tmp_path, daemon, 
     prefix = ("Error: invalid manager settings: " if daemon == "manager"
               else "bai-agent: invalid settings: ")
     assert done.stderr.startswith(prefix + problem), done.stderr
+
+
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--agent-port", "-1"], ["--port", "0"],
+                                  ["--port", "x"]])
+def test_server_start_refuses_a_port_no_socket_has_in_one_line(tmp_path, args):
+    # was 'unexpected OverflowError: bind(): ...' (exit 1) from holding the port; 0 would start
+    # the daemons with an endpoint no client reaches (port 0)
+    import os
+
+    done = subprocess.run([sys.executable, "-c", "import bai; bai.cli()", "server", "start",
+                           *args, "--timeout", "1"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HOME": str(tmp_path),
+                               "BAI_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"Error: Invalid value for '{args[0]}'"), done.stderr
+    assert not (tmp_path / "state" / "manager.pid").exists()

@@ -41,7 +41,7 @@ class AgentSettings(TomlSettings):
         description="unique name of this agent in the cluster",
     )
     host: str = Field("127.0.0.1", description="address the agent API listens on")
-    port: int = Field(6011, description="port of the agent API (0 = any free port)")
+    port: int = Field(6011, ge=0, le=65535, description="port of the agent API (0 = any free port)")
     public_address: str | None = Field(
         None, description="URL managers use to reach this agent; default http://<host>:<port>"
     )
@@ -138,7 +138,8 @@ class AgentSettings(TomlSettings):
     ops_host: str = Field("127.0.0.1", description="address of the unauthenticated "
                           "/metrics and /health/* listener (see ops_port)")
     ops_port: int | None = Field(
-        None, description="port of that listener; unset: none (then /metrics on the agent "
+        None, ge=0, le=65535,
+        description="port of that listener; unset: none (then /metrics on the agent "
         "API needs the cluster token); 0: any free port")
 
     @field_validator("manager_endpoints", "dummy_fail_images", mode="before")

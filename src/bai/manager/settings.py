@@ -16,7 +16,7 @@ class ManagerSettings(TomlSettings):
     model_config = SettingsConfigDict(env_prefix="BAI_MANAGER_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="address the public API listens on")
-    port: int = Field(8091, description="port of the public API")
+    port: int = Field(8091, ge=0, le=65535, description="port of the public API")
     api_socket: str = Field(
         "", description="unix socket that serves the public API too (as the port does, TLS "
         "included): bai's CLI on this machine sends its requests there when its client "
@@ -65,13 +65,15 @@ class ManagerSettings(TomlSettings):
     ops_host: str = Field("127.0.0.1", description="address of the unauthenticated "
                           "/metrics and /health/* listener (see ops_port)")
     ops_port: int | None = Field(
-        None, description="port of that listener; unset: none (then /metrics on the API "
+        None, ge=0, le=65535,
+        description="port of that listener; unset: none (then /metrics on the API "
         "needs an admin keypair); 0: any free port")
     app_proxy_host: str = Field(
         "127.0.0.1", description="address of the app proxy: sessions' Jupyter and web apps "
         "opened from the dashboard, on an origin of their own (api/webapps.py)")
     app_proxy_port: int | None = Field(
-        None, description="port of the app proxy; unset: none (the dashboard shows the "
+        None, ge=0, le=65535,
+        description="port of the app proxy; unset: none (the dashboard shows the "
         "`backend.ai app` command instead); 0: any free port")
     app_proxy_url: str | None = Field(
         None, description="base URL browsers reach the app proxy at (behind a reverse proxy "

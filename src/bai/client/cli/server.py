@@ -215,10 +215,10 @@ def server() -> None:
 @server.command()
 @click.option("--state-dir", help="Folder for the database, logs and pid files "
               "[default: $BAI_STATE_DIR or ~/.local/share/bai].")
-@click.option("--port", type=int, default=None,
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
               help=f"Manager API port [default: {DEFAULT_PORT}, or the next free one when it is "
               "busy; the client configuration gets the one chosen].")
-@click.option("--agent-port", type=int, default=None,
+@click.option("--agent-port", type=click.IntRange(1, 65535), default=None,
               help=f"Local agent port [default: {DEFAULT_AGENT_PORT}, or the next free one].")
 @click.option("--runtime", type=click.Choice(["process", "docker", "dummy"]), default=None,
               help="How the local agent runs kernels [default: process; docker needs a "
