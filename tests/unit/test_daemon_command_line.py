@@ -105,8 +105,10 @@ def test_invalid_settings_end_with_one_line_naming_each_field(tmp_path, daemon, 
     bad.write_text(f"[{daemon}]\n{toml}\n")
     done = subprocess.run(
         [sys.executable, "-m", f"bai.{daemon}", "serve", *(a.format(f=bad) for a in args)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "BAI_MANAGER_STATE_DIR": str(tmp_path), **env})
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,  # where a daemon that
+        # took the settings would put its database
+        env={**os.environ, "BAI_MANAGER_STATE_DIR": str(tmp_path),
+             "BAI_MANAGER_DB_URL": f"sqlite+aiosqlite:///{tmp_path}/m.db", **env})
     assert done.returncode == (1 if daemon == "manager" else 2), done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
@@ -124,7 +126,7 @@ def test_server_start_refuses_a_port_no_socket_has_in_one_line(tmp_path, args):
 
     done = subprocess.run([sys.executable, "-c", "import bai; bai.cli()", "server", "start",
                            *args, "--timeout", "1"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "HOME": str(tmp_path),
+                          cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path),
                                "BAI_STATE_DIR": str(tmp_path / "state")})
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
