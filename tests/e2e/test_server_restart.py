@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from stacks import CLI
 
@@ -176,3 +180,36 @@ def test_the_ports_start_chose_are_held_until_the_daemons_serve_them(tmp_path, m
             s.close()
         subprocess.run([CLI, "server", "stop", "--state-dir", str(state)], env=dict(os.environ),
                        capture_output=True, timeout=120)
+
+
+
+@pytest.mark.parametrize("daemon", ["agent", "manager"])
+def test_a_daemon_stopping_closes_its_open_websockets_instead_of_waiting_for_them(make_stack,
+                                                                                   daemon):
+    """A code run that is still running (``backend.ai run``: the manager's run stream and the
+    agent's execute stream, both WebSockets) does not hold a daemon up when it is stopped (the
+    agent first, as ``server stop`` does, or the manager alone): its sockets close (going
+    away) and it exits on its SIGTERM, not killed after ``server stop``'s timeout."""
+    from bai.client.cli.server import _pid_alive
+
+    stack = make_stack("cpu=8", "mem=8g")
+    code = "import time; print('started', flush=True); time.sleep(600)"
+    follow = subprocess.Popen([CLI, "run", "-r", "cpu=0.1", "-r", "mem=64m", "-c", code, "python"],
+                              env=stack.env, cwd=stack.home, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout.readline() == "started\n"  # the code runs: both streams are open
+        pid_file = stack.state / f"{daemon}.pid"
+        pid = _pid_alive(pid_file)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30  # server stop's --timeout here; aiohttp waits 60 s
+        while _pid_alive(pid_file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pid_alive(pid_file), f"the {daemon} did not stop within 30 s"
+        follow.wait(60)  # its stream closed
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+        server(stack, "stop", "--timeout", "30")

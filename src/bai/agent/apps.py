@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from bai.agent.backends.base import Instance, RuntimeBackend
-from bai.common import rawstream
+from bai.common import opensockets, rawstream
 from bai.common.errors import AppUnavailable, BaiError, InvalidAPIParameters
 from bai.ops.upgrade import take_over
 
@@ -188,7 +188,7 @@ async def serve(request: web.Request, backend: RuntimeBackend, rec: Any) -> web.
     before upgrading that connection), then the relay."""
     if rawstream.wants_raw(request.headers) and request.query.get("protocol") != "pty":
         return await _serve_raw(request, backend, rec)
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+    ws = opensockets.WebSocket(max_msg_size=MAX_FRAME, heartbeat=30)
     await ws.prepare(request)
     try:
         sock, pty = await _open(request.query, backend, rec)

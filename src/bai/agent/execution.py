@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 from bai.agent.backends.base import InstanceState, RuntimeBackend
 from bai.agent.kernels import KernelRecord
 from bai.agent.runner_channel import RunnerChannel, RunnerUnavailable
+from bai.common import opensockets
 from bai.common.resources import format_size
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ async def why_it_died(backend: RuntimeBackend, rec: KernelRecord) -> str:
 
 
 async def relay(request: web.Request, backend: RuntimeBackend, rec: KernelRecord) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024 * 1024)
+    ws = opensockets.WebSocket(heartbeat=30, max_msg_size=64 * 1024 * 1024)
     await ws.prepare(request)
     first = await ws.receive()
     if first.type != WSMsgType.TEXT:

@@ -35,6 +35,7 @@ from bai.agent.resources import accelerator_slots, detect_accelerator, detect_sl
 from bai.agent.settings import AgentSettings
 from bai.agent.transfer import SIZE_HEADER, Download, Upload
 from bai.agent.workdir import list_dir
+from bai.common import opensockets
 from bai.common.auth import cluster_token_ok
 from bai.common.errors import (
     AuthFailed,
@@ -468,6 +469,7 @@ def make_app(agent: Agent) -> web.Application:
                           client_max_size=1024**3)
     app[AGENT_KEY] = agent
     instrument(app)
+    opensockets.setup(app)  # closed at shutdown: a relay would hold the exit up
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)

@@ -34,6 +34,7 @@ def create_app(settings: ManagerSettings, app_proxy_sock: object = None) -> web.
         storage, stream, vfolder, webapps, webserver,
     )
     from bai.manager.services.root import ManagerRoot
+    from bai.common import opensockets
     from bai.ops.http import OpsListener, instrument, observe
 
     manager = ManagerRoot(settings)
@@ -46,6 +47,7 @@ def create_app(settings: ManagerSettings, app_proxy_sock: object = None) -> web.
     if app_proxy_sock is not None:
         app[webapps.INHERITED] = app_proxy_sock
     instrument(app)
+    opensockets.setup(app)  # closed at shutdown, as the event streams end (events.py)
     for module in (root, session, stream, apps, events, gql, admin, internal, ops, vfolder, storage,
                    openapi, dashboard, webserver, webapps):
         module.setup(app)

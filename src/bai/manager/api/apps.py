@@ -54,7 +54,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 from aiohttp import web
 
-from bai.common import rawstream, services
+from bai.common import opensockets, rawstream, services
 from bai.common.errors import (
     AgentError,
     AppNotFound,
@@ -375,7 +375,7 @@ def _settings_given(request: web.Request, entry: dict[str, Any]) -> web.Response
 async def _relay_ws(request: web.Request, up: rawstream.Raw, touch: Any, sid: Any
                     ) -> web.WebSocketResponse:
     """The client's WebSocket (BINARY frames) to and from the agent's raw stream."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+    ws = opensockets.WebSocket(max_msg_size=MAX_FRAME, heartbeat=30)
     await ws.prepare(request)
     loop = asyncio.get_running_loop()
     sock = up.sock
@@ -461,7 +461,7 @@ async def _pipe(src: Any, dst: Any, touch: Any) -> None:
 async def _relay(request: web.Request, root: Any, sess: dict[str, Any], address: str,
                  kernel_id: str, params: dict[str, str]) -> web.StreamResponse:
     upstream = await _open_upstream(root, address, kernel_id, params)
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+    ws = opensockets.WebSocket(max_msg_size=MAX_FRAME, heartbeat=30)
     try:
         await ws.prepare(request)
         await _touch(root, sess["id"])

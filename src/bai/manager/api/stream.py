@@ -36,6 +36,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 from aiohttp import web
 
+from bai.common import opensockets
 from bai.common.errors import BaiError, FilesTooLarge, InvalidAPIParameters
 from bai.common.streams import KEEPALIVE_SECONDS
 from bai.manager.api.middleware import caller_of
@@ -152,7 +153,7 @@ async def _pump_up(ws: web.WebSocketResponse, upstream: Any, root: Any, sid: Any
 
 async def execute(request: web.Request) -> web.WebSocketResponse:
     root, sess, address, kernel_id = await _target(request)  # refusals happen before the upgrade
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
+    ws = opensockets.WebSocket(max_msg_size=MAX_FRAME)
     await ws.prepare(request)
     sid = sess["id"]
     await _touch(root, sid)
@@ -263,7 +264,7 @@ async def run(request: web.Request) -> web.WebSocketResponse:
 
     root = request.app[ROOT]
     caller = caller_of(request)
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
+    ws = opensockets.WebSocket(max_msg_size=MAX_FRAME)
     await ws.prepare(request)
     pinger = asyncio.create_task(_keep_alive(ws))
     try:
