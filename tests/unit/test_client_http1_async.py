@@ -262,3 +262,27 @@ async def test_an_enqueue_only_create_has_the_connections_read_timeout(tmp_path,
             with pytest.raises(ManagerTimeout, match=r"within 0\.2 s"):
                 await SessionAPI(conn).create(CreateSpec(image="python", name="s1",
                                                          enqueue_only=True))
+
+
+async def test_a_request_cancelled_as_its_connection_opens_ends_cancelled(monkeypatch):
+    """A cancel that lands as the connection is made is not lost: the request ends with
+    CancelledError instead of going on (Python 3.11's ``wait_for`` returned the connection
+    then, and a ``start``'s status watcher, stopped so, polled on: ``start`` never returned)."""
+    import bai.client.http1_async as mod
+
+    opened = asyncio.open_connection
+    victim: list[asyncio.Task] = []
+
+    async def open_then_cancel(*args, **kwargs):
+        conn = await opened(*args, **kwargs)
+        victim[0].cancel()  # the caller is cancelled as its connection completes
+        return conn
+
+    monkeypatch.setattr(mod.asyncio, "open_connection", open_then_cancel)
+    async with Server(echo) as srv:
+        http = AsyncHTTP()
+        task = asyncio.create_task(http.request("GET", srv.url + "/x"))
+        victim.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await http.close()

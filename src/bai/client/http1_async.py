@@ -75,10 +75,14 @@ class AsyncHTTP:
             from bai.client import network
 
             tls = network.ssl_context()
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the connection when
+        # the caller is cancelled as it completes, losing the cancel (a ``start``'s status
+        # watcher, stopped as its poll connected, then polled on and ``start`` never ended)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None,
-                limit=HEAD_LIMIT), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls, server_hostname=host if tls else None,
+                    limit=HEAD_LIMIT)
         except TimeoutError:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from None
         except OSError as e:  # refused, unreachable, TLS (ssl.SSLError is an OSError)
