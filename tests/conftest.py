@@ -6,11 +6,23 @@ slots, e.g. an agent of 2 cpus for queueing tests). The machinery lives in ``tes
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
 from stacks import Stack, start_stack
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored():
+    """Each test ends with the umask it began with: ``server start`` run in-process (click's
+    CliRunner) sets 0o077 for the daemons it spawns, which left every later test's files
+    unreadable to the kernels' uids (their sandboxes read them as other users)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
 
 
 @pytest.fixture(scope="session")
