@@ -59,12 +59,28 @@ _HTTP_CODES = {
 }
 
 
+def _to_json_keywords() -> dict[str, str] | None:
+    """NaN and infinities written as the json module writes them; None where this pydantic-core
+    cannot (``inf_nan_mode`` is newer than the floor's 2.14.1, whose ``to_json`` writes null)."""
+    try:
+        to_json(0.0, inf_nan_mode="constants")
+    except TypeError:
+        return None
+    return {"inf_nan_mode": "constants"}
+
+
+_TO_JSON = _to_json_keywords()
+
+
 def json_answer(data: Any, status: int = 200) -> web.Response:
     """``web.json_response`` written by pydantic-core (a fourth of ``json.dumps``'s
     instructions): the same JSON value, without spaces and with UTF-8 text unescaped; the json
-    module writes what it refuses (a lone surrogate)."""
+    module writes what it refuses (a lone surrogate), and all of it on a pydantic-core too old
+    to write NaN as the json module does."""
     try:
-        body = to_json(data, inf_nan_mode="constants")
+        if _TO_JSON is None:
+            raise ValueError
+        body = to_json(data, **_TO_JSON)
     except ValueError:
         body = json.dumps(data).encode()
     return web.Response(body=body, status=status, content_type="application/json",
