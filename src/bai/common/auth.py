@@ -34,6 +34,7 @@ from bai.common.signing import (  # noqa: F401 - this module's names since the s
     make_headers,
     parse_date,
     sign_day,
+    signing_key,
     string_to_sign,
     utc_day,
 )
@@ -71,14 +72,6 @@ def sign(
     """The signature of a request (ValueError for a ``date`` that is no date)."""
     return sign_day(secret_key, utc_day(date), method, path_qs, date, host, content_type,
                     version, body_sha256)
-
-
-@lru_cache(maxsize=1024)
-def signing_key(secret_key: str, day: str, host: str) -> bytes:
-    """``k2`` of the scheme: one per keypair, UTC day and host, so kept rather than derived
-    again (two HMACs) for every request."""
-    k1 = hmac.digest(secret_key.encode(), day.encode(), "sha256")
-    return hmac.digest(k1, host.encode(), "sha256")
 
 
 @lru_cache(maxsize=1024)

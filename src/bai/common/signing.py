@@ -122,21 +122,27 @@ def string_to_sign(
 
 
 #: ``k2`` of the scheme by (secret key, UTC day, host): a client signs a day's requests to
-#: one manager with one key
+#: one manager with one key, and the manager checks each keypair's with its own
 _signing_keys: dict[tuple[str, str, str], bytes] = {}
+
+
+def signing_key(secret_key: str, day: str, host: str) -> bytes:
+    """``k2`` of the scheme (two HMACs), kept per (secret key, UTC day, host), at most 1,024."""
+    k2 = _signing_keys.get((secret_key, day, host))
+    if k2 is None:
+        k1 = hmac_sha256(secret_key.encode(), day.encode())
+        k2 = hmac_sha256(k1, host.encode())
+        if len(_signing_keys) >= 1024:
+            _signing_keys.clear()
+        _signing_keys[secret_key, day, host] = k2
+    return k2
 
 
 def sign_day(secret_key: str, day: str, method: str, path_qs: str, date: str, host: str,
              content_type: str, version: str = API_VERSION,
              body_sha256: str = EMPTY_SHA256) -> str:
     """The signature for a ``Date`` whose UTC day is ``day`` (``YYYYMMDD``)."""
-    k2 = _signing_keys.get((secret_key, day, host))
-    if k2 is None:
-        k1 = hmac_sha256(secret_key.encode(), day.encode())
-        k2 = hmac_sha256(k1, host.encode())
-        if len(_signing_keys) >= 64:
-            _signing_keys.clear()
-        _signing_keys[secret_key, day, host] = k2
+    k2 = signing_key(secret_key, day, host)
     msg = string_to_sign(method, path_qs, date, host, content_type, version, body_sha256)
     return hmac_sha256(k2, msg.encode()).hex()
 
